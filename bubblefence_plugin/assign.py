@@ -1,0 +1,128 @@
+"""Steps 3 and 8: samples inside bubbles, and the two shells of a bubble.
+
+Split and shell codes are small integers in the state; the names are what users
+see. A sample is inside a bubble when its cosine distance to the centre is at most
+the radius, and in the inner shell when it is strictly below the inner radius.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .boundary import best_cut, crossing_counts, cut_radius
+
+TRAIN, VALIDATION, TEST, DUPLICATE, UNASSIGNED = 0, 1, 2, 3, -1
+SPLIT_NAMES = np.array(["train", "validation", "test", "duplicate"])
+NO_SHELL, INNER, OUTER = 0, 1, 2
+SHELL_NAMES = np.array(["", "inner", "outer"])
+LAYOUT_NAMES = np.array(["inner_val", "inner_test"])
+INNER_VAL, INNER_TEST = 0, 1
+
+
+@dataclass
+class AnchorTable:
+    """Every bubble ever accepted; rows are never removed or changed once written."""
+
+    centres: np.ndarray = field(default_factory=lambda: np.empty((0, 0), np.float32))
+    centre_row: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    radius: np.ndarray = field(default_factory=lambda: np.empty(0, np.float64))
+    inner_radius: np.ndarray = field(default_factory=lambda: np.empty(0, np.float64))
+    layout: np.ndarray = field(default_factory=lambda: np.empty(0, np.int8))
+    lid: np.ndarray = field(default_factory=lambda: np.empty(0, np.float64))
+    round: np.ndarray = field(default_factory=lambda: np.empty(0, np.int32))
+    n_captured: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    cut_pairs: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+
+    def __len__(self) -> int:
+        return len(self.radius)
+
+    def append(self, other: AnchorTable) -> AnchorTable:
+        if len(self) == 0:
+            return other
+        return AnchorTable(
+            **{
+                name: np.concatenate([getattr(self, name), getattr(other, name)])
+                for name in self.__dataclass_fields__
+            }
+        )
+
+    @classmethod
+    def from_rows(cls, rows: list[dict], dim: int) -> AnchorTable:
+        if not rows:
+            return cls(centres=np.empty((0, dim), np.float32))
+        columns = {name: [row[name] for row in rows] for name in cls.__dataclass_fields__}
+        table = cls(
+            centres=np.vstack(columns["centres"]).astype(np.float32),
+            centre_row=np.asarray(columns["centre_row"], np.int64),
+            radius=np.asarray(columns["radius"], np.float64),
+            inner_radius=np.asarray(columns["inner_radius"], np.float64),
+            layout=np.asarray(columns["layout"], np.int8),
+            lid=np.asarray(columns["lid"], np.float64),
+            round=np.asarray(columns["round"], np.int32),
+            n_captured=np.asarray(columns["n_captured"], np.int64),
+            cut_pairs=np.asarray(columns["cut_pairs"], np.int64),
+        )
+        return table
+
+
+def assign_to_bubbles(
+    vectors: np.ndarray, anchors: AnchorTable, block: int = 8192
+) -> tuple[np.ndarray, np.ndarray]:
+    """(anchor index or -1, shell code) per vector.
+
+    A vector inside several bubbles goes to the one whose centre is nearest
+    relative to its radius (distance / radius; ties to the older anchor).
+    """
+    n = len(vectors)
+    anchor = np.full(n, -1, dtype=np.int64)
+    shell = np.zeros(n, dtype=np.int8)
+    if len(anchors) == 0 or n == 0:
+        return anchor, shell
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        distance = 1.0 - (vectors[start:stop] @ anchors.centres.T).astype(np.float64)
+        relative = np.where(distance <= anchors.radius, distance / anchors.radius, np.inf)
+        best = np.argmin(relative, axis=1)
+        rows = np.arange(stop - start)
+        inside = np.isfinite(relative[rows, best])
+        chosen = best[inside]
+        d = distance[rows[inside], chosen]
+        anchor[start:stop][inside] = chosen
+        shell[start:stop][inside] = np.where(d < anchors.inner_radius[chosen], INNER, OUTER)
+    return anchor, shell
+
+
+def shell_split(layout: np.ndarray, shell: np.ndarray) -> np.ndarray:
+    """Split code of samples in these shells of bubbles with these layouts."""
+    inner_is_val = layout == INNER_VAL
+    is_inner = shell == INNER
+    return np.where(is_inner == inner_is_val, VALIDATION, TEST).astype(np.int8)
+
+
+def choose_inner_cut(
+    embeddings: np.ndarray,
+    captured_rows: np.ndarray,
+    captured_sims: np.ndarray,
+    target_inner: int,
+    leak_threshold: float,
+) -> tuple[int, float, int]:
+    """Inner-shell cut for a bubble's captured samples (ranked, most similar first).
+
+    Returns (samples in the inner shell, inner radius, crossing pairs): the clean
+    cut nearest `target_inner`, or the least crossed one if none is clean.
+    """
+    n = len(captured_rows)
+    target_inner = int(np.clip(target_inner, 0, n))
+    if n == 0:
+        return 0, 0.0, 0
+    counts = crossing_counts(embeddings, captured_rows, captured_sims, 1, n, leak_threshold)
+    # Cut 0 (empty inner shell) never separates anything.
+    counts = np.r_[0, counts]
+    k, crossed = best_cut(counts, 0, target_inner, allow_crossing=True)
+    if k == 0:
+        return 0, 0.0, 0
+    if k == n:
+        return n, float(1.0 - captured_sims[-1]) + 1e-6, crossed
+    return k, cut_radius(captured_sims, k), crossed

