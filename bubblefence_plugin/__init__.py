@@ -5,5 +5,6 @@ Pure numpy/scipy/torch; no FiftyOne import here (the FiftyOne side lives in
 """
 
 from .config import BubbleFenceConfig
+from .pipeline import BubbleFence, RoundResult
 
-__all__ = ["BubbleFenceConfig"]
+__all__ = ["BubbleFence", "BubbleFenceConfig", "RoundResult"]

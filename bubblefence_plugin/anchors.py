@@ -100,6 +100,10 @@ class CandidateStream:
             self._order = self._kmeans_order(expected_anchors)
             self._cursor = 0
 
+    def rows(self, positions: np.ndarray) -> np.ndarray:
+        """Global rows of these pool positions."""
+        return self._pool_rows[positions]
+
     def next_batch(self, n: int) -> np.ndarray:
         if self._used.all():
             return np.empty(0, dtype=np.int64)

@@ -116,13 +116,14 @@ def choose_inner_cut(
     n = len(captured_rows)
     target_inner = int(np.clip(target_inner, 0, n))
     if n == 0:
-        return 0, 0.0, 0
+        return 0, -1.0, 0
     counts = crossing_counts(embeddings, captured_rows, captured_sims, 1, n, leak_threshold)
     # Cut 0 (empty inner shell) never separates anything.
     counts = np.r_[0, counts]
     k, crossed = best_cut(counts, 0, target_inner, allow_crossing=True)
     if k == 0:
-        return 0, 0.0, 0
+        # Below any distance, float round-off included: the inner shell is empty.
+        return 0, -1.0, 0
     if k == n:
         return n, float(1.0 - captured_sims[-1]) + 1e-6, crossed
     return k, cut_radius(captured_sims, k), crossed

@@ -1,0 +1,420 @@
+"""One ingestion round of BubbleFence, and the state it keeps between rounds (SPEC 2).
+
+    bf = BubbleFence(BubbleFenceConfig(eval_ratio=0.2, seed=0))
+    r = bf.ingest(embeddings)           # round 0
+    r = bf.ingest(more_embeddings)      # round 1: earlier samples never move
+    bf.save("state.npz"); bf = BubbleFence.load("state.npz")
+
+A round works on a copy of the state and commits it only at the end, so an
+exception leaves the object exactly as it was.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .anchors import CandidateStream, fit_projection, subsample
+from .assign import (
+    DUPLICATE,
+    LAYOUT_NAMES,
+    SHELL_NAMES,
+    SPLIT_NAMES,
+    TEST,
+    TRAIN,
+    UNASSIGNED,
+    VALIDATION,
+    AnchorTable,
+    assign_to_bubbles,
+    shell_split,
+)
+from .config import FROZEN_AFTER_FIRST_ROUND, BubbleFenceConfig
+from .dedup import find_duplicates
+from .quota import grow_bubbles, round_budget
+from .state import read_state, write_state
+
+# Rows used as the neighbour reference when estimating LID for snapping.
+LID_REFERENCE = 20_000
+# Dimensions of the projection that prunes the dedup range search.
+DEDUP_DIMS = 16
+
+
+@dataclass
+class RoundResult:
+    """One round's outcome, rows aligned with the input of `ingest`."""
+
+    ids: np.ndarray
+    split: np.ndarray
+    anchor_id: np.ndarray
+    shell: np.ndarray
+    duplicate_of: np.ndarray
+    round: int
+    new_anchor_ids: list[int] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+class BubbleFence:
+    """Leak-resistant splitter: `ingest` one batch of embeddings per round."""
+
+    def __init__(self, config: BubbleFenceConfig | None = None) -> None:
+        self.config = config or BubbleFenceConfig()
+        self._embeddings = np.empty((0, 0), np.float32)
+        self._ids = np.empty(0, np.int64)
+        self._split = np.empty(0, np.int8)
+        self._anchor = np.empty(0, np.int64)
+        self._shell = np.empty(0, np.int8)
+        self._round = np.empty(0, np.int32)
+        self._duplicate_of = np.empty(0, np.int64)
+        self._labels: np.ndarray | None = None
+        self._groups: np.ndarray | None = None
+        self._anchors = AnchorTable()
+        self.history: list[dict[str, Any]] = []
+
+    # -- properties -------------------------------------------------------------------
+
+    @property
+    def dim(self) -> int | None:
+        return self._embeddings.shape[1] if len(self._embeddings) else None
+
+    @property
+    def n_samples(self) -> int:
+        return len(self._ids)
+
+    @property
+    def anchors(self) -> pd.DataFrame:
+        table = self._anchors
+        counts_val = np.bincount(self._anchor[self._split == VALIDATION], minlength=len(table))[
+            : len(table)
+        ]
+        counts_test = np.bincount(self._anchor[self._split == TEST], minlength=len(table))[
+            : len(table)
+        ]
+        return pd.DataFrame(
+            {
+                "anchor_id": np.arange(len(table)),
+                "centre_id": [self._ids[r] if r >= 0 else None for r in table.centre_row],
+                "radius": table.radius,
+                "inner_radius": table.inner_radius,
+                "layout": LAYOUT_NAMES[table.layout] if len(table) else [],
+                "lid": table.lid,
+                "round": table.round,
+                "n_captured": table.n_captured,
+                "cut_pairs": table.cut_pairs,
+                "n_validation": counts_val,
+                "n_test": counts_test,
+                "centre": list(table.centres),
+            }
+        )
+
+    # -- the round --------------------------------------------------------------------
+
+    def ingest(
+        self,
+        embeddings: np.ndarray,
+        ids: Sequence[Any] | None = None,
+        labels: Sequence[Any] | None = None,
+        groups: Sequence[Any] | None = None,
+    ) -> RoundResult:
+        """Assign a new batch: dedup, existing bubbles, new bubbles to the quota, rest train."""
+        cfg = self.config
+        timings: dict[str, float] = {}
+        clock = time.perf_counter()
+        new = self._validate_embeddings(embeddings)
+        new_ids = self._validate_ids(ids, len(new))
+        round_index = len(self.history)
+        rng = np.random.default_rng([cfg.seed, round_index])
+        n_old, n_new = self.n_samples, len(new)
+        all_x = new if n_old == 0 else np.concatenate([self._embeddings, new])
+        split = np.concatenate([self._split, np.full(n_new, UNASSIGNED, np.int8)])
+        anchor = np.concatenate([self._anchor, np.full(n_new, -1, np.int64)])
+        shell = np.concatenate([self._shell, np.zeros(n_new, np.int8)])
+        duplicate_of = np.concatenate([self._duplicate_of, np.full(n_new, -1, np.int64)])
+        new_labels = None if labels is None else np.asarray(labels).astype(str)
+        if new_labels is not None and len(new_labels) != n_new:
+            raise ValueError(f"labels has {len(new_labels)} entries for {n_new} embeddings")
+        if groups is not None and len(groups) != n_new:
+            raise ValueError(f"groups has {len(groups)} entries for {n_new} embeddings")
+        timings["validate"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        projection = fit_projection(new, max(DEDUP_DIMS, cfg.pca_dims), rng)
+        new_rows = np.arange(n_old, n_old + n_new)
+        if cfg.dedup_enabled:
+            kept_old = np.flatnonzero(self._duplicate_of < 0)
+            aware = cfg.class_aware and new_labels is not None and self._labels is not None
+            dedup = find_duplicates(
+                new,
+                all_x,
+                kept_old,
+                n_old,
+                cfg.dedup_threshold,
+                projection.components[:DEDUP_DIMS],
+                new_labels=new_labels if cfg.class_aware else None,
+                kept_labels=self._labels[kept_old] if aware else None,
+            )
+            duplicate_of[new_rows] = dedup.duplicate_of
+        is_dup = duplicate_of >= 0
+        split[new_rows[is_dup[new_rows]]] = DUPLICATE
+        kept = ~is_dup
+        timings["dedup"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        open_rows = new_rows[kept[new_rows]]
+        hit, hit_shell = assign_to_bubbles(all_x[open_rows], self._anchors)
+        inside = hit >= 0
+        split[open_rows[inside]] = shell_split(self._anchors.layout[hit[inside]], hit_shell[inside])
+        anchor[open_rows[inside]] = hit[inside]
+        shell[open_rows[inside]] = hit_shell[inside]
+        timings["existing_bubbles"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        n_kept = int(kept.sum())
+        n_eval = int(np.sum((split == VALIDATION) | (split == TEST)))
+        budget = round_budget(n_kept, n_eval, len(open_rows), int(inside.sum()), cfg)
+        pool = open_rows[~inside]
+        reference = subsample(n_old + n_new, LID_REFERENCE, rng)
+        reference = reference[kept[reference]]
+
+        def stream_factory(size: int) -> CandidateStream:
+            expected = max(1, budget.need // max(size, 1))
+            return CandidateStream(all_x, pool, projection_for_pool, reference, cfg, rng, expected)
+
+        projection_for_pool = fit_projection(all_x[pool], cfg.pca_dims, rng) if len(pool) else None
+        stats: dict[str, Any] = {"need": budget.need, "captured": 0, "new_anchors": 0}
+        new_table = AnchorTable(centres=np.empty((0, new.shape[1]), np.float32))
+        if budget.need > 0 and len(pool) > 0:
+            new_table, grown_anchor, grown_shell, stats = grow_bubbles(
+                all_x, split, kept, stream_factory, self._anchors, budget, cfg, rng, round_index
+            )
+            grown = grown_anchor >= 0
+            anchor[grown] = grown_anchor[grown]
+            shell[grown] = grown_shell[grown]
+        timings["new_bubbles"] = time.perf_counter() - clock
+
+        split[split == UNASSIGNED] = TRAIN
+        if cfg.dedup_policy == "follow":
+            followers = new_rows[is_dup[new_rows]]
+            originals = duplicate_of[followers]
+            split[followers] = split[originals]
+            anchor[followers] = anchor[originals]
+            shell[followers] = shell[originals]
+
+        # Commit: nothing above touched self.
+        first_anchor = len(self._anchors)
+        self._embeddings = all_x
+        self._ids = np.concatenate([self._ids, new_ids]) if n_old else new_ids
+        self._split, self._anchor, self._shell = split, anchor, shell
+        self._duplicate_of = duplicate_of
+        self._round = np.concatenate([self._round, np.full(n_new, round_index, np.int32)])
+        self._labels = _append_optional(self._labels, new_labels, n_old, n_new)
+        self._groups = _append_optional(
+            self._groups, None if groups is None else np.asarray(groups).astype(str), n_old, n_new
+        )
+        self._anchors = self._anchors.append(new_table)
+        record = self._round_record(round_index, new_rows, stats, timings)
+        self.history.append(record)
+        return self._result(new_rows, round_index, first_anchor, record)
+
+    # -- reading the state ----------------------------------------------------------
+
+    def summary(self) -> dict[str, Any]:
+        kept = self._duplicate_of < 0
+        counts = {
+            str(name): int(np.sum(self._split == code)) for code, name in enumerate(SPLIT_NAMES)
+        }
+        n_eval = counts["validation"] + counts["test"]
+        return {
+            "n_samples": self.n_samples,
+            "counts": counts,
+            "eval_share": n_eval / max(int(kept.sum()), 1),
+            "validation_share_of_eval": counts["validation"] / max(n_eval, 1),
+            "n_anchors": len(self._anchors),
+            "rounds": self.history,
+        }
+
+    def assignments(self) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "id": self._ids,
+                "split": SPLIT_NAMES[self._split] if self.n_samples else [],
+                "anchor_id": self._anchor,
+                "shell": SHELL_NAMES[self._shell] if self.n_samples else [],
+                "round": self._round,
+                "duplicate_of": self._duplicate_ids(np.arange(self.n_samples)),
+            }
+        )
+
+    def reconfigure(self, **changes: Any) -> None:
+        """Change knobs for later rounds; those that would change the meaning of
+        earlier assignments are refused once samples are held."""
+        frozen = sorted(
+            k
+            for k in changes
+            if k in FROZEN_AFTER_FIRST_ROUND and changes[k] != getattr(self.config, k)
+        )
+        if frozen and self.n_samples:
+            raise ValueError(f"{frozen} cannot change after the first round; reset the state")
+        self.config = self.config.replace(**changes)
+
+    def forget(self, ids: Sequence[Any]) -> int:
+        """Drop samples (deleted from the dataset) from the state; returns how many."""
+        drop = np.isin(self._ids, np.asarray(list(ids), dtype=self._ids.dtype))
+        if not drop.any():
+            return 0
+        keep_rows = np.flatnonzero(~drop)
+        new_index = np.full(self.n_samples, -1, np.int64)
+        new_index[keep_rows] = np.arange(len(keep_rows))
+        dup = self._duplicate_of[keep_rows]
+        self._duplicate_of = np.where(dup >= 0, new_index[np.maximum(dup, 0)], -1)
+        orphaned = (dup >= 0) & (self._duplicate_of < 0)
+        for name in ("_embeddings", "_ids", "_split", "_anchor", "_shell", "_round"):
+            setattr(self, name, getattr(self, name)[keep_rows])
+        # A duplicate whose original is gone keeps its split; it has no pointer left.
+        self._duplicate_of[orphaned] = -1
+        for name in ("_labels", "_groups"):
+            if getattr(self, name) is not None:
+                setattr(self, name, getattr(self, name)[keep_rows])
+        rows = self._anchors.centre_row
+        self._anchors.centre_row = np.where(rows >= 0, new_index[np.maximum(rows, 0)], -1)
+        return int(drop.sum())
+
+    # -- persistence ------------------------------------------------------------------
+
+    def state_dict(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        meta = {"config": self.config.to_dict(), "history": self.history, "dim": self.dim}
+        arrays = {
+            "embeddings": self._embeddings,
+            "ids": self._ids,
+            "split": self._split,
+            "anchor": self._anchor,
+            "shell": self._shell,
+            "round": self._round,
+            "duplicate_of": self._duplicate_of,
+        }
+        for name in ("labels", "groups"):
+            value = getattr(self, f"_{name}")
+            if value is not None:
+                arrays[name] = value
+        for name in AnchorTable.__dataclass_fields__:
+            arrays[f"anchor_{name}"] = getattr(self._anchors, name)
+        return meta, arrays
+
+    @classmethod
+    def from_state_dict(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> BubbleFence:
+        bf = cls(BubbleFenceConfig.from_dict(meta["config"]))
+        bf.history = list(meta["history"])
+        for name in ("embeddings", "ids", "split", "anchor", "shell", "round", "duplicate_of"):
+            setattr(bf, f"_{name}", np.asarray(arrays[name]))
+        bf._labels = arrays.get("labels")
+        bf._groups = arrays.get("groups")
+        bf._anchors = AnchorTable(
+            **{
+                name: np.asarray(arrays[f"anchor_{name}"])
+                for name in AnchorTable.__dataclass_fields__
+            }
+        )
+        return bf
+
+    def save(self, path: str | Path) -> None:
+        write_state(path, *self.state_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> BubbleFence:
+        return cls.from_state_dict(*read_state(path))
+
+    # -- helpers ----------------------------------------------------------------------
+
+    def _validate_embeddings(self, embeddings: np.ndarray) -> np.ndarray:
+        x = np.asarray(embeddings)
+        if x.ndim != 2:
+            raise ValueError(f"embeddings must be a 2-D array (n, d), got shape {x.shape}")
+        if len(x) == 0:
+            raise ValueError("embeddings is empty: a round needs at least one sample")
+        if self.dim is not None and x.shape[1] != self.dim:
+            raise ValueError(
+                f"embeddings have dimension {x.shape[1]}, but the state holds dimension "
+                f"{self.dim}; embeddings of another model cannot be mixed (reset the state)"
+            )
+        x = x.astype(np.float32, copy=True)
+        bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
+        if len(bad):
+            raise ValueError(f"embeddings rows {bad[:10].tolist()} contain NaN or inf")
+        norms = np.linalg.norm(x, axis=1)
+        zero = np.flatnonzero(norms == 0)
+        if len(zero):
+            raise ValueError(f"embeddings rows {zero[:10].tolist()} are zero vectors")
+        x /= norms[:, None]
+        return x
+
+    def _validate_ids(self, ids: Sequence[Any] | None, n: int) -> np.ndarray:
+        if ids is None:
+            if self.n_samples and self._ids.dtype.kind != "i":
+                raise ValueError("ids are required: earlier rounds used explicit ids")
+            start = int(self._ids.max()) + 1 if self.n_samples else 0
+            return np.arange(start, start + n, dtype=np.int64)
+        new_ids = np.asarray(list(ids))
+        if len(new_ids) != n:
+            raise ValueError(f"ids has {len(new_ids)} entries for {n} embeddings")
+        if self.n_samples and new_ids.dtype.kind != self._ids.dtype.kind:
+            raise ValueError("ids must be of the same type as in earlier rounds")
+        unique, counts = np.unique(new_ids, return_counts=True)
+        if (counts > 1).any():
+            raise ValueError(f"ids repeat within the batch: {unique[counts > 1][:10].tolist()}")
+        seen = np.isin(new_ids, self._ids) if self.n_samples else np.zeros(n, bool)
+        if seen.any():
+            raise ValueError(f"ids already ingested: {new_ids[seen][:10].tolist()}")
+        return new_ids
+
+    def _duplicate_ids(self, rows: np.ndarray) -> np.ndarray:
+        dup = self._duplicate_of[rows]
+        out = np.full(len(rows), None, dtype=object)
+        out[dup >= 0] = self._ids[dup[dup >= 0]]
+        return out
+
+    def _round_record(
+        self, round_index: int, rows: np.ndarray, stats: dict[str, Any], timings: dict
+    ) -> dict[str, Any]:
+        counts = {
+            str(name): int(np.sum(self._split[rows] == code))
+            for code, name in enumerate(SPLIT_NAMES)
+        }
+        summary = self.summary()
+        return {
+            "round": round_index,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "n_new": len(rows),
+            "counts": counts,
+            "eval_share": summary["eval_share"],
+            **{k: int(v) for k, v in stats.items()},
+            "seconds": {k: round(v, 4) for k, v in timings.items()},
+        }
+
+    def _result(
+        self, rows: np.ndarray, round_index: int, first_anchor: int, record: dict
+    ) -> RoundResult:
+        return RoundResult(
+            ids=self._ids[rows],
+            split=SPLIT_NAMES[self._split[rows]],
+            anchor_id=self._anchor[rows].copy(),
+            shell=SHELL_NAMES[self._shell[rows]],
+            duplicate_of=self._duplicate_ids(rows),
+            round=round_index,
+            new_anchor_ids=list(range(first_anchor, len(self._anchors))),
+            stats=record,
+        )
+
+
+def _append_optional(
+    old: np.ndarray | None, new: np.ndarray | None, n_old: int, n_new: int
+) -> np.ndarray | None:
+    if old is None and new is None:
+        return None
+    old = np.full(n_old, "", dtype=str) if old is None else old
+    new = np.full(n_new, "", dtype=str) if new is None else new
+    return np.concatenate([old.astype(str), new.astype(str)])

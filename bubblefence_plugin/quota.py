@@ -1,0 +1,210 @@
+"""Steps 4 and 7: how many samples a round must hold out, and growing bubbles to that.
+
+The controller is closed-loop: it measures the eval count after samples fell into
+existing bubbles, then accepts candidate bubbles one by one, shrinking a bubble
+(to the next clean cut inwards) when it would overshoot, until the need is met.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .anchors import CandidateStream
+from .assign import (
+    INNER,
+    INNER_TEST,
+    INNER_VAL,
+    OUTER,
+    TEST,
+    TRAIN,
+    UNASSIGNED,
+    VALIDATION,
+    AnchorTable,
+    choose_inner_cut,
+    shell_split,
+)
+from .boundary import best_cut, crossing_counts, cut_radius
+from .config import BubbleFenceConfig
+from .density import adaptive_radius, lid_mle
+from .neighbors import similarity_to_distance
+
+# How far from its adaptive radius a bubble's edge may move to find a clean cut.
+WINDOW = 2.0
+CANDIDATES_PER_BATCH = 32
+
+
+@dataclass
+class Budget:
+    need: int
+    cap: int
+
+
+def round_budget(
+    n_kept_total: int,
+    n_eval: int,
+    n_new_kept: int,
+    n_new_in_bubbles: int,
+    config: BubbleFenceConfig,
+) -> Budget:
+    """Samples the new bubbles of this round should capture (need) and may (cap)."""
+    deficit = round(config.eval_ratio * n_kept_total) - n_eval
+    floor = math.ceil(config.min_eval_per_batch * n_new_kept) - n_new_in_bubbles
+    need = max(deficit, floor, 0)
+    cap = max(math.floor((config.eval_ratio + config.eval_tolerance) * n_kept_total) - n_eval, need)
+    return Budget(need=need, cap=cap)
+
+
+def grow_bubbles(
+    embeddings: np.ndarray,
+    split: np.ndarray,
+    kept: np.ndarray,
+    stream_factory,
+    anchors: AnchorTable,
+    budget: Budget,
+    config: BubbleFenceConfig,
+    rng: np.random.Generator,
+    round_index: int,
+) -> tuple[AnchorTable, np.ndarray, np.ndarray, dict]:
+    """Accept bubbles until `budget.need` unassigned samples are captured.
+
+    `split` holds codes for every row, UNASSIGNED for this round's open samples;
+    it is updated in place for captured rows. Returns the new anchors, the
+    anchor index and shell code of captured rows (-1 / 0 elsewhere) and stats.
+    """
+    n = len(embeddings)
+    anchor_of = np.full(n, -1, dtype=np.int64)
+    shell_of = np.zeros(n, dtype=np.int8)
+    new_rows: list[dict] = []
+    captured = 0
+    crossed_total = 0
+    n_val = int(np.sum(split == VALIDATION))
+    n_eval = int(np.sum((split == VALIDATION) | (split == TEST)))
+    size = config.bubble_size or int(np.clip(round(budget.need / 128), 8, 4096))
+    centres = [anchors.centres] if len(anchors) else []
+    delta = float(np.arccos(config.leak_threshold))
+    excluded = np.flatnonzero(~kept)
+
+    for relaxed in (False, True):
+        if captured >= budget.need:
+            break
+        stream: CandidateStream = stream_factory(size)
+        min_capture = 1 if relaxed else 2
+        while captured < budget.need:
+            batch = stream.next_batch(CANDIDATES_PER_BATCH)
+            if len(batch) == 0:
+                break
+            rows = stream.rows(batch)
+            profiles = embeddings[rows] @ embeddings.T
+            for row, sims in zip(rows, profiles, strict=True):
+                if captured >= budget.need:
+                    break
+                if split[row] != UNASSIGNED:
+                    continue
+                centre = embeddings[row]
+                if centres:
+                    all_centres = np.vstack(centres)
+                    if 1.0 - float(np.max(all_centres @ centre)) < config.min_anchor_distance:
+                        continue
+                sims = sims.astype(np.float64)
+                sims[excluded] = -2.0
+                k = min(max(config.lid_k, size) + 1, n)
+                top = np.partition(-sims, k - 1)[:k]
+                neighbour_sims = np.sort(-top)[::-1][1:]
+                if len(neighbour_sims) == 0:
+                    continue
+                lid_k = min(config.lid_k, len(neighbour_sims))
+                lid = float(lid_mle(similarity_to_distance(neighbour_sims[None, :lid_k]))[0])
+                radius = adaptive_radius(neighbour_sims, lid, size, config)
+                r_hi = min(config.max_radius, radius * WINDOW)
+                theta_hi = float(np.arccos(np.clip(1.0 - r_hi, -1, 1)))
+                s_min = float(np.cos(min(theta_hi + delta, np.pi)))
+                near = np.flatnonzero(sims >= s_min)
+                order = np.lexsort((near, -sims[near]))
+                ranked = near[order]
+                ranked_sims = sims[ranked]
+                is_open = split[ranked] == UNASSIGNED
+                cum_open = np.cumsum(is_open)
+                allowed = min(budget.cap - captured, budget.need - captured + _slack(budget))
+                limit = len(ranked)
+                train_hits = np.flatnonzero(split[ranked] == TRAIN)
+                if len(train_hits):
+                    limit = min(limit, int(train_hits[0]))
+                limit = min(limit, int(np.searchsorted(-ranked_sims, -(1.0 - r_hi), "right")))
+                limit = min(limit, int(np.searchsorted(cum_open, allowed, "right")))
+                k_min = int(np.searchsorted(cum_open, min_capture, "left")) + 1
+                k_lo_window = int(np.searchsorted(-ranked_sims, -(1.0 - radius / WINDOW), "right"))
+                k_lo = max(k_min, min(k_lo_window, limit))
+                if k_lo > limit:
+                    continue
+                counts = crossing_counts(
+                    embeddings,
+                    ranked,
+                    ranked_sims.astype(np.float32),
+                    k_lo,
+                    limit,
+                    config.leak_threshold,
+                )
+                preferred = int(np.searchsorted(-ranked_sims, -(1.0 - radius), "right"))
+                choice = best_cut(counts, k_lo, preferred, allow_crossing=relaxed)
+                if choice is None:
+                    continue
+                cut, crossed = choice
+                inside = ranked[:cut]
+                members = inside[is_open[:cut]]
+                member_sims = sims[members].astype(np.float32)
+                layout = _layout(config, rng)
+                target_val = int(round(config.validation_ratio * (n_eval + len(members)))) - n_val
+                target_val = int(np.clip(target_val, 0, len(members)))
+                target_inner = target_val if layout == INNER_VAL else len(members) - target_val
+                n_inner, inner_radius, inner_crossed = choose_inner_cut(
+                    embeddings, members, member_sims, target_inner, config.leak_threshold
+                )
+                index = len(anchors) + len(new_rows)
+                shells = np.where(np.arange(len(members)) < n_inner, INNER, OUTER).astype(np.int8)
+                codes = shell_split(np.full(len(members), layout, np.int8), shells)
+                split[members] = codes
+                anchor_of[members] = index
+                shell_of[members] = shells
+                n_val += int(np.sum(codes == VALIDATION))
+                n_eval += len(members)
+                captured += len(members)
+                crossed_total += crossed + inner_crossed
+                new_rows.append(
+                    {
+                        "centres": centre[None, :],
+                        "centre_row": int(row),
+                        "radius": cut_radius(ranked_sims, cut),
+                        "inner_radius": inner_radius,
+                        "layout": layout,
+                        "lid": lid,
+                        "round": round_index,
+                        "n_captured": len(members),
+                        "cut_pairs": crossed + inner_crossed,
+                    }
+                )
+                centres.append(centre[None, :])
+    table = AnchorTable.from_rows(new_rows, embeddings.shape[1])
+    stats = {
+        "need": budget.need,
+        "captured": captured,
+        "new_anchors": len(new_rows),
+        "cut_pairs": crossed_total,
+        "shortfall": max(budget.need - captured, 0),
+    }
+    return table, anchor_of, shell_of, stats
+
+
+def _slack(budget: Budget) -> int:
+    # Half the tolerance: keeps room for the next rounds' samples that land in bubbles.
+    return max(1, (budget.cap - budget.need) // 2)
+
+
+def _layout(config: BubbleFenceConfig, rng: np.random.Generator) -> int:
+    if config.shell_layout == "inner_val":
+        return INNER_VAL
+    if config.shell_layout == "inner_test":
+        return INNER_TEST
+    return int(rng.integers(2))
