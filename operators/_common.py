@@ -1,0 +1,64 @@
+"""Helpers shared by the operators (same role as the brain plugin's module-level helpers)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import fiftyone as fo
+import fiftyone.operators as foo
+
+
+def sdk_context(sample_collection: Any) -> dict[str, Any]:
+    """Execution context for `execute_operator` from a dataset or a view (io plugin style)."""
+    if isinstance(sample_collection, fo.DatasetView):
+        return {"view": sample_collection}
+    return {"dataset": sample_collection}
+
+
+def run_sdk(
+    operator: foo.Operator, sample_collection: Any, params: dict[str, Any], delegate: bool
+) -> Any:
+    ctx = sdk_context(sample_collection)
+    return foo.execute_operator(operator.uri, ctx, params=params, request_delegation=delegate)
+
+
+def to_path(path: Any) -> dict[str, str] | None:
+    """A path as the App's FileExplorerView sends it."""
+    if path is None:
+        return None
+    return {"absolute_path": os.path.abspath(os.path.expanduser(os.fspath(path)))}
+
+
+def parse_path(ctx: Any, name: str) -> str | None:
+    """Reads a path param sent by the App (``{"absolute_path": ...}``) or from Python (str)."""
+    value = ctx.params.get(name)
+    if isinstance(value, dict):
+        value = value.get("absolute_path") or value.get("path")
+    if not value:
+        return None
+    return os.path.abspath(os.path.expanduser(str(value)))
+
+
+def summary_lines(summary: dict[str, Any]) -> str:
+    """Markdown for an operator's output view."""
+    lines = [f"**{summary.get('message', '')}**", ""]
+    for key, label in (
+        ("counts_round", "This round"),
+        ("counts_total", "All rounds"),
+    ):
+        counts = summary.get(key)
+        if counts:
+            parts = ", ".join(f"{k} {v}" for k, v in counts.items())
+            lines.append(f"- {label}: {parts}")
+    for key, label in (
+        ("eval_share", "Eval share"),
+        ("new_anchors", "New bubbles"),
+        ("n_anchors", "Bubbles in all"),
+        ("n_embedded", "Images embedded"),
+        ("n_errors", "Samples with errors"),
+        ("n_forgotten", "Deleted samples dropped from the state"),
+    ):
+        if key in summary:
+            lines.append(f"- {label}: {summary[key]}")
+    return "\n".join(lines)

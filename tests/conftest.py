@@ -1,0 +1,146 @@
+"""Test session set-up: a throwaway FiftyOne database and plugins directory.
+
+FiftyOne reads its configuration when it is first imported, so the environment is set
+here, at conftest import, before any test module can import it. Tests that never
+import fiftyone pay nothing: mongod starts only on the first database access.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+_TMP = Path(tempfile.mkdtemp(prefix="bubblefence-tests-"))
+(_TMP / "plugins").mkdir()
+# The repo root is the plugin; a symlink lets FiftyOne's loader find it without
+# walking into the repo's other folders.
+(_TMP / "plugins" / "bubblefence").symlink_to(ROOT, target_is_directory=True)
+
+os.environ["FIFTYONE_DATABASE_DIR"] = str(_TMP / "db")
+os.environ["FIFTYONE_PLUGINS_DIR"] = str(_TMP / "plugins")
+os.environ["FIFTYONE_DEFAULT_DATASET_DIR"] = str(_TMP / "datasets")
+os.environ["FIFTYONE_DO_NOT_TRACK"] = "true"
+os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
+os.environ.setdefault("FIFTYONE_SHOW_PROGRESS_BARS", "false")
+os.environ.pop("FIFTYONE_DATABASE_URI", None)  # never touch a real database
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _cleanup() -> None:
+    # Registered before fiftyone is imported, so it runs after fiftyone's own exit
+    # handlers have stopped mongod (atexit runs handlers last-in, first-out).
+    shutil.rmtree(_TMP, ignore_errors=True)
+
+
+atexit.register(_cleanup)
+
+TINY_DIM = 16
+IMAGE_SIZE = 32
+
+
+def save_tiny_clip(folder: Path) -> str:
+    """A randomly initialised, tiny CLIP saved like a real one: loads offline in ~1 s."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    torch.manual_seed(1234)
+    config = CLIPConfig(
+        text_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            vocab_size=100,
+            max_position_embeddings=16,
+        ),
+        vision_config=dict(
+            image_size=IMAGE_SIZE,
+            patch_size=8,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+        ),
+        projection_dim=TINY_DIM,
+    )
+    CLIPModel(config).save_pretrained(folder)
+    CLIPImageProcessor(
+        size={"shortest_edge": IMAGE_SIZE},
+        crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+    ).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return save_tiny_clip(tmp_path_factory.mktemp("tiny_clip"))
+
+
+def write_images(folder: Path, n: int, seed: int = 0, prefix: str = "img") -> list[str]:
+    """``n`` 32x32 RGB images in a few colour families, so embeddings form clusters."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    bases = rng.integers(0, 256, size=(8, 3))
+    paths = []
+    for i in range(n):
+        base = bases[i % len(bases)]
+        noise = rng.integers(-40, 41, size=(IMAGE_SIZE, IMAGE_SIZE, 3))
+        pixels = np.clip(base + noise, 0, 255).astype(np.uint8)
+        path = folder / f"{prefix}_{i:04d}.png"
+        Image.fromarray(pixels).save(path)
+        paths.append(str(path))
+    return paths
+
+
+@pytest.fixture
+def image_factory(tmp_path: Path) -> Callable[..., list[str]]:
+    counter = iter(range(1000))
+
+    def make(n: int, seed: int = 0, subdir: str | None = None) -> list[str]:
+        name = subdir or f"batch{next(counter)}"
+        return write_images(tmp_path / name, n, seed=seed, prefix=name)
+
+    return make
+
+
+def clustered_embeddings(n: int, dim: int = TINY_DIM, seed: int = 0) -> np.ndarray:
+    """Unit vectors around 10 centres: what a real image model gives, in miniature."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((10, dim))
+    x = centres[rng.integers(0, 10, n)] + 0.25 * rng.standard_normal((n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture
+def fo_datasets() -> Iterator[list]:
+    """Collects datasets a test creates and deletes them afterwards."""
+    made: list = []
+    yield made
+    for ds in made:
+        try:
+            if not ds.deleted:
+                ds.delete()
+        except Exception:
+            pass
+
+
+@pytest.fixture
+def field_dataset(fo_datasets: list) -> object:
+    """200 samples with a precomputed 16-d embeddings field ``emb`` (no images needed)."""
+    import fiftyone as fo
+
+    ds = fo.Dataset()
+    fo_datasets.append(ds)
+    ds.add_samples([fo.Sample(filepath=f"/nonexistent/{i}.png") for i in range(200)])
+    ds.set_values("emb", list(clustered_embeddings(200)))
+    return ds

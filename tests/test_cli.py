@@ -1,0 +1,144 @@
+"""The split/export/reset/demo commands, called in-process through `cli.main`."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+pytestmark = pytest.mark.fiftyone
+
+fo = pytest.importorskip("fiftyone")
+cli = pytest.importorskip("bubblefence_plugin.cli")
+bfd = pytest.importorskip("bubblefence_plugin.dataset")
+
+
+@pytest.fixture
+def dataset_name(request):
+    name = f"bf-cli-{request.node.name}"[:60]
+    yield name
+    if fo.dataset_exists(name):
+        fo.delete_dataset(name)
+
+
+def test_split_folder_by_folder_then_export_and_reset(
+    dataset_name, image_factory, tiny_clip_dir, tmp_path, capsys
+):
+    image_factory(40, seed=1, subdir="drive1")
+    image_factory(20, seed=2, subdir="drive2")
+    folder1 = str(tmp_path / "drive1")
+    folder2 = str(tmp_path / "drive2")
+    config = tmp_path / "cfg.yaml"
+    # The original's nested layout is accepted.
+    config.write_text("dataset_splits:\n  eval_ratio: 0.25\nrandom_seed:\n  random_seed: 3\n")
+
+    args = ["split", "--dataset", dataset_name, "--config", str(config), "--model", tiny_clip_dir]
+    assert cli.main([*args, "--folder", folder1]) == 0
+    out = capsys.readouterr().out
+    assert "Added 40 new images" in out and "Round 0" in out
+    ds = fo.load_dataset(dataset_name)
+    assert ds.persistent and len(ds.exists("split")) == 40
+    assert bfd.state_info(ds)["config"]["eval_ratio"] == 0.25
+    before = dict(zip(*ds.values(["id", "split"]), strict=True))
+
+    # Re-adding the first folder adds nothing; the second folder is the new round.
+    assert cli.main([*args, "--folder", folder1, "--folder", folder2]) == 0
+    out = capsys.readouterr().out
+    assert "Added 0 new images" in out and "Added 20 new images" in out and "Round 1" in out
+    assert len(ds) == 60 and len(ds.exists("split")) == 60
+    now = dict(zip(*ds.values(["id", "split"]), strict=True))
+    assert all(now[i] == s for i, s in before.items())
+    assert cli.main(["split", "--dataset", dataset_name]) == 0
+    assert "Nothing new" in capsys.readouterr().out
+
+    # A frozen knob change is refused with a clear message and exit code 2.
+    assert cli.main(["split", "--dataset", dataset_name, "--set", "seed=9"]) == 2
+    assert "seed" in capsys.readouterr().err
+
+    export_dir = tmp_path / "export"
+    assert (
+        cli.main(
+            [
+                "export",
+                "--dataset",
+                dataset_name,
+                "--dir",
+                str(export_dir),
+                "--format",
+                "ImageDirectory",
+            ]
+        )
+        == 0
+    )
+    with open(export_dir / "manifest.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    # Duplicates (the tiny model can embed two generated images alike) are not exported.
+    exported = ds.match_tags(["train", "validation", "test"])
+    assert len(rows) == len(exported) >= 50
+    assert {r["filepath"] for r in rows} == set(exported.values("filepath"))
+    assert cli.main(["export", "--dataset", dataset_name, "--dir", str(export_dir)]) == 2
+    assert "not empty" in capsys.readouterr().err
+
+    assert cli.main(["reset", "--dataset", dataset_name, "--yes", "--keep-embeddings"]) == 0
+    assert not ds.has_field("split") and ds.has_field(bfd.EMBEDDING_FIELD)
+    assert cli.main(["reset", "--dataset", "no-such-dataset", "--yes"]) == 2
+
+
+def test_split_with_embeddings_field(dataset_name, capsys):
+    from conftest import clustered_embeddings
+
+    ds = fo.Dataset(dataset_name)
+    ds.add_samples([fo.Sample(filepath=f"/nonexistent/{i}.png") for i in range(80)])
+    ds.set_values("emb", list(clustered_embeddings(80)))
+    assert (
+        cli.main(
+            [
+                "split",
+                "--dataset",
+                dataset_name,
+                "--embeddings-field",
+                "emb",
+                "--set",
+                "eval_ratio=0.3",
+            ]
+        )
+        == 0
+    )
+    assert len(ds.exists("split")) == 80
+    assert cli.main(["split", "--dataset", dataset_name, "--embeddings-field", "nope"]) == 2
+    assert "nope" in capsys.readouterr().err
+
+
+def test_demo_with_local_model(tiny_clip_dir, tmp_path, capsys):
+    name = "bf-demo-test"
+    try:
+        code = cli.main(
+            ["demo", "--name", name, "--model", tiny_clip_dir, "--dir", str(tmp_path / "demo")]
+        )
+        out = capsys.readouterr().out
+        assert code == 0, out
+        assert "Round 1:" in out and "Round 2:" in out
+        assert f"fiftyone app launch {name}" in out
+        ds = fo.load_dataset(name)
+        assert ds.persistent
+        rounds = ds.count_values("bubblefence_round")
+        assert set(rounds) == {0, 1} and all(v > 0 for v in rounds.values())
+        assert len(ds.exists("split")) == len(ds)
+    finally:
+        if fo.dataset_exists(name):
+            fo.delete_dataset(name)
+
+
+def test_demo_explains_when_the_model_cannot_load(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    missing = tmp_path / "no-model-here"
+    missing.mkdir()
+    assert cli.main(["demo", "--name", "bf-demo-missing", "--model", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert "could not load the embedding model" in err and "--model" in err
+    assert not fo.dataset_exists("bf-demo-missing")
+
+
+def test_packaged_images_exist():
+    images = cli.packaged_images()
+    assert len(images) >= 3  # scikit-learn and matplotlib are dependencies

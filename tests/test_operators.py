@@ -1,0 +1,217 @@
+"""The plugin through FiftyOne's own operator machinery (loader, executor, delegation)."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.fiftyone
+
+fo = pytest.importorskip("fiftyone")
+foo = pytest.importorskip("fiftyone.operators")
+bfd = pytest.importorskip("bubblefence_plugin.dataset")
+
+from fiftyone.operators.delegated import DelegatedOperationService  # noqa: E402
+from fiftyone.operators.executor import ExecutionError  # noqa: E402
+from fiftyone.operators.registry import OperatorRegistry  # noqa: E402
+
+PLUGIN = "@bubblefence/bubblefence"
+SPLIT = f"{PLUGIN}/bubblefence_split"
+RESET = f"{PLUGIN}/bubblefence_reset"
+EXPORT = f"{PLUGIN}/bubblefence_export"
+
+
+def _requests(result) -> dict[str, list]:
+    out: dict[str, list] = {}
+    for r in result.executor.to_json()["requests"]:
+        out.setdefault(r["operator_uri"], []).append(r["params"])
+    return out
+
+
+@pytest.fixture
+def image_dataset(image_factory, fo_datasets):
+    ds = fo.Dataset()
+    fo_datasets.append(ds)
+    ds.add_samples([fo.Sample(filepath=p) for p in image_factory(60, seed=0)])
+    return ds
+
+
+def test_registry_lists_our_operators_without_errors():
+    registry = OperatorRegistry()
+    uris = {op.uri for op in registry.list_operators()}
+    assert {SPLIT, RESET, EXPORT} <= uris
+    assert [e for e in registry.list_errors() if "bubblefence" in str(e).lower()] == []
+    assert registry.list_errors() == []
+    assert foo.get_operator(SPLIT).config.label == "BubbleFence split"
+
+
+def test_split_form_has_defaults_descriptions_and_folded_advanced(field_dataset):
+    from fiftyone.operators.executor import resolve_type
+
+    def form(params):
+        import asyncio
+
+        request = {
+            "dataset_name": field_dataset.name,
+            "operator_uri": SPLIT,
+            "params": params,
+            "view": [],
+            "target": "inputs",
+        }
+        result = asyncio.run(resolve_type(OperatorRegistry(), SPLIT, request))
+        return result.to_json()["type"]["properties"]
+
+    props = form({})
+    for name in (
+        "eval_ratio",
+        "validation_ratio",
+        "shell_layout",
+        "dedup_threshold",
+        "dedup_policy",
+        "seed",
+        "embeddings",
+        "model_name",
+    ):
+        assert name in props, name
+        assert (
+            props[name]["view"].get("description")
+            or props[name]["view"].get("caption")
+            or name in ("embeddings",)
+        ), name
+    assert props["eval_ratio"]["default"] == 0.2
+    assert props["model_name"]["default"] == "openai/clip-vit-base-patch32"
+    assert "lid_k" not in props and "show_advanced" in props
+    props = form({"show_advanced": True, "embeddings": "field"})
+    assert "lid_k" in props and "label_field" in props
+    assert "emb" in str(props["embeddings_field"])
+
+
+def test_split_immediate_with_tiny_clip_and_a_corrupt_image(image_dataset, tiny_clip_dir, tmp_path):
+    ds = image_dataset
+    bad = tmp_path / "corrupt.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    ds.add_sample(fo.Sample(filepath=str(bad)))
+    result = foo.execute_operator(
+        SPLIT, ctx={"dataset": ds, "params": {"model_name": tiny_clip_dir, "eval_ratio": 0.25}}
+    )
+    requests = _requests(result)
+    progress = [p["progress"] for p in requests["set_progress"]]
+    assert progress == sorted(progress) and progress[-1] == 1.0 and len(progress) >= 4
+    assert "reload_dataset" in requests
+    shown = requests["show_output"][0]["results"]["summary"]
+    assert "Round 0" in shown and "Eval share" in shown
+    bad_sample = ds.one(fo.ViewField("filepath") == str(bad))
+    assert bad_sample.bubblefence_error and bad_sample.split is None
+    assert not set(bad_sample.tags) & set(bfd.SPLIT_TAGS)
+    assert len(ds.exists("split")) == 60
+    assert len(ds.exists(bfd.EMBEDDING_FIELD)) == 60
+    assert ds.get_field(bfd.EMBEDDING_FIELD).info["model_name"] == tiny_clip_dir
+    tags = ds.count_sample_tags()
+    counts = ds.count_values("split")
+    for s in bfd.SPLIT_TAGS:
+        assert tags.get(s, 0) == counts.get(s, 0)
+
+
+def test_incremental_rounds_via_operator_embed_only_new(
+    image_dataset, tiny_clip_dir, image_factory
+):
+    ds = image_dataset
+    op = foo.get_operator(SPLIT)
+    op(ds, model_name=tiny_clip_dir)
+    first = dict(zip(*ds.values(["id", "split"]), strict=True))
+    emb_before = dict(zip(*ds.values(["id", bfd.EMBEDDING_FIELD]), strict=True))
+    for k in (1, 2):
+        ds.add_samples([fo.Sample(filepath=p) for p in image_factory(20, seed=10 + k)])
+        op(ds, model_name=tiny_clip_dir)
+        now = dict(zip(*ds.values(["id", "split"]), strict=True))
+        assert all(now[i] == s for i, s in first.items())
+        assert len(ds.match(fo.ViewField("bubblefence_round") == k)) == 20
+    ids, vectors = ds.select(list(emb_before)).values(["id", bfd.EMBEDDING_FIELD])
+    for sid, vec in zip(ids, vectors, strict=True):
+        assert (vec == emb_before[sid]).all()  # never recomputed
+    result = op(ds, model_name=tiny_clip_dir)
+    assert "Nothing new" in _requests(result)["notify"][0]["message"]
+
+
+def test_split_delegated_with_field_and_selected_samples(field_dataset):
+    ds = field_dataset
+    selected = ds.take(40, seed=3).values("id")
+    result = foo.execute_operator(
+        SPLIT,
+        ctx={
+            "dataset": ds,
+            "selected": selected,
+            "view_target": "SELECTED_SAMPLES",
+            "params": {"embeddings": "field", "embeddings_field": "emb", "eval_ratio": 0.3},
+            "request_delegation": True,
+        },
+    )
+    assert result.delegated
+    assert len(ds.exists("split")) == 0  # queued, not run
+    service = DelegatedOperationService()
+    service.execute_queued_operations(dataset_name=ds.name)
+    op = service.get(result.result["id"])
+    assert op.run_state == "completed", op.run_state
+    assert op.result.result["result"]["n_assigned"] == 40
+    assert sorted(ds.exists("split").values("id")) == sorted(selected)
+    assert bfd.state_info(ds)["config"]["eval_ratio"] == 0.3
+
+
+def test_sdk_call_delegated(field_dataset):
+    op = foo.get_operator(SPLIT)
+    assert op(field_dataset, embeddings_field="emb", delegate=True).delegated
+    DelegatedOperationService().execute_queued_operations(dataset_name=field_dataset.name)
+    assert len(field_dataset.exists("split")) == 200
+
+
+def test_out_of_range_parameter_is_named(field_dataset):
+    with pytest.raises(ExecutionError, match="eval_ratio"):
+        foo.get_operator(SPLIT)(field_dataset, embeddings_field="emb", eval_ratio=1.5)
+
+
+def test_wrong_dimension_field_refused_by_operator(field_dataset):
+    ds = field_dataset
+    op = foo.get_operator(SPLIT)
+    op(ds.limit(100), embeddings_field="emb")
+    ds.exists("split", False).set_values("emb", [[0.5] * 7] * 100)
+    with pytest.raises(ExecutionError, match="emb"):
+        op(ds, embeddings_field="emb")
+
+
+def test_concurrent_operator_run_is_refused(field_dataset):
+    with bfd.RunLock(field_dataset):
+        with pytest.raises(ExecutionError, match="in progress"):
+            foo.get_operator(SPLIT)(field_dataset, embeddings_field="emb")
+
+
+def test_reset_operator(field_dataset, tiny_clip_dir):
+    ds = field_dataset
+    foo.get_operator(SPLIT)(ds, embeddings_field="emb")
+    with pytest.raises(ExecutionError, match="confirm"):
+        foo.execute_operator(RESET, ctx={"dataset": ds, "params": {"confirm": False}})
+    assert ds.has_field("split")
+    result = foo.get_operator(RESET)(ds)
+    assert result.result["n_samples_untagged"] == 200
+    assert not ds.has_field("split") and ds.list_runs() == []
+    assert not set(ds.count_sample_tags()) & set(bfd.SPLIT_TAGS)
+
+
+def test_export_operator_round_trip(image_dataset, tiny_clip_dir, tmp_path, fo_datasets):
+    ds = image_dataset
+    foo.get_operator(SPLIT)(ds, model_name=tiny_clip_dir)
+    out = tmp_path / "out"
+    result = foo.get_operator(EXPORT)(ds, str(out))
+    assert (out / "manifest.csv").exists()
+    total = 0
+    for name, n in result.result["counts"].items():
+        if not n:
+            continue
+        back = fo.Dataset.from_dir(str(out / name), dataset_type=fo.types.FiftyOneDataset)
+        fo_datasets.append(back)
+        assert sorted(back.values("id")) == sorted(ds.match_tags(name).values("id"))
+        assert set(back.distinct("split")) == {name}
+        total += n
+    assert total == 60
+    with pytest.raises(ExecutionError, match="(?i)not empty"):
+        foo.get_operator(EXPORT)(ds, str(out))
+    again = foo.get_operator(EXPORT)(ds, str(out), overwrite=True, names=["train"])
+    assert list(again.result["counts"]) == ["train"]
