@@ -49,7 +49,7 @@ def fit_projection(
         # All rows identical: any axis will do, the data has no spread to explore.
         components = np.eye(max(p, 1), embeddings.shape[1])
         return Projection(components.astype(np.float32), sample.mean(0).astype(np.float32))
-    pca = PCA(n_components=p, svd_solver="full").fit(sample)
+    pca = PCA(n_components=p, svd_solver="covariance_eigh").fit(sample)
     return Projection(pca.components_.astype(np.float32), pca.mean_.astype(np.float32))
 
 

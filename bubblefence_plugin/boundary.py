@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from .neighbors import block_rows
-
 # Cuts between samples closer in similarity than this are impossible: float
 # round-off in a later product could put them on either side.
 MIN_GAP = 1e-6
 IMPOSSIBLE = np.iinfo(np.int64).max // 4
+# Inside members per matrix product; small blocks follow the band's diagonal closely.
+BAND_BLOCK = 128
+# Band samples of the cheap first look in `nearest_clean_cut`.
+SCREEN_BAND = 512
 
 
 def crossing_counts(
@@ -29,6 +31,9 @@ def crossing_counts(
     k_lo: int,
     k_hi: int,
     threshold: float,
+    *,
+    max_band: int | None = None,
+    rng: np.random.Generator | None = None,
 ) -> np.ndarray:
     """Crossing pairs of every cut k in [k_lo, k_hi], as an array of k_hi - k_lo + 1 counts.
 
@@ -39,27 +44,46 @@ def crossing_counts(
     `centre_sims` to the centre, most similar first. Pairs with
     a member beyond the end of the arrays are not seen: callers pass every sample
     within the leak angle of the widest cut.
+
+    The count is exact while the band of ranks that can hold crossing pairs has at
+    most `max_band` samples (always, when None). A wider band, where the data is
+    dense, is compared on a seeded sample of `max_band` of its samples (drawn with
+    `rng`): the cost stays bounded, and a pair is then seen with probability
+    (max_band / band)**2, so counts are lower bounds and a "clean" cut is a cut
+    where no crossing was seen.
     """
     n = len(centre_sims)
     if not 1 <= k_lo <= k_hi <= n:
         raise ValueError(f"cut window [{k_lo}, {k_hi}] is outside [1, {n}]")
     angles = np.arccos(np.clip(centre_sims.astype(np.float64), -1.0, 1.0))
     delta = float(np.arccos(threshold))
-    # Inside members of crossing pairs: ranks p < k_hi with angle >= angle(k_lo) - delta.
-    p_start = int(np.searchsorted(angles, angles[k_lo - 1] - delta, side="left"))
-    p_stop = k_hi
-    # Outside members: ranks q >= k_lo with angle <= angle(k_hi - 1) + delta.
-    q_start = k_lo
-    q_stop = int(np.searchsorted(angles, angles[k_hi - 1] + delta, side="right"))
+    # Members of crossing pairs: inside ranks p < k_hi with angle >= angle(k_lo) - delta,
+    # outside ranks q >= k_lo with angle <= angle(k_hi - 1) + delta.
+    band_start = int(np.searchsorted(angles, angles[k_lo - 1] - delta, side="left"))
+    band_stop = int(np.searchsorted(angles, angles[k_hi - 1] + delta, side="right"))
+    ranks = np.arange(band_start, band_stop)
+    if max_band is not None and len(ranks) > max_band:
+        if rng is None:
+            raise ValueError("crossing_counts needs an rng to sample a band wider than max_band")
+        ranks = np.sort(rng.choice(ranks, size=max_band, replace=False))
+    band = embeddings[ranked_rows[ranks]]
+    band_angles = angles[ranks]
+    n_inside = int(np.searchsorted(ranks, k_hi))  # band positions with rank < k_hi
+    first_outside = int(np.searchsorted(ranks, k_lo))  # first band position with rank >= k_lo
+    # Band positions are sorted by angle, so the outside partners within reach
+    # (angle + delta) of a block of inside members are a contiguous run.
+    reach = np.searchsorted(band_angles, band_angles[:n_inside] + delta, side="right")
     diff = np.zeros(k_hi - k_lo + 2, dtype=np.int64)
-    outside = embeddings[ranked_rows[q_start:q_stop]]
-    block = block_rows(len(outside))
-    for start in range(p_start, p_stop, block):
-        stop = min(start + block, p_stop)
-        sims = embeddings[ranked_rows[start:stop]] @ outside.T
+    for start in range(0, n_inside, BAND_BLOCK):
+        stop = min(start + BAND_BLOCK, n_inside)
+        q_lo = max(first_outside, start + 1)
+        q_hi = int(reach[stop - 1])
+        if q_lo >= q_hi:
+            continue
+        sims = band[start:stop] @ band[q_lo:q_hi].T
         p_local, q_local = np.nonzero(sims >= threshold)
-        p_rank = p_local + start
-        q_rank = q_local + q_start
+        p_rank = ranks[p_local + start]
+        q_rank = ranks[q_local + q_lo]
         forward = q_rank > p_rank
         # Pair (p, q) is cut by every k with p < k <= q, clipped to the window.
         lo = np.maximum(p_rank[forward] + 1, k_lo) - k_lo
@@ -99,3 +123,44 @@ def best_cut(
     ks = candidates + k_lo
     best = int(ks[np.argmin(np.abs(ks - preferred_k))])
     return best, int(crossings[best - k_lo])
+
+
+def nearest_clean_cut(
+    embeddings: np.ndarray,
+    ranked_rows: np.ndarray,
+    centre_sims: np.ndarray,
+    k_lo: int,
+    k_hi: int,
+    preferred_k: int,
+    threshold: float,
+    *,
+    max_band: int | None,
+    rng: np.random.Generator,
+) -> int | None:
+    """The clean cut in [k_lo, k_hi] nearest `preferred_k` (ties: the smaller), or None.
+
+    Same answer as `best_cut(crossing_counts(...), allow_crossing=False)`, found in
+    stages because most of the work is spent on candidates that have no clean cut:
+    a crossing seen on a small sample of the band is a real crossing, so a first
+    look at `SCREEN_BAND` samples rules cuts out for certain; the full count then
+    runs on the narrowest window around `preferred_k` that holds the cuts still open,
+    and on the rest of the window only if none of those is clean.
+    """
+    seen = crossing_counts(
+        embeddings, ranked_rows, centre_sims, k_lo, k_hi, threshold, max_band=SCREEN_BAND, rng=rng
+    )
+    open_cuts = np.flatnonzero(seen == 0) + k_lo
+    if len(open_cuts) == 0:
+        return None
+    reach = int(np.min(np.abs(open_cuts - preferred_k)))
+    windows = [(max(k_lo, preferred_k - reach), min(k_hi, preferred_k + reach))]
+    windows.append((int(open_cuts.min()), int(open_cuts.max())))
+    for lo, hi in windows:
+        lo, hi = min(lo, hi), max(lo, hi)
+        counts = crossing_counts(
+            embeddings, ranked_rows, centre_sims, lo, hi, threshold, max_band=max_band, rng=rng
+        )
+        choice = best_cut(counts, lo, preferred_k, allow_crossing=False)
+        if choice is not None:
+            return choice[0]
+    return None

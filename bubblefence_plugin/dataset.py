@@ -49,7 +49,8 @@ logger = logging.getLogger(__name__)
 RUN_KEY = "bubblefence"
 COMMIT_KEY = "bubblefence_commit"
 STATE_FORMAT = "bubblefence-state"
-STATE_VERSION = 1
+# 1: the embeddings matrix inside the run; 2: rebuilt from the embeddings field.
+STATE_VERSION = 2
 
 EMBEDDING_FIELD = "bubblefence_embedding"
 SPLIT_FIELD = "split"
@@ -300,8 +301,61 @@ def load_state(samples: foc.SampleCollection) -> tuple[Any, dict[str, Any]] | No
             f"newer BubbleFence (this one reads up to {STATE_VERSION}); upgrade the plugin"
         )
     arrays = {k: from_npy_bytes(v) for k, v in results.arrays.items()}
+    gone: list[str] = []
+    if "embeddings" not in arrays:
+        arrays["embeddings"], gone = _stored_embeddings(dataset, params, arrays)
     bf = BubbleFence.from_state_dict(results.meta, arrays)
+    if gone:
+        bf.forget(gone)  # deleted from the dataset since the state was written
     return bf, params
+
+
+def _row_checks(unit_rows: np.ndarray) -> np.ndarray:
+    """One number per row that moves when the row changes: its product with a fixed
+    irregular vector (cosines of multiples of the golden angle, the same everywhere).
+    A tolerance, not a hash, so a one-ulp difference in normalisation is no change."""
+    weights = np.cos(np.arange(unit_rows.shape[1]) * 2.399963229728653)
+    return unit_rows.astype(np.float64) @ weights
+
+
+def _stored_embeddings(
+    dataset: fo.Dataset, params: dict[str, Any], arrays: dict[str, np.ndarray]
+) -> tuple[np.ndarray, list[str]]:
+    """The state's embeddings matrix, rebuilt from the embeddings field in state order.
+
+    The state keeps only a checksum per row: the vectors already live in the field,
+    and a second copy in the run would double a million-sample dataset's storage.
+    Returns the matrix (zero rows for samples deleted since) and the deleted ids.
+    """
+    from .embed import embeddings_from_array
+    from .pipeline import unit_rows
+
+    field = params["embeddings_field"]
+    ids = arrays["ids"].astype(str)
+    dim = int(params["dim"])
+    all_ids, vectors = dataset.values(["id", field])
+    position = dict(zip(all_ids, range(len(all_ids)), strict=True))
+    present = np.array([i in position for i in ids], dtype=bool)
+    rows = [vectors[position[i]] for i in ids[present]]
+    checked = embeddings_from_array(rows, dim=dim) if rows else None
+    if checked is not None and checked.errors:
+        bad = [ids[present][i] for i in sorted(checked.errors)][:5]
+        raise ValueError(
+            f"embeddings field {field!r} lost or broke the vectors of {len(checked.errors)} "
+            f"samples the BubbleFence state holds (e.g. {bad}); restore them or reset the state"
+        )
+    matrix = np.zeros((len(ids), dim), dtype=np.float32)
+    if checked is not None:
+        matrix[present] = unit_rows(checked.embeddings)
+    checks = _row_checks(matrix[present])
+    changed = np.flatnonzero(np.abs(checks - arrays.pop("embedding_checks")[present]) > 1e-4)
+    if len(changed):
+        raise ValueError(
+            f"embeddings field {field!r} changed for {len(changed)} samples since they were "
+            f"split (e.g. {ids[present][changed[:5]].tolist()}); splitting new samples against "
+            "changed embeddings would break the guarantees. Restore them or reset the state"
+        )
+    return matrix, ids[~present].tolist()
 
 
 def _put_run(dataset: fo.Dataset, key: str, params: dict[str, Any], payload: dict) -> None:
@@ -317,6 +371,8 @@ def _put_run(dataset: fo.Dataset, key: str, params: dict[str, Any], payload: dic
 def save_state(dataset: fo.Dataset, bf: Any, params: dict[str, Any]) -> None:
     """Commits the state atomically (write-ahead copy first, see the module docstring)."""
     meta, arrays = bf.state_dict()
+    # The vectors live in the embeddings field; a checksum per row detects edits.
+    arrays["embedding_checks"] = _row_checks(arrays.pop("embeddings"))
     payload = {"meta": meta, "arrays": {k: to_npy_bytes(v) for k, v in arrays.items()}}
     _put_run(dataset, COMMIT_KEY, params, payload)  # <- the commit point
     _put_run(dataset, RUN_KEY, params, payload)
@@ -571,7 +627,11 @@ def _read_embeddings(
 def _label_values(dataset: fo.Dataset, ids: list[str], field: str | None) -> np.ndarray | None:
     if not field:
         return None
-    values = dataset.select(ids).values(field)
+    return label_strings(dataset.select(ids).values(field))
+
+
+def label_strings(values: Iterable[Any]) -> np.ndarray:
+    """Label or group values as strings: a Classification's label, "" for None."""
     out = []
     for v in values:
         if v is not None and hasattr(v, "label"):  # Classification and friends
@@ -705,12 +765,14 @@ def _split_locked(
             _write_assignments(dataset, _table_from_frame(stale))
             n_repaired = len(stale)
             _set_fields_round(dataset, params, last_round)
-        # Samples deleted from the dataset since the last round leave the state.
+        # Samples deleted from the dataset since the last round leave the state
+        # (`load_state` already dropped those it found without an embedding).
+        n_forgotten = int(params.get("n_samples", bf.n_samples)) - bf.n_samples
         all_ids = set(dataset.values("id"))
         assigned = set(frame["id"].tolist())
         gone = sorted(assigned - all_ids)
         if gone:
-            n_forgotten = int(bf.forget(gone))
+            n_forgotten += int(bf.forget(gone))
             assigned -= set(gone)
 
     target = samples.match_tags(EXCLUDED_TAG, bool=False)

@@ -40,9 +40,9 @@ from .quota import grow_bubbles, round_budget
 from .state import read_state, write_state
 
 # Rows used as the neighbour reference when estimating LID for snapping.
-LID_REFERENCE = 20_000
+LID_REFERENCE = 10_000
 # Dimensions of the projection that prunes the dedup range search.
-DEDUP_DIMS = 16
+DEDUP_DIMS = 8
 
 
 @dataclass
@@ -341,16 +341,7 @@ class BubbleFence:
                 f"embeddings have dimension {x.shape[1]}, but the state holds dimension "
                 f"{self.dim}; embeddings of another model cannot be mixed (reset the state)"
             )
-        x = x.astype(np.float32, copy=True)
-        bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
-        if len(bad):
-            raise ValueError(f"embeddings rows {bad[:10].tolist()} contain NaN or inf")
-        norms = np.linalg.norm(x, axis=1)
-        zero = np.flatnonzero(norms == 0)
-        if len(zero):
-            raise ValueError(f"embeddings rows {zero[:10].tolist()} are zero vectors")
-        x /= norms[:, None]
-        return x
+        return unit_rows(x)
 
     def _validate_ids(self, ids: Sequence[Any] | None, n: int) -> np.ndarray:
         if ids is None:
@@ -408,6 +399,23 @@ class BubbleFence:
             new_anchor_ids=list(range(first_anchor, len(self._anchors))),
             stats=record,
         )
+
+
+def unit_rows(embeddings: np.ndarray) -> np.ndarray:
+    """float32 copy with every row scaled to unit length, as the state stores them.
+
+    Raises ValueError naming the rows that are not finite or are zero vectors.
+    """
+    x = np.asarray(embeddings).astype(np.float32, copy=True)
+    bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
+    if len(bad):
+        raise ValueError(f"embeddings rows {bad[:10].tolist()} contain NaN or inf")
+    norms = np.linalg.norm(x, axis=1)
+    zero = np.flatnonzero(norms == 0)
+    if len(zero):
+        raise ValueError(f"embeddings rows {zero[:10].tolist()} are zero vectors")
+    x /= norms[:, None]
+    return x
 
 
 def _append_optional(

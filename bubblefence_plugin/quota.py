@@ -26,7 +26,7 @@ from .assign import (
     choose_inner_cut,
     shell_split,
 )
-from .boundary import best_cut, crossing_counts, cut_radius
+from .boundary import best_cut, crossing_counts, cut_radius, nearest_clean_cut
 from .config import BubbleFenceConfig
 from .density import adaptive_radius, lid_mle
 from .neighbors import similarity_to_distance
@@ -34,6 +34,10 @@ from .neighbors import similarity_to_distance
 # How far from its adaptive radius a bubble's edge may move to find a clean cut.
 WINDOW = 2.0
 CANDIDATES_PER_BATCH = 32
+# Samples of a candidate's boundary band compared pairwise (see `crossing_counts`):
+# exact on all but dense regions of large datasets, where the band's size grows with
+# N and an exact count would cost O(band**2) per candidate.
+MAX_BAND = 4096
 
 
 @dataclass
@@ -139,19 +143,31 @@ def grow_bubbles(
                 k_lo = max(k_min, min(k_lo_window, limit))
                 if k_lo > limit:
                     continue
-                counts = crossing_counts(
-                    embeddings,
-                    ranked,
-                    ranked_sims.astype(np.float32),
-                    k_lo,
-                    limit,
-                    config.leak_threshold,
-                )
                 preferred = int(np.searchsorted(-ranked_sims, -(1.0 - radius), "right"))
-                choice = best_cut(counts, k_lo, preferred, allow_crossing=relaxed)
-                if choice is None:
-                    continue
-                cut, crossed = choice
+                centre_sims = ranked_sims.astype(np.float32)
+                band = {"max_band": MAX_BAND, "rng": rng}
+                if relaxed:
+                    counts = crossing_counts(
+                        embeddings, ranked, centre_sims, k_lo, limit, config.leak_threshold, **band
+                    )
+                    choice = best_cut(counts, k_lo, preferred, allow_crossing=True)
+                    if choice is None:
+                        continue
+                    cut, crossed = choice
+                else:
+                    cut = nearest_clean_cut(
+                        embeddings,
+                        ranked,
+                        centre_sims,
+                        k_lo,
+                        limit,
+                        preferred,
+                        config.leak_threshold,
+                        **band,
+                    )
+                    if cut is None:
+                        continue
+                    crossed = 0
                 inside = ranked[:cut]
                 members = inside[is_open[:cut]]
                 member_sims = sims[members].astype(np.float32)

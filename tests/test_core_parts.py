@@ -12,7 +12,13 @@ from bubblefence_plugin.assign import (
     assign_to_bubbles,
     shell_split,
 )
-from bubblefence_plugin.boundary import IMPOSSIBLE, best_cut, crossing_counts, cut_radius
+from bubblefence_plugin.boundary import (
+    IMPOSSIBLE,
+    best_cut,
+    crossing_counts,
+    cut_radius,
+    nearest_clean_cut,
+)
 from bubblefence_plugin.config import BubbleFenceConfig
 from bubblefence_plugin.dedup import find_duplicates
 from bubblefence_plugin.density import adaptive_radius, lid_mle
@@ -159,6 +165,51 @@ def test_crossing_counts_find_the_gap():
     k, crossed = best_cut(counts, 1, preferred_k=3, allow_crossing=False)
     assert crossed == 0 and k in (2, 4)
     assert 1 - sims[k - 1] < cut_radius(sims, k) < 1 - sims[min(k, 4)]
+
+
+def _ranked_cluster(seed: int, n: int = 600):
+    """Samples on a few tight blobs, ranked by similarity to the first one."""
+    rng = np.random.default_rng(seed)
+    blobs = rng.normal(size=(12, 32))
+    x = unit(blobs[rng.integers(0, 12, n)] * 3 + rng.normal(size=(n, 32)))
+    sims = x @ x[0]
+    order = np.lexsort((np.arange(n), -sims))
+    return x, order, sims[order]
+
+
+def _brute_counts(x, ranked, k_lo, k_hi, threshold):
+    s = x[ranked] @ x[ranked].T >= threshold
+    return [int(s[:k, k:].sum()) for k in range(k_lo, k_hi + 1)]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_band_counts_exact_or_sampled_lower_bounds(seed):
+    x, ranked, sims = _ranked_cluster(seed)
+    brute = np.array(_brute_counts(x, ranked, 5, 300, 0.9))
+    exact = crossing_counts(x, ranked, sims, 5, 300, 0.9)
+    possible = exact < IMPOSSIBLE
+    assert exact[possible].tolist() == brute[possible].tolist()
+    sampled = crossing_counts(
+        x, ranked, sims, 5, 300, 0.9, max_band=64, rng=np.random.default_rng(0)
+    )
+    assert (sampled[possible] <= brute[possible]).all() and sampled[possible].sum() > 0
+    again = crossing_counts(x, ranked, sims, 5, 300, 0.9, max_band=64, rng=np.random.default_rng(0))
+    assert sampled.tolist() == again.tolist()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_nearest_clean_cut_equals_the_full_search(seed):
+    x, ranked, sims = _ranked_cluster(seed, n=900)
+    rng = np.random.default_rng(seed)
+    for preferred in (10, 60, 200, 400):
+        k_lo, k_hi = max(2, preferred // 3), min(len(x), preferred * 2)
+        full = best_cut(
+            crossing_counts(x, ranked, sims, k_lo, k_hi, 0.9), k_lo, preferred, allow_crossing=False
+        )
+        staged = nearest_clean_cut(
+            x, ranked, sims, k_lo, k_hi, preferred, 0.9, max_band=None, rng=rng
+        )
+        assert staged == (None if full is None else full[0])
 
 
 def test_cut_between_equal_samples_is_impossible():

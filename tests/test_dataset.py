@@ -62,6 +62,9 @@ def test_split_writes_fields_tags_and_state(field_dataset):
     for blob in results.arrays.values():
         assert isinstance(blob, bytes) and blob[:6] == b"\x93NUMPY"
         bfd.from_npy_bytes(blob)
+    # The vectors live only in the embeddings field; the run keeps a checksum per row.
+    assert "embeddings" not in results.arrays
+    assert bfd.from_npy_bytes(results.arrays["embedding_checks"]).shape == (200,)
 
 
 def test_three_incremental_rounds_are_stable(field_dataset):
@@ -317,3 +320,42 @@ def test_state_from_a_newer_version_is_refused(field_dataset):
     with pytest.raises(ValueError, match="newer BubbleFence"):
         bfd.split(ds, embeddings_field="emb")
     assert not bfd.is_locked(ds)
+
+
+def test_state_rebuilds_embeddings_from_the_field(field_dataset):
+    ds = field_dataset
+    bfd.split(ds, embeddings_field="emb")
+    bf, _ = bfd.load_state(ds)
+    ids, vectors = ds.select(bf.assignments()["id"].tolist(), ordered=True).values(["id", "emb"])
+    expected = np.stack(vectors).astype(np.float32)
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    np.testing.assert_allclose(bf.state_dict()[1]["embeddings"], expected, atol=1e-6)
+
+
+def test_edited_embeddings_of_assigned_samples_are_refused(field_dataset):
+    ds = field_dataset
+    bfd.split(ds, embeddings_field="emb")
+    before = _splits(ds)
+    edited = ds.first()
+    edited["emb"] = np.asarray(edited["emb"])[::-1].copy()
+    edited.save()
+    _add(ds, 10, 3)
+    with pytest.raises(ValueError, match="changed for 1 samples"):
+        bfd.split(ds, embeddings_field="emb")
+    assert _splits(ds) == {**before, **{i: None for i in ds.exists("split", False).values("id")}}
+    assert not bfd.is_locked(ds)
+
+
+def test_state_of_version_1_with_embeddings_inside_is_read(field_dataset):
+    ds = field_dataset
+    bfd.split(ds.limit(150), embeddings_field="emb")
+    before = _splits(ds)
+    bf, params = bfd.load_state(ds)
+    meta, arrays = bf.state_dict()  # version 1 stored exactly this, embeddings included
+    params["state_version"] = 1
+    payload = {"meta": meta, "arrays": {k: bfd.to_npy_bytes(v) for k, v in arrays.items()}}
+    bfd._put_run(ds, bfd.RUN_KEY, params, payload)
+    summary = bfd.split(ds, embeddings_field="emb")
+    assert summary["n_new"] == 50 and summary["n_forgotten"] == 0
+    now = _splits(ds)
+    assert all(now[i] == s for i, s in before.items() if s is not None)
