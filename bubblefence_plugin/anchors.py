@@ -22,6 +22,7 @@ from sklearn.decomposition import PCA
 
 from .config import BubbleFenceConfig
 from .density import lid_of_rows
+from .neighbors import project_rows
 
 # PCA and k-means are fitted on at most this many rows; enough for stable axes.
 FIT_SAMPLE = 20_000
@@ -35,7 +36,8 @@ class Projection:
     mean: np.ndarray
 
     def transform(self, x: np.ndarray) -> np.ndarray:
-        return (x - self.mean) @ self.components.T
+        # x @ C.T - mean @ C.T, block by block: no centred copy of a large x.
+        return project_rows(x, None, self.components) - self.mean @ self.components.T
 
 
 def fit_projection(
@@ -83,22 +85,35 @@ class CandidateStream:
         self._rng = rng
         self._reference = lid_reference_rows
         self._used = np.zeros(len(pool_rows), dtype=bool)
-        self._lid_cache: dict[int, float] = {}
+        self._lid = np.full(len(pool_rows), np.nan)  # per pool position, filled lazily
         self._projection = projection
-        self._points = projection.transform(embeddings[pool_rows])
+        self._points = project_rows(embeddings, pool_rows, projection.components)
+        self._points -= projection.mean @ projection.components.T
         self._tree = cKDTree(self._points)
-        self._draws_left = max(64, 16 * expected_anchors)
+        self._draw_budget = max(64, 16 * expected_anchors)
         method = config.anchor_method
         if method == "qmc":
-            engine = qmc.Sobol if config.qmc_sequence == "sobol" else qmc.Halton
-            self._engine = engine(d=self._points.shape[1], scramble=True, seed=rng)
             self._sorted = np.sort(self._points, axis=0)
+        elif method == "kmeans":
+            self._kmeans = self._kmeans_order(expected_anchors)
+        self.restart()
+
+    def restart(self) -> None:
+        """Propose every pool sample again (a later pass judges candidates differently)."""
+        self._used[:] = False
+        self._draws_left = self._draw_budget
+        self._cursor = 0
+        method = self._config.anchor_method
+        if method == "qmc":
+            engine = qmc.Sobol if self._config.qmc_sequence == "sobol" else qmc.Halton
+            self._engine = engine(d=self._points.shape[1], scramble=True, seed=self._rng)
+            # Once the draws are spent, the rest of the pool in a seeded random order,
+            # so that the quota never fails for want of candidates.
+            self._order = self._rng.permutation(len(self._pool_rows))
         elif method == "random":
-            self._order = rng.permutation(len(pool_rows))
-            self._cursor = 0
+            self._order = self._rng.permutation(len(self._pool_rows))
         else:
-            self._order = self._kmeans_order(expected_anchors)
-            self._cursor = 0
+            self._order = self._kmeans
 
     def rows(self, positions: np.ndarray) -> np.ndarray:
         """Global rows of these pool positions."""
@@ -107,7 +122,7 @@ class CandidateStream:
     def next_batch(self, n: int) -> np.ndarray:
         if self._used.all():
             return np.empty(0, dtype=np.int64)
-        if self._config.anchor_method == "qmc":
+        if self._config.anchor_method == "qmc" and self._draws_left > 0:
             return self._next_qmc(n)
         return self._next_ordered(n)
 
@@ -164,21 +179,22 @@ class CandidateStream:
             return np.asarray(nearest, dtype=np.int64).reshape(-1)
         _, neighbours = self._tree.query(points, k=k)
         neighbours = np.asarray(neighbours, dtype=np.int64).reshape(len(points), k)
-        lid = self._lid(np.unique(neighbours))
-        chosen = np.empty(len(points), dtype=np.int64)
-        for i, row in enumerate(neighbours):
-            weights = np.array([1.0 / lid[p] for p in row])
-            chosen[i] = row[self._rng.choice(k, p=weights / weights.sum())]
-        return chosen
+        self._fill_lid(np.unique(neighbours))
+        weights = 1.0 / self._lid[neighbours]
+        # One uniform draw per point against its cumulative weights: a seeded
+        # choice with probability proportional to 1/LID.
+        cumulative = np.cumsum(weights / weights.sum(axis=1, keepdims=True), axis=1)
+        u = self._rng.random(len(points))[:, None]
+        pick = np.minimum((cumulative < u).sum(axis=1), k - 1)
+        return neighbours[np.arange(len(points)), pick]
 
-    def _lid(self, positions: np.ndarray) -> dict[int, float]:
-        missing = [int(p) for p in positions if int(p) not in self._lid_cache]
-        if missing:
-            values = lid_of_rows(
-                self._pool_rows[missing], self._embeddings, self._reference, self._config.lid_k
-            )
-            finite = values[np.isfinite(values)]
-            fallback = float(np.median(finite)) if len(finite) else 1.0
-            for p, v in zip(missing, values, strict=True):
-                self._lid_cache[p] = float(v) if np.isfinite(v) and v > 0 else fallback
-        return self._lid_cache
+    def _fill_lid(self, positions: np.ndarray) -> None:
+        missing = positions[np.isnan(self._lid[positions])]
+        if len(missing) == 0:
+            return
+        values = lid_of_rows(
+            self._pool_rows[missing], self._embeddings, self._reference, self._config.lid_k
+        )
+        finite = values[np.isfinite(values) & (values > 0)]
+        fallback = float(np.median(finite)) if len(finite) else 1.0
+        self._lid[missing] = np.where(np.isfinite(values) & (values > 0), values, fallback)

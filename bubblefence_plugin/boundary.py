@@ -125,6 +125,24 @@ def best_cut(
     return best, int(crossings[best - k_lo])
 
 
+def least_crossed_cut(crossings: np.ndarray, k_lo: int, preferred_k: int) -> tuple[int, int] | None:
+    """The cut with the fewest crossing pairs per sample inside (ties: nearest
+    `preferred_k`, then the smaller), as (k, crossings); None if every cut is impossible.
+
+    Per sample, not in total: the total grows with a bubble's surface, so its minimum
+    is nearly always the smallest bubble, which would hold out a sliver of a dense
+    region and leak as much per sample as a big one.
+    """
+    ks = np.arange(k_lo, k_lo + len(crossings))
+    possible = crossings < IMPOSSIBLE
+    if not possible.any():
+        return None
+    rate = np.where(possible, crossings / ks, np.inf)
+    candidates = ks[rate == rate.min()]
+    best = int(candidates[np.argmin(np.abs(candidates - preferred_k))])
+    return best, int(crossings[best - k_lo])
+
+
 def nearest_clean_cut(
     embeddings: np.ndarray,
     ranked_rows: np.ndarray,

@@ -43,6 +43,9 @@ from .state import read_state, write_state
 LID_REFERENCE = 10_000
 # Dimensions of the projection that prunes the dedup range search.
 DEDUP_DIMS = 8
+NORMALISE_BLOCK = 65_536
+# Capacity of the embeddings buffer, relative to the rows it holds once it must grow.
+BUFFER_GROWTH = 1.5
 
 
 @dataclass
@@ -65,6 +68,7 @@ class BubbleFence:
     def __init__(self, config: BubbleFenceConfig | None = None) -> None:
         self.config = config or BubbleFenceConfig()
         self._embeddings = np.empty((0, 0), np.float32)
+        self._buffer: np.ndarray | None = None  # holds `_embeddings` and spare rows
         self._ids = np.empty(0, np.int64)
         self._split = np.empty(0, np.int8)
         self._anchor = np.empty(0, np.int64)
@@ -125,12 +129,13 @@ class BubbleFence:
         cfg = self.config
         timings: dict[str, float] = {}
         clock = time.perf_counter()
-        new = self._validate_embeddings(embeddings)
-        new_ids = self._validate_ids(ids, len(new))
+        x = self._validate_embeddings(embeddings)
+        new_ids = self._validate_ids(ids, len(x))
         round_index = len(self.history)
         rng = np.random.default_rng([cfg.seed, round_index])
-        n_old, n_new = self.n_samples, len(new)
-        all_x = new if n_old == 0 else np.concatenate([self._embeddings, new])
+        n_old, n_new = self.n_samples, len(x)
+        all_x = self._rows_with(x)
+        new = all_x[n_old:]
         split = np.concatenate([self._split, np.full(n_new, UNASSIGNED, np.int8)])
         anchor = np.concatenate([self._anchor, np.full(n_new, -1, np.int64)])
         shell = np.concatenate([self._shell, np.zeros(n_new, np.int8)])
@@ -165,8 +170,9 @@ class BubbleFence:
         timings["dedup"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
-        open_rows = new_rows[kept[new_rows]]
-        hit, hit_shell = assign_to_bubbles(all_x[open_rows], self._anchors)
+        new_kept = kept[new_rows]
+        open_rows = new_rows[new_kept]
+        hit, hit_shell = (a[new_kept] for a in assign_to_bubbles(new, self._anchors))
         inside = hit >= 0
         split[open_rows[inside]] = shell_split(self._anchors.layout[hit[inside]], hit_shell[inside])
         anchor[open_rows[inside]] = hit[inside]
@@ -275,6 +281,7 @@ class BubbleFence:
         orphaned = (dup >= 0) & (self._duplicate_of < 0)
         for name in ("_embeddings", "_ids", "_split", "_anchor", "_shell", "_round"):
             setattr(self, name, getattr(self, name)[keep_rows])
+        self._buffer = None
         # A duplicate whose original is gone keeps its split; it has no pointer left.
         self._duplicate_of[orphaned] = -1
         for name in ("_labels", "_groups"):
@@ -341,7 +348,25 @@ class BubbleFence:
                 f"embeddings have dimension {x.shape[1]}, but the state holds dimension "
                 f"{self.dim}; embeddings of another model cannot be mixed (reset the state)"
             )
-        return unit_rows(x)
+        return x
+
+    def _rows_with(self, x: np.ndarray) -> np.ndarray:
+        """The earlier rows followed by `x` scaled to unit length, as one array.
+
+        The rows live in a buffer with spare capacity, so a round appends without
+        copying the earlier rows (at 1M x 512 a copy is 2 GB more at peak); capacity
+        that was never written costs no memory. Rows past `n_samples` are scratch
+        until the round commits, so a failed round leaves the state as it was.
+        """
+        n_old, n = self.n_samples, self.n_samples + len(x)
+        buffer = self._buffer
+        if buffer is None or len(buffer) < n or buffer.shape[1] != x.shape[1]:
+            buffer = np.empty((max(n, int(n * BUFFER_GROWTH)), x.shape[1]), np.float32)
+            if n_old:
+                buffer[:n_old] = self._embeddings
+            self._buffer = buffer
+        unit_rows(x, out=buffer[n_old:n])
+        return buffer[:n]
 
     def _validate_ids(self, ids: Sequence[Any] | None, n: int) -> np.ndarray:
         if ids is None:
@@ -401,21 +426,27 @@ class BubbleFence:
         )
 
 
-def unit_rows(embeddings: np.ndarray) -> np.ndarray:
-    """float32 copy with every row scaled to unit length, as the state stores them.
+def unit_rows(embeddings: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """float32 rows scaled to unit length, as the state stores them (into `out` if given).
 
     Raises ValueError naming the rows that are not finite or are zero vectors.
     """
-    x = np.asarray(embeddings).astype(np.float32, copy=True)
-    bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
-    if len(bad):
-        raise ValueError(f"embeddings rows {bad[:10].tolist()} contain NaN or inf")
-    norms = np.linalg.norm(x, axis=1)
-    zero = np.flatnonzero(norms == 0)
-    if len(zero):
-        raise ValueError(f"embeddings rows {zero[:10].tolist()} are zero vectors")
-    x /= norms[:, None]
-    return x
+    x = np.asarray(embeddings)
+    out = np.empty(x.shape, np.float32) if out is None else out
+    # Block by block: whole-matrix temporaries would double peak memory.
+    for start in range(0, len(x), NORMALISE_BLOCK):
+        block = out[start : start + NORMALISE_BLOCK]
+        block[...] = x[start : start + NORMALISE_BLOCK]
+        bad = np.flatnonzero(~np.isfinite(block).all(axis=1))
+        if len(bad):
+            rows = (start + bad[:10]).tolist()
+            raise ValueError(f"embeddings rows {rows} contain NaN or inf")
+        norms = np.sqrt(np.einsum("ij,ij->i", block, block))
+        zero = np.flatnonzero(norms == 0)
+        if len(zero):
+            raise ValueError(f"embeddings rows {(start + zero[:10]).tolist()} are zero vectors")
+        block /= norms[:, None]
+    return out
 
 
 def _append_optional(

@@ -26,7 +26,7 @@ from .assign import (
     choose_inner_cut,
     shell_split,
 )
-from .boundary import best_cut, crossing_counts, cut_radius, nearest_clean_cut
+from .boundary import crossing_counts, cut_radius, least_crossed_cut, nearest_clean_cut
 from .config import BubbleFenceConfig
 from .density import adaptive_radius, lid_mle
 from .neighbors import similarity_to_distance
@@ -37,7 +37,12 @@ CANDIDATES_PER_BATCH = 32
 # Samples of a candidate's boundary band compared pairwise (see `crossing_counts`):
 # exact on all but dense regions of large datasets, where the band's size grows with
 # N and an exact count would cost O(band**2) per candidate.
-MAX_BAND = 4096
+MAX_BAND = 2048
+# The strict pass (clean cuts only) gives way to the relaxed one when fewer than
+# STRICT_MIN_ACCEPTED of its last STRICT_WINDOW candidates were accepted: in data
+# dense at the leak threshold, clean cuts are rare and each try costs a profile.
+STRICT_WINDOW = 64
+STRICT_MIN_ACCEPTED = 4
 
 
 @dataclass
@@ -91,12 +96,18 @@ def grow_bubbles(
     delta = float(np.arccos(config.leak_threshold))
     excluded = np.flatnonzero(~kept)
 
+    stream: CandidateStream = stream_factory(size)
     for relaxed in (False, True):
         if captured >= budget.need:
             break
-        stream: CandidateStream = stream_factory(size)
+        if relaxed:
+            stream.restart()  # candidates without a clean cut get a second look
         min_capture = 1 if relaxed else 2
+        recent: list[bool] = []  # accepted or not, for the strict pass's last tries
         while captured < budget.need:
+            if not relaxed and len(recent) >= STRICT_WINDOW:
+                if sum(recent[-STRICT_WINDOW:]) < STRICT_MIN_ACCEPTED:
+                    break
             batch = stream.next_batch(CANDIDATES_PER_BATCH)
             if len(batch) == 0:
                 break
@@ -112,8 +123,7 @@ def grow_bubbles(
                     all_centres = np.vstack(centres)
                     if 1.0 - float(np.max(all_centres @ centre)) < config.min_anchor_distance:
                         continue
-                sims = sims.astype(np.float64)
-                sims[excluded] = -2.0
+                sims[excluded] = -2.0  # `profiles` is a scratch array: no copy needed
                 k = min(max(config.lid_k, size) + 1, n)
                 top = np.partition(-sims, k - 1)[:k]
                 neighbour_sims = np.sort(-top)[::-1][1:]
@@ -150,11 +160,12 @@ def grow_bubbles(
                     counts = crossing_counts(
                         embeddings, ranked, centre_sims, k_lo, limit, config.leak_threshold, **band
                     )
-                    choice = best_cut(counts, k_lo, preferred, allow_crossing=True)
+                    choice = least_crossed_cut(counts, k_lo, preferred)
                     if choice is None:
                         continue
                     cut, crossed = choice
                 else:
+                    recent.append(False)
                     cut = nearest_clean_cut(
                         embeddings,
                         ranked,
@@ -167,6 +178,7 @@ def grow_bubbles(
                     )
                     if cut is None:
                         continue
+                    recent[-1] = True
                     crossed = 0
                 inside = ranked[:cut]
                 members = inside[is_open[:cut]]

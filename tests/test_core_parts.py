@@ -17,6 +17,7 @@ from bubblefence_plugin.boundary import (
     best_cut,
     crossing_counts,
     cut_radius,
+    least_crossed_cut,
     nearest_clean_cut,
 )
 from bubblefence_plugin.config import BubbleFenceConfig
@@ -210,6 +211,15 @@ def test_nearest_clean_cut_equals_the_full_search(seed):
             x, ranked, sims, k_lo, k_hi, preferred, 0.9, max_band=None, rng=rng
         )
         assert staged == (None if full is None else full[0])
+
+
+def test_least_crossed_cut_is_per_sample_inside():
+    # Cuts k = 1..5: totals grow with the bubble, the rate per sample falls then rises.
+    crossings = np.array([1, 1, 2, IMPOSSIBLE, 40])
+    assert least_crossed_cut(crossings, 1, preferred_k=1) == (2, 1)
+    # Equal rates (1/1 = 2/2 = 3/3): the one nearest the preferred cut.
+    assert least_crossed_cut(np.array([1, 2, 3, 9]), 1, preferred_k=4) == (3, 3)
+    assert least_crossed_cut(np.full(3, IMPOSSIBLE), 1, preferred_k=2) is None
 
 
 def test_cut_between_equal_samples_is_impossible():

@@ -59,6 +59,37 @@ def test_one_round_invariants(seed, n, d):
     check_geometry(bf)
 
 
+@pytest.mark.parametrize(
+    "knobs",
+    [
+        {"qmc_sequence": "halton"},
+        {"snap_strategy": "nearest"},
+        {"anchor_method": "random"},
+        {"anchor_method": "kmeans"},
+        {"shell_layout": "random"},
+        {"shell_layout": "inner_test"},
+    ],
+)
+def test_every_placement_and_layout_keeps_the_invariants(knobs):
+    rng = np.random.default_rng(11)
+    x, _ = clustered(2500, rng)
+    cfg = BubbleFenceConfig(seed=11, **knobs)
+    bf = BubbleFence(cfg)
+    for batch in np.array_split(x, [1800]):
+        bf.ingest(batch)
+        s = bf.summary()
+        assert abs(s["eval_share"] - cfg.eval_ratio) <= cfg.eval_tolerance
+        assert abs(s["validation_share_of_eval"] - cfg.validation_ratio) <= 0.05
+    check_geometry(bf)
+    layouts = set(bf.anchors["layout"])
+    expected = {"random": {"inner_val", "inner_test"}}.get(cfg.shell_layout, {cfg.shell_layout})
+    assert layouts == expected
+    again = BubbleFence(cfg)
+    for batch in np.array_split(x, [1800]):
+        again.ingest(batch)
+    assert (again.assignments()["split"] == bf.assignments()["split"]).all()
+
+
 def test_rounds_stable_on_target_with_batch_floor():
     rng = np.random.default_rng(3)
     x, _ = clustered(4000, rng)
@@ -151,3 +182,23 @@ def test_degenerate_data_does_not_crash(x):
     assert len(r.split) == len(x)
     r2 = bf.ingest(x)  # a round made only of duplicates
     assert (r2.split == "duplicate").all()
+
+
+def test_a_failed_round_leaves_the_state_as_it_was():
+    rng = np.random.default_rng(21)
+    x, _ = clustered(1500, rng)
+    bf, clean = BubbleFence(BubbleFenceConfig(seed=21)), BubbleFence(BubbleFenceConfig(seed=21))
+    for model in (bf, clean):
+        model.ingest(x[:1000])
+    before = bf.state_dict()[1]
+    bad = x[1000:1200].copy()
+    bad[150] = np.nan
+    with pytest.raises(ValueError, match=r"rows \[150\] contain NaN"):
+        bf.ingest(bad)
+    after = bf.state_dict()[1]
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+    # The rows the failed round wrote into spare capacity are not part of anything.
+    for model in (bf, clean):
+        model.ingest(x[1000:])
+    assert bf.assignments().equals(clean.assignments())
+    np.testing.assert_array_equal(bf._embeddings, clean._embeddings)
