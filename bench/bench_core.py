@@ -11,6 +11,7 @@ at most 2,000 eval rows against all train rows (blockwise, exact per sampled row
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import sys
 import time
@@ -130,6 +131,9 @@ def main() -> None:
     run("30k in 3 rounds of 10k", [10_000] * 3, 1, lines)
     if args.million:
         run("1M one round + 10k round", [1_000_000, 10_000], 2, lines)
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    lines.append(f"\nLoad average (1, 5, 15 min) at the end: {load} on {os.cpu_count()} cores.\n")
+    print(lines[-1])
     with RESULTS.open("a") as fh:
         fh.write("\n".join(lines) + "\n")
 

@@ -41,11 +41,18 @@ class Projection:
 
 
 def fit_projection(
-    embeddings: np.ndarray, n_components: int, rng: np.random.Generator
+    embeddings: np.ndarray,
+    n_components: int,
+    rng: np.random.Generator,
+    rows: np.ndarray | None = None,
 ) -> Projection:
-    """PCA on a seeded subsample; signs fixed by scikit-learn, so it is machine-independent."""
-    rows = subsample(len(embeddings), FIT_SAMPLE, rng)
-    sample = embeddings[rows].astype(np.float64)
+    """PCA of `embeddings[rows]` (all rows when None) on a seeded subsample of them.
+
+    Signs are fixed by scikit-learn, so the axes are machine-independent. Only the
+    subsample is gathered: `embeddings[rows]` of a large pool would copy gigabytes.
+    """
+    rows = np.arange(len(embeddings)) if rows is None else np.asarray(rows)
+    sample = embeddings[rows[subsample(len(rows), FIT_SAMPLE, rng)]].astype(np.float64)
     p = int(min(n_components, sample.shape[0], sample.shape[1]))
     if p == 0 or np.allclose(sample, sample[0]):
         # All rows identical: any axis will do, the data has no spread to explore.

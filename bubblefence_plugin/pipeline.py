@@ -191,7 +191,9 @@ class BubbleFence:
             expected = max(1, budget.need // max(size, 1))
             return CandidateStream(all_x, pool, projection_for_pool, reference, cfg, rng, expected)
 
-        projection_for_pool = fit_projection(all_x[pool], cfg.pca_dims, rng) if len(pool) else None
+        projection_for_pool = (
+            fit_projection(all_x, cfg.pca_dims, rng, rows=pool) if len(pool) else None
+        )
         stats: dict[str, Any] = {"need": budget.need, "captured": 0, "new_anchors": 0}
         new_table = AnchorTable(centres=np.empty((0, new.shape[1]), np.float32))
         if budget.need > 0 and len(pool) > 0:
