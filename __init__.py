@@ -1,4 +1,4 @@
-"""BubbleFence FiftyOne plugin: registers the operators in `operators/`.
+"""BubbleFence FiftyOne plugin: registers the operators in `operators/`, panels in `panels/`.
 
 FiftyOne imports this file under a synthetic package name on every App request, so it
 stays cheap: no model, no database work. The logic lives in the `bubblefence_plugin`
@@ -29,8 +29,11 @@ def _ensure_core_importable() -> None:
 _ensure_core_importable()
 
 from .operators import OPERATORS  # noqa: E402
+from .panels import PANELS  # noqa: E402
 
 
 def register(p):
     for operator in OPERATORS:
         p.register(operator)
+    for panel in PANELS:
+        p.register(panel)

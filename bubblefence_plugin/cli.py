@@ -47,8 +47,16 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         help="use this existing vector field instead of computing embeddings",
     )
     p.add_argument("--model", help="model name or local folder (default: CLIP ViT-B/32)")
-    p.add_argument("--label-field", help="meet the quota per label of this field too")
-    p.add_argument("--group-field", help="never split a group of this field across train/eval")
+    p.add_argument(
+        "--label-field",
+        help="meet the quota per label of this field too (classification, detections, "
+        "string); remembered for later rounds",
+    )
+    p.add_argument(
+        "--group-field",
+        help="never split a group of this field (video, drive, patient) across train/eval "
+        "or validation/test; remembered for later rounds ('' to drop)",
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -196,6 +204,17 @@ def _print_summary(summary: dict[str, Any]) -> None:
     totals = summary.get("counts_total") or {}
     if totals:
         print("  totals: " + ", ".join(f"{k} {v}" for k, v in totals.items()))
+    labels = summary.get("labels")
+    if labels:
+        covered = labels["covered"]
+        print(
+            f"  labels: {labels['n_eligible']} with >= {labels['min_label_count']} samples; "
+            f"in eval {covered['eval']}, validation {covered['validation']}, test "
+            f"{covered['test']}; eval share error max {labels['share_error_max']}"
+        )
+    groups = summary.get("groups")
+    if groups:
+        print(f"  groups: {groups['n_groups']}, violations {groups['violations']}")
     for sid, msg in list((summary.get("errors") or {}).items())[:5]:
         print(f"  error {sid}: {msg}")
 

@@ -47,6 +47,10 @@ class BubbleFenceConfig:
     dedup_threshold: float = 0.9999
     dedup_policy: str = "exclude"
     class_aware: bool = False
+    # Labels and groups (SPEC 2): with labels, meet the quota per label too, for the
+    # labels with at least `min_label_count` kept samples.
+    label_aware: bool = True
+    min_label_count: int = 20
     # Anchor placement (SPEC 2.5)
     anchor_method: str = "qmc"
     qmc_sequence: str = "sobol"
@@ -86,6 +90,7 @@ class BubbleFenceConfig:
             _check_int(name, getattr(self, name), minimum=1)
         _check_int("lid_k", self.lid_k, minimum=3)
         _check_int("seed", self.seed, minimum=0)
+        _check_int("min_label_count", self.min_label_count, minimum=1)
         if self.bubble_size is not None:
             _check_int("bubble_size", self.bubble_size, minimum=2)
         for name in ("min_anchor_distance", "base_radius", "min_radius", "max_radius"):
@@ -100,7 +105,7 @@ class BubbleFenceConfig:
             isinstance(self.radius_scale_factor, (int, float)) and self.radius_scale_factor > 0
         ):
             raise ValueError(f"radius_scale_factor={self.radius_scale_factor!r} must be > 0")
-        for name in ("dedup_enabled", "class_aware"):
+        for name in ("dedup_enabled", "class_aware", "label_aware"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r} must be true or false")
         if not isinstance(self.model_name, str) or not self.model_name:

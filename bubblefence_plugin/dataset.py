@@ -624,10 +624,80 @@ def _read_embeddings(
     return ok_ids, checked.embeddings, errors
 
 
-def _label_values(dataset: fo.Dataset, ids: list[str], field: str | None) -> np.ndarray | None:
+# Label list types: a sample carries the labels of all the objects in the list.
+_LABEL_LISTS = {
+    fo.Classifications: "classifications",
+    fo.Detections: "detections",
+    fo.Polylines: "polylines",
+    fo.Keypoints: "keypoints",
+}
+_SCALAR_FIELDS = (fo.StringField, fo.IntField, fo.BooleanField, fo.ObjectIdField)
+# Sample fields never offered as labels or groups (our own results, paths, split tags).
+_NOT_LABELS = {"id", "filepath", "tags", "metadata", ERROR_FIELD, EMBEDDING_FIELD}
+
+
+def _label_path(field: Any, name: str, multi_ok: bool) -> tuple[str, bool] | None:
+    """(values path, several labels per sample) of a usable label/group field, else None."""
+    if isinstance(field, fo.EmbeddedDocumentField):
+        doc = field.document_type
+        for label_list, attr in _LABEL_LISTS.items():
+            if multi_ok and issubclass(doc, label_list):
+                return f"{name}.{attr}.label", True
+        if issubclass(doc, fo.Classification):
+            return f"{name}.label", False
+        if issubclass(doc, fo.Group):  # a flattened grouped dataset: the group's id
+            return f"{name}.id", False
+    elif isinstance(field, fo.ListField) and isinstance(field.field, _SCALAR_FIELDS):
+        return (name, True) if multi_ok else None
+    elif isinstance(field, _SCALAR_FIELDS):
+        return name, False
+    return None
+
+
+def label_field_choices(dataset: fo.Dataset, multi_ok: bool = True) -> list[str]:
+    """Sample fields usable as labels (``multi_ok``) or as groups (one value per sample)."""
+    return sorted(
+        name
+        for name, field in dataset.get_field_schema().items()
+        if name not in _NOT_LABELS
+        and name not in RESULT_FIELDS
+        and _label_path(field, name, multi_ok) is not None
+    )
+
+
+def _label_source(dataset: fo.Dataset, field: str, param: str) -> tuple[str, bool]:
+    """(values path, several labels per sample) of a label or group field; checks it.
+
+    Labels (``param="label_field"``) come from a Classification, a label list
+    (Classifications, Detections, Polylines, Keypoints: every object's label), a
+    string/int field or a list of strings; groups from a string/int/ObjectId field, a
+    Classification's label or a Group's id.
+    """
+    multi_ok = param == "label_field"
+    schema_field = dataset.get_field(field)
+    if schema_field is None:
+        raise ValueError(f"{param}={field!r}: dataset {dataset.name!r} has no such field")
+    found = _label_path(schema_field, field, multi_ok)
+    if found is None:
+        kinds = (
+            "a Classification, Classifications, Detections, Polylines, Keypoints, string, "
+            "int or list-of-strings field"
+            if multi_ok
+            else "a string, int, ObjectId, Classification or Group field"
+        )
+        raise ValueError(f"{param}={field!r} is a {type(schema_field).__name__}; expected {kinds}")
+    return found
+
+
+def _label_values(
+    dataset: fo.Dataset, ids: list[str], field: str | None, param: str = "label_field"
+) -> np.ndarray | list | None:
+    """Per sample (dataset order): its label, its list of labels, or its group id."""
     if not field:
         return None
-    return label_strings(dataset.select(ids).values(field))
+    path, multi = _label_source(dataset, field, param)
+    values = dataset.select(ids).values(path)
+    return [v or [] for v in values] if multi else label_strings(values)
 
 
 def label_strings(values: Iterable[Any]) -> np.ndarray:
@@ -669,6 +739,11 @@ def split(
         group_field=group_field,
         **overrides,
     )
+    return drive(gen, progress)
+
+
+def drive(gen: Generator[Progress, None, Any], progress: ProgressCallback | None = None) -> Any:
+    """Runs a generator of `Progress` events to its return value, reporting each event."""
     while True:
         try:
             event = next(gen)
@@ -713,6 +788,13 @@ def _check_collection(samples: foc.SampleCollection) -> fo.Dataset:
     if samples._is_patches or samples._is_frames or samples._is_clips:
         raise ValueError("BubbleFence splits samples; pass the dataset, not a patches/frames view")
     dataset = samples._root_dataset
+    if dataset.media_type == "group":
+        raise ValueError(
+            f"{dataset.name!r} is a grouped dataset; BubbleFence splits flat image datasets. "
+            "Flatten its image slices with dataset.select_group_slices(media_type='image')"
+            ".clone() and split that with group_field='group': the samples of one group "
+            "then never straddle train and eval"
+        )
     if dataset.media_type not in ("image", None):
         raise ValueError(
             f"BubbleFence splits image datasets; {dataset.name!r} has media type "
@@ -750,6 +832,13 @@ def _split_locked(
                 f"{stored_field!r}, or reset the state to start over"
             )
         bf = _apply_config_change(bf, cfg, changed)
+    # Label and group fields are remembered: a later round that names none keeps them, so a
+    # new sample of a known group still follows its group; "" drops one explicitly.
+    label_field = params.get("label_field") if label_field is None else label_field or None
+    group_field = params.get("group_field") if group_field is None else group_field or None
+    for field, param in ((label_field, "label_field"), (group_field, "group_field")):
+        if field:
+            _label_source(dataset, field, param)  # a wrong field fails before any embedding
     _check_result_fields(dataset)
 
     n_repaired = 0
@@ -787,6 +876,8 @@ def _split_locked(
         "n_forgotten": n_forgotten,
         "n_repaired": n_repaired,
         "config_changed": changed if bf is not None else [],
+        "label_field": label_field,
+        "group_field": group_field,
     }
     if not new_ids:
         if n_forgotten and bf is not None:
@@ -838,7 +929,7 @@ def _split_locked(
         bf = BubbleFence(cfg)
     kwargs: dict[str, Any] = {"ids": ok_ids}
     labels = _label_values(dataset, ok_ids, label_field)
-    groups = _label_values(dataset, ok_ids, group_field)
+    groups = _label_values(dataset, ok_ids, group_field, "group_field")
     if labels is not None:
         kwargs["labels"] = labels
     if groups is not None:
@@ -849,6 +940,7 @@ def _split_locked(
     yield Progress(0.9, "Saving the state")
     params = _params_for(dataset, bf, cfg, source_field, params)
     params["model_name"] = cfg.model_name if use_model else None
+    params.update(label_field=label_field, group_field=group_field)
     save_state(dataset, bf, params)
 
     yield Progress(0.95, "Writing split fields and tags")
@@ -862,8 +954,13 @@ def _split_locked(
     )
     _write_assignments(dataset, table)
     _set_fields_round(dataset, params, int(result.round))
+    yield Progress(0.97, "Placing the new samples on the 2-D map")
+    summary = _finish_summary(summary, bf, result, None)
+    from .viz import update_after_round  # here: viz imports this module
+
+    update_after_round(dataset, bf, summary)  # never raises: a failure is noted in the summary
     yield Progress(1.0, "Done")
-    return _finish_summary(summary, bf, result, None)
+    return summary
 
 
 def _params_for(
@@ -876,6 +973,8 @@ def _params_for(
         "config": cfg.to_dict(),
         "embeddings_field": field,
         "model_name": old.get("model_name"),
+        "label_field": old.get("label_field"),
+        "group_field": old.get("group_field"),
         "dim": int(bf.dim) if bf.dim else None,
         "n_samples": int(bf.n_samples),
         "fields_round": int(old.get("fields_round", -1)),
@@ -924,6 +1023,8 @@ def _finish_summary(
         held = summary["counts_total"]["validation"] + summary["counts_total"]["test"]
         summary["eval_share"] = round(held / kept, 4) if kept else 0.0
         summary["n_anchors"] = len(bf.anchors)
+        core = bf.summary()
+        summary.update({k: core[k] for k in ("labels", "groups") if k in core})
     else:
         summary["counts_total"] = {s: 0 for s in SPLIT_VALUES}
         summary["eval_share"] = 0.0
@@ -936,6 +1037,14 @@ def _finish_summary(
             f"duplicates {c['duplicate']}); eval share {summary['eval_share']:.3f}; "
             f"{summary['new_anchors']} new bubbles, {summary['n_anchors']} in all"
         )
+        if summary.get("labels"):
+            labels = summary["labels"]
+            message += (
+                f"; labels with >= {labels['min_label_count']} samples in eval: "
+                f"{labels['covered']['eval']}/{labels['n_eligible']}"
+            )
+        if summary.get("groups"):
+            message += f"; group violations: {summary['groups']['violations']}"
         if summary["n_errors"]:
             message += f"; {summary['n_errors']} samples failed (see {ERROR_FIELD})"
     summary["message"] = message
@@ -964,6 +1073,9 @@ def reset(samples: foc.SampleCollection, keep_embeddings: bool = False) -> dict[
         removed_runs = [k for k in (RUN_KEY, COMMIT_KEY) if dataset.has_run(k)]
         for key in removed_runs:
             dataset.delete_run(key)
+        from .viz import delete_map  # here: viz imports this module
+
+        removed_runs += delete_map(dataset)
         fields = list(RESULT_FIELDS)
         if not keep_embeddings:
             fields.append(EMBEDDING_FIELD)

@@ -11,6 +11,7 @@ exception leaves the object exactly as it was.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,7 +36,10 @@ from .assign import (
     shell_split,
 )
 from .config import FROZEN_AFTER_FIRST_ROUND, BubbleFenceConfig
+from .constraints import RoundConstraints
 from .dedup import find_duplicates
+from .groups import encode_groups, group_summary
+from .labels import encode_label_sets, label_shares, label_summary
 from .quota import grow_bubbles, round_budget
 from .state import read_state, write_state
 
@@ -140,11 +144,12 @@ class BubbleFence:
         anchor = np.concatenate([self._anchor, np.full(n_new, -1, np.int64)])
         shell = np.concatenate([self._shell, np.zeros(n_new, np.int8)])
         duplicate_of = np.concatenate([self._duplicate_of, np.full(n_new, -1, np.int64)])
-        new_labels = None if labels is None else np.asarray(labels).astype(str)
+        new_labels = None if labels is None else encode_label_sets(labels)
         if new_labels is not None and len(new_labels) != n_new:
             raise ValueError(f"labels has {len(new_labels)} entries for {n_new} embeddings")
-        if groups is not None and len(groups) != n_new:
-            raise ValueError(f"groups has {len(groups)} entries for {n_new} embeddings")
+        new_groups = None if groups is None else encode_groups(groups)
+        if new_groups is not None and len(new_groups) != n_new:
+            raise ValueError(f"groups has {len(new_groups)} entries for {n_new} embeddings")
         timings["validate"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
@@ -180,9 +185,26 @@ class BubbleFence:
         timings["existing_bubbles"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
+        # Labels and groups (None without them): known groups decide their new samples
+        # here, and the quota counts eval as the group votes will leave it.
+        all_labels = _append_optional(self._labels, new_labels, n_old, n_new)
+        all_groups = _append_optional(self._groups, new_groups, n_old, n_new)
+        constraints = RoundConstraints.start(
+            cfg,
+            split,
+            anchor,
+            shell,
+            kept,
+            new_rows,
+            self._anchors,
+            labels=None if labels is None else all_labels,
+            groups=None if groups is None else all_groups,
+        )
+        correction = constraints.eval_correction if constraints is not None else 0
         n_kept = int(kept.sum())
-        n_eval = int(np.sum((split == VALIDATION) | (split == TEST)))
-        budget = round_budget(n_kept, n_eval, len(open_rows), int(inside.sum()), cfg)
+        n_eval = int(np.sum((split == VALIDATION) | (split == TEST))) + correction
+        n_new_eval = int(np.sum(np.isin(split[open_rows], (VALIDATION, TEST)))) + correction
+        budget = round_budget(n_kept, n_eval, len(open_rows), n_new_eval, cfg)
         pool = open_rows[~inside]
         reference = subsample(n_old + n_new, LID_REFERENCE, rng)
         reference = reference[kept[reference]]
@@ -197,7 +219,10 @@ class BubbleFence:
         stats: dict[str, Any] = {"need": budget.need, "captured": 0, "new_anchors": 0}
         new_table = AnchorTable(centres=np.empty((0, new.shape[1]), np.float32))
         if budget.need > 0 and len(pool) > 0:
-            new_table, grown_anchor, grown_shell, stats = grow_bubbles(
+            grow = grow_bubbles
+            if constraints is not None:
+                grow = functools.partial(constraints.grow, pool=pool, reference=reference)
+            new_table, grown_anchor, grown_shell, stats = grow(
                 all_x, split, kept, stream_factory, self._anchors, budget, cfg, rng, round_index
             )
             grown = grown_anchor >= 0
@@ -212,6 +237,9 @@ class BubbleFence:
             split[followers] = split[originals]
             anchor[followers] = anchor[originals]
             shell[followers] = shell[originals]
+        if constraints is not None:
+            layout = self._anchors.append(new_table).layout
+            stats = {**stats, **constraints.finish(split, anchor, shell, duplicate_of, layout)}
 
         # Commit: nothing above touched self.
         first_anchor = len(self._anchors)
@@ -220,10 +248,7 @@ class BubbleFence:
         self._split, self._anchor, self._shell = split, anchor, shell
         self._duplicate_of = duplicate_of
         self._round = np.concatenate([self._round, np.full(n_new, round_index, np.int32)])
-        self._labels = _append_optional(self._labels, new_labels, n_old, n_new)
-        self._groups = _append_optional(
-            self._groups, None if groups is None else np.asarray(groups).astype(str), n_old, n_new
-        )
+        self._labels, self._groups = all_labels, all_groups
         self._anchors = self._anchors.append(new_table)
         record = self._round_record(round_index, new_rows, stats, timings)
         self.history.append(record)
@@ -237,7 +262,7 @@ class BubbleFence:
             str(name): int(np.sum(self._split == code)) for code, name in enumerate(SPLIT_NAMES)
         }
         n_eval = counts["validation"] + counts["test"]
-        return {
+        out = {
             "n_samples": self.n_samples,
             "counts": counts,
             "eval_share": n_eval / max(int(kept.sum()), 1),
@@ -245,6 +270,21 @@ class BubbleFence:
             "n_anchors": len(self._anchors),
             "rounds": self.history,
         }
+        if self._labels is not None:
+            cfg = self.config
+            out["labels"] = label_summary(
+                self._labels, self._split, kept, cfg.eval_ratio, cfg.min_label_count
+            )
+        if self._groups is not None:
+            out["groups"] = group_summary(self._groups, SPLIT_NAMES[self._split])
+        return out
+
+    def label_shares(self) -> pd.DataFrame:
+        """Per label (rarest first): kept samples, train/validation/test counts, eval share."""
+        if self._labels is None:
+            raise ValueError("no labels: pass labels to ingest to get per-label shares")
+        kept = self._duplicate_of < 0
+        return label_shares(self._labels, self._split, kept, self.config.min_label_count)
 
     def assignments(self) -> pd.DataFrame:
         return pd.DataFrame(
@@ -410,6 +450,7 @@ class BubbleFence:
             "counts": counts,
             "eval_share": summary["eval_share"],
             **{k: int(v) for k, v in stats.items()},
+            **{k: summary[k] for k in ("labels", "groups") if k in summary},
             "seconds": {k: round(v, 4) for k, v in timings.items()},
         }
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -30,6 +31,9 @@ from .boundary import crossing_counts, cut_radius, least_crossed_cut, nearest_cl
 from .config import BubbleFenceConfig
 from .density import adaptive_radius, lid_mle
 from .neighbors import similarity_to_distance
+
+if TYPE_CHECKING:
+    from .constraints import CaptureGuide
 
 # How far from its adaptive radius a bubble's edge may move to find a clean cut.
 WINDOW = 2.0
@@ -76,8 +80,12 @@ def grow_bubbles(
     config: BubbleFenceConfig,
     rng: np.random.Generator,
     round_index: int,
+    guide: CaptureGuide | None = None,
 ) -> tuple[AnchorTable, np.ndarray, np.ndarray, dict]:
     """Accept bubbles until `budget.need` unassigned samples are captured.
+
+    With a `guide` (labels, groups: `constraints.CaptureGuide`) a capture counts what
+    the guide says it is worth, and the guide may skip candidates and narrow cuts.
 
     `split` holds codes for every row, UNASSIGNED for this round's open samples;
     it is updated in place for captured rows. Returns the new anchors, the
@@ -97,7 +105,7 @@ def grow_bubbles(
     excluded = np.flatnonzero(~kept)
 
     stream: CandidateStream = stream_factory(size)
-    for relaxed in (False, True):
+    for relaxed in (False,) if guide is not None and guide.strict_only else (False, True):
         if captured >= budget.need:
             break
         if relaxed:
@@ -117,6 +125,8 @@ def grow_bubbles(
                 if captured >= budget.need:
                     break
                 if split[row] != UNASSIGNED:
+                    continue
+                if guide is not None and guide.skip(row):
                     continue
                 centre = embeddings[row]
                 if centres:
@@ -148,6 +158,8 @@ def grow_bubbles(
                     limit = min(limit, int(train_hits[0]))
                 limit = min(limit, int(np.searchsorted(-ranked_sims, -(1.0 - r_hi), "right")))
                 limit = min(limit, int(np.searchsorted(cum_open, allowed, "right")))
+                if guide is not None:
+                    limit = min(limit, guide.cut_limit(ranked[:limit], is_open[:limit], allowed))
                 k_min = int(np.searchsorted(cum_open, min_capture, "left")) + 1
                 k_lo_window = int(np.searchsorted(-ranked_sims, -(1.0 - radius / WINDOW), "right"))
                 k_lo = max(k_min, min(k_lo_window, limit))
@@ -198,7 +210,7 @@ def grow_bubbles(
                 shell_of[members] = shells
                 n_val += int(np.sum(codes == VALIDATION))
                 n_eval += len(members)
-                captured += len(members)
+                captured += len(members) if guide is None else guide.accepted(members)
                 crossed_total += crossed + inner_crossed
                 new_rows.append(
                     {

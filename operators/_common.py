@@ -61,4 +61,29 @@ def summary_lines(summary: dict[str, Any]) -> str:
     ):
         if key in summary:
             lines.append(f"- {label}: {summary[key]}")
+    lines += label_group_lines(summary)
     return "\n".join(lines)
+
+
+def label_group_lines(summary: dict[str, Any]) -> list[str]:
+    """Markdown bullets: label coverage and shares, group violations (when given)."""
+    lines = []
+    labels = summary.get("labels")
+    if labels:
+        covered = labels["covered"]
+        lines.append(
+            f"- Labels with >= {labels['min_label_count']} samples: {labels['n_eligible']}; "
+            f"in eval {covered['eval']}, validation {covered['validation']}, "
+            f"test {covered['test']}"
+        )
+        lines.append(
+            f"- Per-label eval share error: max {labels['share_error_max']}, "
+            f"mean {labels['share_error_mean']}"
+        )
+        shares = ", ".join(f"{k} {v:.3f}" for k, v in labels["eval_shares"].items())
+        if shares:
+            lines.append(f"- Eval share per label (rarest first): {shares}")
+    groups = summary.get("groups")
+    if groups:
+        lines.append(f"- Groups: {groups['n_groups']}, violations {groups['violations']}")
+    return lines

@@ -48,6 +48,8 @@ ADVANCED = {
     "min_eval_per_batch": "Share of every new batch held out even when the quota is met",
     "dedup_enabled": "Detect near-duplicates at all",
     "class_aware": "Near twins with different labels are not duplicates (needs a label field)",
+    "label_aware": "With a label field, meet the eval quota per label too (rare labels first)",
+    "min_label_count": "Labels with fewer samples are not pursued into eval",
     "anchor_method": "How bubble centres are proposed: quasi-random (qmc), random, kmeans",
     "qmc_sequence": "Quasi-random sequence for qmc proposals",
     "snap_strategy": "Snap proposals to the nearest sample, or pick among k by 1/LID",
@@ -82,6 +84,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "lid_snap_k": (1, None),
     "pca_dims": (1, None),
     "lid_k": (3, None),
+    "min_label_count": (1, None),
     "batch_size": (1, None),
 }
 
@@ -163,11 +166,12 @@ class BubbleFenceSplit(foo.Operator):
         _embeddings_inputs(ctx, inputs, info, defaults)
         for name, label, description in COMMON:
             _knob_input(ctx, inputs, name, label, description, defaults, stored)
+        _label_group_inputs(ctx, inputs, info)
         inputs.bool(
             "show_advanced",
             default=False,
             label="Advanced settings",
-            description="Anchor placement, radii, tolerance, label/group fields, device",
+            description="Anchor placement, radii, tolerance, per-label quota, device",
             view=types.SwitchView(),
         )
         if ctx.params.get("show_advanced", False):
@@ -207,7 +211,7 @@ class BubbleFenceSplit(foo.Operator):
 
 def _outputs(summary: dict[str, Any]) -> types.Property:
     outputs = types.Object()
-    outputs.md("summary", label="BubbleFence round")
+    outputs.str("summary", label="BubbleFence round", view=types.MarkdownView())
     return types.Property(outputs, view=types.View(label="BubbleFence split"))
 
 
@@ -360,21 +364,39 @@ def _advanced_inputs(
         if name in KNOBS:
             label = name.replace("_", " ").capitalize()
             _knob_input(ctx, inputs, name, label, description, defaults, stored)
-    label_fields = sorted(
-        name
-        for name, field in ctx.dataset.get_field_schema().items()
-        if isinstance(field, (fo.StringField, fo.IntField))
-        or (
-            isinstance(field, fo.EmbeddedDocumentField)
-            and issubclass(field.document_type, fo.Classification)
-        )
-    )
-    label_fields = [f for f in label_fields if f not in bfd.RESULT_FIELDS and f != "filepath"]
-    for name, label, description in (
-        ("label_field", "Label field", "Meet the quota per label too (rare labels first)"),
-        ("group_field", "Group field", "Never split a group (video, patient) across train/eval"),
+
+
+def _label_group_inputs(ctx: Any, inputs: types.Object, info: dict[str, Any] | None) -> None:
+    """Optional label and group field choosers; the fields of earlier rounds are preselected."""
+    for name, label, description, multi_ok in (
+        (
+            "label_field",
+            "Label field",
+            "Optional. Eval covers every label: the quota is met per label too, rare labels "
+            "first (a classification, the objects of a detections field, or a string field)",
+            True,
+        ),
+        (
+            "group_field",
+            "Group field",
+            "Optional. A group (video, drive, patient) goes whole to train or to one eval "
+            "split, in this round and every later one",
+            False,
+        ),
     ):
-        dd = types.AutocompleteView()
-        for f in label_fields:
+        choices = bfd.label_field_choices(ctx.dataset, multi_ok=multi_ok)
+        if not choices:
+            description += ". This dataset has no suitable field yet"
+        dd = types.DropdownView()
+        for f in choices:
             dd.add_choice(f, label=f)
-        inputs.str(name, required=False, label=label, description=description, view=dd)
+        stored = (info or {}).get(name)
+        inputs.enum(
+            name,
+            dd.values(),
+            required=False,
+            default=stored if stored in choices else None,
+            label=label,
+            description=description,
+            view=dd,
+        )

