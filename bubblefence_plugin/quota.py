@@ -27,7 +27,13 @@ from .assign import (
     choose_inner_cut,
     shell_split,
 )
-from .boundary import crossing_counts, cut_radius, least_crossed_cut, nearest_clean_cut
+from .boundary import (
+    IMPOSSIBLE,
+    crossing_counts,
+    cut_radius,
+    least_crossed_cut,
+    nearest_clean_cut,
+)
 from .config import BubbleFenceConfig
 from .density import adaptive_radius, lid_mle
 from .neighbors import similarity_to_distance
@@ -226,6 +232,14 @@ def grow_bubbles(
                     }
                 )
                 centres.append(centre[None, :])
+    n_test = n_eval - n_val
+    if new_rows and n_eval >= 2 and 0.0 < config.validation_ratio < 1.0 and not (n_val and n_test):
+        # The data set would have no validation (or no test) sample: with few bubbles,
+        # each cut cleanly only at its edges, the shells go all one way. Re-cut the
+        # largest new bubble through its least-crossed inner cut; crossings are counted.
+        crossed_total += _recut_with_both_shells(
+            embeddings, split, anchor_of, shell_of, new_rows, len(anchors), config
+        )
     table = AnchorTable.from_rows(new_rows, embeddings.shape[1])
     stats = {
         "need": budget.need,
@@ -235,6 +249,48 @@ def grow_bubbles(
         "shortfall": max(budget.need - captured, 0),
     }
     return table, anchor_of, shell_of, stats
+
+
+def _recut_with_both_shells(
+    embeddings: np.ndarray,
+    split: np.ndarray,
+    anchor_of: np.ndarray,
+    shell_of: np.ndarray,
+    new_rows: list[dict],
+    first_index: int,
+    config: BubbleFenceConfig,
+) -> int:
+    """Re-cut the inner shell of the largest new bubble at the cut nearest
+    `validation_ratio`; returns the crossing pairs the new cut adds.
+
+    No cut through this bubble is clean (its clean cuts leave a shell empty), so
+    validation and test will share near twins whatever the cut; a lopsided cut with
+    fewer crossings would leak as much per sample, so balance decides.
+    """
+    position = int(np.argmax([row["n_captured"] for row in new_rows]))
+    bubble = new_rows[position]
+    members = np.flatnonzero(anchor_of == first_index + position)
+    n = len(members)
+    if n < 2:
+        return 0
+    sims = embeddings[members] @ embeddings[bubble["centre_row"]]
+    order = np.lexsort((members, -sims))
+    members, sims = members[order], sims[order].astype(np.float32)
+    counts = crossing_counts(embeddings, members, sims, 1, n - 1, config.leak_threshold)
+    possible = np.flatnonzero(counts < IMPOSSIBLE) + 1  # interior cuts k = 1 .. n-1
+    if len(possible) == 0:
+        return 0  # every interior cut falls between equally similar samples
+    target_val = int(np.clip(round(config.validation_ratio * n), 1, n - 1))
+    target_inner = target_val if bubble["layout"] == INNER_VAL else n - target_val
+    k = int(possible[np.argmin(np.abs(possible - target_inner))])
+    shells = np.where(np.arange(n) < k, INNER, OUTER).astype(np.int8)
+    split[members] = shell_split(np.full(n, bubble["layout"], np.int8), shells)
+    shell_of[members] = shells
+    crossed = int(counts[k - 1])
+    # Its old cut left a shell empty, so it crossed nothing: all crossings are new.
+    bubble["inner_radius"] = cut_radius(sims, k)
+    bubble["cut_pairs"] += crossed
+    return crossed
 
 
 def _slack(budget: Budget) -> int:

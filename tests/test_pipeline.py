@@ -202,3 +202,23 @@ def test_a_failed_round_leaves_the_state_as_it_was():
         model.ingest(x[1000:])
     assert bf.assignments().equals(clean.assignments())
     np.testing.assert_array_equal(bf._embeddings, clean._embeddings)
+
+
+def test_a_single_tight_bubble_still_gets_validation_and_test():
+    # Two blobs of near twins (every pair within a blob above the leak threshold): the
+    # quota takes the small blob whole, and its only leak-free inner cuts would leave a
+    # shell empty, giving a split without validation or without test.
+    rng = np.random.default_rng(8)
+    small = rng.normal(size=32) * 5 + 0.5 * rng.normal(size=(40, 32))
+    large = rng.normal(size=32) * 5 + 0.5 * rng.normal(size=(160, 32))
+    x = np.vstack([small, large])
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    assert (x[:40] @ x[:40].T).min() > 0.95
+    bf = BubbleFence(BubbleFenceConfig(seed=8))
+    r = bf.ingest(x)
+    counts = bf.summary()["counts"]
+    assert counts["validation"] + counts["test"] == 40
+    # Balanced at validation_ratio, and the round reports the near pairs it cut.
+    assert counts["validation"] == 20 and counts["test"] == 20
+    assert r.stats["cut_pairs"] > 0
+    check_geometry(bf)
