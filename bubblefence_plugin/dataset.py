@@ -32,8 +32,9 @@ import socket
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -413,30 +414,52 @@ def _check_result_fields(dataset: fo.Dataset) -> None:
 
 
 def _write_assignments(dataset: fo.Dataset, table: dict[str, list]) -> None:
-    """Mirrors assignments into fields and tags; idempotent, so a repair can rerun it."""
+    """Mirrors assignments into fields and tags; idempotent, so a repair can rerun it.
+
+    One bulk write, not a `set_values` per field: samples with the same values (all
+    train samples of a round; a bubble's shell) share one update, which at 100k samples
+    takes seconds where six `set_values` took 24 s. It goes through FiftyOne's own
+    `_bulk_write`, which refreshes loaded samples; the fields exist already
+    (`_check_result_fields`), and `last_modified_at` is set as `set_values` sets it.
+    """
+    from bson import ObjectId
+    from pymongo import UpdateMany
+
     ids = table["id"]
     if not ids:
         return
-    values = {
-        SPLIT_FIELD: table["split"],
-        ANCHOR_FIELD: table["anchor_id"],
-        SHELL_FIELD: table["shell"],
-        ROUND_FIELD: table["round"],
-        DUPLICATE_FIELD: table["duplicate_of"],
-        ERROR_FIELD: [None] * len(ids),
-    }
-    for field, column in values.items():
-        dataset.set_values(field, dict(zip(ids, column, strict=True)), key_field="id")
+    now = datetime.now(timezone.utc).replace(tzinfo=None)  # FiftyOne stores naive UTC
+    columns = ("split", "anchor_id", "shell", "round", "duplicate_of")
+    same_values: dict[tuple, list[ObjectId]] = {}
+    for sid, *values in zip(ids, *(table[c] for c in columns), strict=True):
+        same_values.setdefault(tuple(values), []).append(ObjectId(sid))
     # Untag first: stale tags (an earlier interrupted write, zoo split tags) must not
-    # leave a sample tagged both train and test.
-    dataset.select(ids).untag_samples(list(SPLIT_TAGS))
-    by_split: dict[str, list[str]] = {s: [] for s in SPLIT_TAGS}
-    for sid, s in zip(ids, table["split"], strict=True):
-        if s in by_split:
-            by_split[s].append(sid)
-    for s, sel in by_split.items():
-        if sel:
-            dataset.select(sel).tag_samples(s)
+    # leave a sample tagged both train and test. `ordered` keeps this before the tagging.
+    stale = {"$pull": {"tags": {"$in": list(SPLIT_TAGS)}}}
+    ops = [
+        UpdateMany({"_id": {"$in": chunk}}, stale) for chunk in _chunks(list(map(ObjectId, ids)))
+    ]
+    for (split_value, anchor, shell, rnd, duplicate), oids in same_values.items():
+        fields = {
+            SPLIT_FIELD: split_value,
+            ANCHOR_FIELD: anchor,
+            SHELL_FIELD: shell,
+            ROUND_FIELD: rnd,
+            DUPLICATE_FIELD: duplicate,
+            ERROR_FIELD: None,
+            "last_modified_at": now,
+        }
+        update: dict[str, Any] = {"$set": fields}
+        if split_value in SPLIT_TAGS:
+            update["$addToSet"] = {"tags": split_value}
+        ops.extend(UpdateMany({"_id": {"$in": chunk}}, update) for chunk in _chunks(oids))
+    dataset._bulk_write(ops, ids=ids, ordered=True)
+
+
+def _chunks(items: list, size: int = 50_000) -> Iterator[list]:
+    """Slices of at most `size`: a query's id list must stay under MongoDB's 16 MB."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def _assignment_table(ids: Sequence[str], split, anchor, shell, rnd, dup) -> dict[str, list]:

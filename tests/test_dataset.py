@@ -359,3 +359,20 @@ def test_state_of_version_1_with_embeddings_inside_is_read(field_dataset):
     assert summary["n_new"] == 50 and summary["n_forgotten"] == 0
     now = _splits(ds)
     assert all(now[i] == s for i, s in before.items() if s is not None)
+
+
+def test_stale_split_tags_are_replaced_and_samples_marked_modified(field_dataset):
+    ds = field_dataset
+    # Tags from elsewhere (a zoo dataset's split), one sample even tagged twice.
+    ds.take(30, seed=2).tag_samples("test")
+    ds.take(30, seed=3).tag_samples("train")
+    ds.take(5, seed=4).tag_samples("keep-me")
+    before = dict(zip(*ds.values(["id", "last_modified_at"]), strict=True))
+    sample = ds.first()  # loaded before the split
+    bfd.split(ds, embeddings_field="emb")
+    _check_mirror(ds)  # exactly one split tag per sample, the one of its split field
+    assert ds.count_sample_tags()["keep-me"] == 5
+    after = dict(zip(*ds.values(["id", "last_modified_at"]), strict=True))
+    assert all(after[i] > before[i] for i in before)
+    # A sample loaded in memory sees the written values (FiftyOne reloads it).
+    assert sample["split"] in bfd.SPLIT_TAGS and sample["split"] in sample.tags
