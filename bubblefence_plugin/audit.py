@@ -285,13 +285,9 @@ def iter_report(
         max_queries=max_queries,
         seed=seed,
     )
-    while True:
-        try:
-            fraction, label = next(gen)
-        except StopIteration as stop:
-            measured = stop.value
-            break
-        yield bfd.Progress(span[0] + (span[1] - span[0]) * fraction, label)
+    measured = yield from metrics.relay(
+        gen, lambda event: bfd.Progress(span[0] + (span[1] - span[0]) * event[0], event[1])
+    )
 
     created = datetime.now(timezone.utc)
     result: dict[str, Any] = {

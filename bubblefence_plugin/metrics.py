@@ -47,7 +47,7 @@ import dataclasses
 import math
 import time
 from collections import Counter
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -297,12 +297,7 @@ def _iter_best_similarity(
 
 def best_similarity(x: np.ndarray, query_rows: np.ndarray, base_rows: np.ndarray) -> np.ndarray:
     """Highest cosine similarity of each query row to any base row (-inf on an empty base)."""
-    gen = _iter_best_similarity(x, np.asarray(query_rows), np.asarray(base_rows))
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    return _run(_iter_best_similarity(x, np.asarray(query_rows), np.asarray(base_rows)))
 
 
 def _iter_leakage(
@@ -333,13 +328,7 @@ def _iter_leakage(
             inside = picked[(picked >= offsets[k]) & (picked < offsets[k + 1])]
             rows = queries[inside - offsets[k]]
         gen = _iter_best_similarity(x, rows, base)
-        while True:
-            try:
-                done = next(gen)
-            except StopIteration as stop:
-                parts.append(stop.value)
-                break
-            yield (k + done) / len(pairs)
+        parts.append((yield from relay(gen, lambda done, k=k: (k + done) / len(pairs))))
     best = np.concatenate(parts).astype(np.float64)
     n = len(best)
     fractions = [float(np.mean(best >= t)) for t in thresholds]
@@ -380,6 +369,17 @@ def _run(gen: Generator[Any, None, Any]) -> Any:
             next(gen)
         except StopIteration as stop:
             return stop.value
+
+
+def relay(gen: Generator[Any, None, Any], event: Callable[[Any], Any]) -> Generator[Any, None, Any]:
+    """``yield from`` a sub-generator, passing each of its progress items through
+    ``event`` (e.g. to map its fraction into the caller's span); returns its value."""
+    while True:
+        try:
+            item = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        yield event(item)
 
 
 def eval_train_leakage(
@@ -669,13 +669,8 @@ def _iter_split_metrics(
     gen = _iter_leakage(
         x, "eval->train", _leakage_pairs(codes, "eval->train"), thresholds, max_queries, rng
     )
-    while True:
-        try:
-            done = next(gen)
-        except StopIteration as stop:
-            eval_train = stop.value
-            break
-        yield 0.85 * done, f"{name}: eval->train nearest neighbours"
+    label = f"{name}: eval->train nearest neighbours"
+    eval_train = yield from relay(gen, lambda done: (0.85 * done, label))
     yield 0.85, f"{name}: validation<->test nearest neighbours"
     validation_test = _run(
         _iter_leakage(
@@ -766,24 +761,12 @@ def iter_audit(
     ours_gen = _iter_split_metrics(
         x, codes, "split", rng=np.random.default_rng([seed, 1]), **common
     )
-    while True:
-        try:
-            done, label = next(ours_gen)
-        except StopIteration as stop:
-            ours = stop.value
-            break
-        yield 0.5 * done, label
+    ours = yield from relay(ours_gen, lambda event: (0.5 * event[0], event[1]))
     baseline_codes = role_codes(random_split_like(np.asarray(ROLES + ("",))[codes], seed))
     base_gen = _iter_split_metrics(
         x, baseline_codes, "random", rng=np.random.default_rng([seed, 2]), **common
     )
-    while True:
-        try:
-            done, label = next(base_gen)
-        except StopIteration as stop:
-            baseline = stop.value
-            break
-        yield 0.5 + 0.5 * done, label
+    baseline = yield from relay(base_gen, lambda event: (0.5 + 0.5 * event[0], event[1]))
     result = None
     if previous is not None:
         split_now = np.asarray(ROLES + ("",), dtype=object)[codes]

@@ -160,7 +160,7 @@ class _BubbleGrower:
         self.n_val = int(np.sum(split == VALIDATION))
         self.n_eval = int(np.sum((split == VALIDATION) | (split == TEST)))
         self.size = config.bubble_size or int(np.clip(round(budget.need / 128), 8, 4096))
-        self.centres = [anchors.centres] if len(anchors) else []
+        self.centres = anchors.centres  # every centre so far, earlier rounds' first
         self.delta = float(np.arccos(config.leak_threshold))
         self.excluded = np.flatnonzero(~kept)
 
@@ -204,8 +204,8 @@ class _BubbleGrower:
             return False
         if self.guide is not None and self.guide.skip(row):
             return False
-        if self.centres:
-            nearest = float(np.max(np.vstack(self.centres) @ self.embeddings[row]))
+        if len(self.centres):
+            nearest = float(np.max(self.centres @ self.embeddings[row]))
             return 1.0 - nearest >= self.config.min_anchor_distance
         return True
 
@@ -319,7 +319,10 @@ class _BubbleGrower:
                 "cut_pairs": crossed + inner_crossed,
             }
         )
-        self.centres.append(centre[None, :])
+        # One copy per accepted bubble, not one per candidate tried.
+        self.centres = (
+            np.vstack([self.centres, centre[None, :]]) if len(self.centres) else centre[None, :]
+        )
 
     # -- the end of the round -------------------------------------------------------------
 

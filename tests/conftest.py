@@ -46,7 +46,7 @@ TINY_DIM = 16
 IMAGE_SIZE = 32
 
 
-def save_tiny_clip(folder: Path) -> str:
+def save_tiny_clip(folder: Path, layers: int = 1) -> str:
     """A randomly initialised, tiny CLIP saved like a real one: loads offline in ~1 s."""
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
@@ -56,7 +56,7 @@ def save_tiny_clip(folder: Path) -> str:
         text_config=dict(
             hidden_size=32,
             intermediate_size=64,
-            num_hidden_layers=1,
+            num_hidden_layers=layers,
             num_attention_heads=2,
             vocab_size=100,
             max_position_embeddings=16,
@@ -66,7 +66,7 @@ def save_tiny_clip(folder: Path) -> str:
             patch_size=8,
             hidden_size=32,
             intermediate_size=64,
-            num_hidden_layers=1,
+            num_hidden_layers=layers,
             num_attention_heads=2,
         ),
         projection_dim=TINY_DIM,

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import IMAGE_SIZE, TINY_DIM, save_tiny_clip
 from PIL import Image, ImageOps
 
 from bubblefence_plugin.embed import (
@@ -23,46 +24,12 @@ from bubblefence_plugin.embed import (
     embeddings_from_array,
 )
 
-TINY_DIM = 16
-SIZE = 32
-
-
 # ----------------------------------------------------------------------------- models
-
-
-def _save_tiny_clip(folder: Path) -> Path:
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
-
-    torch.manual_seed(1234)
-    config = CLIPConfig(
-        text_config=dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            vocab_size=100,
-            max_position_embeddings=16,
-        ),
-        vision_config=dict(
-            image_size=SIZE,
-            patch_size=8,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-        ),
-        projection_dim=TINY_DIM,
-    )
-    CLIPModel(config).save_pretrained(folder)
-    CLIPImageProcessor(
-        size={"shortest_edge": SIZE}, crop_size={"height": SIZE, "width": SIZE}
-    ).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(_save_tiny_clip(tmp_path_factory.mktemp("tiny_clip")))
+    return save_tiny_clip(tmp_path_factory.mktemp("tiny_clip"), layers=2)
 
 
 @pytest.fixture(scope="session")
@@ -79,7 +46,7 @@ def tiny_dinov2(tmp_path_factory: pytest.TempPathFactory) -> str:
     torch.manual_seed(99)
     Dinov2Model(
         Dinov2Config(
-            image_size=SIZE,
+            image_size=IMAGE_SIZE,
             patch_size=8,
             hidden_size=24,
             num_hidden_layers=1,
@@ -88,7 +55,7 @@ def tiny_dinov2(tmp_path_factory: pytest.TempPathFactory) -> str:
         )
     ).save_pretrained(folder)
     BitImageProcessor(
-        size={"shortest_edge": SIZE}, do_center_crop=False, crop_size=None
+        size={"shortest_edge": IMAGE_SIZE}, do_center_crop=False, crop_size=None
     ).save_pretrained(folder)
     return str(folder)
 
@@ -110,7 +77,7 @@ def tiny_siglip(tmp_path_factory: pytest.TempPathFactory) -> str:
                 max_position_embeddings=16,
             ),
             vision_config=dict(
-                image_size=SIZE,
+                image_size=IMAGE_SIZE,
                 patch_size=8,
                 hidden_size=32,
                 intermediate_size=64,
@@ -119,7 +86,7 @@ def tiny_siglip(tmp_path_factory: pytest.TempPathFactory) -> str:
             ),
         )
     ).save_pretrained(folder)
-    SiglipImageProcessor(size={"height": SIZE, "width": SIZE}).save_pretrained(folder)
+    SiglipImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(folder)
     return str(folder)
 
 
