@@ -35,9 +35,10 @@ class Projection:
     components: np.ndarray
     mean: np.ndarray
 
-    def transform(self, x: np.ndarray) -> np.ndarray:
-        # x @ C.T - mean @ C.T, block by block: no centred copy of a large x.
-        return project_rows(x, None, self.components) - self.mean @ self.components.T
+    def transform(self, x: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """Coordinates of `x[rows]` (all of x when None) on the axes."""
+        # x @ C.T - mean @ C.T, block by block: no centred copy or row gather of a large x.
+        return project_rows(x, rows, self.components) - self.mean @ self.components.T
 
 
 def fit_projection(
@@ -94,8 +95,7 @@ class CandidateStream:
         self._used = np.zeros(len(pool_rows), dtype=bool)
         self._lid = np.full(len(pool_rows), np.nan)  # per pool position, filled lazily
         self._projection = projection
-        self._points = project_rows(embeddings, pool_rows, projection.components)
-        self._points -= projection.mean @ projection.components.T
+        self._points = projection.transform(embeddings, pool_rows)
         self._tree = cKDTree(self._points)
         self._draw_budget = max(64, 16 * expected_anchors)
         method = config.anchor_method
@@ -202,6 +202,6 @@ class CandidateStream:
         values = lid_of_rows(
             self._pool_rows[missing], self._embeddings, self._reference, self._config.lid_k
         )
-        finite = values[np.isfinite(values) & (values > 0)]
-        fallback = float(np.median(finite)) if len(finite) else 1.0
-        self._lid[missing] = np.where(np.isfinite(values) & (values > 0), values, fallback)
+        valid = np.isfinite(values) & (values > 0)
+        fallback = float(np.median(values[valid])) if valid.any() else 1.0
+        self._lid[missing] = np.where(valid, values, fallback)
