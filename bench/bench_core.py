@@ -49,6 +49,15 @@ def make_data(n: int, seed: int, d: int = 512, k: int = 50) -> tuple[np.ndarray,
     return x, labels
 
 
+def append_results(lines: list[str]) -> None:
+    """Appends a benchmark's table to RESULTS.md, with the load it ran under."""
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    lines.append(f"\nLoad average (1, 5, 15 min) at the end: {load} on {os.cpu_count()} cores.\n")
+    print(lines[-1])
+    with RESULTS.open("a") as fh:
+        fh.write("\n".join(lines) + "\n")
+
+
 def reset_peak_rss() -> None:
     """Restart the kernel's high-water mark of this process's RSS (Linux)."""
     Path("/proc/self/clear_refs").write_text("5")
@@ -131,11 +140,7 @@ def main() -> None:
     run("30k in 3 rounds of 10k", [10_000] * 3, 1, lines)
     if args.million:
         run("1M one round + 10k round", [1_000_000, 10_000], 2, lines)
-    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    lines.append(f"\nLoad average (1, 5, 15 min) at the end: {load} on {os.cpu_count()} cores.\n")
-    print(lines[-1])
-    with RESULTS.open("a") as fh:
-        fh.write("\n".join(lines) + "\n")
+    append_results(lines)
 
 
 if __name__ == "__main__":

@@ -30,12 +30,10 @@ os.environ["FIFTYONE_SHOW_PROGRESS_BARS"] = "false"
 os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
 
 import fiftyone as fo  # noqa: E402
-from bench_core import make_data, peak_rss_mb, reset_peak_rss  # noqa: E402
+from bench_core import append_results, make_data, peak_rss_mb, reset_peak_rss  # noqa: E402
 
 from bubblefence_plugin import BubbleFence, BubbleFenceConfig  # noqa: E402
 from bubblefence_plugin import dataset as bfd  # noqa: E402
-
-RESULTS = ROOT / "bench" / "RESULTS.md"
 
 
 def timed(fn):
@@ -86,11 +84,7 @@ def main() -> None:
     print("\n".join(lines), flush=True)
     for n in sizes:
         run(n, lines)
-    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    lines.append(f"\nLoad average (1, 5, 15 min) at the end: {load} on {os.cpu_count()} cores.\n")
-    print(lines[-1])
-    with RESULTS.open("a") as fh:
-        fh.write("\n".join(lines) + "\n")
+    append_results(lines)
 
 
 if __name__ == "__main__":
