@@ -20,8 +20,6 @@ MIN_GAP = 1e-6
 IMPOSSIBLE = np.iinfo(np.int64).max // 4
 # Inside members per matrix product; small blocks follow the band's diagonal closely.
 BAND_BLOCK = 128
-# Band samples of the cheap first look in `nearest_clean_cut`.
-SCREEN_BAND = 512
 
 
 def crossing_counts(
@@ -141,44 +139,3 @@ def least_crossed_cut(crossings: np.ndarray, k_lo: int, preferred_k: int) -> tup
     candidates = ks[rate == rate.min()]
     best = int(candidates[np.argmin(np.abs(candidates - preferred_k))])
     return best, int(crossings[best - k_lo])
-
-
-def nearest_clean_cut(
-    embeddings: np.ndarray,
-    ranked_rows: np.ndarray,
-    centre_sims: np.ndarray,
-    k_lo: int,
-    k_hi: int,
-    preferred_k: int,
-    threshold: float,
-    *,
-    max_band: int | None,
-    rng: np.random.Generator,
-) -> int | None:
-    """The clean cut in [k_lo, k_hi] nearest `preferred_k` (ties: the smaller), or None.
-
-    Same answer as `best_cut(crossing_counts(...), allow_crossing=False)`, found in
-    stages because most of the work is spent on candidates that have no clean cut:
-    a crossing seen on a small sample of the band is a real crossing, so a first
-    look at `SCREEN_BAND` samples rules cuts out for certain; the full count then
-    runs on the narrowest window around `preferred_k` that holds the cuts still open,
-    and on the rest of the window only if none of those is clean.
-    """
-    seen = crossing_counts(
-        embeddings, ranked_rows, centre_sims, k_lo, k_hi, threshold, max_band=SCREEN_BAND, rng=rng
-    )
-    open_cuts = np.flatnonzero(seen == 0) + k_lo
-    if len(open_cuts) == 0:
-        return None
-    reach = int(np.min(np.abs(open_cuts - preferred_k)))
-    windows = [(max(k_lo, preferred_k - reach), min(k_hi, preferred_k + reach))]
-    windows.append((int(open_cuts.min()), int(open_cuts.max())))
-    for lo, hi in windows:
-        lo, hi = min(lo, hi), max(lo, hi)
-        counts = crossing_counts(
-            embeddings, ranked_rows, centre_sims, lo, hi, threshold, max_band=max_band, rng=rng
-        )
-        choice = best_cut(counts, lo, preferred_k, allow_crossing=False)
-        if choice is not None:
-            return choice[0]
-    return None

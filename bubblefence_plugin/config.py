@@ -27,6 +27,15 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "device": ("auto", "cpu", "cuda"),
 }
 
+# Integers go into MongoDB run documents, which hold signed 64-bit integers (numpy's
+# generators take any such seed).
+INT64_MAX = 2**63 - 1
+
+# Default gap between leak_threshold and closure_threshold. Measured on the mixture of
+# bench/bench_quality.py in 3 rounds (leak@0.95 after the last round / labels in eval):
+# margin 0: 0.039 / 47; 0.02: 0.012 / 48; 0.05: 0.008 / 44 of 50.
+CLOSURE_MARGIN = 0.02
+
 # Knobs that change the meaning of assignments already made: they are frozen once
 # a state holds samples (see `BubbleFence.reconfigure`).
 FROZEN_AFTER_FIRST_ROUND = ("seed", "model_name", "dedup_enabled", "class_aware")
@@ -69,6 +78,11 @@ class BubbleFenceConfig:
     bubble_size: int | None = None
     # Boundary rule (SPEC 2.7): no pair this similar is cut by a bubble's edge.
     leak_threshold: float = 0.95
+    # The units bubbles capture are the components of pairs at least this similar (None:
+    # leak_threshold - CLOSURE_MARGIN). Below leak_threshold, held-out units are separated
+    # from train by a margin that later samples rarely bridge: a new sample is a twin of
+    # both sides only where they come within twice the twin angle.
+    closure_threshold: float | None = None
     seed: int = 42
     # Embedding (SPEC 2.1); used by the FiftyOne side, stored with the state.
     model_name: str = "openai/clip-vit-base-patch32"
@@ -82,6 +96,13 @@ class BubbleFenceConfig:
         _check_ratio("min_eval_per_batch", self.min_eval_per_batch)
         _check_ratio("dedup_threshold", self.dedup_threshold, low_open=True)
         _check_ratio("leak_threshold", self.leak_threshold, low_open=True)
+        if self.closure_threshold is not None:
+            _check_ratio("closure_threshold", self.closure_threshold, low_open=True)
+            if self.closure_threshold > self.leak_threshold:
+                raise ValueError(
+                    f"closure_threshold={self.closure_threshold} must be at most "
+                    f"leak_threshold={self.leak_threshold}"
+                )
         for name, allowed in CHOICES.items():
             value = getattr(self, name)
             if value not in allowed:
@@ -129,7 +150,10 @@ class BubbleFenceConfig:
     def from_yaml(cls, path: str | Path) -> BubbleFenceConfig:
         """Read a YAML file in our flat layout or the original BubbleFence's nested one."""
         text = Path(path).read_text(encoding="utf-8")
-        data = yaml.safe_load(text) or {}
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:  # syntax errors and tags safe_load refuses
+            raise ValueError(f"{path}: not a valid YAML config: {e}") from e
         if not isinstance(data, dict):
             raise ValueError(f"{path}: the top level of a config must be a mapping")
         values, ignored = translate_reference_layout(data)
@@ -140,6 +164,13 @@ class BubbleFenceConfig:
                 stacklevel=2,
             )
         return cls.from_dict(values)
+
+    @property
+    def unit_threshold(self) -> float:
+        """The similarity whose components bubbles capture whole (see closure_threshold)."""
+        if self.closure_threshold is not None:
+            return self.closure_threshold
+        return max(self.leak_threshold - CLOSURE_MARGIN, 0.0)
 
     def replace(self, **changes: Any) -> BubbleFenceConfig:
         return dataclasses.replace(self, **changes)
@@ -158,6 +189,8 @@ def _check_ratio(name: str, value: Any, *, low_open: bool = False, high_open: bo
 def _check_int(name: str, value: Any, *, minimum: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
+    if value > INT64_MAX:
+        raise ValueError(f"{name}={value!r} must be an integer in [{minimum}, 2**63 - 1]")
 
 
 # -- the original BubbleFence's nested YAML --------------------------------------
@@ -211,7 +244,10 @@ def translate_reference_layout(data: dict[str, Any]) -> tuple[dict[str, Any], se
         dotted = ".".join(path)
         if path in _REFERENCE_KEYS:
             name, convert = _REFERENCE_KEYS[path]
-            values[name] = convert(value)
+            try:
+                values[name] = convert(value)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"{dotted}={value!r} is not valid for {name}: {e}") from e
         elif len(path) == 1 and path[0] in ours:
             values[path[0]] = value
         elif path in _REFERENCE_FIXED:

@@ -2,9 +2,16 @@
 
 A new sample whose cosine similarity to an earlier *kept* sample (an earlier
 round, or earlier in this batch in input order) reaches the threshold is a
-duplicate of the most similar such sample. Pairs come from the exact range search
-of `neighbors.pairs_within`; only rows that take part in a pair are visited in
-order, so the cost is near-linear in N.
+duplicate; its original is the earliest such kept sample (the smallest row). The
+earliest rather than the most similar: the choice then rests only on threshold
+decisions, which `neighbors.pairs_at_least` makes the same on every machine, and in a
+blob of near-identical copies every copy points at the blob's first sample.
+
+Pairs come from the exact range search of `neighbors.CellIndex`, and no list of all
+pairs is ever held (in a blob of a thousand copies every pair is a duplicate pair):
+each new row keeps its `CANDIDATES` earliest partners, rows are resolved in input
+order, and a row none of whose candidates was kept is checked against every earlier
+kept row (exact, and rare: a blob's first copy is every later copy's candidate).
 """
 
 from __future__ import annotations
@@ -13,15 +20,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .neighbors import pairs_within
+from .neighbors import CellIndex, pairs_at_least
+
+# Earlier partners remembered per new row, the earliest first.
+CANDIDATES = 16
 
 
 @dataclass
 class DedupResult:
-    """Per new row: the global row of its kept original (-1 when kept) and their similarity."""
+    """Per new row: the global row of its kept original, -1 when the row is kept."""
 
     duplicate_of: np.ndarray
-    similarity: np.ndarray
 
     @property
     def is_duplicate(self) -> np.ndarray:
@@ -34,52 +43,100 @@ def find_duplicates(
     kept_rows: np.ndarray,
     first_new_row: int,
     threshold: float,
-    projection: np.ndarray,
+    seed: int,
     *,
     new_labels: np.ndarray | None = None,
     kept_labels: np.ndarray | None = None,
 ) -> DedupResult:
     """Mark rows of `new` that duplicate a kept earlier row.
 
-    `embeddings[kept_rows]` are the kept rows of earlier rounds; new row i has
-    global row `first_new_row + i`. With labels (class-aware mode),
-    twins whose labels differ are not duplicates.
+    `embeddings[kept_rows]` are the kept rows of earlier rounds (ascending); new row i
+    has global row `first_new_row + i`. With labels (class-aware mode), twins whose
+    labels differ are not duplicates.
     """
     n = len(new)
     duplicate_of = np.full(n, -1, dtype=np.int64)
-    similarity = np.zeros(n, dtype=np.float32)
 
     # Against earlier rounds: every hit is final, the old rows are kept.
-    q, b, s = pairs_within(new, embeddings, threshold, projection, base_rows=kept_rows)
-    if kept_labels is not None and new_labels is not None:
-        same = new_labels[q] == kept_labels[b]
-        q, b, s = q[same], b[same], s[same]
-    if len(q):
-        # Most similar first, then the earliest row, so the choice is deterministic.
-        order = np.lexsort((kept_rows[b], -s, q))
-        q, b, s = q[order], b[order], s[order]
-        first = np.r_[True, q[1:] != q[:-1]]
-        duplicate_of[q[first]] = kept_rows[b[first]]
-        similarity[q[first]] = s[first]
+    if len(kept_rows):
+        index = CellIndex(embeddings, kept_rows, threshold, seed)
+        query, base = _earliest(index, new, new_labels, kept_labels, before=None)
+        first = np.r_[True, query[1:] != query[:-1]] if len(query) else np.empty(0, bool)
+        duplicate_of[query[first]] = kept_rows[base[first]]
 
-    # Within the batch: a row is a duplicate only of an earlier row that was kept,
-    # so the rows that take part in a pair are resolved in input order.
-    later, earlier, s = pairs_within(new, new, threshold, projection, same_set=True)
-    if new_labels is not None:
-        same = new_labels[later] == new_labels[earlier]
-        later, earlier, s = later[same], earlier[same], s[same]
-    if len(later):
-        order = np.lexsort((earlier, -s, later))
-        later, earlier, s = later[order], earlier[order], s[order]
-        starts = np.flatnonzero(np.r_[True, later[1:] != later[:-1]])
-        ends = np.r_[starts[1:], len(later)]
-        for start, end in zip(starts, ends, strict=True):
-            row = later[start]
-            if duplicate_of[row] >= 0:
-                continue
-            for j in range(start, end):
-                if duplicate_of[earlier[j]] < 0:
-                    duplicate_of[row] = first_new_row + earlier[j]
-                    similarity[row] = s[j]
-                    break
-    return DedupResult(duplicate_of=duplicate_of, similarity=similarity)
+    # Within the batch, in input order: a row is a duplicate only of a kept earlier row.
+    index = CellIndex(new, np.arange(n), threshold, seed)
+    later, earlier = _earliest(index, new, new_labels, new_labels, before=np.arange(n))
+    if len(later) == 0:
+        return DedupResult(duplicate_of)
+    starts = np.flatnonzero(np.r_[True, later[1:] != later[:-1]])
+    ends = np.r_[starts[1:], len(later)]
+    for start, end in zip(starts, ends, strict=True):
+        row = int(later[start])
+        if duplicate_of[row] >= 0:
+            continue
+        partners = earlier[start:end]
+        kept = partners[duplicate_of[partners] < 0]
+        if len(kept):
+            duplicate_of[row] = first_new_row + int(kept[0])
+        elif end - start == CANDIDATES:
+            original = _earliest_kept(new, row, duplicate_of, threshold, new_labels)
+            if original >= 0:
+                duplicate_of[row] = first_new_row + original
+    return DedupResult(duplicate_of)
+
+
+def _earliest(
+    index: CellIndex,
+    queries: np.ndarray,
+    query_labels: np.ndarray | None,
+    base_labels: np.ndarray | None,
+    before: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(query, base position) of each query's `CANDIDATES` earliest partners at the
+    threshold, sorted by query then position. `before[q]`: only positions below it."""
+    queries_out, bases_out = [], []
+    for group, base, sims in index.scan(queries):
+        base_vectors = index.embeddings[index.rows[base]]
+        qi, bj = pairs_at_least(sims, index.threshold, queries[group], base_vectors)
+        q, b = group[qi], base[bj]
+        keep = np.ones(len(q), bool)
+        if before is not None:
+            keep &= b < before[q]
+        if query_labels is not None and base_labels is not None:
+            keep &= query_labels[q] == base_labels[b]
+        q, b = _first_per_query(q[keep], b[keep])
+        queries_out.append(q)
+        bases_out.append(b)
+    if not queries_out:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    return _first_per_query(np.concatenate(queries_out), np.concatenate(bases_out))
+
+
+def _first_per_query(q: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    order = np.lexsort((b, q))
+    q, b = q[order], b[order]
+    if len(q) == 0:
+        return q, b
+    starts = np.flatnonzero(np.r_[True, q[1:] != q[:-1]])
+    rank = np.arange(len(q)) - np.repeat(starts, np.diff(np.r_[starts, len(q)]))
+    keep = rank < CANDIDATES
+    return q[keep], b[keep]
+
+
+def _earliest_kept(
+    new: np.ndarray,
+    row: int,
+    duplicate_of: np.ndarray,
+    threshold: float,
+    labels: np.ndarray | None,
+) -> int:
+    """Exact fallback for a row whose remembered partners were all duplicates."""
+    earlier = np.flatnonzero(duplicate_of[:row] < 0)
+    if labels is not None:
+        earlier = earlier[labels[earlier] == labels[row]]
+    if len(earlier) == 0:
+        return -1
+    sims = (new[earlier] @ new[row])[None, :]
+    _, hits = pairs_at_least(sims, threshold, new[[row]], new[earlier])
+    return int(earlier[hits[0]]) if len(hits) else -1

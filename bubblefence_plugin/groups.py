@@ -222,3 +222,14 @@ def group_summary(groups: np.ndarray, split_names: np.ndarray) -> dict[str, Any]
         "violations": violations.n_violations,
         "violating_examples": violations.examples,
     }
+
+
+def group_links(codes: np.ndarray | None, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Edges (positions in `rows`) that chain the members of each group among `rows`."""
+    if codes is None:
+        return None
+    own = codes[rows]
+    grouped = np.flatnonzero(own >= 0)
+    order = grouped[np.lexsort((grouped, own[grouped]))]
+    same = own[order[1:]] == own[order[:-1]]
+    return order[:-1][same], order[1:][same]

@@ -5,10 +5,17 @@ Two tools serve every step that needs neighbours:
 * blockwise matrix products (`iter_similarity_blocks`, `nearest`, `knn`), whose
   memory is one block of queries times the base, for queries that are few
   (anchor candidates) or for one pass of the audit;
-* `pairs_within`, an exact range search for tight thresholds (deduplication) that
-  prunes with a PCA projection: an orthonormal projection never lengthens a
-  distance, so every true pair is also a pair in the projected space, where a
-  k-d tree finds them in O(N log N). The survivors are checked in full dimension.
+* `CellIndex`, an exact range search for thresholds (near twins, duplicates): rows
+  are grouped into cells around seeded centres, and a cell is visited for a query
+  only when the triangle inequality lets it hold a row within the threshold
+  (||q - c|| <= R_cell + tau). Memory is one block of queries times the visited
+  cells, whatever the data: a dense cluster makes more cells, not bigger blocks.
+
+Decisions never rest on the last bits of a BLAS product, whose summation order
+changes with the thread count and the processor: `pairs_at_least` re-computes the
+similarities within `DECISION_EPS` of a threshold in float64 with a fixed order
+(`exact_similarity`), and rankings use `exact_similarity` rounded to `RANK_DECIMALS`
+with ties broken by row index.
 """
 
 from __future__ import annotations
@@ -21,6 +28,20 @@ from scipy.spatial import cKDTree
 # Rows of queries per matrix product: 256 x 1M float32 similarities = 1 GiB, so
 # callers with a large base pass a smaller block.
 DEFAULT_BLOCK = 1024
+# float32 products of unit vectors are off by a few 1e-7 at most (D <= 4096, with
+# BLAS's blocked sums); within this margin of a threshold the float64 value decides.
+DECISION_EPS = 1e-5
+# Rankings compare float64 similarities rounded here: far below any real difference,
+# far above float64 round-off, so the order is the same on every machine.
+RANK_DECIMALS = 9
+# Rows per cell of a `CellIndex`: products of a few hundred rows keep BLAS efficient,
+# and the per-cell bookkeeping small beside them.
+CELL_SIZE = 256
+# Dimensions of the PCA projection in which rows are assigned to cells; the bounds
+# that decide which cells to visit are computed in full dimension.
+CELL_DIMS = 32
+# Memory of one block of similarities in a `CellIndex` scan.
+SCAN_BYTES = 64 * 2**20
 
 
 def similarity_to_distance(similarity: np.ndarray | float) -> np.ndarray | float:
@@ -104,44 +125,170 @@ def project_rows(
     return out
 
 
-def pairs_within(
-    queries: np.ndarray,
-    base: np.ndarray,
-    min_similarity: float,
-    projection: np.ndarray,
-    *,
-    base_rows: np.ndarray | None = None,
-    same_set: bool = False,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every (query, base) pair with cosine similarity >= min_similarity, exactly.
+def exact_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise a[i] . b[i] in float64, summed in a fixed order (no BLAS): reproducible."""
+    return np.einsum("ij,ij->i", a.astype(np.float64), b.astype(np.float64))
 
-    `projection` is an orthonormal (p, D) matrix (PCA components). The base is
-    `base[base_rows]` (all of `base` when None) and base indices are positions in
-    it. With `same_set=True` the queries are the base and each pair is reported
-    once, as (i, j) with i > j. Returns (query index, base index, similarity).
+
+def ranking_similarity(vectors: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """Similarities of `vectors` to `centre` for ranking: float64, fixed order, rounded."""
+    sims = exact_similarity(vectors, np.broadcast_to(centre, vectors.shape))
+    return np.round(sims, RANK_DECIMALS)
+
+
+def exact_block(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """left @ right.T in float64: off by ~1e-16, far below any decision's margin."""
+    return left.astype(np.float64) @ right.astype(np.float64).T
+
+
+def pairs_at_least(
+    sims: np.ndarray, threshold: float, left: np.ndarray, right: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(i, j) where `sims[i, j] >= threshold`, entries near the threshold decided in float64.
+
+    `sims[i, j]` is a float32 product of `left[i]` and `right[j]`; the entries within
+    `DECISION_EPS` of the threshold are re-computed in float64 (`exact_block` over the
+    rows and columns that hold them), so the answer does not depend on BLAS. One pass
+    over the block: its hits are few next to its size, whatever the data.
     """
-    empty = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32))
-    n_base = len(base) if base_rows is None else len(base_rows)
-    if len(queries) == 0 or n_base == 0:
-        return empty
-    radius = float(similarity_to_distance(min_similarity))
-    # A float32 round-off margin: a pair lost here would be a missed duplicate.
-    radius = radius * (1 + 1e-3) + 1e-5
-    base_tree = cKDTree(project_rows(base, base_rows, projection))
-    if same_set:
-        pairs = base_tree.query_pairs(radius, output_type="ndarray")
-        if len(pairs) == 0:
-            return empty
-        q_idx = pairs.max(axis=1).astype(np.int64)
-        b_idx = pairs.min(axis=1).astype(np.int64)
-    else:
-        hits = cKDTree(queries @ projection.T).query_ball_tree(base_tree, radius)
-        lengths = np.fromiter((len(h) for h in hits), dtype=np.int64, count=len(hits))
-        if lengths.sum() == 0:
-            return empty
-        q_idx = np.repeat(np.arange(len(queries)), lengths)
-        b_idx = np.fromiter((j for h in hits for j in h), dtype=np.int64, count=lengths.sum())
-    base_vectors = base[b_idx] if base_rows is None else base[base_rows[b_idx]]
-    sims = np.einsum("ij,ij->i", queries[q_idx], base_vectors)
-    keep = sims >= min_similarity
-    return q_idx[keep], b_idx[keep], sims[keep].astype(np.float32)
+    i, j = np.nonzero(sims >= threshold - DECISION_EPS)
+    near = np.flatnonzero(sims[i, j] < threshold + DECISION_EPS)
+    if len(near):
+        rows, row_at = np.unique(i[near], return_inverse=True)
+        cols, col_at = np.unique(j[near], return_inverse=True)
+        exact = exact_block(left[rows], right[cols])
+        keep = np.ones(len(i), bool)
+        keep[near] = exact[row_at, col_at] >= threshold
+        i, j = i[keep], j[keep]
+    return i, j
+
+
+def principal_axes(sample: np.ndarray, n_components: int) -> np.ndarray:
+    """(p, D) orthonormal principal axes of a sample of rows, signs fixed (largest entry > 0).
+
+    Used only to group rows into cells, so any orthonormal basis would be correct;
+    the principal one makes cells compact.
+    """
+    x = sample.astype(np.float64) - sample.mean(axis=0, dtype=np.float64)
+    p = int(min(n_components, x.shape[0], x.shape[1]))
+    _, vectors = np.linalg.eigh(x.T @ x)
+    axes = vectors[:, ::-1][:, :p].T
+    signs = np.sign(axes[np.arange(p), np.argmax(np.abs(axes), axis=1)])
+    return (axes * np.where(signs == 0, 1.0, signs)[:, None]).astype(np.float32)
+
+
+class CellIndex:
+    """An exact range search over `embeddings[rows]` for one similarity threshold.
+
+    Rows are grouped into cells around seeded centres (real rows), assigned in a PCA
+    projection. A cell keeps its centre c and radius R (the largest distance of a
+    member to c, in full dimension). Two unit vectors are within the threshold t when
+    their distance is at most tau = sqrt(2 - 2t); a query q can have such a
+    neighbour in a cell only if ||q - c|| <= R + tau (triangle inequality), so
+    only those cells are visited. Exact: every pair within the threshold is seen.
+    """
+
+    def __init__(
+        self,
+        embeddings: np.ndarray,
+        rows: np.ndarray,
+        threshold: float,
+        seed: int,
+    ) -> None:
+        self.embeddings = embeddings
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.threshold = float(threshold)
+        self.tau = float(similarity_to_distance(threshold))
+        n = len(self.rows)
+        rng = np.random.default_rng(seed)
+        n_cells = max(1, -(-n // CELL_SIZE))
+        sample = embeddings[self.rows[np.sort(rng.choice(n, min(n, 20_000), replace=False))]]
+        axes = principal_axes(sample, CELL_DIMS) if n > 1 else np.eye(1, embeddings.shape[1])
+        projected = project_rows(embeddings, self.rows, axes.astype(np.float32))
+        centre_positions = np.sort(rng.choice(n, n_cells, replace=False))
+        _, cell = cKDTree(projected[centre_positions]).query(projected)
+        cell = np.asarray(cell, dtype=np.int64)
+        order = np.lexsort((np.arange(n), cell))
+        self.order = order  # positions in `rows`, grouped by cell
+        self.bounds = np.searchsorted(cell[order], np.arange(n_cells + 1))
+        self.centres = embeddings[self.rows[centre_positions]]
+        own = exact_similarity(embeddings[self.rows], self.centres[cell])
+        # A little margin: a radius rounded down could hide a member from a query.
+        distance = similarity_to_distance(own) + 1e-6
+        self.radius = np.zeros(n_cells)
+        np.maximum.at(self.radius, cell, distance)
+        self.cell = cell
+
+    def __len__(self) -> int:
+        return len(self.bounds) - 1
+
+    def members(self, cell: int) -> np.ndarray:
+        """Positions (in `rows`) of a cell's members, ascending."""
+        return self.order[self.bounds[cell] : self.bounds[cell + 1]]
+
+    def centre_distances(self, vectors: np.ndarray) -> np.ndarray:
+        """(len(vectors), n_cells) distances to the cell centres, float64."""
+        return similarity_to_distance(vectors @ self.centres.T)
+
+    def reachable(self, vectors: np.ndarray) -> np.ndarray:
+        """Cells that can hold a row within the threshold of any of `vectors`."""
+        # The float32 product can be off by a few 1e-7: widen the test by as much.
+        slack = self.radius + self.tau + 1e-4
+        return np.flatnonzero((self.centre_distances(vectors) <= slack).any(axis=0))
+
+    def scan(self, queries: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Yield (query indices, base positions, similarities) blocks such that every
+        (query, base row) pair within the threshold appears in exactly one block.
+
+        Queries are taken in groups that share their nearest cell, so that the cells
+        they reach overlap; a group's block is split over its base rows to stay
+        within `SCAN_BYTES`.
+        """
+        if len(queries) == 0 or len(self.rows) == 0:
+            return
+        nearest_cell = np.empty(len(queries), dtype=np.int64)
+        for rows, sims in iter_similarity_blocks(queries, self.centres):
+            nearest_cell[rows] = np.argmax(sims, axis=1)
+        order = np.lexsort((np.arange(len(queries)), nearest_cell))
+        for start in range(0, len(order), DEFAULT_BLOCK // 4):
+            group = np.sort(order[start : start + DEFAULT_BLOCK // 4])
+            vectors = queries[group]
+            cells = self.reachable(vectors)
+            if len(cells) == 0:
+                continue
+            base = np.concatenate([self.members(c) for c in cells])
+            # The gathered base rows cost as much memory as the block of similarities.
+            step = max(1, SCAN_BYTES // (4 * max(len(group), self.embeddings.shape[1])))
+            for b0 in range(0, len(base), step):
+                part = base[b0 : b0 + step]
+                yield group, part, vectors @ self.embeddings[self.rows[part]].T
+
+
+def nearest_centre(vectors: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Most similar centre per vector, decided the same way on every machine.
+
+    Returns (index, similarity). A vector whose two best centres are within
+    `DECISION_EPS` in the float32 product is re-decided in float64 (`exact_similarity`),
+    ties to the smaller index.
+    """
+    index = np.zeros(len(vectors), dtype=np.int64)
+    best = np.full(len(vectors), -np.inf)
+    if len(centres) == 0:
+        return np.full(len(vectors), -1, np.int64), best
+    for rows, sims in iter_similarity_blocks(vectors, centres):
+        top = np.argmax(sims, axis=1)
+        index[rows] = top
+        best[rows] = sims[np.arange(len(top)), top]
+        if len(centres) > 1:
+            ordered = -np.partition(-sims, 1, axis=1)[:, :2]
+            close = np.flatnonzero(ordered[:, 0] - ordered[:, 1] < DECISION_EPS)
+            if len(close):
+                # Only the centres within the margin of the best can win.
+                i, c = np.nonzero(sims[close] >= ordered[close, :1] - DECISION_EPS)
+                row = rows.start + close[i]
+                exact = np.round(exact_similarity(vectors[row], centres[c]), RANK_DECIMALS)
+                order = np.lexsort((c, -exact, row))  # per row: most similar, then smaller
+                first = order[np.r_[True, row[order][1:] != row[order][:-1]]]
+                index[row[first]] = c[first]
+                best[row[first]] = exact[first]
+    return index, best

@@ -11,7 +11,7 @@ exception leaves the object exactly as it was.
 
 from __future__ import annotations
 
-import functools
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import sparse
 
 from .anchors import CandidateStream, fit_projection, subsample
 from .assign import (
@@ -32,21 +33,26 @@ from .assign import (
     UNASSIGNED,
     VALIDATION,
     AnchorTable,
-    assign_to_bubbles,
-    shell_split,
 )
 from .config import FROZEN_AFTER_FIRST_ROUND, BubbleFenceConfig
-from .constraints import RoundConstraints
 from .dedup import find_duplicates
-from .groups import encode_groups, group_summary
-from .labels import encode_label_sets, label_shares, label_summary
-from .quota import grow_bubbles, round_budget
+from .follow import bind_to_assigned, join_existing_bubbles
+from .groups import (
+    encode_groups,
+    follow_known_groups,
+    group_codes,
+    group_links,
+    group_summary,
+    resolve_round,
+)
+from .labels import LabelIndex, encode_label_sets, label_shares, label_summary
+from .quota import BubbleGrower, Strata, Units, round_budget
+from .regions import RegionIndex
 from .state import read_state, write_state
+from .twins import twin_components
 
 # Rows used as the neighbour reference when estimating LID for snapping.
 LID_REFERENCE = 10_000
-# Dimensions of the projection that prunes the dedup range search.
-DEDUP_DIMS = 8
 NORMALISE_BLOCK = 65_536
 # Capacity of the embeddings buffer, relative to the rows it holds once it must grow.
 BUFFER_GROWTH = 1.5
@@ -81,6 +87,8 @@ class BubbleFence:
         self._duplicate_of = np.empty(0, np.int64)
         self._labels: np.ndarray | None = None
         self._groups: np.ndarray | None = None
+        self._regions: RegionIndex | None = None  # fitted on the first round
+        self._region = np.empty(0, np.int64)  # per sample, -1 for duplicates
         self._anchors = AnchorTable()
         self.history: list[dict[str, Any]] = []
 
@@ -129,7 +137,8 @@ class BubbleFence:
         labels: Sequence[Any] | None = None,
         groups: Sequence[Any] | None = None,
     ) -> RoundResult:
-        """Assign a new batch: dedup, existing bubbles, new bubbles to the quota, rest train."""
+        """Assign a new batch: dedup, twins of assigned samples, existing bubbles, new
+        bubbles to the quota (stratified by labels and regions), the rest train."""
         cfg = self.config
         timings: dict[str, float] = {}
         clock = time.perf_counter()
@@ -138,23 +147,25 @@ class BubbleFence:
         round_index = len(self.history)
         rng = np.random.default_rng([cfg.seed, round_index])
         n_old, n_new = self.n_samples, len(x)
-        all_x = self._rows_with(x)
-        new = all_x[n_old:]
-        split = np.concatenate([self._split, np.full(n_new, UNASSIGNED, np.int8)])
-        anchor = np.concatenate([self._anchor, np.full(n_new, -1, np.int64)])
-        shell = np.concatenate([self._shell, np.zeros(n_new, np.int8)])
-        duplicate_of = np.concatenate([self._duplicate_of, np.full(n_new, -1, np.int64)])
         new_labels = None if labels is None else encode_label_sets(labels)
         if new_labels is not None and len(new_labels) != n_new:
             raise ValueError(f"labels has {len(new_labels)} entries for {n_new} embeddings")
         new_groups = None if groups is None else encode_groups(groups)
         if new_groups is not None and len(new_groups) != n_new:
             raise ValueError(f"groups has {len(new_groups)} entries for {n_new} embeddings")
+        all_x = self._rows_with(x)
+        new = all_x[n_old:]
+        n = n_old + n_new
+        split = np.concatenate([self._split, np.full(n_new, UNASSIGNED, np.int8)])
+        anchor = np.concatenate([self._anchor, np.full(n_new, -1, np.int64)])
+        shell = np.concatenate([self._shell, np.zeros(n_new, np.int8)])
+        duplicate_of = np.concatenate([self._duplicate_of, np.full(n_new, -1, np.int64)])
+        all_labels = _append_optional(self._labels, new_labels, n_old, n_new)
+        all_groups = _append_optional(self._groups, new_groups, n_old, n_new)
         timings["validate"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
-        projection = fit_projection(new, max(DEDUP_DIMS, cfg.pca_dims), rng)
-        new_rows = np.arange(n_old, n_old + n_new)
+        new_rows = np.arange(n_old, n)
         if cfg.dedup_enabled:
             kept_old = np.flatnonzero(self._duplicate_of < 0)
             aware = cfg.class_aware and new_labels is not None and self._labels is not None
@@ -164,7 +175,7 @@ class BubbleFence:
                 kept_old,
                 n_old,
                 cfg.dedup_threshold,
-                projection.components[:DEDUP_DIMS],
+                cfg.seed,
                 new_labels=new_labels if cfg.class_aware else None,
                 kept_labels=self._labels[kept_old] if aware else None,
             )
@@ -172,62 +183,86 @@ class BubbleFence:
         is_dup = duplicate_of >= 0
         split[new_rows[is_dup[new_rows]]] = DUPLICATE
         kept = ~is_dup
+        new_kept = new_rows[kept[new_rows]]
         timings["dedup"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
-        new_kept = kept[new_rows]
-        open_rows = new_rows[new_kept]
-        hit, hit_shell = (a[new_kept] for a in assign_to_bubbles(new, self._anchors))
-        inside = hit >= 0
-        split[open_rows[inside]] = shell_split(self._anchors.layout[hit[inside]], hit_shell[inside])
-        anchor[open_rows[inside]] = hit[inside]
-        shell[open_rows[inside]] = hit_shell[inside]
+        regions, region = self._regions_with(all_x, kept, new_kept, n)
+        timings["regions"] = time.perf_counter() - clock
+
+        # Twins: the new samples' components, and their links to assigned samples.
+        clock = time.perf_counter()
+        codes = None if groups is None and self._groups is None else group_codes(all_groups)
+        components = twin_components(
+            all_x, new_kept, cfg.leak_threshold, cfg.seed, links=group_links(codes, new_kept)
+        )
+        stats: dict[str, Any] = {}
+        if codes is not None:
+            old_rows = np.flatnonzero(kept[:n_old])
+            known = follow_known_groups(
+                codes,
+                new_kept,
+                old_rows,
+                split,
+                anchor,
+                shell,
+                self._anchors.layout,
+                cfg.validation_ratio,
+            )
+            stats["group_known"] = int(known.sum())
+        binding = bind_to_assigned(
+            all_x, new_kept, components, split, anchor, shell, kept, n_old, cfg
+        )
+        stats.update(binding.stats)
+        timings["twins"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        join_existing_bubbles(all_x, new_kept, components, split, anchor, shell, self._anchors)
         timings["existing_bubbles"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
-        # Labels and groups (None without them): known groups decide their new samples
-        # here, and the quota counts eval as the group votes will leave it.
-        all_labels = _append_optional(self._labels, new_labels, n_old, n_new)
-        all_groups = _append_optional(self._groups, new_groups, n_old, n_new)
-        constraints = RoundConstraints.start(
-            cfg,
-            split,
-            anchor,
-            shell,
-            kept,
-            new_rows,
-            self._anchors,
-            labels=None if labels is None else all_labels,
-            groups=None if groups is None else all_groups,
-        )
-        correction = constraints.eval_correction if constraints is not None else 0
         n_kept = int(kept.sum())
-        n_eval = int(np.sum((split == VALIDATION) | (split == TEST))) + correction
-        n_new_eval = int(np.sum(np.isin(split[open_rows], (VALIDATION, TEST)))) + correction
-        budget = round_budget(n_kept, n_eval, len(open_rows), n_new_eval, cfg)
-        pool = open_rows[~inside]
-        reference = subsample(n_old + n_new, LID_REFERENCE, rng)
-        reference = reference[kept[reference]]
-
-        def stream_factory(size: int) -> CandidateStream:
-            expected = max(1, budget.need // max(size, 1))
-            return CandidateStream(all_x, pool, projection_for_pool, reference, cfg, rng, expected)
-
-        projection_for_pool = (
-            fit_projection(all_x, cfg.pca_dims, rng, rows=pool) if len(pool) else None
+        evaluated = (split == VALIDATION) | (split == TEST)
+        budget = round_budget(
+            n_kept, int(evaluated.sum()), len(new_kept), int(evaluated[new_kept].sum()), cfg
         )
-        stats: dict[str, Any] = {"need": budget.need, "captured": 0, "new_anchors": 0}
-        new_table = AnchorTable(centres=np.empty((0, new.shape[1]), np.float32))
-        if budget.need > 0 and len(pool) > 0:
-            grow = grow_bubbles
-            if constraints is not None:
-                grow = functools.partial(constraints.grow, pool=pool, reference=reference)
-            new_table, grown_anchor, grown_shell, stats = grow(
-                all_x, split, kept, stream_factory, self._anchors, budget, cfg, rng, round_index
-            )
-            grown = grown_anchor >= 0
-            anchor[grown] = grown_anchor[grown]
-            shell[grown] = grown_shell[grown]
+        open_rows = new_kept[split[new_kept] == UNASSIGNED]
+        units = Units.from_labels(
+            n, open_rows, self._units(all_x, open_rows, codes, components, new_kept)
+        )
+        strata = Strata.build(
+            self._strata_columns(all_labels if labels is not None else None, region, kept),
+            kept,
+            split,
+            cfg,
+        )
+        grower = BubbleGrower(
+            all_x, split, kept, units, strata, self._anchors, budget, cfg, rng, round_index
+        )
+        if budget.need > 0 and len(open_rows):
+            projection = fit_projection(all_x, cfg.pca_dims, rng, rows=open_rows)
+            reference = subsample(n, LID_REFERENCE, rng)
+            reference = reference[kept[reference]]
+
+            def make_stream(rows: np.ndarray, expected: int) -> CandidateStream:
+                return CandidateStream(all_x, rows, projection, reference, cfg, rng, expected)
+
+            grower.serve_strata(make_stream)
+            grower.fill(make_stream)
+            grower.cut(n_kept)
+        stats["layouts_turned"] = grower.balance_shells()
+        new_table, grown_anchor, grown_shell, grow_stats = grower.result()
+        grow_stats["cut_pairs"] += binding.stats["cut_pairs_twins"]
+        stats = {**grow_stats, **stats}
+        grown = grown_anchor >= 0
+        anchor[grown] = grown_anchor[grown]
+        shell[grown] = grown_shell[grown]
+        # min_eval_per_batch yields to the leak graph: only free samples can be held out.
+        stats["floor_shortfall"] = max(
+            0,
+            math.ceil(cfg.min_eval_per_batch * len(new_kept))
+            - int(((split == VALIDATION) | (split == TEST))[new_kept].sum()),
+        )
         timings["new_bubbles"] = time.perf_counter() - clock
 
         split[split == UNASSIGNED] = TRAIN
@@ -237,9 +272,23 @@ class BubbleFence:
             split[followers] = split[originals]
             anchor[followers] = anchor[originals]
             shell[followers] = shell[originals]
-        if constraints is not None:
+        if codes is not None:
+            # Groups win: members linked above never straddle, and this settles the rest
+            # (duplicates that followed an original of another group, cut components).
+            follower = (duplicate_of[new_rows] >= 0) & (split[new_rows] != DUPLICATE)
             layout = self._anchors.append(new_table).layout
-            stats = {**stats, **constraints.finish(split, anchor, shell, duplicate_of, layout)}
+            moves = resolve_round(
+                codes,
+                np.arange(n_old),
+                new_rows,
+                follower,
+                split,
+                anchor,
+                shell,
+                layout,
+                cfg.validation_ratio,
+            )
+            stats.update({f"group_{k}": v for k, v in moves.items()})
 
         # Commit: nothing above touched self.
         first_anchor = len(self._anchors)
@@ -249,10 +298,63 @@ class BubbleFence:
         self._duplicate_of = duplicate_of
         self._round = np.concatenate([self._round, np.full(n_new, round_index, np.int32)])
         self._labels, self._groups = all_labels, all_groups
+        self._regions, self._region = regions, region
         self._anchors = self._anchors.append(new_table)
         record = self._round_record(round_index, new_rows, stats, timings)
         self.history.append(record)
         return self._result(new_rows, round_index, first_anchor, record)
+
+    def _units(
+        self,
+        all_x: np.ndarray,
+        open_rows: np.ndarray,
+        codes: np.ndarray | None,
+        components: np.ndarray,
+        new_kept: np.ndarray,
+    ) -> np.ndarray:
+        """Component labels of the open rows at `closure_threshold` (the units bubbles
+        capture): the twin components themselves unless the closure is looser."""
+        cfg = self.config
+        if cfg.unit_threshold >= cfg.leak_threshold:
+            return components[np.searchsorted(new_kept, open_rows)]
+        links = group_links(codes, open_rows)
+        return twin_components(all_x, open_rows, cfg.unit_threshold, cfg.seed, links=links)
+
+    def _regions_with(
+        self, all_x: np.ndarray, kept: np.ndarray, new_kept: np.ndarray, n: int
+    ) -> tuple[RegionIndex, np.ndarray]:
+        """The region index (fitted on the first round with samples) and every row's region."""
+        region = np.concatenate([self._region, np.full(n - len(self._region), -1, np.int64)])
+        regions = self._regions
+        unplaced = np.flatnonzero(kept & (region < 0))
+        if regions is None:
+            regions = RegionIndex.fit(all_x, self.config.seed, rows=unplaced)
+        if len(unplaced):
+            regions, region[unplaced] = regions.assign(all_x[unplaced])
+        return regions, region
+
+    def _strata_columns(
+        self, labels: np.ndarray | None, region: np.ndarray, kept: np.ndarray
+    ) -> list[sparse.csr_matrix]:
+        """Sample x stratum matrices: the labels worth pursuing (with labels), then regions."""
+        columns = []
+        cfg = self.config
+        if labels is not None and cfg.label_aware:
+            index = LabelIndex.from_encoded(labels)
+            counts = index.counts(kept)
+            # Labels half-way to min_label_count are pursued already: one that reaches the
+            # threshold in a later round then has eval among its earlier samples.
+            pursued = np.flatnonzero(counts >= math.ceil(cfg.min_label_count / 2))
+            columns.append(index.matrix[:, pursued].tocsr())
+        rows = np.flatnonzero(region >= 0)
+        n_regions = int(region.max()) + 1 if len(rows) else 0
+        columns.append(
+            sparse.csr_matrix(
+                (np.ones(len(rows), np.int64), (rows, region[rows])),
+                shape=(len(region), n_regions),
+            )
+        )
+        return columns
 
     # -- reading the state ----------------------------------------------------------
 
@@ -321,7 +423,7 @@ class BubbleFence:
         dup = self._duplicate_of[keep_rows]
         self._duplicate_of = np.where(dup >= 0, new_index[np.maximum(dup, 0)], -1)
         orphaned = (dup >= 0) & (self._duplicate_of < 0)
-        for name in ("_embeddings", "_ids", "_split", "_anchor", "_shell", "_round"):
+        for name in ("_embeddings", "_ids", "_split", "_anchor", "_shell", "_round", "_region"):
             setattr(self, name, getattr(self, name)[keep_rows])
         self._buffer = None
         # A duplicate whose original is gone keeps its split; it has no pointer left.
@@ -350,6 +452,10 @@ class BubbleFence:
             value = getattr(self, f"_{name}")
             if value is not None:
                 arrays[name] = value
+        if self._regions is not None:
+            arrays["region"] = self._region
+            arrays["region_centres"] = self._regions.centres
+            meta["region_join_distance"] = self._regions.join_distance
         for name in AnchorTable.__dataclass_fields__:
             arrays[f"anchor_{name}"] = getattr(self._anchors, name)
         return meta, arrays
@@ -362,6 +468,15 @@ class BubbleFence:
             setattr(bf, f"_{name}", np.asarray(arrays[name]))
         bf._labels = arrays.get("labels")
         bf._groups = arrays.get("groups")
+        if "region_centres" in arrays:
+            bf._regions = RegionIndex(
+                np.asarray(arrays["region_centres"], np.float32),
+                float(meta["region_join_distance"]),
+            )
+            bf._region = np.asarray(arrays["region"], np.int64)
+        else:
+            # A state from before regions: they are fitted on its samples at the next round.
+            bf._region = np.full(len(bf._ids), -1, np.int64)
         bf._anchors = AnchorTable(
             **{
                 name: np.asarray(arrays[f"anchor_{name}"])

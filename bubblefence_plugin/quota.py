@@ -1,17 +1,43 @@
-"""Steps 4 and 7: how many samples a round must hold out, and growing bubbles to that.
+"""Steps 4, 5 and 7: how many samples a round holds out, and the bubbles that hold them.
 
-The controller is closed-loop: it measures the eval count after samples fell into
-existing bubbles, then accepts candidate bubbles one by one, shrinking a bubble
-(to the next clean cut inwards) when it would overshoot, until the need is met.
+**Units.** The open samples of a round (new, kept, bound to no assigned twin) are
+grouped into the components of the leak graph (`twins.twin_components`, with the
+members of a group linked). A bubble captures the open samples within its radius
+*and the rest of their components* (the closure): no twin pair crosses its edge,
+whatever the radius, because no component does. When the closure is larger than
+the quota allows, the radius shrinks to the widest cut whose closure fits; a
+candidate whose nearest component alone does not fit is dropped.
+
+**Coverage.** The quota is met stratum by stratum, so that eval spreads over the data
+like a stratified sample: strata are the labels (rarest first, with labels) and the
+regions (`regions.RegionIndex`, smallest first). Phases:
+
+1. *strata*: every stratum below its eval target gets candidates drawn among its own
+   open samples (the configured Sobol / random / k-means stream), and a capture may
+   not take the stratum past its cap (target + half the tolerance);
+2. *fill*: candidates among open samples whose component still fits, until the
+   round's need is met;
+3. *cut*: whole components that still fit, the largest first; then, only for a
+   component too large to stay whole on either side (more than train can hold), a
+   radial cut with the fewest twin pairs per captured sample
+   (`boundary.least_crossed_cut`), the pairs cut counted in `cut_pairs`. A component
+   that fits in train stays there whole, and the round reports the shortfall.
+
+**Shells.** A bubble's components are ordered by their member nearest to the centre;
+the inner shell takes whole components up to the count nearest the running
+validation target, so no component straddles validation and test. At the end of
+the round, new bubbles are turned (inner_val <-> inner_test) where that brings
+validation / (validation + test) closer to `validation_ratio`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
+from scipy import sparse
 
 from .anchors import CandidateStream
 from .assign import (
@@ -27,38 +53,32 @@ from .assign import (
     choose_inner_cut,
     shell_split,
 )
-from .boundary import (
-    IMPOSSIBLE,
-    crossing_counts,
-    cut_radius,
-    least_crossed_cut,
-    nearest_clean_cut,
-)
+from .boundary import crossing_counts, least_crossed_cut
 from .config import BubbleFenceConfig
 from .density import adaptive_radius, lid_mle
-from .neighbors import similarity_to_distance
+from .neighbors import ranking_similarity, similarity_to_distance
 
-if TYPE_CHECKING:
-    from .constraints import CaptureGuide
-
-# How far from its adaptive radius a bubble's edge may move to find a clean cut.
-WINDOW = 2.0
+# Candidates whose profiles are computed in one matrix product.
 CANDIDATES_PER_BATCH = 32
-# Samples of a candidate's boundary band compared pairwise (see `crossing_counts`):
-# exact on all but dense regions of large datasets, where the band's size grows with
-# N and an exact count would cost O(band**2) per candidate.
+# Candidates tried per stratum, beyond the bubbles it is expected to need: a stratum
+# whose candidates keep failing (its components are too big) gives way to the fill.
+STRATUM_TRIES = 8
+# Samples of a cut's boundary band compared pairwise in the cut phase
+# (`boundary.crossing_counts`): exact below, a seeded sample of the band above.
 MAX_BAND = 2048
-# The strict pass (clean cuts only) gives way to the relaxed one when fewer than
-# STRICT_MIN_ACCEPTED of its last STRICT_WINDOW candidates were accepted: in data
-# dense at the leak threshold, clean cuts are rare and each try costs a profile.
-STRICT_WINDOW = 64
-STRICT_MIN_ACCEPTED = 4
+# Overshoot a capture may add beyond the need, as a share of the kept samples: half the
+# ratio-error target (0.01), so that whole components can land the share on target.
+SLACK_SHARE = 0.005
 
 
 @dataclass
 class Budget:
+    """Samples the new bubbles of a round should capture (need), may (cap), and may
+    overshoot the need by in one capture (slack)."""
+
     need: int
     cap: int
+    slack: int = 0
 
 
 def round_budget(
@@ -68,280 +88,515 @@ def round_budget(
     n_new_in_bubbles: int,
     config: BubbleFenceConfig,
 ) -> Budget:
-    """Samples the new bubbles of this round should capture (need) and may (cap)."""
+    """The round's need: the eval deficit, or the `min_eval_per_batch` floor if larger."""
     deficit = round(config.eval_ratio * n_kept_total) - n_eval
     floor = math.ceil(config.min_eval_per_batch * n_new_kept) - n_new_in_bubbles
     need = max(deficit, floor, 0)
     cap = max(math.floor((config.eval_ratio + config.eval_tolerance) * n_kept_total) - n_eval, need)
-    return Budget(need=need, cap=cap)
-
-
-def grow_bubbles(
-    embeddings: np.ndarray,
-    split: np.ndarray,
-    kept: np.ndarray,
-    stream_factory,
-    anchors: AnchorTable,
-    budget: Budget,
-    config: BubbleFenceConfig,
-    rng: np.random.Generator,
-    round_index: int,
-    guide: CaptureGuide | None = None,
-) -> tuple[AnchorTable, np.ndarray, np.ndarray, dict]:
-    """Accept bubbles until `budget.need` unassigned samples are captured.
-
-    Two passes over the candidate stream: a strict one that accepts only clean cuts,
-    then a relaxed one that takes the least-crossed cut of each candidate.
-    With a `guide` (labels, groups: `constraints.CaptureGuide`) a capture counts what
-    the guide says it is worth, and the guide may skip candidates and narrow cuts.
-
-    `split` holds codes for every row, UNASSIGNED for this round's open samples;
-    it is updated in place for captured rows. Returns the new anchors, the
-    anchor index and shell code of captured rows (-1 / 0 elsewhere) and stats.
-    """
-    grower = _BubbleGrower(
-        embeddings, split, kept, anchors, budget, config, rng, round_index, guide
-    )
-    stream: CandidateStream = stream_factory(grower.size)
-    strict_only = guide is not None and guide.strict_only
-    for relaxed in (False,) if strict_only else (False, True):
-        if grower.done:
-            break
-        if relaxed:
-            stream.restart()  # candidates without a clean cut get a second look
-        grower.run_pass(stream, relaxed)
-    grower.ensure_both_shells()
-    return grower.result()
+    slack = min(cap - need, max(1, math.floor(SLACK_SHARE * n_kept_total)))
+    return Budget(need=need, cap=cap, slack=slack)
 
 
 @dataclass
-class _Neighbourhood:
-    """A candidate centre's samples within reach, most similar first, and the window
-    of cuts [k_lo, limit] its edge may take (cut k puts the first k inside)."""
+class Units:
+    """The open samples of a round grouped into leak-graph components.
 
-    ranked: np.ndarray
-    ranked_sims: np.ndarray  # float32, descending
-    is_open: np.ndarray  # unassigned samples of this round, in ranked order
+    `component[row]` is the component of an open row (-1 elsewhere); `members(c)`
+    its rows, ascending; `size[c]` how many are still open.
+    """
+
+    component: np.ndarray
+    order: np.ndarray
+    bounds: np.ndarray
+    size: np.ndarray
+
+    @classmethod
+    def from_labels(cls, n_rows: int, open_rows: np.ndarray, labels: np.ndarray) -> Units:
+        """`labels[i]`: any id shared by the members of open_rows[i]'s component."""
+        _, dense = np.unique(labels, return_inverse=True)
+        dense = dense.reshape(-1)
+        component = np.full(n_rows, -1, dtype=np.int64)
+        component[open_rows] = dense
+        order = open_rows[np.lexsort((open_rows, dense))]
+        n_components = int(dense.max()) + 1 if len(dense) else 0
+        bounds = np.searchsorted(component[order], np.arange(n_components + 1))
+        return cls(component, order, bounds, np.diff(bounds).astype(np.int64))
+
+    def members(self, component: int) -> np.ndarray:
+        return self.order[self.bounds[component] : self.bounds[component + 1]]
+
+
+@dataclass
+class Strata:
+    """Labels and regions as strata: `matrix[row, s]` = 1 when kept `row` is in stratum s."""
+
+    matrix: sparse.csr_matrix
+    target: np.ndarray
+    cap: np.ndarray
+    eval_count: np.ndarray
+    order: np.ndarray  # the strata in the order they are served
+
+    @classmethod
+    def build(
+        cls,
+        columns: list[sparse.csr_matrix],
+        kept: np.ndarray,
+        split: np.ndarray,
+        config: BubbleFenceConfig,
+    ) -> Strata:
+        """`columns`: sample x stratum matrices, each served in turn (labels, then regions),
+        its strata smallest first."""
+        matrix = sparse.hstack(columns).tocsr() if columns else sparse.csr_matrix((len(kept), 0))
+        kept_rows = sparse.diags(kept.astype(np.int64), dtype=np.int64)
+        matrix = (kept_rows @ matrix).tocsr()
+        n = np.asarray(matrix.sum(axis=0)).reshape(-1)
+        target = np.round(config.eval_ratio * n).astype(np.int64)
+        cap = np.maximum(
+            np.floor((config.eval_ratio + config.eval_tolerance / 2) * n + 1e-9).astype(np.int64),
+            target,
+        )
+        evaluated = ((split == VALIDATION) | (split == TEST)).astype(np.int64)
+        eval_count = np.asarray(matrix.T @ evaluated).reshape(-1)
+        order, offset = [], 0
+        for column in columns:
+            sizes = n[offset : offset + column.shape[1]]
+            local = np.lexsort((np.arange(len(sizes)), sizes))
+            order.append(offset + local)
+            offset += column.shape[1]
+        order_array = np.concatenate(order) if order else np.empty(0, np.int64)
+        return cls(matrix, target, cap, eval_count, order_array)
+
+    def deficit(self, stratum: int) -> int:
+        return int(self.target[stratum] - self.eval_count[stratum])
+
+    def room(self, stratum: int) -> int:
+        return int(self.cap[stratum] - self.eval_count[stratum])
+
+    def record(self, rows: np.ndarray) -> None:
+        """Count newly held-out rows."""
+        self.eval_count += np.asarray(self.matrix[rows].sum(axis=0)).reshape(-1).astype(np.int64)
+
+
+class _Rows:
+    """A growing stack of rows with spare capacity: appending does not copy the rest."""
+
+    def __init__(self, initial: np.ndarray, dim: int) -> None:
+        self._data = np.empty((max(64, 2 * len(initial)), dim), np.float32)
+        self._n = len(initial)
+        if self._n:
+            self._data[: self._n] = initial
+
+    def append(self, row: np.ndarray) -> None:
+        if self._n == len(self._data):
+            self._data = np.vstack([self._data, np.empty_like(self._data)])
+        self._data[self._n] = row
+        self._n += 1
+
+    def view(self) -> np.ndarray:
+        return self._data[: self._n]
+
+
+@dataclass
+class _Plan:
+    """A candidate bubble: its centre, the components it captures, nearest first."""
+
+    row: int
+    components: np.ndarray
+    radius: float  # of the ball; closure members may lie beyond it
     lid: float
-    k_lo: int
-    limit: int
-    preferred: int  # the cut at the LID-adaptive radius
 
 
-class _BubbleGrower:
-    """The state of one round's bubble growing: what is captured, counted and created."""
+class BubbleGrower:
+    """One round's bubbles: what is captured, counted and created (see the module doc)."""
 
     def __init__(
         self,
         embeddings: np.ndarray,
         split: np.ndarray,
         kept: np.ndarray,
+        units: Units,
+        strata: Strata,
         anchors: AnchorTable,
         budget: Budget,
         config: BubbleFenceConfig,
         rng: np.random.Generator,
         round_index: int,
-        guide: CaptureGuide | None,
     ) -> None:
         self.embeddings = embeddings
         self.split = split  # updated in place as bubbles capture samples
-        self.anchors = anchors  # earlier rounds' bubbles
+        self.kept = kept
+        self.units = units
+        self.strata = strata
+        self.anchors = anchors
         self.budget = budget
         self.config = config
         self.rng = rng
         self.round_index = round_index
-        self.guide = guide
         n = len(embeddings)
         self.anchor_of = np.full(n, -1, dtype=np.int64)
         self.shell_of = np.zeros(n, dtype=np.int8)
+        self.open_size = units.size.copy()  # 0 once a component is captured
         self.new_rows: list[dict] = []
         self.captured = 0
         self.crossed = 0
         self.n_val = int(np.sum(split == VALIDATION))
         self.n_eval = int(np.sum((split == VALIDATION) | (split == TEST)))
         self.size = config.bubble_size or int(np.clip(round(budget.need / 128), 8, 4096))
-        self.centres = anchors.centres  # every centre so far, earlier rounds' first
-        self.delta = float(np.arccos(config.leak_threshold))
+        self._centres = _Rows(anchors.centres, embeddings.shape[1])  # earlier rounds' first
         self.excluded = np.flatnonzero(~kept)
+        self.stats = {"captured_strata": 0, "captured_fill": 0, "captured_cut": 0}
+        # Open samples of the stratum being served, per component.
+        self._worth = np.zeros(len(units.size), np.int64)
 
     @property
-    def done(self) -> bool:
-        return self.captured >= self.budget.need
+    def remaining(self) -> int:
+        return self.budget.need - self.captured
 
-    def run_pass(self, stream: CandidateStream, relaxed: bool) -> None:
-        recent: list[bool] = []  # accepted or not, for the strict pass's last tries
-        while not self.done:
-            if not relaxed and len(recent) >= STRICT_WINDOW:
-                if sum(recent[-STRICT_WINDOW:]) < STRICT_MIN_ACCEPTED:
-                    return
-            batch = stream.next_batch(CANDIDATES_PER_BATCH)
-            if len(batch) == 0:
+    @property
+    def allowed(self) -> int:
+        """The most a capture may still add."""
+        return min(self.budget.cap, self.budget.need + self.budget.slack) - self.captured
+
+    # -- the phases -----------------------------------------------------------------------
+
+    def serve_strata(self, make_stream: Callable[[np.ndarray, int], CandidateStream]) -> None:
+        strata = self.strata
+        by_stratum = strata.matrix.tocsc()
+        for stratum in strata.order:
+            if self.remaining <= 0:
                 return
-            rows = stream.rows(batch)
-            # One matrix product for the batch; each row is then a scratch array.
-            profiles = self.embeddings[rows] @ self.embeddings.T
-            for row, sims in zip(rows, profiles, strict=True):
-                if self.done:
-                    return
-                if not self._may_centre(row):
-                    continue
-                hood = self._neighbourhood(sims, min_capture=1 if relaxed else 2)
-                if hood is None:
-                    continue
-                if relaxed:
-                    choice = self._least_crossed_cut(hood)
-                else:
-                    recent.append(False)
-                    choice = self._clean_cut(hood)
-                    recent[-1] = choice is not None
-                if choice is not None:
-                    self._accept(row, sims, hood, *choice)
+            deficit = strata.deficit(stratum)
+            if deficit <= 0:
+                continue
+            rows = by_stratum.indices[by_stratum.indptr[stratum] : by_stratum.indptr[stratum + 1]]
+            rows = np.sort(rows[self.split[rows] == UNASSIGNED])
+            if len(rows) == 0:
+                continue
+            self._worth = np.bincount(
+                self.units.component[rows], minlength=len(self.units.size)
+            ).astype(np.int64)
+            size = max(2, min(self.size, deficit))
+            expected = max(1, deficit // size)
+            stream = make_stream(rows, expected)
+            tries = STRATUM_TRIES + 2 * expected
+            while tries > 0 and strata.deficit(stratum) > 0 and self.remaining > 0:
+                batch = stream.next_batch(min(CANDIDATES_PER_BATCH, tries))
+                if len(batch) == 0:
+                    break
+                tries -= len(batch)
+                self._try(stream.rows(batch), size, "captured_strata", stratum)
+            self._take_whole_units(stratum)
 
-    # -- one candidate ------------------------------------------------------------------
+    def _take_whole_units(self, stratum: int) -> None:
+        """A stratum the candidates left short takes its units that fit, largest first,
+        each as a bubble of its own: a rare label or region is covered whenever whole
+        units allow it."""
+        while self.strata.deficit(stratum) > 0 and self.remaining > 0:
+            room = min(self.allowed, self.strata.room(stratum))
+            fitting = np.flatnonzero((self._worth > 0) & (self.open_size <= room))
+            fitting = fitting[self.open_size[fitting] > 0]
+            if len(fitting) == 0:
+                return
+            component = int(fitting[np.lexsort((fitting, -self.open_size[fitting]))[0]])
+            members = self._open_members(component)
+            centre = self._central_member(members)
+            sims = ranking_similarity(self.embeddings[members], self.embeddings[centre])
+            self._accept_whole(centre, np.array([component]), sims, members, "captured_strata")
 
-    def _may_centre(self, row: int) -> bool:
+    def fill(self, make_stream: Callable[[np.ndarray, int], CandidateStream]) -> None:
+        """Candidates whose component fits: first those whose strata are all below their
+        cap (so the fill does not pile onto the strata that were easy), then any."""
+        for spare_strata_only in (True, False):
+            if self.remaining <= 0:
+                return
+            open_rows = np.flatnonzero(self.split == UNASSIGNED)
+            component = self.units.component[open_rows]
+            fits = (component >= 0) & (self.open_size[np.maximum(component, 0)] <= self.allowed)
+            if spare_strata_only:
+                full = (self.strata.eval_count >= self.strata.cap).astype(np.int64)
+                fits &= np.asarray(self.strata.matrix[open_rows] @ full).reshape(-1) == 0
+            pool = open_rows[fits]
+            if len(pool) == 0:
+                continue
+            stream = make_stream(pool, max(1, self.remaining // self.size))
+            while self.remaining > 0:
+                batch = stream.next_batch(CANDIDATES_PER_BATCH)
+                if len(batch) == 0:
+                    break
+                self._try(stream.rows(batch), self.size, "captured_fill", None)
+
+    def cut(self, n_kept: int) -> None:
+        """Whole components that still fit, the largest first; then, while the need is
+        not met, cut the components too large to stay whole on either side: larger than
+        what train can hold, (1 - eval_ratio) of the `n_kept` samples."""
+        train_room = (1.0 - self.config.eval_ratio) * n_kept
+        while self.remaining > 0:
+            alive = np.flatnonzero(self.open_size > 0)
+            if len(alive) == 0:
+                return
+            fitting = alive[self.open_size[alive] <= self.allowed]
+            if len(fitting):
+                # Whole components first, the largest that fits: no pair is cut.
+                component = int(fitting[np.lexsort((fitting, -self.open_size[fitting]))[0]])
+                members = self._open_members(component)
+                centre = self._central_member(members)
+                sims = ranking_similarity(self.embeddings[members], self.embeddings[centre])
+                self._accept_whole(centre, np.array([component]), sims, members, "captured_cut")
+                continue
+            component = int(alive[np.lexsort((alive, -self.open_size[alive]))[0]])
+            if self.units.size[component] <= train_room:
+                return  # it stays train whole: the quota yields to the leak graph
+            self._accept_cut(component)
+
+    # -- candidates -------------------------------------------------------------------------
+
+    def _try(self, rows: np.ndarray, size: int, counter: str, stratum: int | None) -> None:
+        rows = rows[self.split[rows] == UNASSIGNED]
+        rows = rows[[self._may_centre(r, stratum) for r in rows]] if len(rows) else rows
+        if len(rows) == 0:
+            return
+        profiles = self.embeddings[rows] @ self.embeddings.T
+        for row, sims in zip(rows, profiles, strict=True):
+            if self.remaining <= 0 or (stratum is not None and self.strata.deficit(stratum) <= 0):
+                return
+            if not self._may_centre(row, stratum):
+                continue
+            plan = self._plan(int(row), sims, size, stratum)
+            if plan is not None:
+                self._accept_plan(plan, counter)
+
+    def _may_centre(self, row: int, stratum: int | None) -> bool:
         if self.split[row] != UNASSIGNED:
             return False
-        if self.guide is not None and self.guide.skip(row):
+        own = self.open_size[self.units.component[row]]
+        if own > self.allowed or (stratum is not None and own > self.strata.room(stratum)):
             return False
-        if len(self.centres):
-            nearest = float(np.max(self.centres @ self.embeddings[row]))
+        centres = self._centres.view()
+        if len(centres):
+            nearest = float(np.max(centres @ self.embeddings[row]))
             return 1.0 - nearest >= self.config.min_anchor_distance
         return True
 
-    def _neighbourhood(self, sims: np.ndarray, min_capture: int) -> _Neighbourhood | None:
-        """Rank the samples within reach and bound the cut window, or None if no cut fits."""
-        config, split, budget = self.config, self.split, self.budget
+    def _plan(self, row: int, sims: np.ndarray, size: int, stratum: int | None) -> _Plan | None:
+        """The widest ball around `row`, within its LID radius, whose closure fits."""
+        config = self.config
         sims[self.excluded] = -2.0  # duplicates are nobody's neighbours
-        k = min(max(config.lid_k, self.size) + 1, len(sims))
-        top = np.partition(-sims, k - 1)[:k]
-        neighbour_sims = np.sort(-top)[::-1][1:]
-        if len(neighbour_sims) == 0:
-            return None
-        lid_k = min(config.lid_k, len(neighbour_sims))
-        lid = float(lid_mle(similarity_to_distance(neighbour_sims[None, :lid_k]))[0])
-        radius = adaptive_radius(neighbour_sims, lid, self.size, config)
-        # Every sample within the widest edge plus the leak angle: the pairs that could
-        # straddle any cut of the window are all among them.
-        r_hi = min(config.max_radius, radius * WINDOW)
-        theta_hi = float(np.arccos(np.clip(1.0 - r_hi, -1, 1)))
-        near = np.flatnonzero(sims >= float(np.cos(min(theta_hi + self.delta, np.pi))))
-        ranked = near[np.lexsort((near, -sims[near]))]
-        ranked_sims = sims[ranked]
-        is_open = split[ranked] == UNASSIGNED
-        cum_open = np.cumsum(is_open)
-        allowed = min(budget.cap - self.captured, budget.need - self.captured + _slack(budget))
-        # The edge stops before the first train sample, at the widest radius, and
-        # where the captures would pass what the quota allows.
-        limit = len(ranked)
-        train_hits = np.flatnonzero(split[ranked] == TRAIN)
+        k = min(config.lid_k + 1, len(sims))
+        top = np.argpartition(-sims, k - 1)[:k]
+        top_sims = np.sort(ranking_similarity(self.embeddings[top], self.embeddings[row]))[::-1]
+        neighbour_sims = top_sims[1:]
+        lid = float("nan")
+        if len(neighbour_sims) >= 2:
+            lid = float(lid_mle(similarity_to_distance(neighbour_sims[None, :]))[0])
+        k_size = min(max(config.lid_k, size) + 1, len(sims))
+        size_sims = np.sort(-np.partition(-sims, k_size - 1)[:k_size])[::-1][1:]
+        if len(neighbour_sims) >= config.lid_k:
+            size_sims[: len(neighbour_sims)] = neighbour_sims  # exact where it decides the scale
+        radius = adaptive_radius(size_sims, lid, size, config)
+        # float32 screen with a margin, then the exact similarities decide.
+        near = np.flatnonzero(sims >= 1.0 - radius - 1e-4)
+        near_sims = ranking_similarity(self.embeddings[near], self.embeddings[row])
+        inside = near_sims >= 1.0 - radius
+        order = np.lexsort((near[inside], -near_sims[inside]))
+        ranked, ranked_sims = near[inside][order], near_sims[inside][order]
+        # The edge stops before the first train sample of an earlier round.
+        train_hits = np.flatnonzero(self.split[ranked] == TRAIN)
         if len(train_hits):
-            limit = min(limit, int(train_hits[0]))
-        limit = min(limit, int(np.searchsorted(-ranked_sims, -(1.0 - r_hi), "right")))
-        limit = min(limit, int(np.searchsorted(cum_open, allowed, "right")))
-        if self.guide is not None:
-            limit = min(limit, self.guide.cut_limit(ranked[:limit], is_open[:limit], allowed))
-        k_min = int(np.searchsorted(cum_open, min_capture, "left")) + 1
-        k_lo_window = int(np.searchsorted(-ranked_sims, -(1.0 - radius / WINDOW), "right"))
-        k_lo = max(k_min, min(k_lo_window, limit))
-        if k_lo > limit:
+            ranked, ranked_sims = ranked[: int(train_hits[0])], ranked_sims[: int(train_hits[0])]
+        is_open = self.split[ranked] == UNASSIGNED
+        ranked, ranked_sims = ranked[is_open], ranked_sims[is_open]
+        if len(ranked) == 0:
             return None
-        preferred = int(np.searchsorted(-ranked_sims, -(1.0 - radius), "right"))
-        return _Neighbourhood(
-            ranked, ranked_sims.astype(np.float32), is_open, lid, k_lo, limit, preferred
-        )
+        component = self.units.component[ranked]
+        first = np.sort(np.unique(component, return_index=True)[1])
+        components = component[first]
+        total = np.cumsum(self.open_size[components])
+        fits = total <= self.allowed
+        if stratum is not None:
+            fits &= np.cumsum(self._worth[components]) <= self.strata.room(stratum)
+        n_fit = int(np.argmin(fits)) if not fits.all() else len(fits)
+        # At least two samples, as a bubble should hold; a stratum short of samples
+        # may take one (an isolated sample can be a rare label's only way into eval).
+        if n_fit == 0 or total[n_fit - 1] < min(1 if stratum is not None else 2, self.allowed):
+            return None
+        # The ball ends before the first member of the first component left out.
+        edge = first[n_fit] if n_fit < len(first) else len(ranked)
+        ball = 1.0 - float(ranked_sims[edge - 1]) + 1e-6
+        return _Plan(row=row, components=components[:n_fit], radius=ball, lid=lid)
 
-    def _clean_cut(self, hood: _Neighbourhood) -> tuple[int, int] | None:
-        cut = nearest_clean_cut(
-            self.embeddings,
-            hood.ranked,
-            hood.ranked_sims,
-            hood.k_lo,
-            hood.limit,
-            hood.preferred,
-            self.config.leak_threshold,
-            max_band=MAX_BAND,
-            rng=self.rng,
-        )
-        return None if cut is None else (cut, 0)
+    # -- accepting ----------------------------------------------------------------------------
 
-    def _least_crossed_cut(self, hood: _Neighbourhood) -> tuple[int, int] | None:
+    def _accept_plan(self, plan: _Plan, counter: str) -> None:
+        members = np.concatenate([self._open_members(int(c)) for c in plan.components])
+        sims = ranking_similarity(self.embeddings[members], self.embeddings[plan.row])
+        self._accept_whole(plan.row, plan.components, sims, members, counter, plan.lid, plan.radius)
+
+    def _accept_whole(
+        self,
+        centre: int,
+        components: np.ndarray,
+        sims: np.ndarray,
+        members: np.ndarray,
+        counter: str,
+        lid: float = float("nan"),
+        radius: float | None = None,
+    ) -> None:
+        """A bubble of whole components; the inner shell takes whole components too.
+        `radius`: the ball's, when the bubble was grown from one (else its members')."""
+        component = self.units.component[members]
+        # Components nearest first (by their nearest member), then members nearest first.
+        nearest = np.full(len(self.units.size), -np.inf)
+        np.maximum.at(nearest, component, sims)
+        order = np.lexsort((members, -sims, component, -nearest[component]))
+        members, sims, component = members[order], sims[order], component[order]
+        layout = self._layout()
+        target_inner = self._target_inner(len(members), layout)
+        ends = np.flatnonzero(np.r_[component[1:] != component[:-1], True]) + 1
+        choices = np.r_[0, ends]
+        n_inner = int(choices[np.argmin(np.abs(choices - target_inner))])
+        self._record(centre, members, sims, n_inner, layout, lid, 0, counter, radius)
+        self.open_size[np.unique(component)] = 0
+
+    def _accept_cut(self, component: int) -> None:
+        """Cut an oversized component radially, at the fewest twin pairs per captured sample."""
+        members = self._open_members(component)
+        centre = self._central_member(members)
+        sims = ranking_similarity(self.embeddings[members], self.embeddings[centre])
+        order = np.lexsort((members, -sims))
+        members, sims = members[order], sims[order].astype(np.float32)
+        k_hi = int(min(self.allowed, len(members) - 1))
+        k_lo = int(max(1, min(self.remaining, k_hi) // 2))
         counts = crossing_counts(
             self.embeddings,
-            hood.ranked,
-            hood.ranked_sims,
-            hood.k_lo,
-            hood.limit,
+            members,
+            sims,
+            k_lo,
+            k_hi,
             self.config.leak_threshold,
             max_band=MAX_BAND,
             rng=self.rng,
         )
-        return least_crossed_cut(counts, hood.k_lo, hood.preferred)
-
-    def _accept(
-        self, row: int, sims: np.ndarray, hood: _Neighbourhood, cut: int, crossed: int
-    ) -> None:
-        """Create the bubble: capture its open samples, cut its inner shell."""
-        config = self.config
-        members = hood.ranked[:cut][hood.is_open[:cut]]
-        layout = _layout(config, self.rng)
-        # The running target: val/test of everything held out follows validation_ratio.
-        target_val = int(round(config.validation_ratio * (self.n_eval + len(members)))) - self.n_val
-        target_val = int(np.clip(target_val, 0, len(members)))
-        target_inner = target_val if layout == INNER_VAL else len(members) - target_val
-        n_inner, inner_radius, inner_crossed = choose_inner_cut(
-            self.embeddings,
-            members,
-            sims[members].astype(np.float32),
-            target_inner,
-            config.leak_threshold,
+        choice = least_crossed_cut(counts, k_lo, min(self.remaining, k_hi))
+        if choice is None:
+            # Every cut falls between equally similar samples: stop rather than loop.
+            self.open_size[component] = 0
+            return
+        k, crossed = choice
+        taken, taken_sims = members[:k], sims[:k]
+        layout = self._layout()
+        target_inner = self._target_inner(k, layout)
+        n_inner, _, inner_crossed = choose_inner_cut(
+            self.embeddings, taken, taken_sims, target_inner, self.config.leak_threshold
         )
+        self._record(
+            centre,
+            taken,
+            taken_sims.astype(np.float64),
+            n_inner,
+            layout,
+            float("nan"),
+            crossed + inner_crossed,
+            "captured_cut",
+        )
+        self.open_size[component] -= k
+
+    def _record(
+        self,
+        centre: int,
+        members: np.ndarray,
+        sims: np.ndarray,
+        n_inner: int,
+        layout: int,
+        lid: float,
+        crossed: int,
+        counter: str,
+        radius: float | None = None,
+    ) -> None:
         shells = np.where(np.arange(len(members)) < n_inner, INNER, OUTER).astype(np.int8)
         codes = shell_split(np.full(len(members), layout, np.int8), shells)
         self.split[members] = codes
         self.anchor_of[members] = len(self.anchors) + len(self.new_rows)
         self.shell_of[members] = shells
+        self.strata.record(members)
+        self._worth[np.unique(self.units.component[members])] = 0
         self.n_val += int(np.sum(codes == VALIDATION))
         self.n_eval += len(members)
-        self.captured += len(members) if self.guide is None else self.guide.accepted(members)
-        self.crossed += crossed + inner_crossed
-        centre = self.embeddings[row]
+        self.captured += len(members)
+        self.crossed += crossed
+        self.stats[counter] += len(members)
+        distance = 1.0 - np.asarray(sims, dtype=np.float64)
+        inner_radius = float(distance[:n_inner].max()) + 1e-6 if n_inner else -1.0
         self.new_rows.append(
             {
-                "centres": centre[None, :],
-                "centre_row": int(row),
-                "radius": cut_radius(hood.ranked_sims, cut),
+                "centres": self.embeddings[centre][None, :],
+                "centre_row": int(centre),
+                "radius": float(distance.max()) + 1e-6 if radius is None else radius,
                 "inner_radius": inner_radius,
                 "layout": layout,
-                "lid": hood.lid,
+                "lid": lid,
                 "round": self.round_index,
                 "n_captured": len(members),
-                "cut_pairs": crossed + inner_crossed,
+                "cut_pairs": crossed,
             }
         )
-        # One copy per accepted bubble, not one per candidate tried.
-        self.centres = (
-            np.vstack([self.centres, centre[None, :]]) if len(self.centres) else centre[None, :]
-        )
+        self._centres.append(self.embeddings[centre])
 
-    # -- the end of the round -------------------------------------------------------------
+    # -- helpers --------------------------------------------------------------------------------
 
-    def ensure_both_shells(self) -> None:
-        """With few bubbles, each cut cleanly only at its edges, the shells can all go one
-        way and leave the data set without validation (or test): re-cut the largest new
-        bubble at the balanced inner cut, counting the crossings."""
-        n_test = self.n_eval - self.n_val
+    def _open_members(self, component: int) -> np.ndarray:
+        members = self.units.members(component)
+        return members[self.split[members] == UNASSIGNED]
+
+    def _central_member(self, members: np.ndarray) -> int:
+        """The member most similar to the members' mean direction (ties: the smaller row)."""
+        mean = self.embeddings[members].astype(np.float64).sum(axis=0)
+        sims = ranking_similarity(self.embeddings[members], mean / max(np.linalg.norm(mean), 1e-12))
+        return int(members[np.lexsort((members, -sims))[0]])
+
+    def _target_inner(self, n_members: int, layout: int) -> int:
+        """Inner-shell size that keeps validation / eval on `validation_ratio` so far."""
         ratio = self.config.validation_ratio
-        if self.new_rows and self.n_eval >= 2 and 0.0 < ratio < 1.0 and not (self.n_val and n_test):
-            self.crossed += _recut_with_both_shells(
-                self.embeddings,
-                self.split,
-                self.anchor_of,
-                self.shell_of,
-                self.new_rows,
-                len(self.anchors),
-                self.config,
-            )
+        target_val = int(round(ratio * (self.n_eval + n_members))) - self.n_val
+        target_val = int(np.clip(target_val, 0, n_members))
+        return target_val if layout == INNER_VAL else n_members - target_val
+
+    def _layout(self) -> int:
+        if self.config.shell_layout == "inner_val":
+            return INNER_VAL
+        if self.config.shell_layout == "inner_test":
+            return INNER_TEST
+        return int(self.rng.integers(2))
+
+    # -- the end of the round ---------------------------------------------------------------
+
+    def balance_shells(self) -> int:
+        """Turn new bubbles (swap their shells' splits) while that brings validation /
+        eval closer to `validation_ratio`; the largest imbalances first. Returns how many.
+
+        Only with `shell_layout="random"`: a fixed layout is the user's choice.
+        """
+        if self.config.shell_layout != "random" or not self.new_rows:
+            return 0
+        first = len(self.anchors)
+        ratio = self.config.validation_ratio
+        turned = 0
+        rows_of = [np.flatnonzero(self.anchor_of == first + i) for i in range(len(self.new_rows))]
+        gains = []
+        for i, rows in enumerate(rows_of):
+            codes = self.split[rows]
+            gains.append((int(np.sum(codes == TEST) - np.sum(codes == VALIDATION)), i))
+        for delta, i in sorted(gains, key=lambda g: (-abs(g[0]), g[1])):
+            before = abs(self.n_val - ratio * self.n_eval)
+            after = abs(self.n_val + delta - ratio * self.n_eval)
+            if delta == 0 or after >= before:
+                continue
+            rows = rows_of[i]
+            self.split[rows] = VALIDATION + TEST - self.split[rows]
+            bubble = self.new_rows[i]
+            bubble["layout"] = INNER_VAL + INNER_TEST - bubble["layout"]
+            self.n_val += delta
+            turned += 1
+        return turned
 
     def result(self) -> tuple[AnchorTable, np.ndarray, np.ndarray, dict]:
         table = AnchorTable.from_rows(self.new_rows, self.embeddings.shape[1])
@@ -351,60 +606,6 @@ class _BubbleGrower:
             "new_anchors": len(self.new_rows),
             "cut_pairs": self.crossed,
             "shortfall": max(self.budget.need - self.captured, 0),
+            **self.stats,
         }
         return table, self.anchor_of, self.shell_of, stats
-
-
-def _recut_with_both_shells(
-    embeddings: np.ndarray,
-    split: np.ndarray,
-    anchor_of: np.ndarray,
-    shell_of: np.ndarray,
-    new_rows: list[dict],
-    first_index: int,
-    config: BubbleFenceConfig,
-) -> int:
-    """Re-cut the inner shell of the largest new bubble at the cut nearest
-    `validation_ratio`; returns the crossing pairs the new cut adds.
-
-    No cut through this bubble is clean (its clean cuts leave a shell empty), so
-    validation and test will share near twins whatever the cut; a lopsided cut with
-    fewer crossings would leak as much per sample, so balance decides.
-    """
-    position = int(np.argmax([row["n_captured"] for row in new_rows]))
-    bubble = new_rows[position]
-    members = np.flatnonzero(anchor_of == first_index + position)
-    n = len(members)
-    if n < 2:
-        return 0
-    sims = embeddings[members] @ embeddings[bubble["centre_row"]]
-    order = np.lexsort((members, -sims))
-    members, sims = members[order], sims[order].astype(np.float32)
-    counts = crossing_counts(embeddings, members, sims, 1, n - 1, config.leak_threshold)
-    possible = np.flatnonzero(counts < IMPOSSIBLE) + 1  # interior cuts k = 1 .. n-1
-    if len(possible) == 0:
-        return 0  # every interior cut falls between equally similar samples
-    target_val = int(np.clip(round(config.validation_ratio * n), 1, n - 1))
-    target_inner = target_val if bubble["layout"] == INNER_VAL else n - target_val
-    k = int(possible[np.argmin(np.abs(possible - target_inner))])
-    shells = np.where(np.arange(n) < k, INNER, OUTER).astype(np.int8)
-    split[members] = shell_split(np.full(n, bubble["layout"], np.int8), shells)
-    shell_of[members] = shells
-    crossed = int(counts[k - 1])
-    # Its old cut left a shell empty, so it crossed nothing: all crossings are new.
-    bubble["inner_radius"] = cut_radius(sims, k)
-    bubble["cut_pairs"] += crossed
-    return crossed
-
-
-def _slack(budget: Budget) -> int:
-    # Half the tolerance: keeps room for the next rounds' samples that land in bubbles.
-    return max(1, (budget.cap - budget.need) // 2)
-
-
-def _layout(config: BubbleFenceConfig, rng: np.random.Generator) -> int:
-    if config.shell_layout == "inner_val":
-        return INNER_VAL
-    if config.shell_layout == "inner_test":
-        return INNER_TEST
-    return int(rng.integers(2))

@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+from scipy import sparse
+from scipy.sparse.csgraph import connected_components
 
 from bubblefence_plugin.assign import (
     INNER,
@@ -18,12 +20,12 @@ from bubblefence_plugin.boundary import (
     crossing_counts,
     cut_radius,
     least_crossed_cut,
-    nearest_clean_cut,
 )
 from bubblefence_plugin.config import BubbleFenceConfig
 from bubblefence_plugin.dedup import find_duplicates
 from bubblefence_plugin.density import adaptive_radius, lid_mle
-from bubblefence_plugin.neighbors import knn, nearest, pairs_within
+from bubblefence_plugin.neighbors import CellIndex, knn, nearest, pairs_at_least
+from bubblefence_plugin.twins import twin_components
 
 
 def unit(x):
@@ -79,16 +81,50 @@ def test_knn_and_nearest_match_brute_force():
     assert np.allclose(best_sim, full.max(1))
 
 
-def test_pairs_within_is_exact():
+def test_cell_index_scan_sees_every_pair_within_the_threshold():
     rng = np.random.default_rng(1)
-    x = unit(rng.normal(size=(400, 32)))
-    x[200:220] = unit(x[:20] + 0.01 * rng.normal(size=(20, 32)))
-    projection = np.linalg.qr(rng.normal(size=(32, 8)))[0].T.astype(np.float32)
-    q, b, s = pairs_within(x, x, 0.99, projection, same_set=True)
+    x = unit(rng.normal(size=(1500, 32)))
+    x[200:260] = unit(x[:60] + 0.01 * rng.normal(size=(60, 32)))
+    x[900:1400] = unit(x[5] + 0.02 * rng.normal(size=(500, 32)))  # a tight cluster
+    index = CellIndex(x, np.arange(len(x)), 0.95, seed=0)
+    assert len(index) > 1
+    seen = set()
+    for group, base, sims in index.scan(x):
+        i, j = pairs_at_least(sims, 0.95, x[group], x[base])
+        seen |= set(zip(group[i].tolist(), base[j].tolist(), strict=True))
     full = x @ x.T
-    truth = {(i, j) for i in range(400) for j in range(i) if full[i, j] >= 0.99}
-    assert set(zip(q.tolist(), b.tolist(), strict=True)) == truth
-    assert len(truth) >= 20
+    truth = set(zip(*np.nonzero(full >= 0.95), strict=True))
+    truth = {(int(a), int(b)) for a, b in truth}
+    assert seen == truth
+    assert len(truth) > 500 * 500
+
+
+@pytest.mark.parametrize("spread", [0.02, 0.15, 0.6])
+def test_twin_components_equal_brute_force(spread):
+    rng = np.random.default_rng(4)
+    centres = rng.normal(size=(12, 24))
+    label = rng.integers(12, size=1200)
+    x = unit(centres[label] + spread * rng.normal(size=(1200, 24)))
+    x[1100:] = unit(x[0] + 0.001 * rng.normal(size=(100, 24)))  # a dense cell
+    full = x @ x.T
+    _, truth = connected_components(sparse.csr_matrix(full >= 0.95), directed=False)
+    got = twin_components(x, np.arange(len(x)), 0.95, seed=3)
+    # Same partition: a bijection between the two labellings.
+    pairs = set(zip(truth.tolist(), got.tolist(), strict=True))
+    assert len(pairs) == len(set(truth.tolist())) == len(set(got.tolist()))
+    # Labels are the smallest member of each component.
+    for label_value in np.unique(got):
+        assert label_value == np.flatnonzero(got == label_value).min()
+
+
+def test_twin_components_of_a_subset_of_rows():
+    rng = np.random.default_rng(5)
+    x = unit(rng.normal(size=(50, 16)))
+    x[30] = unit((x[12] + 0.01 * rng.normal(size=16))[None, :])[0]
+    rows = np.arange(10, 50)
+    got = twin_components(x, rows, 0.99, seed=0)
+    assert got[20] == got[2] == 2  # positions of rows 30 and 12
+    assert len(np.unique(got)) == len(rows) - 1
 
 
 def test_dedup_across_rounds_and_within_batch_in_order():
@@ -98,8 +134,7 @@ def test_dedup_across_rounds_and_within_batch_in_order():
     new[3] = old[7]  # duplicate of an earlier round
     new[6] = new[1]  # duplicate of an earlier row of this batch
     new[8] = new[6]  # chain: its kept original is row 1, not the duplicate row 6
-    projection = np.eye(8, 24, dtype=np.float32)
-    result = find_duplicates(new, old, np.arange(50), 50, 0.9999, projection)
+    result = find_duplicates(new, old, np.arange(50), 50, 0.9999, seed=0)
     expected = np.full(10, -1)
     expected[[3, 6, 8]] = [7, 51, 51]
     assert np.array_equal(result.duplicate_of, expected)
@@ -116,7 +151,7 @@ def test_class_aware_dedup_keeps_twins_with_other_labels():
         np.empty(0, np.int64),
         0,
         0.9999,
-        np.eye(4, 8),
+        0,
         new_labels=labels,
         kept_labels=np.empty(0, str),
     )
@@ -196,21 +231,6 @@ def test_band_counts_exact_or_sampled_lower_bounds(seed):
     assert (sampled[possible] <= brute[possible]).all() and sampled[possible].sum() > 0
     again = crossing_counts(x, ranked, sims, 5, 300, 0.9, max_band=64, rng=np.random.default_rng(0))
     assert sampled.tolist() == again.tolist()
-
-
-@pytest.mark.parametrize("seed", range(6))
-def test_nearest_clean_cut_equals_the_full_search(seed):
-    x, ranked, sims = _ranked_cluster(seed, n=900)
-    rng = np.random.default_rng(seed)
-    for preferred in (10, 60, 200, 400):
-        k_lo, k_hi = max(2, preferred // 3), min(len(x), preferred * 2)
-        full = best_cut(
-            crossing_counts(x, ranked, sims, k_lo, k_hi, 0.9), k_lo, preferred, allow_crossing=False
-        )
-        staged = nearest_clean_cut(
-            x, ranked, sims, k_lo, k_hi, preferred, 0.9, max_band=None, rng=rng
-        )
-        assert staged == (None if full is None else full[0])
 
 
 def test_least_crossed_cut_is_per_sample_inside():

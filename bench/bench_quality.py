@@ -1,0 +1,342 @@
+"""Split quality on data of the shapes real image sets have (issue 11): ours, a seeded
+random split and the whole-component oracle, in the same run.
+
+    .venv/bin/python bench/bench_quality.py           # every data set, quality and speed
+    .venv/bin/python bench/bench_quality.py --quick   # smaller sizes, for a smoke run
+
+Data sets, generated here (none of them tuned to the algorithm):
+
+* `mixture`: 512-d, 50 clusters of Zipf sizes; the largest clusters are *tight*
+  (pairwise cosine about 0.99, like bursts, video frames and product shots) until they
+  hold >= 20 % of the samples; the others are broad (points on an 8-d manifold plus
+  noise, each with its own spread); 2 % near-exact duplicates. Labels: the clusters.
+  Fed in one round, in rounds of 50 / 25 / 25 %, and (20k) in 4 unequal rounds.
+* `digits`: scikit-learn's handwritten digits, 64-d pixel vectors; labels: the digits.
+
+Per case: leak@0.90/0.95/0.99 (eval samples with a train sample at cosine >= t),
+mean nearest-train similarity of eval samples, labels (>= 20 samples) reaching eval,
+validation and test, range of per-label eval shares (labels >= 100 samples),
+validation share of eval, ratio error after every round, seconds, peak RSS (each
+case runs in its own process). Baselines: a seeded random split with the same
+counts, and the oracle: whole connected components of the twin graph at 0.95 held
+out rarest label first until the eval share is met (leakage 0 at 0.95 by
+construction, the coverage the data allows), components alternated into validation
+and test by size.
+
+Speed: 50k x 512 with a tight cluster of 15k in one round, against an exact
+blockwise 1-NN pass over the same data timed in the same process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.bench_core import append_results  # noqa: E402
+from bubblefence_plugin import BubbleFence, BubbleFenceConfig  # noqa: E402
+from bubblefence_plugin.metrics import best_similarity  # noqa: E402
+from bubblefence_plugin.neighbors import nearest  # noqa: E402
+from bubblefence_plugin.twins import twin_components  # noqa: E402
+
+THRESHOLDS = (0.90, 0.95, 0.99)
+EVAL_RATIO = 0.2
+
+
+def mixture(n: int, seed: int, d: int = 512, k: int = 50, tight_share: float = 0.2):
+    """Clusters of Zipf sizes: the largest tight (cosine ~0.99) up to `tight_share`,
+    the rest broad; 2 % near-exact duplicates; shuffled."""
+    rng = np.random.default_rng(seed)
+    weights = 1.0 / np.arange(1, k + 1) ** 1.1
+    sizes = np.maximum(2, np.round(n * weights / weights.sum()).astype(int))
+    sizes[0] += n - sizes.sum()
+    # Tight: every other large cluster until they hold tight_share of the samples, so
+    # tight and broad clusters of every size class exist.
+    tight = np.zeros(k, bool)
+    for c in range(0, k, 2):
+        if sizes[tight].sum() >= tight_share * n:
+            break
+        tight[c] = True
+    parts, labels = [], []
+    for c in range(k):
+        centre = rng.normal(size=d)
+        centre /= np.linalg.norm(centre)
+        if tight[c]:
+            noise = 0.07 / np.sqrt(d) * rng.normal(size=(sizes[c], d))
+            parts.append(centre + noise)
+        else:
+            basis = rng.normal(size=(8, d)) / np.sqrt(d)
+            spread = rng.uniform(0.15, 0.45)
+            coords = rng.normal(size=(sizes[c], 8)) * spread
+            parts.append(
+                centre + coords @ basis + 0.12 / np.sqrt(d) * rng.normal(size=(sizes[c], d))
+            )
+        labels.append(np.full(sizes[c], c))
+    x = np.vstack(parts)
+    labels = np.concatenate(labels)
+    dup = rng.choice(len(x), len(x) // 50, replace=False)
+    src = rng.choice(len(x), len(dup), replace=False)
+    x[dup] = x[src] + 1e-4 / np.sqrt(d) * rng.normal(size=(len(dup), d))
+    labels[dup] = labels[src]
+    order = rng.permutation(len(x))
+    x = (x[order] / np.linalg.norm(x[order], axis=1, keepdims=True)).astype(np.float32)
+    return x, labels[order].astype(str)
+
+
+def digits():
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = data.data.astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x, data.target.astype(str)
+
+
+# -- the baselines -------------------------------------------------------------------------
+
+
+def random_split(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(n)
+    split = np.full(n, "train", dtype=object)
+    n_eval = round(EVAL_RATIO * n)
+    split[order[: n_eval // 2]] = "validation"
+    split[order[n_eval // 2 : n_eval]] = "test"
+    return split
+
+
+def oracle_split(x: np.ndarray, labels: np.ndarray, threshold: float = 0.95) -> np.ndarray:
+    """Whole components of the twin graph, rarest label first, to the eval share."""
+    comp = twin_components(x, np.arange(len(x)), threshold, seed=0)
+    _, comp = np.unique(comp, return_inverse=True)
+    size = np.bincount(comp)
+    names, lab = np.unique(labels, return_inverse=True)
+    n_label = np.bincount(lab)
+    target = round(EVAL_RATIO * len(x))
+    chosen = np.zeros(len(size), bool)
+    held = 0
+    label_eval = np.zeros(len(names), int)
+    for label in np.argsort(n_label, kind="stable"):
+        comps = np.unique(comp[lab == label])
+        for c in comps[np.argsort(size[comps], kind="stable")]:
+            if label_eval[label] >= EVAL_RATIO * n_label[label]:
+                break
+            if chosen[c] or held + size[c] > target * 1.01:
+                continue
+            chosen[c] = True
+            held += size[c]
+            np.add.at(label_eval, lab[comp == c], 1)
+    for c in np.argsort(size, kind="stable"):
+        if held >= target:
+            break
+        if not chosen[c] and held + size[c] <= target * 1.01:
+            chosen[c] = True
+            held += size[c]
+    split = np.full(len(x), "train", dtype=object)
+    n_val = 0
+    for c in np.flatnonzero(chosen)[np.argsort(-size[chosen], kind="stable")]:
+        to_val = n_val <= held / 2 - size[c] / 2
+        split[comp == c] = "validation" if to_val else "test"
+        n_val += size[c] if to_val else 0
+    return split
+
+
+# -- measures ------------------------------------------------------------------------------
+
+
+def measure(x: np.ndarray, labels: np.ndarray, split: np.ndarray) -> dict:
+    split = np.asarray(split, dtype=object)
+    kept = split != "duplicate"
+    x, labels, split = x[kept], labels[kept], split[kept]
+    held = np.flatnonzero(np.isin(split, ["validation", "test"]))
+    train = np.flatnonzero(split == "train")
+    best = best_similarity(x, held, train) if len(held) and len(train) else np.zeros(0)
+    out = {f"leak@{t}": float(np.mean(best >= t)) if len(best) else 0.0 for t in THRESHOLDS}
+    out["mean_nearest_train"] = float(best.mean()) if len(best) else 0.0
+    names, lab, n_label = np.unique(labels, return_inverse=True, return_counts=True)
+    eligible = n_label >= 20
+    in_split = {
+        s: np.bincount(lab[split == s], minlength=len(names)) for s in ("validation", "test")
+    }
+    n_eval = in_split["validation"] + in_split["test"]
+    out["labels_eval"] = int(np.sum(eligible & (n_eval > 0)))
+    out["labels_val"] = int(np.sum(eligible & (in_split["validation"] > 0)))
+    out["labels_test"] = int(np.sum(eligible & (in_split["test"] > 0)))
+    out["labels_eligible"] = int(eligible.sum())
+    big = n_label >= 100
+    shares = n_eval[big] / n_label[big]
+    out["label_share_min"] = float(shares.min()) if big.any() else float("nan")
+    out["label_share_max"] = float(shares.max()) if big.any() else float("nan")
+    out["eval_share"] = len(held) / len(x)
+    out["ratio_error"] = abs(out["eval_share"] - EVAL_RATIO)
+    out["validation_share"] = float(np.mean(split[held] == "validation")) if len(held) else 0.0
+    return out
+
+
+def run_case(name: str, quick: bool) -> dict:
+    scale = 0.25 if quick else 1.0
+    if name == "digits":
+        x, labels = digits()
+        rounds = [len(x)]
+    else:
+        n = int((20_000 if name == "mixture_4rounds" else 10_000) * scale)
+        x, labels = mixture(n, seed={"mixture": 1, "mixture_rounds": 2}.get(name, 3))
+        rounds = {
+            "mixture": [n],
+            "mixture_rounds": [n // 2, n // 4, n - n // 2 - n // 4],
+            "mixture_4rounds": [n * 4 // 10, n // 10, n * 3 // 10, n - n * 8 // 10],
+        }[name]
+    results = {}
+    for who, use_labels in (("ours", False), ("ours+labels", True)):
+        bf = BubbleFence(BubbleFenceConfig(eval_ratio=EVAL_RATIO, seed=0))
+        start, per_round, seconds = 0, [], []
+        for size in rounds:
+            part = slice(start, start + size)
+            clock = time.perf_counter()
+            own = labels[part] if use_labels else None
+            bf.ingest(x[part], ids=np.arange(start, start + size), labels=own)
+            seconds.append(time.perf_counter() - clock)
+            start += size
+            seen = measure(x[:start], labels[:start], bf.assignments()["split"].to_numpy())
+            per_round.append({k: seen[k] for k in ("leak@0.95", "ratio_error", "validation_share")})
+        results[who] = measure(x, labels, bf.assignments()["split"].to_numpy())
+        cut = sum(r["cut_pairs"] for r in bf.history)
+        results[who].update(seconds=seconds, rounds=per_round, cut_pairs=cut)
+    dup = bf.assignments()["split"].to_numpy() == "duplicate"
+    kept_x, kept_labels = x[~dup], labels[~dup]
+    clock = time.perf_counter()
+    oracle = measure(kept_x, kept_labels, oracle_split(kept_x, kept_labels))
+    oracle["seconds"] = [time.perf_counter() - clock]
+    rand = measure(kept_x, kept_labels, random_split(len(kept_x), seed=0))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        "case": name,
+        "n": len(x),
+        "rounds": rounds,
+        **results,
+        "oracle": oracle,
+        "random": rand,
+        "peak_rss_mb": peak,
+    }
+
+
+def run_speed(quick: bool) -> dict:
+    """50k x 512 with a tight 15k cluster: one round against an exact 1-NN pass."""
+    n, tight_n = (12_500, 3_750) if quick else (50_000, 15_000)
+    x, _ = mixture(n - tight_n, seed=4)
+    rng = np.random.default_rng(5)
+    centre = rng.normal(size=512)
+    tight = centre / np.linalg.norm(centre) + 0.07 / np.sqrt(512) * rng.normal(size=(tight_n, 512))
+    tight /= np.linalg.norm(tight, axis=1, keepdims=True)
+    x = np.vstack([x, tight.astype(np.float32)])[rng.permutation(n)]
+    clock = time.perf_counter()
+    for start in range(0, n, 4096):
+        block = x[start : start + 4096]
+        nearest(block, x)
+    one_nn = time.perf_counter() - clock
+    clock = time.perf_counter()
+    bf = BubbleFence(BubbleFenceConfig(eval_ratio=EVAL_RATIO, seed=0))
+    record = bf.ingest(x).stats
+    ours = time.perf_counter() - clock
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        "case": "speed",
+        "n": n,
+        "tight": tight_n,
+        "one_nn_s": one_nn,
+        "ours_s": ours,
+        "stages": record["seconds"],
+        "peak_rss_mb": peak,
+        "eval_share": record["eval_share"],
+    }
+
+
+CASES = ("mixture", "mixture_rounds", "mixture_4rounds", "digits")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--case", help=argparse.SUPPRESS)  # one case, in a child process
+    args = parser.parse_args()
+    if args.case:
+        result = run_speed(args.quick) if args.case == "speed" else run_case(args.case, args.quick)
+        print(json.dumps(result))
+        return
+    results = []
+    for case in (*CASES, "speed"):
+        cmd = [sys.executable, __file__, "--case", case] + (["--quick"] if args.quick else [])
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        results.append(json.loads(out.strip().splitlines()[-1]))
+        print(case, "done", flush=True)
+    lines = table(results, args.quick)
+    print("\n".join(lines))
+    append_results(lines)
+
+
+def table(results: list[dict], quick: bool) -> list[str]:
+    stamp = time.strftime("%Y-%m-%d %H:%M")
+    suffix = ", quick" if quick else ""
+    lines = [
+        f"\n## Split quality: ours / random / whole-component oracle ({stamp}{suffix})",
+        "",
+        "`bench/bench_quality.py`; 2-core CPU. Each case in its own process (peak RSS: that "
+        "process). Leak@t: eval samples with a train sample at cosine >= t. Labels: with >= 20 "
+        "samples, reaching eval / validation / test. Share range: per-label eval share, labels "
+        ">= 100 samples. Ours is measured after every round (leak@0.95 and ratio error per round).",
+        "",
+        "| case | n (rounds) | split | leak@0.90 | leak@0.95 | leak@0.99 | mean nearest train "
+        "| labels eval/val/test | share range | val share | ratio error | seconds | peak MB |",
+        "|---|---|---|---:|---:|---:|---:|---|---|---:|---:|---|---:|",
+    ]
+    for r in results:
+        if r["case"] == "speed":
+            continue
+        for who in ("ours", "ours+labels", "random", "oracle"):
+            m = r[who]
+            secs = " + ".join(f"{s:.2f}" for s in m.get("seconds", [])) or "-"
+            lines.append(
+                f"| {r['case']} | {r['n']} ({'/'.join(map(str, r['rounds']))}) | {who} | "
+                f"{m['leak@0.9']:.4f} | {m['leak@0.95']:.4f} | {m['leak@0.99']:.4f} | "
+                f"{m['mean_nearest_train']:.3f} | {m['labels_eval']}/{m['labels_val']}/"
+                f"{m['labels_test']} of {m['labels_eligible']} | "
+                f"{m['label_share_min']:.2f}-{m['label_share_max']:.2f} | "
+                f"{m['validation_share']:.3f} | {m['ratio_error']:.4f} | {secs} | "
+                f"{r['peak_rss_mb']:.0f} |"
+            )
+    lines.append("")
+    lines.append("Ours after every round (leak@0.95, ratio error, validation share):")
+    lines.append("")
+    for r in results:
+        for who in ("ours", "ours+labels"):
+            if who in r:
+                rounds = "; ".join(
+                    f"{p['leak@0.95']:.4f}, {p['ratio_error']:.4f}, {p['validation_share']:.3f}"
+                    for p in r[who]["rounds"]
+                )
+                lines.append(f"- {r['case']}, {who}: {rounds} (cut pairs: {r[who]['cut_pairs']})")
+    for r in results:
+        if r["case"] == "speed":
+            lines.append("")
+            ratio = r["ours_s"] / r["one_nn_s"]
+            lines.append(
+                f"Speed: {r['n']} x 512 with a tight cluster of {r['tight']}, one round: "
+                f"**{r['ours_s']:.1f} s** against an exact blockwise 1-NN pass of "
+                f"{r['one_nn_s']:.1f} s in the same process (ratio {ratio:.2f}x), peak RSS "
+                f"{r['peak_rss_mb']:.0f} MB; stages {r['stages']}; "
+                f"eval share {r['eval_share']:.3f}."
+            )
+    return lines
+
+
+if __name__ == "__main__":
+    main()

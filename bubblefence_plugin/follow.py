@@ -1,0 +1,165 @@
+"""Step 3: new samples against what is already assigned.
+
+A later round must never create a leak that an earlier one avoided. New kept samples
+are first grouped into the components of the leak graph among themselves (group
+members linked); a component is the unit that moves:
+
+* **bound**: a component with a near twin among assigned samples, or with members of
+  a group that already has a side, takes that side. Twins on both sides: the side with
+  more twin pairs wins (ties: the side of the single most similar twin), and the pairs
+  to the other side are counted in `cut_pairs`. An eval component takes the bubble and
+  shell of its most similar twin of the winning split, all its members together, so
+  it never straddles validation and test either.
+* **inside**: a free component (no assigned twin) with a member inside an existing
+  bubble joins that bubble, in the shell of that member (the smallest such row).
+* the rest stays open for new bubbles (`quota`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .assign import TEST, TRAIN, UNASSIGNED, VALIDATION, AnchorTable, assign_to_bubbles, shell_split
+from .config import BubbleFenceConfig
+from .neighbors import CellIndex
+from .twins import twin_votes
+
+ROLES = (TRAIN, VALIDATION, TEST)
+
+
+@dataclass
+class Binding:
+    """What binding new components to assigned samples did, for the round record."""
+
+    stats: dict[str, int] = field(default_factory=dict)
+
+
+def bind_to_assigned(
+    embeddings: np.ndarray,
+    new_kept: np.ndarray,
+    components: np.ndarray,
+    split: np.ndarray,
+    anchor: np.ndarray,
+    shell: np.ndarray,
+    kept: np.ndarray,
+    n_old: int,
+    config: BubbleFenceConfig,
+) -> Binding:
+    """Bind new components to their assigned twins and known groups (in place).
+
+    `components[i]` is the component label of `new_kept[i]`; rows of `new_kept` that
+    already have a split (new members of known groups) are *forced*: they keep it, and
+    the rest of their component follows them.
+    """
+    stats = {"bound_to_twins": 0, "cut_pairs_twins": 0}
+    assigned = np.flatnonzero(kept[:n_old] & np.isin(split[:n_old], ROLES))
+    forced = split[new_kept] != UNASSIGNED
+    if len(new_kept) == 0 or (len(assigned) == 0 and not forced.any()):
+        return Binding(stats)
+    _, comp = np.unique(components, return_inverse=True)
+    comp = comp.reshape(-1)
+    n_comp = int(comp.max()) + 1
+    links = np.zeros((len(new_kept), 3), np.int64)
+    best = np.full((len(new_kept), 3), -1, np.int64)
+    best_sim = np.full((len(new_kept), 3), -np.inf)
+    if len(assigned):
+        index = CellIndex(embeddings, assigned, config.leak_threshold, config.seed)
+        votes = twin_votes(embeddings, embeddings[new_kept], index, split[assigned], 3)
+        links, best, best_sim = votes.count, votes.best, votes.best_sim
+    # A forced member votes for its own split as if it were its twin, above any pair.
+    forced_rows = np.flatnonzero(forced)
+    forced_split = split[new_kept[forced_rows]]
+    per_comp = np.zeros((n_comp, 3), np.int64)
+    np.add.at(per_comp, comp, links)
+    forced_votes = np.zeros((n_comp, 3), np.int64)
+    np.add.at(forced_votes, (comp[forced_rows], forced_split), 1)
+    # The most similar twin of each class per component (ties: the smaller row).
+    comp_best = np.full((n_comp, 3), -1, np.int64)
+    comp_best_sim = np.full((n_comp, 3), -np.inf)
+    for role in ROLES:
+        has = np.flatnonzero(best[:, role] >= 0)
+        order = has[np.lexsort((best[has, role], -best_sim[has, role], comp[has]))]
+        first = order[np.r_[True, comp[order][1:] != comp[order][:-1]]] if len(order) else order
+        comp_best[comp[first], role] = best[first, role]
+        comp_best_sim[comp[first], role] = best_sim[first, role]
+    # A forced member is its component's model for its split: bubble and shell included.
+    for forced_row, role in zip(forced_rows, forced_split, strict=True):
+        c = comp[forced_row]
+        if comp_best_sim[c, role] < np.inf:
+            comp_best[c, role] = new_kept[forced_row]
+            comp_best_sim[c, role] = np.inf
+
+    side = _decide(per_comp, forced_votes, comp_best_sim)
+    bound = np.flatnonzero(side >= 0)
+    free_members = ~forced & (side[comp] >= 0)
+    rows = new_kept[free_members]
+    role = side[comp[free_members]]
+    split[rows] = role
+    twin = comp_best[comp[free_members], role]
+    is_eval = role != TRAIN
+    anchor[rows] = np.where(is_eval, anchor[np.maximum(twin, 0)], -1)
+    shell[rows] = np.where(is_eval, shell[np.maximum(twin, 0)], 0)
+    stats["bound_to_twins"] = int(free_members.sum())
+    # Pairs to any other split than the component's are cut (counted, not hidden).
+    stats["cut_pairs_twins"] = int(per_comp[bound].sum() - per_comp[bound, side[bound]].sum())
+    return Binding(stats)
+
+
+def _decide(links: np.ndarray, forced: np.ndarray, best_sim: np.ndarray) -> np.ndarray:
+    """Split per component (-1: free). Forced members first, then the twin pairs:
+    train against eval, then validation against test; ties to the most similar twin."""
+    side = np.full(len(links), -1, np.int64)
+    for votes, use in ((forced, forced.sum(axis=1) > 0), (links, links.sum(axis=1) > 0)):
+        todo = np.flatnonzero(use & (side < 0))
+        for c in todo:
+            train, val, test = (int(v) for v in votes[c])
+            by_best = int(np.argmax(best_sim[c]))
+            if train != val + test:
+                to_eval = val + test > train
+            else:
+                to_eval = by_best != TRAIN
+            if not to_eval:
+                side[c] = TRAIN
+            elif val != test:
+                side[c] = VALIDATION if val > test else TEST
+            else:
+                side[c] = by_best if by_best != TRAIN else (VALIDATION if val else TEST)
+    return side
+
+
+def join_existing_bubbles(
+    embeddings: np.ndarray,
+    new_kept: np.ndarray,
+    components: np.ndarray,
+    split: np.ndarray,
+    anchor: np.ndarray,
+    shell: np.ndarray,
+    anchors: AnchorTable,
+) -> int:
+    """Free components with a member inside an existing bubble join it (in place).
+
+    The component takes the bubble and shell of its smallest row inside a bubble.
+    Returns how many samples joined.
+    """
+    open_mask = split[new_kept] == UNASSIGNED
+    rows = new_kept[open_mask]
+    if len(rows) == 0 or len(anchors) == 0:
+        return 0
+    hit, hit_shell = assign_to_bubbles(embeddings[rows], anchors)
+    comp = components[open_mask]
+    inside = np.flatnonzero(hit >= 0)
+    if len(inside) == 0:
+        return 0
+    # rows are ascending, so the first inside member of each component is its smallest row.
+    _, first = np.unique(comp[inside], return_index=True)
+    chosen = inside[first]
+    by_comp = dict(zip(comp[chosen].tolist(), chosen.tolist(), strict=True))
+    members = np.flatnonzero(np.isin(comp, comp[chosen]))
+    source = np.array([by_comp[c] for c in comp[members].tolist()], dtype=np.int64)
+    bubble, bubble_shell = hit[source], hit_shell[source]
+    split[rows[members]] = shell_split(anchors.layout[bubble], bubble_shell)
+    anchor[rows[members]] = bubble
+    shell[rows[members]] = bubble_shell
+    return len(members)

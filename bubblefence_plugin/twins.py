@@ -1,0 +1,212 @@
+"""The leak graph: which samples are near twins, and the components they form.
+
+Two kept samples are *near twins* when their cosine similarity reaches the leak
+threshold. A split leaks through every twin pair it puts on both sides of the
+train/eval line (or of validation/test), so the connected components of the twin
+graph are the units a leak-free split moves: whole, or cut and counted.
+
+Components are found exactly, with memory O(N * D + N) whatever the data:
+
+* rows are grouped into the cells of a `neighbors.CellIndex`;
+* a cell whose radius is at most tau / 2 (tau: the twin distance) is *dense*: any two
+  of its members are twins, so it is one component without a single product (the
+  dense-cell argument of grid- and tree-based DBSCAN). Tight clusters, bursts and
+  near-duplicate frames are the cheap case;
+* other cells are compared with themselves, then with every cell within reach
+  (||c_A - c_B|| <= R_A + R_B + tau), one block of products at a time, and the
+  twin pairs of each block are merged into a union-find at once; no pair list is
+  ever kept;
+* a pair of cells that are each *solid* (all members in one component) and already
+  in the same component is skipped: in dense data, once a region has merged, the
+  rest of its cell pairs cost nothing.
+
+A union-find root is always the smallest row of its component, so the labels do not
+depend on the order in which pairs were found.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import sparse
+from scipy.sparse.csgraph import connected_components
+
+from .neighbors import RANK_DECIMALS, CellIndex, exact_block, pairs_at_least
+
+
+class UnionFind:
+    """Union-find over n items whose roots are the smallest item of each set."""
+
+    def __init__(self, n: int) -> None:
+        self.parent = np.arange(n, dtype=np.int64)
+
+    def find(self, items: np.ndarray) -> np.ndarray:
+        items = np.asarray(items, dtype=np.int64)
+        roots = self.parent[items]
+        while True:
+            up = self.parent[roots]
+            if np.array_equal(up, roots):
+                break
+            roots = up
+        self.parent[items] = roots  # path compression for what was asked
+        return roots
+
+    def union(self, a: np.ndarray, b: np.ndarray) -> None:
+        """Merge the sets of a[i] and b[i] for every i, in one vectorised step."""
+        ra, rb = self.find(a), self.find(b)
+        differ = ra != rb
+        if not differ.any():
+            return
+        ra, rb = ra[differ], rb[differ]
+        nodes, inverse = np.unique(np.concatenate([ra, rb]), return_inverse=True)
+        graph = sparse.coo_matrix(
+            (np.ones(len(ra), np.int8), (inverse[: len(ra)], inverse[len(ra) :])),
+            shape=(len(nodes), len(nodes)),
+        )
+        _, local = connected_components(graph, directed=False)
+        smallest = np.full(local.max() + 1, np.iinfo(np.int64).max)
+        np.minimum.at(smallest, local, nodes)
+        self.parent[nodes] = smallest[local]  # roots only: a valid union
+
+    def labels(self) -> np.ndarray:
+        """Root of every item."""
+        return self.find(np.arange(len(self.parent)))
+
+
+def twin_components(
+    embeddings: np.ndarray,
+    rows: np.ndarray,
+    threshold: float,
+    seed: int,
+    links: tuple[np.ndarray, np.ndarray] | None = None,
+) -> np.ndarray:
+    """Component of every row of `embeddings[rows]` in the twin graph at `threshold`.
+
+    Returns, per position in `rows`, the smallest position of its component. `links`
+    (two arrays of positions) are extra edges: the members of a group are one unit.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    found = UnionFind(len(rows))
+    if links is not None and len(links[0]):
+        found.union(*links)
+    if len(rows) < 2:
+        return found.labels()
+    index = CellIndex(embeddings, rows, threshold, seed)
+    _merge_cells(index, found)
+    return found.labels()
+
+
+def _merge_cells(index: CellIndex, found: UnionFind) -> None:
+    tau = index.tau
+    n_cells = len(index)
+    dense = 2 * index.radius <= tau
+    for cell in np.flatnonzero(dense):
+        members = index.members(cell)
+        found.union(members[1:], np.full(len(members) - 1, members[0]))
+    for cell in np.flatnonzero(~dense):
+        members = index.members(cell)
+        _merge_block(index, found, members, members)
+    solid = dense.copy()
+    for cell in np.flatnonzero(~dense):
+        solid[cell] = _is_solid(index, found, cell)
+    representative = index.order[index.bounds[:-1]]
+    for cell in range(n_cells):
+        others = np.arange(cell + 1, n_cells)
+        if len(others) == 0:
+            break
+        gap = index.centre_distances(index.centres[cell][None, :])[0, cell + 1 :]
+        reach = gap <= index.radius[cell] + index.radius[others] + tau + 1e-4
+        others, gap = others[reach], gap[reach]
+        if len(others) == 0:
+            continue
+        roots = found.find(representative[others])
+        own_root = found.find(representative[[cell]])[0]
+        settled = solid[cell] & solid[others] & (roots == own_root)
+        others, gap = others[~settled], gap[~settled]
+        if len(others) == 0:
+            continue
+        # Cells that lie wholly within the twin distance of each other need no product.
+        whole = gap + index.radius[cell] + index.radius[others] + 1e-4 <= tau
+        members = index.members(cell)
+        for other in others[whole]:
+            theirs = index.members(other)
+            found.union(theirs, np.full(len(theirs), members[0]))
+            found.union(members, np.full(len(members), theirs[0]))
+        rest = others[~whole]
+        if len(rest):
+            base = np.concatenate([index.members(o) for o in rest])
+            _merge_block(index, found, members, base)
+        for other in others:
+            solid[other] = solid[other] or _is_solid(index, found, other)
+        solid[cell] = solid[cell] or _is_solid(index, found, cell)
+
+
+def _merge_block(index: CellIndex, found: UnionFind, left: np.ndarray, right: np.ndarray) -> None:
+    """Union every twin pair between positions `left` and `right`, block by block."""
+    embeddings, rows = index.embeddings, index.rows
+    step = max(1, (64 * 2**20) // (4 * max(len(left), 1)))
+    left_vectors = embeddings[rows[left]]
+    for start in range(0, len(right), step):
+        part = right[start : start + step]
+        part_vectors = embeddings[rows[part]]
+        sims = left_vectors @ part_vectors.T
+        i, j = pairs_at_least(sims, index.threshold, left_vectors, part_vectors)
+        if len(i):
+            found.union(left[i], part[j])
+
+
+def _is_solid(index: CellIndex, found: UnionFind, cell: int) -> bool:
+    roots = found.find(index.members(cell))
+    return bool(np.all(roots == roots[0]))
+
+
+@dataclass
+class TwinVotes:
+    """For each query: how many twins it has per class, and its most similar twin per class."""
+
+    count: np.ndarray  # (n_queries, n_classes) int64
+    best: np.ndarray  # (n_queries, n_classes) base row, -1 without a twin of that class
+    best_sim: np.ndarray  # (n_queries, n_classes) float64, -inf without a twin
+
+
+def twin_votes(
+    embeddings: np.ndarray,
+    queries: np.ndarray,
+    index: CellIndex,
+    base_class: np.ndarray,
+    n_classes: int,
+) -> TwinVotes:
+    """Twins of `queries` (vectors) among the rows of `index`, counted per class.
+
+    `base_class[p]` is the class (0..n_classes-1, e.g. a split code) of index position p.
+    Ties between equally similar twins go to the smaller row.
+    """
+    n = len(queries)
+    count = np.zeros((n, n_classes), np.int64)
+    best = np.full((n, n_classes), -1, np.int64)
+    best_sim = np.full((n, n_classes), -np.inf)
+    for group, base, sims in index.scan(queries):
+        base_vectors = embeddings[index.rows[base]]
+        qi, bj = pairs_at_least(sims, index.threshold, queries[group], base_vectors)
+        if len(qi) == 0:
+            continue
+        q_rows, b_pos = group[qi], base[bj]
+        classes = base_class[b_pos]
+        np.add.at(count, (q_rows, classes), 1)
+        rows, row_at = np.unique(qi, return_inverse=True)
+        cols, col_at = np.unique(bj, return_inverse=True)
+        block = exact_block(queries[group[rows]], base_vectors[cols])
+        exact = np.round(block[row_at, col_at], RANK_DECIMALS)
+        b_rows = index.rows[b_pos]
+        # Per (query, class): the most similar twin, then the smaller row.
+        order = np.lexsort((b_rows, -exact, classes, q_rows))
+        q_rows, classes, exact, b_rows = q_rows[order], classes[order], exact[order], b_rows[order]
+        first = np.r_[True, (q_rows[1:] != q_rows[:-1]) | (classes[1:] != classes[:-1])]
+        q_rows, classes, exact, b_rows = q_rows[first], classes[first], exact[first], b_rows[first]
+        better = (exact > best_sim[q_rows, classes]) | (
+            (exact == best_sim[q_rows, classes]) & (b_rows < best[q_rows, classes])
+        )
+        best_sim[q_rows[better], classes[better]] = exact[better]
+        best[q_rows[better], classes[better]] = b_rows[better]
+    return TwinVotes(count=count, best=best, best_sim=best_sim)
