@@ -12,11 +12,22 @@ the same model, in this one process:
 
 Prints images/s, seconds and peak RSS per method, the speed ratio vs naive and the
 cosine agreement with the naive vectors, and appends a Markdown table to
-bench/RESULTS.md.
+bench/RESULTS.md. On CUDA it also samples GPU utilisation (NVML, else nvidia-smi)
+during every timed run.
 
     .venv/bin/python bench/bench_embed.py                        # tiny CLIP, 2000 images
     .venv/bin/python bench/bench_embed.py --vit-b32-random --n 500
     .venv/bin/python bench/bench_embed.py --model openai/clip-vit-base-patch32
+
+The GPU benchmark of issue 16 is one command (random-init ViT-B/32 at its real size,
+4000 640x480 JPEGs, batch sizes 64-512; ours, the naive loop and FiftyOne per batch
+size, plus a decode-only and a model-only row that tell which side limits; a verdict
+against the target of 2,000 images/s with the GPU >= 80 % busy):
+
+    python3 bench/bench_embed.py --gpu-suite --results "$OUT/RESULTS-gpu.md"
+
+On CPU the same command runs at a tiny size as a check:
+``--gpu-suite --n 16 --batch-sizes 8 --no-record`` (a few minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -46,6 +57,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 RESULTS = ROOT / "bench" / "RESULTS.md"
+GPU_SUITE_N = 4000  # "a few thousand": each timed GPU run lasts over a second, not a blip
+GPU_SUITE_BATCHES = (64, 128, 256, 512)
+STAGE_ROWS = ("decode only", "model only")  # one stage alone: no naive reference
+TARGET_IPS = 2000  # issue 16: images/s on a data-centre GPU ...
+TARGET_GPU_UTIL = 80.0  # ... with the GPU at least this busy (%)
+GPU_SAMPLE_S = 0.1  # NVML refreshes utilisation every 1/6 s to 1 s; sample faster
 
 
 # ------------------------------------------------------------------------ images
@@ -120,6 +137,21 @@ def _tiny_clip_config():
     )
 
 
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible byte -> printable character table (here because
+    transformers 5 no longer exports it from tokenization_clip)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    printable += range(ord("®"), ord("ÿ") + 1)
+    table, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
 def _byte_level_tokenizer(folder: Path):
     """A minimal CLIP tokenizer (single bytes, no merges) so AutoProcessor can load.
 
@@ -127,9 +159,8 @@ def _byte_level_tokenizer(folder: Path):
     does not. The text tower is never run by any method here.
     """
     from transformers import CLIPTokenizer
-    from transformers.models.clip.tokenization_clip import bytes_to_unicode
 
-    chars = list(bytes_to_unicode().values())
+    chars = list(_bytes_to_unicode().values())
     vocab_list = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
     vocab = {tok: i for i, tok in enumerate(vocab_list)}
     (folder / "vocab.json").write_text(json.dumps(vocab))
@@ -197,6 +228,60 @@ class PeakRSS:
         self.peak = max(self.peak, self._rss())
 
 
+class GpuUtil:
+    """Mean GPU utilisation (%) while a timed run lasts: NVML (nvidia-ml-py), else
+    ``nvidia-smi``; ``mean`` stays None without either (or without CUDA)."""
+
+    def __init__(self) -> None:
+        self.mean: float | None = None
+        self._samples: list[float] = []
+        self._stop = threading.Event()
+        self._read = self._reader()
+
+    @staticmethod
+    def _reader() -> Callable[[], float] | None:
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        index = torch.cuda.current_device()
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            return lambda: float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+        except Exception:
+            pass
+        if shutil.which("nvidia-smi") is None:
+            return None
+        cmd = ["nvidia-smi", "-i", str(index), "--query-gpu=utilization.gpu"]
+        cmd += ["--format=csv,noheader,nounits"]
+        return lambda: float(subprocess.check_output(cmd, text=True).strip().splitlines()[0])
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._samples.append(self._read())
+            except Exception:
+                pass
+            self._stop.wait(GPU_SAMPLE_S)
+
+    def __enter__(self) -> GpuUtil:
+        if self._read is not None:
+            self._thread = threading.Thread(target=self._loop, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._read is None:
+            return
+        self._stop.set()
+        self._thread.join()
+        if self._samples:
+            self.mean = float(np.mean(self._samples))
+
+
 @dataclass
 class Row:
     method: str
@@ -208,19 +293,25 @@ class Row:
     cos_mean: float | None = None
     note: str = ""
     vectors: np.ndarray | None = None
+    batch_size: int | None = None
+    gpu_util: float | None = None
 
     @property
     def ips(self) -> float | None:
         return None if not self.seconds else self.n_ok / self.seconds
 
 
-def measure(method: str, fn: Callable[[], np.ndarray], n: int) -> Row:
+def measure(
+    method: str, fn: Callable[[], np.ndarray], n: int, batch_size: int | None = None
+) -> Row:
     gc.collect()
-    with PeakRSS() as rss:
+    with PeakRSS() as rss, GpuUtil() as gpu:
         t0 = time.perf_counter()
         vectors = fn()
         seconds = time.perf_counter() - t0
     row = Row(
+        batch_size=batch_size,
+        gpu_util=gpu.mean,
         method=method,
         seconds=seconds,
         n_ok=int(vectors.shape[0]),
@@ -230,9 +321,10 @@ def measure(method: str, fn: Callable[[], np.ndarray], n: int) -> Row:
     )
     if row.n_ok != n:
         row.note = f"only {row.n_ok}/{n} embedded"
+    util = "" if gpu.mean is None else f"  GPU {gpu.mean:5.1f} %"
     print(
         f"  {method:<34} {row.ips:8.1f} img/s  {seconds:7.2f} s  "
-        f"peak RSS {row.peak_mb:7.0f} MB (+{row.delta_mb:.0f})",
+        f"peak RSS {row.peak_mb:7.0f} MB (+{row.delta_mb:.0f}){util}",
         flush=True,
     )
     return row
@@ -277,6 +369,40 @@ def naive(model_dir: str, paths: list[str], batch_size: int):
 
     run(paths[: min(len(paths), batch_size)])  # warm-up, not timed
     return run
+
+
+def decode_only(emb, paths: list[str]) -> Callable[[], np.ndarray]:
+    """Our decoding and preprocessing alone, on the embedder's threads: the most images/s
+    the model could be fed (private calls on purpose: this isolates one stage)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def run() -> np.ndarray:
+        with ThreadPoolExecutor(max(1, emb.num_workers)) as pool:
+            n = sum(1 for _ in pool.map(emb._prepare_path, paths))
+        return np.zeros((n, 1), dtype=np.float32)
+
+    return run
+
+
+def model_only(emb, paths: list[str], batch_size: int) -> tuple[Callable[[], np.ndarray], int]:
+    """The model alone on one pre-decoded image repeated: host stacking, pinned copy,
+    forward and copy back, as in a real run but with no decoding to wait for."""
+    pixels = emb._prepare_path(paths[0])
+    batch = [pixels] * batch_size
+    n_batches = max(1, len(paths) // batch_size)
+
+    def run() -> np.ndarray:
+        out, pending = [], None
+        with emb._run_context():
+            for _ in range(n_batches):
+                launched = emb._launch(batch, list(range(batch_size)))
+                if pending is not None:
+                    out.append(pending.result())
+                pending = launched
+            out.append(pending.result())
+        return np.concatenate(out)
+
+    return run, n_batches * batch_size
 
 
 _MONGOD: subprocess.Popen | None = None
@@ -427,8 +553,8 @@ def fiftyone_path(
     warm.compute_embeddings(model, batch_size=batch_size, progress=False)
     workers = fout.recommend_num_workers(None)
 
-    def run() -> np.ndarray:
-        emb = dataset.compute_embeddings(model, batch_size=batch_size, progress=False)
+    def run(bs: int = batch_size) -> np.ndarray:
+        emb = dataset.compute_embeddings(model, batch_size=bs, progress=False)
         emb = np.asarray(emb, dtype=np.float32)
         return emb / np.linalg.norm(emb, axis=1, keepdims=True)
 
@@ -460,7 +586,13 @@ def machine() -> dict[str, str]:
         n_cpu = len(os.sched_getaffinity(0))
     except AttributeError:
         n_cpu = os.cpu_count() or 1
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
+    device = "CPU"
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        device = (
+            f"{props.name} ({props.total_memory / 2**30:.0f} GiB, "
+            f"{props.multi_processor_count} SMs, CUDA {torch.version.cuda})"
+        )
     return {
         "cpu": f"{n_cpu} x {cpu}",
         "torch": torch.__version__,
@@ -474,8 +606,46 @@ def _fmt(value: float | None, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
-def append_results(rows: list[Row], args: argparse.Namespace, model_desc: str, info: dict) -> None:
-    base = next((r for r in rows if r.method.startswith("naive") and r.seconds), None)
+def _naive_for(rows: list[Row], r: Row) -> Row | None:
+    """The naive row of the same batch size (else any): the speed and cosine reference of
+    the full pipelines; the single-stage rows have none."""
+    if r.method.startswith(STAGE_ROWS):
+        return None
+    naive_rows = [x for x in rows if x.method.startswith("naive") and x.seconds]
+    same = [x for x in naive_rows if x.batch_size == r.batch_size]
+    return (same or naive_rows or [None])[0]
+
+
+def verdict(rows: list[Row]) -> list[str]:
+    """Against issue 16's target, and which stage limits (decode or model), in words."""
+    ours_rows = [r for r in rows if r.method.startswith("BubbleFence ImageEmbedder") and r.ips]
+    if not ours_rows:
+        return []
+    best = max(ours_rows, key=lambda r: r.ips)
+    util = "n/a" if best.gpu_util is None else f"{best.gpu_util:.0f} %"
+    met = best.ips >= TARGET_IPS and (best.gpu_util or 0.0) >= TARGET_GPU_UTIL
+    lines = [
+        f"Best of ours: {best.ips:.0f} images/s at batch {best.batch_size}, GPU busy {util}; "
+        f"target {TARGET_IPS} images/s at >= {TARGET_GPU_UTIL:.0f} %: "
+        + ("met." if met else "not met.")
+    ]
+    decode = next((r for r in rows if r.method.startswith("decode only") and r.ips), None)
+    model = [r for r in rows if r.method.startswith("model only") and r.ips]
+    model_best = max(model, key=lambda r: r.ips) if model else None
+    if decode and model_best:
+        limit = "decoding" if decode.ips < model_best.ips else "the model"
+        lines.append(
+            f"Stages alone: decoding {decode.ips:.0f} images/s, model {model_best.ips:.0f} "
+            f"images/s (batch {model_best.batch_size}): {limit} limits, by "
+            f"{max(decode.ips, model_best.ips) / min(decode.ips, model_best.ips):.2f}x; "
+            f"ours reaches {best.ips / min(decode.ips, model_best.ips):.0%} of the slower stage."
+        )
+    return lines
+
+
+def append_results(
+    rows: list[Row], args: argparse.Namespace, model_desc: str, info: dict, path: Path
+) -> None:
     date = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     lines = [
         "",
@@ -484,10 +654,11 @@ def append_results(rows: list[Row], args: argparse.Namespace, model_desc: str, i
         "",
         f"`bench/bench_embed.py {' '.join(sys.argv[1:])}`".replace("  ", " "),
         f"Machine: {info['cpu']}; device {info['device']}; torch {info['torch']} "
-        f"({info['torch_threads']} threads); Python {info['python']}; batch size "
-        f"{args.batch_size}.",
+        f"({info['torch_threads']} threads); Python {info['python']}; batch sizes "
+        f"{', '.join(map(str, args.batch_sizes))}.",
         "Peak RSS: this process plus its worker children (not mongod), sampled every 10 ms"
-        " during the timed run; (+N) is the rise over the RSS before the run.",
+        " during the timed run; (+N) is the rise over the RSS before the run. GPU util:"
+        f" mean of NVML's utilisation sampled every {GPU_SAMPLE_S} s during the run.",
     ]
     if not args.model:
         lines.append(
@@ -496,34 +667,39 @@ def append_results(rows: list[Row], args: argparse.Namespace, model_desc: str, i
         )
     lines += [
         "",
-        "| method | images/s | seconds | peak RSS MB (+rise) | speed vs naive "
-        "| cosine vs naive min / mean | note |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "| method | batch | images/s | seconds | GPU util % | peak RSS MB (+rise) "
+        "| speed vs naive | cosine vs naive min / mean | note |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
+        base = _naive_for(rows, r)
         ratio = (
             f"{(base.seconds / r.seconds):.2f}x" if base and r.seconds and base.seconds else "n/a"
         )
         cos = "n/a" if r.cos_min is None else f"{r.cos_min:.5f} / {r.cos_mean:.5f}"
         rss = "n/a" if r.peak_mb is None else f"{r.peak_mb:.0f} (+{r.delta_mb:.0f})"
         lines.append(
-            f"| {r.method} | {_fmt(r.ips, '.1f')} | {_fmt(r.seconds, '.2f')} | {rss} "
+            f"| {r.method} | {r.batch_size or ''} | {_fmt(r.ips, '.1f')} "
+            f"| {_fmt(r.seconds, '.2f')} | {_fmt(r.gpu_util, '.0f')} | {rss} "
             f"| {ratio} | {cos} | {r.note} |"
         )
+    found = verdict(rows)
+    if found:
+        lines += [""] + found
     text = "\n".join(lines) + "\n"
-    if not RESULTS.exists():
-        RESULTS.write_text("# Benchmark results\n")
-    with RESULTS.open("a", encoding="utf-8") as fh:
+    if not path.exists():
+        path.write_text("# Benchmark results\n")
+    with path.open("a", encoding="utf-8") as fh:
         fh.write(text)
-    print(f"appended to {RESULTS.relative_to(ROOT)}")
+    print(f"appended to {path}")
 
 
 # -------------------------------------------------------------------------- main
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=2000, help="number of images (default 2000)")
+    parser.add_argument("--n", type=int, help="number of images (default 2000; suite 4000)")
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=480)
     group = parser.add_mutually_exclusive_group()
@@ -533,7 +709,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="randomly initialised CLIP ViT-B/32 (default CLIPConfig): the real compute cost",
     )
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--batch-sizes",
+        help="comma-separated batch sizes, each measured for every method (default 64; "
+        "suite 64,128,256,512)",
+    )
+    parser.add_argument("--batch-size", type=int, help="one batch size (same as --batch-sizes N)")
     parser.add_argument("--num-workers", default="auto", help="our decoding threads")
     parser.add_argument("--skip-fiftyone", action="store_true")
     parser.add_argument(
@@ -541,10 +722,39 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="let FiftyOne's torch utils import without torchvision (see _ensure_torchvision)",
     )
-    parser.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
+    parser.add_argument(
+        "--gpu-suite",
+        action="store_true",
+        help="issue 16's GPU benchmark: random ViT-B/32 (unless --model), 4000 images, batch "
+        "sizes 64-512, decode-only and model-only rows, verdict against the target",
+    )
+    parser.add_argument(
+        "--results", type=Path, default=RESULTS, help=f"Markdown file to append to ({RESULTS})"
+    )
+    parser.add_argument("--no-record", action="store_true", help="do not append the table")
     args = parser.parse_args(argv)
-    if args.n < 1 or args.batch_size < 1:
-        parser.error("--n and --batch-size must be >= 1")
+    if args.batch_sizes and args.batch_size:
+        parser.error("give --batch-sizes or --batch-size, not both")
+    if args.gpu_suite and not args.model:
+        args.vit_b32_random = True
+    if args.n is None:
+        args.n = GPU_SUITE_N if args.gpu_suite else 2000
+    if args.batch_sizes:
+        try:
+            args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+        except ValueError:
+            parser.error(f"--batch-sizes: comma-separated ints, got {args.batch_sizes!r}")
+    elif args.batch_size:
+        args.batch_sizes = [args.batch_size]
+    else:
+        args.batch_sizes = list(GPU_SUITE_BATCHES) if args.gpu_suite else [64]
+    if args.n < 1 or min(args.batch_sizes) < 1:
+        parser.error("--n and the batch sizes must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
     workers = args.num_workers if args.num_workers == "auto" else int(args.num_workers)
 
     workdir = Path(tempfile.mkdtemp(prefix="bench_embed_"))
@@ -572,60 +782,76 @@ def main(argv: list[str] | None = None) -> int:
         info = machine()
         print(f"model: {model_desc}; machine: {info}", flush=True)
 
-        # Each method loads its own copy of the model; dropping the previous one first
-        # keeps the absolute peak RSS figures comparable between rows.
-        emb, run_ours = ours(model_dir, paths, args.batch_size, workers, draft=True)
-        label = f"BubbleFence ImageEmbedder ({emb.num_workers} threads)"
-        rows.append(measure(label, run_ours, args.n))
-        del emb, run_ours
-        gc.collect()
-        emb, run_full = ours(model_dir, paths, args.batch_size, workers, draft=False)
-        rows.append(measure("BubbleFence, jpeg_draft=False", run_full, args.n))
-        del emb, run_full
-        gc.collect()
-        run_naive = naive(model_dir, paths, args.batch_size)
-        rows.append(measure("naive loop (no workers)", run_naive, args.n))
-        del run_naive
-        gc.collect()
-
+        fo_run = None
         if args.skip_fiftyone:
             rows.append(Row("FiftyOne compute_embeddings", note="skipped (--skip-fiftyone)"))
         else:
             try:
-                run_fo, desc, cleanup = fiftyone_path(
-                    model_dir, paths, args.batch_size, workdir, args.torchvision_stub
+                fo_run, fo_desc, fo_cleanup = fiftyone_path(
+                    model_dir, paths, args.batch_sizes[0], workdir, args.torchvision_stub
                 )
             except Exception as exc:
                 reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
-                print(f"  FiftyOne row skipped: {reason}", flush=True)
+                print(f"  FiftyOne rows skipped: {reason}", flush=True)
                 traceback.print_exc()
                 rows.append(Row("FiftyOne compute_embeddings", note=f"skipped: {reason}"))
-            else:
-                row = measure("FiftyOne compute_embeddings", run_fo, args.n)
-                row.note = (row.note + "; " if row.note else "") + desc
-                rows.append(row)
-                cleanup()
 
-        reference = next(r.vectors for r in rows if r.method.startswith("naive"))
+        # Each method loads its own copy of the model; dropping the previous one first
+        # keeps the absolute peak RSS figures comparable between rows.
+        first = args.batch_sizes[0]
+        emb, _ = ours(model_dir, paths, first, workers, draft=True)
+        rows.append(
+            measure(f"decode only ({emb.num_workers} threads)", decode_only(emb, paths), args.n)
+        )
+        for bs in args.batch_sizes:
+            run_model, n_model = model_only(emb, paths, bs)
+            run_model()  # warm-up (cuDNN/cuBLAS choices for this shape), not timed
+            rows.append(measure("model only (pre-decoded pixels)", run_model, n_model, bs))
+        del emb
+        gc.collect()
+        for bs in args.batch_sizes:
+            emb, run_ours = ours(model_dir, paths, bs, workers, draft=True)
+            label = f"BubbleFence ImageEmbedder ({emb.num_workers} threads)"
+            rows.append(measure(label, run_ours, args.n, bs))
+            del emb, run_ours
+            gc.collect()
+            if bs == first:
+                emb, run_full = ours(model_dir, paths, bs, workers, draft=False)
+                rows.append(measure("BubbleFence, jpeg_draft=False", run_full, args.n, bs))
+                del emb, run_full
+                gc.collect()
+            run_naive = naive(model_dir, paths, bs)
+            rows.append(measure("naive loop (no workers)", run_naive, args.n, bs))
+            del run_naive
+            gc.collect()
+            if fo_run is not None:
+                row = measure("FiftyOne compute_embeddings", lambda b=bs: fo_run(b), args.n, bs)
+                row.note = (row.note + "; " if row.note else "") + fo_desc
+                rows.append(row)
+        if fo_run is not None:
+            fo_cleanup()
+
         for r in rows:
-            if r.vectors is not None and r.vectors.shape == reference.shape:
-                cos = np.sum(r.vectors * reference, axis=1)
+            ref = _naive_for(rows, r)
+            if r.vectors is not None and ref is not None and r.vectors.shape == ref.vectors.shape:
+                cos = np.sum(r.vectors * ref.vectors, axis=1)
                 r.cos_min, r.cos_mean = float(cos.min()), float(cos.mean())
 
-        base = next(r for r in rows if r.method.startswith("naive"))
-        print("\nmethod                              images/s  seconds  vs naive  cos(min)")
+        print("\nmethod                            batch  images/s  seconds  GPU %  vs naive")
         for r in rows:
-            ratio = f"{base.seconds / r.seconds:.2f}x" if r.seconds else "n/a"
-            cmin = "n/a" if r.cos_min is None else f"{r.cos_min:.5f}"
+            base = _naive_for(rows, r)
+            ratio = f"{base.seconds / r.seconds:.2f}x" if r.seconds and base else "n/a"
             print(
-                f"{r.method[:34]:<34} {_fmt(r.ips, '8.1f')} {_fmt(r.seconds, '8.2f')} "
-                f"{ratio:>9} {cmin:>9}  {r.note}"
+                f"{r.method[:34]:<34}{r.batch_size or '':>5} {_fmt(r.ips, '8.1f')} "
+                f"{_fmt(r.seconds, '8.2f')} {_fmt(r.gpu_util, '6.0f')} {ratio:>9}  {r.note}"
             )
+        for line in verdict(rows):
+            print(line)
         print(
             f"process ru_maxrss: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB"
         )
         if not args.no_record:
-            append_results(rows, args, model_desc, info)
+            append_results(rows, args, model_desc, info, args.results)
     finally:
         stop_mongod()
         shutil.rmtree(workdir, ignore_errors=True)

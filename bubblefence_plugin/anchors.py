@@ -97,7 +97,8 @@ class CandidateStream:
         self._projection = projection
         self._points = projection.transform(embeddings, pool_rows)
         self._tree = cKDTree(self._points)
-        self._draw_budget = max(64, 16 * expected_anchors)
+        # Powers of two keep the Sobol sequence balanced (scipy warns otherwise).
+        self._draw_budget = 1 << int(np.ceil(np.log2(max(64, 16 * expected_anchors))))
         method = config.anchor_method
         if method == "qmc":
             self._sorted = np.sort(self._points, axis=0)
@@ -138,7 +139,7 @@ class CandidateStream:
     def _next_qmc(self, n: int) -> np.ndarray:
         picked: list[int] = []
         while len(picked) < n and self._draws_left > 0 and not self._used.all():
-            draw = min(max(n, 16), self._draws_left)
+            draw = min(1 << int(np.ceil(np.log2(max(n, 16)))), self._draws_left)
             self._draws_left -= draw
             points = self._quantile_map(self._engine.random(draw))
             for position in self._snap(points):

@@ -763,8 +763,10 @@ def write_html(
     """Writes `render_html` to ``path`` (a file, or a folder to put a named file in); atomic."""
     target = Path(path).expanduser().resolve()
     if target.is_dir():
+        # The dataset name is the user's; as a file name it must not leave the folder.
         stamp = result["created_at"].replace(":", "").replace("-", "").split(".")[0]
-        target = target / f"bubblefence-report-{result['dataset']}-{stamp}.html"
+        name = bfd.safe_name(result["dataset"], "dataset")
+        target = bfd.path_inside(target, target / f"bubblefence-report-{name}-{stamp}.html")
     if target.suffix.lower() not in (".html", ".htm"):
         target = target.with_suffix(target.suffix + ".html")
     page = render_html(result, points)

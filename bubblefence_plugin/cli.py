@@ -24,7 +24,7 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".
 
 
 def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
-    """Adds ``split``, ``export``, ``reset`` and ``demo`` to an argparse subparsers object."""
+    """Adds ``split``, ``embed``, ``export``, ``reset`` and ``demo`` to a subparsers object."""
     p = subparsers.add_parser(
         "split",
         help="run a BubbleFence round on a FiftyOne dataset (optionally adding folders first)",
@@ -67,6 +67,27 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_split)
 
     p = subparsers.add_parser(
+        "embed",
+        help="embed the samples lacking embeddings, one shard here or N shards queued for "
+        "`fiftyone delegated launch` workers",
+        description="Samples are cut into --num-shards disjoint shards by a hash of their "
+        "id. Without --queue, embeds shard --shard-index here (all samples with one shard); "
+        "with --queue, queues one delegated operation per shard. Rerunning continues where a "
+        "killed run stopped; stored embeddings are never replaced.",
+    )
+    p.add_argument("--dataset", required=True, help="FiftyOne dataset name")
+    p.add_argument("--model", help="model name or local folder (default: CLIP ViT-B/32)")
+    p.add_argument(
+        "--field", default=None, help="vector field to write (default: bubblefence_embedding)"
+    )
+    p.add_argument("--num-shards", type=int, default=1, metavar="N", help="default 1")
+    p.add_argument("--shard-index", type=int, default=0, metavar="I", help="0 .. N-1")
+    p.add_argument("--queue", action="store_true", help="queue N shards for delegated workers")
+    p.add_argument("--batch-size", type=int, help="images per forward pass")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.set_defaults(func=cmd_embed)
+
+    p = subparsers.add_parser(
         "export", help="export each split to DIR/<split> plus DIR/manifest.csv"
     )
     p.add_argument("--dataset", required=True, help="FiftyOne dataset name")
@@ -89,6 +110,39 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-embeddings", action="store_true", help="keep bubblefence_embedding")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.set_defaults(func=cmd_reset)
+
+    p = subparsers.add_parser(
+        "sample",
+        help="tag a curated pick (diverse, typical, outliers, similar, balance, metadata, random)",
+        description="Picks --count samples by their embeddings and tags them --tag; writes "
+        "bubblefence_typicality and bubblefence_region. Combine strategies by repeating "
+        "--strategy NAME=STRENGTH.",
+    )
+    p.add_argument("--dataset", required=True, help="FiftyOne dataset name")
+    p.add_argument(
+        "--strategy",
+        action="append",
+        default=[],
+        metavar="NAME[=STRENGTH]",
+        help="repeatable; default diverse",
+    )
+    p.add_argument("--count", type=int, default=100, help="samples to tag (default 100)")
+    p.add_argument("--tag", default="bubblefence_sample", help="a tag no sample has yet")
+    p.add_argument("--replace", action="store_true", help="move an existing tag to this pick")
+    p.add_argument("--embeddings-field", help="vector field (default: the split's)")
+    p.add_argument("--from-split", help="pick only among train, validation or test")
+    p.add_argument("--start-from", help="a tag or split counted as already picked")
+    p.add_argument("--label-field", help="one label per sample, for balance")
+    p.add_argument("--target", default="uniform", help="uniform, input or 'cat: 0.5, dog: 0.5'")
+    p.add_argument("--query-tag", help="tag of the query samples, for similar")
+    p.add_argument("--metadata-field", help="numeric field, for metadata")
+    p.add_argument("--seed", type=int, default=0, help="default 0")
+    p.set_defaults(func=cmd_sample)
+
+    p = subparsers.add_parser("excluded", help="write the paths of the excluded samples to a file")
+    p.add_argument("--dataset", required=True, help="FiftyOne dataset name")
+    p.add_argument("--out", required=True, metavar="FILE", help="text file, one path a line")
+    p.set_defaults(func=cmd_excluded)
 
     p = subparsers.add_parser(
         "demo",
@@ -120,12 +174,20 @@ def _refused(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Na
     """Turns expected failures into one clear line on stderr and exit code 2."""
 
     def wrapper(args: argparse.Namespace) -> int:
+        from yaml import YAMLError
+
         from .dataset import BubbleFenceBusyError, ModelUnavailableError
 
         try:
             return func(args)
-        except (ValueError, BubbleFenceBusyError, ModelUnavailableError, FileNotFoundError) as e:
-            print(f"error: {e}", file=sys.stderr)
+        except (
+            ValueError,
+            BubbleFenceBusyError,
+            ModelUnavailableError,
+            OSError,  # a file or folder that cannot be read or written
+            YAMLError,
+        ) as e:
+            print("error: " + " ".join(str(e).split()), file=sys.stderr)  # one line
             return 2
 
     wrapper.__name__ = func.__name__
@@ -163,25 +225,37 @@ def _load_dataset(name: str, create: bool = False) -> Any:
 
 
 def _list_images(folder: Path) -> list[str]:
-    if not folder.is_dir():
+    """The folder's image paths, resolved. A folder that cannot be read or a symlink
+    loop is refused (before anything is written); a dangling link is kept, and becomes
+    that sample's "file not found" error."""
+    if not folder.is_dir():  # also False for a symlink loop
         raise FileNotFoundError(f"--folder {str(folder)!r} is not a directory")
+
+    def unreadable(e: OSError) -> None:
+        raise ValueError(f"--folder {str(folder)!r}: cannot read {e.filename!r} ({e.strerror})")
+
     out = []
-    for root, dirs, files in os.walk(folder):
+    for root, dirs, files in os.walk(folder, onerror=unreadable):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for f in sorted(files):
             p = Path(root) / f
             mime = mimetypes.guess_type(f)[0] or ""
             if p.suffix.lower() in IMAGE_EXTENSIONS or mime.startswith("image/"):
-                out.append(str(p.resolve()))
+                try:
+                    out.append(str(p.resolve()))
+                except (OSError, RuntimeError) as e:  # Python < 3.13 raises RuntimeError
+                    raise ValueError(f"--folder {str(folder)!r}: {str(p)!r}: {e}") from e
     return out
 
 
-def add_folder(dataset: Any, folder: str | os.PathLike) -> int:
-    """Adds the folder's images not already in the dataset (by path); returns how many."""
+def add_folder(dataset: Any, folder: str | os.PathLike, paths: list[str] | None = None) -> int:
+    """Adds the folder's images (``paths``, listed before when given) not already in the
+    dataset (by path); returns how many."""
     import fiftyone as fo
 
     known = set(dataset.values("filepath"))
-    new = [p for p in _list_images(Path(folder).expanduser()) if p not in known]
+    listed = _list_images(Path(folder).expanduser()) if paths is None else paths
+    new = [p for p in listed if p not in known]
     if new:
         dataset.add_samples([fo.Sample(filepath=p) for p in new])
     return len(new)
@@ -195,7 +269,10 @@ def _parse_sets(items: Sequence[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ValueError(f"--set {item!r}: expected KNOB=VALUE")
-        out[key.strip()] = yaml.safe_load(value)  # safe_load: numbers/bools, never code
+        try:
+            out[key.strip()] = yaml.safe_load(value)  # safe_load: numbers/bools, never code
+        except yaml.YAMLError as e:
+            raise ValueError(f"--set {item!r}: not a YAML value ({e})") from e
     return out
 
 
@@ -235,12 +312,20 @@ def _run_split(dataset: Any, **kwargs: Any) -> dict[str, Any]:
 @_refused
 def cmd_split(args: argparse.Namespace) -> int:
     """``split --dataset NAME [--folder DIR ...] [--config cfg.yaml]``."""
+    import fiftyone as fo
+
+    from .dataset import check_split_config
+
     overrides = _parse_sets(args.set)
     if args.model:
         overrides["model_name"] = args.model
+    # Everything that can be refused is checked before the dataset is created or grows.
+    listed = {folder: _list_images(Path(folder).expanduser()) for folder in args.folder}
+    existing = fo.load_dataset(args.dataset) if fo.dataset_exists(args.dataset) else None
+    check_split_config(existing, args.config, overrides)
     dataset = _load_dataset(args.dataset, create=bool(args.folder))
-    for folder in args.folder:
-        print(f"Added {add_folder(dataset, folder)} new images from {folder}")
+    for folder, paths in listed.items():
+        print(f"Added {add_folder(dataset, folder, paths)} new images from {folder}")
     summary = _run_split(
         dataset,
         config=args.config,
@@ -250,6 +335,44 @@ def cmd_split(args: argparse.Namespace) -> int:
         **overrides,
     )
     _print_summary(summary)
+    return 0
+
+
+@_refused
+def cmd_embed(args: argparse.Namespace) -> int:
+    """``embed --dataset NAME [--num-shards N (--shard-index I | --queue)] [--model M]``."""
+    from .dataset import EMBEDDING_FIELD
+    from .shards import embed, queue_shards, shard_label
+
+    dataset = _load_dataset(args.dataset)
+    kwargs = dict(
+        model=args.model,
+        embeddings_field=args.field or EMBEDDING_FIELD,
+        batch_size=args.batch_size,
+        device=args.device,
+    )
+    if args.queue:
+        ids = queue_shards(dataset, args.num_shards, **kwargs)
+        for i, op in enumerate(ids):
+            print(f"Queued {shard_label(i, args.num_shards)}: {op}")
+        print(
+            "Run `fiftyone delegated launch` on each worker; follow with `fiftyone delegated list`"
+        )
+        return 0
+    bar = _Bar(f"BubbleFence embed {dataset.name}")
+    try:
+        report = embed(
+            dataset,
+            num_shards=args.num_shards,
+            shard_index=args.shard_index,
+            progress=bar,
+            **kwargs,
+        )
+    finally:
+        bar.close()
+    print(report.message)
+    for sid, msg in list(report.errors.items())[:5]:
+        print(f"  error {sid}: {msg}")
     return 0
 
 
@@ -270,6 +393,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     )
     counts = ", ".join(f"{k} {v}" for k, v in result["counts"].items())
     print(f"Exported {counts} to {result['export_dir']} ({result['dataset_type']})")
+    renamed = {k: v for k, v in result["folders"].items() if k != v}
+    if renamed:
+        print("Folder names made safe: " + ", ".join(f"{k!r} -> {v}" for k, v in renamed.items()))
     print(f"Manifest: {result['manifest']}")
     return 0
 
@@ -281,6 +407,11 @@ def cmd_reset(args: argparse.Namespace) -> int:
 
     dataset = _load_dataset(args.dataset)
     if not args.yes:
+        if not sys.stdin.isatty():
+            raise ValueError(
+                "reset asks for confirmation on a terminal and there is none; "
+                "pass --yes to reset without asking"
+            )
         answer = input(f"Remove the BubbleFence split of {dataset.name!r}? [y/N] ")
         if answer.strip().lower() not in ("y", "yes"):
             print("Nothing changed.")
@@ -291,6 +422,54 @@ def cmd_reset(args: argparse.Namespace) -> int:
         f"untagged {result['n_samples_untagged']} samples"
         + ("; embeddings kept" if result["kept_embeddings"] else "")
     )
+    return 0
+
+
+@_refused
+def cmd_sample(args: argparse.Namespace) -> int:
+    """``sample --dataset NAME [--strategy NAME[=STRENGTH] ...] --count N --tag TAG``."""
+    from .curate import parse_target, sample
+
+    strengths = {}
+    for item in args.strategy or ["diverse"]:
+        name, sep, value = item.partition("=")
+        try:
+            strengths[name.strip()] = float(value) if sep else 1.0
+        except ValueError as e:
+            raise ValueError(f"--strategy {item!r}: the strength is not a number") from e
+    dataset = _load_dataset(args.dataset)
+    bar = _Bar(f"BubbleFence sample {dataset.name}")
+    try:
+        summary = sample(
+            dataset,
+            [],
+            args.count,
+            args.tag,
+            strengths=strengths,
+            embeddings_field=args.embeddings_field,
+            from_split=args.from_split,
+            start_from=args.start_from,
+            label_field=args.label_field,
+            target=parse_target(args.target),
+            query_tag=args.query_tag,
+            metadata_field=args.metadata_field,
+            seed=args.seed,
+            replace=args.replace,
+            progress=bar,
+        )
+    finally:
+        bar.close()
+    print(summary["message"])
+    return 0
+
+
+@_refused
+def cmd_excluded(args: argparse.Namespace) -> int:
+    """``excluded --dataset NAME --out FILE``: the excluded samples' paths, one a line."""
+    from .curate import write_excluded_paths
+
+    n = write_excluded_paths(_load_dataset(args.dataset), args.out)
+    print(f"Wrote {n} excluded paths to {args.out}")
     return 0
 
 
@@ -386,14 +565,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import fiftyone as fo
 
     from .config import BubbleFenceConfig
-    from .dataset import get_embedder
+    from .dataset import get_embedder, safe_name
 
     model = args.model or BubbleFenceConfig().model_name
     print(f"Loading the embedding model {model} ...")
     # Load first: a missing model must fail before anything is written.
     get_embedder(model, "auto", BubbleFenceConfig().batch_size)
 
-    out_dir = Path(args.dir or Path(fo.config.default_dataset_dir) / args.name).expanduser()
+    # The dataset name is a folder name here: made safe, so it stays in the datasets folder.
+    default_dir = Path(fo.config.default_dataset_dir) / safe_name(args.name, DEMO_NAME)
+    out_dir = Path(args.dir or default_dir).expanduser()
     round1, round2 = build_demo_images(out_dir)
     print(f"Wrote {len(round1) + len(round2)} demo images under {out_dir}")
     if fo.dataset_exists(args.name):

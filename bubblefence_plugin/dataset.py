@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import os
+import re
 import shutil
 import socket
 import time
@@ -44,6 +46,15 @@ import numpy as np
 import yaml
 
 from .config import BubbleFenceConfig, translate_reference_layout
+from .state import (
+    StateDamagedError,
+    array_from_npy_bytes,
+    check_layout,
+    check_model_name,
+    check_values,
+    damaged,
+    npy_blob_header,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +86,24 @@ RESULT_FIELDS: dict[str, type] = {
     ERROR_FIELD: fo.StringField,
 }
 
-MANIFEST_COLUMNS = ("id", "filepath", "split", "anchor_id", "shell", "round", "duplicate_of")
+MANIFEST_NAME = "manifest.csv"
+MANIFEST_COLUMNS = (
+    "id",
+    "filepath",
+    "split",
+    "anchor_id",
+    "shell",
+    "round",
+    "duplicate_of",
+    "export_folders",
+)
+# A spreadsheet runs a cell that starts with one of these as a formula (OWASP, CSV
+# injection); the quote is added to cells starting with it too, so reading strips
+# exactly one quote back.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+# Export folder names: one path component, portable characters only.
+_UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+_MAX_FOLDER_CHARS = 100  # well under every file system's 255-byte name limit
 
 LOCK_STORE = "bubblefence"
 LOCK_KEY = "run_lock"
@@ -84,6 +112,7 @@ HEARTBEAT_S = 30.0
 EMBED_CHUNK = 256  # images per embedding call: embeddings are saved after each chunk
 
 ProgressCallback = Callable[[float, str], Any]
+RESET_HINT = "run bubblefence_reset (or `python -m bubblefence_plugin reset`) to start over"
 
 
 class BubbleFenceBusyError(RuntimeError):
@@ -112,8 +141,10 @@ def to_npy_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def from_npy_bytes(blob: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(bytes(blob)), allow_pickle=False)
+def from_npy_bytes(blob: bytes, where: str = "a stored BubbleFence array") -> np.ndarray:
+    """The array, after its npy header was checked against the bytes present (a crafted
+    header cannot make this allocate more than the blob holds)."""
+    return array_from_npy_bytes(blob, where, RESET_HINT)
 
 
 # --------------------------------------------------------------------------- run lock
@@ -276,17 +307,22 @@ def _read_run(dataset: fo.Dataset, key: str) -> tuple[dict[str, Any], Any] | Non
     return _run_params(dataset, key), results
 
 
-def load_state(samples: foc.SampleCollection) -> tuple[Any, dict[str, Any]] | None:
-    """Loads the stored `BubbleFence` and its run parameters, or None if there is none."""
+def load_state(
+    samples: foc.SampleCollection, embeddings: bool = True
+) -> tuple[Any, dict[str, Any]] | None:
+    """Loads the stored `BubbleFence` and its run parameters, or None if there is none.
+
+    ``embeddings=False`` skips rebuilding the matrix from the embeddings field: for
+    reading assignments only (the export manifest); such a state cannot ingest.
+    """
     from .pipeline import BubbleFence
 
     dataset = samples._root_dataset
     found = _read_run(dataset, COMMIT_KEY) or _read_run(dataset, RUN_KEY)
     if found is None:
         if dataset.has_run(RUN_KEY) or dataset.has_run(COMMIT_KEY):
-            raise ValueError(
-                f"the BubbleFence state of dataset {dataset.name!r} is unreadable; "
-                "run bubblefence_reset (or `python -m bubblefence_plugin reset`) to start over"
+            raise StateDamagedError(
+                f"the BubbleFence state of dataset {dataset.name!r} is unreadable; {RESET_HINT}"
             )
         return None
     params, results = found
@@ -301,14 +337,47 @@ def load_state(samples: foc.SampleCollection) -> tuple[Any, dict[str, Any]] | No
             f"the BubbleFence state of {dataset.name!r} has version {version}, written by a "
             f"newer BubbleFence (this one reads up to {STATE_VERSION}); upgrade the plugin"
         )
-    arrays = {k: from_npy_bytes(v) for k, v in results.arrays.items()}
+    meta, arrays = _checked_state(dataset, params, results)
     gone: list[str] = []
-    if "embeddings" not in arrays:
+    if not embeddings:
+        arrays["embeddings"] = np.empty((len(arrays["ids"]), 0), np.float32)
+    elif "embeddings" not in arrays:
         arrays["embeddings"], gone = _stored_embeddings(dataset, params, arrays)
-    bf = BubbleFence.from_state_dict(results.meta, arrays)
+    try:
+        bf = BubbleFence.from_state_dict(meta, arrays)
+    except (ValueError, KeyError, TypeError, IndexError) as e:
+        where = f"the BubbleFence state of dataset {dataset.name!r}"
+        raise damaged(where, f"{type(e).__name__}: {e}", RESET_HINT) from e
     if gone:
         bf.forget(gone)  # deleted from the dataset since the state was written
     return bf, params
+
+
+def _checked_state(
+    dataset: fo.Dataset, params: dict[str, Any], results: Any
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The stored meta and arrays, checked (`state.check_layout`) before any array is
+    allocated, and the run parameters the next steps use (model, field, dimension)."""
+    where = f"the BubbleFence state of dataset {dataset.name!r}"
+    meta, blobs = results.meta, results.arrays
+    if not isinstance(meta, dict) or not isinstance(blobs, dict):
+        raise damaged(where, "its meta or arrays are not mappings", RESET_HINT)
+    check_model_name(params.get("model_name"), where, RESET_HINT)
+    if not isinstance(params.get("embeddings_field"), str):
+        raise damaged(where, f"embeddings field {params.get('embeddings_field')!r}", RESET_HINT)
+    if params.get("dim") != meta.get("dim"):
+        raise damaged(
+            where,
+            f"dimension {params.get('dim')!r} in its run, {meta.get('dim')!r} inside",
+            RESET_HINT,
+        )
+    headers = {k: npy_blob_header(v, f"{where}: array {k!r}", RESET_HINT) for k, v in blobs.items()}
+    ids_shape = headers.get("ids", ((), None))[0]
+    n_samples = params.get("n_samples", ids_shape[0] if ids_shape else -1)
+    check_layout(headers, meta, n_samples, where, RESET_HINT)
+    arrays = {k: np.load(io.BytesIO(v), allow_pickle=False) for k, v in blobs.items()}
+    check_values(arrays, where, RESET_HINT)
+    return meta, arrays
 
 
 def _row_checks(unit_rows: np.ndarray) -> np.ndarray:
@@ -334,6 +403,16 @@ def _stored_embeddings(
     field = params["embeddings_field"]
     ids = arrays["ids"].astype(str)
     dim = int(params["dim"])
+    if "embedding_checks" not in arrays:
+        where = f"the BubbleFence state of dataset {dataset.name!r}"
+        raise damaged(where, "no embedding_checks array", RESET_HINT)
+    if not dataset.has_field(field):
+        raise ValueError(
+            f"embeddings field {field!r}, which the BubbleFence state of dataset "
+            f"{dataset.name!r} was built from, does not exist (renamed or deleted?); "
+            f"rename it back (dataset.rename_sample_field(<new name>, {field!r})) or "
+            f"recompute it, or {RESET_HINT}"
+        )
     all_ids, vectors = dataset.values(["id", field])
     position = dict(zip(all_ids, range(len(all_ids)), strict=True))
     present = np.array([i in position for i in ids], dtype=bool)
@@ -400,8 +479,9 @@ def _set_fields_round(dataset: fo.Dataset, params: dict[str, Any], value: int) -
 # --------------------------------------------------------------------------- fields
 
 
-def _check_result_fields(dataset: fo.Dataset) -> None:
-    for name, ftype in RESULT_FIELDS.items():
+def _check_result_fields(dataset: fo.Dataset, names: Iterable[str] = tuple(RESULT_FIELDS)) -> None:
+    for name in names:
+        ftype = RESULT_FIELDS[name]
         field = dataset.get_field(name)
         if field is None:
             dataset.add_sample_field(name, ftype)
@@ -521,19 +601,38 @@ def resolve_config(
     return cfg, sorted(k for k in new if new[k] != old.get(k))
 
 
-def _apply_config_change(bf: Any, cfg: BubbleFenceConfig, changed: list[str]) -> Any:
-    """Knobs that would change earlier assignments are refused; the rest apply to new rounds."""
+def check_split_config(
+    samples: foc.SampleCollection | None,
+    config: BubbleFenceConfig | dict | str | os.PathLike | None,
+    overrides: dict[str, Any],
+) -> BubbleFenceConfig:
+    """The round's config, checked against the stored one without writing anything:
+    for front ends that write before the round (the CLI adds folders first)."""
+    info = state_info(samples) if samples is not None else None
+    previous = BubbleFenceConfig.from_dict(info["config"]) if info else None
+    cfg, changed = resolve_config(previous, config, overrides)
+    if previous is not None:
+        _refuse_frozen(previous, cfg, changed)
+    return cfg
+
+
+def _refuse_frozen(previous: BubbleFenceConfig, cfg: BubbleFenceConfig, changed: list[str]) -> None:
     from .config import FROZEN_AFTER_FIRST_ROUND
 
     frozen = [k for k in changed if k in FROZEN_AFTER_FIRST_ROUND]
     if frozen:
-        old = bf.config.to_dict()
+        old = previous.to_dict()
         detail = ", ".join(f"{k}: {old[k]!r} -> {getattr(cfg, k)!r}" for k in frozen)
         raise ValueError(
             f"cannot change {detail} after the first round: earlier samples were split "
             "with the stored value. Keep it, or reset the dataset's BubbleFence state "
             "(bubblefence_reset) to start over with the new value"
         )
+
+
+def _apply_config_change(bf: Any, cfg: BubbleFenceConfig, changed: list[str]) -> Any:
+    """Knobs that would change earlier assignments are refused; the rest apply to new rounds."""
+    _refuse_frozen(bf.config, cfg, changed)
     if not changed:
         return bf
     bf.reconfigure(**{k: getattr(cfg, k) for k in changed})
@@ -582,37 +681,75 @@ def _embed_missing(
     dataset: fo.Dataset,
     ids: list[str],
     embedder: Any,
-    lock: RunLock,
+    lock: RunLock | None,
     span: tuple[float, float],
-) -> Generator[Progress, None, tuple[int, dict[str, str]]]:
-    """Embeds the samples among ``ids`` that lack `EMBEDDING_FIELD`, saving per chunk.
+    field: str = EMBEDDING_FIELD,
+    chunk_size: int = EMBED_CHUNK,
+) -> Generator[Progress, None, tuple[int, int, dict[str, str]]]:
+    """Embeds the samples among ``ids`` that lack ``field``, saving per chunk.
 
     Saving each chunk means a killed run keeps the work done; the next run embeds
-    only what is still missing.
+    only what is still missing. Returns (samples tried, embeddings this call wrote,
+    errors); the two counts differ when another writer (an embedding shard) got to
+    some samples first. ``lock`` (the split's) is kept alive between chunks.
     """
-    todo = dataset.select(ids).exists(EMBEDDING_FIELD, False)
+    todo = dataset.select(ids).exists(field, False)
     todo_ids, paths = todo.values(["id", "filepath"])
     errors: dict[str, str] = {}
-    done = 0
-    for start in range(0, len(todo_ids), EMBED_CHUNK):
-        chunk_ids = todo_ids[start : start + EMBED_CHUNK]
-        out = embedder.embed_paths(paths[start : start + EMBED_CHUNK])
-        ok_ids = [i for i, ok in zip(chunk_ids, out.ok, strict=True) if ok]
-        if ok_ids:
-            dataset.set_values(
-                EMBEDDING_FIELD,
-                dict(zip(ok_ids, list(out.embeddings), strict=True)),
-                key_field="id",
-            )
-        chunk_errors = {chunk_ids[row]: msg for row, msg in out.errors.items()}
-        values = {i: chunk_errors.get(i) for i in chunk_ids}
-        dataset.set_values(ERROR_FIELD, values, key_field="id")
-        errors.update(chunk_errors)
+    done = written = 0
+    for start in range(0, len(todo_ids), chunk_size):
+        chunk_ids = todo_ids[start : start + chunk_size]
+        out = embedder.embed_paths(paths[start : start + chunk_size])
+        written += _write_once(dataset, field, chunk_ids, out)
+        errors.update({chunk_ids[row]: msg for row, msg in out.errors.items()})
         done += len(chunk_ids)
-        lock.heartbeat()
+        if lock is not None:
+            lock.heartbeat()
         frac = span[0] + (span[1] - span[0]) * done / len(todo_ids)
         yield Progress(frac, f"Embedded {done}/{len(todo_ids)} images")
-    return len(todo_ids), errors
+    return len(todo_ids), written, errors
+
+
+def _write_once(dataset: fo.Dataset, field: str, ids: list[str], out: Any) -> int:
+    """Writes one chunk's embeddings and errors where ``field`` is still empty.
+
+    Each update is conditional on the sample having no embedding yet, which MongoDB
+    checks atomically per document: of two writers (shards of different layouts, a
+    split racing its shards) exactly one writes a sample, and a stored vector never
+    changes, which the state's per-sample checksums rely on. A successful sample's
+    old error is cleared; a failed one gets its message unless another writer has
+    embedded it meanwhile. Returns how many embeddings this call wrote. Raw updates
+    (as in `_write_assignments`) because ``set_values`` cannot be conditional; the
+    loaded samples are refreshed as ``set_values`` would.
+    """
+    from bson import ObjectId
+    from fiftyone.core.odm.database import bulk_write
+    from fiftyone.core.sample import Sample
+    from pymongo import UpdateOne
+
+    now = datetime.now(timezone.utc).replace(tzinfo=None)  # FiftyOne stores naive UTC
+    vectors = dataset.get_field(field)
+    ok_rows = np.flatnonzero(out.ok)
+    ok_ops = [
+        UpdateOne(
+            {"_id": ObjectId(ids[row]), field: None},
+            {"$set": {field: vectors.to_mongo(vec), ERROR_FIELD: None, "last_modified_at": now}},
+        )
+        for row, vec in zip(ok_rows, out.embeddings, strict=True)
+    ]
+    error_ops = [
+        UpdateOne(
+            {"_id": ObjectId(ids[row]), field: None},
+            {"$set": {ERROR_FIELD: msg, "last_modified_at": now}},
+        )
+        for row, msg in out.errors.items()
+    ]
+    coll = dataset._sample_collection
+    written = sum(r.modified_count for r in bulk_write(ok_ops, coll)) if ok_ops else 0
+    if error_ops:
+        bulk_write(error_ops, coll)
+    Sample._reload_docs(dataset._sample_collection_name, sample_ids=ids)
+    return written
 
 
 def _read_embeddings(
@@ -635,13 +772,8 @@ def _read_embeddings(
                 else ""
             )
         ) from e
-    wrong = [m for m in checked.errors.values() if m.startswith("wrong dimension")]
-    if wrong:
-        raise ValueError(
-            f"embeddings field {field!r} mixes dimensions: {len(wrong)} of the new "
-            f"samples have {sorted(set(wrong))[:3]}. All embeddings of a split must come "
-            "from one model"
-        )
+    # A few rows of another length are per-sample errors like unreadable images; a
+    # field where no row fits the state is refused above (another model).
     ok_ids = [ordered_ids[i] for i in checked.indices]
     errors = {ordered_ids[i]: f"{field}: {m}" for i, m in checked.errors.items()}
     return ok_ids, checked.embeddings, errors
@@ -886,6 +1018,8 @@ def _split_locked(
         if gone:
             n_forgotten += int(bf.forget(gone))
             assigned -= set(gone)
+    left = _leave_split_if_excluded(dataset, bf, params)
+    assigned -= set(left)
 
     target = samples.match_tags(EXCLUDED_TAG, bool=False)
     target_ids = set(target.values("id"))
@@ -898,19 +1032,22 @@ def _split_locked(
         "n_errors": 0,
         "n_forgotten": n_forgotten,
         "n_repaired": n_repaired,
+        "n_excluded_left": len(left),
         "config_changed": changed if bf is not None else [],
         "label_field": label_field,
         "group_field": group_field,
     }
     if not new_ids:
-        if n_forgotten and bf is not None:
+        if (n_forgotten or left) and bf is not None:
             save_state(dataset, bf, _params_for(dataset, bf, cfg, source_field, params))
-        return _finish_summary(
-            summary,
-            bf,
-            None,
-            "Nothing new to split: every sample in the target is already assigned",
-        )
+            clear_excluded_fields(dataset)
+        if not target_ids and not len(samples):
+            message = "Nothing to split: the target view is empty (0 samples)"
+        elif not target_ids:
+            message = f"Nothing to split: every sample of the target is tagged {EXCLUDED_TAG!r}"
+        else:
+            message = "Nothing new to split: every sample in the target is already assigned"
+        return _finish_summary(summary, bf, None, message)
 
     # Embeddings: compute what is missing, or read the chosen field.
     errors: dict[str, str] = {}
@@ -923,7 +1060,7 @@ def _split_locked(
                 f"model {embedder.model_name!r} gives {embedder.dim}-d embeddings but the "
                 f"state holds {dim}-d ones; reset the state to change model"
             )
-        n_embedded, errors = yield from _embed_missing(
+        n_embedded, _, errors = yield from _embed_missing(
             dataset, new_ids, embedder, lock, (0.02, 0.8)
         )
         summary["n_embedded"] = n_embedded
@@ -965,6 +1102,7 @@ def _split_locked(
     params["model_name"] = cfg.model_name if use_model else None
     params.update(label_field=label_field, group_field=group_field)
     save_state(dataset, bf, params)
+    clear_excluded_fields(dataset)
 
     yield Progress(0.95, "Writing split fields and tags")
     table = _assignment_table(
@@ -1001,23 +1139,70 @@ def _params_for(
         "dim": int(bf.dim) if bf.dim else None,
         "n_samples": int(bf.n_samples),
         "fields_round": int(old.get("fields_round", -1)),
+        "excluded_ids": old.get("excluded_ids", []),
         "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
 
-def _check_embedding_field(dataset: fo.Dataset, model_name: str, dim: int) -> None:
-    """`bubblefence_embedding` records its model so vectors of two models never mix."""
-    field = dataset.get_field(EMBEDDING_FIELD)
+def _leave_split_if_excluded(dataset: fo.Dataset, bf: Any, params: dict[str, Any]) -> list[str]:
+    """Samples tagged `EXCLUDED_TAG` that the state holds leave it (`forget`); returns them.
+
+    Nothing else moves: the others keep their split, bubble and shell. The run's
+    parameters list every excluded sample (``excluded_ids``), so the exclusion is
+    auditable. The caller commits, then calls `clear_excluded_fields`.
+    """
+    excluded = sorted(dataset.match_tags(EXCLUDED_TAG).values("id"))
+    params["excluded_ids"] = excluded
+    if bf is None or not excluded:
+        return []
+    held = set(bf.assignments()["id"].astype(str).tolist())
+    left = [i for i in excluded if i in held]
+    if left:
+        bf.forget(left)
+    return left
+
+
+def clear_excluded_fields(dataset: fo.Dataset) -> int:
+    """Clears the split fields and split tags of excluded samples; returns how many.
+
+    Run after the commit that dropped them from the state; idempotent, so a run that
+    died in between finishes the job next time.
+    """
+    if not dataset.has_field(ROUND_FIELD):
+        return 0
+    ids = dataset.match_tags(EXCLUDED_TAG).exists(ROUND_FIELD).values("id")
+    if ids:
+        view = dataset.select(ids)
+        view.untag_samples(list(SPLIT_TAGS))
+        view.clear_sample_fields([f for f in RESULT_FIELDS if f != ERROR_FIELD])
+    return len(ids)
+
+
+def _check_embedding_field(
+    dataset: fo.Dataset, model_name: str, dim: int, name: str = EMBEDDING_FIELD
+) -> None:
+    """The field a model writes records that model, so vectors of two models never mix."""
+    field = dataset.get_field(name)
     info = {"model_name": model_name, "dim": int(dim)}
     if field is None:
-        dataset.add_sample_field(EMBEDDING_FIELD, fo.VectorField, info=info)
+        dataset.add_sample_field(name, fo.VectorField, info=info)
         return
+    if not isinstance(field, fo.VectorField):
+        raise ValueError(
+            f"field {name!r} is a {type(field).__name__}; embeddings are written to a "
+            "VectorField: choose another field name or delete that field"
+        )
     stored = field.info or {}
     if stored.get("model_name") not in (None, model_name) or stored.get("dim") not in (None, dim):
+        redo = (
+            "reset without keeping embeddings"
+            if name == EMBEDDING_FIELD
+            else f"delete field {name!r} or choose another one"
+        )
         raise ValueError(
-            f"field {EMBEDDING_FIELD!r} holds embeddings of model {stored.get('model_name')!r} "
-            f"({stored.get('dim')}-d), not of {model_name!r}; reset without keeping "
-            "embeddings to recompute them with the new model"
+            f"field {name!r} holds embeddings of model {stored.get('model_name')!r} "
+            f"({stored.get('dim')}-d), not of {model_name!r}; {redo} to recompute them "
+            "with the new model"
         )
     if not stored:
         field.info = info
@@ -1157,22 +1342,28 @@ def export(
     overwrite: bool = False,
     **kwargs: Any,
 ) -> dict[str, Any]:
-    """Exports each split (or each of ``tags``) of ``samples`` to ``export_dir/<name>``.
+    """Exports each split (or each of ``tags``) of ``samples`` to ``export_dir/<folder>``.
 
-    Also writes ``export_dir/manifest.csv`` (one row per exported sample:
-    id, filepath, split, anchor_id, shell, round, duplicate_of). A non-empty
+    Each name becomes a safe folder name (`export_folders`: ``../x`` -> ``x``), and
+    every path is checked to stay inside ``export_dir`` before anything is written.
+    Also writes ``export_dir/manifest.csv`` (one row per exported sample: id,
+    filepath, split, anchor_id, shell, round, duplicate_of from the stored state, and
+    export_folders, the sample's names and folders as JSON). A non-empty
     ``export_dir`` is refused unless ``overwrite=True``, which empties it first.
     """
     export_dir = Path(export_dir).expanduser().resolve()
     type_name, type_cls = _dataset_type(dataset_type)
-    names = list(tags) if tags else list(splits or SPLIT_TAGS)
-    if not names:
-        raise ValueError("nothing to export: give at least one split or tag")
+    names = _export_names(tags if tags else splits or SPLIT_TAGS)
+    folders = export_folders(names)
+    _check_export_kwargs(kwargs)
+    for folder in folders.values():
+        path_inside(export_dir, export_dir / folder)
+    loaded = load_state(samples, embeddings=False)  # a damaged state fails before any write
+    table = _table_from_frame(loaded[0].assignments()) if loaded else {"id": []}
     _prepare_export_dir(samples, export_dir, overwrite)
 
     exported: dict[str, int] = {}
-    manifest_ids: list[str] = []
-    seen: set[str] = set()
+    exported_as: dict[str, dict[str, str]] = {}  # sample id -> {name: folder}, in order
     for name in names:
         view = samples.match_tags(name)
         exported[name] = len(view)
@@ -1182,26 +1373,84 @@ def export(
         if label_field:
             args["label_field"] = label_field
         if type_name in _SPLIT_ARG_TYPES:
-            args.update(export_dir=str(export_dir), split=name)
+            args.update(export_dir=str(export_dir), split=folders[name])
         else:
-            args["export_dir"] = str(export_dir / name)
+            args["export_dir"] = str(export_dir / folders[name])
         if type_name != "FiftyOneDataset" or export_media is not True:
             args["export_media"] = export_media
         view.export(dataset_type=type_cls, **args)
         for sid in view.values("id"):
-            if sid not in seen:
-                seen.add(sid)
-                manifest_ids.append(sid)
+            exported_as.setdefault(sid, {})[name] = folders[name]
 
-    manifest = export_dir / "manifest.csv"
-    _write_manifest(samples._root_dataset, manifest_ids, manifest)
+    manifest = export_dir / MANIFEST_NAME
+    _write_manifest(samples._root_dataset, exported_as, table, manifest)
     return {
         "export_dir": str(export_dir),
         "dataset_type": type_name,
         "counts": exported,
+        "folders": folders,
         "manifest": str(manifest),
-        "n_manifest_rows": len(manifest_ids),
+        "n_manifest_rows": len(exported_as),
     }
+
+
+def _export_names(names: Any) -> list[str]:
+    if isinstance(names, str):
+        names = [names]  # one tag, not its letters
+    names = list(dict.fromkeys(names))
+    if not names:
+        raise ValueError("nothing to export: give at least one split or tag")
+    bad = [n for n in names if not isinstance(n, str) or not n.strip()]
+    if bad:
+        raise ValueError(f"splits/tags must be non-empty strings, got {bad[:5]}")
+    return names
+
+
+def export_folders(names: Sequence[str]) -> dict[str, str]:
+    """A safe folder name per split/tag name: one path component of letters, digits,
+    ``.``, ``_`` and ``-`` that is not ``.``, ``..`` or the manifest, unique per name
+    (``_2``, ``_3`` on a clash). ``train`` stays ``train``; ``../../x`` becomes ``x``."""
+    out: dict[str, str] = {}
+    used = {MANIFEST_NAME}
+    for name in names:
+        base = safe_name(name, "tag")
+        folder, k = base, 1
+        while folder.lower() in used:
+            k += 1
+            folder = f"{base}_{k}"
+        used.add(folder.lower())  # case-insensitive file systems would merge the two
+        out[name] = folder
+    return out
+
+
+def safe_name(text: str, fallback: str) -> str:
+    """``text`` as one portable file or folder name (letters, digits, ``.``, ``_``,
+    ``-``; no leading dot, so never ``..``), or ``fallback`` when nothing is left."""
+    return _UNSAFE_CHARS.sub("_", str(text)).strip("._-")[:_MAX_FOLDER_CHARS] or fallback
+
+
+def path_inside(root: Path, path: Path) -> Path:
+    """``path`` resolved, refused unless it lies strictly inside ``root`` (resolved)."""
+    root = root.resolve()
+    resolved = path.resolve()
+    if resolved == root or not resolved.is_relative_to(root):
+        raise ValueError(f"refusing to write {str(resolved)!r}: it is outside {str(root)!r}")
+    return resolved
+
+
+def _check_export_kwargs(kwargs: dict[str, Any]) -> None:
+    """Exporter paths stay relative to the export folder: no absolute path, no ``..``."""
+    reserved = sorted({"export_dir", "split"} & set(kwargs))
+    if reserved:
+        raise ValueError(f"export() sets {reserved} itself; do not pass them")
+    for key, value in kwargs.items():
+        if (key.endswith(("_path", "_dir")) and isinstance(value, (str, os.PathLike))) and (
+            Path(value).is_absolute() or ".." in Path(value).parts
+        ):
+            raise ValueError(
+                f"{key}={str(value)!r} would write outside the export folder; give a path "
+                "relative to it, without '..'"
+            )
 
 
 def _prepare_export_dir(samples: foc.SampleCollection, export_dir: Path, overwrite: bool) -> None:
@@ -1232,29 +1481,39 @@ def _prepare_export_dir(samples: foc.SampleCollection, export_dir: Path, overwri
         raise ValueError(f"export_dir {str(export_dir)!r} is not writable: {e}") from e
 
 
-def _write_manifest(dataset: fo.Dataset, ids: list[str], path: Path) -> None:
-    fields = [
-        "id",
-        "filepath",
-        SPLIT_FIELD,
-        ANCHOR_FIELD,
-        SHELL_FIELD,
-        ROUND_FIELD,
-        DUPLICATE_FIELD,
-    ]
-    present = [f for f in fields if f in ("id", "filepath") or dataset.has_field(f)]
-    rows: dict[str, list] = {f: [None] * len(ids) for f in fields}
-    if ids:
-        values = dataset.select(ids, ordered=True).values(present)
-        for f, column in zip(present, values, strict=True):
-            rows[f] = column
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
+def _write_manifest(
+    dataset: fo.Dataset,
+    exported_as: dict[str, dict[str, str]],
+    table: dict[str, list],
+    path: Path,
+) -> None:
+    """One row per exported sample. Its assignment comes from ``table``, the stored
+    state's (the source of truth; the fields are only a mirror), empty for a sample the
+    state does not hold; every cell is neutralised against spreadsheet formulas and
+    quoted."""
+    ids = list(exported_as)
+    position = {sid: k for k, sid in enumerate(table["id"])}
+    columns = ("split", "anchor_id", "shell", "round", "duplicate_of")
+    paths = dict(zip(*dataset.select(ids).values(["id", "filepath"]), strict=True)) if ids else {}
+    with open(path, "x", newline="", encoding="utf-8") as fh:  # "x": never overwrite
+        writer = csv.writer(fh, quoting=csv.QUOTE_ALL)
         writer.writerow(MANIFEST_COLUMNS)
-        for k in range(len(ids)):
-            writer.writerow(["" if rows[f][k] is None else rows[f][k] for f in fields])
+        for sid in ids:
+            k = position.get(sid)
+            state = [None if k is None else table[c][k] for c in columns]
+            folders = json.dumps(exported_as[sid], ensure_ascii=False)
+            writer.writerow([_csv_cell(v) for v in (sid, paths.get(sid), *state, folders)])
+
+
+def _csv_cell(value: Any) -> str:
+    text = "" if value is None else str(value)
+    return "'" + text if text.startswith(_FORMULA_START) else text
 
 
 def read_manifest(path: str | os.PathLike) -> list[dict[str, str]]:
+    """The manifest's rows, with the quote `_csv_cell` put before formula-like cells removed."""
     with open(path, newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
+        return [
+            {k: v[1:] if v.startswith("'") else v for k, v in row.items()}
+            for row in csv.DictReader(fh)
+        ]

@@ -96,10 +96,7 @@ def _earliest(
     """(query, base position) of each query's `CANDIDATES` earliest partners at the
     threshold, sorted by query then position. `before[q]`: only positions below it."""
     queries_out, bases_out = [], []
-    for group, base, sims in index.scan(queries):
-        base_vectors = index.embeddings[index.rows[base]]
-        qi, bj = pairs_at_least(sims, index.threshold, queries[group], base_vectors)
-        q, b = group[qi], base[bj]
+    for q, b, _ in index.pairs(queries):
         keep = np.ones(len(q), bool)
         if before is not None:
             keep &= b < before[q]

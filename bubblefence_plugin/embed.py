@@ -521,7 +521,11 @@ class ImageEmbedder:
 
     def _pixels(self, rgb: Image.Image) -> np.ndarray:
         try:
-            out = self._processor(images=rgb, return_tensors="np")["pixel_values"]
+            # Stated, not guessed: transformers infers the channel axis from the shape,
+            # and takes a 1-pixel-high image (1, w, 3) for channels-first.
+            out = self._processor(
+                images=rgb, return_tensors="np", input_data_format="channels_last"
+            )["pixel_values"]
         except Exception as exc:
             raise _FileError(f"preprocessing failed ({_short(exc)})") from None
         return np.ascontiguousarray(out[0], dtype=np.float32)

@@ -192,6 +192,11 @@ def _fit_nonlinear(x: np.ndarray, method: str, seed: int) -> np.ndarray:
     return np.asarray(reducer.fit_transform(x), np.float32)
 
 
+# Smallest drawn bubble radius, as a share of the map's span: a circle of radius 0
+# (a bubble holding one sample) would not be drawn at all.
+MIN_DRAWN_SHARE = 0.004
+
+
 def bubble_radii(
     xy: np.ndarray,
     member_anchor: np.ndarray,
@@ -224,9 +229,13 @@ def bubble_radii(
     known = ~np.isnan(outer) & (radius > 0)
     scale = float(np.median(outer[known] / radius[known])) if known.any() else 1.0
     outer = np.where(np.isnan(outer), radius * scale, outer)
+    # A bubble of one sample (a unit held out whole) still gets a visible circle.
+    span = float(np.ptp(xy, axis=0).max()) if len(xy) else 0.0
+    outer = np.maximum(outer, MIN_DRAWN_SHARE * span)
     # A bubble without an inner shell (inner radius <= 0) gets an inner circle of 0.
     ratio = np.divide(inner_radius, radius, out=np.zeros(n_anchors), where=radius > 0)
     inner_2d = np.where(np.isnan(inner_2d), outer * np.clip(ratio, 0.0, 1.0), inner_2d)
+    inner_2d = np.where(inner_radius > 0, np.maximum(inner_2d, MIN_DRAWN_SHARE * span), 0.0)
     return outer, np.minimum(inner_2d, outer)
 
 

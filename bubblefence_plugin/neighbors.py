@@ -8,8 +8,10 @@ Two tools serve every step that needs neighbours:
 * `CellIndex`, an exact range search for thresholds (near twins, duplicates): rows
   are grouped into cells around seeded centres, and a cell is visited for a query
   only when the triangle inequality lets it hold a row within the threshold
-  (||q - c|| <= R_cell + tau). Memory is one block of queries times the visited
-  cells, whatever the data: a dense cluster makes more cells, not bigger blocks.
+  (||q - c|| <= R_cell + tau); within a block, a PCA projection (which never
+  lengthens a distance) rules out pairs before any full-dimension product. Memory
+  is one block of queries times the visited cells, whatever the data: a dense
+  cluster makes more cells, not bigger blocks.
 
 Decisions never rest on the last bits of a BLAS product, whose summation order
 changes with the thread count and the processor: `pairs_at_least` re-computes the
@@ -40,8 +42,15 @@ CELL_SIZE = 256
 # Dimensions of the PCA projection in which rows are assigned to cells; the bounds
 # that decide which cells to visit are computed in full dimension.
 CELL_DIMS = 32
-# Memory of one block of similarities in a `CellIndex` scan.
-SCAN_BYTES = 64 * 2**20
+# Memory of one block of similarities in a `CellIndex` search (with the rows gathered
+# for it, a few times this at peak).
+SCAN_BYTES = 16 * 2**20
+# Below this share of a block surviving the projected look, the survivors are computed
+# pair by pair (float64) rather than the whole block by BLAS: gathering two rows per
+# pair costs more than a BLAS product beyond a few in a thousand.
+SPARSE_SHARE = 0.002
+# Margin on squared projected distances, far above float32 cancellation (~1e-6).
+PROJECTION_MARGIN = 1e-4
 
 
 def similarity_to_distance(similarity: np.ndarray | float) -> np.ndarray | float:
@@ -204,7 +213,10 @@ class CellIndex:
         n_cells = max(1, -(-n // CELL_SIZE))
         sample = embeddings[self.rows[np.sort(rng.choice(n, min(n, 20_000), replace=False))]]
         axes = principal_axes(sample, CELL_DIMS) if n > 1 else np.eye(1, embeddings.shape[1])
-        projected = project_rows(embeddings, self.rows, axes.astype(np.float32))
+        self.axes = axes.astype(np.float32)
+        projected = project_rows(embeddings, self.rows, self.axes)
+        self.projected = projected
+        self.projected_norm2 = np.einsum("ij,ij->i", projected, projected)
         centre_positions = np.sort(rng.choice(n, n_cells, replace=False))
         _, cell = cKDTree(projected[centre_positions]).query(projected)
         cell = np.asarray(cell, dtype=np.int64)
@@ -236,13 +248,15 @@ class CellIndex:
         slack = self.radius + self.tau + 1e-4
         return np.flatnonzero((self.centre_distances(vectors) <= slack).any(axis=0))
 
-    def scan(self, queries: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Yield (query indices, base positions, similarities) blocks such that every
-        (query, base row) pair within the threshold appears in exactly one block.
+    def pairs(self, queries: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Yield (query indices, base positions, similarities) blocks holding every pair
+        of a query and a row of the index at or above the threshold, exactly once,
+        decided exactly. The similarities are float32 products (float64 where the pair
+        was computed alone): good for ranking, not for deciding near ties.
 
         Queries are taken in groups that share their nearest cell, so that the cells
-        they reach overlap; a group's block is split over its base rows to stay
-        within `SCAN_BYTES`.
+        they reach overlap; a group's block is split over its base rows to stay within
+        `SCAN_BYTES`.
         """
         if len(queries) == 0 or len(self.rows) == 0:
             return
@@ -250,18 +264,46 @@ class CellIndex:
         for rows, sims in iter_similarity_blocks(queries, self.centres):
             nearest_cell[rows] = np.argmax(sims, axis=1)
         order = np.lexsort((np.arange(len(queries)), nearest_cell))
+        projected = queries @ self.axes.T
         for start in range(0, len(order), DEFAULT_BLOCK // 4):
             group = np.sort(order[start : start + DEFAULT_BLOCK // 4])
-            vectors = queries[group]
-            cells = self.reachable(vectors)
+            cells = self.reachable(queries[group])
             if len(cells) == 0:
                 continue
             base = np.concatenate([self.members(c) for c in cells])
-            # The gathered base rows cost as much memory as the block of similarities.
             step = max(1, SCAN_BYTES // (4 * max(len(group), self.embeddings.shape[1])))
             for b0 in range(0, len(base), step):
                 part = base[b0 : b0 + step]
-                yield group, part, vectors @ self.embeddings[self.rows[part]].T
+                i, j, sims = self.block_pairs(queries[group], projected[group], part)
+                yield group[i], part[j], sims
+
+    def block_pairs(
+        self, left: np.ndarray, left_projected: np.ndarray, right: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(i, j, similarity) with left[i] . (row at position right[j]) >= threshold, exactly.
+
+        The projected distance never exceeds the true one, so a first look in the
+        `CELL_DIMS`-d projection (a product 16 times cheaper at D = 512) rules pairs out;
+        when few remain (duplicates, tight thresholds) only they are computed, in
+        float64, else the block is computed in full and `pairs_at_least` decides.
+        """
+        right_projected = self.projected[right]
+        # ||a - b||^2 = |a|^2 + |b|^2 - 2 a.b, in place: one block of float32.
+        distance2 = left_projected @ right_projected.T
+        distance2 *= -2.0
+        distance2 += np.einsum("ij,ij->i", left_projected, left_projected)[:, None]
+        distance2 += self.projected_norm2[right][None, :]
+        # The expanded square loses ~1e-6 to cancellation: an absolute margin covers it.
+        i, j = np.nonzero(distance2 <= self.tau**2 + PROJECTION_MARGIN)
+        right_vectors_of = self.rows[right]
+        if len(i) <= SPARSE_SHARE * distance2.size:
+            sims = exact_similarity(left[i], self.embeddings[right_vectors_of[j]])
+            keep = sims >= self.threshold
+            return i[keep], j[keep], sims[keep]
+        right_vectors = self.embeddings[right_vectors_of]
+        block = left @ right_vectors.T
+        i, j = pairs_at_least(block, self.threshold, left, right_vectors)
+        return i, j, block[i, j]
 
 
 def nearest_centre(vectors: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

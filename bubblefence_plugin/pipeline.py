@@ -193,9 +193,13 @@ class BubbleFence:
         # Twins: the new samples' components, and their links to assigned samples.
         clock = time.perf_counter()
         codes = None if groups is None and self._groups is None else group_codes(all_groups)
-        components = twin_components(
-            all_x, new_kept, cfg.leak_threshold, cfg.seed, links=group_links(codes, new_kept)
-        )
+        # The new samples' components at the leak threshold bind them to assigned samples
+        # and bubbles; with nothing assigned yet, none is needed.
+        if n_old or codes is not None:
+            links = group_links(codes, new_kept)
+            components = twin_components(all_x, new_kept, cfg.leak_threshold, cfg.seed, links)
+        else:
+            components = None
         stats: dict[str, Any] = {}
         if codes is not None:
             old_rows = np.flatnonzero(kept[:n_old])
@@ -210,14 +214,17 @@ class BubbleFence:
                 cfg.validation_ratio,
             )
             stats["group_known"] = int(known.sum())
-        binding = bind_to_assigned(
-            all_x, new_kept, components, split, anchor, shell, kept, n_old, cfg
-        )
-        stats.update(binding.stats)
+        stats.update(bound_to_twins=0, cut_pairs_twins=0)
+        if components is not None:
+            binding = bind_to_assigned(
+                all_x, new_kept, components, split, anchor, shell, kept, n_old, cfg
+            )
+            stats.update(binding.stats)
         timings["twins"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
-        join_existing_bubbles(all_x, new_kept, components, split, anchor, shell, self._anchors)
+        if components is not None:
+            join_existing_bubbles(all_x, new_kept, components, split, anchor, shell, self._anchors)
         timings["existing_bubbles"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
@@ -249,10 +256,18 @@ class BubbleFence:
 
             grower.serve_strata(make_stream)
             grower.fill(make_stream)
+            if grower.remaining > 0 and cfg.unit_threshold < cfg.leak_threshold:
+                # The closure margin is a preference: where its units are too coarse
+                # for the quota, the twin components themselves (still leak-free) serve.
+                still_open = open_rows[split[open_rows] == UNASSIGNED]
+                links = group_links(codes, still_open)
+                finer = twin_components(all_x, still_open, cfg.leak_threshold, cfg.seed, links)
+                grower.use_units(Units.from_labels(n, still_open, finer))
+                grower.fill(make_stream)
             grower.cut(n_kept)
-        stats["layouts_turned"] = grower.balance_shells()
+        stats["shells_recut"] = grower.balance_shells()
         new_table, grown_anchor, grown_shell, grow_stats = grower.result()
-        grow_stats["cut_pairs"] += binding.stats["cut_pairs_twins"]
+        grow_stats["cut_pairs"] += stats["cut_pairs_twins"]
         stats = {**grow_stats, **stats}
         grown = grown_anchor >= 0
         anchor[grown] = grown_anchor[grown]
@@ -309,13 +324,13 @@ class BubbleFence:
         all_x: np.ndarray,
         open_rows: np.ndarray,
         codes: np.ndarray | None,
-        components: np.ndarray,
+        components: np.ndarray | None,
         new_kept: np.ndarray,
     ) -> np.ndarray:
         """Component labels of the open rows at `closure_threshold` (the units bubbles
         capture): the twin components themselves unless the closure is looser."""
         cfg = self.config
-        if cfg.unit_threshold >= cfg.leak_threshold:
+        if components is not None and cfg.unit_threshold >= cfg.leak_threshold:
             return components[np.searchsorted(new_kept, open_rows)]
         links = group_links(codes, open_rows)
         return twin_components(all_x, open_rows, cfg.unit_threshold, cfg.seed, links=links)

@@ -26,8 +26,8 @@ regions (`regions.RegionIndex`, smallest first). Phases:
 **Shells.** A bubble's components are ordered by their member nearest to the centre;
 the inner shell takes whole components up to the count nearest the running
 validation target, so no component straddles validation and test. At the end of
-the round, new bubbles are turned (inner_val <-> inner_test) where that brings
-validation / (validation + test) closer to `validation_ratio`.
+the round, the inner shells of new bubbles are re-cut between components where that
+brings validation / (validation + test) to `validation_ratio`.
 """
 
 from __future__ import annotations
@@ -135,6 +135,7 @@ class Strata:
     cap: np.ndarray
     eval_count: np.ndarray
     order: np.ndarray  # the strata in the order they are served
+    n_first: int = 0  # strata of the first column block (labels, when given)
 
     @classmethod
     def build(
@@ -164,7 +165,8 @@ class Strata:
             order.append(offset + local)
             offset += column.shape[1]
         order_array = np.concatenate(order) if order else np.empty(0, np.int64)
-        return cls(matrix, target, cap, eval_count, order_array)
+        n_first = columns[0].shape[1] if len(columns) > 1 else 0
+        return cls(matrix, target, cap, eval_count, order_array, n_first)
 
     def deficit(self, stratum: int) -> int:
         return int(self.target[stratum] - self.eval_count[stratum])
@@ -247,6 +249,9 @@ class BubbleGrower:
         self.stats = {"captured_strata": 0, "captured_fill": 0, "captured_cut": 0}
         # Open samples of the stratum being served, per component.
         self._worth = np.zeros(len(units.size), np.int64)
+        # Per new bubble: its members (inner first), their distances to the centre, and
+        # the inner-shell sizes that fall between components (leak-free cuts).
+        self._shell_cuts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
 
     @property
     def remaining(self) -> int:
@@ -256,6 +261,12 @@ class BubbleGrower:
     def allowed(self) -> int:
         """The most a capture may still add."""
         return min(self.budget.cap, self.budget.need + self.budget.slack) - self.captured
+
+    def use_units(self, units: Units) -> None:
+        """Go on with other units of the samples still open (finer components)."""
+        self.units = units
+        self.open_size = units.size.copy()
+        self._worth = np.zeros(len(units.size), np.int64)
 
     # -- the phases -----------------------------------------------------------------------
 
@@ -305,16 +316,19 @@ class BubbleGrower:
 
     def fill(self, make_stream: Callable[[np.ndarray, int], CandidateStream]) -> None:
         """Candidates whose component fits: first those whose strata are all below their
-        cap (so the fill does not pile onto the strata that were easy), then any."""
-        for spare_strata_only in (True, False):
+        cap (so the fill does not pile onto the strata that were easy), then those whose
+        labels are (regions may pass their cap), then any."""
+        strata = self.strata
+        for checked in (len(strata.target), strata.n_first, 0):
             if self.remaining <= 0:
                 return
             open_rows = np.flatnonzero(self.split == UNASSIGNED)
             component = self.units.component[open_rows]
             fits = (component >= 0) & (self.open_size[np.maximum(component, 0)] <= self.allowed)
-            if spare_strata_only:
-                full = (self.strata.eval_count >= self.strata.cap).astype(np.int64)
-                fits &= np.asarray(self.strata.matrix[open_rows] @ full).reshape(-1) == 0
+            if checked:
+                full = (strata.eval_count >= strata.cap).astype(np.int64)
+                full[checked:] = 0
+                fits &= np.asarray(strata.matrix[open_rows] @ full).reshape(-1) == 0
             pool = open_rows[fits]
             if len(pool) == 0:
                 continue
@@ -454,6 +468,7 @@ class BubbleGrower:
         ends = np.flatnonzero(np.r_[component[1:] != component[:-1], True]) + 1
         choices = np.r_[0, ends]
         n_inner = int(choices[np.argmin(np.abs(choices - target_inner))])
+        self._shell_cuts.append((members, 1.0 - np.asarray(sims, np.float64), choices))
         self._record(centre, members, sims, n_inner, layout, lid, 0, counter, radius)
         self.open_size[np.unique(component)] = 0
 
@@ -488,6 +503,8 @@ class BubbleGrower:
         n_inner, _, inner_crossed = choose_inner_cut(
             self.embeddings, taken, taken_sims, target_inner, self.config.leak_threshold
         )
+        # A cut component keeps its inner cut: another would cut other twin pairs.
+        self._shell_cuts.append((taken, 1.0 - taken_sims.astype(np.float64), np.r_[n_inner]))
         self._record(
             centre,
             taken,
@@ -570,33 +587,35 @@ class BubbleGrower:
     # -- the end of the round ---------------------------------------------------------------
 
     def balance_shells(self) -> int:
-        """Turn new bubbles (swap their shells' splits) while that brings validation /
-        eval closer to `validation_ratio`; the largest imbalances first. Returns how many.
+        """Re-cut the inner shells of new bubbles, between components, so that validation /
+        (validation + test) comes to `validation_ratio`; the largest bubbles first, each
+        to the cut that brings the whole closest. Returns how many bubbles changed.
 
-        Only with `shell_layout="random"`: a fixed layout is the user's choice.
+        Any cut between two components is leak-free, so this costs nothing: it corrects
+        what the running target could not (a large unit taken whole early in the round).
         """
-        if self.config.shell_layout != "random" or not self.new_rows:
-            return 0
-        first = len(self.anchors)
-        ratio = self.config.validation_ratio
-        turned = 0
-        rows_of = [np.flatnonzero(self.anchor_of == first + i) for i in range(len(self.new_rows))]
-        gains = []
-        for i, rows in enumerate(rows_of):
-            codes = self.split[rows]
-            gains.append((int(np.sum(codes == TEST) - np.sum(codes == VALIDATION)), i))
-        for delta, i in sorted(gains, key=lambda g: (-abs(g[0]), g[1])):
-            before = abs(self.n_val - ratio * self.n_eval)
-            after = abs(self.n_val + delta - ratio * self.n_eval)
-            if delta == 0 or after >= before:
-                continue
-            rows = rows_of[i]
-            self.split[rows] = VALIDATION + TEST - self.split[rows]
+        target = self.config.validation_ratio * self.n_eval
+        changed = 0
+        sizes = [len(members) for members, _, _ in self._shell_cuts]
+        for i in sorted(range(len(sizes)), key=lambda b: (-sizes[b], b)):
+            members, distance, choices = self._shell_cuts[i]
             bubble = self.new_rows[i]
-            bubble["layout"] = INNER_VAL + INNER_TEST - bubble["layout"]
-            self.n_val += delta
-            turned += 1
-        return turned
+            inner_is_val = bubble["layout"] == INNER_VAL
+            n_inner = int(np.sum(self.shell_of[members] == INNER))
+            val_now = n_inner if inner_is_val else len(members) - n_inner
+            val_options = choices if inner_is_val else len(members) - choices
+            error = np.abs(self.n_val - val_now + val_options - target)
+            best = int(choices[np.argmin(error)])  # ties: the first, the smaller shell
+            if best == n_inner:
+                continue
+            shells = np.where(np.arange(len(members)) < best, INNER, OUTER).astype(np.int8)
+            codes = shell_split(np.full(len(members), bubble["layout"], np.int8), shells)
+            self.shell_of[members] = shells
+            self.split[members] = codes
+            self.n_val += int(np.sum(codes == VALIDATION)) - val_now
+            bubble["inner_radius"] = float(distance[:best].max()) + 1e-6 if best else -1.0
+            changed += 1
+        return changed
 
     def result(self) -> tuple[AnchorTable, np.ndarray, np.ndarray, dict]:
         table = AnchorTable.from_rows(self.new_rows, self.embeddings.shape[1])

@@ -32,7 +32,7 @@ import numpy as np
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 
-from .neighbors import RANK_DECIMALS, CellIndex, exact_block, pairs_at_least
+from .neighbors import DECISION_EPS, RANK_DECIMALS, SCAN_BYTES, CellIndex, exact_similarity
 
 
 class UnionFind:
@@ -144,14 +144,12 @@ def _merge_cells(index: CellIndex, found: UnionFind) -> None:
 
 def _merge_block(index: CellIndex, found: UnionFind, left: np.ndarray, right: np.ndarray) -> None:
     """Union every twin pair between positions `left` and `right`, block by block."""
-    embeddings, rows = index.embeddings, index.rows
-    step = max(1, (64 * 2**20) // (4 * max(len(left), 1)))
-    left_vectors = embeddings[rows[left]]
+    step = max(1, SCAN_BYTES // (4 * max(len(left), index.embeddings.shape[1])))
+    left_vectors = index.embeddings[index.rows[left]]
+    left_projected = index.projected[left]
     for start in range(0, len(right), step):
         part = right[start : start + step]
-        part_vectors = embeddings[rows[part]]
-        sims = left_vectors @ part_vectors.T
-        i, j = pairs_at_least(sims, index.threshold, left_vectors, part_vectors)
+        i, j, _ = index.block_pairs(left_vectors, left_projected, part)
         if len(i):
             found.union(left[i], part[j])
 
@@ -186,20 +184,20 @@ def twin_votes(
     count = np.zeros((n, n_classes), np.int64)
     best = np.full((n, n_classes), -1, np.int64)
     best_sim = np.full((n, n_classes), -np.inf)
-    for group, base, sims in index.scan(queries):
-        base_vectors = embeddings[index.rows[base]]
-        qi, bj = pairs_at_least(sims, index.threshold, queries[group], base_vectors)
-        if len(qi) == 0:
+    for q_rows, b_pos, sims in index.pairs(queries):
+        if len(q_rows) == 0:
             continue
-        q_rows, b_pos = group[qi], base[bj]
         classes = base_class[b_pos]
-        np.add.at(count, (q_rows, classes), 1)
-        rows, row_at = np.unique(qi, return_inverse=True)
-        cols, col_at = np.unique(bj, return_inverse=True)
-        block = exact_block(queries[group[rows]], base_vectors[cols])
-        exact = np.round(block[row_at, col_at], RANK_DECIMALS)
+        key = q_rows * n_classes + classes
+        count += np.bincount(key, minlength=n * n_classes).reshape(n, n_classes)
         b_rows = index.rows[b_pos]
-        # Per (query, class): the most similar twin, then the smaller row.
+        # The best twin per (query, class): the float32 products rank, and only the pairs
+        # within DECISION_EPS of each best are re-computed, so memory stays per block.
+        top = np.full(n * n_classes, -np.inf)
+        np.maximum.at(top, key, sims)
+        close = np.flatnonzero(sims >= top[key] - DECISION_EPS)
+        q_rows, classes, b_rows = q_rows[close], classes[close], b_rows[close]
+        exact = np.round(exact_similarity(queries[q_rows], embeddings[b_rows]), RANK_DECIMALS)
         order = np.lexsort((b_rows, -exact, classes, q_rows))
         q_rows, classes, exact, b_rows = q_rows[order], classes[order], exact[order], b_rows[order]
         first = np.r_[True, (q_rows[1:] != q_rows[:-1]) | (classes[1:] != classes[:-1])]

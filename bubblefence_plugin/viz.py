@@ -71,7 +71,10 @@ ROUND_COLORS = (
 )
 # Drawing order: train underneath, the held-out splits on top.
 POINT_CATEGORIES = ("train", "duplicate", "validation", "test", "excluded")
-COLOR_BY = ("split", "round")
+COLOR_BY = ("split", "round", "typicality", "region")
+# Score fields written by `bubblefence_plugin.curate`, coloured by value.
+SCORE_COLOR_FIELDS = {"typicality": "bubblefence_typicality", "region": "bubblefence_region"}
+NO_SCORE_COLOR = "#bdbdbd"
 BUBBLES_TRACE = "bubbles"
 # Per-bubble columns of `BubbleFence.anchors` kept for the panel's hover text.
 ANCHOR_COLUMNS = ("radius", "inner_radius", "layout", "lid", "round", "n_validation", "n_test")
@@ -348,14 +351,19 @@ def map_figure(
 
     if color_by == "split":
         groups = [(c, category == c, SPLIT_COLORS[c]) for c in POINT_CATEGORIES]
-    else:
+    elif color_by == "round":
         groups = [
             (f"round {r}", rnd == r, ROUND_COLORS[r % len(ROUND_COLORS)])
             for r in sorted(set(rnd.tolist()))
         ]
-    data = [
-        _point_trace(name, xy[mask], ids[mask], color) for name, mask, color in groups if mask.any()
-    ]
+    if color_by in SCORE_COLOR_FIELDS:
+        data = _score_traces(drawn_view, color_by, xy, ids)
+    else:
+        data = [
+            _point_trace(name, xy[mask], ids[mask], color)
+            for name, mask, color in groups
+            if mask.any()
+        ]
 
     bubbles = stored.anchors
     if _is_filtered(samples):
@@ -418,6 +426,40 @@ def _point_trace(name: str, xy: np.ndarray, ids: np.ndarray, color: str) -> dict
     }
 
 
+def _score_traces(
+    drawn_view: foc.SampleCollection, color_by: str, xy: np.ndarray, ids: np.ndarray
+) -> list[dict[str, Any]]:
+    """Points coloured by a curation score: a colour scale for typicality, a palette
+    colour per region; samples without the score in one grey trace."""
+    field = SCORE_COLOR_FIELDS[color_by]
+    values: dict[str, Any] = {}
+    if drawn_view._root_dataset.has_field(field):
+        values = dict(zip(*drawn_view.values(["id", field]), strict=True))
+    score = np.asarray([values.get(i) for i in ids], dtype=object)
+    has = np.asarray([v is not None for v in score], bool)
+    traces = []
+    if has.any():
+        trace = _point_trace(color_by, xy[has], ids[has], NO_SCORE_COLOR)
+        numbers = score[has].astype(np.float64)
+        if color_by == "typicality":
+            trace["marker"].update(
+                color=np.round(numbers, 4).tolist(),
+                colorscale="Viridis",
+                showscale=True,
+                colorbar={"title": {"text": "typicality"}},
+            )
+            trace["text"] = [f"typicality {v:.3f}" for v in numbers]
+        else:
+            regions = numbers.astype(np.int64)
+            trace["marker"]["color"] = [ROUND_COLORS[r % len(ROUND_COLORS)] for r in regions]
+            trace["text"] = [f"region {r}" for r in regions]
+        trace["hoverinfo"] = "text"
+        traces.append(trace)
+    if (~has).any():
+        traces.append(_point_trace(f"no {color_by}", xy[~has], ids[~has], NO_SCORE_COLOR))
+    return traces
+
+
 def _shell_splits(layout: str) -> tuple[str, str]:
     """(inner shell's split, outer shell's split) of a bubble's layout."""
     return ("validation", "test") if layout == "inner_val" else ("test", "validation")
@@ -425,7 +467,7 @@ def _shell_splits(layout: str) -> tuple[str, str]:
 
 def _circle_shapes(row: Any, color_by: str) -> list[dict[str, Any]]:
     inner_split, outer_split = _shell_splits(row.layout)
-    if color_by == "split":
+    if color_by != "round":  # score colourings keep the circles in their splits' colours
         inner_color, outer_color = SPLIT_COLORS[inner_split], SPLIT_COLORS[outer_split]
     else:
         inner_color = outer_color = ROUND_COLORS[int(row.round) % len(ROUND_COLORS)]

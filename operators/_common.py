@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from typing import Any
 
 import fiftyone as fo
 import fiftyone.operators as foo
+import fiftyone.operators.types as types
+
+from bubblefence_plugin.markdown import escape_markdown
 
 
 def sdk_context(sample_collection: Any) -> dict[str, Any]:
@@ -40,9 +44,18 @@ def parse_path(ctx: Any, name: str) -> str | None:
     return os.path.abspath(os.path.expanduser(str(value)))
 
 
+def refuse_unknown_params(ctx: Any, inputs: types.Property, extra: Iterable[str] = ()) -> None:
+    """Refuses, by name, parameters that neither the form nor ``extra`` takes: a typo such
+    as ``eval_ration`` must not run silently with the default."""
+    known = set(inputs.type.properties) | set(extra)
+    unknown = sorted(k for k, v in ctx.params.items() if k not in known and v is not None)
+    if unknown:
+        raise ValueError(f"unknown parameters {unknown}; this operator takes {sorted(known)}")
+
+
 def summary_lines(summary: dict[str, Any]) -> str:
-    """Markdown for an operator's output view."""
-    lines = [f"**{summary.get('message', '')}**", ""]
+    """Markdown for an operator's output view (user strings escaped)."""
+    lines = [f"**{escape_markdown(summary.get('message', ''))}**", ""]
     for key, label in (
         ("counts_round", "This round"),
         ("counts_total", "All rounds"),
@@ -80,7 +93,9 @@ def label_group_lines(summary: dict[str, Any]) -> list[str]:
             f"- Per-label eval share error: max {labels['share_error_max']}, "
             f"mean {labels['share_error_mean']}"
         )
-        shares = ", ".join(f"{k} {v:.3f}" for k, v in labels["eval_shares"].items())
+        shares = ", ".join(
+            f"{escape_markdown(k)} {v:.3f}" for k, v in labels["eval_shares"].items()
+        )
         if shares:
             lines.append(f"- Eval share per label (rarest first): {shares}")
     groups = summary.get("groups")

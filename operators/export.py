@@ -10,7 +10,7 @@ import fiftyone.operators.types as types
 
 import bubblefence_plugin.dataset as bfd
 
-from ._common import parse_path, run_sdk, to_path
+from ._common import parse_path, refuse_unknown_params, run_sdk, to_path
 
 
 class BubbleFenceExport(foo.Operator):
@@ -98,6 +98,7 @@ class BubbleFenceExport(foo.Operator):
         return types.Property(inputs, view=types.View(label="BubbleFence export"))
 
     def execute(self, ctx: Any) -> dict[str, Any]:
+        refuse_unknown_params(ctx, self.resolve_input(ctx))
         export_dir = parse_path(ctx, "export_dir")
         if not export_dir:
             raise ValueError("export_dir is required")
@@ -115,5 +116,6 @@ class BubbleFenceExport(foo.Operator):
         outputs = types.Object()
         outputs.str("export_dir", label="Exported to")
         outputs.obj("counts", label="Samples per split/tag", view=types.JSONView())
+        outputs.obj("folders", label="Folder per split/tag (safe names)", view=types.JSONView())
         outputs.str("manifest", label="Manifest")
         return types.Property(outputs, view=types.View(label="BubbleFence export"))

@@ -14,8 +14,9 @@ import bubblefence_plugin.audit as bfa
 import bubblefence_plugin.dataset as bfd
 from bubblefence_plugin import metrics
 from bubblefence_plugin.config import BubbleFenceConfig
+from bubblefence_plugin.markdown import escape_markdown
 
-from ._common import parse_path, run_sdk
+from ._common import parse_path, refuse_unknown_params, run_sdk
 
 # Reading a million 512-d embeddings from the database and measuring them takes minutes.
 DELEGATE_ABOVE = 200_000  # samples
@@ -158,6 +159,7 @@ class BubbleFenceReport(foo.Operator):
         return types.Property(inputs, view=types.View(label="BubbleFence report"))
 
     def execute(self, ctx: Any) -> Any:
+        refuse_unknown_params(ctx, self.resolve_input(ctx), SETTINGS)
         if ctx.delegated:
             return self._execute_delegated(ctx)
         return self._execute_live(ctx)
@@ -221,10 +223,10 @@ def _headline(result: dict[str, Any]) -> str:
 
 
 def _output_values(result: dict[str, Any]) -> dict[str, Any]:
-    lines = [f"**{_headline(result)}**", ""]
+    lines = [f"**{escape_markdown(_headline(result))}**", ""]
     if result.get("run_key"):
         lines.append(f"- Stored as run `{result['run_key']}` ({result['created_at']})")
-    lines += [f"- {w}" for w in result["warnings"] + result["metrics"]["notes"]]
+    lines += [f"- {escape_markdown(w)}" for w in result["warnings"] + result["metrics"]["notes"]]
     return {
         "summary": "\n".join(lines),
         "table": bfa.summary_rows(result),

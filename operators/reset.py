@@ -9,7 +9,7 @@ import fiftyone.operators.types as types
 
 import bubblefence_plugin.dataset as bfd
 
-from ._common import run_sdk
+from ._common import refuse_unknown_params, run_sdk
 
 
 class BubbleFenceReset(foo.Operator):
@@ -62,6 +62,7 @@ class BubbleFenceReset(foo.Operator):
         return types.Property(inputs, view=types.View(label="BubbleFence reset"))
 
     def execute(self, ctx: Any) -> dict[str, Any]:
+        refuse_unknown_params(ctx, self.resolve_input(ctx))
         if not ctx.params.get("confirm", False):
             raise ValueError("reset not confirmed: set confirm=True")
         result = bfd.reset(ctx.dataset, keep_embeddings=bool(ctx.params.get("keep_embeddings")))

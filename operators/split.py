@@ -11,9 +11,10 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 import bubblefence_plugin.dataset as bfd
+import bubblefence_plugin.shards as bfs
 from bubblefence_plugin.config import CHOICES, FROZEN_AFTER_FIRST_ROUND, BubbleFenceConfig
 
-from ._common import run_sdk, summary_lines
+from ._common import refuse_unknown_params, run_sdk, summary_lines
 
 # (knob, label, description) of the common section; everything else of
 # BubbleFenceConfig is in the folded "advanced" section (ADVANCED below).
@@ -164,6 +165,7 @@ class BubbleFenceSplit(foo.Operator):
         defaults = stored or BubbleFenceConfig()
         _state_notice(ctx, inputs, info)
         _embeddings_inputs(ctx, inputs, info, defaults)
+        _pending_shards_input(ctx, inputs, info)
         for name, label, description in COMMON:
             _knob_input(ctx, inputs, name, label, description, defaults, stored)
         _label_group_inputs(ctx, inputs, info)
@@ -179,6 +181,8 @@ class BubbleFenceSplit(foo.Operator):
         return types.Property(inputs, view=types.View(label="BubbleFence split"))
 
     def execute(self, ctx: Any) -> Any:
+        # while_embedding outlives the shards it was chosen for: accepted once they are done.
+        refuse_unknown_params(ctx, self.resolve_input(ctx), (*KNOBS, "while_embedding"))
         # A delegated worker has no App to stream to: it returns the summary for
         # `resolve_output` and reports progress in the run document instead.
         if ctx.delegated:
@@ -186,7 +190,9 @@ class BubbleFenceSplit(foo.Operator):
         return self._execute_live(ctx)
 
     def _execute_live(self, ctx: Any) -> Generator[Any, None, None]:
-        gen = bfd.iter_split(ctx.target_view(), **_split_kwargs(ctx))
+        for event in _wait_for_shards(ctx):
+            yield ctx.ops.set_progress(progress=event.fraction, label=event.label)
+        gen = bfd.iter_split(_split_target(ctx), **_split_kwargs(ctx))
         while True:
             try:
                 event = next(gen)
@@ -202,7 +208,8 @@ class BubbleFenceSplit(foo.Operator):
         def progress(fraction: float, label: str) -> None:
             ctx.set_progress(progress=fraction, label=label)
 
-        summary = bfd.split(ctx.target_view(), progress=progress, **_split_kwargs(ctx))
+        bfd.drive(_wait_for_shards(ctx), progress)
+        summary = bfd.split(_split_target(ctx), progress=progress, **_split_kwargs(ctx))
         return {"summary": summary_lines(summary), "result": summary}
 
     def resolve_output(self, ctx: Any) -> types.Property:
@@ -230,6 +237,65 @@ def _split_kwargs(ctx: Any) -> dict[str, Any]:
         "group_field": params.get("group_field") or None,
         **knobs,
     }
+
+
+def _source_field(ctx: Any, info: dict[str, Any] | None = None) -> str | None:
+    """The field the split reads: its own embeddings, or the chosen (else stored) field."""
+    stored = (info or {}).get("embeddings_field")
+    default = "field" if stored and stored != bfd.EMBEDDING_FIELD else "model"
+    if ctx.params.get("embeddings", default) == "field":
+        return ctx.params.get("embeddings_field") or stored
+    return bfd.EMBEDDING_FIELD
+
+
+def _pending_shards_input(ctx: Any, inputs: types.Object, info: dict[str, Any] | None) -> None:
+    """Embedding shards still writing the source field: say so, offer to wait for them
+    or to split only the samples embedded so far (the rest join a later round)."""
+    field = _source_field(ctx, info)
+    pending = bfs.pending_shards(ctx.dataset, field) if field else []
+    missing = ctx.target_view().exists(field, False).count() if pending else 0
+    if not missing:
+        return
+    running = sum(p.state == "running" for p in pending)
+    inputs.view(
+        "shards_notice",
+        types.Warning(
+            label=f"{missing} samples still lack `{field}` while {len(pending)} embedding "
+            f"shards are queued or running ({running} running)"
+        ),
+    )
+    choices = types.RadioGroup()
+    choices.add_choice(
+        "wait",
+        label="Wait for the shards",
+        description="Wait until the queued and running shards finish, then split. "
+        "Scheduled, this split holds a worker while it waits: with a single worker the "
+        "shards cannot run (workers take the newest operation first)",
+    )
+    choices.add_choice(
+        "embedded",
+        label="Split only what is embedded",
+        description="Split the samples embedded so far; the others join a later round",
+    )
+    inputs.enum(
+        "while_embedding",
+        choices.values(),
+        default="wait",
+        label="Embedding in progress",
+        view=choices,
+    )
+
+
+def _wait_for_shards(ctx: Any) -> Generator[bfd.Progress, None, None]:
+    if ctx.params.get("while_embedding") == "wait":
+        yield from bfs.iter_wait_for_shards(ctx.dataset, _source_field(ctx))
+
+
+def _split_target(ctx: Any) -> Any:
+    view = ctx.target_view()
+    if ctx.params.get("while_embedding") == "embedded":
+        view = view.exists(_source_field(ctx))
+    return view
 
 
 def _state_notice(ctx: Any, inputs: types.Object, info: dict[str, Any] | None) -> None:

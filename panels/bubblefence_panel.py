@@ -16,8 +16,9 @@ import fiftyone.operators.types as types
 from fiftyone import ViewField as F
 
 import bubblefence_plugin.dataset as bfd
-from bubblefence_plugin import viz
+from bubblefence_plugin import curate, viz
 from bubblefence_plugin.layout import available_methods
+from bubblefence_plugin.markdown import escape_markdown
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +36,9 @@ NO_MAP = (
 )
 MAP_HELP = (
     "Click a bubble centre or a point to show that bubble's samples in the grid; lasso "
-    "points to select them; **Reset view** shows everything again."
+    "points to select them; **Reset view** shows everything again. **Exclude** tags the "
+    "selected samples (else the clicked point) `excluded`: they leave their split and "
+    "later splits; **Include again** undoes it."
 )
 
 
@@ -79,7 +82,7 @@ class BubbleFencePanel(foo.Panel):
             figure = viz.map_figure(samples, ctx.panel.state.color_by or "split")
         except ValueError as e:  # e.g. a run of the same name not written by BubbleFence
             figure = None
-            ctx.panel.state.map_error = f"The map cannot be drawn: {e}"
+            ctx.panel.state.map_error = f"The map cannot be drawn: {escape_markdown(e)}"
         else:
             ctx.panel.state.map_error = None
         ctx.panel.state.has_map = figure is not None
@@ -103,6 +106,7 @@ class BubbleFencePanel(foo.Panel):
         if ctx.params.get("trace") == viz.BUBBLES_TRACE:
             anchor = int(clicked)
         else:
+            ctx.panel.state.clicked_id = clicked  # what Exclude acts on without a selection
             found = ctx.dataset.select([clicked]).values(bfd.ANCHOR_FIELD)
             anchor = found[0] if found else None
         if anchor is None:  # a train point: show it alone
@@ -116,13 +120,59 @@ class BubbleFencePanel(foo.Panel):
             for p in ctx.params.get("data") or []
             if p.get("id") and p.get("trace") != viz.BUBBLES_TRACE
         ]
-        ctx.ops.set_selected_samples(ids)
+        # The plot re-renders after a lasso and reports an empty selection then: keeping
+        # the selection lets Exclude act on it (Reset view clears it).
+        if ids:
+            ctx.ops.set_selected_samples(ids)
+
+    def exclude(self, ctx: Any) -> None:
+        """Tags the selected samples (else the clicked point) `excluded`, with the reason."""
+        ids = self._acted_on(ctx)
+        if not ids:
+            return
+        reason = ctx.panel.state.get("curation.exclusion_reason") or None
+        try:
+            result = curate.exclude(ctx.dataset.select(ids), reason=reason)
+        except (ValueError, bfd.BubbleFenceBusyError) as e:
+            ctx.ops.notify(str(e), variant="error")
+            return
+        ctx.ops.notify(
+            f"{result['message']}; {result['n_excluded_total']} excluded in all", variant="success"
+        )
+        ctx.ops.reload_dataset()
+        self._hydrate(ctx)
+
+    def include_again(self, ctx: Any) -> None:
+        """Removes `excluded` from the selected samples (else the clicked point)."""
+        ids = self._acted_on(ctx)
+        if not ids:
+            return
+        try:
+            result = curate.include_again(ctx.dataset.select(ids))
+        except (ValueError, bfd.BubbleFenceBusyError) as e:
+            ctx.ops.notify(str(e), variant="error")
+            return
+        ctx.ops.notify(result["message"], variant="success")
+        ctx.ops.reload_dataset()
+        self._hydrate(ctx)
+
+    def _acted_on(self, ctx: Any) -> list[str]:
+        ids = list(ctx.selected or [])
+        if not ids and ctx.panel.state.clicked_id:
+            ids = [ctx.panel.state.clicked_id]
+        if not ids:
+            ctx.ops.notify(
+                "Lasso points on the map (or select samples in the grid), or click a point first",
+                variant="warning",
+            )
+        return ids
 
     def run_split(self, ctx: Any) -> None:
         """The split operator's form; the panel re-hydrates when the round is done."""
         ctx.prompt(f"{self.plugin_name}/bubblefence_split", on_success=self.refresh)
 
     def reset_view(self, ctx: Any) -> None:
+        ctx.panel.state.clicked_id = None
         ctx.ops.clear_selected_samples()
         ctx.ops.clear_view()
         self._hydrate(ctx, ctx.dataset)
@@ -189,6 +239,8 @@ class BubbleFencePanel(foo.Panel):
             colors = types.RadioGroup(orientation="horizontal")
             colors.add_choice("split", label="Split")
             colors.add_choice("round", label="Ingestion round")
+            colors.add_choice("typicality", label="Typicality")
+            colors.add_choice("region", label="Region")
             panel.enum(
                 "color_by",
                 colors.values(),
@@ -206,6 +258,18 @@ class BubbleFencePanel(foo.Panel):
                 on_click=self.on_click,
                 on_selected=self.on_lasso,
                 height=520,
+            )
+            curation = panel.h_stack("curation", align_x="left", align_y="center", gap=1)
+            curation.str(
+                "exclusion_reason",
+                label="Reason (optional)",
+                description=f"Stored in {curate.REASON_FIELD}",
+            )
+            curation.btn(
+                "exclude", label="Exclude", icon="block", variant="outlined", on_click=self.exclude
+            )
+            curation.btn(
+                "include_again", label="Include again", icon="undo", on_click=self.include_again
             )
         else:
             panel.md(state.map_error or NO_MAP, name="no_map")
@@ -335,9 +399,10 @@ def _audit_markdown(dataset: Any) -> str | None:
         rows = [r for r in audit.summary_rows(report) if r["metric"].startswith(AUDIT_ROWS)]
     except Exception as e:  # a broken report must not take the map down with it
         logger.exception("BubbleFence panel: could not read the audit report")
-        return f"#### Audit\nThe latest audit report could not be read: {e}"
+        return f"#### Audit\nThe latest audit report could not be read: {escape_markdown(e)}"
+    source = escape_markdown(report.get("source"))  # a field name: the user's
     lines = [
-        f"#### Audit of {report.get('created_at', '?')} (split source `{report.get('source')}`)",
+        f"#### Audit of {report.get('created_at', '?')} (split source {source})",
         "",
         "| measure | this split | random split |",
         "|---|---|---|",

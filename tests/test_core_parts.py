@@ -24,7 +24,7 @@ from bubblefence_plugin.boundary import (
 from bubblefence_plugin.config import BubbleFenceConfig
 from bubblefence_plugin.dedup import find_duplicates
 from bubblefence_plugin.density import adaptive_radius, lid_mle
-from bubblefence_plugin.neighbors import CellIndex, knn, nearest, pairs_at_least
+from bubblefence_plugin.neighbors import CellIndex, knn, nearest
 from bubblefence_plugin.twins import twin_components
 
 
@@ -81,22 +81,22 @@ def test_knn_and_nearest_match_brute_force():
     assert np.allclose(best_sim, full.max(1))
 
 
-def test_cell_index_scan_sees_every_pair_within_the_threshold():
+@pytest.mark.parametrize("threshold", [0.95, 0.9999])
+def test_cell_index_finds_every_pair_within_the_threshold(threshold):
     rng = np.random.default_rng(1)
     x = unit(rng.normal(size=(1500, 32)))
-    x[200:260] = unit(x[:60] + 0.01 * rng.normal(size=(60, 32)))
+    x[200:260] = unit(x[:60] + 0.001 * rng.normal(size=(60, 32)))
     x[900:1400] = unit(x[5] + 0.02 * rng.normal(size=(500, 32)))  # a tight cluster
-    index = CellIndex(x, np.arange(len(x)), 0.95, seed=0)
+    index = CellIndex(x, np.arange(len(x)), threshold, seed=0)
     assert len(index) > 1
     seen = set()
-    for group, base, sims in index.scan(x):
-        i, j = pairs_at_least(sims, 0.95, x[group], x[base])
-        seen |= set(zip(group[i].tolist(), base[j].tolist(), strict=True))
+    for q, b, _ in index.pairs(x):
+        seen |= set(zip(q.tolist(), b.tolist(), strict=True))
     full = x @ x.T
-    truth = set(zip(*np.nonzero(full >= 0.95), strict=True))
+    truth = set(zip(*np.nonzero(full >= threshold), strict=True))
     truth = {(int(a), int(b)) for a, b in truth}
     assert seen == truth
-    assert len(truth) > 500 * 500
+    assert len(truth) > (500 * 500 if threshold < 0.99 else len(x) + 60)
 
 
 @pytest.mark.parametrize("spread", [0.02, 0.15, 0.6])

@@ -20,6 +20,9 @@ from bubblefence_plugin.labels import SEPARATOR, LabelIndex, encode_label_sets
 from bubblefence_plugin.metrics import group_violations, label_coverage, stability
 
 LABEL_SIZES = (1500, 700, 400, 220, 120, 80, 50, 34, 22, 12, 5)
+# Per-label eval share target with labels (issue 11): within 0.05 of eval_ratio, beyond
+# what the label's largest unit makes impossible.
+LABEL_SHARE_TOLERANCE = 0.05
 
 
 def labelled_groups(
@@ -140,7 +143,8 @@ def unit_labels(bf: BubbleFence, groups=None) -> np.ndarray:
 
 
 def label_errors(bf: BubbleFence, groups=None) -> dict[str, float]:
-    """|eval share - eval_ratio| per eligible label, beyond what its units allow.
+    """|eval share - eval_ratio| per eligible label, beyond `LABEL_SHARE_TOLERANCE` and
+    what its units allow.
 
     A label can only move in whole units (near-twin components and groups): its largest
     unit (as a share of the label) is added to the tolerance.
@@ -156,7 +160,7 @@ def label_errors(bf: BubbleFence, groups=None) -> dict[str, float]:
         own = units[carries & (units >= 0)]
         grain = np.unique(own, return_counts=True)[1].max() / row.n
         error = abs(row.eval_share - bf.config.eval_ratio)
-        out[row.label] = max(0.0, error - bf.config.eval_tolerance - grain)
+        out[row.label] = max(0.0, error - LABEL_SHARE_TOLERANCE - grain)
     return out
 
 

@@ -1,0 +1,495 @@
+"""Curation on a FiftyOne collection: `sample` picks, `exclude` / `include_again` cleans.
+
+`sample` reads the embeddings field (the split's own field by default), picks with
+`bubblefence_plugin.curation`, tags the pick with a tag that did not exist before
+(refused unless ``replace=True``) and writes two score fields for every sample it
+read: ``bubblefence_typicality`` (see `curation.typicality`) and ``bubblefence_region``
+(the incremental `RegionIndex`, stored as the custom run ``bubblefence_regions``:
+samples that have a region keep it, new ones join the nearest region or open one).
+Samples tagged ``excluded`` are never read, scored or picked.
+
+`exclude` tags samples ``excluded`` (with an optional reason in
+``bubblefence_exclusion_reason``). A sample that was already split leaves its split at
+once: it is dropped from the BubbleFence state (``BubbleFence.forget``), its split
+fields and split tags are cleared, and the state's parameters list the excluded ids;
+no other sample moves. `include_again` removes the tag, and the next split round
+assigns those samples as new ones.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Generator, Sequence
+from typing import Any
+
+import fiftyone as fo
+import fiftyone.core.collections as foc
+import numpy as np
+
+from . import dataset as bfd
+from .curation import (
+    BALANCE_TARGETS,
+    STRATEGIES,
+    TYPICALITY_K,
+    CurationRequest,
+    select,
+    typicality,
+)
+from .dataset import EXCLUDED_TAG, Progress, ProgressCallback
+
+TYPICALITY_FIELD = "bubblefence_typicality"
+REGION_FIELD = "bubblefence_region"
+REASON_FIELD = "bubblefence_exclusion_reason"
+REGIONS_KEY = "bubblefence_regions"
+REGIONS_FORMAT = "bubblefence-regions"
+DEFAULT_TAG = "bubblefence_sample"
+SCORE_FIELDS = {TYPICALITY_FIELD: fo.FloatField, REGION_FIELD: fo.IntField}
+# Tags a pick may not take: they carry the split's or the exclusion's meaning.
+RESERVED_TAGS = (*bfd.SPLIT_TAGS, EXCLUDED_TAG)
+
+
+# --------------------------------------------------------------------------- sample
+
+
+def sample(
+    samples: foc.SampleCollection,
+    strategy: str | Sequence[str] = "diverse",
+    count: int = 100,
+    tag: str = DEFAULT_TAG,
+    *,
+    strengths: dict[str, float] | None = None,
+    embeddings_field: str | None = None,
+    from_split: str | None = None,
+    start_from: str | None = None,
+    label_field: str | None = None,
+    target: str | dict[str, float] = "uniform",
+    query_tag: str | None = None,
+    metadata_field: str | None = None,
+    seed: int = 0,
+    k: int = TYPICALITY_K,
+    replace: bool = False,
+    progress: ProgressCallback | None = None,
+) -> dict[str, Any]:
+    """Tags ``count`` samples of ``samples`` picked by ``strategy``; returns a summary.
+
+    ``strategy`` is one name of `curation.STRATEGIES` or several, each at strength 1
+    unless ``strengths`` says otherwise (``strengths`` alone also works). Options:
+    ``from_split`` picks only among that split's samples (e.g. the most diverse train
+    samples to label first); ``start_from`` (a tag or split) counts those samples as
+    already picked, so ``diverse`` adds what they lack; ``label_field`` and ``target``
+    serve ``balance``, ``query_tag`` serves ``similar``, ``metadata_field`` (numeric)
+    serves ``metadata``. Every sample read gets ``bubblefence_typicality`` and
+    ``bubblefence_region``. Everything is validated before anything is written.
+    """
+    gen = iter_sample(
+        samples,
+        strategy,
+        count,
+        tag,
+        strengths=strengths,
+        embeddings_field=embeddings_field,
+        from_split=from_split,
+        start_from=start_from,
+        label_field=label_field,
+        target=target,
+        query_tag=query_tag,
+        metadata_field=metadata_field,
+        seed=seed,
+        k=k,
+        replace=replace,
+    )
+    return bfd.drive(gen, progress)
+
+
+def iter_sample(
+    samples: foc.SampleCollection,
+    strategy: str | Sequence[str] = "diverse",
+    count: int = 100,
+    tag: str = DEFAULT_TAG,
+    *,
+    strengths: dict[str, float] | None = None,
+    embeddings_field: str | None = None,
+    from_split: str | None = None,
+    start_from: str | None = None,
+    label_field: str | None = None,
+    target: str | dict[str, float] = "uniform",
+    query_tag: str | None = None,
+    metadata_field: str | None = None,
+    seed: int = 0,
+    k: int = TYPICALITY_K,
+    replace: bool = False,
+) -> Generator[Progress, None, dict[str, Any]]:
+    """`sample` as a generator of `Progress` events; the summary is its return value."""
+    dataset = bfd._check_collection(samples)
+    request = make_request(strategy, strengths, count, seed=seed, k=k, target=target)
+    field = _embeddings_field(dataset, embeddings_field)
+    _check_tag(dataset, tag, replace)
+    _check_options(dataset, request, from_split, start_from, label_field, query_tag)
+    metadata_path = _numeric_path(dataset, metadata_field) if metadata_field else None
+    if "metadata" in request.active and not metadata_path:
+        raise ValueError("strategy metadata needs metadata_field (a numeric field)")
+    _check_score_fields(dataset)
+
+    with bfd.RunLock(dataset, "sample") as lock:
+        yield Progress(0.02, "Reading embeddings")
+        ids = samples.match_tags(EXCLUDED_TAG, bool=False).values("id")
+        ok_ids, x, errors = bfd._read_embeddings(dataset, ids, field, None)
+        if len(ok_ids) < 2:
+            raise ValueError(
+                f"{len(ok_ids)} of the {len(ids)} samples have a usable embedding in "
+                f"{field!r}; picking needs at least 2"
+            )
+        ordered = dataset.select(ok_ids, ordered=True)
+        eligible = np.ones(len(ok_ids), bool)
+        if from_split:
+            eligible &= np.asarray(ordered.values(bfd.SPLIT_FIELD), dtype=object) == from_split
+        start = None
+        for name in (start_from, query_tag):
+            if name:  # never re-pick what counts as picked, nor the query itself
+                eligible &= ~np.isin(ok_ids, _tagged_ids(dataset, name))
+        if start_from:
+            start = _vectors(dataset, _tagged_ids(dataset, start_from), field, x.shape[1])
+        query = (
+            _vectors(dataset, _tagged_ids(dataset, query_tag), field, x.shape[1])
+            if query_tag
+            else None
+        )
+        labels = _single_labels(ordered, label_field) if label_field else None
+        metadata = (
+            np.asarray([np.nan if v is None else v for v in ordered.values(metadata_path)], float)
+            if metadata_path
+            else None
+        )
+        if not eligible.any():
+            raise ValueError(_no_candidates(from_split, start_from, query_tag))
+
+        yield Progress(0.1, f"Typicality of {len(ok_ids)} samples")
+        typ = typicality(x, request.k, request.seed)
+        lock.heartbeat(force=True)
+        yield Progress(0.5, "Regions")
+        regions = _assign_regions(dataset, ordered, x, field, request.seed)
+        yield Progress(0.6, f"Picking {request.count} of {int(eligible.sum())} candidates")
+        chosen = select(
+            x,
+            request,
+            eligible=eligible,
+            labels=labels,
+            query=query,
+            metadata=metadata,
+            start=start,
+            typicality_scores=typ,
+        )
+        lock.heartbeat(force=True)
+
+        yield Progress(0.85, f"Tagging {len(chosen.rows)} samples {tag!r}")
+        if replace:
+            dataset.match_tags(tag).untag_samples(tag)
+        picked = [ok_ids[i] for i in chosen.rows]
+        dataset.select(picked).tag_samples(tag)
+        dataset.set_values(
+            TYPICALITY_FIELD, dict(zip(ok_ids, typ.tolist(), strict=True)), key_field="id"
+        )
+        dataset.set_values(
+            REGION_FIELD, dict(zip(ok_ids, regions.tolist(), strict=True)), key_field="id"
+        )
+    yield Progress(1.0, "Done")
+    return {
+        "dataset": dataset.name,
+        "tag": tag,
+        "strengths": {n: request.strengths[n] for n in request.active},
+        "n_read": len(ok_ids),
+        "n_errors": len(errors),
+        "n_candidates": int(eligible.sum()),
+        "n_picked": len(picked),
+        "quotas": chosen.quotas,
+        "n_regions": int(regions.max()) + 1,
+        "picked_ids": picked,
+        "message": (
+            f"Tagged {len(picked)} of {int(eligible.sum())} candidates {tag!r} "
+            f"({', '.join(f'{n} {request.strengths[n]:g}' for n in request.active)}); "
+            f"typicality and regions written for {len(ok_ids)} samples"
+            + (f"; {len(errors)} samples without a usable embedding" if errors else "")
+        ),
+    }
+
+
+def make_request(
+    strategy: str | Sequence[str] | None,
+    strengths: dict[str, float] | None,
+    count: int,
+    **knobs: Any,
+) -> CurationRequest:
+    """The validated request: each named strategy at strength 1 unless ``strengths`` says."""
+    names = [strategy] if isinstance(strategy, str) else list(strategy or [])
+    unknown = [n for n in names if n not in STRATEGIES]
+    if unknown:
+        raise ValueError(f"strategy={unknown[0]!r} is unknown; use one of {sorted(STRATEGIES)}")
+    merged = {n: 1.0 for n in names}
+    merged.update(strengths or {})
+    return CurationRequest(merged, count, **knobs)
+
+
+def parse_target(text: str | dict[str, float]) -> str | dict[str, float]:
+    """``uniform``, ``input``, or explicit shares written ``cat: 0.5, dog: 0.5``."""
+    if isinstance(text, dict) or text in BALANCE_TARGETS:
+        return text
+    shares: dict[str, float] = {}
+    for part in str(text).split(","):
+        name, sep, value = part.rpartition(":")
+        if not sep or not name.strip():
+            raise ValueError(
+                f"target={text!r}: use {' or '.join(BALANCE_TARGETS)}, or class: share pairs "
+                "such as 'cat: 0.5, dog: 0.5'"
+            )
+        try:
+            shares[name.strip()] = float(value)
+        except ValueError as e:
+            raise ValueError(
+                f"target share {value.strip()!r} of {name.strip()!r} is not a number"
+            ) from e
+    return shares
+
+
+def _embeddings_field(dataset: fo.Dataset, name: str | None) -> str:
+    """The named vector field, else the split's, else `bfd.EMBEDDING_FIELD`; checked."""
+    info = bfd.state_info(dataset) or {}
+    field = name or info.get("embeddings_field") or bfd.EMBEDDING_FIELD
+    bfd._field_vectors(dataset, field)
+    return field
+
+
+def _check_tag(dataset: fo.Dataset, tag: str, replace: bool) -> None:
+    if not isinstance(tag, str) or not tag.strip():
+        raise ValueError("tag must be a non-empty string")
+    if tag in RESERVED_TAGS:
+        raise ValueError(f"tag={tag!r} is reserved ({', '.join(RESERVED_TAGS)}); choose another")
+    if not replace and dataset.count_sample_tags().get(tag, 0):
+        raise ValueError(
+            f"tag {tag!r} already exists on {dataset.count_sample_tags()[tag]} samples; choose "
+            "a new tag or pass replace=True to move it to this pick"
+        )
+
+
+def _check_options(
+    dataset: fo.Dataset,
+    request: CurationRequest,
+    from_split: str | None,
+    start_from: str | None,
+    label_field: str | None,
+    query_tag: str | None,
+) -> None:
+    if from_split is not None and from_split not in bfd.SPLIT_TAGS:
+        raise ValueError(f"from_split={from_split!r}; use one of {bfd.SPLIT_TAGS} or None")
+    if from_split and not dataset.has_field(bfd.SPLIT_FIELD):
+        raise ValueError(f"from_split={from_split!r}, but {dataset.name!r} has no split yet")
+    tags = dataset.count_sample_tags()
+    if start_from and not tags.get(start_from):
+        raise ValueError(f"start_from={start_from!r}: no sample has that tag")
+    if "similar" in request.active and not query_tag:
+        raise ValueError("strategy similar needs query_tag (the tag of the query samples)")
+    if query_tag and not tags.get(query_tag):
+        raise ValueError(f"query_tag={query_tag!r}: no sample has that tag")
+    if "balance" in request.active and not label_field:
+        raise ValueError("strategy balance needs label_field (one label per sample)")
+    if label_field:
+        _, multi = bfd._label_source(dataset, label_field, "label_field")
+        if multi:
+            raise ValueError(
+                f"label_field={label_field!r} holds several labels per sample; balance needs "
+                "one (a Classification, string or int field)"
+            )
+
+
+def _numeric_path(dataset: fo.Dataset, name: str) -> str:
+    field = dataset.get_field(name)
+    if not isinstance(field, (fo.IntField, fo.FloatField)):
+        kind = "no such field" if field is None else type(field).__name__
+        raise ValueError(f"metadata_field={name!r} must be a numeric field ({kind})")
+    return name
+
+
+def _check_score_fields(dataset: fo.Dataset) -> None:
+    """Declares the score fields; a user field of the same name and another type is refused."""
+    for name, ftype in SCORE_FIELDS.items():
+        field = dataset.get_field(name)
+        if field is None:
+            dataset.add_sample_field(name, ftype)
+        elif not isinstance(field, ftype):
+            raise ValueError(
+                f"field {name!r} is a {type(field).__name__}; BubbleFence writes a "
+                f"{ftype.__name__} there. Rename or delete it first"
+            )
+
+
+def _tagged_ids(dataset: fo.Dataset, name: str) -> list[str]:
+    """Samples with this tag; a split name also matches the ``split`` field."""
+    if name in bfd.SPLIT_TAGS and dataset.has_field(bfd.SPLIT_FIELD):
+        return dataset.match(fo.ViewField(bfd.SPLIT_FIELD) == name).values("id")
+    return dataset.match_tags(name).values("id")
+
+
+def _vectors(dataset: fo.Dataset, ids: list[str], field: str, dim: int) -> np.ndarray:
+    _, x, _ = bfd._read_embeddings(dataset, ids, field, dim)
+    return x
+
+
+def _single_labels(ordered: foc.SampleCollection, label_field: str) -> np.ndarray:
+    path, _ = bfd._label_source(ordered._root_dataset, label_field, "label_field")
+    return bfd.label_strings(ordered.values(path))
+
+
+def _no_candidates(from_split: str | None, start_from: str | None, query_tag: str | None) -> str:
+    limits = [
+        f"from_split={from_split!r}" if from_split else "",
+        f"start_from={start_from!r}" if start_from else "",
+        f"query_tag={query_tag!r}" if query_tag else "",
+    ]
+    return f"no sample is left to pick from ({', '.join(x for x in limits if x)})"
+
+
+# --------------------------------------------------------------------------- regions
+
+
+def _assign_regions(
+    dataset: fo.Dataset, ordered: foc.SampleCollection, x: np.ndarray, field: str, seed: int
+) -> np.ndarray:
+    """Region per row: kept where a sample has one, else from the stored `RegionIndex`.
+
+    The index is fitted once (on the first rows seen) and only extended: a new sample
+    joins the nearest region or opens one; earlier regions never change.
+    """
+    from .regions import RegionIndex
+
+    stored = load_regions(dataset)
+    if stored is not None and (
+        stored[1].get("embeddings_field") != field or stored[0].centres.shape[1] != x.shape[1]
+    ):
+        raise ValueError(
+            f"the stored regions were built from embeddings field "
+            f"{stored[1].get('embeddings_field')!r}; delete them with "
+            f"`bubblefence_plugin.curate.delete_regions(dataset)` to rebuild from {field!r}"
+        )
+    current = np.asarray(
+        [-1 if v is None else int(v) for v in ordered.values(REGION_FIELD)], np.int64
+    )
+    todo = np.flatnonzero(current < 0)
+    if stored is None:
+        index = RegionIndex.fit(x, seed=seed)
+    else:
+        index = stored[0]
+    if len(todo):
+        index, ids = index.assign(x[todo])
+        current[todo] = ids
+    params = {
+        "method": "bubblefence_regions",
+        "format": REGIONS_FORMAT,
+        "embeddings_field": field,
+        "join_distance": float(index.join_distance),
+        "n_regions": int(len(index.centres)),
+    }
+    payload = {"meta": {}, "arrays": {"centres": bfd.to_npy_bytes(index.centres)}}
+    bfd._put_run(dataset, REGIONS_KEY, params, payload)
+    return current
+
+
+def load_regions(dataset: fo.Dataset) -> tuple[Any, dict[str, Any]] | None:
+    """(the stored `RegionIndex`, its run parameters), or None."""
+    from .regions import RegionIndex
+
+    if not dataset.has_run(REGIONS_KEY):
+        return None
+    params = bfd._run_params(dataset, REGIONS_KEY)
+    if params.get("format") != REGIONS_FORMAT:
+        raise ValueError(
+            f"run {REGIONS_KEY!r} on dataset {dataset.name!r} was not written by BubbleFence"
+        )
+    results = dataset.load_run_results(REGIONS_KEY, cache=False, load_view=False)
+    centres = bfd.from_npy_bytes(results.arrays["centres"])
+    return RegionIndex(centres=centres, join_distance=float(params["join_distance"])), params
+
+
+def delete_regions(dataset: fo.Dataset) -> None:
+    """Removes the stored regions and the region field (to rebuild from other embeddings)."""
+    if dataset.has_run(REGIONS_KEY):
+        dataset.delete_run(REGIONS_KEY)
+    if dataset.has_field(REGION_FIELD):
+        dataset.delete_sample_field(REGION_FIELD)
+
+
+# --------------------------------------------------------------------------- exclusion
+
+
+def exclude(samples: foc.SampleCollection, reason: str | None = None) -> dict[str, Any]:
+    """Tags ``samples`` ``excluded`` (with ``reason``) and takes them out of the split now.
+
+    Already split samples leave the state and lose their split fields and tags; no
+    other sample moves. Refused while a split runs on the dataset.
+    """
+    dataset = bfd._check_collection(samples)
+    if reason is not None and not isinstance(reason, str):
+        raise ValueError(f"reason must be a string or None, got {type(reason).__name__}")
+    ids = samples.values("id")
+    with bfd.RunLock(dataset, "exclude"):
+        view = dataset.select(ids)
+        n_new = len(view.match_tags(EXCLUDED_TAG, bool=False))
+        view.tag_samples(EXCLUDED_TAG)
+        if reason:
+            dataset.set_values(REASON_FIELD, {i: reason for i in ids}, key_field="id")
+        left = _apply_exclusions(dataset)
+    return {
+        "n_samples": len(ids),
+        "n_newly_excluded": n_new,
+        "n_left_split": len(left),
+        "n_excluded_total": int(dataset.count_sample_tags().get(EXCLUDED_TAG, 0)),
+        "message": f"Excluded {n_new} samples ({len(ids) - n_new} were already); "
+        f"{len(left)} left their split",
+    }
+
+
+def include_again(samples: foc.SampleCollection) -> dict[str, Any]:
+    """Removes the ``excluded`` tag and reason; the next split assigns these samples anew."""
+    dataset = bfd._check_collection(samples)
+    ids = samples.match_tags(EXCLUDED_TAG).values("id")
+    with bfd.RunLock(dataset, "include"):
+        view = dataset.select(ids)
+        view.untag_samples(EXCLUDED_TAG)
+        if dataset.has_field(REASON_FIELD):
+            view.clear_sample_field(REASON_FIELD)
+        _apply_exclusions(dataset)
+    return {
+        "n_included": len(ids),
+        "n_excluded_total": int(dataset.count_sample_tags().get(EXCLUDED_TAG, 0)),
+        "message": f"Included {len(ids)} samples again; the next split assigns them",
+    }
+
+
+def _apply_exclusions(dataset: fo.Dataset) -> list[str]:
+    """Under the caller's lock: the state drops excluded samples and lists them; the
+    mirror is cleared after the commit (see `bfd._leave_split_if_excluded`)."""
+    bfd._finish_interrupted_commit(dataset)
+    loaded = bfd.load_state(dataset)
+    if loaded is None:
+        return []
+    bf, params = loaded
+    before = list(params.get("excluded_ids", []))
+    left = bfd._leave_split_if_excluded(dataset, bf, params)
+    if left:
+        params["n_samples"] = int(bf.n_samples)
+        bfd.save_state(dataset, bf, params)
+    elif params["excluded_ids"] != before:
+        dataset.update_run_config(bfd.RUN_KEY, dataset.init_run(**params))
+    bfd.clear_excluded_fields(dataset)
+    return left
+
+
+def excluded_paths(samples: foc.SampleCollection) -> list[str]:
+    """File paths of the excluded samples of ``samples``, in dataset order."""
+    return samples.match_tags(EXCLUDED_TAG).values("filepath")
+
+
+def write_excluded_paths(samples: foc.SampleCollection, path: str | os.PathLike) -> int:
+    """Writes the excluded samples' paths, one a line (UTF-8); returns how many."""
+    paths = excluded_paths(samples)
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.writelines(p + "\n" for p in paths)
+    return len(paths)

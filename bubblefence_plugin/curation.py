@@ -1,0 +1,619 @@
+"""Curation on embeddings beside the split: typicality, diverse picks, balanced picks.
+
+Arrays only (unit rows), no FiftyOne. Every strategy reduces to one of two kinds of
+term, combined with strengths into one greedy objective (`select`):
+
+* static scores, rank-normalised to [0, 1] so strengths weigh like against like:
+  ``typical`` (typicality), ``outliers`` (1 - typicality rank), ``similar`` (most
+  similar to a query set), ``metadata`` (a numeric array; a negative strength puts
+  lower values first) and ``random`` (a seeded permutation);
+* ``diverse``: greedy farthest-point (k-center) selection, whose term is each row's
+  current cosine distance to everything already picked (or given as ``start``),
+  divided by the largest such distance, so it stays in [0, 1] as picks accumulate.
+
+``balance`` is a constraint, not a term: per-class quotas (`class_quotas`) that the
+greedy fill respects. A strategy of strength 0 is dropped before anything runs, so a
+combination with one strength zero *is* the other strategy alone.
+
+Typicality (`typicality`): the mean cosine similarity s of a sample to its k nearest
+other samples (k = 10), reported as (1 + s) / 2 in [0, 1]. The map is fixed, not
+relative to the data set's maximum (FiftyOne Brain's uniqueness divides by the
+current maximum, so one new outlier rescales every score): a sample's typicality
+changes only when its own neighbourhood changes, and scores of one embedding model
+compare across data sets and rounds. Outliers are the lowest typicality. The k
+nearest neighbours are exact (`knn_all`): the rows are grouped around seeded k-means
+centres, and a group is compared with a block of queries only when the triangle
+inequality on angles says it could hold a closer row than a query's current k-th. In a
+tight cluster every member is a candidate, so the cost stays quadratic in the sizes
+of the largest tight clusters (the exact answer needs it).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy.stats import rankdata
+
+from .neighbors import knn, nearest
+from .regions import RegionIndex
+
+# Neighbours averaged by typicality: enough that one near-duplicate does not make a
+# sample typical, few enough to stay local (LightlyStudio and TypiClust use ~10-20).
+TYPICALITY_K = 10
+# Below this many rows a plain blockwise product is as fast as the pruned search.
+BRUTE_FORCE_ROWS = 8192
+# Query rows per block of the pruned search: queries of one region share their bounds.
+QUERY_BLOCK = 512
+# Slack on the pruning bound: float32 products differ from exact angles by ~1e-6.
+BOUND_SLACK = 1e-4
+# Regions per sqrt(n) rows: more regions prune finer but cost a bound per region.
+REGIONS_PER_SQRT_N = 1.0
+# Rows of the first pass per query block: enough for a tight k-th best to prune with.
+FIRST_PASS_ROWS = 2048
+# Similarities per product (query rows x base rows): 2^24 float32 = 64 MiB.
+COLUMN_BUDGET = 2**24
+# Share of each region's members, the farthest from its centre, moved to a catch-all
+# region that every query visits: outliers then stop widening the regions' bounds.
+EDGE_SHARE = 0.02
+
+STRATEGIES: dict[str, str] = {
+    "diverse": "Cover the embedding space: greedy farthest-point (k-center) picks",
+    "typical": "Samples close to many others first (high typicality)",
+    "outliers": "Samples far from all others first (low typicality)",
+    "similar": "Samples most similar to a query set first",
+    "metadata": "By a numeric value: higher first (negative strength: lower first)",
+    "balance": "Class quotas to a target distribution (uniform, input, or shares)",
+    "random": "A seeded random sample",
+}
+BALANCE_TARGETS = ("uniform", "input")
+SCORE_STRATEGIES = ("typical", "outliers", "similar", "metadata", "random")
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+@dataclass(frozen=True)
+class CurationRequest:
+    """What to pick: strategies with strengths, how many, and their few knobs.
+
+    ``strengths`` maps strategy names (`STRATEGIES`) to weights; ``balance`` is a
+    constraint, so its strength only switches it on. ``target`` is the balance
+    target: ``"uniform"``, ``"input"`` (the candidates' own class shares) or explicit
+    shares per class summing to 1. Validated on construction, before anything is read.
+    """
+
+    strengths: dict[str, float]
+    count: int
+    seed: int = 0
+    k: int = TYPICALITY_K
+    target: str | dict[str, float] = "uniform"
+    active: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.strengths, dict) or not self.strengths:
+            raise ValueError(
+                f"strengths must be a non-empty dict of strategy -> strength; strategies: "
+                f"{sorted(STRATEGIES)}"
+            )
+        for name, value in self.strengths.items():
+            if name not in STRATEGIES:
+                raise ValueError(f"strategy={name!r} is unknown; use one of {sorted(STRATEGIES)}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"strength of {name!r} must be a number, got {value!r}")
+            if not math.isfinite(value):
+                raise ValueError(f"strength of {name!r} must be finite, got {value!r}")
+            if value < 0 and name != "metadata":
+                raise ValueError(
+                    f"strength of {name!r} must be >= 0 (only metadata takes a negative "
+                    f"strength, meaning lower values first), got {value}"
+                )
+        active = tuple(n for n in STRATEGIES if self.strengths.get(n, 0) != 0)
+        if not active:
+            raise ValueError("every strength is 0: give at least one strategy a strength")
+        object.__setattr__(self, "active", active)
+        if isinstance(self.count, bool) or not isinstance(self.count, int) or self.count < 1:
+            raise ValueError(f"count must be a positive int, got {self.count!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be an int >= 0, got {self.seed!r}")
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+            raise ValueError(f"k must be a positive int, got {self.k!r}")
+        check_target(self.target)
+
+    @property
+    def needs_typicality(self) -> bool:
+        return "typical" in self.active or "outliers" in self.active
+
+
+def check_target(target: str | dict[str, float]) -> None:
+    """Validates a balance target: a name in `BALANCE_TARGETS` or shares summing to 1."""
+    if isinstance(target, str):
+        if target not in BALANCE_TARGETS:
+            raise ValueError(
+                f"target={target!r}; use one of {BALANCE_TARGETS} or a dict of class -> "
+                "share summing to 1"
+            )
+        return
+    if not isinstance(target, dict) or not target:
+        raise ValueError(
+            f"target must be one of {BALANCE_TARGETS} or a non-empty dict of class -> share"
+        )
+    for label, share in target.items():
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or share < 0:
+            raise ValueError(f"target share of {label!r} must be a number >= 0, got {share!r}")
+    total = float(sum(target.values()))
+    if abs(total - 1.0) > 1e-6:
+        raise ValueError(f"target shares must sum to 1, they sum to {total:.6g}")
+
+
+# --------------------------------------------------------------------------- neighbours
+
+
+def knn_all(x: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k most similar other rows of every row of ``x`` (unit rows).
+
+    Returns (similarities, indices), most similar first, shape (n, k'), k' =
+    min(k, n - 1). Rows are grouped into regions around seeded centres; a block of
+    queries is compared with its own regions and those of best bound, then with every
+    region whose bound beats some query's k-th best (the angle to a region's centre
+    minus the region's angular radius bounds every member's angle). Memory: one copy
+    of ``x`` sorted by region and `COLUMN_BUDGET` similarities; never N x N.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    n = len(x)
+    k_eff = int(min(k, n - 1))
+    if k_eff <= 0:
+        return np.empty((n, 0), np.float32), np.empty((n, 0), np.int64)
+    if n <= BRUTE_FORCE_ROWS:
+        return knn(x, x, k_eff, exclude_self=np.arange(n))
+
+    order, starts, centres, cos_radius = _regions_for_search(x, seed)
+    sorted_x = x[order]
+    out_sim = np.empty((n, k_eff), np.float32)
+    out_idx = np.empty((n, k_eff), np.int64)
+    # Blocks of consecutive sorted rows: queries of one region share their bounds.
+    for lo in range(0, n, QUERY_BLOCK):
+        pos = np.arange(lo, min(lo + QUERY_BLOCK, n))
+        sims, idx = _knn_block(sorted_x, starts, centres, cos_radius, pos, k_eff)
+        out_sim[order[pos]] = sims
+        out_idx[order[pos]] = order[idx]
+    return out_sim, out_idx
+
+
+def _regions_for_search(
+    x: np.ndarray, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Rows grouped around ~sqrt(n) seeded k-means centres (`RegionIndex.fit`, whose
+    k-means++ seeding gives small clusters a centre too): (order, starts, centres, cos
+    radius).
+
+    Each region's centre is the normalised mean of its members and its radius the
+    largest member angle from that centre, as a cosine. The farthest `EDGE_SHARE` of
+    each region's members go to one last region instead: a few stragglers would widen
+    a region's radius, and so its bound, for every query, while the catch-all region
+    is small, so comparing every query with it costs little.
+    """
+    n = len(x)
+    n_regions = int(min(n, max(16, round(REGIONS_PER_SQRT_N * math.sqrt(n)))))
+    centres = RegionIndex.fit(x, seed=seed, n_regions=n_regions).centres
+    _, label = nearest(x, centres)
+    order = np.argsort(label, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(label, minlength=n_regions))])
+    for r in range(n_regions):
+        rows = order[bounds[r] : bounds[r + 1]]
+        if len(rows) >= 1 / EDGE_SHARE:
+            sims = x[rows] @ _unit_mean(x[rows])
+            label[rows[sims < np.quantile(sims, EDGE_SHARE)]] = n_regions
+    order = np.argsort(label, kind="stable")
+    counts = np.bincount(label, minlength=n_regions + 1)
+    starts = np.concatenate([[0], np.cumsum(counts[counts > 0])])
+    centres = np.empty((len(starts) - 1, x.shape[1]), np.float32)
+    cos_radius = np.empty(len(centres), np.float32)
+    for r in range(len(centres)):
+        members = x[order[starts[r] : starts[r + 1]]]
+        centres[r] = _unit_mean(members)
+        cos_radius[r] = float((members @ centres[r]).min())
+    return order, starts, centres, cos_radius
+
+
+def _unit_mean(rows: np.ndarray) -> np.ndarray:
+    mean = rows.sum(axis=0)
+    norm = float(np.linalg.norm(mean))
+    return mean / norm if norm > 0 else rows[0]
+
+
+def _knn_block(
+    sorted_x: np.ndarray,
+    starts: np.ndarray,
+    centres: np.ndarray,
+    cos_radius: np.ndarray,
+    query_pos: np.ndarray,
+    k: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """k nearest (positions in sorted_x) of one block of queries, exactly.
+
+    Two passes of large products instead of one small product per region: first the
+    queries' own regions and the regions of best bound (about `FIRST_PASS_ROWS` rows),
+    which give every query a k-th best; then every other region whose bound beats some
+    query's k-th best. A region left out could hold nothing better than the k-th best.
+    """
+    q = sorted_x[query_pos]
+    angle_to_centre = np.arccos(np.clip(q @ centres.T, -1.0, 1.0))
+    radius = np.arccos(np.clip(cos_radius, -1.0, 1.0))
+    bound = np.cos(np.maximum(angle_to_centre - radius, 0.0)) + BOUND_SLACK
+    sizes = np.diff(starts)
+    by_bound = np.argsort(-bound.max(axis=0), kind="stable")
+    enough = int(np.searchsorted(np.cumsum(sizes[by_bound]), max(FIRST_PASS_ROWS, k + 1))) + 1
+    first = np.zeros(len(sizes), bool)
+    first[by_bound[:enough]] = True
+    first[np.searchsorted(starts, query_pos, side="right") - 1] = True
+    best_sim = np.full((len(q), k), -np.inf, np.float32)
+    best_idx = np.full((len(q), k), -1, np.int64)
+    _merge_regions(sorted_x, starts, np.flatnonzero(first), q, query_pos, best_sim, best_idx)
+    second = ~first & (bound > best_sim.min(axis=1)[:, None]).any(axis=0)
+    _merge_regions(sorted_x, starts, np.flatnonzero(second), q, query_pos, best_sim, best_idx)
+    order = np.lexsort((best_idx, -best_sim), axis=1)
+    return np.take_along_axis(best_sim, order, 1), np.take_along_axis(best_idx, order, 1)
+
+
+def _merge_regions(
+    sorted_x: np.ndarray,
+    starts: np.ndarray,
+    regions: np.ndarray,
+    q: np.ndarray,
+    query_pos: np.ndarray,
+    best_sim: np.ndarray,
+    best_idx: np.ndarray,
+) -> None:
+    """Folds the rows of ``regions`` into each query's (unordered) k best, in place."""
+    if not len(regions):
+        return
+    k = best_sim.shape[1]
+    cols = np.concatenate([np.arange(starts[r], starts[r + 1]) for r in regions])
+    step = max(1, COLUMN_BUDGET // max(1, len(q)))
+    for lo in range(0, len(cols), step):
+        chunk = cols[lo : lo + step]
+        sims = q @ sorted_x[chunk].T
+        at = np.minimum(np.searchsorted(chunk, query_pos), len(chunk) - 1)
+        own = np.flatnonzero(chunk[at] == query_pos)
+        sims[own, at[own]] = -np.inf  # a query is not its own neighbour
+        cand_sim = np.concatenate([best_sim, sims], axis=1)
+        part = np.argpartition(-cand_sim, k - 1, axis=1)[:, :k]
+        cand_idx = np.where(
+            part < k,
+            np.take_along_axis(best_idx, np.minimum(part, k - 1), 1),
+            chunk[np.maximum(part - k, 0)],
+        )
+        best_sim[...] = np.take_along_axis(cand_sim, part, axis=1)
+        best_idx[...] = cand_idx
+
+
+def _unit_mean(rows: np.ndarray) -> np.ndarray:
+    mean = rows.sum(axis=0)
+    norm = float(np.linalg.norm(mean))
+    return mean / norm if norm > 0 else rows[0]
+
+
+def _knn_block(
+    sorted_x: np.ndarray,
+    starts: np.ndarray,
+    centres: np.ndarray,
+    cos_radius: np.ndarray,
+    query_pos: np.ndarray,
+    k: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """k nearest (positions in sorted_x) of one block of queries, exactly.
+
+    A region is compared only with the queries whose bound for it beats their current
+    k-th best, so one hard query (an outlier) does not drag its whole block along.
+    """
+    q = sorted_x[query_pos]
+    angle_to_centre = np.arccos(np.clip(q @ centres.T, -1.0, 1.0))
+    radius = np.arccos(np.clip(cos_radius, -1.0, 1.0))
+    bound = np.cos(np.maximum(angle_to_centre - radius, 0.0)) + BOUND_SLACK
+    best_sim = np.full((len(q), k), -np.inf, np.float32)
+    best_idx = np.full((len(q), k), -1, np.int64)
+    block_bound = bound.max(axis=0)
+    for r in np.argsort(-block_bound, kind="stable"):
+        kth = best_sim[:, -1]
+        if block_bound[r] <= kth.min():
+            break  # regions come in decreasing bound: none left can help any query
+        active = np.flatnonzero(bound[:, r] > kth)
+        if not len(active):
+            continue
+        lo, hi = int(starts[r]), int(starts[r + 1])
+        sims = q[active] @ sorted_x[lo:hi].T
+        own = (query_pos[active] >= lo) & (query_pos[active] < hi)
+        sims[np.flatnonzero(own), query_pos[active][own] - lo] = -np.inf
+        cand_sim = np.concatenate([best_sim[active], sims], axis=1)
+        cand_idx = np.concatenate(
+            [best_idx[active], np.broadcast_to(np.arange(lo, hi), sims.shape)], axis=1
+        )
+        part = np.argpartition(-cand_sim, k - 1, axis=1)[:, :k]
+        part_sim = np.take_along_axis(cand_sim, part, axis=1)
+        part_idx = np.take_along_axis(cand_idx, part, axis=1)
+        top = np.lexsort((part_idx, -part_sim), axis=1)
+        best_sim[active] = np.take_along_axis(part_sim, top, axis=1)
+        best_idx[active] = np.take_along_axis(part_idx, top, axis=1)
+    return best_sim, best_idx
+
+
+# --------------------------------------------------------------------------- scores
+
+
+def typicality(x: np.ndarray, k: int = TYPICALITY_K, seed: int = 0) -> np.ndarray:
+    """(1 + mean cosine similarity to the k nearest other rows) / 2, in [0, 1] (float32).
+
+    Exact (`knn_all`); ``seed`` only chooses the search's regions, never the result.
+    """
+    x = _unit_matrix(x, "x")
+    if len(x) < 2:
+        raise ValueError(f"typicality needs at least 2 samples, got {len(x)}")
+    sims, _ = knn_all(x, k, seed=seed)
+    return np.clip((1.0 + sims.mean(axis=1)) / 2.0, 0.0, 1.0).astype(np.float32)
+
+
+def query_similarity(x: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each row to its most similar query row (exact, blockwise)."""
+    x = _unit_matrix(x, "x")
+    query = _unit_matrix(query, "query")
+    if len(query) == 0:
+        raise ValueError("the query set is empty: give at least one query sample")
+    if query.shape[1] != x.shape[1]:
+        raise ValueError(f"query has dimension {query.shape[1]}, the samples {x.shape[1]}")
+    return nearest(x, query)[0]
+
+
+def metadata_scores(values: np.ndarray) -> np.ndarray:
+    """Rank of each value in [0, 1] (ties share a rank); missing values (NaN) rank lowest."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 1:
+        raise ValueError(f"metadata values must be 1-D, got shape {v.shape}")
+    missing = ~np.isfinite(v)
+    filled = np.where(missing, -np.inf, v)
+    return _ranks(filled)
+
+
+def class_quotas(
+    labels: np.ndarray, count: int, target: str | dict[str, float] = "uniform"
+) -> dict[str, int]:
+    """Samples per class for a pick of ``count``, as close to the target as the data allows.
+
+    Water-filling: each class gets count x share, a class with fewer samples than that
+    gives all it has and its shortfall is shared among the others in proportion to
+    their shares; integers by largest remainder (ties to the class first in sorted
+    order). Classes absent from an explicit target get nothing; a target class absent
+    from the data gets nothing and its share goes to the others.
+    """
+    check_target(target)
+    names, available = np.unique(np.asarray(labels).astype(str), return_counts=True)
+    if target == "uniform":
+        shares = np.ones(len(names))
+    elif target == "input":
+        shares = available.astype(np.float64)
+    else:
+        shares = np.array([float(target.get(str(c), 0.0)) for c in names])
+    total = min(int(count), int(available[shares > 0].sum()))
+    quota = np.zeros(len(names))
+    open_ = shares > 0
+    remaining = float(total)
+    while open_.any() and remaining > 1e-9:
+        want = remaining * shares * open_ / shares[open_].sum()
+        room = available - quota
+        capped = open_ & (want >= room)
+        if not capped.any():
+            quota += want
+            break
+        quota[capped] = available[capped]
+        remaining = total - quota.sum()
+        open_ &= ~capped
+    whole = np.floor(quota + 1e-9).astype(np.int64)
+    short = total - int(whole.sum())
+    if short > 0:
+        frac = quota - whole
+        frac[whole >= available] = -1.0  # a full class takes no extra sample
+        for i in np.lexsort((np.arange(len(names)), -frac))[:short]:
+            whole[i] += 1
+    return {str(c): int(q) for c, q in zip(names, whole, strict=True) if q > 0}
+
+
+# --------------------------------------------------------------------------- selection
+
+
+@dataclass
+class Selection:
+    """Rows picked, in pick order, and the typicality computed on the way (or None)."""
+
+    rows: np.ndarray
+    typicality: np.ndarray | None
+    quotas: dict[str, int] | None
+
+
+def select(
+    x: np.ndarray,
+    request: CurationRequest,
+    *,
+    eligible: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+    query: np.ndarray | None = None,
+    metadata: np.ndarray | None = None,
+    start: np.ndarray | None = None,
+    typicality_scores: np.ndarray | None = None,
+) -> Selection:
+    """Picks ``request.count`` rows of ``x`` (unit rows) by the request's strategies.
+
+    ``eligible`` (bool mask) limits the rows that may be picked, while typicality is
+    measured among all rows; ``start`` (vectors) counts as already picked for
+    ``diverse``, so a second pick adds what the first lacks. ``labels`` are needed by
+    ``balance``, ``query`` by ``similar``, ``metadata`` (one number per row) by
+    ``metadata``. Ties go to the lower row index, so the result is deterministic.
+    """
+    x = _unit_matrix(x, "x")
+    n = len(x)
+    mask = np.ones(n, bool) if eligible is None else np.asarray(eligible, bool)
+    if mask.shape != (n,):
+        raise ValueError(f"eligible must be a bool mask of length {n}, got shape {mask.shape}")
+    active = request.active
+    _check_inputs(active, n, labels, query, metadata)
+    strengths = request.strengths
+
+    typ = typicality_scores
+    if request.needs_typicality and typ is None:
+        typ = typicality(x, request.k, request.seed)
+    static = np.zeros(n)
+    for name in (s for s in active if s in SCORE_STRATEGIES):
+        static += strengths[name] * _score(name, x, typ, query, metadata, request.seed)
+
+    quotas = None
+    left: dict[str, int] | None = None
+    label_str = None
+    if "balance" in active:
+        label_str = np.asarray(labels).astype(str)
+        quotas = class_quotas(label_str[mask], request.count, request.target)
+        left = dict(quotas)
+        mask = mask & np.isin(label_str, list(quotas))
+    count = min(request.count, int(mask.sum()), sum(quotas.values()) if quotas else n)
+
+    if "diverse" not in active:
+        rows = _fill_by_score(static, mask, count, label_str, left)
+    else:
+        first_random = not any(s in SCORE_STRATEGIES for s in active) and start is None
+        rows = _greedy_diverse(
+            x,
+            static,
+            strengths["diverse"],
+            mask,
+            count,
+            label_str,
+            left,
+            start,
+            first_random,
+            request.seed,
+        )
+    return Selection(rows=rows, typicality=typ, quotas=quotas)
+
+
+def _check_inputs(active: tuple[str, ...], n: int, labels, query, metadata) -> None:
+    if "balance" in active and (labels is None or len(labels) != n):
+        raise ValueError(f"balance needs one label per sample ({n}), got {_length(labels)}")
+    if "similar" in active and (query is None or len(query) == 0):
+        raise ValueError("similar needs a non-empty query set")
+    if "metadata" in active and (metadata is None or len(metadata) != n):
+        raise ValueError(f"metadata needs one value per sample ({n}), got {_length(metadata)}")
+
+
+def _length(values: Any) -> str:
+    return "none" if values is None else str(len(values))
+
+
+def _score(name: str, x, typ, query, metadata, seed: int) -> np.ndarray:
+    """A static strategy's score of every row, rank-normalised to [0, 1]."""
+    if name == "typical":
+        return _ranks(typ)
+    if name == "outliers":
+        return 1.0 - _ranks(typ)
+    if name == "similar":
+        return _ranks(query_similarity(x, query))
+    if name == "metadata":
+        return metadata_scores(metadata)
+    return _ranks(np.random.default_rng(seed).random(len(x)))  # random
+
+
+def _fill_by_score(
+    static: np.ndarray, mask: np.ndarray, count: int, labels, left: dict[str, int] | None
+) -> np.ndarray:
+    """Highest objective first (ties: lower row), skipping classes whose quota is full."""
+    candidates = np.flatnonzero(mask)
+    ordered = candidates[np.lexsort((candidates, -static[candidates]))]
+    if left is None:
+        return ordered[:count]
+    picked = []
+    for row in ordered:
+        label = labels[row]
+        if left.get(label, 0) > 0:
+            picked.append(row)
+            left[label] -= 1
+            if len(picked) == count:
+                break
+    return np.asarray(picked, np.int64)
+
+
+def _greedy_diverse(
+    x: np.ndarray,
+    static: np.ndarray,
+    strength: float,
+    mask: np.ndarray,
+    count: int,
+    labels,
+    left: dict[str, int] | None,
+    start: np.ndarray | None,
+    first_random: bool,
+    seed: int,
+) -> np.ndarray:
+    """Greedy farthest-point picks, each maximising static + strength x distance term.
+
+    The distance term is a row's cosine distance to its nearest picked (or start) row,
+    divided by the current largest such distance among the candidates.
+    """
+    open_ = mask.copy()
+    max_sim = np.full(len(x), -np.inf, np.float32)
+    if start is not None and len(start):
+        start = _unit_matrix(start, "start")
+        max_sim = nearest(x, start)[0]
+    picked: list[int] = []
+    while len(picked) < count and open_.any():
+        if not np.isfinite(max_sim).any():
+            if first_random:
+                row = int(np.random.default_rng(seed).choice(np.flatnonzero(open_)))
+            else:
+                row = _argmax(static, open_)
+        else:
+            dist = 1.0 - max_sim.astype(np.float64)
+            top = dist[open_].max()
+            term = dist / top if top > 0 else np.zeros(len(x))
+            row = _argmax(static + strength * term, open_)
+        picked.append(row)
+        open_[row] = False
+        if left is not None:
+            label = labels[row]
+            left[label] -= 1
+            if left[label] == 0:
+                open_ &= labels != label
+        np.maximum(max_sim, x @ x[row], out=max_sim)
+    return np.asarray(picked, np.int64)
+
+
+def _argmax(values: np.ndarray, mask: np.ndarray) -> int:
+    """Row of the largest value among ``mask`` (first on ties)."""
+    return int(np.argmax(np.where(mask, values, -np.inf)))
+
+
+def covering_radius(x: np.ndarray, subset: np.ndarray) -> float:
+    """Largest cosine distance from any row of ``x`` to its nearest row of ``subset``."""
+    return float(1.0 - nearest(_unit_matrix(x, "x"), _unit_matrix(subset, "subset"))[0].min())
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks in [0, 1], ties averaged; all equal -> all 0.5."""
+    n = len(values)
+    if n < 2:
+        return np.full(n, 0.5)
+    return (rankdata(values, method="average") - 1.0) / (n - 1)
+
+
+def _unit_matrix(x: np.ndarray, name: str) -> np.ndarray:
+    """float32 2-D rows of (nearly) unit length; anything else is refused by name."""
+    x = np.asarray(x)
+    if x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
+        raise ValueError(f"{name} must be a numeric 2-D array, got shape {x.shape}")
+    x = x.astype(np.float32, copy=False)
+    if len(x):
+        norms = np.linalg.norm(x[: min(len(x), 1000)], axis=1)
+        if not np.all(np.abs(norms - 1.0) < 1e-3):
+            raise ValueError(f"{name} must hold L2-normalised rows (cosine geometry)")
+    return x

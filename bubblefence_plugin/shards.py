@@ -1,0 +1,410 @@
+"""Sharded, resumable embedding on FiftyOne's delegated-operation workers.
+
+Embedding is where a large dataset spends its time (a CPU embeds tens of images per
+second; the split of a million takes a minute). Users who outgrow one machine already
+run FiftyOne's delegated operations: documents queued in the database and executed by
+``fiftyone delegated launch`` workers on every machine they have. `queue_shards`
+queues one **BubbleFence embed** operation per shard there; each worker runs `embed`
+on its shard. No scheduler of our own.
+
+Partition. Sample ``id`` belongs to shard ``blake2b(id) mod num_shards``. A hash of
+the id rather than sorted-id ranges fixed when the shards are queued, because then
+membership depends on the id and ``num_shards`` only: every worker on every machine
+computes it with no stored plan, a shard rerun after samples were added still covers
+exactly its own ids (ranges would send every new sample to the last shard), and the
+shards are balanced to sampling noise whatever the id allocation. blake2b, not
+Python's ``hash``, which is salted per process.
+
+Never two writers. Shards of one ``num_shards`` are disjoint by construction. Beyond
+that, every embedding write (here and in the split's own embedding) is conditional on
+the sample having none yet, atomic per document in MongoDB
+(`bubblefence_plugin.dataset._write_once`): shards of two different layouts, or a
+split racing its shards, never both write a sample, and a stored vector never changes.
+
+Resume. A shard lists its samples still lacking the field, embeds them in chunks and
+writes each chunk before the next: killed mid-way, a rerun (``fiftyone delegated
+rerun``, or the same call) embeds only what is missing. Per-sample failures go to
+``bubblefence_error`` as in the split, and are retried by the next run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Generator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import fiftyone as fo
+import fiftyone.core.collections as foc
+import numpy as np
+
+from .config import BubbleFenceConfig
+from .dataset import (
+    EMBED_CHUNK,
+    EMBEDDING_FIELD,
+    ERROR_FIELD,
+    LOCK_TTL_S,
+    RESULT_FIELDS,
+    Progress,
+    ProgressCallback,
+    _check_collection,
+    _check_embedding_field,
+    _check_result_fields,
+    _embed_missing,
+    drive,
+    get_embedder,
+)
+
+EMBED_OPERATOR = "@bubblefence/bubblefence/bubblefence_embed"
+# Run states of a delegated operation that has not finished: SCHEDULED is what a
+# remote orchestrator's queue shows, QUEUED the local one's.
+PENDING_STATES = ("scheduled", "queued", "running")
+POLL_S = 2.0  # between looks at the shards while waiting; each look is one small query
+MAX_ERRORS_SHOWN = 20  # per-sample messages in a report; all are in bubblefence_error
+# Fields that hold something else: never an embeddings target.
+_RESERVED = {"id", "_id", "filepath", "tags", "metadata", "created_at", "last_modified_at"}
+
+
+@dataclass
+class ShardReport:
+    """What one `embed` call did: JSON-able via `to_dict` (operator and CLI output)."""
+
+    dataset: str
+    embeddings_field: str
+    model_name: str
+    num_shards: int
+    shard_index: int
+    n_todo: int  # samples of this shard lacking embeddings when it started
+    n_written: int  # embeddings this call wrote (others may have been written meanwhile)
+    n_errors: int
+    errors: dict[str, str] = field(default_factory=dict)
+    message: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ShardOp:
+    """One queued or running embedding shard, as FiftyOne's delegation records it."""
+
+    id: str
+    state: str
+    dataset: str
+    embeddings_field: str
+    num_shards: int
+    shard_index: int
+    progress: float | None
+    label: str | None
+
+
+def shard_of(ids: Sequence[str], num_shards: int) -> np.ndarray:
+    """The shard (0 .. num_shards - 1) of each sample id; see the module docstring."""
+    _check_int("num_shards", num_shards, 1)
+    return np.fromiter(
+        (
+            int.from_bytes(hashlib.blake2b(str(i).encode(), digest_size=8).digest(), "big")
+            % num_shards
+            for i in ids
+        ),
+        dtype=np.int64,
+        count=len(ids),
+    )
+
+
+# --------------------------------------------------------------------------- embedding
+
+
+def embed(
+    samples: foc.SampleCollection,
+    model: str | None = None,
+    embeddings_field: str = EMBEDDING_FIELD,
+    num_shards: int = 1,
+    shard_index: int = 0,
+    *,
+    batch_size: int | None = None,
+    device: str = "auto",
+    chunk_size: int = EMBED_CHUNK,
+    progress: ProgressCallback | None = None,
+) -> ShardReport:
+    """Embeds the samples of ``samples`` in shard ``shard_index`` that lack embeddings.
+
+    ``model`` is a Hugging Face name or a local folder (default: the split's CLIP);
+    ``embeddings_field`` the vector field written (the split's own by default). With the
+    defaults (one shard) it embeds everything missing. Idempotent: a rerun embeds only
+    what is still missing, and a stored vector is never replaced. ``progress(fraction,
+    label)`` is called after each chunk of ``chunk_size`` images; an exception it raises
+    stops the shard after that chunk was saved.
+
+    Example::
+
+        from bubblefence_plugin.shards import embed
+        embed(dataset, model="/models/clip", num_shards=4, shard_index=2)
+    """
+    return drive(
+        iter_embed(
+            samples,
+            model,
+            embeddings_field,
+            num_shards,
+            shard_index,
+            batch_size=batch_size,
+            device=device,
+            chunk_size=chunk_size,
+        ),
+        progress,
+    )
+
+
+def iter_embed(
+    samples: foc.SampleCollection,
+    model: str | None = None,
+    embeddings_field: str = EMBEDDING_FIELD,
+    num_shards: int = 1,
+    shard_index: int = 0,
+    *,
+    batch_size: int | None = None,
+    device: str = "auto",
+    chunk_size: int = EMBED_CHUNK,
+) -> Generator[Progress, None, ShardReport]:
+    """`embed` as a generator of `Progress` events; the report is its return value."""
+    model, batch_size = _check_params(
+        model, embeddings_field, num_shards, shard_index, batch_size, chunk_size
+    )
+    dataset = _check_collection(samples)
+    existing = dataset.get_field(embeddings_field)
+    if existing is not None and not isinstance(existing, fo.VectorField):
+        raise ValueError(
+            f"embeddings_field {embeddings_field!r} is a {type(existing).__name__} on dataset "
+            f"{dataset.name!r}; embeddings are written to a VectorField: choose another name"
+        )
+    yield Progress(0.0, f"Listing shard {shard_index + 1}/{num_shards}")
+    missing = samples.exists(embeddings_field, False).values("id")
+    mine = shard_of(missing, num_shards) == shard_index
+    ids = [i for i, m in zip(missing, mine, strict=True) if m]
+    report = ShardReport(
+        dataset=dataset.name,
+        embeddings_field=embeddings_field,
+        model_name=model,
+        num_shards=num_shards,
+        shard_index=shard_index,
+        n_todo=len(ids),
+        n_written=0,
+        n_errors=0,
+    )
+    if not ids:
+        report.message = (
+            f"Shard {shard_index + 1}/{num_shards}: nothing to embed, every sample of this "
+            f"shard has {embeddings_field!r}"
+        )
+        yield Progress(1.0, "Done")
+        return report
+    yield Progress(0.02, f"Loading the model {model}")
+    embedder = get_embedder(model, device, batch_size)
+    _check_embedding_field(dataset, embedder.model_name, embedder.dim, embeddings_field)
+    _check_result_fields(dataset, (ERROR_FIELD,))
+    _, written, errors = yield from _embed_missing(
+        dataset, ids, embedder, None, (0.05, 1.0), embeddings_field, chunk_size
+    )
+    yield Progress(1.0, "Done")
+    report.n_written = written
+    report.n_errors = len(errors)
+    report.errors = dict(list(errors.items())[:MAX_ERRORS_SHOWN])
+    report.message = (
+        f"Shard {shard_index + 1}/{num_shards}: embedded {written} of {len(ids)} samples "
+        f"into {embeddings_field!r}"
+        + (f"; {len(errors)} failed (see {ERROR_FIELD})" if errors else "")
+    )
+    return report
+
+
+def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an int, got {value!r}")
+    if value < low or (high is not None and value > high):
+        allowed = f">= {low}" if high is None else f"in {low}..{high}"
+        raise ValueError(f"{name} must be {allowed}, got {value}")
+
+
+def check_embeddings_field(name: Any) -> None:
+    """Refuses a name that is not a plain top-level field or that holds something else."""
+    if (
+        not isinstance(name, str)
+        or not name.isidentifier()
+        or name in _RESERVED
+        or name in RESULT_FIELDS
+    ):
+        raise ValueError(
+            "embeddings_field must be a field name (letters, digits, underscores) other "
+            f"than {sorted(_RESERVED | set(RESULT_FIELDS))}, got {name!r}"
+        )
+
+
+def _check_params(
+    model: str | None,
+    embeddings_field: str,
+    num_shards: int,
+    shard_index: int,
+    batch_size: int | None,
+    chunk_size: int,
+) -> tuple[str, int]:
+    """Validates everything before any work; returns the model and batch size to use."""
+    defaults = BubbleFenceConfig()
+    model = defaults.model_name if model is None else model
+    if not isinstance(model, str) or not model.strip():
+        raise ValueError(f"model must be a Hugging Face name or a local folder, got {model!r}")
+    check_embeddings_field(embeddings_field)
+    _check_int("num_shards", num_shards, 1)
+    _check_int("shard_index", shard_index, 0, num_shards - 1)
+    batch_size = defaults.batch_size if batch_size is None else batch_size
+    _check_int("batch_size", batch_size, 1)
+    _check_int("chunk_size", chunk_size, 1)
+    return model, int(batch_size)
+
+
+# --------------------------------------------------------------------------- delegation
+
+
+def queue_shards(
+    samples: foc.SampleCollection,
+    num_shards: int,
+    model: str | None = None,
+    embeddings_field: str = EMBEDDING_FIELD,
+    *,
+    batch_size: int | None = None,
+    device: str = "auto",
+) -> list[str]:
+    """Queues ``num_shards`` **BubbleFence embed** operations for delegated workers.
+
+    Returns their delegated-operation ids. Each is an ordinary FiftyOne delegated
+    operation (``fiftyone delegated list``), run by any ``fiftyone delegated launch``
+    worker with this plugin installed and the media reachable. Refused while shards
+    for the same dataset and field are still pending, so a double click does not
+    queue the work twice.
+
+    The operations are queued with `DelegatedOperationService.queue_operation`, the
+    call ``execute_operator(..., request_delegation=True)`` ends in, with the context it
+    builds: that call cannot be made from inside a running operator's event loop, and
+    this one is made from the App's operator as well as from Python. Workers validate
+    the parameters against the operator's form before running a shard.
+    """
+    from fiftyone.operators.delegated import DelegatedOperationService
+
+    model, batch_size = _check_params(model, embeddings_field, num_shards, 0, batch_size, 1)
+    dataset = _check_collection(samples)
+    pending = pending_shards(dataset, embeddings_field)
+    if pending:
+        raise ValueError(
+            f"{len(pending)} embedding shards for {embeddings_field!r} of dataset "
+            f"{dataset.name!r} are still queued or running ({[p.id for p in pending]}); "
+            "wait for them, or mark stuck ones failed with `fiftyone delegated fail <id>`"
+        )
+    view = samples if isinstance(samples, fo.DatasetView) else dataset.view()
+    service = DelegatedOperationService()
+    ids = []
+    for index in range(num_shards):
+        params = {
+            "mode": "run",
+            "model_name": model,
+            "embeddings_field": embeddings_field,
+            "num_shards": num_shards,
+            "shard_index": index,
+            "batch_size": batch_size,
+            "device": device,
+        }
+        request = {
+            "dataset_name": dataset.name,
+            "view": view._serialize(),
+            "params": params,
+            "delegated": True,
+        }
+        op = service.queue_operation(
+            operator=EMBED_OPERATOR,
+            label=shard_label(index, num_shards),
+            context={"request_params": request},
+            metadata={"inputs_schema": None, "outputs_schema": None},
+        )
+        ids.append(str(op.id))
+    return ids
+
+
+def shard_label(shard_index: int, num_shards: int) -> str:
+    """The run name of a shard, as `fiftyone delegated list` and the App show it."""
+    return f"BubbleFence embed shard {shard_index + 1}/{num_shards}"
+
+
+def pending_shards(dataset: fo.Dataset, embeddings_field: str | None = None) -> list[ShardOp]:
+    """Embedding shards of ``dataset`` (writing ``embeddings_field``, or any) not finished."""
+    from fiftyone.operators.delegated import DelegatedOperationService
+
+    service = DelegatedOperationService()
+    out = []
+    for state in PENDING_STATES:
+        for doc in service.list_operations(
+            operator=EMBED_OPERATOR, dataset_name=dataset.name, run_state=state
+        ):
+            params = (doc.context.request_params or {}).get("params", {}) if doc.context else {}
+            op = ShardOp(
+                id=str(doc.id),
+                state=str(doc.run_state),
+                dataset=dataset.name,
+                embeddings_field=params.get("embeddings_field", EMBEDDING_FIELD),
+                num_shards=int(params.get("num_shards", 1)),
+                shard_index=int(params.get("shard_index", 0)),
+                progress=getattr(doc.status, "progress", None),
+                label=getattr(doc.status, "label", None),
+            )
+            if params.get("mode", "run") == "run" and embeddings_field in (
+                None,
+                op.embeddings_field,
+            ):
+                out.append(op)
+    return out
+
+
+def wait_for_shards(
+    dataset: fo.Dataset,
+    embeddings_field: str | None = None,
+    poll_s: float = POLL_S,
+    stall_s: float = LOCK_TTL_S,
+    progress: ProgressCallback | None = None,
+) -> None:
+    """Blocks until no shard of ``dataset`` is pending (see `iter_wait_for_shards`)."""
+    drive(iter_wait_for_shards(dataset, embeddings_field, poll_s, stall_s), progress)
+
+
+def iter_wait_for_shards(
+    dataset: fo.Dataset,
+    embeddings_field: str | None = None,
+    poll_s: float = POLL_S,
+    stall_s: float = LOCK_TTL_S,
+) -> Generator[Progress, None, None]:
+    """Waits for the pending shards, one `Progress` per look.
+
+    Raises `TimeoutError` when nothing changed (no shard started, advanced or ended)
+    for ``stall_s`` seconds: no worker is running, or a worker died holding a shard.
+    The default is the split's lock expiry, far longer than one chunk of images.
+    """
+    last, changed_at = None, time.monotonic()
+    while True:
+        pending = pending_shards(dataset, embeddings_field)
+        if not pending:
+            return
+        seen = sorted((p.id, p.state, p.progress) for p in pending)
+        if seen != last:
+            last, changed_at = seen, time.monotonic()
+        elif time.monotonic() - changed_at > stall_s:
+            raise TimeoutError(
+                f"{len(pending)} embedding shards of dataset {dataset.name!r} made no "
+                f"progress for {stall_s:.0f} s: is a `fiftyone delegated launch` worker "
+                "running? Mark dead ones failed (`fiftyone delegated fail <id>`): "
+                f"{[p.id for p in pending]}"
+            )
+        running = sum(p.state == "running" for p in pending)
+        done = np.mean([p.progress or 0.0 for p in pending])
+        yield Progress(
+            float(done),
+            f"Waiting for {len(pending)} embedding shards ({running} running)",
+        )
+        time.sleep(poll_s)

@@ -1,0 +1,329 @@
+"""Curation on a FiftyOne dataset: `curate.sample`, the operator, exclusion from the panel."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import operator_requests
+
+pytestmark = pytest.mark.fiftyone
+
+fo = pytest.importorskip("fiftyone")
+foo = pytest.importorskip("fiftyone.operators")
+bfd = pytest.importorskip("bubblefence_plugin.dataset")
+
+from fiftyone.operators.delegated import DelegatedOperationService  # noqa: E402
+from fiftyone.operators.executor import ExecutionError  # noqa: E402
+
+from bubblefence_plugin import curate, viz  # noqa: E402
+from bubblefence_plugin.curation import typicality  # noqa: E402
+
+F = fo.ViewField
+PLUGIN = "@bubblefence/bubblefence"
+SAMPLE = f"{PLUGIN}/bubblefence_sample"
+PANEL = f"{PLUGIN}/bubblefence_panel"
+
+
+def panel_event(ds, method, state=None, selected=None, **params):
+    from test_panel import Reply
+
+    ctx = {
+        "dataset": ds,
+        "params": {"__method__": method, "panel_id": "p1", "panel_state": state or {}, **params},
+    }
+    if selected is not None:
+        ctx["selected"] = selected
+    return Reply(foo.execute_operator(PANEL, ctx=ctx))
+
+
+def splits_of(ds) -> dict[str, str | None]:
+    return dict(zip(*ds.values(["id", "split"]), strict=True))
+
+
+def test_sample_tags_a_pick_and_writes_scores(field_dataset):
+    ds = field_dataset
+    ds.add_sample(fo.Sample(filepath="/nonexistent/bad.png"))  # no embedding: skipped
+    summary = curate.sample(ds, "diverse", count=10, tag="pick", embeddings_field="emb", seed=1)
+    assert summary["n_picked"] == 10 and summary["n_errors"] == 1
+    assert ds.count_sample_tags()["pick"] == 10
+    assert sorted(ds.match_tags("pick").values("id")) == sorted(summary["picked_ids"])
+    # the pick reaches all 10 clusters of the fixture data
+    from sklearn.cluster import KMeans
+
+    x = np.stack(ds.exists("emb").values("emb"))
+    clusters = KMeans(10, n_init=5, random_state=0).fit_predict(x)
+    picked = set(ds.match_tags("pick").values("id"))
+    ids = ds.exists("emb").values("id")
+    assert len({c for i, c in zip(ids, clusters, strict=True) if i in picked}) == 10
+    # typicality and region for every sample read, as the core computes them
+    typ = np.asarray(ds.exists("emb").values(curate.TYPICALITY_FIELD))
+    np.testing.assert_allclose(typ, typicality(x / np.linalg.norm(x, axis=1)[:, None]), atol=1e-6)
+    regions = ds.exists("emb").values(curate.REGION_FIELD)
+    assert None not in regions and summary["n_regions"] == len(set(regions)) > 1
+    # an existing tag is refused before anything changes; replace moves it
+    with pytest.raises(ValueError, match="already exists"):
+        curate.sample(ds, "typical", count=5, tag="pick", embeddings_field="emb")
+    assert ds.count_sample_tags()["pick"] == 10
+    again = curate.sample(ds, "typical", count=5, tag="pick", embeddings_field="emb", replace=True)
+    assert ds.count_sample_tags()["pick"] == 5
+    assert set(ds.match_tags("pick").values("id")) == set(again["picked_ids"])
+
+
+def test_regions_are_kept_and_new_samples_join(field_dataset):
+    ds = field_dataset
+    curate.sample(ds, "random", count=3, tag="a", embeddings_field="emb")
+    before = dict(zip(*ds.values(["id", curate.REGION_FIELD]), strict=True))
+    n_regions = len(curate.load_regions(ds)[0].centres)
+    new = ds.add_samples([fo.Sample(filepath=f"/nonexistent/n{i}.png") for i in range(20)])
+    far = np.zeros((20, 16), np.float32)
+    far[:, 0] = -1.0  # unlike anything seen: opens a region
+    far[:10] = np.stack(ds.limit(10).values("emb"))  # near twins of known samples: join
+    ds.select(new).set_values("emb", list(far))
+    curate.sample(ds, "random", count=3, tag="b", embeddings_field="emb")
+    after = dict(zip(*ds.values(["id", curate.REGION_FIELD]), strict=True))
+    assert all(after[i] == r for i, r in before.items())  # earlier regions never change
+    assert all(after[i] is not None for i in new)
+    index = curate.load_regions(ds)[0]
+    assert len(index.centres) == n_regions + 1
+    assert {after[i] for i in new[10:]} == {n_regions}
+
+
+def test_from_split_start_from_similar_balance_metadata(field_dataset):
+    ds = field_dataset
+    bfd.split(ds, embeddings_field="emb")
+    curate.sample(ds, "diverse", count=8, tag="first", from_split="train", embeddings_field="emb")
+    assert set(ds.match_tags("first").values("split")) == {"train"}
+    curate.sample(
+        ds,
+        "diverse",
+        count=8,
+        tag="second",
+        from_split="train",
+        start_from="first",
+        embeddings_field="emb",
+    )
+    assert not set(ds.match_tags("first").values("id")) & set(ds.match_tags("second").values("id"))
+
+    ds.limit(2).tag_samples("query")
+    out = curate.sample(ds, "similar", count=5, tag="like", query_tag="query")
+    x = {i: np.asarray(v) for i, v in zip(*ds.values(["id", "emb"]), strict=True)}
+    q = [x[i] / np.linalg.norm(x[i]) for i in ds.match_tags("query").values("id")]
+    best = {i: max(float(v @ qq) / np.linalg.norm(v) for qq in q) for i, v in x.items()}
+    others = sorted((s for i, s in best.items() if i not in ds.match_tags("query").values("id")))
+    assert min(best[i] for i in out["picked_ids"]) >= others[-5] - 1e-6
+
+    ds.set_values("kind", ["cat" if k % 4 else "dog" for k in range(len(ds))])
+    out = curate.sample(ds, "balance", count=40, tag="bal", label_field="kind", target="uniform")
+    assert out["quotas"] == {"cat": 20, "dog": 20}
+    assert ds.match_tags("bal").count_values("kind") == {"cat": 20, "dog": 20}
+
+    ds.set_values("size", [float(k) for k in range(len(ds))])
+    curate.sample(ds, [], count=3, tag="small", strengths={"metadata": -1.0}, metadata_field="size")
+    assert sorted(ds.match_tags("small").values("size")) == [0.0, 1.0, 2.0]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"strategy": "spread"}, "strategy='spread'"),
+        ({"tag": "train"}, "reserved"),
+        ({"strategy": "balance"}, "label_field"),
+        ({"strategy": "similar"}, "query_tag"),
+        ({"strategy": "metadata"}, "metadata_field"),
+        ({"from_split": "val"}, "from_split='val'"),
+        ({"embeddings_field": "nope"}, "nope"),
+        ({"count": 0}, "count"),
+        ({"strategy": "balance", "label_field": "emb"}, "label_field='emb'"),
+    ],
+)
+def test_bad_input_is_refused_before_anything_is_written(field_dataset, kwargs, match):
+    args = {"strategy": "diverse", "count": 5, "tag": "t", "embeddings_field": "emb", **kwargs}
+    with pytest.raises(ValueError, match=match):
+        curate.sample(field_dataset, **args)
+    assert not field_dataset.has_field(curate.TYPICALITY_FIELD)
+    assert not field_dataset.count_sample_tags()
+
+
+def test_operator_immediate_with_progress_and_delegated(field_dataset):
+    ds = field_dataset
+    result = foo.execute_operator(
+        SAMPLE,
+        ctx={
+            "dataset": ds,
+            "params": {"strategy": "outliers", "count": 7, "tag": "odd", "embeddings_field": "emb"},
+        },
+    )
+    requests = operator_requests(result)
+    progress = [p["progress"] for p in requests["set_progress"]]
+    assert progress == sorted(progress) and progress[-1] == 1.0
+    assert "Tagged 7" in requests["show_output"][0]["results"]["summary"]
+    typ = dict(zip(*ds.values(["id", curate.TYPICALITY_FIELD]), strict=True))
+    odd = ds.match_tags("odd").values("id")
+    assert max(typ[i] for i in odd) <= sorted(typ.values())[6] + 1e-7  # the 7 lowest
+
+    with pytest.raises(ExecutionError, match="'odd' exists already"):  # the form refuses it
+        foo.get_operator(SAMPLE)(ds, strategy="diverse", count=3, tag="odd", embeddings_field="emb")
+
+    op = foo.get_operator(SAMPLE)
+    queued = op(
+        ds.limit(100),
+        count=5,
+        tag="mix",
+        strengths={"diverse": 1.0, "typical": 0.5},
+        embeddings_field="emb",
+        delegate=True,
+    )
+    assert queued.delegated and "mix" not in ds.count_sample_tags()
+    service = DelegatedOperationService()
+    service.execute_queued_operations(dataset_name=ds.name)
+    run = service.get(queued.result["id"])
+    assert run.run_state == "completed", run.run_state
+    assert run.result.result["result"]["strengths"] == {"diverse": 1.0, "typical": 0.5}
+    assert set(ds.match_tags("mix").values("id")) <= set(ds.limit(100).values("id"))
+    assert ds.count_sample_tags()["mix"] == 5
+
+
+def test_operator_form_shows_strategy_options(field_dataset):
+    import asyncio
+
+    from fiftyone.operators.executor import resolve_type
+    from fiftyone.operators.registry import OperatorRegistry
+
+    def form(params):
+        request = {
+            "dataset_name": field_dataset.name,
+            "operator_uri": SAMPLE,
+            "params": params,
+            "view": [],
+            "target": "inputs",
+        }
+        return asyncio.run(resolve_type(OperatorRegistry(), SAMPLE, request)).to_json()["type"]
+
+    props = form({})["properties"]
+    assert {"strategy", "count", "tag", "embeddings_field", "start_from"} <= set(props)
+    assert "label_field" not in props and "strength_typical" not in props
+    assert "label_field" in form({"strategy": "balance"})["properties"]
+    assert "strength_typical" in form({"combine": True})["properties"]
+    assert "metadata_field" in form({"strategy": "metadata"})["properties"]
+    field_dataset.limit(3).tag_samples(curate.DEFAULT_TAG)
+    tag = form({})["properties"]["tag"]
+    assert tag["invalid"] and "exists already" in tag["error_message"]
+
+
+def test_exclude_from_the_panel_leaves_the_split_and_nothing_else_moves(field_dataset, tmp_path):
+    ds = field_dataset
+    bfd.split(ds.limit(150), embeddings_field="emb")
+    before = splits_of(ds)
+    held_out = ds.match(F("split").is_in(["validation", "test"])).limit(3).values("id")
+    train_point = ds.match(F("split") == "train").first().id
+
+    # lasso -> Exclude with a reason; the panel says how many
+    panel_event(ds, "on_lasso", data=[{"id": i, "trace": "test", "idx": 0} for i in held_out])
+    reply = panel_event(
+        ds, "exclude", state={"curation": {"exclusion_reason": "blurry"}}, selected=held_out
+    )
+    assert "Excluded 3 samples" in reply.ops["notify"][0]["message"]
+    # a clicked point, without a selection
+    panel_event(ds, "on_click", trace="train", id=train_point, idx=0)
+    reply = panel_event(ds, "exclude", state={"clicked_id": train_point})
+    assert "Excluded 1 samples" in reply.ops["notify"][0]["message"]
+    excluded = set(held_out) | {train_point}
+    # Reset view forgets the clicked point: Exclude then has nothing to act on
+    reply = panel_event(ds, "reset_view", state={"clicked_id": train_point})
+    assert reply.state["clicked_id"] is None
+    reply = panel_event(ds, "exclude", state={"clicked_id": None})
+    assert reply.ops["notify"][0]["variant"] == "warning"
+
+    assert set(ds.match_tags("excluded").values("id")) == excluded
+    assert ds.select(held_out).values(curate.REASON_FIELD) == ["blurry"] * 3
+    for sample in ds.select(list(excluded)):
+        assert sample.split is None and sample.anchor_id is None
+        assert not set(sample.tags) & set(bfd.SPLIT_TAGS)
+    bf, params = bfd.load_state(ds)
+    assert not excluded & set(bf.assignments()["id"])
+    assert sorted(params["excluded_ids"]) == sorted(excluded)
+    now = splits_of(ds)
+    assert all(now[i] == s for i, s in before.items() if i not in excluded)
+
+    # the next split leaves them out and moves nothing that was split
+    summary = bfd.split(ds, embeddings_field="emb")
+    assert summary["n_new"] == 50
+    after = splits_of(ds)
+    assert all(after[i] == s for i, s in before.items() if s is not None and i not in excluded)
+    assert all(after[i] is None for i in excluded)
+    assert ds.match_tags("excluded").exists("split").count() == 0
+
+    # the excluded paths, from the CLI
+    from bubblefence_plugin.cli import main
+
+    out = tmp_path / "excluded.txt"
+    assert main(["excluded", "--dataset", f"no-such-{ds.name}", "--out", str(out)]) == 2
+    assert main(["excluded", "--dataset", ds.name, "--out", str(out)]) == 0
+    assert sorted(out.read_text().splitlines()) == sorted(
+        ds.select(list(excluded)).values("filepath")
+    )
+
+    # Include again: the next round assigns them as new samples
+    reply = panel_event(ds, "include_again", selected=held_out)
+    assert "Included 3" in reply.ops["notify"][0]["message"]
+    assert bfd.split(ds, embeddings_field="emb")["n_new"] == 3
+    assert None not in ds.select(held_out).values("split")
+
+
+def test_excluding_by_tag_alone_takes_effect_at_the_next_split(field_dataset):
+    ds = field_dataset
+    bfd.split(ds, embeddings_field="emb")
+    before = splits_of(ds)
+    ids = ds.match(F("split") == "train").limit(4).values("id")
+    ds.select(ids).tag_samples(bfd.EXCLUDED_TAG)  # the App's tag menu, no panel
+    summary = bfd.split(ds, embeddings_field="emb")
+    assert summary["n_excluded_left"] == 4
+    after = splits_of(ds)
+    assert all(after[i] is None for i in ids)
+    assert all(after[i] == s for i, s in before.items() if i not in ids)
+    assert sorted(bfd.state_info(ds)["excluded_ids"]) == sorted(ids)
+
+
+def test_panel_colours_by_typicality_and_region(field_dataset):
+    ds = field_dataset
+    bfd.split(ds, embeddings_field="emb")
+    reply = panel_event(ds, "on_color_by", value="typicality")
+    (trace,) = (
+        reply.traces.values()
+        if "bubbles" not in reply.traces
+        else [t for n, t in reply.traces.items() if n != "bubbles"]
+    )
+    assert trace["name"] == "no typicality" and len(trace["ids"]) == 200
+    curate.sample(ds, "random", count=1, tag="r", embeddings_field="emb")
+    reply = panel_event(ds, "on_color_by", value="typicality")
+    trace = reply.traces["typicality"]
+    typ = dict(zip(*ds.values(["id", curate.TYPICALITY_FIELD]), strict=True))
+    assert trace["marker"]["color"] == [round(typ[i], 4) for i in trace["ids"]]
+    assert trace["marker"]["colorscale"] == "Viridis"
+    reply = panel_event(ds, "on_color_by", value="region")
+    trace = reply.traces["region"]
+    region = dict(zip(*ds.values(["id", curate.REGION_FIELD]), strict=True))
+    assert trace["text"] == [f"region {region[i]}" for i in trace["ids"]]
+    assert len(set(trace["marker"]["color"])) > 1
+    props = reply.properties()
+    assert {"exclude", "include_again", "exclusion_reason"} <= set(props)
+    assert viz.COLOR_BY == ("split", "round", "typicality", "region")
+
+
+def test_cli_sample_combines_strategies_and_refuses_bad_input(field_dataset, capsys):
+    from bubblefence_plugin.cli import main
+
+    ds = field_dataset
+    args = ["sample", "--dataset", ds.name, "--embeddings-field", "emb", "--count", "6"]
+    assert main([*args, "--strategy", "diverse=1", "--strategy", "typical=0.5", "--tag", "c"]) == 0
+    assert "Tagged 6" in capsys.readouterr().out
+    assert ds.count_sample_tags()["c"] == 6
+    # the same pick as from Python: the CLI adds nothing of its own
+    same = curate.sample(
+        ds, [], 6, "py", strengths={"diverse": 1.0, "typical": 0.5}, embeddings_field="emb"
+    )
+    assert sorted(same["picked_ids"]) == sorted(ds.match_tags("c").values("id"))
+    assert main([*args, "--strategy", "diverse=lots", "--tag", "d"]) == 2
+    assert "diverse=lots" in capsys.readouterr().err
+    assert main([*args, "--tag", "c"]) == 2  # the tag exists
+    assert "already exists" in capsys.readouterr().err
