@@ -22,11 +22,19 @@ with ties broken by row index.
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Iterator
 
 import numpy as np
 from scipy.spatial import cKDTree
 
+# Environment variable that fixes the BLAS thread count of a round (see `blas_threads`).
+THREADS_VARIABLE = "BUBBLEFENCE_BLAS_THREADS"
+# Rounds over fewer rows run on one thread: their products gain little from a second.
+SMALL_ROUND = 10_000
+# Window over which the idle cores are measured at the start of a round.
+IDLE_WINDOW_S = 0.1
 # Rows of queries per matrix product: 256 x 1M float32 similarities = 1 GiB, so
 # callers with a large base pass a smaller block.
 DEFAULT_BLOCK = 1024
@@ -51,6 +59,48 @@ SCAN_BYTES = 16 * 2**20
 SPARSE_SHARE = 0.002
 # Margin on squared projected distances, far above float32 cancellation (~1e-6).
 PROJECTION_MARGIN = 1e-4
+
+
+def blas_threads(n_rows: int) -> int:
+    """Threads for the BLAS products of a round over `n_rows` samples:
+    `BUBBLEFENCE_BLAS_THREADS` when set; one for small rounds; else the cores that are
+    idle right now (measured over `IDLE_WINDOW_S`), at least one.
+
+    OpenBLAS threads spin while they wait for each other: on a machine whose cores are
+    taken by other work they wait for a core instead, and a round at 100k took 363 s
+    with two threads against 43 s with one (issue 12). The idle cores are measured at
+    the start of the round rather than read from the load average, which lags a minute
+    and counts this process's own previous round. The split never depends on the
+    count (`pairs_at_least`, `tests/test_determinism.py`), only the time does.
+    """
+    chosen = os.environ.get(THREADS_VARIABLE)
+    if chosen:
+        return max(1, int(chosen))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = cores or 1
+    if cores == 1 or n_rows < SMALL_ROUND:
+        return 1
+    idle = _idle_cores(cores)
+    return int(max(1, min(cores, round(idle))))
+
+
+def _idle_cores(cores: int) -> float:
+    """Cores idle over the last `IDLE_WINDOW_S` (Linux /proc/stat), else from the load."""
+    try:
+        first = _cpu_ticks()
+        time.sleep(IDLE_WINDOW_S)
+        second = _cpu_ticks()
+    except (OSError, ValueError, IndexError):
+        return cores - os.getloadavg()[0]
+    total = sum(second) - sum(first)
+    idle = (second[3] + second[4]) - (first[3] + first[4])  # idle + iowait
+    machine = os.cpu_count() or cores
+    return machine * idle / total if total > 0 else float(cores)
+
+
+def _cpu_ticks() -> list[int]:
+    with open("/proc/stat", encoding="ascii") as stat:
+        return [int(v) for v in stat.readline().split()[1:9]]
 
 
 def similarity_to_distance(similarity: np.ndarray | float) -> np.ndarray | float:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy import sparse
+from threadpoolctl import threadpool_limits
 
 from .anchors import CandidateStream, fit_projection, subsample
 from .assign import (
@@ -46,6 +47,7 @@ from .groups import (
     resolve_round,
 )
 from .labels import LabelIndex, encode_label_sets, label_shares, label_summary
+from .neighbors import blas_threads
 from .quota import BubbleGrower, Strata, Units, round_budget
 from .regions import RegionIndex
 from .state import read_state, write_state
@@ -138,7 +140,22 @@ class BubbleFence:
         groups: Sequence[Any] | None = None,
     ) -> RoundResult:
         """Assign a new batch: dedup, twins of assigned samples, existing bubbles, new
-        bubbles to the quota (stratified by labels and regions), the rest train."""
+        bubbles to the quota (stratified by labels and regions), the rest train.
+
+        BLAS runs on `neighbors.blas_threads()` threads for the round: as many as the
+        machine has idle cores, so a busy machine does not stall on spinning threads.
+        """
+        rows = self.n_samples + len(embeddings)
+        with threadpool_limits(limits=blas_threads(rows), user_api="blas"):
+            return self._ingest(embeddings, ids, labels, groups)
+
+    def _ingest(
+        self,
+        embeddings: np.ndarray,
+        ids: Sequence[Any] | None,
+        labels: Sequence[Any] | None,
+        groups: Sequence[Any] | None,
+    ) -> RoundResult:
         cfg = self.config
         timings: dict[str, float] = {}
         clock = time.perf_counter()
