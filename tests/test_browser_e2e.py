@@ -241,7 +241,7 @@ def test_split_in_the_app_then_the_panel_shows_the_bubbles(
     expect(panel).to_contain_text("Counts in the view")
     expect(panel).to_contain_text(f"{n_bubbles} bubble")
     plot = panel.locator(".js-plotly-plot")
-    expect(plot).to_be_visible()
+    expect(plot).to_be_visible(timeout=UI_TIMEOUT_MS)  # plotly loads after the panel text
     expect(plot.locator(".shapelayer path")).to_have_count(n_circles)
     expect(plot.locator(".scatterlayer .trace .points path")).to_have_count(n_bubbles)
     assert plot.locator("canvas").count() > 0  # the WebGL point layer
