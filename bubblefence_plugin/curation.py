@@ -51,10 +51,6 @@ QUERY_BLOCK = 512
 BOUND_SLACK = 1e-4
 # Regions per sqrt(n) rows: more regions prune finer but cost a bound per region.
 REGIONS_PER_SQRT_N = 1.0
-# Rows of the first pass per query block: enough for a tight k-th best to prune with.
-FIRST_PASS_ROWS = 2048
-# Similarities per product (query rows x base rows): 2^24 float32 = 64 MiB.
-COLUMN_BUDGET = 2**24
 # Share of each region's members, the farthest from its centre, moved to a catch-all
 # region that every query visits: outliers then stop widening the regions' bounds.
 EDGE_SHARE = 0.02
@@ -156,10 +152,10 @@ def knn_all(x: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarra
 
     Returns (similarities, indices), most similar first, shape (n, k'), k' =
     min(k, n - 1). Rows are grouped into regions around seeded centres; a block of
-    queries is compared with its own regions and those of best bound, then with every
-    region whose bound beats some query's k-th best (the angle to a region's centre
+    queries meets the regions in decreasing order of bound, each only with the queries
+    whose bound for it beats their current k-th best (the angle to a region's centre
     minus the region's angular radius bounds every member's angle). Memory: one copy
-    of ``x`` sorted by region and `COLUMN_BUDGET` similarities; never N x N.
+    of ``x`` sorted by region and one region's similarities per block; never N x N.
     """
     x = np.asarray(x, dtype=np.float32)
     n = len(x)
@@ -216,78 +212,6 @@ def _regions_for_search(
         centres[r] = _unit_mean(members)
         cos_radius[r] = float((members @ centres[r]).min())
     return order, starts, centres, cos_radius
-
-
-def _unit_mean(rows: np.ndarray) -> np.ndarray:
-    mean = rows.sum(axis=0)
-    norm = float(np.linalg.norm(mean))
-    return mean / norm if norm > 0 else rows[0]
-
-
-def _knn_block(
-    sorted_x: np.ndarray,
-    starts: np.ndarray,
-    centres: np.ndarray,
-    cos_radius: np.ndarray,
-    query_pos: np.ndarray,
-    k: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """k nearest (positions in sorted_x) of one block of queries, exactly.
-
-    Two passes of large products instead of one small product per region: first the
-    queries' own regions and the regions of best bound (about `FIRST_PASS_ROWS` rows),
-    which give every query a k-th best; then every other region whose bound beats some
-    query's k-th best. A region left out could hold nothing better than the k-th best.
-    """
-    q = sorted_x[query_pos]
-    angle_to_centre = np.arccos(np.clip(q @ centres.T, -1.0, 1.0))
-    radius = np.arccos(np.clip(cos_radius, -1.0, 1.0))
-    bound = np.cos(np.maximum(angle_to_centre - radius, 0.0)) + BOUND_SLACK
-    sizes = np.diff(starts)
-    by_bound = np.argsort(-bound.max(axis=0), kind="stable")
-    enough = int(np.searchsorted(np.cumsum(sizes[by_bound]), max(FIRST_PASS_ROWS, k + 1))) + 1
-    first = np.zeros(len(sizes), bool)
-    first[by_bound[:enough]] = True
-    first[np.searchsorted(starts, query_pos, side="right") - 1] = True
-    best_sim = np.full((len(q), k), -np.inf, np.float32)
-    best_idx = np.full((len(q), k), -1, np.int64)
-    _merge_regions(sorted_x, starts, np.flatnonzero(first), q, query_pos, best_sim, best_idx)
-    second = ~first & (bound > best_sim.min(axis=1)[:, None]).any(axis=0)
-    _merge_regions(sorted_x, starts, np.flatnonzero(second), q, query_pos, best_sim, best_idx)
-    order = np.lexsort((best_idx, -best_sim), axis=1)
-    return np.take_along_axis(best_sim, order, 1), np.take_along_axis(best_idx, order, 1)
-
-
-def _merge_regions(
-    sorted_x: np.ndarray,
-    starts: np.ndarray,
-    regions: np.ndarray,
-    q: np.ndarray,
-    query_pos: np.ndarray,
-    best_sim: np.ndarray,
-    best_idx: np.ndarray,
-) -> None:
-    """Folds the rows of ``regions`` into each query's (unordered) k best, in place."""
-    if not len(regions):
-        return
-    k = best_sim.shape[1]
-    cols = np.concatenate([np.arange(starts[r], starts[r + 1]) for r in regions])
-    step = max(1, COLUMN_BUDGET // max(1, len(q)))
-    for lo in range(0, len(cols), step):
-        chunk = cols[lo : lo + step]
-        sims = q @ sorted_x[chunk].T
-        at = np.minimum(np.searchsorted(chunk, query_pos), len(chunk) - 1)
-        own = np.flatnonzero(chunk[at] == query_pos)
-        sims[own, at[own]] = -np.inf  # a query is not its own neighbour
-        cand_sim = np.concatenate([best_sim, sims], axis=1)
-        part = np.argpartition(-cand_sim, k - 1, axis=1)[:, :k]
-        cand_idx = np.where(
-            part < k,
-            np.take_along_axis(best_idx, np.minimum(part, k - 1), 1),
-            chunk[np.maximum(part - k, 0)],
-        )
-        best_sim[...] = np.take_along_axis(cand_sim, part, axis=1)
-        best_idx[...] = cand_idx
 
 
 def _unit_mean(rows: np.ndarray) -> np.ndarray:

@@ -17,8 +17,6 @@ members linked); a component is the unit that moves:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 
 from .assign import TEST, TRAIN, UNASSIGNED, VALIDATION, AnchorTable, assign_to_bubbles, shell_split
@@ -27,13 +25,6 @@ from .neighbors import CellIndex
 from .twins import twin_votes
 
 ROLES = (TRAIN, VALIDATION, TEST)
-
-
-@dataclass
-class Binding:
-    """What binding new components to assigned samples did, for the round record."""
-
-    stats: dict[str, int] = field(default_factory=dict)
 
 
 def bind_to_assigned(
@@ -46,8 +37,9 @@ def bind_to_assigned(
     kept: np.ndarray,
     n_old: int,
     config: BubbleFenceConfig,
-) -> Binding:
-    """Bind new components to their assigned twins and known groups (in place).
+) -> dict[str, int]:
+    """Bind new components to their assigned twins and known groups (in place); returns
+    the round-record counts `bound_to_twins` and `cut_pairs_twins`.
 
     `components[i]` is the component label of `new_kept[i]`; rows of `new_kept` that
     already have a split (new members of known groups) are *forced*: they keep it, and
@@ -57,7 +49,7 @@ def bind_to_assigned(
     assigned = np.flatnonzero(kept[:n_old] & np.isin(split[:n_old], ROLES))
     forced = split[new_kept] != UNASSIGNED
     if len(new_kept) == 0 or (len(assigned) == 0 and not forced.any()):
-        return Binding(stats)
+        return stats
     _, comp = np.unique(components, return_inverse=True)
     comp = comp.reshape(-1)
     n_comp = int(comp.max()) + 1
@@ -104,7 +96,7 @@ def bind_to_assigned(
     stats["bound_to_twins"] = int(free_members.sum())
     # Pairs to any other split than the component's are cut (counted, not hidden).
     stats["cut_pairs_twins"] = int(per_comp[bound].sum() - per_comp[bound, side[bound]].sum())
-    return Binding(stats)
+    return stats
 
 
 def _decide(links: np.ndarray, forced: np.ndarray, best_sim: np.ndarray) -> np.ndarray:

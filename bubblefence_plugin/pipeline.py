@@ -213,8 +213,7 @@ class BubbleFence:
         # The new samples' components at the leak threshold bind them to assigned samples
         # and bubbles; with nothing assigned yet, none is needed.
         if n_old or codes is not None:
-            links = group_links(codes, new_kept)
-            components = twin_components(all_x, new_kept, cfg.leak_threshold, cfg.seed, links)
+            components = self._components(all_x, new_kept, codes, cfg.leak_threshold)
         else:
             components = None
         stats: dict[str, Any] = {}
@@ -233,10 +232,11 @@ class BubbleFence:
             stats["group_known"] = int(known.sum())
         stats.update(bound_to_twins=0, cut_pairs_twins=0)
         if components is not None:
-            binding = bind_to_assigned(
-                all_x, new_kept, components, split, anchor, shell, kept, n_old, cfg
+            stats.update(
+                bind_to_assigned(
+                    all_x, new_kept, components, split, anchor, shell, kept, n_old, cfg
+                )
             )
-            stats.update(binding.stats)
         timings["twins"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
@@ -277,8 +277,7 @@ class BubbleFence:
                 # The closure margin is a preference: where its units are too coarse
                 # for the quota, the twin components themselves (still leak-free) serve.
                 still_open = open_rows[split[open_rows] == UNASSIGNED]
-                links = group_links(codes, still_open)
-                finer = twin_components(all_x, still_open, cfg.leak_threshold, cfg.seed, links)
+                finer = self._components(all_x, still_open, codes, cfg.leak_threshold)
                 grower.use_units(Units.from_labels(n, still_open, finer))
                 grower.fill(make_stream)
             grower.cut(n_kept)
@@ -349,8 +348,14 @@ class BubbleFence:
         cfg = self.config
         if components is not None and cfg.unit_threshold >= cfg.leak_threshold:
             return components[np.searchsorted(new_kept, open_rows)]
-        links = group_links(codes, open_rows)
-        return twin_components(all_x, open_rows, cfg.unit_threshold, cfg.seed, links=links)
+        return self._components(all_x, open_rows, codes, cfg.unit_threshold)
+
+    def _components(
+        self, all_x: np.ndarray, rows: np.ndarray, codes: np.ndarray | None, threshold: float
+    ) -> np.ndarray:
+        """Components of `rows` in the twin graph at `threshold`, a group's members linked."""
+        links = group_links(codes, rows)
+        return twin_components(all_x, rows, threshold, self.config.seed, links)
 
     def _regions_with(
         self, all_x: np.ndarray, kept: np.ndarray, new_kept: np.ndarray, n: int
