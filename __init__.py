@@ -1,32 +1,18 @@
 """BubbleFence FiftyOne plugin: registers the operators in `operators/`, panels in `panels/`.
 
 FiftyOne imports this file under a synthetic package name on every App request, so it
-stays cheap: no model, no database work. The logic lives in the `bubblefence_plugin`
-package next to this file; when that package is not installed (plugin copied or
-symlinked into the plugins directory) it is imported from here, under its own name,
-so that the App, delegated workers and Python users share one module.
+stays cheap: no model, no database work. The logic is the installed `bubblefence_plugin`
+package (`pip install -e .` in this folder, as `scripts/setup.sh` does), which the App,
+delegated workers, the CLI and Python users all import under that one name.
 """
 
-import importlib.util
-import sys
-from pathlib import Path
-
-
-def _ensure_core_importable() -> None:
-    if "bubblefence_plugin" in sys.modules or importlib.util.find_spec("bubblefence_plugin"):
-        return
-    package = Path(__file__).resolve().parent / "bubblefence_plugin"
-    spec = importlib.util.spec_from_file_location(
-        "bubblefence_plugin",
-        package / "__init__.py",
-        submodule_search_locations=[str(package)],
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bubblefence_plugin"] = module  # before exec: submodules import it
-    spec.loader.exec_module(module)
-
-
-_ensure_core_importable()
+try:
+    import bubblefence_plugin  # noqa: F401
+except ImportError as error:  # the plugin folder was linked without installing it
+    raise ImportError(
+        "The BubbleFence plugin needs its package in the Python environment that runs "
+        f"FiftyOne: run `pip install -e {__path__[0]}` there, then restart the App."
+    ) from error
 
 from .operators import OPERATORS  # noqa: E402
 from .panels import PANELS  # noqa: E402

@@ -74,7 +74,7 @@ def worker(case: str, n: int) -> dict:
     out: dict = {"case": case, "n": n, "matrix_mb": x.nbytes / 2**20}
     if case == "brain":
         return _brain_worker(x, split, out)
-    from bubblefence_plugin import metrics
+    from bubblefence_plugin.core import metrics
 
     _reset_peak()
     clock = time.perf_counter()

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bubblefence_plugin import BubbleFence, BubbleFenceConfig  # noqa: E402
-from bubblefence_plugin.metrics import leakage  # noqa: E402
+from bubblefence_plugin.core.metrics import leakage  # noqa: E402
 
 RESULTS = ROOT / "bench" / "RESULTS.md"
 

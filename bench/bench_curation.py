@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_core import append_results, peak_rss_mb, reset_peak_rss  # noqa: E402
 
-from bubblefence_plugin.curation import (  # noqa: E402
+from bubblefence_plugin.core.curation import (  # noqa: E402
     CurationRequest,
     covering_radius,
     select,

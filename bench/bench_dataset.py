@@ -33,7 +33,7 @@ import fiftyone as fo  # noqa: E402
 from bench_core import append_results, make_data, peak_rss_mb, reset_peak_rss  # noqa: E402
 
 from bubblefence_plugin import BubbleFence, BubbleFenceConfig  # noqa: E402
-from bubblefence_plugin import dataset as bfd  # noqa: E402
+from bubblefence_plugin.fo import dataset as bfd  # noqa: E402
 
 
 def timed(fn):

@@ -334,7 +334,7 @@ def measure(
 
 
 def ours(model_dir: str, paths: list[str], batch_size: int, num_workers, draft: bool):
-    from bubblefence_plugin.embed import ImageEmbedder
+    from bubblefence_plugin.embedder import ImageEmbedder
 
     emb = ImageEmbedder(
         model_dir, device="auto", batch_size=batch_size, num_workers=num_workers, jpeg_draft=draft

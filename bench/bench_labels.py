@@ -32,7 +32,7 @@ import numpy as np
 from bench_core import make_data
 
 from bubblefence_plugin import BubbleFence, BubbleFenceConfig
-from bubblefence_plugin.metrics import group_violations, leakage
+from bubblefence_plugin.core.metrics import group_violations, leakage
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 MIN_LABEL_COUNT = 20

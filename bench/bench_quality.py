@@ -44,9 +44,9 @@ sys.path.insert(0, str(ROOT))
 
 from bench.bench_core import append_results  # noqa: E402
 from bubblefence_plugin import BubbleFence, BubbleFenceConfig  # noqa: E402
-from bubblefence_plugin.metrics import best_similarity  # noqa: E402
-from bubblefence_plugin.neighbors import nearest  # noqa: E402
-from bubblefence_plugin.twins import twin_components  # noqa: E402
+from bubblefence_plugin.core.metrics import best_similarity  # noqa: E402
+from bubblefence_plugin.core.neighbors import nearest  # noqa: E402
+from bubblefence_plugin.core.twins import twin_components  # noqa: E402
 
 THRESHOLDS = (0.90, 0.95, 0.99)
 EVAL_RATIO = 0.2

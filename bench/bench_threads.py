@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_core import append_results  # noqa: E402
-from bubblefence_plugin.neighbors import THREADS_VARIABLE  # noqa: E402
+from bubblefence_plugin.core.neighbors import THREADS_VARIABLE  # noqa: E402
 
 SETTINGS = ("1", "2", "auto")
 
@@ -36,7 +36,7 @@ def one_round(n: int) -> dict:
 
     from bench.bench_core import make_data, peak_rss_mb, reset_peak_rss
     from bubblefence_plugin import BubbleFence, BubbleFenceConfig
-    from bubblefence_plugin.neighbors import blas_threads
+    from bubblefence_plugin.core.neighbors import blas_threads
 
     x, _ = make_data(n, seed=5)
     threads = blas_threads(n)

@@ -176,7 +176,7 @@ def _refused(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Na
     def wrapper(args: argparse.Namespace) -> int:
         from yaml import YAMLError
 
-        from .dataset import BubbleFenceBusyError, ModelUnavailableError
+        from .fo.dataset import BubbleFenceBusyError, ModelUnavailableError
 
         try:
             return func(args)
@@ -297,7 +297,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 
 def _run_split(dataset: Any, **kwargs: Any) -> dict[str, Any]:
-    from .dataset import split
+    from .fo.dataset import split
 
     bar = _Bar(f"BubbleFence {dataset.name}")
     try:
@@ -314,7 +314,7 @@ def cmd_split(args: argparse.Namespace) -> int:
     """``split --dataset NAME [--folder DIR ...] [--config cfg.yaml]``."""
     import fiftyone as fo
 
-    from .dataset import check_split_config
+    from .fo.dataset import check_split_config
 
     overrides = _parse_sets(args.set)
     if args.model:
@@ -341,8 +341,8 @@ def cmd_split(args: argparse.Namespace) -> int:
 @_refused
 def cmd_embed(args: argparse.Namespace) -> int:
     """``embed --dataset NAME [--num-shards N (--shard-index I | --queue)] [--model M]``."""
-    from .dataset import EMBEDDING_FIELD
-    from .shards import embed, queue_shards, shard_label
+    from .fo.dataset import EMBEDDING_FIELD
+    from .fo.shards import embed, queue_shards, shard_label
 
     dataset = _load_dataset(args.dataset)
     kwargs = dict(
@@ -379,7 +379,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 @_refused
 def cmd_export(args: argparse.Namespace) -> int:
     """``export --dataset NAME --dir DIR [--format TYPE] [--tags ...] [--overwrite]``."""
-    from .dataset import export
+    from .fo.dataset import export
 
     dataset = _load_dataset(args.dataset)
     result = export(
@@ -403,7 +403,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 @_refused
 def cmd_reset(args: argparse.Namespace) -> int:
     """``reset --dataset NAME [--keep-embeddings] [--yes]``."""
-    from .dataset import reset
+    from .fo.dataset import reset
 
     dataset = _load_dataset(args.dataset)
     if not args.yes:
@@ -428,7 +428,7 @@ def cmd_reset(args: argparse.Namespace) -> int:
 @_refused
 def cmd_sample(args: argparse.Namespace) -> int:
     """``sample --dataset NAME [--strategy NAME[=STRENGTH] ...] --count N --tag TAG``."""
-    from .curate import parse_target, sample
+    from .fo.curate import parse_target, sample
 
     strengths = {}
     for item in args.strategy or ["diverse"]:
@@ -466,7 +466,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 @_refused
 def cmd_excluded(args: argparse.Namespace) -> int:
     """``excluded --dataset NAME --out FILE``: the excluded samples' paths, one a line."""
-    from .curate import write_excluded_paths
+    from .fo.curate import write_excluded_paths
 
     n = write_excluded_paths(_load_dataset(args.dataset), args.out)
     print(f"Wrote {n} excluded paths to {args.out}")
@@ -564,8 +564,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """``demo [--model DIR]``: two rounds on a small persistent dataset, then how to view it."""
     import fiftyone as fo
 
-    from .config import BubbleFenceConfig
-    from .dataset import get_embedder, safe_name
+    from .core.config import BubbleFenceConfig
+    from .fo.dataset import get_embedder, safe_name
 
     model = args.model or BubbleFenceConfig().model_name
     print(f"Loading the embedding model {model} ...")

@@ -10,7 +10,7 @@ import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from bubblefence_plugin.markdown import escape_markdown
+from bubblefence_plugin.text import escape_markdown
 
 
 def sdk_context(sample_collection: Any) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """`bubblefence_embed`: embed the samples still lacking embeddings, here or as N shards
-queued for FiftyOne's delegated-operation workers (`bubblefence_plugin.shards`)."""
+queued for FiftyOne's delegated-operation workers (`bubblefence_plugin.fo.shards`)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-import bubblefence_plugin.dataset as bfd
-import bubblefence_plugin.shards as bfs
-from bubblefence_plugin.config import BubbleFenceConfig
+import bubblefence_plugin.fo.dataset as bfd
+import bubblefence_plugin.fo.shards as bfs
+from bubblefence_plugin.core.config import BubbleFenceConfig
 
 from ._common import refuse_unknown_params, run_sdk
 from .split import DELEGATE_ABOVE

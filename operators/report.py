@@ -10,11 +10,11 @@ import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-import bubblefence_plugin.audit as bfa
-import bubblefence_plugin.dataset as bfd
-from bubblefence_plugin import metrics
-from bubblefence_plugin.config import BubbleFenceConfig
-from bubblefence_plugin.markdown import escape_markdown
+import bubblefence_plugin.fo.audit as bfa
+import bubblefence_plugin.fo.dataset as bfd
+from bubblefence_plugin.core import metrics
+from bubblefence_plugin.core.config import BubbleFenceConfig
+from bubblefence_plugin.text import escape_markdown
 
 from ._common import parse_path, refuse_unknown_params, run_sdk
 
@@ -61,7 +61,7 @@ class BubbleFenceReport(foo.Operator):
                html_path="/tmp/report.html")
 
         ``settings``: eval_ratio, validation_ratio, max_queries (0 = all), seed,
-        min_label_count. `bubblefence_plugin.audit.report` returns the report directly.
+        min_label_count. `bubblefence_plugin.fo.audit.report` returns the report directly.
         """
         unknown = sorted(set(settings) - set(SETTINGS))
         if unknown:

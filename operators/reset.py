@@ -7,7 +7,7 @@ from typing import Any
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-import bubblefence_plugin.dataset as bfd
+import bubblefence_plugin.fo.dataset as bfd
 
 from ._common import refuse_unknown_params, run_sdk
 

@@ -9,9 +9,9 @@ import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-import bubblefence_plugin.dataset as bfd
-from bubblefence_plugin import curate
-from bubblefence_plugin.curation import STRATEGIES, TYPICALITY_K
+import bubblefence_plugin.fo.dataset as bfd
+from bubblefence_plugin.core.curation import STRATEGIES, TYPICALITY_K
+from bubblefence_plugin.fo import curate
 
 from ._common import run_sdk
 

@@ -10,9 +10,9 @@ import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-import bubblefence_plugin.dataset as bfd
-import bubblefence_plugin.shards as bfs
-from bubblefence_plugin.config import CHOICES, FROZEN_AFTER_FIRST_ROUND, BubbleFenceConfig
+import bubblefence_plugin.fo.dataset as bfd
+import bubblefence_plugin.fo.shards as bfs
+from bubblefence_plugin.core.config import CHOICES, FROZEN_AFTER_FIRST_ROUND, BubbleFenceConfig
 
 from ._common import refuse_unknown_params, run_sdk, summary_lines
 
@@ -129,7 +129,7 @@ class BubbleFenceSplit(foo.Operator):
 
         ``knobs`` are `BubbleFenceConfig` fields. The round's summary is in the
         ``show_output`` request of the result (immediate) or the delegated run's
-        result; `bubblefence_plugin.dataset.split` returns it directly.
+        result; `bubblefence_plugin.fo.dataset.split` returns it directly.
         """
         unknown = sorted(set(knobs) - set(KNOBS))
         if unknown:

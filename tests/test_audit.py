@@ -14,8 +14,8 @@ pytestmark = pytest.mark.fiftyone
 
 fo = pytest.importorskip("fiftyone")
 foo = pytest.importorskip("fiftyone.operators")
-bfd = pytest.importorskip("bubblefence_plugin.dataset")
-bfa = pytest.importorskip("bubblefence_plugin.audit")
+bfd = pytest.importorskip("bubblefence_plugin.fo.dataset")
+bfa = pytest.importorskip("bubblefence_plugin.fo.audit")
 
 from fiftyone.operators.delegated import DelegatedOperationService  # noqa: E402
 from fiftyone.operators.executor import ExecutionError, resolve_type  # noqa: E402

@@ -188,8 +188,8 @@ def test_split_in_the_app_then_the_panel_shows_the_bubbles(
     from fiftyone import ViewField as F
     from playwright.sync_api import expect
 
-    import bubblefence_plugin.dataset as bfd
-    from bubblefence_plugin import viz
+    import bubblefence_plugin.fo.dataset as bfd
+    from bubblefence_plugin.fo import map as viz
 
     shots = tmp_path / "screenshots"
     shots.mkdir()
@@ -280,7 +280,7 @@ def test_lasso_then_exclude_in_the_panel_tags_the_samples(
 ) -> None:
     from playwright.sync_api import expect
 
-    import bubblefence_plugin.dataset as bfd
+    import bubblefence_plugin.fo.dataset as bfd
 
     ds = e2e_dataset
     bfd.split(ds, embeddings_field="emb")

@@ -10,7 +10,7 @@ pytestmark = pytest.mark.fiftyone
 
 fo = pytest.importorskip("fiftyone")
 cli = pytest.importorskip("bubblefence_plugin.cli")
-bfd = pytest.importorskip("bubblefence_plugin.dataset")
+bfd = pytest.importorskip("bubblefence_plugin.fo.dataset")
 
 
 @pytest.fixture

@@ -5,7 +5,14 @@ import pytest
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 
-from bubblefence_plugin.assign import (
+from bubblefence_plugin.core.boundary import (
+    IMPOSSIBLE,
+    best_cut,
+    crossing_counts,
+    cut_radius,
+    least_crossed_cut,
+)
+from bubblefence_plugin.core.bubbles import (
     INNER,
     OUTER,
     TEST,
@@ -14,18 +21,11 @@ from bubblefence_plugin.assign import (
     assign_to_bubbles,
     shell_split,
 )
-from bubblefence_plugin.boundary import (
-    IMPOSSIBLE,
-    best_cut,
-    crossing_counts,
-    cut_radius,
-    least_crossed_cut,
-)
-from bubblefence_plugin.config import BubbleFenceConfig
-from bubblefence_plugin.dedup import find_duplicates
-from bubblefence_plugin.density import adaptive_radius, lid_mle
-from bubblefence_plugin.neighbors import CellIndex, knn, nearest
-from bubblefence_plugin.twins import twin_components
+from bubblefence_plugin.core.config import BubbleFenceConfig
+from bubblefence_plugin.core.dedup import find_duplicates
+from bubblefence_plugin.core.density import adaptive_radius, lid_mle
+from bubblefence_plugin.core.neighbors import CellIndex, knn, nearest
+from bubblefence_plugin.core.twins import twin_components
 
 
 def unit(x):

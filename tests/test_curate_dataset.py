@@ -10,13 +10,14 @@ pytestmark = pytest.mark.fiftyone
 
 fo = pytest.importorskip("fiftyone")
 foo = pytest.importorskip("fiftyone.operators")
-bfd = pytest.importorskip("bubblefence_plugin.dataset")
+bfd = pytest.importorskip("bubblefence_plugin.fo.dataset")
 
 from fiftyone.operators.delegated import DelegatedOperationService  # noqa: E402
 from fiftyone.operators.executor import ExecutionError  # noqa: E402
 
-from bubblefence_plugin import curate, viz  # noqa: E402
-from bubblefence_plugin.curation import typicality  # noqa: E402
+from bubblefence_plugin.core.curation import typicality  # noqa: E402
+from bubblefence_plugin.fo import curate  # noqa: E402
+from bubblefence_plugin.fo import map as viz  # noqa: E402
 
 F = fo.ViewField
 PLUGIN = "@bubblefence/bubblefence"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bubblefence_plugin import curation as cur
-from bubblefence_plugin.neighbors import knn
+from bubblefence_plugin.core import curation as cur
+from bubblefence_plugin.core.neighbors import knn
 
 
 def unit(x: np.ndarray) -> np.ndarray:

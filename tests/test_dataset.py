@@ -1,4 +1,4 @@
-"""`bubblefence_plugin.dataset` on real FiftyOne datasets with a precomputed embeddings field."""
+"""`bubblefence_plugin.fo.dataset` on real FiftyOne datasets with a precomputed embeddings field."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from conftest import clustered_embeddings
 pytestmark = pytest.mark.fiftyone
 
 fo = pytest.importorskip("fiftyone")
-bfd = pytest.importorskip("bubblefence_plugin.dataset")
+bfd = pytest.importorskip("bubblefence_plugin.fo.dataset")
 F = fo.ViewField
 
 

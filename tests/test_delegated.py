@@ -185,8 +185,8 @@ def _scenario(model: str, images: str, out: str) -> None:
     from bson import ObjectId
     from fiftyone.operators.delegated import DelegatedOperationService
 
-    import bubblefence_plugin.dataset as bfd
-    from bubblefence_plugin import shards as bfs
+    import bubblefence_plugin.fo.dataset as bfd
+    from bubblefence_plugin.fo import shards as bfs
 
     paths = sorted(str(p) for p in Path(images).iterdir())
     ds = fo.Dataset("bubblefence-delegated-test", persistent=True)

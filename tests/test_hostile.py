@@ -25,14 +25,14 @@ pytestmark = pytest.mark.fiftyone
 
 fo = pytest.importorskip("fiftyone")
 foo = pytest.importorskip("fiftyone.operators")
-bfd = pytest.importorskip("bubblefence_plugin.dataset")
+bfd = pytest.importorskip("bubblefence_plugin.fo.dataset")
 cli = pytest.importorskip("bubblefence_plugin.cli")
 
 from fiftyone.operators.executor import ExecutionError  # noqa: E402
 
 from bubblefence_plugin import BubbleFence, BubbleFenceConfig  # noqa: E402
-from bubblefence_plugin.markdown import escape_markdown  # noqa: E402
-from bubblefence_plugin.state import StateDamagedError  # noqa: E402
+from bubblefence_plugin.core.state import StateDamagedError  # noqa: E402
+from bubblefence_plugin.text import escape_markdown  # noqa: E402
 
 PLUGIN = "@bubblefence/bubblefence"
 SPLIT = f"{PLUGIN}/bubblefence_split"
@@ -344,7 +344,7 @@ def test_formula_cells_are_neutralised_and_read_back(tmp_path, value):
 
 
 def test_html_report_stays_in_its_folder_whatever_the_dataset_name(field_dataset, tmp_path):
-    audit = pytest.importorskip("bubblefence_plugin.audit")
+    audit = pytest.importorskip("bubblefence_plugin.fo.audit")
     ds = field_dataset
     bfd.split(ds, embeddings_field="emb")
     ds.name = f"a/../../../escaped_report-{ds._doc.id}"
@@ -491,7 +491,7 @@ def test_cli_reset_without_a_terminal_asks_for_yes(dataset_name, monkeypatch, ca
 def test_one_pixel_high_images_embed(tiny_clip_dir, tmp_path):
     from PIL import Image
 
-    from bubblefence_plugin.embed import ImageEmbedder
+    from bubblefence_plugin.embedder import ImageEmbedder
 
     paths = []
     for mode in ("RGB", "L"):

@@ -14,10 +14,10 @@ from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 
 from bubblefence_plugin import BubbleFence, BubbleFenceConfig
-from bubblefence_plugin.assign import INNER, INNER_VAL, OUTER, TEST, TRAIN, VALIDATION
-from bubblefence_plugin.groups import apply_decision, decide_groups, encode_groups, group_codes
-from bubblefence_plugin.labels import SEPARATOR, LabelIndex, encode_label_sets
-from bubblefence_plugin.metrics import group_violations, label_coverage, stability
+from bubblefence_plugin.core.bubbles import INNER, INNER_VAL, OUTER, TEST, TRAIN, VALIDATION
+from bubblefence_plugin.core.groups import apply_decision, decide_groups, encode_groups, group_codes
+from bubblefence_plugin.core.labels import SEPARATOR, LabelIndex, encode_label_sets
+from bubblefence_plugin.core.metrics import group_violations, label_coverage, stability
 
 LABEL_SIZES = (1500, 700, 400, 220, 120, 80, 50, 34, 22, 12, 5)
 # Per-label eval share target with labels (issue 11): within 0.05 of eval_ratio, beyond
@@ -443,7 +443,7 @@ def dataset_violations(ds) -> int:
 
 @pytest.mark.fiftyone
 def test_dataset_split_with_detections_and_groups_remembers_the_fields(fo_datasets):
-    import bubblefence_plugin.dataset as bfd
+    import bubblefence_plugin.fo.dataset as bfd
 
     ds, first_ids = detections_dataset(fo_datasets, 400)
     summary = bfd.split(
@@ -475,7 +475,7 @@ def test_dataset_split_with_detections_and_groups_remembers_the_fields(fo_datase
 def test_label_and_group_fields_of_every_kind(fo_datasets):
     import fiftyone as fo
 
-    import bubblefence_plugin.dataset as bfd
+    import bubblefence_plugin.fo.dataset as bfd
 
     grouped = fo.Dataset()
     fo_datasets.append(grouped)

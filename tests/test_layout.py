@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import clustered_embeddings
 
-from bubblefence_plugin import layout as L
+from bubblefence_plugin.core import layout as L
 
 
 def _npy_round_trip(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -96,7 +96,7 @@ def test_bubble_radii_use_the_90th_percentile_of_member_distances():
 @pytest.fixture
 def viz():
     pytest.importorskip("fiftyone")
-    from bubblefence_plugin import viz
+    from bubblefence_plugin.fo import map as viz
 
     return viz
 
@@ -116,7 +116,7 @@ def _add(ds, n: int, seed: int) -> None:
 
 @pytest.mark.fiftyone
 def test_old_points_do_not_move_when_a_round_adds_samples(field_dataset, viz):
-    import bubblefence_plugin.dataset as bfd
+    import bubblefence_plugin.fo.dataset as bfd
 
     ds = field_dataset
     first = bfd.split(ds.limit(120), embeddings_field="emb")
@@ -144,7 +144,7 @@ def test_old_points_do_not_move_when_a_round_adds_samples(field_dataset, viz):
 
 @pytest.mark.fiftyone
 def test_tsne_map_keeps_its_points_across_rounds(field_dataset, viz):
-    import bubblefence_plugin.dataset as bfd
+    import bubblefence_plugin.fo.dataset as bfd
 
     ds = field_dataset
     bfd.split(ds.limit(150), embeddings_field="emb")
@@ -160,7 +160,7 @@ def test_tsne_map_keeps_its_points_across_rounds(field_dataset, viz):
 
 @pytest.mark.fiftyone
 def test_lost_points_of_a_pca_map_come_back_where_they_were(field_dataset, viz):
-    import bubblefence_plugin.dataset as bfd
+    import bubblefence_plugin.fo.dataset as bfd
 
     ds = field_dataset
     bfd.split(ds.limit(150), embeddings_field="emb")
@@ -174,7 +174,7 @@ def test_lost_points_of_a_pca_map_come_back_where_they_were(field_dataset, viz):
 
 @pytest.mark.fiftyone
 def test_a_failing_map_update_does_not_fail_the_split(field_dataset, viz, monkeypatch):
-    import bubblefence_plugin.dataset as bfd
+    import bubblefence_plugin.fo.dataset as bfd
 
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
@@ -192,7 +192,7 @@ def test_a_failing_map_update_does_not_fail_the_split(field_dataset, viz, monkey
 
 @pytest.mark.fiftyone
 def test_the_map_is_cloned_and_reset_removes_it(field_dataset, fo_datasets, viz):
-    import bubblefence_plugin.dataset as bfd
+    import bubblefence_plugin.fo.dataset as bfd
 
     ds = field_dataset
     bfd.split(ds, embeddings_field="emb")

@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from bubblefence_plugin import metrics
-from bubblefence_plugin.metrics import (
+from bubblefence_plugin.core import metrics
+from bubblefence_plugin.core.metrics import (
     audit,
     cross_split_similarity,
     diversity,

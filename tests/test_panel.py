@@ -13,11 +13,11 @@ pytestmark = pytest.mark.fiftyone
 fo = pytest.importorskip("fiftyone")
 fob = pytest.importorskip("fiftyone.brain")
 foo = pytest.importorskip("fiftyone.operators")
-bfd = pytest.importorskip("bubblefence_plugin.dataset")
+bfd = pytest.importorskip("bubblefence_plugin.fo.dataset")
 
 from fiftyone.operators.registry import OperatorRegistry  # noqa: E402
 
-from bubblefence_plugin import viz  # noqa: E402
+from bubblefence_plugin.fo import map as viz  # noqa: E402
 
 F = fo.ViewField
 PLUGIN = "@bubblefence/bubblefence"

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from bubblefence_plugin import BubbleFence, BubbleFenceConfig
-from bubblefence_plugin.assign import INNER_VAL
-from bubblefence_plugin.metrics import leakage
+from bubblefence_plugin.core.bubbles import INNER_VAL
+from bubblefence_plugin.core.metrics import leakage
 
 
 def clustered(n, rng, d=64, k=25, twins=0.05):

@@ -14,8 +14,8 @@ pytestmark = pytest.mark.fiftyone
 
 fo = pytest.importorskip("fiftyone")
 foo = pytest.importorskip("fiftyone.operators")
-bfd = pytest.importorskip("bubblefence_plugin.dataset")
-bfs = pytest.importorskip("bubblefence_plugin.shards")
+bfd = pytest.importorskip("bubblefence_plugin.fo.dataset")
+bfs = pytest.importorskip("bubblefence_plugin.fo.shards")
 
 from fiftyone.operators.delegated import DelegatedOperationService  # noqa: E402
 from fiftyone.operators.executor import ExecutionError  # noqa: E402
@@ -63,7 +63,7 @@ def test_shard_of_is_a_balanced_partition_independent_of_order():
 def test_shard_of_is_the_same_in_another_process_with_another_hash_seed():
     ids = _ids(500, seed=1)
     code = (
-        "import sys, json; from bubblefence_plugin.shards import shard_of; "
+        "import sys, json; from bubblefence_plugin.fo.shards import shard_of; "
         "ids = json.load(sys.stdin); print(json.dumps(shard_of(ids, 7).tolist()))"
     )
     import json

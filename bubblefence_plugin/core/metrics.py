@@ -1,5 +1,5 @@
 """How good a split is (SPEC 4), for any split given as arrays: ours, a random one, one that
-came with the data. No FiftyOne here; `bubblefence_plugin.audit` reads a collection and calls
+came with the data. No FiftyOne here; `bubblefence_plugin.fo.audit` reads a collection and calls
 `audit` / `iter_audit`.
 
 Rows take part by their split name: ``train``, ``validation`` and ``test`` are the three

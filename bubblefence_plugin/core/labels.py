@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from .assign import TEST, TRAIN, VALIDATION
+from .bubbles import TEST, TRAIN, VALIDATION
 
 # ASCII "unit separator": never part of a label name a user types.
 SEPARATOR = "\x1f"

@@ -1,7 +1,7 @@
 """Curation on a FiftyOne collection: `sample` picks, `exclude` / `include_again` cleans.
 
 `sample` reads the embeddings field (the split's own field by default), picks with
-`bubblefence_plugin.curation`, tags the pick with a tag that did not exist before
+`bubblefence_plugin.core.curation`, tags the pick with a tag that did not exist before
 (refused unless ``replace=True``) and writes two score fields for every sample it
 read: ``bubblefence_typicality`` (see `curation.typicality`) and ``bubblefence_region``
 (the incremental `RegionIndex`, stored as the custom run ``bubblefence_regions``:
@@ -26,8 +26,7 @@ import fiftyone as fo
 import fiftyone.core.collections as foc
 import numpy as np
 
-from . import dataset as bfd
-from .curation import (
+from ..core.curation import (
     BALANCE_TARGETS,
     STRATEGIES,
     TYPICALITY_K,
@@ -35,6 +34,7 @@ from .curation import (
     select,
     typicality,
 )
+from . import dataset as bfd
 from .dataset import EXCLUDED_TAG, Progress, ProgressCallback
 
 TYPICALITY_FIELD = "bubblefence_typicality"
@@ -358,7 +358,7 @@ def _assign_regions(
     The index is fitted once (on the first rows seen) and only extended: a new sample
     joins the nearest region or opens one; earlier regions never change.
     """
-    from .regions import RegionIndex
+    from ..core.regions import RegionIndex
 
     stored = load_regions(dataset)
     if stored is not None and (
@@ -367,7 +367,7 @@ def _assign_regions(
         raise ValueError(
             f"the stored regions were built from embeddings field "
             f"{stored[1].get('embeddings_field')!r}; delete them with "
-            f"`bubblefence_plugin.curate.delete_regions(dataset)` to rebuild from {field!r}"
+            f"`bubblefence_plugin.fo.curate.delete_regions(dataset)` to rebuild from {field!r}"
         )
     current = np.asarray(
         [-1 if v is None else int(v) for v in ordered.values(REGION_FIELD)], np.int64
@@ -394,7 +394,7 @@ def _assign_regions(
 
 def load_regions(dataset: fo.Dataset) -> tuple[Any, dict[str, Any]] | None:
     """(the stored `RegionIndex`, its run parameters), or None."""
-    from .regions import RegionIndex
+    from ..core.regions import RegionIndex
 
     if not dataset.has_run(REGIONS_KEY):
         return None

@@ -19,7 +19,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from .assign import TEST, TRAIN, UNASSIGNED, VALIDATION, AnchorTable, assign_to_bubbles, shell_split
+from .bubbles import (
+    TEST,
+    TRAIN,
+    UNASSIGNED,
+    VALIDATION,
+    AnchorTable,
+    assign_to_bubbles,
+    shell_split,
+)
 from .config import BubbleFenceConfig
 from .neighbors import CellIndex
 from .twins import twin_votes

@@ -45,8 +45,8 @@ import fiftyone.core.collections as foc
 import numpy as np
 import yaml
 
-from .config import BubbleFenceConfig, translate_reference_layout
-from .state import (
+from ..core.config import BubbleFenceConfig, translate_reference_layout
+from ..core.state import (
     StateDamagedError,
     array_from_npy_bytes,
     check_layout,
@@ -315,7 +315,7 @@ def load_state(
     ``embeddings=False`` skips rebuilding the matrix from the embeddings field: for
     reading assignments only (the export manifest); such a state cannot ingest.
     """
-    from .pipeline import BubbleFence
+    from ..core.pipeline import BubbleFence
 
     dataset = samples._root_dataset
     found = _read_run(dataset, COMMIT_KEY) or _read_run(dataset, RUN_KEY)
@@ -397,8 +397,8 @@ def _stored_embeddings(
     and a second copy in the run would double a million-sample dataset's storage.
     Returns the matrix (zero rows for samples deleted since) and the deleted ids.
     """
-    from .embed import embeddings_from_array
-    from .pipeline import unit_rows
+    from ..core.pipeline import unit_rows
+    from ..embedder import embeddings_from_array
 
     field = params["embeddings_field"]
     ids = arrays["ids"].astype(str)
@@ -617,7 +617,7 @@ def check_split_config(
 
 
 def _refuse_frozen(previous: BubbleFenceConfig, cfg: BubbleFenceConfig, changed: list[str]) -> None:
-    from .config import FROZEN_AFTER_FIRST_ROUND
+    from ..core.config import FROZEN_AFTER_FIRST_ROUND
 
     frozen = [k for k in changed if k in FROZEN_AFTER_FIRST_ROUND]
     if frozen:
@@ -648,7 +648,7 @@ def get_embedder(model: str, device: str = "auto", batch_size: int = 64) -> Any:
     """A cached `ImageEmbedder`: the App server re-runs the operator, not the model load."""
     key = (str(model), str(device), int(batch_size))
     if key not in _EMBEDDER_CACHE:
-        from .embed import ImageEmbedder
+        from ..embedder import ImageEmbedder
 
         try:
             embedder = ImageEmbedder(model=model, device=device, batch_size=batch_size)
@@ -756,7 +756,7 @@ def _read_embeddings(
     dataset: fo.Dataset, ids: list[str], field: str, dim: int | None
 ) -> tuple[list[str], np.ndarray, dict[str, str]]:
     """Embeddings of ``ids`` from ``field``, checked: bad rows become per-sample errors."""
-    from .embed import embeddings_from_array
+    from ..embedder import embeddings_from_array
 
     ordered_ids, vectors = dataset.select(ids).values(["id", field])
     try:
@@ -968,7 +968,7 @@ def _split_locked(
     group_field: str | None,
     overrides: dict[str, Any],
 ) -> Generator[Progress, None, dict[str, Any]]:
-    from .pipeline import BubbleFence
+    from ..core.pipeline import BubbleFence
 
     yield Progress(0.0, "Reading the BubbleFence state")
     _finish_interrupted_commit(dataset)
@@ -1117,7 +1117,7 @@ def _split_locked(
     _set_fields_round(dataset, params, int(result.round))
     yield Progress(0.97, "Placing the new samples on the 2-D map")
     summary = _finish_summary(summary, bf, result, None)
-    from .viz import update_after_round  # here: viz imports this module
+    from .map import update_after_round  # here: viz imports this module
 
     update_after_round(dataset, bf, summary)  # never raises: a failure is noted in the summary
     yield Progress(1.0, "Done")
@@ -1281,7 +1281,7 @@ def reset(samples: foc.SampleCollection, keep_embeddings: bool = False) -> dict[
         removed_runs = [k for k in (RUN_KEY, COMMIT_KEY) if dataset.has_run(k)]
         for key in removed_runs:
             dataset.delete_run(key)
-        from .viz import delete_map  # here: viz imports this module
+        from .map import delete_map  # here: viz imports this module
 
         removed_runs += delete_map(dataset)
         fields = list(RESULT_FIELDS)

@@ -18,7 +18,7 @@ Python's ``hash``, which is salted per process.
 Never two writers. Shards of one ``num_shards`` are disjoint by construction. Beyond
 that, every embedding write (here and in the split's own embedding) is conditional on
 the sample having none yet, atomic per document in MongoDB
-(`bubblefence_plugin.dataset._write_once`): shards of two different layouts, or a
+(`bubblefence_plugin.fo.dataset._write_once`): shards of two different layouts, or a
 split racing its shards, never both write a sample, and a stored vector never changes.
 
 Resume. A shard lists its samples still lacking the field, embeds them in chunks and
@@ -39,7 +39,7 @@ import fiftyone as fo
 import fiftyone.core.collections as foc
 import numpy as np
 
-from .config import BubbleFenceConfig
+from ..core.config import BubbleFenceConfig
 from .dataset import (
     EMBED_CHUNK,
     EMBEDDING_FIELD,
@@ -139,7 +139,7 @@ def embed(
 
     Example::
 
-        from bubblefence_plugin.shards import embed
+        from bubblefence_plugin.fo.shards import embed
         embed(dataset, model="/models/clip", num_shards=4, shard_index=2)
     """
     return drive(

@@ -40,7 +40,8 @@ import numpy as np
 from scipy import sparse
 
 from .anchors import CandidateStream
-from .assign import (
+from .boundary import crossing_counts, least_crossed_cut
+from .bubbles import (
     INNER,
     INNER_TEST,
     INNER_VAL,
@@ -53,7 +54,6 @@ from .assign import (
     choose_inner_cut,
     shell_split,
 )
-from .boundary import crossing_counts, least_crossed_cut
 from .config import BubbleFenceConfig
 from .density import adaptive_radius, lid_mle
 from .neighbors import ranking_similarity, similarity_to_distance

@@ -6,7 +6,7 @@ Two stored pieces, both cloned with the dataset and removed by `reset`:
   sample of the BubbleFence state, so FiftyOne's own Embeddings panel can show the map,
   colour it by ``split`` and lasso from it;
 * the custom run ``bubblefence_layout`` holds the layout (method, seed, PCA mean and
-  axes as npy bytes, see `bubblefence_plugin.layout`) and, per bubble, its 2-D centre
+  axes as npy bytes, see `bubblefence_plugin.core.layout`) and, per bubble, its 2-D centre
   and drawn radii plus the figures the panel's hover shows (radius, LID, counts).
 
 After each split round `update_after_round` places the round's new samples with the
@@ -32,8 +32,8 @@ import numpy as np
 import pandas as pd
 from fiftyone import ViewField as F
 
+from ..core.layout import Layout, bubble_radii, check_method, fit_layout
 from . import dataset as bfd
-from .layout import Layout, bubble_radii, check_method, fit_layout
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ ROUND_COLORS = (
 # Drawing order: train underneath, the held-out splits on top.
 POINT_CATEGORIES = ("train", "duplicate", "validation", "test", "excluded")
 COLOR_BY = ("split", "round", "typicality", "region")
-# Score fields written by `bubblefence_plugin.curate`, coloured by value.
+# Score fields written by `bubblefence_plugin.fo.curate`, coloured by value.
 SCORE_COLOR_FIELDS = {"typicality": "bubblefence_typicality", "region": "bubblefence_region"}
 NO_SCORE_COLOR = "#bdbdbd"
 BUBBLES_TRACE = "bubbles"

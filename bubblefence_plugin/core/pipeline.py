@@ -24,7 +24,7 @@ from scipy import sparse
 from threadpoolctl import threadpool_limits
 
 from .anchors import CandidateStream, fit_projection, subsample
-from .assign import (
+from .bubbles import (
     DUPLICATE,
     LAYOUT_NAMES,
     SHELL_NAMES,
@@ -46,9 +46,9 @@ from .groups import (
     group_summary,
     resolve_round,
 )
+from .grow import BubbleGrower, Strata, Units, round_budget
 from .labels import LabelIndex, encode_label_sets, label_shares, label_summary
 from .neighbors import blas_threads
-from .quota import BubbleGrower, Strata, Units, round_budget
 from .regions import RegionIndex
 from .state import read_state, write_state
 from .twins import twin_components

@@ -1,7 +1,7 @@
 """The split audit on a FiftyOne collection: read a split and its embeddings, measure, store,
 and write a self-contained HTML report.
 
-    from bubblefence_plugin.audit import latest_report, report
+    from bubblefence_plugin.fo.audit import latest_report, report
 
     r = report(dataset, split_source="split", html_path="audit.html", brain=True)
     latest_report(dataset)  # the same dict, read back (also after dataset.clone())
@@ -14,7 +14,7 @@ Any split can be audited, not only ours:
 * ``split_source="tags"``: the sample tags, same names; a sample with two split tags is
   ambiguous, takes no part and is counted.
 
-The measures (SPEC 4) are those of `bubblefence_plugin.metrics.audit`, computed for the split
+The measures (SPEC 4) are those of `bubblefence_plugin.core.metrics.audit`, computed for the split
 and for a seeded random split at the same ratios in the same call.
 
 Storage. Each report is its own custom run, ``bubblefence_audit_<UTC time>_<random>``: the
@@ -59,8 +59,8 @@ import fiftyone as fo
 import fiftyone.core.collections as foc
 import numpy as np
 
+from ..core import metrics
 from . import dataset as bfd
-from . import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ def report(
     ``label_field`` / ``group_field`` add label coverage and group violations. Keyword
     arguments: ``thresholds``, ``eval_ratio`` / ``validation_ratio`` (targets; default: the
     BubbleFence config when auditing our ``split`` field), ``min_label_count``,
-    ``max_queries``, ``seed`` (see `bubblefence_plugin.metrics.audit`), ``brain`` (also run
+    ``max_queries``, ``seed`` (see `bubblefence_plugin.core.metrics.audit`), ``brain`` (also run
     FiftyOne Brain's ``compute_leaky_splits``), ``html_path`` (write the HTML report there),
     ``store`` (keep it as a custom run, default True).
     """
@@ -243,7 +243,7 @@ def iter_report(
         roles = np.asarray([role_of(v) for v in values[source]], dtype=object)
         n_conflicts = 0
         other = Counter(str(v) for v, r in zip(values[source], roles, strict=True) if not r)
-    from .embed import embeddings_from_array
+    from ..embedder import embeddings_from_array
 
     checked = embeddings_from_array(values[embeddings_field])
     rows = np.flatnonzero(checked.ok)
@@ -463,7 +463,7 @@ def latest_report(samples: foc.SampleCollection) -> dict[str, Any] | None:
 
     Layout: ``created_at``, ``source``, ``embeddings_field``, ``n_audited``,
     ``warnings``, ``brain`` (None or the comparison), ``html_path``, and ``metrics``:
-    `bubblefence_plugin.metrics.AuditReport.to_dict()` with ``thresholds`` and, for
+    `bubblefence_plugin.core.metrics.AuditReport.to_dict()` with ``thresholds`` and, for
     ``split`` (ours) and ``baseline`` (random): ``counts``, ``eval_share``,
     ``ratio_error``, ``validation_share``, ``balance_error``, ``eval_train`` and
     ``validation_test`` (``fraction``/``stderr``/``count`` lists aligned with
@@ -584,7 +584,7 @@ def summary_rows(result: dict[str, Any]) -> list[dict[str, str]]:
 
 def _map_points(x: np.ndarray, roles: np.ndarray, seed: int) -> dict[str, list] | None:
     """2-D PCA of at most MAP_POINTS audited samples with a role, for the HTML map."""
-    from .anchors import fit_projection, subsample
+    from ..core.anchors import fit_projection, subsample
 
     rows = np.flatnonzero(roles != "")
     if len(rows) < 3:

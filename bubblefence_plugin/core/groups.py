@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .assign import INNER, INNER_VAL, NO_SHELL, OUTER, TEST, TRAIN, VALIDATION
+from .bubbles import INNER, INNER_VAL, NO_SHELL, OUTER, TEST, TRAIN, VALIDATION
 from .metrics import group_violations
 
 NO_GROUP = -1
