@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .core.config import knob_help, parse_knob
+
 DEMO_NAME = "bubblefence-demo"
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -31,6 +33,8 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         description="Adds the images of each --folder to the dataset (creating it if "
         "needed), then assigns every sample not yet assigned. Run again with the next "
         "folder: only its images are embedded and split; earlier samples never change.",
+        epilog="knobs for --set (and YAML configs):\n" + knob_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--dataset", required=True, help="FiftyOne dataset name")
     p.add_argument(
@@ -62,7 +66,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="KNOB=VALUE",
-        help="override one config knob, e.g. --set eval_ratio=0.3 (YAML value syntax)",
+        help="override one config knob, e.g. --set eval_ratio=0.3; the knobs are listed below",
     )
     p.set_defaults(func=cmd_split)
 
@@ -262,17 +266,16 @@ def add_folder(dataset: Any, folder: str | os.PathLike, paths: list[str] | None 
 
 
 def _parse_sets(items: Sequence[str]) -> dict[str, Any]:
-    import yaml
-
+    """``--set KNOB=VALUE`` items as typed knob values, checked against the knob table."""
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ValueError(f"--set {item!r}: expected KNOB=VALUE")
         try:
-            out[key.strip()] = yaml.safe_load(value)  # safe_load: numbers/bools, never code
-        except yaml.YAMLError as e:
-            raise ValueError(f"--set {item!r}: not a YAML value ({e})") from e
+            out[key.strip()] = parse_knob(key.strip(), value)
+        except ValueError as e:
+            raise ValueError(f"--set {item!r}: {e}") from e
     return out
 
 

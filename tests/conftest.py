@@ -152,3 +152,9 @@ def field_dataset(fo_datasets: list) -> object:
     ds.add_samples([fo.Sample(filepath=f"/nonexistent/{i}.png") for i in range(200)])
     ds.set_values("emb", list(clustered_embeddings(200)))
     return ds
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length, float32 (the core's embedding rows)."""
+    x = np.asarray(x, dtype=np.float64)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import unit
 
 from bubblefence_plugin.core import curation as cur
 from bubblefence_plugin.core.neighbors import knn
-
-
-def unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
 def separated_clusters(k: int, per: int, dim: int = 32, spread: float = 0.05, seed: int = 0):

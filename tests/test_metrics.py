@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import unit
 
 from bubblefence_plugin.core import metrics
 from bubblefence_plugin.core.metrics import (
@@ -24,11 +25,6 @@ from bubblefence_plugin.core.metrics import (
     val_test_balance,
     validation_test_leakage,
 )
-
-
-def unit(x):
-    x = np.asarray(x, dtype=np.float64)
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
 def at_cosine(base, other, c):

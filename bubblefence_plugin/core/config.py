@@ -1,31 +1,31 @@
-"""Every knob of the algorithm, validated up front (SPEC 2), and the YAML loader.
+"""Every knob of the algorithm in one table, validated up front (SPEC 2), and the YAML loader.
 
-`BubbleFenceConfig.from_yaml` reads our flat layout and the nested layout of the
-original BubbleFence (`shared/reference-config.md`). Keys we do not support are
-reported once as ignored through a warning, never silently dropped.
+`KNOBS` is the one place a knob is described, in the manner of scikit-learn's
+``_parameter_constraints``: its type, range or choices, label, help, whether it is a
+common or an advanced setting, whether it is frozen after the first round, and its key
+in the original BubbleFence's nested YAML. Validation (`check_knob`), the operator
+forms, the CLI's ``--set`` parsing and help (`parse_knob`, `knob_help`), the YAML
+mapping (`translate_reference_layout`) and the frozen check (`frozen_changes`) all
+read it; the dataclass below only holds the defaults.
+
+Example usage::
+
+    cfg = BubbleFenceConfig(eval_ratio=0.3)
+    cfg = BubbleFenceConfig.from_yaml("bubblefence.yaml")   # ours or the original's layout
+    check_knob("eval_ratio", 1.5)   # ValueError: eval_ratio=1.5 must be a number in (0, 1)
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
-
-CHOICES: dict[str, tuple[str, ...]] = {
-    "shell_layout": ("random", "inner_val", "inner_test"),
-    "dedup_policy": ("exclude", "follow"),
-    "anchor_method": ("qmc", "random", "kmeans"),
-    "qmc_sequence": ("sobol", "halton"),
-    "snap_strategy": ("nearest", "lid_weighted"),
-    "radius_mode": ("adaptive", "fixed"),
-    "adaptive_method": ("lid", "knn_distance"),
-    "device": ("auto", "cpu", "cuda"),
-}
 
 # Integers go into MongoDB run documents, which hold signed 64-bit integers (numpy's
 # generators take any such seed).
@@ -36,9 +36,407 @@ INT64_MAX = 2**63 - 1
 # margin 0: 0.039 / 47; 0.02: 0.012 / 48; 0.05: 0.008 / 44 of 50.
 CLOSURE_MARGIN = 0.02
 
-# Knobs that change the meaning of assignments already made: they are frozen once
-# a state holds samples (see `BubbleFence.reconfigure`).
-FROZEN_AFTER_FIRST_ROUND = ("seed", "model_name", "dedup_enabled", "class_aware")
+
+@dataclass(frozen=True)
+class Knob:
+    """What one knob accepts and how the App and the CLI show it.
+
+    Numbers lie in ``[low, high]``, with an open end where ``low_open``/``high_open``;
+    a bound of None is no bound. ``optional`` knobs also take None, which means the
+    value is derived (the help says from what).
+    """
+
+    kind: type
+    label: str
+    help: str
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple[str, ...] = ()
+    optional: bool = False
+    advanced: bool = True
+    # Changes the meaning of assignments already made: fixed once a state holds samples.
+    frozen: bool = False
+    # The key in the original BubbleFence's nested YAML (shared/reference-config.md).
+    reference: tuple[str, ...] = ()
+
+    def allowed(self) -> str:
+        """The allowed values, in words, for error messages and help."""
+        if self.choices:
+            return f"one of {list(self.choices)}"
+        if self.kind is bool:
+            return "true or false"
+        if self.kind is str:
+            return "a non-empty string"
+        noun = "an integer" if self.kind is int else "a number"
+        if self.low is not None and self.high is not None:
+            low = ("(" if self.low_open else "[") + self._bound(self.low)
+            high = self._bound(self.high) + (")" if self.high_open else "]")
+            text = f"{noun} in {low}, {high}"
+        elif self.low is not None:
+            text = f"{noun} {'>' if self.low_open else '>='} {self._bound(self.low)}"
+        else:
+            text = noun
+        return text + (" or empty" if self.optional else "")
+
+    def _bound(self, value: float) -> str:
+        if value == INT64_MAX:
+            return "2**63 - 1"
+        return str(int(value)) if self.kind is int else f"{value:g}"
+
+
+_RATIO = dict(low=0.0, high=1.0)
+_COSINE_DISTANCE = dict(low=0.0, high=2.0)
+_SIMILARITY = dict(low=0.0, high=1.0, low_open=True)
+
+KNOBS: dict[str, Knob] = {
+    # Targets (SPEC 2.4, 2.8)
+    "eval_ratio": Knob(
+        float,
+        "Eval share",
+        "Share of the kept samples held out for validation + test",
+        low=0.0,
+        high=1.0,
+        low_open=True,
+        high_open=True,
+        advanced=False,
+        reference=("dataset_splits", "eval_ratio"),
+    ),
+    "validation_ratio": Knob(
+        float,
+        "Validation share of eval",
+        "Share of the held-out samples that go to validation (the rest is test)",
+        **_RATIO,
+        advanced=False,
+        reference=("nested_shells", "validation_ratio"),
+    ),
+    "eval_tolerance": Knob(
+        float,
+        "Eval share tolerance",
+        "Allowed overshoot of the eval share before a bubble is shrunk",
+        **_RATIO,
+        reference=("dataset_splits", "eval_tolerance"),
+    ),
+    "min_eval_per_batch": Knob(
+        float,
+        "Eval floor per round",
+        "Share of every new round held out even when the quota is already met",
+        **_RATIO,
+        reference=("dataset_splits", "min_eval_per_batch"),
+    ),
+    "shell_layout": Knob(
+        str,
+        "Shell layout",
+        "Which shell of a bubble is validation: inner_val, inner_test, or a seeded coin "
+        "per bubble (random)",
+        choices=("random", "inner_val", "inner_test"),
+        advanced=False,
+        reference=("nested_shells", "shell_configuration"),
+    ),
+    # Deduplication (SPEC 2.2)
+    "dedup_enabled": Knob(
+        bool,
+        "Remove near-duplicates",
+        "Detect near-duplicates at all",
+        frozen=True,
+        reference=("deduplication", "enabled"),
+    ),
+    "dedup_threshold": Knob(
+        float,
+        "Duplicate similarity",
+        "Cosine similarity at or above which a new sample is a duplicate of an earlier one",
+        **_SIMILARITY,
+        advanced=False,
+        reference=("deduplication", "similarity_threshold"),
+    ),
+    "dedup_policy": Knob(
+        str,
+        "Duplicate policy",
+        "exclude: marked split=duplicate, in no split; follow: takes its original's split",
+        choices=("exclude", "follow"),
+        advanced=False,
+    ),
+    "class_aware": Knob(
+        bool,
+        "Label-aware duplicates",
+        "Near twins with different labels are not duplicates (needs a label field)",
+        frozen=True,
+        reference=("class_aware",),
+    ),
+    # Labels and groups (SPEC 2)
+    "label_aware": Knob(
+        bool,
+        "Eval share per label",
+        "With a label field, meet the eval quota per label too (rare labels first)",
+    ),
+    "min_label_count": Knob(
+        int,
+        "Smallest label pursued",
+        "Labels with fewer kept samples are not pursued into eval",
+        low=1,
+    ),
+    # Anchor placement (SPEC 2.5)
+    "anchor_method": Knob(
+        str,
+        "Anchor proposals",
+        "How bubble centres are proposed: quasi-random (qmc), random, kmeans",
+        choices=("qmc", "random", "kmeans"),
+        reference=("anchor_placement", "method"),
+    ),
+    "qmc_sequence": Knob(
+        str,
+        "Quasi-random sequence",
+        "Sequence of qmc proposals",
+        choices=("sobol", "halton"),
+        reference=("anchor_placement", "qmc_sequence"),
+    ),
+    "snap_strategy": Knob(
+        str,
+        "Snapping",
+        "Snap proposals to the nearest sample, or pick among k by 1/LID",
+        choices=("nearest", "lid_weighted"),
+        reference=("anchor_placement", "snap_strategy"),
+    ),
+    "lid_snap_k": Knob(
+        int,
+        "Snapping neighbours",
+        "Neighbours considered by lid_weighted snapping",
+        low=1,
+        reference=("anchor_placement", "lid_snap_k"),
+    ),
+    "min_anchor_distance": Knob(
+        float,
+        "Least distance between centres",
+        "Minimum cosine distance between bubble centres",
+        **_COSINE_DISTANCE,
+        reference=("anchor_placement", "min_anchor_distance"),
+    ),
+    "pca_dims": Knob(
+        int, "Proposal dimensions", "Dimensions of the PCA space proposals are drawn in", low=1
+    ),
+    # Radius (SPEC 2.6)
+    "radius_mode": Knob(
+        str,
+        "Radius rule",
+        "adaptive (from local density) or fixed (the base radius)",
+        choices=("adaptive", "fixed"),
+        reference=("hypersphere", "radius_computation"),
+    ),
+    "adaptive_method": Knob(
+        str,
+        "Local scale",
+        "Local scale used by adaptive radii",
+        choices=("lid", "knn_distance"),
+        reference=("hypersphere", "adaptive_method"),
+    ),
+    "base_radius": Knob(
+        float,
+        "Base radius",
+        "Base bubble radius (cosine distance)",
+        **_COSINE_DISTANCE,
+        reference=("hypersphere", "base_radius_fixed"),
+    ),
+    "radius_scale_factor": Knob(
+        float,
+        "Radius scale",
+        "Multiplier applied to every adaptive radius",
+        low=0.0,
+        low_open=True,
+        reference=("hypersphere", "radius_scale_factor"),
+    ),
+    "min_radius": Knob(
+        float,
+        "Smallest radius",
+        "Smallest bubble radius (cosine distance)",
+        **_COSINE_DISTANCE,
+        reference=("hypersphere", "min_radius"),
+    ),
+    "max_radius": Knob(
+        float,
+        "Largest radius",
+        "Largest bubble radius (cosine distance)",
+        **_COSINE_DISTANCE,
+        reference=("hypersphere", "max_radius"),
+    ),
+    "lid_k": Knob(
+        int, "LID neighbours", "Neighbours used to estimate local intrinsic dimension", low=3
+    ),
+    "bubble_size": Knob(
+        int,
+        "Samples per bubble",
+        "Target samples per bubble (empty: from the radius rule)",
+        low=2,
+        optional=True,
+    ),
+    # Near twins (SPEC 2.7)
+    "leak_threshold": Knob(
+        float,
+        "Leak similarity",
+        "Two samples this similar (cosine) are near twins: never on both sides of the "
+        "train/eval line",
+        **_SIMILARITY,
+    ),
+    "closure_threshold": Knob(
+        float,
+        "Capture similarity",
+        "Bubbles take whole the groups of samples linked at this similarity (empty: "
+        f"leak similarity - {CLOSURE_MARGIN}); at most the leak similarity",
+        **_SIMILARITY,
+        optional=True,
+    ),
+    "seed": Knob(
+        int,
+        "Seed",
+        "Drives every random choice; same data + config + seed = same split",
+        low=0,
+        high=INT64_MAX,
+        advanced=False,
+        frozen=True,
+        reference=("random_seed", "random_seed"),
+    ),
+    # Embedding (SPEC 2.1); used by the FiftyOne side, stored with the state.
+    "model_name": Knob(
+        str,
+        "Model",
+        "Hugging Face model name or local folder (CLIP ViT-B/32 by default)",
+        advanced=False,
+        frozen=True,
+        reference=("foundation_models", "primary_model"),
+    ),
+    "batch_size": Knob(
+        int,
+        "Batch size",
+        "Images per embedding batch",
+        low=1,
+        reference=("embedding", "batch_size"),
+    ),
+    "device": Knob(
+        str,
+        "Device",
+        "Where the model runs: auto picks CUDA when present",
+        choices=("auto", "cpu", "cuda"),
+        reference=("embedding", "device"),
+    ),
+}
+
+CHOICES: dict[str, tuple[str, ...]] = {n: k.choices for n, k in KNOBS.items() if k.choices}
+FROZEN_AFTER_FIRST_ROUND = tuple(n for n, k in KNOBS.items() if k.frozen)
+
+
+def check_knob(name: str, value: Any) -> Any:
+    """Checks one knob's value against `KNOBS` and returns it (ints as ints).
+
+    Args:
+        name: a key of `KNOBS`
+        value: the value to check
+
+    Raises:
+        ValueError: naming the knob and the allowed values, or suggesting a knob name
+    """
+    if name not in KNOBS:
+        raise ValueError(unknown_names_message([name], KNOBS, "BubbleFence parameter"))
+    knob = KNOBS[name]
+    if value is None and knob.optional:
+        return None
+    if _accepts(knob, value):
+        return value
+    raise ValueError(f"{name}={value!r} must be {knob.allowed()}")
+
+
+def _accepts(knob: Knob, value: Any) -> bool:
+    if knob.kind is bool:
+        return isinstance(value, bool)
+    if knob.kind is str:
+        return (
+            isinstance(value, str) and bool(value) and (not knob.choices or value in knob.choices)
+        )
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if knob.kind is int and not (isinstance(value, int) and value <= INT64_MAX):
+        return False
+    if not math.isfinite(value):
+        return False
+    if knob.low is not None and (value <= knob.low if knob.low_open else value < knob.low):
+        return False
+    return knob.high is None or (value < knob.high if knob.high_open else value <= knob.high)
+
+
+def parse_knob(name: str, text: Any) -> Any:
+    """A knob's value from text (``--set``, a YAML scalar, a form), converted to its type.
+
+    ``"false"``, ``"no"`` and ``"0"`` are False for a flag, ``""``/``"none"`` is None for
+    an optional knob, choices are case-insensitive; the result is checked with
+    `check_knob`.
+
+    Args:
+        name: a key of `KNOBS`
+        text: the value as text, or already typed (then only checked)
+    """
+    if name not in KNOBS:
+        raise ValueError(unknown_names_message([name], KNOBS, "BubbleFence parameter"))
+    knob = KNOBS[name]
+    value = text
+    if isinstance(text, str):
+        raw = text.strip()
+        if knob.optional and raw.lower() in ("", "none", "null", "~"):
+            value = None
+        elif knob.kind is bool:
+            value = _FLAG_WORDS.get(raw.lower(), text)
+        elif knob.kind in (int, float):
+            value = _number(raw, knob.kind, text)
+        elif knob.choices:
+            value = raw.lower()
+    elif knob.kind is float and isinstance(text, int) and not isinstance(text, bool):
+        value = float(text)
+    return check_knob(name, value)
+
+
+_FLAG_WORDS = {
+    "true": True,
+    "yes": True,
+    "on": True,
+    "1": True,
+    "false": False,
+    "no": False,
+    "off": False,
+    "0": False,
+}
+
+
+def _number(raw: str, kind: type, original: str) -> Any:
+    try:
+        return int(raw) if kind is int else float(raw)
+    except ValueError:
+        return original  # check_knob then names the knob and what it takes
+
+
+def knob_help() -> str:
+    """One line per knob, for the CLI's ``--set`` help: name, allowed values, default."""
+    defaults = BubbleFenceConfig()
+    return "\n".join(
+        f"  {name} ({knob.allowed()}; default {getattr(defaults, name)!r}): {knob.help}"
+        for name, knob in KNOBS.items()
+    )
+
+
+def unknown_names_message(names: list[str], known: Any, what: str) -> str:
+    """``unknown <what> 'x' (did you mean 'y'?)`` for each name, then the known ones."""
+    parts = []
+    for name in names:
+        close = difflib.get_close_matches(str(name), list(known), n=1, cutoff=0.6)
+        parts.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return f"unknown {what}{'s' if len(names) > 1 else ''} " + ", ".join(parts)
+
+
+def frozen_changes(previous: BubbleFenceConfig, new: BubbleFenceConfig) -> list[str]:
+    """The frozen knobs whose value differs between two configs (empty: the change is allowed).
+
+    Args:
+        previous: the config earlier rounds ran with
+        new: the config asked for now
+    """
+    return [n for n in FROZEN_AFTER_FIRST_ROUND if getattr(previous, n) != getattr(new, n)]
 
 
 @dataclass(frozen=True)
@@ -90,47 +488,17 @@ class BubbleFenceConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        _check_ratio("eval_ratio", self.eval_ratio, low_open=True, high_open=True)
-        _check_ratio("validation_ratio", self.validation_ratio)
-        _check_ratio("eval_tolerance", self.eval_tolerance)
-        _check_ratio("min_eval_per_batch", self.min_eval_per_batch)
-        _check_ratio("dedup_threshold", self.dedup_threshold, low_open=True)
-        _check_ratio("leak_threshold", self.leak_threshold, low_open=True)
-        if self.closure_threshold is not None:
-            _check_ratio("closure_threshold", self.closure_threshold, low_open=True)
-            if self.closure_threshold > self.leak_threshold:
-                raise ValueError(
-                    f"closure_threshold={self.closure_threshold} must be at most "
-                    f"leak_threshold={self.leak_threshold}"
-                )
-        for name, allowed in CHOICES.items():
-            value = getattr(self, name)
-            if value not in allowed:
-                raise ValueError(f"{name}={value!r} is not one of {list(allowed)}")
-        for name in ("lid_snap_k", "pca_dims", "batch_size"):
-            _check_int(name, getattr(self, name), minimum=1)
-        _check_int("lid_k", self.lid_k, minimum=3)
-        _check_int("seed", self.seed, minimum=0)
-        _check_int("min_label_count", self.min_label_count, minimum=1)
-        if self.bubble_size is not None:
-            _check_int("bubble_size", self.bubble_size, minimum=2)
-        for name in ("min_anchor_distance", "base_radius", "min_radius", "max_radius"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and 0 <= value <= 2):
-                raise ValueError(f"{name}={value!r} must be a cosine distance in [0, 2]")
+        for name in KNOBS:
+            check_knob(name, getattr(self, name))
+        if self.closure_threshold is not None and self.closure_threshold > self.leak_threshold:
+            raise ValueError(
+                f"closure_threshold={self.closure_threshold} must be at most "
+                f"leak_threshold={self.leak_threshold}"
+            )
         if not self.min_radius < self.max_radius:
             raise ValueError(
                 f"min_radius={self.min_radius} must be smaller than max_radius={self.max_radius}"
             )
-        if not (
-            isinstance(self.radius_scale_factor, (int, float)) and self.radius_scale_factor > 0
-        ):
-            raise ValueError(f"radius_scale_factor={self.radius_scale_factor!r} must be > 0")
-        for name in ("dedup_enabled", "class_aware", "label_aware"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name}={getattr(self, name)!r} must be true or false")
-        if not isinstance(self.model_name, str) or not self.model_name:
-            raise ValueError("model_name must be a non-empty string")
 
     # -- conversions ---------------------------------------------------------------
 
@@ -139,27 +507,31 @@ class BubbleFenceConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> BubbleFenceConfig:
-        """Build from flat parameter names; unknown names are an error."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
+        """Build from flat knob names; an unknown name is an error that suggests the closest.
+
+        Args:
+            values: knob name -> value
+        """
+        unknown = sorted(set(values) - set(KNOBS))
         if unknown:
-            raise ValueError(f"unknown BubbleFenceConfig parameters: {unknown}")
+            raise ValueError(unknown_names_message(unknown, KNOBS, "BubbleFence parameter"))
         return cls(**values)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> BubbleFenceConfig:
-        """Read a YAML file in our flat layout or the original BubbleFence's nested one."""
-        text = Path(path).read_text(encoding="utf-8")
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as e:  # syntax errors and tags safe_load refuses
-            raise ValueError(f"{path}: not a valid YAML config: {e}") from e
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: the top level of a config must be a mapping")
-        values, ignored = translate_reference_layout(data)
+        """Read a YAML file in our flat layout or the original BubbleFence's nested one.
+
+        Keys of the original's layout that we do not support are reported in one warning;
+        any other unknown key is an error that suggests the closest known key.
+
+        Args:
+            path: the YAML file
+        """
+        values, ignored = translate_reference_layout(read_yaml_mapping(path))
         if ignored:
             warnings.warn(
-                f"{path}: ignoring unsupported config keys {sorted(ignored)}",
+                f"{path}: ignoring keys of the original BubbleFence that this plugin does "
+                f"not support: {sorted(ignored)}",
                 UserWarning,
                 stacklevel=2,
             )
@@ -176,51 +548,9 @@ class BubbleFenceConfig:
         return dataclasses.replace(self, **changes)
 
 
-def _check_ratio(name: str, value: Any, *, low_open: bool = False, high_open: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        ok = (value > 0 if low_open else value >= 0) and (value < 1 if high_open else value <= 1)
-    if not ok:
-        low = "(0" if low_open else "[0"
-        high = "1)" if high_open else "1]"
-        raise ValueError(f"{name}={value!r} must be a number in {low}, {high}")
-
-
-def _check_int(name: str, value: Any, *, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
-    if value > INT64_MAX:
-        raise ValueError(f"{name}={value!r} must be an integer in [{minimum}, 2**63 - 1]")
-
-
 # -- the original BubbleFence's nested YAML --------------------------------------
 
-# (section, key) of the reference layout -> (our name, converter)
-_REFERENCE_KEYS: dict[tuple[str, ...], tuple[str, Any]] = {
-    ("class_aware",): ("class_aware", bool),
-    ("foundation_models", "primary_model"): ("model_name", str),
-    ("embedding", "device"): ("device", str),
-    ("embedding", "batch_size"): ("batch_size", int),
-    ("deduplication", "enabled"): ("dedup_enabled", bool),
-    ("deduplication", "similarity_threshold"): ("dedup_threshold", float),
-    ("anchor_placement", "method"): ("anchor_method", str.lower),
-    ("anchor_placement", "qmc_sequence"): ("qmc_sequence", str.lower),
-    ("anchor_placement", "min_anchor_distance"): ("min_anchor_distance", float),
-    ("anchor_placement", "snap_strategy"): ("snap_strategy", str.lower),
-    ("anchor_placement", "lid_snap_k"): ("lid_snap_k", int),
-    ("hypersphere", "radius_computation"): ("radius_mode", str.lower),
-    ("hypersphere", "adaptive_method"): ("adaptive_method", str.lower),
-    ("hypersphere", "base_radius_fixed"): ("base_radius", float),
-    ("hypersphere", "radius_scale_factor"): ("radius_scale_factor", float),
-    ("hypersphere", "min_radius"): ("min_radius", float),
-    ("hypersphere", "max_radius"): ("max_radius", float),
-    ("nested_shells", "validation_ratio"): ("validation_ratio", float),
-    ("nested_shells", "shell_configuration"): ("shell_layout", str.lower),
-    ("dataset_splits", "eval_ratio"): ("eval_ratio", float),
-    ("dataset_splits", "min_eval_per_batch"): ("min_eval_per_batch", float),
-    ("dataset_splits", "eval_tolerance"): ("eval_tolerance", float),
-    ("random_seed", "random_seed"): ("seed", int),
-}
+_REFERENCE_NAMES = {k.reference: name for name, k in KNOBS.items() if k.reference}
 
 # Reference keys whose value we accept only when it matches what we do.
 _REFERENCE_FIXED: dict[tuple[str, ...], Any] = {
@@ -230,26 +560,67 @@ _REFERENCE_FIXED: dict[tuple[str, ...], Any] = {
     ("embedding", "normalize_embeddings"): True,
 }
 
+# Sections and keys of the original that this plugin does not implement: read, reported
+# as ignored, never silently dropped (shared/reference-config.md).
+_REFERENCE_UNSUPPORTED_SECTIONS = (
+    "preprocessing",
+    "density_transformation",
+    "streaming",
+    "visualization",
+)
+_REFERENCE_UNSUPPORTED = {
+    ("foundation_models", "multi_encoder_enabled"),
+    ("foundation_models", "additional_models"),
+    ("foundation_models", "consensus_method"),
+    ("foundation_models", "consensus_threshold"),
+    ("embedding", "io_workers"),
+    ("hypersphere", "base_radius_mode"),
+    ("hypersphere", "base_radius_percentile"),
+    ("hypersphere", "base_radius_scale"),
+    ("hypersphere", "buffer_zones"),
+}
+
+
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """The top-level mapping of a YAML config file, with errors that name the file.
+
+    Args:
+        path: the YAML file
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise ValueError(f"cannot read the config file {str(path)!r}: {e.strerror or e}") from e
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:  # syntax errors and tags safe_load refuses
+        raise ValueError(f"{path}: not a valid YAML config: {e}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: the top level of a config must be a mapping")
+    return data
+
 
 def translate_reference_layout(data: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
-    """Flatten the reference's nested layout into our names.
+    """Flatten the reference's nested layout into our names, converting each value.
 
-    Returns the flat values and the dotted keys that were ignored. Our own flat
-    names pass through unchanged, so one file may mix both layouts.
+    Returns the flat values and the dotted keys of the original that were ignored. Our
+    own flat names pass through, so one file may mix both layouts. A key that is neither
+    ours nor the original's is an error that suggests the closest known key.
+
+    Args:
+        data: the parsed YAML mapping
     """
-    ours = {f.name for f in fields(BubbleFenceConfig)}
     values: dict[str, Any] = {}
     ignored: set[str] = set()
+    unknown: list[str] = []
     for path, value in _walk(data):
         dotted = ".".join(path)
-        if path in _REFERENCE_KEYS:
-            name, convert = _REFERENCE_KEYS[path]
+        name = _REFERENCE_NAMES.get(path) or (path[0] if len(path) == 1 else None)
+        if name in KNOBS:
             try:
-                values[name] = convert(value)
-            except (TypeError, ValueError) as e:
-                raise ValueError(f"{dotted}={value!r} is not valid for {name}: {e}") from e
-        elif len(path) == 1 and path[0] in ours:
-            values[path[0]] = value
+                values[name] = parse_knob(name, value)
+            except ValueError as e:
+                raise ValueError(f"{dotted}: {e}") from e
         elif path in _REFERENCE_FIXED:
             expected = _REFERENCE_FIXED[path]
             if value != expected:
@@ -257,15 +628,20 @@ def translate_reference_layout(data: dict[str, Any]) -> tuple[dict[str, Any], se
         elif path == ("dataset_splits", "train_ratio"):
             # Redundant with eval_ratio; used only when eval_ratio is absent.
             values.setdefault("eval_ratio", round(1.0 - float(value), 12))
-        else:
+        elif path[0] in _REFERENCE_UNSUPPORTED_SECTIONS or path[:2] in _REFERENCE_UNSUPPORTED:
             ignored.add(dotted)
+        else:
+            unknown.append(dotted)
+    if unknown:
+        known = [*KNOBS, *(".".join(p) for p in (*_REFERENCE_NAMES, *_REFERENCE_FIXED))]
+        raise ValueError(unknown_names_message(unknown, known, "config key"))
     return values, ignored
 
 
 def _walk(data: dict[str, Any], prefix: tuple[str, ...] = ()):
     for key, value in data.items():
         path = (*prefix, str(key))
-        if isinstance(value, dict) and path not in _REFERENCE_KEYS:
+        if isinstance(value, dict) and path not in _REFERENCE_NAMES:
             yield from _walk(value, path)
         else:
             yield path, value

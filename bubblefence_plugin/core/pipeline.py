@@ -35,7 +35,7 @@ from .bubbles import (
     VALIDATION,
     AnchorTable,
 )
-from .config import FROZEN_AFTER_FIRST_ROUND, BubbleFenceConfig
+from .config import BubbleFenceConfig, frozen_changes
 from .dedup import find_duplicates
 from .follow import bind_to_assigned, join_existing_bubbles
 from .groups import (
@@ -440,14 +440,11 @@ class BubbleFence:
     def reconfigure(self, **changes: Any) -> None:
         """Change knobs for later rounds; those that would change the meaning of
         earlier assignments are refused once samples are held."""
-        frozen = sorted(
-            k
-            for k in changes
-            if k in FROZEN_AFTER_FIRST_ROUND and changes[k] != getattr(self.config, k)
-        )
+        new = self.config.replace(**changes)
+        frozen = frozen_changes(self.config, new)
         if frozen and self.n_samples:
             raise ValueError(f"{frozen} cannot change after the first round; reset the state")
-        self.config = self.config.replace(**changes)
+        self.config = new
 
     def forget(self, ids: Sequence[Any]) -> int:
         """Drop samples (deleted from the dataset) from the state; returns how many."""

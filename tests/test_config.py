@@ -1,0 +1,109 @@
+"""The knob table and the config's validation and YAML layouts."""
+
+import pytest
+
+from bubblefence_plugin.core.config import BubbleFenceConfig
+
+
+@pytest.mark.parametrize(
+    "kwargs, word",
+    [
+        ({"eval_ratio": 0.0}, "eval_ratio"),
+        ({"eval_ratio": 1.5}, "eval_ratio"),
+        ({"validation_ratio": -0.1}, "validation_ratio"),
+        ({"shell_layout": "middle"}, "shell_layout"),
+        ({"anchor_method": "grid"}, "anchor_method"),
+        ({"lid_k": 1}, "lid_k"),
+        ({"min_radius": 0.6, "max_radius": 0.5}, "min_radius"),
+    ],
+)
+def test_config_rejects_bad_values_by_name(kwargs, word):
+    with pytest.raises(ValueError, match=word):
+        BubbleFenceConfig(**kwargs)
+
+
+def test_config_reads_reference_yaml(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "dataset_splits:\n  eval_ratio: 0.25\n  train_ratio: 0.75\n"
+        "nested_shells:\n  shell_configuration: inner_val\n"
+        "anchor_placement:\n  qmc_sequence: halton\n  method: QMC\n"
+        "random_seed:\n  random_seed: 7\n"
+        "visualization:\n  dpi: 300\n"
+    )
+    with pytest.warns(UserWarning, match="visualization.dpi"):
+        cfg = BubbleFenceConfig.from_yaml(path)
+    assert (cfg.eval_ratio, cfg.shell_layout, cfg.qmc_sequence, cfg.seed) == (
+        0.25,
+        "inner_val",
+        "halton",
+        7,
+    )
+    assert BubbleFenceConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_knob_table_describes_every_field_and_its_default_is_valid():
+    import dataclasses
+
+    from bubblefence_plugin.core.config import KNOBS, check_knob
+
+    names = [f.name for f in dataclasses.fields(BubbleFenceConfig)]
+    assert list(KNOBS) == names
+    defaults = BubbleFenceConfig()
+    for name, knob in KNOBS.items():
+        assert check_knob(name, getattr(defaults, name)) == getattr(defaults, name)
+        assert knob.label and knob.help and knob.label != name
+
+
+@pytest.mark.parametrize(
+    "name, text, expected",
+    [
+        ("dedup_enabled", "false", False),
+        ("dedup_enabled", "Yes", True),
+        ("eval_ratio", "0.3", 0.3),
+        ("seed", "7", 7),
+        ("bubble_size", "none", None),
+        ("shell_layout", "INNER_VAL", "inner_val"),
+        ("eval_ratio", 1, None),  # typed values are only checked: 1 is out of (0, 1)
+    ],
+)
+def test_parse_knob_converts_text_to_the_knobs_type(name, text, expected):
+    from bubblefence_plugin.core.config import parse_knob
+
+    if expected is None and name == "eval_ratio":
+        with pytest.raises(ValueError, match=r"eval_ratio=1\.0 must be a number in \(0, 1\)"):
+            parse_knob(name, text)
+    else:
+        assert parse_knob(name, text) == expected
+
+
+def test_unknown_names_suggest_the_closest_knob(tmp_path):
+    with pytest.raises(ValueError, match=r"'eval_ratoi' \(did you mean 'eval_ratio'\?\)"):
+        BubbleFenceConfig.from_dict({"eval_ratoi": 0.3})
+    path = tmp_path / "c.yaml"
+    path.write_text("dataset_splits:\n  eval_ratoi: 0.3\n")
+    with pytest.raises(ValueError, match=r"dataset_splits.eval_ratoi.*did you mean"):
+        BubbleFenceConfig.from_yaml(path)
+
+
+def test_nested_yaml_flags_written_as_text_keep_their_meaning(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text('deduplication:\n  enabled: "false"\nclass_aware: "no"\n')
+    cfg = BubbleFenceConfig.from_yaml(path)
+    assert cfg.dedup_enabled is False and cfg.class_aware is False
+
+
+def test_missing_config_file_is_a_value_error_naming_it(tmp_path):
+    with pytest.raises(ValueError, match="cannot read the config file"):
+        BubbleFenceConfig.from_yaml(tmp_path / "nope.yaml")
+
+
+def test_frozen_changes_and_help_come_from_the_table():
+    from bubblefence_plugin.core.config import KNOBS, frozen_changes, knob_help
+
+    old = BubbleFenceConfig()
+    assert frozen_changes(old, old.replace(eval_ratio=0.3)) == []
+    assert frozen_changes(old, old.replace(seed=1, model_name="m")) == ["seed", "model_name"]
+    text = knob_help()
+    assert all(f"  {name} (" in text for name in KNOBS)
+    assert "seed (an integer in [0, 2**63 - 1]; default 42)" in text

@@ -1,0 +1,37 @@
+"""The near-twin graph's components, checked against brute force."""
+
+import numpy as np
+import pytest
+from conftest import unit
+from scipy import sparse
+from scipy.sparse.csgraph import connected_components
+
+from bubblefence_plugin.core.twins import twin_components
+
+
+@pytest.mark.parametrize("spread", [0.02, 0.15, 0.6])
+def test_twin_components_equal_brute_force(spread):
+    rng = np.random.default_rng(4)
+    centres = rng.normal(size=(12, 24))
+    label = rng.integers(12, size=1200)
+    x = unit(centres[label] + spread * rng.normal(size=(1200, 24)))
+    x[1100:] = unit(x[0] + 0.001 * rng.normal(size=(100, 24)))  # a dense cell
+    full = x @ x.T
+    _, truth = connected_components(sparse.csr_matrix(full >= 0.95), directed=False)
+    got = twin_components(x, np.arange(len(x)), 0.95, seed=3)
+    # Same partition: a bijection between the two labellings.
+    pairs = set(zip(truth.tolist(), got.tolist(), strict=True))
+    assert len(pairs) == len(set(truth.tolist())) == len(set(got.tolist()))
+    # Labels are the smallest member of each component.
+    for label_value in np.unique(got):
+        assert label_value == np.flatnonzero(got == label_value).min()
+
+
+def test_twin_components_of_a_subset_of_rows():
+    rng = np.random.default_rng(5)
+    x = unit(rng.normal(size=(50, 16)))
+    x[30] = unit((x[12] + 0.01 * rng.normal(size=16))[None, :])[0]
+    rows = np.arange(10, 50)
+    got = twin_components(x, rows, 0.99, seed=0)
+    assert got[20] == got[2] == 2  # positions of rows 30 and 12
+    assert len(np.unique(got)) == len(rows) - 1
