@@ -80,3 +80,41 @@ def test_no_import_cycles() -> None:
         if start not in state and visit(start, []):
             break
     assert not cycle, f"import cycle: {' -> '.join(cycle)}"
+
+
+def private_names_borrowed(path: Path) -> list[str]:
+    """``from <package module> import _x`` and ``<package module alias>._x`` in ``path``."""
+    tree = ast.parse(path.read_text())
+    aliases: set[str] = set()
+    found: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (
+            node.level or (node.module or "").startswith("bubblefence_plugin")
+        ):
+            for a in node.names:
+                if a.name.startswith("_") and not a.name.startswith("__"):
+                    found.append(f"{path.name}:{node.lineno} imports {a.name}")
+                else:
+                    aliases.add(a.asname or a.name)
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.startswith("bubblefence_plugin"):
+                    aliases.add(a.asname or a.name.split(".")[0])
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Attribute)
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+            and isinstance(node.value, ast.Name)
+            and node.value.id in aliases
+        ):
+            found.append(f"{path.name}:{node.lineno} uses {node.value.id}.{node.attr}")
+    return found
+
+
+def test_no_private_name_crosses_a_module() -> None:
+    root = PACKAGE.parent
+    sources = [*PACKAGE.rglob("*.py"), *(root / "operators").glob("*.py")]
+    sources += [*(root / "panels").glob("*.py")]
+    borrowed = [b for p in sources for b in private_names_borrowed(p)]
+    assert not borrowed, "\n".join(borrowed)

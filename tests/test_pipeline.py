@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from conftest import clustered_embeddings
 
 from bubblefence_plugin import BubbleFence, BubbleFenceConfig
 from bubblefence_plugin.core.bubbles import INNER_VAL
@@ -332,3 +333,15 @@ def test_a_component_too_large_for_either_side_is_cut_and_counted():
     assert r.stats["captured_cut"] > 0 and r.stats["cut_pairs"] > 0
     assert abs(bf.summary()["eval_share"] - 0.2) <= 0.03
     check_invariants(bf)
+
+
+def test_a_state_missing_an_array_is_damaged_not_a_key_error(tmp_path):
+    from bubblefence_plugin.core.state import StateDamagedError, write_state
+
+    bf = BubbleFence(BubbleFenceConfig(seed=0))
+    bf.ingest(clustered_embeddings(200))
+    meta, arrays = bf.state_dict()
+    del arrays["split"]
+    write_state(tmp_path / "s.npz", meta, arrays)
+    with pytest.raises(StateDamagedError, match=r"no \['split'\] arrays"):
+        BubbleFence.load(tmp_path / "s.npz")

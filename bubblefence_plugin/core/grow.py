@@ -81,6 +81,16 @@ class Budget:
     slack: int = 0
 
 
+# Shares times counts are rounded up or down to whole samples; a product such as
+# 0.07 * 100 = 7.000000000000001 must not become 8 (the same guard as `Strata`).
+ROUNDING_GUARD = 1e-9
+
+
+def eval_floor(min_eval_per_batch: float, n_new_kept: int) -> int:
+    """The fewest new samples a round holds out: ``ceil(min_eval_per_batch * n_new_kept)``."""
+    return math.ceil(min_eval_per_batch * n_new_kept - ROUNDING_GUARD)
+
+
 def round_budget(
     n_kept_total: int,
     n_eval: int,
@@ -90,9 +100,10 @@ def round_budget(
 ) -> Budget:
     """The round's need: the eval deficit, or the `min_eval_per_batch` floor if larger."""
     deficit = round(config.eval_ratio * n_kept_total) - n_eval
-    floor = math.ceil(config.min_eval_per_batch * n_new_kept) - n_new_in_bubbles
+    floor = eval_floor(config.min_eval_per_batch, n_new_kept) - n_new_in_bubbles
     need = max(deficit, floor, 0)
-    cap = max(math.floor((config.eval_ratio + config.eval_tolerance) * n_kept_total) - n_eval, need)
+    cap_share = config.eval_ratio + config.eval_tolerance
+    cap = max(math.floor(cap_share * n_kept_total + ROUNDING_GUARD) - n_eval, need)
     slack = min(cap - need, max(1, math.floor(SLACK_SHARE * n_kept_total)))
     return Budget(need=need, cap=cap, slack=slack)
 
@@ -153,7 +164,9 @@ class Strata:
         n = np.asarray(matrix.sum(axis=0)).reshape(-1)
         target = np.round(config.eval_ratio * n).astype(np.int64)
         cap = np.maximum(
-            np.floor((config.eval_ratio + config.eval_tolerance / 2) * n + 1e-9).astype(np.int64),
+            np.floor((config.eval_ratio + config.eval_tolerance / 2) * n + ROUNDING_GUARD).astype(
+                np.int64
+            ),
             target,
         )
         evaluated = ((split == VALIDATION) | (split == TEST)).astype(np.int64)

@@ -6,8 +6,8 @@ its distinct labels sorted and joined by `SEPARATOR`, so a single label is store
 itself and class-aware dedup ("near twins with different labels are not duplicates")
 compares two sets by string equality.
 
-`LabelIndex` turns those strings into a sparse sample x label matrix; `label_targets`
-gives every label its eval target and cap; `label_shares` / `label_summary` report how
+`LabelIndex` turns those strings into a sparse sample x label matrix (the quota's
+strata, `grow.Strata`, are built on it); `label_shares` / `label_summary` report how
 close each label's eval share came to the target.
 """
 
@@ -44,7 +44,9 @@ def encode_label_sets(values: Sequence[Any] | np.ndarray) -> np.ndarray:
     for value in values:
         if value is None:
             out.append("")
-        elif isinstance(value, (list, tuple, set, frozenset, np.ndarray)):
+        elif isinstance(value, (set, frozenset)):
+            out.append(SEPARATOR.join(sorted({_label_name(v) for v in value} - {""})))
+        elif isinstance(value, (list, tuple, np.ndarray)):
             names = sorted({_label_name(v) for v in np.asarray(value, dtype=object).ravel()})
             out.append(SEPARATOR.join(n for n in names if n))
         else:
@@ -90,32 +92,6 @@ class LabelIndex:
         mask = np.zeros(self.matrix.shape[0], bool)
         mask[rows] = True
         return np.asarray(self.matrix.T @ mask.astype(np.int64)).reshape(-1)
-
-
-@dataclass
-class LabelTargets:
-    """Per label: kept samples, and the eval target and cap of the quota."""
-
-    n: np.ndarray
-    target: np.ndarray
-    cap: np.ndarray
-
-
-def label_targets(
-    index: LabelIndex,
-    kept: np.ndarray,
-    eval_ratio: float,
-    eval_tolerance: float,
-) -> LabelTargets:
-    """Targets round(eval_ratio * n) and caps floor((eval_ratio + tolerance) * n) per label.
-
-    The cap is at least the target, so a small label's cap is not below what it is asked
-    to reach.
-    """
-    n = index.counts(kept)
-    target = np.round(eval_ratio * n).astype(np.int64)
-    cap = np.maximum(np.floor((eval_ratio + eval_tolerance) * n + 1e-9).astype(np.int64), target)
-    return LabelTargets(n=n, target=target, cap=cap)
 
 
 def label_shares(

@@ -46,11 +46,11 @@ from .groups import (
     group_summary,
     resolve_round,
 )
-from .grow import BubbleGrower, Strata, Units, round_budget
+from .grow import BubbleGrower, Strata, Units, eval_floor, round_budget
 from .labels import LabelIndex, encode_label_sets, label_shares, label_summary
 from .neighbors import blas_threads
 from .regions import RegionIndex
-from .state import read_state, write_state
+from .state import damaged, read_state, write_state
 from .twins import twin_components
 
 # Rows used as the neighbour reference when estimating LID for snapping.
@@ -291,7 +291,7 @@ class BubbleFence:
         # min_eval_per_batch yields to the leak graph: only free samples can be held out.
         stats["floor_shortfall"] = max(
             0,
-            math.ceil(cfg.min_eval_per_batch * len(new_kept))
+            eval_floor(cfg.min_eval_per_batch, len(new_kept))
             - int(((split == VALIDATION) | (split == TEST))[new_kept].sum()),
         )
         timings["new_bubbles"] = time.perf_counter() - clock
@@ -496,9 +496,14 @@ class BubbleFence:
 
     @classmethod
     def from_state_dict(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> BubbleFence:
+        columns = ("embeddings", "ids", "split", "anchor", "shell", "round", "duplicate_of")
+        bubble_columns = [f"anchor_{name}" for name in AnchorTable.__dataclass_fields__]
+        missing = [name for name in (*columns, *bubble_columns) if name not in arrays]
+        if missing:
+            raise damaged("the BubbleFence state", f"no {missing} arrays", "reset and re-run")
         bf = cls(BubbleFenceConfig.from_dict(meta["config"]))
         bf.history = list(meta["history"])
-        for name in ("embeddings", "ids", "split", "anchor", "shell", "round", "duplicate_of"):
+        for name in columns:
             setattr(bf, f"_{name}", np.asarray(arrays[name]))
         bf._labels = arrays.get("labels")
         bf._groups = arrays.get("groups")

@@ -1,0 +1,255 @@
+"""New samples against what is already assigned (core/follow.py): binding to assigned
+twins and joining existing bubbles, on points of the unit circle (angles in radians;
+near twins at the leak threshold 0.95 are at most arccos(0.95) = 0.318 apart) and
+against brute force."""
+
+import math
+
+import numpy as np
+import pytest
+from conftest import clustered_embeddings
+
+from bubblefence_plugin.core.bubbles import (
+    INNER,
+    INNER_TEST,
+    INNER_VAL,
+    OUTER,
+    TEST,
+    TRAIN,
+    UNASSIGNED,
+    VALIDATION,
+    AnchorTable,
+)
+from bubblefence_plugin.core.config import BubbleFenceConfig
+from bubblefence_plugin.core.follow import bind_to_assigned, join_existing_bubbles
+from bubblefence_plugin.core.twins import twin_components
+
+CONFIG = BubbleFenceConfig(leak_threshold=0.95)
+
+
+def circle(*angles):
+    return np.stack([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32)
+
+
+def state(old, new):
+    """Arrays for old rows [(angle, split, anchor, shell)] followed by new open rows."""
+    x = circle(*[o[0] for o in old], *new)
+    n = len(x)
+    split = np.full(n, UNASSIGNED, np.int8)
+    anchor = np.full(n, -1, np.int64)
+    shell = np.zeros(n, np.int8)
+    for i, (_, s, a, sh) in enumerate(old):
+        split[i], anchor[i], shell[i] = s, a, sh
+    return x, split, anchor, shell
+
+
+def bind(x, split, anchor, shell, n_old, components, kept=None):
+    new_kept = np.arange(n_old, len(x))
+    kept = np.ones(len(x), bool) if kept is None else kept
+    return bind_to_assigned(
+        x, new_kept, np.asarray(components), split, anchor, shell, kept, n_old, CONFIG
+    )
+
+
+# --------------------------------------------------------------------------- binding
+
+
+def test_a_new_twin_takes_the_split_bubble_and_shell_of_its_assigned_twin():
+    old = [(0.0, TRAIN, -1, 0), (1.0, VALIDATION, 0, INNER), (2.0, TEST, 0, OUTER)]
+    x, split, anchor, shell = state(old, [0.05, 1.02, 3.0, 2.03])
+    stats = bind(x, split, anchor, shell, 3, [3, 4, 5, 6])
+    assert split[3:].tolist() == [TRAIN, VALIDATION, UNASSIGNED, TEST]
+    assert anchor[3:].tolist() == [-1, 0, -1, 0]
+    assert shell[3:].tolist() == [0, INNER, 0, OUTER]
+    assert stats == {"bound_to_twins": 3, "cut_pairs_twins": 0}
+    assert split[:3].tolist() == [TRAIN, VALIDATION, TEST]  # earlier rows never move
+
+
+def test_the_side_with_more_twin_pairs_wins_and_the_rest_are_counted():
+    old = [
+        (0.0, TRAIN, -1, 0),
+        (0.1, TRAIN, -1, 0),
+        (0.3, TEST, 7, OUTER),
+        (2.0, TRAIN, -1, 0),
+        (2.3, VALIDATION, 3, INNER),
+    ]
+    # Row 5: twins 2 train, 1 test -> train. Row 6: 1 train, 1 validation (a tie)
+    # -> the side of its most similar twin, validation (0.1 away against 0.2).
+    x, split, anchor, shell = state(old, [0.15, 2.2])
+    stats = bind(x, split, anchor, shell, 5, [5, 6])
+    assert split[5:].tolist() == [TRAIN, VALIDATION]
+    assert anchor[5:].tolist() == [-1, 3] and shell[5:].tolist() == [0, INNER]
+    assert stats == {"bound_to_twins": 2, "cut_pairs_twins": 2}
+
+
+def test_a_component_moves_as_one_on_the_votes_of_all_its_members():
+    old = [
+        (0.0, TRAIN, -1, 0),
+        (0.1, TRAIN, -1, 0),
+        (0.3, TEST, 7, OUTER),
+        (2.0, TRAIN, -1, 0),
+        (2.3, VALIDATION, 3, INNER),
+    ]
+    x, split, anchor, shell = state(old, [0.15, 2.2])
+    # One component: train 3 against eval 2.
+    stats = bind(x, split, anchor, shell, 5, [0, 0])
+    assert split[5:].tolist() == [TRAIN, TRAIN] and anchor[5:].tolist() == [-1, -1]
+    assert stats == {"bound_to_twins": 2, "cut_pairs_twins": 2}
+
+
+def test_an_eval_component_takes_the_bubble_of_its_most_similar_twin():
+    old = [(1.0, VALIDATION, 1, INNER), (1.5, VALIDATION, 2, OUTER)]
+    # Row 2 is 0.05 from bubble 1's sample, row 3 0.08 from bubble 2's: one component,
+    # so both go to bubble 1 and its shell, not to the bubble each is nearest.
+    x, split, anchor, shell = state(old, [1.05, 1.42])
+    stats = bind(x, split, anchor, shell, 2, [0, 0])
+    assert split[2:].tolist() == [VALIDATION, VALIDATION]
+    assert anchor[2:].tolist() == [1, 1] and shell[2:].tolist() == [INNER, INNER]
+    assert stats == {"bound_to_twins": 2, "cut_pairs_twins": 0}
+
+
+def test_a_forced_member_leads_its_component_over_twin_votes():
+    old = [(0.0, TRAIN, -1, 0)]
+    x, split, anchor, shell = state(old, [1.0, 0.1])
+    # Row 1 is a new member of a known group: already validation, in bubble 4's outer
+    # shell. Row 2 is a twin of train row 0, in row 1's component.
+    split[1], anchor[1], shell[1] = VALIDATION, 4, OUTER
+    stats = bind(x, split, anchor, shell, 1, [0, 0])
+    assert split[1:].tolist() == [VALIDATION, VALIDATION]
+    assert anchor[1:].tolist() == [4, 4] and shell[1:].tolist() == [OUTER, OUTER]
+    assert stats == {"bound_to_twins": 1, "cut_pairs_twins": 1}
+
+
+def test_forced_members_bind_their_component_with_nothing_assigned_yet():
+    x, split, anchor, shell = state([], [0.0, 0.1, 2.0])
+    split[0], anchor[0], shell[0] = TEST, 2, INNER
+    stats = bind(x, split, anchor, shell, 0, [0, 0, 2])
+    assert split.tolist() == [TEST, TEST, UNASSIGNED]
+    assert anchor.tolist() == [2, 2, -1] and shell.tolist() == [INNER, INNER, 0]
+    assert stats == {"bound_to_twins": 1, "cut_pairs_twins": 0}
+
+
+def test_nothing_assigned_nothing_bound():
+    x, split, anchor, shell = state([], [0.0, 0.1])
+    assert bind(x, split, anchor, shell, 0, [0, 0]) == {"bound_to_twins": 0, "cut_pairs_twins": 0}
+    assert (split == UNASSIGNED).all()
+
+
+@pytest.mark.parametrize("old_split", [TRAIN, UNASSIGNED])
+def test_duplicates_and_open_rows_are_not_twins_to_bind_to(old_split):
+    # An old duplicate (kept False) or an old row without a split casts no vote.
+    x, split, anchor, shell = state([(0.0, old_split, -1, 0)], [0.05])
+    kept = np.array([old_split != TRAIN, True])
+    stats = bind(x, split, anchor, shell, 1, [1], kept=kept)
+    assert split[1] == UNASSIGNED and stats["bound_to_twins"] == 0
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_binding_against_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    x = clustered_embeddings(260, 8, seed=seed + 10)
+    n_old = 160
+    split = np.full(len(x), UNASSIGNED, np.int8)
+    split[:n_old] = rng.integers(0, 3, n_old)
+    eval_old = split[:n_old] != TRAIN
+    anchor = np.full(len(x), -1, np.int64)
+    anchor[:n_old][eval_old] = rng.integers(0, 20, eval_old.sum())
+    shell = np.zeros(len(x), np.int8)
+    shell[:n_old][eval_old] = rng.integers(1, 3, eval_old.sum())
+    new = np.arange(n_old, len(x))
+    components = twin_components(x, new, CONFIG.leak_threshold, seed)
+    old_anchor = anchor[:n_old].copy()
+    stats = bind(x, split, anchor, shell, n_old, components)
+
+    sims = x[new].astype(np.float64) @ x[:n_old].T.astype(np.float64)
+    twins = sims >= CONFIG.leak_threshold
+    votes = np.stack([(twins & (split[:n_old] == role)).sum(axis=1) for role in range(3)], 1)
+    crossed = 0
+    checked = 0
+    for c in np.unique(components):
+        rows = np.flatnonzero(components == c)
+        sides = set(split[new[rows]].tolist())
+        assert len(sides) == 1  # a component never straddles
+        side = sides.pop()
+        total = votes[rows].sum(axis=0)
+        if total.sum() == 0:
+            assert side == UNASSIGNED
+            continue
+        crossed += int(total.sum() - total[side])
+        train, val, test = total
+        if train != val + test and (train > val + test or val != test):
+            checked += 1
+            expected = TRAIN if train > val + test else (VALIDATION if val > test else TEST)
+            assert side == expected
+        if side != TRAIN:
+            # The bubble and shell of the most similar twin of that split, for all.
+            of_side = np.where(twins[rows] & (split[:n_old] == side), sims[rows], -np.inf)
+            twin = np.unravel_index(np.argmax(of_side), of_side.shape)[1]
+            assert (anchor[new[rows]] == old_anchor[twin]).all()
+            assert (shell[new[rows]] == shell[twin]).all()
+    assert checked >= 3
+    assert stats["cut_pairs_twins"] == crossed
+    assert stats["bound_to_twins"] == int(np.sum(split[new] != UNASSIGNED))
+
+
+# --------------------------------------------------------------------------- bubbles
+
+
+def _bubble(angle, radius_angle, inner_angle, layout):
+    return dict(
+        centres=circle(angle),
+        centre_row=-1,
+        radius=1.0 - math.cos(radius_angle),
+        inner_radius=1.0 - math.cos(inner_angle),
+        layout=layout,
+        lid=np.nan,
+        round=0,
+        n_captured=0,
+        cut_pairs=0,
+    )
+
+
+TWO_BUBBLES = AnchorTable.from_rows(
+    [_bubble(1.0, 0.3, 0.1, INNER_VAL), _bubble(2.5, 0.2, 0.05, INNER_TEST)], 2
+)
+
+
+def test_free_components_join_the_bubble_they_touch():
+    angles = [1.05, 1.2, 1.6, 2.52, 2.65, 4.0, 1.0, 1.25, 1.02]
+    x = circle(*angles)
+    split = np.full(len(x), UNASSIGNED, np.int8)
+    split[6] = TRAIN  # bound to a train twin already: stays, even inside bubble 0
+    anchor = np.full(len(x), -1, np.int64)
+    shell = np.zeros(len(x), np.int8)
+    components = np.array([0, 1, 1, 3, 4, 5, 6, 7, 7])
+    joined = join_existing_bubbles(
+        x, np.arange(len(x)), components, split, anchor, shell, TWO_BUBBLES
+    )
+    # Row 0: inner shell of an inner_val bubble; row 1 its outer shell, and row 2 (outside)
+    # comes with it; rows 3 and 4: inner and outer of an inner_test bubble; row 5 is in
+    # no bubble; rows 7 and 8: the shell of the smaller row inside (7, outer).
+    assert joined == 7
+    assert split.tolist() == [
+        VALIDATION,
+        TEST,
+        TEST,
+        TEST,
+        VALIDATION,
+        UNASSIGNED,
+        TRAIN,
+        TEST,
+        TEST,
+    ]
+    assert anchor.tolist() == [0, 0, 0, 1, 1, -1, -1, 0, 0]
+    assert shell.tolist() == [INNER, OUTER, OUTER, INNER, OUTER, 0, 0, OUTER, OUTER]
+
+
+def test_no_bubbles_or_no_open_rows_join_nothing():
+    x = circle(1.0, 1.05)
+    split = np.full(2, UNASSIGNED, np.int8)
+    anchor, shell = np.full(2, -1, np.int64), np.zeros(2, np.int8)
+    rows, components = np.arange(2), np.array([0, 1])
+    assert join_existing_bubbles(x, rows, components, split, anchor, shell, AnchorTable()) == 0
+    split[:] = TRAIN
+    assert join_existing_bubbles(x, rows, components, split, anchor, shell, TWO_BUBBLES) == 0
+    assert split.tolist() == [TRAIN, TRAIN] and anchor.tolist() == [-1, -1]

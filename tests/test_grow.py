@@ -1,0 +1,474 @@
+"""One round's quota and bubbles (core/grow.py): the budget arithmetic, units, strata,
+and what a bubble captures, on hand-made points of the unit circle (angles in radians:
+cosine similarity is cos of the angle between two points) and against brute force."""
+
+import math
+
+import numpy as np
+import pytest
+from conftest import clustered_embeddings, unit
+from scipy import sparse
+
+from bubblefence_plugin.core.anchors import CandidateStream, fit_projection
+from bubblefence_plugin.core.bubbles import (
+    INNER,
+    INNER_VAL,
+    OUTER,
+    TEST,
+    TRAIN,
+    UNASSIGNED,
+    VALIDATION,
+    AnchorTable,
+)
+from bubblefence_plugin.core.config import BubbleFenceConfig
+from bubblefence_plugin.core.grow import BubbleGrower, Budget, Strata, Units, round_budget
+from bubblefence_plugin.core.twins import twin_components
+
+
+def circle(*angles):
+    return np.stack([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32)
+
+
+def distance(angle):
+    """Cosine distance between two points of the circle this far apart."""
+    return 1.0 - math.cos(angle)
+
+
+def fixed(angle, **knobs):
+    """Bubbles of a fixed radius: the points within `angle` of the centre."""
+    knobs = {"shell_layout": "inner_val", "lid_k": 3, **knobs}
+    return BubbleFenceConfig(
+        radius_mode="fixed", base_radius=distance(angle), min_radius=1e-4, **knobs
+    )
+
+
+def grower(x, config, budget, *, units=None, split=None, kept=None, columns=(), anchors=None):
+    n = len(x)
+    split = np.full(n, UNASSIGNED, np.int8) if split is None else split
+    kept = np.ones(n, bool) if kept is None else kept
+    open_rows = np.flatnonzero(kept & (split == UNASSIGNED))
+    if units is None:
+        units = twin_components(x, open_rows, config.unit_threshold, config.seed)
+    units = Units.from_labels(n, open_rows, np.asarray(units))
+    strata = Strata.build(list(columns), kept, split, config)
+    return BubbleGrower(
+        x,
+        split,
+        kept,
+        units,
+        strata,
+        anchors or AnchorTable(),
+        budget,
+        config,
+        np.random.default_rng(0),
+        round_index=0,
+    )
+
+
+class Proposals:
+    """Stands in for a CandidateStream: proposes the wanted rows found in its pool, in order."""
+
+    def __init__(self, pool, wanted):
+        self.pool = pool
+        self.left = [int(np.searchsorted(pool, r)) for r in wanted if r in pool]
+
+    def next_batch(self, n):
+        batch, self.left = self.left[:n], self.left[n:]
+        return np.asarray(batch, np.int64)
+
+    def rows(self, positions):
+        return self.pool[positions]
+
+
+def proposing(*wanted, calls=None):
+    def make(pool, expected):
+        if calls is not None:
+            calls.append(pool.tolist())
+        return Proposals(pool, wanted)
+
+    return make
+
+
+def members(g, bubble):
+    """Rows of the round's `bubble`-th new bubble (ids continue the earlier bubbles')."""
+    return np.flatnonzero(g.anchor_of == len(g.anchors) + bubble).tolist()
+
+
+# --------------------------------------------------------------------------- round_budget
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        # First round, 1000 kept: deficit round(0.2 * 1000) = 200 beats the floor
+        # ceil(0.05 * 1000) = 50; cap floor(0.23 * 1000) = 230; slack min(30, 0.005 * 1000).
+        ((1000, 0, 1000, 0), (200, 230, 5)),
+        # Quota met (220 of 1100): the floor of the 100 new, ceil(5) = 5, is the need;
+        # cap floor(0.23 * 1100) - 220 = 33; slack floor(0.005 * 1100) = 5.
+        ((1100, 220, 100, 0), (5, 33, 5)),
+        # The floor already met by new samples that joined bubbles: nothing needed.
+        ((1100, 220, 100, 7), (0, 33, 5)),
+        # Above the tolerance: need 0, the cap never below the need, no slack.
+        ((100, 40, 0, 0), (0, 0, 0)),
+        # Tiny round: slack at least 1 while the cap leaves room.
+        ((10, 0, 10, 0), (2, 2, 0)),
+        ((50, 0, 50, 0), (10, 11, 1)),
+        # A deficit, smaller than the floor of a large new batch.
+        ((1000, 195, 500, 0), (25, 35, 5)),
+    ],
+)
+def test_round_budget_by_hand(args, expected):
+    config = BubbleFenceConfig(eval_ratio=0.2, eval_tolerance=0.03, min_eval_per_batch=0.05)
+    budget = round_budget(*args, config)
+    assert (budget.need, budget.cap, budget.slack) == expected
+
+
+def test_round_budget_rounds_the_target_half_to_even():
+    config = BubbleFenceConfig(eval_ratio=0.25, eval_tolerance=0.0, min_eval_per_batch=0.0)
+    # round(2.5) = 2 and round(3.5) = 4 (Python's round, as np.round in Strata).
+    assert round_budget(10, 0, 10, 0, config).need == 2
+    assert round_budget(14, 0, 14, 0, config).need == 4
+
+
+def test_round_budget_without_tolerance_or_floor():
+    config = BubbleFenceConfig(eval_ratio=0.2, eval_tolerance=0.0, min_eval_per_batch=0.0)
+    assert round_budget(1000, 150, 100, 0, config) == Budget(need=50, cap=50, slack=0)
+    assert round_budget(1000, 250, 100, 0, config) == Budget(need=0, cap=0, slack=0)
+
+
+# --------------------------------------------------------------------------- Units
+
+
+def test_units_group_open_rows_by_label():
+    units = Units.from_labels(9, np.array([1, 3, 4, 7]), np.array([10, 5, 10, 5]))
+    assert units.component.tolist() == [-1, 1, -1, 0, 1, -1, -1, 0, -1]
+    assert units.size.tolist() == [2, 2]
+    assert units.members(0).tolist() == [3, 7]
+    assert units.members(1).tolist() == [1, 4]
+
+
+def test_units_of_no_open_rows():
+    units = Units.from_labels(4, np.empty(0, np.int64), np.empty(0, np.int64))
+    assert units.component.tolist() == [-1] * 4 and len(units.size) == 0
+
+
+# --------------------------------------------------------------------------- Strata
+
+
+def _indicator(n, groups):
+    """n x len(groups) 0/1 matrix: column j holds the rows of groups[j]."""
+    rows = np.concatenate([np.asarray(g) for g in groups])
+    cols = np.concatenate([np.full(len(g), j) for j, g in enumerate(groups)])
+    return sparse.csr_matrix((np.ones(len(rows), np.int64), (rows, cols)), shape=(n, len(groups)))
+
+
+def test_strata_labels_first_rarest_first_then_regions_smallest_first():
+    n = 52  # rows 50, 51 are duplicates: not kept, never counted
+    labels = _indicator(n, [list(range(5, 50)) + [50], list(range(5)) + [51]])
+    regions = _indicator(n, [list(range(30)) + [50], list(range(30, 50)) + [51]])
+    kept = np.r_[np.ones(50, bool), False, False]
+    split = np.full(n, UNASSIGNED, np.int8)
+    split[[0, 30, 31]] = VALIDATION, TEST, TRAIN
+    config = BubbleFenceConfig(eval_ratio=0.2, eval_tolerance=0.2)
+    strata = Strata.build([labels, regions], kept, split, config)
+    # Columns: common label (45), rare label (5), region of 30, region of 20.
+    assert strata.order.tolist() == [1, 0, 3, 2]
+    assert strata.n_first == 2
+    assert strata.target.tolist() == [9, 1, 6, 4]  # round(0.2 * n)
+    # floor((0.2 + 0.2 / 2) * n): half the tolerance, never below the target.
+    assert strata.cap.tolist() == [13, 1, 9, 6]
+    # Row 0 (validation) is in the rare label and the first region, row 30 (test) in the
+    # common label and the second region; row 31 is train.
+    assert strata.eval_count.tolist() == [1, 1, 1, 1]
+    assert [strata.deficit(s) for s in range(4)] == [8, 0, 5, 3]
+    assert [strata.room(s) for s in range(4)] == [12, 0, 8, 5]
+    strata.record(np.array([6, 40]))
+    assert strata.eval_count.tolist() == [3, 1, 2, 2]
+
+
+def test_strata_of_regions_only_and_of_nothing():
+    kept = np.ones(6, bool)
+    split = np.full(6, UNASSIGNED, np.int8)
+    config = BubbleFenceConfig()
+    strata = Strata.build([_indicator(6, [[0, 1, 2, 3], [4, 5]])], kept, split, config)
+    assert strata.order.tolist() == [1, 0] and strata.n_first == 0
+    empty = Strata.build([], kept, split, config)
+    assert len(empty.target) == 0 and len(empty.order) == 0
+    empty.record(np.array([0, 1]))  # nothing to count, and no error
+
+
+# --------------------------------------------------------------------------- capture
+
+# Rows: 0 at 0.0 and 1 at 0.1 (one unit); 2 at 0.5 and 3 at 0.8 (one unit: 0.3 apart,
+# under the closure angle arccos(0.93) = 0.376); 4 at 1.3 and 5 at -0.7 alone.
+SIX = circle(0.0, 0.1, 0.5, 0.8, 1.3, -0.7)
+
+
+def test_the_six_points_form_the_units_described():
+    config = fixed(0.55)
+    assert twin_components(SIX, np.arange(6), config.unit_threshold, 0).tolist() == [
+        0,
+        0,
+        2,
+        2,
+        4,
+        5,
+    ]
+
+
+def test_a_bubble_captures_the_whole_units_its_ball_touches():
+    g = grower(SIX, fixed(0.55), Budget(need=4, cap=4))
+    g.fill(proposing(0))
+    # The ball (0.55 around row 0) holds rows 0, 1 and 2; row 3 comes with row 2's unit.
+    assert members(g, 0) == [0, 1, 2, 3]
+    bubble = g.new_rows[0]
+    assert bubble["centre_row"] == 0
+    assert bubble["radius"] == pytest.approx(distance(0.5), abs=1e-5)  # the last in the ball
+    # Running target: 2 of 4 to validation, the inner shell of whole units.
+    assert g.split[:4].tolist() == [VALIDATION, VALIDATION, TEST, TEST]
+    assert g.shell_of[:4].tolist() == [INNER, INNER, OUTER, OUTER]
+    assert bubble["inner_radius"] == pytest.approx(distance(0.1), abs=1e-5)
+    assert g.split[4:].tolist() == [UNASSIGNED, UNASSIGNED]
+    assert g.result()[3]["captured_fill"] == 4
+
+
+def test_the_ball_shrinks_to_the_units_that_fit():
+    g = grower(SIX, fixed(0.55), Budget(need=3, cap=3))
+    g.fill(proposing(0))
+    # Row 2's unit would make 4 of the 3 allowed: the ball ends before it.
+    assert members(g, 0) == [0, 1]
+    assert g.new_rows[0]["radius"] == pytest.approx(distance(0.1), abs=1e-5)
+    assert g.remaining == 1
+
+
+def test_a_candidate_whose_own_unit_does_not_fit_is_refused():
+    g = grower(SIX, fixed(0.55), Budget(need=1, cap=1))
+    g.fill(proposing(0))
+    assert len(g.new_rows) == 0 and (g.split == UNASSIGNED).all()
+    # A lone sample fits: a bubble of one when only one is allowed.
+    g.fill(proposing(4))
+    assert members(g, 0) == [4]
+
+
+def test_a_bubble_of_the_fill_holds_at_least_two_samples():
+    g = grower(SIX, fixed(0.55), Budget(need=4, cap=4))
+    g.fill(proposing(5))  # nothing else within 0.55 of -0.7
+    assert len(g.new_rows) == 0
+
+
+def test_the_ball_stops_before_a_train_sample_of_an_earlier_round():
+    x = circle(0.0, 0.1, 0.2, 0.5)
+    split = np.array([UNASSIGNED, UNASSIGNED, TRAIN, UNASSIGNED], np.int8)
+    g = grower(x, fixed(0.55), Budget(need=4, cap=4), split=split.copy())
+    g.fill(proposing(0))
+    assert members(g, 0) == [0, 1]
+    assert g.split[3] == UNASSIGNED
+    # A duplicate there instead is nobody's neighbour: the ball goes on to row 3.
+    kept = np.array([True, True, False, True])
+    g = grower(x, fixed(0.55), Budget(need=4, cap=4), kept=kept)
+    g.fill(proposing(0))
+    assert members(g, 0) == [0, 1, 3]
+
+
+def test_centres_keep_min_anchor_distance_from_old_and_new_centres():
+    x = circle(0.2, 0.25, 1.0, 1.05, 1.5, 1.55, 2.0, 2.05)
+    old = AnchorTable.from_rows(
+        [
+            dict(
+                centres=circle(0.0),
+                centre_row=-1,
+                radius=0.01,
+                inner_radius=-1.0,
+                layout=INNER_VAL,
+                lid=np.nan,
+                round=0,
+                n_captured=2,
+                cut_pairs=0,
+            )
+        ],
+        2,
+    )
+    # min_anchor_distance 0.2: centres at least arccos(0.8) = 0.64 apart.
+    config = fixed(0.1, min_anchor_distance=0.2)
+    g = grower(x, config, Budget(need=8, cap=8), anchors=old)
+    g.fill(proposing(0, 2, 4, 7))
+    # Row 0 is 0.2 from the old centre, row 4 0.5 from the new one at row 2: refused.
+    assert [b["centre_row"] for b in g.new_rows] == [2, 7]
+    assert members(g, 0) == [2, 3] and members(g, 1) == [6, 7]
+    centres = np.vstack([old.centres, x[[b["centre_row"] for b in g.new_rows]]])
+    d = 1.0 - centres @ centres.T
+    assert (d[np.triu_indices(len(centres), 1)] >= 0.2).all()
+
+
+# --------------------------------------------------------------------------- strata
+
+
+def test_strata_are_served_rare_label_first_with_whole_units_under_the_cap():
+    rng = np.random.default_rng(0)
+    x = unit(rng.normal(size=(50, 8)))
+    units = np.r_[0, 0, np.arange(2, 50)]  # rows 0 and 1 are one unit
+    labels = _indicator(50, [list(range(5, 50)), list(range(5))])  # common, rare
+    regions = _indicator(50, [list(range(30)), list(range(30, 50))])
+    config = BubbleFenceConfig(eval_ratio=0.2, eval_tolerance=0.03)
+    g = grower(x, config, Budget(need=10, cap=11, slack=1), units=units, columns=[labels, regions])
+    calls = []
+    g.serve_strata(proposing(calls=calls))  # no candidate ever fits: whole units serve
+    # The rare label (5 rows, target 1, cap 1) first, then the common one; the quota is
+    # met before the regions' turn.
+    assert calls == [list(range(5)), list(range(5, 50))]
+    captured = np.flatnonzero(g.split != UNASSIGNED).tolist()
+    # Rows 0 and 1 (2 samples) would pass the rare label's cap of 1: row 2 goes instead.
+    assert captured == [2] + list(range(5, 14))
+    assert g.strata.eval_count.tolist() == [9, 1, 10, 0]
+    assert len(g.new_rows) == 10 and g.stats["captured_strata"] == 10
+
+
+def test_a_stratum_capture_may_not_pass_its_cap():
+    # Rows 0-3 one unit of 4, rows 4-7 one of 2 + singletons; stratum = rows 0..9.
+    x = circle(*(0.02 * np.arange(4)), 1.0, 1.02, 2.0, 3.0, 4.0, 5.0)
+    units = np.array([0, 0, 0, 0, 4, 4, 6, 7, 8, 9])
+    stratum = _indicator(10, [list(range(10))])
+    config = fixed(0.3, eval_ratio=0.3, eval_tolerance=0.0)  # target 3, cap 3
+    g = grower(x, config, Budget(need=5, cap=5), units=units, columns=[stratum])
+    g.serve_strata(proposing(0, 4))
+    # Row 0's unit of 4 is over the cap; row 4's ball takes the unit {4, 5}; then one
+    # more whole unit (row 6) tops the stratum up to its target.
+    assert g.new_rows[0]["centre_row"] == 4 and members(g, 0) == [4, 5]
+    assert np.flatnonzero(g.split != UNASSIGNED).tolist() == [4, 5, 6]
+    assert g.strata.eval_count.tolist() == [3]
+
+
+# --------------------------------------------------------------------------- cut phase
+
+
+def _chain_and_singletons(n_chain, singles, seed=0):
+    """A chain of near twins (0.05 rad apart, jittered) and far single samples."""
+    rng = np.random.default_rng(seed)
+    chain = 0.05 * np.arange(n_chain) + rng.uniform(0, 0.01, n_chain)
+    return circle(*chain, *singles)
+
+
+def _crossing_twin_pairs(x, split, threshold):
+    """Brute force: twin pairs whose two samples end up apart (open counts as train)."""
+    side = np.where(split == UNASSIGNED, TRAIN, split)
+    i, j = np.nonzero(np.triu(x.astype(np.float64) @ x.T.astype(np.float64) >= threshold, 1))
+    return int(np.sum(side[i] != side[j]))
+
+
+def test_a_unit_larger_than_train_room_is_cut_and_counted():
+    x = _chain_and_singletons(12, [1.5, 2.5, 3.5])
+    config = BubbleFenceConfig(eval_ratio=0.5, shell_layout="inner_val")
+    budget = round_budget(15, 0, 15, 0, config)
+    assert (budget.need, budget.cap, budget.slack) == (8, 8, 0)
+    g = grower(x, config, budget)
+    assert g.units.size.tolist() == [12, 1, 1, 1]
+    g.cut(n_kept=15)
+    # The singletons first, whole; then the chain (12 > train room 7.5) is cut.
+    assert [b["centre_row"] for b in g.new_rows[:3]] == [12, 13, 14]
+    taken = np.flatnonzero(g.split[:12] != UNASSIGNED)
+    assert 1 <= len(taken) <= 5 and g.captured == 3 + len(taken)
+    # A radial cut: every taken sample nearer the bubble's centre than every one left.
+    centre = x[g.new_rows[3]["centre_row"]]
+    sims = x[:12] @ centre
+    assert sims[taken].min() > np.delete(sims, taken).max()
+    stats = g.result()[3]
+    assert stats["captured_cut"] == g.captured
+    assert stats["cut_pairs"] == g.new_rows[3]["cut_pairs"] > 0
+    assert stats["cut_pairs"] == _crossing_twin_pairs(x, g.split, config.leak_threshold)
+
+
+def test_a_unit_that_fits_in_train_stays_whole_and_the_round_falls_short():
+    x = _chain_and_singletons(8, [1.5, 2.5])
+    config = BubbleFenceConfig(eval_ratio=0.2)
+    g = grower(x, config, Budget(need=5, cap=5))
+    g.cut(n_kept=10)  # train room 8: the chain of 8 fits
+    assert (g.split[:8] == UNASSIGNED).all() and (g.split[8:] != UNASSIGNED).all()
+    stats = g.result()[3]
+    assert stats["shortfall"] == 3 and stats["cut_pairs"] == 0
+    # One more point of eval share and the chain no longer fits train: it is cut.
+    g = grower(x, BubbleFenceConfig(eval_ratio=0.3), Budget(need=5, cap=5))
+    g.cut(n_kept=10)
+    assert (g.split[:8] != UNASSIGNED).any() and g.result()[3]["cut_pairs"] > 0
+
+
+# --------------------------------------------------------------------------- shells
+
+
+def test_balance_shells_moves_whole_units_toward_validation_ratio():
+    # SIX plus a tight unit of 5 around 2.6 (rows 6-10).
+    x = np.vstack([SIX, circle(2.5, 2.55, 2.6, 2.65, 2.7)])
+    g = grower(x, fixed(0.55), Budget(need=9, cap=9))
+    g.fill(proposing(0))  # rows 0-3: validation 2 of 4 (units {0, 1} and {2, 3})
+    g.cut(n_kept=11)  # the unit of 5, largest first; target 4.5 -> 2 more: 0 of 5
+    assert members(g, 1) == [6, 7, 8, 9, 10]
+    assert g.new_rows[1]["centre_row"] == 8
+    assert (g.split[6:] == TEST).all() and g.n_val == 2
+    # Balancing: validation 2 of 9 -> the first bubble's inner shell takes both units.
+    assert g.balance_shells() == 1
+    assert g.split[:4].tolist() == [VALIDATION] * 4 and (g.shell_of[:4] == INNER).all()
+    assert (g.split[6:] == TEST).all()
+    assert g.n_val == 4 == int(np.sum(g.split == VALIDATION))
+    assert g.new_rows[0]["inner_radius"] == pytest.approx(distance(0.8), abs=1e-5)
+    assert g.balance_shells() == 0  # settled
+    table, anchor_of, shell_of, stats = g.result()
+    assert table.n_captured.tolist() == [4, 5] and table.centre_row.tolist() == [0, 8]
+    assert stats == {
+        "need": 9,
+        "captured": 9,
+        "new_anchors": 2,
+        "cut_pairs": 0,
+        "shortfall": 0,
+        "captured_strata": 0,
+        "captured_fill": 4,
+        "captured_cut": 5,
+    }
+
+
+# --------------------------------------------------------------------------- brute force
+
+
+def _closure(units, rows):
+    touched = np.unique(units.component[rows])
+    return set(np.flatnonzero(np.isin(units.component, touched)).tolist())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_every_fill_bubble_is_the_closure_of_its_ball(seed):
+    """The capture guide against brute force: each bubble, in the order accepted, holds
+    exactly the units of the samples still open within its ball; units never split."""
+    x = clustered_embeddings(300, 8, seed=seed)
+    config = BubbleFenceConfig(seed=seed, leak_threshold=0.97)
+    g = grower(x, config, round_budget(300, 0, 300, 0, config))
+    units = g.units
+    rng = np.random.default_rng(seed)
+    projection = fit_projection(x, config.pca_dims, rng)
+
+    def make(rows, expected):
+        return CandidateStream(x, rows, projection, np.arange(300), config, rng, expected)
+
+    g.fill(make)
+    assert 1 < len(g.new_rows) and 0 < g.captured <= g.budget.need + g.budget.slack
+    open_rows = set(range(300))
+    for b, bubble in enumerate(g.new_rows):
+        centre = x[bubble["centre_row"]].astype(np.float64)
+        sims = x.astype(np.float64) @ centre
+        ball = [r for r in sorted(open_rows) if sims[r] >= 1.0 - bubble["radius"]]
+        captured = set(members(g, b))
+        assert captured == _closure(units, np.array(ball))
+        assert len(captured) == bubble["n_captured"] >= 2
+        open_rows -= captured
+    # Units are never split between bubbles, or between a bubble and the open rows.
+    for c in range(len(units.size)):
+        assert len(set(g.anchor_of[units.members(c)].tolist())) == 1
+    # No new centre is within min_anchor_distance of another.
+    centres = x[[b["centre_row"] for b in g.new_rows]]
+    d = 1.0 - centres @ centres.T
+    assert (d[np.triu_indices(len(centres), 1)] >= config.min_anchor_distance - 1e-6).all()
+
+
+def test_round_budget_is_not_moved_by_float_rounding():
+    # 0.33 * 100 = 33.00000000000001 and 0.07 * 100 = 7.000000000000001 in floats.
+    wide = BubbleFenceConfig(eval_ratio=0.3, eval_tolerance=0.03)
+    assert round_budget(100, 0, 100, 0, wide).cap == 33
+    floor = BubbleFenceConfig(min_eval_per_batch=0.07)
+    assert round_budget(100, 20, 100, 0, floor).need == 7

@@ -1,0 +1,118 @@
+"""Regions of the embedding space (core/regions.py): the seeded k-means fit, the join
+distance, and how later rows join a region or open one, against brute force."""
+
+import numpy as np
+import pytest
+from conftest import clustered_embeddings, unit
+
+from bubblefence_plugin.core.regions import JOIN_QUANTILE, RegionIndex
+
+
+def blobs(sizes=(30, 30, 30), d=16, spread=0.02, seed=0):
+    """Tight blobs around orthogonal directions (blob j around axis j)."""
+    rng = np.random.default_rng(seed)
+    parts = [np.eye(d)[j] + spread * rng.normal(size=(n, d)) for j, n in enumerate(sizes)]
+    return unit(np.vstack(parts)), np.repeat(np.arange(len(sizes)), sizes)
+
+
+def nearest_brute(x, centres):
+    return np.argmax(x.astype(np.float64) @ centres.T.astype(np.float64), axis=1)
+
+
+def test_fit_finds_well_separated_blobs():
+    x, blob = blobs()
+    index = RegionIndex.fit(x, seed=0, n_regions=3)
+    assert len(index) == 3
+    region = nearest_brute(x, index.centres)
+    # The same partition as the blobs: one region per blob.
+    assert len(set(zip(region.tolist(), blob.tolist(), strict=True))) == 3
+    # Each centre is its members' normalised mean, a unit vector.
+    for r in range(3):
+        mean = x[region == r].astype(np.float64).sum(axis=0)
+        assert np.allclose(index.centres[r], mean / np.linalg.norm(mean), atol=1e-5)
+    assert np.allclose(np.linalg.norm(index.centres, axis=1), 1.0, atol=1e-5)
+
+
+def test_join_distance_is_the_quantile_of_distances_to_the_own_centre():
+    x = clustered_embeddings(200, 16, seed=1)
+    index = RegionIndex.fit(x, seed=3)
+    distance = 1.0 - (x.astype(np.float64) @ index.centres.T.astype(np.float64)).max(axis=1)
+    assert index.join_distance == pytest.approx(np.quantile(distance, JOIN_QUANTILE), abs=1e-6)
+
+
+@pytest.mark.parametrize(("n", "k"), [(1, 1), (5, 2), (90, 9), (200, 14)])
+def test_about_sqrt_n_regions(n, k):
+    x = clustered_embeddings(n, 16, seed=2)
+    assert len(RegionIndex.fit(x, seed=0)) == k  # round(sqrt(n))
+
+
+def test_no_more_regions_than_rows():
+    x = clustered_embeddings(4, 16, seed=2)
+    assert len(RegionIndex.fit(x, seed=0, n_regions=10)) == 4
+
+
+def test_fit_is_deterministic_for_a_seed_and_fits_only_the_rows_given():
+    x = clustered_embeddings(300, 16, seed=4)
+    a = RegionIndex.fit(x, seed=11)
+    b = RegionIndex.fit(x, seed=11)
+    assert np.array_equal(a.centres, b.centres) and a.join_distance == b.join_distance
+    c = RegionIndex.fit(x, seed=12)
+    assert not np.array_equal(a.centres, c.centres)
+    rows = np.arange(0, 300, 3)
+    on_rows = RegionIndex.fit(x, seed=11, rows=rows)
+    gathered = RegionIndex.fit(x[rows], seed=11)
+    assert np.array_equal(on_rows.centres, gathered.centres)
+
+
+def test_fit_refuses_no_rows():
+    with pytest.raises(ValueError, match="at least one sample"):
+        RegionIndex.fit(clustered_embeddings(5, 16), seed=0, rows=np.empty(0, np.int64))
+
+
+def test_identical_rows_make_the_smallest_join_distance():
+    x = np.tile(unit(np.array([[1.0, 2.0, 3.0]])), (5, 1))
+    index = RegionIndex.fit(x, seed=0)
+    assert index.join_distance == 1e-6
+    far = unit(np.array([[1.0, 2.0, 3.1]]))
+    grown, region = index.assign(np.vstack([x[:1], far]))
+    assert region[0] < len(index) and region[1] == len(index)
+
+
+def test_assign_joins_the_nearest_region_or_opens_new_ones_in_input_order():
+    x, _ = blobs()
+    index = RegionIndex.fit(x, seed=0, n_regions=3)
+    old_centres = index.centres.copy()
+    rng = np.random.default_rng(5)
+    near = unit(old_centres + 0.002 * rng.normal(size=(3, 16)))
+    # Two rows around axis 5 (one new region) and one around axis 9 (another).
+    new_a = unit(np.eye(16)[5] + 0.002 * rng.normal(size=(2, 16)))
+    new_b = unit(np.eye(16)[9][None, :])
+    rows = np.vstack([new_a[:1], near[:2], new_b, new_a[1:], near[2:]])
+    grown, region = index.assign(rows)
+    expected_old = nearest_brute(near, index.centres)
+    assert region[[1, 2, 5]].tolist() == expected_old.tolist() == [0, 1, 2]
+    # The first far row leads region 3; the second of its kind joins it; axis 9 opens 4.
+    assert region[[0, 4, 3]].tolist() == [3, 3, 4]
+    assert len(grown) == 5
+    assert np.array_equal(grown.centres[:3], old_centres)  # earlier centres never move
+    assert np.array_equal(grown.centres[3], rows[0]) and np.array_equal(grown.centres[4], rows[3])
+    assert grown.join_distance == index.join_distance
+    assert len(index) == 3  # the index assigned from is left as it was
+
+
+def test_assign_follows_the_join_distance_row_by_row():
+    x, _ = blobs()
+    index = RegionIndex.fit(x, seed=0, n_regions=3)
+    sims = (x.astype(np.float64) @ index.centres.T.astype(np.float64)).max(axis=1)
+    far = 1.0 - sims > index.join_distance
+    assert 0 < far.sum() < 5  # the 1 % of the fitted rows beyond the quantile
+    grown, region = index.assign(x)
+    # Rows within the join distance take their nearest region; the others open regions.
+    assert region[~far].tolist() == nearest_brute(x[~far], index.centres).tolist()
+    assert (region[far] >= 3).all()
+    assert len(grown) == 3 + len(np.unique(region[far]))
+    # Within the join distance a row gets the same region alone as within a batch.
+    near, _ = index.assign(x[~far])
+    assert len(near) == 3
+    for i in np.flatnonzero(~far)[[0, 31, -1]]:
+        assert index.assign(x[i : i + 1])[1].tolist() == [region[i]]
