@@ -412,24 +412,8 @@ class ImageEmbedder:
             or name.startswith(("./", "../", "~", ".\\", "..\\"))
             or os.path.exists(name)
         )
-        if looks_local:
-            folder = os.path.expanduser(name)
-            if not os.path.isdir(folder):
-                raise ModelLoadError(
-                    f"cannot load model {name!r}: no such folder. A local model folder must "
-                    "hold the files written by save_pretrained (config.json, the weights and "
-                    f"preprocessor_config.json). Or use another model: {_OFFLINE_ALTERNATIVE}"
-                )
-            try:
-                processor, model = _from_pretrained(folder)
-            except Exception as exc:
-                raise ModelLoadError(
-                    f"cannot load model from local folder {name!r}: {_short(exc, 300)}. The "
-                    "folder must hold what save_pretrained writes (config.json, weights, "
-                    f"preprocessor_config.json). Or use another model: {_OFFLINE_ALTERNATIVE}"
-                ) from exc
-        else:
-            processor, model = _load_hub_model(name)
+        load = _load_folder if looks_local else _load_hub_model
+        processor, model = load(name)
         accepts_pixels = callable(getattr(model, "get_image_features", None)) or (
             "pixel_values" in _forward_parameters(model)
         )
@@ -848,6 +832,37 @@ def _from_pretrained(src: str, **kwargs: Any) -> tuple[Any, Any]:
         # preprocessing.
         processor = AutoImageProcessor.from_pretrained(src, **kwargs)
     return processor, AutoModel.from_pretrained(src, **kwargs)
+
+
+def _load_folder(name: str) -> tuple[Any, Any]:
+    """Loads a model folder written by save_pretrained.
+
+    Args:
+        name: The folder as the caller wrote it (``~`` is expanded).
+
+    Returns:
+        ``(processor, model)`` from transformers' ``from_pretrained``.
+
+    Raises:
+        ModelLoadError: No such folder, no config.json in it, or it does not load.
+    """
+    folder = os.path.expanduser(name)
+    error: Exception | None = None
+    if not os.path.isdir(folder):
+        problem = "no such folder"
+    elif not os.path.isfile(os.path.join(folder, "config.json")):
+        # Said plainly: transformers' own message here is about the hub.
+        problem = "it holds no config.json"
+    else:
+        try:
+            return _from_pretrained(folder)
+        except Exception as exc:
+            problem, error = _short(exc, 300), exc
+    raise ModelLoadError(
+        f"Cannot load the embedding model from local folder {name!r}: {problem}. A model "
+        "folder must hold what save_pretrained writes (config.json, the weights, "
+        f"preprocessor_config.json). Or use another model: {_OFFLINE_ALTERNATIVE}"
+    ) from error
 
 
 def _load_hub_model(name: str) -> tuple[Any, Any]:
