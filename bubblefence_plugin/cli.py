@@ -17,6 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from .core.config import knob_help, parse_knob
+from .text import (
+    SummaryText,
+    error_lines,
+    export_text,
+    pick_text,
+    queued_shards_text,
+    reset_text,
+    round_text,
+)
 
 DEMO_NAME = "bubblefence-demo"
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -320,26 +329,6 @@ def _parse_sets(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def _print_summary(summary: dict[str, Any]) -> None:
-    print(summary["message"])
-    totals = summary.get("counts_total") or {}
-    if totals:
-        print("  totals: " + ", ".join(f"{k} {v}" for k, v in totals.items()))
-    labels = summary.get("labels")
-    if labels:
-        covered = labels["covered"]
-        print(
-            f"  labels: {labels['n_eligible']} with >= {labels['min_label_count']} samples; "
-            f"in eval {covered['eval']}, validation {covered['validation']}, test "
-            f"{covered['test']}; eval share error max {labels['share_error_max']}"
-        )
-    groups = summary.get("groups")
-    if groups:
-        print(f"  groups: {groups['n_groups']}, violations {groups['violations']}")
-    for sid, msg in list((summary.get("errors") or {}).items())[:5]:
-        print(f"  error {sid}: {msg}")
-
-
 def _run_split(dataset: Any, **kwargs: Any) -> dict[str, Any]:
     from .fo.dataset import split
 
@@ -378,7 +367,7 @@ def cmd_split(args: argparse.Namespace) -> int:
         group_field=args.group_field,
         **overrides,
     )
-    _print_summary(summary)
+    print(round_text(summary).plain())
     return 0
 
 
@@ -397,11 +386,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
     )
     if args.queue:
         ids = queue_shards(dataset, args.num_shards, **kwargs)
-        for i, op in enumerate(ids):
-            print(f"Queued {shard_label(i, args.num_shards)}: {op}")
-        print(
-            "Run `fiftyone delegated launch` on each worker; follow with `fiftyone delegated list`"
-        )
+        labels = [shard_label(i, args.num_shards) for i in range(args.num_shards)]
+        print(queued_shards_text(ids, labels).plain())
         return 0
     bar = _Bar(f"BubbleFence embed {dataset.name}")
     try:
@@ -414,9 +400,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         )
     finally:
         bar.close()
-    print(report.message)
-    for sid, msg in list(report.errors.items())[:5]:
-        print(f"  error {sid}: {msg}")
+    print(SummaryText(report.message, error_lines(report.errors)).plain())
     return 0
 
 
@@ -435,12 +419,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         export_media=not args.no_media,
         overwrite=args.overwrite,
     )
-    counts = ", ".join(f"{k} {v}" for k, v in result["counts"].items())
-    print(f"Exported {counts} to {result['export_dir']} ({result['dataset_type']})")
-    renamed = {k: v for k, v in result["folders"].items() if k != v}
-    if renamed:
-        print("Folder names made safe: " + ", ".join(f"{k!r} -> {v}" for k, v in renamed.items()))
-    print(f"Manifest: {result['manifest']}")
+    print(export_text(result).plain())
     return 0
 
 
@@ -461,11 +440,7 @@ def cmd_reset(args: argparse.Namespace) -> int:
             print("Nothing changed.")
             return 1
     result = reset(dataset, keep_embeddings=args.keep_embeddings)
-    print(
-        f"Reset {dataset.name}: removed {result['removed_fields'] or 'no fields'}, "
-        f"untagged {result['n_samples_untagged']} samples"
-        + ("; embeddings kept" if result["kept_embeddings"] else "")
-    )
+    print(reset_text(result).plain())
     return 0
 
 
@@ -503,7 +478,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         )
     finally:
         bar.close()
-    print(summary["message"])
+    print(pick_text(summary).plain())
     return 0
 
 
@@ -646,7 +621,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         # Exactly this run's images: files left in the folder by an earlier run stay out.
         add_folder(dataset, out_dir / folder, paths)
         summary = _run_split(dataset, model_name=model)
-        _print_summary(summary)
+        print(round_text(summary).plain())
 
     print(
         f"\nDataset {args.name!r} is saved. Open it in the App with:\n"

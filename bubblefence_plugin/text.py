@@ -1,13 +1,23 @@
-"""Escaping of user strings (label, group, field and dataset names, error messages)
-before they go into the Markdown the operators and the panel show in the App.
+"""What BubbleFence tells its users, written once for the App and the terminal.
 
-A label named ``[docs](https://evil.example/)`` must read as text there, not as a link,
-and a ``|`` in a name must not break a table row.
+A `SummaryText` is a headline and a few labelled lines; the operators show its Markdown
+rendering in the App and the command line prints its plain rendering, so both say the
+same thing. User strings (label, group, field, tag and dataset names, error messages)
+are escaped in the Markdown: a label named ``[docs](https://evil.example/)`` must read
+as text there, not as a link, and a ``|`` in a name must not break a table row.
+
+Example usage::
+
+    text = round_text(bfd.split(dataset))
+    print(text.plain())  # what the CLI prints
+    text.markdown()  # what an operator shows in its output view
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 # CommonMark lets every ASCII punctuation character be escaped with a backslash; escaping
@@ -15,7 +25,153 @@ from typing import Any
 _PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
 _LINE_BREAKS = re.compile(r"[\r\n\u2028\u2029]+")
 
+ERRORS_SHOWN = 5  # per-sample error messages in a summary; all are in bubblefence_error
+
 
 def escape_markdown(value: Any) -> str:
     """``value`` as literal Markdown text on one line (no link, heading, list or cell)."""
     return _PUNCTUATION.sub(r"\\\1", _LINE_BREAKS.sub(" ", str(value)))
+
+
+@dataclass(frozen=True)
+class Line:
+    """One labelled line of a summary. The label is ours; the value may hold user strings."""
+
+    label: str
+    value: str
+
+
+@dataclass(frozen=True)
+class SummaryText:
+    """A headline (the notification, the CLI's first line) and its labelled lines."""
+
+    headline: str
+    lines: Sequence[Line] = ()
+
+    def markdown(self) -> str:
+        """Bold headline, then a bullet per line. Headline and values are escaped whole,
+        so no user string can slip through unescaped; escaped punctuation renders as is."""
+        bullets = [f"- {line.label}: {escape_markdown(line.value)}" for line in self.lines]
+        return "\n".join([f"**{escape_markdown(self.headline)}**", "", *bullets])
+
+    def plain(self) -> str:
+        """The headline, then an indented line each, labels in lower case like the other
+        lines the CLI prints."""
+        indented = [
+            f"  {line.label[:1].lower()}{line.label[1:]}: {line.value}" for line in self.lines
+        ]
+        return "\n".join([self.headline, *indented])
+
+
+# --------------------------------------------------------------------------- split rounds
+
+
+def round_text(summary: Mapping[str, Any]) -> SummaryText:
+    """A split round's summary (`bubblefence_plugin.fo.dataset.split`'s return value)."""
+    lines = [
+        Line(label, _counts(summary[key]))
+        for key, label in (("counts_round", "This round"), ("counts_total", "All rounds"))
+        if summary.get(key)
+    ]
+    lines += [
+        Line(label, str(summary[key]))
+        for key, label in (
+            ("eval_share", "Eval share"),
+            ("new_anchors", "New bubbles"),
+            ("n_anchors", "Bubbles in all"),
+            ("n_embedded", "Images embedded"),
+            ("n_errors", "Samples with errors"),
+            ("n_forgotten", "Deleted samples dropped from the state"),
+        )
+        if key in summary
+    ]
+    lines += label_group_lines(summary)
+    lines += error_lines(summary.get("errors") or {})
+    if summary.get("map_error"):
+        lines.append(Line("Map not updated", str(summary["map_error"])))
+    return SummaryText(summary["message"], lines)
+
+
+def label_group_lines(summary: Mapping[str, Any]) -> list[Line]:
+    """Label coverage and per-label eval shares, group violations (when the round has them)."""
+    lines = []
+    labels = summary.get("labels")
+    if labels:
+        covered = labels["covered"]
+        lines.append(
+            Line(
+                "Labels",
+                f"{labels['n_eligible']} with >= {labels['min_label_count']} samples; in eval "
+                f"{covered['eval']}, validation {covered['validation']}, test {covered['test']}",
+            )
+        )
+        lines.append(
+            Line(
+                "Per-label eval share error",
+                f"max {labels['share_error_max']}, mean {labels['share_error_mean']}",
+            )
+        )
+        if labels["eval_shares"]:
+            shares = ", ".join(f"{k} {v:.3f}" for k, v in labels["eval_shares"].items())
+            lines.append(Line("Eval share per label (rarest first)", shares))
+    groups = summary.get("groups")
+    if groups:
+        lines.append(Line("Groups", f"{groups['n_groups']}, violations {groups['violations']}"))
+    return lines
+
+
+def error_lines(errors: Mapping[str, str]) -> list[Line]:
+    """The first per-sample errors (sample id: message)."""
+    return [Line(f"Error {sid}", msg) for sid, msg in list(errors.items())[:ERRORS_SHOWN]]
+
+
+def _counts(counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.items())
+
+
+# --------------------------------------------------------------------------- other commands
+
+
+def queued_shards_text(operation_ids: Sequence[str], shard_labels: Sequence[str]) -> SummaryText:
+    """Embedding shards queued for delegated workers: one line per shard's operation."""
+    headline = (
+        f"Queued {len(operation_ids)} embedding shards for delegated workers; follow them "
+        "with `fiftyone delegated list` (workers: `fiftyone delegated launch`)"
+    )
+    lines = [Line(label, op) for label, op in zip(shard_labels, operation_ids, strict=True)]
+    return SummaryText(headline, lines)
+
+
+def pick_text(summary: Mapping[str, Any]) -> SummaryText:
+    """A curated pick (`bubblefence_plugin.fo.curate.sample`'s return value)."""
+    lines = []
+    if summary.get("quotas"):
+        lines.append(Line("Per class", _counts(summary["quotas"])))
+    lines.append(Line("Regions", str(summary["n_regions"])))
+    return SummaryText(summary["message"], lines)
+
+
+def export_text(result: Mapping[str, Any]) -> SummaryText:
+    """An export (`bubblefence_plugin.fo.dataset.export`'s return value)."""
+    headline = (
+        f"Exported {_counts(result['counts'])} to {result['export_dir']} ({result['dataset_type']})"
+    )
+    lines = []
+    renamed = {k: v for k, v in result["folders"].items() if k != v}
+    if renamed:
+        safe = ", ".join(f"{k!r} -> {v}" for k, v in renamed.items())
+        lines.append(Line("Folder names made safe", safe))
+    lines.append(Line("Manifest", result["manifest"]))
+    return SummaryText(headline, lines)
+
+
+def reset_text(result: Mapping[str, Any]) -> SummaryText:
+    """A reset (`bubblefence_plugin.fo.dataset.reset`'s return value)."""
+    removed = ", ".join(result["removed_fields"]) or "no fields"
+    headline = (
+        f"Reset {result['dataset']}: removed {removed}, untagged "
+        f"{result['n_samples_untagged']} samples"
+    )
+    if result["kept_embeddings"]:
+        headline += "; embeddings kept"
+    return SummaryText(headline)

@@ -3,42 +3,65 @@
 from __future__ import annotations
 
 import os
-from typing import Any
 
-import fiftyone.operators as foo
+import fiftyone as fo
 import fiftyone.operators.types as types
+from fiftyone.operators.executor import ExecutionContext, ExecutionResult
 
 import bubblefence_plugin.fo.dataset as bfd
+from bubblefence_plugin.core.progress import Progress, Steps
+from bubblefence_plugin.text import export_text
 
-from ._common import parse_path, refuse_unknown_params, run_sdk, to_path
+from .base import BubbleFenceOperator, Outcome
+from .inputs import field_input, parse_path, to_path
+
+DEFAULT_TYPE = "FiftyOneDataset"
 
 
-class BubbleFenceExport(foo.Operator):
-    @property
-    def config(self) -> foo.OperatorConfig:
-        return foo.OperatorConfig(
-            name="bubblefence_export",
-            label="BubbleFence export",
-            description="Export each split to its own folder in a FiftyOne dataset format, "
-            "with a manifest.csv",
-            icon="/assets/icon.svg",
-            dynamic=True,
-            allow_immediate_execution=True,
-            allow_delegated_execution=True,
-        )
+class BubbleFenceExport(BubbleFenceOperator):
+    name = "bubblefence_export"
+    label = "BubbleFence export"
+    description = (
+        "Export each split to its own folder in a FiftyOne dataset format, with a manifest.csv"
+    )
+    # The exporters report no progress: the result comes back to a Python caller.
+    streams_progress = False
+    target_action = "Export"
+    reloads_dataset = False
 
     def __call__(
         self,
-        sample_collection: Any,
-        export_dir: str,
-        dataset_type: str = "FiftyOneDataset",
+        sample_collection: fo.Dataset | fo.DatasetView,
+        export_dir: str | os.PathLike,
+        dataset_type: str = DEFAULT_TYPE,
         names: list[str] | None = None,
         label_field: str | None = None,
         export_media: bool = True,
         overwrite: bool = False,
         delegate: bool = False,
-    ) -> Any:
-        """Exports from Python; ``names`` are splits or any sample tags."""
+    ) -> ExecutionResult:
+        """Exports each split of ``sample_collection`` (or each of ``names``) to its own
+        folder of ``export_dir``, with ``export_dir/manifest.csv``.
+
+        Example usage::
+
+            import fiftyone.operators as foo
+
+            export = foo.get_operator("@bubblefence/bubblefence/bubblefence_export")
+            export(dataset, "/tmp/splits")  # train/, validation/, test/, manifest.csv
+            export(dataset, "/tmp/yolo", dataset_type="YOLOv5Dataset", label_field="gt")
+
+        Args:
+            sample_collection: a dataset or view
+            export_dir: an empty folder (or any folder, with ``overwrite``)
+            dataset_type ("FiftyOneDataset"): a ``fiftyone.types`` dataset type name
+            names (None): splits or sample tags to export, one folder each (default:
+                train, validation and test)
+            label_field (None): the labels to export, for formats that carry labels
+            export_media (True): whether to copy the media
+            overwrite (False): whether to empty a non-empty ``export_dir`` first
+            delegate (False): whether to queue the export for a delegated worker
+        """
         params = {
             "export_dir": to_path(export_dir),
             "dataset_type": dataset_type,
@@ -47,18 +70,10 @@ class BubbleFenceExport(foo.Operator):
             "export_media": export_media,
             "overwrite": overwrite,
         }
-        return run_sdk(self, sample_collection, params, delegate)
+        return self.execute_from_python(sample_collection, params, delegate)
 
-    def resolve_input(self, ctx: Any) -> types.Property:
-        inputs = types.Object()
-        inputs.view_target(ctx, action_description="Export")
-        prop = inputs.file(
-            "export_dir",
-            required=True,
-            label="Export directory",
-            description="An empty folder; each split goes to a sub-folder of its name",
-            view=types.FileExplorerView(choose_dir=True, button_label="Choose a directory..."),
-        )
+    def add_inputs(self, ctx: ExecutionContext, inputs: types.Object) -> None:
+        _destination_inputs(ctx, inputs)
         inputs.list(
             "names",
             types.String(),
@@ -66,56 +81,66 @@ class BubbleFenceExport(foo.Operator):
             label="Splits or tags",
             description="One export per name: train, validation, test, or any sample tag",
         )
-        dd = types.DropdownView()
-        for name, label in bfd.EXPORT_TYPES.items():
-            dd.add_choice(name, label=name, description=label)
-        inputs.enum(
-            "dataset_type",
-            dd.values(),
-            default="FiftyOneDataset",
-            label="Format",
-            description="FiftyOne dataset type of each export",
-            view=dd,
-        )
-        inputs.str(
+        _format_input(inputs)
+        # Any label field a format may write (masks and heatmaps too); not pre-filled
+        # from the split, whose labels need not be ones the chosen format can write.
+        field_input(
+            inputs,
             "label_field",
-            required=False,
+            sorted(ctx.dataset.get_field_schema(embedded_doc_type=fo.Label)),
+            None,
             label="Label field",
             description="Labels to export, for formats that carry labels",
         )
         inputs.bool("export_media", default=True, label="Copy media", description="Copy the images")
-        inputs.bool(
-            "overwrite",
-            default=False,
-            label="Overwrite",
-            description="Replace the contents of a non-empty export directory",
-        )
-        path = parse_path(ctx, "export_dir")
-        if path:
-            if os.path.isdir(path) and os.listdir(path) and not ctx.params.get("overwrite"):
-                prop.invalid = True
-                prop.error_message = "Not empty: choose another folder or tick Overwrite"
-        return types.Property(inputs, view=types.View(label="BubbleFence export"))
 
-    def execute(self, ctx: Any) -> dict[str, Any]:
-        refuse_unknown_params(ctx, self.resolve_input(ctx))
-        export_dir = parse_path(ctx, "export_dir")
+    def run(self, ctx: ExecutionContext) -> Steps[Outcome]:
+        export_dir = parse_path(ctx.params, "export_dir")
         if not export_dir:
             raise ValueError("export_dir is required")
-        return bfd.export(
+        yield Progress(0.0, f"Exporting to {export_dir}")
+        result = bfd.export(
             ctx.target_view(),
             export_dir,
-            ctx.params.get("dataset_type", "FiftyOneDataset"),
+            ctx.params.get("dataset_type", DEFAULT_TYPE),
             tags=ctx.params.get("names") or None,
             label_field=ctx.params.get("label_field") or None,
             export_media=bool(ctx.params.get("export_media", True)),
             overwrite=bool(ctx.params.get("overwrite", False)),
         )
+        return Outcome(export_text(result), result)
 
-    def resolve_output(self, ctx: Any) -> types.Property:
-        outputs = types.Object()
-        outputs.str("export_dir", label="Exported to")
-        outputs.obj("counts", label="Samples per split/tag", view=types.JSONView())
-        outputs.obj("folders", label="Folder per split/tag (safe names)", view=types.JSONView())
-        outputs.str("manifest", label="Manifest")
-        return types.Property(outputs, view=types.View(label="BubbleFence export"))
+
+def _destination_inputs(ctx: ExecutionContext, inputs: types.Object) -> None:
+    """The export folder, refused while it is not empty unless Overwrite is ticked."""
+    prop = inputs.file(
+        "export_dir",
+        required=True,
+        label="Export directory",
+        description="An empty folder; each split goes to a sub-folder of its name",
+        view=types.FileExplorerView(choose_dir=True, button_label="Choose a directory..."),
+    )
+    inputs.bool(
+        "overwrite",
+        default=False,
+        label="Overwrite",
+        description="Replace the contents of a non-empty export directory",
+    )
+    path = parse_path(ctx.params, "export_dir")
+    if path and os.path.isdir(path) and os.listdir(path) and not ctx.params.get("overwrite"):
+        prop.invalid = True
+        prop.error_message = "Not empty: choose another folder or tick Overwrite"
+
+
+def _format_input(inputs: types.Object) -> None:
+    formats = types.DropdownView()
+    for name, label in bfd.EXPORT_TYPES.items():
+        formats.add_choice(name, label=name, description=label)
+    inputs.enum(
+        "dataset_type",
+        formats.values(),
+        default=DEFAULT_TYPE,
+        label="Format",
+        description="FiftyOne dataset type of each export",
+        view=formats,
+    )

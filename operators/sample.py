@@ -2,40 +2,51 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator
 from typing import Any
 
 import fiftyone as fo
-import fiftyone.operators as foo
 import fiftyone.operators.types as types
+from fiftyone.operators.executor import ExecutionContext, ExecutionResult
 
 import bubblefence_plugin.fo.dataset as bfd
 from bubblefence_plugin.core.curation import STRATEGIES, TYPICALITY_K
+from bubblefence_plugin.core.progress import Steps
 from bubblefence_plugin.fo import curate
+from bubblefence_plugin.text import pick_text
 
-from ._common import run_sdk
+from .base import BubbleFenceOperator, Outcome
+from .inputs import embeddings_field_choices, field_input
 
 DELEGATE_ABOVE = 50_000  # samples: typicality of more outlasts the App's immediate timeout
 
 
-class BubbleFenceSample(foo.Operator):
-    @property
-    def config(self) -> foo.OperatorConfig:
-        return foo.OperatorConfig(
-            name="bubblefence_sample",
-            label="BubbleFence sample",
-            description="Tag a pick of samples chosen from their embeddings: diverse, typical, "
-            "outliers, similar to a query, class-balanced, by a numeric field, or combined",
-            icon="/assets/icon.svg",
-            dynamic=True,
-            execute_as_generator=True,
-            allow_immediate_execution=True,
-            allow_delegated_execution=True,
-        )
+class BubbleFenceSample(BubbleFenceOperator):
+    name = "bubblefence_sample"
+    label = "BubbleFence sample"
+    description = (
+        "Tag a pick of samples chosen from their embeddings: diverse, typical, outliers, "
+        "similar to a query, class-balanced, by a numeric field, or combined"
+    )
+    target_action = "Pick from"
+    delegate_above = DELEGATE_ABOVE
+    # Shown only for some choices: one strategy or a strength each, the options of the
+    # strategies chosen, the split filter once there is a split; k from Python only.
+    optional_params = frozenset(
+        {
+            "strategy",
+            *(f"strength_{name}" for name in STRATEGIES),
+            "label_field",
+            "target",
+            "query_tag",
+            "metadata_field",
+            "from_split",
+            "k",
+        }
+    )
 
     def __call__(
         self,
-        sample_collection: Any,
+        sample_collection: fo.Dataset | fo.DatasetView,
         strategy: str = "diverse",
         count: int = 100,
         tag: str = curate.DEFAULT_TAG,
@@ -50,31 +61,34 @@ class BubbleFenceSample(foo.Operator):
         seed: int = 0,
         replace: bool = False,
         delegate: bool = False,
-    ) -> Any:
-        """Tags a curated pick of ``sample_collection``, like the App does.
+    ) -> ExecutionResult:
+        """Tags a curated pick of ``sample_collection``, as the App does.
 
         Example usage::
 
-            op = foo.get_operator("@bubblefence/bubblefence/bubblefence_sample")
-            op(dataset, strategy="diverse", count=500, tag="to_label", from_split="train")
-            op(dataset, strengths={"diverse": 1.0, "typical": 0.5}, count=100, tag="mix")
+            import fiftyone.operators as foo
+
+            sample = foo.get_operator("@bubblefence/bubblefence/bubblefence_sample")
+            sample(dataset, strategy="diverse", count=500, tag="to_label", from_split="train")
+            sample(dataset, strengths={"diverse": 1.0, "typical": 0.5}, count=100, tag="mix")
 
         Args:
             sample_collection: a dataset or view
-            strategy: one of ``curation.STRATEGIES``
-            count: how many samples to tag
-            tag: a tag no sample has yet (unless ``replace``)
-            strengths: strategy -> strength, to combine several
-            embeddings_field: vector field (default: the split's embeddings field)
-            from_split: pick only among this split's samples
-            start_from: a tag or split counted as already picked (``diverse``)
-            label_field: one label per sample, for ``balance``
-            target: ``uniform``, ``input``, or ``"cat: 0.5, dog: 0.5"``
-            query_tag: the query samples' tag, for ``similar``
-            metadata_field: a numeric field, for ``metadata``
-            seed: drives every random choice
-            replace: move an existing tag to this pick
-            delegate: queue the run for a delegated worker
+            strategy ("diverse"): one of ``curation.STRATEGIES``
+            count (100): how many samples to tag
+            tag ("bubblefence_sample"): a tag no sample has yet (unless ``replace``)
+            strengths (None): strategy -> strength, to combine several
+            embeddings_field (None): the vector field the pick is computed from
+                (default: the split's)
+            from_split (None): pick only among this split's samples
+            start_from (None): a tag or split counted as already picked (``diverse``)
+            label_field (None): one label per sample, for ``balance``
+            target ("uniform"): ``"uniform"``, ``"input"``, or ``"cat: 0.5, dog: 0.5"``
+            query_tag (None): the query samples' tag, for ``similar``
+            metadata_field (None): a numeric field, for ``metadata``
+            seed (0): drives every random choice
+            replace (False): whether to move an existing tag to this pick
+            delegate (False): whether to queue the run for a delegated worker
         """
         params = {
             "strategy": strategy,
@@ -93,56 +107,24 @@ class BubbleFenceSample(foo.Operator):
         }
         for name, value in (strengths or {}).items():
             params[f"strength_{name}"] = value
-        return run_sdk(self, sample_collection, params, delegate)
+        return self.execute_from_python(sample_collection, params, delegate)
 
-    def resolve_execution_options(self, ctx: Any) -> foo.ExecutionOptions:
-        large = ctx.dataset is not None and len(ctx.dataset) > DELEGATE_ABOVE
-        return foo.ExecutionOptions(
-            allow_immediate_execution=True,
-            allow_delegated_execution=True,
-            default_choice_to_delegated=large,
-        )
-
-    def resolve_input(self, ctx: Any) -> types.Property:
-        inputs = types.Object()
-        inputs.view_target(ctx, action_description="Pick from")
+    def add_inputs(self, ctx: ExecutionContext, inputs: types.Object) -> None:
+        info = bfd.state_info(ctx.dataset)
         active = _strategy_inputs(ctx, inputs)
         _pick_inputs(ctx, inputs)
-        _source_inputs(ctx, inputs)
-        _strategy_options(ctx, inputs, active)
-        return types.Property(inputs, view=types.View(label="BubbleFence sample"))
+        _source_inputs(ctx, inputs, info)
+        _strategy_options(ctx, inputs, info, active)
 
-    def execute(self, ctx: Any) -> Any:
-        if ctx.delegated:
-            return self._execute_delegated(ctx)
-        return self._execute_live(ctx)
-
-    def _execute_live(self, ctx: Any) -> Generator[Any, None, None]:
-        gen = curate.iter_sample(ctx.target_view(), **sample_kwargs(ctx.params))
-        while True:
-            try:
-                event = next(gen)
-            except StopIteration as stop:
-                summary = stop.value
-                break
-            yield ctx.ops.set_progress(progress=event.fraction, label=event.label)
-        yield ctx.ops.reload_dataset()
-        yield ctx.ops.show_output(_outputs().to_json(), _result(summary))
-        yield ctx.ops.notify(summary["message"], variant="success")
-
-    def _execute_delegated(self, ctx: Any) -> dict[str, Any]:
-        def progress(fraction: float, label: str) -> None:
-            ctx.set_progress(progress=fraction, label=label)
-
-        summary = curate.sample(ctx.target_view(), progress=progress, **sample_kwargs(ctx.params))
-        return _result(summary)
-
-    def resolve_output(self, ctx: Any) -> types.Property:
-        return _outputs()
+    def run(self, ctx: ExecutionContext) -> Steps[Outcome]:
+        summary = yield from curate.iter_sample(ctx.target_view(), **_sample_kwargs(ctx.params))
+        # The pick is the tag; its ids would only bloat the result of a large pick.
+        result = {k: v for k, v in summary.items() if k != "picked_ids"}
+        return Outcome(pick_text(summary), result)
 
 
-def sample_kwargs(params: dict[str, Any]) -> dict[str, Any]:
-    """`curate.sample` keyword arguments from the form's (or the SDK call's) params."""
+def _sample_kwargs(params: dict[str, Any]) -> dict[str, Any]:
+    """`curate.sample` keyword arguments from the form's (or the Python call's) params."""
     strategy = params.get("strategy") or "diverse"
     strengths = None
     if params.get("combine"):
@@ -170,24 +152,7 @@ def sample_kwargs(params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _result(summary: dict[str, Any]) -> dict[str, Any]:
-    lines = [f"**{summary['message']}**", ""]
-    if summary.get("quotas"):
-        lines.append("- Per class: " + ", ".join(f"{k} {v}" for k, v in summary["quotas"].items()))
-    lines.append(f"- Regions: {summary['n_regions']}")
-    return {
-        "summary": "\n".join(lines),
-        "result": {k: v for k, v in summary.items() if k != "picked_ids"},
-    }
-
-
-def _outputs() -> types.Property:
-    outputs = types.Object()
-    outputs.str("summary", label="BubbleFence sample", view=types.MarkdownView())
-    return types.Property(outputs, view=types.View(label="BubbleFence sample"))
-
-
-def _strategy_inputs(ctx: Any, inputs: types.Object) -> set[str]:
+def _strategy_inputs(ctx: ExecutionContext, inputs: types.Object) -> set[str]:
     """One strategy, or a strength per strategy when combining; returns the active ones."""
     inputs.bool(
         "combine",
@@ -223,7 +188,7 @@ def _strategy_inputs(ctx: Any, inputs: types.Object) -> set[str]:
     return active
 
 
-def _pick_inputs(ctx: Any, inputs: types.Object) -> None:
+def _pick_inputs(ctx: ExecutionContext, inputs: types.Object) -> None:
     inputs.int(
         "count", default=100, min=1, required=True, label="Count", description="Samples to tag"
     )
@@ -246,21 +211,19 @@ def _pick_inputs(ctx: Any, inputs: types.Object) -> None:
         prop.error_message = f"{tag!r} exists already: choose a new tag or tick Replace"
 
 
-def _source_inputs(ctx: Any, inputs: types.Object) -> None:
-    info = bfd.state_info(ctx.dataset) or {}
-    fields = sorted(ctx.dataset.get_field_schema(ftype=fo.VectorField))
-    dd = types.DropdownView()
-    for f in fields:
-        dd.add_choice(f, label=f)
-    stored = info.get("embeddings_field")
-    inputs.enum(
+def _source_inputs(
+    ctx: ExecutionContext, inputs: types.Object, info: dict[str, Any] | None
+) -> None:
+    """Where the pick comes from: the embeddings, a split, what is already picked."""
+    # Not required: from Python, no field means the library's choice (the split's field).
+    field_input(
+        inputs,
         "embeddings_field",
-        dd.values(),
-        default=stored if stored in fields else (fields[0] if fields else None),
-        required=True,
+        embeddings_field_choices(ctx.dataset),
+        info,
         label="Embeddings field",
         description="Vector field the pick is computed from",
-        view=dd,
+        prefill_first=True,
     )
     if info:
         splits = types.Dropdown()
@@ -274,9 +237,7 @@ def _source_inputs(ctx: Any, inputs: types.Object) -> None:
             description="Pick only among this split's samples (e.g. train samples to label first)",
             view=splits,
         )
-    tags = types.Dropdown()
-    for t in sorted(ctx.dataset.count_sample_tags()):
-        tags.add_choice(t, label=t)
+    tags = _tag_choices(ctx.dataset)
     inputs.enum(
         "start_from",
         tags.values(),
@@ -288,12 +249,21 @@ def _source_inputs(ctx: Any, inputs: types.Object) -> None:
     inputs.int("seed", default=0, min=0, label="Seed", description="Same data + seed = same pick")
 
 
-def _strategy_options(ctx: Any, inputs: types.Object, active: set[str]) -> None:
+def _strategy_options(
+    ctx: ExecutionContext, inputs: types.Object, info: dict[str, Any] | None, active: set[str]
+) -> None:
+    """The options of the strategies chosen."""
     if "balance" in active:
-        dd = types.DropdownView()
-        for f in bfd.label_field_choices(ctx.dataset, multi_ok=False):
-            dd.add_choice(f, label=f)
-        inputs.enum("label_field", dd.values(), required=True, label="Label field", view=dd)
+        field_input(
+            inputs,
+            "label_field",
+            bfd.label_field_choices(ctx.dataset, multi_ok=False),
+            info,
+            label="Label field",
+            description="One label per sample; the pick follows the target distribution of its "
+            "labels",
+            required=True,
+        )
         inputs.str(
             "target",
             default="uniform",
@@ -301,9 +271,7 @@ def _strategy_options(ctx: Any, inputs: types.Object, active: set[str]) -> None:
             description="uniform, input (the candidates' own shares), or 'cat: 0.5, dog: 0.5'",
         )
     if "similar" in active:
-        tags = types.Dropdown()
-        for t in sorted(ctx.dataset.count_sample_tags()):
-            tags.add_choice(t, label=t)
+        tags = _tag_choices(ctx.dataset)
         inputs.enum(
             "query_tag",
             tags.values(),
@@ -314,14 +282,21 @@ def _strategy_options(ctx: Any, inputs: types.Object, active: set[str]) -> None:
         )
     if "metadata" in active:
         numeric = sorted(ctx.dataset.get_field_schema(ftype=(fo.IntField, fo.FloatField)))
-        dd = types.DropdownView()
+        dropdown = types.DropdownView()
         for f in numeric:
-            dd.add_choice(f, label=f)
+            dropdown.add_choice(f, label=f)
         inputs.enum(
             "metadata_field",
-            dd.values(),
+            dropdown.values(),
             required=True,
             label="Numeric field",
             description="Higher first; a negative strength puts lower values first",
-            view=dd,
+            view=dropdown,
         )
+
+
+def _tag_choices(dataset: fo.Dataset) -> types.Dropdown:
+    tags = types.Dropdown()
+    for tag in sorted(dataset.count_sample_tags()):
+        tags.add_choice(tag, label=tag)
+    return tags

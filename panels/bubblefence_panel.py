@@ -7,7 +7,6 @@ samples, open the operators' forms).
 
 from __future__ import annotations
 
-import importlib
 import logging
 from typing import Any
 
@@ -15,6 +14,7 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 from fiftyone import ViewField as F
 
+import bubblefence_plugin.fo.audit as bfa
 import bubblefence_plugin.fo.dataset as bfd
 from bubblefence_plugin.core.layout import available_methods
 from bubblefence_plugin.fo import curate
@@ -207,24 +207,27 @@ class BubbleFencePanel(foo.Panel):
         panel = types.Object()
         state = ctx.panel.state
         if not state.has_state:
-            panel.md(INTRO, name="intro")
-            panel.btn(
-                "run_split",
-                label="Run BubbleFence split",
-                icon="bubble_chart",
-                variant="contained",
-                on_click=self.run_split,
-            )
-            return types.Property(panel, view=types.GridView(orientation="vertical", gap=2))
+            self._render_intro(panel)
+        else:
+            self._render_actions(panel)
+            if state.has_map:
+                self._render_map(panel, state)
+            else:
+                panel.md(state.map_error or NO_MAP, name="no_map")
+                panel.btn("build_map", label="Compute the map", on_click=self.build_map)
+            panel.md(state.summary_md or "", name="summary")
+            if state.audit_md:
+                panel.md(state.audit_md, name="audit")
+            self._render_map_settings(panel)
+        return types.Property(panel, view=types.GridView(orientation="vertical", gap=2))
 
+    def _render_intro(self, panel: types.Object) -> None:
+        panel.md(INTRO, name="intro")
+        self._add_run_split_button(panel, "Run BubbleFence split")
+
+    def _render_actions(self, panel: types.Object) -> None:
         actions = panel.h_stack("actions", align_x="left", gap=1)
-        actions.btn(
-            "run_split",
-            label="Run split",
-            icon="bubble_chart",
-            variant="contained",
-            on_click=self.run_split,
-        )
+        self._add_run_split_button(actions, "Run split")
         actions.btn(
             "export",
             label="Export",
@@ -236,50 +239,54 @@ class BubbleFencePanel(foo.Panel):
         actions.btn("reset_view", label="Reset view", icon="restart_alt", on_click=self.reset_view)
         actions.btn("refresh", label="Refresh", icon="refresh", on_click=self.refresh)
 
-        if state.has_map:
-            colors = types.RadioGroup(orientation="horizontal")
-            colors.add_choice("split", label="Split")
-            colors.add_choice("round", label="Ingestion round")
-            colors.add_choice("typicality", label="Typicality")
-            colors.add_choice("region", label="Region")
-            panel.enum(
-                "color_by",
-                colors.values(),
-                default="split",
-                label="Colour points by",
-                view=colors,
-                on_change=self.on_color_by,
-            )
-            # A name of its own: a property named like a state key would show that value.
-            panel.md(f"{state.map_note}\n\n{MAP_HELP}", name="note")
-            panel.plot(
-                "plot",
-                layout=state.plot_layout,
-                config={"scrollZoom": True, "displaylogo": False},
-                on_click=self.on_click,
-                on_selected=self.on_lasso,
-                height=520,
-            )
-            curation = panel.h_stack("curation", align_x="left", align_y="center", gap=1)
-            curation.str(
-                "exclusion_reason",
-                label="Reason (optional)",
-                description=f"Stored in {curate.REASON_FIELD}",
-            )
-            curation.btn(
-                "exclude", label="Exclude", icon="block", variant="outlined", on_click=self.exclude
-            )
-            curation.btn(
-                "include_again", label="Include again", icon="undo", on_click=self.include_again
-            )
-        else:
-            panel.md(state.map_error or NO_MAP, name="no_map")
-            panel.btn("build_map", label="Compute the map", on_click=self.build_map)
+    def _add_run_split_button(self, container: types.Object, label: str) -> None:
+        container.btn(
+            "run_split",
+            label=label,
+            icon="bubble_chart",
+            variant="contained",
+            on_click=self.run_split,
+        )
 
-        panel.md(state.summary_md or "", name="summary")
-        if state.audit_md:
-            panel.md(state.audit_md, name="audit")
+    def _render_map(self, panel: types.Object, state: Any) -> None:
+        """The colour choice, the plot, and the exclusion controls acting on it."""
+        colors = types.RadioGroup(orientation="horizontal")
+        colors.add_choice("split", label="Split")
+        colors.add_choice("round", label="Ingestion round")
+        colors.add_choice("typicality", label="Typicality")
+        colors.add_choice("region", label="Region")
+        panel.enum(
+            "color_by",
+            colors.values(),
+            default="split",
+            label="Colour points by",
+            view=colors,
+            on_change=self.on_color_by,
+        )
+        # A name of its own: a property named like a state key would show that value.
+        panel.md(f"{state.map_note}\n\n{MAP_HELP}", name="note")
+        panel.plot(
+            "plot",
+            layout=state.plot_layout,
+            config={"scrollZoom": True, "displaylogo": False},
+            on_click=self.on_click,
+            on_selected=self.on_lasso,
+            height=520,
+        )
+        curation = panel.h_stack("curation", align_x="left", align_y="center", gap=1)
+        curation.str(
+            "exclusion_reason",
+            label="Reason (optional)",
+            description=f"Stored in {curate.REASON_FIELD}",
+        )
+        curation.btn(
+            "exclude", label="Exclude", icon="block", variant="outlined", on_click=self.exclude
+        )
+        curation.btn(
+            "include_again", label="Include again", icon="undo", on_click=self.include_again
+        )
 
+    def _render_map_settings(self, panel: types.Object) -> None:
         methods = types.Dropdown()
         for method in available_methods():
             methods.add_choice(method, label=method.upper())
@@ -303,7 +310,6 @@ class BubbleFencePanel(foo.Panel):
             icon="scatter_plot",
             on_click=self.refit_map,
         )
-        return types.Property(panel, view=types.GridView(orientation="vertical", gap=2))
 
 
 def bubble_view(dataset: Any, anchor_id: int) -> Any:
@@ -378,26 +384,13 @@ def _fmt(value: Any) -> str:
 AUDIT_ROWS = ("Leakage", "NN similarity", "Diversity")
 
 
-def _audit_module() -> Any:
-    """`bubblefence_plugin.fo.audit` when it exists, else None."""
-    try:
-        return importlib.import_module("bubblefence_plugin.fo.audit")
-    except ModuleNotFoundError as e:
-        if e.name != "bubblefence_plugin.fo.audit":
-            raise
-        return None
-
-
 def _audit_markdown(dataset: Any) -> str | None:
     """Leakage and diversity rows of the latest stored audit report, if there is one."""
-    audit = _audit_module()
-    if audit is None:
-        return None
     try:
-        report = audit.latest_report(dataset)
+        report = bfa.latest_report(dataset)
         if not report:
             return None
-        rows = [r for r in audit.summary_rows(report) if r["metric"].startswith(AUDIT_ROWS)]
+        rows = [r for r in bfa.summary_rows(report) if r["metric"].startswith(AUDIT_ROWS)]
     except Exception as e:  # a broken report must not take the map down with it
         logger.exception("BubbleFence panel: could not read the audit report")
         return f"#### Audit\nThe latest audit report could not be read: {escape_markdown(e)}"

@@ -192,7 +192,7 @@ def test_delegated_report(split_dataset):
     assert op.run_state == "completed", op.run_state
     out = op.result.result
     assert out["table"][0]["metric"].startswith("Samples")
-    assert out["report"]["run_key"] == bfa.latest_report(split_dataset)["run_key"]
+    assert out["result"]["run_key"] == bfa.latest_report(split_dataset)["run_key"]
 
 
 def test_view_target_audits_only_the_view(split_dataset):
@@ -214,7 +214,7 @@ def test_bad_input_is_named(field_dataset):
         bfa.report(ds, "my_split", "emb", group_field="emb")
     with pytest.raises(ExecutionError, match="thresholds"):
         foo.get_operator(REPORT)(ds, "my_split", "emb", thresholds=[1.5])
-    with pytest.raises(ValueError, match="unknown report parameters"):
+    with pytest.raises(ValueError, match="unknown report parameter .eval_share."):
         foo.get_operator(REPORT)(ds, "my_split", "emb", eval_share=0.2)
     ds.limit(3).set_values("emb", [None, None, None])
     r = bfa.report(ds, "my_split", "emb", store=False)

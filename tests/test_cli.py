@@ -36,6 +36,7 @@ def test_split_folder_by_folder_then_export_and_reset(
     assert cli.main([*args, "--folder", folder1]) == 0
     out = capsys.readouterr().out
     assert "Added 40 new images" in out and "Round 0" in out
+    assert "\n  this round: train " in out and "\n  bubbles in all: " in out
     ds = fo.load_dataset(dataset_name)
     assert ds.persistent and len(ds.exists("split")) == 40
     assert bfd.state_info(ds)["config"]["eval_ratio"] == 0.25
@@ -80,6 +81,7 @@ def test_split_folder_by_folder_then_export_and_reset(
     assert "not empty" in capsys.readouterr().err
 
     assert cli.main(["reset", "--dataset", dataset_name, "--yes", "--keep-embeddings"]) == 0
+    assert "untagged 60 samples; embeddings kept" in capsys.readouterr().out
     assert not ds.has_field("split") and ds.has_field(bfd.EMBEDDING_FIELD)
     assert cli.main(["reset", "--dataset", "no-such-dataset", "--yes"]) == 2
 
@@ -212,3 +214,42 @@ def test_split_names_the_embeddings_field_alternative(dataset_name, tmp_path, ca
 def test_packaged_images_exist():
     images = cli.packaged_images()
     assert len(images) >= 3  # scikit-learn and matplotlib are dependencies
+
+
+def test_a_round_reads_the_same_in_the_terminal_and_the_app():
+    from bubblefence_plugin.text import escape_markdown, round_text
+
+    link = "[docs](https://evil.example/)"
+    summary = {
+        "message": "Round 1: 3 samples assigned",
+        "counts_round": {"train": 2, "validation": 1, "test": 0, "duplicate": 0},
+        "n_errors": 1,
+        "errors": {"64b0c0ffee": "file not found"},
+        "labels": {
+            "min_label_count": 20,
+            "n_eligible": 2,
+            "covered": {"eval": 2, "validation": 1, "test": 1},
+            "share_error_max": 0.1,
+            "share_error_mean": 0.05,
+            "eval_shares": {link: 0.25, "cat": 0.2},
+        },
+        "groups": {"n_groups": 4, "violations": 0},
+    }
+    plain = round_text(summary).plain().splitlines()
+    markdown = round_text(summary).markdown().splitlines()
+    assert plain[0] == "Round 1: 3 samples assigned"
+    assert markdown[0] == f"**{escape_markdown(plain[0])}**"
+    assert plain[1:] == [
+        "  this round: train 2, validation 1, test 0, duplicate 0",
+        "  samples with errors: 1",
+        "  labels: 2 with >= 20 samples; in eval 2, validation 1, test 1",
+        "  per-label eval share error: max 0.1, mean 0.05",
+        f"  eval share per label (rarest first): {link} 0.250, cat 0.200",
+        "  groups: 4, violations 0",
+        "  error 64b0c0ffee: file not found",
+    ]
+    # The same lines as bullets, values escaped: a label name is no live link there.
+    bullets = [line for line in markdown if line.startswith("- ")]
+    assert len(bullets) == len(plain) - 1
+    assert f"- Eval share per label (rarest first): {escape_markdown(link)}" in "\n".join(bullets)
+    assert "](https" not in "\n".join(markdown)

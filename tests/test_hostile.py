@@ -137,7 +137,7 @@ def test_export_operator_and_cli_keep_names_inside(media_dataset, tmp_path, caps
     result = foo.get_operator(EXPORT)(
         ds, str(out), dataset_type="ImageDirectory", names=["../../victim"]
     )
-    assert result.result["folders"] == {"../../victim": "victim"}
+    assert result.result["result"]["folders"] == {"../../victim": "victim"}
     assert len(list((out / "victim").iterdir())) == 4
 
     out = tmp_path / "cli_out"

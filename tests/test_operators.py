@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from conftest import operator_requests
 
@@ -12,8 +14,14 @@ foo = pytest.importorskip("fiftyone.operators")
 bfd = pytest.importorskip("bubblefence_plugin.fo.dataset")
 
 from fiftyone.operators.delegated import DelegatedOperationService  # noqa: E402
-from fiftyone.operators.executor import ExecutionError  # noqa: E402
+from fiftyone.operators.executor import (  # noqa: E402
+    ExecutionError,
+    ExecutionResult,
+    resolve_type,
+)
 from fiftyone.operators.registry import OperatorRegistry  # noqa: E402
+
+from bubblefence_plugin.text import escape_markdown  # noqa: E402
 
 PLUGIN = "@bubblefence/bubblefence"
 SPLIT = f"{PLUGIN}/bubblefence_split"
@@ -38,23 +46,31 @@ def test_registry_lists_our_operators_without_errors():
     assert foo.get_operator(SPLIT).config.label == "BubbleFence split"
 
 
+def form(dataset, uri: str, params: dict) -> dict:
+    """The properties of an operator's form as the App resolves it for ``params``."""
+    request = {
+        "dataset_name": dataset.name,
+        "operator_uri": uri,
+        "params": params,
+        "view": [],
+        "target": "inputs",
+    }
+    result = asyncio.run(resolve_type(OperatorRegistry(), uri, request))
+    return result.to_json()["type"]["properties"]
+
+
+def run_unraised(uri: str, ctx: dict) -> ExecutionResult:
+    """Runs an operator and returns its result even when it failed: inside a running event
+    loop `execute_operator` hands back its task instead of raising."""
+
+    async def run() -> ExecutionResult:
+        return await foo.execute_operator(uri, ctx=ctx)
+
+    return asyncio.run(run())
+
+
 def test_split_form_has_defaults_descriptions_and_folded_advanced(field_dataset):
-    from fiftyone.operators.executor import resolve_type
-
-    def form(params):
-        import asyncio
-
-        request = {
-            "dataset_name": field_dataset.name,
-            "operator_uri": SPLIT,
-            "params": params,
-            "view": [],
-            "target": "inputs",
-        }
-        result = asyncio.run(resolve_type(OperatorRegistry(), SPLIT, request))
-        return result.to_json()["type"]["properties"]
-
-    props = form({})
+    props = form(field_dataset, SPLIT, {})
     for name in (
         "eval_ratio",
         "validation_ratio",
@@ -74,7 +90,7 @@ def test_split_form_has_defaults_descriptions_and_folded_advanced(field_dataset)
     assert props["eval_ratio"]["default"] == 0.2
     assert props["model_name"]["default"] == "openai/clip-vit-base-patch32"
     assert "lid_k" not in props and "show_advanced" in props
-    props = form({"show_advanced": True, "embeddings": "field"})
+    props = form(field_dataset, SPLIT, {"show_advanced": True, "embeddings": "field"})
     assert "lid_k" in props and "label_field" in props
     assert "emb" in str(props["embeddings_field"])
 
@@ -146,6 +162,7 @@ def test_split_delegated_with_field_and_selected_samples(field_dataset):
     op = service.get(result.result["id"])
     assert op.run_state == "completed", op.run_state
     assert op.result.result["result"]["n_assigned"] == 40
+    assert escape_markdown("Round 0: 40 samples assigned") in op.result.result["summary"]
     assert sorted(ds.exists("split").values("id")) == sorted(selected)
     assert bfd.state_info(ds)["config"]["eval_ratio"] == 0.3
 
@@ -184,9 +201,13 @@ def test_reset_operator(field_dataset, tiny_clip_dir):
         foo.execute_operator(RESET, ctx={"dataset": ds, "params": {"confirm": False}})
     assert ds.has_field("split")
     result = foo.get_operator(RESET)(ds)
-    assert result.result["n_samples_untagged"] == 200
+    assert result.result["result"]["n_samples_untagged"] == 200
+    assert "untagged 200 samples" in result.result["summary"]  # no punctuation to escape
     assert not ds.has_field("split") and ds.list_runs() == []
     assert not set(ds.count_sample_tags()) & set(bfd.SPLIT_TAGS)
+    # A clean slate unless asked otherwise, in the form as from Python.
+    assert not ds.has_field(bfd.EMBEDDING_FIELD)
+    assert form(ds, RESET, {})["keep_embeddings"]["default"] is False
 
 
 def test_export_operator_round_trip(image_dataset, tiny_clip_dir, tmp_path, fo_datasets):
@@ -196,7 +217,7 @@ def test_export_operator_round_trip(image_dataset, tiny_clip_dir, tmp_path, fo_d
     result = foo.get_operator(EXPORT)(ds, str(out))
     assert (out / "manifest.csv").exists()
     total = 0
-    for name, n in result.result["counts"].items():
+    for name, n in result.result["result"]["counts"].items():
         if not n:
             continue
         back = fo.Dataset.from_dir(str(out / name), dataset_type=fo.types.FiftyOneDataset)
@@ -208,4 +229,70 @@ def test_export_operator_round_trip(image_dataset, tiny_clip_dir, tmp_path, fo_d
     with pytest.raises(ExecutionError, match="(?i)not empty"):
         foo.get_operator(EXPORT)(ds, str(out))
     again = foo.get_operator(EXPORT)(ds, str(out), overwrite=True, names=["train"])
-    assert list(again.result["counts"]) == ["train"]
+    assert list(again.result["result"]["counts"]) == ["train"]
+
+
+# --------------------------------------------------------------------------- the base
+
+
+def test_every_operator_shares_the_base_and_documents_its_python_call():
+    from operators import OPERATORS
+    from operators.base import BubbleFenceOperator
+
+    uris = {op.uri for op in OperatorRegistry().list_operators()}
+    for cls in OPERATORS:
+        assert issubclass(cls, BubbleFenceOperator), cls
+        assert f"{PLUGIN}/{cls.name}" in uris
+        doc = cls.__call__.__doc__ or ""
+        assert "Example usage::" in doc and "Args:" in doc, cls.name
+
+
+def test_a_library_error_is_an_error_notice_and_writes_nothing(field_dataset):
+    ds = field_dataset
+    params = {"embeddings": "field", "embeddings_field": "emb"}
+    with bfd.RunLock(ds):  # the library refuses a second run on the dataset
+        result = run_unraised(SPLIT, {"dataset": ds, "params": params})
+    assert "in progress" in result.error_message
+    requests = operator_requests(result)
+    (notice,) = requests["notify"]
+    assert notice["variant"] == "error" and "in progress" in notice["message"]
+    assert requests["show_output"][0]["results"]["summary"].startswith("**Failed:**")
+    assert "reload_dataset" not in requests
+    assert not ds.has_field("split") and ds.list_runs() == []
+
+    # An operator that returns its result (no progress stream) fails the same way.
+    foo.get_operator(SPLIT)(ds, embeddings_field="emb")
+    with bfd.RunLock(ds):
+        result = run_unraised(RESET, {"dataset": ds, "params": {"confirm": True}})
+    assert operator_requests(result)["notify"][0]["variant"] == "error"
+    assert result.result is None and len(ds.exists("split")) == 200
+
+
+def test_unknown_parameters_are_refused_before_anything_runs(field_dataset, tmp_path):
+    ds = field_dataset
+    params = {"export_dir": {"absolute_path": str(tmp_path / "x")}, "overwrit": True}
+    with pytest.raises(ExecutionError, match="'overwrit' \\(did you mean 'overwrite'\\?\\)"):
+        foo.execute_operator(EXPORT, ctx={"dataset": ds, "params": params})
+    assert not (tmp_path / "x").exists()
+    # From Python, a misspelt knob is refused before a run is queued for a worker.
+    with pytest.raises(ValueError, match="did you mean 'eval_ratio'"):
+        foo.get_operator(SPLIT)(ds, embeddings_field="emb", eval_ration=0.3, delegate=True)
+    assert DelegatedOperationService().execute_queued_operations(dataset_name=ds.name) == []
+    # Knobs hidden in the folded advanced section are known.
+    foo.get_operator(SPLIT)(ds, embeddings_field="emb", lid_k=10)
+    assert bfd.state_info(ds)["config"]["lid_k"] == 10
+
+
+def test_python_call_on_a_view_runs_there_and_ends_like_the_app(field_dataset):
+    ds = field_dataset
+    result = foo.get_operator(SPLIT)(ds.limit(50), embeddings_field="emb")
+    assert len(ds.exists("split")) == 50
+    requests = operator_requests(result)
+    assert list(requests)[-3:] == ["reload_dataset", "show_output", "notify"]
+    shown = requests["show_output"][0]
+    assert shown["outputs"]["type"]["properties"]["summary"]["view"]["label"] == (
+        "BubbleFence round"
+    )
+    assert set(shown["results"]) == {"summary", "result"}
+    assert shown["results"]["result"]["n_assigned"] == 50
+    assert requests["notify"][0]["variant"] == "success"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import types as pytypes
 from typing import Any
 
 import numpy as np
@@ -17,6 +16,7 @@ bfd = pytest.importorskip("bubblefence_plugin.fo.dataset")
 
 from fiftyone.operators.registry import OperatorRegistry  # noqa: E402
 
+import bubblefence_plugin.fo.audit as bfa  # noqa: E402
 from bubblefence_plugin.fo import map as viz  # noqa: E402
 
 F = fo.ViewField
@@ -230,20 +230,20 @@ def test_audit_figures_are_shown_when_a_report_exists(split_dataset, monkeypatch
         {"metric": "Diversity score train / validation / test", "split": "0.9", "baseline": "1"},
         {"metric": "Samples train / validation / test", "split": "1 / 2 / 3", "baseline": "-"},
     ]
-    fake = pytypes.SimpleNamespace(latest_report=lambda s: report, summary_rows=lambda r: rows)
-    monkeypatch.setattr(panel_module, "_audit_module", lambda: fake)
+    monkeypatch.setattr(bfa, "latest_report", lambda s: report)
+    monkeypatch.setattr(bfa, "summary_rows", lambda r: rows)
     markdown = panel_module._audit_markdown(split_dataset)
     assert "2026-01-02T03:04:05Z" in markdown
     assert "| Leakage@0.95 eval→train | 0.0000 | 0.2500 |" in markdown
     assert "Diversity score" in markdown and "Samples train" not in markdown
 
-    fake.latest_report = lambda s: None
+    monkeypatch.setattr(bfa, "latest_report", lambda s: None)
     assert panel_module._audit_markdown(split_dataset) is None
 
     def broken(samples):
         raise KeyError("metrics")
 
-    fake.latest_report = broken
+    monkeypatch.setattr(bfa, "latest_report", broken)
     assert "could not be read" in panel_module._audit_markdown(split_dataset)
 
 
