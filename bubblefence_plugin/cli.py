@@ -250,12 +250,18 @@ def _model_error(error: Exception, args: argparse.Namespace) -> str:
 
 
 class _Bar:
-    """A tqdm bar driven by (fraction, label) progress events."""
+    """A tqdm bar driven by (fraction, label) progress events: a percentage and the step.
+
+    The bar counts thousandths for a smooth bar; the format shows only the percentage
+    and the times, never a rate of thousandths per second.
+    """
+
+    FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}{postfix}"
 
     def __init__(self, desc: str) -> None:
         from tqdm.auto import tqdm
 
-        self._bar = tqdm(total=1000, desc=desc, unit="‰", leave=True, file=sys.stderr)
+        self._bar = tqdm(total=1000, desc=desc, bar_format=self.FORMAT, leave=True, file=sys.stderr)
 
     def __call__(self, fraction: float, label: str) -> None:
         self._bar.n = int(1000 * min(max(fraction, 0.0), 1.0))
