@@ -1,5 +1,6 @@
-"""The layers, checked: the core and the embedder never import FiftyOne, and no module
-of the package imports another that imports it back."""
+"""The layers, checked: the core and the embedder never import FiftyOne, no module of
+the package imports another that imports it back, no private name crosses a module, and
+FiftyOne's internals are touched in `fo/fields.py` only."""
 
 from __future__ import annotations
 
@@ -80,3 +81,53 @@ def test_no_import_cycles() -> None:
         if start not in state and visit(start, []):
             break
     assert not cycle, f"import cycle: {' -> '.join(cycle)}"
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def _ours(node: ast.Import | ast.ImportFrom) -> bool:
+    if isinstance(node, ast.ImportFrom):
+        return bool(node.level) or (node.module or "").startswith("bubblefence_plugin")
+    return any(a.name.startswith("bubblefence_plugin") for a in node.names)
+
+
+def test_no_private_name_crosses_a_module() -> None:
+    """``from .x import _y`` and ``x._y`` on another module of the package are refused:
+    what a module shares has a public name."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        imports = [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
+        ours = [node for node in imports if _ours(node)]
+        modules = {alias.asname or alias.name.split(".")[-1] for n in ours for alias in n.names}
+        for node in ours:
+            if isinstance(node, ast.ImportFrom):
+                found += [f"{path.name}: {a.name}" for a in node.names if _private(a.name)]
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Attribute)
+                and _private(node.attr)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in modules
+            ):
+                found.append(f"{path.name}: {node.value.id}.{node.attr}")
+    assert not found, found
+
+
+def test_fiftyone_internals_are_touched_only_in_fields() -> None:
+    """Underscore attributes of other objects (FiftyOne's ``_root_dataset``,
+    ``_bulk_write``...) appear in `fo/fields.py` only, each behind a named helper."""
+    found = []
+    for path in sorted((PACKAGE / "fo").glob("*.py")):
+        if path.name == "fields.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Attribute)
+                and _private(node.attr)
+                and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))
+            ):
+                found.append(f"{path.name}:{node.lineno}: .{node.attr}")
+    assert not found, found

@@ -149,21 +149,7 @@ class BubbleFenceConfig:
     @classmethod
     def from_yaml(cls, path: str | Path) -> BubbleFenceConfig:
         """Read a YAML file in our flat layout or the original BubbleFence's nested one."""
-        text = Path(path).read_text(encoding="utf-8")
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as e:  # syntax errors and tags safe_load refuses
-            raise ValueError(f"{path}: not a valid YAML config: {e}") from e
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: the top level of a config must be a mapping")
-        values, ignored = translate_reference_layout(data)
-        if ignored:
-            warnings.warn(
-                f"{path}: ignoring unsupported config keys {sorted(ignored)}",
-                UserWarning,
-                stacklevel=2,
-            )
-        return cls.from_dict(values)
+        return cls.from_dict(read_yaml_values(path))
 
     @property
     def unit_threshold(self) -> float:
@@ -229,6 +215,29 @@ _REFERENCE_FIXED: dict[tuple[str, ...], Any] = {
     ("nested_shells", "enabled"): True,
     ("embedding", "normalize_embeddings"): True,
 }
+
+
+def read_yaml_values(path: str | Path) -> dict[str, Any]:
+    """The knobs a YAML config file names, by our flat names (either layout; see
+    `translate_reference_layout`); unsupported keys are reported through a warning.
+
+    Only the named knobs: a caller that continues a stored config changes just these.
+    """
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:  # syntax errors and tags safe_load refuses
+        raise ValueError(f"{path}: not a valid YAML config: {e}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: the top level of a config must be a mapping")
+    values, ignored = translate_reference_layout(data)
+    if ignored:
+        warnings.warn(
+            f"{path}: ignoring unsupported config keys {sorted(ignored)}",
+            UserWarning,
+            stacklevel=3,
+        )
+    return values
 
 
 def translate_reference_layout(data: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
