@@ -32,8 +32,8 @@ os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
 import fiftyone as fo  # noqa: E402
 from bench_core import append_results, make_data, peak_rss_mb, reset_peak_rss  # noqa: E402
 
+import bubblefence_plugin.fo as bfo  # noqa: E402
 from bubblefence_plugin import BubbleFence, BubbleFenceConfig  # noqa: E402
-from bubblefence_plugin.fo import dataset as bfd  # noqa: E402
 
 
 def timed(fn):
@@ -50,11 +50,11 @@ def run(n: int, lines: list[str]) -> None:
     ds.add_samples([fo.Sample(filepath=f"/bench/{i}.jpg") for i in range(n_first)])
     ds.set_values("emb", list(x[:n_first]))
 
-    _, s0, m0 = timed(lambda: bfd.split(ds, embeddings_field="emb"))
+    _, s0, m0 = timed(lambda: bfo.split(ds, embeddings_field="emb"))
     ds.add_samples([fo.Sample(filepath=f"/bench/{i}.jpg") for i in range(n_first, n)])
     ds.exists("emb", False).set_values("emb", list(x[n_first:]))
-    _, s1, m1 = timed(lambda: bfd.split(ds, embeddings_field="emb"))
-    _, s2, m2 = timed(lambda: bfd.split(ds, embeddings_field="emb"))
+    _, s1, m1 = timed(lambda: bfo.split(ds, embeddings_field="emb"))
+    _, s2, m2 = timed(lambda: bfo.split(ds, embeddings_field="emb"))
 
     core = BubbleFence(BubbleFenceConfig())
     _, c0, _ = timed(lambda: core.ingest(x[:n_first]))

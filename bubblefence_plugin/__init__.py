@@ -1,7 +1,7 @@
 """BubbleFence core: leak-resistant train/validation/test splits on embedding arrays.
 
-Pure numpy/scipy/torch; no FiftyOne import here (the FiftyOne side lives in
-`bubblefence_plugin.fo.dataset`, the operators in the plugin's `operators/`).
+Pure numpy/scipy/torch; no FiftyOne import here (the FiftyOne side is the facade
+`bubblefence_plugin.fo`, the operators are in the plugin's `operators/`).
 """
 
 from .core.config import BubbleFenceConfig

@@ -200,7 +200,7 @@ def _refused(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Na
     def wrapper(args: argparse.Namespace) -> int:
         from yaml import YAMLError
 
-        from .fo.dataset import BubbleFenceBusyError, ModelUnavailableError
+        from .fo import BubbleFenceBusyError, ModelUnavailableError
 
         try:
             return func(args)
@@ -336,7 +336,7 @@ def _parse_sets(items: Sequence[str]) -> dict[str, Any]:
 
 
 def _run_split(dataset: Any, **kwargs: Any) -> dict[str, Any]:
-    from .fo.dataset import split
+    from .fo import split
 
     bar = _Bar(f"BubbleFence {dataset.name}")
     try:
@@ -353,7 +353,7 @@ def cmd_split(args: argparse.Namespace) -> int:
     """``split --dataset NAME [--folder DIR ...] [--config cfg.yaml]``."""
     import fiftyone as fo
 
-    from .fo.dataset import check_split_config
+    from .fo import check_split_config
 
     overrides = _parse_sets(args.set)
     if args.model:
@@ -380,8 +380,7 @@ def cmd_split(args: argparse.Namespace) -> int:
 @_refused
 def cmd_embed(args: argparse.Namespace) -> int:
     """``embed --dataset NAME [--num-shards N (--shard-index I | --queue)] [--model M]``."""
-    from .fo.dataset import EMBEDDING_FIELD
-    from .fo.shards import embed, queue_shards, shard_label
+    from .fo import EMBEDDING_FIELD, embed, queue_shards, shard_label
 
     dataset = _load_dataset(args.dataset)
     kwargs = dict(
@@ -413,7 +412,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 @_refused
 def cmd_export(args: argparse.Namespace) -> int:
     """``export --dataset NAME --dir DIR [--format TYPE] [--tags ...] [--overwrite]``."""
-    from .fo.dataset import export
+    from .fo import export
 
     dataset = _load_dataset(args.dataset)
     result = export(
@@ -432,7 +431,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 @_refused
 def cmd_reset(args: argparse.Namespace) -> int:
     """``reset --dataset NAME [--keep-embeddings] [--yes]``."""
-    from .fo.dataset import reset
+    from .fo import reset
 
     dataset = _load_dataset(args.dataset)
     if not args.yes:
@@ -453,7 +452,7 @@ def cmd_reset(args: argparse.Namespace) -> int:
 @_refused
 def cmd_sample(args: argparse.Namespace) -> int:
     """``sample --dataset NAME [--strategy NAME[=STRENGTH] ...] --count N --tag TAG``."""
-    from .fo.curate import parse_target, sample
+    from .fo import parse_target, sample
 
     strengths = {}
     for item in args.strategy or ["diverse"]:
@@ -491,7 +490,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 @_refused
 def cmd_excluded(args: argparse.Namespace) -> int:
     """``excluded --dataset NAME --out FILE``: the excluded samples' paths, one a line."""
-    from .fo.curate import write_excluded_paths
+    from .fo import write_excluded_paths
 
     n = write_excluded_paths(_load_dataset(args.dataset), args.out)
     print(f"Wrote {n} excluded paths to {args.out}")
@@ -598,7 +597,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from .core.config import BubbleFenceConfig
     from .embedder import EFFICIENTNET_LITE0, PACKAGED_MODELS
-    from .fo.dataset import get_embedder, safe_name
+    from .fo import get_embedder, safe_name
 
     model = args.model or EFFICIENTNET_LITE0
     source = PACKAGED_MODELS.get(model)

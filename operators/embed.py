@@ -9,8 +9,7 @@ import fiftyone as fo
 import fiftyone.operators.types as types
 from fiftyone.operators.executor import ExecutionContext, ExecutionResult
 
-import bubblefence_plugin.fo.dataset as bfd
-import bubblefence_plugin.fo.shards as bfs
+import bubblefence_plugin.fo as bfo
 from bubblefence_plugin.core.config import BubbleFenceConfig
 from bubblefence_plugin.core.progress import Progress, Steps
 from bubblefence_plugin.text import SummaryText, error_lines, queued_shards_text
@@ -37,7 +36,7 @@ class BubbleFenceEmbed(BubbleFenceOperator):
         self,
         sample_collection: fo.Dataset | fo.DatasetView,
         model_name: str | None = None,
-        embeddings_field: str = bfd.EMBEDDING_FIELD,
+        embeddings_field: str = bfo.EMBEDDING_FIELD,
         num_shards: int = 1,
         shard_index: int = 0,
         queue: bool = False,
@@ -88,7 +87,7 @@ class BubbleFenceEmbed(BubbleFenceOperator):
         n = int(ctx.params.get("num_shards") or 1)
         if ctx.params.get("mode") == "queue":
             return f"BubbleFence embed: queue {n} shards"
-        return bfs.shard_label(int(ctx.params.get("shard_index") or 0), n)
+        return bfo.shard_label(int(ctx.params.get("shard_index") or 0), n)
 
     def add_inputs(self, ctx: ExecutionContext, inputs: types.Object) -> None:
         defaults = BubbleFenceConfig()
@@ -122,15 +121,15 @@ class BubbleFenceEmbed(BubbleFenceOperator):
         if ctx.params.get("mode") == "queue":
             yield Progress(0.0, f"Queueing {kwargs['num_shards']} shards")
             return _queue(ctx.target_view(), kwargs)
-        report = yield from bfs.iter_embed(ctx.target_view(), **kwargs)
+        report = yield from bfo.iter_embed(ctx.target_view(), **kwargs)
         return Outcome(SummaryText(report.message, error_lines(report.errors)), report.to_dict())
 
 
 def _embed_kwargs(params: dict[str, Any]) -> dict[str, Any]:
-    """`bfs.iter_embed` keyword arguments; None takes the library's default."""
+    """`bfo.iter_embed` keyword arguments; None takes the library's default."""
     return {
         "model": params.get("model_name") or None,
-        "embeddings_field": params.get("embeddings_field") or bfd.EMBEDDING_FIELD,
+        "embeddings_field": params.get("embeddings_field") or bfo.EMBEDDING_FIELD,
         "num_shards": int(params.get("num_shards") or 1),
         "shard_index": int(params.get("shard_index") or 0),
         "batch_size": params.get("batch_size") or None,
@@ -142,8 +141,8 @@ def _queue(samples: fo.DatasetView, kwargs: dict[str, Any]) -> Outcome:
     kwargs = dict(kwargs)
     del kwargs["shard_index"]
     n = kwargs.pop("num_shards")
-    ids = bfs.queue_shards(samples, n, **kwargs)
-    labels = [bfs.shard_label(i, n) for i in range(n)]
+    ids = bfo.queue_shards(samples, n, **kwargs)
+    labels = [bfo.shard_label(i, n) for i in range(n)]
     return Outcome(queued_shards_text(ids, labels), {"operation_ids": ids, "num_shards": n})
 
 
@@ -151,15 +150,15 @@ def _field_input(ctx: ExecutionContext, inputs: types.Object) -> str | None:
     """The vector field to write (a new name or an existing one); None if refused."""
     prop = inputs.str(
         "embeddings_field",
-        default=bfd.EMBEDDING_FIELD,
+        default=bfo.EMBEDDING_FIELD,
         required=True,
         label="Embeddings field",
         description=f"Vector field to write. The split computes and reads "
-        f"`{bfd.EMBEDDING_FIELD}`; another name is split with 'Existing vector field'",
+        f"`{bfo.EMBEDDING_FIELD}`; another name is split with 'Existing vector field'",
     )
-    field = ctx.params.get("embeddings_field", bfd.EMBEDDING_FIELD)
+    field = ctx.params.get("embeddings_field", bfo.EMBEDDING_FIELD)
     try:
-        bfs.check_embeddings_field(field)
+        bfo.check_embeddings_field(field)
     except ValueError as e:
         prop.invalid = True
         prop.error_message = str(e)
@@ -171,7 +170,7 @@ def _pending_notice(ctx: ExecutionContext, inputs: types.Object, field: str | No
     if field is None:
         return
     missing = ctx.target_view().exists(field, False).count()
-    pending = bfs.pending_shards(ctx.dataset, field)
+    pending = bfo.pending_shards(ctx.dataset, field)
     text = f"{missing} samples of the target lack `{field}`"
     if pending:
         running = sum(p.state == "running" for p in pending)

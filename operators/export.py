@@ -8,7 +8,7 @@ import fiftyone as fo
 import fiftyone.operators.types as types
 from fiftyone.operators.executor import ExecutionContext, ExecutionResult
 
-import bubblefence_plugin.fo.dataset as bfd
+import bubblefence_plugin.fo as bfo
 from bubblefence_plugin.core.progress import Progress, Steps
 from bubblefence_plugin.text import export_text
 
@@ -65,7 +65,7 @@ class BubbleFenceExport(BubbleFenceOperator):
         params = {
             "export_dir": to_path(export_dir),
             "dataset_type": dataset_type,
-            "names": list(names or bfd.SPLIT_TAGS),
+            "names": list(names or bfo.SPLIT_TAGS),
             "label_field": label_field,
             "export_media": export_media,
             "overwrite": overwrite,
@@ -77,7 +77,7 @@ class BubbleFenceExport(BubbleFenceOperator):
         inputs.list(
             "names",
             types.String(),
-            default=list(bfd.SPLIT_TAGS),
+            default=list(bfo.SPLIT_TAGS),
             label="Splits or tags",
             description="One export per name: train, validation, test, or any sample tag",
         )
@@ -99,7 +99,7 @@ class BubbleFenceExport(BubbleFenceOperator):
         if not export_dir:
             raise ValueError("export_dir is required")
         yield Progress(0.0, f"Exporting to {export_dir}")
-        result = bfd.export(
+        result = bfo.export(
             ctx.target_view(),
             export_dir,
             ctx.params.get("dataset_type", DEFAULT_TYPE),
@@ -134,7 +134,7 @@ def _destination_inputs(ctx: ExecutionContext, inputs: types.Object) -> None:
 
 def _format_input(inputs: types.Object) -> None:
     formats = types.DropdownView()
-    for name, label in bfd.EXPORT_TYPES.items():
+    for name, label in bfo.EXPORT_TYPES.items():
         formats.add_choice(name, label=name, description=label)
     inputs.enum(
         "dataset_type",

@@ -10,14 +10,14 @@ from typing import Any
 import fiftyone as fo
 import fiftyone.operators.types as types
 
-import bubblefence_plugin.fo.dataset as bfd
+import bubblefence_plugin.fo as bfo
 
 
 def embeddings_field_choices(dataset: fo.Dataset) -> list[str]:
     """Vector fields holding embeddings: BubbleFence's own first, then the user's. Its other
     vector fields (2-D map points and the like) are not embeddings."""
     fields = dataset.get_field_schema(ftype=fo.VectorField)
-    own = [bfd.EMBEDDING_FIELD] if bfd.EMBEDDING_FIELD in fields else []
+    own = [bfo.EMBEDDING_FIELD] if bfo.EMBEDDING_FIELD in fields else []
     return own + sorted(f for f in fields if not f.startswith("bubblefence_"))
 
 
@@ -35,7 +35,7 @@ def field_input(
     """A dropdown over ``choices`` for the field parameter ``name``.
 
     Pre-filled with the field the stored split used for ``name`` (``state`` is
-    `bfd.state_info`; None: nothing stored, or nothing to pre-fill from), else with the
+    `bfo.state_info`; None: nothing stored, or nothing to pre-fill from), else with the
     first choice when ``prefill_first`` (embeddings: any field is better than none).
     """
     stored = (state or {}).get(name)

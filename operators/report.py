@@ -9,8 +9,7 @@ import fiftyone as fo
 import fiftyone.operators.types as types
 from fiftyone.operators.executor import ExecutionContext, ExecutionResult
 
-import bubblefence_plugin.fo.audit as bfa
-import bubblefence_plugin.fo.dataset as bfd
+import bubblefence_plugin.fo as bfo
 from bubblefence_plugin.core import metrics
 from bubblefence_plugin.core.config import BubbleFenceConfig
 from bubblefence_plugin.core.progress import Steps
@@ -102,7 +101,7 @@ class BubbleFenceReport(BubbleFenceOperator):
                 ),
             )
             return
-        info = bfd.state_info(ctx.dataset)
+        info = bfo.state_info(ctx.dataset)
         _source_inputs(ctx, inputs, info, vector_fields)
         _target_inputs(inputs, info)
         _threshold_input(ctx, inputs)
@@ -143,9 +142,10 @@ class BubbleFenceReport(BubbleFenceOperator):
         outputs.str("html_path", label="HTML report")
 
     def run(self, ctx: ExecutionContext) -> Steps[Outcome]:
-        result = yield from bfa.iter_report(ctx.target_view(), **_report_kwargs(ctx.params))
+        options = bfo.AuditOptions(**_report_kwargs(ctx.params))
+        result = yield from bfo.iter_report(ctx.target_view(), options)
         extra = {
-            "table": bfa.summary_rows(result),
+            "table": bfo.summary_rows(result),
             "html_path": result.get("html_path") or "(none written)",
         }
         return Outcome(_report_text(result), result, extra)
@@ -194,7 +194,7 @@ def _report_text(result: dict[str, Any]) -> SummaryText:
 
 
 def _latest_notice(ctx: ExecutionContext, inputs: types.Object) -> None:
-    latest = bfa.list_reports(ctx.dataset)
+    latest = bfo.list_reports(ctx.dataset)
     if latest:
         inputs.view(
             "latest_notice",
@@ -212,14 +212,14 @@ def _source_inputs(
     vector_fields: list[str],
 ) -> None:
     """What is audited: the split source, the embeddings, optional label and group fields."""
-    sources = bfa.split_sources(ctx.dataset)
+    sources = bfo.split_sources(ctx.dataset)
     dropdown = types.DropdownView()
     for s in sources:
-        dropdown.add_choice(s, label="sample tags" if s == bfa.TAGS_SOURCE else s)
+        dropdown.add_choice(s, label="sample tags" if s == bfo.TAGS_SOURCE else s)
     inputs.enum(
         "split_source",
         dropdown.values(),
-        default=bfd.SPLIT_FIELD if bfd.SPLIT_FIELD in sources else bfa.TAGS_SOURCE,
+        default=bfo.SPLIT_FIELD if bfo.SPLIT_FIELD in sources else bfo.TAGS_SOURCE,
         label="Split source",
         description="BubbleFence's `split` field, the sample tags, or any string field "
         "holding train / validation / test (aliases val, valid, dev, training, testing)",
@@ -236,7 +236,7 @@ def _source_inputs(
         prefill_first=True,
     )
     # The audit reads one value per sample for labels as for groups.
-    one_per_sample = bfd.label_field_choices(ctx.dataset, multi_ok=False)
+    one_per_sample = bfo.label_field_choices(ctx.dataset, multi_ok=False)
     field_input(
         inputs,
         "label_field",
@@ -301,11 +301,11 @@ def _brain_input(ctx: ExecutionContext, inputs: types.Object) -> None:
         description="Its leak count beside ours in its own meaning (cosine distance "
         "1 - t on mean-centred embeddings); its cost grows with the square of the samples",
     )
-    if ctx.params.get("brain") and len(ctx.target_view()) > bfa.BRAIN_QUADRATIC_ABOVE:
+    if ctx.params.get("brain") and len(ctx.target_view()) > bfo.BRAIN_QUADRATIC_ABOVE:
         inputs.view(
             "brain_warning",
             types.Warning(
-                label=f"More than {bfa.BRAIN_QUADRATIC_ABOVE} samples: the Brain's search "
+                label=f"More than {bfo.BRAIN_QUADRATIC_ABOVE} samples: the Brain's search "
                 "takes minutes and several GB here (see bench/RESULTS.md); consider "
                 "delegating"
             ),

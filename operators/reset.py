@@ -6,7 +6,7 @@ import fiftyone as fo
 import fiftyone.operators.types as types
 from fiftyone.operators.executor import ExecutionContext, ExecutionResult
 
-import bubblefence_plugin.fo.dataset as bfd
+import bubblefence_plugin.fo as bfo
 from bubblefence_plugin.core.progress import Progress, Steps
 from bubblefence_plugin.text import reset_text
 
@@ -48,25 +48,25 @@ class BubbleFenceReset(BubbleFenceOperator):
             "keep_embeddings",
             default=False,
             label="Keep embeddings",
-            description=f"Keep `{bfd.EMBEDDING_FIELD}`: the next split then reuses it instead "
+            description=f"Keep `{bfo.EMBEDDING_FIELD}`: the next split then reuses it instead "
             "of embedding every image again (off: a clean slate)",
         )
         _confirmation(ctx, inputs)
 
     def run(self, ctx: ExecutionContext) -> Steps[Outcome]:
         yield Progress(0.0, f"Removing the BubbleFence split of {ctx.dataset.name}")
-        result = bfd.reset(ctx.dataset, keep_embeddings=bool(ctx.params.get("keep_embeddings")))
+        result = bfo.reset(ctx.dataset, keep_embeddings=bool(ctx.params.get("keep_embeddings")))
         return Outcome(reset_text(result), result)
 
 
 def _warning(ctx: ExecutionContext, inputs: types.Object) -> None:
-    info = bfd.state_info(ctx.dataset)
+    info = bfo.state_info(ctx.dataset)
     n = info.get("n_samples", 0) if info else 0
     inputs.view(
         "warning",
         types.Warning(
             label=f"Removes the BubbleFence state of the whole dataset ({n} samples "
-            f"assigned), the fields {', '.join(bfd.RESULT_FIELDS)} and the "
+            f"assigned), the fields {', '.join(bfo.RESULT_FIELDS)} and the "
             "train/validation/test tags BubbleFence wrote. The next split starts over"
         ),
     )

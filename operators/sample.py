@@ -8,10 +8,9 @@ import fiftyone as fo
 import fiftyone.operators.types as types
 from fiftyone.operators.executor import ExecutionContext, ExecutionResult
 
-import bubblefence_plugin.fo.dataset as bfd
+import bubblefence_plugin.fo as bfo
 from bubblefence_plugin.core.curation import STRATEGIES, TYPICALITY_K
 from bubblefence_plugin.core.progress import Steps
-from bubblefence_plugin.fo import curate
 from bubblefence_plugin.text import pick_text
 
 from .base import BubbleFenceOperator, Outcome
@@ -49,7 +48,7 @@ class BubbleFenceSample(BubbleFenceOperator):
         sample_collection: fo.Dataset | fo.DatasetView,
         strategy: str = "diverse",
         count: int = 100,
-        tag: str = curate.DEFAULT_TAG,
+        tag: str = bfo.DEFAULT_TAG,
         strengths: dict[str, float] | None = None,
         embeddings_field: str | None = None,
         from_split: str | None = None,
@@ -110,21 +109,21 @@ class BubbleFenceSample(BubbleFenceOperator):
         return self.execute_from_python(sample_collection, params, delegate)
 
     def add_inputs(self, ctx: ExecutionContext, inputs: types.Object) -> None:
-        info = bfd.state_info(ctx.dataset)
+        info = bfo.state_info(ctx.dataset)
         active = _strategy_inputs(ctx, inputs)
         _pick_inputs(ctx, inputs)
         _source_inputs(ctx, inputs, info)
         _strategy_options(ctx, inputs, info, active)
 
     def run(self, ctx: ExecutionContext) -> Steps[Outcome]:
-        summary = yield from curate.iter_sample(ctx.target_view(), **_sample_kwargs(ctx.params))
+        summary = yield from bfo.iter_sample(ctx.target_view(), **_sample_kwargs(ctx.params))
         # The pick is the tag; its ids would only bloat the result of a large pick.
         result = {k: v for k, v in summary.items() if k != "picked_ids"}
         return Outcome(pick_text(summary), result)
 
 
 def _sample_kwargs(params: dict[str, Any]) -> dict[str, Any]:
-    """`curate.sample` keyword arguments from the form's (or the Python call's) params."""
+    """`bfo.sample` keyword arguments from the form's (or the Python call's) params."""
     strategy = params.get("strategy") or "diverse"
     strengths = None
     if params.get("combine"):
@@ -138,12 +137,12 @@ def _sample_kwargs(params: dict[str, Any]) -> dict[str, Any]:
         "strategy": strategy,
         "strengths": strengths,
         "count": int(params.get("count") or 100),
-        "tag": params.get("tag") or curate.DEFAULT_TAG,
+        "tag": params.get("tag") or bfo.DEFAULT_TAG,
         "embeddings_field": params.get("embeddings_field") or None,
         "from_split": params.get("from_split") or None,
         "start_from": params.get("start_from") or None,
         "label_field": params.get("label_field") or None,
-        "target": curate.parse_target(params.get("target") or "uniform"),
+        "target": bfo.parse_target(params.get("target") or "uniform"),
         "query_tag": params.get("query_tag") or None,
         "metadata_field": params.get("metadata_field") or None,
         "seed": int(params.get("seed") or 0),
@@ -194,7 +193,7 @@ def _pick_inputs(ctx: ExecutionContext, inputs: types.Object) -> None:
     )
     prop = inputs.str(
         "tag",
-        default=curate.DEFAULT_TAG,
+        default=bfo.DEFAULT_TAG,
         required=True,
         label="Tag",
         description="Tag written on the pick; it must not exist yet (or tick Replace)",
@@ -202,8 +201,8 @@ def _pick_inputs(ctx: ExecutionContext, inputs: types.Object) -> None:
     inputs.bool(
         "replace", default=False, label="Replace", description="Move an existing tag to this pick"
     )
-    tag = ctx.params.get("tag") or curate.DEFAULT_TAG
-    if tag in curate.RESERVED_TAGS:
+    tag = ctx.params.get("tag") or bfo.DEFAULT_TAG
+    if tag in bfo.RESERVED_TAGS:
         prop.invalid = True
         prop.error_message = f"{tag!r} is reserved; choose another tag"
     elif not ctx.params.get("replace") and ctx.dataset.count_sample_tags().get(tag, 0):
@@ -227,7 +226,7 @@ def _source_inputs(
     )
     if info:
         splits = types.Dropdown()
-        for s in bfd.SPLIT_TAGS:
+        for s in bfo.SPLIT_TAGS:
             splits.add_choice(s, label=s)
         inputs.enum(
             "from_split",
@@ -257,7 +256,7 @@ def _strategy_options(
         field_input(
             inputs,
             "label_field",
-            bfd.label_field_choices(ctx.dataset, multi_ok=False),
+            bfo.label_field_choices(ctx.dataset, multi_ok=False),
             info,
             label="Label field",
             description="One label per sample; the pick follows the target distribution of its "

@@ -8,8 +8,7 @@ import fiftyone as fo
 import fiftyone.operators.types as types
 from fiftyone.operators.executor import ExecutionContext, ExecutionResult
 
-import bubblefence_plugin.fo.dataset as bfd
-import bubblefence_plugin.fo.shards as bfs
+import bubblefence_plugin.fo as bfo
 from bubblefence_plugin.core.config import KNOBS, BubbleFenceConfig, Knob
 from bubblefence_plugin.core.progress import Steps
 from bubblefence_plugin.text import round_text
@@ -75,7 +74,7 @@ class BubbleFenceSplit(BubbleFenceOperator):
             **knobs: `bubblefence_plugin.core.config.KNOBS`, e.g. ``eval_ratio=0.3``
         """
         self.refuse_unknown_keywords(knobs, KNOBS)
-        from_field = bool(embeddings_field) and embeddings_field != bfd.EMBEDDING_FIELD
+        from_field = bool(embeddings_field) and embeddings_field != bfo.EMBEDDING_FIELD
         params = {
             **knobs,
             "embeddings": "field" if from_field else "model",
@@ -88,7 +87,7 @@ class BubbleFenceSplit(BubbleFenceOperator):
         return self.execute_from_python(sample_collection, params, delegate)
 
     def add_inputs(self, ctx: ExecutionContext, inputs: types.Object) -> None:
-        info = bfd.state_info(ctx.dataset)
+        info = bfo.state_info(ctx.dataset)
         stored = BubbleFenceConfig.from_dict(info["config"]) if info else None
         _state_notice(inputs, info)
         _embeddings_inputs(ctx, inputs, info, stored)
@@ -101,8 +100,8 @@ class BubbleFenceSplit(BubbleFenceOperator):
 
     def run(self, ctx: ExecutionContext) -> Steps[Outcome]:
         if ctx.params.get("while_embedding") == "wait":
-            yield from bfs.iter_wait_for_shards(ctx.dataset, _source_field(ctx))
-        summary = yield from bfd.iter_split(_split_target(ctx), **_split_kwargs(ctx))
+            yield from bfo.iter_wait_for_shards(ctx.dataset, _source_field(ctx))
+        summary = yield from bfo.iter_split(_split_target(ctx), **_split_kwargs(ctx))
         return Outcome(round_text(summary), summary)
 
 
@@ -126,10 +125,10 @@ def _split_kwargs(ctx: ExecutionContext) -> dict[str, Any]:
 def _source_field(ctx: ExecutionContext, info: dict[str, Any] | None = None) -> str | None:
     """The field the split reads: its own embeddings, or the chosen (else stored) field."""
     stored = (info or {}).get("embeddings_field")
-    default = "field" if stored and stored != bfd.EMBEDDING_FIELD else "model"
+    default = "field" if stored and stored != bfo.EMBEDDING_FIELD else "model"
     if ctx.params.get("embeddings", default) == "field":
         return ctx.params.get("embeddings_field") or stored
-    return bfd.EMBEDDING_FIELD
+    return bfo.EMBEDDING_FIELD
 
 
 def _split_target(ctx: ExecutionContext) -> fo.DatasetView:
@@ -163,18 +162,18 @@ def _embeddings_inputs(
     """Embeddings computed by a model (which one) or read from a vector field (which)."""
     stored_field = info.get("embeddings_field") if info else None
     # The split's own field is what "Compute with a model" fills.
-    fields = [f for f in embeddings_field_choices(ctx.dataset) if f != bfd.EMBEDDING_FIELD]
+    fields = [f for f in embeddings_field_choices(ctx.dataset) if f != bfo.EMBEDDING_FIELD]
     choices = types.RadioGroup()
     choices.add_choice(
         "model",
         label="Compute with a model",
-        description=f"Embeds samples lacking `{bfd.EMBEDDING_FIELD}` and stores them there",
+        description=f"Embeds samples lacking `{bfo.EMBEDDING_FIELD}` and stores them there",
     )
     if fields:
         choices.add_choice(
             "field", label="Existing vector field", description="Use embeddings you computed"
         )
-    default = "field" if stored_field and stored_field != bfd.EMBEDDING_FIELD else "model"
+    default = "field" if stored_field and stored_field != bfo.EMBEDDING_FIELD else "model"
     inputs.enum(
         "embeddings",
         choices.values(),
@@ -208,7 +207,7 @@ def _pending_shards_input(
     """Embedding shards still writing the source field: say so, offer to wait for them
     or to split only the samples embedded so far (the rest join a later round)."""
     field = _source_field(ctx, info)
-    pending = bfs.pending_shards(ctx.dataset, field) if field else []
+    pending = bfo.pending_shards(ctx.dataset, field) if field else []
     missing = ctx.target_view().exists(field, False).count() if pending else 0
     if not missing:
         return
@@ -286,7 +285,7 @@ def _label_group_inputs(
     field_input(
         inputs,
         "label_field",
-        bfd.label_field_choices(ctx.dataset),
+        bfo.label_field_choices(ctx.dataset),
         info,
         label="Label field",
         description="Optional. Eval covers every label: the quota is met per label too, rare "
@@ -295,7 +294,7 @@ def _label_group_inputs(
     field_input(
         inputs,
         "group_field",
-        bfd.label_field_choices(ctx.dataset, multi_ok=False),
+        bfo.label_field_choices(ctx.dataset, multi_ok=False),
         info,
         label="Group field",
         description="Optional. A group (video, drive, patient) goes whole to train or to one "

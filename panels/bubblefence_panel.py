@@ -14,11 +14,8 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 from fiftyone import ViewField as F
 
-import bubblefence_plugin.fo.audit as bfa
-import bubblefence_plugin.fo.dataset as bfd
+import bubblefence_plugin.fo as bfo
 from bubblefence_plugin.core.layout import available_methods
-from bubblefence_plugin.fo import curate
-from bubblefence_plugin.fo import map as viz
 from bubblefence_plugin.text import escape_markdown
 
 logger = logging.getLogger(__name__)
@@ -73,14 +70,14 @@ class BubbleFencePanel(foo.Panel):
         # over that copy index by index, so a shorter new trace would keep the old one's
         # tail. Dropping the copy first makes the new data replace it.
         ctx.panel.state.plot = None
-        summary = viz.map_summary(samples)
+        summary = bfo.map_summary(samples)
         ctx.panel.state.has_state = summary is not None
         if summary is None:
             ctx.panel.state.has_map = False
             ctx.panel.data.plot = []
             return
         try:
-            figure = viz.map_figure(samples, ctx.panel.state.color_by or "split")
+            figure = bfo.map_figure(samples, ctx.panel.state.color_by or "split")
         except ValueError as e:  # e.g. a run of the same name not written by BubbleFence
             figure = None
             ctx.panel.state.map_error = f"The map cannot be drawn: {escape_markdown(e)}"
@@ -104,11 +101,11 @@ class BubbleFencePanel(foo.Panel):
         clicked = ctx.params.get("id")
         if not clicked:
             return
-        if ctx.params.get("trace") == viz.BUBBLES_TRACE:
+        if ctx.params.get("trace") == bfo.BUBBLES_TRACE:
             anchor = int(clicked)
         else:
             ctx.panel.state.clicked_id = clicked  # what Exclude acts on without a selection
-            found = ctx.dataset.select([clicked]).values(bfd.ANCHOR_FIELD)
+            found = ctx.dataset.select([clicked]).values(bfo.ANCHOR_FIELD)
             anchor = found[0] if found else None
         if anchor is None:  # a train point: show it alone
             ctx.ops.set_view(ctx.dataset.select([clicked]))
@@ -119,7 +116,7 @@ class BubbleFencePanel(foo.Panel):
         ids = [
             p["id"]
             for p in ctx.params.get("data") or []
-            if p.get("id") and p.get("trace") != viz.BUBBLES_TRACE
+            if p.get("id") and p.get("trace") != bfo.BUBBLES_TRACE
         ]
         # The plot re-renders after a lasso and reports an empty selection then: keeping
         # the selection lets Exclude act on it (Reset view clears it).
@@ -133,8 +130,8 @@ class BubbleFencePanel(foo.Panel):
             return
         reason = ctx.panel.state.get("curation.exclusion_reason") or None
         try:
-            result = curate.exclude(ctx.dataset.select(ids), reason=reason)
-        except (ValueError, bfd.BubbleFenceBusyError) as e:
+            result = bfo.exclude(ctx.dataset.select(ids), reason=reason)
+        except (ValueError, bfo.BubbleFenceBusyError) as e:
             ctx.ops.notify(str(e), variant="error")
             return
         ctx.ops.notify(
@@ -149,8 +146,8 @@ class BubbleFencePanel(foo.Panel):
         if not ids:
             return
         try:
-            result = curate.include_again(ctx.dataset.select(ids))
-        except (ValueError, bfd.BubbleFenceBusyError) as e:
+            result = bfo.include_again(ctx.dataset.select(ids))
+        except (ValueError, bfo.BubbleFenceBusyError) as e:
             ctx.ops.notify(str(e), variant="error")
             return
         ctx.ops.notify(result["message"], variant="success")
@@ -182,13 +179,13 @@ class BubbleFencePanel(foo.Panel):
         self._build(ctx, None)
 
     def refit_map(self, ctx: Any) -> None:
-        method = ctx.panel.state.get("map_settings.layout_method") or viz.DEFAULT_METHOD
+        method = ctx.panel.state.get("map_settings.layout_method") or bfo.DEFAULT_METHOD
         self._build(ctx, method)
 
     def _build(self, ctx: Any, method: str | None) -> None:
         try:
-            result = viz.build_map(ctx.dataset, method)
-        except (ValueError, bfd.BubbleFenceBusyError) as e:
+            result = bfo.build_map(ctx.dataset, method)
+        except (ValueError, bfo.BubbleFenceBusyError) as e:
             ctx.ops.notify(str(e), variant="error")
             return
         if not result["n_points"]:
@@ -277,7 +274,7 @@ class BubbleFencePanel(foo.Panel):
         curation.str(
             "exclusion_reason",
             label="Reason (optional)",
-            description=f"Stored in {curate.REASON_FIELD}",
+            description=f"Stored in {bfo.REASON_FIELD}",
         )
         curation.btn(
             "exclude", label="Exclude", icon="block", variant="outlined", on_click=self.exclude
@@ -294,7 +291,7 @@ class BubbleFencePanel(foo.Panel):
         settings.enum(
             "layout_method",
             methods.values(),
-            default=viz.DEFAULT_METHOD,
+            default=bfo.DEFAULT_METHOD,
             label="Map method",
             view=methods,
         )
@@ -314,7 +311,7 @@ class BubbleFencePanel(foo.Panel):
 
 def bubble_view(dataset: Any, anchor_id: int) -> Any:
     """The samples of one bubble (its validation and test members)."""
-    return dataset.match(F(bfd.ANCHOR_FIELD) == int(anchor_id))
+    return dataset.match(F(bfo.ANCHOR_FIELD) == int(anchor_id))
 
 
 def _map_note(stats: dict[str, Any]) -> str:
@@ -343,7 +340,7 @@ def _map_note(stats: dict[str, Any]) -> str:
 
 
 def _summary_markdown(summary: dict[str, Any]) -> str:
-    splits = bfd.SPLIT_VALUES
+    splits = bfo.SPLIT_VALUES
     lines = [
         "#### Counts in the view",
         "",
@@ -380,17 +377,17 @@ def _fmt(value: Any) -> str:
 
 # --------------------------------------------------------------------------- audit
 
-# Rows of the audit's compact table shown beside the map.
-AUDIT_ROWS = ("Leakage", "NN similarity", "Diversity")
+# The measures of the latest audit the panel shows beside the map (`summary_rows` keys).
+AUDIT_ROWS = ("leakage_", "similarity_", "diversity")
 
 
 def _audit_markdown(dataset: Any) -> str | None:
     """Leakage and diversity rows of the latest stored audit report, if there is one."""
     try:
-        report = bfa.latest_report(dataset)
+        report = bfo.latest_report(dataset)
         if not report:
             return None
-        rows = [r for r in bfa.summary_rows(report) if r["metric"].startswith(AUDIT_ROWS)]
+        rows = [r for r in bfo.summary_rows(report) if r["key"].startswith(AUDIT_ROWS)]
     except Exception as e:  # a broken report must not take the map down with it
         logger.exception("BubbleFence panel: could not read the audit report")
         return f"#### Audit\nThe latest audit report could not be read: {escape_markdown(e)}"

@@ -158,3 +158,38 @@ def unit(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length, float32 (the core's embedding rows)."""
     x = np.asarray(x, dtype=np.float64)
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture
+def media_dataset(field_dataset: object, tmp_path: Path) -> object:
+    """field_dataset with real 8x8 images (exports copy media), split once."""
+    from PIL import Image
+
+    import bubblefence_plugin.fo as bfo
+
+    ds = field_dataset
+    paths = []
+    for i in range(len(ds)):
+        p = tmp_path / "media" / f"{i}.png"
+        p.parent.mkdir(exist_ok=True)
+        Image.new("RGB", (8, 8), (i % 256, 0, 0)).save(p)
+        paths.append(str(p))
+    ds.set_values("filepath", paths)
+    bfo.split(ds, embeddings_field="emb")
+    return ds
+
+
+def splits_by_id(ds) -> dict[str, str]:
+    """Each sample's ``split`` field, by id."""
+    ids, splits = ds.values(["id", "split"])
+    return dict(zip(ids, splits, strict=True))
+
+
+def add_embedded_samples(ds, n: int, seed: int) -> None:
+    """Adds ``n`` samples with an ``emb`` vector, as `field_dataset` has."""
+    import fiftyone as fo
+
+    start = len(ds)
+    ds.add_samples([fo.Sample(filepath=f"/nonexistent/{seed}_{start + i}.png") for i in range(n)])
+    new = ds.exists("emb", False)
+    new.set_values("emb", list(clustered_embeddings(len(new), seed=seed)))

@@ -1,5 +1,6 @@
-"""The layers, checked: the core and the embedder never import FiftyOne, and no module
-of the package imports another that imports it back."""
+"""The layers, checked: the core and the embedder never import FiftyOne, no module of
+the package imports another that imports it back, no private name crosses a module, and
+FiftyOne's internals are touched in `fo/fields.py` only."""
 
 from __future__ import annotations
 
@@ -82,6 +83,10 @@ def test_no_import_cycles() -> None:
     assert not cycle, f"import cycle: {' -> '.join(cycle)}"
 
 
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
 def private_names_borrowed(path: Path) -> list[str]:
     """``from <package module> import _x`` and ``<package module alias>._x`` in ``path``."""
     tree = ast.parse(path.read_text())
@@ -92,7 +97,7 @@ def private_names_borrowed(path: Path) -> list[str]:
             node.level or (node.module or "").startswith("bubblefence_plugin")
         ):
             for a in node.names:
-                if a.name.startswith("_") and not a.name.startswith("__"):
+                if _private(a.name):
                     found.append(f"{path.name}:{node.lineno} imports {a.name}")
                 else:
                     aliases.add(a.asname or a.name)
@@ -103,8 +108,7 @@ def private_names_borrowed(path: Path) -> list[str]:
     for node in ast.walk(tree):
         if (
             isinstance(node, ast.Attribute)
-            and node.attr.startswith("_")
-            and not node.attr.startswith("__")
+            and _private(node.attr)
             and isinstance(node.value, ast.Name)
             and node.value.id in aliases
         ):
@@ -118,3 +122,20 @@ def test_no_private_name_crosses_a_module() -> None:
     sources += [*(root / "panels").glob("*.py")]
     borrowed = [b for p in sources for b in private_names_borrowed(p)]
     assert not borrowed, "\n".join(borrowed)
+
+
+def test_fiftyone_internals_are_touched_only_in_fields() -> None:
+    """Underscore attributes of other objects (FiftyOne's ``_root_dataset``,
+    ``_bulk_write``...) appear in `fo/fields.py` only, each behind a named helper."""
+    found = []
+    for path in sorted((PACKAGE / "fo").glob("*.py")):
+        if path.name == "fields.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Attribute)
+                and _private(node.attr)
+                and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))
+            ):
+                found.append(f"{path.name}:{node.lineno}: .{node.attr}")
+    assert not found, found

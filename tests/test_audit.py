@@ -14,12 +14,13 @@ pytestmark = pytest.mark.fiftyone
 
 fo = pytest.importorskip("fiftyone")
 foo = pytest.importorskip("fiftyone.operators")
-bfd = pytest.importorskip("bubblefence_plugin.fo.dataset")
-bfa = pytest.importorskip("bubblefence_plugin.fo.audit")
+bfo = pytest.importorskip("bubblefence_plugin.fo")
 
 from fiftyone.operators.delegated import DelegatedOperationService  # noqa: E402
 from fiftyone.operators.executor import ExecutionError, resolve_type  # noqa: E402
 from fiftyone.operators.registry import OperatorRegistry  # noqa: E402
+
+from bubblefence_plugin.fo import audit  # noqa: E402
 
 REPORT = "@bubblefence/bubblefence/bubblefence_report"
 
@@ -30,7 +31,7 @@ def split_dataset(field_dataset):
     ds = field_dataset
     ds.set_values("label", [f"c{i % 4}" for i in range(len(ds))])
     ds.set_values("group", [f"g{i // 5}" for i in range(len(ds))])
-    bfd.split(ds, embeddings_field="emb", seed=1)
+    bfo.split(ds, embeddings_field="emb", seed=1)
     return ds
 
 
@@ -89,7 +90,7 @@ def test_operator_report_with_brain_html_and_stored_run(split_dataset, tmp_path)
     # plotly.js is inline (no <script src=...>): the page works offline.
     assert not re.search(r"<script[^>]*\ssrc=", page) and len(page) > 1_000_000
 
-    stored = bfa.latest_report(ds)
+    stored = bfo.latest_report(ds)
     assert stored["source"] == "split" and stored["is_bubblefence_split"]
     assert stored["run_key"] in ds.list_runs()
     json.dumps(stored, allow_nan=False)  # plain JSON all the way down
@@ -102,7 +103,7 @@ def test_operator_report_with_brain_html_and_stored_run(split_dataset, tmp_path)
     assert m["split"]["groups"]["n_groups"] == 40
     assert m["stability"] is None  # first report of this source
     # The split state is untouched by the report, and both live side by side.
-    assert bfd.load_state(ds) is not None and bfd.RUN_KEY in ds.list_runs()
+    assert bfo.load_state(ds) is not None and bfo.RUN_KEY in ds.list_runs()
 
 
 def test_brain_comparison_agrees_with_the_exact_count(split_dataset):
@@ -112,7 +113,7 @@ def test_brain_comparison_agrees_with_the_exact_count(split_dataset):
     ds.set_values("random_split", rng.choice(["train", "validation", "test"], len(ds)).tolist())
     found = {}
     for source in ("split", "random_split"):
-        r = bfa.report(ds, source, "emb", brain=True, store=False)
+        r = bfo.report(ds, source, "emb", brain=True, store=False)
         brain = r["brain"]
         assert brain["n_samples"] == r["n_audited"] and brain["splits"] == source
         for row, t in zip(brain["rows"], r["metrics"]["thresholds"], strict=True):
@@ -135,7 +136,7 @@ def test_any_split_source_tags_and_a_field_with_aliases(field_dataset):
     rng = np.random.default_rng(0)
     names = rng.choice(["train", "val", "Test", "holdout"], size=len(ds), p=[0.6, 0.15, 0.15, 0.1])
     ds.set_values("my_split", names.tolist())
-    r = bfa.report(ds, "my_split", "emb", store=False)
+    r = bfo.report(ds, "my_split", "emb", store=False)
     counts = r["metrics"]["split"]["counts"]
     assert counts["train"] == int((names == "train").sum())
     assert counts["validation"] == int((names == "val").sum())
@@ -145,7 +146,7 @@ def test_any_split_source_tags_and_a_field_with_aliases(field_dataset):
     ds.select(ds.values("id")[:100]).tag_samples("train")
     ds.select(ds.values("id")[100:150]).tag_samples("validation")
     ds.select(ds.values("id")[140:200]).tag_samples("test")  # 140..149: two split tags
-    r = bfa.report(ds, "tags", "emb", store=False)
+    r = bfo.report(ds, "tags", "emb", store=False)
     assert r["metrics"]["split"]["counts"] == {
         "train": 100,
         "validation": 40,
@@ -157,30 +158,30 @@ def test_any_split_source_tags_and_a_field_with_aliases(field_dataset):
 
 def test_stability_between_reports_clone_and_pruning(split_dataset, monkeypatch):
     ds = split_dataset
-    first = bfa.report(ds, "split", "emb")
+    first = bfo.report(ds, "split", "emb")
     assert first["metrics"]["stability"] is None
-    second = bfa.report(ds, "split", "emb")
+    second = bfo.report(ds, "split", "emb")
     assert second["metrics"]["stability"]["share_unchanged"] == 1.0
     moved = ds.match(fo.ViewField("split") == "train").first()
     moved.split = "test"
     moved.save()
-    third = bfa.report(ds, "split", "emb")
+    third = bfo.report(ds, "split", "emb")
     stab = third["metrics"]["stability"]
     assert stab["changes"] == {"train->test": 1}
     assert stab["n_unchanged"] == stab["n_compared"] - 1
-    assert bfa.latest_report(ds)["run_key"] == third["run_key"]
+    assert bfo.latest_report(ds)["run_key"] == third["run_key"]
 
     clone = ds.clone()
     try:
-        assert bfa.latest_report(clone) == bfa.latest_report(ds)
-        assert len(bfa.list_reports(clone)) == 3
+        assert bfo.latest_report(clone) == bfo.latest_report(ds)
+        assert len(bfo.list_reports(clone)) == 3
     finally:
         clone.delete()
 
-    monkeypatch.setattr(bfa, "KEEP_REPORTS", 2)
-    bfa.report(ds, "tags", "emb")
-    assert [r["source"] for r in bfa.list_reports(ds)] == ["tags", "split"]
-    assert bfa.latest_report(ds)["source"] == "tags"
+    monkeypatch.setattr(audit, "KEEP_REPORTS", 2)
+    bfo.report(ds, "tags", "emb")
+    assert [r["source"] for r in bfo.list_reports(ds)] == ["tags", "split"]
+    assert bfo.latest_report(ds)["source"] == "tags"
 
 
 def test_delegated_report(split_dataset):
@@ -192,30 +193,30 @@ def test_delegated_report(split_dataset):
     assert op.run_state == "completed", op.run_state
     out = op.result.result
     assert out["table"][0]["metric"].startswith("Samples")
-    assert out["result"]["run_key"] == bfa.latest_report(split_dataset)["run_key"]
+    assert out["result"]["run_key"] == bfo.latest_report(split_dataset)["run_key"]
 
 
 def test_view_target_audits_only_the_view(split_dataset):
     view = split_dataset.limit(120)
-    r = bfa.report(view, "split", "emb", store=False)
+    r = bfo.report(view, "split", "emb", store=False)
     assert r["n_collection"] == 120
 
 
 def test_bad_input_is_named(field_dataset):
     ds = field_dataset
     with pytest.raises(ValueError, match="split_source"):
-        bfa.report(ds, "nope", "emb")
+        bfo.report(ds, "nope", "emb")
     with pytest.raises(ValueError, match="nothing to audit"):
-        bfa.report(ds, "tags", "emb")  # no sample has a split tag
+        bfo.report(ds, "tags", "emb")  # no sample has a split tag
     ds.set_values("my_split", ["train", "test"] * 100)
     with pytest.raises(ValueError, match="label_field"):
-        bfa.report(ds, "my_split", "emb", label_field="missing")
+        bfo.report(ds, "my_split", "emb", label_field="missing")
     with pytest.raises(ValueError, match="group_field 'emb' is a VectorField"):
-        bfa.report(ds, "my_split", "emb", group_field="emb")
+        bfo.report(ds, "my_split", "emb", group_field="emb")
     with pytest.raises(ExecutionError, match="thresholds"):
         foo.get_operator(REPORT)(ds, "my_split", "emb", thresholds=[1.5])
     with pytest.raises(ValueError, match="unknown report parameter .eval_share."):
         foo.get_operator(REPORT)(ds, "my_split", "emb", eval_share=0.2)
     ds.limit(3).set_values("emb", [None, None, None])
-    r = bfa.report(ds, "my_split", "emb", store=False)
+    r = bfo.report(ds, "my_split", "emb", store=False)
     assert r["n_without_embedding"] == 3 and r["n_audited"] == 197

@@ -188,7 +188,7 @@ def test_split_in_the_app_then_the_panel_shows_the_bubbles(
     from fiftyone import ViewField as F
     from playwright.sync_api import expect
 
-    import bubblefence_plugin.fo.dataset as bfd
+    import bubblefence_plugin.fo as bfo
     from bubblefence_plugin.fo import map as viz
 
     shots = tmp_path / "screenshots"
@@ -221,12 +221,12 @@ def test_split_in_the_app_then_the_panel_shows_the_bubbles(
     assert sum(counts.values()) == N_SAMPLES
     assert counts.get("validation", 0) > 0 and counts.get("test", 0) > 0
     tags = ds.count_sample_tags()
-    assert {t: tags.get(t, 0) for t in bfd.SPLIT_TAGS} == {
-        s: counts.get(s, 0) for s in bfd.SPLIT_TAGS
+    assert {t: tags.get(t, 0) for t in bfo.SPLIT_TAGS} == {
+        s: counts.get(s, 0) for s in bfo.SPLIT_TAGS
     }
-    eval_view = ds.exists(bfd.ANCHOR_FIELD)
+    eval_view = ds.exists(bfo.ANCHOR_FIELD)
     assert len(eval_view) == counts["validation"] + counts["test"]
-    assert set(ds.distinct(bfd.ROUND_FIELD)) == {0}
+    assert set(ds.distinct(bfo.ROUND_FIELD)) == {0}
     assert viz.has_map(ds)
     bubbles = viz.load_layout(ds).anchors
     n_bubbles = len(bubbles)
@@ -250,7 +250,7 @@ def test_split_in_the_app_then_the_panel_shows_the_bubbles(
 
     # Clicking a bubble centre shows that bubble's samples: the panel re-hydrates on
     # the new view and counts one bubble.
-    n_members = len(ds.match(F(bfd.ANCHOR_FIELD) == int(bubbles["anchor_id"].iloc[0])))
+    n_members = len(ds.match(F(bfo.ANCHOR_FIELD) == int(bubbles["anchor_id"].iloc[0])))
     plot.locator(".scatterlayer .trace .points path").first.click(force=True)  # bubble 0
     expect(panel).to_contain_text("Bubbles: 1 in the view")
     noun = "sample" if n_members == 1 else "samples"  # the grid's own count
@@ -266,7 +266,7 @@ def test_split_in_the_app_then_the_panel_shows_the_bubbles(
     embeddings.get_by_text(viz.VIZ_KEY).first.click()
     expect(embeddings).to_contain_text(f"{N_SAMPLES} points · {n_members} in view")
     embeddings.get_by_text("Color by").click()
-    page.get_by_role("option", name=bfd.SPLIT_FIELD, exact=True).click()
+    page.get_by_role("option", name=bfo.SPLIT_FIELD, exact=True).click()
     expect(embeddings).to_contain_text(f"0 / {counts['train']}")  # no train sample in view
     page.screenshot(path=shots / "06-embeddings-panel.png")
     # "entry is loading" is thrown by the App's own router when it is read while the
@@ -280,10 +280,10 @@ def test_lasso_then_exclude_in_the_panel_tags_the_samples(
 ) -> None:
     from playwright.sync_api import expect
 
-    import bubblefence_plugin.fo.dataset as bfd
+    import bubblefence_plugin.fo as bfo
 
     ds = e2e_dataset
-    bfd.split(ds, embeddings_field="emb")
+    bfo.split(ds, embeddings_field="emb")
     shots = tmp_path / "screenshots"
     shots.mkdir()
     with capsys.disabled():
@@ -312,11 +312,11 @@ def test_lasso_then_exclude_in_the_panel_tags_the_samples(
     toast = page.locator("#notistack-snackbar", has_text="left their split")
     expect(toast).not_to_have_count(0, timeout=UI_TIMEOUT_MS)
     ds.reload()
-    n_excluded = ds.count_sample_tags().get(bfd.EXCLUDED_TAG, 0)
+    n_excluded = ds.count_sample_tags().get(bfo.EXCLUDED_TAG, 0)
     assert 0 < n_excluded < N_SAMPLES
     expect(toast.first).to_contain_text(f"Excluded {n_excluded} samples")
-    assert ds.match_tags(bfd.EXCLUDED_TAG).exists(bfd.SPLIT_FIELD).count() == 0
-    assert ds.exists(bfd.SPLIT_FIELD).count() == N_SAMPLES - n_excluded
+    assert ds.match_tags(bfo.EXCLUDED_TAG).exists(bfo.SPLIT_FIELD).count() == 0
+    assert ds.exists(bfo.SPLIT_FIELD).count() == N_SAMPLES - n_excluded
     expect(panel).to_contain_text(f"Excluded: {n_excluded}", timeout=UI_TIMEOUT_MS)
     page.wait_for_function(GRID_PAINTED)
     page.screenshot(path=shots / "02-excluded.png")
@@ -325,7 +325,7 @@ def test_lasso_then_exclude_in_the_panel_tags_the_samples(
     sidebar = page.locator("[data-cy=sidebar]").first
     sidebar.get_by_text("sample tags", exact=True).click()
     sidebar.get_by_placeholder("+ filter by sample tag").click()
-    sidebar.get_by_text(bfd.EXCLUDED_TAG, exact=True).first.click()
+    sidebar.get_by_text(bfo.EXCLUDED_TAG, exact=True).first.click()
     grid_count = page.locator("[data-cy=entry-counts]").first
     expect(grid_count).to_have_text(f"{n_excluded} samples", timeout=UI_TIMEOUT_MS)
     page.screenshot(path=shots / "03-grid-excluded.png")

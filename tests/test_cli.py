@@ -10,7 +10,7 @@ pytestmark = pytest.mark.fiftyone
 
 fo = pytest.importorskip("fiftyone")
 cli = pytest.importorskip("bubblefence_plugin.cli")
-bfd = pytest.importorskip("bubblefence_plugin.fo.dataset")
+bfo = pytest.importorskip("bubblefence_plugin.fo")
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ def test_split_folder_by_folder_then_export_and_reset(
     assert "\n  this round: train " in out and "\n  bubbles in all: " in out
     ds = fo.load_dataset(dataset_name)
     assert ds.persistent and len(ds.exists("split")) == 40
-    assert bfd.state_info(ds)["config"]["eval_ratio"] == 0.25
+    assert bfo.state_info(ds)["config"]["eval_ratio"] == 0.25
     before = dict(zip(*ds.values(["id", "split"]), strict=True))
 
     # Re-adding the first folder adds nothing; the second folder is the new round.
@@ -82,7 +82,7 @@ def test_split_folder_by_folder_then_export_and_reset(
 
     assert cli.main(["reset", "--dataset", dataset_name, "--yes", "--keep-embeddings"]) == 0
     assert "untagged 60 samples; embeddings kept" in capsys.readouterr().out
-    assert not ds.has_field("split") and ds.has_field(bfd.EMBEDDING_FIELD)
+    assert not ds.has_field("split") and ds.has_field(bfo.EMBEDDING_FIELD)
     assert cli.main(["reset", "--dataset", "no-such-dataset", "--yes"]) == 2
 
 
@@ -139,7 +139,7 @@ def test_demo_runs_offline_with_the_packaged_model(tmp_path, capsys, monkeypatch
         assert out.index(f"Writing the demo images under {demo_dir}") < out.index("Wrote ")
         assert "Round 1 of 2 (state round 0)" in out and "Round 2 of 2 (state round 1)" in out
         ds = fo.load_dataset(name)
-        assert bfd.state_info(ds)["config"]["model_name"] == "efficientnet-lite0"
+        assert bfo.state_info(ds)["config"]["model_name"] == "efficientnet-lite0"
         rounds = ds.count_values("bubblefence_round")
         assert set(rounds) == {0, 1} and all(v > 0 for v in rounds.values())
         first, second = splits_after

@@ -10,7 +10,7 @@ pytestmark = pytest.mark.fiftyone
 
 fo = pytest.importorskip("fiftyone")
 foo = pytest.importorskip("fiftyone.operators")
-bfd = pytest.importorskip("bubblefence_plugin.fo.dataset")
+bfo = pytest.importorskip("bubblefence_plugin.fo")
 
 from fiftyone.operators.delegated import DelegatedOperationService  # noqa: E402
 from fiftyone.operators.executor import ExecutionError  # noqa: E402
@@ -91,7 +91,7 @@ def test_regions_are_kept_and_new_samples_join(field_dataset):
 
 def test_from_split_start_from_similar_balance_metadata(field_dataset):
     ds = field_dataset
-    bfd.split(ds, embeddings_field="emb")
+    bfo.split(ds, embeddings_field="emb")
     curate.sample(ds, "diverse", count=8, tag="first", from_split="train", embeddings_field="emb")
     assert set(ds.match_tags("first").values("split")) == {"train"}
     curate.sample(
@@ -213,7 +213,7 @@ def test_operator_form_shows_strategy_options(field_dataset):
 
 def test_exclude_from_the_panel_leaves_the_split_and_nothing_else_moves(field_dataset, tmp_path):
     ds = field_dataset
-    bfd.split(ds.limit(150), embeddings_field="emb")
+    bfo.split(ds.limit(150), embeddings_field="emb")
     before = splits_of(ds)
     held_out = ds.match(F("split").is_in(["validation", "test"])).limit(3).values("id")
     train_point = ds.match(F("split") == "train").first().id
@@ -239,15 +239,15 @@ def test_exclude_from_the_panel_leaves_the_split_and_nothing_else_moves(field_da
     assert ds.select(held_out).values(curate.REASON_FIELD) == ["blurry"] * 3
     for sample in ds.select(list(excluded)):
         assert sample.split is None and sample.anchor_id is None
-        assert not set(sample.tags) & set(bfd.SPLIT_TAGS)
-    bf, params = bfd.load_state(ds)
+        assert not set(sample.tags) & set(bfo.SPLIT_TAGS)
+    bf, params = bfo.load_state(ds)
     assert not excluded & set(bf.assignments()["id"])
     assert sorted(params["excluded_ids"]) == sorted(excluded)
     now = splits_of(ds)
     assert all(now[i] == s for i, s in before.items() if i not in excluded)
 
     # the next split leaves them out and moves nothing that was split
-    summary = bfd.split(ds, embeddings_field="emb")
+    summary = bfo.split(ds, embeddings_field="emb")
     assert summary["n_new"] == 50
     after = splits_of(ds)
     assert all(after[i] == s for i, s in before.items() if s is not None and i not in excluded)
@@ -267,27 +267,27 @@ def test_exclude_from_the_panel_leaves_the_split_and_nothing_else_moves(field_da
     # Include again: the next round assigns them as new samples
     reply = panel_event(ds, "include_again", selected=held_out)
     assert "Included 3" in reply.ops["notify"][0]["message"]
-    assert bfd.split(ds, embeddings_field="emb")["n_new"] == 3
+    assert bfo.split(ds, embeddings_field="emb")["n_new"] == 3
     assert None not in ds.select(held_out).values("split")
 
 
 def test_excluding_by_tag_alone_takes_effect_at_the_next_split(field_dataset):
     ds = field_dataset
-    bfd.split(ds, embeddings_field="emb")
+    bfo.split(ds, embeddings_field="emb")
     before = splits_of(ds)
     ids = ds.match(F("split") == "train").limit(4).values("id")
-    ds.select(ids).tag_samples(bfd.EXCLUDED_TAG)  # the App's tag menu, no panel
-    summary = bfd.split(ds, embeddings_field="emb")
+    ds.select(ids).tag_samples(bfo.EXCLUDED_TAG)  # the App's tag menu, no panel
+    summary = bfo.split(ds, embeddings_field="emb")
     assert summary["n_excluded_left"] == 4
     after = splits_of(ds)
     assert all(after[i] is None for i in ids)
     assert all(after[i] == s for i, s in before.items() if i not in ids)
-    assert sorted(bfd.state_info(ds)["excluded_ids"]) == sorted(ids)
+    assert sorted(bfo.state_info(ds)["excluded_ids"]) == sorted(ids)
 
 
 def test_panel_colours_by_typicality_and_region(field_dataset):
     ds = field_dataset
-    bfd.split(ds, embeddings_field="emb")
+    bfo.split(ds, embeddings_field="emb")
     reply = panel_event(ds, "on_color_by", value="typicality")
     (trace,) = (
         reply.traces.values()

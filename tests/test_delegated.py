@@ -185,7 +185,7 @@ def _scenario(model: str, images: str, out: str) -> None:
     from bson import ObjectId
     from fiftyone.operators.delegated import DelegatedOperationService
 
-    import bubblefence_plugin.fo.dataset as bfd
+    import bubblefence_plugin.fo as bfo
     from bubblefence_plugin.fo import shards as bfs
 
     paths = sorted(str(p) for p in Path(images).iterdir())
@@ -209,13 +209,13 @@ def _scenario(model: str, images: str, out: str) -> None:
             }
         )
     ds.reload()  # the workers added the embeddings field
-    all_ids, fps, vectors = ds.values(["id", "filepath", bfd.EMBEDDING_FIELD])
+    all_ids, fps, vectors = ds.values(["id", "filepath", bfo.EMBEDDING_FIELD])
     have = [v is not None for v in vectors]
     sizes = np.bincount(bfs.shard_of(all_ids, N_SHARDS), minlength=N_SHARDS)
-    local = bfd.get_embedder(model).embed_paths(fps)
+    local = bfo.get_embedder(model).embed_paths(fps)
     stored = np.stack([v for v in vectors if v is not None]) if all(have) else None
     diff = float(np.abs(stored - local.embeddings).max()) if stored is not None else 1.0
-    summary = bfd.split(ds, model_name=model)
+    summary = bfo.split(ds, model_name=model)
     Path(out).write_text(
         json.dumps(
             {

@@ -25,13 +25,15 @@ pytestmark = pytest.mark.fiftyone
 
 fo = pytest.importorskip("fiftyone")
 foo = pytest.importorskip("fiftyone.operators")
-bfd = pytest.importorskip("bubblefence_plugin.fo.dataset")
+bfo = pytest.importorskip("bubblefence_plugin.fo")
 cli = pytest.importorskip("bubblefence_plugin.cli")
 
 from fiftyone.operators.executor import ExecutionError  # noqa: E402
 
 from bubblefence_plugin import BubbleFence, BubbleFenceConfig  # noqa: E402
 from bubblefence_plugin.core.state import StateDamagedError  # noqa: E402
+from bubblefence_plugin.fo import runs  # noqa: E402
+from bubblefence_plugin.fo.export import safe_csv_cell  # noqa: E402
 from bubblefence_plugin.text import escape_markdown  # noqa: E402
 
 PLUGIN = "@bubblefence/bubblefence"
@@ -39,23 +41,6 @@ SPLIT = f"{PLUGIN}/bubblefence_split"
 EXPORT = f"{PLUGIN}/bubblefence_export"
 RESET = f"{PLUGIN}/bubblefence_reset"
 LINK_LABEL = "[docs](https://evil.example/)"
-
-
-@pytest.fixture
-def media_dataset(field_dataset, tmp_path):
-    """field_dataset with real 8x8 images (exports copy media), split once."""
-    from PIL import Image
-
-    ds = field_dataset
-    paths = []
-    for i in range(len(ds)):
-        p = tmp_path / "media" / f"{i}.png"
-        p.parent.mkdir(exist_ok=True)
-        Image.new("RGB", (8, 8), (i % 256, 0, 0)).save(p)
-        paths.append(str(p))
-    ds.set_values("filepath", paths)
-    bfd.split(ds, embeddings_field="emb")
-    return ds
 
 
 @pytest.fixture
@@ -90,25 +75,25 @@ def test_export_names_become_safe_folders_inside_export_dir(media_dataset, tmp_p
     out = tmp_path / "deep" / "out"
     before = _files(tmp_path)
 
-    result = bfd.export(ds, out, "ImageDirectory", tags=["../../victim", str(absolute)])
+    result = bfo.export(ds, out, "ImageDirectory", tags=["../../victim", str(absolute)])
 
     assert victim.read_bytes() == b"precious"
     assert not absolute.exists()
     assert result["folders"] == {
         "../../victim": "victim",
-        str(absolute): bfd.safe_name(str(absolute), "tag"),
+        str(absolute): bfo.safe_name(str(absolute), "tag"),
     }
     new = _files(tmp_path) - before
     assert new and all(p.startswith("deep/out/") for p in new), new
     assert len(list((out / "victim").iterdir())) == 5
-    rows = bfd.read_manifest(out / "manifest.csv")
+    rows = _read_manifest(out / "manifest.csv")
     assert len(rows) == 8
     mapping = [json.loads(r["export_folders"]) for r in rows]
     assert {"../../victim": "victim"} in mapping
 
 
 def test_export_folder_names_are_unique_and_never_the_manifest():
-    folders = bfd.export_folders(["a/b", "a_b", "A_B", "..", ".", "manifest.csv", "train"])
+    folders = bfo.export_folders(["a/b", "a_b", "A_B", "..", ".", "manifest.csv", "train"])
     assert folders["train"] == "train"
     assert folders[".."] == "tag" and folders["."] == "tag_2"
     assert folders["manifest.csv"] not in ("manifest.csv", "manifest.CSV")
@@ -119,12 +104,12 @@ def test_export_folder_names_are_unique_and_never_the_manifest():
 def test_export_refuses_paths_outside_before_writing(media_dataset, tmp_path):
     out = tmp_path / "out"
     with pytest.raises(ValueError, match="data_path"):
-        bfd.export(media_dataset, out, "ImageDirectory", data_path=str(tmp_path / "elsewhere"))
+        bfo.export(media_dataset, out, "ImageDirectory", data_path=str(tmp_path / "elsewhere"))
     with pytest.raises(ValueError, match="labels_path"):
-        bfd.export(media_dataset, out, "FiftyOneImageClassificationDataset", labels_path="../x")
+        bfo.export(media_dataset, out, "FiftyOneImageClassificationDataset", labels_path="../x")
     assert not out.exists() and not (tmp_path / "elsewhere").exists()
     # One tag as a plain string is that tag, not its letters.
-    result = bfd.export(media_dataset, out, "ImageDirectory", tags="train")
+    result = bfo.export(media_dataset, out, "ImageDirectory", tags="train")
     assert list(result["counts"]) == ["train"]
 
 
@@ -234,12 +219,12 @@ def _npy_claiming(shape: tuple, dtype: str = "|i1", data: bytes = b"\x00" * 16) 
 def _tamper(ds, arrays: dict | None = None, **params) -> None:
     """Overwrites parts of the dataset's stored state, as a crafted database would."""
     if arrays:
-        results = ds.load_run_results(bfd.RUN_KEY, cache=False)
+        results = ds.load_run_results(bfo.RUN_KEY, cache=False)
         results.arrays.update(arrays)
-        ds.save_run_results(bfd.RUN_KEY, results, overwrite=True, cache=False)
+        ds.save_run_results(bfo.RUN_KEY, results, overwrite=True, cache=False)
     if params:
-        stored = bfd.state_info(ds)
-        ds.update_run_config(bfd.RUN_KEY, ds.init_run(**{**stored, **params}))
+        stored = bfo.state_info(ds)
+        ds.update_run_config(bfo.RUN_KEY, ds.init_run(**{**stored, **params}))
 
 
 @pytest.mark.parametrize(
@@ -255,16 +240,16 @@ def _tamper(ds, arrays: dict | None = None, **params) -> None:
 )
 def test_crafted_dataset_states_are_refused_before_loading(field_dataset, monkeypatch, case, match):
     ds = field_dataset
-    bfd.split(ds.limit(200), embeddings_field="emb")
+    bfo.split(ds.limit(200), embeddings_field="emb")
     before = dict(zip(*ds.values(["id", "split"]), strict=True))
-    bf, _ = bfd.load_state(ds)
+    bf, _ = bfo.load_state(ds)
     split_codes = bf.state_dict()[1]["split"]
     if case == "huge_shape":
         _tamper(ds, {"split": _npy_claiming((10**13,))})
     elif case == "short_split":
-        _tamper(ds, {"split": bfd.to_npy_bytes(split_codes[:10])})
+        _tamper(ds, {"split": runs.to_npy_bytes(split_codes[:10])})
     elif case == "short_ids":
-        _tamper(ds, {"ids": bfd.to_npy_bytes(np.array(ds.values("id")[:5]))})
+        _tamper(ds, {"ids": runs.to_npy_bytes(np.array(ds.values("id")[:5]))})
     elif case == "model_name":
         _tamper(ds, model_name="org/model\x1b[2J")
     elif case == "model_name_long":
@@ -275,23 +260,23 @@ def test_crafted_dataset_states_are_refused_before_loading(field_dataset, monkey
     def no_model(*args, **kwargs):
         raise AssertionError("a model was loaded from a damaged state")
 
-    monkeypatch.setattr(bfd, "get_embedder", no_model)
+    monkeypatch.setattr("bubblefence_plugin.embedder.ImageEmbedder", no_model)
     ds.add_samples([fo.Sample(filepath="/nonexistent/new.png", emb=clustered_embeddings(1)[0])])
     with pytest.raises(StateDamagedError, match=match) as info:
-        bfd.split(ds, embeddings_field="emb")
+        bfo.split(ds, embeddings_field="emb")
     assert "bubblefence_reset" in str(info.value)
     assert dict(zip(*ds.values(["id", "split"]), strict=True)) == {**before, ds.last().id: None}
-    assert not bfd.is_locked(ds)
+    assert not bfo.is_locked(ds)
     # Through the CLI: one line, exit code 2.
     assert cli.main(["split", "--dataset", ds.name, "--embeddings-field", "emb"]) == 2
     # Reset is the way on.
-    bfd.reset(ds)
-    assert bfd.split(ds, embeddings_field="emb")["n_assigned"] == len(ds)
+    bfo.reset(ds)
+    assert bfo.split(ds, embeddings_field="emb")["n_assigned"] == len(ds)
 
 
 def test_crafted_state_through_the_operator(field_dataset):
     ds = field_dataset
-    bfd.split(ds.limit(100), embeddings_field="emb")
+    bfo.split(ds.limit(100), embeddings_field="emb")
     _tamper(ds, {"anchor": _npy_claiming((10**12,), "<i8")})
     with pytest.raises(ExecutionError, match="damaged.*reset"):
         foo.get_operator(SPLIT)(ds, embeddings_field="emb")
@@ -299,11 +284,20 @@ def test_crafted_state_through_the_operator(field_dataset):
 
 def test_stored_arrays_are_read_only_as_far_as_their_bytes_go():
     with pytest.raises(StateDamagedError, match="header says"):
-        bfd.from_npy_bytes(_npy_claiming((10**13,), "<f8"))
-    assert bfd.from_npy_bytes(bfd.to_npy_bytes(np.arange(5))).tolist() == [0, 1, 2, 3, 4]
+        runs.from_npy_bytes(_npy_claiming((10**13,), "<f8"))
+    assert runs.from_npy_bytes(runs.to_npy_bytes(np.arange(5))).tolist() == [0, 1, 2, 3, 4]
 
 
 # --------------------------------------------------------------------------- 5. manifest
+
+
+def _read_manifest(path) -> list[dict[str, str]]:
+    """The manifest's rows, with the one quote put before formula-like cells removed."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        return [
+            {k: v[1:] if v.startswith("'") else v for k, v in row.items()}
+            for row in csv.DictReader(fh)
+        ]
 
 
 def test_manifest_comes_from_the_state_and_carries_no_formula(media_dataset, tmp_path):
@@ -314,9 +308,9 @@ def test_manifest_comes_from_the_state_and_carries_no_formula(media_dataset, tmp
     sample.save()
     ds.limit(3).tag_samples("-2+3")
     out = tmp_path / "out"
-    bfd.export(ds, out, "ImageDirectory", tags=["train", "-2+3"])
+    bfo.export(ds, out, "ImageDirectory", tags=["train", "-2+3"])
 
-    rows = bfd.read_manifest(out / "manifest.csv")
+    rows = _read_manifest(out / "manifest.csv")
     row = next(r for r in rows if r["id"] == sample.id)
     assert row["split"] == "train" and row["duplicate_of"] == ""
     assert Path(sample.filepath).name in {p.name for p in (out / "train").iterdir()}
@@ -330,14 +324,14 @@ def test_manifest_comes_from_the_state_and_carries_no_formula(media_dataset, tmp
 
 @pytest.mark.parametrize("value", ["=1+1", "+1", "-1", "@SUM(A1)", "\tx", "\rx", "'=x", "plain"])
 def test_formula_cells_are_neutralised_and_read_back(tmp_path, value):
-    cell = bfd._csv_cell(value)
+    cell = safe_csv_cell(value)
     assert cell[:1] not in ("=", "+", "-", "@", "\t", "\r")
     path = tmp_path / "m.csv"
     with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh, quoting=csv.QUOTE_ALL)
         writer.writerow(["v"])
         writer.writerow([cell])
-    assert bfd.read_manifest(path) == [{"v": value}]
+    assert _read_manifest(path) == [{"v": value}]
 
 
 # --------------------------------------------------------------------------- 6. report
@@ -346,7 +340,7 @@ def test_formula_cells_are_neutralised_and_read_back(tmp_path, value):
 def test_html_report_stays_in_its_folder_whatever_the_dataset_name(field_dataset, tmp_path):
     audit = pytest.importorskip("bubblefence_plugin.fo.audit")
     ds = field_dataset
-    bfd.split(ds, embeddings_field="emb")
+    bfo.split(ds, embeddings_field="emb")
     ds.name = f"a/../../../escaped_report-{ds._doc.id}"
     folder = tmp_path / "r1" / "r2" / "r3" / "reports"
     folder.mkdir(parents=True)
@@ -457,7 +451,7 @@ def test_cli_bad_set_values_are_refused_before_anything_is_written(
 def test_huge_seed_is_refused_up_front_in_python_and_the_operator(field_dataset):
     ds = field_dataset
     with pytest.raises(ValueError, match=r"seed=99999999999999999999999 .*2\*\*63"):
-        bfd.split(ds, embeddings_field="emb", seed=99999999999999999999999)
+        bfo.split(ds, embeddings_field="emb", seed=99999999999999999999999)
     with pytest.raises(ExecutionError, match="seed"):
         foo.get_operator(SPLIT)(ds, embeddings_field="emb", seed=2**63)
     assert not ds.has_field("split") or len(ds.exists("split")) == 0
@@ -468,7 +462,7 @@ def test_cli_frozen_knob_with_a_folder_adds_nothing(dataset_name, image_factory,
     ds = fo.Dataset(dataset_name)
     ds.add_samples([fo.Sample(filepath=f"/nonexistent/{i}.png") for i in range(50)])
     ds.set_values("emb", list(clustered_embeddings(50)))
-    bfd.split(ds, embeddings_field="emb")
+    bfo.split(ds, embeddings_field="emb")
     image_factory(3, subdir="drive")
     args = ["split", "--dataset", dataset_name, "--folder", str(tmp_path / "drive")]
     assert cli.main([*args, "--embeddings-field", "emb", "--set", "seed=5"]) == 2
@@ -509,20 +503,20 @@ def test_one_pixel_high_images_embed(tiny_clip_dir, tmp_path):
 
 def test_empty_view_and_all_excluded_have_their_own_message(field_dataset):
     ds = field_dataset
-    summary = bfd.split(ds.limit(0), embeddings_field="emb")
+    summary = bfo.split(ds.limit(0), embeddings_field="emb")
     assert "empty" in summary["message"] and "already assigned" not in summary["message"]
-    ds.limit(5).tag_samples(bfd.EXCLUDED_TAG)
-    summary = bfd.split(ds.limit(5), embeddings_field="emb")
+    ds.limit(5).tag_samples(bfo.EXCLUDED_TAG)
+    summary = bfo.split(ds.limit(5), embeddings_field="emb")
     assert "excluded" in summary["message"]
     assert not ds.has_field("split") or len(ds.exists("split")) == 0
 
 
 def test_renamed_embeddings_field_is_named_with_a_fix(field_dataset):
     ds = field_dataset
-    bfd.split(ds.limit(100), embeddings_field="emb")
+    bfo.split(ds.limit(100), embeddings_field="emb")
     ds.rename_sample_field("emb", "clip")
     with pytest.raises(ValueError, match=r"'emb'.*(renamed|deleted).*rename_sample_field") as info:
-        bfd.split(ds, embeddings_field="emb")
+        bfo.split(ds, embeddings_field="emb")
     assert "no field" not in str(info.value)
 
 
@@ -549,8 +543,8 @@ def test_a_few_wrong_dimension_rows_become_per_sample_errors(field_dataset):
     ds = field_dataset
     ids = ds.values("id")
     ds.set_values("emb", {ids[0]: np.ones(7), ids[1]: np.ones(3)}, key_field="id")
-    summary = bfd.split(ds, embeddings_field="emb")
+    summary = bfo.split(ds, embeddings_field="emb")
     assert summary["n_assigned"] == 198 and summary["n_errors"] == 2
-    errors = dict(zip(*ds.exists(bfd.ERROR_FIELD).values(["id", bfd.ERROR_FIELD]), strict=True))
+    errors = dict(zip(*ds.exists(bfo.ERROR_FIELD).values(["id", bfo.ERROR_FIELD]), strict=True))
     assert set(errors) == set(ids[:2]) and all("wrong dimension" in m for m in errors.values())
     assert ds.select(ids[:2]).exists("split").count() == 0

@@ -443,22 +443,22 @@ def dataset_violations(ds) -> int:
 
 @pytest.mark.fiftyone
 def test_dataset_split_with_detections_and_groups_remembers_the_fields(fo_datasets):
-    import bubblefence_plugin.fo.dataset as bfd
+    import bubblefence_plugin.fo as bfo
 
     ds, first_ids = detections_dataset(fo_datasets, 400)
-    summary = bfd.split(
+    summary = bfo.split(
         ds.select(first_ids), embeddings_field="emb", label_field="gt", group_field="scene"
     )
     assert summary["labels"]["n_labels"] == 5  # four classes and "person"
     assert summary["labels"]["covered"]["eval"] == summary["labels"]["n_eligible"]
     assert summary["groups"]["violations"] == 0 == dataset_violations(ds)
     assert "group violations: 0" in summary["message"]
-    info = bfd.state_info(ds)
+    info = bfo.state_info(ds)
     assert (info["label_field"], info["group_field"]) == ("gt", "scene")
 
     # The next round names no fields: the stored ones keep holding.
     before = {i: s for i, s in zip(*ds.values(["id", "split"]), strict=True) if s}
-    summary = bfd.split(ds, embeddings_field="emb")
+    summary = bfo.split(ds, embeddings_field="emb")
     assert (summary["label_field"], summary["group_field"]) == ("gt", "scene")
     assert summary["n_assigned"] == len(ds) - 400
     assert dataset_violations(ds) == 0
@@ -475,7 +475,8 @@ def test_dataset_split_with_detections_and_groups_remembers_the_fields(fo_datase
 def test_label_and_group_fields_of_every_kind(fo_datasets):
     import fiftyone as fo
 
-    import bubblefence_plugin.fo.dataset as bfd
+    import bubblefence_plugin.fo as bfo
+    from bubblefence_plugin.fo import fields
 
     grouped = fo.Dataset()
     fo_datasets.append(grouped)
@@ -501,16 +502,16 @@ def test_label_and_group_fields_of_every_kind(fo_datasets):
             )
     grouped.add_samples(samples)
     with pytest.raises(ValueError, match="select_group_slices"):
-        bfd.split(grouped, embeddings_field="emb")
+        bfo.split(grouped, embeddings_field="emb")
     flat = grouped.select_group_slices(media_type="image").clone()
     fo_datasets.append(flat)
     ids = flat.values("id")
 
     def values(field, param="label_field"):
-        out = bfd._label_values(flat, ids, field, param)
+        out = fields.label_values(flat, ids, field, param)
         return [list(v) for v in out] if isinstance(out, list) else out.tolist()
 
-    assert bfd._label_values(flat, ids, None) is None
+    assert fields.label_values(flat, ids, None) is None
 
     assert values("cls") == ["c0", "c0", "c1", "c1", "", ""]
     assert values("clss")[0] == ["a", "b"]
@@ -520,7 +521,7 @@ def test_label_and_group_fields_of_every_kind(fo_datasets):
     group_ids = values("group", "group_field")
     assert group_ids[0] == group_ids[1] != group_ids[2]  # the two slices of a group
 
-    assert bfd.label_field_choices(flat) == [
+    assert bfo.label_field_choices(flat) == [
         "cls",
         "clss",
         "det",
@@ -529,13 +530,13 @@ def test_label_and_group_fields_of_every_kind(fo_datasets):
         "name",
         "num",
     ]
-    assert bfd.label_field_choices(flat, multi_ok=False) == ["cls", "group", "name", "num"]
+    assert bfo.label_field_choices(flat, multi_ok=False) == ["cls", "group", "name", "num"]
     with pytest.raises(ValueError, match="label_field='score' is a FloatField"):
-        bfd._label_values(flat, ids, "score")
+        fields.label_values(flat, ids, "score")
     with pytest.raises(ValueError, match="group_field='det' is a EmbeddedDocumentField"):
-        bfd._label_values(flat, ids, "det", "group_field")
+        fields.label_values(flat, ids, "det", "group_field")
     with pytest.raises(ValueError, match="label_field='nope': .* no such field"):
-        bfd.split(flat, embeddings_field="emb", label_field="nope")
+        bfo.split(flat, embeddings_field="emb", label_field="nope")
 
 
 @pytest.mark.fiftyone

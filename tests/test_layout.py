@@ -1,4 +1,4 @@
-"""The 2-D layout: fitted once, extended without moving anything (`layout.py`, `viz.py`)."""
+"""The 2-D layout: fitted once, extended without moving anything (`core/layout.py`, `fo/map.py`)."""
 
 from __future__ import annotations
 
@@ -116,15 +116,15 @@ def _add(ds, n: int, seed: int) -> None:
 
 @pytest.mark.fiftyone
 def test_old_points_do_not_move_when_a_round_adds_samples(field_dataset, viz):
-    import bubblefence_plugin.fo.dataset as bfd
+    import bubblefence_plugin.fo as bfo
 
     ds = field_dataset
-    first = bfd.split(ds.limit(120), embeddings_field="emb")
+    first = bfo.split(ds.limit(120), embeddings_field="emb")
     assert first["map"] == {"method": "pca", "refitted": True, "n_points": 120, "n_new_points": 120}
     before = _positions(viz, ds)
     layout_before = viz.load_layout(ds).layout
     _add(ds, 40, seed=7)
-    second = bfd.split(ds, embeddings_field="emb")
+    second = bfo.split(ds, embeddings_field="emb")
     assert second["map"]["n_new_points"] == 120 and not second["map"]["refitted"]
     after = _positions(viz, ds)
     assert len(after) == 240
@@ -144,14 +144,14 @@ def test_old_points_do_not_move_when_a_round_adds_samples(field_dataset, viz):
 
 @pytest.mark.fiftyone
 def test_tsne_map_keeps_its_points_across_rounds(field_dataset, viz):
-    import bubblefence_plugin.fo.dataset as bfd
+    import bubblefence_plugin.fo as bfo
 
     ds = field_dataset
-    bfd.split(ds.limit(150), embeddings_field="emb")
+    bfo.split(ds.limit(150), embeddings_field="emb")
     result = viz.build_map(ds, "tsne")
     assert result["method"] == "tsne" and result["refitted"]
     before = _positions(viz, ds)
-    bfd.split(ds, embeddings_field="emb")
+    bfo.split(ds, embeddings_field="emb")
     after = _positions(viz, ds)
     assert len(after) == 200 and {i: after[i] for i in before} == before
     assert viz.load_layout(ds).layout.method == "tsne"
@@ -160,13 +160,13 @@ def test_tsne_map_keeps_its_points_across_rounds(field_dataset, viz):
 
 @pytest.mark.fiftyone
 def test_lost_points_of_a_pca_map_come_back_where_they_were(field_dataset, viz):
-    import bubblefence_plugin.fo.dataset as bfd
+    import bubblefence_plugin.fo as bfo
 
     ds = field_dataset
-    bfd.split(ds.limit(150), embeddings_field="emb")
+    bfo.split(ds.limit(150), embeddings_field="emb")
     before = _positions(viz, ds)
     ds.delete_brain_run(viz.VIZ_KEY)
-    bfd.split(ds, embeddings_field="emb")
+    bfo.split(ds, embeddings_field="emb")
     after = _positions(viz, ds)
     for i, p in before.items():
         np.testing.assert_allclose(after[i], p, atol=1e-6)
@@ -174,17 +174,17 @@ def test_lost_points_of_a_pca_map_come_back_where_they_were(field_dataset, viz):
 
 @pytest.mark.fiftyone
 def test_a_failing_map_update_does_not_fail_the_split(field_dataset, viz, monkeypatch):
-    import bubblefence_plugin.fo.dataset as bfd
+    import bubblefence_plugin.fo as bfo
 
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(viz, "update_map", broken)
-    summary = bfd.split(field_dataset, embeddings_field="emb")
+    summary = bfo.split(field_dataset, embeddings_field="emb")
     assert summary["n_assigned"] == 200
     assert summary["map_error"] == "RuntimeError: disk full"
     assert "2-D map was not updated" in summary["message"]
-    assert bfd.state_info(field_dataset)["n_samples"] == 200
+    assert bfo.state_info(field_dataset)["n_samples"] == 200
     assert not viz.has_map(field_dataset)
     monkeypatch.undo()
     assert viz.build_map(field_dataset)["n_points"] == 200  # the panel's rebuild
@@ -192,15 +192,15 @@ def test_a_failing_map_update_does_not_fail_the_split(field_dataset, viz, monkey
 
 @pytest.mark.fiftyone
 def test_the_map_is_cloned_and_reset_removes_it(field_dataset, fo_datasets, viz):
-    import bubblefence_plugin.fo.dataset as bfd
+    import bubblefence_plugin.fo as bfo
 
     ds = field_dataset
-    bfd.split(ds, embeddings_field="emb")
+    bfo.split(ds, embeddings_field="emb")
     clone = ds.clone()
     fo_datasets.append(clone)
     assert viz.has_map(clone)
     assert len(viz.load_layout(clone).anchors) == len(viz.load_layout(ds).anchors)
-    result = bfd.reset(ds)
+    result = bfo.reset(ds)
     assert {viz.VIZ_KEY, viz.LAYOUT_KEY} <= set(result["removed_runs"])
     assert not viz.has_map(ds) and ds.list_brain_runs() == []
 

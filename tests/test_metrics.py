@@ -267,6 +267,22 @@ def test_audit_report_end_to_end():
     assert prenormalised.split.eval_train.fraction == ours.eval_train.fraction
 
 
+def test_iter_audit_reports_progress_in_order_and_returns_the_report(monkeypatch):
+    from bubblefence_plugin.core.progress import Progress, drive
+
+    monkeypatch.setattr(metrics, "BASE_CHUNK", 50)  # several events per leakage direction
+    rng = np.random.default_rng(5)
+    x = unit(rng.normal(size=(400, 8)))
+    split = rng.choice(["train", "validation", "test"], size=400, p=[0.6, 0.2, 0.2])
+    events = []
+    steps = metrics.iter_audit(x, split, max_queries=None)
+    report = drive(steps, lambda fraction, label: events.append(Progress(fraction, label)))
+    fractions = [e.fraction for e in events]
+    assert fractions == sorted(fractions) and 0.0 <= fractions[0] and fractions[-1] == 1.0
+    assert any(e.label.startswith("random:") for e in events)  # the baseline's half
+    assert report.split.counts == audit(x, split, max_queries=None).split.counts
+
+
 @pytest.mark.parametrize(
     "kwargs, word",
     [

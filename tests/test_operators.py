@@ -11,7 +11,8 @@ pytestmark = pytest.mark.fiftyone
 
 fo = pytest.importorskip("fiftyone")
 foo = pytest.importorskip("fiftyone.operators")
-bfd = pytest.importorskip("bubblefence_plugin.fo.dataset")
+bfo = pytest.importorskip("bubblefence_plugin.fo")
+runs = pytest.importorskip("bubblefence_plugin.fo.runs")
 
 from fiftyone.operators.delegated import DelegatedOperationService  # noqa: E402
 from fiftyone.operators.executor import (  # noqa: E402
@@ -111,13 +112,13 @@ def test_split_immediate_with_tiny_clip_and_a_corrupt_image(image_dataset, tiny_
     assert "Round 0" in shown and "Eval share" in shown
     bad_sample = ds.one(fo.ViewField("filepath") == str(bad))
     assert bad_sample.bubblefence_error and bad_sample.split is None
-    assert not set(bad_sample.tags) & set(bfd.SPLIT_TAGS)
+    assert not set(bad_sample.tags) & set(bfo.SPLIT_TAGS)
     assert len(ds.exists("split")) == 60
-    assert len(ds.exists(bfd.EMBEDDING_FIELD)) == 60
-    assert ds.get_field(bfd.EMBEDDING_FIELD).info["model_name"] == tiny_clip_dir
+    assert len(ds.exists(bfo.EMBEDDING_FIELD)) == 60
+    assert ds.get_field(bfo.EMBEDDING_FIELD).info["model_name"] == tiny_clip_dir
     tags = ds.count_sample_tags()
     counts = ds.count_values("split")
-    for s in bfd.SPLIT_TAGS:
+    for s in bfo.SPLIT_TAGS:
         assert tags.get(s, 0) == counts.get(s, 0)
 
 
@@ -128,14 +129,14 @@ def test_incremental_rounds_via_operator_embed_only_new(
     op = foo.get_operator(SPLIT)
     op(ds, model_name=tiny_clip_dir)
     first = dict(zip(*ds.values(["id", "split"]), strict=True))
-    emb_before = dict(zip(*ds.values(["id", bfd.EMBEDDING_FIELD]), strict=True))
+    emb_before = dict(zip(*ds.values(["id", bfo.EMBEDDING_FIELD]), strict=True))
     for k in (1, 2):
         ds.add_samples([fo.Sample(filepath=p) for p in image_factory(20, seed=10 + k)])
         op(ds, model_name=tiny_clip_dir)
         now = dict(zip(*ds.values(["id", "split"]), strict=True))
         assert all(now[i] == s for i, s in first.items())
         assert len(ds.match(fo.ViewField("bubblefence_round") == k)) == 20
-    ids, vectors = ds.select(list(emb_before)).values(["id", bfd.EMBEDDING_FIELD])
+    ids, vectors = ds.select(list(emb_before)).values(["id", bfo.EMBEDDING_FIELD])
     for sid, vec in zip(ids, vectors, strict=True):
         assert (vec == emb_before[sid]).all()  # never recomputed
     result = op(ds, model_name=tiny_clip_dir)
@@ -164,7 +165,7 @@ def test_split_delegated_with_field_and_selected_samples(field_dataset):
     assert op.result.result["result"]["n_assigned"] == 40
     assert escape_markdown("Round 0: 40 samples assigned") in op.result.result["summary"]
     assert sorted(ds.exists("split").values("id")) == sorted(selected)
-    assert bfd.state_info(ds)["config"]["eval_ratio"] == 0.3
+    assert bfo.state_info(ds)["config"]["eval_ratio"] == 0.3
 
 
 def test_sdk_call_delegated(field_dataset):
@@ -189,7 +190,7 @@ def test_wrong_dimension_field_refused_by_operator(field_dataset):
 
 
 def test_concurrent_operator_run_is_refused(field_dataset):
-    with bfd.RunLock(field_dataset):
+    with runs.RunLock(field_dataset):
         with pytest.raises(ExecutionError, match="in progress"):
             foo.get_operator(SPLIT)(field_dataset, embeddings_field="emb")
 
@@ -204,9 +205,9 @@ def test_reset_operator(field_dataset, tiny_clip_dir):
     assert result.result["result"]["n_samples_untagged"] == 200
     assert "untagged 200 samples" in result.result["summary"]  # no punctuation to escape
     assert not ds.has_field("split") and ds.list_runs() == []
-    assert not set(ds.count_sample_tags()) & set(bfd.SPLIT_TAGS)
+    assert not set(ds.count_sample_tags()) & set(bfo.SPLIT_TAGS)
     # A clean slate unless asked otherwise, in the form as from Python.
-    assert not ds.has_field(bfd.EMBEDDING_FIELD)
+    assert not ds.has_field(bfo.EMBEDDING_FIELD)
     assert form(ds, RESET, {})["keep_embeddings"]["default"] is False
 
 
@@ -250,7 +251,7 @@ def test_every_operator_shares_the_base_and_documents_its_python_call():
 def test_a_library_error_is_an_error_notice_and_writes_nothing(field_dataset):
     ds = field_dataset
     params = {"embeddings": "field", "embeddings_field": "emb"}
-    with bfd.RunLock(ds):  # the library refuses a second run on the dataset
+    with runs.RunLock(ds):  # the library refuses a second run on the dataset
         result = run_unraised(SPLIT, {"dataset": ds, "params": params})
     assert "in progress" in result.error_message
     requests = operator_requests(result)
@@ -262,7 +263,7 @@ def test_a_library_error_is_an_error_notice_and_writes_nothing(field_dataset):
 
     # An operator that returns its result (no progress stream) fails the same way.
     foo.get_operator(SPLIT)(ds, embeddings_field="emb")
-    with bfd.RunLock(ds):
+    with runs.RunLock(ds):
         result = run_unraised(RESET, {"dataset": ds, "params": {"confirm": True}})
     assert operator_requests(result)["notify"][0]["variant"] == "error"
     assert result.result is None and len(ds.exists("split")) == 200
@@ -280,7 +281,7 @@ def test_unknown_parameters_are_refused_before_anything_runs(field_dataset, tmp_
     assert DelegatedOperationService().execute_queued_operations(dataset_name=ds.name) == []
     # Knobs hidden in the folded advanced section are known.
     foo.get_operator(SPLIT)(ds, embeddings_field="emb", lid_k=10)
-    assert bfd.state_info(ds)["config"]["lid_k"] == 10
+    assert bfo.state_info(ds)["config"]["lid_k"] == 10
 
 
 def test_python_call_on_a_view_runs_there_and_ends_like_the_app(field_dataset):

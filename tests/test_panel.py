@@ -12,12 +12,12 @@ pytestmark = pytest.mark.fiftyone
 fo = pytest.importorskip("fiftyone")
 fob = pytest.importorskip("fiftyone.brain")
 foo = pytest.importorskip("fiftyone.operators")
-bfd = pytest.importorskip("bubblefence_plugin.fo.dataset")
 
 from fiftyone.operators.registry import OperatorRegistry  # noqa: E402
 
-import bubblefence_plugin.fo.audit as bfa  # noqa: E402
+import bubblefence_plugin.fo as bfo  # noqa: E402
 from bubblefence_plugin.fo import map as viz  # noqa: E402
+from bubblefence_plugin.fo import runs  # noqa: E402
 
 F = fo.ViewField
 PLUGIN = "@bubblefence/bubblefence"
@@ -73,7 +73,7 @@ def loaded_view(params: dict, dataset: Any) -> Any:
 
 @pytest.fixture
 def split_dataset(field_dataset):
-    bfd.split(field_dataset, embeddings_field="emb")
+    bfo.split(field_dataset, embeddings_field="emb")
     return field_dataset
 
 
@@ -100,7 +100,7 @@ def test_without_a_run_the_panel_explains_and_offers_the_split(field_dataset):
 
 def test_map_has_a_circle_per_bubble_and_points_coloured_by_split(split_dataset):
     ds = split_dataset
-    bf, _ = bfd.load_state(ds)
+    bf, _ = bfo.load_state(ds)
     anchors = bf.anchors
     reply = event(ds, "on_load")
     assert reply.state["has_state"] and reply.state["has_map"]
@@ -125,7 +125,7 @@ def test_map_has_a_circle_per_bubble_and_points_coloured_by_split(split_dataset)
         assert trace["marker"]["color"] == viz.SPLIT_COLORS[split]
         assert len(trace["x"]) == len(trace["ids"]) == counts[split]
         assert set(trace["ids"]) == set(ds.match(F("split") == split).values("id"))
-    bubbles = traces[viz.BUBBLES_TRACE]
+    bubbles = traces[bfo.BUBBLES_TRACE]
     assert bubbles["ids"] == [str(a) for a in anchors["anchor_id"]]
     assert "LID" in bubbles["text"][0] and "created in round 0" in bubbles["text"][0]
 
@@ -143,7 +143,7 @@ def test_clicking_a_bubble_or_a_point_shows_that_bubbles_samples(split_dataset):
     anchor = ds.exists("anchor_id").first()["anchor_id"]
     members = set(ds.match(F("anchor_id") == anchor).values("id"))
 
-    reply = event(ds, "on_click", trace=viz.BUBBLES_TRACE, id=str(anchor), idx=0)
+    reply = event(ds, "on_click", trace=bfo.BUBBLES_TRACE, id=str(anchor), idx=0)
     (request,) = reply.ops["set_view"]
     assert set(loaded_view(request, ds).values("id")) == members
 
@@ -161,7 +161,7 @@ def test_lasso_selects_the_points_and_reset_clears_view_and_selection(split_data
     ds = split_dataset
     ids = ds.limit(3).values("id")
     points = [{"id": i, "trace": "train", "idx": k} for k, i in enumerate(ids)]
-    points.append({"id": "0", "trace": viz.BUBBLES_TRACE, "idx": 0})
+    points.append({"id": "0", "trace": bfo.BUBBLES_TRACE, "idx": 0})
     reply = event(ds, "on_lasso", data=points)
     assert [s["id"] for s in reply.ops["set_selected_samples"][0]["samples"]] == ids
 
@@ -187,7 +187,7 @@ def test_colour_by_round_and_subsampling(split_dataset, monkeypatch):
     from conftest import clustered_embeddings
 
     ds.exists("emb", False).set_values("emb", list(clustered_embeddings(30, seed=9)))
-    bfd.split(ds, embeddings_field="emb")
+    bfo.split(ds, embeddings_field="emb")
 
     reply = event(ds, "on_color_by", value="round")
     assert reply.state["color_by"] == "round"
@@ -226,32 +226,47 @@ def test_audit_figures_are_shown_when_a_report_exists(split_dataset, monkeypatch
 
     report = {"created_at": "2026-01-02T03:04:05Z", "source": "split", "metrics": {}}
     rows = [
-        {"metric": "Leakage@0.95 eval→train", "split": "0.0000", "baseline": "0.2500"},
-        {"metric": "Diversity score train / validation / test", "split": "0.9", "baseline": "1"},
-        {"metric": "Samples train / validation / test", "split": "1 / 2 / 3", "baseline": "-"},
+        {
+            "key": "leakage_eval_train@0.95",
+            "metric": "Leakage@0.95 eval→train",
+            "split": "0.0000",
+            "baseline": "0.2500",
+        },
+        {
+            "key": "diversity",
+            "metric": "Diversity score train / validation / test",
+            "split": "0.9",
+            "baseline": "1",
+        },
+        {
+            "key": "counts",
+            "metric": "Samples train / validation / test",
+            "split": "1 / 2 / 3",
+            "baseline": "-",
+        },
     ]
-    monkeypatch.setattr(bfa, "latest_report", lambda s: report)
-    monkeypatch.setattr(bfa, "summary_rows", lambda r: rows)
+    monkeypatch.setattr(bfo, "latest_report", lambda s: report)
+    monkeypatch.setattr(bfo, "summary_rows", lambda r: rows)
     markdown = panel_module._audit_markdown(split_dataset)
     assert "2026-01-02T03:04:05Z" in markdown
     assert "| Leakage@0.95 eval→train | 0.0000 | 0.2500 |" in markdown
     assert "Diversity score" in markdown and "Samples train" not in markdown
 
-    monkeypatch.setattr(bfa, "latest_report", lambda s: None)
+    monkeypatch.setattr(bfo, "latest_report", lambda s: None)
     assert panel_module._audit_markdown(split_dataset) is None
 
     def broken(samples):
         raise KeyError("metrics")
 
-    monkeypatch.setattr(bfa, "latest_report", broken)
+    monkeypatch.setattr(bfo, "latest_report", broken)
     assert "could not be read" in panel_module._audit_markdown(split_dataset)
 
 
 def test_samples_left_off_the_map_are_counted_and_update_places_them(field_dataset, monkeypatch):
     ds = field_dataset
-    bfd.split(ds.limit(150), embeddings_field="emb")
+    bfo.split(ds.limit(150), embeddings_field="emb")
     monkeypatch.setattr(viz, "update_map", lambda *a, **k: 1 / 0)
-    assert "map_error" in bfd.split(ds, embeddings_field="emb")
+    assert "map_error" in bfo.split(ds, embeddings_field="emb")
     monkeypatch.undo()
     reply = event(ds, "on_load")
     assert "**50** split samples have no point yet" in reply.state["map_note"]
@@ -270,4 +285,4 @@ def test_a_foreign_run_in_the_maps_place_is_reported_not_crashed_on(split_datase
     assert "not written by BubbleFence" in reply.properties()["no_map"]["default"]
     reply = event(ds, "build_map")  # refused, and the other run is left alone
     assert "not written by BubbleFence" in reply.ops["notify"][0]["message"]
-    assert bfd._run_params(ds, viz.LAYOUT_KEY)["method"] == "someone_else"
+    assert runs.run_params(ds, viz.LAYOUT_KEY)["method"] == "someone_else"

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.fiftyone
 
 fo = pytest.importorskip("fiftyone")
 foo = pytest.importorskip("fiftyone.operators")
-bfd = pytest.importorskip("bubblefence_plugin.fo.dataset")
+bfo = pytest.importorskip("bubblefence_plugin.fo")
 bfs = pytest.importorskip("bubblefence_plugin.fo.shards")
 
 from fiftyone.operators.delegated import DelegatedOperationService  # noqa: E402
@@ -22,7 +22,7 @@ from fiftyone.operators.executor import ExecutionError  # noqa: E402
 
 EMBED = bfs.EMBED_OPERATOR
 SPLIT = "@bubblefence/bubblefence/bubblefence_split"
-FIELD = bfd.EMBEDDING_FIELD
+FIELD = bfo.EMBEDDING_FIELD
 
 
 def _ids(n: int, seed: int = 0) -> list[str]:
@@ -127,7 +127,7 @@ def test_shards_embed_each_sample_once_and_match_one_run(image_dataset, tiny_cli
     stored = _vectors(ds)
     assert all(v is not None for v in stored.values())
     # The same vectors as one embedder over all files: the sharding changed nothing.
-    local = bfd.get_embedder(tiny_clip_dir).embed_paths(ds.values("filepath"))
+    local = bfo.get_embedder(tiny_clip_dir).embed_paths(ds.values("filepath"))
     np.testing.assert_allclose(np.stack([stored[i] for i in ids]), local.embeddings, atol=1e-6)
     assert ds.get_field(FIELD).info == {"model_name": tiny_clip_dir, "dim": local.dim}
     # Idempotent: a rerun finds nothing to do and changes nothing.
@@ -184,9 +184,9 @@ def test_failed_images_get_errors_and_are_retried(image_dataset, tiny_clip_dir, 
     report = bfs.embed(ds, model=tiny_clip_dir)
     assert report.n_errors == 1 and report.n_written == len(ds) - 1
     sample = ds.one(fo.ViewField("filepath") == str(bad))
-    assert sample[bfd.ERROR_FIELD] and sample[FIELD] is None
+    assert sample[bfo.ERROR_FIELD] and sample[FIELD] is None
     assert list(report.errors) == [sample.id]
-    assert ds.exists(bfd.ERROR_FIELD).count() == 1
+    assert ds.exists(bfo.ERROR_FIELD).count() == 1
     again = bfs.embed(ds, model=tiny_clip_dir)
     assert again.n_todo == 1 and again.n_errors == 1 and again.n_written == 0
 

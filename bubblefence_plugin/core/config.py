@@ -521,21 +521,10 @@ class BubbleFenceConfig:
     def from_yaml(cls, path: str | Path) -> BubbleFenceConfig:
         """Read a YAML file in our flat layout or the original BubbleFence's nested one.
 
-        Keys of the original's layout that we do not support are reported in one warning;
-        any other unknown key is an error that suggests the closest known key.
-
         Args:
-            path: the YAML file
+            path: the YAML file (see `read_yaml_values`)
         """
-        values, ignored = translate_reference_layout(read_yaml_mapping(path))
-        if ignored:
-            warnings.warn(
-                f"{path}: ignoring keys of the original BubbleFence that this plugin does "
-                f"not support: {sorted(ignored)}",
-                UserWarning,
-                stacklevel=2,
-            )
-        return cls.from_dict(values)
+        return cls.from_dict(read_yaml_values(path))
 
     @property
     def unit_threshold(self) -> float:
@@ -581,8 +570,13 @@ _REFERENCE_UNSUPPORTED = {
 }
 
 
-def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
-    """The top-level mapping of a YAML config file, with errors that name the file.
+def read_yaml_values(path: str | Path) -> dict[str, Any]:
+    """The knobs a YAML config file names, by our flat names, in either layout.
+
+    Only the named knobs: a caller that continues a stored config changes just these.
+    Keys of the original's layout that we do not support are reported in one warning;
+    any other unknown key is an error that suggests the closest known key (see
+    `translate_reference_layout`).
 
     Args:
         path: the YAML file
@@ -597,7 +591,15 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path}: not a valid YAML config: {e}") from e
     if not isinstance(data, dict):
         raise ValueError(f"{path}: the top level of a config must be a mapping")
-    return data
+    values, ignored = translate_reference_layout(data)
+    if ignored:
+        warnings.warn(
+            f"{path}: ignoring keys of the original BubbleFence that this plugin does "
+            f"not support: {sorted(ignored)}",
+            UserWarning,
+            stacklevel=3,
+        )
+    return values
 
 
 def translate_reference_layout(data: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:

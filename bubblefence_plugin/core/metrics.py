@@ -47,13 +47,14 @@ import dataclasses
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from .neighbors import nearest
+from .progress import Progress, Steps, drive, within
 
 TRAIN, VALIDATION, TEST = "train", "validation", "test"
 ROLES = (TRAIN, VALIDATION, TEST)
@@ -65,8 +66,6 @@ DEFAULT_MAX_QUERIES = 10_000
 BASE_CHUNK = 65_536
 HISTOGRAM_BINS = 50  # nearest-similarity histogram over [0, 1]
 MAX_LISTED = 20  # examples listed in a report (missing labels, violating groups)
-
-Progress = tuple[float, str]
 
 
 # --------------------------------------------------------------------------- results
@@ -282,22 +281,23 @@ def val_test_balance(split: Sequence[Any] | np.ndarray) -> float | None:
 
 
 def _iter_best_similarity(
-    x: np.ndarray, query_rows: np.ndarray, base_rows: np.ndarray
-) -> Generator[float, None, np.ndarray]:
-    """Highest similarity of each query row to any base row; yields the share of base done."""
+    x: np.ndarray, query_rows: np.ndarray, base_rows: np.ndarray, label: str
+) -> Steps[np.ndarray]:
+    """Highest similarity of each query row to any base row; one event per chunk of base."""
     queries = x[query_rows]
     best = np.full(len(query_rows), -np.inf, dtype=np.float32)
     for start in range(0, len(base_rows), BASE_CHUNK):
         base = x[base_rows[start : start + BASE_CHUNK]]
         similarity, _ = nearest(queries, base)
         np.maximum(best, similarity, out=best)
-        yield min(1.0, (start + len(base)) / len(base_rows))
+        yield Progress(min(1.0, (start + len(base)) / len(base_rows)), label)
     return best
 
 
 def best_similarity(x: np.ndarray, query_rows: np.ndarray, base_rows: np.ndarray) -> np.ndarray:
     """Highest cosine similarity of each query row to any base row (-inf on an empty base)."""
-    return _run(_iter_best_similarity(x, np.asarray(query_rows), np.asarray(base_rows)))
+    steps = _iter_best_similarity(x, np.asarray(query_rows), np.asarray(base_rows), "")
+    return drive(steps)
 
 
 def _iter_leakage(
@@ -307,7 +307,8 @@ def _iter_leakage(
     thresholds: list[float],
     max_queries: int | None,
     rng: np.random.Generator,
-) -> Generator[float, None, Leakage | None]:
+    label: str = "",
+) -> Steps[Leakage | None]:
     """Leakage of the query rows of every (query rows, base rows) pair, pooled.
 
     The queries of all pairs are one population; with more than ``max_queries`` of them a
@@ -327,8 +328,8 @@ def _iter_leakage(
         else:
             inside = picked[(picked >= offsets[k]) & (picked < offsets[k + 1])]
             rows = queries[inside - offsets[k]]
-        gen = _iter_best_similarity(x, rows, base)
-        parts.append((yield from relay(gen, lambda done, k=k: (k + done) / len(pairs))))
+        steps = _iter_best_similarity(x, rows, base, label)
+        parts.append((yield from within(steps, k / len(pairs), (k + 1) / len(pairs))))
     best = np.concatenate(parts).astype(np.float64)
     n = len(best)
     fractions = [float(np.mean(best >= t)) for t in thresholds]
@@ -363,25 +364,6 @@ def _leakage_pairs(codes: np.ndarray, direction: str) -> list[tuple[np.ndarray, 
     return [(val, test), (test, val)]
 
 
-def _run(gen: Generator[Any, None, Any]) -> Any:
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
-
-
-def relay(gen: Generator[Any, None, Any], event: Callable[[Any], Any]) -> Generator[Any, None, Any]:
-    """``yield from`` a sub-generator, passing each of its progress items through
-    ``event`` (e.g. to map its fraction into the caller's span); returns its value."""
-    while True:
-        try:
-            item = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        yield event(item)
-
-
 def eval_train_leakage(
     embeddings: np.ndarray,
     split: Sequence[Any] | np.ndarray,
@@ -412,7 +394,7 @@ def _leakage_in(
     max_queries: int | None,
     seed: int,
 ) -> Leakage | None:
-    gen = _iter_leakage(
+    steps = _iter_leakage(
         _unit_rows(embeddings),
         direction,
         _leakage_pairs(role_codes(split), direction),
@@ -420,7 +402,7 @@ def _leakage_in(
         max_queries,
         np.random.default_rng(seed),
     )
-    return _run(gen)
+    return drive(steps)
 
 
 def leakage(
@@ -663,16 +645,21 @@ def _iter_split_metrics(
     min_label_count: int,
     max_queries: int | None,
     rng: np.random.Generator,
-) -> Generator[Progress, None, SplitMetrics]:
+) -> Steps[SplitMetrics]:
     split = np.asarray(ROLES + ("",), dtype=object)[codes]  # -1 indexes the ""
     # Eval->train is by far the largest product; validation<->test a few % of it.
-    gen = _iter_leakage(
-        x, "eval->train", _leakage_pairs(codes, "eval->train"), thresholds, max_queries, rng
+    steps = _iter_leakage(
+        x,
+        "eval->train",
+        _leakage_pairs(codes, "eval->train"),
+        thresholds,
+        max_queries,
+        rng,
+        f"{name}: eval->train nearest neighbours",
     )
-    label = f"{name}: eval->train nearest neighbours"
-    eval_train = yield from relay(gen, lambda done: (0.85 * done, label))
-    yield 0.85, f"{name}: validation<->test nearest neighbours"
-    validation_test = _run(
+    eval_train = yield from within(steps, 0.0, 0.85)
+    yield Progress(0.85, f"{name}: validation<->test nearest neighbours")
+    validation_test = drive(
         _iter_leakage(
             x,
             "validation<->test",
@@ -682,7 +669,7 @@ def _iter_split_metrics(
             rng,
         )
     )
-    yield 0.92, f"{name}: diversity, coverage, groups"
+    yield Progress(0.92, f"{name}: diversity, coverage, groups")
     share, balance = eval_share(split), val_test_balance(split)
     return SplitMetrics(
         name=name,
@@ -701,6 +688,36 @@ def _iter_split_metrics(
     )
 
 
+def check_audit_knobs(
+    thresholds: Sequence[float],
+    eval_ratio: float | None,
+    validation_ratio: float | None,
+    min_label_count: int,
+    max_queries: int | None,
+    seed: int,
+) -> tuple[list[float], float | None, float | None]:
+    """Validates the knobs of `audit` (see there), so a front end can refuse bad ones
+    before it reads any data; returns the thresholds and the two ratios as floats."""
+    checked = (
+        _check_thresholds(thresholds),
+        _check_ratio("eval_ratio", eval_ratio, 0.0, 1.0),
+        _check_ratio("validation_ratio", validation_ratio, 0.0, 1.0),
+    )
+    if isinstance(min_label_count, bool) or not isinstance(min_label_count, (int, np.integer)):
+        raise ValueError(f"min_label_count must be an int >= 1, got {min_label_count!r}")
+    if min_label_count < 1:
+        raise ValueError(f"min_label_count must be an int >= 1, got {min_label_count!r}")
+    if max_queries is not None and (
+        isinstance(max_queries, bool)
+        or not isinstance(max_queries, (int, np.integer))
+        or max_queries < 1
+    ):
+        raise ValueError(f"max_queries must be None (all) or an int >= 1, got {max_queries!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    return checked
+
+
 def iter_audit(
     embeddings: np.ndarray,
     split: Sequence[Any] | np.ndarray,
@@ -715,24 +732,12 @@ def iter_audit(
     min_label_count: int = MIN_LABEL_COUNT,
     max_queries: int | None = DEFAULT_MAX_QUERIES,
     seed: int = 0,
-) -> Generator[Progress, None, AuditReport]:
-    """`audit` as a generator of (fraction done, what) events; the report is its return value."""
+) -> Steps[AuditReport]:
+    """`audit` as a generator of `Progress` events; the report is its return value."""
     clock = time.perf_counter()
-    thresholds = _check_thresholds(thresholds)
-    eval_ratio = _check_ratio("eval_ratio", eval_ratio, 0.0, 1.0)
-    validation_ratio = _check_ratio("validation_ratio", validation_ratio, 0.0, 1.0)
-    if isinstance(min_label_count, bool) or not isinstance(min_label_count, (int, np.integer)):
-        raise ValueError(f"min_label_count must be an int >= 1, got {min_label_count!r}")
-    if min_label_count < 1:
-        raise ValueError(f"min_label_count must be an int >= 1, got {min_label_count!r}")
-    if max_queries is not None and (
-        isinstance(max_queries, bool)
-        or not isinstance(max_queries, (int, np.integer))
-        or max_queries < 1
-    ):
-        raise ValueError(f"max_queries must be None (all) or an int >= 1, got {max_queries!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    thresholds, eval_ratio, validation_ratio = check_audit_knobs(
+        thresholds, eval_ratio, validation_ratio, min_label_count, max_queries, seed
+    )
     x = _unit_rows(embeddings)
     codes = role_codes(split)
     n = len(x)
@@ -761,17 +766,17 @@ def iter_audit(
     ours_gen = _iter_split_metrics(
         x, codes, "split", rng=np.random.default_rng([seed, 1]), **common
     )
-    ours = yield from relay(ours_gen, lambda event: (0.5 * event[0], event[1]))
+    ours = yield from within(ours_gen, 0.0, 0.5)
     baseline_codes = role_codes(random_split_like(np.asarray(ROLES + ("",))[codes], seed))
     base_gen = _iter_split_metrics(
         x, baseline_codes, "random", rng=np.random.default_rng([seed, 2]), **common
     )
-    baseline = yield from relay(base_gen, lambda event: (0.5 + 0.5 * event[0], event[1]))
+    baseline = yield from within(base_gen, 0.5, 1.0)
     result = None
     if previous is not None:
         split_now = np.asarray(ROLES + ("",), dtype=object)[codes]
         result = stability(previous[0], previous[1], ids, split_now)
-    yield 1.0, "done"
+    yield Progress(1.0, "done")
     return AuditReport(
         n_rows=n,
         dim=int(x.shape[1]),
@@ -804,4 +809,4 @@ def audit(
     targets of the ratio and balance errors. ``max_queries`` bounds the leakage queries per
     direction (None = all, exact). Keyword arguments are those of `iter_audit`.
     """
-    return _run(iter_audit(embeddings, split, labels, groups, **kwargs))
+    return drive(iter_audit(embeddings, split, labels, groups, **kwargs))

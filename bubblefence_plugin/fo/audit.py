@@ -1,10 +1,10 @@
 """The split audit on a FiftyOne collection: read a split and its embeddings, measure, store,
 and write a self-contained HTML report.
 
-    from bubblefence_plugin.fo.audit import latest_report, report
+    import bubblefence_plugin.fo as bf
 
-    r = report(dataset, split_source="split", html_path="audit.html", brain=True)
-    latest_report(dataset)  # the same dict, read back (also after dataset.clone())
+    r = bf.report(dataset, split_source="split", html_path="audit.html", brain=True)
+    bf.latest_report(dataset)  # the same dict, read back (also after dataset.clone())
 
 Any split can be audited, not only ours:
 
@@ -50,7 +50,8 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -60,14 +61,25 @@ import fiftyone.core.collections as foc
 import numpy as np
 
 from ..core import metrics
-from . import dataset as bfd
+from ..core.progress import Progress, ProgressCallback, Steps, drive, within
+from .embeddings import check_vector_field
+from .export import path_inside, safe_name
+from .fields import (
+    DUPLICATE_FIELD,
+    EMBEDDING_FIELD,
+    ERROR_FIELD,
+    SHELL_FIELD,
+    SPLIT_FIELD,
+    label_strings,
+    root_dataset,
+)
+from .runs import RunType, from_npy_bytes, is_locked, to_npy_bytes
+from .state import state_info
 
 logger = logging.getLogger(__name__)
 
-AUDIT_PREFIX = "bubblefence_audit_"
-AUDIT_METHOD = "bubblefence_audit"
-AUDIT_FORMAT = "bubblefence-audit"
-AUDIT_VERSION = 1
+# One run per report, keyed "bubblefence_audit_<UTC time>_<random>".
+REPORT_RUN = RunType("bubblefence_audit", "bubblefence-audit", 1, "audit_version")
 KEEP_REPORTS = 20
 TAGS_SOURCE = "tags"
 MAP_POINTS = 5000  # points drawn on the HTML report's map
@@ -84,22 +96,78 @@ SPLIT_ALIASES = {
     "testing": metrics.TEST,
 }
 # String fields BubbleFence writes that are not splits.
-_NOT_SPLITS = {"filepath", bfd.SHELL_FIELD, bfd.DUPLICATE_FIELD, bfd.ERROR_FIELD}
+_NOT_SPLITS = {"filepath", SHELL_FIELD, DUPLICATE_FIELD, ERROR_FIELD}
 
-ProgressCallback = Callable[[float, str], Any]
+
+@dataclass(frozen=True)
+class AuditOptions:
+    """What `iter_report` audits and how. Validated when made, so a bad option fails
+    before any data is read.
+
+    Args:
+        split_source: ``"tags"`` or a string field (default: ``split`` when present,
+            else tags)
+        embeddings_field: a vector field (default: the one the BubbleFence state was
+            built from, else ``bubblefence_embedding``, else the first vector field)
+        label_field: a field with one label per sample: adds label coverage
+        group_field: a field with one group per sample: adds group violations
+        thresholds: cosine similarities at which leakage is counted
+        eval_ratio: the target eval share (default: the BubbleFence config when
+            auditing our ``split`` field)
+        validation_ratio: the target validation share of eval (default: likewise)
+        min_label_count: labels with fewer samples are not expected in eval
+        max_queries: eval samples measured per direction (None: all, exact)
+        seed: of the random baseline split and the sampled queries
+        brain: also run FiftyOne Brain's ``compute_leaky_splits``
+        html_path: write the HTML report there (a file, or a folder)
+        store: keep the report as a custom run on the dataset
+    """
+
+    split_source: str | None = None
+    embeddings_field: str | None = None
+    label_field: str | None = None
+    group_field: str | None = None
+    thresholds: Sequence[float] = metrics.DEFAULT_THRESHOLDS
+    eval_ratio: float | None = None
+    validation_ratio: float | None = None
+    min_label_count: int = metrics.MIN_LABEL_COUNT
+    max_queries: int | None = metrics.DEFAULT_MAX_QUERIES
+    seed: int = 0
+    brain: bool = False
+    html_path: str | os.PathLike | None = None
+    store: bool = True
+
+    def __post_init__(self) -> None:
+        thresholds, _, _ = metrics.check_audit_knobs(
+            self.thresholds,
+            self.eval_ratio,
+            self.validation_ratio,
+            self.min_label_count,
+            self.max_queries,
+            self.seed,
+        )
+        object.__setattr__(self, "thresholds", tuple(thresholds))
 
 
 # --------------------------------------------------------------------------- reading
 
 
 def split_sources(samples: foc.SampleCollection) -> list[str]:
-    """What can be audited: ``tags`` and every top-level string field that is not ours."""
+    """What can be audited: ``tags`` and every top-level string field that is not ours.
+
+    Args:
+        samples: a dataset or view
+    """
     fields = samples.get_field_schema(ftype=fo.StringField)
     return [TAGS_SOURCE] + sorted(f for f in fields if f not in _NOT_SPLITS)
 
 
 def role_of(value: Any) -> str:
-    """train / validation / test for a split name or alias (any case), "" otherwise."""
+    """train / validation / test for a split name or alias (any case), "" otherwise.
+
+    Args:
+        value: a split field's value or a tag
+    """
     if not isinstance(value, str):
         return ""
     return SPLIT_ALIASES.get(value.strip().lower(), "")
@@ -116,10 +184,10 @@ def _roles_from_tags(tag_lists: Sequence[Sequence[str] | None]) -> tuple[np.ndar
 
 
 def _default_embeddings_field(dataset: fo.Dataset) -> str | None:
-    info = bfd.state_info(dataset)
+    info = state_info(dataset)
     stored = info.get("embeddings_field") if info else None
     vector_fields = dataset.get_field_schema(ftype=fo.VectorField)
-    for candidate in (stored, bfd.EMBEDDING_FIELD):
+    for candidate in (stored, EMBEDDING_FIELD):
         if candidate and candidate in vector_fields:
             return candidate
     return next(iter(sorted(vector_fields)), None)
@@ -130,7 +198,7 @@ def _check_field(samples: foc.SampleCollection, name: str, what: str) -> None:
     field = samples.get_field(name)
     if field is None:
         raise ValueError(
-            f"{what} {name!r} does not exist on dataset {samples._root_dataset.name!r}; "
+            f"{what} {name!r} does not exist on dataset {root_dataset(samples).name!r}; "
             f"fields: {sorted(samples.get_field_schema())}"
         )
     single = isinstance(field, (fo.StringField, fo.IntField)) or (
@@ -146,7 +214,7 @@ def _check_field(samples: foc.SampleCollection, name: str, what: str) -> None:
 
 def _resolve_source(samples: foc.SampleCollection, split_source: str | None) -> str:
     if split_source is None:
-        return bfd.SPLIT_FIELD if samples.has_field(bfd.SPLIT_FIELD) else TAGS_SOURCE
+        return SPLIT_FIELD if samples.has_field(SPLIT_FIELD) else TAGS_SOURCE
     if split_source == TAGS_SOURCE:
         return split_source
     field = samples.get_field(split_source)
@@ -169,71 +237,151 @@ def report(
     group_field: str | None = None,
     *,
     progress: ProgressCallback | None = None,
-    **kwargs: Any,
+    **options: Any,
 ) -> dict[str, Any]:
     """Audits the split of ``samples`` (a dataset or view) and returns the JSON-able report.
 
-    ``split_source``: ``"tags"`` or a string field (default: ``split`` when present, else
-    tags). ``embeddings_field``: a vector field (default: the one the BubbleFence state was
-    built from, else ``bubblefence_embedding``, else the first vector field). Optional
-    ``label_field`` / ``group_field`` add label coverage and group violations. Keyword
-    arguments: ``thresholds``, ``eval_ratio`` / ``validation_ratio`` (targets; default: the
-    BubbleFence config when auditing our ``split`` field), ``min_label_count``,
-    ``max_queries``, ``seed`` (see `bubblefence_plugin.core.metrics.audit`), ``brain`` (also run
-    FiftyOne Brain's ``compute_leaky_splits``), ``html_path`` (write the HTML report there),
-    ``store`` (keep it as a custom run, default True).
+    Any split can be audited, not only ours: a string field or the sample tags. The
+    measures (`bubblefence_plugin.core.metrics.audit`) are computed for the split and
+    for a seeded random split at the same ratios.
+
+    Example usage::
+
+        import bubblefence_plugin.fo as bf
+
+        r = bf.report(dataset, "split", html_path="audit.html", brain=True)
+        for row in bf.summary_rows(r):
+            print(row["metric"], row["split"], row["baseline"])
+        bf.latest_report(dataset)  # the same dict, read back (also after dataset.clone())
+
+    Args:
+        samples: a dataset or view
+        split_source: see `AuditOptions`
+        embeddings_field: see `AuditOptions`
+        label_field: see `AuditOptions`
+        group_field: see `AuditOptions`
+        progress: called as ``progress(fraction, label)`` while the audit runs
+        **options: the other fields of `AuditOptions` (``thresholds``, ``eval_ratio``,
+            ``brain``, ``html_path``, ``store``...)
+
+    Returns:
+        the report; its layout is described in `latest_report`
     """
-    gen = iter_report(samples, split_source, embeddings_field, label_field, group_field, **kwargs)
-    return bfd.drive(gen, progress)
+    audit_options = AuditOptions(
+        split_source=split_source,
+        embeddings_field=embeddings_field,
+        label_field=label_field,
+        group_field=group_field,
+        **options,
+    )
+    return drive(iter_report(samples, audit_options), progress)
 
 
 def iter_report(
-    samples: foc.SampleCollection,
-    split_source: str | None = None,
-    embeddings_field: str | None = None,
-    label_field: str | None = None,
-    group_field: str | None = None,
-    *,
-    thresholds: Sequence[float] = metrics.DEFAULT_THRESHOLDS,
-    eval_ratio: float | None = None,
-    validation_ratio: float | None = None,
-    min_label_count: int = metrics.MIN_LABEL_COUNT,
-    max_queries: int | None = metrics.DEFAULT_MAX_QUERIES,
-    seed: int = 0,
-    brain: bool = False,
-    html_path: str | os.PathLike | None = None,
-    store: bool = True,
-) -> Generator[bfd.Progress, None, dict[str, Any]]:
-    """`report` as a generator of `Progress` events; the report is the return value."""
+    samples: foc.SampleCollection, options: AuditOptions | None = None
+) -> Steps[dict[str, Any]]:
+    """`report` as a generator of `Progress` events; the report is the return value.
+
+    Args:
+        samples: a dataset or view
+        options: what to audit and how (default: `AuditOptions()`)
+    """
+    options = options or AuditOptions()
+    plan = _plan(samples, options)
+    yield Progress(0.0, f"Reading {plan.embeddings_field!r} and the split ({plan.source})")
+    rows = _read_rows(samples, plan, options)
+    measure = _iter_measure(plan, rows, options)
+    measured = yield from within(measure, 0.05, 0.8 if options.brain else 0.95)
+    created = datetime.now(timezone.utc)
+    result = _report_dict(plan, rows, options, measured, created)
+    if options.brain:
+        yield Progress(0.8, "FiftyOne Brain compute_leaky_splits")
+        result["brain"] = brain_comparison(
+            samples,
+            plan.source,
+            plan.embeddings_field,
+            measured.thresholds,
+            rows.ids,
+            rows.roles,
+            rows.x,
+        )
+    if options.html_path:
+        yield Progress(0.96, "Writing the HTML report")
+        points = _map_points(rows.x, rows.roles, options.seed)
+        result["html_path"] = write_html(result, options.html_path, points)
+    if options.store:
+        yield Progress(0.98, "Storing the report")
+        result["run_key"] = _store(plan.dataset, result, rows.ids, rows.roles, created)
+    yield Progress(1.0, "Done")
+    return result
+
+
+@dataclass
+class _Plan:
+    """The options resolved against the collection: what is read and compared."""
+
+    dataset: fo.Dataset
+    source: str  # "tags" or a string field
+    embeddings_field: str
+    is_bubblefence_split: bool  # our split field, with the state's targets
+    eval_ratio: float | None
+    validation_ratio: float | None
+    warnings: list[str]
+
+
+@dataclass
+class _Rows:
+    """The audited rows: the samples with a usable embedding, with or without a split."""
+
+    ids: np.ndarray
+    roles: np.ndarray  # train/validation/test, "" for no split
+    x: np.ndarray  # unit embeddings
+    labels: np.ndarray | None
+    groups: np.ndarray | None
+    n_collection: int
+    n_without_embedding: int  # samples with a split but no usable embedding
+    n_conflicting_tags: int
+    other_values: Counter[str]  # split field values that are no split
+
+
+def _plan(samples: foc.SampleCollection, options: AuditOptions) -> _Plan:
+    """Checks the fields the options name and fills in the defaults; reads no samples."""
     if not isinstance(samples, foc.SampleCollection):
         raise ValueError(f"expected a FiftyOne dataset or view, got {type(samples).__name__}")
-    dataset = samples._root_dataset
-    source = _resolve_source(samples, split_source)
-    embeddings_field = embeddings_field or _default_embeddings_field(dataset)
+    dataset = root_dataset(samples)
+    source = _resolve_source(samples, options.split_source)
+    embeddings_field = options.embeddings_field or _default_embeddings_field(dataset)
     if not embeddings_field:
         raise ValueError(
             f"dataset {dataset.name!r} has no vector field to audit with; run the "
             "BubbleFence split first, or compute embeddings into a vector field"
         )
-    bfd._field_vectors(dataset, embeddings_field)
-    for name, what in ((label_field, "label_field"), (group_field, "group_field")):
+    check_vector_field(dataset, embeddings_field)
+    for name, what in ((options.label_field, "label_field"), (options.group_field, "group_field")):
         if name:
             _check_field(samples, name, what)
-    state = bfd.state_info(dataset)
-    ours = source == bfd.SPLIT_FIELD and state is not None
+    state = state_info(dataset)
+    ours = source == SPLIT_FIELD and state is not None
+    eval_ratio, validation_ratio = options.eval_ratio, options.validation_ratio
     if ours and eval_ratio is None:
         eval_ratio = state["config"].get("eval_ratio")
     if ours and validation_ratio is None:
         validation_ratio = state["config"].get("validation_ratio")
     warnings = []
-    if bfd.is_locked(dataset):
+    if is_locked(dataset):
         warnings.append(
             "a BubbleFence run held this dataset during the audit: figures may mix rounds"
         )
+    return _Plan(dataset, source, embeddings_field, ours, eval_ratio, validation_ratio, warnings)
 
-    yield bfd.Progress(0.0, f"Reading {embeddings_field!r} and the split ({source})")
-    columns = ["id", embeddings_field, "tags" if source == TAGS_SOURCE else source]
-    columns += [f for f in (label_field, group_field) if f]
+
+def _read_rows(samples: foc.SampleCollection, plan: _Plan, options: AuditOptions) -> _Rows:
+    """Reads the split, the embeddings and the labels/groups; notes what is left out."""
+    from ..embedder import embeddings_from_array
+
+    source = plan.source
+    columns = ["id", plan.embeddings_field, "tags" if source == TAGS_SOURCE else source]
+    columns += [f for f in (options.label_field, options.group_field) if f]
     values = dict(zip(columns, samples.values(columns), strict=True))
     ids = np.asarray(values["id"], dtype=object)
     if source == TAGS_SOURCE:
@@ -243,86 +391,83 @@ def iter_report(
         roles = np.asarray([role_of(v) for v in values[source]], dtype=object)
         n_conflicts = 0
         other = Counter(str(v) for v, r in zip(values[source], roles, strict=True) if not r)
-    from ..embedder import embeddings_from_array
-
-    checked = embeddings_from_array(values[embeddings_field])
+    checked = embeddings_from_array(values[plan.embeddings_field])
     rows = np.flatnonzero(checked.ok)
     n_without = int(np.sum((roles != "") & ~checked.ok))
     if n_without:
-        warnings.append(
-            f"{n_without} samples with a split have no usable {embeddings_field!r} "
+        plan.warnings.append(
+            f"{n_without} samples with a split have no usable {plan.embeddings_field!r} "
             "(missing, wrong dimension, NaN or zero): left out of every measure"
         )
     if n_conflicts:
-        warnings.append(f"{n_conflicts} samples carry two split tags: left out")
+        plan.warnings.append(f"{n_conflicts} samples carry two split tags: left out")
     if not (roles[rows] != "").any():
         raise ValueError(
             f"nothing to audit: no sample of this collection ({len(ids)} samples) has both a "
             f"split in {source!r} (train/validation/test or an alias) and a usable "
-            f"{embeddings_field!r} embedding"
+            f"{plan.embeddings_field!r} embedding"
         )
-    x = checked.embeddings
-    roles, ids = roles[rows], ids[rows]
     labels, groups = (
-        bfd.label_strings(np.asarray(values[f], dtype=object)[rows]) if f else None
-        for f in (label_field, group_field)
+        label_strings(np.asarray(values[f], dtype=object)[rows]) if f else None
+        for f in (options.label_field, options.group_field)
     )
-    del values
-
-    previous = _previous_snapshot(dataset, source)
-    span = (0.05, 0.8 if brain else 0.95)
-    gen = metrics.iter_audit(
-        x,
-        roles,
-        labels,
-        groups,
-        ids=ids.astype(str),
-        previous=previous,
-        thresholds=thresholds,
-        eval_ratio=eval_ratio,
-        validation_ratio=validation_ratio,
-        min_label_count=min_label_count,
-        max_queries=max_queries,
-        seed=seed,
-    )
-    measured = yield from metrics.relay(
-        gen, lambda event: bfd.Progress(span[0] + (span[1] - span[0]) * event[0], event[1])
+    return _Rows(
+        ids=ids[rows],
+        roles=roles[rows],
+        x=checked.embeddings,
+        labels=labels,
+        groups=groups,
+        n_collection=len(checked.ok),
+        n_without_embedding=n_without,
+        n_conflicting_tags=n_conflicts,
+        other_values=other,
     )
 
-    created = datetime.now(timezone.utc)
-    result: dict[str, Any] = {
+
+def _iter_measure(plan: _Plan, rows: _Rows, options: AuditOptions) -> Steps[metrics.AuditReport]:
+    """The core's measures of the rows, with stability against the previous report."""
+    return metrics.iter_audit(
+        rows.x,
+        rows.roles,
+        rows.labels,
+        rows.groups,
+        ids=rows.ids.astype(str),
+        previous=_previous_snapshot(plan.dataset, plan.source),
+        thresholds=options.thresholds,
+        eval_ratio=plan.eval_ratio,
+        validation_ratio=plan.validation_ratio,
+        min_label_count=options.min_label_count,
+        max_queries=options.max_queries,
+        seed=options.seed,
+    )
+
+
+def _report_dict(
+    plan: _Plan,
+    rows: _Rows,
+    options: AuditOptions,
+    measured: metrics.AuditReport,
+    created: datetime,
+) -> dict[str, Any]:
+    return {
         "run_key": None,
         "created_at": created.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-        "dataset": dataset.name,
-        "source": source,
-        "is_bubblefence_split": ours,
-        "embeddings_field": embeddings_field,
-        "label_field": label_field,
-        "group_field": group_field,
-        "n_collection": len(checked.ok),
-        "n_audited": len(rows),
-        "n_without_embedding": n_without,
-        "n_conflicting_tags": n_conflicts,
-        "other_values": [[v, int(c)] for v, c in other.most_common(10)],
-        "warnings": warnings,
+        "dataset": plan.dataset.name,
+        "source": plan.source,
+        "is_bubblefence_split": plan.is_bubblefence_split,
+        "embeddings_field": plan.embeddings_field,
+        "label_field": options.label_field,
+        "group_field": options.group_field,
+        "n_collection": rows.n_collection,
+        "n_audited": len(rows.ids),
+        "n_without_embedding": rows.n_without_embedding,
+        "n_conflicting_tags": rows.n_conflicting_tags,
+        "other_values": [[v, int(c)] for v, c in rows.other_values.most_common(10)],
+        "warnings": plan.warnings,
         "metrics": measured.to_dict(),
         "brain": None,
         "html_path": None,
     }
-    if brain:
-        yield bfd.Progress(0.8, "FiftyOne Brain compute_leaky_splits")
-        result["brain"] = brain_comparison(
-            samples, source, embeddings_field, measured.thresholds, ids, roles, x
-        )
-    if html_path:
-        yield bfd.Progress(0.96, "Writing the HTML report")
-        points = _map_points(x, roles, seed)
-        result["html_path"] = write_html(result, html_path, points)
-    if store:
-        yield bfd.Progress(0.98, "Storing the report")
-        result["run_key"] = _store(dataset, result, ids, roles, created)
-    yield bfd.Progress(1.0, "Done")
-    return result
 
 
 # --------------------------------------------------------------------------- FiftyOne Brain
@@ -339,8 +484,17 @@ def brain_comparison(
 ) -> dict[str, Any]:
     """Runs ``compute_leaky_splits`` on the audited samples and counts ours in its meaning.
 
-    ``ids``/``roles``/``x`` are the audited rows (``x`` unit embeddings). One Brain run
-    builds the index; ``find_leaks`` is repeated at distance ``1 - t`` for each threshold.
+    One Brain run builds the index; ``find_leaks`` is repeated at distance ``1 - t``
+    for each threshold.
+
+    Args:
+        samples: the audited dataset or view
+        source: its split source (``"tags"`` or a string field)
+        embeddings_field: the vector field the Brain reads
+        thresholds: cosine similarities
+        ids: the audited rows' sample ids
+        roles: their train/validation/test roles ("" for none)
+        x: their unit embeddings
     """
     import fiftyone.brain as fob
 
@@ -396,37 +550,31 @@ def brain_comparison(
 
 
 def _audit_runs(dataset: fo.Dataset) -> list[tuple[str, dict[str, Any]]]:
-    """(key, config params) of the stored reports, newest first."""
-    found = []
-    for key in dataset.list_runs(method=AUDIT_METHOD):
-        if not key.startswith(AUDIT_PREFIX):
-            continue
-        params = bfd._run_params(dataset, key)
-        if params.get("format") == AUDIT_FORMAT:
-            found.append((key, params))
+    """(key, parameters) of the stored reports, newest first."""
+    found = REPORT_RUN.stored(dataset)
     found.sort(key=lambda item: (item[1].get("created_at", ""), item[0]), reverse=True)
     return found
 
 
 def _store(
-    dataset: fo.Dataset, result: dict[str, Any], ids: np.ndarray, roles: np.ndarray, created
+    dataset: fo.Dataset,
+    result: dict[str, Any],
+    ids: np.ndarray,
+    roles: np.ndarray,
+    created: datetime,
 ) -> str:
-    key = f"{AUDIT_PREFIX}{created.strftime('%Y%m%dT%H%M%S%f')}_{uuid.uuid4().hex[:6]}"
+    """Stores the report as a new run, with the ids and roles it measured (for the next
+    report's stability); drops the oldest beyond `KEEP_REPORTS`. Returns the run key."""
+    key = f"{REPORT_RUN.key}_{created.strftime('%Y%m%dT%H%M%S%f')}_{uuid.uuid4().hex[:6]}"
     result["run_key"] = key
-    config = dataset.init_run(
-        method=AUDIT_METHOD,
-        format=AUDIT_FORMAT,
-        audit_version=AUDIT_VERSION,
-        created_at=result["created_at"],
-        source=result["source"],
-        report=result,
+    params = REPORT_RUN.new_params(
+        created_at=result["created_at"], source=result["source"], report=result
     )
-    dataset.register_run(key, config)
     snapshot = {
-        "ids": bfd.to_npy_bytes(np.asarray(ids, dtype="S24")),
-        "roles": bfd.to_npy_bytes(metrics.role_codes(roles)),
+        "ids": to_npy_bytes(np.asarray(ids, dtype="S24")),
+        "roles": to_npy_bytes(metrics.role_codes(roles)),
     }
-    dataset.save_run_results(key, dataset.init_run_results(key, **snapshot), cache=False)
+    REPORT_RUN.put(dataset, params, snapshot, key=key)
     for old, _ in _audit_runs(dataset)[KEEP_REPORTS:]:
         dataset.delete_run(old)
     return key
@@ -438,9 +586,9 @@ def _previous_snapshot(dataset: fo.Dataset, source: str) -> tuple[np.ndarray, np
         if params.get("source") != source:
             continue
         try:
-            results = dataset.load_run_results(key, cache=False, load_view=False)
-            ids = bfd.from_npy_bytes(results.ids).astype(str)
-            codes = bfd.from_npy_bytes(results.roles)
+            results = REPORT_RUN.results(dataset, key)
+            ids = from_npy_bytes(results.ids).astype(str)
+            codes = from_npy_bytes(results.roles)
         except Exception as e:  # a report without its snapshot: skip it, say why
             logger.warning("BubbleFence report %s has no readable snapshot (%s)", key, e)
             continue
@@ -450,11 +598,14 @@ def _previous_snapshot(dataset: fo.Dataset, source: str) -> tuple[np.ndarray, np
 
 
 def list_reports(samples: foc.SampleCollection) -> list[dict[str, Any]]:
-    """Stored reports of the dataset, newest first: run key, time, source."""
-    dataset = samples._root_dataset
+    """Stored reports of the dataset, newest first: run key, time, source.
+
+    Args:
+        samples: a dataset or view; the reports are its dataset's
+    """
     return [
         {"run_key": key, "created_at": p.get("created_at"), "source": p.get("source")}
-        for key, p in _audit_runs(dataset)
+        for key, p in _audit_runs(root_dataset(samples))
     ]
 
 
@@ -469,8 +620,11 @@ def latest_report(samples: foc.SampleCollection) -> dict[str, Any] | None:
     ``validation_test`` (``fraction``/``stderr``/``count`` lists aligned with
     ``thresholds``, ``similarity`` mean/p50/p95/max, ``histogram``), ``coverage``,
     ``groups``, ``diversity`` per split; ``stability`` against the previous report.
+
+    Args:
+        samples: a dataset or view; the reports are its dataset's
     """
-    dataset = samples._root_dataset
+    dataset = root_dataset(samples)
     dataset.reload()  # another process (a delegated worker) may have stored one
     runs = _audit_runs(dataset)
     return runs[0][1].get("report") if runs else None
@@ -508,20 +662,30 @@ def _diversity_cell(block: dict[str, Any]) -> str:
 
 
 def summary_rows(result: dict[str, Any]) -> list[dict[str, str]]:
-    """The compact table of a report: one row per measure, ours beside the random baseline."""
+    """The compact table of a report: one row per measure, ours beside the random baseline.
+
+    Args:
+        result: a report (`report`, `latest_report`)
+
+    Returns:
+        rows of ``{"key", "metric", "split", "baseline"}`` strings; ``key`` names the
+        measure for code (``leakage_eval_train@0.95``...), ``metric`` for people
+    """
     m = result["metrics"]
     ours, base = m["split"], m["baseline"]
     rows: list[dict[str, str]] = []
 
-    def add(metric: str, f: Callable[[dict[str, Any]], str], baseline: bool = True) -> None:
-        rows.append({"metric": metric, "split": f(ours), "baseline": f(base) if baseline else "—"})
+    def add(key: str, metric: str, f: Callable[[dict[str, Any]], str]) -> None:
+        rows.append({"key": key, "metric": metric, "split": f(ours), "baseline": f(base)})
 
     add(
+        "counts",
         "Samples train / validation / test",
         lambda b: "{train} / {validation} / {test}".format(**b["counts"]),
     )
     target = m["eval_ratio"]
     add(
+        "eval_share",
         f"Eval share (target {target:.2f})" if target is not None else "Eval share",
         lambda b: (
             _share(b["eval_share"])
@@ -530,19 +694,30 @@ def summary_rows(result: dict[str, Any]) -> list[dict[str, str]]:
     )
     target = m["validation_ratio"]
     add(
+        "validation_share",
         f"Validation / eval (target {target:.2f})" if target is not None else "Validation / eval",
         lambda b: _share(b["validation_share"]),
     )
     for k, t in enumerate(m["thresholds"]):
-        add(f"Leakage@{t:g} eval→train", lambda b, k=k: _leak_cell(b["eval_train"], k))
+        add(
+            f"leakage_eval_train@{t:g}",
+            f"Leakage@{t:g} eval→train",
+            lambda b, k=k: _leak_cell(b["eval_train"], k),
+        )
     add(
+        "similarity_eval_train",
         "NN similarity eval→train mean / p50 / p95 / max",
         lambda b: _similarity_cell(b["eval_train"]),
     )
     for k, t in enumerate(m["thresholds"]):
-        add(f"Leakage@{t:g} validation↔test", lambda b, k=k: _leak_cell(b["validation_test"], k))
+        add(
+            f"leakage_validation_test@{t:g}",
+            f"Leakage@{t:g} validation↔test",
+            lambda b, k=k: _leak_cell(b["validation_test"], k),
+        )
     if ours["coverage"] is not None:
         add(
+            "label_coverage",
             f"Labels (≥{ours['coverage']['min_count']}) in eval / validation / test",
             lambda b: "{e} / {v} / {t} of {n}".format(
                 e=b["coverage"]["covered"]["eval"],
@@ -553,15 +728,17 @@ def summary_rows(result: dict[str, Any]) -> list[dict[str, str]]:
         )
     if ours["groups"] is not None:
         add(
+            "group_violations",
             "Group violations (train and eval)",
             lambda b: f"{b['groups']['n_violations']} of {b['groups']['n_groups']} groups",
         )
-    add("Diversity score train / validation / test", _diversity_cell)
+    add("diversity", "Diversity score train / validation / test", _diversity_cell)
     stability = m["stability"]
     if stability is not None:
         share = stability["share_unchanged"]
         rows.append(
             {
+                "key": "stability",
                 "metric": "Stability since the previous report",
                 "split": "—"
                 if share is None
@@ -573,6 +750,7 @@ def summary_rows(result: dict[str, Any]) -> list[dict[str, str]]:
     for row in (brain or {}).get("rows", []):
         rows.append(
             {
+                "key": f"brain_leaks@{row['distance']:g}",
                 "metric": f"FiftyOne Brain leaks @ distance {row['distance']:g} "
                 "(ours in its meaning)",
                 "split": f"{row['brain_leaks']} ({row['ours_same_meaning']})",
@@ -686,7 +864,12 @@ def _diversity_rows(m: dict[str, Any]) -> list[list[str]]:
 
 
 def render_html(result: dict[str, Any], points: dict[str, list] | None = None) -> str:
-    """The report as one self-contained HTML page (tables and an inline plotly figure)."""
+    """The report as one self-contained HTML page (tables and an inline plotly figure).
+
+    Args:
+        result: a report
+        points: the 2-D map's points (``x``, ``y``, ``split`` lists), or None for no map
+    """
     m = result["metrics"]
     esc = html.escape
     parts = [
@@ -760,13 +943,22 @@ def render_html(result: dict[str, Any], points: dict[str, list] | None = None) -
 def write_html(
     result: dict[str, Any], path: str | os.PathLike, points: dict[str, list] | None = None
 ) -> str:
-    """Writes `render_html` to ``path`` (a file, or a folder to put a named file in); atomic."""
+    """Writes `render_html` to ``path`` (a file, or a folder to put a named file in); atomic.
+
+    Args:
+        result: a report
+        path: an ``.html`` file, or a folder
+        points: as for `render_html`
+
+    Returns:
+        the path written
+    """
     target = Path(path).expanduser().resolve()
     if target.is_dir():
         # The dataset name is the user's; as a file name it must not leave the folder.
         stamp = result["created_at"].replace(":", "").replace("-", "").split(".")[0]
-        name = bfd.safe_name(result["dataset"], "dataset")
-        target = bfd.path_inside(target, target / f"bubblefence-report-{name}-{stamp}.html")
+        name = safe_name(result["dataset"], "dataset")
+        target = path_inside(target, target / f"bubblefence-report-{name}-{stamp}.html")
     if target.suffix.lower() not in (".html", ".htm"):
         target = target.with_suffix(target.suffix + ".html")
     page = render_html(result, points)

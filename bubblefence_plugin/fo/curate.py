@@ -19,7 +19,7 @@ assigns those samples as new ones.
 from __future__ import annotations
 
 import os
-from collections.abc import Generator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import fiftyone as fo
@@ -34,18 +34,32 @@ from ..core.curation import (
     select,
     typicality,
 )
-from . import dataset as bfd
-from .dataset import EXCLUDED_TAG, Progress, ProgressCallback
+from ..core.progress import Progress, ProgressCallback, Steps, drive
+from .embeddings import check_vector_field, read_embeddings
+from .fields import (
+    EMBEDDING_FIELD,
+    EXCLUDED_TAG,
+    SPLIT_FIELD,
+    SPLIT_TAGS,
+    check_collection,
+    clear_excluded_fields,
+    declare_fields,
+    label_source,
+    label_strings,
+    root_dataset,
+)
+from .runs import RunLock, RunType, from_npy_bytes, to_npy_bytes
+from .state import STATE_RUN, leave_split_if_excluded, load_state, save_state, state_info
 
 TYPICALITY_FIELD = "bubblefence_typicality"
 REGION_FIELD = "bubblefence_region"
 REASON_FIELD = "bubblefence_exclusion_reason"
-REGIONS_KEY = "bubblefence_regions"
-REGIONS_FORMAT = "bubblefence-regions"
+REGIONS_RUN = RunType("bubblefence_regions", "bubblefence-regions", 1, "regions_version")
+REGIONS_KEY = REGIONS_RUN.key
 DEFAULT_TAG = "bubblefence_sample"
 SCORE_FIELDS = {TYPICALITY_FIELD: fo.FloatField, REGION_FIELD: fo.IntField}
 # Tags a pick may not take: they carry the split's or the exclusion's meaning.
-RESERVED_TAGS = (*bfd.SPLIT_TAGS, EXCLUDED_TAG)
+RESERVED_TAGS = (*SPLIT_TAGS, EXCLUDED_TAG)
 
 
 # --------------------------------------------------------------------------- sample
@@ -72,14 +86,43 @@ def sample(
 ) -> dict[str, Any]:
     """Tags ``count`` samples of ``samples`` picked by ``strategy``; returns a summary.
 
-    ``strategy`` is one name of `curation.STRATEGIES` or several, each at strength 1
-    unless ``strengths`` says otherwise (``strengths`` alone also works). Options:
-    ``from_split`` picks only among that split's samples (e.g. the most diverse train
-    samples to label first); ``start_from`` (a tag or split) counts those samples as
-    already picked, so ``diverse`` adds what they lack; ``label_field`` and ``target``
-    serve ``balance``, ``query_tag`` serves ``similar``, ``metadata_field`` (numeric)
-    serves ``metadata``. Every sample read gets ``bubblefence_typicality`` and
-    ``bubblefence_region``. Everything is validated before anything is written.
+    Every sample read gets ``bubblefence_typicality`` and ``bubblefence_region``.
+    Everything is validated before anything is written; samples tagged ``excluded``
+    are never read, scored or picked.
+
+    Example usage::
+
+        import bubblefence_plugin.fo as bf
+
+        # the 100 most diverse train samples, to label first
+        bf.sample(dataset, "diverse", count=100, tag="to_label", from_split="train")
+
+        # spread over the space, but favouring typical samples: strengths weigh them
+        bf.sample(dataset, strengths={"diverse": 1.0, "typical": 0.5}, count=50, tag="mix")
+
+    Args:
+        samples: a dataset or view
+        strategy: one name of `bubblefence_plugin.core.curation.STRATEGIES` or several,
+            each at strength 1 unless ``strengths`` says otherwise
+        count: how many samples to pick
+        tag: the tag the pick gets; it must not exist yet unless ``replace``
+        strengths: strategy -> strength (alone, it also names the strategies)
+        embeddings_field: the vector field (default: the split's, else
+            ``bubblefence_embedding``)
+        from_split: pick only among that split's samples
+        start_from: a tag or split whose samples count as already picked, so
+            ``diverse`` adds what they lack
+        label_field: one label per sample, for ``balance``
+        target: ``balance``'s target: ``uniform``, ``input`` or shares per label
+        query_tag: the tag of the query samples, for ``similar``
+        metadata_field: a numeric field, for ``metadata``
+        seed: of every random choice
+        k: neighbours of the typicality score
+        replace: move an existing ``tag`` to this pick
+        progress: called as ``progress(fraction, label)`` while picking
+
+    Returns:
+        a JSON-able summary: ``n_picked``, ``picked_ids``, ``quotas``, ``message``...
     """
     gen = iter_sample(
         samples,
@@ -98,7 +141,7 @@ def sample(
         k=k,
         replace=replace,
     )
-    return bfd.drive(gen, progress)
+    return drive(gen, progress)
 
 
 def iter_sample(
@@ -118,9 +161,14 @@ def iter_sample(
     seed: int = 0,
     k: int = TYPICALITY_K,
     replace: bool = False,
-) -> Generator[Progress, None, dict[str, Any]]:
-    """`sample` as a generator of `Progress` events; the summary is its return value."""
-    dataset = bfd._check_collection(samples)
+) -> Steps[dict[str, Any]]:
+    """`sample` as a generator of `Progress` events; the summary is its return value.
+
+    Args:
+        samples: a dataset or view
+        strategy: as for `sample`; so are ``count``, ``tag`` and the keyword arguments
+    """
+    dataset = check_collection(samples)
     request = make_request(strategy, strengths, count, seed=seed, k=k, target=target)
     field = _embeddings_field(dataset, embeddings_field)
     _check_tag(dataset, tag, replace)
@@ -128,12 +176,12 @@ def iter_sample(
     metadata_path = _numeric_path(dataset, metadata_field) if metadata_field else None
     if "metadata" in request.active and not metadata_path:
         raise ValueError("strategy metadata needs metadata_field (a numeric field)")
-    _check_score_fields(dataset)
+    declare_fields(dataset, SCORE_FIELDS)
 
-    with bfd.RunLock(dataset, "sample") as lock:
+    with RunLock(dataset, "sample") as lock:
         yield Progress(0.02, "Reading embeddings")
         ids = samples.match_tags(EXCLUDED_TAG, bool=False).values("id")
-        ok_ids, x, errors = bfd._read_embeddings(dataset, ids, field, None)
+        ok_ids, x, errors = read_embeddings(dataset, ids, field, None)
         if len(ok_ids) < 2:
             raise ValueError(
                 f"{len(ok_ids)} of the {len(ids)} samples have a usable embedding in "
@@ -142,7 +190,7 @@ def iter_sample(
         ordered = dataset.select(ok_ids, ordered=True)
         eligible = np.ones(len(ok_ids), bool)
         if from_split:
-            eligible &= np.asarray(ordered.values(bfd.SPLIT_FIELD), dtype=object) == from_split
+            eligible &= np.asarray(ordered.values(SPLIT_FIELD), dtype=object) == from_split
         start = None
         for name in (start_from, query_tag):
             if name:  # never re-pick what counts as picked, nor the query itself
@@ -219,7 +267,14 @@ def make_request(
     count: int,
     **knobs: Any,
 ) -> CurationRequest:
-    """The validated request: each named strategy at strength 1 unless ``strengths`` says."""
+    """The validated request: each named strategy at strength 1 unless ``strengths`` says.
+
+    Args:
+        strategy: a strategy name, several, or None
+        strengths: strategy -> strength, or None
+        count: how many samples to pick
+        **knobs: further `CurationRequest` fields (``seed``, ``k``, ``target``)
+    """
     names = [strategy] if isinstance(strategy, str) else list(strategy or [])
     unknown = [n for n in names if n not in STRATEGIES]
     if unknown:
@@ -230,7 +285,11 @@ def make_request(
 
 
 def parse_target(text: str | dict[str, float]) -> str | dict[str, float]:
-    """``uniform``, ``input``, or explicit shares written ``cat: 0.5, dog: 0.5``."""
+    """``balance``'s target from text: ``uniform``, ``input``, or explicit shares.
+
+    Args:
+        text: ``uniform``, ``input``, shares written ``cat: 0.5, dog: 0.5``, or a dict
+    """
     if isinstance(text, dict) or text in BALANCE_TARGETS:
         return text
     shares: dict[str, float] = {}
@@ -251,10 +310,10 @@ def parse_target(text: str | dict[str, float]) -> str | dict[str, float]:
 
 
 def _embeddings_field(dataset: fo.Dataset, name: str | None) -> str:
-    """The named vector field, else the split's, else `bfd.EMBEDDING_FIELD`; checked."""
-    info = bfd.state_info(dataset) or {}
-    field = name or info.get("embeddings_field") or bfd.EMBEDDING_FIELD
-    bfd._field_vectors(dataset, field)
+    """The named vector field, else the split's, else `EMBEDDING_FIELD`; checked."""
+    info = state_info(dataset) or {}
+    field = name or info.get("embeddings_field") or EMBEDDING_FIELD
+    check_vector_field(dataset, field)
     return field
 
 
@@ -278,9 +337,9 @@ def _check_options(
     label_field: str | None,
     query_tag: str | None,
 ) -> None:
-    if from_split is not None and from_split not in bfd.SPLIT_TAGS:
-        raise ValueError(f"from_split={from_split!r}; use one of {bfd.SPLIT_TAGS} or None")
-    if from_split and not dataset.has_field(bfd.SPLIT_FIELD):
+    if from_split is not None and from_split not in SPLIT_TAGS:
+        raise ValueError(f"from_split={from_split!r}; use one of {SPLIT_TAGS} or None")
+    if from_split and not dataset.has_field(SPLIT_FIELD):
         raise ValueError(f"from_split={from_split!r}, but {dataset.name!r} has no split yet")
     tags = dataset.count_sample_tags()
     if start_from and not tags.get(start_from):
@@ -292,7 +351,7 @@ def _check_options(
     if "balance" in request.active and not label_field:
         raise ValueError("strategy balance needs label_field (one label per sample)")
     if label_field:
-        _, multi = bfd._label_source(dataset, label_field, "label_field")
+        _, multi = label_source(dataset, label_field, "label_field")
         if multi:
             raise ValueError(
                 f"label_field={label_field!r} holds several labels per sample; balance needs "
@@ -308,34 +367,21 @@ def _numeric_path(dataset: fo.Dataset, name: str) -> str:
     return name
 
 
-def _check_score_fields(dataset: fo.Dataset) -> None:
-    """Declares the score fields; a user field of the same name and another type is refused."""
-    for name, ftype in SCORE_FIELDS.items():
-        field = dataset.get_field(name)
-        if field is None:
-            dataset.add_sample_field(name, ftype)
-        elif not isinstance(field, ftype):
-            raise ValueError(
-                f"field {name!r} is a {type(field).__name__}; BubbleFence writes a "
-                f"{ftype.__name__} there. Rename or delete it first"
-            )
-
-
 def _tagged_ids(dataset: fo.Dataset, name: str) -> list[str]:
     """Samples with this tag; a split name also matches the ``split`` field."""
-    if name in bfd.SPLIT_TAGS and dataset.has_field(bfd.SPLIT_FIELD):
-        return dataset.match(fo.ViewField(bfd.SPLIT_FIELD) == name).values("id")
+    if name in SPLIT_TAGS and dataset.has_field(SPLIT_FIELD):
+        return dataset.match(fo.ViewField(SPLIT_FIELD) == name).values("id")
     return dataset.match_tags(name).values("id")
 
 
 def _vectors(dataset: fo.Dataset, ids: list[str], field: str, dim: int) -> np.ndarray:
-    _, x, _ = bfd._read_embeddings(dataset, ids, field, dim)
+    _, x, _ = read_embeddings(dataset, ids, field, dim)
     return x
 
 
 def _single_labels(ordered: foc.SampleCollection, label_field: str) -> np.ndarray:
-    path, _ = bfd._label_source(ordered._root_dataset, label_field, "label_field")
-    return bfd.label_strings(ordered.values(path))
+    path, _ = label_source(root_dataset(ordered), label_field, "label_field")
+    return label_strings(ordered.values(path))
 
 
 def _no_candidates(from_split: str | None, start_from: str | None, query_tag: str | None) -> str:
@@ -380,36 +426,37 @@ def _assign_regions(
     if len(todo):
         index, ids = index.assign(x[todo])
         current[todo] = ids
-    params = {
-        "method": "bubblefence_regions",
-        "format": REGIONS_FORMAT,
-        "embeddings_field": field,
-        "join_distance": float(index.join_distance),
-        "n_regions": int(len(index.centres)),
-    }
-    payload = {"meta": {}, "arrays": {"centres": bfd.to_npy_bytes(index.centres)}}
-    bfd._put_run(dataset, REGIONS_KEY, params, payload)
+    params = REGIONS_RUN.new_params(
+        embeddings_field=field,
+        join_distance=float(index.join_distance),
+        n_regions=int(len(index.centres)),
+    )
+    payload = {"meta": {}, "arrays": {"centres": to_npy_bytes(index.centres)}}
+    REGIONS_RUN.put(dataset, params, payload)
     return current
 
 
 def load_regions(dataset: fo.Dataset) -> tuple[Any, dict[str, Any]] | None:
-    """(the stored `RegionIndex`, its run parameters), or None."""
+    """(the stored `RegionIndex`, its run parameters), or None.
+
+    Args:
+        dataset: the dataset
+    """
     from ..core.regions import RegionIndex
 
     if not dataset.has_run(REGIONS_KEY):
         return None
-    params = bfd._run_params(dataset, REGIONS_KEY)
-    if params.get("format") != REGIONS_FORMAT:
-        raise ValueError(
-            f"run {REGIONS_KEY!r} on dataset {dataset.name!r} was not written by BubbleFence"
-        )
-    results = dataset.load_run_results(REGIONS_KEY, cache=False, load_view=False)
-    centres = bfd.from_npy_bytes(results.arrays["centres"])
+    params = REGIONS_RUN.params(dataset)
+    centres = from_npy_bytes(REGIONS_RUN.results(dataset).arrays["centres"])
     return RegionIndex(centres=centres, join_distance=float(params["join_distance"])), params
 
 
 def delete_regions(dataset: fo.Dataset) -> None:
-    """Removes the stored regions and the region field (to rebuild from other embeddings)."""
+    """Removes the stored regions and the region field (to rebuild from other embeddings).
+
+    Args:
+        dataset: the dataset
+    """
     if dataset.has_run(REGIONS_KEY):
         dataset.delete_run(REGIONS_KEY)
     if dataset.has_field(REGION_FIELD):
@@ -424,12 +471,16 @@ def exclude(samples: foc.SampleCollection, reason: str | None = None) -> dict[st
 
     Already split samples leave the state and lose their split fields and tags; no
     other sample moves. Refused while a split runs on the dataset.
+
+    Args:
+        samples: the samples to exclude (a dataset or view)
+        reason: written to ``bubblefence_exclusion_reason``, or None
     """
-    dataset = bfd._check_collection(samples)
+    dataset = check_collection(samples)
     if reason is not None and not isinstance(reason, str):
         raise ValueError(f"reason must be a string or None, got {type(reason).__name__}")
     ids = samples.values("id")
-    with bfd.RunLock(dataset, "exclude"):
+    with RunLock(dataset, "exclude"):
         view = dataset.select(ids)
         n_new = len(view.match_tags(EXCLUDED_TAG, bool=False))
         view.tag_samples(EXCLUDED_TAG)
@@ -447,10 +498,14 @@ def exclude(samples: foc.SampleCollection, reason: str | None = None) -> dict[st
 
 
 def include_again(samples: foc.SampleCollection) -> dict[str, Any]:
-    """Removes the ``excluded`` tag and reason; the next split assigns these samples anew."""
-    dataset = bfd._check_collection(samples)
+    """Removes the ``excluded`` tag and reason; the next split assigns these samples anew.
+
+    Args:
+        samples: a dataset or view; its excluded samples are included again
+    """
+    dataset = check_collection(samples)
     ids = samples.match_tags(EXCLUDED_TAG).values("id")
-    with bfd.RunLock(dataset, "include"):
+    with RunLock(dataset, "include"):
         view = dataset.select(ids)
         view.untag_samples(EXCLUDED_TAG)
         if dataset.has_field(REASON_FIELD):
@@ -465,30 +520,39 @@ def include_again(samples: foc.SampleCollection) -> dict[str, Any]:
 
 def _apply_exclusions(dataset: fo.Dataset) -> list[str]:
     """Under the caller's lock: the state drops excluded samples and lists them; the
-    mirror is cleared after the commit (see `bfd._leave_split_if_excluded`)."""
-    bfd._finish_interrupted_commit(dataset)
-    loaded = bfd.load_state(dataset)
+    mirror is cleared after the commit (see `state.leave_split_if_excluded`)."""
+    STATE_RUN.finish_interrupted_commit(dataset)
+    loaded = load_state(dataset)
     if loaded is None:
         return []
     bf, params = loaded
     before = list(params.get("excluded_ids", []))
-    left = bfd._leave_split_if_excluded(dataset, bf, params)
+    left = leave_split_if_excluded(dataset, bf, params)
     if left:
         params["n_samples"] = int(bf.n_samples)
-        bfd.save_state(dataset, bf, params)
+        save_state(dataset, bf, params)
     elif params["excluded_ids"] != before:
-        dataset.update_run_config(bfd.RUN_KEY, dataset.init_run(**params))
-    bfd.clear_excluded_fields(dataset)
+        STATE_RUN.update_params(dataset, params)
+    clear_excluded_fields(dataset)
     return left
 
 
 def excluded_paths(samples: foc.SampleCollection) -> list[str]:
-    """File paths of the excluded samples of ``samples``, in dataset order."""
+    """File paths of the excluded samples of ``samples``, in dataset order.
+
+    Args:
+        samples: a dataset or view
+    """
     return samples.match_tags(EXCLUDED_TAG).values("filepath")
 
 
 def write_excluded_paths(samples: foc.SampleCollection, path: str | os.PathLike) -> int:
-    """Writes the excluded samples' paths, one a line (UTF-8); returns how many."""
+    """Writes the excluded samples' paths, one a line (UTF-8); returns how many.
+
+    Args:
+        samples: a dataset or view
+        path: the text file to write
+    """
     paths = excluded_paths(samples)
     with open(path, "w", encoding="utf-8") as fh:
         fh.writelines(p + "\n" for p in paths)

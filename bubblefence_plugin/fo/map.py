@@ -33,13 +33,24 @@ import pandas as pd
 from fiftyone import ViewField as F
 
 from ..core.layout import Layout, bubble_radii, check_method, fit_layout
-from . import dataset as bfd
+from .fields import (
+    ANCHOR_FIELD,
+    EXCLUDED_TAG,
+    ROUND_FIELD,
+    SPLIT_FIELD,
+    SPLIT_TAGS,
+    SPLIT_VALUES,
+    is_filtered,
+    root_dataset,
+)
+from .runs import RunLock, RunType, from_npy_bytes, to_npy_bytes
+from .state import load_state, state_embeddings, state_info
 
 logger = logging.getLogger(__name__)
 
 VIZ_KEY = "bubblefence_viz"
-LAYOUT_KEY = "bubblefence_layout"
-LAYOUT_FORMAT = "bubblefence-layout"
+LAYOUT_RUN = RunType("bubblefence_layout", "bubblefence-layout", 1, "layout_version")
+LAYOUT_KEY = LAYOUT_RUN.key
 DEFAULT_METHOD = "pca"
 
 # Points the panel draws; a larger view is drawn as a seeded random subsample. The App
@@ -99,13 +110,17 @@ class StoredLayout:
 
 
 def load_layout(dataset: fo.Dataset) -> StoredLayout | None:
-    """The stored layout, or None when there is none."""
+    """The stored layout, or None when there is none.
+
+    Args:
+        dataset: the dataset
+    """
     if not dataset.has_run(LAYOUT_KEY):
         return None
-    params = _own_layout_params(dataset)
+    params = LAYOUT_RUN.params(dataset)
     with _RESULTS_READ_LOCK:
-        results = dataset.load_run_results(LAYOUT_KEY, cache=False, load_view=False)
-    arrays = {k: bfd.from_npy_bytes(v) for k, v in results.arrays.items()}
+        results = LAYOUT_RUN.results(dataset)
+    arrays = {k: from_npy_bytes(v) for k, v in results.arrays.items()}
     layout = Layout.from_state(results.meta, arrays)
     anchors = pd.DataFrame(
         {k.removeprefix("anchor_"): v for k, v in arrays.items() if k.startswith("anchor_")}
@@ -113,18 +128,12 @@ def load_layout(dataset: fo.Dataset) -> StoredLayout | None:
     return StoredLayout(layout, params, anchors)
 
 
-def _own_layout_params(dataset: fo.Dataset) -> dict[str, Any]:
-    params = bfd._run_params(dataset, LAYOUT_KEY)
-    if params.get("format") != LAYOUT_FORMAT:
-        raise ValueError(
-            f"run {LAYOUT_KEY!r} on dataset {dataset.name!r} was not written by BubbleFence; "
-            "delete it with dataset.delete_run() and rebuild the map"
-        )
-    return params
-
-
 def load_points(dataset: fo.Dataset) -> tuple[np.ndarray, np.ndarray] | None:
-    """(sample ids, their 2-D points) of the ``bubblefence_viz`` run, or None."""
+    """(sample ids, their 2-D points) of the ``bubblefence_viz`` run, or None.
+
+    Args:
+        dataset: the dataset
+    """
     if not dataset.has_brain_run(VIZ_KEY):
         return None
     with _RESULTS_READ_LOCK:
@@ -133,6 +142,11 @@ def load_points(dataset: fo.Dataset) -> tuple[np.ndarray, np.ndarray] | None:
 
 
 def has_map(dataset: fo.Dataset) -> bool:
+    """Whether the dataset has both runs of the map.
+
+    Args:
+        dataset: the dataset
+    """
     return dataset.has_run(LAYOUT_KEY) and dataset.has_brain_run(VIZ_KEY)
 
 
@@ -146,17 +160,22 @@ def update_map(dataset: fo.Dataset, bf: Any, refit_method: str | None = None) ->
     layout is extended (fitted with `DEFAULT_METHOD` when there is none): stored
     points are kept as they are. With it, every point is recomputed by a new layout.
     Call it while holding the dataset's `RunLock`.
+
+    Args:
+        dataset: the dataset
+        bf: its committed `BubbleFence`, loaded with embeddings
+        refit_method: a layout method (`core.layout`) to refit every point with, or None
     """
     if refit_method is not None:
         check_method(refit_method)
     if dataset.has_run(LAYOUT_KEY):
-        _own_layout_params(dataset)  # never overwrite a run of this name that is not ours
+        LAYOUT_RUN.params(dataset)  # never overwrite a run of this name that is not ours
     frame = bf.assignments()
     if not len(frame):  # every sample was deleted: nothing to draw
         delete_map(dataset)
         return {"method": None, "refitted": False, "n_points": 0, "n_new_points": 0}
     ids = frame["id"].astype(str).to_numpy()
-    embeddings = bf.state_dict()[1]["embeddings"]
+    embeddings = state_embeddings(bf)
     stored = None if refit_method else _usable_layout(dataset, bf.dim)
     xy = np.full((len(ids), 2), np.nan, np.float32)
     placed = np.zeros(len(ids), bool)
@@ -188,17 +207,15 @@ def update_map(dataset: fo.Dataset, bf: Any, refit_method: str | None = None) ->
         values = anchors[column].to_numpy()
         # pandas keeps strings as objects, which npy could only store by pickling
         arrays[f"anchor_{column}"] = values.astype(str) if values.dtype == object else values
-    params = {
-        "method": "bubblefence_layout",
-        "format": LAYOUT_FORMAT,
-        "layout_method": layout.method,
-        "n_points": len(ids),
-        "n_anchors": len(anchors),
-        "fitted_at": fitted_at,
-        "updated_at": _now(),
-    }
-    payload = {"meta": meta, "arrays": {k: bfd.to_npy_bytes(v) for k, v in arrays.items()}}
-    bfd._put_run(dataset, LAYOUT_KEY, params, payload)
+    params = LAYOUT_RUN.new_params(
+        layout_method=layout.method,
+        n_points=len(ids),
+        n_anchors=len(anchors),
+        fitted_at=fitted_at,
+        updated_at=_now(),
+    )
+    payload = {"meta": meta, "arrays": {k: to_npy_bytes(v) for k, v in arrays.items()}}
+    LAYOUT_RUN.put(dataset, params, payload)
     return {
         "method": layout.method,
         "refitted": refitted,
@@ -258,7 +275,14 @@ def _anchor_digest(
 
 
 def update_after_round(dataset: fo.Dataset, bf: Any, summary: dict[str, Any]) -> None:
-    """`update_map` after a committed round; a failure is logged and noted, never raised."""
+    """`update_map` after a committed round; a failure is logged and noted, never raised.
+
+    Args:
+        dataset: the dataset
+        bf: its committed `BubbleFence`
+        summary: the round's summary; gets ``map``, or ``map_error`` and a note in
+            ``message``
+    """
     try:
         summary["map"] = update_map(dataset, bf)
     except Exception as e:
@@ -275,12 +299,16 @@ def build_map(samples: foc.SampleCollection, method: str | None = None) -> dict[
 
     Refitting moves every point (a new layout); it is the user's explicit choice, e.g.
     to switch to t-SNE. Refused while a split runs on the dataset.
+
+    Args:
+        samples: a dataset or view; the map is its dataset's
+        method: a layout method (`core.layout`) to refit with, or None to extend
     """
     if method is not None:
         check_method(method)
-    dataset = samples._root_dataset
-    with bfd.RunLock(dataset, "map"):
-        loaded = bfd.load_state(dataset)
+    dataset = root_dataset(samples)
+    with RunLock(dataset, "map"):
+        loaded = load_state(dataset)
         if loaded is None:
             raise ValueError(
                 f"dataset {dataset.name!r} has no BubbleFence split yet; run bubblefence_split "
@@ -290,15 +318,16 @@ def build_map(samples: foc.SampleCollection, method: str | None = None) -> dict[
 
 
 def delete_map(dataset: fo.Dataset) -> list[str]:
-    """Removes the map's runs; returns the keys removed."""
+    """Removes the map's runs; returns the keys removed.
+
+    Args:
+        dataset: the dataset
+    """
     removed = []
     if dataset.has_brain_run(VIZ_KEY):
         dataset.delete_brain_run(VIZ_KEY)
         removed.append(VIZ_KEY)
-    if dataset.has_run(LAYOUT_KEY):
-        dataset.delete_run(LAYOUT_KEY)
-        removed.append(LAYOUT_KEY)
-    return removed
+    return removed + LAYOUT_RUN.delete(dataset)
 
 
 def _now() -> str:
@@ -317,97 +346,131 @@ def map_figure(
     sample ids), bubbles present in the view as circle shapes (outer and inner shell,
     coloured by the split each shell holds, or by the round the bubble was created),
     and a ``bubbles`` marker trace at the centres (ids = anchor ids, hover = figures).
-    A view larger than ``max_points`` (default `MAX_POINTS`) is drawn as a seeded random
-    subsample.
+    None when the dataset has no map.
+
+    Args:
+        samples: a dataset or view
+        color_by: one of `COLOR_BY`
+        max_points: draw a seeded random subsample of a larger view (default
+            `MAX_POINTS`)
     """
     if color_by not in COLOR_BY:
         raise ValueError(f"color_by={color_by!r}; use one of {COLOR_BY}")
-    dataset = samples._root_dataset
+    dataset = root_dataset(samples)
     stored = load_layout(dataset)
     points = load_points(dataset)
-    if stored is None or points is None or not dataset.has_field(bfd.ROUND_FIELD):
+    if stored is None or points is None or not dataset.has_field(ROUND_FIELD):
         return None
 
-    max_points = max_points or MAX_POINTS
-    n_view = samples.count()
-    drawn_view = samples
-    if n_view > max_points:
-        all_ids = samples.values("id")
-        rows = np.random.default_rng(0).choice(n_view, max_points, replace=False)
-        drawn_view = dataset.select([all_ids[i] for i in np.sort(rows)])
-    ids, split, rnd = drawn_view.values(["id", bfd.SPLIT_FIELD, bfd.ROUND_FIELD])
-    excluded = set(drawn_view.match_tags(bfd.EXCLUDED_TAG).values("id"))
-    rows = pd.Index(points[0]).get_indexer(ids)
-    on_map = np.flatnonzero(rows >= 0)
-    # Split samples without a point: a round whose map update failed or was skipped.
-    n_unplaced = sum(1 for r, row in zip(rnd, rows, strict=True) if r is not None and row < 0)
-    xy = points[1][rows[on_map]]
-    ids = np.asarray(ids, dtype=object)[on_map]
-    rnd = np.asarray([-1 if r is None else r for r in rnd], np.int64)[on_map]
-    split = np.asarray(split, dtype=object)[on_map]
-    category = np.asarray(
-        ["excluded" if i in excluded else str(s) for i, s in zip(ids, split, strict=True)]
-    )
-
-    if color_by == "split":
-        groups = [(c, category == c, SPLIT_COLORS[c]) for c in POINT_CATEGORIES]
-    elif color_by == "round":
-        groups = [
-            (f"round {r}", rnd == r, ROUND_COLORS[r % len(ROUND_COLORS)])
-            for r in sorted(set(rnd.tolist()))
-        ]
-    if color_by in SCORE_COLOR_FIELDS:
-        data = _score_traces(drawn_view, color_by, xy, ids)
-    else:
-        data = [
-            _point_trace(name, xy[mask], ids[mask], color)
-            for name, mask, color in groups
-            if mask.any()
-        ]
-
-    bubbles = stored.anchors
-    if _is_filtered(samples):
-        present = {int(a) for a in samples.distinct(bfd.ANCHOR_FIELD)}
-        bubbles = bubbles[bubbles["anchor_id"].isin(present)]
-    bubbles = bubbles.assign(n_eval=bubbles["n_validation"] + bubbles["n_test"])
-    bubbles = bubbles.sort_values(["n_eval", "anchor_id"], ascending=[False, True])
+    drawn = _drawn_points(samples, points, max_points or MAX_POINTS)
+    data = _point_traces(drawn, color_by)
+    bubbles = _bubbles_in_view(samples, stored.anchors)
     as_shapes, as_lines = bubbles.iloc[:MAX_SHAPE_BUBBLES], bubbles.iloc[MAX_SHAPE_BUBBLES:]
     shapes = [s for row in as_shapes.itertuples() for s in _circle_shapes(row, color_by)]
     if len(as_lines):
         data.append(_outline_trace(as_lines))
     if len(bubbles):
         data.append(_centre_trace(bubbles.sort_values("anchor_id")))
+    stats = {
+        "method": stored.layout.method,
+        "n_view": drawn.n_view,
+        "n_drawn": len(drawn.ids),
+        "subsampled": drawn.subsampled,
+        "n_unplaced": drawn.n_unplaced,
+        "n_bubbles": len(bubbles),
+        "n_bubbles_as_shapes": len(as_shapes),
+    }
+    return {"data": data, "layout": _figure_layout(stored.layout.method, shapes), "stats": stats}
 
-    layout = {
+
+@dataclass
+class _DrawnPoints:
+    """The samples of a view drawn on the map, with their points and categories."""
+
+    view: foc.SampleCollection  # the drawn samples (the view, or its subsample)
+    n_view: int
+    subsampled: bool
+    n_unplaced: int  # split samples without a point: a round whose map update failed
+    ids: np.ndarray
+    xy: np.ndarray
+    rnd: np.ndarray  # round per point, -1 for none
+    category: np.ndarray  # split per point, or "excluded"
+
+
+def _drawn_points(
+    samples: foc.SampleCollection, points: tuple[np.ndarray, np.ndarray], max_points: int
+) -> _DrawnPoints:
+    """The view's samples that have a point, subsampled (seeded) beyond ``max_points``."""
+    n_view = samples.count()
+    drawn_view = samples
+    if n_view > max_points:
+        all_ids = samples.values("id")
+        rows = np.random.default_rng(0).choice(n_view, max_points, replace=False)
+        drawn_view = root_dataset(samples).select([all_ids[i] for i in np.sort(rows)])
+    ids, split, rnd = drawn_view.values(["id", SPLIT_FIELD, ROUND_FIELD])
+    excluded = set(drawn_view.match_tags(EXCLUDED_TAG).values("id"))
+    rows = pd.Index(points[0]).get_indexer(ids)
+    on_map = np.flatnonzero(rows >= 0)
+    ids = np.asarray(ids, dtype=object)[on_map]
+    split = np.asarray(split, dtype=object)[on_map]
+    return _DrawnPoints(
+        view=drawn_view,
+        n_view=n_view,
+        subsampled=n_view > max_points,
+        n_unplaced=sum(1 for r, row in zip(rnd, rows, strict=True) if r is not None and row < 0),
+        ids=ids,
+        xy=points[1][rows[on_map]],
+        rnd=np.asarray([-1 if r is None else r for r in rnd], np.int64)[on_map],
+        category=np.asarray(
+            ["excluded" if i in excluded else str(s) for i, s in zip(ids, split, strict=True)]
+        ),
+    )
+
+
+def _point_traces(drawn: _DrawnPoints, color_by: str) -> list[dict[str, Any]]:
+    """One trace per split or round, or the traces of a curation score."""
+    if color_by in SCORE_COLOR_FIELDS:
+        return _score_traces(drawn.view, color_by, drawn.xy, drawn.ids)
+    if color_by == "split":
+        groups = [(c, drawn.category == c, SPLIT_COLORS[c]) for c in POINT_CATEGORIES]
+    else:
+        groups = [
+            (f"round {r}", drawn.rnd == r, ROUND_COLORS[r % len(ROUND_COLORS)])
+            for r in sorted(set(drawn.rnd.tolist()))
+        ]
+    return [
+        _point_trace(name, drawn.xy[mask], drawn.ids[mask], color)
+        for name, mask, color in groups
+        if mask.any()
+    ]
+
+
+def _bubbles_in_view(samples: foc.SampleCollection, anchors: pd.DataFrame) -> pd.DataFrame:
+    """The stored bubbles with a sample in the view, most held-out samples first."""
+    bubbles = anchors
+    if is_filtered(samples):
+        present = {int(a) for a in samples.distinct(ANCHOR_FIELD)}
+        bubbles = bubbles[bubbles["anchor_id"].isin(present)]
+    bubbles = bubbles.assign(n_eval=bubbles["n_validation"] + bubbles["n_test"])
+    return bubbles.sort_values(["n_eval", "anchor_id"], ascending=[False, True])
+
+
+def _figure_layout(method: str, shapes: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
         "shapes": shapes,
         "dragmode": "lasso",
         "hovermode": "closest",
         "showlegend": True,
         "legend": {"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0},
-        "xaxis": {"title": {"text": f"{stored.layout.method.upper()} 1"}, "zeroline": False},
+        "xaxis": {"title": {"text": f"{method.upper()} 1"}, "zeroline": False},
         "yaxis": {
-            "title": {"text": f"{stored.layout.method.upper()} 2"},
+            "title": {"text": f"{method.upper()} 2"},
             "zeroline": False,
             "scaleanchor": "x",  # circles stay round
             "scaleratio": 1,
         },
         "uirevision": "bubblefence",  # keep zoom when the panel re-renders
     }
-    stats = {
-        "method": stored.layout.method,
-        "n_view": n_view,
-        "n_drawn": len(ids),
-        "subsampled": n_view > max_points,
-        "n_unplaced": n_unplaced,
-        "n_bubbles": len(bubbles),
-        "n_bubbles_as_shapes": len(as_shapes),
-    }
-    return {"data": data, "layout": layout, "stats": stats}
-
-
-def _is_filtered(samples: foc.SampleCollection) -> bool:
-    """Whether ``samples`` is a filtered view rather than the whole dataset."""
-    return isinstance(samples, fo.DatasetView) and len(samples._stages) > 0
 
 
 def _point_trace(name: str, xy: np.ndarray, ids: np.ndarray, color: str) -> dict[str, Any]:
@@ -433,7 +496,7 @@ def _score_traces(
     colour per region; samples without the score in one grey trace."""
     field = SCORE_COLOR_FIELDS[color_by]
     values: dict[str, Any] = {}
-    if drawn_view._root_dataset.has_field(field):
+    if root_dataset(drawn_view).has_field(field):
         values = dict(zip(*drawn_view.values(["id", field]), strict=True))
     score = np.asarray([values.get(i) for i in ids], dtype=object)
     has = np.asarray([v is not None for v in score], bool)
@@ -555,34 +618,37 @@ def map_summary(samples: foc.SampleCollection) -> dict[str, Any] | None:
 
     None when the dataset has no BubbleFence state. Counts are over the whole view
     (not the drawn subsample); excluded samples are counted apart, whatever their split.
+
+    Args:
+        samples: a dataset or view
     """
-    dataset = samples._root_dataset
-    info = bfd.state_info(dataset)
-    if info is None or not dataset.has_field(bfd.ROUND_FIELD):
+    dataset = root_dataset(samples)
+    info = state_info(dataset)
+    if info is None or not dataset.has_field(ROUND_FIELD):
         return None
-    key = F(bfd.ROUND_FIELD).to_string().concat(":", F(bfd.SPLIT_FIELD))
+    key = F(ROUND_FIELD).to_string().concat(":", F(SPLIT_FIELD))
     by_round: dict[int, dict[str, int]] = {}
     for value, n in samples.count_values(key).items():
         if value is None:
             continue
         round_str, split = value.split(":", 1)
         by_round.setdefault(int(round_str), {})[split] = int(n)
-    totals = {s: sum(r.get(s, 0) for r in by_round.values()) for s in bfd.SPLIT_VALUES}
-    kept = sum(totals[s] for s in bfd.SPLIT_TAGS)
+    totals = {s: sum(r.get(s, 0) for r in by_round.values()) for s in SPLIT_VALUES}
+    kept = sum(totals[s] for s in SPLIT_TAGS)
     n_eval = totals["validation"] + totals["test"]
     config = info.get("config", {})
     # The number of bubbles is in the map run's parameters: no arrays to read.
-    map_params = bfd._run_params(dataset, LAYOUT_KEY) if dataset.has_run(LAYOUT_KEY) else {}
+    map_params = LAYOUT_RUN.info(dataset) or {}
     return {
         "n_view": samples.count(),
         "by_round": {r: by_round[r] for r in sorted(by_round)},
         "totals": totals,
-        "n_excluded": int(samples.count_sample_tags().get(bfd.EXCLUDED_TAG, 0)),
-        "n_not_split": samples.exists(bfd.ROUND_FIELD, False).count(),
+        "n_excluded": int(samples.count_sample_tags().get(EXCLUDED_TAG, 0)),
+        "n_not_split": samples.exists(ROUND_FIELD, False).count(),
         "eval_share": n_eval / kept if kept else 0.0,
         "eval_target": config.get("eval_ratio"),
         "validation_share": totals["validation"] / n_eval if n_eval else 0.0,
         "validation_target": config.get("validation_ratio"),
-        "n_bubbles_in_view": len(samples.distinct(bfd.ANCHOR_FIELD)),
+        "n_bubbles_in_view": len(samples.distinct(ANCHOR_FIELD)),
         "n_bubbles": map_params.get("n_anchors"),
     }

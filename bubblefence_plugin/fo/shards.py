@@ -18,7 +18,7 @@ Python's ``hash``, which is salted per process.
 Never two writers. Shards of one ``num_shards`` are disjoint by construction. Beyond
 that, every embedding write (here and in the split's own embedding) is conditional on
 the sample having none yet, atomic per document in MongoDB
-(`bubblefence_plugin.fo.dataset._write_once`): shards of two different layouts, or a
+(`fields.write_embeddings_once`): shards of two different layouts, or a
 split racing its shards, never both write a sample, and a stored vector never changes.
 
 Resume. A shard lists its samples still lacking the field, embeds them in chunks and
@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -40,28 +40,29 @@ import fiftyone.core.collections as foc
 import numpy as np
 
 from ..core.config import BubbleFenceConfig
-from .dataset import (
+from ..core.progress import Progress, ProgressCallback, Steps, drive, within
+from .embeddings import (
     EMBED_CHUNK,
+    MAX_ERRORS_SHOWN,
+    get_embedder,
+    iter_embed_missing,
+    prepare_embeddings_field,
+)
+from .fields import (
     EMBEDDING_FIELD,
     ERROR_FIELD,
-    LOCK_TTL_S,
     RESULT_FIELDS,
-    Progress,
-    ProgressCallback,
-    _check_collection,
-    _check_embedding_field,
-    _check_result_fields,
-    _embed_missing,
-    drive,
-    get_embedder,
+    check_collection,
+    declare_fields,
+    serialized_view,
 )
+from .runs import LOCK_TTL_S
 
 EMBED_OPERATOR = "@bubblefence/bubblefence/bubblefence_embed"
 # Run states of a delegated operation that has not finished: SCHEDULED is what a
 # remote orchestrator's queue shows, QUEUED the local one's.
 PENDING_STATES = ("scheduled", "queued", "running")
 POLL_S = 2.0  # between looks at the shards while waiting; each look is one small query
-MAX_ERRORS_SHOWN = 20  # per-sample messages in a report; all are in bubblefence_error
 # Fields that hold something else: never an embeddings target.
 _RESERVED = {"id", "_id", "filepath", "tags", "metadata", "created_at", "last_modified_at"}
 
@@ -100,7 +101,12 @@ class ShardOp:
 
 
 def shard_of(ids: Sequence[str], num_shards: int) -> np.ndarray:
-    """The shard (0 .. num_shards - 1) of each sample id; see the module docstring."""
+    """The shard (0 .. num_shards - 1) of each sample id; see the module docstring.
+
+    Args:
+        ids: sample ids
+        num_shards: how many shards
+    """
     _check_int("num_shards", num_shards, 1)
     return np.fromiter(
         (
@@ -130,17 +136,35 @@ def embed(
 ) -> ShardReport:
     """Embeds the samples of ``samples`` in shard ``shard_index`` that lack embeddings.
 
-    ``model`` is a Hugging Face name or a local folder (default: the split's CLIP);
-    ``embeddings_field`` the vector field written (the split's own by default). With the
-    defaults (one shard) it embeds everything missing. Idempotent: a rerun embeds only
-    what is still missing, and a stored vector is never replaced. ``progress(fraction,
-    label)`` is called after each chunk of ``chunk_size`` images; an exception it raises
-    stops the shard after that chunk was saved.
+    With the defaults (one shard) it embeds everything missing. Idempotent: a rerun
+    embeds only what is still missing, and a stored vector is never replaced.
 
-    Example::
+    Example usage::
 
-        from bubblefence_plugin.fo.shards import embed
-        embed(dataset, model="/models/clip", num_shards=4, shard_index=2)
+        import bubblefence_plugin.fo as bf
+
+        bf.embed(dataset, model="/models/clip")  # everything missing, here
+        bf.embed(dataset, model="/models/clip", num_shards=4, shard_index=2)  # one shard
+
+        # or let `fiftyone delegated launch` workers do the four shards
+        bf.queue_shards(dataset, 4, model="/models/clip")
+        bf.wait_for_shards(dataset)
+
+    Args:
+        samples: a dataset or view
+        model: a Hugging Face model name or a local model folder (default: the
+            split's CLIP)
+        embeddings_field: the vector field written (default: the split's own)
+        num_shards: how many shards the samples are divided into (`shard_of`)
+        shard_index: the shard this call embeds, 0 .. ``num_shards`` - 1
+        batch_size: images per forward pass (default: the config's)
+        device: ``auto``, ``cpu`` or ``cuda``
+        chunk_size: images embedded and saved at a time
+        progress: called as ``progress(fraction, label)`` after each chunk; an
+            exception it raises stops the shard after that chunk was saved
+
+    Returns:
+        a `ShardReport`
     """
     return drive(
         iter_embed(
@@ -167,12 +191,17 @@ def iter_embed(
     batch_size: int | None = None,
     device: str = "auto",
     chunk_size: int = EMBED_CHUNK,
-) -> Generator[Progress, None, ShardReport]:
-    """`embed` as a generator of `Progress` events; the report is its return value."""
+) -> Steps[ShardReport]:
+    """`embed` as a generator of `Progress` events; the report is its return value.
+
+    Args:
+        samples: a dataset or view
+        model: as for `embed`; so are the other arguments
+    """
     model, batch_size = _check_params(
         model, embeddings_field, num_shards, shard_index, batch_size, chunk_size
     )
-    dataset = _check_collection(samples)
+    dataset = check_collection(samples)
     existing = dataset.get_field(embeddings_field)
     if existing is not None and not isinstance(existing, fo.VectorField):
         raise ValueError(
@@ -202,11 +231,10 @@ def iter_embed(
         return report
     yield Progress(0.02, f"Loading the model {model}")
     embedder = get_embedder(model, device, batch_size)
-    _check_embedding_field(dataset, embedder.model_name, embedder.dim, embeddings_field)
-    _check_result_fields(dataset, (ERROR_FIELD,))
-    _, written, errors = yield from _embed_missing(
-        dataset, ids, embedder, None, (0.05, 1.0), embeddings_field, chunk_size
-    )
+    prepare_embeddings_field(dataset, embedder.model_name, embedder.dim, embeddings_field)
+    declare_fields(dataset, {ERROR_FIELD: RESULT_FIELDS[ERROR_FIELD]})
+    embedding = iter_embed_missing(dataset, ids, embedder, None, embeddings_field, chunk_size)
+    _, written, errors = yield from within(embedding, 0.05, 1.0)
     yield Progress(1.0, "Done")
     report.n_written = written
     report.n_errors = len(errors)
@@ -228,7 +256,11 @@ def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None
 
 
 def check_embeddings_field(name: Any) -> None:
-    """Refuses a name that is not a plain top-level field or that holds something else."""
+    """Refuses a name that is not a plain top-level field or that holds something else.
+
+    Args:
+        name: the embeddings field's name, as a user gave it
+    """
     if (
         not isinstance(name, str)
         or not name.isidentifier()
@@ -288,11 +320,19 @@ def queue_shards(
     builds: that call cannot be made from inside a running operator's event loop, and
     this one is made from the App's operator as well as from Python. Workers validate
     the parameters against the operator's form before running a shard.
+
+    Args:
+        samples: a dataset or view
+        num_shards: how many shards (operations) to queue
+        model: as for `embed`
+        embeddings_field: as for `embed`
+        batch_size: as for `embed`
+        device: as for `embed`
     """
     from fiftyone.operators.delegated import DelegatedOperationService
 
     model, batch_size = _check_params(model, embeddings_field, num_shards, 0, batch_size, 1)
-    dataset = _check_collection(samples)
+    dataset = check_collection(samples)
     pending = pending_shards(dataset, embeddings_field)
     if pending:
         raise ValueError(
@@ -300,7 +340,7 @@ def queue_shards(
             f"{dataset.name!r} are still queued or running ({[p.id for p in pending]}); "
             "wait for them, or mark stuck ones failed with `fiftyone delegated fail <id>`"
         )
-    view = samples if isinstance(samples, fo.DatasetView) else dataset.view()
+    stages = serialized_view(samples)
     service = DelegatedOperationService()
     ids = []
     for index in range(num_shards):
@@ -315,7 +355,7 @@ def queue_shards(
         }
         request = {
             "dataset_name": dataset.name,
-            "view": view._serialize(),
+            "view": stages,
             "params": params,
             "delegated": True,
         }
@@ -330,12 +370,22 @@ def queue_shards(
 
 
 def shard_label(shard_index: int, num_shards: int) -> str:
-    """The run name of a shard, as `fiftyone delegated list` and the App show it."""
+    """The run name of a shard, as `fiftyone delegated list` and the App show it.
+
+    Args:
+        shard_index: the shard, from 0
+        num_shards: how many shards
+    """
     return f"BubbleFence embed shard {shard_index + 1}/{num_shards}"
 
 
 def pending_shards(dataset: fo.Dataset, embeddings_field: str | None = None) -> list[ShardOp]:
-    """Embedding shards of ``dataset`` (writing ``embeddings_field``, or any) not finished."""
+    """Embedding shards of ``dataset`` (writing ``embeddings_field``, or any) not finished.
+
+    Args:
+        dataset: the dataset
+        embeddings_field: only the shards writing this field, or None for all
+    """
     from fiftyone.operators.delegated import DelegatedOperationService
 
     service = DelegatedOperationService()
@@ -370,7 +420,15 @@ def wait_for_shards(
     stall_s: float = LOCK_TTL_S,
     progress: ProgressCallback | None = None,
 ) -> None:
-    """Blocks until no shard of ``dataset`` is pending (see `iter_wait_for_shards`)."""
+    """Blocks until no shard of ``dataset`` is pending (see `iter_wait_for_shards`).
+
+    Args:
+        dataset: the dataset
+        embeddings_field: wait only for the shards writing this field, or None for all
+        poll_s: seconds between looks
+        stall_s: seconds without any change after which it gives up
+        progress: called as ``progress(fraction, label)`` after each look
+    """
     drive(iter_wait_for_shards(dataset, embeddings_field, poll_s, stall_s), progress)
 
 
@@ -379,8 +437,9 @@ def iter_wait_for_shards(
     embeddings_field: str | None = None,
     poll_s: float = POLL_S,
     stall_s: float = LOCK_TTL_S,
-) -> Generator[Progress, None, None]:
-    """Waits for the pending shards, one `Progress` per look.
+) -> Steps[None]:
+    """Waits for the pending shards, one `Progress` per look (see `wait_for_shards` for
+    the arguments).
 
     Raises `TimeoutError` when nothing changed (no shard started, advanced or ended)
     for ``stall_s`` seconds: no worker is running, or a worker died holding a shard.

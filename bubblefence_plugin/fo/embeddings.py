@@ -1,0 +1,189 @@
+"""Embeddings on the FiftyOne side: the cached model, embedding the samples that lack
+a vector, and reading (checked) vectors from a field.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import fiftyone as fo
+import numpy as np
+
+from ..core.progress import Progress, Steps
+from .fields import EMBEDDING_FIELD, write_embeddings_once
+from .runs import RunLock
+
+EMBED_CHUNK = 256  # images per embedding call: embeddings are saved after each chunk
+MAX_ERRORS_SHOWN = 20  # per-sample messages in a summary or report; all are in ERROR_FIELD
+
+_EMBEDDER_CACHE: dict[tuple, Any] = {}
+
+
+class ModelUnavailableError(RuntimeError):
+    """The embedding model could not be loaded (offline, not cached, bad folder)."""
+
+
+def get_embedder(model: str, device: str = "auto", batch_size: int = 64) -> Any:
+    """A cached `ImageEmbedder`: the App server re-runs the operator, not the model load.
+
+    Args:
+        model: a Hugging Face model name or a local model folder
+        device: ``auto``, ``cpu``, ``cuda``...
+        batch_size: images per forward pass
+
+    Raises:
+        ModelUnavailableError: if the model cannot be loaded
+    """
+    key = (str(model), str(device), int(batch_size))
+    if key not in _EMBEDDER_CACHE:
+        from ..embedder import ImageEmbedder
+
+        try:
+            embedder = ImageEmbedder(model=model, device=device, batch_size=batch_size)
+        except ValueError:
+            raise
+        except Exception as e:
+            raise ModelUnavailableError(
+                f"could not load the embedding model {model!r}: {str(e).rstrip('.')}. "
+                "Alternatives: a local model folder (--model /path/to/clip, or model_name "
+                "in the operator form), or an existing embeddings field"
+            ) from e
+        _EMBEDDER_CACHE.clear()  # keep at most one model in memory
+        _EMBEDDER_CACHE[key] = embedder
+    return _EMBEDDER_CACHE[key]
+
+
+def check_vector_field(dataset: fo.Dataset, field: str) -> None:
+    """Refuses ``field`` unless it exists and can hold vectors.
+
+    Args:
+        dataset: the dataset
+        field: the embeddings field's name
+    """
+    f = dataset.get_field(field)
+    if f is None:
+        vector_fields = sorted(dataset.get_field_schema(ftype=fo.VectorField))
+        raise ValueError(
+            f"embeddings field {field!r} does not exist on dataset {dataset.name!r}; "
+            f"vector fields: {vector_fields}"
+        )
+    if not isinstance(f, (fo.VectorField, fo.ListField, fo.ArrayField)):
+        raise ValueError(f"embeddings field {field!r} is a {type(f).__name__}, not a vector field")
+
+
+def prepare_embeddings_field(
+    dataset: fo.Dataset, model_name: str, dim: int, name: str = EMBEDDING_FIELD
+) -> None:
+    """Declares the vector field a model writes, recording that model in its info, and
+    refuses a field that holds another model's vectors, so vectors of two models never mix.
+
+    Args:
+        dataset: the dataset
+        model_name: the embedder's model name
+        dim: the embedder's dimension
+        name: the field's name
+    """
+    field = dataset.get_field(name)
+    info = {"model_name": model_name, "dim": int(dim)}
+    if field is None:
+        dataset.add_sample_field(name, fo.VectorField, info=info)
+        return
+    if not isinstance(field, fo.VectorField):
+        raise ValueError(
+            f"field {name!r} is a {type(field).__name__}; embeddings are written to a "
+            "VectorField: choose another field name or delete that field"
+        )
+    stored = field.info or {}
+    if stored.get("model_name") not in (None, model_name) or stored.get("dim") not in (None, dim):
+        redo = (
+            "reset without keeping embeddings"
+            if name == EMBEDDING_FIELD
+            else f"delete field {name!r} or choose another one"
+        )
+        raise ValueError(
+            f"field {name!r} holds embeddings of model {stored.get('model_name')!r} "
+            f"({stored.get('dim')}-d), not of {model_name!r}; {redo} to recompute them "
+            "with the new model"
+        )
+    if not stored:
+        field.info = info
+        field.save()
+
+
+def iter_embed_missing(
+    dataset: fo.Dataset,
+    ids: list[str],
+    embedder: Any,
+    lock: RunLock | None,
+    field: str = EMBEDDING_FIELD,
+    chunk_size: int = EMBED_CHUNK,
+) -> Steps[tuple[int, int, dict[str, str]]]:
+    """Embeds the samples among ``ids`` that lack ``field``, saving per chunk.
+
+    Saving each chunk means a killed run keeps the work done; the next run embeds
+    only what is still missing. One `Progress` event per chunk.
+
+    Args:
+        dataset: the dataset
+        ids: the samples to embed where they have no vector yet
+        embedder: an `ImageEmbedder` (`get_embedder`)
+        lock: the caller's `RunLock`, kept alive between chunks, or None
+        field: the vector field, declared (`prepare_embeddings_field`)
+        chunk_size: images embedded and saved at a time
+
+    Returns:
+        (samples tried, embeddings this call wrote, errors by sample id); the two
+        counts differ when another writer (an embedding shard) got to some samples first
+    """
+    todo = dataset.select(ids).exists(field, False)
+    todo_ids, paths = todo.values(["id", "filepath"])
+    errors: dict[str, str] = {}
+    done = written = 0
+    for start in range(0, len(todo_ids), chunk_size):
+        chunk_ids = todo_ids[start : start + chunk_size]
+        out = embedder.embed_paths(paths[start : start + chunk_size])
+        written += write_embeddings_once(dataset, field, chunk_ids, out)
+        errors.update({chunk_ids[row]: msg for row, msg in out.errors.items()})
+        done += len(chunk_ids)
+        if lock is not None:
+            lock.heartbeat()
+        yield Progress(done / len(todo_ids), f"Embedded {done}/{len(todo_ids)} images")
+    return len(todo_ids), written, errors
+
+
+def read_embeddings(
+    dataset: fo.Dataset, ids: list[str], field: str, dim: int | None
+) -> tuple[list[str], np.ndarray, dict[str, str]]:
+    """Embeddings of ``ids`` from ``field``, checked: bad rows become per-sample errors.
+
+    Args:
+        dataset: the dataset
+        ids: sample ids
+        field: a vector field
+        dim: the dimension the vectors must have (the split state's), or None for any
+
+    Returns:
+        (ids of the usable rows in dataset order, their unit vectors as rows, errors by
+        sample id)
+    """
+    from ..embedder import embeddings_from_array
+
+    ordered_ids, vectors = dataset.select(ids).values(["id", field])
+    try:
+        checked = embeddings_from_array(vectors, dim=dim)
+    except ValueError as e:
+        raise ValueError(
+            f"embeddings field {field!r} cannot be used: {e}"
+            + (
+                f". The BubbleFence state of this dataset holds {dim}-d embeddings; "
+                "mixing dimensions (another model) is refused. Reset the state "
+                "(bubblefence_reset) to split with this field from scratch"
+                if dim
+                else ""
+            )
+        ) from e
+    # A few rows of another length are per-sample errors like unreadable images; a
+    # field where no row fits the state is refused above (another model).
+    ok_ids = [ordered_ids[i] for i in checked.indices]
+    errors = {ordered_ids[i]: f"{field}: {m}" for i, m in checked.errors.items()}
+    return ok_ids, checked.embeddings, errors

@@ -1,0 +1,295 @@
+"""Export: each split (or tag) to its own folder, with a manifest of the assignments.
+
+Every name a user gives becomes a safe folder name, and every path is checked to stay
+inside the export folder before anything is written. The manifest's assignments come
+from the stored state (the source of truth), and its cells are neutralised against
+spreadsheet formulas.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import fiftyone as fo
+import fiftyone.core.collections as foc
+
+from .fields import ASSIGNMENT_COLUMNS, SPLIT_TAGS, root_dataset, table_from_frame
+from .state import load_state
+
+# Image formats offered in the App; any `fiftyone.types.Dataset` works from Python.
+EXPORT_TYPES: dict[str, str] = {
+    "FiftyOneDataset": "Full FiftyOne dataset (all fields, ids kept)",
+    "ImageDirectory": "Images only",
+    "FiftyOneImageClassificationDataset": "Images + classification labels JSON",
+    "ImageClassificationDirectoryTree": "One folder per class",
+    "COCODetectionDataset": "COCO detection",
+    "VOCDetectionDataset": "Pascal VOC detection",
+    "YOLOv5Dataset": "YOLOv5 (one folder, a split per export)",
+    "CVATImageDataset": "CVAT image",
+    "FiftyOneImageDetectionDataset": "Images + detections JSON",
+}
+# Exporters that write all splits into one directory, selected with `split=`.
+_SPLIT_ARG_TYPES = ("YOLOv5Dataset",)
+
+MANIFEST_NAME = "manifest.csv"
+MANIFEST_COLUMNS = (
+    "id",
+    "filepath",
+    "split",
+    "anchor_id",
+    "shell",
+    "round",
+    "duplicate_of",
+    "export_folders",
+)
+# A spreadsheet runs a cell that starts with one of these as a formula (OWASP, CSV
+# injection); the quote is added to cells starting with it too, so a reader strips
+# exactly one quote back.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+# Export folder names: one path component, portable characters only.
+_UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+_MAX_FOLDER_CHARS = 100  # well under every file system's 255-byte name limit
+
+
+def export(
+    samples: foc.SampleCollection,
+    export_dir: str | os.PathLike,
+    dataset_type: str | type = "FiftyOneDataset",
+    *,
+    splits: Iterable[str] | None = None,
+    tags: Iterable[str] | None = None,
+    label_field: str | None = None,
+    export_media: bool | str = True,
+    overwrite: bool = False,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Exports each split (or each of ``tags``) of ``samples`` to ``export_dir/<folder>``.
+
+    Each name becomes a safe folder name (`export_folders`: ``../x`` -> ``x``), and
+    every path is checked to stay inside ``export_dir`` before anything is written.
+    Also writes ``export_dir/manifest.csv``: one row per exported sample with id,
+    filepath, split, anchor_id, shell, round and duplicate_of from the stored state,
+    and export_folders, the sample's names and folders as JSON. Cells that a
+    spreadsheet would run as a formula start with one added quote (`safe_csv_cell`).
+
+    Example usage::
+
+        import bubblefence_plugin.fo as bf
+
+        bf.export(dataset, "/data/out")  # out/train, out/validation, out/test
+        bf.export(dataset, "/data/yolo", "YOLOv5Dataset", label_field="ground_truth")
+        bf.export(dataset, "/data/picks", "ImageDirectory", tags=["to_label"])
+
+    Args:
+        samples: a dataset or view
+        export_dir: the folder to write; must be empty unless ``overwrite``
+        dataset_type: a `fiftyone.types` dataset type or its name (see `EXPORT_TYPES`)
+        splits: the splits to export (default: train, validation, test)
+        tags: sample tags to export instead of splits
+        label_field: the label field the exporter writes
+        export_media: as FiftyOne's ``export_media`` (True copies the media)
+        overwrite: empty a non-empty ``export_dir`` first (never one holding the
+            dataset's media)
+        **kwargs: further exporter arguments; paths among them must be relative to
+            ``export_dir``, without ``..``
+
+    Returns:
+        ``export_dir``, ``dataset_type``, ``counts`` and ``folders`` per name,
+        ``manifest`` (its path) and ``n_manifest_rows``
+    """
+    export_dir = Path(export_dir).expanduser().resolve()
+    type_name, type_cls = _dataset_type(dataset_type)
+    names = _export_names(tags if tags else splits or SPLIT_TAGS)
+    folders = export_folders(names)
+    _check_export_kwargs(kwargs)
+    for folder in folders.values():
+        path_inside(export_dir, export_dir / folder)
+    loaded = load_state(samples, embeddings=False)  # a damaged state fails before any write
+    table = table_from_frame(loaded[0].assignments()) if loaded else {"id": []}
+    _prepare_export_dir(samples, export_dir, overwrite)
+
+    exported: dict[str, int] = {}
+    exported_as: dict[str, dict[str, str]] = {}  # sample id -> {name: folder}, in order
+    for name in names:
+        view = samples.match_tags(name)
+        exported[name] = len(view)
+        if not exported[name]:
+            continue
+        args = dict(kwargs)
+        if label_field:
+            args["label_field"] = label_field
+        if type_name in _SPLIT_ARG_TYPES:
+            args.update(export_dir=str(export_dir), split=folders[name])
+        else:
+            args["export_dir"] = str(export_dir / folders[name])
+        if type_name != "FiftyOneDataset" or export_media is not True:
+            args["export_media"] = export_media
+        view.export(dataset_type=type_cls, **args)
+        for sid in view.values("id"):
+            exported_as.setdefault(sid, {})[name] = folders[name]
+
+    manifest = export_dir / MANIFEST_NAME
+    _write_manifest(root_dataset(samples), exported_as, table, manifest)
+    return {
+        "export_dir": str(export_dir),
+        "dataset_type": type_name,
+        "counts": exported,
+        "folders": folders,
+        "manifest": str(manifest),
+        "n_manifest_rows": len(exported_as),
+    }
+
+
+def export_folders(names: Sequence[str]) -> dict[str, str]:
+    """A safe folder name per split/tag name: one path component of letters, digits,
+    ``.``, ``_`` and ``-`` that is not ``.``, ``..`` or the manifest, unique per name
+    (``_2``, ``_3`` on a clash). ``train`` stays ``train``; ``../../x`` becomes ``x``.
+
+    Args:
+        names: split or tag names
+    """
+    out: dict[str, str] = {}
+    used = {MANIFEST_NAME}
+    for name in names:
+        base = safe_name(name, "tag")
+        folder, k = base, 1
+        while folder.lower() in used:
+            k += 1
+            folder = f"{base}_{k}"
+        used.add(folder.lower())  # case-insensitive file systems would merge the two
+        out[name] = folder
+    return out
+
+
+def safe_name(text: str, fallback: str) -> str:
+    """``text`` as one portable file or folder name (letters, digits, ``.``, ``_``,
+    ``-``; no leading dot, so never ``..``), or ``fallback`` when nothing is left.
+
+    Args:
+        text: any text, e.g. a tag or dataset name
+        fallback: the name when ``text`` has no portable character
+    """
+    return _UNSAFE_CHARS.sub("_", str(text)).strip("._-")[:_MAX_FOLDER_CHARS] or fallback
+
+
+def path_inside(root: Path, path: Path) -> Path:
+    """``path`` resolved, refused unless it lies strictly inside ``root`` (resolved).
+
+    Args:
+        root: the folder that must contain ``path``
+        path: the path to check
+    """
+    root = root.resolve()
+    resolved = path.resolve()
+    if resolved == root or not resolved.is_relative_to(root):
+        raise ValueError(f"refusing to write {str(resolved)!r}: it is outside {str(root)!r}")
+    return resolved
+
+
+def safe_csv_cell(value: Any) -> str:
+    """``value`` as a manifest cell: "" for None, and one quote added before a cell a
+    spreadsheet would run as a formula; a reader strips exactly one leading quote.
+
+    Args:
+        value: the cell's value
+    """
+    text = "" if value is None else str(value)
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def _dataset_type(dataset_type: str | type) -> tuple[str, type]:
+    if isinstance(dataset_type, str):
+        cls = getattr(fo.types, dataset_type, None)
+        if cls is None:
+            raise ValueError(
+                f"dataset_type={dataset_type!r} is not a fiftyone.types dataset type; "
+                f"for example {sorted(EXPORT_TYPES)}"
+            )
+        return dataset_type, cls
+    return dataset_type.__name__, dataset_type
+
+
+def _export_names(names: Any) -> list[str]:
+    if isinstance(names, str):
+        names = [names]  # one tag, not its letters
+    names = list(dict.fromkeys(names))
+    if not names:
+        raise ValueError("nothing to export: give at least one split or tag")
+    bad = [n for n in names if not isinstance(n, str) or not n.strip()]
+    if bad:
+        raise ValueError(f"splits/tags must be non-empty strings, got {bad[:5]}")
+    return names
+
+
+def _check_export_kwargs(kwargs: dict[str, Any]) -> None:
+    """Exporter paths stay relative to the export folder: no absolute path, no ``..``."""
+    reserved = sorted({"export_dir", "split"} & set(kwargs))
+    if reserved:
+        raise ValueError(f"export() sets {reserved} itself; do not pass them")
+    for key, value in kwargs.items():
+        if (key.endswith(("_path", "_dir")) and isinstance(value, (str, os.PathLike))) and (
+            Path(value).is_absolute() or ".." in Path(value).parts
+        ):
+            raise ValueError(
+                f"{key}={str(value)!r} would write outside the export folder; give a path "
+                "relative to it, without '..'"
+            )
+
+
+def _prepare_export_dir(samples: foc.SampleCollection, export_dir: Path, overwrite: bool) -> None:
+    if export_dir.exists() and not export_dir.is_dir():
+        raise ValueError(f"export_dir {str(export_dir)!r} exists and is not a directory")
+    if export_dir.exists() and any(export_dir.iterdir()):
+        if not overwrite:
+            raise ValueError(
+                f"export_dir {str(export_dir)!r} is not empty; choose an empty folder or "
+                "pass overwrite=True (--overwrite) to replace its contents"
+            )
+        if export_dir == Path(export_dir.anchor) or export_dir == Path.home():
+            raise ValueError(f"refusing to empty {str(export_dir)!r}")
+        # Never delete the dataset's own media by exporting onto it.
+        prefix = str(export_dir) + os.sep
+        if any(str(p).startswith(prefix) for p in root_dataset(samples).values("filepath")):
+            raise ValueError(
+                f"export_dir {str(export_dir)!r} contains this dataset's media; overwriting "
+                "it would delete them. Choose another folder"
+            )
+        shutil.rmtree(export_dir)
+    try:
+        export_dir.mkdir(parents=True, exist_ok=True)
+        probe = export_dir / f".bubblefence-write-test-{uuid.uuid4().hex}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"export_dir {str(export_dir)!r} is not writable: {e}") from e
+
+
+def _write_manifest(
+    dataset: fo.Dataset,
+    exported_as: dict[str, dict[str, str]],
+    table: dict[str, list],
+    path: Path,
+) -> None:
+    """One row per exported sample. Its assignment comes from ``table``, the stored
+    state's (the source of truth; the fields are only a mirror), empty for a sample the
+    state does not hold; every cell is neutralised against spreadsheet formulas and
+    quoted."""
+    ids = list(exported_as)
+    position = {sid: k for k, sid in enumerate(table["id"])}
+    paths = dict(zip(*dataset.select(ids).values(["id", "filepath"]), strict=True)) if ids else {}
+    with open(path, "x", newline="", encoding="utf-8") as fh:  # "x": never overwrite
+        writer = csv.writer(fh, quoting=csv.QUOTE_ALL)
+        writer.writerow(MANIFEST_COLUMNS)
+        for sid in ids:
+            k = position.get(sid)
+            state = [None if k is None else table[c][k] for c in ASSIGNMENT_COLUMNS]
+            folders = json.dumps(exported_as[sid], ensure_ascii=False)
+            writer.writerow([safe_csv_cell(v) for v in (sid, paths.get(sid), *state, folders)])

@@ -1,0 +1,439 @@
+"""Sample fields and tags: the names BubbleFence writes, bulk writes of the split mirror,
+label and group fields, and the checks on a collection.
+
+This is also the one module that touches FiftyOne internals (underscore names), each in
+a small helper below with the reason no public call does the job; the rest of the
+package goes through these helpers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+import fiftyone as fo
+import fiftyone.core.clips as foclips
+import fiftyone.core.collections as foc
+import fiftyone.core.media as fom
+import fiftyone.core.patches as fopatches
+import fiftyone.core.validation as fov
+import fiftyone.core.video as fovideo
+import numpy as np
+
+EMBEDDING_FIELD = "bubblefence_embedding"
+SPLIT_FIELD = "split"
+ANCHOR_FIELD = "anchor_id"
+SHELL_FIELD = "bubblefence_shell"
+ROUND_FIELD = "bubblefence_round"
+DUPLICATE_FIELD = "duplicate_of"
+ERROR_FIELD = "bubblefence_error"
+SPLIT_TAGS = ("train", "validation", "test")
+SPLIT_VALUES = (*SPLIT_TAGS, "duplicate")
+EXCLUDED_TAG = "excluded"
+
+# Declared up front so the App sidebar shows them with the right types, and so a
+# user field of the same name with another type is refused instead of clobbered.
+RESULT_FIELDS: dict[str, type] = {
+    SPLIT_FIELD: fo.StringField,
+    ANCHOR_FIELD: fo.IntField,
+    SHELL_FIELD: fo.StringField,
+    ROUND_FIELD: fo.IntField,
+    DUPLICATE_FIELD: fo.StringField,
+    ERROR_FIELD: fo.StringField,
+}
+# The columns of an assignment table (`assignment_table`), in the order of its fields.
+ASSIGNMENT_COLUMNS = ("split", "anchor_id", "shell", "round", "duplicate_of")
+
+# Views whose samples are generated from the dataset's (patches, frames, clips): their
+# "samples" are not the dataset's, so there is nothing of theirs to split.
+_GENERATED_VIEWS = (
+    fopatches.PatchesView,
+    fopatches.EvaluationPatchesView,
+    fovideo.FramesView,
+    foclips.ClipsView,
+)
+# Label list types: a sample carries the labels of all the objects in the list.
+_LABEL_LISTS = {
+    fo.Classifications: "classifications",
+    fo.Detections: "detections",
+    fo.Polylines: "polylines",
+    fo.Keypoints: "keypoints",
+}
+_SCALAR_FIELDS = (fo.StringField, fo.IntField, fo.BooleanField, fo.ObjectIdField)
+# Sample fields never offered as labels or groups (our own results, paths, split tags).
+_NOT_LABELS = {"id", "filepath", "tags", "metadata", ERROR_FIELD, EMBEDDING_FIELD}
+_MAX_IDS_PER_QUERY = 50_000  # a query's id list must stay under MongoDB's 16 MB
+
+
+# --------------------------------------------------------------------------- FiftyOne internals
+
+
+def root_dataset(samples: foc.SampleCollection) -> fo.Dataset:
+    """The dataset a view (or the dataset itself) belongs to.
+
+    FiftyOne's ``_root_dataset``: the public route, ``fo.load_dataset(samples.dataset_name)``,
+    fails for a dataset that was deleted or never named persistent in another process.
+
+    Args:
+        samples: a dataset or view
+    """
+    return samples._root_dataset
+
+
+def dataset_id(dataset: fo.Dataset) -> Any:
+    """The dataset's database id, which keys its ExecutionStore (FiftyOne's operators pass
+    ``ctx.dataset._doc.id`` the same way; the dataset exposes no public id).
+
+    Args:
+        dataset: a dataset
+    """
+    return dataset._doc.id
+
+
+def is_filtered(samples: foc.SampleCollection) -> bool:
+    """Whether ``samples`` is a view with stages rather than the whole dataset (a view
+    with no stages selects every sample; only its private ``_stages`` tells).
+
+    Args:
+        samples: a dataset or view
+    """
+    return isinstance(samples, fo.DatasetView) and len(samples._stages) > 0
+
+
+def serialized_view(samples: foc.SampleCollection) -> list[dict[str, Any]]:
+    """The view's stages as FiftyOne serializes them into an operator request (the form
+    ``execute_operator`` builds with the same private ``_serialize``).
+
+    Args:
+        samples: a dataset or view
+    """
+    view = samples if isinstance(samples, fo.DatasetView) else samples.view()
+    return view._serialize()
+
+
+# --------------------------------------------------------------------------- collections
+
+
+def check_collection(samples: foc.SampleCollection) -> fo.Dataset:
+    """The dataset of ``samples``, after checking that BubbleFence can split it: a dataset
+    or view of a flat image dataset, not a patches/frames/clips view.
+
+    Args:
+        samples: a dataset or view
+
+    Raises:
+        ValueError: if ``samples`` is anything else
+    """
+    if not isinstance(samples, foc.SampleCollection):
+        raise ValueError(f"expected a FiftyOne dataset or view, got {type(samples).__name__}")
+    if isinstance(samples, _GENERATED_VIEWS):
+        raise ValueError("BubbleFence splits samples; pass the dataset, not a patches/frames view")
+    dataset = root_dataset(samples)
+    if dataset.media_type == fom.GROUP:
+        raise ValueError(
+            f"{dataset.name!r} is a grouped dataset; BubbleFence splits flat image datasets. "
+            "Flatten its image slices with dataset.select_group_slices(media_type='image')"
+            ".clone() and split that with group_field='group': the samples of one group "
+            "then never straddle train and eval"
+        )
+    if dataset.media_type is not None:  # a new, empty dataset has no media type yet
+        try:
+            fov.validate_image_collection(dataset)
+        except ValueError as e:
+            raise ValueError(
+                f"BubbleFence splits image datasets; {dataset.name!r} has media type "
+                f"{dataset.media_type!r}"
+            ) from e
+    return dataset
+
+
+def declare_fields(dataset: fo.Dataset, fields: Mapping[str, type]) -> None:
+    """Adds each missing field with its type; refuses a field of the same name and
+    another type rather than clobbering the user's data.
+
+    Args:
+        dataset: a dataset
+        fields: field name -> FiftyOne field type, e.g. `RESULT_FIELDS`
+    """
+    for name, ftype in fields.items():
+        field = dataset.get_field(name)
+        if field is None:
+            dataset.add_sample_field(name, ftype)
+        elif not isinstance(field, ftype):
+            raise ValueError(
+                f"dataset {dataset.name!r} already has a field {name!r} of type "
+                f"{type(field).__name__}; BubbleFence writes a {ftype.__name__} there. "
+                "Rename or delete that field first"
+            )
+
+
+# --------------------------------------------------------------------------- split mirror
+
+
+def assignment_table(
+    ids: Sequence[str],
+    split: Any,
+    anchor: Any,
+    shell: Any,
+    rnd: Any,
+    duplicate_of: Any,
+) -> dict[str, list]:
+    """Assignments as plain Python lists, None where a field is unset (train has no
+    anchor or shell).
+
+    Args:
+        ids: sample ids
+        split: split name per sample
+        anchor: bubble id per sample, negative for none
+        shell: ``inner``/``outer`` per sample, empty for none
+        rnd: round per sample, or one round for all
+        duplicate_of: id of the sample each duplicates, empty for none
+    """
+    return {
+        "id": [str(i) for i in ids],
+        "split": [str(s) for s in np.asarray(split)],
+        "anchor_id": [None if int(a) < 0 else int(a) for a in np.asarray(anchor)],
+        "shell": [s if s else None for s in np.asarray(shell, dtype=object)],
+        "round": [int(r) for r in np.broadcast_to(np.asarray(rnd), (len(ids),))],
+        "duplicate_of": [d if d else None for d in np.asarray(duplicate_of, dtype=object)],
+    }
+
+
+def table_from_frame(frame: Any) -> dict[str, list]:
+    """`assignment_table` of a ``BubbleFence.assignments()`` frame.
+
+    Args:
+        frame: the pandas frame of ``BubbleFence.assignments()`` (or some of its rows)
+    """
+    return assignment_table(
+        frame["id"].tolist(),
+        frame["split"].to_numpy(),
+        frame["anchor_id"].fillna(-1).to_numpy(),
+        frame["shell"].fillna("").to_numpy(),
+        frame["round"].to_numpy(),
+        frame["duplicate_of"].fillna("").to_numpy(),
+    )
+
+
+def write_assignments(dataset: fo.Dataset, table: dict[str, list]) -> None:
+    """Mirrors assignments into fields and tags; idempotent, so a repair can rerun it.
+
+    One bulk write, not a `set_values` per field: samples with the same values (all
+    train samples of a round; a bubble's shell) share one update, which at 100k samples
+    takes seconds where six `set_values` took 24 s. It goes through FiftyOne's own
+    private ``_bulk_write``, which refreshes loaded samples; the fields exist already
+    (`declare_fields`), and ``last_modified_at`` is set as `set_values` sets it.
+
+    Args:
+        dataset: the dataset
+        table: an `assignment_table`
+    """
+    from bson import ObjectId
+    from pymongo import UpdateMany
+
+    ids = table["id"]
+    if not ids:
+        return
+    now = datetime.now(timezone.utc).replace(tzinfo=None)  # FiftyOne stores naive UTC
+    same_values: dict[tuple, list[ObjectId]] = {}
+    for sid, *values in zip(ids, *(table[c] for c in ASSIGNMENT_COLUMNS), strict=True):
+        same_values.setdefault(tuple(values), []).append(ObjectId(sid))
+    # Untag first: stale tags (an earlier interrupted write, zoo split tags) must not
+    # leave a sample tagged both train and test. `ordered` keeps this before the tagging.
+    stale = {"$pull": {"tags": {"$in": list(SPLIT_TAGS)}}}
+    ops = [
+        UpdateMany({"_id": {"$in": chunk}}, stale) for chunk in _chunks(list(map(ObjectId, ids)))
+    ]
+    for (split_value, anchor, shell, rnd, duplicate), oids in same_values.items():
+        fields = {
+            SPLIT_FIELD: split_value,
+            ANCHOR_FIELD: anchor,
+            SHELL_FIELD: shell,
+            ROUND_FIELD: rnd,
+            DUPLICATE_FIELD: duplicate,
+            ERROR_FIELD: None,
+            "last_modified_at": now,
+        }
+        update: dict[str, Any] = {"$set": fields}
+        if split_value in SPLIT_TAGS:
+            update["$addToSet"] = {"tags": split_value}
+        ops.extend(UpdateMany({"_id": {"$in": chunk}}, update) for chunk in _chunks(oids))
+    dataset._bulk_write(ops, ids=ids, ordered=True)
+
+
+def _chunks(items: list, size: int = _MAX_IDS_PER_QUERY) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def write_embeddings_once(dataset: fo.Dataset, field: str, ids: list[str], out: Any) -> int:
+    """Writes one chunk's embeddings and errors where ``field`` is still empty.
+
+    Each update is conditional on the sample having no embedding yet, which MongoDB
+    checks atomically per document: of two writers (shards of different layouts, a
+    split racing its shards) exactly one writes a sample, and a stored vector never
+    changes, which the state's per-sample checksums rely on. A successful sample's
+    old error is cleared; a failed one gets its message unless another writer has
+    embedded it meanwhile. Raw updates (as in `write_assignments`) because
+    ``set_values`` cannot be conditional, and FiftyOne's ``_bulk_write`` does not return
+    the counts; so its two private steps are done here: the write to the private
+    sample collection, and the refresh of loaded samples.
+
+    Args:
+        dataset: the dataset
+        field: the vector field
+        ids: the chunk's sample ids, in the order of ``out``'s rows
+        out: the embedder's result for the chunk (``ok``, ``embeddings``, ``errors``)
+
+    Returns:
+        how many embeddings this call wrote
+    """
+    from bson import ObjectId
+    from fiftyone.core.odm.database import bulk_write
+    from fiftyone.core.sample import Sample
+    from pymongo import UpdateOne
+
+    now = datetime.now(timezone.utc).replace(tzinfo=None)  # FiftyOne stores naive UTC
+    vectors = dataset.get_field(field)
+    ok_rows = np.flatnonzero(out.ok)
+    ok_ops = [
+        UpdateOne(
+            {"_id": ObjectId(ids[row]), field: None},
+            {"$set": {field: vectors.to_mongo(vec), ERROR_FIELD: None, "last_modified_at": now}},
+        )
+        for row, vec in zip(ok_rows, out.embeddings, strict=True)
+    ]
+    error_ops = [
+        UpdateOne(
+            {"_id": ObjectId(ids[row]), field: None},
+            {"$set": {ERROR_FIELD: msg, "last_modified_at": now}},
+        )
+        for row, msg in out.errors.items()
+    ]
+    coll = dataset._sample_collection
+    written = sum(r.modified_count for r in bulk_write(ok_ops, coll)) if ok_ops else 0
+    if error_ops:
+        bulk_write(error_ops, coll)
+    Sample._reload_docs(dataset._sample_collection_name, sample_ids=ids)
+    return written
+
+
+def clear_excluded_fields(dataset: fo.Dataset) -> int:
+    """Clears the split fields and split tags of excluded samples; returns how many.
+
+    Run after the commit that dropped them from the state; idempotent, so a run that
+    died in between finishes the job next time.
+
+    Args:
+        dataset: the dataset
+    """
+    if not dataset.has_field(ROUND_FIELD):
+        return 0
+    ids = dataset.match_tags(EXCLUDED_TAG).exists(ROUND_FIELD).values("id")
+    if ids:
+        view = dataset.select(ids)
+        view.untag_samples(list(SPLIT_TAGS))
+        view.clear_sample_fields([f for f in RESULT_FIELDS if f != ERROR_FIELD])
+    return len(ids)
+
+
+# --------------------------------------------------------------------------- labels and groups
+
+
+def _label_path(field: Any, name: str, multi_ok: bool) -> tuple[str, bool] | None:
+    """(values path, several labels per sample) of a usable label/group field, else None."""
+    if isinstance(field, fo.EmbeddedDocumentField):
+        doc = field.document_type
+        for label_list, attr in _LABEL_LISTS.items():
+            if multi_ok and issubclass(doc, label_list):
+                return f"{name}.{attr}.label", True
+        if issubclass(doc, fo.Classification):
+            return f"{name}.label", False
+        if issubclass(doc, fo.Group):  # a flattened grouped dataset: the group's id
+            return f"{name}.id", False
+    elif isinstance(field, fo.ListField) and isinstance(field.field, _SCALAR_FIELDS):
+        return (name, True) if multi_ok else None
+    elif isinstance(field, _SCALAR_FIELDS):
+        return name, False
+    return None
+
+
+def label_field_choices(dataset: fo.Dataset, multi_ok: bool = True) -> list[str]:
+    """Sample fields usable as labels (``multi_ok``) or as groups (one value per sample).
+
+    Args:
+        dataset: the dataset
+        multi_ok: whether fields with several labels per sample qualify (labels: yes,
+            groups: no)
+    """
+    return sorted(
+        name
+        for name, field in dataset.get_field_schema().items()
+        if name not in _NOT_LABELS
+        and name not in RESULT_FIELDS
+        and _label_path(field, name, multi_ok) is not None
+    )
+
+
+def label_source(dataset: fo.Dataset, field: str, param: str) -> tuple[str, bool]:
+    """(values path, several labels per sample) of a label or group field; checks it.
+
+    Labels (``param="label_field"``) come from a Classification, a label list
+    (Classifications, Detections, Polylines, Keypoints: every object's label), a
+    string/int field or a list of strings; groups from a string/int/ObjectId field, a
+    Classification's label or a Group's id.
+
+    Args:
+        dataset: the dataset
+        field: the field's name
+        param: ``"label_field"`` or ``"group_field"``: what the field is for, as the
+            error messages name it
+    """
+    multi_ok = param == "label_field"
+    schema_field = dataset.get_field(field)
+    if schema_field is None:
+        raise ValueError(f"{param}={field!r}: dataset {dataset.name!r} has no such field")
+    found = _label_path(schema_field, field, multi_ok)
+    if found is None:
+        kinds = (
+            "a Classification, Classifications, Detections, Polylines, Keypoints, string, "
+            "int or list-of-strings field"
+            if multi_ok
+            else "a string, int, ObjectId, Classification or Group field"
+        )
+        raise ValueError(f"{param}={field!r} is a {type(schema_field).__name__}; expected {kinds}")
+    return found
+
+
+def label_values(
+    dataset: fo.Dataset, ids: list[str], field: str | None, param: str = "label_field"
+) -> np.ndarray | list | None:
+    """Per sample of ``ids`` (in dataset order): its label, its list of labels, or its
+    group id; None without a field.
+
+    Args:
+        dataset: the dataset
+        ids: sample ids
+        field: a label or group field (see `label_source`), or None
+        param: ``"label_field"`` or ``"group_field"``
+    """
+    if not field:
+        return None
+    path, multi = label_source(dataset, field, param)
+    values = dataset.select(ids).values(path)
+    return [v or [] for v in values] if multi else label_strings(values)
+
+
+def label_strings(values: Iterable[Any]) -> np.ndarray:
+    """Label or group values as strings: a Classification's label, "" for None.
+
+    Args:
+        values: field values (strings, ints, Classifications, None)
+    """
+    out = []
+    for v in values:
+        if v is not None and hasattr(v, "label"):  # Classification and friends
+            v = v.label
+        out.append("" if v is None else str(v))
+    return np.asarray(out, dtype=str)

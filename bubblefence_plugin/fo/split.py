@@ -1,0 +1,552 @@
+"""The split use case: one BubbleFence round on the new samples of a FiftyOne collection.
+
+Operators, the command line and Python users all call `split` (or `iter_split`, its
+generator of `Progress` events), so the App, a delegated worker and a script behave
+identically. A round, under the dataset's `RunLock`:
+
+1. reads the state (`state.load_state`) and settles the config and fields;
+2. reconciles the state with the dataset: repairs the split fields of a round whose
+   writing was interrupted, forgets deleted samples and those tagged ``excluded``;
+3. embeds the new samples (or reads the chosen vector field);
+4. runs the core's round, commits the state, writes the split fields and tags, and
+   places the new samples on the 2-D map.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import fiftyone as fo
+import fiftyone.core.collections as foc
+import numpy as np
+
+from ..core.config import FROZEN_AFTER_FIRST_ROUND, BubbleFenceConfig, read_yaml_values
+from ..core.progress import Progress, ProgressCallback, Steps, drive, within
+from .embeddings import (
+    MAX_ERRORS_SHOWN,
+    check_vector_field,
+    get_embedder,
+    iter_embed_missing,
+    prepare_embeddings_field,
+    read_embeddings,
+)
+from .fields import (
+    EMBEDDING_FIELD,
+    ERROR_FIELD,
+    EXCLUDED_TAG,
+    RESULT_FIELDS,
+    SPLIT_TAGS,
+    SPLIT_VALUES,
+    assignment_table,
+    check_collection,
+    clear_excluded_fields,
+    declare_fields,
+    label_source,
+    label_values,
+    table_from_frame,
+    write_assignments,
+)
+from .map import update_after_round
+from .runs import RunLock
+from .state import (
+    STATE_RUN,
+    leave_split_if_excluded,
+    load_state,
+    record_fields_round,
+    save_state,
+    state_info,
+    state_params,
+)
+
+if TYPE_CHECKING:
+    from ..core.pipeline import BubbleFence, RoundResult
+
+ConfigSource = BubbleFenceConfig | dict | str | os.PathLike | None
+
+
+def split(
+    samples: foc.SampleCollection,
+    config: ConfigSource = None,
+    *,
+    embeddings_field: str | None = None,
+    label_field: str | None = None,
+    group_field: str | None = None,
+    progress: ProgressCallback | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Runs one BubbleFence round on the not-yet-assigned samples of ``samples``.
+
+    Bubbles are global to the dataset; a view only chooses which new samples join.
+    Samples already split never move; samples tagged ``excluded`` take no part.
+
+    Example usage::
+
+        import fiftyone.zoo as foz
+        import bubblefence_plugin.fo as bf
+
+        dataset = foz.load_zoo_dataset("quickstart")
+        summary = bf.split(dataset, eval_ratio=0.2, label_field="ground_truth")
+        print(summary["message"])
+
+        # later, after adding samples: only the new ones are assigned
+        bf.split(dataset)
+
+    Args:
+        samples: a dataset or any view of a flat image dataset (e.g.
+            ``ctx.target_view()``)
+        config: a `BubbleFenceConfig` (replaces the stored one), a dict of knobs or a
+            YAML file (they change only the knobs they name), or None (the stored config,
+            or the defaults on the first round)
+        embeddings_field: an existing vector field to split by, instead of computing
+            ``bubblefence_embedding`` with ``config.model_name``
+        label_field: a label field whose labels each split should cover; remembered
+            for later rounds, "" forgets it
+        group_field: a field whose samples of one value (a patient, a video) stay in
+            one side of the split; remembered like ``label_field``
+        progress: called as ``progress(fraction, label)`` while the round runs
+        **overrides: config knobs, e.g. ``eval_ratio=0.3``
+
+    Returns:
+        a JSON-able summary of the round: counts of the round and in total, the eval
+        share, bubbles, errors, and a one-line ``message``
+    """
+    steps = iter_split(
+        samples,
+        config,
+        embeddings_field=embeddings_field,
+        label_field=label_field,
+        group_field=group_field,
+        **overrides,
+    )
+    return drive(steps, progress)
+
+
+def iter_split(
+    samples: foc.SampleCollection,
+    config: ConfigSource = None,
+    *,
+    embeddings_field: str | None = None,
+    label_field: str | None = None,
+    group_field: str | None = None,
+    **overrides: Any,
+) -> Steps[dict[str, Any]]:
+    """`split` as a generator of `Progress` events (for live progress in the App); the
+    summary is the generator's return value.
+
+    Args:
+        samples: a dataset or view, as for `split`
+        config: as for `split`
+        embeddings_field: as for `split`
+        label_field: as for `split`
+        group_field: as for `split`
+        **overrides: config knobs
+    """
+    dataset = check_collection(samples)
+    request = _Request(config, embeddings_field, label_field, group_field, overrides)
+    with RunLock(dataset, "split") as lock:
+        return (yield from _split_locked(samples, dataset, lock, request))
+
+
+# --------------------------------------------------------------------------- config
+
+
+def resolve_config(
+    previous: BubbleFenceConfig | None,
+    config: ConfigSource,
+    overrides: dict[str, Any],
+) -> tuple[BubbleFenceConfig, list[str]]:
+    """The config of this round and the names of knobs that differ from the stored one.
+
+    Without an explicit config a later round continues with the stored one, so a
+    plain re-run never changes a knob by accident.
+
+    Args:
+        previous: the stored config, or None before the first round
+        config: as for `split`
+        overrides: knobs given as keywords; they win over ``config``
+    """
+    start = previous or BubbleFenceConfig()
+    if config is None:
+        explicit: dict[str, Any] = {}
+    elif isinstance(config, BubbleFenceConfig):
+        start, explicit = config, {}  # a complete config replaces the stored one
+    elif isinstance(config, dict):
+        explicit = dict(config)
+    else:
+        explicit = read_yaml_values(config)
+    # Only the knobs a file, dict or keyword names change; the others keep their
+    # stored value, so a partial YAML does not silently reset e.g. the model.
+    cfg = BubbleFenceConfig.from_dict({**start.to_dict(), **explicit, **overrides})
+    if previous is None:
+        return cfg, []
+    old, new = previous.to_dict(), cfg.to_dict()
+    return cfg, sorted(k for k in new if new[k] != old.get(k))
+
+
+def check_split_config(
+    samples: foc.SampleCollection | None,
+    config: ConfigSource,
+    overrides: dict[str, Any],
+) -> BubbleFenceConfig:
+    """The round's config, checked against the stored one without writing anything:
+    for front ends that write before the round (the CLI adds folders first).
+
+    Args:
+        samples: the dataset or view to split, or None when it does not exist yet
+        config: as for `split`
+        overrides: config knobs given as keywords
+    """
+    info = state_info(samples) if samples is not None else None
+    previous = BubbleFenceConfig.from_dict(info["config"]) if info else None
+    cfg, changed = resolve_config(previous, config, overrides)
+    if previous is not None:
+        _refuse_frozen(previous, cfg, changed)
+    return cfg
+
+
+def _refuse_frozen(previous: BubbleFenceConfig, cfg: BubbleFenceConfig, changed: list[str]) -> None:
+    frozen = [k for k in changed if k in FROZEN_AFTER_FIRST_ROUND]
+    if frozen:
+        old = previous.to_dict()
+        detail = ", ".join(f"{k}: {old[k]!r} -> {getattr(cfg, k)!r}" for k in frozen)
+        raise ValueError(
+            f"cannot change {detail} after the first round: earlier samples were split "
+            "with the stored value. Keep it, or reset the dataset's BubbleFence state "
+            "(bubblefence_reset) to start over with the new value"
+        )
+
+
+# --------------------------------------------------------------------------- the round
+
+
+@dataclass(frozen=True)
+class _Request:
+    """What the caller asked of the round (see `split`)."""
+
+    config: ConfigSource
+    embeddings_field: str | None
+    label_field: str | None
+    group_field: str | None
+    overrides: dict[str, Any]
+
+
+@dataclass
+class _Round:
+    """What the steps of one round share."""
+
+    samples: foc.SampleCollection
+    dataset: fo.Dataset
+    lock: RunLock
+    bf: BubbleFence | None  # the state; None until the first round ingests
+    params: dict[str, Any]  # its run parameters; {} before the first round
+    cfg: BubbleFenceConfig
+    changed: list[str]  # knobs that differ from the stored config
+    embeddings_field: str
+    label_field: str | None
+    group_field: str | None
+
+    @property
+    def uses_model(self) -> bool:
+        """Whether this round computes embeddings (else it reads a user's field)."""
+        return self.embeddings_field == EMBEDDING_FIELD
+
+
+def _split_locked(
+    samples: foc.SampleCollection, dataset: fo.Dataset, lock: RunLock, request: _Request
+) -> Steps[dict[str, Any]]:
+    """The round, step by step, under the dataset's lock (see the module docstring)."""
+    yield Progress(0.0, "Reading the BubbleFence state")
+    r = _open_round(samples, dataset, lock, request)
+    summary, new_ids = _reconcile(r)
+    if not new_ids:
+        return _finish_without_new(r, summary)
+
+    ok_ids, embeddings = yield from _usable_embeddings(r, new_ids, summary)
+    if not ok_ids:
+        message = (
+            f"No usable embeddings among the {len(new_ids)} new samples "
+            f"({summary['n_errors']} errors)"
+        )
+        return _finish_summary(summary, r.bf, None, message)
+
+    lock.heartbeat(force=True)
+    yield Progress(0.85, f"Splitting {len(ok_ids)} new samples")
+    result = _ingest(r, ok_ids, embeddings)
+    lock.heartbeat(force=True)  # raises if the lock was lost: then nothing is committed
+
+    yield Progress(0.9, "Saving the state")
+    _commit(r)
+    yield Progress(0.95, "Writing split fields and tags")
+    _write_round_fields(r, result)
+    yield Progress(0.97, "Placing the new samples on the 2-D map")
+    summary = _finish_summary(summary, r.bf, result, None)
+    update_after_round(dataset, r.bf, summary)  # never raises: a failure is noted in the summary
+    yield Progress(1.0, "Done")
+    return summary
+
+
+def _open_round(
+    samples: foc.SampleCollection, dataset: fo.Dataset, lock: RunLock, request: _Request
+) -> _Round:
+    """Reads the state and settles the round's config and fields: a config, embeddings
+    field or label field that does not fit the state fails here, before any embedding."""
+    STATE_RUN.finish_interrupted_commit(dataset)
+    loaded = load_state(dataset)
+    bf, params = loaded if loaded else (None, {})
+    embeddings_field = request.embeddings_field or EMBEDDING_FIELD
+    cfg, changed = resolve_config(bf.config if bf else None, request.config, request.overrides)
+    if bf is not None:
+        stored_field = params.get("embeddings_field")
+        if stored_field and stored_field != embeddings_field:
+            raise ValueError(
+                f"this dataset's BubbleFence state was built from embeddings field "
+                f"{stored_field!r}; mixing it with {embeddings_field!r} is refused. Use "
+                f"{stored_field!r}, or reset the state to start over"
+            )
+        # Knobs that would change earlier assignments are refused; the rest apply to
+        # new rounds.
+        _refuse_frozen(bf.config, cfg, changed)
+        if changed:
+            bf.reconfigure(**{k: getattr(cfg, k) for k in changed})
+    # Label and group fields are remembered: a later round that names none keeps them, so a
+    # new sample of a known group still follows its group; "" drops one explicitly.
+    label_field = _remembered(request.label_field, params.get("label_field"))
+    group_field = _remembered(request.group_field, params.get("group_field"))
+    for field, param in ((label_field, "label_field"), (group_field, "group_field")):
+        if field:
+            label_source(dataset, field, param)
+    declare_fields(dataset, RESULT_FIELDS)
+    return _Round(
+        samples=samples,
+        dataset=dataset,
+        lock=lock,
+        bf=bf,
+        params=params,
+        cfg=cfg,
+        changed=changed,
+        embeddings_field=embeddings_field,
+        label_field=label_field,
+        group_field=group_field,
+    )
+
+
+def _remembered(asked: str | None, stored: str | None) -> str | None:
+    """The round's label or group field: the stored one unless one is asked; "" is none."""
+    return (stored if asked is None else asked) or None
+
+
+def _reconcile(r: _Round) -> tuple[dict[str, Any], list[str]]:
+    """Brings the state up to date with the dataset; returns the round's summary so far
+    and the new samples of the target, in dataset order.
+
+    Repairs the split fields of a round whose writing was interrupted; forgets samples
+    deleted since and samples tagged `EXCLUDED_TAG`.
+    """
+    n_repaired = n_forgotten = 0
+    assigned: set[str] = set()
+    if r.bf is not None:
+        frame = r.bf.assignments()
+        n_repaired = _repair_fields(r, frame)
+        # `load_state` already dropped samples it found without an embedding.
+        n_forgotten = int(r.params.get("n_samples", r.bf.n_samples)) - r.bf.n_samples
+        assigned = set(frame["id"].tolist())
+        gone = sorted(assigned - set(r.dataset.values("id")))
+        if gone:
+            n_forgotten += int(r.bf.forget(gone))
+            assigned -= set(gone)
+    left = leave_split_if_excluded(r.dataset, r.bf, r.params)
+    assigned -= set(left)
+
+    target_ids = set(r.samples.match_tags(EXCLUDED_TAG, bool=False).values("id"))
+    new_ids = r.dataset.select(list(target_ids - assigned)).values("id")
+    summary = {
+        "dataset": r.dataset.name,
+        "n_target": len(target_ids),
+        "n_new": len(new_ids),
+        "n_embedded": 0,
+        "n_errors": 0,
+        "n_forgotten": n_forgotten,
+        "n_repaired": n_repaired,
+        "n_excluded_left": len(left),
+        "config_changed": r.changed,
+        "label_field": r.label_field,
+        "group_field": r.group_field,
+    }
+    return summary, new_ids
+
+
+def _repair_fields(r: _Round, frame: Any) -> int:
+    """Rewrites the split fields of the rounds the fields missed (a run died between its
+    commit and its field writes); returns how many samples were rewritten."""
+    fields_round = int(r.params.get("fields_round", -1))
+    last_round = int(frame["round"].max()) if len(frame) else -1
+    if fields_round >= last_round:
+        return 0
+    stale = frame[frame["round"] > fields_round]
+    write_assignments(r.dataset, table_from_frame(stale))
+    record_fields_round(r.dataset, r.params, last_round)
+    return len(stale)
+
+
+def _finish_without_new(r: _Round, summary: dict[str, Any]) -> dict[str, Any]:
+    """Commits what reconciling changed (samples forgotten or excluded), then says why
+    there was nothing to split."""
+    if (summary["n_forgotten"] or summary["n_excluded_left"]) and r.bf is not None:
+        save_state(r.dataset, r.bf, state_params(r.bf, r.cfg, r.embeddings_field, r.params))
+        clear_excluded_fields(r.dataset)
+    if not summary["n_target"] and not len(r.samples):
+        message = "Nothing to split: the target view is empty (0 samples)"
+    elif not summary["n_target"]:
+        message = f"Nothing to split: every sample of the target is tagged {EXCLUDED_TAG!r}"
+    else:
+        message = "Nothing new to split: every sample in the target is already assigned"
+    return _finish_summary(summary, r.bf, None, message)
+
+
+def _usable_embeddings(
+    r: _Round, new_ids: list[str], summary: dict[str, Any]
+) -> Steps[tuple[list[str], np.ndarray]]:
+    """(ids, unit embeddings) of the new samples that have a usable vector; computes the
+    missing ones first when the round uses the model. Failures are counted in the
+    summary and written to `ERROR_FIELD`."""
+    errors: dict[str, str] = {}
+    dim = r.bf.dim if r.bf is not None else None
+    if r.uses_model:
+        errors = yield from within(_embed_new(r, new_ids, dim, summary), 0.02, 0.8)
+    else:
+        check_vector_field(r.dataset, r.embeddings_field)
+    yield Progress(0.8, "Reading embeddings")
+    candidate_ids = [i for i in new_ids if i not in errors]
+    ok_ids, embeddings, read_errors = read_embeddings(
+        r.dataset, candidate_ids, r.embeddings_field, dim
+    )
+    errors.update(read_errors)
+    if read_errors:
+        r.dataset.set_values(ERROR_FIELD, read_errors, key_field="id")
+    summary["n_errors"] = len(errors)
+    summary["errors"] = dict(list(errors.items())[:MAX_ERRORS_SHOWN])
+    return ok_ids, embeddings
+
+
+def _embed_new(
+    r: _Round, new_ids: list[str], dim: int | None, summary: dict[str, Any]
+) -> Steps[dict[str, str]]:
+    """Embeds the new samples that lack a vector with the config's model; returns the
+    per-sample errors."""
+    embedder = get_embedder(r.cfg.model_name, r.cfg.device, r.cfg.batch_size)
+    prepare_embeddings_field(r.dataset, embedder.model_name, embedder.dim)
+    if dim is not None and embedder.dim != dim:
+        raise ValueError(
+            f"model {embedder.model_name!r} gives {embedder.dim}-d embeddings but the "
+            f"state holds {dim}-d ones; reset the state to change model"
+        )
+    n_embedded, _, errors = yield from iter_embed_missing(r.dataset, new_ids, embedder, r.lock)
+    summary["n_embedded"] = n_embedded
+    return errors
+
+
+def _ingest(r: _Round, ok_ids: list[str], embeddings: np.ndarray) -> RoundResult:
+    """The core's round on the new samples, with their labels and groups."""
+    from ..core.pipeline import BubbleFence
+
+    if r.bf is None:
+        r.bf = BubbleFence(r.cfg)
+    kwargs: dict[str, Any] = {"ids": ok_ids}
+    labels = label_values(r.dataset, ok_ids, r.label_field)
+    groups = label_values(r.dataset, ok_ids, r.group_field, "group_field")
+    if labels is not None:
+        kwargs["labels"] = labels
+    if groups is not None:
+        kwargs["groups"] = groups
+    return r.bf.ingest(embeddings, **kwargs)
+
+
+def _commit(r: _Round) -> None:
+    """Commits the state with this round's parameters; then excluded samples lose their
+    split fields (idempotent, so a run that dies in between finishes it next time)."""
+    params = state_params(r.bf, r.cfg, r.embeddings_field, r.params)
+    params["model_name"] = r.cfg.model_name if r.uses_model else None
+    params.update(label_field=r.label_field, group_field=r.group_field)
+    save_state(r.dataset, r.bf, params)
+    r.params = params
+    clear_excluded_fields(r.dataset)
+
+
+def _write_round_fields(r: _Round, result: RoundResult) -> None:
+    """Mirrors the round's assignments into the split fields and tags."""
+    table = assignment_table(
+        result.ids, result.split, result.anchor_id, result.shell, result.round, result.duplicate_of
+    )
+    write_assignments(r.dataset, table)
+    record_fields_round(r.dataset, r.params, int(result.round))
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def _finish_summary(
+    summary: dict[str, Any], bf: Any, result: Any, message: str | None
+) -> dict[str, Any]:
+    """Adds the round's and the state's counts, and the one-line ``message`` (the
+    round's own unless ``message`` is given)."""
+    summary.update(_round_counts(result))
+    summary.update(_state_counts(bf))
+    summary["message"] = message if message is not None else _round_message(summary)
+    return summary
+
+
+def _round_counts(result: Any) -> dict[str, Any]:
+    if result is None:
+        return {
+            "round": None,
+            "n_assigned": 0,
+            "counts_round": {s: 0 for s in SPLIT_VALUES},
+            "new_anchors": 0,
+        }
+    counts = Counter(str(s) for s in np.asarray(result.split))
+    return {
+        "round": int(result.round),
+        "n_assigned": len(result.ids),
+        "counts_round": {s: int(counts.get(s, 0)) for s in SPLIT_VALUES},
+        "new_anchors": len(result.new_anchor_ids),
+    }
+
+
+def _state_counts(bf: Any) -> dict[str, Any]:
+    if bf is None:
+        return {"counts_total": {s: 0 for s in SPLIT_VALUES}, "eval_share": 0.0, "n_anchors": 0}
+    totals = Counter(bf.assignments()["split"].astype(str).tolist())
+    counts_total = {s: int(totals.get(s, 0)) for s in SPLIT_VALUES}
+    kept = sum(counts_total[s] for s in SPLIT_TAGS)
+    held = counts_total["validation"] + counts_total["test"]
+    core = bf.summary()
+    return {
+        "counts_total": counts_total,
+        "eval_share": round(held / kept, 4) if kept else 0.0,
+        "n_anchors": len(bf.anchors),
+        **{k: core[k] for k in ("labels", "groups") if k in core},
+    }
+
+
+def _round_message(summary: dict[str, Any]) -> str:
+    c = summary["counts_round"]
+    message = (
+        f"Round {summary['round']}: {summary['n_assigned']} samples assigned "
+        f"(train {c['train']}, validation {c['validation']}, test {c['test']}, "
+        f"duplicates {c['duplicate']}); eval share {summary['eval_share']:.3f}; "
+        f"{summary['new_anchors']} new bubbles, {summary['n_anchors']} in all"
+    )
+    if summary.get("labels"):
+        labels = summary["labels"]
+        message += (
+            f"; labels with >= {labels['min_label_count']} samples in eval: "
+            f"{labels['covered']['eval']}/{labels['n_eligible']}"
+        )
+    if summary.get("groups"):
+        message += f"; group violations: {summary['groups']['violations']}"
+    if summary["n_errors"]:
+        message += f"; {summary['n_errors']} samples failed (see {ERROR_FIELD})"
+    return message

@@ -1,0 +1,271 @@
+"""The split state of a dataset: the committed `BubbleFence`, stored as the run
+``bubblefence`` (`STATE_RUN`, written with the two-phase commit of `runs`).
+
+Truth and mirrors. The state is the single source of truth: a sample is "assigned"
+when its id is in the stored state, never because a field happens to be set. The
+sample fields (``split``, ``anchor_id``, ...) and the split tags are a mirror written
+after the state commits (`fields.write_assignments`); the run's ``fields_round`` says
+up to which round the mirror is written, so the next run repairs it if a run died
+while writing it.
+
+The state keeps no copy of the embeddings: they live in the embeddings field, and
+the state holds one checksum per row, so an edited vector is detected on load.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from typing import TYPE_CHECKING, Any
+
+import fiftyone as fo
+import fiftyone.core.collections as foc
+import numpy as np
+
+from ..core.config import BubbleFenceConfig
+from ..core.state import (
+    StateDamagedError,
+    check_layout,
+    check_model_name,
+    check_values,
+    damaged,
+    npy_blob_header,
+)
+from .fields import EXCLUDED_TAG, root_dataset
+from .runs import RESET_HINT, RunType, to_npy_bytes
+
+if TYPE_CHECKING:
+    from ..core.pipeline import BubbleFence
+
+# Version 1: the embeddings matrix inside the run; 2: rebuilt from the embeddings field.
+STATE_RUN = RunType("bubblefence", "bubblefence-state", 2, "state_version")
+RUN_KEY = STATE_RUN.key
+
+
+def state_info(samples: foc.SampleCollection) -> dict[str, Any] | None:
+    """The stored run's parameters (config, source, rounds), cheap: no arrays are read.
+
+    Args:
+        samples: a dataset or view; the state is its dataset's
+
+    Returns:
+        the parameters (``config``, ``embeddings_field``, ``label_field``,
+        ``group_field``, ``n_samples``, ``excluded_ids``...), or None without a state
+    """
+    return STATE_RUN.info(root_dataset(samples))
+
+
+def load_state(
+    samples: foc.SampleCollection, embeddings: bool = True
+) -> tuple[BubbleFence, dict[str, Any]] | None:
+    """Loads the stored `BubbleFence` and its run parameters, or None if there is none.
+
+    Every array is checked before it is allocated; a damaged state raises
+    `StateDamagedError`.
+
+    Args:
+        samples: a dataset or view; the state is its dataset's
+        embeddings: rebuild the embeddings matrix from the embeddings field. False
+            only reads assignments (the export manifest); such a state cannot ingest
+
+    Returns:
+        (the `BubbleFence`, its run parameters), or None
+    """
+    from ..core.pipeline import BubbleFence
+
+    dataset = root_dataset(samples)
+    found = STATE_RUN.read_committed(dataset)
+    if found is None:
+        if dataset.has_run(STATE_RUN.key) or dataset.has_run(STATE_RUN.commit_key):
+            raise StateDamagedError(
+                f"the BubbleFence state of dataset {dataset.name!r} is unreadable; {RESET_HINT}"
+            )
+        return None
+    params, results = found
+    STATE_RUN.check(dataset, params)
+    meta, arrays = _checked_state(dataset, params, results)
+    gone: list[str] = []
+    if not embeddings:
+        arrays["embeddings"] = np.empty((len(arrays["ids"]), 0), np.float32)
+    elif "embeddings" not in arrays:
+        arrays["embeddings"], gone = _stored_embeddings(dataset, params, arrays)
+    try:
+        bf = BubbleFence.from_state_dict(meta, arrays)
+    except (ValueError, KeyError, TypeError, IndexError) as e:
+        where = f"the BubbleFence state of dataset {dataset.name!r}"
+        raise damaged(where, f"{type(e).__name__}: {e}", RESET_HINT) from e
+    if gone:
+        bf.forget(gone)  # deleted from the dataset since the state was written
+    return bf, params
+
+
+def save_state(dataset: fo.Dataset, bf: BubbleFence, params: dict[str, Any]) -> None:
+    """Commits the state atomically (`RunType.commit`). Call under the dataset's `RunLock`.
+
+    Args:
+        dataset: the dataset
+        bf: the `BubbleFence`
+        params: its run parameters (`state_params`)
+    """
+    meta, arrays = bf.state_dict()
+    # The vectors live in the embeddings field; a checksum per row detects edits.
+    arrays["embedding_checks"] = _row_checks(arrays.pop("embeddings"))
+    payload = {"meta": meta, "arrays": {k: to_npy_bytes(v) for k, v in arrays.items()}}
+    STATE_RUN.commit(dataset, params, payload)
+
+
+def state_params(
+    bf: BubbleFence, cfg: BubbleFenceConfig, embeddings_field: str, old: dict[str, Any]
+) -> dict[str, Any]:
+    """The run parameters of ``bf`` after a round: its config and counts, the rest
+    carried over from the previous parameters ``old``.
+
+    Args:
+        bf: the `BubbleFence`
+        cfg: the round's config
+        embeddings_field: the field the state's vectors are read from
+        old: the previous run parameters ({} for the first round)
+    """
+    return STATE_RUN.new_params(
+        config=cfg.to_dict(),
+        embeddings_field=embeddings_field,
+        model_name=old.get("model_name"),
+        label_field=old.get("label_field"),
+        group_field=old.get("group_field"),
+        dim=int(bf.dim) if bf.dim else None,
+        n_samples=int(bf.n_samples),
+        fields_round=int(old.get("fields_round", -1)),
+        excluded_ids=old.get("excluded_ids", []),
+        updated_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
+
+
+def record_fields_round(dataset: fo.Dataset, params: dict[str, Any], value: int) -> None:
+    """Records that the split fields mirror the state up to round ``value``.
+
+    Args:
+        dataset: the dataset
+        params: the stored run parameters, updated in place
+        value: the last round written to the fields
+    """
+    params["fields_round"] = int(value)
+    STATE_RUN.update_params(dataset, params)
+
+
+def state_embeddings(bf: BubbleFence) -> np.ndarray:
+    """The unit embeddings ``bf`` holds, one row per row of ``bf.assignments()``.
+
+    Args:
+        bf: a `BubbleFence` loaded with its embeddings (`load_state`)
+    """
+    return bf.state_dict()[1]["embeddings"]
+
+
+def leave_split_if_excluded(
+    dataset: fo.Dataset, bf: BubbleFence | None, params: dict[str, Any]
+) -> list[str]:
+    """Samples tagged `EXCLUDED_TAG` that the state holds leave it (`forget`); returns them.
+
+    Nothing else moves: the others keep their split, bubble and shell. The run's
+    parameters list every excluded sample (``excluded_ids``), so the exclusion is
+    auditable. The caller commits, then calls `fields.clear_excluded_fields`.
+
+    Args:
+        dataset: the dataset
+        bf: its `BubbleFence`, or None before the first round
+        params: its run parameters; ``excluded_ids`` is updated in place
+    """
+    excluded = sorted(dataset.match_tags(EXCLUDED_TAG).values("id"))
+    params["excluded_ids"] = excluded
+    if bf is None or not excluded:
+        return []
+    held = set(bf.assignments()["id"].astype(str).tolist())
+    left = [i for i in excluded if i in held]
+    if left:
+        bf.forget(left)
+    return left
+
+
+def _checked_state(
+    dataset: fo.Dataset, params: dict[str, Any], results: Any
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The stored meta and arrays, checked (`core.state.check_layout`) before any array
+    is allocated, and the run parameters the next steps use (model, field, dimension)."""
+    where = f"the BubbleFence state of dataset {dataset.name!r}"
+    meta, blobs = results.meta, results.arrays
+    if not isinstance(meta, dict) or not isinstance(blobs, dict):
+        raise damaged(where, "its meta or arrays are not mappings", RESET_HINT)
+    check_model_name(params.get("model_name"), where, RESET_HINT)
+    if not isinstance(params.get("embeddings_field"), str):
+        raise damaged(where, f"embeddings field {params.get('embeddings_field')!r}", RESET_HINT)
+    if params.get("dim") != meta.get("dim"):
+        raise damaged(
+            where,
+            f"dimension {params.get('dim')!r} in its run, {meta.get('dim')!r} inside",
+            RESET_HINT,
+        )
+    headers = {k: npy_blob_header(v, f"{where}: array {k!r}", RESET_HINT) for k, v in blobs.items()}
+    ids_shape = headers.get("ids", ((), None))[0]
+    n_samples = params.get("n_samples", ids_shape[0] if ids_shape else -1)
+    check_layout(headers, meta, n_samples, where, RESET_HINT)
+    arrays = {k: np.load(io.BytesIO(v), allow_pickle=False) for k, v in blobs.items()}
+    check_values(arrays, where, RESET_HINT)
+    return meta, arrays
+
+
+def _row_checks(unit_rows: np.ndarray) -> np.ndarray:
+    """One number per row that moves when the row changes: its product with a fixed
+    irregular vector (cosines of multiples of the golden angle, the same everywhere).
+    A tolerance, not a hash, so a one-ulp difference in normalisation is no change."""
+    weights = np.cos(np.arange(unit_rows.shape[1]) * 2.399963229728653)
+    return unit_rows.astype(np.float64) @ weights
+
+
+def _stored_embeddings(
+    dataset: fo.Dataset, params: dict[str, Any], arrays: dict[str, np.ndarray]
+) -> tuple[np.ndarray, list[str]]:
+    """The state's embeddings matrix, rebuilt from the embeddings field in state order.
+
+    The state keeps only a checksum per row: the vectors already live in the field,
+    and a second copy in the run would double a million-sample dataset's storage.
+    Returns the matrix (zero rows for samples deleted since) and the deleted ids.
+    """
+    from ..core.pipeline import unit_rows
+    from ..embedder import embeddings_from_array
+
+    field = params["embeddings_field"]
+    ids = arrays["ids"].astype(str)
+    dim = int(params["dim"])
+    if "embedding_checks" not in arrays:
+        where = f"the BubbleFence state of dataset {dataset.name!r}"
+        raise damaged(where, "no embedding_checks array", RESET_HINT)
+    if not dataset.has_field(field):
+        raise ValueError(
+            f"embeddings field {field!r}, which the BubbleFence state of dataset "
+            f"{dataset.name!r} was built from, does not exist (renamed or deleted?); "
+            f"rename it back (dataset.rename_sample_field(<new name>, {field!r})) or "
+            f"recompute it, or {RESET_HINT}"
+        )
+    all_ids, vectors = dataset.values(["id", field])
+    position = dict(zip(all_ids, range(len(all_ids)), strict=True))
+    present = np.array([i in position for i in ids], dtype=bool)
+    rows = [vectors[position[i]] for i in ids[present]]
+    checked = embeddings_from_array(rows, dim=dim) if rows else None
+    if checked is not None and checked.errors:
+        bad = [ids[present][i] for i in sorted(checked.errors)][:5]
+        raise ValueError(
+            f"embeddings field {field!r} lost or broke the vectors of {len(checked.errors)} "
+            f"samples the BubbleFence state holds (e.g. {bad}); restore them or reset the state"
+        )
+    matrix = np.zeros((len(ids), dim), dtype=np.float32)
+    if checked is not None:
+        matrix[present] = unit_rows(checked.embeddings)
+    checks = _row_checks(matrix[present])
+    changed = np.flatnonzero(np.abs(checks - arrays.pop("embedding_checks")[present]) > 1e-4)
+    if len(changed):
+        raise ValueError(
+            f"embeddings field {field!r} changed for {len(changed)} samples since they were "
+            f"split (e.g. {ids[present][changed[:5]].tolist()}); splitting new samples against "
+            "changed embeddings would break the guarantees. Restore them or reset the state"
+        )
+    return matrix, ids[~present].tolist()

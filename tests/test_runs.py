@@ -1,0 +1,151 @@
+"""The run store and lock (`bubblefence_plugin.fo.runs`) and the split state stored in it
+(`bubblefence_plugin.fo.state`): crash safety, concurrency, versions, embeddings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import add_embedded_samples, splits_by_id
+
+pytestmark = pytest.mark.fiftyone
+
+fo = pytest.importorskip("fiftyone")
+bfo = pytest.importorskip("bubblefence_plugin.fo")
+from bubblefence_plugin.fo import runs, state  # noqa: E402
+
+
+def test_concurrent_run_is_refused(field_dataset):
+    ds = field_dataset
+    with runs.RunLock(ds):
+        assert bfo.is_locked(ds)
+        with pytest.raises(bfo.BubbleFenceBusyError, match="in progress"):
+            bfo.split(ds, embeddings_field="emb")
+        with pytest.raises(bfo.BubbleFenceBusyError):
+            bfo.reset(ds)
+    assert not bfo.is_locked(ds)
+    assert bfo.split(ds, embeddings_field="emb")["n_assigned"] == 200
+
+
+def test_stale_lock_of_a_dead_process_is_taken_over(field_dataset):
+    ds = field_dataset
+    lock = runs.RunLock(ds)
+    lock.acquire()
+    # Simulate a killed holder: same host, a pid that does not exist.
+    dead = dict(lock._value, pid=2**22 + 12345, token="dead")
+    lock._store.set(runs.LOCK_KEY, dead)
+    assert not bfo.is_locked(ds)
+    assert bfo.split(ds, embeddings_field="emb")["n_assigned"] == 200
+
+
+def test_interrupted_runs_leave_state_intact_and_next_run_finishes(field_dataset, monkeypatch):
+    ds = field_dataset
+    bfo.split(ds.limit(100), embeddings_field="emb")
+    before = splits_by_id(ds)
+    state_before = bfo.state_info(ds)
+    real_put = runs.put_run
+
+    def dying_put(key_to_die_on):
+        def put(dataset, key, params, payload):
+            if key == key_to_die_on:
+                raise KeyboardInterrupt("killed")
+            real_put(dataset, key, params, payload)
+
+        return put
+
+    # 1. Killed while committing: the copy is written, the official run is being rewritten.
+    monkeypatch.setattr(runs, "put_run", dying_put(bfo.RUN_KEY))
+    with pytest.raises(KeyboardInterrupt):
+        bfo.split(ds, embeddings_field="emb")
+    monkeypatch.setattr(runs, "put_run", real_put)
+    assert not bfo.is_locked(ds)
+    assert splits_by_id(ds) == before  # fields untouched: the round had not been mirrored
+
+    # The next run rolls the committed copy forward and mirrors it.
+    summary = bfo.split(ds, embeddings_field="emb")
+    assert summary["n_repaired"] == 100 and summary["n_new"] == 0
+    assert ds.list_runs() == ["bubblefence", "bubblefence_layout"]  # state + 2-D map
+    assert len(ds.exists("split")) == 200
+    assert all(splits_by_id(ds)[i] == s for i, s in before.items() if s is not None)
+
+    # 2. Killed before the commit point: the previous state stays as it was.
+    add_embedded_samples(ds, 30, 5)
+    monkeypatch.setattr(runs, "put_run", dying_put(state.STATE_RUN.commit_key))
+    with pytest.raises(KeyboardInterrupt):
+        bfo.split(ds, embeddings_field="emb")
+    monkeypatch.undo()
+    assert bfo.state_info(ds)["n_samples"] == 200
+    assert len(ds.exists("split")) == 200
+    assert state_before["n_samples"] == 100
+    assert bfo.split(ds, embeddings_field="emb")["n_assigned"] == 30
+
+
+def test_state_from_a_newer_version_is_refused(field_dataset):
+    ds = field_dataset
+    bfo.split(ds.limit(50), embeddings_field="emb")
+    params = bfo.state_info(ds)
+    assert params["state_version"] == state.STATE_RUN.version
+    params["state_version"] = state.STATE_RUN.version + 1
+    state.STATE_RUN.update_params(ds, params)
+    with pytest.raises(ValueError, match="newer BubbleFence"):
+        bfo.split(ds, embeddings_field="emb")
+    assert not bfo.is_locked(ds)
+
+
+def test_a_run_of_another_format_is_refused_not_overwritten(field_dataset):
+    ds = field_dataset
+    foreign = {"method": "bubblefence", "format": "someone-else"}
+    runs.put_run(ds, bfo.RUN_KEY, foreign, {"meta": {}, "arrays": {}})
+    assert bfo.state_info(ds) is None  # not ours: no state
+    with pytest.raises(ValueError, match="not written by BubbleFence"):
+        bfo.split(ds, embeddings_field="emb")
+    assert runs.run_params(ds, bfo.RUN_KEY)["format"] == "someone-else"
+
+
+def test_run_types_write_their_format_and_version():
+    kind = runs.RunType("x_run", "x-format", 3, "x_version")
+    assert kind.commit_key == "x_run_commit"
+    assert kind.new_params(a=1) == {"method": "x_run", "format": "x-format", "x_version": 3, "a": 1}
+
+
+def test_state_rebuilds_embeddings_from_the_field(field_dataset):
+    ds = field_dataset
+    bfo.split(ds, embeddings_field="emb")
+    split_state, _ = bfo.load_state(ds)
+    ids, vectors = ds.select(split_state.assignments()["id"].tolist(), ordered=True).values(
+        ["id", "emb"]
+    )
+    expected = np.stack(vectors).astype(np.float32)
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    np.testing.assert_allclose(state.state_embeddings(split_state), expected, atol=1e-6)
+
+
+def test_edited_embeddings_of_assigned_samples_are_refused(field_dataset):
+    ds = field_dataset
+    bfo.split(ds, embeddings_field="emb")
+    before = splits_by_id(ds)
+    edited = ds.first()
+    edited["emb"] = np.asarray(edited["emb"])[::-1].copy()
+    edited.save()
+    add_embedded_samples(ds, 10, 3)
+    with pytest.raises(ValueError, match="changed for 1 samples"):
+        bfo.split(ds, embeddings_field="emb")
+    assert splits_by_id(ds) == {
+        **before,
+        **{i: None for i in ds.exists("split", False).values("id")},
+    }
+    assert not bfo.is_locked(ds)
+
+
+def test_state_of_version_1_with_embeddings_inside_is_read(field_dataset):
+    ds = field_dataset
+    bfo.split(ds.limit(150), embeddings_field="emb")
+    before = splits_by_id(ds)
+    split_state, params = bfo.load_state(ds)
+    meta, arrays = split_state.state_dict()  # version 1 stored exactly this, embeddings included
+    params["state_version"] = 1
+    payload = {"meta": meta, "arrays": {k: runs.to_npy_bytes(v) for k, v in arrays.items()}}
+    state.STATE_RUN.put(ds, params, payload)
+    summary = bfo.split(ds, embeddings_field="emb")
+    assert summary["n_new"] == 50 and summary["n_forgotten"] == 0
+    now = splits_by_id(ds)
+    assert all(now[i] == s for i, s in before.items() if s is not None)

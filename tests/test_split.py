@@ -1,0 +1,229 @@
+"""`bubblefence_plugin.fo.split` on real FiftyOne datasets with a precomputed embeddings field."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import add_embedded_samples, clustered_embeddings, splits_by_id
+
+pytestmark = pytest.mark.fiftyone
+
+fo = pytest.importorskip("fiftyone")
+bfo = pytest.importorskip("bubblefence_plugin.fo")
+from bubblefence_plugin.fo import runs  # noqa: E402
+
+F = fo.ViewField
+
+
+def _check_mirror(ds) -> None:
+    """Tags mirror the split field exactly, and held-out samples carry bubble fields."""
+    for sid, split, tags, anchor, shell in zip(
+        *ds.exists("split").values(["id", "split", "tags", "anchor_id", "bubblefence_shell"]),
+        strict=True,
+    ):
+        assert [t for t in tags if t in bfo.SPLIT_TAGS] == (
+            [split] if split in bfo.SPLIT_TAGS else []
+        ), sid
+        if split in ("validation", "test"):
+            assert anchor is not None and shell in ("inner", "outer")
+        if split == "train":
+            assert anchor is None and shell is None
+
+
+def test_split_writes_fields_tags_and_state(field_dataset):
+    ds = field_dataset
+    summary = bfo.split(ds, embeddings_field="emb", eval_ratio=0.2)
+    assert summary["n_new"] == 200 and summary["n_assigned"] == 200
+    assert summary["round"] == 0
+    counts = ds.count_values("split")
+    assert sum(counts.values()) == 200
+    assert counts.get("validation", 0) + counts.get("test", 0) > 0
+    assert summary["counts_total"]["train"] == counts.get("train", 0)
+    _check_mirror(ds)
+    assert set(ds.distinct("bubblefence_round")) == {0}
+    assert ds.list_runs() == ["bubblefence", "bubblefence_layout"]  # state + 2-D map
+    info = bfo.state_info(ds)
+    assert info["embeddings_field"] == "emb" and info["n_samples"] == 200
+    assert info["config"]["eval_ratio"] == 0.2
+    # Arrays are stored as npy bytes, loadable without pickle.
+    results = ds.load_run_results("bubblefence", cache=False)
+    for blob in results.arrays.values():
+        assert isinstance(blob, bytes) and blob[:6] == b"\x93NUMPY"
+        runs.from_npy_bytes(blob)
+    # The vectors live only in the embeddings field; the run keeps a checksum per row.
+    assert "embeddings" not in results.arrays
+    assert runs.from_npy_bytes(results.arrays["embedding_checks"]).shape == (200,)
+
+
+def test_progress_events_are_ordered_and_end_done(field_dataset):
+    seen = []
+    bfo.split(field_dataset, embeddings_field="emb", progress=lambda f, label: seen.append(f))
+    assert seen == sorted(seen) and seen[0] == 0.0 and seen[-1] == 1.0
+
+
+def test_three_incremental_rounds_are_stable(field_dataset):
+    ds = field_dataset
+    bfo.split(ds, embeddings_field="emb")
+    history = [splits_by_id(ds)]
+    for k, seed in enumerate((11, 12), start=1):
+        add_embedded_samples(ds, 60, seed)
+        summary = bfo.split(ds, embeddings_field="emb")
+        assert summary["round"] == k and summary["n_new"] == 60
+        now = splits_by_id(ds)
+        for before in history:
+            changed = [i for i, s in before.items() if now[i] != s]
+            assert changed == []  # stability 100%
+        history.append(now)
+        assert len(ds.match(F("bubblefence_round") == k)) == 60
+    _check_mirror(ds)
+    again = bfo.split(ds, embeddings_field="emb")
+    assert again["n_new"] == 0 and "Nothing new" in again["message"]
+    assert again["round"] is None
+
+
+def test_view_target_assigns_only_the_view(field_dataset):
+    ds = field_dataset
+    summary = bfo.split(ds.limit(50), embeddings_field="emb")
+    assert summary["n_assigned"] == 50
+    assert len(ds.exists("split")) == 50
+    summary = bfo.split(ds, embeddings_field="emb")
+    assert summary["n_assigned"] == 150
+
+
+def test_excluded_tag_is_left_out(field_dataset):
+    ds = field_dataset
+    ds.limit(10).tag_samples(bfo.EXCLUDED_TAG)
+    summary = bfo.split(ds, embeddings_field="emb")
+    assert summary["n_assigned"] == 190
+    assert len(ds.match_tags(bfo.EXCLUDED_TAG).exists("split")) == 0
+
+
+def test_deleted_samples_are_dropped_from_state(field_dataset):
+    ds = field_dataset
+    bfo.split(ds, embeddings_field="emb")
+    before = splits_by_id(ds)
+    gone = ds.take(15, seed=1).values("id")
+    ds.delete_samples(gone)
+    add_embedded_samples(ds, 20, 7)
+    summary = bfo.split(ds, embeddings_field="emb")
+    assert summary["n_forgotten"] == 15 and summary["n_new"] == 20
+    assert bfo.state_info(ds)["n_samples"] == 205
+    now = splits_by_id(ds)
+    assert all(now[i] == s for i, s in before.items() if i not in gone)
+
+
+def test_bad_vectors_get_per_sample_errors(field_dataset):
+    ds = field_dataset
+    ids = ds.values("id")
+    ds.set_values("emb", {ids[0]: np.full(16, np.nan), ids[1]: np.zeros(16)}, key_field="id")
+    ds.set_values("emb", {ids[2]: None}, key_field="id")
+    summary = bfo.split(ds, embeddings_field="emb")
+    assert summary["n_errors"] == 3 and summary["n_assigned"] == 197
+    errors = dict(
+        zip(*ds.exists("bubblefence_error").values(["id", "bubblefence_error"]), strict=True)
+    )
+    assert set(errors) == set(ids[:3])
+    assert ds.select(ids[:3]).exists("split").count() == 0
+
+
+def test_wrong_dimension_field_is_refused(field_dataset):
+    ds = field_dataset
+    bfo.split(ds.limit(100), embeddings_field="emb")
+    rest = ds.exists("split", False)
+    rest.set_values("emb", list(clustered_embeddings(len(rest), dim=8)))
+    with pytest.raises(ValueError, match=r"emb.*(16-d|dimension)"):
+        bfo.split(ds, embeddings_field="emb")
+    assert len(ds.exists("split")) == 100  # nothing half-done
+
+
+def test_other_field_or_frozen_knob_is_refused(field_dataset):
+    ds = field_dataset
+    ds.clone_sample_field("emb", "emb2")
+    bfo.split(ds.limit(100), embeddings_field="emb")
+    with pytest.raises(ValueError, match="emb2"):
+        bfo.split(ds, embeddings_field="emb2")
+    with pytest.raises(ValueError, match="seed"):
+        bfo.split(ds, embeddings_field="emb", seed=7)
+    with pytest.raises(ValueError, match="seed"):
+        bfo.check_split_config(ds, {"seed": 7}, {})  # the same check, writing nothing
+    # A non-frozen knob applies to the new round; the stored config follows.
+    summary = bfo.split(ds, embeddings_field="emb", eval_ratio=0.3)
+    assert summary["config_changed"] == ["eval_ratio"]
+    assert bfo.state_info(ds)["config"]["eval_ratio"] == 0.3
+
+
+def test_a_yaml_config_changes_only_the_knobs_it_names(field_dataset, tmp_path):
+    ds = field_dataset
+    bfo.split(ds.limit(100), embeddings_field="emb", eval_ratio=0.3, seed=4)
+    path = tmp_path / "config.yaml"
+    path.write_text("validation_ratio: 0.4\n", encoding="utf-8")
+    summary = bfo.split(ds, path, embeddings_field="emb")
+    assert summary["config_changed"] == ["validation_ratio"]
+    config = bfo.state_info(ds)["config"]
+    assert (config["eval_ratio"], config["seed"], config["validation_ratio"]) == (0.3, 4, 0.4)
+
+
+def test_clone_keeps_the_state(field_dataset, fo_datasets):
+    ds = field_dataset
+    bfo.split(ds.limit(120), embeddings_field="emb")
+    clone = ds.clone()
+    fo_datasets.append(clone)
+    assert clone.list_runs() == ["bubblefence", "bubblefence_layout"]  # state + 2-D map
+    assert bfo.state_info(clone)["n_samples"] == 120
+    summary = bfo.split(clone, embeddings_field="emb")
+    assert summary["n_new"] == 80 and summary["round"] == 1
+    cloned = splits_by_id(clone)
+    assert all(cloned[i] == s for i, s in splits_by_id(ds).items() if s is not None)
+
+
+def test_reset_removes_state_fields_and_tags(field_dataset):
+    ds = field_dataset
+    ds.limit(5).tag_samples("keepme")
+    bfo.split(ds, embeddings_field="emb")
+    result = bfo.reset(ds)
+    assert ds.list_runs() == []
+    for field in bfo.RESULT_FIELDS:
+        assert not ds.has_field(field)
+    tags = ds.count_sample_tags()
+    assert not set(tags) & set(bfo.SPLIT_TAGS)
+    assert tags == {"keepme": 5}
+    assert ds.has_field("emb")  # never touch user fields
+    assert result["n_samples_untagged"] == 200
+    assert bfo.split(ds, embeddings_field="emb")["round"] == 0
+
+
+def test_stale_split_tags_are_replaced_and_samples_marked_modified(field_dataset):
+    ds = field_dataset
+    # Tags from elsewhere (a zoo dataset's split), one sample even tagged twice.
+    ds.take(30, seed=2).tag_samples("test")
+    ds.take(30, seed=3).tag_samples("train")
+    ds.take(5, seed=4).tag_samples("keep-me")
+    before = dict(zip(*ds.values(["id", "last_modified_at"]), strict=True))
+    sample = ds.first()  # loaded before the split
+    bfo.split(ds, embeddings_field="emb")
+    _check_mirror(ds)  # exactly one split tag per sample, the one of its split field
+    assert ds.count_sample_tags()["keep-me"] == 5
+    after = dict(zip(*ds.values(["id", "last_modified_at"]), strict=True))
+    assert all(after[i] > before[i] for i in before)
+    # A sample loaded in memory sees the written values (FiftyOne reloads it).
+    assert sample["split"] in bfo.SPLIT_TAGS and sample["split"] in sample.tags
+
+
+def test_patches_views_and_other_media_are_refused(field_dataset, fo_datasets):
+    with pytest.raises(ValueError, match="dataset or view"):
+        bfo.split([1, 2, 3])
+    box = [0.1, 0.1, 0.5, 0.5]
+    field_dataset.set_values(
+        "det",
+        [
+            fo.Detections(detections=[fo.Detection(label="a", bounding_box=box)])
+            for _ in range(len(field_dataset))
+        ],
+    )
+    with pytest.raises(ValueError, match="patches"):
+        bfo.split(field_dataset.to_patches("det"), embeddings_field="emb")
+    video = fo.Dataset()
+    fo_datasets.append(video)
+    video.add_sample(fo.Sample(filepath="/nonexistent/clip.mp4"))
+    with pytest.raises(ValueError, match="media type 'video'"):
+        bfo.split(video)
