@@ -353,15 +353,18 @@ def cmd_split(args: argparse.Namespace) -> int:
     """``split --dataset NAME [--folder DIR ...] [--config cfg.yaml]``."""
     import fiftyone as fo
 
-    from .fo import check_split_config
+    from .fo import EMBEDDING_FIELD, check_split_config, get_embedder
 
     overrides = _parse_sets(args.set)
     if args.model:
         overrides["model_name"] = args.model
-    # Everything that can be refused is checked before the dataset is created or grows.
+    # Everything that can be refused is checked before the dataset is created or grows:
+    # the folders, the config, and the model that will embed the new images.
     listed = {folder: _list_images(Path(folder).expanduser()) for folder in args.folder}
     existing = fo.load_dataset(args.dataset) if fo.dataset_exists(args.dataset) else None
-    check_split_config(existing, args.config, overrides)
+    cfg = check_split_config(existing, args.config, overrides)
+    if listed and args.embeddings_field in (None, EMBEDDING_FIELD):
+        get_embedder(cfg.model_name, cfg.device, cfg.batch_size)
     dataset = _load_dataset(args.dataset, create=bool(args.folder))
     for folder, paths in listed.items():
         print(f"Added {add_folder(dataset, folder, paths)} new images from {folder}")

@@ -79,11 +79,18 @@ def round_text(summary: Mapping[str, Any]) -> SummaryText:
             ("eval_share", "Eval share"),
             ("new_anchors", "New bubbles"),
             ("n_anchors", "Bubbles in all"),
+        )
+        if key in summary
+    ]
+    # Counts of what happened on the side: said only when something did.
+    lines += [
+        Line(label, str(summary[key]))
+        for key, label in (
             ("n_embedded", "Images embedded"),
             ("n_errors", "Samples with errors"),
             ("n_forgotten", "Deleted samples dropped from the state"),
         )
-        if key in summary
+        if summary.get(key)
     ]
     lines += label_group_lines(summary)
     lines += error_lines(summary.get("errors") or {})

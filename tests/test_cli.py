@@ -253,3 +253,12 @@ def test_a_round_reads_the_same_in_the_terminal_and_the_app():
     assert len(bullets) == len(plain) - 1
     assert f"- Eval share per label (rarest first): {escape_markdown(link)}" in "\n".join(bullets)
     assert "](https" not in "\n".join(markdown)
+
+
+def test_a_model_that_cannot_load_adds_no_images(dataset_name, image_factory, tmp_path, capsys):
+    image_factory(4, subdir="drive")
+    args = ["split", "--dataset", dataset_name, "--folder", str(tmp_path / "drive")]
+    assert cli.main([*args, "--model", str(tmp_path / "no-model")]) == 2
+    err = capsys.readouterr().err
+    assert "Cannot load the embedding model" in err and "efficientnet-lite0" in err
+    assert not fo.dataset_exists(dataset_name)  # refused before the dataset was made

@@ -264,7 +264,8 @@ def test_crafted_dataset_states_are_refused_before_loading(field_dataset, monkey
     ds.add_samples([fo.Sample(filepath="/nonexistent/new.png", emb=clustered_embeddings(1)[0])])
     with pytest.raises(StateDamagedError, match=match) as info:
         bfo.split(ds, embeddings_field="emb")
-    assert "bubblefence_reset" in str(info.value)
+    message = str(info.value)  # says how to reset from every front end
+    assert "BubbleFence reset" in message and "bubblefence_plugin reset" in message
     assert dict(zip(*ds.values(["id", "split"]), strict=True)) == {**before, ds.last().id: None}
     assert not bfo.is_locked(ds)
     # Through the CLI: one line, exit code 2.

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..core.progress import Progress, Steps
 from .fields import EMBEDDING_FIELD, write_embeddings_once
-from .runs import RunLock
+from .runs import RESET_HOW, RunLock
 
 EMBED_CHUNK = 256  # images per embedding call: embeddings are saved after each chunk
 MAX_ERRORS_SHOWN = 20  # per-sample messages in a summary or report; all are in ERROR_FIELD
@@ -36,12 +36,14 @@ def get_embedder(model: str, device: str = "auto", batch_size: int = 64) -> Any:
     """
     key = (str(model), str(device), int(batch_size))
     if key not in _EMBEDDER_CACHE:
-        from ..embedder import ImageEmbedder
+        from ..embedder import ImageEmbedder, ModelLoadError
 
         try:
             embedder = ImageEmbedder(model=model, device=device, batch_size=batch_size)
         except ValueError:
             raise
+        except ModelLoadError as e:  # already one paragraph: what was tried, what to do
+            raise ModelUnavailableError(str(e)) from e
         except Exception as e:
             raise ModelUnavailableError(
                 f"could not load the embedding model {model!r}: {str(e).rstrip('.')}. "
@@ -177,7 +179,7 @@ def read_embeddings(
             + (
                 f". The BubbleFence state of this dataset holds {dim}-d embeddings; "
                 "mixing dimensions (another model) is refused. Reset the state "
-                "(bubblefence_reset) to split with this field from scratch"
+                f"{RESET_HOW} to split with this field from scratch"
                 if dim
                 else ""
             )

@@ -39,7 +39,12 @@ from .fields import dataset_id
 
 logger = logging.getLogger(__name__)
 
-RESET_HINT = "run bubblefence_reset (or `python -m bubblefence_plugin reset`) to start over"
+# How to reset, for every front end a refusal may reach.
+RESET_HOW = (
+    "(App: BubbleFence reset; shell: `python -m bubblefence_plugin reset --dataset NAME`; "
+    "Python: `bubblefence_plugin.fo.reset(dataset)`)"
+)
+RESET_HINT = f"reset the dataset's BubbleFence state to start over {RESET_HOW}"
 LOCK_STORE = "bubblefence"
 LOCK_KEY = "run_lock"
 LOCK_TTL_S = 15 * 60  # longer than any single step between heartbeats (one ingest call)

@@ -50,7 +50,7 @@ from .fields import (
     write_assignments,
 )
 from .map import update_after_round
-from .runs import RunLock
+from .runs import RESET_HOW, RunLock
 from .state import (
     STATE_RUN,
     leave_split_if_excluded,
@@ -215,7 +215,7 @@ def _refuse_frozen(previous: BubbleFenceConfig, cfg: BubbleFenceConfig, changed:
         raise ValueError(
             f"cannot change {detail} after the first round: earlier samples were split "
             "with the stored value. Keep it, or reset the dataset's BubbleFence state "
-            "(bubblefence_reset) to start over with the new value"
+            f"{RESET_HOW} to start over with the new value"
         )
 
 
