@@ -36,7 +36,7 @@ def test_export_round_trip_and_manifest(media_dataset, tmp_path, fo_datasets):
     ):
         if split in bfo.SPLIT_TAGS:
             row = by_id[sid]
-            assert (row["filepath"], row["split"], row["round"]) == (fp, split, str(rnd))
+            assert (row["source_filepath"], row["split"], row["round"]) == (fp, split, str(rnd))
             assert row["anchor_id"] == ("" if anchor is None else str(anchor))
 
     with pytest.raises(ValueError, match="not empty"):
@@ -62,3 +62,51 @@ def test_export_refuses_to_overwrite_media(field_dataset, tmp_path):
     with pytest.raises(ValueError, match="media"):
         bfo.export(ds, media, overwrite=True)
     assert len(list(media.iterdir())) == 3
+
+
+def _manifest(path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_duplicates_are_listed_in_the_manifest_not_exported(media_dataset, tmp_path):
+    ds = media_dataset
+    original = ds.first()
+    twin = fo.Sample(filepath=original.filepath, emb=original.emb)
+    ds.add_sample(twin)
+    bfo.split(ds, embeddings_field="emb")
+    assert ds[twin.id].split == "duplicate"
+    result = bfo.export(ds, tmp_path / "out", "ImageDirectory")
+    rows = {r["id"]: r for r in _manifest(tmp_path / "out" / "manifest.csv")}
+    assert result["n_manifest_rows"] == len(rows) == sum(result["counts"].values()) + 1
+    row = rows[twin.id]
+    assert (row["split"], row["duplicate_of"], row["export_folders"]) == (
+        "duplicate",
+        original.id,
+        "{}",
+    )
+
+
+def test_a_labelled_format_takes_the_one_label_field_or_says_which(media_dataset, tmp_path):
+    ds = media_dataset
+    ds.set_values("gt", [fo.Classification(label=f"c{i % 3}") for i in range(len(ds))])
+    out = tmp_path / "tree"
+    bfo.export(ds, out, "ImageClassificationDirectoryTree", splits=["train"])
+    assert sorted(p.name for p in (out / "train").iterdir()) == ["c0", "c1", "c2"]
+
+    ds.set_values("other", [fo.Classification(label="x")] * len(ds))
+    with pytest.raises(ValueError, match=r"needs label_field .*\['gt', 'other'\]"):
+        bfo.export(ds, tmp_path / "two", "ImageClassificationDirectoryTree")
+    with pytest.raises(ValueError, match="writes Detections labels and this dataset has no"):
+        bfo.export(ds, tmp_path / "none", "VOCDetectionDataset")
+    with pytest.raises(ValueError, match="'emb' is not a Classification field"):
+        bfo.export(ds, tmp_path / "bad", "ImageClassificationDirectoryTree", label_field="emb")
+    assert not any((tmp_path / d).exists() for d in ("two", "none", "bad"))
+
+
+def test_a_failing_exporter_leaves_no_folder_behind(media_dataset, tmp_path):
+    ds = media_dataset
+    ds.match_tags("test").take(1, seed=0).set_values("filepath", [str(tmp_path / "gone.png")])
+    with pytest.raises(ValueError, match="exporting as ImageDirectory failed, nothing was kept"):
+        bfo.export(ds, tmp_path / "out", "ImageDirectory")
+    assert not (tmp_path / "out").exists()

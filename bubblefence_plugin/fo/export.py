@@ -40,9 +40,11 @@ EXPORT_TYPES: dict[str, str] = {
 _SPLIT_ARG_TYPES = ("YOLOv5Dataset",)
 
 MANIFEST_NAME = "manifest.csv"
+# `source_filepath` is the sample's media where the dataset has it: exporters name the
+# copies their own way (per format), so the manifest names the source, which stays.
 MANIFEST_COLUMNS = (
     "id",
-    "filepath",
+    "source_filepath",
     "split",
     "anchor_id",
     "shell",
@@ -75,10 +77,17 @@ def export(
 
     Each name becomes a safe folder name (`export_folders`: ``../x`` -> ``x``), and
     every path is checked to stay inside ``export_dir`` before anything is written.
-    Also writes ``export_dir/manifest.csv``: one row per exported sample with id,
-    filepath, split, anchor_id, shell, round and duplicate_of from the stored state,
-    and export_folders, the sample's names and folders as JSON. Cells that a
-    spreadsheet would run as a formula start with one added quote (`safe_csv_cell`).
+    Also writes ``export_dir/manifest.csv``: one row per exported sample, then one per
+    duplicate the state set aside (not exported: ``split`` is ``duplicate`` and
+    ``duplicate_of`` names the kept original), with id, source_filepath, split,
+    anchor_id, shell, round and duplicate_of from the stored state, and export_folders,
+    the sample's names and folders as JSON. Cells that a spreadsheet would run as a
+    formula start with one added quote (`safe_csv_cell`).
+
+    A labelled format needs a label field of the type it writes: without
+    ``label_field``, the one such field of the dataset is used; none or several is an
+    error before anything is written. An exporter that fails leaves no export folder
+    behind that this call created.
 
     Example usage::
 
@@ -94,7 +103,8 @@ def export(
         dataset_type: a `fiftyone.types` dataset type or its name (see `EXPORT_TYPES`)
         splits: the splits to export (default: train, validation, test)
         tags: sample tags to export instead of splits
-        label_field: the label field the exporter writes
+        label_field: the label field the exporter writes (default: the dataset's one
+            field of the type the format takes)
         export_media: as FiftyOne's ``export_media`` (True copies the media)
         overwrite: empty a non-empty ``export_dir`` first (never one holding the
             dataset's media)
@@ -107,15 +117,62 @@ def export(
     """
     export_dir = Path(export_dir).expanduser().resolve()
     type_name, type_cls = _dataset_type(dataset_type)
+    _check_export_kwargs(kwargs)
+    label_field = _label_field_for(samples, type_name, type_cls, label_field)
     names = _export_names(tags if tags else splits or SPLIT_TAGS)
     folders = export_folders(names)
-    _check_export_kwargs(kwargs)
     for folder in folders.values():
         path_inside(export_dir, export_dir / folder)
     loaded = load_state(samples, embeddings=False)  # a damaged state fails before any write
     table = table_from_frame(loaded[0].assignments()) if loaded else {"id": []}
+    created = not export_dir.exists()
     _prepare_export_dir(samples, export_dir, overwrite)
+    try:
+        exported, exported_as = _export_each(
+            samples,
+            export_dir,
+            type_name,
+            type_cls,
+            names,
+            folders,
+            label_field,
+            export_media,
+            kwargs,
+        )
+    except Exception as e:
+        # Half an export is worse than none: remove what this call wrote.
+        shutil.rmtree(export_dir) if created else _empty(export_dir)
+        raise ValueError(f"exporting as {type_name} failed, nothing was kept: {e}") from e
 
+    manifest = export_dir / MANIFEST_NAME
+    splits = table.get("split", [None] * len(table["id"]))
+    duplicates = [
+        sid for sid, split in zip(table["id"], splits, strict=True) if split == "duplicate"
+    ]
+    _write_manifest(root_dataset(samples), exported_as, duplicates, table, manifest)
+    return {
+        "export_dir": str(export_dir),
+        "dataset_type": type_name,
+        "counts": exported,
+        "folders": folders,
+        "manifest": str(manifest),
+        "n_manifest_rows": len(exported_as) + len(duplicates),
+    }
+
+
+def _export_each(
+    samples: foc.SampleCollection,
+    export_dir: Path,
+    type_name: str,
+    type_cls: type,
+    names: list[str],
+    folders: dict[str, str],
+    label_field: str | None,
+    export_media: bool | str,
+    kwargs: dict[str, Any],
+) -> tuple[dict[str, int], dict[str, dict[str, str]]]:
+    """Exports each name's samples; returns counts per name and, per exported sample id
+    (in export order), its names and folders."""
     exported: dict[str, int] = {}
     exported_as: dict[str, dict[str, str]] = {}  # sample id -> {name: folder}, in order
     for name in names:
@@ -135,17 +192,47 @@ def export(
         view.export(dataset_type=type_cls, **args)
         for sid in view.values("id"):
             exported_as.setdefault(sid, {})[name] = folders[name]
+    return exported, exported_as
 
-    manifest = export_dir / MANIFEST_NAME
-    _write_manifest(root_dataset(samples), exported_as, table, manifest)
-    return {
-        "export_dir": str(export_dir),
-        "dataset_type": type_name,
-        "counts": exported,
-        "folders": folders,
-        "manifest": str(manifest),
-        "n_manifest_rows": len(exported_as),
-    }
+
+def _label_field_for(
+    samples: foc.SampleCollection, type_name: str, type_cls: type, label_field: str | None
+) -> str | None:
+    """The label field a labelled format writes, checked (or chosen) before any write.
+
+    The exporter's public ``label_cls`` says which label types the format takes; a
+    format without one (media only, or FiftyOne's own) takes any or no field.
+    """
+    exporter = type_cls().get_dataset_exporter_cls()(export_dir=os.devnull)
+    accepted = getattr(exporter, "label_cls", None)
+    if accepted is None or isinstance(accepted, dict):  # media only, or several fields
+        return label_field
+    accepted = accepted if isinstance(accepted, tuple) else (accepted,)
+    schema = samples.get_field_schema()
+    fitting = sorted(
+        name for name, field in schema.items() if getattr(field, "document_type", None) in accepted
+    )
+    kinds = " or ".join(c.__name__ for c in accepted)
+    if label_field is not None:
+        if label_field not in fitting:
+            raise ValueError(
+                f"label_field {label_field!r} is not a {kinds} field, which {type_name} "
+                f"writes; fields that fit: {fitting or 'none'}"
+            )
+        return label_field
+    if len(fitting) == 1:
+        return fitting[0]
+    if not fitting:
+        raise ValueError(
+            f"{type_name} writes {kinds} labels and this dataset has no such field; "
+            "export as ImageDirectory (images only) or FiftyOneDataset (everything)"
+        )
+    raise ValueError(f"{type_name} needs label_field (--label-field): one of {fitting}")
+
+
+def _empty(folder: Path) -> None:
+    for child in folder.iterdir():
+        shutil.rmtree(child) if child.is_dir() else child.unlink()
 
 
 def export_folders(names: Sequence[str]) -> dict[str, str]:
@@ -275,14 +362,15 @@ def _prepare_export_dir(samples: foc.SampleCollection, export_dir: Path, overwri
 def _write_manifest(
     dataset: fo.Dataset,
     exported_as: dict[str, dict[str, str]],
+    duplicates: list[str],
     table: dict[str, list],
     path: Path,
 ) -> None:
-    """One row per exported sample. Its assignment comes from ``table``, the stored
-    state's (the source of truth; the fields are only a mirror), empty for a sample the
-    state does not hold; every cell is neutralised against spreadsheet formulas and
-    quoted."""
-    ids = list(exported_as)
+    """One row per exported sample, then per duplicate (exported nowhere). Assignments
+    come from ``table``, the stored state's (the source of truth; the fields are only a
+    mirror), empty for a sample the state does not hold; every cell is neutralised
+    against spreadsheet formulas and quoted."""
+    ids = list(exported_as) + [sid for sid in duplicates if sid not in exported_as]
     position = {sid: k for k, sid in enumerate(table["id"])}
     paths = dict(zip(*dataset.select(ids).values(["id", "filepath"]), strict=True)) if ids else {}
     with open(path, "x", newline="", encoding="utf-8") as fh:  # "x": never overwrite
@@ -291,5 +379,5 @@ def _write_manifest(
         for sid in ids:
             k = position.get(sid)
             state = [None if k is None else table[c][k] for c in ASSIGNMENT_COLUMNS]
-            folders = json.dumps(exported_as[sid], ensure_ascii=False)
+            folders = json.dumps(exported_as.get(sid, {}), ensure_ascii=False)
             writer.writerow([safe_csv_cell(v) for v in (sid, paths.get(sid), *state, folders)])
