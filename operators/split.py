@@ -125,10 +125,23 @@ def _split_kwargs(ctx: ExecutionContext) -> dict[str, Any]:
 def _source_field(ctx: ExecutionContext, info: dict[str, Any] | None = None) -> str | None:
     """The field the split reads: its own embeddings, or the chosen (else stored) field."""
     stored = (info or {}).get("embeddings_field")
-    default = "field" if stored and stored != bfo.EMBEDDING_FIELD else "model"
-    if ctx.params.get("embeddings", default) == "field":
+    if ctx.params.get("embeddings", _default_source(ctx, info)) == "field":
         return ctx.params.get("embeddings_field") or stored
     return bfo.EMBEDDING_FIELD
+
+
+def _user_vector_fields(ctx: ExecutionContext) -> list[str]:
+    # The split's own field is what "Compute with a model" fills.
+    return [f for f in embeddings_field_choices(ctx.dataset) if f != bfo.EMBEDDING_FIELD]
+
+
+def _default_source(ctx: ExecutionContext, info: dict[str, Any] | None) -> str:
+    """What earlier rounds used; in a first round, a vector field the dataset already
+    has (embeddings a user computed are cheaper than a model run, and need no model)."""
+    if info:
+        stored = info.get("embeddings_field")
+        return "field" if stored and stored != bfo.EMBEDDING_FIELD else "model"
+    return "field" if _user_vector_fields(ctx) else "model"
 
 
 def _split_target(ctx: ExecutionContext) -> fo.DatasetView:
@@ -161,8 +174,7 @@ def _embeddings_inputs(
 ) -> None:
     """Embeddings computed by a model (which one) or read from a vector field (which)."""
     stored_field = info.get("embeddings_field") if info else None
-    # The split's own field is what "Compute with a model" fills.
-    fields = [f for f in embeddings_field_choices(ctx.dataset) if f != bfo.EMBEDDING_FIELD]
+    fields = _user_vector_fields(ctx)
     choices = types.RadioGroup()
     choices.add_choice(
         "model",
@@ -173,7 +185,7 @@ def _embeddings_inputs(
         choices.add_choice(
             "field", label="Existing vector field", description="Use embeddings you computed"
         )
-    default = "field" if stored_field and stored_field != bfo.EMBEDDING_FIELD else "model"
+    default = _default_source(ctx, info)
     inputs.enum(
         "embeddings",
         choices.values(),

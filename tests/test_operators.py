@@ -71,7 +71,11 @@ def run_unraised(uri: str, ctx: dict) -> ExecutionResult:
 
 
 def test_split_form_has_defaults_descriptions_and_folded_advanced(field_dataset):
+    # A dataset with a vector field splits by it unless told otherwise: no model run.
     props = form(field_dataset, SPLIT, {})
+    assert props["embeddings"]["default"] == "field"
+    assert props["embeddings_field"]["default"] == "emb"
+    props = form(field_dataset, SPLIT, {"embeddings": "model"})
     for name in (
         "eval_ratio",
         "validation_ratio",
