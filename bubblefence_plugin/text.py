@@ -128,8 +128,8 @@ def label_group_lines(summary: Mapping[str, Any]) -> list[Line]:
 
 
 def error_lines(errors: Mapping[str, str]) -> list[Line]:
-    """The first per-sample errors (sample id: message)."""
-    return [Line(f"Error {sid}", msg) for sid, msg in list(errors.items())[:ERRORS_SHOWN]]
+    """The first per-sample errors (file: message)."""
+    return [Line(path, msg) for path, msg in list(errors.items())[:ERRORS_SHOWN]]
 
 
 def _counts(counts: Mapping[str, int]) -> str:

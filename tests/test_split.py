@@ -119,6 +119,8 @@ def test_bad_vectors_get_per_sample_errors(field_dataset):
     ds.set_values("emb", {ids[2]: None}, key_field="id")
     summary = bfo.split(ds, embeddings_field="emb")
     assert summary["n_errors"] == 3 and summary["n_assigned"] == 197
+    # The summary names the files, which a user can find (the field holds the same errors).
+    assert set(summary["errors"]) == set(ds.select(ids[:3]).values("filepath"))
     errors = dict(
         zip(*ds.exists("bubblefence_error").values(["id", "bubblefence_error"]), strict=True)
     )

@@ -427,8 +427,16 @@ def _usable_embeddings(
     if read_errors:
         r.dataset.set_values(ERROR_FIELD, read_errors, key_field="id")
     summary["n_errors"] = len(errors)
-    summary["errors"] = dict(list(errors.items())[:MAX_ERRORS_SHOWN])
+    summary["errors"] = _by_filepath(r.dataset, dict(list(errors.items())[:MAX_ERRORS_SHOWN]))
     return ok_ids, embeddings
+
+
+def _by_filepath(dataset: fo.Dataset, errors: dict[str, str]) -> dict[str, str]:
+    """Errors keyed by the sample's file, which is what a user can find and fix."""
+    if not errors:
+        return {}
+    paths = dict(zip(*dataset.select(list(errors)).values(["id", "filepath"]), strict=True))
+    return {paths.get(sid, sid): message for sid, message in errors.items()}
 
 
 def _embed_new(
