@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,62 @@ class RoundResult:
     round: int
     new_anchor_ids: list[int] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Round:
+    """One round's working copy: the steps of `BubbleFence._ingest` write here, and the
+    state takes it over at the commit. Rows are the old samples, then the new ones."""
+
+    index: int
+    rng: np.random.Generator
+    x: np.ndarray
+    new_ids: np.ndarray
+    n_old: int
+    new_labels: np.ndarray | None
+    labels_given: bool
+    split: np.ndarray
+    anchor: np.ndarray
+    shell: np.ndarray
+    duplicate_of: np.ndarray
+    all_labels: np.ndarray | None
+    all_groups: np.ndarray | None
+    codes: np.ndarray | None
+    timings: dict[str, float]
+    stats: dict[str, Any] = field(default_factory=dict)
+    components: np.ndarray | None = None  # new kept rows' twin components
+    regions: RegionIndex | None = None
+    region: np.ndarray | None = None
+    new_table: AnchorTable | None = None  # the bubbles this round adds
+
+    @property
+    def n(self) -> int:
+        return len(self.split)
+
+    @property
+    def new_rows(self) -> np.ndarray:
+        return np.arange(self.n_old, self.n)
+
+    @property
+    def is_duplicate(self) -> np.ndarray:
+        return self.duplicate_of >= 0
+
+    @property
+    def kept(self) -> np.ndarray:
+        return self.duplicate_of < 0
+
+    @property
+    def new_kept(self) -> np.ndarray:
+        new_rows = self.new_rows
+        return new_rows[self.kept[new_rows]]
+
+
+@contextmanager
+def _timed(timings: dict[str, float], step: str) -> Iterator[None]:
+    """Adds the seconds a step takes to ``timings[step]`` (the round record's timings)."""
+    clock = time.perf_counter()
+    yield
+    timings[step] = time.perf_counter() - clock
 
 
 class BubbleFence:
@@ -156,13 +213,45 @@ class BubbleFence:
         labels: Sequence[Any] | None,
         groups: Sequence[Any] | None,
     ) -> RoundResult:
-        cfg = self.config
+        """The round, step by step; each step writes only the round's working copy, and
+        the state changes at the commit, so a failing round leaves it as it was."""
         timings: dict[str, float] = {}
-        clock = time.perf_counter()
+        with _timed(timings, "validate"):
+            work = self._start_round(embeddings, ids, labels, groups, timings)
+        with _timed(timings, "dedup"):
+            self._set_duplicates_aside(work)
+        with _timed(timings, "regions"):
+            work.regions, work.region = self._regions_with(work.x, work.kept, work.new_kept, work.n)
+        with _timed(timings, "twins"):
+            self._bind_to_assigned(work)
+        with _timed(timings, "existing_bubbles"):
+            if work.components is not None:
+                join_existing_bubbles(
+                    work.x,
+                    work.new_kept,
+                    work.components,
+                    work.split,
+                    work.anchor,
+                    work.shell,
+                    self._anchors,
+                )
+        with _timed(timings, "new_bubbles"):
+            self._grow_new_bubbles(work)
+        self._settle_the_rest(work)
+        return self._commit(work)
+
+    def _start_round(
+        self,
+        embeddings: np.ndarray,
+        ids: Sequence[Any] | None,
+        labels: Sequence[Any] | None,
+        groups: Sequence[Any] | None,
+        timings: dict[str, float],
+    ) -> _Round:
+        """The checked inputs and the round's working copy of the per-sample columns."""
+        cfg = self.config
         x = self._validate_embeddings(embeddings)
         new_ids = self._validate_ids(ids, len(x))
-        round_index = len(self.history)
-        rng = np.random.default_rng([cfg.seed, round_index])
         n_old, n_new = self.n_samples, len(x)
         new_labels = None if labels is None else encode_label_sets(labels)
         if new_labels is not None and len(new_labels) != n_new:
@@ -170,81 +259,88 @@ class BubbleFence:
         new_groups = None if groups is None else encode_groups(groups)
         if new_groups is not None and len(new_groups) != n_new:
             raise ValueError(f"groups has {len(new_groups)} entries for {n_new} embeddings")
-        all_x = self._rows_with(x)
-        new = all_x[n_old:]
-        n = n_old + n_new
-        split = np.concatenate([self._split, np.full(n_new, UNASSIGNED, np.int8)])
-        anchor = np.concatenate([self._anchor, np.full(n_new, -1, np.int64)])
-        shell = np.concatenate([self._shell, np.zeros(n_new, np.int8)])
-        duplicate_of = np.concatenate([self._duplicate_of, np.full(n_new, -1, np.int64)])
-        all_labels = _append_optional(self._labels, new_labels, n_old, n_new)
         all_groups = _append_optional(self._groups, new_groups, n_old, n_new)
-        timings["validate"] = time.perf_counter() - clock
+        round_index = len(self.history)
+        return _Round(
+            index=round_index,
+            rng=np.random.default_rng([cfg.seed, round_index]),
+            x=self._rows_with(x),
+            new_ids=new_ids,
+            n_old=n_old,
+            new_labels=new_labels,
+            labels_given=labels is not None,
+            split=np.concatenate([self._split, np.full(n_new, UNASSIGNED, np.int8)]),
+            anchor=np.concatenate([self._anchor, np.full(n_new, -1, np.int64)]),
+            shell=np.concatenate([self._shell, np.zeros(n_new, np.int8)]),
+            duplicate_of=np.concatenate([self._duplicate_of, np.full(n_new, -1, np.int64)]),
+            all_labels=_append_optional(self._labels, new_labels, n_old, n_new),
+            all_groups=all_groups,
+            codes=None if groups is None and self._groups is None else group_codes(all_groups),
+            timings=timings,
+        )
 
-        clock = time.perf_counter()
-        new_rows = np.arange(n_old, n)
+    def _set_duplicates_aside(self, work: _Round) -> None:
+        """Step 2: a new sample at `dedup_threshold` of an earlier kept one is its duplicate."""
+        cfg = self.config
+        new_rows = work.new_rows
         if cfg.dedup_enabled:
             kept_old = np.flatnonzero(self._duplicate_of < 0)
-            aware = cfg.class_aware and new_labels is not None and self._labels is not None
+            aware = cfg.class_aware and work.new_labels is not None and self._labels is not None
             dedup = find_duplicates(
-                new,
-                all_x,
+                work.x[work.n_old :],
+                work.x,
                 kept_old,
-                n_old,
+                work.n_old,
                 cfg.dedup_threshold,
                 cfg.seed,
-                new_labels=new_labels if cfg.class_aware else None,
+                new_labels=work.new_labels if cfg.class_aware else None,
                 kept_labels=self._labels[kept_old] if aware else None,
             )
-            duplicate_of[new_rows] = dedup.duplicate_of
-        is_dup = duplicate_of >= 0
-        split[new_rows[is_dup[new_rows]]] = DUPLICATE
-        kept = ~is_dup
-        new_kept = new_rows[kept[new_rows]]
-        timings["dedup"] = time.perf_counter() - clock
+            work.duplicate_of[new_rows] = dedup.duplicate_of
+        work.split[new_rows[work.is_duplicate[new_rows]]] = DUPLICATE
 
-        clock = time.perf_counter()
-        regions, region = self._regions_with(all_x, kept, new_kept, n)
-        timings["regions"] = time.perf_counter() - clock
+    def _bind_to_assigned(self, work: _Round) -> None:
+        """New samples linked to assigned ones (near twins, known groups) take their side.
 
-        # Twins: the new samples' components, and their links to assigned samples.
-        clock = time.perf_counter()
-        codes = None if groups is None and self._groups is None else group_codes(all_groups)
-        # The new samples' components at the leak threshold bind them to assigned samples
-        # and bubbles; with nothing assigned yet, none is needed.
-        if n_old or codes is not None:
-            components = self._components(all_x, new_kept, codes, cfg.leak_threshold)
-        else:
-            components = None
-        stats: dict[str, Any] = {}
+        The new samples' components at the leak threshold bind them to assigned samples
+        and bubbles; with nothing assigned and no groups, none is needed.
+        """
+        cfg = self.config
+        new_kept, codes = work.new_kept, work.codes
+        if work.n_old or codes is not None:
+            work.components = self._components(work.x, new_kept, codes, cfg.leak_threshold)
         if codes is not None:
-            old_rows = np.flatnonzero(kept[:n_old])
             known = follow_known_groups(
                 codes,
                 new_kept,
-                old_rows,
-                split,
-                anchor,
-                shell,
+                np.flatnonzero(work.kept[: work.n_old]),
+                work.split,
+                work.anchor,
+                work.shell,
                 self._anchors.layout,
                 cfg.validation_ratio,
             )
-            stats["group_known"] = int(known.sum())
-        stats.update(bound_to_twins=0, cut_pairs_twins=0)
-        if components is not None:
-            stats.update(
+            work.stats["group_known"] = int(known.sum())
+        work.stats.update(bound_to_twins=0, cut_pairs_twins=0)
+        if work.components is not None:
+            work.stats.update(
                 bind_to_assigned(
-                    all_x, new_kept, components, split, anchor, shell, kept, n_old, cfg
+                    work.x,
+                    new_kept,
+                    work.components,
+                    work.split,
+                    work.anchor,
+                    work.shell,
+                    work.kept,
+                    work.n_old,
+                    cfg,
                 )
             )
-        timings["twins"] = time.perf_counter() - clock
 
-        clock = time.perf_counter()
-        if components is not None:
-            join_existing_bubbles(all_x, new_kept, components, split, anchor, shell, self._anchors)
-        timings["existing_bubbles"] = time.perf_counter() - clock
-
-        clock = time.perf_counter()
+    def _grow_new_bubbles(self, work: _Round) -> None:
+        """Steps 3-5: new bubbles, stratified by labels and regions, to the eval quota."""
+        cfg = self.config
+        x, split, kept, new_kept, n = work.x, work.split, work.kept, work.new_kept, work.n
         n_kept = int(kept.sum())
         evaluated = (split == VALIDATION) | (split == TEST)
         budget = round_budget(
@@ -252,88 +348,96 @@ class BubbleFence:
         )
         open_rows = new_kept[split[new_kept] == UNASSIGNED]
         units = Units.from_labels(
-            n, open_rows, self._units(all_x, open_rows, codes, components, new_kept)
+            n, open_rows, self._units(x, open_rows, work.codes, work.components, new_kept)
         )
-        strata = Strata.build(
-            self._strata_columns(all_labels if labels is not None else None, region, kept),
-            kept,
-            split,
-            cfg,
-        )
+        labels = work.all_labels if work.labels_given else None
+        strata = Strata.build(self._strata_columns(labels, work.region, kept), kept, split, cfg)
         grower = BubbleGrower(
-            all_x, split, kept, units, strata, self._anchors, budget, cfg, rng, round_index
+            x, split, kept, units, strata, self._anchors, budget, cfg, work.rng, work.index
         )
         if budget.need > 0 and len(open_rows):
-            projection = fit_projection(all_x, cfg.pca_dims, rng, rows=open_rows)
-            reference = subsample(n, LID_REFERENCE, rng)
-            reference = reference[kept[reference]]
-
-            def make_stream(rows: np.ndarray, expected: int) -> CandidateStream:
-                return CandidateStream(all_x, rows, projection, reference, cfg, rng, expected)
-
-            grower.serve_strata(make_stream)
-            grower.fill(make_stream)
-            if grower.remaining > 0 and cfg.unit_threshold < cfg.leak_threshold:
-                # The closure margin is a preference: where its units are too coarse
-                # for the quota, the twin components themselves (still leak-free) serve.
-                still_open = open_rows[split[open_rows] == UNASSIGNED]
-                finer = self._components(all_x, still_open, codes, cfg.leak_threshold)
-                grower.use_units(Units.from_labels(n, still_open, finer))
-                grower.fill(make_stream)
-            grower.cut(n_kept)
-        stats["shells_recut"] = grower.balance_shells()
-        new_table, grown_anchor, grown_shell, grow_stats = grower.result()
-        grow_stats["cut_pairs"] += stats["cut_pairs_twins"]
-        stats = {**grow_stats, **stats}
+            self._fill_quota(work, grower, open_rows, n_kept)
+        work.stats["shells_recut"] = grower.balance_shells()
+        work.new_table, grown_anchor, grown_shell, grow_stats = grower.result()
+        grow_stats["cut_pairs"] += work.stats["cut_pairs_twins"]
+        work.stats = {**grow_stats, **work.stats}
         grown = grown_anchor >= 0
-        anchor[grown] = grown_anchor[grown]
-        shell[grown] = grown_shell[grown]
+        work.anchor[grown] = grown_anchor[grown]
+        work.shell[grown] = grown_shell[grown]
         # min_eval_per_batch yields to the leak graph: only free samples can be held out.
-        stats["floor_shortfall"] = max(
+        work.stats["floor_shortfall"] = max(
             0,
             eval_floor(cfg.min_eval_per_batch, len(new_kept))
             - int(((split == VALIDATION) | (split == TEST))[new_kept].sum()),
         )
-        timings["new_bubbles"] = time.perf_counter() - clock
 
+    def _fill_quota(
+        self, work: _Round, grower: BubbleGrower, open_rows: np.ndarray, n_kept: int
+    ) -> None:
+        """Strata first, then any unit, then (the margin being too coarse) finer units;
+        a unit too large for either side is cut last."""
+        cfg, x, rng = self.config, work.x, work.rng
+        projection = fit_projection(x, cfg.pca_dims, rng, rows=open_rows)
+        reference = subsample(work.n, LID_REFERENCE, rng)
+        reference = reference[work.kept[reference]]
+
+        def make_stream(rows: np.ndarray, expected: int) -> CandidateStream:
+            return CandidateStream(x, rows, projection, reference, cfg, rng, expected)
+
+        grower.serve_strata(make_stream)
+        grower.fill(make_stream)
+        if grower.remaining > 0 and cfg.unit_threshold < cfg.leak_threshold:
+            # The closure margin is a preference: where its units are too coarse for the
+            # quota, the twin components themselves (still leak-free) serve.
+            still_open = open_rows[work.split[open_rows] == UNASSIGNED]
+            finer = self._components(x, still_open, work.codes, cfg.leak_threshold)
+            grower.use_units(Units.from_labels(work.n, still_open, finer))
+            grower.fill(make_stream)
+        grower.cut(n_kept)
+
+    def _settle_the_rest(self, work: _Round) -> None:
+        """Everything not held out is train; duplicates follow their original when the
+        policy says so; groups settle what remains (they win)."""
+        split, anchor, shell, new_rows = work.split, work.anchor, work.shell, work.new_rows
         split[split == UNASSIGNED] = TRAIN
-        if cfg.dedup_policy == "follow":
-            followers = new_rows[is_dup[new_rows]]
-            originals = duplicate_of[followers]
+        if self.config.dedup_policy == "follow":
+            followers = new_rows[work.is_duplicate[new_rows]]
+            originals = work.duplicate_of[followers]
             split[followers] = split[originals]
             anchor[followers] = anchor[originals]
             shell[followers] = shell[originals]
-        if codes is not None:
-            # Groups win: members linked above never straddle, and this settles the rest
-            # (duplicates that followed an original of another group, cut components).
-            follower = (duplicate_of[new_rows] >= 0) & (split[new_rows] != DUPLICATE)
-            layout = self._anchors.append(new_table).layout
+        if work.codes is not None:
+            # Members linked above never straddle, and this settles the rest (duplicates
+            # that followed an original of another group, cut components).
+            follower = (work.duplicate_of[new_rows] >= 0) & (split[new_rows] != DUPLICATE)
             moves = resolve_round(
-                codes,
-                np.arange(n_old),
+                work.codes,
+                np.arange(work.n_old),
                 new_rows,
                 follower,
                 split,
                 anchor,
                 shell,
-                layout,
-                cfg.validation_ratio,
+                self._anchors.append(work.new_table).layout,
+                self.config.validation_ratio,
             )
-            stats.update({f"group_{k}": v for k, v in moves.items()})
+            work.stats.update({f"group_{k}": v for k, v in moves.items()})
 
-        # Commit: nothing above touched self.
+    def _commit(self, work: _Round) -> RoundResult:
+        """The round's working copy becomes the state, and its record the history's."""
         first_anchor = len(self._anchors)
-        self._embeddings = all_x
-        self._ids = np.concatenate([self._ids, new_ids]) if n_old else new_ids
-        self._split, self._anchor, self._shell = split, anchor, shell
-        self._duplicate_of = duplicate_of
-        self._round = np.concatenate([self._round, np.full(n_new, round_index, np.int32)])
-        self._labels, self._groups = all_labels, all_groups
-        self._regions, self._region = regions, region
-        self._anchors = self._anchors.append(new_table)
-        record = self._round_record(round_index, new_rows, stats, timings)
+        n_new = work.n - work.n_old
+        self._embeddings = work.x
+        self._ids = np.concatenate([self._ids, work.new_ids]) if work.n_old else work.new_ids
+        self._split, self._anchor, self._shell = work.split, work.anchor, work.shell
+        self._duplicate_of = work.duplicate_of
+        self._round = np.concatenate([self._round, np.full(n_new, work.index, np.int32)])
+        self._labels, self._groups = work.all_labels, work.all_groups
+        self._regions, self._region = work.regions, work.region
+        self._anchors = self._anchors.append(work.new_table)
+        record = self._round_record(work.index, work.new_rows, work.stats, work.timings)
         self.history.append(record)
-        return self._result(new_rows, round_index, first_anchor, record)
+        return self._result(work.new_rows, work.index, first_anchor, record)
 
     def _units(
         self,
