@@ -21,8 +21,12 @@ Every run has one result shape, `Outcome.to_json()`::
     {
         "summary": "<Markdown: what happened, user strings escaped>",
         "result": {...},  # the library's JSON-able return value
+        "warnings": [...],  # only when there are any: what the user must not miss
         ...,  # operator-specific output values, e.g. the report's "table"
     }
+
+A run with warnings ends in amber: a warning notification instead of the green success
+one, and each warning above the summary in the output view.
 
 It is what the output view shows in the App, the result of a delegated run, and the
 ``result`` of an immediate run of an operator that does not stream progress.
@@ -30,7 +34,7 @@ It is what the output view shows in the App, the result of a delegated run, and 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Generator, Mapping
+from collections.abc import Collection, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -46,15 +50,23 @@ from bubblefence_plugin.text import SummaryText, escape_markdown
 
 @dataclass(frozen=True)
 class Outcome:
-    """What a run produced: its text for the user, the library's result, and the
-    operator-specific values its output view shows besides the summary."""
+    """What a run produced: its text for the user, the library's result, the
+    operator-specific values its output view shows besides the summary, and warnings
+    (plain text) that turn the run's ending from green to amber."""
 
     text: SummaryText
     result: Mapping[str, Any]
     extra: Mapping[str, Any] = field(default_factory=dict)
+    warnings: Sequence[str] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {"summary": self.text.markdown(), "result": dict(self.result), **self.extra}
+        warnings = {"warnings": list(self.warnings)} if self.warnings else {}
+        return {
+            "summary": self.text.markdown(),
+            "result": dict(self.result),
+            **warnings,
+            **self.extra,
+        }
 
 
 class BubbleFenceOperator(foo.Operator):
@@ -128,7 +140,14 @@ class BubbleFenceOperator(foo.Operator):
         raise NotImplementedError
 
     def resolve_output(self, ctx: ExecutionContext) -> types.Property:
+        return self._output_property((ctx.results or {}).get("warnings") or ())
+
+    def _output_property(self, warnings: Sequence[str] = ()) -> types.Property:
+        """The output view: the warnings (an alert's label is the view's own, not a value,
+        so they are part of the schema), the summary, the operator's outputs."""
         outputs = types.Object()
+        for k, message in enumerate(warnings):
+            outputs.view(f"warning_{k}", types.Warning(label=escape_markdown(message)))
         outputs.str("summary", label=self.output_label or self.label, view=types.MarkdownView())
         self.add_outputs(outputs)
         return types.Property(outputs, view=types.View(label=self.label))
@@ -188,8 +207,13 @@ class BubbleFenceOperator(foo.Operator):
         if self.reloads_dataset:
             shown.append(ctx.ops.reload_dataset())
         if self.streams_progress:  # else `resolve_output` shows the returned result
-            shown.append(ctx.ops.show_output(self._output_schema(ctx), outcome.to_json()))
-        shown.append(ctx.ops.notify(outcome.text.headline, variant="success"))
+            schema = self._output_property(outcome.warnings).to_json()
+            shown.append(ctx.ops.show_output(schema, outcome.to_json()))
+        if outcome.warnings:
+            message = f"{outcome.text.headline}. Warning: {'; '.join(outcome.warnings)}"
+            shown.append(ctx.ops.notify(message, variant="warning"))
+        else:
+            shown.append(ctx.ops.notify(outcome.text.headline, variant="success"))
         return shown
 
     def _show_failure(self, ctx: ExecutionContext, error: Exception) -> list[Any]:
@@ -197,11 +221,8 @@ class BubbleFenceOperator(foo.Operator):
         summary = f"**Failed:** {escape_markdown(message)}"
         return [
             ctx.ops.notify(message, variant="error"),
-            ctx.ops.show_output(self._output_schema(ctx), {"summary": summary}),
+            ctx.ops.show_output(self._output_property().to_json(), {"summary": summary}),
         ]
-
-    def _output_schema(self, ctx: ExecutionContext) -> dict[str, Any]:
-        return self.resolve_output(ctx).to_json()
 
     # -- Python SDK -----------------------------------------------------------------
 

@@ -1,5 +1,10 @@
 """`bubblefence_report`: audit any split (ours, tags, any string field) against a random split
-at the same ratios; optionally beside FiftyOne Brain's `compute_leaky_splits`; HTML report."""
+at the same ratios; optionally beside FiftyOne Brain's `compute_leaky_splits`; HTML report.
+
+A split that leaves a class without eval, validation or test samples, or cuts a group across
+the train/eval line, ends in amber (`bubblefence_plugin.fo.split_warnings`), not green. The
+leaking eval samples are the saved view ``bubblefence_leaks``, which the summary names.
+"""
 
 from __future__ import annotations
 
@@ -67,7 +72,8 @@ class BubbleFenceReport(BubbleFenceOperator):
             split_source (None): ``"split"``, ``"tags"`` or a string field holding
                 train / validation / test (default: BubbleFence's ``split`` if present)
             embeddings_field (None): the vector field similarities are measured in
-            label_field (None): adds label coverage (one label per sample)
+            label_field (None): adds label coverage: a Classification's label, every
+                object label of a Detections-like field, or a string field
             group_field (None): adds group violations
             thresholds (None): the cosine similarities leakage is counted at
             brain (False): whether to also run FiftyOne Brain's ``compute_leaky_splits``
@@ -148,7 +154,7 @@ class BubbleFenceReport(BubbleFenceOperator):
             "table": bfo.summary_rows(result),
             "html_path": result.get("html_path") or "(none written)",
         }
-        return Outcome(_report_text(result), result, extra)
+        return Outcome(_report_text(result), result, extra, bfo.split_warnings(result))
 
 
 def _report_kwargs(params: dict[str, Any]) -> dict[str, Any]:
@@ -170,10 +176,11 @@ def _report_kwargs(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _report_text(result: dict[str, Any]) -> SummaryText:
-    """The headline: leakage at 0.95 (else the first threshold) beside the random split."""
+    """The headline: leakage at the leak view's threshold beside the random split."""
     m = result["metrics"]
     thresholds = m["thresholds"]
-    k = thresholds.index(0.95) if 0.95 in thresholds else 0
+    leaks = result["leaks"]
+    k = thresholds.index(leaks["threshold"])
     ours, base = m["split"]["eval_train"], m["baseline"]["eval_train"]
     if ours is None:
         leak = "no eval→train pair"
@@ -188,6 +195,14 @@ def _report_text(result: dict[str, Any]) -> SummaryText:
     lines = []
     if result.get("run_key"):
         lines.append(Line("Stored as run", f"{result['run_key']} ({result['created_at']})"))
+    if leaks["view"]:
+        lines.append(
+            Line(
+                f"Leaking eval samples (cosine >= {leaks['threshold']:g})",
+                f"{leaks['n_found']} of {leaks['n_measured']} measured: saved view "
+                f"{leaks['view']} (view bar, saved views)",
+            )
+        )
     lines += [Line("Warning", w) for w in result["warnings"]]
     lines += [Line("Note", n) for n in m["notes"]]
     return SummaryText(headline, lines)
@@ -235,20 +250,19 @@ def _source_inputs(
         required=True,
         prefill_first=True,
     )
-    # The audit reads one value per sample for labels as for groups.
-    one_per_sample = bfo.label_field_choices(ctx.dataset, multi_ok=False)
     field_input(
         inputs,
         "label_field",
-        one_per_sample,
+        bfo.label_field_choices(ctx.dataset),
         info,
         label="Label field",
-        description="Adds label coverage (labels with >= 20 samples)",
+        description="Adds label coverage (labels with >= 20 samples): a classification, "
+        "the objects' labels of detections, or a string field",
     )
     field_input(
         inputs,
         "group_field",
-        one_per_sample,
+        bfo.label_field_choices(ctx.dataset, multi_ok=False),
         info,
         label="Group field",
         description="Adds group violations (groups split across train/eval)",

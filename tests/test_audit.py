@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import operator_requests
+from conftest import operator_requests, unit
 
 pytestmark = pytest.mark.fiftyone
 
@@ -21,8 +23,11 @@ from fiftyone.operators.executor import ExecutionError, resolve_type  # noqa: E4
 from fiftyone.operators.registry import OperatorRegistry  # noqa: E402
 
 from bubblefence_plugin.fo import audit  # noqa: E402
+from bubblefence_plugin.fo.map import load_layout  # noqa: E402
 
 REPORT = "@bubblefence/bubblefence/bubblefence_report"
+# A report of 200 samples with 24 thumbnails; plotly.js inline made it 4.9 MB.
+SMALL_REPORT_BYTES = 100_000
 
 
 @pytest.fixture
@@ -86,9 +91,10 @@ def test_operator_report_with_brain_html_and_stored_run(split_dataset, tmp_path)
     assert any(m.startswith("Group violations") for m in metrics_shown)
     assert shown["html_path"] == str(html_path)
     page = html_path.read_text(encoding="utf-8")
-    assert "<table>" in page and "Plotly.newPlot" in page
-    # plotly.js is inline (no <script src=...>): the page works offline.
-    assert not re.search(r"<script[^>]*\ssrc=", page) and len(page) > 1_000_000
+    assert "<table>" in page and page.count("<svg") == 2  # the map and the histogram
+    # No script at all, nothing fetched: the page works offline.
+    assert not re.search(r"<script|\ssrc=['\"]?https?:", page)
+    assert "FiftyOne Brain compute_leaky_splits" in page
 
     stored = bfo.latest_report(ds)
     assert stored["source"] == "split" and stored["is_bubblefence_split"]
@@ -211,7 +217,7 @@ def test_bad_input_is_named(field_dataset):
     ds.set_values("my_split", ["train", "test"] * 100)
     with pytest.raises(ValueError, match="label_field"):
         bfo.report(ds, "my_split", "emb", label_field="missing")
-    with pytest.raises(ValueError, match="group_field 'emb' is a VectorField"):
+    with pytest.raises(ValueError, match="group_field='emb' is a VectorField"):
         bfo.report(ds, "my_split", "emb", group_field="emb")
     with pytest.raises(ExecutionError, match="thresholds"):
         foo.get_operator(REPORT)(ds, "my_split", "emb", thresholds=[1.5])
@@ -220,3 +226,175 @@ def test_bad_input_is_named(field_dataset):
     ds.limit(3).set_values("emb", [None, None, None])
     r = bfo.report(ds, "my_split", "emb", store=False)
     assert r["n_without_embedding"] == 3 and r["n_audited"] == 197
+
+
+@pytest.fixture
+def labelled_dataset(field_dataset):
+    """field_dataset with a fixed split and the same classes as a Classification field
+    ``cls`` and as a Detections field ``det`` (plus a "person" on every sample): "hidden"
+    (30 samples) only in train, "noval" (30) in train and test only, a/b/c everywhere."""
+    ds = field_dataset
+    rows = np.arange(len(ds))  # 200: 140 train, then validation (odd) and test (even)
+    split = np.where(rows < 140, "train", np.where(rows % 2, "validation", "test"))
+    classes = np.asarray(["a", "b", "c"], dtype=object)[rows % 3]
+    classes[:30] = "hidden"
+    classes[30:40] = "noval"
+    classes[140:180:2] = "noval"  # 20 test samples
+    ds.set_values("my_split", split.tolist())
+    ds.set_values("cls", [fo.Classification(label=c) for c in classes])
+    box = [0.1, 0.1, 0.2, 0.2]
+    ds.set_values(
+        "det",
+        [
+            fo.Detections(
+                detections=[
+                    fo.Detection(label=c, bounding_box=box),
+                    fo.Detection(label="person", bounding_box=box),
+                ]
+            )
+            for c in classes
+        ],
+    )
+    ds.select(ds.values("id")[-1]).set_values("det", [None])  # a sample without detections
+    return ds
+
+
+EXPECTED_WARNINGS = [
+    "Classes with >= 20 samples but no eval sample (1): hidden",
+    "Classes with >= 20 samples but no validation sample (1): noval",
+]
+
+
+@pytest.mark.parametrize(
+    "field, n_labels", [("cls", 5), ("det", 6)], ids=["classification", "detections"]
+)
+def test_label_coverage_reads_labels_as_the_split_does(labelled_dataset, field, n_labels):
+    r = bfo.report(labelled_dataset, "my_split", "emb", label_field=field, store=False)
+    coverage = r["metrics"]["split"]["coverage"]
+    # Each class counted by name (a Classification object is not one label string).
+    assert (coverage["n_labels"], coverage["n_eligible"]) == (n_labels, n_labels)
+    assert coverage["covered"] == {
+        "train": n_labels,
+        "validation": n_labels - 2,
+        "test": n_labels - 1,
+        "eval": n_labels - 1,
+    }
+    assert coverage["missing_from_eval"] == ["hidden"]
+    assert coverage["missing_from_validation"] == ["hidden", "noval"]
+    row = next(row for row in bfo.summary_rows(r) if row["key"] == "label_coverage")
+    assert row["split"] == f"{n_labels - 1} / {n_labels - 2} / {n_labels - 1} of {n_labels}"
+    assert bfo.split_warnings(r) == EXPECTED_WARNINGS
+
+
+def test_report_ends_in_amber_naming_the_missing_classes(labelled_dataset):
+    params = {"split_source": "my_split", "embeddings_field": "emb", "label_field": "det"}
+    result = foo.execute_operator(REPORT, ctx={"dataset": labelled_dataset, "params": params})
+    requests = operator_requests(result)
+    assert [n["variant"] for n in requests["notify"]] == ["warning"]
+    assert "hidden" in requests["notify"][0]["message"]
+    assert "noval" in requests["notify"][0]["message"]
+    shown = requests["show_output"][0]
+    assert shown["results"]["warnings"] == EXPECTED_WARNINGS
+    properties = shown["outputs"]["type"]["properties"]
+    alerts = [properties[f"warning_{k}"]["view"] for k in range(2)]
+    assert [a["name"] for a in alerts] == ["Warning", "Warning"]
+    assert "hidden" in alerts[0]["label"] and "noval" in alerts[1]["label"]
+    assert list(properties).index("warning_1") < list(properties).index("summary")
+
+    # Every class in every held-out split, no group field: green, no warning view.
+    params["label_field"] = None
+    result = foo.execute_operator(REPORT, ctx={"dataset": labelled_dataset, "params": params})
+    requests = operator_requests(result)
+    assert [n["variant"] for n in requests["notify"]] == ["success"]
+    assert "warning_0" not in requests["show_output"][0]["outputs"]["type"]["properties"]
+
+
+def test_html_report_is_small_readable_with_bubbles_and_closest_pairs(media_dataset, tmp_path):
+    ds = media_dataset
+    old_umask = os.umask(0o022)
+    try:
+        r = bfo.report(ds, "split", "emb", html_path=str(tmp_path / "report.html"))
+    finally:
+        os.umask(old_umask)
+    path = Path(r["html_path"])
+    assert path.stat().st_size < SMALL_REPORT_BYTES
+    assert path.stat().st_mode & 0o777 == 0o644  # as any file the user writes, not 0600
+    page = path.read_text(encoding="utf-8")
+    # Every bubble of the map drawn: an outer circle each, an inner one where it has one.
+    anchors = load_layout(ds).anchors
+    circles = int((anchors["r2d"] > 0).sum() + (anchors["inner_r2d"] > 0).sum())
+    assert circles > 0 and page.count("<circle") == circles
+    pairs = r["closest_pairs"]
+    assert len(pairs) == audit.CLOSEST_PAIRS
+    similarities = [p["similarity"] for p in pairs]
+    assert similarities == sorted(similarities, reverse=True)
+    x = dict(zip(*ds.values(["id", "emb"]), strict=True))
+    top = pairs[0]
+    cosine = unit(np.stack([x[top["eval_id"]], x[top["train_id"]]]))
+    assert top["similarity"] == pytest.approx(float(cosine[0] @ cosine[1]), abs=1e-3)
+    assert page.count("<img class='thumb' src='data:image/jpeg;base64,") == 2 * len(pairs)
+    assert "thumb missing" not in page
+
+    # A missing image is a placeholder; the report is still written.
+    os.remove(ds[top["eval_id"]].filepath)
+    old_umask = os.umask(0o027)
+    try:
+        again = bfo.report(ds, "split", "emb", html_path=str(tmp_path), store=False)
+    finally:
+        os.umask(old_umask)
+    path = Path(again["html_path"])
+    assert path.parent == tmp_path and path.stat().st_mode & 0o777 == 0o640  # the umask rules
+    page = path.read_text(encoding="utf-8")
+    assert page.count("<img class='thumb'") == 2 * len(pairs) - 1
+    assert page.count("thumb missing") == 1
+
+
+def test_leak_view_holds_exactly_the_leaking_eval_samples(field_dataset, monkeypatch):
+    ds = field_dataset
+    rng = np.random.default_rng(11)
+    x = unit(rng.normal(size=(200, 16))).astype(np.float64)
+    split = np.asarray(["train"] * 120 + ["validation"] * 40 + ["test"] * 40)
+    # 15 eval samples become near copies of train samples 0..14, at cosines 0.961..0.996.
+    for k, row in enumerate(rng.choice(np.arange(120, 200), 15, replace=False)):
+        cosine = 0.961 + 0.0025 * k
+        other = rng.normal(size=16)
+        other -= (other @ x[k]) * x[k]
+        x[row] = cosine * x[k] + np.sqrt(1 - cosine**2) * other / np.linalg.norm(other)
+    ds.set_values("emb", list(x))
+    ds.set_values("my_split", split.tolist())
+    ids = np.asarray(ds.values("id"))
+
+    def brute_force(threshold: float) -> list[str]:
+        """Eval ids whose most similar train sample reaches the threshold, most similar first."""
+        best = (x[120:] @ x[:120].T).max(axis=1)
+        assert np.abs(best - threshold).min() > 5e-4  # none on the threshold: float32 agrees
+        order = np.argsort(-best)
+        return ids[120:][order][best[order] >= threshold].tolist()
+
+    r = bfo.report(ds, "my_split", "emb")
+    expected = brute_force(0.95)
+    assert len(expected) == 15
+    assert r["leaks"] == {
+        "threshold": 0.95,
+        "n_found": 15,
+        "n_in_view": 15,
+        "n_measured": 80,
+        "n_eval": 80,
+        "view": bfo.LEAKS_VIEW,
+    }
+    assert ds.load_saved_view(bfo.LEAKS_VIEW).values("id") == expected
+    assert bfo.latest_report(ds)["leaks"]["view"] == bfo.LEAKS_VIEW
+    top = r["closest_pairs"][0]
+    assert top["eval_id"] == expected[0] and top["train_id"] == ids[14]  # cosine 0.996
+
+    # Without 0.95 the first threshold counts; the view keeps the most similar ids only,
+    # and is rewritten by each report.
+    monkeypatch.setattr(audit, "MAX_LEAK_IDS", 5)
+    r = bfo.report(ds, "my_split", "emb", thresholds=[0.97, 0.9])
+    expected = brute_force(0.97)
+    assert (r["leaks"]["threshold"], r["leaks"]["n_found"], r["leaks"]["n_in_view"]) == (
+        0.97,
+        len(expected),
+        5,
+    )
+    assert ds.load_saved_view(bfo.LEAKS_VIEW).values("id") == expected[:5]

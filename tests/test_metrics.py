@@ -105,6 +105,29 @@ def test_blockwise_equals_brute_force(monkeypatch):
     assert result.similarity["p95"] == pytest.approx(np.percentile(brute, 95), abs=1e-6)
 
 
+def test_eval_train_pairs_name_each_measured_eval_rows_nearest_train_row(monkeypatch):
+    rng = np.random.default_rng(8)
+    x = unit(rng.normal(size=(300, 8)))
+    split = rng.choice(["train", "validation", "test", "duplicate"], 300, p=[0.6, 0.15, 0.15, 0.1])
+    monkeypatch.setattr(metrics, "BASE_CHUNK", 23)  # the nearest row found across chunks
+    report = audit(x, split, max_queries=None)
+    pairs = report.eval_train_pairs
+    train = np.flatnonzero(split == "train")
+    eval_rows = np.flatnonzero(np.isin(split, ["validation", "test"]))
+    assert sorted(pairs.query_rows.tolist()) == eval_rows.tolist()
+    similarity = x[pairs.query_rows] @ x[train].T
+    assert pairs.base_rows.tolist() == train[similarity.argmax(axis=1)].tolist()
+    assert pairs.similarity == pytest.approx(similarity.max(axis=1), abs=1e-6)
+    assert (np.diff(pairs.similarity) <= 0).all()  # most similar first
+    above = pairs.at_least(0.5)
+    assert (
+        above.similarity.min() >= 0.5 and len(above.query_rows) == (pairs.similarity >= 0.5).sum()
+    )
+    assert "eval_train_pairs" not in report.to_dict()  # per-row arrays stay out of the dict
+    sampled = audit(x, split, max_queries=10).eval_train_pairs
+    assert len(sampled.query_rows) == 10 and set(sampled.query_rows) <= set(eval_rows)
+
+
 def test_sampled_queries_are_seeded_and_estimate_the_exact_share():
     rng = np.random.default_rng(4)
     x = unit(rng.normal(size=(4000, 6)))
@@ -142,7 +165,28 @@ def test_label_coverage_counts_labels_with_enough_samples():
     assert result.n_labels == 4 and result.n_eligible == 3
     assert result.covered == {"train": 2, "validation": 2, "test": 1, "eval": 2}
     assert result.missing_from_eval == ["B"]
+    assert result.missing_from_validation == ["B"]
+    assert result.missing_from_test == ["A", "B"]
     assert label_coverage(split, labels, min_count=26).n_eligible == 1  # only B
+
+
+def test_label_coverage_of_label_sets_counts_each_label_of_a_row():
+    # Detections-like rows: "person" on every row, "dog" only on train rows, "cat" on
+    # train and test rows; a row without labels and a duplicate row take no part.
+    split = ["train"] * 30 + ["validation"] * 10 + ["test"] * 10 + ["train", "duplicate"]
+    labels = (
+        [["person", "dog"]] * 20
+        + [["person", "cat"]] * 10
+        + [["person"]] * 10
+        + [("cat", "person", "cat")] * 10  # repeats count once per row
+        + [[], ["dog"] * 3]
+    )
+    result = label_coverage(split, labels, min_count=20)
+    assert (result.n_labels, result.n_eligible) == (3, 3)  # cat 20, dog 20, person 50 rows
+    assert result.covered == {"train": 3, "validation": 1, "test": 2, "eval": 2}
+    assert result.missing_from_eval == ["dog"]
+    assert result.missing_from_validation == ["cat", "dog"]
+    assert result.missing_from_test == ["dog"]
 
 
 def test_group_violations():

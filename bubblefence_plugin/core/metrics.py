@@ -16,7 +16,9 @@ Definitions:
 * **ratio error** ``|eval share - eval_ratio|`` over the rows with a role; **val/test
   balance** ``validation / (validation + test)``, target ``validation_ratio``.
 * **label coverage**: labels with at least ``min_label_count`` rows, and how many of them
-  appear in train, validation, test and eval.
+  appear in train, validation, test and eval. A row carries a set of labels (one class,
+  or the classes of its detections), encoded as `labels.encode_label_sets` does for the
+  split, so a label's rows are the rows that carry it.
 * **group violations**: groups with members both in train and in eval.
 * **stability**: share of the rows that had a role in an earlier assignment whose role is
   unchanged in a later one (joined on ids).
@@ -53,6 +55,7 @@ from typing import Any
 
 import numpy as np
 
+from .labels import encode_label_sets, label_shares
 from .neighbors import nearest
 from .progress import Progress, Steps, drive, within
 
@@ -93,12 +96,31 @@ class Leakage:
 
 
 @dataclass
+class NearestPairs:
+    """Each measured query row of a leakage direction with its most similar base row
+    (row indices into the audited embeddings), most similar first. Kept beside a report
+    for the leak view and the closest pairs, never in its dict."""
+
+    query_rows: np.ndarray
+    base_rows: np.ndarray
+    similarity: np.ndarray
+
+    def at_least(self, threshold: float) -> NearestPairs:
+        """The pairs with a similarity of at least ``threshold``, most similar first."""
+        keep = self.similarity >= threshold
+        return NearestPairs(self.query_rows[keep], self.base_rows[keep], self.similarity[keep])
+
+
+@dataclass
 class Coverage:
     min_count: int
     n_labels: int  # distinct labels among rows with a role
     n_eligible: int  # labels with at least min_count rows
     covered: dict[str, int]  # eligible labels present in train/validation/test/eval
+    # Eligible labels absent from each held-out split (at most MAX_LISTED each).
     missing_from_eval: list[str]
+    missing_from_validation: list[str]
+    missing_from_test: list[str]
 
 
 @dataclass
@@ -161,10 +183,15 @@ class AuditReport:
     stability: Stability | None = None
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    # The split's measured eval rows and their nearest train rows: per-row arrays, so
+    # they stay out of `to_dict`.
+    eval_train_pairs: NearestPairs | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types only (no NaN, no numpy, no tuples), ready for a run or a file."""
-        return _jsonable(dataclasses.asdict(self))
+        summary = dataclasses.asdict(dataclasses.replace(self, eval_train_pairs=None))
+        del summary["eval_train_pairs"]
+        return _jsonable(summary)
 
 
 def _jsonable(value: Any) -> Any:
@@ -282,22 +309,26 @@ def val_test_balance(split: Sequence[Any] | np.ndarray) -> float | None:
 
 def _iter_best_similarity(
     x: np.ndarray, query_rows: np.ndarray, base_rows: np.ndarray, label: str
-) -> Steps[np.ndarray]:
-    """Highest similarity of each query row to any base row; one event per chunk of base."""
+) -> Steps[tuple[np.ndarray, np.ndarray]]:
+    """Highest similarity of each query row to any base row, and that base row (-1 on an
+    empty base); one event per chunk of base."""
     queries = x[query_rows]
     best = np.full(len(query_rows), -np.inf, dtype=np.float32)
+    best_rows = np.full(len(query_rows), -1, dtype=np.int64)
     for start in range(0, len(base_rows), BASE_CHUNK):
-        base = x[base_rows[start : start + BASE_CHUNK]]
-        similarity, _ = nearest(queries, base)
-        np.maximum(best, similarity, out=best)
-        yield Progress(min(1.0, (start + len(base)) / len(base_rows)), label)
-    return best
+        chunk_rows = base_rows[start : start + BASE_CHUNK]
+        similarity, index = nearest(queries, x[chunk_rows])
+        better = similarity > best
+        best[better] = similarity[better]
+        best_rows[better] = chunk_rows[index[better]]
+        yield Progress(min(1.0, (start + len(chunk_rows)) / len(base_rows)), label)
+    return best, best_rows
 
 
 def best_similarity(x: np.ndarray, query_rows: np.ndarray, base_rows: np.ndarray) -> np.ndarray:
     """Highest cosine similarity of each query row to any base row (-inf on an empty base)."""
     steps = _iter_best_similarity(x, np.asarray(query_rows), np.asarray(base_rows), "")
-    return drive(steps)
+    return drive(steps)[0]
 
 
 def _iter_leakage(
@@ -308,8 +339,9 @@ def _iter_leakage(
     max_queries: int | None,
     rng: np.random.Generator,
     label: str = "",
-) -> Steps[Leakage | None]:
-    """Leakage of the query rows of every (query rows, base rows) pair, pooled.
+) -> Steps[tuple[Leakage, NearestPairs] | None]:
+    """Leakage of the query rows of every (query rows, base rows) pair, pooled, with each
+    measured query's nearest base row.
 
     The queries of all pairs are one population; with more than ``max_queries`` of them a
     seeded uniform sample is measured, each sampled query against its whole base.
@@ -321,7 +353,7 @@ def _iter_leakage(
     sampled = max_queries is not None and population > max_queries
     picked = np.sort(rng.choice(population, size=max_queries, replace=False)) if sampled else None
     offsets = np.concatenate([[0], np.cumsum(sizes)])
-    parts = []
+    measured, parts, partners = [], [], []
     for k, (queries, base) in enumerate(pairs):
         if picked is None:
             rows = queries
@@ -329,15 +361,22 @@ def _iter_leakage(
             inside = picked[(picked >= offsets[k]) & (picked < offsets[k + 1])]
             rows = queries[inside - offsets[k]]
         steps = _iter_best_similarity(x, rows, base, label)
-        parts.append((yield from within(steps, k / len(pairs), (k + 1) / len(pairs))))
+        similarity, base_rows = yield from within(steps, k / len(pairs), (k + 1) / len(pairs))
+        measured.append(rows)
+        parts.append(similarity)
+        partners.append(base_rows)
     best = np.concatenate(parts).astype(np.float64)
+    order = np.argsort(-best, kind="stable")
+    nearest_pairs = NearestPairs(
+        np.concatenate(measured)[order], np.concatenate(partners)[order], best[order]
+    )
     n = len(best)
     fractions = [float(np.mean(best >= t)) for t in thresholds]
     # Finite-population correction: a sample that is most of the population is nearly exact.
     correction = (population - n) / (population - 1) if sampled and population > 1 else 0.0
     stderr = [math.sqrt(p * (1 - p) / n * correction) for p in fractions]
     hist, _ = np.histogram(np.clip(best, 0.0, 1.0), bins=HISTOGRAM_BINS, range=(0.0, 1.0))
-    return Leakage(
+    leak = Leakage(
         direction=direction,
         thresholds=list(thresholds),
         fraction=fractions,
@@ -355,6 +394,7 @@ def _iter_leakage(
         },
         histogram={"start": 0.0, "step": 1.0 / HISTOGRAM_BINS, "counts": hist.tolist()},
     )
+    return leak, nearest_pairs
 
 
 def _leakage_pairs(codes: np.ndarray, direction: str) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -402,7 +442,8 @@ def _leakage_in(
         max_queries,
         np.random.default_rng(seed),
     )
-    return drive(steps)
+    measured = drive(steps)
+    return None if measured is None else measured[0]
 
 
 def leakage(
@@ -455,25 +496,35 @@ def label_coverage(
     labels: Sequence[Any] | np.ndarray,
     min_count: int = MIN_LABEL_COUNT,
 ) -> Coverage:
-    """How many labels with at least ``min_count`` rows (with a role) each split covers."""
+    """How many labels with at least ``min_count`` rows (with a role) each split covers.
+
+    ``labels`` holds one entry per row: a label, a collection of labels (a multi-label
+    row, e.g. the classes of its detections), or None / "" / [] for none.
+    """
+    return _label_set_coverage(split, encode_label_sets(labels), min_count)
+
+
+def _label_set_coverage(
+    split: Sequence[Any] | np.ndarray, encoded: np.ndarray, min_count: int
+) -> Coverage:
+    """`label_coverage` of label sets encoded by `labels.encode_label_sets`."""
     codes = role_codes(split)
-    names = _strings(labels)
-    if len(names) != len(codes):
-        raise ValueError(f"labels has {len(names)} entries for {len(codes)} rows")
-    kept = (codes >= 0) & (names != "")
-    uniq, inverse, sizes = np.unique(names[kept], return_inverse=True, return_counts=True)
-    eligible = sizes >= min_count
-    present = {}
-    for k, role in enumerate(ROLES):
-        mask = codes[kept] == k
-        present[role] = np.bincount(inverse[mask], minlength=len(uniq)) > 0
+    if len(encoded) != len(codes):
+        raise ValueError(f"labels has {len(encoded)} entries for {len(codes)} rows")
+    shares = label_shares(encoded, codes, codes >= 0, min_count)
+    shares = shares[shares["n"] > 0]  # labels carried only by rows without a role
+    eligible = shares[shares["eligible"]]
+    present = {role: eligible[role] > 0 for role in ROLES}
     present["eval"] = present[VALIDATION] | present[TEST]
+    missing = {name: eligible["label"][~seen].tolist() for name, seen in present.items()}
     return Coverage(
         min_count=int(min_count),
-        n_labels=len(uniq),
-        n_eligible=int(eligible.sum()),
-        covered={name: int((seen & eligible).sum()) for name, seen in present.items()},
-        missing_from_eval=uniq[eligible & ~present["eval"]][:MAX_LISTED].tolist(),
+        n_labels=len(shares),
+        n_eligible=len(eligible),
+        covered={name: int(seen.sum()) for name, seen in present.items()},
+        missing_from_eval=sorted(missing["eval"])[:MAX_LISTED],
+        missing_from_validation=sorted(missing[VALIDATION])[:MAX_LISTED],
+        missing_from_test=sorted(missing[TEST])[:MAX_LISTED],
     )
 
 
@@ -637,7 +688,7 @@ def _iter_split_metrics(
     x: np.ndarray,
     codes: np.ndarray,
     name: str,
-    labels: np.ndarray | None,
+    labels: np.ndarray | None,  # label sets, encoded (`labels.encode_label_sets`)
     groups: np.ndarray | None,
     thresholds: list[float],
     eval_ratio: float | None,
@@ -645,7 +696,8 @@ def _iter_split_metrics(
     min_label_count: int,
     max_queries: int | None,
     rng: np.random.Generator,
-) -> Steps[SplitMetrics]:
+) -> Steps[tuple[SplitMetrics, NearestPairs | None]]:
+    """Every measure of one assignment, and its eval rows' nearest train rows."""
     split = np.asarray(ROLES + ("",), dtype=object)[codes]  # -1 indexes the ""
     # Eval->train is by far the largest product; validation<->test a few % of it.
     steps = _iter_leakage(
@@ -658,6 +710,7 @@ def _iter_split_metrics(
         f"{name}: eval->train nearest neighbours",
     )
     eval_train = yield from within(steps, 0.0, 0.85)
+    eval_train_leak, eval_train_pairs = eval_train or (None, None)
     yield Progress(0.85, f"{name}: validation<->test nearest neighbours")
     validation_test = drive(
         _iter_leakage(
@@ -671,7 +724,7 @@ def _iter_split_metrics(
     )
     yield Progress(0.92, f"{name}: diversity, coverage, groups")
     share, balance = eval_share(split), val_test_balance(split)
-    return SplitMetrics(
+    measures = SplitMetrics(
         name=name,
         counts=counts(split),
         eval_share=share,
@@ -680,12 +733,13 @@ def _iter_split_metrics(
         balance_error=(
             None if validation_ratio is None or balance is None else abs(balance - validation_ratio)
         ),
-        eval_train=eval_train,
-        validation_test=validation_test,
-        coverage=None if labels is None else label_coverage(split, labels, min_label_count),
+        eval_train=eval_train_leak,
+        validation_test=None if validation_test is None else validation_test[0],
+        coverage=None if labels is None else _label_set_coverage(split, labels, min_label_count),
         groups=None if groups is None else group_violations(split, groups),
         diversity=_diversity_per_split(x, codes),
     )
+    return measures, eval_train_pairs
 
 
 def check_audit_knobs(
@@ -743,9 +797,9 @@ def iter_audit(
     n = len(x)
     if len(codes) != n:
         raise ValueError(f"split has {len(codes)} entries for {n} embeddings")
-    label_strings = None if labels is None else _strings(labels)
+    label_sets = None if labels is None else encode_label_sets(labels)
     group_strings = None if groups is None else _strings(groups)
-    for name, values in (("labels", label_strings), ("groups", group_strings), ("ids", ids)):
+    for name, values in (("labels", label_sets), ("groups", group_strings), ("ids", ids)):
         if values is not None and len(values) != n:
             raise ValueError(f"{name} has {len(values)} entries for {n} embeddings")
     if previous is not None and ids is None:
@@ -755,7 +809,7 @@ def iter_audit(
     if not (codes >= 0).any():
         notes.append("no row is train, validation or test: nothing to measure")
     common = dict(
-        labels=label_strings,
+        labels=label_sets,
         groups=group_strings,
         thresholds=thresholds,
         eval_ratio=eval_ratio,
@@ -766,12 +820,12 @@ def iter_audit(
     ours_gen = _iter_split_metrics(
         x, codes, "split", rng=np.random.default_rng([seed, 1]), **common
     )
-    ours = yield from within(ours_gen, 0.0, 0.5)
+    ours, ours_pairs = yield from within(ours_gen, 0.0, 0.5)
     baseline_codes = role_codes(random_split_like(np.asarray(ROLES + ("",))[codes], seed))
     base_gen = _iter_split_metrics(
         x, baseline_codes, "random", rng=np.random.default_rng([seed, 2]), **common
     )
-    baseline = yield from within(base_gen, 0.5, 1.0)
+    baseline, _ = yield from within(base_gen, 0.5, 1.0)
     result = None
     if previous is not None:
         split_now = np.asarray(ROLES + ("",), dtype=object)[codes]
@@ -790,6 +844,7 @@ def iter_audit(
         stability=result,
         seconds=round(time.perf_counter() - clock, 3),
         notes=notes,
+        eval_train_pairs=ours_pairs,
     )
 
 
@@ -803,8 +858,9 @@ def audit(
     """Every SPEC 4 measure of ``split`` and of a seeded random split at the same ratios.
 
     ``embeddings`` (n, d), one row per entry of ``split`` (train/validation/test; any other
-    value takes no part). Optional ``labels`` and ``groups`` (one per row, None or "" =
-    missing) add label coverage and group violations. ``ids`` with ``previous=(ids, split)``
+    value takes no part). Optional ``labels`` (one label or a collection of labels per row,
+    None or "" = missing) and ``groups`` (one per row) add label coverage and group
+    violations. ``ids`` with ``previous=(ids, split)``
     of an earlier assignment add stability. ``eval_ratio`` / ``validation_ratio`` are the
     targets of the ratio and balance errors. ``max_queries`` bounds the leakage queries per
     direction (None = all, exact). Keyword arguments are those of `iter_audit`.

@@ -40,6 +40,7 @@ package; import those modules as ``from bubblefence_plugin.fo.split import ...``
 from ..core.progress import Progress, ProgressCallback, drive
 from .audit import (
     BRAIN_QUADRATIC_ABOVE,
+    LEAKS_VIEW,
     TAGS_SOURCE,
     AuditOptions,
     iter_report,
@@ -47,6 +48,7 @@ from .audit import (
     list_reports,
     report,
     split_sources,
+    split_warnings,
     summary_rows,
 )
 from .curate import (
@@ -109,6 +111,7 @@ __all__ = [
     "ERROR_FIELD",
     "EXCLUDED_TAG",
     "EXPORT_TYPES",
+    "LEAKS_VIEW",
     "MANIFEST_COLUMNS",
     "REASON_FIELD",
     "REGION_FIELD",
@@ -163,6 +166,7 @@ __all__ = [
     "shard_label",
     "split",
     "split_sources",
+    "split_warnings",
     "state_info",
     "summary_rows",
     "wait_for_shards",

@@ -39,14 +39,29 @@ threshold, so a few Brain leaks may be outside our set: they are counted
 (``brain_not_ours``) with the lowest cross-split similarity among them, which shows how far
 beyond the threshold they are. Our leakage@t figures (raw cosine, eval against train)
 answer a different question and are not expected to equal either.
+
+Leaking samples. The eval samples whose most similar train sample reaches the leak
+threshold (0.95 when audited, else the first threshold) are saved, most similar first, as
+the dataset's saved view `LEAKS_VIEW` (``bubblefence_leaks``): the App lists it in the view
+bar's saved views, ``dataset.load_saved_view("bubblefence_leaks")`` opens it in Python, and
+it is there after a delegated run too, which cannot change the App's view. Each report
+rewrites it. At most `MAX_LEAK_IDS` ids are kept: a saved view's stages live in one
+database document. With ``max_queries`` sampling, only the measured eval samples can be in
+it; the report says how many were measured.
+
+The HTML report is one small file that opens offline: the map and the histogram are inline
+SVG (plotly.js alone would be 4.9 MB), the map is BubbleFence's own (stored positions and
+bubble circles) when our split is audited and the dataset has one, else a PCA of the
+audited embeddings, and the closest eval→train pairs are shown as inline thumbnails.
 """
 
 from __future__ import annotations
 
+import base64
 import html
+import io
 import logging
 import os
-import tempfile
 import time
 import uuid
 from collections import Counter
@@ -59,20 +74,24 @@ from typing import Any
 import fiftyone as fo
 import fiftyone.core.collections as foc
 import numpy as np
+import pandas as pd
 
 from ..core import metrics
 from ..core.progress import Progress, ProgressCallback, Steps, drive, within
 from .embeddings import check_vector_field
 from .export import path_inside, safe_name
 from .fields import (
+    ANCHOR_FIELD,
     DUPLICATE_FIELD,
     EMBEDDING_FIELD,
     ERROR_FIELD,
     SHELL_FIELD,
     SPLIT_FIELD,
-    label_strings,
+    label_source,
+    labels_from_values,
     root_dataset,
 )
+from .map import SPLIT_COLORS, load_layout, load_points
 from .runs import RunType, from_npy_bytes, is_locked, to_npy_bytes
 from .state import state_info
 
@@ -82,7 +101,6 @@ logger = logging.getLogger(__name__)
 REPORT_RUN = RunType("bubblefence_audit", "bubblefence-audit", 1, "audit_version")
 KEEP_REPORTS = 20
 TAGS_SOURCE = "tags"
-MAP_POINTS = 5000  # points drawn on the HTML report's map
 BRAIN_QUADRATIC_ABOVE = 15_000  # the Brain's sklearn index stops precomputing distances here
 
 SPLIT_ALIASES = {
@@ -98,6 +116,17 @@ SPLIT_ALIASES = {
 # String fields BubbleFence writes that are not splits.
 _NOT_SPLITS = {"filepath", SHELL_FIELD, DUPLICATE_FIELD, ERROR_FIELD}
 
+LEAKS_VIEW = "bubblefence_leaks"  # saved view: the latest report's leaking eval samples
+LEAK_THRESHOLD = 0.95  # the leak view's threshold when audited, else the first threshold
+# Ids in the leak view: its select stage is stored in one database document (16 MB at
+# most) and sent to the App whenever the view is opened; 10k ids are about 250 kB.
+MAX_LEAK_IDS = 10_000
+CLOSEST_PAIRS = 12  # eval→train pairs the HTML report shows as thumbnails
+THUMBNAIL_PX = 96
+MAP_POINTS = 5000  # points drawn on the HTML report's map, a seeded sample beyond that
+# Bubbles drawn on it, most held-out samples first: each is a circle or two of SVG.
+MAP_BUBBLES = 1000
+
 
 @dataclass(frozen=True)
 class AuditOptions:
@@ -109,7 +138,9 @@ class AuditOptions:
             else tags)
         embeddings_field: a vector field (default: the one the BubbleFence state was
             built from, else ``bubblefence_embedding``, else the first vector field)
-        label_field: a field with one label per sample: adds label coverage
+        label_field: a label field, read as the split reads it (a Classification's
+            label, every object label of a Detections-like field, a string): adds
+            label coverage
         group_field: a field with one group per sample: adds group violations
         thresholds: cosine similarities at which leakage is counted
         eval_ratio: the target eval share (default: the BubbleFence config when
@@ -120,7 +151,8 @@ class AuditOptions:
         seed: of the random baseline split and the sampled queries
         brain: also run FiftyOne Brain's ``compute_leaky_splits``
         html_path: write the HTML report there (a file, or a folder)
-        store: keep the report as a custom run on the dataset
+        store: keep the report as a custom run on the dataset, and its leaking eval
+            samples as the saved view `LEAKS_VIEW`
     """
 
     split_source: str | None = None
@@ -191,25 +223,6 @@ def _default_embeddings_field(dataset: fo.Dataset) -> str | None:
         if candidate and candidate in vector_fields:
             return candidate
     return next(iter(sorted(vector_fields)), None)
-
-
-def _check_field(samples: foc.SampleCollection, name: str, what: str) -> None:
-    """A label or group field: one string, int or Classification per sample."""
-    field = samples.get_field(name)
-    if field is None:
-        raise ValueError(
-            f"{what} {name!r} does not exist on dataset {root_dataset(samples).name!r}; "
-            f"fields: {sorted(samples.get_field_schema())}"
-        )
-    single = isinstance(field, (fo.StringField, fo.IntField)) or (
-        isinstance(field, fo.EmbeddedDocumentField)
-        and issubclass(field.document_type, fo.Classification)
-    )
-    if not single:
-        raise ValueError(
-            f"{what} {name!r} is a {type(field).__name__}; the audit needs one string, int "
-            "or Classification value per sample"
-        )
 
 
 def _resolve_source(samples: foc.SampleCollection, split_source: str | None) -> str:
@@ -289,11 +302,12 @@ def iter_report(
     options = options or AuditOptions()
     plan = _plan(samples, options)
     yield Progress(0.0, f"Reading {plan.embeddings_field!r} and the split ({plan.source})")
-    rows = _read_rows(samples, plan, options)
+    rows = _read_rows(samples, plan)
     measure = _iter_measure(plan, rows, options)
     measured = yield from within(measure, 0.05, 0.8 if options.brain else 0.95)
     created = datetime.now(timezone.utc)
-    result = _report_dict(plan, rows, options, measured, created)
+    leaks, leak_ids = _leaks(measured, rows, saved=options.store)
+    result = _report_dict(plan, rows, options, measured, created, leaks)
     if options.brain:
         yield Progress(0.8, "FiftyOne Brain compute_leaky_splits")
         result["brain"] = brain_comparison(
@@ -307,10 +321,12 @@ def iter_report(
         )
     if options.html_path:
         yield Progress(0.96, "Writing the HTML report")
-        points = _map_points(rows.x, rows.roles, options.seed)
-        result["html_path"] = write_html(result, options.html_path, points)
+        drawn = _report_map(samples, plan, rows, options.seed)
+        thumbnails = _pair_thumbnails(plan.dataset, result["closest_pairs"])
+        result["html_path"] = write_html(result, options.html_path, drawn, thumbnails)
     if options.store:
         yield Progress(0.98, "Storing the report")
+        _save_leaks_view(plan.dataset, leak_ids, result)
         result["run_key"] = _store(plan.dataset, result, rows.ids, rows.roles, created)
     yield Progress(1.0, "Done")
     return result
@@ -327,6 +343,9 @@ class _Plan:
     eval_ratio: float | None
     validation_ratio: float | None
     warnings: list[str]
+    # (values path, several labels per sample) of the label and group fields (`label_source`)
+    label_path: tuple[str, bool] | None
+    group_path: tuple[str, bool] | None
 
 
 @dataclass
@@ -336,7 +355,7 @@ class _Rows:
     ids: np.ndarray
     roles: np.ndarray  # train/validation/test, "" for no split
     x: np.ndarray  # unit embeddings
-    labels: np.ndarray | None
+    labels: np.ndarray | list | None  # a label, or a list of labels, per row
     groups: np.ndarray | None
     n_collection: int
     n_without_embedding: int  # samples with a split but no usable embedding
@@ -357,9 +376,15 @@ def _plan(samples: foc.SampleCollection, options: AuditOptions) -> _Plan:
             "BubbleFence split first, or compute embeddings into a vector field"
         )
     check_vector_field(dataset, embeddings_field)
-    for name, what in ((options.label_field, "label_field"), (options.group_field, "group_field")):
-        if name:
-            _check_field(samples, name, what)
+    # Labels are read as the split reads them: a Classification's label, each object's
+    # label of a Detections field, a string field as it is.
+    label_path, group_path = (
+        label_source(dataset, name, param) if name else None
+        for name, param in (
+            (options.label_field, "label_field"),
+            (options.group_field, "group_field"),
+        )
+    )
     state = state_info(dataset)
     ours = source == SPLIT_FIELD and state is not None
     eval_ratio, validation_ratio = options.eval_ratio, options.validation_ratio
@@ -372,16 +397,26 @@ def _plan(samples: foc.SampleCollection, options: AuditOptions) -> _Plan:
         warnings.append(
             "a BubbleFence run held this dataset during the audit: figures may mix rounds"
         )
-    return _Plan(dataset, source, embeddings_field, ours, eval_ratio, validation_ratio, warnings)
+    return _Plan(
+        dataset,
+        source,
+        embeddings_field,
+        ours,
+        eval_ratio,
+        validation_ratio,
+        warnings,
+        label_path,
+        group_path,
+    )
 
 
-def _read_rows(samples: foc.SampleCollection, plan: _Plan, options: AuditOptions) -> _Rows:
+def _read_rows(samples: foc.SampleCollection, plan: _Plan) -> _Rows:
     """Reads the split, the embeddings and the labels/groups; notes what is left out."""
     from ..embedder import embeddings_from_array
 
     source = plan.source
     columns = ["id", plan.embeddings_field, "tags" if source == TAGS_SOURCE else source]
-    columns += [f for f in (options.label_field, options.group_field) if f]
+    columns += [found[0] for found in (plan.label_path, plan.group_path) if found]
     values = dict(zip(columns, samples.values(columns), strict=True))
     ids = np.asarray(values["id"], dtype=object)
     if source == TAGS_SOURCE:
@@ -408,8 +443,8 @@ def _read_rows(samples: foc.SampleCollection, plan: _Plan, options: AuditOptions
             f"{plan.embeddings_field!r} embedding"
         )
     labels, groups = (
-        label_strings(np.asarray(values[f], dtype=object)[rows]) if f else None
-        for f in (options.label_field, options.group_field)
+        labels_from_values([values[found[0]][i] for i in rows], found[1]) if found else None
+        for found in (plan.label_path, plan.group_path)
     )
     return _Rows(
         ids=ids[rows],
@@ -448,6 +483,7 @@ def _report_dict(
     options: AuditOptions,
     measured: metrics.AuditReport,
     created: datetime,
+    leaks: dict[str, Any],
 ) -> dict[str, Any]:
     return {
         "run_key": None,
@@ -465,9 +501,68 @@ def _report_dict(
         "other_values": [[v, int(c)] for v, c in rows.other_values.most_common(10)],
         "warnings": plan.warnings,
         "metrics": measured.to_dict(),
+        "leaks": leaks,
+        "closest_pairs": _closest_pairs(rows, measured.eval_train_pairs),
         "brain": None,
         "html_path": None,
     }
+
+
+def _closest_pairs(rows: _Rows, pairs: metrics.NearestPairs | None) -> list[dict[str, Any]]:
+    """The `CLOSEST_PAIRS` most similar (eval sample, its nearest train sample) pairs."""
+    if pairs is None:
+        return []
+    top = zip(
+        pairs.query_rows[:CLOSEST_PAIRS],
+        pairs.base_rows[:CLOSEST_PAIRS],
+        pairs.similarity[:CLOSEST_PAIRS],
+        strict=True,
+    )
+    return [
+        {
+            "eval_id": str(rows.ids[query]),
+            "eval_split": str(rows.roles[query]),
+            "train_id": str(rows.ids[base]),
+            "similarity": round(float(similarity), 4),
+        }
+        for query, base, similarity in top
+    ]
+
+
+def _leaks(
+    measured: metrics.AuditReport, rows: _Rows, saved: bool
+) -> tuple[dict[str, Any], list[str]]:
+    """The report's ``leaks`` entry, and the ids of the measured eval samples with a train
+    sample at the leak threshold or above, most similar first, at most `MAX_LEAK_IDS`."""
+    thresholds = measured.thresholds
+    threshold = LEAK_THRESHOLD if LEAK_THRESHOLD in thresholds else thresholds[0]
+    pairs = measured.eval_train_pairs
+    leaking = np.empty(0, np.int64) if pairs is None else pairs.at_least(threshold).query_rows
+    ids = rows.ids[leaking[:MAX_LEAK_IDS]].astype(str).tolist()
+    leak = measured.split.eval_train
+    summary = {
+        "threshold": threshold,
+        "n_found": len(leaking),
+        "n_in_view": len(ids),
+        "n_measured": leak.n_queries if leak else 0,
+        "n_eval": leak.n_population if leak else 0,
+        "view": LEAKS_VIEW if saved else None,
+    }
+    return summary, ids
+
+
+def _save_leaks_view(dataset: fo.Dataset, ids: list[str], result: dict[str, Any]) -> None:
+    """Saves the leaking eval samples as `LEAKS_VIEW`, most similar first. An empty view
+    too: a view left from an earlier report would show leaks that are gone."""
+    leaks = result["leaks"]
+    description = (
+        f"Eval samples of {result['source']!r} whose most similar train sample has cosine "
+        f">= {leaks['threshold']:g}, most similar first: {leaks['n_in_view']} of "
+        f"{leaks['n_found']} found among {leaks['n_measured']} measured eval samples "
+        f"(report of {result['created_at']})"
+    )
+    view = dataset.select(ids, ordered=True)
+    dataset.save_view(LEAKS_VIEW, view, description=description, overwrite=True)
 
 
 # --------------------------------------------------------------------------- FiftyOne Brain
@@ -613,7 +708,10 @@ def latest_report(samples: foc.SampleCollection) -> dict[str, Any] | None:
     """The most recent stored report of the dataset of ``samples`` (a dict), or None.
 
     Layout: ``created_at``, ``source``, ``embeddings_field``, ``n_audited``,
-    ``warnings``, ``brain`` (None or the comparison), ``html_path``, and ``metrics``:
+    ``warnings``, ``brain`` (None or the comparison), ``html_path``, ``leaks``
+    (``threshold``, ``n_found``, ``n_in_view``, ``n_measured``, ``n_eval`` and ``view``,
+    the saved view `LEAKS_VIEW` or None), ``closest_pairs`` (``eval_id``,
+    ``eval_split``, ``train_id``, ``similarity``, most similar first), and ``metrics``:
     `bubblefence_plugin.core.metrics.AuditReport.to_dict()` with ``thresholds`` and, for
     ``split`` (ours) and ``baseline`` (random): ``counts``, ``eval_share``,
     ``ratio_error``, ``validation_share``, ``balance_error``, ``eval_train`` and
@@ -760,77 +858,310 @@ def summary_rows(result: dict[str, Any]) -> list[dict[str, str]]:
     return rows
 
 
-def _map_points(x: np.ndarray, roles: np.ndarray, seed: int) -> dict[str, list] | None:
-    """2-D PCA of at most MAP_POINTS audited samples with a role, for the HTML map."""
-    from ..core.anchors import fit_projection, subsample
+def split_warnings(result: dict[str, Any]) -> list[str]:
+    """What the audited split lacks, for a warning rather than a success: a held-out split
+    without samples, classes (with enough samples to expect them there) without an eval,
+    a validation or a test sample, groups on both sides of the train/eval line.
 
-    rows = np.flatnonzero(roles != "")
-    if len(rows) < 3:
-        return None
+    A group wholly in train or wholly in eval is what a group field asks for, so a group
+    without eval samples is no warning; one cut across the line is.
+
+    Args:
+        result: a report (`report`, `latest_report`)
+
+    Returns:
+        one plain-text sentence per finding, naming the classes and groups
+    """
+    ours = result["metrics"]["split"]
+    counts = ours["counts"]
+    warnings = [
+        f"No {role} sample in the split"
+        for role in (metrics.VALIDATION, metrics.TEST)
+        if counts[role] == 0 and counts[metrics.TRAIN] > 0
+    ]
+    coverage = ours["coverage"]
+    if coverage is not None:
+        classes = f"Classes with >= {coverage['min_count']} samples but no"
+        missing_eval = coverage["n_eligible"] - coverage["covered"]["eval"]
+        if missing_eval:
+            names = _listed(coverage["missing_from_eval"], missing_eval)
+            warnings.append(f"{classes} eval sample ({missing_eval}): {names}")
+        for role in (metrics.VALIDATION, metrics.TEST):
+            # Classes without any eval sample are named above; a split with no sample of
+            # the role at all is said once, above.
+            only_here = coverage["n_eligible"] - coverage["covered"][role] - missing_eval
+            if only_here and counts[role]:
+                # Reports stored before these lists existed name no class here.
+                listed = [
+                    name
+                    for name in coverage.get(f"missing_from_{role}", [])
+                    if name not in coverage["missing_from_eval"]
+                ]
+                names = _listed(listed, only_here)
+                warnings.append(f"{classes} {role} sample ({only_here}): {names}")
+    groups = ours["groups"]
+    if groups is not None and groups["n_violations"]:
+        names = _listed(groups["examples"], groups["n_violations"])
+        warnings.append(
+            f"Groups with samples in both train and eval ({groups['n_violations']} of "
+            f"{groups['n_groups']}): {names}"
+        )
+    return warnings
+
+
+def _listed(names: Sequence[str], total: int) -> str:
+    """Names joined, with the count of those not listed."""
+    more = total - len(names)
+    if not names:
+        return f"{total} not listed"
+    return ", ".join(names) + (f" and {more} more" if more > 0 else "")
+
+
+# --------------------------------------------------------------------------- the HTML map
+
+
+@dataclass
+class _ReportMap:
+    """What the HTML report's map draws, in one 2-D coordinate system."""
+
+    title: str
+    xy: np.ndarray  # (n, 2) points of audited samples with a role
+    roles: np.ndarray  # their train / validation / test
+    bubbles: pd.DataFrame  # x, y, r2d (outer radius), inner_r2d (0: no inner shell)
+    notes: list[str]  # sentences
+
+
+def _report_map(
+    samples: foc.SampleCollection, plan: _Plan, rows: _Rows, seed: int
+) -> _ReportMap | None:
+    """BubbleFence's stored map with its bubbles when our split is audited and the
+    dataset has one; otherwise a PCA of the audited embeddings (no bubbles: another split
+    has none, and ours without a stored map has no 2-D bubble radii)."""
     rng = np.random.default_rng([seed, 3])
-    rows = rows[subsample(len(rows), MAP_POINTS, rng)]
-    projection = fit_projection(x[rows], 2, rng)
-    xy = projection.transform(x[rows])
+    stored = _stored_map(samples, plan, rows, rng) if plan.is_bubblefence_split else None
+    return stored or _pca_map(rows, rng)
+
+
+def _drawn_rows(rows: np.ndarray, rng: np.random.Generator, notes: list[str]) -> np.ndarray:
+    """At most `MAP_POINTS` of ``rows``, a seeded sample beyond that (noted)."""
+    from ..core.anchors import subsample
+
+    if len(rows) > MAP_POINTS:
+        notes.append(f"{MAP_POINTS} of {len(rows)} samples drawn (a seeded random sample).")
+    return rows[subsample(len(rows), MAP_POINTS, rng)]
+
+
+def _stored_map(
+    samples: foc.SampleCollection, plan: _Plan, rows: _Rows, rng: np.random.Generator
+) -> _ReportMap | None:
+    """The audited samples on the stored map (`bubblefence_plugin.fo.map`), and the
+    bubbles that have samples among them, most held-out samples first."""
+    points, layout = load_points(plan.dataset), load_layout(plan.dataset)
+    if points is None or layout is None:
+        return None
+    position = pd.Index(points[0]).get_indexer(rows.ids.astype(str))
+    has_role = rows.roles != ""
+    placed = np.flatnonzero(has_role & (position >= 0))
+    if not len(placed):
+        return None
+    notes = []
+    n_unplaced = int(np.sum(has_role & (position < 0)))
+    if n_unplaced:
+        notes.append(f"{n_unplaced} audited samples have no place on the map: not drawn.")
+    drawn = _drawn_rows(placed, rng, notes)
+    present = {int(a) for a in samples.distinct(ANCHOR_FIELD)}
+    anchors = layout.anchors
+    bubbles = anchors[anchors["anchor_id"].isin(present)]
+    bubbles = bubbles.assign(n_eval=bubbles["n_validation"] + bubbles["n_test"])
+    bubbles = bubbles.sort_values(["n_eval", "anchor_id"], ascending=[False, True])
+    if len(bubbles) > MAP_BUBBLES:
+        notes.append(
+            f"{MAP_BUBBLES} of {len(bubbles)} bubbles drawn (most held-out samples first)."
+        )
+    return _ReportMap(
+        title=f"BubbleFence map ({layout.layout.method.upper()}) with its bubbles",
+        xy=points[1][position[drawn]],
+        roles=rows.roles[drawn],
+        bubbles=bubbles.head(MAP_BUBBLES),
+        notes=notes,
+    )
+
+
+def _pca_map(rows: _Rows, rng: np.random.Generator) -> _ReportMap | None:
+    """A 2-D PCA of the audited samples with a role; None for fewer than 3."""
+    from ..core.anchors import fit_projection
+
+    has_role = np.flatnonzero(rows.roles != "")
+    if len(has_role) < 3:
+        return None
+    notes = ["Bubbles are drawn when BubbleFence's own split is audited and has a map."]
+    drawn = _drawn_rows(has_role, rng, notes)
+    xy = fit_projection(rows.x[drawn], 2, rng).transform(rows.x[drawn])
     if xy.shape[1] < 2:
         return None
-    return {"x": xy[:, 0].tolist(), "y": xy[:, 1].tolist(), "split": roles[rows].tolist()}
-
-
-_COLOURS = {"train": "#4c78a8", "validation": "#f58518", "test": "#54a24b", "random": "#9d9d9d"}
-
-
-def _figure_html(result: dict[str, Any], points: dict[str, list] | None) -> str:
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    fig = make_subplots(
-        rows=1,
-        cols=2,
-        subplot_titles=(
-            "Embedding map (PCA of the audited samples)",
-            "Nearest train similarity of eval samples",
-        ),
+    return _ReportMap(
+        title="PCA of the audited embeddings",
+        xy=xy,
+        roles=rows.roles[drawn],
+        bubbles=pd.DataFrame({"x": [], "y": [], "r2d": [], "inner_r2d": []}),
+        notes=notes,
     )
-    if points is not None:
-        split = np.asarray(points["split"])
-        for role in metrics.ROLES:
-            mask = split == role
-            fig.add_trace(
-                go.Scatter(
-                    x=np.asarray(points["x"])[mask],
-                    y=np.asarray(points["y"])[mask],
-                    mode="markers",
-                    name=role,
-                    marker={"size": 4, "color": _COLOURS[role], "opacity": 0.7},
-                ),
-                row=1,
-                col=1,
+
+
+# --------------------------------------------------------------------------- thumbnails
+
+
+def _pair_thumbnails(dataset: fo.Dataset, pairs: Sequence[dict[str, Any]]) -> dict[str, str | None]:
+    """Inline JPEG thumbnails (data URIs) of the images of the closest pairs, by sample id;
+    None where the image cannot be read.
+
+    Args:
+        dataset: the dataset the pairs' samples belong to
+        pairs: a report's ``closest_pairs``
+    """
+    ids = sorted({pair[key] for pair in pairs for key in ("eval_id", "train_id")})
+    if not ids:
+        return {}
+    sample_ids, paths = dataset.select(ids).values(["id", "filepath"])
+    return {sid: _thumbnail_uri(path) for sid, path in zip(sample_ids, paths, strict=True)}
+
+
+def _thumbnail_uri(path: str) -> str | None:
+    """A JPEG data URI of the image at ``path``, at most `THUMBNAIL_PX` on a side."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.draft("RGB", (THUMBNAIL_PX, THUMBNAIL_PX))  # JPEG: decode at a small scale
+            thumbnail = image.convert("RGB")
+        thumbnail.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+        buffer = io.BytesIO()
+        thumbnail.save(buffer, "JPEG", quality=75)
+    # Missing, remote, corrupt or oversized: a thumbnail is never worth a failed report.
+    except Exception as e:
+        logger.info("No thumbnail for %s: %s", path, e)
+        return None
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+# --------------------------------------------------------------------------- HTML
+
+
+_HISTOGRAM_COLOURS = {"split": "#e45756", "random": "#9d9d9d"}
+_RANDOM_KEY = {"random split, same ratios": _HISTOGRAM_COLOURS["random"]}
+_BUBBLE_COLOUR = "#3b3b3b"
+_SVG_WIDTH = 640
+
+
+def _map_svg(drawn: _ReportMap) -> str:
+    """The map as inline SVG: a dot per sample (a zero-length round-capped path segment,
+    the smallest SVG mark), outer shells solid and inner shells dotted."""
+    width, height, pad = _SVG_WIDTH, 480, 10
+    xy = drawn.xy.astype(np.float64)
+    b = drawn.bubbles
+    low, high = xy.min(axis=0), xy.max(axis=0)
+    if len(b):
+        low = np.minimum(low, [(b["x"] - b["r2d"]).min(), (b["y"] - b["r2d"]).min()])
+        high = np.maximum(high, [(b["x"] + b["r2d"]).max(), (b["y"] + b["r2d"]).max()])
+    # One scale for both axes: circles stay round.
+    scale = min(
+        (width - 2 * pad) / max(high[0] - low[0], 1e-9),
+        (height - 2 * pad) / max(high[1] - low[1], 1e-9),
+    )
+
+    def to_px(x: Any, y: Any) -> tuple[Any, Any]:
+        return pad + (x - low[0]) * scale, height - pad - (y - low[1]) * scale
+
+    px, py = to_px(xy[:, 0], xy[:, 1])
+    parts = [
+        f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' class='map'>"
+    ]
+    for role in metrics.ROLES:  # train first: the held-out splits on top
+        mask = drawn.roles == role
+        path = "".join(f"M{x:.1f} {y:.1f}h0" for x, y in zip(px[mask], py[mask], strict=True))
+        if path:
+            parts.append(
+                f"<path d='{path}' stroke='{SPLIT_COLORS[role]}' stroke-width='4' "
+                "stroke-linecap='round' opacity='0.8'/>"
             )
+    if len(b):
+        cx, cy = to_px(b["x"].to_numpy(np.float64), b["y"].to_numpy(np.float64))
+        for radius, dash in ((b["r2d"], ""), (b["inner_r2d"], " stroke-dasharray='2 2'")):
+            r = radius.to_numpy(np.float64) * scale
+            circles = "".join(
+                f"<circle cx='{x:.1f}' cy='{y:.1f}' r='{ri:.1f}'/>"
+                for x, y, ri in zip(cx, cy, r, strict=True)
+                if ri > 0
+            )
+            parts.append(
+                f"<g class='bubbles' fill='none' stroke='{_BUBBLE_COLOUR}' stroke-width='1'{dash}>"
+                f"{circles}</g>"
+            )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _histogram_svg(result: dict[str, Any]) -> str | None:
+    """Nearest train similarity of eval samples, ours beside the random split, as SVG bars
+    with the thresholds dotted; None without eval→train pairs."""
     m = result["metrics"]
+    shares = {}
     for name, block in (("split", m["split"]), ("random", m["baseline"])):
         leak = block["eval_train"]
-        if leak is None:
-            continue
-        h = leak["histogram"]
-        total = max(sum(h["counts"]), 1)
-        centres = [h["start"] + (i + 0.5) * h["step"] for i in range(len(h["counts"]))]
-        fig.add_trace(
-            go.Bar(
-                x=centres,
-                y=[c / total for c in h["counts"]],
-                name=f"{name} (eval→train)",
-                marker={"color": _COLOURS.get(name, "#e45756"), "opacity": 0.6},
-            ),
-            row=1,
-            col=2,
+        if leak is not None:
+            counts = np.asarray(leak["histogram"]["counts"], np.float64)
+            shares[name] = (leak["histogram"], counts / max(counts.sum(), 1.0))
+    if not shares:
+        return None
+    width, height, left, bottom, top = _SVG_WIDTH, 260, 40, 34, 12
+    plot_w, plot_h = width - left - 10, height - bottom - top
+    peak = max(float(s.max()) for _, s in shares.values()) or 1.0
+    parts = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}'>"]
+    for name, (histogram, share) in shares.items():
+        bar_w = histogram["step"] * plot_w
+        bars = "".join(
+            f"<rect x='{left + (histogram['start'] + i * histogram['step']) * plot_w:.1f}' "
+            f"y='{top + plot_h * (1 - s / peak):.1f}' width='{bar_w:.1f}' "
+            f"height='{plot_h * s / peak:.1f}'/>"
+            for i, s in enumerate(share)
+            if s > 0
         )
-    for t in m["thresholds"]:
-        fig.add_vline(x=t, line={"dash": "dot", "width": 1}, row=1, col=2)
-    fig.update_layout(barmode="overlay", height=480, margin={"t": 40, "b": 30})
-    fig.update_xaxes(title_text="cosine similarity", row=1, col=2)
-    fig.update_yaxes(title_text="share of eval samples", row=1, col=2)
-    # Inline plotly.js: the file opens offline, on any machine.
-    return fig.to_html(full_html=False, include_plotlyjs=True)
+        parts.append(f"<g fill='{_HISTOGRAM_COLOURS[name]}' opacity='0.55'>{bars}</g>")
+    axis_y = top + plot_h
+    parts.append(
+        f"<g stroke='#555'><line x1='{left}' y1='{axis_y}' x2='{left + plot_w}' y2='{axis_y}'/>"
+        f"<line x1='{left}' y1='{top}' x2='{left}' y2='{axis_y}'/></g>"
+    )
+    ticks = "".join(
+        f"<text x='{left + t * plot_w:.1f}' y='{axis_y + 14}' text-anchor='middle'>{t:.1f}</text>"
+        for t in np.linspace(0.0, 1.0, 6)
+    )
+    parts.append(
+        f"<g font-size='11' fill='#333'>{ticks}"
+        f"<text x='{left + plot_w / 2:.1f}' y='{height - 4}' text-anchor='middle'>"
+        "cosine similarity to the nearest train sample</text>"
+        f"<text x='{left - 4}' y='{top + 4}' text-anchor='end'>{peak:.2f}</text>"
+        f"<text x='{left - 4}' y='{axis_y}' text-anchor='end'>0</text></g>"
+    )
+    for k, t in enumerate(m["thresholds"]):
+        x = left + t * plot_w
+        # Thresholds are often close together (0.9, 0.95, 0.99): one label row each.
+        parts.append(
+            f"<line x1='{x:.1f}' y1='{top}' x2='{x:.1f}' y2='{axis_y}' stroke='#222' "
+            f"stroke-dasharray='3 3'/><text x='{x - 3:.1f}' y='{top + 10 + 12 * k}' "
+            f"font-size='10' text-anchor='end'>{t:g}</text>"
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _legend(colours: dict[str, str]) -> str:
+    """A colour key per name, on a line of its own."""
+    keys = "".join(
+        f"<span class='key' style='background:{colour}'></span>{html.escape(name)} "
+        for name, colour in colours.items()
+    )
+    return keys + "<br>"
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -863,33 +1194,122 @@ def _diversity_rows(m: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-def render_html(result: dict[str, Any], points: dict[str, list] | None = None) -> str:
-    """The report as one self-contained HTML page (tables and an inline plotly figure).
+def _leaks_html(result: dict[str, Any], thumbnails: dict[str, str | None]) -> list[str]:
+    """The leak count and view, and the closest eval→train pairs side by side."""
+    leaks, esc = result["leaks"], html.escape
+    parts = [
+        "<h2>Leaking eval samples</h2>",
+        f"<p>{leaks['n_found']} of the {leaks['n_measured']} measured eval samples (of "
+        f"{leaks['n_eval']}) have a train sample at cosine similarity ≥ {leaks['threshold']:g}."
+        + (
+            f" They are the saved view <code>{esc(leaks['view'])}</code> of the dataset "
+            f"(most similar first, at most {MAX_LEAK_IDS})."
+            if leaks["view"]
+            else ""
+        )
+        + "</p>",
+    ]
+    pairs = result["closest_pairs"]
+    if not pairs:
+        return parts
+    figures = []
+    for pair in pairs:
+        images = "".join(
+            f"<img class='thumb' src='{thumbnails[sid]}' alt='{esc(sid)}'>"
+            if thumbnails.get(sid)
+            else f"<span class='thumb missing' title='{esc(sid)}'>no image</span>"
+            for sid in (pair["eval_id"], pair["train_id"])
+        )
+        figures.append(
+            f"<figure>{images}<figcaption>{pair['similarity']:.4f}<br>"
+            f"{esc(pair['eval_split'])} {esc(pair['eval_id'])}<br>"
+            f"train {esc(pair['train_id'])}</figcaption></figure>"
+        )
+    parts += [
+        f"<h3>The {len(pairs)} closest eval → train pairs (eval image left, cosine)</h3>",
+        "<div class='pairs'>" + "".join(figures) + "</div>",
+    ]
+    return parts
+
+
+def _figures_html(result: dict[str, Any], drawn: _ReportMap | None) -> list[str]:
+    parts = []
+    if drawn is not None:
+        parts += [
+            f"<h2>Embedding map: {html.escape(drawn.title)}</h2>",
+            _map_svg(drawn),
+            f"<p>{_legend({r: SPLIT_COLORS[r] for r in metrics.ROLES})}"
+            + ("Circles: bubbles (inner shell dotted). " if len(drawn.bubbles) else "")
+            + html.escape(" ".join(drawn.notes))
+            + "</p>",
+        ]
+    histogram = _histogram_svg(result)
+    if histogram is not None:
+        parts += [
+            "<h2>Nearest train similarity of eval samples</h2>",
+            histogram,
+            f"<p>{_legend({'this split': _HISTOGRAM_COLOURS['split'], **_RANDOM_KEY})}"
+            "Share of the measured eval samples per bin; dotted: the leakage thresholds.</p>",
+        ]
+    return parts
+
+
+_STYLE = (
+    "<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}"
+    "table{border-collapse:collapse;margin:0.5em 0 1.5em}"
+    "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"
+    "th{background:#f3f3f3}code{background:#f3f3f3;padding:0 3px}"
+    ".warning{background:#fff4e0;border-left:4px solid #f0a020;padding:0.5em 1em}"
+    ".key{display:inline-block;width:10px;height:10px;margin:0 4px 0 10px}"
+    ".pairs{display:flex;flex-wrap:wrap;gap:12px}figure{margin:0;font-size:11px}"
+    f".thumb{{display:inline-block;width:{THUMBNAIL_PX}px;height:{THUMBNAIL_PX}px;"
+    "object-fit:contain;background:#eee;margin-right:2px;vertical-align:top}"
+    f".missing{{line-height:{THUMBNAIL_PX}px;text-align:center;color:#888}}</style>"
+)
+
+
+def render_html(
+    result: dict[str, Any],
+    drawn: _ReportMap | None = None,
+    thumbnails: dict[str, str | None] | None = None,
+) -> str:
+    """The report as one self-contained HTML page: tables, warnings, the leaking samples
+    with thumbnails of the closest pairs, and the map and histogram as inline SVG.
 
     Args:
         result: a report
-        points: the 2-D map's points (``x``, ``y``, ``split`` lists), or None for no map
+        drawn: the map, or None for none
+        thumbnails: `_pair_thumbnails` of the report's closest pairs (missing: placeholders)
     """
     m = result["metrics"]
     esc = html.escape
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>BubbleFence report: {esc(result['dataset'])}</title>",
-        "<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}"
-        "table{border-collapse:collapse;margin:0.5em 0 1.5em}"
-        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"
-        "th{background:#f3f3f3}code{background:#f3f3f3;padding:0 3px}</style></head><body>",
+        _STYLE,
+        "</head><body>",
         f"<h1>BubbleFence split report: {esc(result['dataset'])}</h1>",
         f"<p>Split source <code>{esc(result['source'])}</code>, embeddings "
         f"<code>{esc(result['embeddings_field'])}</code>, {result['n_audited']} samples "
         f"audited ({m['dim']}-d), {esc(result['created_at'])}. Leakage thresholds are cosine "
         "similarities; ± is the standard error where eval samples were sampled "
         f"(at most {m['max_queries'] or 'all'} per direction), ≈ marks estimated counts.</p>",
+    ]
+    warnings = split_warnings(result)
+    if warnings:
+        parts.append(
+            "<div class='warning'><strong>Warnings</strong><ul>"
+            + "".join(f"<li>{esc(w)}</li>" for w in warnings)
+            + "</ul></div>"
+        )
+    parts += [
         "<h2>Summary</h2>",
         _table(
             ["measure", "this split", "random split, same ratios"],
             [[r["metric"], r["split"], r["baseline"]] for r in summary_rows(result)],
         ),
+        *_leaks_html(result, thumbnails or {}),
+        *_figures_html(result, drawn),
         "<h2>Diversity</h2>",
         "<p>Effective rank exp(H(λ/Σλ)) and participation ratio (Σλ)²/Σλ² of the embedding "
         "covariance, each divided by the dimension; score = geometric mean of the two.</p>",
@@ -898,12 +1318,6 @@ def render_html(result: dict[str, Any], points: dict[str, list] | None = None) -
             _diversity_rows(m),
         ),
     ]
-    coverage = m["split"]["coverage"]
-    if coverage is not None and coverage["missing_from_eval"]:
-        parts.append(
-            "<p>Labels with enough samples that never reach eval: "
-            f"{esc(', '.join(coverage['missing_from_eval']))}</p>"
-        )
     brain = result.get("brain")
     if brain:
         parts += [
@@ -936,19 +1350,24 @@ def render_html(result: dict[str, Any], points: dict[str, list] | None = None) -
     notes = result["warnings"] + m["notes"]
     if notes:
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>")
-    parts += [_figure_html(result, points), "</body></html>"]
+    parts.append("</body></html>")
     return "\n".join(parts)
 
 
 def write_html(
-    result: dict[str, Any], path: str | os.PathLike, points: dict[str, list] | None = None
+    result: dict[str, Any],
+    path: str | os.PathLike,
+    drawn: _ReportMap | None = None,
+    thumbnails: dict[str, str | None] | None = None,
 ) -> str:
     """Writes `render_html` to ``path`` (a file, or a folder to put a named file in); atomic.
+    The file gets the mode any new file of the user gets (0644 under the usual umask 022).
 
     Args:
         result: a report
         path: an ``.html`` file, or a folder
-        points: as for `render_html`
+        drawn: as for `render_html`
+        thumbnails: as for `render_html`
 
     Returns:
         the path written
@@ -961,16 +1380,17 @@ def write_html(
         target = path_inside(target, target / f"bubblefence-report-{name}-{stamp}.html")
     if target.suffix.lower() not in (".html", ".htm"):
         target = target.with_suffix(target.suffix + ".html")
-    page = render_html(result, points)
-    tmp = None
+    page = render_html(result, drawn, thumbnails)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".bubblefence-report-", dir=target.parent)
+        # os.open applies the umask to 0o666, as for any file the user writes; mkstemp's
+        # 0600 left a report that nobody else could read.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(page)
         os.replace(tmp, target)
     except OSError as e:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise ValueError(f"html_path {str(path)!r} is not writable: {e}") from e
     return str(target)

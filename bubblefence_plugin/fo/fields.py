@@ -421,7 +421,17 @@ def label_values(
     if not field:
         return None
     path, multi = label_source(dataset, field, param)
-    values = dataset.select(ids).values(path)
+    return labels_from_values(dataset.select(ids).values(path), multi)
+
+
+def labels_from_values(values: Iterable[Any], multi: bool) -> np.ndarray | list:
+    """Values read at a `label_source` path, as labels: a list of labels per sample for a
+    field with several labels per sample ([] for none), else `label_strings`.
+
+    Args:
+        values: the values of the path, one per sample
+        multi: the path's "several labels per sample" flag from `label_source`
+    """
     return [v or [] for v in values] if multi else label_strings(values)
 
 
