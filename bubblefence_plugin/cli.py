@@ -25,6 +25,7 @@ from .text import (
     queued_shards_text,
     reset_text,
     round_text,
+    round_warnings,
 )
 
 DEMO_NAME = "bubblefence-demo"
@@ -377,6 +378,8 @@ def cmd_split(args: argparse.Namespace) -> int:
         **overrides,
     )
     print(round_text(summary).plain())
+    for warning in round_warnings(summary):
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 

@@ -99,6 +99,26 @@ def round_text(summary: Mapping[str, Any]) -> SummaryText:
     return SummaryText(summary["message"], lines)
 
 
+def round_warnings(summary: Mapping[str, Any]) -> list[str]:
+    """What a user should look at after a round (shown in amber), in plain sentences:
+    labels with no eval sample, groups on both sides of the train/eval line."""
+    warnings = []
+    missing = (summary.get("labels") or {}).get("missing_from_eval") or []
+    if missing:
+        warnings.append(
+            f"No validation or test sample for {len(missing)} labels: "
+            f"{', '.join(map(str, missing))} (their samples are near twins of train "
+            "samples, or too few to hold out whole)"
+        )
+    groups = summary.get("groups") or {}
+    if groups.get("violations"):
+        warnings.append(
+            f"{groups['violations']} of {groups['n_groups']} groups have samples on both "
+            "sides of the train/eval line"
+        )
+    return warnings
+
+
 def label_group_lines(summary: Mapping[str, Any]) -> list[Line]:
     """Label coverage and per-label eval shares, group violations (when the round has them)."""
     lines = []

@@ -11,7 +11,7 @@ from fiftyone.operators.executor import ExecutionContext, ExecutionResult
 import bubblefence_plugin.fo as bfo
 from bubblefence_plugin.core.config import KNOBS, BubbleFenceConfig, Knob
 from bubblefence_plugin.core.progress import Steps
-from bubblefence_plugin.text import round_text
+from bubblefence_plugin.text import round_text, round_warnings
 
 from .base import BubbleFenceOperator, Outcome
 from .inputs import embeddings_field_choices, field_input
@@ -102,7 +102,7 @@ class BubbleFenceSplit(BubbleFenceOperator):
         if ctx.params.get("while_embedding") == "wait":
             yield from bfo.iter_wait_for_shards(ctx.dataset, _source_field(ctx))
         summary = yield from bfo.iter_split(_split_target(ctx), **_split_kwargs(ctx))
-        return Outcome(round_text(summary), summary)
+        return Outcome(round_text(summary), summary, warnings=round_warnings(summary))
 
 
 def _split_kwargs(ctx: ExecutionContext) -> dict[str, Any]:

@@ -1,0 +1,30 @@
+"""The texts users read after a run: one summary, rendered as Markdown or plain text."""
+
+from bubblefence_plugin.text import round_text, round_warnings
+
+SUMMARY = {
+    "message": "Round 1: 40 samples assigned",
+    "counts_round": {"train": 30, "validation": 5, "test": 5},
+    "eval_share": 0.25,
+    "n_embedded": 0,
+    "n_errors": 2,
+    "errors": {"/data/a.png": "cannot identify image file"},
+    "labels": {"missing_from_eval": ["owl", "fox"]},
+    "groups": {"n_groups": 9, "violations": 1},
+}
+
+
+def test_round_warnings_name_the_labels_and_count_the_groups():
+    warnings = round_warnings(SUMMARY)
+    assert len(warnings) == 2
+    assert "2 labels: owl, fox" in warnings[0]
+    assert warnings[1].startswith("1 of 9 groups have samples on both sides")
+    assert round_warnings({"labels": {"missing_from_eval": []}, "groups": {"violations": 0}}) == []
+
+
+def test_round_text_names_failed_files_and_leaves_out_zero_counts():
+    plain = round_text({**SUMMARY, "labels": None, "groups": None}).plain()
+    assert plain.splitlines()[0] == "Round 1: 40 samples assigned"
+    assert "/data/a.png" in plain and "cannot identify image file" in plain
+    assert "Images embedded" not in plain  # zero: nothing to say
+    assert "samples with errors: 2" in plain
