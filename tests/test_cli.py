@@ -227,7 +227,7 @@ def test_a_round_reads_the_same_in_the_terminal_and_the_app():
         "message": "Round 1: 3 samples assigned",
         "counts_round": {"train": 2, "validation": 1, "test": 0, "duplicate": 0},
         "n_errors": 1,
-        "errors": {"64b0c0ffee": "file not found"},
+        "errors": {"/data/gone.png": "file not found"},
         "labels": {
             "min_label_count": 20,
             "n_eligible": 2,
@@ -249,7 +249,7 @@ def test_a_round_reads_the_same_in_the_terminal_and_the_app():
         "  per-label eval share error: max 0.1, mean 0.05",
         f"  eval share per label (rarest first): {link} 0.250, cat 0.200",
         "  groups: 4, violations 0",
-        "  error 64b0c0ffee: file not found",
+        "  /data/gone.png: file not found",
     ]
     # The same lines as bullets, values escaped: a label name is no live link there.
     bullets = [line for line in markdown if line.startswith("- ")]
