@@ -36,7 +36,22 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".
 
 
 def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
-    """Adds ``split``, ``embed``, ``export``, ``reset`` and ``demo`` to a subparsers object."""
+    """Adds ``split``, ``embed``, ``export``, ``reset``, ``sample``, ``excluded`` and
+    ``demo`` to a subparsers object.
+
+    Args:
+        subparsers: what ``ArgumentParser.add_subparsers`` returned
+    """
+    _add_split_command(subparsers)
+    _add_embed_command(subparsers)
+    _add_export_command(subparsers)
+    _add_reset_command(subparsers)
+    _add_sample_command(subparsers)
+    _add_excluded_command(subparsers)
+    _add_demo_command(subparsers)
+
+
+def _add_split_command(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "split",
         help="run a BubbleFence round on a FiftyOne dataset (optionally adding folders first)",
@@ -60,7 +75,11 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         metavar="FIELD",
         help="use this existing vector field instead of computing embeddings",
     )
-    p.add_argument("--model", help="model name or local folder (default: CLIP ViT-B/32)")
+    p.add_argument(
+        "--model",
+        help="Hugging Face model name, local folder, or efficientnet-lite0 (offline; "
+        "default: CLIP ViT-B/32)",
+    )
     p.add_argument(
         "--label-field",
         help="meet the quota per label of this field too (classification, detections, "
@@ -80,6 +99,8 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(func=cmd_split)
 
+
+def _add_embed_command(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "embed",
         help="embed the samples lacking embeddings, one shard here or N shards queued for "
@@ -90,7 +111,11 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         "killed run stopped; stored embeddings are never replaced.",
     )
     p.add_argument("--dataset", required=True, help="FiftyOne dataset name")
-    p.add_argument("--model", help="model name or local folder (default: CLIP ViT-B/32)")
+    p.add_argument(
+        "--model",
+        help="Hugging Face model name, local folder, or efficientnet-lite0 (offline; "
+        "default: CLIP ViT-B/32)",
+    )
     p.add_argument(
         "--field", default=None, help="vector field to write (default: bubblefence_embedding)"
     )
@@ -101,6 +126,8 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.set_defaults(func=cmd_embed)
 
+
+def _add_export_command(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "export", help="export each split to DIR/<split> plus DIR/manifest.csv"
     )
@@ -117,6 +144,8 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty DIR")
     p.set_defaults(func=cmd_export)
 
+
+def _add_reset_command(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "reset", help="remove the BubbleFence state, split fields and split tags"
     )
@@ -125,6 +154,8 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.set_defaults(func=cmd_reset)
 
+
+def _add_sample_command(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "sample",
         help="tag a curated pick (diverse, typical, outliers, similar, balance, metadata, random)",
@@ -153,11 +184,15 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="default 0")
     p.set_defaults(func=cmd_sample)
 
+
+def _add_excluded_command(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("excluded", help="write the paths of the excluded samples to a file")
     p.add_argument("--dataset", required=True, help="FiftyOne dataset name")
     p.add_argument("--out", required=True, metavar="FILE", help="text file, one path a line")
     p.set_defaults(func=cmd_excluded)
 
+
+def _add_demo_command(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "demo",
         help="build a small dataset from images shipped with installed packages, split it "
