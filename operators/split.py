@@ -33,7 +33,7 @@ class BubbleFenceSplit(BubbleFenceOperator):
     delegate_above = DELEGATE_ABOVE
     # Advanced knobs are in the form only while unfolded; the choice made about shards
     # still embedding is accepted after the shards are done.
-    optional_params = frozenset({*KNOBS, "while_embedding"})
+    optional_params = frozenset({*KNOBS, "while_embedding", "embeddings_field"})
     output_label = "BubbleFence round"
 
     def __call__(

@@ -3,11 +3,20 @@
 Thin on purpose: the figure and the counts come from `bubblefence_plugin.fo.map`; this
 module turns App events into calls of it and into App operations (set the view, select
 samples, open the operators' forms).
+
+Events stay small on large datasets: the figure (at most `map.MAX_POINTS` points) is
+sent when the view or the split changes, a recolour sends only the points' colours
+and the legend (`map.map_colors`), a lasso sends no figure, and the App's repeated
+view-change events for a view already drawn get no answer (`BubbleFencePanel.execute`).
+The colour choice is a row of buttons (the active one filled), not a form input: a
+button sends one event with the choice, while an input's change first copies the
+whole form, plot included, into the panel state and sends that along.
 """
 
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Any
 
 import fiftyone.operators as foo
@@ -15,13 +24,15 @@ import fiftyone.operators.types as types
 from fiftyone import ViewField as F
 
 import bubblefence_plugin.fo as bfo
-from bubblefence_plugin.core.layout import available_methods
+from bubblefence_plugin.core.config import KNOBS
+from bubblefence_plugin.core.layout import METHOD_LABELS, available_methods
+from bubblefence_plugin.fo import map as bfmap
 from bubblefence_plugin.text import escape_markdown
 
 logger = logging.getLogger(__name__)
 
 INTRO = (
-    "### BubbleFence\n"
+    "**BubbleFence**\n\n"
     "This dataset has no BubbleFence split yet. BubbleFence holds out whole regions "
     "(*bubbles*) of embedding space for validation and test, so near-duplicates never "
     "straddle the train/eval line. Run **BubbleFence split** to create the bubbles; this "
@@ -32,12 +43,19 @@ NO_MAP = (
     "The split exists but its 2-D map does not (it was split before the map existed, "
     "or the map's runs were deleted). Compute it from the stored embeddings:"
 )
+LEGEND_HELP = (
+    "A **solid** outline holds a whole bubble (its held-out samples) and has the colour "
+    "of its outer ring's split; a **dotted** one holds its inner shell, in that shell's "
+    "split colour; ◎ marks the bubble's centre."
+)
 MAP_HELP = (
-    "Click a bubble centre or a point to show that bubble's samples in the grid; lasso "
+    "Click a centre or a point to show that bubble's samples in the grid; lasso "
     "points to select them; **Reset view** shows everything again. **Exclude** tags the "
     "selected samples (else the clicked point) `excluded`: they leave their split and "
     "later splits; **Include again** undoes it."
 )
+COLOR_LABELS = {"split": "Split", "round": "Round", "typicality": "Typicality", "region": "Region"}
+PLOT = "plot"  # the plot's key in the panel's data
 
 
 class BubbleFencePanel(foo.Panel):
@@ -49,6 +67,25 @@ class BubbleFencePanel(foo.Panel):
             icon="bubble_chart",
             help_markdown="The BubbleFence split on a 2-D map: bubbles, counts, audit figures",
         )
+
+    def execute(self, ctx: Any) -> Any:
+        """FiftyOne's event dispatch, with two savings on the App's traffic.
+
+        A view-change event for the view already drawn gets no answer: the App sends
+        that event three times per change, and again after a re-render of the panel
+        (seen in the browser), so answering it, if only with a re-render, would start
+        the next round. And when the App has copied the plot into the panel state (it
+        copies the whole form on some re-renders), the copy is dropped, as every later
+        event would carry it.
+
+        Args:
+            ctx: the execution context
+        """
+        if ctx.panel.state.get(PLOT) is not None:
+            _forget_plot_copy(ctx)
+        if ctx.params.get("__method__") == "on_change_view" and _draws(ctx, ctx.view):
+            return None
+        return super().execute(ctx)
 
     # -- hydration ------------------------------------------------------------------
 
@@ -64,17 +101,22 @@ class BubbleFencePanel(foo.Panel):
     def refresh(self, ctx: Any) -> None:
         self._hydrate(ctx)
 
+    def after_split(self, ctx: Any) -> None:
+        """A round ended: its counts, its points, and its split colours in the App."""
+        ctx.trigger("set_color_scheme", bfmap.color_scheme_params(ctx.dataset))
+        self._hydrate(ctx)
+
     def _hydrate(self, ctx: Any, samples: Any = None) -> None:
+        """Draws the figure and the figures for ``samples`` (default: the App's view)."""
         samples = ctx.view if samples is None else samples
-        # The App copies the plot's data into the panel state and deep-merges new data
-        # over that copy index by index, so a shorter new trace would keep the old one's
-        # tail. Dropping the copy first makes the new data replace it.
-        ctx.panel.state.plot = None
+        key = bfmap.view_key(samples)
+        ctx.panel.state.view_key = key
+        _DRAWN_VIEWS[ctx.panel.id] = key
         summary = bfo.map_summary(samples)
         ctx.panel.state.has_state = summary is not None
         if summary is None:
             ctx.panel.state.has_map = False
-            ctx.panel.data.plot = []
+            ctx.panel.data.set(PLOT, [])
             return
         try:
             figure = bfo.map_figure(samples, ctx.panel.state.color_by or "split")
@@ -84,20 +126,37 @@ class BubbleFencePanel(foo.Panel):
         else:
             ctx.panel.state.map_error = None
         ctx.panel.state.has_map = figure is not None
-        ctx.panel.data.plot = figure["data"] if figure else []
+        ctx.panel.data.set(PLOT, figure["data"] if figure else [])
         ctx.panel.state.plot_layout = figure["layout"] if figure else None
+        ctx.panel.state.map_method = figure["stats"]["method"] if figure else None
+        ctx.panel.state.map_revision = figure["stats"]["revision"] if figure else None
         ctx.panel.state.map_note = _map_note(figure["stats"]) if figure else NO_MAP
+        ctx.panel.state.n_not_split = summary["n_not_split"]
         ctx.panel.state.summary_md = _summary_markdown(summary)
-        ctx.panel.state.audit_md = _audit_markdown(ctx.dataset)
+        ctx.panel.state.audit_md = _audit_markdown(ctx.dataset, summary["split_updated_at"])
 
     # -- events ---------------------------------------------------------------------
 
     def on_color_by(self, ctx: Any) -> None:
-        ctx.panel.state.color_by = ctx.params.get("value") or "split"
-        self._hydrate(ctx)
+        """Recolours the drawn points in place; draws the figure afresh only when the
+        points it shows have changed since."""
+        color_by = ctx.params.get("value") or "split"
+        ctx.panel.state.color_by = color_by
+        revision = ctx.panel.state.map_revision
+        changes = bfmap.map_colors(ctx.view, color_by, revision) if revision else None
+        if changes is None:
+            self._hydrate(ctx)
+            return
+        ctx.panel.data.set({f"{PLOT}{path}": value for path, value in changes.items()})
 
     def on_click(self, ctx: Any) -> None:
-        """A bubble centre or a point in a bubble: the grid shows that bubble's samples."""
+        """A bubble centre or a point in a bubble: the grid and the map show that
+        bubble's samples (a train point: that sample alone).
+
+        The map is drawn for the new view here, not on the view-change events the App
+        sends once it has loaded the view: that saves their round trip, and they then
+        find the view drawn.
+        """
         clicked = ctx.params.get("id")
         if not clicked:
             return
@@ -107,16 +166,18 @@ class BubbleFencePanel(foo.Panel):
             ctx.panel.state.clicked_id = clicked  # what Exclude acts on without a selection
             found = ctx.dataset.select([clicked]).values(bfo.ANCHOR_FIELD)
             anchor = found[0] if found else None
-        if anchor is None:  # a train point: show it alone
-            ctx.ops.set_view(ctx.dataset.select([clicked]))
+        if anchor is None:
+            view = ctx.dataset.select([clicked])
         else:
-            ctx.ops.set_view(bubble_view(ctx.dataset, anchor))
+            view = bubble_view(ctx.dataset, anchor)
+        ctx.ops.set_view(view)
+        self._hydrate(ctx, view)
 
     def on_lasso(self, ctx: Any) -> None:
         ids = [
             p["id"]
             for p in ctx.params.get("data") or []
-            if p.get("id") and p.get("trace") != bfo.BUBBLES_TRACE
+            if p.get("id") and p.get("trace") == bfmap.POINTS_TRACE
         ]
         # The plot re-renders after a lasso and reports an empty selection then: keeping
         # the selection lets Exclude act on it (Reset view clears it).
@@ -167,7 +228,7 @@ class BubbleFencePanel(foo.Panel):
 
     def run_split(self, ctx: Any) -> None:
         """The split operator's form; the panel re-hydrates when the round is done."""
-        ctx.prompt(f"{self.plugin_name}/bubblefence_split", on_success=self.refresh)
+        ctx.prompt(f"{self.plugin_name}/bubblefence_split", on_success=self.after_split)
 
     def reset_view(self, ctx: Any) -> None:
         ctx.panel.state.clicked_id = None
@@ -179,8 +240,7 @@ class BubbleFencePanel(foo.Panel):
         self._build(ctx, None)
 
     def refit_map(self, ctx: Any) -> None:
-        method = ctx.panel.state.get("map_settings.layout_method") or bfo.DEFAULT_METHOD
-        self._build(ctx, method)
+        self._build(ctx, ctx.params.get("method") or bfmap.DEFAULT_METHOD)
 
     def _build(self, ctx: Any, method: str | None) -> None:
         try:
@@ -193,9 +253,10 @@ class BubbleFencePanel(foo.Panel):
         else:
             ctx.ops.notify(
                 f"Map {'refitted' if result['refitted'] else 'updated'} "
-                f"({result['method'].upper()}, {result['n_points']} points)",
+                f"({METHOD_LABELS[result['method']]}, {result['n_points']:,} points)",
                 variant="success",
             )
+        ctx.trigger("set_color_scheme", bfmap.color_scheme_params(ctx.dataset))
         self._hydrate(ctx)
 
     # -- layout ---------------------------------------------------------------------
@@ -206,6 +267,12 @@ class BubbleFencePanel(foo.Panel):
         if not state.has_state:
             self._render_intro(panel)
         else:
+            if state.n_not_split:  # first thing in sight: the split is incomplete
+                panel.md(
+                    f"**{state.n_not_split:,} samples not split yet** — **Run split** "
+                    "assigns them.",
+                    name="not_split",
+                )
             self._render_actions(panel)
             if state.has_map:
                 self._render_map(panel, state)
@@ -215,8 +282,8 @@ class BubbleFencePanel(foo.Panel):
             panel.md(state.summary_md or "", name="summary")
             if state.audit_md:
                 panel.md(state.audit_md, name="audit")
-            self._render_map_settings(panel)
-        return types.Property(panel, view=types.GridView(orientation="vertical", gap=2))
+            self._render_map_settings(panel, state)
+        return types.Property(panel, view=types.GridView(orientation="vertical", gap=1))
 
     def _render_intro(self, panel: types.Object) -> None:
         panel.md(INTRO, name="intro")
@@ -246,30 +313,20 @@ class BubbleFencePanel(foo.Panel):
         )
 
     def _render_map(self, panel: types.Object, state: Any) -> None:
-        """The colour choice, the plot, and the exclusion controls acting on it."""
-        colors = types.RadioGroup(orientation="horizontal")
-        colors.add_choice("split", label="Split")
-        colors.add_choice("round", label="Ingestion round")
-        colors.add_choice("typicality", label="Typicality")
-        colors.add_choice("region", label="Region")
-        panel.enum(
-            "color_by",
-            colors.values(),
-            default="split",
-            label="Colour points by",
-            view=colors,
-            on_change=self.on_color_by,
-        )
-        # A name of its own: a property named like a state key would show that value.
-        panel.md(f"{state.map_note}\n\n{MAP_HELP}", name="note")
-        panel.plot(
-            "plot",
-            layout=state.plot_layout,
-            config={"scrollZoom": True, "displaylogo": False},
-            on_click=self.on_click,
-            on_selected=self.on_lasso,
-            height=520,
-        )
+        """The colour choice, the exclusion controls, and the plot they act on."""
+        colors = panel.h_stack("color_choice", align_x="left", align_y="center", gap=1)
+        colors.md("Colour points by", name="color_choice_label")
+        active = state.color_by or "split"
+        for mode, label in COLOR_LABELS.items():
+            colors.btn(
+                f"color_{mode}",
+                label=label,
+                variant="contained" if mode == active else "outlined",
+                on_click=self.on_color_by,
+                params={"value": mode},
+            )
+        # Above the plot: the App focuses the panel's first text input when it opens,
+        # and scrolls the panel to it.
         curation = panel.h_stack("curation", align_x="left", align_y="center", gap=1)
         curation.str(
             "exclusion_reason",
@@ -282,59 +339,94 @@ class BubbleFencePanel(foo.Panel):
         curation.btn(
             "include_again", label="Include again", icon="undo", on_click=self.include_again
         )
-
-    def _render_map_settings(self, panel: types.Object) -> None:
-        methods = types.Dropdown()
-        for method in available_methods():
-            methods.add_choice(method, label=method.upper())
-        settings = panel.h_stack("map_settings", align_x="left", align_y="center", gap=1)
-        settings.enum(
-            "layout_method",
-            methods.values(),
-            default=bfo.DEFAULT_METHOD,
-            label="Map method",
-            view=methods,
+        # A name of its own: a property named like a state key would show that value.
+        panel.md(f"{state.map_note}\n\n{MAP_HELP}", name="note")
+        panel.plot(
+            PLOT,
+            layout=state.plot_layout,
+            # The mouse wheel scrolls the panel; the toolbar's zoom buttons zoom.
+            config={"scrollZoom": False, "displaylogo": False},
+            on_click=self.on_click,
+            on_selected=self.on_lasso,
+            height=480,
         )
+
+    def _render_map_settings(self, panel: types.Object, state: Any) -> None:
+        settings = panel.h_stack("map_settings", align_x="left", align_y="center", gap=1)
         settings.btn(
             "update_map",
             label="Update the map",
             icon="add_location_alt",
             on_click=self.build_map,
         )
-        settings.btn(
-            "refit_map",
-            label="Refit the map (moves every point)",
-            icon="scatter_plot",
-            on_click=self.refit_map,
-        )
+        for method in available_methods():
+            if method == state.map_method:
+                continue
+            settings.btn(
+                f"refit_{method}",
+                label=f"Redraw as {METHOD_LABELS[method]} (moves every point)",
+                icon="scatter_plot",
+                on_click=self.refit_map,
+                params={"method": method},
+            )
 
 
 def bubble_view(dataset: Any, anchor_id: int) -> Any:
-    """The samples of one bubble (its validation and test members)."""
+    """The samples of one bubble (its validation and test members).
+
+    Args:
+        dataset: the dataset
+        anchor_id: the bubble's anchor id
+    """
     return dataset.match(F(bfo.ANCHOR_FIELD) == int(anchor_id))
 
 
+# Panel id -> `map.view_key` of what this server last drew there. The panel state says
+# the same, but the App sends its first view-change events before it has applied the
+# state of the load that drew the map.
+_DRAWN_VIEWS: dict[str, str] = {}
+
+
+def _draws(ctx: Any, samples: Any) -> bool:
+    """Whether the panel already shows the map and counts of ``samples``."""
+    key = bfmap.view_key(samples)
+    return key in (ctx.panel.state.view_key, _DRAWN_VIEWS.get(ctx.panel.id))
+
+
+def _forget_plot_copy(ctx: Any) -> None:
+    """Drops the App's copy of the plot from the panel state.
+
+    Besides its weight, a copy is wrong: the App renders the panel from its state
+    deep-merged with its data, array index by array index, so a stale copy would keep
+    an old figure's tail under a smaller new one, and old legend entries under a
+    recolour's.
+    """
+    ctx.panel.state.set(PLOT, None)
+
+
 def _map_note(stats: dict[str, Any]) -> str:
+    method = METHOD_LABELS[stats["method"]]
     if stats["subsampled"]:
         drawn = (
-            f"Drawing a seeded random subsample of **{stats['n_drawn']:,}** of the "
-            f"{stats['n_view']:,} samples in the view (counts below use all of them)."
+            f"Showing **{stats['n_drawn']:,}** of the {stats['n_on_map']:,} samples of the "
+            f"view on the map (a fixed random subsample; the counts below use all)."
         )
     else:
-        drawn = f"Drawing all **{stats['n_drawn']:,}** split samples in the view."
+        drawn = f"Showing all **{stats['n_drawn']:,}** split samples in the view."
     plural = "" if stats["n_bubbles"] == 1 else "s"
-    note = f"{drawn} Map: {stats['method'].upper()}; {stats['n_bubbles']} bubble{plural}."
+    note = f"{method} map. {drawn} {stats['n_bubbles']} bubble{plural}"
+    if stats["faded"]:
+        note += f" (over {bfmap.FADE_ABOVE_BUBBLES}: drawn faint and unlabelled)"
+    note += f". {LEGEND_HELP}"
+    if not stats["has_outlines"]:
+        note += (
+            " This map was stored by an earlier BubbleFence without bubble outlines: "
+            "**Update the map** draws them."
+        )
     if stats["n_unplaced"]:
         note += (
-            f" **{stats['n_unplaced']:,}** split samples"
-            + (" of the subsample" if stats["subsampled"] else "")
-            + " have no point yet: **Update the map** places them."
-        )
-    hidden = stats["n_bubbles"] - stats["n_bubbles_as_shapes"]
-    if hidden:
-        note += (
-            f" The {stats['n_bubbles_as_shapes']} largest have both shells drawn; the "
-            f"other {hidden} only their outline."
+            f" **{stats['n_unplaced']:,}** split samples have no point yet: **Update the "
+            "map** places them."
         )
     return note
 
@@ -342,7 +434,7 @@ def _map_note(stats: dict[str, Any]) -> str:
 def _summary_markdown(summary: dict[str, Any]) -> str:
     splits = bfo.SPLIT_VALUES
     lines = [
-        "#### Counts in the view",
+        "**Counts in the view**",
         "",
         "| round | " + " | ".join(splits) + " | total |",
         "|---|" + "---:|" * (len(splits) + 1),
@@ -356,8 +448,9 @@ def _summary_markdown(summary: dict[str, Any]) -> str:
     )
     lines.append("")
     lines.append(
-        f"Eval share **{summary['eval_share']:.3f}** (target {_fmt(summary['eval_target'])}); "
-        f"validation share of eval **{summary['validation_share']:.3f}** "
+        f"{KNOBS['eval_ratio'].label} **{summary['eval_share']:.3f}** "
+        f"(target {_fmt(summary['eval_target'])}); "
+        f"{KNOBS['validation_ratio'].label.lower()} **{summary['validation_share']:.3f}** "
         f"(target {_fmt(summary['validation_target'])})."
     )
     bubbles = f"Bubbles: **{summary['n_bubbles_in_view']}** in the view"
@@ -381,8 +474,15 @@ def _fmt(value: Any) -> str:
 AUDIT_ROWS = ("leakage_", "similarity_", "diversity")
 
 
-def _audit_markdown(dataset: Any) -> str | None:
-    """Leakage and diversity rows of the latest stored audit report, if there is one."""
+def _audit_markdown(dataset: Any, split_updated_at: str | None) -> str | None:
+    """Leakage and diversity rows of the latest stored audit report, if there is one,
+    marked stale when the split was saved after it.
+
+    Args:
+        dataset: the dataset
+        split_updated_at: when the split state was last saved (``map_summary``'s
+            ``split_updated_at``), or None
+    """
     try:
         report = bfo.latest_report(dataset)
         if not report:
@@ -390,13 +490,30 @@ def _audit_markdown(dataset: Any) -> str | None:
         rows = [r for r in bfo.summary_rows(report) if r["key"].startswith(AUDIT_ROWS)]
     except Exception as e:  # a broken report must not take the map down with it
         logger.exception("BubbleFence panel: could not read the audit report")
-        return f"#### Audit\nThe latest audit report could not be read: {escape_markdown(e)}"
+        return f"**Audit**\n\nThe latest audit report could not be read: {escape_markdown(e)}"
     source = escape_markdown(report.get("source"))  # a field name: the user's
-    lines = [
-        f"#### Audit of {report.get('created_at', '?')} (split source {source})",
-        "",
-        "| measure | this split | random split |",
-        "|---|---|---|",
-    ]
+    created = report.get("created_at")
+    lines = [f"**Audit of {created or '?'}** (split source {source})", ""]
+    if _is_before(created, split_updated_at):
+        lines += [
+            f"⚠ **Stale:** the split changed after this audit (last saved {split_updated_at}); "
+            "run **BubbleFence report** again for current figures.",
+            "",
+        ]
+    lines += ["| measure | this split | random split |", "|---|---|---|"]
     lines += [f"| {r['metric']} | {r['split']} | {r['baseline']} |" for r in rows]
     return "\n".join(lines)
+
+
+def _is_before(earlier: str | None, later: str | None) -> bool:
+    """Whether UTC time stamp ``earlier`` is before ``later`` (False if either is unknown)."""
+    if not earlier or not later:
+        return False
+    try:
+        return _utc(earlier) < _utc(later)
+    except ValueError:  # not a time stamp BubbleFence wrote: no claim either way
+        return False
+
+
+def _utc(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))

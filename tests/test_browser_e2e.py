@@ -3,12 +3,13 @@
 Starts the FiftyOne App server on a free 127.0.0.1 port against the test session's
 throwaway database, opens a generated image dataset in headless Debian Chromium
 (driven by Playwright with ``executable_path``; Playwright's own browser download is
-never used), runs "BubbleFence split" through the operator browser, checks the fields
-and tags from Python, opens the BubbleFence panel and checks that the map and the bubble
-circles are drawn, clicks a bubble, and shows the same points in FiftyOne's own
-Embeddings panel. A second test lassos half of the map, presses **Exclude** and
-filters the grid by the ``excluded`` tag. Screenshots go to the test's tmp_path (the
-path is printed).
+never used), runs "BubbleFence split" through the operator browser, first with a model
+that does not exist (the dialog must show the error), then from the embeddings field;
+checks the fields and tags from Python, opens the BubbleFence panel and checks that the
+map, the bubbles' outlines and a legend entry for every kind of mark are drawn, clicks a
+bubble, and shows the same points in FiftyOne's own Embeddings panel. A second test
+lassos half of the map, presses **Exclude** and filters the grid by the ``excluded``
+tag. Screenshots go to the test's tmp_path (the path is printed).
 
 Chromium comes from ``scripts/setup.sh`` (Debian's ``chromium``; ``CHROMIUM`` overrides
 the path). Without it the test fails under CI (``CI`` set) and is skipped, with the
@@ -49,6 +50,17 @@ GRID_PAINTED = """() => {
   const items = [...document.querySelectorAll('[data-cy=looker]')];
   return items.length > 0 && items.every(e => e.querySelector('canvas[canvas-loaded=true]'));
 }"""
+# No such model in the offline Hugging Face cache, nor a folder of that name.
+MISSING_MODEL = "no-such-org/no-such-model"
+# What the legend names: the points' splits, the bubbles' two outlines, their centres.
+LEGEND_ENTRIES = (
+    "train",
+    "validation",
+    "test",
+    "bubble, outer ring",
+    "inner shell",
+    "bubble centres",
+)
 APP_START_TIMEOUT_S = 120
 APP_ROUTER_RACE = "entry is loading"
 UI_TIMEOUT_MS = 60_000
@@ -189,6 +201,7 @@ def test_split_in_the_app_then_the_panel_shows_the_bubbles(
     from playwright.sync_api import expect
 
     import bubblefence_plugin.fo as bfo
+    from bubblefence_plugin.core.config import BubbleFenceConfig
     from bubblefence_plugin.fo import map as viz
 
     shots = tmp_path / "screenshots"
@@ -197,21 +210,33 @@ def test_split_in_the_app_then_the_panel_shows_the_bubbles(
         print(f"\nbrowser e2e screenshots: {shots}")
     page.screenshot(path=shots / "01-grid.png")
 
+    # A model that does not exist: the run fails and its dialog says why.
+    prompt = _open_split_form(page)
+    prompt.get_by_text("Compute with a model").click()
+    # The model input, found by its pre-filled default (its label is not tied to it).
+    default_model = BubbleFenceConfig().model_name
+    prompt.locator(f"input[value='{default_model}']").fill(MISSING_MODEL)
+    prompt.get_by_role("button", name="Execute").click()
+    failed = page.get_by_role("dialog").filter(has_text="Failed:")
+    expect(failed).to_contain_text(
+        f"Cannot load the embedding model '{MISSING_MODEL}'", timeout=UI_TIMEOUT_MS
+    )  # after the round tried to load it: torch's import alone takes seconds
+    page.screenshot(path=shots / "02-split-error.png")
+    page.keyboard.press("Escape")
+    expect(failed).to_have_count(0)
+    assert not e2e_dataset.exists(bfo.SPLIT_FIELD).count()
+
     # The operator browser (backtick) -> BubbleFence split -> embeddings from a field.
-    page.keyboard.press("`")
-    page.locator("[data-cy=operators-browser-search]").fill("BubbleFence split")
-    page.locator("[data-cy=operators-browser]").get_by_text("BubbleFence split").first.click()
-    prompt = page.locator("[data-cy=operators-prompt-modal]")
-    expect(prompt).to_contain_text("First round")
+    prompt = _open_split_form(page)
     prompt.get_by_text("Existing vector field").click()
     expect(prompt).to_contain_text("Embeddings field")
-    page.screenshot(path=shots / "02-split-form.png")
+    page.screenshot(path=shots / "03-split-form.png")
     prompt.get_by_role("button", name="Execute").click()
     done = page.get_by_role("dialog").filter(has_text="BubbleFence round")
     expect(done.get_by_role("button", name="Done")).to_be_visible(timeout=120_000)
     # The output dialog renders the round's summary (markdown), the toast repeats it.
     expect(done).to_contain_text(f"Round 0: {N_SAMPLES} samples assigned")
-    page.screenshot(path=shots / "03-split-done.png")
+    page.screenshot(path=shots / "04-split-done.png")
     done.get_by_role("button", name="Done").click()
 
     # What the operator wrote, read back from Python.
@@ -228,12 +253,10 @@ def test_split_in_the_app_then_the_panel_shows_the_bubbles(
     assert len(eval_view) == counts["validation"] + counts["test"]
     assert set(ds.distinct(bfo.ROUND_FIELD)) == {0}
     assert viz.has_map(ds)
-    bubbles = viz.load_layout(ds).anchors
-    n_bubbles = len(bubbles)
-    n_circles = n_bubbles + int((bubbles["inner_r2d"] > 0).sum())  # outer + inner shells
+    n_bubbles = len(viz.load_layout(ds).anchors)
     assert n_bubbles > 0
 
-    # The BubbleFence panel: the map with a circle per bubble and per inner shell.
+    # The BubbleFence panel: the map, the bubbles' outlines, a legend entry per mark.
     page.wait_for_function(GRID_PAINTED)
     page.locator("[data-cy=new-panel-btn]").first.click()
     page.locator("[data-cy='new-panel-option-bubblefence_panel']").click()
@@ -242,21 +265,24 @@ def test_split_in_the_app_then_the_panel_shows_the_bubbles(
     expect(panel).to_contain_text(f"{n_bubbles} bubble")
     plot = panel.locator(".js-plotly-plot")
     expect(plot).to_be_visible(timeout=UI_TIMEOUT_MS)  # plotly loads after the panel text
-    expect(plot.locator(".shapelayer path")).to_have_count(n_circles)
+    legend = plot.locator(".legend")
+    for entry in (*LEGEND_ENTRIES, "Points by split:", "solid: whole bubble, dotted: inner shell"):
+        expect(legend).to_contain_text(entry)
     expect(plot.locator(".scatterlayer .trace .points path")).to_have_count(n_bubbles)
-    assert plot.locator("canvas").count() > 0  # the WebGL point layer
+    expect(plot.locator(".shapelayer path")).to_have_count(0)  # outlines are traces
+    assert plot.locator("canvas").count() > 0  # the WebGL layer: points and outlines
     page.wait_for_function(GRID_PAINTED)  # the grid re-lays out beside the new panel
-    page.screenshot(path=shots / "04-panel.png")
+    page.screenshot(path=shots / "05-panel.png")
 
-    # Clicking a bubble centre shows that bubble's samples: the panel re-hydrates on
-    # the new view and counts one bubble.
-    n_members = len(ds.match(F(bfo.ANCHOR_FIELD) == int(bubbles["anchor_id"].iloc[0])))
+    # Clicking a bubble centre shows that bubble's samples: the panel draws the bubble's
+    # view and counts one bubble.
+    n_members = len(ds.match(F(bfo.ANCHOR_FIELD) == 0))
     plot.locator(".scatterlayer .trace .points path").first.click(force=True)  # bubble 0
     expect(panel).to_contain_text("Bubbles: 1 in the view")
     noun = "sample" if n_members == 1 else "samples"  # the grid's own count
     expect(page.get_by_text(f"{n_members} {noun}", exact=True)).to_be_visible()
     page.wait_for_function(GRID_PAINTED)
-    page.screenshot(path=shots / "05-bubble-clicked.png")
+    page.screenshot(path=shots / "06-bubble-clicked.png")
 
     # FiftyOne's own Embeddings panel shows the same points (the bubble's, in this view)
     # from the `bubblefence_viz` run, coloured by `split`.
@@ -268,11 +294,23 @@ def test_split_in_the_app_then_the_panel_shows_the_bubbles(
     embeddings.get_by_text("Color by").click()
     page.get_by_role("option", name=bfo.SPLIT_FIELD, exact=True).click()
     expect(embeddings).to_contain_text(f"0 / {counts['train']}")  # no train sample in view
-    page.screenshot(path=shots / "06-embeddings-panel.png")
+    page.screenshot(path=shots / "07-embeddings-panel.png")
     # "entry is loading" is thrown by the App's own router when it is read while the
     # view change is still being routed; intermittent, and not from the panel's code.
     errors = [e for e in page.page_errors if not e.startswith(APP_ROUTER_RACE)]
     assert errors == []
+
+
+def _open_split_form(page: Any) -> Any:
+    """The BubbleFence split form, opened from the operator browser (backtick)."""
+    from playwright.sync_api import expect
+
+    page.keyboard.press("`")
+    page.locator("[data-cy=operators-browser-search]").fill("BubbleFence split")
+    page.locator("[data-cy=operators-browser]").get_by_text("BubbleFence split").first.click()
+    prompt = page.locator("[data-cy=operators-prompt-modal]")
+    expect(prompt).to_contain_text("First round")
+    return prompt
 
 
 def test_lasso_then_exclude_in_the_panel_tags_the_samples(
@@ -290,6 +328,11 @@ def test_lasso_then_exclude_in_the_panel_tags_the_samples(
         print(f"\nbrowser e2e (exclude) screenshots: {shots}")
     page.reload()
     page.wait_for_function(GRID_PAINTED)
+    # The split tags on the thumbnails, in the split colours the round stored (the App
+    # reads the stored colour scheme when it loads the dataset).
+    page.locator("[data-cy=checkbox-tags]").click()
+    page.wait_for_function(GRID_PAINTED)
+    page.screenshot(path=shots / "00-grid-tags.png")
     page.locator("[data-cy=new-panel-btn]").first.click()
     page.locator("[data-cy='new-panel-option-bubblefence_panel']").click()
     panel = page.locator("[data-cy=panel-content-bubblefence_panel]")

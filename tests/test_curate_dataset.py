@@ -288,24 +288,18 @@ def test_excluding_by_tag_alone_takes_effect_at_the_next_split(field_dataset):
 def test_panel_colours_by_typicality_and_region(field_dataset):
     ds = field_dataset
     bfo.split(ds, embeddings_field="emb")
-    reply = panel_event(ds, "on_color_by", value="typicality")
-    (trace,) = (
-        reply.traces.values()
-        if "bubbles" not in reply.traces
-        else [t for n, t in reply.traces.items() if n != "bubbles"]
-    )
-    assert trace["name"] == "no typicality" and len(trace["ids"]) == 200
+    points = panel_event(ds, "on_color_by", value="typicality").points
+    assert set(points["text"]) == {"no typicality"} and len(points["ids"]) == 200
+    assert set(points["marker"]["color"]) == {viz.NO_SCORE_COLOR}
     curate.sample(ds, "random", count=1, tag="r", embeddings_field="emb")
-    reply = panel_event(ds, "on_color_by", value="typicality")
-    trace = reply.traces["typicality"]
+    points = panel_event(ds, "on_color_by", value="typicality").points
     typ = dict(zip(*ds.values(["id", curate.TYPICALITY_FIELD]), strict=True))
-    assert trace["marker"]["color"] == [round(typ[i], 4) for i in trace["ids"]]
-    assert trace["marker"]["colorscale"] == "Viridis"
+    assert points["text"] == [f"typicality {typ[i]:.3f}" for i in points["ids"]]
+    assert len(set(points["marker"]["color"])) > 1  # the Viridis scale
     reply = panel_event(ds, "on_color_by", value="region")
-    trace = reply.traces["region"]
     region = dict(zip(*ds.values(["id", curate.REGION_FIELD]), strict=True))
-    assert trace["text"] == [f"region {region[i]}" for i in trace["ids"]]
-    assert len(set(trace["marker"]["color"])) > 1
+    assert reply.points["text"] == [f"region {region[i]}" for i in reply.points["ids"]]
+    assert len(set(reply.points["marker"]["color"])) > 1
     props = reply.properties()
     assert {"exclude", "include_again", "exclusion_reason"} <= set(props)
     assert viz.COLOR_BY == ("split", "round", "typicality", "region")

@@ -6,7 +6,7 @@ import io
 
 import numpy as np
 import pytest
-from conftest import clustered_embeddings
+from conftest import add_embedded_samples, clustered_embeddings
 
 from bubblefence_plugin.core import layout as L
 
@@ -54,6 +54,52 @@ def test_tsne_layout_fits_a_subsample_and_places_the_rest(monkeypatch):
     meta, arrays = layout.to_state()
     assert meta["method"] == "tsne" and arrays == {}  # nothing to pickle, nothing stored
     np.testing.assert_array_equal(L.fit_layout(x, "tsne", seed=0)[1], xy)
+
+
+def test_the_default_method_is_tsne_except_for_very_small_or_very_large_maps():
+    assert L.default_method(L.DEFAULT_NONLINEAR_MIN - 1) == "pca"
+    assert L.default_method(L.DEFAULT_NONLINEAR_MIN) == "tsne"
+    assert L.default_method(30_000) == "tsne"
+    assert L.default_method(L.DEFAULT_NONLINEAR_MAX + 1) == "pca"
+
+
+def test_placement_compares_with_a_seeded_subsample_of_a_large_base(monkeypatch):
+    x = clustered_embeddings(120, seed=2)
+    base, base_xy, new = x[:100], np.random.default_rng(0).normal(size=(100, 2)), x[100:]
+    layout = L.Layout("tsne", seed=5, dim=x.shape[1])
+    monkeypatch.setattr(L, "PLACE_BASE_LIMIT", 30)
+    placed = layout.place(new, base, base_xy)
+    rows = L.subsample(100, 30, np.random.default_rng(5))
+    np.testing.assert_array_equal(placed, layout.place(new, base[rows], base_xy[rows]))
+    np.testing.assert_array_equal(layout.place(new, base, base_xy), placed)  # same subsample
+
+
+def _inside(polygon: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Whether each point lies inside a convex counter-clockwise polygon."""
+    edges = np.roll(polygon, -1, axis=0) - polygon
+    to_points = points[:, None, :] - polygon[None, :, :]
+    cross = edges[None, :, 0] * to_points[..., 1] - edges[None, :, 1] * to_points[..., 0]
+    return (cross > 0).all(axis=1)
+
+
+def test_bubble_outlines_hold_their_members():
+    rng = np.random.default_rng(0)
+    # bubble 0: 40 members, the 10 nearest its middle in the inner shell; bubble 1: one
+    # member; bubble 2: two members on a line, no inner shell; bubble 3: none left.
+    xy = np.vstack([rng.normal(size=(40, 2)), [[8.0, 8.0]], [[-6.0, 0.0], [-5.0, 0.0]]])
+    xy = np.vstack([xy, rng.uniform(-10, 10, size=(30, 2))])  # train samples
+    member = np.array([0] * 40 + [1, 2, 2] + [-1] * 30)
+    inner = np.zeros(len(xy), bool)
+    inner[np.argsort(np.linalg.norm(xy[:40], axis=1))[:10]] = True
+    outlines = L.bubble_outlines(xy, member, inner, 4)
+    for anchor in range(3):
+        polygon = outlines.polygon(anchor)
+        assert len(polygon) >= 3 and _inside(polygon, xy[member == anchor]).all()
+    inner_polygon = outlines.polygon(0, "inner")
+    assert _inside(inner_polygon, xy[inner]).all()
+    assert not _inside(inner_polygon, xy[:40][~inner[:40]]).all()  # tighter than the bubble
+    assert outlines.inner[1:, 1].tolist() == [0, 0, 0] and outlines.outer[3, 1] == 0
+    assert outlines.vertices.dtype == np.float32
 
 
 def test_bad_methods_and_states_are_refused(monkeypatch):
@@ -106,33 +152,47 @@ def _positions(viz, ds) -> dict[str, tuple[float, float]]:
     return {i: tuple(p) for i, p in zip(ids, xy.tolist(), strict=True)}
 
 
-def _add(ds, n: int, seed: int) -> None:
-    import fiftyone as fo
-
-    ds.add_samples([fo.Sample(filepath=f"/nonexistent/{seed}_{i}.png") for i in range(n)])
-    new = ds.exists("emb", False)
-    new.set_values("emb", list(clustered_embeddings(len(new), seed=seed)))
-
-
 @pytest.mark.fiftyone
-def test_old_points_do_not_move_when_a_round_adds_samples(field_dataset, viz):
+def test_the_first_map_is_tsne_and_old_points_do_not_move_when_a_round_adds_samples(
+    field_dataset, viz
+):
     import bubblefence_plugin.fo as bfo
 
     ds = field_dataset
     first = bfo.split(ds.limit(120), embeddings_field="emb")
-    assert first["map"] == {"method": "pca", "refitted": True, "n_points": 120, "n_new_points": 120}
+    assert first["map"] == {
+        "method": "tsne",
+        "refitted": True,
+        "n_points": 120,
+        "n_new_points": 120,
+    }
     before = _positions(viz, ds)
-    layout_before = viz.load_layout(ds).layout
-    _add(ds, 40, seed=7)
+    add_embedded_samples(ds, 40, seed=7)
     second = bfo.split(ds, embeddings_field="emb")
     assert second["map"]["n_new_points"] == 120 and not second["map"]["refitted"]
     after = _positions(viz, ds)
-    assert len(after) == 240
-    assert {i: after[i] for i in before} == before  # exactly where they were
-    layout_after = viz.load_layout(ds).layout
-    np.testing.assert_array_equal(layout_after.components, layout_before.components)
+    assert len(after) == 240 and {i: after[i] for i in before} == before  # exactly there
+    assert viz.load_layout(ds).layout.method == "tsne"
+    assert np.isfinite(np.array(list(after.values()))).all()
     # The Embeddings panel's run: FiftyOne's own manual visualization of the same points.
     assert ds.get_brain_info(viz.VIZ_KEY).config.method == "manual"
+
+
+@pytest.mark.fiftyone
+def test_a_pca_map_places_new_samples_by_its_stored_projection(field_dataset, viz):
+    import bubblefence_plugin.fo as bfo
+
+    ds = field_dataset
+    bfo.split(ds.limit(120), embeddings_field="emb")
+    assert viz.build_map(ds, "pca")["method"] == "pca"
+    before = _positions(viz, ds)
+    layout_before = viz.load_layout(ds).layout
+    add_embedded_samples(ds, 40, seed=7)
+    bfo.split(ds, embeddings_field="emb")
+    after = _positions(viz, ds)
+    assert {i: after[i] for i in before} == before
+    layout_after = viz.load_layout(ds).layout
+    np.testing.assert_array_equal(layout_after.components, layout_before.components)
     # New points sit where the stored projection puts them.
     ids, vectors = ds.select(list(after), ordered=True).values(["id", "emb"])
     x = np.stack(vectors).astype(np.float32)
@@ -143,19 +203,23 @@ def test_old_points_do_not_move_when_a_round_adds_samples(field_dataset, viz):
 
 
 @pytest.mark.fiftyone
-def test_tsne_map_keeps_its_points_across_rounds(field_dataset, viz):
+def test_the_stored_outlines_hold_each_bubbles_members(field_dataset, viz):
+    from fiftyone import ViewField as F
+
     import bubblefence_plugin.fo as bfo
 
     ds = field_dataset
-    bfo.split(ds.limit(150), embeddings_field="emb")
-    result = viz.build_map(ds, "tsne")
-    assert result["method"] == "tsne" and result["refitted"]
-    before = _positions(viz, ds)
     bfo.split(ds, embeddings_field="emb")
-    after = _positions(viz, ds)
-    assert len(after) == 200 and {i: after[i] for i in before} == before
-    assert viz.load_layout(ds).layout.method == "tsne"
-    assert np.isfinite(np.array(list(after.values()))).all()
+    stored = viz.load_layout(ds)
+    position = dict(zip(*viz.load_points(ds), strict=True))
+    for row in stored.anchors.itertuples():
+        members = ds.match(F(bfo.ANCHOR_FIELD) == int(row.anchor_id))
+        points = np.array([position[i] for i in members.values("id")])
+        assert _inside(stored.outline(row), points).all()
+        inner = members.match(F(bfo.SHELL_FIELD) == "inner").values("id")
+        if inner:
+            inner_points = np.array([position[i] for i in inner])
+            assert _inside(stored.outline(row, "inner"), inner_points).all()
 
 
 @pytest.mark.fiftyone
@@ -164,6 +228,7 @@ def test_lost_points_of_a_pca_map_come_back_where_they_were(field_dataset, viz):
 
     ds = field_dataset
     bfo.split(ds.limit(150), embeddings_field="emb")
+    viz.build_map(ds, "pca")
     before = _positions(viz, ds)
     ds.delete_brain_run(viz.VIZ_KEY)
     bfo.split(ds, embeddings_field="emb")

@@ -1,7 +1,9 @@
-"""The BubbleFence panel through FiftyOne's own executor: its callbacks, traces and shapes."""
+"""The BubbleFence panel through FiftyOne's own executor: its callbacks, traces and sizes."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from typing import Any
 
 import numpy as np
@@ -13,6 +15,7 @@ fo = pytest.importorskip("fiftyone")
 fob = pytest.importorskip("fiftyone.brain")
 foo = pytest.importorskip("fiftyone.operators")
 
+from conftest import add_embedded_samples  # noqa: E402
 from fiftyone.operators.registry import OperatorRegistry  # noqa: E402
 
 import bubblefence_plugin.fo as bfo  # noqa: E402
@@ -29,7 +32,7 @@ class Reply:
 
     def __init__(self, result: Any):
         self.state: dict[str, Any] = {}
-        self.data: dict[str, Any] = {}
+        self.data: dict[str, Any] = {}  # as sent: keys may be paths such as "plot[0].marker"
         self.ops: dict[str, list[dict]] = {}
         for request in result.executor.to_json()["requests"]:
             uri, params = request["operator_uri"], request["params"]
@@ -39,15 +42,20 @@ class Reply:
                 self.data.update(params["data"])
             else:
                 self.ops.setdefault(uri, []).append(params)
-        self.output = self.ops["show_panel_output"][-1]["output"]
+        outputs = self.ops.get("show_panel_output")
+        self.output = outputs[-1]["output"] if outputs else None  # None: not re-rendered
 
     @property
     def traces(self) -> dict[str, dict]:
-        return {t["name"]: t for t in self.data["plot"]}
+        return {t["name"]: t for t in self.data["plot"] if t.get("name")}
 
     @property
-    def shapes(self) -> list[dict]:
-        return self.state["plot_layout"]["shapes"]
+    def points(self) -> dict:
+        return self.data["plot"][0]
+
+    def outlines(self, shell: str) -> dict[str, dict]:
+        """The outline traces of ``shell`` ("bubble, outer ring" or "inner shell"), by split."""
+        return {n.split()[-1]: t for n, t in self.traces.items() if n.startswith(shell)}
 
     def properties(self) -> dict[str, Any]:
         """Every property of the rendered panel, nested stacks flattened, by name."""
@@ -60,15 +68,21 @@ class Reply:
         return found
 
 
-def event(samples: Any, method: str, state: dict | None = None, **params: Any) -> Reply:
+def event(samples: Any, handler: str, state: dict | None = None, **params: Any) -> Reply:
+    """Runs the panel's ``handler`` on ``samples`` (the App's view) with ``params``."""
     ctx = {"view": samples} if isinstance(samples, fo.DatasetView) else {"dataset": samples}
-    ctx["params"] = {"__method__": method, "panel_id": "p1", "panel_state": state or {}, **params}
+    ctx["params"] = {"__method__": handler, "panel_id": "p1", "panel_state": state or {}, **params}
     return Reply(foo.execute_operator(PANEL, ctx=ctx))
 
 
 def loaded_view(params: dict, dataset: Any) -> Any:
     """The view a ``set_view`` request asks the App to load."""
     return fo.DatasetView._build(dataset, params["view"])
+
+
+def polygons(trace: dict) -> int:
+    """Closed polygons in an outline trace (None separates them)."""
+    return trace["x"].count(None)
 
 
 @pytest.fixture
@@ -95,47 +109,117 @@ def test_without_a_run_the_panel_explains_and_offers_the_split(field_dataset):
     # The button opens the split's form and re-hydrates the panel when the round is done.
     (prompt,) = event(field_dataset, "run_split").ops["prompt_user_for_operation"]
     assert prompt["operator_uri"] == f"{PLUGIN}/bubblefence_split"
-    assert prompt["on_success"] == f"{PANEL}#refresh"
+    assert prompt["on_success"] == f"{PANEL}#after_split"
 
 
-def test_map_has_a_circle_per_bubble_and_points_coloured_by_split(split_dataset):
+def test_map_draws_points_bubble_outlines_and_a_legend_for_every_mark(split_dataset):
     ds = split_dataset
-    bf, _ = bfo.load_state(ds)
-    anchors = bf.anchors
+    anchors = bfo.load_state(ds)[0].anchors
     reply = event(ds, "on_load")
     assert reply.state["has_state"] and reply.state["has_map"]
+    assert "plot" not in reply.state  # the plot is panel data, never state
 
-    outer = [s for s in reply.shapes if not s["name"].endswith("inner")]
-    inner = [s for s in reply.shapes if s["name"].endswith("inner")]
-    assert len(outer) == len(anchors)
-    assert len(inner) == int((anchors["inner_radius"] > 0).sum()) >= 1
-    assert all(s["type"] == "circle" and s["xref"] == "x" for s in reply.shapes)
-    # A shell is drawn in the colour of the split it holds.
-    for shape in reply.shapes:
-        layout = anchors.loc[int(shape["name"].split()[1]), "layout"]
-        inner_split, outer_split = ("validation", "test")[:: 1 if layout == "inner_val" else -1]
-        expected = inner_split if shape["name"].endswith("inner") else outer_split
-        assert shape["line"]["color"] == viz.SPLIT_COLORS[expected]
+    # One WebGL trace of points, coloured by split, held-out splits drawn last (on top).
+    points = reply.points
+    assert points["name"] == viz.POINTS_TRACE and points["type"] == "scattergl"
+    split_of = dict(zip(*ds.values(["id", "split"]), strict=True))
+    assert sorted(points["ids"]) == sorted(split_of)
+    drawn_splits = [split_of[i] for i in points["ids"]]
+    assert points["marker"]["color"] == [viz.SPLIT_COLORS[s] for s in drawn_splits]
+    assert drawn_splits.index("validation") > max(
+        k for k, s in enumerate(drawn_splits) if s == "train"
+    )
+    # Its legend: one entry per split drawn, then hidden slots a recolour can fill.
+    slots = reply.data["plot"][1 : 1 + viz.LEGEND_SLOTS]
+    shown = [(s["name"], s["marker"]["color"]) for s in slots if s.get("showlegend", True)]
+    assert shown == [(s, viz.SPLIT_COLORS[s]) for s in ("train", "validation", "test")]
+    assert slots[0]["legendgrouptitle"]["text"] == "Points by split:"
 
-    traces = reply.traces
-    counts = ds.count_values("split")
-    for split in ("train", "validation", "test"):
-        trace = traces[split]
-        assert trace["type"] == "scattergl"
-        assert trace["marker"]["color"] == viz.SPLIT_COLORS[split]
-        assert len(trace["x"]) == len(trace["ids"]) == counts[split]
-        assert set(trace["ids"]) == set(ds.match(F("split") == split).values("id"))
-    bubbles = traces[bfo.BUBBLES_TRACE]
-    assert bubbles["ids"] == [str(a) for a in anchors["anchor_id"]]
-    assert "LID" in bubbles["text"][0] and "created in round 0" in bubbles["text"][0]
+    # Bubbles: a solid outline per bubble in its outer ring's colour, a dotted one per
+    # inner shell in the inner split's colour; both named in the legend.
+    outer_split = np.where(anchors["layout"] == "inner_val", "test", "validation")
+    outer = reply.outlines("bubble, outer ring")
+    assert {s: polygons(t) for s, t in outer.items()} == {
+        s: int((outer_split == s).sum()) for s in set(outer_split)
+    }
+    inner = reply.outlines("inner shell")
+    assert sum(polygons(t) for t in inner.values()) == int((anchors["inner_radius"] > 0).sum())
+    for split, trace in outer.items():
+        assert (
+            trace["line"]["dash"] == "solid" and trace["line"]["color"] == viz.SPLIT_COLORS[split]
+        )
+    assert all(t["line"]["dash"] == "dot" for t in inner.values())
+    assert (
+        "solid: whole bubble, dotted: inner shell"
+        in (reply.data["plot"][1 + viz.LEGEND_SLOTS]["legendgrouptitle"]["text"])
+    )
+    centres = reply.traces[bfo.BUBBLES_TRACE]
+    assert centres["ids"] == [str(a) for a in anchors["anchor_id"]]
+    assert centres["text"] == centres["ids"]  # few bubbles: labelled
+    assert "LID %{customdata[3]}" in centres["hovertemplate"]
+    assert [c[0] for c in centres["customdata"]] == anchors["anchor_id"].tolist()
+    assert {c[6] for c in centres["customdata"]} == {0}  # created in round 0
 
+    # Dark hover box, legend below the plot (clear of the toolbar), no SVG shapes, no
+    # wheel zoom.
+    layout = reply.state["plot_layout"]
+    assert "shapes" not in layout and layout["hoverlabel"]["bgcolor"] == viz.HOVER_STYLE["bgcolor"]
+    assert layout["legend"]["orientation"] == "h" and layout["legend"]["y"] < 0
     props = reply.properties()
     assert props["plot"]["view"]["name"] == "PlotlyView"
+    assert props["plot"]["view"]["config"]["scrollZoom"] is False
     assert props["export"]["view"]["operator"] == f"{PLUGIN}/bubblefence_export"
+    assert props["color_split"]["view"]["variant"] == "contained"
+    assert props["color_round"]["view"]["params"] == {"value": "round"}
+    assert "A **solid** outline holds a whole bubble" in reply.state["map_note"]
+    counts = ds.count_values("split")
     summary = reply.state["summary_md"]
     assert f"| 0 | {counts['train']} | {counts['validation']} | {counts['test']} |" in summary
-    assert "target 0.20" in summary and f"{len(anchors)} in all" in summary
-    assert reply.state["plot"] is None  # the App's stale copy of the plot is dropped
+    assert (
+        "Eval share" in summary and "target 0.20" in summary and f"{len(anchors)} in all" in summary
+    )
+    assert "not_split" not in props
+
+
+def test_recolouring_sends_only_marker_colours_and_legend(split_dataset):
+    ds = split_dataset
+    add_embedded_samples(ds, 30, seed=9)
+    bfo.split(ds, embeddings_field="emb")
+    loaded = event(ds, "on_load")
+    state = loaded.state
+    revision = state["map_revision"]
+
+    # The state comes back with the App's copy of the plot: the copy is dropped.
+    reply = event(ds, "on_color_by", state={**state, "plot": loaded.data["plot"]}, value="round")
+    assert reply.state["color_by"] == "round" and reply.state["plot"] is None
+    slots = [f"plot[{i}]" for i in range(1, viz.LEGEND_SLOTS + 1)]
+    assert sorted(reply.data) == sorted(["plot[0].marker", "plot[0].text", *slots])
+    round_of = dict(zip(*ds.values(["id", "bubblefence_round"]), strict=True))
+    rounds = [round_of[i] for i in loaded.points["ids"]]
+    assert reply.data["plot[0].text"] == [f"round {r}" for r in rounds]
+    assert reply.data["plot[0].marker"]["color"] == [viz.ROUND_COLORS[r] for r in rounds]
+    assert [reply.data[s]["name"] for s in slots[:2]] == ["round 0", "round 1"]
+    assert all(reply.data[s]["showlegend"] is False for s in slots[2:])
+    full, recolour = (len(json.dumps(r.data)) for r in (loaded, reply))
+    assert recolour < full / 2  # no coordinates, ids or outlines
+
+    # A curation score: none yet, then the typicality scale's colours, grey where none.
+    reply = event(ds, "on_color_by", state=state, value="typicality")
+    assert [reply.data[s]["name"] for s in slots[:2]] == ["no typicality", ""]
+    ids = loaded.points["ids"]
+    scores = dict(zip(ids[:10], np.linspace(0.0, 1.0, 10).tolist(), strict=True))
+    ds.set_values(viz.SCORE_COLOR_FIELDS["typicality"], scores, key_field="id")
+    reply = event(ds, "on_color_by", state=state, value="typicality")
+    colors = reply.data["plot[0].marker"]["color"]
+    assert len(set(colors[:10])) == 10 and set(colors[10:]) == {viz.NO_SCORE_COLOR}
+    assert reply.data["plot[1]"]["name"] == "typicality 0.00"
+
+    # The drawn points changed since (an exclusion): the figure is drawn afresh.
+    bfo.exclude(ds.select(ids[:5]))
+    reply = event(ds, "on_color_by", state=state, value="split")
+    assert "plot" in reply.data and reply.state["map_revision"] != revision
+    color_of = dict(zip(reply.points["ids"], reply.points["marker"]["color"], strict=True))
+    assert {color_of[i] for i in ids[:5]} == {viz.SPLIT_COLORS["excluded"]}
 
 
 def test_clicking_a_bubble_or_a_point_shows_that_bubbles_samples(split_dataset):
@@ -145,29 +229,46 @@ def test_clicking_a_bubble_or_a_point_shows_that_bubbles_samples(split_dataset):
 
     reply = event(ds, "on_click", trace=bfo.BUBBLES_TRACE, id=str(anchor), idx=0)
     (request,) = reply.ops["set_view"]
-    assert set(loaded_view(request, ds).values("id")) == members
+    bubble = loaded_view(request, ds)
+    assert set(bubble.values("id")) == members
+    # The map shows the bubble at once; the App's view-change events that follow
+    # find it drawn and get no answer.
+    assert set(reply.points["ids"]) == members
+    assert reply.traces[bfo.BUBBLES_TRACE]["ids"] == [str(anchor)]
+    assert event(bubble, "on_change_view", state=reply.state).ops == {}
 
     member = sorted(members)[0]
-    split = ds[member]["split"]
-    reply = event(ds, "on_click", trace=split, id=member, idx=0)
+    reply = event(ds, "on_click", trace=viz.POINTS_TRACE, id=member, idx=0)
     assert set(loaded_view(reply.ops["set_view"][0], ds).values("id")) == members
 
     train_id = ds.match(F("split") == "train").first().id
-    reply = event(ds, "on_click", trace="train", id=train_id, idx=0)
+    reply = event(ds, "on_click", trace=viz.POINTS_TRACE, id=train_id, idx=0)
     assert loaded_view(reply.ops["set_view"][0], ds).values("id") == [train_id]
 
 
 def test_lasso_selects_the_points_and_reset_clears_view_and_selection(split_dataset):
     ds = split_dataset
     ids = ds.limit(3).values("id")
-    points = [{"id": i, "trace": "train", "idx": k} for k, i in enumerate(ids)]
+    points = [{"id": i, "trace": viz.POINTS_TRACE, "idx": k} for k, i in enumerate(ids)]
     points.append({"id": "0", "trace": bfo.BUBBLES_TRACE, "idx": 0})
     reply = event(ds, "on_lasso", data=points)
     assert [s["id"] for s in reply.ops["set_selected_samples"][0]["samples"]] == ids
 
     reply = event(ds.limit(10), "reset_view")
     assert "clear_view" in reply.ops and "clear_selected_samples" in reply.ops
-    assert sum(len(t["ids"]) for n, t in reply.traces.items() if n != "bubbles") == 200
+    assert len(reply.points["ids"]) == 200
+
+
+def test_view_change_events_for_the_drawn_view_get_no_answer(split_dataset):
+    ds = split_dataset
+    loaded = event(ds, "on_load")
+    assert event(ds, "on_change_view", state=dict(loaded.state)).ops == {}
+    # Before the App has applied the load's state, this server still knows what it drew.
+    assert event(ds, "on_change_view", state={}).ops == {}
+    # What the view shows changed (an exclusion): the figure is drawn afresh.
+    bfo.exclude(ds.select(loaded.points["ids"][:3]))
+    reply = event(ds, "on_change_view", state=dict(loaded.state))
+    assert "plot" in reply.data and "Excluded: 3" in reply.state["summary_md"]
 
 
 def test_a_view_of_one_bubble_hydrates_to_that_bubble(split_dataset):
@@ -175,38 +276,28 @@ def test_a_view_of_one_bubble_hydrates_to_that_bubble(split_dataset):
     anchor = ds.exists("anchor_id").first()["anchor_id"]
     view = ds.match(F("anchor_id") == anchor)
     reply = event(view, "on_change_view")
-    assert {s["name"].split()[1] for s in reply.shapes} == {str(anchor)}
-    drawn = [i for n, t in reply.traces.items() if n != "bubbles" for i in t["ids"]]
-    assert sorted(drawn) == sorted(view.values("id"))
+    assert reply.traces[bfo.BUBBLES_TRACE]["ids"] == [str(anchor)]
+    assert sum(polygons(t) for t in reply.outlines("bubble, outer ring").values()) == 1
+    assert sorted(reply.points["ids"]) == sorted(view.values("id"))
     assert "Bubbles: **1** in the view" in reply.state["summary_md"]
 
 
-def test_colour_by_round_and_subsampling(split_dataset, monkeypatch):
+def test_subsampling_and_fading_when_the_view_is_large(split_dataset, monkeypatch):
     ds = split_dataset
-    ds.add_samples([fo.Sample(filepath=f"/nonexistent/new{i}.png") for i in range(30)])
-    from conftest import clustered_embeddings
-
-    ds.exists("emb", False).set_values("emb", list(clustered_embeddings(30, seed=9)))
-    bfo.split(ds, embeddings_field="emb")
-
-    reply = event(ds, "on_color_by", value="round")
-    assert reply.state["color_by"] == "round"
-    traces = reply.traces
-    assert len(traces["round 0"]["ids"]) == 200 and len(traces["round 1"]["ids"]) == 30
-    assert traces["round 0"]["marker"]["color"] != traces["round 1"]["marker"]["color"]
-
     monkeypatch.setattr(viz, "MAX_POINTS", 50)
-    monkeypatch.setattr(viz, "MAX_SHAPE_BUBBLES", 1)
-    assert len(viz.load_layout(ds).anchors) > 1
+    monkeypatch.setattr(viz, "FADE_ABOVE_BUBBLES", 1)
     reply = event(ds, "refresh", state={"color_by": "split"})
-    drawn = sum(len(t["ids"]) for n, t in reply.traces.items() if n.startswith(("t", "v")))
-    assert drawn <= 50
-    assert "seeded random subsample of **50** of the 230 samples" in reply.state["map_note"]
-    assert len({s["name"].split()[1] for s in reply.shapes}) == 1
-    assert "more bubbles" in reply.traces and "only their outline" in reply.state["map_note"]
+    assert len(reply.points["ids"]) == 50
+    assert "Showing **50** of the 200 samples of the view" in reply.state["map_note"]
+    assert "drawn faint and unlabelled" in reply.state["map_note"]
+    centres = reply.traces[bfo.BUBBLES_TRACE]
+    assert centres["mode"] == "markers" and "text" not in centres
+    assert {t["opacity"] for t in reply.outlines("bubble, outer ring").values()} == {0.35}
+    again = event(ds, "refresh", state={"color_by": "split"})
+    assert again.points["ids"] == reply.points["ids"]  # a fixed subsample
 
 
-def test_missing_map_offers_to_compute_it(split_dataset):
+def test_missing_map_offers_to_compute_it_and_refits_with_another_method(split_dataset):
     ds = split_dataset
     viz.delete_map(ds)
     reply = event(ds, "on_load")
@@ -215,16 +306,38 @@ def test_missing_map_offers_to_compute_it(split_dataset):
     reply = event(ds, "build_map")
     assert reply.ops["notify"][0]["variant"] == "success"
     assert reply.state["has_map"] and viz.has_map(ds)
+    assert reply.state["map_note"].startswith("t-SNE map.")
+    props = reply.properties()
+    assert "refit_tsne" not in props and props["refit_pca"]["view"]["params"] == {"method": "pca"}
 
-    reply = event(ds, "refit_map", state={"map_settings": {"layout_method": "tsne"}})
-    assert viz.load_layout(ds).layout.method == "tsne"
-    assert "TSNE" in reply.state["map_note"]
+    reply = event(ds, "refit_map", method="pca")
+    assert viz.load_layout(ds).layout.method == "pca"
+    assert reply.state["map_note"].startswith("PCA map.")
 
 
-def test_audit_figures_are_shown_when_a_report_exists(split_dataset, monkeypatch):
+def test_a_map_stored_without_outlines_asks_for_an_update(split_dataset, monkeypatch):
+    stored = viz.load_layout(split_dataset)
+    monkeypatch.setattr(
+        viz, "load_layout", lambda ds: dataclasses.replace(stored, outline_vertices=None)
+    )
+    reply = event(split_dataset, "on_load")
+    assert reply.outlines("bubble, outer ring") == {} and reply.outlines("inner shell") == {}
+    assert "**Update the map** draws them" in reply.state["map_note"]
+
+
+def test_samples_not_split_yet_are_announced_first(split_dataset):
+    ds = split_dataset
+    add_embedded_samples(ds, 30, seed=4)
+    reply = event(ds, "on_load")
+    names = list(reply.output["type"]["properties"])
+    assert names[:2] == ["not_split", "actions"]
+    assert "**30 samples not split yet**" in reply.properties()["not_split"]["default"]
+
+
+def test_audit_figures_are_shown_and_marked_stale_after_a_newer_split(split_dataset, monkeypatch):
     import panels.bubblefence_panel as panel_module
 
-    report = {"created_at": "2026-01-02T03:04:05Z", "source": "split", "metrics": {}}
+    report = {"created_at": "2026-01-02T03:04:05.000000Z", "source": "split", "metrics": {}}
     rows = [
         {
             "key": "leakage_eval_train@0.95",
@@ -247,19 +360,48 @@ def test_audit_figures_are_shown_when_a_report_exists(split_dataset, monkeypatch
     ]
     monkeypatch.setattr(bfo, "latest_report", lambda s: report)
     monkeypatch.setattr(bfo, "summary_rows", lambda r: rows)
-    markdown = panel_module._audit_markdown(split_dataset)
-    assert "2026-01-02T03:04:05Z" in markdown
+    markdown = panel_module._audit_markdown(split_dataset, "2026-01-02T03:04:00Z")
+    assert "2026-01-02T03:04:05" in markdown and "Stale" not in markdown
     assert "| Leakage@0.95 eval→train | 0.0000 | 0.2500 |" in markdown
     assert "Diversity score" in markdown and "Samples train" not in markdown
+    stale = panel_module._audit_markdown(split_dataset, "2026-01-02T05:00:00Z")
+    assert "**Stale:** the split changed after this audit" in stale
+    # The panel passes the state's own time stamp: a split saved now is after the report.
+    reply = event(split_dataset, "on_load")
+    assert "**Stale:**" in reply.state["audit_md"]
 
     monkeypatch.setattr(bfo, "latest_report", lambda s: None)
-    assert panel_module._audit_markdown(split_dataset) is None
+    assert panel_module._audit_markdown(split_dataset, None) is None
 
     def broken(samples):
         raise KeyError("metrics")
 
     monkeypatch.setattr(bfo, "latest_report", broken)
-    assert "could not be read" in panel_module._audit_markdown(split_dataset)
+    assert "could not be read" in panel_module._audit_markdown(split_dataset, None)
+
+
+def test_the_split_sets_one_colour_per_split_in_the_apps_colour_scheme(field_dataset):
+    ds = field_dataset
+    ds.app_config.color_scheme = fo.ColorScheme(
+        fields=[{"path": "tags", "valueColors": [{"value": "mine", "color": "#123456"}]}]
+    )
+    ds.save()
+    bfo.split(ds, embeddings_field="emb")
+    ds.reload()
+    scheme = ds.app_config.color_scheme
+    fields = {f["path"]: f for f in scheme.fields}
+    assert {v["value"]: v["color"] for v in fields["split"]["valueColors"]} == {
+        s: viz.SPLIT_COLORS[s] for s in bfo.SPLIT_VALUES
+    }
+    tag_colors = {v["value"]: v["color"] for v in fields["tags"]["valueColors"]}
+    assert tag_colors == {
+        **{t: viz.SPLIT_COLORS[t] for t in (*bfo.SPLIT_TAGS, bfo.EXCLUDED_TAG)},
+        "mine": "#123456",  # the user's own tag colour stays
+    }
+    assert scheme.color_by == "value"  # tags are coloured per value only in this mode
+    # An open App is told: it reads the stored scheme only when it loads the dataset.
+    (shown,) = event(ds, "after_split").ops["set_color_scheme"]
+    assert shown == {"color_by": "value", "fields": scheme.fields}
 
 
 def test_samples_left_off_the_map_are_counted_and_update_places_them(field_dataset, monkeypatch):
@@ -272,7 +414,7 @@ def test_samples_left_off_the_map_are_counted_and_update_places_them(field_datas
     assert "**50** split samples have no point yet" in reply.state["map_note"]
     reply = event(ds, "build_map")
     assert "no point yet" not in reply.state["map_note"]
-    assert sum(len(t["ids"]) for n, t in reply.traces.items() if n != "bubbles") == 200
+    assert len(reply.points["ids"]) == 200
 
 
 def test_a_foreign_run_in_the_maps_place_is_reported_not_crashed_on(split_dataset):

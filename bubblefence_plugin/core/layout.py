@@ -1,26 +1,36 @@
 """The 2-D map of the embeddings: fitted once, then new samples are placed, never refitted.
 
 A map must not jump when a round adds samples, or the user loses their bearings
-(and the panel's circles would move under earlier samples). So the layout is fitted
+(and the bubbles' outlines would move under earlier samples). So the layout is fitted
 once and only *extended*:
 
-* ``pca`` (the default): the mean and the two principal axes, fitted on a seeded
-  subsample with the same routine the anchors use. Any sample, old or new, is placed by
-  the stored projection, so a new sample lands exactly where a refit would put it.
-* ``umap`` (when ``umap-learn`` is installed) and ``tsne`` (scikit-learn): these have no
-  transform that can be stored without pickle, so they are fitted once on at most
-  `NONLINEAR_FIT_LIMIT` samples, and every other sample, then and later, is placed at
-  the similarity-weighted mean of the 2-D positions of its `PLACE_K` most similar
-  already-placed samples.
+* ``tsne`` (scikit-learn; the default, see `default_method`): it separates clusters
+  that PCA draws on top of each other. It has no transform that can be stored without
+  pickle, so it is fitted once on at most `NONLINEAR_FIT_LIMIT` samples, and every
+  other sample, then and later, is placed at the similarity-weighted mean of the 2-D
+  positions of its `PLACE_K` most similar already-placed samples (among at most
+  `PLACE_BASE_LIMIT` of them). ``umap`` (when ``umap-learn`` is installed) works the
+  same way.
+* ``pca``: the mean and the two principal axes, fitted on a seeded subsample with the
+  same routine the anchors use. Any sample, old or new, is placed by the stored
+  projection, so a new sample lands exactly where a refit would put it.
+
+Costs measured on a 2-core machine (512-d, one OpenMP thread): the t-SNE fit on
+2,000 samples takes about 3.5 s, placing the rest about 1.4 s per 100,000 samples.
+Outside `DEFAULT_NONLINEAR_MIN`..`DEFAULT_NONLINEAR_MAX` samples the default is PCA:
+below, t-SNE has too few neighbours to show structure; above a million, placing
+alone passes 15 s and each fitted point stands for 500 placed ones.
 
 State: `Layout.to_state` gives JSON-able metadata and plain numeric arrays (stored as
 npy bytes by the FiftyOne side), never a pickled model.
 
-Bubbles in 2-D (`bubble_radii`): a projection distorts distances, so a bubble's circle is
-drawn around its anchor's 2-D position with the 90th percentile (`RADIUS_QUANTILE`) of
-the 2-D distances of its members to that centre; the inner circle likewise from its
-inner-shell members. The percentile, unlike the maximum, ignores the few members that a
-projection flings far away. No FiftyOne import here.
+Bubbles in 2-D: a projection distorts distances, so a bubble's circle of cosine radius
+would not hold its members' points. `bubble_outlines` draws each bubble as the convex
+hull of its members' 2-D points (padded, so a bubble of one sample still has an
+inside), and its inner shell as the hull of the inner-shell members. `bubble_radii`
+gives one radius per shell instead (the 90th percentile, `RADIUS_QUANTILE`, of the
+members' 2-D distances to the bubble's centre) for drawings that need circles. No
+FiftyOne import here.
 """
 
 from __future__ import annotations
@@ -36,21 +46,51 @@ from .anchors import fit_projection, subsample
 from .neighbors import knn, project_rows
 
 METHODS = ("pca", "umap", "tsne")
+# How people read the method names (the panel's buttons, the map's axes).
+METHOD_LABELS = {"pca": "PCA", "umap": "UMAP", "tsne": "t-SNE"}
 LAYOUT_VERSION = 1
-# UMAP and t-SNE cost grows quickly with N; the rest of the samples are placed by kNN.
-NONLINEAR_FIT_LIMIT = 4_000
+# UMAP and t-SNE cost grows quickly with N (t-SNE: 3.5 s for 2,000 samples, 8.7 s for
+# 4,000, on 2 cores); the rest of the samples are placed by kNN.
+NONLINEAR_FIT_LIMIT = 2_000
+# scikit-learn's default is 1,000; at 500 the clusters of 512-d embeddings were as
+# well apart in our tests, in half the time.
+TSNE_ITERATIONS = 500
 # Neighbours whose positions place a new sample (UMAP/t-SNE layouts).
 PLACE_K = 10
+# Placed samples a new one is compared with (a seeded subsample beyond it): a round on
+# a large map then costs what it costs on a map of this size.
+PLACE_BASE_LIMIT = 20_000
+# The default method's range, see the module docstring.
+DEFAULT_NONLINEAR_MIN = 50
+DEFAULT_NONLINEAR_MAX = 1_000_000
 # Which percentile of its members' 2-D distances makes a bubble's drawn radius.
 RADIUS_QUANTILE = 0.9
 # t-SNE and UMAP need a handful of samples to have neighbourhoods at all.
 MIN_NONLINEAR_SAMPLES = 5
+# Margin around each member's point in a bubble's outline, as a share of the map's
+# span: a bubble of one or two samples still has an inside, and no member sits on
+# its own bubble's line.
+OUTLINE_PAD_SHARE = 0.004
+# The margin is drawn as this many corners around each point.
+OUTLINE_PAD_CORNERS = 8
 
 
 def available_methods() -> tuple[str, ...]:
     """The methods usable here: UMAP only when ``umap-learn`` is importable."""
     has_umap = importlib.util.find_spec("umap") is not None
     return tuple(m for m in METHODS if m != "umap" or has_umap)
+
+
+def default_method(n_samples: int) -> str:
+    """The method a first map of ``n_samples`` samples is fitted with.
+
+    t-SNE separates clusters; PCA below `DEFAULT_NONLINEAR_MIN` and above
+    `DEFAULT_NONLINEAR_MAX` samples (why: the module docstring).
+
+    Args:
+        n_samples: samples to place on the map
+    """
+    return "tsne" if DEFAULT_NONLINEAR_MIN <= n_samples <= DEFAULT_NONLINEAR_MAX else "pca"
 
 
 def check_method(method: str) -> str:
@@ -111,7 +151,13 @@ class Layout:
 
         PCA uses the stored projection. UMAP/t-SNE layouts need the already-placed
         samples (their embeddings and positions): each new sample goes to the
-        similarity-weighted mean of its `PLACE_K` most similar placed samples.
+        similarity-weighted mean of its `PLACE_K` most similar placed samples, among
+        at most `PLACE_BASE_LIMIT` of them (a subsample seeded by the layout's seed).
+
+        Args:
+            embeddings: (n, dim) unit vectors to place
+            placed_embeddings: (m, dim) the placed samples' vectors (UMAP/t-SNE only)
+            placed_xy: (m, 2) their positions (UMAP/t-SNE only)
         """
         x = _as_matrix(embeddings, self.dim, "embeddings")
         if len(x) == 0:
@@ -130,6 +176,8 @@ class Layout:
             raise ValueError(
                 f"placed_embeddings has {len(base)} rows but placed_xy has {len(base_xy)}"
             )
+        rows = subsample(len(base), PLACE_BASE_LIMIT, np.random.default_rng(self.seed))
+        base, base_xy = base[rows], base_xy[rows]
         sims, idx = knn(x, base, PLACE_K)
         weights = np.clip(sims, 0.0, None).astype(np.float64)
         # No neighbour with a positive similarity: the plain mean of the k nearest.
@@ -141,7 +189,13 @@ class Layout:
 def fit_layout(
     embeddings: np.ndarray, method: str = "pca", seed: int = 0
 ) -> tuple[Layout, np.ndarray]:
-    """Fits a layout on ``embeddings`` (unit vectors) and returns it with their positions."""
+    """Fits a layout on ``embeddings`` (unit vectors) and returns it with their positions.
+
+    Args:
+        embeddings: (n, dim) unit vectors
+        method: one of `METHODS`
+        seed: seeds the subsamples and the fit
+    """
     check_method(method)
     x = _as_matrix(embeddings, None, "embeddings")
     if len(x) == 0:
@@ -181,7 +235,13 @@ def _fit_nonlinear(x: np.ndarray, method: str, seed: int) -> np.ndarray:
         # the layout identical across machines.
         with threadpool_limits(1, user_api="openmp"):
             perplexity = float(min(30.0, (n - 1) / 3.0))
-            reducer = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed)
+            reducer = TSNE(
+                n_components=2,
+                perplexity=perplexity,
+                init="pca",
+                max_iter=TSNE_ITERATIONS,
+                random_state=seed,
+            )
             return np.asarray(reducer.fit_transform(x), np.float32)
 
     import umap
@@ -214,6 +274,14 @@ def bubble_radii(
     the others; an empty inner shell gets the outer circle scaled by the cosine
     inner/outer ratio, and a bubble without one (inner radius <= 0) an inner radius of
     0. The inner circle never exceeds the outer one.
+
+    Args:
+        xy: (n, 2) the samples' points
+        member_anchor: (n,) each sample's bubble row (0..n_anchors-1), -1 for none
+        inner: (n,) whether the sample is in its bubble's inner shell
+        centres_xy: (n_anchors, 2) the bubbles' 2-D centres
+        radius: (n_anchors,) the bubbles' cosine radii
+        inner_radius: (n_anchors,) their inner shells' cosine radii (<= 0: none)
     """
     n_anchors = len(centres_xy)
     member_anchor = np.asarray(member_anchor)
@@ -245,6 +313,83 @@ def _quantile_per_anchor(dist: np.ndarray, anchor: np.ndarray, n_anchors: int) -
     per_anchor = pd.Series(dist).groupby(anchor).quantile(RADIUS_QUANTILE)
     out[per_anchor.index.to_numpy(dtype=np.int64)] = per_anchor.to_numpy()
     return out
+
+
+@dataclass
+class Outlines:
+    """Each bubble's outline and its inner shell's, as closed polygons.
+
+    ``vertices`` holds every polygon's corners, one polygon after another,
+    counter-clockwise, the first corner not repeated. Row i of ``outer`` (of
+    ``inner``) is (first corner, number of corners) of bubble i's outline (of its inner
+    shell's); 0 corners: nothing to draw.
+    """
+
+    vertices: np.ndarray  # (k, 2) float32
+    outer: np.ndarray  # (n_anchors, 2) int64
+    inner: np.ndarray  # (n_anchors, 2) int64
+
+    def polygon(self, anchor_row: int, shell: str = "outer") -> np.ndarray:
+        """The (m, 2) corners of one bubble's outline (``shell`` "outer") or inner shell's.
+
+        Args:
+            anchor_row: the bubble's row (0..n_anchors-1)
+            shell: "outer" or "inner"
+        """
+        start, count = (self.outer if shell == "outer" else self.inner)[anchor_row]
+        return self.vertices[start : start + count]
+
+
+def bubble_outlines(
+    xy: np.ndarray, member_anchor: np.ndarray, inner: np.ndarray, n_anchors: int
+) -> Outlines:
+    """Each bubble drawn as the convex hull of its members' 2-D points, its inner shell
+    as the hull of the inner-shell members; every point padded by `OUTLINE_PAD_SHARE` of
+    the map's span, so every member lies inside its bubble's outline, and a bubble of
+    one sample is a small polygon around it. A bubble without members (all deleted), or
+    without inner-shell members, gets no polygon there.
+
+    Args:
+        xy: (n, 2) the samples' points
+        member_anchor: (n,) each sample's bubble row (0..n_anchors-1), -1 for none
+        inner: (n,) whether the sample is in its bubble's inner shell
+        n_anchors: number of bubbles
+    """
+    xy = np.asarray(xy, np.float64).reshape(-1, 2)
+    member_anchor = np.asarray(member_anchor, np.int64)
+    inner = np.asarray(inner, bool)
+    span = float(np.ptp(xy, axis=0).max()) if len(xy) else 0.0
+    pad = max(OUTLINE_PAD_SHARE * span, 1e-6)  # a map of one point still gets a polygon
+    angles = np.linspace(0.0, 2 * np.pi, OUTLINE_PAD_CORNERS, endpoint=False)
+    corners = pad * np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    polygons: list[np.ndarray] = []
+    index = {shell: np.zeros((n_anchors, 2), np.int64) for shell in ("outer", "inner")}
+    start = 0
+    for shell, rows in (("outer", member_anchor >= 0), ("inner", (member_anchor >= 0) & inner)):
+        if not rows.any():
+            continue
+        anchors = member_anchor[rows]
+        order = np.argsort(anchors, kind="stable")
+        groups = np.split(xy[rows][order], np.flatnonzero(np.diff(anchors[order])) + 1)
+        for anchor, points in zip(np.unique(anchors), groups, strict=True):
+            polygon = _padded_hull(points, corners)
+            index[shell][anchor] = (start, len(polygon))
+            polygons.append(polygon)
+            start += len(polygon)
+    vertices = np.concatenate(polygons) if polygons else np.empty((0, 2))
+    return Outlines(vertices.astype(np.float32), index["outer"], index["inner"])
+
+
+def _padded_hull(points: np.ndarray, corners: np.ndarray) -> np.ndarray:
+    """Convex hull (counter-clockwise corners) of ``points``, each widened by ``corners``.
+
+    The widening also keeps qhull away from its degenerate cases (one point, points on
+    a line), which it refuses.
+    """
+    from scipy.spatial import ConvexHull
+
+    padded = (points[:, None, :] + corners[None, :, :]).reshape(-1, 2)
+    return padded[ConvexHull(padded).vertices]
 
 
 def _as_matrix(x: np.ndarray, dim: int | None, name: str) -> np.ndarray:

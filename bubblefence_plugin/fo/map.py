@@ -1,4 +1,4 @@
-"""The 2-D map on the FiftyOne side: stored positions, bubble circles, the panel's figure.
+"""The 2-D map on the FiftyOne side: stored positions, bubble outlines, the panel's figure.
 
 Two stored pieces, both cloned with the dataset and removed by `reset`:
 
@@ -6,22 +6,36 @@ Two stored pieces, both cloned with the dataset and removed by `reset`:
   sample of the BubbleFence state, so FiftyOne's own Embeddings panel can show the map,
   colour it by ``split`` and lasso from it;
 * the custom run ``bubblefence_layout`` holds the layout (method, seed, PCA mean and
-  axes as npy bytes, see `bubblefence_plugin.core.layout`) and, per bubble, its 2-D centre
-  and drawn radii plus the figures the panel's hover shows (radius, LID, counts).
+  axes as npy bytes, see `bubblefence_plugin.core.layout`) and, per bubble, its 2-D
+  centre, its outline and its inner shell's (convex hulls of the members' points), and
+  the figures the panel's hover shows (radius, LID, counts).
 
 After each split round `update_after_round` places the round's new samples with the
 stored layout; earlier points are copied from the stored run, never recomputed, so
-they do not move. The layout is fitted once (PCA unless `build_map` is asked for
-another method, which refits everything). Keeping this out of the state's commit path
+they do not move. The layout is fitted once (with `core.layout.default_method`:
+t-SNE, PCA for very small or very large states), unless `build_map` is asked for
+another method, which refits everything. Keeping this out of the state's commit path
 means a failure here never loses a split: the round notes it and the panel offers to
 rebuild the map.
+
+The panel's figure is built so that its events stay small (`map_figure`,
+`map_colors`): at most `MAX_POINTS` points in one WebGL trace, so a recolour sends
+only that trace's marker colours (and the legend entries) instead of the figure; the
+bubbles are a few polyline traces, never SVG shapes in the plot's layout (which the
+App sends back with every event).
+
+`apply_split_colors` gives the dataset one colour per split (`SPLIT_COLORS`) in its
+App colour scheme, so the grid's tags, the sidebar, FiftyOne's Embeddings panel, this
+panel and the HTML report agree.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +46,14 @@ import numpy as np
 import pandas as pd
 from fiftyone import ViewField as F
 
-from ..core.layout import Layout, bubble_radii, check_method, fit_layout
+from ..core.layout import (
+    Layout,
+    bubble_outlines,
+    bubble_radii,
+    check_method,
+    default_method,
+    fit_layout,
+)
 from .fields import (
     ANCHOR_FIELD,
     EXCLUDED_TAG,
@@ -49,18 +70,21 @@ from .state import load_state, state_embeddings, state_info
 logger = logging.getLogger(__name__)
 
 VIZ_KEY = "bubblefence_viz"
-LAYOUT_RUN = RunType("bubblefence_layout", "bubblefence-layout", 1, "layout_version")
+# Version 2: the bubbles' outlines (version 1 runs are read, and drawn without them).
+LAYOUT_RUN = RunType("bubblefence_layout", "bubblefence-layout", 2, "layout_version")
 LAYOUT_KEY = LAYOUT_RUN.key
-DEFAULT_METHOD = "pca"
+# The method of a refit that names none; a first map uses `core.layout.default_method`.
+DEFAULT_METHOD = "tsne"
 
-# Points the panel draws; a larger view is drawn as a seeded random subsample. The App
-# echoes a panel's data with each of its events, so this also bounds that traffic.
-MAX_POINTS = 30_000
-# Bubbles drawn as (SVG) circle shapes; beyond this they slow the plot down, so the
-# rest are outlined by one WebGL line trace.
-MAX_SHAPE_BUBBLES = 300
-CIRCLE_SEGMENTS = 32
+# Points the panel draws; a larger view is drawn as a seeded random subsample. Every
+# point costs its id and coordinates in the figure the App receives and re-draws, and
+# beyond a few thousand a map shows no more structure, only more overlap.
+MAX_POINTS = 5_000
+# Above this many bubbles in the view their outlines are faint and unlabelled: dozens
+# of labelled outlines over each other are unreadable.
+FADE_ABOVE_BUBBLES = 60
 
+# One colour per split value, used wherever a split is drawn (see `apply_split_colors`).
 SPLIT_COLORS = {
     "train": "#6f8fb3",
     "validation": "#ff9f1c",
@@ -86,9 +110,24 @@ COLOR_BY = ("split", "round", "typicality", "region")
 # Score fields written by `bubblefence_plugin.fo.curate`, coloured by value.
 SCORE_COLOR_FIELDS = {"typicality": "bubblefence_typicality", "region": "bubblefence_region"}
 NO_SCORE_COLOR = "#bdbdbd"
-BUBBLES_TRACE = "bubbles"
+POINTS_TRACE = "points"
+BUBBLES_TRACE = "bubble centres"
 # Per-bubble columns of `BubbleFence.anchors` kept for the panel's hover text.
 ANCHOR_COLUMNS = ("radius", "inner_radius", "layout", "lid", "round", "n_validation", "n_test")
+# Legend entries of the point colours, as traces after the points trace: a recolour
+# replaces them in place, so their number is fixed. A colouring needs at most one per
+# colour of `ROUND_COLORS` and one for "none".
+LEGEND_SLOTS = len(ROUND_COLORS) + 2
+# The dark theme of the App: the hover box and the legend's text.
+HOVER_STYLE = {"bgcolor": "#1f1f1f", "bordercolor": "#5a5a5a", "font": {"color": "#ececec"}}
+LEGEND_TEXT_COLOR = "#c8c8c8"
+CENTRE_COLOR = "#cfcfcf"
+# The centres' hover box; the figures are in each centre's customdata, once each.
+CENTRE_HOVER = (
+    "bubble %{customdata[0]}<br>radius %{customdata[1]} (cosine distance)<br>"
+    "%{customdata[2]}<br>LID %{customdata[3]}<br>validation %{customdata[4]}, "
+    "test %{customdata[5]}<br>created in round %{customdata[6]}<extra></extra>"
+)
 
 # FiftyOne caches one Dataset object per name in a process, and a run's results are
 # read through a file handle on its document: the App server runs panel events in
@@ -99,11 +138,30 @@ _RESULTS_READ_LOCK = threading.Lock()
 
 @dataclass
 class StoredLayout:
-    """The ``bubblefence_layout`` run: the fitted layout and the per-bubble digest."""
+    """The ``bubblefence_layout`` run: the fitted layout and the per-bubble digest.
+
+    ``anchors`` has, per bubble: anchor_id, its centre (x, y), its drawn radii (r2d,
+    inner_r2d: circles for drawings that need them), the corners of its outline and of
+    its inner shell's in ``outline_vertices`` (outer_start, outer_count, inner_start,
+    inner_count; version 2 runs) and `ANCHOR_COLUMNS`.
+    """
 
     layout: Layout
     params: dict[str, Any]
-    anchors: pd.DataFrame  # anchor_id, x, y, r2d, inner_r2d and ANCHOR_COLUMNS
+    anchors: pd.DataFrame
+    outline_vertices: np.ndarray | None  # (k, 2); None in a version 1 run
+
+    def outline(self, row: Any, shell: str = "outer") -> np.ndarray:
+        """The (m, 2) corners of a bubble's outline, or of its inner shell's.
+
+        Args:
+            row: the bubble's row of `anchors` (a named tuple or a Series)
+            shell: "outer" (the whole bubble) or "inner"
+        """
+        if self.outline_vertices is None:
+            return np.empty((0, 2), np.float32)
+        start, count = int(getattr(row, f"{shell}_start")), int(getattr(row, f"{shell}_count"))
+        return self.outline_vertices[start : start + count]
 
 
 # --------------------------------------------------------------------------- reading
@@ -125,7 +183,7 @@ def load_layout(dataset: fo.Dataset) -> StoredLayout | None:
     anchors = pd.DataFrame(
         {k.removeprefix("anchor_"): v for k, v in arrays.items() if k.startswith("anchor_")}
     )
-    return StoredLayout(layout, params, anchors)
+    return StoredLayout(layout, params, anchors, arrays.get("outline_vertices"))
 
 
 def load_points(dataset: fo.Dataset) -> tuple[np.ndarray, np.ndarray] | None:
@@ -157,8 +215,9 @@ def update_map(dataset: fo.Dataset, bf: Any, refit_method: str | None = None) ->
     """Places the state's samples that have no point yet, or refits with ``refit_method``.
 
     ``bf`` is the dataset's committed `BubbleFence`. Without ``refit_method`` the stored
-    layout is extended (fitted with `DEFAULT_METHOD` when there is none): stored
-    points are kept as they are. With it, every point is recomputed by a new layout.
+    layout is extended (fitted with `core.layout.default_method` when there is none):
+    stored points are kept as they are. With it, every point is recomputed by a new
+    layout. The bubbles' outlines are recomputed either way (a round adds members).
     Call it while holding the dataset's `RunLock`.
 
     Args:
@@ -188,7 +247,7 @@ def update_map(dataset: fo.Dataset, bf: Any, refit_method: str | None = None) ->
     # A UMAP/t-SNE layout whose points were lost cannot place anything: start over.
     refitted = stored is None or (stored.layout.method != "pca" and not placed.any())
     if refitted:
-        method = refit_method or (stored.layout.method if stored else DEFAULT_METHOD)
+        method = refit_method or (stored.layout.method if stored else default_method(len(ids)))
         layout, xy = fit_layout(embeddings, method, seed=int(bf.config.seed))
         fitted_at = _now()
         n_new = len(ids)
@@ -200,9 +259,10 @@ def update_map(dataset: fo.Dataset, bf: Any, refit_method: str | None = None) ->
         if n_new:
             xy[new] = layout.place(embeddings[new], embeddings[placed], xy[placed])
 
-    anchors = _anchor_digest(bf, frame, xy, embeddings, layout)
+    anchors, outline_vertices = _anchor_digest(bf, frame, xy, embeddings, layout)
     fob.compute_visualization(dataset, points=dict(zip(ids, xy, strict=True)), brain_key=VIZ_KEY)
     meta, arrays = layout.to_state()
+    arrays["outline_vertices"] = outline_vertices
     for column in anchors.columns:
         values = anchors[column].to_numpy()
         # pandas keeps strings as objects, which npy could only store by pickling
@@ -213,6 +273,9 @@ def update_map(dataset: fo.Dataset, bf: Any, refit_method: str | None = None) ->
         n_anchors=len(anchors),
         fitted_at=fitted_at,
         updated_at=_now(),
+        # Names this version of the points: a panel recolours its plot in place only
+        # while the plot shows the same revision.
+        revision=uuid.uuid4().hex,
     )
     payload = {"meta": meta, "arrays": {k: to_npy_bytes(v) for k, v in arrays.items()}}
     LAYOUT_RUN.put(dataset, params, payload)
@@ -238,8 +301,9 @@ def _usable_layout(dataset: fo.Dataset, dim: int | None) -> StoredLayout | None:
 
 def _anchor_digest(
     bf: Any, frame: pd.DataFrame, xy: np.ndarray, embeddings: np.ndarray, layout: Layout
-) -> pd.DataFrame:
-    """Per bubble: 2-D centre (its centre sample's point), drawn radii and hover figures.
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Per bubble: 2-D centre (its centre sample's point), drawn radii, where its
+    outlines are in the returned corners, and hover figures; and those corners.
 
     ``frame`` is ``bf.assignments()``, its rows aligned with ``xy`` and ``embeddings``.
     """
@@ -252,14 +316,17 @@ def _anchor_digest(
     if (~known).any():  # the centre sample was deleted: place its stored vector
         vectors = np.stack(anchors["centre"].to_numpy()[~known])
         centres[~known] = layout.place(vectors, embeddings, xy)
+    member_row = frame["anchor_id"].to_numpy()  # anchor ids are the anchors' rows
+    in_inner = (frame["shell"] == "inner").to_numpy()
     outer, inner = bubble_radii(
         xy,
-        frame["anchor_id"].to_numpy(),
-        (frame["shell"] == "inner").to_numpy(),
+        member_row,
+        in_inner,
         centres,
         anchors["radius"].to_numpy(),
         anchors["inner_radius"].to_numpy(),
     )
+    outlines = bubble_outlines(xy, member_row, in_inner, len(anchors))
     digest = pd.DataFrame(
         {
             "anchor_id": anchors["anchor_id"].to_numpy(np.int64),
@@ -267,15 +334,20 @@ def _anchor_digest(
             "y": centres[:, 1],
             "r2d": outer.astype(np.float32),
             "inner_r2d": inner.astype(np.float32),
+            "outer_start": outlines.outer[:, 0],
+            "outer_count": outlines.outer[:, 1],
+            "inner_start": outlines.inner[:, 0],
+            "inner_count": outlines.inner[:, 1],
         }
     )
     for column in ANCHOR_COLUMNS:
         digest[column] = anchors[column].to_numpy()
-    return digest
+    return digest, outlines.vertices
 
 
 def update_after_round(dataset: fo.Dataset, bf: Any, summary: dict[str, Any]) -> None:
-    """`update_map` after a committed round; a failure is logged and noted, never raised.
+    """`update_map` and `apply_split_colors` after a committed round (whose split
+    fields and tags are written); a failure is logged and noted, never raised.
 
     Args:
         dataset: the dataset
@@ -292,13 +364,18 @@ def update_after_round(dataset: fo.Dataset, bf: Any, summary: dict[str, Any]) ->
             f"{summary.get('message', '')}; the 2-D map was not updated ({summary['map_error']})"
             " but the split is saved: rebuild the map from the BubbleFence panel"
         )
+    try:
+        apply_split_colors(dataset)
+    except Exception:  # colours are a convenience: the split is saved either way
+        logger.exception("BubbleFence could not set the split colours of %s", dataset.name)
 
 
 def build_map(samples: foc.SampleCollection, method: str | None = None) -> dict[str, Any]:
     """Builds the map from the stored state: extends it, or refits all with ``method``.
 
     Refitting moves every point (a new layout); it is the user's explicit choice, e.g.
-    to switch to t-SNE. Refused while a split runs on the dataset.
+    to switch to PCA. Also sets the split colours (`apply_split_colors`), for datasets
+    split before BubbleFence set them. Refused while a split runs on the dataset.
 
     Args:
         samples: a dataset or view; the map is its dataset's
@@ -314,7 +391,9 @@ def build_map(samples: foc.SampleCollection, method: str | None = None) -> dict[
                 f"dataset {dataset.name!r} has no BubbleFence split yet; run bubblefence_split "
                 "first"
             )
-        return update_map(dataset, loaded[0], refit_method=method)
+        result = update_map(dataset, loaded[0], refit_method=method)
+    apply_split_colors(dataset)
+    return result
 
 
 def delete_map(dataset: fo.Dataset) -> list[str]:
@@ -334,6 +413,53 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+# --------------------------------------------------------------------------- colours
+
+
+def apply_split_colors(dataset: fo.Dataset) -> None:
+    """Gives the split values and tags their `SPLIT_COLORS` in the dataset's App colour
+    scheme (``dataset.app_config.color_scheme``), so the grid's tags, the sidebar,
+    FiftyOne's Embeddings panel coloured by ``split``, this panel and the HTML report
+    show a split in one colour.
+
+    The rest of the scheme is kept: other fields' and other tags' colours, the colour
+    pool. The App colours tags per value only when the scheme colours by value, so a
+    scheme that does not say how it colours is set to colour by value; a scheme that
+    says so is left to colour as the user chose.
+
+    Args:
+        dataset: the dataset
+    """
+    scheme = dataset.app_config.color_scheme or fo.ColorScheme()
+    fields = {entry.get("path"): entry for entry in scheme.fields or []}
+    split_colors = [{"value": v, "color": SPLIT_COLORS[v]} for v in SPLIT_VALUES]
+    fields[SPLIT_FIELD] = {**fields.get(SPLIT_FIELD, {}), "path": SPLIT_FIELD}
+    fields[SPLIT_FIELD]["valueColors"] = split_colors
+    ours = (*SPLIT_TAGS, EXCLUDED_TAG)
+    tags = fields.get("tags", {})
+    others = [v for v in tags.get("valueColors") or [] if v.get("value") not in ours]
+    fields["tags"] = {**tags, "path": "tags"}
+    fields["tags"]["valueColors"] = [{"value": t, "color": SPLIT_COLORS[t]} for t in ours] + others
+    scheme.fields = list(fields.values())
+    if scheme.color_by is None:
+        scheme.color_by = "value"
+    dataset.app_config.color_scheme = scheme
+    dataset.save()
+
+
+def color_scheme_params(dataset: fo.Dataset) -> dict[str, Any]:
+    """Parameters of the App's ``set_color_scheme`` operator that show the dataset's
+    stored colour scheme, split colours included, in an App that is open: the App
+    reads the stored scheme only when it loads the dataset. Trigger it after
+    `apply_split_colors` ran in a round or a map build started from the App.
+
+    Args:
+        dataset: the dataset
+    """
+    scheme = dataset.app_config.color_scheme or fo.ColorScheme()
+    return {"color_by": scheme.color_by, "fields": list(scheme.fields or [])}
+
+
 # --------------------------------------------------------------------------- the figure
 
 
@@ -342,11 +468,15 @@ def map_figure(
 ) -> dict[str, Any] | None:
     """The panel's plotly figure for ``samples``: ``{"data", "layout", "stats"}``, or None.
 
-    Points of the view's split samples (WebGL, one trace per split or per round, ids =
-    sample ids), bubbles present in the view as circle shapes (outer and inner shell,
-    coloured by the split each shell holds, or by the round the bubble was created),
-    and a ``bubbles`` marker trace at the centres (ids = anchor ids, hover = figures).
-    None when the dataset has no map.
+    ``data``, in this order: the view's split samples that have a point, in one WebGL
+    trace (`POINTS_TRACE`; ids = sample ids; train drawn first, under the held-out
+    splits); `LEGEND_SLOTS` legend entries for the points' colours; the outlines of
+    the bubbles with a sample in the view, one line trace per style and colour (solid:
+    the whole bubble, in the colour of its outer ring's split; dotted: its inner shell,
+    in that shell's split's colour); the `BUBBLES_TRACE` of their centres (ids = anchor
+    ids, hover = figures, labelled unless there are over `FADE_ABOVE_BUBBLES`, when all
+    bubble marks are faint). ``stats["revision"]`` names the drawn points for
+    `map_colors`. None when the dataset has no map.
 
     Args:
         samples: a dataset or view
@@ -354,42 +484,109 @@ def map_figure(
         max_points: draw a seeded random subsample of a larger view (default
             `MAX_POINTS`)
     """
-    if color_by not in COLOR_BY:
-        raise ValueError(f"color_by={color_by!r}; use one of {COLOR_BY}")
+    _check_color_by(color_by)
     dataset = root_dataset(samples)
     stored = load_layout(dataset)
     points = load_points(dataset)
     if stored is None or points is None or not dataset.has_field(ROUND_FIELD):
         return None
-
     drawn = _drawn_points(samples, points, max_points or MAX_POINTS)
-    data = _point_traces(drawn, color_by)
+    colors = _point_colors(samples, drawn, color_by)
     bubbles = _bubbles_in_view(samples, stored.anchors)
-    as_shapes, as_lines = bubbles.iloc[:MAX_SHAPE_BUBBLES], bubbles.iloc[MAX_SHAPE_BUBBLES:]
-    shapes = [s for row in as_shapes.itertuples() for s in _circle_shapes(row, color_by)]
-    if len(as_lines):
-        data.append(_outline_trace(as_lines))
-    if len(bubbles):
-        data.append(_centre_trace(bubbles.sort_values("anchor_id")))
+    faded = len(bubbles) > FADE_ABOVE_BUBBLES
+    decimals = _decimals(points[1])
+    data = [
+        _points_trace(drawn, colors, decimals),
+        *_legend_slots(colors),
+        *_outline_traces(stored, bubbles, faded, decimals),
+        _centre_trace(bubbles.sort_values("anchor_id"), faded, decimals),
+    ]
     stats = {
         "method": stored.layout.method,
         "n_view": drawn.n_view,
+        "n_on_map": drawn.n_on_map,
         "n_drawn": len(drawn.ids),
-        "subsampled": drawn.subsampled,
+        "subsampled": drawn.n_on_map > len(drawn.ids),
         "n_unplaced": drawn.n_unplaced,
         "n_bubbles": len(bubbles),
-        "n_bubbles_as_shapes": len(as_shapes),
+        "faded": faded,
+        "has_outlines": stored.outline_vertices is not None,
+        "revision": _revision(stored.params, drawn.ids),
     }
-    return {"data": data, "layout": _figure_layout(stored.layout.method, shapes), "stats": stats}
+    return {"data": data, "layout": _figure_layout(), "stats": stats}
+
+
+def map_colors(
+    samples: foc.SampleCollection, color_by: str, revision: str, max_points: int | None = None
+) -> dict[str, Any] | None:
+    """What recolours a figure of `map_figure` by ``color_by``, or None when the figure
+    drawn for ``samples`` now would show other points than ``revision`` names (a new
+    round, another view, an exclusion): then draw it afresh.
+
+    Returns ``{path: value}``, paths into the figure's ``data`` list in the style of
+    the App's ``patch_panel_data`` (``"[0].marker"``): the points trace's marker and
+    hover text, and the legend entries. Nothing else of the figure changes.
+
+    Args:
+        samples: the dataset or view the figure was drawn for
+        color_by: one of `COLOR_BY`
+        revision: ``stats["revision"]`` of that figure
+        max_points: as given to `map_figure`
+    """
+    _check_color_by(color_by)
+    dataset = root_dataset(samples)
+    params = LAYOUT_RUN.info(dataset)
+    points = load_points(dataset)
+    if params is None or points is None:
+        return None
+    drawn = _drawn_points(samples, points, max_points or MAX_POINTS)
+    if _revision(params, drawn.ids) != revision:
+        return None
+    colors = _point_colors(samples, drawn, color_by)
+    changes: dict[str, Any] = {"[0].marker": colors.marker, "[0].text": colors.text}
+    for i, slot in enumerate(_legend_slots(colors), start=1):
+        changes[f"[{i}]"] = slot
+    return changes
+
+
+def view_key(samples: foc.SampleCollection) -> str:
+    """Names what the panel draws and counts for ``samples``: the map's revision, the
+    split state's version, the view's samples and which of them are excluded. The App
+    repeats view-change events, several at once; an equal key means nothing to redraw.
+    Curation scores are not covered: the panel's Refresh redraws after a new score.
+
+    Args:
+        samples: a dataset or view
+    """
+    dataset = root_dataset(samples)
+    state = state_info(dataset) or {}
+    digest = hashlib.sha1(
+        f"{(LAYOUT_RUN.info(dataset) or {}).get('revision')}|{state.get('updated_at')}|".encode()
+    )
+    digest.update("\n".join(samples.values("id")).encode())
+    digest.update(b"|excluded|")
+    digest.update("\n".join(samples.match_tags(EXCLUDED_TAG).values("id")).encode())
+    return digest.hexdigest()[:16]
+
+
+def _check_color_by(color_by: str) -> None:
+    if color_by not in COLOR_BY:
+        raise ValueError(f"color_by={color_by!r}; use one of {COLOR_BY}")
+
+
+def _revision(params: dict[str, Any], ids: np.ndarray) -> str:
+    """Names the map's revision and the drawn points, in their order."""
+    digest = hashlib.sha1(str(params.get("revision") or params.get("updated_at")).encode())
+    digest.update("\n".join(ids).encode())
+    return digest.hexdigest()[:16]
 
 
 @dataclass
 class _DrawnPoints:
-    """The samples of a view drawn on the map, with their points and categories."""
+    """The samples of a view drawn on the map, in drawing order."""
 
-    view: foc.SampleCollection  # the drawn samples (the view, or its subsample)
     n_view: int
-    subsampled: bool
+    n_on_map: int  # the view's samples with a point and a split (or the excluded tag)
     n_unplaced: int  # split samples without a point: a round whose map update failed
     ids: np.ndarray
     xy: np.ndarray
@@ -400,49 +597,179 @@ class _DrawnPoints:
 def _drawn_points(
     samples: foc.SampleCollection, points: tuple[np.ndarray, np.ndarray], max_points: int
 ) -> _DrawnPoints:
-    """The view's samples that have a point, subsampled (seeded) beyond ``max_points``."""
-    n_view = samples.count()
-    drawn_view = samples
-    if n_view > max_points:
-        all_ids = samples.values("id")
-        rows = np.random.default_rng(0).choice(n_view, max_points, replace=False)
-        drawn_view = root_dataset(samples).select([all_ids[i] for i in np.sort(rows)])
-    ids, split, rnd = drawn_view.values(["id", SPLIT_FIELD, ROUND_FIELD])
-    excluded = set(drawn_view.match_tags(EXCLUDED_TAG).values("id"))
+    """The view's samples that have a point, a seeded subsample beyond ``max_points``,
+    in `POINT_CATEGORIES` order (held-out splits drawn last, on top)."""
+    ids, split, rnd = samples.values(["id", SPLIT_FIELD, ROUND_FIELD])
+    # The excluded ids, not every sample's tags: reading tags lists is 7x slower.
+    excluded = set(samples.match_tags(EXCLUDED_TAG).values("id"))
+    category = np.asarray(
+        ["excluded" if i in excluded else str(s) for i, s in zip(ids, split, strict=True)]
+    )
     rows = pd.Index(points[0]).get_indexer(ids)
-    on_map = np.flatnonzero(rows >= 0)
-    ids = np.asarray(ids, dtype=object)[on_map]
-    split = np.asarray(split, dtype=object)[on_map]
+    on_map = np.flatnonzero((rows >= 0) & np.isin(category, POINT_CATEGORIES))
+    chosen = on_map
+    if len(on_map) > max_points:
+        chosen = on_map[np.sort(np.random.default_rng(0).choice(len(on_map), max_points, False))]
+    rank = pd.Index(POINT_CATEGORIES).get_indexer(category[chosen])
+    chosen = chosen[np.argsort(rank, kind="stable")]
+    rnd = np.asarray([-1 if r is None else r for r in rnd], np.int64)
     return _DrawnPoints(
-        view=drawn_view,
-        n_view=n_view,
-        subsampled=n_view > max_points,
-        n_unplaced=sum(1 for r, row in zip(rnd, rows, strict=True) if r is not None and row < 0),
-        ids=ids,
-        xy=points[1][rows[on_map]],
-        rnd=np.asarray([-1 if r is None else r for r in rnd], np.int64)[on_map],
-        category=np.asarray(
-            ["excluded" if i in excluded else str(s) for i, s in zip(ids, split, strict=True)]
-        ),
+        n_view=len(ids),
+        n_on_map=len(on_map),
+        n_unplaced=int(np.sum((rnd >= 0) & (rows < 0))),
+        ids=np.asarray(ids, dtype=object)[chosen].astype(str),
+        xy=points[1][rows[chosen]],
+        rnd=rnd[chosen],
+        category=category[chosen],
     )
 
 
-def _point_traces(drawn: _DrawnPoints, color_by: str) -> list[dict[str, Any]]:
-    """One trace per split or round, or the traces of a curation score."""
-    if color_by in SCORE_COLOR_FIELDS:
-        return _score_traces(drawn.view, color_by, drawn.xy, drawn.ids)
+@dataclass
+class _PointColors:
+    """A colouring of the drawn points: their marker, hover text and legend entries."""
+
+    title: str
+    marker: dict[str, Any]
+    text: list[str]
+    legend: list[tuple[str, str]]  # (entry, colour)
+
+
+def _point_colors(
+    samples: foc.SampleCollection, drawn: _DrawnPoints, color_by: str
+) -> _PointColors:
+    """The drawn points coloured by split, by round, or by a curation score."""
     if color_by == "split":
-        groups = [(c, drawn.category == c, SPLIT_COLORS[c]) for c in POINT_CATEGORIES]
+        present = [c for c in POINT_CATEGORIES if (drawn.category == c).any()]
+        legend = [(c, SPLIT_COLORS[c]) for c in present]
+        return _categorical("split", drawn.category.tolist(), legend, SPLIT_COLORS)
+    if color_by == "round":
+        labels = [f"round {r}" for r in drawn.rnd]
+        return _palette_colors("round", drawn.rnd, labels)
+    scores = _score_values(samples, drawn.ids, SCORE_COLOR_FIELDS[color_by])
+    if color_by == "region":
+        regions = np.asarray([-1 if v is None else int(v) for v in scores], np.int64)
+        labels = [f"region {r}" if r >= 0 else "no region" for r in regions]
+        return _palette_colors("region", regions, labels)
+    return _scale_colors(scores)
+
+
+def _categorical(
+    title: str, labels: list[str], legend: list[tuple[str, str]], colors: dict[str, str]
+) -> _PointColors:
+    marker = {"color": [colors[label] for label in labels], "size": 5, "opacity": 0.85}
+    return _PointColors(title, marker, labels, legend)
+
+
+def _palette_colors(title: str, values: np.ndarray, labels: list[str]) -> _PointColors:
+    """Values (>= 0; -1 for none) in the `ROUND_COLORS` palette, one legend entry per
+    colour drawn ("round 1, 11" when two values share a colour), "none" in grey."""
+    colors = {}
+    legend = []
+    for slot, color in enumerate(ROUND_COLORS):
+        shared = [int(v) for v in np.unique(values[values >= 0]) if v % len(ROUND_COLORS) == slot]
+        if shared:
+            listed = ", ".join(map(str, shared[:3])) + (", ..." if len(shared) > 3 else "")
+            legend.append((f"{title} {listed}", color))
+    for label, value in zip(labels, values, strict=True):
+        colors[label] = ROUND_COLORS[value % len(ROUND_COLORS)] if value >= 0 else NO_SCORE_COLOR
+    if (values < 0).any():
+        legend.append((f"no {title}", NO_SCORE_COLOR))
+    return _categorical(title, labels, legend, colors)
+
+
+def _scale_colors(scores: np.ndarray) -> _PointColors:
+    """Typicality on the Viridis scale (computed here, so points without a score can be
+    grey in the same trace), with legend entries at five values of the drawn range."""
+    has = np.asarray([v is not None for v in scores], bool)
+    numbers = np.asarray([v if v is not None else np.nan for v in scores], np.float64)
+    low, high = (np.nanmin(numbers), np.nanmax(numbers)) if has.any() else (0.0, 1.0)
+    spread = high - low if high > low else 1.0
+    colors = np.full(len(scores), NO_SCORE_COLOR, dtype=object)
+    if has.any():
+        colors[has] = _viridis((numbers[has] - low) / spread)
+    if not has.any():
+        stops = np.array([])
+    elif high > low:
+        stops = np.linspace(low, high, 5)
     else:
-        groups = [
-            (f"round {r}", drawn.rnd == r, ROUND_COLORS[r % len(ROUND_COLORS)])
-            for r in sorted(set(drawn.rnd.tolist()))
-        ]
-    return [
-        _point_trace(name, drawn.xy[mask], drawn.ids[mask], color)
-        for name, mask, color in groups
-        if mask.any()
+        stops = np.array([low])
+    legend = [
+        (f"typicality {v:.2f}", c)
+        for v, c in zip(stops, _viridis((stops - low) / spread), strict=True)
     ]
+    if (~has).any():
+        legend.append(("no typicality", NO_SCORE_COLOR))
+    labels = [
+        f"typicality {v:.3f}" if ok else "no typicality" for v, ok in zip(numbers, has, strict=True)
+    ]
+    marker = {"color": colors.tolist(), "size": 5, "opacity": 0.85}
+    return _PointColors("typicality", marker, labels, legend)
+
+
+def _viridis(shares: np.ndarray) -> list[str]:
+    """Hex colours of the Viridis scale at ``shares`` (0..1)."""
+    import plotly.colors
+
+    rgb = plotly.colors.sample_colorscale("Viridis", np.clip(shares, 0.0, 1.0).tolist())
+    return ["#{:02x}{:02x}{:02x}".format(*map(round, plotly.colors.unlabel_rgb(c))) for c in rgb]
+
+
+def _score_values(samples: foc.SampleCollection, ids: np.ndarray, field: str) -> np.ndarray:
+    """A curation score per drawn id (None where the sample has none)."""
+    dataset = root_dataset(samples)
+    if not dataset.has_field(field):
+        return np.full(len(ids), None, dtype=object)
+    found = dict(zip(*dataset.select(list(ids)).values(["id", field]), strict=True))
+    return np.asarray([found.get(i) for i in ids], dtype=object)
+
+
+def _decimals(xy: np.ndarray) -> int:
+    """Decimals that keep coordinates to 1/10,000 of the map's span: far below a pixel,
+    even zoomed in, and a smaller figure than full floats."""
+    span = float(np.ptp(xy, axis=0).max()) if len(xy) else 0.0
+    return max(0, 4 - int(np.floor(np.log10(span)))) if span > 0 else 4
+
+
+def _rounded(values: Any, decimals: int) -> list[float]:
+    return np.round(np.asarray(values, np.float64), decimals).tolist()
+
+
+def _points_trace(drawn: _DrawnPoints, colors: _PointColors, decimals: int) -> dict[str, Any]:
+    xy = np.round(drawn.xy.astype(np.float64), decimals)
+    return {
+        "type": "scattergl",
+        "mode": "markers",
+        "name": POINTS_TRACE,
+        "x": xy[:, 0].tolist(),
+        "y": xy[:, 1].tolist(),
+        "ids": drawn.ids.tolist(),
+        "text": colors.text,
+        "hoverinfo": "text",
+        "marker": colors.marker,
+        "showlegend": False,
+    }
+
+
+def _legend_slots(colors: _PointColors) -> list[dict[str, Any]]:
+    """`LEGEND_SLOTS` traces without points: the legend of the points' colours, then
+    hidden empty ones, so a recolour replaces them one for one."""
+    slots = []
+    for k, (name, color) in enumerate(colors.legend[:LEGEND_SLOTS]):
+        slot = {
+            "type": "scatter",
+            "mode": "markers",
+            "name": name,
+            "x": [None],
+            "y": [None],
+            "marker": {"color": color, "size": 9},
+            "hoverinfo": "skip",
+            "legendgroup": "points",
+        }
+        if k == 0:
+            slot["legendgrouptitle"] = {"text": f"Points by {colors.title}:"}
+        slots.append(slot)
+    empty = {"type": "scatter", "x": [], "y": [], "name": "", "showlegend": False}
+    return slots + [dict(empty) for _ in range(LEGEND_SLOTS - len(slots))]
 
 
 def _bubbles_in_view(samples: foc.SampleCollection, anchors: pd.DataFrame) -> pd.DataFrame:
@@ -455,166 +782,143 @@ def _bubbles_in_view(samples: foc.SampleCollection, anchors: pd.DataFrame) -> pd
     return bubbles.sort_values(["n_eval", "anchor_id"], ascending=[False, True])
 
 
-def _figure_layout(method: str, shapes: list[dict[str, Any]]) -> dict[str, Any]:
+def _figure_layout() -> dict[str, Any]:
+    # No axis titles or ticks: t-SNE's coordinates mean nothing, and the panel names
+    # the method above the plot.
+    axis = {"showticklabels": False, "showgrid": False, "zeroline": False, "title": None}
     return {
-        "shapes": shapes,
         "dragmode": "lasso",
         "hovermode": "closest",
+        "hoverlabel": HOVER_STYLE,
         "showlegend": True,
-        "legend": {"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0},
-        "xaxis": {"title": {"text": f"{method.upper()} 1"}, "zeroline": False},
-        "yaxis": {
-            "title": {"text": f"{method.upper()} 2"},
-            "zeroline": False,
-            "scaleanchor": "x",  # circles stay round
-            "scaleratio": 1,
+        # Below the plot, clear of the App's toolbar in the plot's top right corner.
+        "legend": {
+            "orientation": "h",
+            "x": 0,
+            "xanchor": "left",
+            "y": -0.02,
+            "yanchor": "top",
+            "font": {"size": 12, "color": LEGEND_TEXT_COLOR},
+            "itemsizing": "constant",
         },
+        "margin": {"t": 8, "l": 8, "r": 8, "b": 8},
+        "xaxis": axis,
+        "yaxis": {**axis, "scaleanchor": "x", "scaleratio": 1},
         "uirevision": "bubblefence",  # keep zoom when the panel re-renders
     }
 
 
-def _point_trace(name: str, xy: np.ndarray, ids: np.ndarray, color: str) -> dict[str, Any]:
-    # The App sends a panel's plot data back with every event: rounded coordinates
-    # keep that payload small, and 4 decimals are far below a pixel.
-    xy = np.round(xy.astype(np.float64), 4)
-    return {
-        "type": "scattergl",
-        "mode": "markers",
-        "name": name,
-        "x": xy[:, 0].tolist(),
-        "y": xy[:, 1].tolist(),
-        "ids": [str(i) for i in ids],
-        "hoverinfo": "name",
-        "marker": {"color": color, "size": 5 if name != "train" else 4, "opacity": 0.85},
-    }
-
-
-def _score_traces(
-    drawn_view: foc.SampleCollection, color_by: str, xy: np.ndarray, ids: np.ndarray
-) -> list[dict[str, Any]]:
-    """Points coloured by a curation score: a colour scale for typicality, a palette
-    colour per region; samples without the score in one grey trace."""
-    field = SCORE_COLOR_FIELDS[color_by]
-    values: dict[str, Any] = {}
-    if root_dataset(drawn_view).has_field(field):
-        values = dict(zip(*drawn_view.values(["id", field]), strict=True))
-    score = np.asarray([values.get(i) for i in ids], dtype=object)
-    has = np.asarray([v is not None for v in score], bool)
-    traces = []
-    if has.any():
-        trace = _point_trace(color_by, xy[has], ids[has], NO_SCORE_COLOR)
-        numbers = score[has].astype(np.float64)
-        if color_by == "typicality":
-            trace["marker"].update(
-                color=np.round(numbers, 4).tolist(),
-                colorscale="Viridis",
-                showscale=True,
-                colorbar={"title": {"text": "typicality"}},
-            )
-            trace["text"] = [f"typicality {v:.3f}" for v in numbers]
-        else:
-            regions = numbers.astype(np.int64)
-            trace["marker"]["color"] = [ROUND_COLORS[r % len(ROUND_COLORS)] for r in regions]
-            trace["text"] = [f"region {r}" for r in regions]
-        trace["hoverinfo"] = "text"
-        traces.append(trace)
-    if (~has).any():
-        traces.append(_point_trace(f"no {color_by}", xy[~has], ids[~has], NO_SCORE_COLOR))
-    return traces
-
-
 def _shell_splits(layout: str) -> tuple[str, str]:
-    """(inner shell's split, outer shell's split) of a bubble's layout."""
+    """(inner shell's split, outer ring's split) of a bubble's layout."""
     return ("validation", "test") if layout == "inner_val" else ("test", "validation")
 
 
-def _circle_shapes(row: Any, color_by: str) -> list[dict[str, Any]]:
-    inner_split, outer_split = _shell_splits(row.layout)
-    if color_by != "round":  # score colourings keep the circles in their splits' colours
-        inner_color, outer_color = SPLIT_COLORS[inner_split], SPLIT_COLORS[outer_split]
-    else:
-        inner_color = outer_color = ROUND_COLORS[int(row.round) % len(ROUND_COLORS)]
-    shapes = []
-    for suffix, radius, color, dash in (
-        ("", row.r2d, outer_color, "solid"),
-        (" inner", row.inner_r2d, inner_color, "dot"),
+def _outline_traces(
+    stored: StoredLayout, bubbles: pd.DataFrame, faded: bool, decimals: int
+) -> list[dict[str, Any]]:
+    """One polyline trace per (shell, split) with outlines in the view: a solid line
+    around each whole bubble in its outer ring's split colour, a dotted one around its
+    inner shell in that shell's split colour."""
+    if stored.outline_vertices is None or not len(bubbles):
+        return []
+    shells = {"outer": [], "inner": []}
+    for row in bubbles.itertuples():
+        inner_split, outer_split = _shell_splits(row.layout)
+        shells["outer"].append((outer_split, stored.outline(row, "outer")))
+        shells["inner"].append((inner_split, stored.outline(row, "inner")))
+    traces = []
+    for shell, dash, legend in (
+        ("outer", "solid", "bubble, outer ring"),
+        ("inner", "dot", "inner shell"),
     ):
-        if radius <= 0:  # no inner shell
-            continue
-        shapes.append(
-            {
-                "type": "circle",
-                "name": f"bubble {int(row.anchor_id)}{suffix}",
-                "xref": "x",
-                "yref": "y",
-                "x0": float(row.x - radius),
-                "y0": float(row.y - radius),
-                "x1": float(row.x + radius),
-                "y1": float(row.y + radius),
-                "line": {"color": color, "width": 1.5, "dash": dash},
-                "layer": "above",
-            }
-        )
-    return shapes
+        for split in ("test", "validation"):
+            polygons = [p for s, p in shells[shell] if s == split and len(p)]
+            if not polygons:
+                continue
+            xs: list[float | None] = []
+            ys: list[float | None] = []
+            for polygon in polygons:  # closed, and a None between polygons
+                closed = np.round(np.vstack([polygon, polygon[:1]]).astype(np.float64), decimals)
+                xs += closed[:, 0].tolist() + [None]
+                ys += closed[:, 1].tolist() + [None]
+            traces.append(
+                {
+                    "type": "scattergl",
+                    "mode": "lines",
+                    "name": f"{legend} {split}",
+                    "x": xs,
+                    "y": ys,
+                    "hoverinfo": "skip",
+                    "opacity": 0.35 if faded else 0.9,
+                    "line": {
+                        "color": SPLIT_COLORS[split],
+                        "width": 1 if faded else 1.6,
+                        "dash": dash,
+                    },
+                    "legendgroup": "bubbles",
+                }
+            )
+    if traces:
+        traces[0]["legendgrouptitle"] = {
+            "text": "Bubbles (solid: whole bubble, dotted: inner shell):"
+        }
+    return traces
 
 
-def _outline_trace(bubbles: pd.DataFrame) -> dict[str, Any]:
-    """Outer circles of many bubbles as one WebGL polyline (None separates circles)."""
-    t = np.linspace(0.0, 2 * np.pi, CIRCLE_SEGMENTS + 1)
-    xs: list[float | None] = []
-    ys: list[float | None] = []
+def _centre_trace(bubbles: pd.DataFrame, faded: bool, decimals: int) -> dict[str, Any]:
+    """The bubbles' centres: click targets (ids = anchor ids) with the bubble's figures
+    on hover, and its number as a label unless ``faded``."""
+    figures = []
     for row in bubbles.itertuples():
-        xs += (row.x + row.r2d * np.cos(t)).tolist() + [None]
-        ys += (row.y + row.r2d * np.sin(t)).tolist() + [None]
-    return {
-        "type": "scattergl",
-        "mode": "lines",
-        "name": "more bubbles",
-        "x": xs,
-        "y": ys,
-        "hoverinfo": "skip",
-        "line": {"color": "rgba(200,200,200,0.5)", "width": 1},
-    }
-
-
-def _centre_trace(bubbles: pd.DataFrame) -> dict[str, Any]:
-    text = []
-    for row in bubbles.itertuples():
-        inner_split, _ = _shell_splits(row.layout)
-        lid = "n/a" if not np.isfinite(row.lid) else f"{row.lid:.1f}"
+        inner_split, outer_split = _shell_splits(row.layout)
         shell = (
-            f"inner radius {row.inner_radius:.3f}, inner shell: {inner_split}"
+            f"inner shell {inner_split} (radius {row.inner_radius:.3f}), outer ring {outer_split}"
             if row.inner_radius > 0
-            else "no inner shell"
+            else f"no inner shell, all {outer_split}"
         )
-        text.append(
-            f"bubble {int(row.anchor_id)}<br>radius {row.radius:.3f} (cosine distance), "
-            f"{shell}<br>LID {lid}<br>validation {int(row.n_validation)}, "
-            f"test {int(row.n_test)}<br>created in round {int(row.round)}"
+        lid = f"{row.lid:.1f}" if np.isfinite(row.lid) else "n/a"
+        figures.append(
+            [
+                int(row.anchor_id),
+                f"{row.radius:.3f}",
+                shell,
+                lid,
+                int(row.n_validation),
+                int(row.n_test),
+                int(row.round),
+            ]
         )
-    return {
+    trace = {
         "type": "scatter",
-        "mode": "markers",
+        "mode": "markers" if faded else "markers+text",
         "name": BUBBLES_TRACE,
-        "x": bubbles["x"].astype(float).tolist(),
-        "y": bubbles["y"].astype(float).tolist(),
+        "x": _rounded(bubbles["x"], decimals),
+        "y": _rounded(bubbles["y"], decimals),
         "ids": [str(int(a)) for a in bubbles["anchor_id"]],
-        "text": text,
-        "hoverinfo": "text",
+        "customdata": figures,
+        "hovertemplate": CENTRE_HOVER,
         "marker": {
             "symbol": "circle-open-dot",
-            "size": 11,
-            "color": "#ffffff",
+            "size": 7 if faded else 10,
+            "color": CENTRE_COLOR,
+            "opacity": 0.5 if faded else 1.0,
             "line": {"width": 1.5},
         },
+        "legendgroup": "bubbles",
     }
+    if not faded:  # labels: the bubble numbers
+        trace["text"] = [str(int(a)) for a in bubbles["anchor_id"]]
+        trace["textposition"] = "top center"
+        trace["textfont"] = {"size": 10, "color": LEGEND_TEXT_COLOR}
+    return trace
 
 
 # --------------------------------------------------------------------------- summary
 
 
 def map_summary(samples: foc.SampleCollection) -> dict[str, Any] | None:
-    """Counts per split and round, eval share vs target and bubbles, for ``samples``.
+    """Counts per split and round, eval share vs target and bubbles, for ``samples``,
+    and when the split state was last saved (``split_updated_at``).
 
     None when the dataset has no BubbleFence state. Counts are over the whole view
     (not the drawn subsample); excluded samples are counted apart, whatever their split.
@@ -651,4 +955,5 @@ def map_summary(samples: foc.SampleCollection) -> dict[str, Any] | None:
         "validation_target": config.get("validation_ratio"),
         "n_bubbles_in_view": len(samples.distinct(ANCHOR_FIELD)),
         "n_bubbles": map_params.get("n_anchors"),
+        "split_updated_at": info.get("updated_at"),
     }
