@@ -251,6 +251,13 @@ def _knn_block(
         sims = q[active] @ sorted_x[lo:hi].T
         own = (query_pos[active] >= lo) & (query_pos[active] < hi)
         sims[np.flatnonzero(own), query_pos[active][own] - lo] = -np.inf
+        # Once a query has met a few regions, few new similarities beat its k-th
+        # best; only the queries with one go through the (costlier) top-k merge.
+        improves = (sims > kth[active][:, None]).any(axis=1)
+        if not improves.all():
+            active, sims = active[improves], sims[improves]
+            if not len(active):
+                continue
         cand_sim = np.concatenate([best_sim[active], sims], axis=1)
         cand_idx = np.concatenate(
             [best_idx[active], np.broadcast_to(np.arange(lo, hi), sims.shape)], axis=1
