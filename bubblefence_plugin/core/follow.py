@@ -5,11 +5,13 @@ are first grouped into the components of the leak graph among themselves (group
 members linked); a component is the unit that moves:
 
 * **bound**: a component with a near twin among assigned samples, or with members of
-  a group that already has a side, takes that side. Twins on both sides: the side with
-  more twin pairs wins (ties: the side of the single most similar twin), and the pairs
-  to the other side are counted in `cut_pairs`. An eval component takes the bubble and
-  shell of its most similar twin of the winning split, all its members together, so
-  it never straddles validation and test either.
+  a group that already has a side, takes that side. Twins in train and in eval
+  (*contested*): the side that makes the fewest eval samples leak, over all contested
+  components of the round at once (`contested.py`; ties to train); a group's side
+  overrides it. The pairs to the other side are counted in `cut_pairs`. Eval is
+  validation or test by more twin pairs (ties: the side of the single most similar
+  twin). An eval component takes the bubble and shell of its most similar twin of
+  that split, all its members together, so it never straddles validation and test.
 * **inside**: a free component (no assigned twin) with a member inside an existing
   bubble joins that bubble, in the shell of that member (the smallest such row).
 * the rest stays open for new bubbles (`quota`).
@@ -29,6 +31,7 @@ from .bubbles import (
     shell_split,
 )
 from .config import BubbleFenceConfig
+from .contested import fewest_leaks
 from .neighbors import CellIndex
 from .twins import twin_votes
 
@@ -51,9 +54,10 @@ def bind_to_assigned(
 
     `components[i]` is the component label of `new_kept[i]`; rows of `new_kept` that
     already have a split (new members of known groups) are *forced*: they keep it, and
-    the rest of their component follows them.
+    the rest of their component follows them. `leaks_twins`: the eval samples, earlier
+    or new, that contested components make leak.
     """
-    stats = {"bound_to_twins": 0, "cut_pairs_twins": 0}
+    stats = {"bound_to_twins": 0, "cut_pairs_twins": 0, "leaks_twins": 0}
     assigned = np.flatnonzero(kept[:n_old] & np.isin(split[:n_old], ROLES))
     forced = split[new_kept] != UNASSIGNED
     if len(new_kept) == 0 or (len(assigned) == 0 and not forced.any()):
@@ -64,6 +68,7 @@ def bind_to_assigned(
     links = np.zeros((len(new_kept), 3), np.int64)
     best = np.full((len(new_kept), 3), -1, np.int64)
     best_sim = np.full((len(new_kept), 3), -np.inf)
+    index = None
     if len(assigned):
         index = CellIndex(embeddings, assigned, config.leak_threshold, config.seed)
         votes = twin_votes(embeddings, embeddings[new_kept], index, split[assigned], 3)
@@ -92,6 +97,25 @@ def bind_to_assigned(
             comp_best_sim[c, role] = np.inf
 
     side = _decide(per_comp, forced_votes, comp_best_sim)
+    contested = np.flatnonzero(
+        (per_comp[:, TRAIN] > 0)
+        & (per_comp[:, VALIDATION] + per_comp[:, TEST] > 0)
+        & (forced_votes.sum(axis=1) == 0)
+    )
+    if len(contested):
+        to_eval, stats["leaks_twins"] = fewest_leaks(
+            embeddings,
+            new_kept,
+            comp,
+            contested,
+            index,
+            split[assigned],
+            links[:, TRAIN],
+            links[:, VALIDATION] + links[:, TEST],
+        )
+        side[contested[~to_eval]] = TRAIN
+        for c in contested[to_eval]:
+            side[c] = _eval_side(per_comp[c], comp_best_sim[c])
     bound = np.flatnonzero(side >= 0)
     free_members = ~forced & (side[comp] >= 0)
     rows = new_kept[free_members]
@@ -120,13 +144,18 @@ def _decide(links: np.ndarray, forced: np.ndarray, best_sim: np.ndarray) -> np.n
                 to_eval = val + test > train
             else:
                 to_eval = by_best != TRAIN
-            if not to_eval:
-                side[c] = TRAIN
-            elif val != test:
-                side[c] = VALIDATION if val > test else TEST
-            else:
-                side[c] = by_best if by_best != TRAIN else (VALIDATION if val else TEST)
+            side[c] = _eval_side(votes[c], best_sim[c]) if to_eval else TRAIN
     return side
+
+
+def _eval_side(votes: np.ndarray, best_sim: np.ndarray) -> int:
+    """Validation or test for an eval component: more twin pairs; on a tie the side of
+    the most similar twin, validation if that twin is train."""
+    _, val, test = (int(v) for v in votes)
+    if val != test:
+        return VALIDATION if val > test else TEST
+    by_best = int(np.argmax(best_sim))
+    return by_best if by_best != TRAIN else (VALIDATION if val else TEST)
 
 
 def join_existing_bubbles(

@@ -321,7 +321,7 @@ class BubbleFence:
                 cfg.validation_ratio,
             )
             work.stats["group_known"] = int(known.sum())
-        work.stats.update(bound_to_twins=0, cut_pairs_twins=0)
+        work.stats.update(bound_to_twins=0, cut_pairs_twins=0, leaks_twins=0)
         if work.components is not None:
             work.stats.update(
                 bind_to_assigned(
