@@ -9,11 +9,12 @@ FiftyOne's io and brain plugins do:
 - the form: the target-view chooser, then the operator's own inputs; at execution,
   parameters the form does not take are refused (a typo must not run with the default);
 - the run: in the App, progress streamed to its progress bar, then reload the dataset,
-  show the output, notify; on a delegated worker, progress into the run's document and
-  the result returned. An error becomes an error notice and output, and is raised again
-  so the App, Python callers and workers all see that the run failed. What a failed run
-  leaves is the library's to keep whole: it checks its inputs before writing, a split
-  round commits at its end, an embedding run keeps the chunks it finished;
+  send the operator's own App updates (`app_updates`), show the output, notify; on a
+  delegated worker, progress into the run's document and the result returned. An
+  error becomes an error notice and output, and is raised again so the App, Python
+  callers and workers all see that the run failed. What a failed run leaves is the
+  library's to keep whole: it checks its inputs before writing, a split round commits
+  at its end, an embedding run keeps the chunks it finished;
 - `execute_from_python`, what every operator's ``__call__`` ends with.
 
 Every run has one result shape, `Outcome.to_json()`::
@@ -206,6 +207,7 @@ class BubbleFenceOperator(foo.Operator):
         shown = []
         if self.reloads_dataset:
             shown.append(ctx.ops.reload_dataset())
+        shown.extend(self.app_updates(ctx, outcome))
         if self.streams_progress:  # else `resolve_output` shows the returned result
             schema = self._output_property(outcome.warnings).to_json()
             shown.append(ctx.ops.show_output(schema, outcome.to_json()))
@@ -215,6 +217,11 @@ class BubbleFenceOperator(foo.Operator):
         else:
             shown.append(ctx.ops.notify(outcome.text.headline, variant="success"))
         return shown
+
+    def app_updates(self, ctx: ExecutionContext, outcome: Outcome) -> list[Any]:
+        """The operator's own App operations after a run that succeeded in the App (a
+        delegated run has no App to send them to), e.g. a colour scheme it stored."""
+        return []
 
     def _show_failure(self, ctx: ExecutionContext, error: Exception) -> list[Any]:
         message = " ".join(str(error).split()) or type(error).__name__

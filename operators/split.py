@@ -11,6 +11,7 @@ from fiftyone.operators.executor import ExecutionContext, ExecutionResult
 import bubblefence_plugin.fo as bfo
 from bubblefence_plugin.core.config import KNOBS, BubbleFenceConfig, Knob
 from bubblefence_plugin.core.progress import Steps
+from bubblefence_plugin.fo import map as bfmap
 from bubblefence_plugin.text import round_text, round_warnings
 
 from .base import BubbleFenceOperator, Outcome
@@ -103,6 +104,15 @@ class BubbleFenceSplit(BubbleFenceOperator):
             yield from bfo.iter_wait_for_shards(ctx.dataset, _source_field(ctx))
         summary = yield from bfo.iter_split(_split_target(ctx), **_split_kwargs(ctx))
         return Outcome(round_text(summary), summary, warnings=round_warnings(summary))
+
+    def app_updates(self, ctx: ExecutionContext, outcome: Outcome) -> list[Any]:
+        # A committed round stored the split colours in the dataset's colour scheme
+        # (`apply_split_colors`); an open App reads that scheme only when it loads the
+        # dataset. A delegated round has no App to tell: the stored scheme shows when
+        # the App next loads the dataset.
+        if not outcome.result.get("n_assigned"):
+            return []
+        return [ctx.trigger("set_color_scheme", bfmap.color_scheme_params(ctx.dataset))]
 
 
 def _split_kwargs(ctx: ExecutionContext) -> dict[str, Any]:

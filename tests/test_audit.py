@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import re
@@ -320,10 +321,7 @@ def test_html_report_is_small_readable_with_bubbles_and_closest_pairs(media_data
     assert path.stat().st_size < SMALL_REPORT_BYTES
     assert path.stat().st_mode & 0o777 == 0o644  # as any file the user writes, not 0600
     page = path.read_text(encoding="utf-8")
-    # Every bubble of the map drawn: an outer circle each, an inner one where it has one.
-    anchors = load_layout(ds).anchors
-    circles = int((anchors["r2d"] > 0).sum() + (anchors["inner_r2d"] > 0).sum())
-    assert circles > 0 and page.count("<circle") == circles
+    assert len(drawn_outlines(page)) == len(load_layout(ds).anchors)  # every bubble
     pairs = r["closest_pairs"]
     assert len(pairs) == audit.CLOSEST_PAIRS
     similarities = [p["similarity"] for p in pairs]
@@ -347,6 +345,76 @@ def test_html_report_is_small_readable_with_bubbles_and_closest_pairs(media_data
     page = path.read_text(encoding="utf-8")
     assert page.count("<img class='thumb'") == 2 * len(pairs) - 1
     assert page.count("thumb missing") == 1
+
+
+def drawn_outlines(page: str) -> dict[int, dict[str, np.ndarray]]:
+    """The report map's bubble outlines: per bubble number, the (m, 2) pixel corners of
+    its "outer" outline and of its "inner" one where drawn."""
+    svg = re.search(r"<svg[^>]*class='map'>.*?</svg>", page, re.S).group(0)
+    outlines = {}
+    for number, marks in re.findall(r"<g><title>bubble (\d+)</title>(.*?)</g>", svg):
+        shells = {}
+        for inner, path in re.findall(r"<path( class='inner')? d='([^']*)'/>", marks):
+            numbers = [int(v) for v in re.findall(r"-?\d+", path)]
+            shells["inner" if inner else "outer"] = np.cumsum(np.reshape(numbers, (-1, 2)), 0)
+        outlines[int(number)] = shells
+    return outlines
+
+
+def test_html_map_draws_the_stored_outlines_of_every_bubble(split_dataset, tmp_path):
+    ds = split_dataset
+    page = Path(bfo.report(ds, "split", "emb", html_path=str(tmp_path), store=False)["html_path"])
+    page = page.read_text(encoding="utf-8")
+    stored = load_layout(ds)
+    drawn = drawn_outlines(page)
+    assert sorted(drawn) == sorted(stored.anchors["anchor_id"])
+    # Each drawn outline is its stored corners, on the map's one scale (y pointing down)
+    # and in whole pixels: x_px = a + s x, y_px = b - s y.
+    corners, pixels = [], []
+    for row in stored.anchors.itertuples():
+        for shell in ("outer", "inner"):
+            outline = stored.outline(row, shell)
+            assert (shell in drawn[row.anchor_id]) == bool(len(outline)), (row.anchor_id, shell)
+            if len(outline):
+                assert len(drawn[row.anchor_id][shell]) == len(outline)
+                corners.append(outline)
+                pixels.append(drawn[row.anchor_id][shell])
+    corners, pixels = np.vstack(corners).astype(np.float64), np.vstack(pixels)
+    n = len(corners)
+    design = np.zeros((2 * n, 3))
+    design[:n, 0], design[n:, 1] = 1, 1
+    design[:n, 2], design[n:, 2] = corners[:, 0], -corners[:, 1]
+    target = np.concatenate([pixels[:, 0], pixels[:, 1]])
+    fit, *_ = np.linalg.lstsq(design, target, rcond=None)
+    assert fit[2] > 0
+    # Half a pixel of rounding, and a little more: the scale is fitted to rounded pixels.
+    assert np.abs(design @ fit - target).max() <= 0.6
+    # The map's bounds hold every outline, inside its margin.
+    width, height = (
+        int(v) for v in re.search(r"width='(\d+)' height='(\d+)' class='map'", page).groups()
+    )
+    assert (
+        pixels.min() >= 9 and pixels[:, 0].max() <= width - 9 and pixels[:, 1].max() <= height - 9
+    )
+    assert "<circle" not in page
+
+
+def test_html_map_draws_circles_where_the_stored_map_has_no_outlines(
+    split_dataset, tmp_path, monkeypatch
+):
+    # A layout stored before outlines were (version 1) has the drawn radii only.
+    ds = split_dataset
+    stored = load_layout(ds)
+    monkeypatch.setattr(
+        audit, "load_layout", lambda _: dataclasses.replace(stored, outline_vertices=None)
+    )
+    page = Path(bfo.report(ds, "split", "emb", html_path=str(tmp_path), store=False)["html_path"])
+    page = page.read_text(encoding="utf-8")
+    anchors = stored.anchors
+    circles = int((anchors["r2d"] > 0).sum() + (anchors["inner_r2d"] > 0).sum())
+    assert circles > 0 and page.count("<circle") == circles
+    assert page.count("<circle class='inner'") == int((anchors["inner_r2d"] > 0).sum())
+    assert all(shells == {} for shells in drawn_outlines(page).values())
 
 
 def test_leak_view_holds_exactly_the_leaking_eval_samples(field_dataset, monkeypatch):

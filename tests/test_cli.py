@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import pytest
 
@@ -80,6 +81,11 @@ def test_split_folder_by_folder_then_export_and_reset(
     assert len(listed) == len(exported) >= 50
     assert len(rows) - len(listed) == len(ds.match(fo.ViewField("split") == "duplicate"))
     assert {r["source_filepath"] for r in listed} == set(exported.values("filepath"))
+    for row in listed:  # ImageDirectory: each split's folder holds the images
+        copy = export_dir / row["exported_filepath"]
+        assert copy.parent == export_dir / row["split"]
+        assert copy.read_bytes() == Path(row["source_filepath"]).read_bytes()
+    assert all(r["exported_filepath"] == "" for r in rows if r["split"] == "duplicate")
     assert cli.main(["export", "--dataset", dataset_name, "--dir", str(export_dir)]) == 2
     assert "not empty" in capsys.readouterr().err
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import pytest
 
@@ -38,6 +39,7 @@ def test_export_round_trip_and_manifest(media_dataset, tmp_path, fo_datasets):
             row = by_id[sid]
             assert (row["source_filepath"], row["split"], row["round"]) == (fp, split, str(rnd))
             assert row["anchor_id"] == ("" if anchor is None else str(anchor))
+            assert row["exported_filepath"] == f"{split}/data/{Path(fp).name}"
 
     with pytest.raises(ValueError, match="not empty"):
         bfo.export(ds, out)
@@ -85,6 +87,76 @@ def test_duplicates_are_listed_in_the_manifest_not_exported(media_dataset, tmp_p
         original.id,
         "{}",
     )
+    assert row["exported_filepath"] == ""
+    assert rows[original.id]["exported_filepath"]  # the original is exported
+
+
+@pytest.fixture
+def twin_names_dataset(media_dataset, tmp_path):
+    """media_dataset with its images in two folders, each name in both (a/7.png and
+    b/7.png, different images), a classification ``cls`` and detections ``det``."""
+    from PIL import Image
+
+    ds = media_dataset
+    paths = []
+    for i in range(len(ds)):
+        path = tmp_path / "twins" / "ab"[i % 2] / f"{i // 2}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), (i % 256, 255 - i % 256, 7)).save(path)
+        paths.append(str(path))
+    ds.set_values("filepath", paths)
+    # Twins share a class too: the class folders hold equal names.
+    ds.set_values("cls", [fo.Classification(label=f"c{i // 2 % 2}") for i in range(len(ds))])
+    box = fo.Detection(label="thing", bounding_box=[0.1, 0.1, 0.5, 0.5])
+    ds.set_values("det", [fo.Detections(detections=[box.copy()]) for _ in range(len(ds))])
+    return ds
+
+
+LABEL_FIELDS = {
+    "FiftyOneImageClassificationDataset": "cls",
+    "ImageClassificationDirectoryTree": "cls",
+    "COCODetectionDataset": "det",
+    "VOCDetectionDataset": "det",
+    "YOLOv5Dataset": "det",
+    "CVATImageDataset": "det",
+    "FiftyOneImageDetectionDataset": "det",
+}
+
+
+@pytest.mark.parametrize("dataset_type", sorted(bfo.EXPORT_TYPES))
+def test_the_manifest_names_each_exported_file_as_the_exporter_named_it(
+    twin_names_dataset, tmp_path, dataset_type
+):
+    ds = twin_names_dataset
+    out = tmp_path / "out"
+    bfo.export(ds, out, dataset_type, label_field=LABEL_FIELDS.get(dataset_type))
+    rows = _manifest(out / "manifest.csv")
+    assert len(rows) == len(ds.match_tags(list(bfo.SPLIT_TAGS))) and rows
+    files = [row["exported_filepath"] for row in rows]
+    for row, file in zip(rows, files, strict=True):
+        exported = out / file
+        assert file and exported.is_file(), (row["source_filepath"], file)
+        assert row["split"] in Path(file).parts  # train/data/7.png, images/train/7.png
+        assert exported.read_bytes() == Path(row["source_filepath"]).read_bytes()
+    # Equal names from two folders exported into one: the exporter renamed one copy.
+    assert len(set(files)) == len(files)
+    assert any(Path(file).stem.endswith("-2") for file in files)
+
+
+def test_a_sample_exported_under_two_tags_has_a_file_in_each_folder(twin_names_dataset, tmp_path):
+    ds = twin_names_dataset
+    ds.limit(4).tag_samples("first")
+    ds.limit(2).tag_samples("second")
+    out = tmp_path / "out"
+    bfo.export(ds, out, "ImageDirectory", tags=["first", "second"])
+    rows = {r["id"]: r for r in _manifest(out / "manifest.csv")}
+    both = ds.first()
+    files = rows[both.id]["exported_filepath"].split("\n")
+    assert [f.split("/")[0] for f in files] == ["first", "second"]
+    assert all((out / f).read_bytes() == Path(both.filepath).read_bytes() for f in files)
+    # Nothing exported, no file named: media left in place.
+    bfo.export(ds, out, "FiftyOneDataset", tags=["first"], export_media=False, overwrite=True)
+    assert {r["exported_filepath"] for r in _manifest(out / "manifest.csv")} == {""}
 
 
 def test_a_labelled_format_takes_the_one_label_field_or_says_which(media_dataset, tmp_path):

@@ -13,6 +13,7 @@ fo = pytest.importorskip("fiftyone")
 foo = pytest.importorskip("fiftyone.operators")
 bfo = pytest.importorskip("bubblefence_plugin.fo")
 runs = pytest.importorskip("bubblefence_plugin.fo.runs")
+bfmap = pytest.importorskip("bubblefence_plugin.fo.map")
 
 from fiftyone.operators.delegated import DelegatedOperationService  # noqa: E402
 from fiftyone.operators.executor import (  # noqa: E402
@@ -293,7 +294,8 @@ def test_python_call_on_a_view_runs_there_and_ends_like_the_app(field_dataset):
     result = foo.get_operator(SPLIT)(ds.limit(50), embeddings_field="emb")
     assert len(ds.exists("split")) == 50
     requests = operator_requests(result)
-    assert list(requests)[-3:] == ["reload_dataset", "show_output", "notify"]
+    endings = ["reload_dataset", "set_color_scheme", "show_output", "notify"]
+    assert list(requests)[-4:] == endings
     shown = requests["show_output"][0]
     assert shown["outputs"]["type"]["properties"]["summary"]["view"]["label"] == (
         "BubbleFence round"
@@ -301,3 +303,23 @@ def test_python_call_on_a_view_runs_there_and_ends_like_the_app(field_dataset):
     assert set(shown["results"]) == {"summary", "result"}
     assert shown["results"]["result"]["n_assigned"] == 50
     assert requests["notify"][0]["variant"] == "success"
+
+
+def test_a_round_run_in_the_app_shows_its_split_colours_there(field_dataset):
+    # The App reads a dataset's stored colour scheme only when it loads the dataset: a
+    # round that stored the split colours sends them to the open App.
+    ds = field_dataset
+    requests = operator_requests(foo.get_operator(SPLIT)(ds.limit(50), embeddings_field="emb"))
+    (scheme,) = requests["set_color_scheme"]
+    assert scheme == bfmap.color_scheme_params(ds)
+    assert scheme["color_by"] == "value"
+    fields = {entry["path"]: entry["valueColors"] for entry in scheme["fields"]}
+    split_colors = {v: bfmap.SPLIT_COLORS[v] for v in bfo.SPLIT_VALUES}
+    assert {c["value"]: c["color"] for c in fields["split"]} == split_colors
+    assert {"value": "test", "color": bfmap.SPLIT_COLORS["test"]} in fields["tags"]
+    # A run that assigned nothing changed no colour.
+    again = foo.get_operator(SPLIT)(ds.limit(50), embeddings_field="emb")
+    assert "set_color_scheme" not in operator_requests(again)
+    # Nor does reset: the split colours stay in the scheme for the next split.
+    assert "set_color_scheme" not in operator_requests(foo.get_operator(RESET)(ds))
+    assert ds.app_config.color_scheme.fields == scheme["fields"]

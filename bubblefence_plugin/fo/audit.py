@@ -51,8 +51,9 @@ it; the report says how many were measured.
 
 The HTML report is one small file that opens offline: the map and the histogram are inline
 SVG (plotly.js alone would be 4.9 MB), the map is BubbleFence's own (stored positions and
-bubble circles) when our split is audited and the dataset has one, else a PCA of the
-audited embeddings, and the closest eval→train pairs are shown as inline thumbnails.
+the bubbles' stored outlines, as the panel draws them) when our split is audited and the
+dataset has one, else a PCA of the audited embeddings, and the closest eval→train pairs
+are shown as inline thumbnails.
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ MAX_LEAK_IDS = 10_000
 CLOSEST_PAIRS = 12  # eval→train pairs the HTML report shows as thumbnails
 THUMBNAIL_PX = 96
 MAP_POINTS = 5000  # points drawn on the HTML report's map, a seeded sample beyond that
-# Bubbles drawn on it, most held-out samples first: each is a circle or two of SVG.
+# Bubbles drawn on it, most held-out samples first: each is an outline or two of SVG.
 MAP_BUBBLES = 1000
 
 
@@ -927,7 +928,10 @@ class _ReportMap:
     title: str
     xy: np.ndarray  # (n, 2) points of audited samples with a role
     roles: np.ndarray  # their train / validation / test
-    bubbles: pd.DataFrame  # x, y, r2d (outer radius), inner_r2d (0: no inner shell)
+    # Per bubble: anchor_id, x, y, r2d (outer radius), inner_r2d (0: no inner shell), and
+    # the (m, 2) corners of its outline and its inner shell's in ``outer`` and ``inner``
+    # (no corners: no members there), None where the stored map has no outlines.
+    bubbles: pd.DataFrame
     notes: list[str]  # sentences
 
 
@@ -955,7 +959,8 @@ def _stored_map(
     samples: foc.SampleCollection, plan: _Plan, rows: _Rows, rng: np.random.Generator
 ) -> _ReportMap | None:
     """The audited samples on the stored map (`bubblefence_plugin.fo.map`), and the
-    bubbles that have samples among them, most held-out samples first."""
+    bubbles that have samples among them, most held-out samples first, with their
+    stored outlines (None in a layout run from before outlines were stored)."""
     points, layout = load_points(plan.dataset), load_layout(plan.dataset)
     if points is None or layout is None:
         return None
@@ -978,11 +983,18 @@ def _stored_map(
         notes.append(
             f"{MAP_BUBBLES} of {len(bubbles)} bubbles drawn (most held-out samples first)."
         )
+    bubbles = bubbles.head(MAP_BUBBLES).copy()
+    for shell in ("outer", "inner"):
+        if layout.outline_vertices is None:  # a layout stored before outlines: circles
+            bubbles[shell] = None
+        else:
+            outlines = [layout.outline(row, shell) for row in bubbles.itertuples()]
+            bubbles[shell] = pd.Series(outlines, index=bubbles.index, dtype=object)
     return _ReportMap(
         title=f"BubbleFence map ({layout.layout.method.upper()}) with its bubbles",
         xy=points[1][position[drawn]],
         roles=rows.roles[drawn],
-        bubbles=bubbles.head(MAP_BUBBLES),
+        bubbles=bubbles,
         notes=notes,
     )
 
@@ -1003,7 +1015,7 @@ def _pca_map(rows: _Rows, rng: np.random.Generator) -> _ReportMap | None:
         title="PCA of the audited embeddings",
         xy=xy,
         roles=rows.roles[drawn],
-        bubbles=pd.DataFrame({"x": [], "y": [], "r2d": [], "inner_r2d": []}),
+        bubbles=pd.DataFrame(columns=["anchor_id", "x", "y", "r2d", "inner_r2d", "outer", "inner"]),
         notes=notes,
     )
 
@@ -1050,20 +1062,21 @@ def _thumbnail_uri(path: str) -> str | None:
 _HISTOGRAM_COLOURS = {"split": "#e45756", "random": "#9d9d9d"}
 _RANDOM_KEY = {"random split, same ratios": _HISTOGRAM_COLOURS["random"]}
 _BUBBLE_COLOUR = "#3b3b3b"
+_BUBBLES_KEY = "Bubbles: solid, the whole bubble; dotted, its inner shell (hover for its number). "
 _SVG_WIDTH = 640
 
 
 def _map_svg(drawn: _ReportMap) -> str:
     """The map as inline SVG: a dot per sample (a zero-length round-capped path segment,
-    the smallest SVG mark), outer shells solid and inner shells dotted."""
+    the smallest SVG mark), then per bubble a group titled with its number (the
+    browser shows it on hover): its outline solid, its inner shell's dotted; circles of
+    its drawn radii where the stored map has no outlines."""
     width, height, pad = _SVG_WIDTH, 480, 10
     xy = drawn.xy.astype(np.float64)
-    b = drawn.bubbles
-    low, high = xy.min(axis=0), xy.max(axis=0)
-    if len(b):
-        low = np.minimum(low, [(b["x"] - b["r2d"]).min(), (b["y"] - b["r2d"]).min()])
-        high = np.maximum(high, [(b["x"] + b["r2d"]).max(), (b["y"] + b["r2d"]).max()])
-    # One scale for both axes: circles stay round.
+    bubbles = list(drawn.bubbles.itertuples())
+    extents = np.vstack([xy, *(_bubble_extent(b) for b in bubbles)])
+    low, high = extents.min(axis=0), extents.max(axis=0)
+    # One scale for both axes: shapes keep their proportions, circles stay round.
     scale = min(
         (width - 2 * pad) / max(high[0] - low[0], 1e-9),
         (height - 2 * pad) / max(high[1] - low[1], 1e-9),
@@ -1084,21 +1097,55 @@ def _map_svg(drawn: _ReportMap) -> str:
                 f"<path d='{path}' stroke='{SPLIT_COLORS[role]}' stroke-width='4' "
                 "stroke-linecap='round' opacity='0.8'/>"
             )
-    if len(b):
-        cx, cy = to_px(b["x"].to_numpy(np.float64), b["y"].to_numpy(np.float64))
-        for radius, dash in ((b["r2d"], ""), (b["inner_r2d"], " stroke-dasharray='2 2'")):
-            r = radius.to_numpy(np.float64) * scale
-            circles = "".join(
-                f"<circle cx='{x:.1f}' cy='{y:.1f}' r='{ri:.1f}'/>"
-                for x, y, ri in zip(cx, cy, r, strict=True)
-                if ri > 0
-            )
-            parts.append(
-                f"<g class='bubbles' fill='none' stroke='{_BUBBLE_COLOUR}' stroke-width='1'{dash}>"
-                f"{circles}</g>"
-            )
+    if bubbles:
+        marks = "".join(_bubble_svg(b, to_px, scale) for b in bubbles)
+        parts.append(
+            f"<g class='bubbles' fill='none' stroke='{_BUBBLE_COLOUR}' stroke-width='1'>{marks}</g>"
+        )
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _bubble_extent(bubble: Any) -> np.ndarray:
+    """Points that bound what is drawn of a bubble (a row of `_ReportMap.bubbles`): its
+    outline's corners, or its outer circle's bounding box."""
+    if bubble.outer is not None:
+        return np.asarray(bubble.outer, np.float64).reshape(-1, 2)
+    r = bubble.r2d
+    return np.array([[bubble.x - r, bubble.y - r], [bubble.x + r, bubble.y + r]], np.float64)
+
+
+def _bubble_svg(bubble: Any, to_px: Callable[[Any, Any], tuple[Any, Any]], scale: float) -> str:
+    """One bubble's group: its title, then its outline and its inner shell's (dotted) as
+    closed paths, or as circles where the stored map has no outlines; "" for nothing."""
+    marks = []
+    for outline, radius, css in (
+        (bubble.outer, bubble.r2d, ""),
+        (bubble.inner, bubble.inner_r2d, " class='inner'"),
+    ):
+        if outline is None:
+            if radius > 0:
+                cx, cy = to_px(bubble.x, bubble.y)
+                marks.append(f"<circle{css} cx='{cx:.1f}' cy='{cy:.1f}' r='{radius * scale:.1f}'/>")
+        elif len(outline):
+            corners = np.asarray(outline, np.float64)
+            x, y = to_px(corners[:, 0], corners[:, 1])
+            marks.append(f"<path{css} d='{_closed_path(x, y)}'/>")
+    if not marks:
+        return ""
+    return f"<g><title>bubble {int(bubble.anchor_id)}</title>{''.join(marks)}</g>"
+
+
+def _closed_path(x: np.ndarray, y: np.ndarray) -> str:
+    """An SVG path through the corners and back to the first, in whole pixels (half a
+    pixel is below what a 1-pixel line shows; the report stays small): the first corner
+    absolute, the others relative to the one before. The steps are taken between
+    corners already rounded, so no rounding adds up."""
+    corners = np.rint(np.stack([x, y], axis=1)).astype(np.int64)
+    steps = np.diff(corners, axis=0).ravel()
+    # A minus sign separates two numbers; a space is needed otherwise.
+    lines = "".join(str(v) if v < 0 else f" {v}" for v in steps).lstrip()
+    return f"M{corners[0, 0]} {corners[0, 1]}{'l' + lines if lines else ''}z"
 
 
 def _histogram_svg(result: dict[str, Any]) -> str | None:
@@ -1239,7 +1286,7 @@ def _figures_html(result: dict[str, Any], drawn: _ReportMap | None) -> list[str]
             f"<h2>Embedding map: {html.escape(drawn.title)}</h2>",
             _map_svg(drawn),
             f"<p>{_legend({r: SPLIT_COLORS[r] for r in metrics.ROLES})}"
-            + ("Circles: bubbles (inner shell dotted). " if len(drawn.bubbles) else "")
+            + (_BUBBLES_KEY if len(drawn.bubbles) else "")
             + html.escape(" ".join(drawn.notes))
             + "</p>",
         ]
@@ -1259,6 +1306,7 @@ _STYLE = (
     "table{border-collapse:collapse;margin:0.5em 0 1.5em}"
     "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"
     "th{background:#f3f3f3}code{background:#f3f3f3;padding:0 3px}"
+    ".bubbles .inner{stroke-dasharray:2 2}"
     ".warning{background:#fff4e0;border-left:4px solid #f0a020;padding:0.5em 1em}"
     ".key{display:inline-block;width:10px;height:10px;margin:0 4px 0 10px}"
     ".pairs{display:flex;flex-wrap:wrap;gap:12px}figure{margin:0;font-size:11px}"

@@ -2,8 +2,9 @@
 
 Every name a user gives becomes a safe folder name, and every path is checked to stay
 inside the export folder before anything is written. The manifest's assignments come
-from the stored state (the source of truth), and its cells are neutralised against
-spreadsheet formulas.
+from the stored state (the source of truth), its exported paths from the exporter
+itself (`record_exported_media`: FiftyOne's exporters name their files), and its cells
+are neutralised against spreadsheet formulas.
 """
 
 from __future__ import annotations
@@ -20,8 +21,15 @@ from typing import Any
 
 import fiftyone as fo
 import fiftyone.core.collections as foc
+import fiftyone.utils.data as foud
 
-from .fields import ASSIGNMENT_COLUMNS, SPLIT_TAGS, root_dataset, table_from_frame
+from .fields import (
+    ASSIGNMENT_COLUMNS,
+    SPLIT_TAGS,
+    record_exported_media,
+    root_dataset,
+    table_from_frame,
+)
 from .state import load_state
 
 # Image formats offered in the App; any `fiftyone.types.Dataset` works from Python.
@@ -38,13 +46,16 @@ EXPORT_TYPES: dict[str, str] = {
 }
 # Exporters that write all splits into one directory, selected with `split=`.
 _SPLIT_ARG_TYPES = ("YOLOv5Dataset",)
+# Arguments `SampleCollection.export` takes itself rather than passing to the exporter.
+_VIEW_EXPORT_ARGS = ("frame_labels_field", "progress")
 
 MANIFEST_NAME = "manifest.csv"
-# `source_filepath` is the sample's media where the dataset has it: exporters name the
-# copies their own way (per format), so the manifest names the source, which stays.
+# `source_filepath` is the sample's media where the dataset has it; `exported_filepath`
+# the file the exporter wrote for it, relative to the export folder (see `export`).
 MANIFEST_COLUMNS = (
     "id",
     "source_filepath",
+    "exported_filepath",
     "split",
     "anchor_id",
     "shell",
@@ -79,10 +90,18 @@ def export(
     every path is checked to stay inside ``export_dir`` before anything is written.
     Also writes ``export_dir/manifest.csv``: one row per exported sample, then one per
     duplicate the state set aside (not exported: ``split`` is ``duplicate`` and
-    ``duplicate_of`` names the kept original), with id, source_filepath, split,
-    anchor_id, shell, round and duplicate_of from the stored state, and export_folders,
-    the sample's names and folders as JSON. Cells that a spreadsheet would run as a
-    formula start with one added quote (`safe_csv_cell`).
+    ``duplicate_of`` names the kept original), with id, source_filepath (the sample's
+    media), exported_filepath, split, anchor_id, shell, round and duplicate_of from the
+    stored state, and export_folders, the sample's names and folders as JSON. Cells that
+    a spreadsheet would run as a formula start with one added quote (`safe_csv_cell`).
+
+    ``exported_filepath`` is the file the exporter wrote for the sample, relative to
+    ``export_dir`` with ``/`` separators (the folder can be moved or archived whole), as
+    the exporter named it: ``train/data/cat-2.jpg`` for a second ``cat.jpg``. A sample
+    exported under several tags has a file in each of their folders, one per line in
+    the order of ``tags``. It is empty for a duplicate and where the exporter wrote no
+    file of the sample's media (``export_media=False`` or ``"manifest"``, image
+    patches).
 
     A labelled format needs a label field of the type it writes: without
     ``label_field``, the one such field of the dataset is used; none or several is an
@@ -128,7 +147,7 @@ def export(
     created = not export_dir.exists()
     _prepare_export_dir(samples, export_dir, overwrite)
     try:
-        exported, exported_as = _export_each(
+        exported, exported_as, exported_files = _export_each(
             samples,
             export_dir,
             type_name,
@@ -149,7 +168,7 @@ def export(
     duplicates = [
         sid for sid, split in zip(table["id"], splits, strict=True) if split == "duplicate"
     ]
-    _write_manifest(root_dataset(samples), exported_as, duplicates, table, manifest)
+    _write_manifest(root_dataset(samples), exported_as, exported_files, duplicates, table, manifest)
     return {
         "export_dir": str(export_dir),
         "dataset_type": type_name,
@@ -170,29 +189,45 @@ def _export_each(
     label_field: str | None,
     export_media: bool | str,
     kwargs: dict[str, Any],
-) -> tuple[dict[str, int], dict[str, dict[str, str]]]:
+) -> tuple[dict[str, int], dict[str, dict[str, str]], dict[str, list[str]]]:
     """Exports each name's samples; returns counts per name and, per exported sample id
-    (in export order), its names and folders."""
+    (in export order), its names and folders, and its exported files (relative to
+    ``export_dir``, one per name that wrote one)."""
     exported: dict[str, int] = {}
     exported_as: dict[str, dict[str, str]] = {}  # sample id -> {name: folder}, in order
+    exported_files: dict[str, list[str]] = {}
     for name in names:
         view = samples.match_tags(name)
         exported[name] = len(view)
         if not exported[name]:
             continue
         args = dict(kwargs)
-        if label_field:
-            args["label_field"] = label_field
         if type_name in _SPLIT_ARG_TYPES:
             args.update(export_dir=str(export_dir), split=folders[name])
         else:
             args["export_dir"] = str(export_dir / folders[name])
         if type_name != "FiftyOneDataset" or export_media is not True:
             args["export_media"] = export_media
-        view.export(dataset_type=type_cls, **args)
-        for sid in view.values("id"):
+        # What `view.export(dataset_type=...)` does, with the exporter in hand so that
+        # it can say which file it wrote for each sample.
+        view_args = {k: args.pop(k) for k in _VIEW_EXPORT_ARGS if k in args}
+        exporter, unused = foud.build_dataset_exporter(type_cls, warn_unused=False, **args)
+        written = record_exported_media(exporter)
+        view.export(dataset_exporter=exporter, label_field=label_field, **view_args, **unused)
+        for sid, source in zip(*view.values(["id", "filepath"]), strict=True):
             exported_as.setdefault(sid, {})[name] = folders[name]
-    return exported, exported_as
+            file = _inside_export(written.get(source), export_dir)
+            if file:
+                exported_files.setdefault(sid, []).append(file)
+    return exported, exported_as, exported_files
+
+
+def _inside_export(path: str | None, export_dir: Path) -> str | None:
+    """``path`` relative to ``export_dir`` with ``/`` separators; None for no path or a
+    path outside it (the source itself, where the exporter wrote no media)."""
+    if not path or not Path(path).is_relative_to(export_dir):
+        return None
+    return Path(path).relative_to(export_dir).as_posix()
 
 
 def _label_field_for(
@@ -318,7 +353,7 @@ def _export_names(names: Any) -> list[str]:
 
 def _check_export_kwargs(kwargs: dict[str, Any]) -> None:
     """Exporter paths stay relative to the export folder: no absolute path, no ``..``."""
-    reserved = sorted({"export_dir", "split"} & set(kwargs))
+    reserved = sorted({"export_dir", "split", "dataset_exporter"} & set(kwargs))
     if reserved:
         raise ValueError(f"export() sets {reserved} itself; do not pass them")
     for key, value in kwargs.items():
@@ -362,14 +397,16 @@ def _prepare_export_dir(samples: foc.SampleCollection, export_dir: Path, overwri
 def _write_manifest(
     dataset: fo.Dataset,
     exported_as: dict[str, dict[str, str]],
+    exported_files: dict[str, list[str]],
     duplicates: list[str],
     table: dict[str, list],
     path: Path,
 ) -> None:
     """One row per exported sample, then per duplicate (exported nowhere). Assignments
     come from ``table``, the stored state's (the source of truth; the fields are only a
-    mirror), empty for a sample the state does not hold; every cell is neutralised
-    against spreadsheet formulas and quoted."""
+    mirror), empty for a sample the state does not hold; exported files from
+    ``exported_files``, one per line; every cell is neutralised against spreadsheet
+    formulas and quoted."""
     ids = list(exported_as) + [sid for sid in duplicates if sid not in exported_as]
     position = {sid: k for k, sid in enumerate(table["id"])}
     paths = dict(zip(*dataset.select(ids).values(["id", "filepath"]), strict=True)) if ids else {}
@@ -379,5 +416,7 @@ def _write_manifest(
         for sid in ids:
             k = position.get(sid)
             state = [None if k is None else table[c][k] for c in ASSIGNMENT_COLUMNS]
+            files = "\n".join(exported_files.get(sid, []))
             folders = json.dumps(exported_as.get(sid, {}), ensure_ascii=False)
-            writer.writerow([safe_csv_cell(v) for v in (sid, paths.get(sid), *state, folders)])
+            row = (sid, paths.get(sid), files, *state, folders)
+            writer.writerow([safe_csv_cell(v) for v in row])

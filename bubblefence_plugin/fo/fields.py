@@ -112,6 +112,42 @@ def serialized_view(samples: foc.SampleCollection) -> list[dict[str, Any]]:
     return view._serialize()
 
 
+def record_exported_media(exporter: Any) -> dict[str, str]:
+    """Makes a FiftyOne dataset exporter note the file it writes for each media path:
+    returns the dict the export then fills, source path -> the path the exporter chose
+    (a copy, a moved file or a symlink; the source path itself where it writes no media).
+
+    Exporters name their files themselves (``name-2.png`` for a second ``name.png``, a
+    folder per class, ``images/<split>/``) and no public call tells the name afterwards.
+    Each writes media through the ``MediaExporter`` it makes in ``setup`` and keeps as
+    its private ``_media_exporter``, whose public ``export`` returns the path it wrote:
+    that answer is recorded. An exporter without one records nothing.
+
+    Args:
+        exporter: a ``fiftyone.utils.data.DatasetExporter``, not yet set up
+    """
+    written: dict[str, str] = {}
+    setup = exporter.setup
+
+    def setup_recording() -> None:
+        setup()
+        media_exporter = getattr(exporter, "_media_exporter", None)
+        if media_exporter is None:
+            return
+        export = media_exporter.export
+
+        def export_recording(media_or_path: Any, outpath: str | None = None) -> tuple[str, str]:
+            path_and_uuid = export(media_or_path, outpath=outpath)
+            if isinstance(media_or_path, str):  # not an image made in memory (a patch)
+                written[media_or_path] = path_and_uuid[0]
+            return path_and_uuid
+
+        media_exporter.export = export_recording
+
+    exporter.setup = setup_recording
+    return written
+
+
 # --------------------------------------------------------------------------- collections
 
 
