@@ -159,5 +159,13 @@ def test_missing_inputs_are_refused_by_name():
         cur.select(x, cur.CurationRequest({"balance": 1.0}, count=3))
     with pytest.raises(ValueError, match="similar needs"):
         cur.select(x, cur.CurationRequest({"similar": 1.0}, count=3))
-    with pytest.raises(ValueError, match="L2-normalised"):
-        cur.select(x * 3, cur.CurationRequest({"diverse": 1.0}, count=3))
+
+
+def test_rows_are_normalised_and_bad_rows_refused_by_number():
+    x, _ = separated_clusters(2, 10)
+    request = cur.CurationRequest({"diverse": 1.0, "typical": 0.5}, count=5)
+    np.testing.assert_array_equal(cur.select(x * 3, request).rows, cur.select(x, request).rows)
+    broken = x.copy()
+    broken[4] = 0.0
+    with pytest.raises(ValueError, match=r"x rows \[4\] are zero vectors"):
+        cur.select(broken, request)

@@ -1,7 +1,8 @@
 """Curation on embeddings beside the split: typicality, diverse picks, balanced picks.
 
-Arrays only (unit rows), no FiftyOne. Every strategy reduces to one of two kinds of
-term, combined with strengths into one greedy objective (`select`):
+Arrays only, no FiftyOne; rows are normalised to unit length where they are not.
+Every strategy reduces to one of two kinds of term, combined with strengths into one
+greedy objective (`select`):
 
 * static scores, rank-normalised to [0, 1] so strengths weigh like against like:
   ``typical`` (typicality), ``outliers`` (1 - typicality rank), ``similar`` (most
@@ -37,7 +38,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import rankdata
 
-from .neighbors import knn, nearest
+from .neighbors import as_unit_rows, knn, nearest
 from .regions import RegionIndex
 
 # Neighbours averaged by typicality: enough that one near-duplicate does not make a
@@ -290,7 +291,7 @@ def typicality(x: np.ndarray, k: int = TYPICALITY_K, seed: int = 0) -> np.ndarra
 
     Exact (`knn_all`); ``seed`` only chooses the search's regions, never the result.
     """
-    x = _unit_matrix(x, "x")
+    x = as_unit_rows(x, "x")
     if len(x) < 2:
         raise ValueError(f"typicality needs at least 2 samples, got {len(x)}")
     sims, _ = knn_all(x, k, seed=seed)
@@ -299,8 +300,8 @@ def typicality(x: np.ndarray, k: int = TYPICALITY_K, seed: int = 0) -> np.ndarra
 
 def query_similarity(x: np.ndarray, query: np.ndarray) -> np.ndarray:
     """Cosine similarity of each row to its most similar query row (exact, blockwise)."""
-    x = _unit_matrix(x, "x")
-    query = _unit_matrix(query, "query")
+    x = as_unit_rows(x, "x")
+    query = as_unit_rows(query, "query")
     if len(query) == 0:
         raise ValueError("the query set is empty: give at least one query sample")
     if query.shape[1] != x.shape[1]:
@@ -392,7 +393,7 @@ def select(
     ``balance``, ``query`` by ``similar``, ``metadata`` (one number per row) by
     ``metadata``. Ties go to the lower row index, so the result is deterministic.
     """
-    x = _unit_matrix(x, "x")
+    x = as_unit_rows(x, "x")
     n = len(x)
     mask = np.ones(n, bool) if eligible is None else np.asarray(eligible, bool)
     if mask.shape != (n,):
@@ -502,7 +503,7 @@ def _greedy_diverse(
     open_ = mask.copy()
     max_sim = np.full(len(x), -np.inf, np.float32)
     if start is not None and len(start):
-        start = _unit_matrix(start, "start")
+        start = as_unit_rows(start, "start")
         max_sim = nearest(x, start)[0]
     picked: list[int] = []
     while len(picked) < count and open_.any():
@@ -534,7 +535,7 @@ def _argmax(values: np.ndarray, mask: np.ndarray) -> int:
 
 def covering_radius(x: np.ndarray, subset: np.ndarray) -> float:
     """Largest cosine distance from any row of ``x`` to its nearest row of ``subset``."""
-    return float(1.0 - nearest(_unit_matrix(x, "x"), _unit_matrix(subset, "subset"))[0].min())
+    return float(1.0 - nearest(as_unit_rows(x, "x"), as_unit_rows(subset, "subset"))[0].min())
 
 
 # --------------------------------------------------------------------------- helpers
@@ -546,16 +547,3 @@ def _ranks(values: np.ndarray) -> np.ndarray:
     if n < 2:
         return np.full(n, 0.5)
     return (rankdata(values, method="average") - 1.0) / (n - 1)
-
-
-def _unit_matrix(x: np.ndarray, name: str) -> np.ndarray:
-    """float32 2-D rows of (nearly) unit length; anything else is refused by name."""
-    x = np.asarray(x)
-    if x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
-        raise ValueError(f"{name} must be a numeric 2-D array, got shape {x.shape}")
-    x = x.astype(np.float32, copy=False)
-    if len(x):
-        norms = np.linalg.norm(x[: min(len(x), 1000)], axis=1)
-        if not np.all(np.abs(norms - 1.0) < 1e-3):
-            raise ValueError(f"{name} must hold L2-normalised rows (cosine geometry)")
-    return x

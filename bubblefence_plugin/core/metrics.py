@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 
 from .labels import encode_label_sets, label_shares
-from .neighbors import nearest
+from .neighbors import as_unit_rows, nearest
 from .progress import Progress, Steps, drive, within
 
 TRAIN, VALIDATION, TEST = "train", "validation", "test"
@@ -227,33 +227,6 @@ def _strings(values: Sequence[Any] | np.ndarray) -> np.ndarray:
     if isinstance(values, np.ndarray) and values.dtype.kind == "U":
         return values
     return np.asarray(["" if v is None else str(v) for v in values], dtype=str)
-
-
-def _unit_rows(embeddings: np.ndarray) -> np.ndarray:
-    """float32 unit rows; a normalised copy only when the input is not normalised already."""
-    x = np.asarray(embeddings)
-    if x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
-        raise ValueError(
-            f"embeddings must be a numeric 2-D array (n, d), got shape {x.shape}, dtype {x.dtype}"
-        )
-    x = x.astype(np.float32, copy=False)
-    norms = np.empty(len(x), dtype=np.float64)
-    for start in range(0, len(x), BASE_CHUNK):
-        chunk = x[start : start + BASE_CHUNK].astype(np.float64)
-        norms[start : start + len(chunk)] = np.sqrt(np.einsum("ij,ij->i", chunk, chunk))
-    bad = np.flatnonzero(~np.isfinite(norms) | (norms == 0))
-    if len(bad):
-        raise ValueError(
-            f"embeddings rows {bad[:10].tolist()} are zero or not finite "
-            f"({len(bad)} rows); drop them before auditing"
-        )
-    if np.all(np.abs(norms - 1.0) <= 1e-3):
-        return x
-    out = np.empty_like(x)
-    for start in range(0, len(x), BASE_CHUNK):
-        stop = min(start + BASE_CHUNK, len(x))
-        out[start:stop] = x[start:stop] / norms[start:stop, None].astype(np.float32)
-    return out
 
 
 def _check_thresholds(thresholds: Sequence[float]) -> list[float]:
@@ -435,7 +408,7 @@ def _leakage_in(
     seed: int,
 ) -> Leakage | None:
     steps = _iter_leakage(
-        _unit_rows(embeddings),
+        as_unit_rows(embeddings),
         direction,
         _leakage_pairs(role_codes(split), direction),
         _check_thresholds(thresholds),
@@ -471,7 +444,7 @@ def cross_split_similarity(
     vectors), so ``similarity >= 1 - distance`` reproduces its threshold exactly. Every
     query is compared with every other-role row: use it at the sizes the Brain handles.
     """
-    x = _unit_rows(embeddings)
+    x = as_unit_rows(embeddings)
     codes = role_codes(split)
     has_role = np.flatnonzero(codes >= 0)
     out = np.full(len(x), np.nan, dtype=np.float64)
@@ -649,7 +622,7 @@ def diversity_from_covariance(covariance: np.ndarray, n: int) -> Diversity:
 
 def diversity(embeddings: np.ndarray, rows: np.ndarray | None = None) -> Diversity | None:
     """Diversity of ``embeddings[rows]`` (all rows by default); None for fewer than 2 rows."""
-    x = _unit_rows(embeddings)
+    x = as_unit_rows(embeddings)
     rows = np.arange(len(x)) if rows is None else np.asarray(rows)
     n, _, scatter = _moments(x, rows)
     return diversity_from_covariance(scatter / (n - 1), n) if n >= 2 else None
@@ -792,7 +765,7 @@ def iter_audit(
     thresholds, eval_ratio, validation_ratio = check_audit_knobs(
         thresholds, eval_ratio, validation_ratio, min_label_count, max_queries, seed
     )
-    x = _unit_rows(embeddings)
+    x = as_unit_rows(embeddings)
     codes = role_codes(split)
     n = len(x)
     if len(codes) != n:

@@ -384,3 +384,58 @@ def nearest_centre(vectors: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray
                 index[row[first]] = c[first]
                 best[row[first]] = exact[first]
     return index, best
+
+
+# --------------------------------------------------------------------------- unit rows
+
+# Rows normalised per step: whole-matrix temporaries would double peak memory.
+NORMALISE_BLOCK = 65_536
+# Rows whose norm is this close to 1 count as unit already (embedding models and
+# FiftyOne's own fields store float32 vectors normalised to about 1e-7).
+UNIT_NORM_TOLERANCE = 1e-3
+
+
+def unit_rows(
+    embeddings: np.ndarray, out: np.ndarray | None = None, name: str = "embeddings"
+) -> np.ndarray:
+    """float32 rows scaled to unit length, as the state stores them (into `out` if given).
+
+    Raises ValueError naming the rows that are not finite or are zero vectors.
+    """
+    x = np.asarray(embeddings)
+    out = np.empty(x.shape, np.float32) if out is None else out
+    for start in range(0, len(x), NORMALISE_BLOCK):
+        block = out[start : start + NORMALISE_BLOCK]
+        block[...] = x[start : start + NORMALISE_BLOCK]
+        bad = np.flatnonzero(~np.isfinite(block).all(axis=1))
+        if len(bad):
+            rows = (start + bad[:10]).tolist()
+            raise ValueError(f"{name} rows {rows} contain NaN or inf")
+        norms = np.sqrt(np.einsum("ij,ij->i", block, block))
+        zero = np.flatnonzero(norms == 0)
+        if len(zero):
+            raise ValueError(f"{name} rows {(start + zero[:10]).tolist()} are zero vectors")
+        block /= norms[:, None]
+    return out
+
+
+def as_unit_rows(x: np.ndarray, name: str = "embeddings") -> np.ndarray:
+    """float32 unit rows of a 2-D numeric array, copied only when not unit already.
+
+    For readers (audit, curation) that take arrays from users: rows within
+    `UNIT_NORM_TOLERANCE` of unit length are used as they are, others are normalised
+    (`unit_rows`); rows that are zero or not finite are refused by number.
+    """
+    x = np.asarray(x)
+    if x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
+        raise ValueError(
+            f"{name} must be a numeric 2-D array (n, d), got shape {x.shape}, dtype {x.dtype}"
+        )
+    x = x.astype(np.float32, copy=False)
+    for start in range(0, len(x), NORMALISE_BLOCK):
+        block = x[start : start + NORMALISE_BLOCK].astype(np.float64)
+        norms = np.sqrt(np.einsum("ij,ij->i", block, block))
+        # NaN fails the comparison too, and `unit_rows` names the rows.
+        if not np.all(np.abs(norms - 1.0) <= UNIT_NORM_TOLERANCE):
+            return unit_rows(x, name=name)
+    return x

@@ -49,14 +49,13 @@ from .groups import (
 )
 from .grow import BubbleGrower, Strata, Units, eval_floor, round_budget
 from .labels import LabelIndex, encode_label_sets, label_shares, label_summary
-from .neighbors import blas_threads
+from .neighbors import blas_threads, unit_rows
 from .regions import RegionIndex
 from .state import damaged, read_state, write_state
 from .twins import twin_components
 
 # Rows used as the neighbour reference when estimating LID for snapping.
 LID_REFERENCE = 10_000
-NORMALISE_BLOCK = 65_536
 # Capacity of the embeddings buffer, relative to the rows it holds once it must grow.
 BUFFER_GROWTH = 1.5
 
@@ -725,29 +724,6 @@ class BubbleFence:
             new_anchor_ids=list(range(first_anchor, len(self._anchors))),
             stats=record,
         )
-
-
-def unit_rows(embeddings: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """float32 rows scaled to unit length, as the state stores them (into `out` if given).
-
-    Raises ValueError naming the rows that are not finite or are zero vectors.
-    """
-    x = np.asarray(embeddings)
-    out = np.empty(x.shape, np.float32) if out is None else out
-    # Block by block: whole-matrix temporaries would double peak memory.
-    for start in range(0, len(x), NORMALISE_BLOCK):
-        block = out[start : start + NORMALISE_BLOCK]
-        block[...] = x[start : start + NORMALISE_BLOCK]
-        bad = np.flatnonzero(~np.isfinite(block).all(axis=1))
-        if len(bad):
-            rows = (start + bad[:10]).tolist()
-            raise ValueError(f"embeddings rows {rows} contain NaN or inf")
-        norms = np.sqrt(np.einsum("ij,ij->i", block, block))
-        zero = np.flatnonzero(norms == 0)
-        if len(zero):
-            raise ValueError(f"embeddings rows {(start + zero[:10]).tolist()} are zero vectors")
-        block /= norms[:, None]
-    return out
 
 
 def _append_optional(

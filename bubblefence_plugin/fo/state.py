@@ -23,6 +23,7 @@ import fiftyone.core.collections as foc
 import numpy as np
 
 from ..core.config import BubbleFenceConfig
+from ..core.neighbors import unit_rows
 from ..core.state import (
     StateDamagedError,
     check_layout,
@@ -230,7 +231,6 @@ def _stored_embeddings(
     and a second copy in the run would double a million-sample dataset's storage.
     Returns the matrix (zero rows for samples deleted since) and the deleted ids.
     """
-    from ..core.pipeline import unit_rows
     from ..embedder import embeddings_from_array
 
     field = params["embeddings_field"]
