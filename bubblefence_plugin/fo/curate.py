@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import fiftyone as fo
@@ -180,85 +181,128 @@ def iter_sample(
 
     with RunLock(dataset, "sample") as lock:
         yield Progress(0.02, "Reading embeddings")
-        ids = samples.match_tags(EXCLUDED_TAG, bool=False).values("id")
-        ok_ids, x, errors = read_embeddings(dataset, ids, field, None)
-        if len(ok_ids) < 2:
-            raise ValueError(
-                f"{len(ok_ids)} of the {len(ids)} samples have a usable embedding in "
-                f"{field!r}; picking needs at least 2"
-            )
-        ordered = dataset.select(ok_ids, ordered=True)
-        eligible = np.ones(len(ok_ids), bool)
-        if from_split:
-            eligible &= np.asarray(ordered.values(SPLIT_FIELD), dtype=object) == from_split
-        start = None
-        for name in (start_from, query_tag):
-            if name:  # never re-pick what counts as picked, nor the query itself
-                eligible &= ~np.isin(ok_ids, _tagged_ids(dataset, name))
-        if start_from:
-            start = _vectors(dataset, _tagged_ids(dataset, start_from), field, x.shape[1])
-        query = (
-            _vectors(dataset, _tagged_ids(dataset, query_tag), field, x.shape[1])
-            if query_tag
-            else None
+        pool = _candidates(
+            dataset, samples, field, from_split, start_from, query_tag, label_field, metadata_path
         )
-        labels = _single_labels(ordered, label_field) if label_field else None
-        metadata = (
-            np.asarray([np.nan if v is None else v for v in ordered.values(metadata_path)], float)
-            if metadata_path
-            else None
-        )
-        if not eligible.any():
-            raise ValueError(_no_candidates(from_split, start_from, query_tag))
-
-        yield Progress(0.1, f"Typicality of {len(ok_ids)} samples")
-        typ = typicality(x, request.k, request.seed)
+        yield Progress(0.1, f"Typicality of {len(pool.ids)} samples")
+        typ = typicality(pool.x, request.k, request.seed)
         lock.heartbeat(force=True)
         yield Progress(0.5, "Regions")
-        regions = _assign_regions(dataset, ordered, x, field, request.seed)
-        yield Progress(0.6, f"Picking {request.count} of {int(eligible.sum())} candidates")
+        regions = _assign_regions(dataset, pool.ordered, pool.x, field, request.seed)
+        n_candidates = int(pool.eligible.sum())
+        yield Progress(0.6, f"Picking {request.count} of {n_candidates} candidates")
         chosen = select(
-            x,
+            pool.x,
             request,
-            eligible=eligible,
-            labels=labels,
-            query=query,
-            metadata=metadata,
-            start=start,
+            eligible=pool.eligible,
+            labels=pool.labels,
+            query=pool.query,
+            metadata=pool.metadata,
+            start=pool.start,
             typicality_scores=typ,
         )
         lock.heartbeat(force=True)
-
         yield Progress(0.85, f"Tagging {len(chosen.rows)} samples {tag!r}")
-        if replace:
-            dataset.match_tags(tag).untag_samples(tag)
-        picked = [ok_ids[i] for i in chosen.rows]
-        dataset.select(picked).tag_samples(tag)
-        dataset.set_values(
-            TYPICALITY_FIELD, dict(zip(ok_ids, typ.tolist(), strict=True)), key_field="id"
-        )
-        dataset.set_values(
-            REGION_FIELD, dict(zip(ok_ids, regions.tolist(), strict=True)), key_field="id"
-        )
+        picked = [pool.ids[i] for i in chosen.rows]
+        _write_pick(dataset, tag, replace, picked, pool.ids, typ, regions)
     yield Progress(1.0, "Done")
+    strengths_text = ", ".join(f"{n} {request.strengths[n]:g}" for n in request.active)
     return {
         "dataset": dataset.name,
         "tag": tag,
         "strengths": {n: request.strengths[n] for n in request.active},
-        "n_read": len(ok_ids),
-        "n_errors": len(errors),
-        "n_candidates": int(eligible.sum()),
+        "n_read": len(pool.ids),
+        "n_errors": len(pool.errors),
+        "n_candidates": n_candidates,
         "n_picked": len(picked),
         "quotas": chosen.quotas,
         "n_regions": int(regions.max()) + 1,
         "picked_ids": picked,
         "message": (
-            f"Tagged {len(picked)} of {int(eligible.sum())} candidates {tag!r} "
-            f"({', '.join(f'{n} {request.strengths[n]:g}' for n in request.active)}); "
-            f"typicality and regions written for {len(ok_ids)} samples"
-            + (f"; {len(errors)} samples without a usable embedding" if errors else "")
+            f"Tagged {len(picked)} of {n_candidates} candidates {tag!r} ({strengths_text}); "
+            f"typicality and regions written for {len(pool.ids)} samples"
+            + (f"; {len(pool.errors)} samples without a usable embedding" if pool.errors else "")
         ),
     }
+
+
+@dataclass
+class _Pool:
+    """The samples a pick reads (every non-excluded sample with a usable embedding), in
+    one order, and what the strategies need of them."""
+
+    ids: list[str]
+    x: np.ndarray
+    errors: dict[str, str]  # sample id -> why its embedding is unusable
+    ordered: foc.SampleCollection
+    eligible: np.ndarray  # may be picked: in `from_split`, neither start nor query
+    start: np.ndarray | None  # vectors counted as picked already (`start_from`)
+    query: np.ndarray | None  # vectors of `query_tag`
+    labels: np.ndarray | None
+    metadata: np.ndarray | None
+
+
+def _candidates(
+    dataset: fo.Dataset,
+    samples: foc.SampleCollection,
+    field: str,
+    from_split: str | None,
+    start_from: str | None,
+    query_tag: str | None,
+    label_field: str | None,
+    metadata_path: str | None,
+) -> _Pool:
+    ids = samples.match_tags(EXCLUDED_TAG, bool=False).values("id")
+    ok_ids, x, errors = read_embeddings(dataset, ids, field, None)
+    if len(ok_ids) < 2:
+        raise ValueError(
+            f"{len(ok_ids)} of the {len(ids)} samples have a usable embedding in "
+            f"{field!r}; picking needs at least 2"
+        )
+    ordered = dataset.select(ok_ids, ordered=True)
+    eligible = np.ones(len(ok_ids), bool)
+    if from_split:
+        eligible &= np.asarray(ordered.values(SPLIT_FIELD), dtype=object) == from_split
+    for name in (start_from, query_tag):
+        if name:  # never re-pick what counts as picked, nor the query itself
+            eligible &= ~np.isin(ok_ids, _tagged_ids(dataset, name))
+    if not eligible.any():
+        raise ValueError(_no_candidates(from_split, start_from, query_tag))
+
+    def vectors_of(tag: str | None) -> np.ndarray | None:
+        return _vectors(dataset, _tagged_ids(dataset, tag), field, x.shape[1]) if tag else None
+
+    metadata = None
+    if metadata_path:
+        values = ordered.values(metadata_path)
+        metadata = np.asarray([np.nan if v is None else v for v in values], float)
+    return _Pool(
+        ids=ok_ids,
+        x=x,
+        errors=errors,
+        ordered=ordered,
+        eligible=eligible,
+        start=vectors_of(start_from),
+        query=vectors_of(query_tag),
+        labels=_single_labels(ordered, label_field) if label_field else None,
+        metadata=metadata,
+    )
+
+
+def _write_pick(
+    dataset: fo.Dataset,
+    tag: str,
+    replace: bool,
+    picked: list[str],
+    ids: list[str],
+    typ: np.ndarray,
+    regions: np.ndarray,
+) -> None:
+    if replace:
+        dataset.match_tags(tag).untag_samples(tag)
+    dataset.select(picked).tag_samples(tag)
+    dataset.set_values(TYPICALITY_FIELD, dict(zip(ids, typ.tolist(), strict=True)), key_field="id")
+    dataset.set_values(REGION_FIELD, dict(zip(ids, regions.tolist(), strict=True)), key_field="id")
 
 
 def make_request(
