@@ -9,7 +9,10 @@ the embeddings field (which fits the 2-D map), then plays the events of a user s
 through FiftyOne's own executor, as the App would send them: open the panel, recolour
 by round and back, click a bubble (the click, then the view change the App sends after
 it), reset the view, lasso points, exclude them, include them again; then the library
-calls of the last two alone, to show what of them the panel cannot save.
+calls of the last two alone, to show what of them the panel cannot save, and, as the
+baseline in the same run, the same two through a full load of the state (every vector
+read back from the field, the rows dropped, the state saved: what exclusion did before
+`state.forget_excluded`).
 
 A small stand-in for the App (`AppClient`) keeps the panel's state and data between
 events the way the App does (each ``patch_panel_*`` request's keys are paths set one by
@@ -54,6 +57,9 @@ from bench_core import append_results, make_data  # noqa: E402
 import bubblefence_plugin.fo as bfo  # noqa: E402
 from bubblefence_plugin.core.layout import METHOD_LABELS  # noqa: E402
 from bubblefence_plugin.fo import map as viz  # noqa: E402
+from bubblefence_plugin.fo import state  # noqa: E402
+from bubblefence_plugin.fo.fields import clear_excluded_fields  # noqa: E402
+from bubblefence_plugin.fo.runs import RunLock  # noqa: E402
 
 PANEL = "@bubblefence/bubblefence/bubblefence_panel"
 N_CLUSTERS = 8  # the user's report: 8 visual classes
@@ -167,7 +173,29 @@ def play_session(ds: fo.Dataset) -> list[EventCost]:
         app.costs.append(
             EventCost(f"{name}: `bfo.{call.__name__}` alone", time.perf_counter() - start)
         )
+    # Other samples again: those above left the state, so they would not leave it twice.
+    baseline = ds.select(ids[2 * EXCLUDED_POINTS : 3 * EXCLUDED_POINTS])
+    for name, tagging in (("exclude", "tag_samples"), ("include again", "untag_samples")):
+        start = time.perf_counter()
+        getattr(baseline, tagging)(bfo.EXCLUDED_TAG)
+        _apply_through_full_load(ds)
+        app.costs.append(
+            EventCost(f"{name}: baseline, full state load", time.perf_counter() - start)
+        )
     return app.costs
+
+
+def _apply_through_full_load(ds: fo.Dataset) -> None:
+    """The state leaves out the samples tagged excluded, through a full `load_state`."""
+    with RunLock(ds, "exclude"):
+        bf, params = bfo.load_state(ds)
+        before = list(params.get("excluded_ids", []))
+        if state.leave_split_if_excluded(ds, bf, params):
+            params["n_samples"] = int(bf.n_samples)
+            state.save_state(ds, bf, params)
+        elif params["excluded_ids"] != before:
+            state.STATE_RUN.update_params(ds, params)
+        clear_excluded_fields(ds)
 
 
 def main() -> None:
