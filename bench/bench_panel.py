@@ -9,7 +9,10 @@ the embeddings field (which fits the 2-D map), then plays the events of a user s
 through FiftyOne's own executor, as the App would send them: open the panel, recolour
 by round and back, click a bubble (the click, then the view change the App sends after
 it), reset the view, lasso points, exclude them, include them again; then the library
-calls of the last two alone, to show what of them the panel cannot save.
+calls of the last two alone, to show what of them the panel cannot save, and, as the
+baseline in the same run, the same two through a full load of the state (every vector
+read back from the field, the rows dropped, the state saved: what exclusion did before
+`state.forget_excluded`).
 
 A small stand-in for the App (`AppClient`) keeps the panel's state and data between
 events the way the App does (each ``patch_panel_*`` request's keys are paths set one by
@@ -49,11 +52,14 @@ os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
 import fiftyone as fo  # noqa: E402
 import fiftyone.operators as foo  # noqa: E402
 import pydash  # noqa: E402
-from bench_core import append_results, make_data  # noqa: E402
+from bench_core import append_results, make_data, peak_rss_mb, reset_peak_rss  # noqa: E402
 
 import bubblefence_plugin.fo as bfo  # noqa: E402
 from bubblefence_plugin.core.layout import METHOD_LABELS  # noqa: E402
 from bubblefence_plugin.fo import map as viz  # noqa: E402
+from bubblefence_plugin.fo import state  # noqa: E402
+from bubblefence_plugin.fo.fields import clear_excluded_fields  # noqa: E402
+from bubblefence_plugin.fo.runs import RunLock  # noqa: E402
 
 PANEL = "@bubblefence/bubblefence/bubblefence_panel"
 N_CLUSTERS = 8  # the user's report: 8 visual classes
@@ -74,6 +80,7 @@ class EventCost:
 
     name: str
     seconds: float
+    peak_mb: float
     bytes_down: int | None = None
     bytes_up: int | None = None
 
@@ -107,11 +114,12 @@ class AppClient:
         else:
             ctx["dataset"] = self.dataset
         bytes_up = len(json.dumps(request, default=str))
+        reset_peak_rss()
         start = time.perf_counter()
         result = foo.execute_operator(PANEL, ctx=ctx)
         seconds = time.perf_counter() - start
         sent = result.executor.to_json()
-        self.costs.append(EventCost(name, seconds, len(json.dumps(sent)), bytes_up))
+        self.costs.append(EventCost(name, seconds, peak_rss_mb(), len(json.dumps(sent)), bytes_up))
         others: dict[str, list[dict]] = {}
         for op in sent["requests"]:
             uri, op_params = op["operator_uri"], op["params"]
@@ -162,12 +170,34 @@ def play_session(ds: fo.Dataset) -> list[EventCost]:
     # The library calls those two events make, alone: what the panel cannot save.
     others = ds.select(ids[EXCLUDED_POINTS : 2 * EXCLUDED_POINTS])
     for name, call in (("exclude", bfo.exclude), ("include again", bfo.include_again)):
+        reset_peak_rss()
         start = time.perf_counter()
         call(others)
-        app.costs.append(
-            EventCost(f"{name}: `bfo.{call.__name__}` alone", time.perf_counter() - start)
-        )
+        seconds = time.perf_counter() - start
+        app.costs.append(EventCost(f"{name}: `bfo.{call.__name__}` alone", seconds, peak_rss_mb()))
+    # Other samples again: those above left the state, so they would not leave it twice.
+    baseline = ds.select(ids[2 * EXCLUDED_POINTS : 3 * EXCLUDED_POINTS])
+    for name, tagging in (("exclude", "tag_samples"), ("include again", "untag_samples")):
+        reset_peak_rss()
+        start = time.perf_counter()
+        getattr(baseline, tagging)(bfo.EXCLUDED_TAG)
+        _apply_through_full_load(ds)
+        seconds = time.perf_counter() - start
+        app.costs.append(EventCost(f"{name}: baseline, full state load", seconds, peak_rss_mb()))
     return app.costs
+
+
+def _apply_through_full_load(ds: fo.Dataset) -> None:
+    """The state leaves out the samples tagged excluded, through a full `load_state`."""
+    with RunLock(ds, "exclude"):
+        bf, params = bfo.load_state(ds)
+        before = list(params.get("excluded_ids", []))
+        if state.leave_split_if_excluded(ds, bf, params):
+            params["n_samples"] = int(bf.n_samples)
+            state.save_state(ds, bf, params)
+        elif params["excluded_ids"] != before:
+            state.STATE_RUN.update_params(ds, params)
+        clear_excluded_fields(ds)
 
 
 def main() -> None:
@@ -186,17 +216,19 @@ def main() -> None:
         f"({METHOD_LABELS[bfo.DEFAULT_METHOD]}: {refit_s:.1f} s); {stats['n_drawn']:,} of "
         f"{stats['n_view']:,} points drawn, {stats['n_bubbles']} bubbles. Seconds: the "
         "panel's handler through FiftyOne's executor (the browser's drawing not included). "
-        "Bytes: JSON sent by the server (the operations the event triggers) and by the App "
-        f"(the event's parameters and the panel state). Target: every event under "
-        f"{TARGET_S:.0f} s.\n",
-        "| event | seconds | bytes from the server | bytes from the App | before (the user's "
-        "App, issue 14) |",
-        "|---|---:|---:|---:|---|",
+        "Peak RSS: this process's high-water mark during the event (it also holds the "
+        "dataset's objects). Bytes: JSON sent by the server (the operations the event "
+        "triggers) and by the App (the event's parameters and the panel state). Target: "
+        f"every event under {TARGET_S:.0f} s.\n",
+        "| event | seconds | peak RSS MB | bytes from the server | bytes from the App | before "
+        "(the user's App, issue 14) |",
+        "|---|---:|---:|---:|---:|---|",
     ]
     for cost in costs:
         down, up = (f"{n:,}" if n is not None else "—" for n in (cost.bytes_down, cost.bytes_up))
         lines.append(
-            f"| {cost.name} | {cost.seconds:.2f} | {down} | {up} | {BASELINE.get(cost.name, '')} |"
+            f"| {cost.name} | {cost.seconds:.2f} | {cost.peak_mb:.0f} | {down} | {up} | "
+            f"{BASELINE.get(cost.name, '')} |"
         )
     print("\n".join(lines), flush=True)
     slow = [c.name for c in costs if c.seconds >= TARGET_S and c.bytes_down is not None]

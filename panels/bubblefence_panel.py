@@ -5,9 +5,10 @@ module turns App events into calls of it and into App operations (set the view, 
 samples, open the operators' forms).
 
 Events stay small on large datasets: the figure (at most `map.MAX_POINTS` points) is
-sent when the view or the split changes, a recolour sends only the points' colours
-and the legend (`map.map_colors`), a lasso sends no figure, and the App's repeated
-view-change events for a view already drawn get no answer (`BubbleFencePanel.execute`).
+sent when the view, the split or the colouring changes, each time to a plot of its own
+(`_draw`), so the App never copies it into the panel state, which it sends with every
+event and view change; a lasso sends no figure, and the App's repeated view-change
+events for a view already drawn get no answer (`BubbleFencePanel.execute`).
 The colour choice is a row of buttons (the active one filled), not a form input: a
 button sends one event with the choice, while an input's change first copies the
 whole form, plot included, into the panel state and sends that along.
@@ -16,6 +17,7 @@ whole form, plot included, into the panel state and sends that along.
 from __future__ import annotations
 
 import logging
+import uuid
 from datetime import datetime
 from typing import Any
 
@@ -55,7 +57,7 @@ MAP_HELP = (
     "later splits; **Include again** undoes it."
 )
 COLOR_LABELS = {"split": "Split", "round": "Round", "typicality": "Typicality", "region": "Region"}
-PLOT = "plot"  # the plot's key in the panel's data
+PLOT = "plot"  # the prefix of the plot's key in the panel's data (`_draw`)
 
 
 class BubbleFencePanel(foo.Panel):
@@ -69,21 +71,23 @@ class BubbleFencePanel(foo.Panel):
         )
 
     def execute(self, ctx: Any) -> Any:
-        """FiftyOne's event dispatch, with two savings on the App's traffic.
+        """FiftyOne's event dispatch, with three savings on the App's traffic.
 
         A view-change event for the view already drawn gets no answer: the App sends
         that event three times per change, and again after a re-render of the panel
         (seen in the browser), so answering it, if only with a re-render, would start
-        the next round. And when the App has copied the plot into the panel state (it
-        copies the whole form on some re-renders), the copy is dropped, as every later
-        event would carry it.
+        the next round. An empty lasso gets none either: the plot reports one after
+        every click and after its own re-render. And when the App has copied the plot
+        into the panel state, the copy is dropped, as every later event would carry it.
 
         Args:
             ctx: the execution context
         """
-        if ctx.panel.state.get(PLOT) is not None:
-            _forget_plot_copy(ctx)
-        if ctx.params.get("__method__") == "on_change_view" and _draws(ctx, ctx.view):
+        _forget_plot_copy(ctx)
+        method = ctx.params.get("__method__")
+        if method == "on_change_view" and _draws(ctx, ctx.view):
+            return None
+        if method == "on_lasso" and not _lassoed_ids(ctx):
             return None
         return super().execute(ctx)
 
@@ -116,8 +120,15 @@ class BubbleFencePanel(foo.Panel):
         ctx.panel.state.has_state = summary is not None
         if summary is None:
             ctx.panel.state.has_map = False
-            ctx.panel.data.set(PLOT, [])
+            _draw(ctx, [])
             return
+        self._draw_map(ctx, samples)
+        ctx.panel.state.n_not_split = summary["n_not_split"]
+        ctx.panel.state.summary_md = _summary_markdown(summary)
+        ctx.panel.state.audit_md = _audit_markdown(ctx.dataset, summary["split_updated_at"])
+
+    def _draw_map(self, ctx: Any, samples: Any) -> None:
+        """Draws the map of ``samples``, coloured as the panel's state says."""
         try:
             figure = bfo.map_figure(samples, ctx.panel.state.color_by or "split")
         except ValueError as e:  # e.g. a run of the same name not written by BubbleFence
@@ -126,28 +137,26 @@ class BubbleFencePanel(foo.Panel):
         else:
             ctx.panel.state.map_error = None
         ctx.panel.state.has_map = figure is not None
-        ctx.panel.data.set(PLOT, figure["data"] if figure else [])
+        _draw(ctx, figure["data"] if figure else [])
         ctx.panel.state.plot_layout = figure["layout"] if figure else None
         ctx.panel.state.map_method = figure["stats"]["method"] if figure else None
-        ctx.panel.state.map_revision = figure["stats"]["revision"] if figure else None
         ctx.panel.state.map_note = _map_note(figure["stats"]) if figure else NO_MAP
-        ctx.panel.state.n_not_split = summary["n_not_split"]
-        ctx.panel.state.summary_md = _summary_markdown(summary)
-        ctx.panel.state.audit_md = _audit_markdown(ctx.dataset, summary["split_updated_at"])
 
     # -- events ---------------------------------------------------------------------
 
     def on_color_by(self, ctx: Any) -> None:
-        """Recolours the drawn points in place; draws the figure afresh only when the
-        points it shows have changed since."""
-        color_by = ctx.params.get("value") or "split"
-        ctx.panel.state.color_by = color_by
-        revision = ctx.panel.state.map_revision
-        changes = bfmap.map_colors(ctx.view, color_by, revision) if revision else None
-        if changes is None:
+        """Redraws the map in the chosen colours, in a new plot (`_draw`).
+
+        Patching the drawn plot's colours would send less and keep its zoom, but the
+        App then copies the whole figure into the panel state and sends it with every
+        later event and view change: at 30,000 samples that cost seconds per recolour
+        in the browser, the new plot a fraction of one.
+        """
+        ctx.panel.state.color_by = ctx.params.get("value") or "split"
+        if ctx.panel.state.has_state:
+            self._draw_map(ctx, ctx.view)
+        else:  # nothing drawn yet (a state the App lost): the counts too
             self._hydrate(ctx)
-            return
-        ctx.panel.data.set({f"{PLOT}{path}": value for path, value in changes.items()})
 
     def on_click(self, ctx: Any) -> None:
         """A bubble centre or a point in a bubble: the grid and the map show that
@@ -174,15 +183,9 @@ class BubbleFencePanel(foo.Panel):
         self._hydrate(ctx, view)
 
     def on_lasso(self, ctx: Any) -> None:
-        ids = [
-            p["id"]
-            for p in ctx.params.get("data") or []
-            if p.get("id") and p.get("trace") == bfmap.POINTS_TRACE
-        ]
-        # The plot re-renders after a lasso and reports an empty selection then: keeping
-        # the selection lets Exclude act on it (Reset view clears it).
-        if ids:
-            ctx.ops.set_selected_samples(ids)
+        # Empty selections never get here (`execute`): the App's selection is kept, so
+        # Exclude acts on it (Reset view clears it).
+        ctx.ops.set_selected_samples(_lassoed_ids(ctx))
 
     def exclude(self, ctx: Any) -> None:
         """Tags the selected samples (else the clicked point) `excluded`, with the reason."""
@@ -342,7 +345,7 @@ class BubbleFencePanel(foo.Panel):
         # A name of its own: a property named like a state key would show that value.
         panel.md(f"{state.map_note}\n\n{MAP_HELP}", name="note")
         panel.plot(
-            PLOT,
+            state.plot_key,
             layout=state.plot_layout,
             # The mouse wheel scrolls the panel; the toolbar's zoom buttons zoom.
             config={"scrollZoom": False, "displaylogo": False},
@@ -393,15 +396,45 @@ def _draws(ctx: Any, samples: Any) -> bool:
     return key in (ctx.panel.state.view_key, _DRAWN_VIEWS.get(ctx.panel.id))
 
 
+def _draw(ctx: Any, traces: list[dict[str, Any]]) -> None:
+    """Sets a new figure under a new key in the panel data, and empties the old one.
+
+    The App copies a plot's data into the panel state whenever that data changes
+    under a mounted plot (its form re-initialises every input whose value changed
+    since the previous render, and a plot counts as one), then sends the state,
+    figure included, with every event and view change, and stores it with the App's
+    spaces: 1.2 MB at 30,000 samples. A plot mounted with its data has nothing to
+    copy, so each figure gets a key, and a plot, of its own.
+    """
+    old = ctx.panel.state.plot_key
+    if old:
+        ctx.panel.data.set(old, None)
+    key = f"{PLOT}_{uuid.uuid4().hex[:8]}"
+    ctx.panel.data.set(key, traces)
+    ctx.panel.state.plot_key = key
+
+
+def _lassoed_ids(ctx: Any) -> list[str]:
+    """The sample ids of the points a lasso event selected."""
+    return [
+        p["id"]
+        for p in ctx.params.get("data") or []
+        if p.get("id") and p.get("trace") == bfmap.POINTS_TRACE
+    ]
+
+
 def _forget_plot_copy(ctx: Any) -> None:
-    """Drops the App's copy of the plot from the panel state.
+    """Drops the App's copy of the drawn plot from the panel state, if it made one
+    (the reason's input copies the whole form into the state when it is typed in).
 
     Besides its weight, a copy is wrong: the App renders the panel from its state
     deep-merged with its data, array index by array index, so a stale copy would keep
     an old figure's tail under a smaller new one, and old legend entries under a
     recolour's.
     """
-    ctx.panel.state.set(PLOT, None)
+    key = ctx.panel.state.plot_key
+    if key and ctx.panel.state.get(key) is not None:
+        ctx.panel.state.set(key, None)
 
 
 def _map_note(stats: dict[str, Any]) -> str:

@@ -16,8 +16,9 @@ from fiftyone.operators.delegated import DelegatedOperationService  # noqa: E402
 from fiftyone.operators.executor import ExecutionError  # noqa: E402
 
 from bubblefence_plugin.core.curation import typicality  # noqa: E402
-from bubblefence_plugin.fo import curate  # noqa: E402
+from bubblefence_plugin.fo import curate, fields, state  # noqa: E402
 from bubblefence_plugin.fo import map as viz  # noqa: E402
+from bubblefence_plugin.fo.runs import from_npy_bytes  # noqa: E402
 
 F = fo.ViewField
 PLUGIN = "@bubblefence/bubblefence"
@@ -269,6 +270,68 @@ def test_exclude_from_the_panel_leaves_the_split_and_nothing_else_moves(field_da
     assert "Included 3" in reply.ops["notify"][0]["message"]
     assert bfo.split(ds, embeddings_field="emb")["n_new"] == 3
     assert None not in ds.select(held_out).values("split")
+
+
+def _stored_state(ds) -> tuple[dict, dict, dict[str, np.ndarray]]:
+    """(run parameters, meta, arrays) of the committed state run, as stored."""
+    params, results = state.STATE_RUN.read_committed(ds)
+    return params, results.meta, {k: from_npy_bytes(v) for k, v in results.arrays.items()}
+
+
+def test_exclude_commits_the_state_a_full_reload_commits_and_rounds_agree(
+    field_dataset, fo_datasets, monkeypatch
+):
+    """Exclusion reads no embedding, yet commits what loading the whole state (vectors
+    included), dropping the excluded rows and saving it commits; the rounds after agree."""
+    ds = field_dataset
+    bfo.split(ds.limit(150), embeddings_field="emb")
+    ds.delete_samples(ds.match(F("split") == "train").first())  # a row the state must drop
+    reference = ds.clone()
+    fo_datasets.append(reference)
+    assert reference.values("id") == ds.values("id")
+    excluded = ds.match(F("split").is_in(["validation", "test"])).limit(5).values("id")
+    excluded += ds.match(F("split") == "train").limit(5).values("id")
+
+    read = []
+    monkeypatch.setattr(state, "_stored_embeddings", lambda *a: read.append(a))
+    bfo.exclude(ds.select(excluded))
+    monkeypatch.undo()
+    assert not read
+    # The same exclusion through a full load: every vector rebuilt from the field.
+    reference.select(excluded).tag_samples(bfo.EXCLUDED_TAG)
+    bf, params = bfo.load_state(reference)
+    assert len(state.leave_split_if_excluded(reference, bf, params)) == len(excluded)
+    params["n_samples"] = bf.n_samples
+    state.save_state(reference, bf, params)
+    fields.clear_excluded_fields(reference)
+
+    ours, theirs = _stored_state(ds), _stored_state(reference)
+    assert ours[0] == theirs[0] and ours[1] == theirs[1]
+    assert ours[2].keys() == theirs[2].keys()
+    for name, array in theirs[2].items():
+        assert np.array_equal(ours[2][name], array) or name == "embedding_checks", name
+    # The kept checksums are the round's; a full load recomputes them from the vectors
+    # read back: equal but for float64 rounding (1.7e-16 seen), far inside the 1e-4
+    # that `load_state` allows.
+    difference = np.abs(ours[2]["embedding_checks"] - theirs[2]["embedding_checks"]).max()
+    assert difference < 1e-12
+    loaded, expected = bfo.load_state(ds)[0], bfo.load_state(reference)[0]
+    assert np.array_equal(state.state_embeddings(loaded), state.state_embeddings(expected))
+    assert splits_of(ds) == dict(zip(*reference.values(["id", "split"]), strict=True))
+
+    # Including a sample that left commits nothing: the state keeps its arrays.
+    commits = []
+    monkeypatch.setattr(type(state.STATE_RUN), "commit", lambda *a: commits.append(a))
+    for dataset in (ds, reference):
+        bfo.include_again(dataset.select(excluded[:4]))
+    monkeypatch.undo()
+    assert not commits
+    assert _stored_state(ds)[0]["excluded_ids"] == sorted(excluded[4:])
+
+    # The next round assigns the same samples alike on both.
+    summaries = [bfo.split(d, embeddings_field="emb") for d in (ds, reference)]
+    assert summaries[0]["n_new"] == summaries[1]["n_new"] == 50 + 4
+    assert splits_of(ds) == dict(zip(*reference.values(["id", "split"]), strict=True))
 
 
 def test_excluding_by_tag_alone_takes_effect_at_the_next_split(field_dataset):

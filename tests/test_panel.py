@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any
 
 import numpy as np
@@ -46,12 +45,22 @@ class Reply:
         self.output = outputs[-1]["output"] if outputs else None  # None: not re-rendered
 
     @property
+    def figure(self) -> list[dict]:
+        """The traces of the figure this event drew, under its new key."""
+        return self.data[self.state["plot_key"]]
+
+    @property
     def traces(self) -> dict[str, dict]:
-        return {t["name"]: t for t in self.data["plot"] if t.get("name")}
+        return {t["name"]: t for t in self.figure if t.get("name")}
 
     @property
     def points(self) -> dict:
-        return self.data["plot"][0]
+        return self.figure[0]
+
+    @property
+    def legend(self) -> list[dict]:
+        """The legend entries of the points' colours."""
+        return [t for t in self.figure if t.get("legendgroup") == "points"]
 
     def outlines(self, shell: str) -> dict[str, dict]:
         """The outline traces of ``shell`` ("bubble, outer ring" or "inner shell"), by split."""
@@ -105,7 +114,7 @@ def test_without_a_run_the_panel_explains_and_offers_the_split(field_dataset):
     intro = props["intro"]["default"]
     assert "no BubbleFence split yet" in intro
     assert props["run_split"]["view"]["operator"] == f"{PANEL}#run_split"
-    assert "plot" not in props
+    assert not any(name.startswith("plot") for name in props)
     # The button opens the split's form and re-hydrates the panel when the round is done.
     (prompt,) = event(field_dataset, "run_split").ops["prompt_user_for_operation"]
     assert prompt["operator_uri"] == f"{PLUGIN}/bubblefence_split"
@@ -117,7 +126,7 @@ def test_map_draws_points_bubble_outlines_and_a_legend_for_every_mark(split_data
     anchors = bfo.load_state(ds)[0].anchors
     reply = event(ds, "on_load")
     assert reply.state["has_state"] and reply.state["has_map"]
-    assert "plot" not in reply.state  # the plot is panel data, never state
+    assert reply.state["plot_key"] not in reply.state  # the plot is panel data, never state
 
     # One WebGL trace of points, coloured by split, held-out splits drawn last (on top).
     points = reply.points
@@ -129,11 +138,10 @@ def test_map_draws_points_bubble_outlines_and_a_legend_for_every_mark(split_data
     assert drawn_splits.index("validation") > max(
         k for k, s in enumerate(drawn_splits) if s == "train"
     )
-    # Its legend: one entry per split drawn, then hidden slots a recolour can fill.
-    slots = reply.data["plot"][1 : 1 + viz.LEGEND_SLOTS]
-    shown = [(s["name"], s["marker"]["color"]) for s in slots if s.get("showlegend", True)]
+    # Its legend: one entry per split drawn.
+    shown = [(t["name"], t["marker"]["color"]) for t in reply.legend]
     assert shown == [(s, viz.SPLIT_COLORS[s]) for s in ("train", "validation", "test")]
-    assert slots[0]["legendgrouptitle"]["text"] == "Points by split:"
+    assert reply.legend[0]["legendgrouptitle"]["text"] == "Points by split:"
 
     # Bubbles: a solid outline per bubble in its outer ring's colour, a dotted one per
     # inner shell in the inner split's colour; both named in the legend.
@@ -151,7 +159,7 @@ def test_map_draws_points_bubble_outlines_and_a_legend_for_every_mark(split_data
     assert all(t["line"]["dash"] == "dot" for t in inner.values())
     assert (
         "solid: whole bubble, dotted: inner shell"
-        in (reply.data["plot"][1 + viz.LEGEND_SLOTS]["legendgrouptitle"]["text"])
+        in (reply.figure[1 + len(reply.legend)]["legendgrouptitle"]["text"])
     )
     centres = reply.traces[bfo.BUBBLES_TRACE]
     assert centres["ids"] == [str(a) for a in anchors["anchor_id"]]
@@ -166,8 +174,8 @@ def test_map_draws_points_bubble_outlines_and_a_legend_for_every_mark(split_data
     assert "shapes" not in layout and layout["hoverlabel"]["bgcolor"] == viz.HOVER_STYLE["bgcolor"]
     assert layout["legend"]["orientation"] == "h" and layout["legend"]["y"] < 0
     props = reply.properties()
-    assert props["plot"]["view"]["name"] == "PlotlyView"
-    assert props["plot"]["view"]["config"]["scrollZoom"] is False
+    plot = props[reply.state["plot_key"]]
+    assert plot["view"]["name"] == "PlotlyView" and plot["view"]["config"]["scrollZoom"] is False
     assert props["export"]["view"]["operator"] == f"{PLUGIN}/bubblefence_export"
     assert props["color_split"]["view"]["variant"] == "contained"
     assert props["color_round"]["view"]["params"] == {"value": "round"}
@@ -181,43 +189,42 @@ def test_map_draws_points_bubble_outlines_and_a_legend_for_every_mark(split_data
     assert "not_split" not in props
 
 
-def test_recolouring_sends_only_marker_colours_and_legend(split_dataset):
+def test_recolouring_draws_a_new_plot_and_drops_the_apps_copy(split_dataset):
     ds = split_dataset
     add_embedded_samples(ds, 30, seed=9)
     bfo.split(ds, embeddings_field="emb")
     loaded = event(ds, "on_load")
-    state = loaded.state
-    revision = state["map_revision"]
+    state, ids = dict(loaded.state), loaded.points["ids"]  # events write into the state
+    key = state["plot_key"]
 
-    # The state comes back with the App's copy of the plot: the copy is dropped.
-    reply = event(ds, "on_color_by", state={**state, "plot": loaded.data["plot"]}, value="round")
-    assert reply.state["color_by"] == "round" and reply.state["plot"] is None
-    slots = [f"plot[{i}]" for i in range(1, viz.LEGEND_SLOTS + 1)]
-    assert sorted(reply.data) == sorted(["plot[0].marker", "plot[0].text", *slots])
+    # The state comes back with the App's copy of the plot (the reason's input copies
+    # the whole form): the copy is dropped. The figure, in the new colours, goes to a
+    # plot of its own, mounted with its data: the App has no change of it to copy.
+    reply = event(ds, "on_color_by", state={**state, key: loaded.figure}, value="round")
+    assert reply.state["color_by"] == "round" and reply.state[key] is None
+    assert reply.state["plot_key"] != key and reply.data[key] is None
+    assert reply.state["plot_key"] in reply.properties() and key not in reply.properties()
+    assert reply.points["ids"] == ids
     round_of = dict(zip(*ds.values(["id", "bubblefence_round"]), strict=True))
-    rounds = [round_of[i] for i in loaded.points["ids"]]
-    assert reply.data["plot[0].text"] == [f"round {r}" for r in rounds]
-    assert reply.data["plot[0].marker"]["color"] == [viz.ROUND_COLORS[r] for r in rounds]
-    assert [reply.data[s]["name"] for s in slots[:2]] == ["round 0", "round 1"]
-    assert all(reply.data[s]["showlegend"] is False for s in slots[2:])
-    full, recolour = (len(json.dumps(r.data)) for r in (loaded, reply))
-    assert recolour < full / 2  # no coordinates, ids or outlines
+    rounds = [round_of[i] for i in ids]
+    assert reply.points["text"] == [f"round {r}" for r in rounds]
+    assert reply.points["marker"]["color"] == [viz.ROUND_COLORS[r] for r in rounds]
+    assert [t["name"] for t in reply.legend] == ["round 0", "round 1"]
+    assert "summary_md" not in reply.state  # the counts did not change
 
     # A curation score: none yet, then the typicality scale's colours, grey where none.
-    reply = event(ds, "on_color_by", state=state, value="typicality")
-    assert [reply.data[s]["name"] for s in slots[:2]] == ["no typicality", ""]
-    ids = loaded.points["ids"]
+    reply = event(ds, "on_color_by", state=dict(state), value="typicality")
+    assert [t["name"] for t in reply.legend] == ["no typicality"]
     scores = dict(zip(ids[:10], np.linspace(0.0, 1.0, 10).tolist(), strict=True))
     ds.set_values(viz.SCORE_COLOR_FIELDS["typicality"], scores, key_field="id")
-    reply = event(ds, "on_color_by", state=state, value="typicality")
-    colors = reply.data["plot[0].marker"]["color"]
+    reply = event(ds, "on_color_by", state=dict(state), value="typicality")
+    colors = reply.points["marker"]["color"]
     assert len(set(colors[:10])) == 10 and set(colors[10:]) == {viz.NO_SCORE_COLOR}
-    assert reply.data["plot[1]"]["name"] == "typicality 0.00"
+    assert reply.legend[0]["name"] == "typicality 0.00"
 
-    # The drawn points changed since (an exclusion): the figure is drawn afresh.
+    # Excluded points are drawn in the exclusion's colour.
     bfo.exclude(ds.select(ids[:5]))
-    reply = event(ds, "on_color_by", state=state, value="split")
-    assert "plot" in reply.data and reply.state["map_revision"] != revision
+    reply = event(ds, "on_color_by", state=dict(state), value="split")
     color_of = dict(zip(reply.points["ids"], reply.points["marker"]["color"], strict=True))
     assert {color_of[i] for i in ids[:5]} == {viz.SPLIT_COLORS["excluded"]}
 
@@ -253,6 +260,8 @@ def test_lasso_selects_the_points_and_reset_clears_view_and_selection(split_data
     points.append({"id": "0", "trace": bfo.BUBBLES_TRACE, "idx": 0})
     reply = event(ds, "on_lasso", data=points)
     assert [s["id"] for s in reply.ops["set_selected_samples"][0]["samples"]] == ids
+    # The plot reports an empty selection after every click: no answer, no re-render.
+    assert event(ds, "on_lasso", data=[]).ops == {}
 
     reply = event(ds.limit(10), "reset_view")
     assert "clear_view" in reply.ops and "clear_selected_samples" in reply.ops
@@ -268,7 +277,7 @@ def test_view_change_events_for_the_drawn_view_get_no_answer(split_dataset):
     # What the view shows changed (an exclusion): the figure is drawn afresh.
     bfo.exclude(ds.select(loaded.points["ids"][:3]))
     reply = event(ds, "on_change_view", state=dict(loaded.state))
-    assert "plot" in reply.data and "Excluded: 3" in reply.state["summary_md"]
+    assert reply.figure and "Excluded: 3" in reply.state["summary_md"]
 
 
 def test_a_view_of_one_bubble_hydrates_to_that_bubble(split_dataset):

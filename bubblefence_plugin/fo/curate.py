@@ -50,7 +50,7 @@ from .fields import (
     root_dataset,
 )
 from .runs import RunLock, RunType, from_npy_bytes, to_npy_bytes
-from .state import STATE_RUN, leave_split_if_excluded, load_state, save_state, state_info
+from .state import STATE_RUN, forget_excluded, state_info
 
 TYPICALITY_FIELD = "bubblefence_typicality"
 REGION_FIELD = "bubblefence_region"
@@ -564,19 +564,9 @@ def include_again(samples: foc.SampleCollection) -> dict[str, Any]:
 
 def _apply_exclusions(dataset: fo.Dataset) -> list[str]:
     """Under the caller's lock: the state drops excluded samples and lists them; the
-    mirror is cleared after the commit (see `state.leave_split_if_excluded`)."""
+    mirror is cleared after the commit (see `state.forget_excluded`)."""
     STATE_RUN.finish_interrupted_commit(dataset)
-    loaded = load_state(dataset)
-    if loaded is None:
-        return []
-    bf, params = loaded
-    before = list(params.get("excluded_ids", []))
-    left = leave_split_if_excluded(dataset, bf, params)
-    if left:
-        params["n_samples"] = int(bf.n_samples)
-        save_state(dataset, bf, params)
-    elif params["excluded_ids"] != before:
-        STATE_RUN.update_params(dataset, params)
+    left = forget_excluded(dataset)
     clear_excluded_fields(dataset)
     return left
 

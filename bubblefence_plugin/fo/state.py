@@ -72,29 +72,17 @@ def load_state(
     Returns:
         (the `BubbleFence`, its run parameters), or None
     """
-    from ..core.pipeline import BubbleFence
-
     dataset = root_dataset(samples)
-    found = STATE_RUN.read_committed(dataset)
+    found = _read_checked(dataset)
     if found is None:
-        if dataset.has_run(STATE_RUN.key) or dataset.has_run(STATE_RUN.commit_key):
-            raise StateDamagedError(
-                f"the BubbleFence state of dataset {dataset.name!r} is unreadable; {RESET_HINT}"
-            )
         return None
-    params, results = found
-    STATE_RUN.check(dataset, params)
-    meta, arrays = _checked_state(dataset, params, results)
+    params, meta, arrays = found
     gone: list[str] = []
     if not embeddings:
         arrays["embeddings"] = np.empty((len(arrays["ids"]), 0), np.float32)
     elif "embeddings" not in arrays:
         arrays["embeddings"], gone = _stored_embeddings(dataset, params, arrays)
-    try:
-        bf = BubbleFence.from_state_dict(meta, arrays)
-    except (ValueError, KeyError, TypeError, IndexError) as e:
-        where = f"the BubbleFence state of dataset {dataset.name!r}"
-        raise damaged(where, f"{type(e).__name__}: {e}", RESET_HINT) from e
+    bf = _state_from_arrays(dataset, meta, arrays)
     if gone:
         bf.forget(gone)  # deleted from the dataset since the state was written
     return bf, params
@@ -111,6 +99,12 @@ def save_state(dataset: fo.Dataset, bf: BubbleFence, params: dict[str, Any]) -> 
     meta, arrays = bf.state_dict()
     # The vectors live in the embeddings field; a checksum per row detects edits.
     arrays["embedding_checks"] = _row_checks(arrays.pop("embeddings"))
+    _commit_arrays(dataset, params, meta, arrays)
+
+
+def _commit_arrays(
+    dataset: fo.Dataset, params: dict[str, Any], meta: dict[str, Any], arrays: dict[str, Any]
+) -> None:
     payload = {"meta": meta, "arrays": {k: to_npy_bytes(v) for k, v in arrays.items()}}
     STATE_RUN.commit(dataset, params, payload)
 
@@ -176,15 +170,94 @@ def leave_split_if_excluded(
         bf: its `BubbleFence`, or None before the first round
         params: its run parameters; ``excluded_ids`` is updated in place
     """
-    excluded = sorted(dataset.match_tags(EXCLUDED_TAG).values("id"))
-    params["excluded_ids"] = excluded
-    if bf is None or not excluded:
-        return []
-    held = set(bf.assignments()["id"].astype(str).tolist())
-    left = [i for i in excluded if i in held]
+    left = _excluded_among(dataset, bf.assignments()["id"] if bf is not None else [], params)
     if left:
         bf.forget(left)
     return left
+
+
+def forget_excluded(dataset: fo.Dataset) -> list[str]:
+    """`leave_split_if_excluded` on the stored state, without reading one embedding;
+    returns the samples that left. Call under the dataset's `RunLock`.
+
+    The state commits what `load_state`, `leave_split_if_excluded` and `save_state`
+    would: the same rows leave (with them samples deleted from the dataset since, as
+    `load_state` drops those), every other array is equal, and the rows kept keep
+    their stored checksums, which rebuilding the vectors from the field and
+    checksumming them again reproduces to float64 rounding. That rebuild reads every
+    vector (seconds at 30,000 samples) and is left to the next round's `load_state`,
+    which checks them. When no held sample is excluded the state is not rewritten:
+    at most its ``excluded_ids`` parameter changes.
+
+    Args:
+        dataset: the dataset
+    """
+    found = _read_checked(dataset)
+    if found is None:
+        return []
+    params, meta, arrays = found
+    listed = list(params.get("excluded_ids", []))
+    held = arrays["ids"].astype(str)
+    left = _excluded_among(dataset, held, params)
+    if not left:
+        if params["excluded_ids"] != listed:
+            STATE_RUN.update_params(dataset, params)
+        return []
+    gone = sorted(set(held.tolist()) - set(dataset.values("id")))
+    checks = arrays.pop("embedding_checks")[~np.isin(held, gone + left)]
+    arrays["embeddings"] = np.empty((len(held), 0), np.float32)
+    bf = _state_from_arrays(dataset, meta, arrays)
+    for ids in (gone, left):  # in `load_state`'s order, then `leave_split_if_excluded`'s
+        if ids:
+            bf.forget(ids)
+    new_meta, new_arrays = bf.state_dict()
+    del new_arrays["embeddings"]  # zero columns: the vectors were never read
+    new_arrays["embedding_checks"] = checks
+    new_meta["dim"] = meta.get("dim")  # not None: no vector was read to tell it
+    params["n_samples"] = int(bf.n_samples)
+    _commit_arrays(dataset, params, new_meta, new_arrays)
+    return left
+
+
+def _excluded_among(dataset: fo.Dataset, held: Any, params: dict[str, Any]) -> list[str]:
+    """Sets ``params["excluded_ids"]`` to every sample tagged `EXCLUDED_TAG`; returns
+    those among the ``held`` ids, sorted."""
+    excluded = sorted(dataset.match_tags(EXCLUDED_TAG).values("id"))
+    params["excluded_ids"] = excluded
+    if not excluded:
+        return []
+    held_ids = set(np.asarray(held).astype(str).tolist())
+    return [i for i in excluded if i in held_ids]
+
+
+def _read_checked(
+    dataset: fo.Dataset,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, np.ndarray]] | None:
+    """(run parameters, meta, arrays) of the committed state, checked
+    (`_checked_state`); None when there is none, `StateDamagedError` when unreadable."""
+    found = STATE_RUN.read_committed(dataset)
+    if found is None:
+        if dataset.has_run(STATE_RUN.key) or dataset.has_run(STATE_RUN.commit_key):
+            raise StateDamagedError(
+                f"the BubbleFence state of dataset {dataset.name!r} is unreadable; {RESET_HINT}"
+            )
+        return None
+    params, results = found
+    STATE_RUN.check(dataset, params)
+    meta, arrays = _checked_state(dataset, params, results)
+    return params, meta, arrays
+
+
+def _state_from_arrays(
+    dataset: fo.Dataset, meta: dict[str, Any], arrays: dict[str, np.ndarray]
+) -> BubbleFence:
+    from ..core.pipeline import BubbleFence
+
+    try:
+        return BubbleFence.from_state_dict(meta, arrays)
+    except (ValueError, KeyError, TypeError, IndexError) as e:
+        where = f"the BubbleFence state of dataset {dataset.name!r}"
+        raise damaged(where, f"{type(e).__name__}: {e}", RESET_HINT) from e
 
 
 def _checked_state(
