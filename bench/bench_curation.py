@@ -214,7 +214,8 @@ def main() -> None:
         f"\n## Curation: typicality and diverse picks vs FiftyOne Brain ({stamp})",
         "",
         f"`bench/bench_curation.py{' --million' if args.million else ''}`; {os.cpu_count()}-core "
-        f"CPU, load average at the start {load_start}. Clustered 512-d data: Zipf sizes over "
+        f"CPU, load average at the start {load_start}, process niceness {os.nice(0)} (below 0: "
+        "ahead of other jobs on the machine). Clustered 512-d data: Zipf sizes over "
         "120 clusters on 6-16-d manifolds plus noise, 2 % near-duplicates, 0.5 % isolated "
         f"outliers; the five largest clusters tight (smallest pairwise cosine {tight}). "
         "Digits: scikit-learn's 1,797 8x8 digits (64-d pixels, L2-normalised), clusters = "
