@@ -345,3 +345,79 @@ def test_a_state_missing_an_array_is_damaged_not_a_key_error(tmp_path):
     write_state(tmp_path / "s.npz", meta, arrays)
     with pytest.raises(StateDamagedError, match=r"no \['split'\] arrays"):
         BubbleFence.load(tmp_path / "s.npz")
+
+
+def at_cosine(rng, v, cosine):
+    """A unit vector at exactly `cosine` to the unit vector v, in a random direction."""
+    u = rng.normal(size=v.shape)
+    u -= (u @ v) * v
+    return cosine * v + np.sqrt(1 - cosine**2) * u / np.linalg.norm(u)
+
+
+def isolated_pairs(rng, n_pairs, d):
+    """Pairs of samples at cosine 0.97 (one unit each), the pairs far apart."""
+    first = rng.normal(size=(n_pairs, d))
+    first /= np.linalg.norm(first, axis=1, keepdims=True)
+    return np.vstack([np.vstack([a, at_cosine(rng, a, 0.97)]) for a in first])
+
+
+def test_a_later_round_keeps_the_closure_margin_of_round_0():
+    """New samples within the closure threshold (0.93) but not twins (0.95) of earlier
+    samples: near train they stay train, though bubbles need samples (fresh pairs meet
+    the quota); near eval they join the eval sample's bubble and shell."""
+    rng = np.random.default_rng(3)
+    d = 64
+    bf = BubbleFence(BubbleFenceConfig(seed=3))
+    old = isolated_pairs(rng, 30, d)
+    bf.ingest(old)
+    check_invariants(bf)
+    a = bf.assignments()
+    held = a["split"].isin(["validation", "test"]).to_numpy()
+    near = np.array([at_cosine(rng, v, 0.94) for v in old])
+    fresh = isolated_pairs(rng, 30, d)
+    r = bf.ingest(np.vstack([near, fresh]))
+    check_invariants(bf)
+    near_split = r.split[: len(old)]
+    assert (near_split[~held] == "train").all()
+    assert (near_split[held] == a["split"].to_numpy()[held]).all()
+    assert (r.anchor_id[: len(old)][held] == a["anchor_id"].to_numpy()[held]).all()
+    assert r.stats["margin_train"] == int((~held).sum())
+    assert r.stats["margin_eval"] == int(held.sum())
+    assert r.stats["captured"] > 0 and r.stats["shortfall"] == 0
+    assert abs(bf.summary()["eval_share"] - 0.2) <= 0.02
+
+
+def manifold_clusters(rng, n, d=128, k=12):
+    """Broad clusters on 8-d manifolds: neighbours at cosine 0.9-0.97, where the
+    closure margin (0.93) and the twins (0.95) both act."""
+    labels = rng.integers(0, k, n)
+    centres = rng.normal(size=(k, d))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    basis = rng.normal(size=(k, 8, d)) / np.sqrt(d)
+    coords = rng.normal(size=(n, 8)) * rng.uniform(0.15, 0.45, size=k)[labels, None]
+    x = centres[labels] + np.einsum("ij,ijd->id", coords, basis[labels])
+    x += 0.12 / np.sqrt(d) * rng.normal(size=(n, d))
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_later_rounds_keep_the_margin_and_never_leak_uncounted(seed):
+    """After every round: no twin pair crosses but those counted in cut_pairs (brute
+    force), and no sample a new bubble holds out lies within the closure threshold of
+    a train sample of an earlier round."""
+    rng = np.random.default_rng(seed)
+    x = manifold_clusters(rng, 2000)
+    bf = BubbleFence(BubbleFenceConfig(seed=seed))
+    closure = bf.config.unit_threshold
+    fenced = 0
+    for r, part in enumerate(np.array_split(np.arange(len(x)), [800, 1000, 1600])):
+        earlier_train = np.flatnonzero((bf._split == 0) & (bf._duplicate_of < 0))
+        result = bf.ingest(x[part], ids=part)
+        check_invariants(bf)
+        assert abs(bf.summary()["eval_share"] - 0.2) <= 0.02
+        grown = np.isin(result.anchor_id, result.new_anchor_ids)
+        if r and grown.any():
+            sims = x[part][grown] @ bf._embeddings[earlier_train].T
+            assert sims.max() < closure
+        fenced += result.stats.get("margin_train", 0)
+    assert fenced > 0  # the margin was at work

@@ -14,7 +14,14 @@ members linked); a component is the unit that moves:
   that split, all its members together, so it never straddles validation and test.
 * **inside**: a free component (no assigned twin) with a member inside an existing
   bubble joins that bubble, in the shell of that member (the smallest such row).
-* the rest stays open for new bubbles (`quota`).
+* the rest stays open for new bubbles (`quota`), in units: the components at
+  `closure_threshold` (`keep_margins`). Round 0 holds out whole units, so eval and
+  train stay that margin apart; earlier samples cannot move, so a later round keeps
+  the margin around them: a unit within `closure_threshold` of a train sample is
+  *fenced* (train's margin: it stays train unless the quota needs it), else a unit
+  within it of an eval sample joins that sample's bubble and shell (eval's margin).
+  Without it the margin wears away round after round, and the next rounds' samples
+  bridge the two sides (bench/RESULTS.md, "Later rounds: the closure margin").
 """
 
 from __future__ import annotations
@@ -192,3 +199,51 @@ def join_existing_bubbles(
     anchor[rows[members]] = bubble
     shell[rows[members]] = bubble_shell
     return len(members)
+
+
+def keep_margins(
+    embeddings: np.ndarray,
+    open_rows: np.ndarray,
+    unit_of: np.ndarray,
+    split: np.ndarray,
+    anchor: np.ndarray,
+    shell: np.ndarray,
+    kept: np.ndarray,
+    config: BubbleFenceConfig,
+) -> tuple[np.ndarray, int]:
+    """The closure margin around assigned samples (module docstring), in place.
+
+    `unit_of[i]`: the unit (component at `closure_threshold`) of `open_rows[i]`.
+    Returns which open rows are fenced (train's margin) and how many joined eval.
+    Train comes first: a unit within the margin of both sides stays train, as a
+    contested component does on a tie (`contested.py`). One range search at the
+    closure threshold over the assigned samples serves both sides.
+    """
+    fenced = np.zeros(len(open_rows), bool)
+    threshold = config.unit_threshold
+    assigned = np.flatnonzero(kept & np.isin(split, ROLES))
+    if threshold >= config.leak_threshold or len(open_rows) == 0 or len(assigned) == 0:
+        return fenced, 0  # no margin below the twins, or nothing to keep it around
+    index = CellIndex(embeddings, assigned, threshold, config.seed)
+    near = twin_votes(embeddings, embeddings[open_rows], index, split[assigned], len(ROLES))
+    fenced = np.isin(unit_of, unit_of[near.count[:, TRAIN] > 0])
+    # Each open row's most similar eval sample (ties: the smaller row), then each free
+    # unit's, over its members: the unit's model.
+    to_test = (near.best_sim[:, TEST] > near.best_sim[:, VALIDATION]) | (
+        (near.best_sim[:, TEST] == near.best_sim[:, VALIDATION])
+        & (near.best[:, TEST] < near.best[:, VALIDATION])
+    )
+    side = np.where(to_test, TEST, VALIDATION)
+    rows = np.arange(len(open_rows))
+    best, best_sim = near.best[rows, side], near.best_sim[rows, side]
+    _, unit = np.unique(unit_of, return_inverse=True)
+    unit = unit.reshape(-1)
+    has = np.flatnonzero((best >= 0) & ~fenced)
+    order = has[np.lexsort((best[has], -best_sim[has], unit[has]))]
+    first = order[np.r_[True, unit[order][1:] != unit[order][:-1]]] if len(order) else order
+    model = np.full(int(unit.max()) + 1, -1, np.int64)
+    model[unit[first]] = best[first]
+    joins = np.flatnonzero(model[unit] >= 0)
+    rows, twin = open_rows[joins], model[unit[joins]]
+    split[rows], anchor[rows], shell[rows] = split[twin], anchor[twin], shell[twin]
+    return fenced, len(rows)

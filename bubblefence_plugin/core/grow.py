@@ -113,7 +113,10 @@ class Units:
     """The open samples of a round grouped into leak-graph components.
 
     `component[row]` is the component of an open row (-1 elsewhere); `members(c)`
-    its rows, ascending; `size[c]` how many are still open.
+    its rows, ascending; `size[c]` how many are still open. An unassigned row in no
+    unit is *fenced*: train's margin in a later round (`follow.keep_margins`), which
+    no bubble captures and whose first member in a ball ends the ball, as a train
+    sample does.
     """
 
     component: np.ndarray
@@ -293,7 +296,7 @@ class BubbleGrower:
             if deficit <= 0:
                 continue
             rows = by_stratum.indices[by_stratum.indptr[stratum] : by_stratum.indptr[stratum + 1]]
-            rows = np.sort(rows[self.split[rows] == UNASSIGNED])
+            rows = np.sort(rows[self._open(rows)])
             if len(rows) == 0:
                 continue
             self._worth = np.bincount(
@@ -336,8 +339,9 @@ class BubbleGrower:
             if self.remaining <= 0:
                 return
             open_rows = np.flatnonzero(self.split == UNASSIGNED)
+            open_rows = open_rows[self._open(open_rows)]
             component = self.units.component[open_rows]
-            fits = (component >= 0) & (self.open_size[np.maximum(component, 0)] <= self.allowed)
+            fits = self.open_size[component] <= self.allowed
             if checked:
                 full = (strata.eval_count >= strata.cap).astype(np.int64)
                 full[checked:] = 0
@@ -378,7 +382,7 @@ class BubbleGrower:
     # -- candidates -------------------------------------------------------------------------
 
     def _try(self, rows: np.ndarray, size: int, counter: str, stratum: int | None) -> None:
-        rows = rows[self.split[rows] == UNASSIGNED]
+        rows = rows[self._open(rows)]
         rows = rows[[self._may_centre(r, stratum) for r in rows]] if len(rows) else rows
         if len(rows) == 0:
             return
@@ -393,7 +397,7 @@ class BubbleGrower:
                 self._accept_plan(plan, counter)
 
     def _may_centre(self, row: int, stratum: int | None) -> bool:
-        if self.split[row] != UNASSIGNED:
+        if not self._open(np.array([row]))[0]:
             return False
         own = self.open_size[self.units.component[row]]
         if own > self.allowed or (stratum is not None and own > self.strata.room(stratum)):
@@ -426,11 +430,12 @@ class BubbleGrower:
         inside = near_sims >= 1.0 - radius
         order = np.lexsort((near[inside], -near_sims[inside]))
         ranked, ranked_sims = near[inside][order], near_sims[inside][order]
-        # The edge stops before the first train sample of an earlier round.
-        train_hits = np.flatnonzero(self.split[ranked] == TRAIN)
-        if len(train_hits):
-            ranked, ranked_sims = ranked[: int(train_hits[0])], ranked_sims[: int(train_hits[0])]
-        is_open = self.split[ranked] == UNASSIGNED
+        # The edge stops before the first train sample of an earlier round, or the first
+        # new one fenced off as train's margin (in no unit: see `Units`).
+        stops = np.flatnonzero((self.split[ranked] == TRAIN) | self._fenced(ranked))
+        if len(stops):
+            ranked, ranked_sims = ranked[: int(stops[0])], ranked_sims[: int(stops[0])]
+        is_open = self._open(ranked)
         ranked, ranked_sims = ranked[is_open], ranked_sims[is_open]
         if len(ranked) == 0:
             return None
@@ -572,6 +577,14 @@ class BubbleGrower:
         self._centres.append(self.embeddings[centre])
 
     # -- helpers --------------------------------------------------------------------------------
+
+    def _open(self, rows: np.ndarray) -> np.ndarray:
+        """Rows a bubble may capture: not assigned, and in a unit."""
+        return (self.split[rows] == UNASSIGNED) & (self.units.component[rows] >= 0)
+
+    def _fenced(self, rows: np.ndarray) -> np.ndarray:
+        """Rows not assigned but in no unit: train's margin (`Units`), which stays train."""
+        return (self.split[rows] == UNASSIGNED) & (self.units.component[rows] < 0)
 
     def _open_members(self, component: int) -> np.ndarray:
         members = self.units.members(component)

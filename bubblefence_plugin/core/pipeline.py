@@ -38,7 +38,7 @@ from .bubbles import (
 )
 from .config import BubbleFenceConfig, frozen_changes
 from .dedup import find_duplicates
-from .follow import bind_to_assigned, join_existing_bubbles
+from .follow import bind_to_assigned, join_existing_bubbles, keep_margins
 from .groups import (
     encode_groups,
     follow_known_groups,
@@ -99,6 +99,9 @@ class _Round:
     regions: RegionIndex | None = None
     region: np.ndarray | None = None
     new_table: AnchorTable | None = None  # the bubbles this round adds
+    open_rows: np.ndarray | None = None  # new kept rows left for new bubbles
+    unit_of: np.ndarray | None = None  # their units (components at the closure threshold)
+    fenced: np.ndarray | None = None  # per open row: train's margin (`keep_margins`)
 
     @property
     def n(self) -> int:
@@ -234,6 +237,8 @@ class BubbleFence:
                     work.shell,
                     self._anchors,
                 )
+        with _timed(timings, "margins"):
+            self._keep_margins(work)
         with _timed(timings, "new_bubbles"):
             self._grow_new_bubbles(work)
         self._settle_the_rest(work)
@@ -336,6 +341,19 @@ class BubbleFence:
                 )
             )
 
+    def _keep_margins(self, work: _Round) -> None:
+        """The open rows in units; those within the closure margin of assigned samples
+        are fenced off as train's or join eval (`follow.keep_margins`)."""
+        split, new_kept = work.split, work.new_kept
+        open_rows = new_kept[split[new_kept] == UNASSIGNED]
+        unit_of = self._units(work.x, open_rows, work.codes, work.components, new_kept)
+        fenced, work.stats["margin_eval"] = keep_margins(
+            work.x, open_rows, unit_of, split, work.anchor, work.shell, work.kept, self.config
+        )
+        work.stats["margin_train"] = int(fenced.sum())
+        still = split[open_rows] == UNASSIGNED
+        work.open_rows, work.unit_of, work.fenced = open_rows[still], unit_of[still], fenced[still]
+
     def _grow_new_bubbles(self, work: _Round) -> None:
         """Steps 3-5: new bubbles, stratified by labels and regions, to the eval quota."""
         cfg = self.config
@@ -345,10 +363,8 @@ class BubbleFence:
         budget = round_budget(
             n_kept, int(evaluated.sum()), len(new_kept), int(evaluated[new_kept].sum()), cfg
         )
-        open_rows = new_kept[split[new_kept] == UNASSIGNED]
-        units = Units.from_labels(
-            n, open_rows, self._units(x, open_rows, work.codes, work.components, new_kept)
-        )
+        open_rows, fenced = work.open_rows, work.fenced
+        units = Units.from_labels(n, open_rows[~fenced], work.unit_of[~fenced])
         labels = work.all_labels if work.labels_given else None
         strata = Strata.build(self._strata_columns(labels, work.region, kept), kept, split, cfg)
         grower = BubbleGrower(
@@ -386,8 +402,9 @@ class BubbleFence:
         grower.serve_strata(make_stream)
         grower.fill(make_stream)
         if grower.remaining > 0 and cfg.unit_threshold < cfg.leak_threshold:
-            # The closure margin is a preference: where its units are too coarse for the
-            # quota, the twin components themselves (still leak-free) serve.
+            # The closure margin is a preference: where its units are too coarse, or
+            # fenced off as train's margin, for the quota, the twin components of every
+            # sample still open (leak-free) serve.
             still_open = open_rows[work.split[open_rows] == UNASSIGNED]
             finer = self._components(x, still_open, work.codes, cfg.leak_threshold)
             grower.use_units(Units.from_labels(work.n, still_open, finer))
