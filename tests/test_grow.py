@@ -9,6 +9,7 @@ import pytest
 from conftest import clustered_embeddings, unit
 from scipy import sparse
 
+from bubblefence_plugin.core import grow as grow_module
 from bubblefence_plugin.core.anchors import CandidateStream, fit_projection
 from bubblefence_plugin.core.bubbles import (
     INNER,
@@ -35,8 +36,9 @@ def distance(angle):
 
 
 def fixed(angle, **knobs):
-    """Bubbles of a fixed radius: the points within `angle` of the centre."""
-    knobs = {"shell_layout": "inner_val", "lid_k": 3, **knobs}
+    """Bubbles of a fixed radius: the points within `angle` of the centre; units at
+    closure 0.93, the angle the geometry of `SIX` is drawn for."""
+    knobs = {"shell_layout": "inner_val", "lid_k": 3, "closure_threshold": 0.93, **knobs}
     return BubbleFenceConfig(
         radius_mode="fixed", base_radius=distance(angle), min_radius=1e-4, **knobs
     )
@@ -200,7 +202,7 @@ def test_strata_of_regions_only_and_of_nothing():
 # --------------------------------------------------------------------------- capture
 
 # Rows: 0 at 0.0 and 1 at 0.1 (one unit); 2 at 0.5 and 3 at 0.8 (one unit: 0.3 apart,
-# under the closure angle arccos(0.93) = 0.376); 4 at 1.3 and 5 at -0.7 alone.
+# under the closure angle arccos(0.93) = 0.376, see `fixed`); 4 at 1.3 and 5 at -0.7 alone.
 SIX = circle(0.0, 0.1, 0.5, 0.8, 1.3, -0.7)
 
 
@@ -422,6 +424,25 @@ def test_balance_shells_moves_whole_units_toward_validation_ratio():
         "captured_fill": 4,
         "captured_cut": 5,
     }
+
+
+@pytest.mark.parametrize("slack, splits_label_a", [(0.0, False), (0.25, True)])
+def test_balance_shells_lets_a_label_reach_validation_and_test_within_the_slack(
+    monkeypatch, slack, splits_label_a
+):
+    """The scene above with labels: a (rows 0-5) and b (rows 6-10). The closest cut puts
+    both of a's units in validation; within a slack of 0.25 x 9 eval samples the cut
+    that keeps one unit of a in each shell is allowed, and wins (a then lacks nothing)."""
+    monkeypatch.setattr(grow_module, "SHELL_BALANCE_SLACK", slack)
+    x = np.vstack([SIX, circle(2.5, 2.55, 2.6, 2.65, 2.7)])
+    labels = sparse.csr_matrix(np.repeat([[1, 0], [0, 1]], [6, 5], axis=0))
+    g = grower(x, fixed(0.55), Budget(need=9, cap=9), columns=[labels])
+    g.fill(proposing(0))
+    g.cut(n_kept=11)
+    g.balance_shells()
+    label_a = g.split[:4].tolist()
+    assert (VALIDATION in label_a and TEST in label_a) == splits_label_a
+    assert g.n_val == int(np.sum(g.split == VALIDATION)) == (2 if splits_label_a else 4)
 
 
 # --------------------------------------------------------------------------- brute force

@@ -84,6 +84,10 @@ class Budget:
 # Shares times counts are rounded up or down to whole samples; a product such as
 # 0.07 * 100 = 7.000000000000001 must not become 8 (the same guard as `Strata`).
 ROUNDING_GUARD = 1e-9
+# How far (a share of eval) a shell cut may stray from the closest validation count to
+# let a label or region reach both validation and test: 0.5 % keeps the validation
+# share well inside the 0.03 the spec allows.
+SHELL_BALANCE_SLACK = 0.005
 
 
 def eval_floor(min_eval_per_batch: float, n_new_kept: int) -> int:
@@ -619,8 +623,15 @@ class BubbleGrower:
 
         Any cut between two components is leak-free, so this costs nothing: it corrects
         what the running target could not (a large unit taken whole early in the round).
+        Among the cuts within `SHELL_BALANCE_SLACK` of the closest, the one that leaves
+        the fewest strata (labels, regions) in eval without validation or without test
+        wins: a small label held out in one bubble then reaches both when it can.
         """
         target = self.config.validation_ratio * self.n_eval
+        slack = SHELL_BALANCE_SLACK * self.n_eval
+        by_row = self.strata.matrix
+        val_count = np.asarray(by_row.T @ (self.split == VALIDATION).astype(np.int64)).ravel()
+        test_count = np.asarray(by_row.T @ (self.split == TEST).astype(np.int64)).ravel()
         changed = 0
         sizes = [len(members) for members, _, _ in self._shell_cuts]
         for i in sorted(range(len(sizes)), key=lambda b: (-sizes[b], b)):
@@ -631,11 +642,28 @@ class BubbleGrower:
             val_now = n_inner if inner_is_val else len(members) - n_inner
             val_options = choices if inner_is_val else len(members) - choices
             error = np.abs(self.n_val - val_now + val_options - target)
-            best = int(choices[np.argmin(error)])  # ties: the first, the smaller shell
+            close = np.flatnonzero(error <= error.min() + slack)
+            # Strata counts without this bubble, then with each close cut (inner first).
+            member_strata = by_row[members]
+            codes_now = self.split[members]
+            val_base = val_count - _strata_sum(member_strata, codes_now == VALIDATION)
+            test_base = test_count - _strata_sum(member_strata, codes_now == TEST)
+            lacking = []
+            for c in close:
+                inner = np.arange(len(members)) < choices[c]
+                val_side = inner if inner_is_val else ~inner
+                val = val_base + _strata_sum(member_strata, val_side)
+                test = test_base + _strata_sum(member_strata, ~val_side)
+                lacking.append(int(np.sum((val + test > 0) & ((val == 0) | (test == 0)))))
+            # Fewest strata lacking a side, then the smallest error, then the smaller shell.
+            pick = close[np.lexsort((close, error[close], lacking))[0]]
+            best = int(choices[pick])
             if best == n_inner:
                 continue
             shells = np.where(np.arange(len(members)) < best, INNER, OUTER).astype(np.int8)
             codes = shell_split(np.full(len(members), bubble["layout"], np.int8), shells)
+            val_count = val_base + _strata_sum(member_strata, codes == VALIDATION)
+            test_count = test_base + _strata_sum(member_strata, codes == TEST)
             self.shell_of[members] = shells
             self.split[members] = codes
             self.n_val += int(np.sum(codes == VALIDATION)) - val_now
@@ -654,3 +682,8 @@ class BubbleGrower:
             **self.stats,
         }
         return table, self.anchor_of, self.shell_of, stats
+
+
+def _strata_sum(member_strata: sparse.csr_matrix, chosen: np.ndarray) -> np.ndarray:
+    """Per stratum, how many of the chosen members it holds."""
+    return np.asarray(member_strata.T @ chosen.astype(np.int64)).ravel()
