@@ -1,7 +1,7 @@
 """`bubblefence_panel` ("BubbleFence"): the 2-D map of the split, its bubbles and its figures.
 
 Thin on purpose: the figure and the counts come from `bubblefence_plugin.fo.map`; this
-module turns App events into calls of it and into App operations (set the view, select
+module turns App events into calls of it and into App operations (show or select
 samples, open the operators' forms).
 
 Events stay small on large datasets: the figure (at most `map.MAX_POINTS` points) is
@@ -9,6 +9,11 @@ sent when the view, the split or the colouring changes, each time to a plot of i
 (`_draw`), so the App never copies it into the panel state, which it sends with every
 event and view change; a lasso sends no figure, and the App's repeated view-change
 events for a view already drawn get no answer (`BubbleFencePanel.execute`).
+A bubble click changes neither the App's view nor the panel's state: the grid shows the
+bubble's samples as the App's extended selection (as FiftyOne's Embeddings panel shows
+its lasso), and the map stays that of the App's view (`drawn_view`). The App answers a
+view change, and every change of a panel's state, by saving its spaces and reloading its
+dataset page (seconds at 30,000 samples), and that reload drops the extended selection.
 The colour choice is a row of buttons (the active one filled), not a form input: a
 button sends one event with the choice, while an input's change first copies the
 whole form, plot included, into the panel state and sends that along.
@@ -23,6 +28,7 @@ from typing import Any
 
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
+import fiftyone.server.view as fosv
 from fiftyone import ViewField as F
 
 import bubblefence_plugin.fo as bfo
@@ -57,6 +63,7 @@ MAP_HELP = (
     "later splits; **Include again** undoes it."
 )
 COLOR_LABELS = {"split": "Split", "round": "Round", "typicality": "Typicality", "region": "Region"}
+SELECTION_SCOPE = "bubblefence"  # names the extended selection's owner in the App
 PLOT = "plot"  # the prefix of the plot's key in the panel's data (`_draw`)
 
 
@@ -85,7 +92,7 @@ class BubbleFencePanel(foo.Panel):
         """
         _forget_plot_copy(ctx)
         method = ctx.params.get("__method__")
-        if method == "on_change_view" and _draws(ctx, ctx.view):
+        if method == "on_change_view" and _draws(ctx, drawn_view(ctx)):
             return None
         if method == "on_lasso" and not _lassoed_ids(ctx):
             return None
@@ -111,8 +118,8 @@ class BubbleFencePanel(foo.Panel):
         self._hydrate(ctx)
 
     def _hydrate(self, ctx: Any, samples: Any = None) -> None:
-        """Draws the figure and the figures for ``samples`` (default: the App's view)."""
-        samples = ctx.view if samples is None else samples
+        """Draws the figure and the figures for ``samples`` (default: `drawn_view`)."""
+        samples = drawn_view(ctx) if samples is None else samples
         key = bfmap.view_key(samples)
         ctx.panel.state.view_key = key
         _DRAWN_VIEWS[ctx.panel.id] = key
@@ -154,17 +161,16 @@ class BubbleFencePanel(foo.Panel):
         """
         ctx.panel.state.color_by = ctx.params.get("value") or "split"
         if ctx.panel.state.has_state:
-            self._draw_map(ctx, ctx.view)
+            self._draw_map(ctx, drawn_view(ctx))
         else:  # nothing drawn yet (a state the App lost): the counts too
             self._hydrate(ctx)
 
     def on_click(self, ctx: Any) -> None:
-        """A bubble centre or a point in a bubble: the grid and the map show that
-        bubble's samples (a train point: that sample alone).
+        """A bubble centre or a point in a bubble: the grid shows that bubble's samples
+        (a train point: that sample alone), as the App's extended selection.
 
-        The map is drawn for the new view here, not on the view-change events the App
-        sends once it has loaded the view: that saves their round trip, and they then
-        find the view drawn.
+        Nothing else changes, the panel's state included (see the module's note): the
+        clicked point, what Exclude acts on without a selection, is kept here.
         """
         clicked = ctx.params.get("id")
         if not clicked:
@@ -172,15 +178,11 @@ class BubbleFencePanel(foo.Panel):
         if ctx.params.get("trace") == bfo.BUBBLES_TRACE:
             anchor = int(clicked)
         else:
-            ctx.panel.state.clicked_id = clicked  # what Exclude acts on without a selection
+            _CLICKED_POINTS[ctx.panel.id] = clicked
             found = ctx.dataset.select([clicked]).values(bfo.ANCHOR_FIELD)
             anchor = found[0] if found else None
-        if anchor is None:
-            view = ctx.dataset.select([clicked])
-        else:
-            view = bubble_view(ctx.dataset, anchor)
-        ctx.ops.set_view(view)
-        self._hydrate(ctx, view)
+        ids = [clicked] if anchor is None else bubble_view(ctx.dataset, anchor).values("id")
+        ctx.ops.set_extended_selection(selection=ids, scope=SELECTION_SCOPE)
 
     def on_lasso(self, ctx: Any) -> None:
         # Empty selections never get here (`execute`): the App's selection is kept, so
@@ -220,8 +222,8 @@ class BubbleFencePanel(foo.Panel):
 
     def _acted_on(self, ctx: Any) -> list[str]:
         ids = list(ctx.selected or [])
-        if not ids and ctx.panel.state.clicked_id:
-            ids = [ctx.panel.state.clicked_id]
+        if not ids and ctx.panel.id in _CLICKED_POINTS:
+            ids = [_CLICKED_POINTS[ctx.panel.id]]
         if not ids:
             ctx.ops.notify(
                 "Lasso points on the map (or select samples in the grid), or click a point first",
@@ -234,10 +236,15 @@ class BubbleFencePanel(foo.Panel):
         ctx.prompt(f"{self.plugin_name}/bubblefence_split", on_success=self.after_split)
 
     def reset_view(self, ctx: Any) -> None:
-        ctx.panel.state.clicked_id = None
+        """Shows every sample again: clears the bubble shown, the selection, and the
+        App's view if it has one; the map is redrawn only if it showed less."""
+        _CLICKED_POINTS.pop(ctx.panel.id, None)
+        ctx.ops.set_extended_selection(clear=True)
         ctx.ops.clear_selected_samples()
-        ctx.ops.clear_view()
-        self._hydrate(ctx, ctx.dataset)
+        if ctx.request_params.get("view") or ctx.request_params.get("view_name"):
+            ctx.ops.clear_view()
+        if not _draws(ctx, ctx.dataset):
+            self._hydrate(ctx, ctx.dataset)
 
     def build_map(self, ctx: Any) -> None:
         self._build(ctx, None)
@@ -383,6 +390,25 @@ def bubble_view(dataset: Any, anchor_id: int) -> Any:
     """
     return dataset.match(F(bfo.ANCHOR_FIELD) == int(anchor_id))
 
+
+def drawn_view(ctx: Any) -> Any:
+    """What the panel draws and counts: the App's view without its extended selection
+    (a bubble click's, or a lasso's in FiftyOne's Embeddings panel), which the grid
+    shows within this map (see the module's note).
+
+    Args:
+        ctx: the execution context
+    """
+    params = ctx.request_params
+    if not params.get("extended") or params.get("view_name"):  # a saved view has none
+        return ctx.view
+    return fosv.get_view(ctx.dataset, stages=params.get("view"), filters=params.get("filters"))
+
+
+# Panel id -> the sample id of the point last clicked there, what Exclude and Include
+# again act on without a selection. Not in the panel state, whose every change makes the
+# App reload its dataset page, which drops the bubble the click shows.
+_CLICKED_POINTS: dict[str, str] = {}
 
 # Panel id -> `map.view_key` of what this server last drew there. The panel state says
 # the same, but the App sends its first view-change events before it has applied the

@@ -7,9 +7,10 @@ never used), runs "BubbleFence split" through the operator browser, first with a
 that does not exist (the dialog must show the error), then from the embeddings field;
 checks the fields and tags from Python, opens the BubbleFence panel and checks that the
 map, the bubbles' outlines and a legend entry for every kind of mark are drawn, clicks a
-bubble, and shows the same points in FiftyOne's own Embeddings panel. A second test
-lassos half of the map, presses **Exclude** and filters the grid by the ``excluded``
-tag. Screenshots go to the test's tmp_path (the path is printed).
+bubble (the grid shows its samples), and shows the same points in FiftyOne's own
+Embeddings panel. A second test lassos half of the map, presses **Exclude** and filters
+the grid by the ``excluded`` tag. Screenshots go to the test's tmp_path (the path is
+printed).
 
 Chromium comes from ``scripts/setup.sh`` (Debian's ``chromium``; ``CHROMIUM`` overrides
 the path). Without it the test fails under CI (``CI`` set) and is skipped, with the
@@ -274,26 +275,30 @@ def test_split_in_the_app_then_the_panel_shows_the_bubbles(
     page.wait_for_function(GRID_PAINTED)  # the grid re-lays out beside the new panel
     page.screenshot(path=shots / "05-panel.png")
 
-    # Clicking a bubble centre shows that bubble's samples: the panel draws the bubble's
-    # view and counts one bubble.
+    # Clicking a bubble centre shows that bubble's samples in the grid (the App's
+    # extended selection, no view change); the map stays that of the whole view.
     n_members = len(ds.match(F(bfo.ANCHOR_FIELD) == 0))
     plot.locator(".scatterlayer .trace .points path").first.click(force=True)  # bubble 0
-    expect(panel).to_contain_text("Bubbles: 1 in the view")
     noun = "sample" if n_members == 1 else "samples"  # the grid's own count
-    expect(page.get_by_text(f"{n_members} {noun}", exact=True)).to_be_visible()
+    grid_count = page.locator("[data-cy=entry-counts]").first
+    expect(grid_count).to_have_text(f"{n_members} {noun}")
     page.wait_for_function(GRID_PAINTED)
+    expect(panel).to_contain_text(f"Bubbles: {n_bubbles} in the view")
     page.screenshot(path=shots / "06-bubble-clicked.png")
 
-    # FiftyOne's own Embeddings panel shows the same points (the bubble's, in this view)
-    # from the `bubblefence_viz` run, coloured by `split`.
+    # FiftyOne's own Embeddings panel shows the same points from the `bubblefence_viz`
+    # run, coloured by `split`.
     page.locator("[data-cy=new-panel-btn]").last.click()
     page.locator("[data-cy='new-panel-option-Embeddings']").click()
     embeddings = page.locator("[data-cy=panel-content-Embeddings]")
     embeddings.get_by_text(viz.VIZ_KEY).first.click()
-    expect(embeddings).to_contain_text(f"{N_SAMPLES} points · {n_members} in view")
+    expect(embeddings).to_contain_text(f"{N_SAMPLES} points")
     embeddings.get_by_text("Color by").click()
     page.get_by_role("option", name=bfo.SPLIT_FIELD, exact=True).click()
-    expect(embeddings).to_contain_text(f"0 / {counts['train']}")  # no train sample in view
+    # The legend's entry: a button named by the split and its count.
+    expect(
+        embeddings.get_by_role("button", name=f"train {counts['train']}", exact=True)
+    ).to_be_visible()
     page.screenshot(path=shots / "07-embeddings-panel.png")
     # "entry is loading" is thrown by the App's own router when it is read while the
     # view change is still being routed; intermittent, and not from the panel's code.

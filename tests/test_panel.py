@@ -77,9 +77,19 @@ class Reply:
         return found
 
 
-def event(samples: Any, handler: str, state: dict | None = None, **params: Any) -> Reply:
-    """Runs the panel's ``handler`` on ``samples`` (the App's view) with ``params``."""
+def event(
+    samples: Any,
+    handler: str,
+    state: dict | None = None,
+    shown: list[str] | None = None,
+    **params: Any,
+) -> Reply:
+    """Runs the panel's ``handler`` on ``samples`` (the App's view) with ``params``;
+    ``shown``: the ids of the App's extended selection, sent as the App sends them."""
     ctx = {"view": samples} if isinstance(samples, fo.DatasetView) else {"dataset": samples}
+    if shown is not None:
+        ctx["extended"] = {"fiftyone.core.stages.Select": {"sample_ids": shown, "ordered": False}}
+        ctx["extended_selection"] = {"selection": shown, "scope": "bubblefence"}
     ctx["params"] = {"__method__": handler, "panel_id": "p1", "panel_state": state or {}, **params}
     return Reply(foo.execute_operator(PANEL, ctx=ctx))
 
@@ -229,31 +239,42 @@ def test_recolouring_draws_a_new_plot_and_drops_the_apps_copy(split_dataset):
     assert {color_of[i] for i in ids[:5]} == {viz.SPLIT_COLORS["excluded"]}
 
 
+def shown_ids(reply: Reply) -> list[str]:
+    """The ids a click asks the App to show in the grid as its extended selection."""
+    (request,) = reply.ops["set_extended_selection"]
+    assert not request["clear"] and not request["reset"]
+    return request["selection"]
+
+
 def test_clicking_a_bubble_or_a_point_shows_that_bubbles_samples(split_dataset):
     ds = split_dataset
+    loaded = event(ds, "on_load")
     anchor = ds.exists("anchor_id").first()["anchor_id"]
     members = set(ds.match(F("anchor_id") == anchor).values("id"))
 
-    reply = event(ds, "on_click", trace=bfo.BUBBLES_TRACE, id=str(anchor), idx=0)
-    (request,) = reply.ops["set_view"]
-    bubble = loaded_view(request, ds)
-    assert set(bubble.values("id")) == members
-    # The map shows the bubble at once; the App's view-change events that follow
-    # find it drawn and get no answer.
-    assert set(reply.points["ids"]) == members
-    assert reply.traces[bfo.BUBBLES_TRACE]["ids"] == [str(anchor)]
-    assert event(bubble, "on_change_view", state=reply.state).ops == {}
+    # The grid shows the bubble as the App's extended selection. Neither the App's view
+    # nor the panel's state changes (each would make the App reload its page, which
+    # drops that selection); the map stays that of the view, so the view-change events
+    # that follow get no answer.
+    reply = event(ds, "on_click", state=dict(loaded.state), trace=bfo.BUBBLES_TRACE, id=str(anchor))
+    assert set(shown_ids(reply)) == members
+    assert "set_view" not in reply.ops and reply.state == {} and reply.data == {}
+    assert event(ds, "on_change_view", state=dict(loaded.state), shown=shown_ids(reply)).ops == {}
 
+    # A point: its bubble, and that point is what Exclude acts on without a selection.
     member = sorted(members)[0]
-    reply = event(ds, "on_click", trace=viz.POINTS_TRACE, id=member, idx=0)
-    assert set(loaded_view(reply.ops["set_view"][0], ds).values("id")) == members
+    reply = event(ds, "on_click", state=dict(loaded.state), trace=viz.POINTS_TRACE, id=member)
+    assert set(shown_ids(reply)) == members and reply.state == {}
+    reply = event(ds, "exclude", state=dict(loaded.state), shown=shown_ids(reply))
+    assert ds.match_tags(bfo.EXCLUDED_TAG).values("id") == [member]
+    assert "Excluded: 1" in reply.state["summary_md"]  # the counts of the view, not the bubble
 
     train_id = ds.match(F("split") == "train").first().id
-    reply = event(ds, "on_click", trace=viz.POINTS_TRACE, id=train_id, idx=0)
-    assert loaded_view(reply.ops["set_view"][0], ds).values("id") == [train_id]
+    reply = event(ds, "on_click", trace=viz.POINTS_TRACE, id=train_id)
+    assert shown_ids(reply) == [train_id]
 
 
-def test_lasso_selects_the_points_and_reset_clears_view_and_selection(split_dataset):
+def test_lasso_selects_the_points_and_reset_clears_selection_and_view(split_dataset):
     ds = split_dataset
     ids = ds.limit(3).values("id")
     points = [{"id": i, "trace": viz.POINTS_TRACE, "idx": k} for k, i in enumerate(ids)]
@@ -263,8 +284,16 @@ def test_lasso_selects_the_points_and_reset_clears_view_and_selection(split_data
     # The plot reports an empty selection after every click: no answer, no re-render.
     assert event(ds, "on_lasso", data=[]).ops == {}
 
-    reply = event(ds.limit(10), "reset_view")
-    assert "clear_view" in reply.ops and "clear_selected_samples" in reply.ops
+    # After a bubble click: the selections go; no view to clear, no map to redraw.
+    loaded = event(ds, "on_load")
+    reply = event(ds, "reset_view", state=dict(loaded.state), shown=ids)
+    assert reply.ops["set_extended_selection"][0]["clear"]
+    assert "clear_selected_samples" in reply.ops and "clear_view" not in reply.ops
+    assert reply.state == {}
+    # In a view of the user's: the view is cleared and the whole dataset drawn.
+    loaded = event(ds.limit(10), "on_load")
+    reply = event(ds.limit(10), "reset_view", state=dict(loaded.state))
+    assert reply.ops["set_extended_selection"][0]["clear"] and "clear_view" in reply.ops
     assert len(reply.points["ids"]) == 200
 
 
