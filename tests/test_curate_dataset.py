@@ -227,13 +227,12 @@ def test_exclude_from_the_panel_leaves_the_split_and_nothing_else_moves(field_da
     assert "Excluded 3 samples" in reply.ops["notify"][0]["message"]
     # a clicked point, without a selection
     panel_event(ds, "on_click", trace="train", id=train_point, idx=0)
-    reply = panel_event(ds, "exclude", state={"clicked_id": train_point})
+    reply = panel_event(ds, "exclude")
     assert "Excluded 1 samples" in reply.ops["notify"][0]["message"]
     excluded = set(held_out) | {train_point}
     # Reset view forgets the clicked point: Exclude then has nothing to act on
-    reply = panel_event(ds, "reset_view", state={"clicked_id": train_point})
-    assert reply.state["clicked_id"] is None
-    reply = panel_event(ds, "exclude", state={"clicked_id": None})
+    panel_event(ds, "reset_view")
+    reply = panel_event(ds, "exclude")
     assert reply.ops["notify"][0]["variant"] == "warning"
 
     assert set(ds.match_tags("excluded").values("id")) == excluded
