@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.bench_quality import mixture  # noqa: E402
 from bubblefence_plugin import BubbleFence, BubbleFenceConfig  # noqa: E402
-from bubblefence_plugin.core.pipeline import unit_rows  # noqa: E402
+from bubblefence_plugin.core.neighbors import unit_rows  # noqa: E402
 
 THRESHOLD = 0.95
 TRAIN, VALIDATION, TEST = 0, 1, 2
@@ -140,7 +140,8 @@ def analyse(x, n, old_split, kept, before, after):
     }
 
 
-def run(name, quick, knobs):
+def round_data(name: str, quick: bool) -> tuple[np.ndarray, list[int]]:
+    """The vectors and round sizes of bench_quality's case `name` (a quarter when quick)."""
     scale = 0.25 if quick else 1.0
     n = int((20_000 if name == "mixture_4rounds" else 10_000) * scale)
     x, _ = mixture(n, seed={"mixture_rounds": 2}.get(name, 3))
@@ -148,6 +149,11 @@ def run(name, quick, knobs):
         "mixture_rounds": [n // 2, n // 4, n - n // 2 - n // 4],
         "mixture_4rounds": [n * 4 // 10, n // 10, n * 3 // 10, n - n * 8 // 10],
     }[name]
+    return x, rounds
+
+
+def run(name, quick, knobs):
+    x, rounds = round_data(name, quick)
     unit = unit_rows(x)
     bf = BubbleFence(BubbleFenceConfig(eval_ratio=0.2, seed=0, **knobs))
     start, records = 0, []

@@ -29,10 +29,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_bridges import leaking, twin_pairs  # noqa: E402
-from bench.bench_quality import mixture  # noqa: E402
+from bench.bench_bridges import leaking, round_data, twin_pairs  # noqa: E402
 from bubblefence_plugin import BubbleFence, BubbleFenceConfig  # noqa: E402
-from bubblefence_plugin.core.pipeline import unit_rows  # noqa: E402
+from bubblefence_plugin.core.neighbors import unit_rows  # noqa: E402
 
 TRAIN, VALIDATION, TEST = 0, 1, 2
 BINS = (0.90, 0.93, 0.95)
@@ -56,13 +55,8 @@ def binned(sims):
 
 
 def run(name, quick, knobs):
-    scale = 0.25 if quick else 1.0
-    n = int((20_000 if name == "mixture_4rounds" else 10_000) * scale)
-    x, _ = mixture(n, seed={"mixture_rounds": 2}.get(name, 3))
-    rounds = {
-        "mixture_rounds": [n // 2, n // 4, n - n // 2 - n // 4],
-        "mixture_4rounds": [n * 4 // 10, n // 10, n * 3 // 10, n - n * 8 // 10],
-    }[name]
+    x, rounds = round_data(name, quick)
+    n = len(x)
     unit = unit_rows(x)
     bf = BubbleFence(BubbleFenceConfig(eval_ratio=0.2, seed=0, **knobs))
     start = 0

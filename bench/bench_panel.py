@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,16 +37,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-_TMP = Path(tempfile.mkdtemp(prefix="bubblefence-bench-panel-"))
-(_TMP / "plugins").mkdir()
-# The repository root is the plugin; FiftyOne finds it through this link.
-(_TMP / "plugins" / "bubblefence").symlink_to(ROOT, target_is_directory=True)
-os.environ["FIFTYONE_DATABASE_DIR"] = str(_TMP / "db")
-os.environ["FIFTYONE_PLUGINS_DIR"] = str(_TMP / "plugins")
-os.environ.pop("FIFTYONE_DATABASE_URI", None)
-os.environ["FIFTYONE_DO_NOT_TRACK"] = "true"
-os.environ["FIFTYONE_SHOW_PROGRESS_BARS"] = "false"
-os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
+from fo_sandbox import sandbox  # noqa: E402
+
+_TMP = sandbox("bubblefence-bench-panel-")
 
 import fiftyone as fo  # noqa: E402
 import fiftyone.operators as foo  # noqa: E402

@@ -33,7 +33,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from collections import defaultdict
@@ -46,15 +45,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-_TMP = Path(tempfile.mkdtemp(prefix="bubblefence-bench-browser-"))
-(_TMP / "plugins").mkdir()
-(_TMP / "plugins" / "bubblefence").symlink_to(ROOT, target_is_directory=True)
-os.environ["FIFTYONE_DATABASE_DIR"] = str(_TMP / "db")
-os.environ["FIFTYONE_PLUGINS_DIR"] = str(_TMP / "plugins")
-os.environ.pop("FIFTYONE_DATABASE_URI", None)
-os.environ["FIFTYONE_DO_NOT_TRACK"] = "true"
-os.environ["FIFTYONE_SHOW_PROGRESS_BARS"] = "false"
-os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
+from fo_sandbox import sandbox  # noqa: E402
+
+_TMP = sandbox("bubblefence-bench-browser-")
 
 import fiftyone as fo  # noqa: E402
 import numpy as np  # noqa: E402
