@@ -169,3 +169,49 @@ def test_rows_are_normalised_and_bad_rows_refused_by_number():
     broken[4] = 0.0
     with pytest.raises(ValueError, match=r"x rows \[4\] are zero vectors"):
         cur.select(broken, request)
+
+
+def test_pruned_knn_matches_exact_ties_and_serves_both_sides(monkeypatch):
+    """Entries of +-1/4 in 16-d: unit rows whose products are exact in any order, so
+    ties (exact duplicates, equal angles) are real and must go to the lower index."""
+    monkeypatch.setattr(cur, "BRUTE_FORCE_ROWS", 100)
+    monkeypatch.setattr(cur, "QUERY_BLOCK", 64)
+    monkeypatch.setattr(cur, "CHUNK_ROWS", 128)
+    rng = np.random.default_rng(4)
+    patterns = rng.choice([-0.25, 0.25], size=(60, 16)).astype(np.float32)
+    tight = np.repeat(patterns[:1], 400, axis=0)  # one tight cluster: every pair ties
+    tight[:, :2] = rng.choice([-0.25, 0.25], size=(400, 2))  # ... nearly: 4 variants
+    x = np.concatenate([tight, patterns[rng.integers(0, 60, 900)]])
+    x = x[rng.permutation(len(x))]
+    k = 6
+    sims, idx = cur.knn_all(x, k, seed=1)
+    full = x.astype(np.float64) @ x.astype(np.float64).T
+    np.fill_diagonal(full, -np.inf)
+    ref_idx = np.argsort(-full, axis=1, kind="stable")[:, :k]  # ties: lower index first
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_array_equal(sims, np.take_along_axis(full, ref_idx, axis=1))
+
+
+def test_pruned_knn_is_exact_on_tight_clusters_beside_broad_ones(monkeypatch):
+    monkeypatch.setattr(cur, "BRUTE_FORCE_ROWS", 500)
+    monkeypatch.setattr(cur, "QUERY_BLOCK", 128)
+    monkeypatch.setattr(cur, "CHUNK_ROWS", 256)
+    rng = np.random.default_rng(2)
+    centres = rng.standard_normal((8, 64))
+    spreads = [0.01, 0.01, 0.02, 0.3, 0.5, 0.6, 0.8, 1.0]  # tight ones many pieces wide
+    sizes = [900, 500, 300, 200, 200, 150, 100, 50]
+    x = np.concatenate(
+        [
+            c + s * rng.standard_normal((m, 64))
+            for c, s, m in zip(centres, spreads, sizes, strict=True)
+        ]
+        + [rng.standard_normal((20, 64))]  # isolated outliers
+    )
+    x = unit(np.concatenate([x, x[::40]]))  # exact duplicates
+    sims, idx = cur.knn_all(x, 10, seed=5)
+    ref_sims, _ = knn(x, x, 10, exclude_self=np.arange(len(x)))
+    np.testing.assert_allclose(sims, ref_sims, atol=1e-5)
+    assert (idx != np.arange(len(x))[:, None]).all()
+    assert all(len(set(row)) == 10 for row in idx.tolist())  # no neighbour twice
+    np.testing.assert_allclose(np.einsum("id,ikd->ik", x, x[idx]), sims, atol=1e-5)
+    assert (np.diff(sims, axis=1) <= 0).all()

@@ -26,7 +26,8 @@ nearest neighbours are exact (`knn_all`): the rows are grouped around seeded k-m
 centres, and a group is compared with a block of queries only when the triangle
 inequality on angles says it could hold a closer row than a query's current k-th. In a
 tight cluster every member is a candidate, so the cost stays quadratic in the sizes
-of the largest tight clusters (the exact answer needs it).
+of the largest tight clusters (the exact answer needs it); each such pair is computed
+once, its product serving both rows.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ from .regions import RegionIndex
 TYPICALITY_K = 10
 # Below this many rows a plain blockwise product is as fast as the pruned search.
 BRUTE_FORCE_ROWS = 8192
-# Query rows per block of the pruned search: queries of one region share their bounds.
+# Rows per piece of the pruned search (regions are cut to this size): the queries of a
+# piece share their bounds, and a piece is the unit whose products serve both sides.
 QUERY_BLOCK = 512
 # Rows per product of the pruned search: below ~2,000 columns a 512-row product runs
 # at a fraction of the BLAS's speed (measured here: 300 columns 17, 3,000 columns 37
@@ -156,11 +158,15 @@ def knn_all(x: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarra
     """Exact k most similar other rows of every row of ``x`` (unit rows).
 
     Returns (similarities, indices), most similar first, shape (n, k'), k' =
-    min(k, n - 1). Rows are grouped into regions around seeded centres; a block of
-    queries meets the regions in decreasing order of bound, each only with the queries
-    whose bound for it beats their current k-th best (the angle to a region's centre
-    minus the region's angular radius bounds every member's angle). Memory: one copy
-    of ``x`` sorted by region and one region's similarities per block; never N x N.
+    min(k, n - 1); ties go to the lower index. Rows are grouped into pieces (regions
+    around seeded centres, cut to at most `QUERY_BLOCK` rows); each piece's queries
+    meet the pieces in decreasing order of bound, each only with the queries whose
+    bound for it beats their current k-th best (the angle to a piece's centre minus
+    its angular radius bounds every member's angle). A product that covers a whole
+    piece of queries also serves the later pieces among its columns (its transpose),
+    which then skip that piece: within a tight cluster, where no bound prunes, each
+    pair is computed once instead of twice. Memory: one copy of ``x`` sorted by piece,
+    the k best of every row and one chunk's similarities; never N x N.
     """
     x = np.asarray(x, dtype=np.float32)
     n = len(x)
@@ -172,14 +178,18 @@ def knn_all(x: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarra
 
     order, starts, centres, cos_radius = _regions_for_search(x, seed)
     sorted_x = x[order]
-    out_sim = np.empty((n, k_eff), np.float32)
-    out_idx = np.empty((n, k_eff), np.int64)
-    # Blocks of consecutive sorted rows: queries of one region share their bounds.
-    for lo in range(0, n, QUERY_BLOCK):
-        pos = np.arange(lo, min(lo + QUERY_BLOCK, n))
-        sims, idx = _knn_block(sorted_x, starts, centres, cos_radius, pos, k_eff)
-        out_sim[order[pos]] = sims
-        out_idx[order[pos]] = order[idx]
+    # Indexed by sorted position; the neighbours are original row indices.
+    best_sim = np.full((n, k_eff), -np.inf, np.float32)
+    best_idx = np.full((n, k_eff), -1, np.int64)
+    done_with: list[list[int]] = [[] for _ in range(len(centres))]
+    for piece in range(len(centres)):
+        _search_piece(
+            sorted_x, order, starts, centres, cos_radius, piece, done_with, best_sim, best_idx
+        )
+    out_sim = np.empty_like(best_sim)
+    out_idx = np.empty_like(best_idx)
+    out_sim[order] = best_sim
+    out_idx[order] = best_idx
     return out_sim, out_idx
 
 
@@ -209,7 +219,15 @@ def _regions_for_search(
             label[rows[sims < np.quantile(sims, EDGE_SHARE)]] = n_regions
     order = np.argsort(label, kind="stable")
     counts = np.bincount(label, minlength=n_regions + 1)
-    starts = np.concatenate([[0], np.cumsum(counts[counts > 0])])
+    ends = np.cumsum(counts[counts > 0])
+    # Regions cut into even pieces of at most QUERY_BLOCK rows.
+    starts = np.concatenate(
+        [
+            np.linspace(a, b, -(-(b - a) // QUERY_BLOCK) + 1).astype(np.int64)[:-1]
+            for a, b in zip(np.concatenate([[0], ends[:-1]]), ends, strict=True)
+        ]
+        + [[n]]
+    )
     centres = np.empty((len(starts) - 1, x.shape[1]), np.float32)
     cos_radius = np.empty(len(centres), np.float32)
     for r in range(len(centres)):
@@ -225,62 +243,103 @@ def _unit_mean(rows: np.ndarray) -> np.ndarray:
     return mean / norm if norm > 0 else rows[0]
 
 
-def _knn_block(
+def _search_piece(
     sorted_x: np.ndarray,
+    order: np.ndarray,
     starts: np.ndarray,
     centres: np.ndarray,
     cos_radius: np.ndarray,
-    query_pos: np.ndarray,
-    k: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """k nearest (positions in sorted_x) of one block of queries, exactly.
+    piece: int,
+    done_with: list[list[int]],
+    best_sim: np.ndarray,
+    best_idx: np.ndarray,
+) -> None:
+    """Completes the k best of one piece's queries (positions in sorted_x), exactly.
 
-    Regions come in decreasing order of the block's best bound, gathered into chunks
+    Pieces come in decreasing order of the piece's best bound, gathered into chunks
     of at least `CHUNK_ROWS` rows so that each product is large enough to run at the
-    BLAS's full speed (regions of a few dozen rows run several times slower). A chunk
-    is compared only with the queries whose bound for one of its regions beats their
-    current k-th best, so one hard query (an outlier) does not drag its block along.
+    BLAS's full speed (pieces of a few dozen rows run several times slower). A chunk
+    is compared only with the queries whose bound for one of its pieces beats their
+    current k-th best, so one hard query (an outlier) does not drag its piece along.
+    When every query of the piece meets a chunk, the product's transpose goes to the
+    chunk's later pieces, which record that they have met this piece (``done_with``).
     """
-    q = sorted_x[query_pos]
+    lo, hi = int(starts[piece]), int(starts[piece + 1])
+    q = sorted_x[lo:hi]
     angle_to_centre = np.arccos(np.clip(q @ centres.T, -1.0, 1.0))
     radius = np.arccos(np.clip(cos_radius, -1.0, 1.0))
     bound = np.cos(np.maximum(angle_to_centre - radius, 0.0)) + BOUND_SLACK
-    best_sim = np.full((len(q), k), -np.inf, np.float32)
-    best_idx = np.full((len(q), k), -1, np.int64)
     block_bound = bound.max(axis=0)
     visit = np.argsort(-block_bound, kind="stable")
+    visit = visit[~np.isin(visit, done_with[piece])]
+    done_with[piece] = []
     sizes = np.diff(starts)
     first = 0
     while first < len(visit):
-        kth = best_sim[:, -1]
+        kth = best_sim[lo:hi, -1]
         if block_bound[visit[first]] <= kth.min():
-            break  # regions come in decreasing bound: none left can help any query
+            break  # pieces come in decreasing bound: none left can help any query
         last = first + int(np.searchsorted(np.cumsum(sizes[visit[first:]]), CHUNK_ROWS)) + 1
-        chunk = visit[first:last]
+        chunk = np.sort(visit[first:last])  # ascending: the later pieces' columns come last
         first = last
         active = np.flatnonzero((bound[:, chunk] > kth[:, None]).any(axis=1))
         if not len(active):
             continue
         columns = np.concatenate([np.arange(starts[r], starts[r + 1]) for r in chunk])
         sims = q[active] @ sorted_x[columns].T
-        # A query is not its own neighbour.
-        own_row, own_col = np.nonzero(query_pos[active][:, None] == columns[None, :])
-        sims[own_row, own_col] = -np.inf
-        # Once a query has met a few regions, few new similarities beat its k-th
-        # best; only the queries with one go through the (costlier) top-k merge.
-        improves = (sims > kth[active][:, None]).any(axis=1)
-        active, sims = active[improves], sims[improves]
-        if not len(active):
-            continue
-        cand_sim = np.concatenate([best_sim[active], sims], axis=1)
-        cand_idx = np.concatenate([best_idx[active], np.broadcast_to(columns, sims.shape)], axis=1)
-        part = np.argpartition(-cand_sim, k - 1, axis=1)[:, :k]
-        part_sim = np.take_along_axis(cand_sim, part, axis=1)
-        part_idx = np.take_along_axis(cand_idx, part, axis=1)
-        top = np.lexsort((part_idx, -part_sim), axis=1)
-        best_sim[active] = np.take_along_axis(part_sim, top, axis=1)
-        best_idx[active] = np.take_along_axis(part_idx, top, axis=1)
-    return best_sim, best_idx
+        _merge(best_sim, best_idx, lo + active, order[lo + active], sims, order[columns])
+        later = int(np.searchsorted(columns, hi))
+        if len(active) == hi - lo and later < len(columns):
+            _merge(
+                best_sim,
+                best_idx,
+                columns[later:],
+                order[columns[later:]],
+                sims[:, later:].T,
+                order[lo:hi],
+            )
+            for other in chunk[chunk > piece]:
+                done_with[other].append(piece)
+
+
+def _merge(
+    best_sim: np.ndarray,
+    best_idx: np.ndarray,
+    owners: np.ndarray,
+    owner_ids: np.ndarray,
+    sims: np.ndarray,
+    candidate_ids: np.ndarray,
+) -> None:
+    """Merges similarities (owners x candidates) into the owners' k best, in place.
+
+    Only a similarity at or above an owner's k-th best can enter its list, and once
+    the list is full such similarities are few (over a cluster of m rows met in random
+    order, about k ln(m / k) in all): one comparison picks them out, and only they are
+    sorted with the lists, by (owner, -similarity, index). An owner whose list is not
+    full yet takes its (k + 1)-th best of the block as threshold (one more than k: the
+    block may hold the owner itself, which is not its own neighbour).
+    """
+    k = best_sim.shape[1]
+    threshold = best_sim[owners, -1]
+    fresh = np.flatnonzero(np.isneginf(threshold))
+    if len(fresh):
+        kk = min(k + 1, sims.shape[1])
+        threshold[fresh] = np.partition(sims[fresh], -kk, axis=1)[:, -kk]
+    row, col = np.divmod(np.flatnonzero(sims >= threshold[:, None]), sims.shape[1])
+    keep = candidate_ids[col] != owner_ids[row]
+    row, col = row[keep], col[keep]
+    if not len(row):
+        return
+    rows, slot = np.unique(row, return_inverse=True)
+    target = owners[rows]
+    owner = np.concatenate([np.repeat(np.arange(len(rows)), k), slot])
+    sim = np.concatenate([best_sim[target].ravel(), sims[row, col]])
+    idx = np.concatenate([best_idx[target].ravel(), candidate_ids[col]])
+    ranked = np.lexsort((idx, -sim, owner))
+    counts = np.bincount(owner, minlength=len(rows))
+    take = ranked[((np.cumsum(counts) - counts)[:, None] + np.arange(k)).ravel()]
+    best_sim[target] = sim[take].reshape(len(rows), k)
+    best_idx[target] = idx[take].reshape(len(rows), k)
 
 
 # --------------------------------------------------------------------------- scores
