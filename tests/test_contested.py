@@ -9,7 +9,7 @@ import pytest
 from bubblefence_plugin.core.bubbles import INNER, TEST, TRAIN, UNASSIGNED, VALIDATION
 from bubblefence_plugin.core.config import BubbleFenceConfig
 from bubblefence_plugin.core.contested import min_leak_cut
-from bubblefence_plugin.core.follow import bind_to_assigned
+from bubblefence_plugin.core.follow import bind_to_assigned, earlier_index
 from bubblefence_plugin.core.twins import twin_components
 
 CONFIG = BubbleFenceConfig(leak_threshold=0.95)
@@ -95,7 +95,9 @@ def test_bridges_sharing_one_eval_twin_go_train_and_leak_it_alone():
     old_rule[new] = VALIDATION
     assert len(leaking_eval(x, old_rule)) == 3
     kept = np.ones(len(x), bool)
-    stats = bind_to_assigned(x, new, components, split, anchor, shell, kept, n_old, CONFIG)
+    stats = bind_to_assigned(
+        x, new, components, split, anchor, shell, earlier_index(x, kept, n_old, CONFIG), CONFIG
+    )
     assert split[new].tolist() == [TRAIN] * 3
     assert leaking_eval(x, split).tolist() == [0]
     assert stats == {"bound_to_twins": 3, "cut_pairs_twins": 3, "leaks_twins": 1}
@@ -108,7 +110,14 @@ def test_a_bridge_on_a_tie_goes_train():
     anchor, shell = np.array([1, -1, -1]), np.array([INNER, 0, 0], np.int8)
     new = np.array([2])
     stats = bind_to_assigned(
-        x, new, np.array([0]), split, anchor, shell, np.ones(3, bool), 2, CONFIG
+        x,
+        new,
+        np.array([0]),
+        split,
+        anchor,
+        shell,
+        earlier_index(x, np.ones(3, bool), 2, CONFIG),
+        CONFIG,
     )
     assert split[2] == TRAIN and anchor[2] == -1
     assert stats["leaks_twins"] == 1
@@ -149,7 +158,9 @@ def test_binding_leaks_no_more_than_any_assignment_of_the_contested(seed):
     new = np.arange(n_old, len(x))
     components = twin_components(x, new, CONFIG.leak_threshold, seed)
     kept = np.ones(len(x), bool)
-    stats = bind_to_assigned(x, new, components, split, anchor, shell, kept, n_old, CONFIG)
+    stats = bind_to_assigned(
+        x, new, components, split, anchor, shell, earlier_index(x, kept, n_old, CONFIG), CONFIG
+    )
     ours = len(leaking_eval(x, split))
     before = len(leaking_eval(x[:n_old], old_split))
     assert stats["leaks_twins"] == ours - before

@@ -21,7 +21,7 @@ from bubblefence_plugin.core.bubbles import (
     AnchorTable,
 )
 from bubblefence_plugin.core.config import BubbleFenceConfig
-from bubblefence_plugin.core.follow import bind_to_assigned, join_existing_bubbles
+from bubblefence_plugin.core.follow import bind_to_assigned, earlier_index, join_existing_bubbles
 from bubblefence_plugin.core.twins import twin_components
 
 CONFIG = BubbleFenceConfig(leak_threshold=0.95)
@@ -47,7 +47,14 @@ def bind(x, split, anchor, shell, n_old, components, kept=None):
     new_kept = np.arange(n_old, len(x))
     kept = np.ones(len(x), bool) if kept is None else kept
     return bind_to_assigned(
-        x, new_kept, np.asarray(components), split, anchor, shell, kept, n_old, CONFIG
+        x,
+        new_kept,
+        np.asarray(components),
+        split,
+        anchor,
+        shell,
+        earlier_index(x, kept, n_old, CONFIG),
+        CONFIG,
     )
 
 

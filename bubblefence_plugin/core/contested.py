@@ -32,7 +32,7 @@ import numpy as np
 from scipy import sparse
 from scipy.sparse.csgraph import breadth_first_order, maximum_flow
 
-from .bubbles import TRAIN
+from .bubbles import TEST, TRAIN, VALIDATION
 from .neighbors import CellIndex
 from .twins import twin_votes
 
@@ -55,8 +55,9 @@ def fewest_leaks(
     """Which contested components go to eval, and the eval samples that then leak.
 
     `rows` are the new kept rows, `comp[i]` the component (0..) of `rows[i]`, `contested`
-    the components to decide; `index` holds the assigned rows, `base_split[p]` the split
-    of index position p; `train_twins` / `eval_twins` count each row's assigned twins.
+    the components to decide; `index` holds the earlier rows, `base_split[p]` the split
+    of index position p (-1: not assigned); `train_twins` / `eval_twins` count each
+    row's assigned twins.
     Returns a bool per entry of `contested` (True: eval) and the cut's leak count.
     """
     contested = np.asarray(contested, dtype=np.int64)
@@ -77,7 +78,7 @@ def fewest_leaks(
     # An eval twin with an assigned train twin leaks already: sending it another costs nothing.
     twins = np.unique(twin)
     is_train = (base_split == TRAIN).astype(np.int64)
-    leaking = twin_votes(embeddings, embeddings[index.rows[twins]], index, is_train, 2)
+    leaking = twin_votes(embeddings, embeddings[index.rows[twins]], [(index, is_train)], 2)
     clean = twins[leaking.count[:, 1] == 0]
     keep = np.isin(twin, clean)
     edge_comp = node_of[comp[members[member[keep]]]]
@@ -93,7 +94,7 @@ def _eval_twins(
     query = np.zeros(0, np.int64)
     twin = np.zeros(0, np.int64)
     for q, b, _ in index.pairs(embeddings[queries]):
-        held = base_split[b] != TRAIN
+        held = (base_split[b] == VALIDATION) | (base_split[b] == TEST)
         query = np.concatenate([query, q[held]])
         twin = np.concatenate([twin, b[held]])
         order = np.lexsort((twin, query))

@@ -47,19 +47,23 @@ def find_duplicates(
     *,
     new_labels: np.ndarray | None = None,
     kept_labels: np.ndarray | None = None,
+    kept_index: CellIndex | None = None,
 ) -> DedupResult:
     """Mark rows of `new` that duplicate a kept earlier row.
 
     `embeddings[kept_rows]` are the kept rows of earlier rounds (ascending); new row i
     has global row `first_new_row + i`. With labels (class-aware mode), twins whose
-    labels differ are not duplicates.
+    labels differ are not duplicates. `kept_index`: an index over `kept_rows` (at any
+    threshold) that the round shares with its other steps; built here when not given.
     """
     n = len(new)
     duplicate_of = np.full(n, -1, dtype=np.int64)
 
     # Against earlier rounds: every hit is final, the old rows are kept.
     if len(kept_rows):
-        index = CellIndex(embeddings, kept_rows, threshold, seed)
+        if kept_index is None:
+            kept_index = CellIndex(embeddings, kept_rows, threshold, seed)
+        index = kept_index.at(threshold)
         query, base = _earliest(index, new, new_labels, kept_labels, before=None)
         first = np.r_[True, query[1:] != query[:-1]] if len(query) else np.empty(0, bool)
         duplicate_of[query[first]] = kept_rows[base[first]]

@@ -45,6 +45,16 @@ from .twins import twin_votes
 ROLES = (TRAIN, VALIDATION, TEST)
 
 
+def earlier_index(
+    embeddings: np.ndarray, kept: np.ndarray, n_old: int, config: BubbleFenceConfig
+) -> CellIndex | None:
+    """One index over the kept rows of the `n_old` earlier ones, for every search of a
+    round against them (dedup, twins, the closure margin) at its own threshold
+    (`CellIndex.at`); None when there are none."""
+    rows = np.flatnonzero(kept[:n_old])
+    return CellIndex(embeddings, rows, config.leak_threshold, config.seed) if len(rows) else None
+
+
 def bind_to_assigned(
     embeddings: np.ndarray,
     new_kept: np.ndarray,
@@ -52,12 +62,13 @@ def bind_to_assigned(
     split: np.ndarray,
     anchor: np.ndarray,
     shell: np.ndarray,
-    kept: np.ndarray,
-    n_old: int,
+    earlier: CellIndex | None,
     config: BubbleFenceConfig,
 ) -> dict[str, int]:
     """Bind new components to their assigned twins and known groups (in place); returns
     the round-record counts `bound_to_twins` and `cut_pairs_twins`.
+
+    `earlier`: an index over the kept rows of earlier rounds (None: there are none).
 
     `components[i]` is the component label of `new_kept[i]`; rows of `new_kept` that
     already have a split (new members of known groups) are *forced*: they keep it, and
@@ -65,9 +76,10 @@ def bind_to_assigned(
     or new, that contested components make leak.
     """
     stats = {"bound_to_twins": 0, "cut_pairs_twins": 0, "leaks_twins": 0}
-    assigned = np.flatnonzero(kept[:n_old] & np.isin(split[:n_old], ROLES))
+    base_role = None if earlier is None else role_of(split[earlier.rows])
     forced = split[new_kept] != UNASSIGNED
-    if len(new_kept) == 0 or (len(assigned) == 0 and not forced.any()):
+    has_assigned = base_role is not None and bool((base_role >= 0).any())
+    if len(new_kept) == 0 or (not has_assigned and not forced.any()):
         return stats
     _, comp = np.unique(components, return_inverse=True)
     comp = comp.reshape(-1)
@@ -76,9 +88,9 @@ def bind_to_assigned(
     best = np.full((len(new_kept), 3), -1, np.int64)
     best_sim = np.full((len(new_kept), 3), -np.inf)
     index = None
-    if len(assigned):
-        index = CellIndex(embeddings, assigned, config.leak_threshold, config.seed)
-        votes = twin_votes(embeddings, embeddings[new_kept], index, split[assigned], 3)
+    if has_assigned:
+        index = earlier.at(config.leak_threshold)
+        votes = twin_votes(embeddings, embeddings[new_kept], [(index, base_role)], len(ROLES))
         links, best, best_sim = votes.count, votes.best, votes.best_sim
     # A forced member votes for its own split as if it were its twin, above any pair.
     forced_rows = np.flatnonzero(forced)
@@ -116,7 +128,7 @@ def bind_to_assigned(
             comp,
             contested,
             index,
-            split[assigned],
+            base_role,
             links[:, TRAIN],
             links[:, VALIDATION] + links[:, TEST],
         )
@@ -136,6 +148,12 @@ def bind_to_assigned(
     # Pairs to any other split than the component's are cut (counted, not hidden).
     stats["cut_pairs_twins"] = int(per_comp[bound].sum() - per_comp[bound, side[bound]].sum())
     return stats
+
+
+def role_of(split: np.ndarray) -> np.ndarray:
+    """Split codes as classes of `twin_votes`: train, validation, test; -1 for the rest
+    (duplicates kept as originals whose original was deleted)."""
+    return np.where(np.isin(split, ROLES), split, -1).astype(np.int64)
 
 
 def _decide(links: np.ndarray, forced: np.ndarray, best_sim: np.ndarray) -> np.ndarray:
@@ -209,11 +227,15 @@ def keep_margins(
     anchor: np.ndarray,
     shell: np.ndarray,
     kept: np.ndarray,
+    n_old: int,
+    earlier: CellIndex | None,
     config: BubbleFenceConfig,
 ) -> tuple[np.ndarray, int]:
     """The closure margin around assigned samples (module docstring), in place.
 
-    `unit_of[i]`: the unit (component at `closure_threshold`) of `open_rows[i]`.
+    `unit_of[i]`: the unit (component at `closure_threshold`) of `open_rows[i]`;
+    `earlier`: an index over the kept rows of the `n_old` earlier ones (None: there
+    are none), searched with one over the rows this round has assigned so far.
     Returns which open rows are fenced (train's margin) and how many joined eval.
     Train comes first: a unit within the margin of both sides stays train, as a
     contested component does on a tie (`contested.py`). One range search at the
@@ -221,11 +243,16 @@ def keep_margins(
     """
     fenced = np.zeros(len(open_rows), bool)
     threshold = config.unit_threshold
-    assigned = np.flatnonzero(kept & np.isin(split, ROLES))
-    if threshold >= config.leak_threshold or len(open_rows) == 0 or len(assigned) == 0:
+    searches = []
+    if earlier is not None:
+        searches.append((earlier.at(threshold), role_of(split[earlier.rows])))
+    this_round = n_old + np.flatnonzero(kept[n_old:] & np.isin(split[n_old:], ROLES))
+    if len(this_round):
+        index = CellIndex(embeddings, this_round, threshold, config.seed)
+        searches.append((index, split[this_round].astype(np.int64)))
+    if threshold >= config.leak_threshold or len(open_rows) == 0 or not searches:
         return fenced, 0  # no margin below the twins, or nothing to keep it around
-    index = CellIndex(embeddings, assigned, threshold, config.seed)
-    near = twin_votes(embeddings, embeddings[open_rows], index, split[assigned], len(ROLES))
+    near = twin_votes(embeddings, embeddings[open_rows], searches, len(ROLES))
     fenced = np.isin(unit_of, unit_of[near.count[:, TRAIN] > 0])
     # Each open row's most similar eval sample (ties: the smaller row), then each free
     # unit's, over its members: the unit's model.

@@ -22,12 +22,13 @@ with ties broken by row index.
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from collections.abc import Iterator
 
 import numpy as np
-from scipy.spatial import cKDTree
+from threadpoolctl import threadpool_limits
 
 # Environment variable that fixes the BLAS thread count of a round (see `blas_threads`).
 THREADS_VARIABLE = "BUBBLEFENCE_BLAS_THREADS"
@@ -35,6 +36,9 @@ THREADS_VARIABLE = "BUBBLEFENCE_BLAS_THREADS"
 SMALL_ROUND = 10_000
 # Window over which the idle cores are measured at the start of a round.
 IDLE_WINDOW_S = 0.1
+# Rows per step of a pass over every row (normalising, projecting, measuring radii):
+# temporaries of the whole matrix's size would double peak memory.
+ROW_STEP = 65_536
 # Rows of queries per matrix product: 256 x 1M float32 similarities = 1 GiB, so
 # callers with a large base pass a smaller block.
 DEFAULT_BLOCK = 1024
@@ -47,9 +51,35 @@ RANK_DECIMALS = 9
 # Rows per cell of a `CellIndex`: products of a few hundred rows keep BLAS efficient,
 # and the per-cell bookkeeping small beside them.
 CELL_SIZE = 256
-# Dimensions of the PCA projection in which rows are assigned to cells; the bounds
-# that decide which cells to visit are computed in full dimension.
+# Parts a group of rows is split among per level of a `CellIndex`: at 1M rows, two
+# levels of products with 64 seeds (about 1 s) reach cells of `CELL_SIZE`.
+CELL_FANOUT = 64
+# Rows of a group the seeds are drawn from: k-means++ is sequential, so its cost is
+# this times the fan-out; a sample this size gives every cluster of a few % a seed.
+SEED_SAMPLE = 4096
+# Dimensions of a group's subspace (`CellIndex`): real embeddings and the benchmark
+# mixtures have an intrinsic dimension of 8-16 per cluster, so 32 axes leave members
+# only noise as residual.
 CELL_DIMS = 32
+# Rows a group's subspace is fitted on: the eigenvectors of their Gram matrix take a
+# few ms, and a few hundred rows find the axes of a cluster of intrinsic dimension 16.
+AXES_SAMPLE = 256
+# Rows of a product of rows with seeds: a few MB of temporaries.
+PRODUCT_ROWS = 4096
+# Queries searched together: they share their nearest cell, so the cells they reach
+# overlap, and their products are large enough for BLAS.
+QUERY_GROUP = 256
+# A row farther than this off its group's subspace is a stray of another cluster
+# (`CellIndex._fit_groups`): in-cluster residuals of the benchmark mixtures are
+# 0.05-0.1, other clusters' about 1, and the bound rules a cell out for a query whose
+# residual exceeds the cell's largest by tau (0.32 at cosine 0.95, 0.45 at 0.90).
+STRAY_RESIDUAL = 0.4
+# Passes that regroup strays: each pass leaves the rows of clusters too small to get a
+# seed in the last; the final pass keeps what is left, bound or not.
+STRAY_PASSES = 3
+# |P x|^2 of a float32 unit row is off by well under 1e-6, so sqrt(1 - |P x|^2 + this)
+# bounds the residual |x - P x| from above, and exceeds it by at most 1e-3.
+RESIDUAL_EPS = 1e-6
 # Memory of one block of similarities in a `CellIndex` search (with the rows gathered
 # for it, a few times this at peak).
 SCAN_BYTES = 16 * 2**20
@@ -57,8 +87,6 @@ SCAN_BYTES = 16 * 2**20
 # pair by pair (float64) rather than the whole block by BLAS: gathering two rows per
 # pair costs more than a BLAS product beyond a few in a thousand.
 SPARSE_SHARE = 0.002
-# Margin on squared projected distances, far above float32 cancellation (~1e-6).
-PROJECTION_MARGIN = 1e-4
 
 
 def blas_threads(n_rows: int) -> int:
@@ -176,9 +204,8 @@ def project_rows(
     """embeddings[rows] @ projection.T, computed block by block so no row copy is made."""
     n = len(embeddings) if rows is None else len(rows)
     out = np.empty((n, projection.shape[0]), dtype=np.float32)
-    step = 65_536
-    for start in range(0, n, step):
-        stop = min(start + step, n)
+    for start in range(0, n, ROW_STEP):
+        stop = min(start + ROW_STEP, n)
         chunk = embeddings[start:stop] if rows is None else embeddings[rows[start:stop]]
         out[start:stop] = chunk @ projection.T
     return out
@@ -222,29 +249,103 @@ def pairs_at_least(
     return i, j
 
 
-def principal_axes(sample: np.ndarray, n_components: int) -> np.ndarray:
-    """(p, D) orthonormal principal axes of a sample of rows, signs fixed (largest entry > 0).
+def subspace_axes(sample: np.ndarray, n_components: int) -> np.ndarray:
+    """(p, D) orthonormal axes of the subspace that best holds a sample of rows (its top
+    right singular vectors, not centred: the mean direction is part of what members
+    share), from the eigenvectors of the sample's Gram matrix, which is small.
 
-    Used only to group rows into cells, so any orthonormal basis would be correct;
-    the principal one makes cells compact.
+    Any orthonormal basis keeps the bounds of `CellIndex` exact; the best-fitting one
+    leaves members the smallest residuals, and so rules the most pairs out.
     """
-    x = sample.astype(np.float64) - sample.mean(axis=0, dtype=np.float64)
-    p = int(min(n_components, x.shape[0], x.shape[1]))
-    _, vectors = np.linalg.eigh(x.T @ x)
-    axes = vectors[:, ::-1][:, :p].T
-    signs = np.sign(axes[np.arange(p), np.argmax(np.abs(axes), axis=1)])
-    return (axes * np.where(signs == 0, 1.0, signs)[:, None]).astype(np.float32)
+    x = sample.astype(np.float64)
+    values, vectors = np.linalg.eigh(x @ x.T)
+    top = np.argsort(-values, kind="stable")[: min(n_components, x.shape[1])]
+    top = top[values[top] > 1e-12 * max(values.max(), 1e-300)]
+    # Orthonormal to working precision whatever the eigen-solver left.
+    axes, _ = np.linalg.qr(x.T @ vectors[:, top])
+    return axes.T.astype(np.float32)
+
+
+def plus_plus_seeds(sample: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k-means++ seeding: each next seed drawn with probability ~ distance^2 to the chosen,
+    so that a small, distant cluster gets a seed of its own. Returns (k, D) float32."""
+    first = int(rng.integers(len(sample)))
+    seeds = [sample[first]]
+    # One matrix-vector product per seed: on two BLAS threads several times slower.
+    with threadpool_limits(limits=1, user_api="blas"):
+        closest = 2.0 - 2.0 * (sample @ sample[first]).astype(np.float64)
+        for _ in range(1, k):
+            weights = np.maximum(closest, 0.0)
+            total = weights.sum()
+            pick = (
+                int(rng.choice(len(sample), p=weights / total))
+                if total > 0
+                else int(rng.integers(len(sample)))
+            )
+            seeds.append(sample[pick])
+            closest = np.minimum(closest, 2.0 - 2.0 * (sample @ sample[pick]).astype(np.float64))
+    return np.vstack(seeds).astype(np.float32)
+
+
+def _split(
+    embeddings: np.ndarray,
+    rows: np.ndarray,
+    group: np.ndarray,
+    rng: np.random.Generator,
+    spread: bool,
+) -> list[np.ndarray]:
+    """`group` (positions in `rows`) split among up to `CELL_FANOUT` seeds, each row going
+    to its most similar seed; parts in seed order, empty ones left out.
+
+    `spread`: k-means++ seeds (on a sample of the group), so that every cluster of the
+    data gets a seed, for the top-level split; else seeded random rows, enough within
+    a group that holds one cluster (k-means++ is sequential: 0.2 ms a seed).
+    """
+    parts = min(-(-len(group) // CELL_SIZE), CELL_FANOUT)
+    if spread:
+        sample = group
+        if len(group) > SEED_SAMPLE:
+            sample = np.sort(rng.choice(group, SEED_SAMPLE, replace=False))
+        seeds = plus_plus_seeds(embeddings[rows[sample]], parts, rng)
+    else:
+        seeds = embeddings[rows[np.sort(rng.choice(group, parts, replace=False))]]
+    part = np.empty(len(group), np.int64)
+    for start in range(0, len(group), PRODUCT_ROWS):
+        block = group[start : start + PRODUCT_ROWS]
+        part[start : start + len(block)] = np.argmax(embeddings[rows[block]] @ seeds.T, axis=1)
+    if np.all(part == part[0]):
+        # Rows no seed tells apart (copies of one vector): cut by position.
+        part = np.arange(len(group)) // CELL_SIZE
+    order = np.argsort(part, kind="stable")
+    bounds = np.searchsorted(part[order], np.arange(part.max() + 2))
+    edges = zip(bounds[:-1], bounds[1:], strict=True)
+    return [group[order[a:b]] for a, b in edges if b > a]
 
 
 class CellIndex:
-    """An exact range search over `embeddings[rows]` for one similarity threshold.
+    """An exact range search over `embeddings[rows]` at a similarity threshold.
 
-    Rows are grouped into cells around seeded centres (real rows), assigned in a PCA
-    projection. A cell keeps its centre c and radius R (the largest distance of a
-    member to c, in full dimension). Two unit vectors are within the threshold t when
-    their distance is at most tau = sqrt(2 - 2t); a query q can have such a
-    neighbour in a cell only if ||q - c|| <= R + tau (triangle inequality), so
-    only those cells are visited. Exact: every pair within the threshold is seen.
+    Two unit vectors are within the threshold t when their distance is at most
+    tau = sqrt(2 - 2t). Two bounds rule out almost every pair before a full-dimension
+    product, each exact:
+
+    * **cells**: rows are split among `CELL_FANOUT` k-means++ seeds (in full dimension),
+      the parts again, down to cells of about `CELL_SIZE` rows. A cell keeps its centre
+      c (the members' normalised mean) and radius R; a query q can have a neighbour in
+      it only if ||q - c|| <= R + tau (triangle inequality).
+    * **subspaces**: each top-level part (a *group*: at 1M rows about 16k) keeps the
+      `CELL_DIMS` axes that best hold its members, and each member its coordinates P x
+      and residual r_x = x - P x. For any q, q . x = P q . P x + r_q . r_x
+      <= P q . P x + |r_q| |r_x|: one product of `CELL_DIMS` + 1 coordinates bounds the
+      similarity (`_bound_coords`). Real embeddings lie near a low-dimensional
+      manifold, so within a group residuals are small and the bound is nearly the
+      similarity; a query from another cluster has a large residual, and a whole cell
+      is ruled out at once when ||q - x|| >= |r_q| - max |r_x| > tau. A broad cluster,
+      whose cells all reach each other, is where the triangle inequality fails and
+      this bound does the work.
+
+    The cells do not depend on the threshold: `at` searches the same index at
+    another one, so one index serves every step of a round that searches the same rows.
     """
 
     def __init__(
@@ -256,30 +357,128 @@ class CellIndex:
     ) -> None:
         self.embeddings = embeddings
         self.rows = np.asarray(rows, dtype=np.int64)
+        if len(self.rows) == 0:
+            raise ValueError("a CellIndex needs at least one row")
         self.threshold = float(threshold)
         self.tau = float(similarity_to_distance(threshold))
-        n = len(self.rows)
         rng = np.random.default_rng(seed)
-        n_cells = max(1, -(-n // CELL_SIZE))
-        sample = embeddings[self.rows[np.sort(rng.choice(n, min(n, 20_000), replace=False))]]
-        axes = principal_axes(sample, CELL_DIMS) if n > 1 else np.eye(1, embeddings.shape[1])
-        self.axes = axes.astype(np.float32)
-        projected = project_rows(embeddings, self.rows, self.axes)
-        self.projected = projected
-        self.projected_norm2 = np.einsum("ij,ij->i", projected, projected)
-        centre_positions = np.sort(rng.choice(n, n_cells, replace=False))
-        _, cell = cKDTree(projected[centre_positions]).query(projected)
-        cell = np.asarray(cell, dtype=np.int64)
-        order = np.lexsort((np.arange(n), cell))
-        self.order = order  # positions in `rows`, grouped by cell
-        self.bounds = np.searchsorted(cell[order], np.arange(n_cells + 1))
-        self.centres = embeddings[self.rows[centre_positions]]
-        own = exact_similarity(embeddings[self.rows], self.centres[cell])
-        # A little margin: a radius rounded down could hide a member from a query.
-        distance = similarity_to_distance(own) + 1e-6
-        self.radius = np.zeros(n_cells)
-        np.maximum.at(self.radius, cell, distance)
+        everything = np.arange(len(self.rows))
+        groups = self._fit_groups(rng)
+        cells: list[np.ndarray] = []
+        cell_group: list[int] = []
+        for g, members in enumerate(groups):
+            todo = [members]
+            while todo:
+                part = todo.pop()
+                if len(part) <= CELL_SIZE:
+                    cells.append(part)
+                    cell_group.append(g)
+                else:
+                    todo.extend(reversed(_split(embeddings, self.rows, part, rng, spread=False)))
+        self.group_of_cell = np.asarray(cell_group, np.int64)
+        cell = np.empty(len(self.rows), np.int64)
+        for c, members in enumerate(cells):
+            cell[members] = c
         self.cell = cell
+        self.order = np.lexsort((everything, cell))  # positions in `rows`, grouped by cell
+        self.bounds = np.searchsorted(cell[self.order], np.arange(len(cells) + 1))
+        self.centres = self._mean_directions()
+        self.radius = np.zeros(len(cells))
+        for start in range(0, len(cell), ROW_STEP):
+            part = slice(start, start + ROW_STEP)
+            own = np.einsum(
+                "ij,ij->i", embeddings[self.rows[part]], self.centres[cell[part]], dtype=np.float32
+            )
+            # A float32 similarity is within DECISION_EPS of the true one, so the
+            # distance of `own - DECISION_EPS` bounds the true distance from above: a
+            # radius rounded down could hide a member from a query.
+            np.maximum.at(self.radius, cell[part], similarity_to_distance(own - DECISION_EPS))
+        # The largest member residual per cell: a cell, unlike a whole group, rarely
+        # holds a stray of another cluster, whose residual would loosen the bound.
+        self.cell_residual = np.zeros(len(cells))
+        np.maximum.at(self.cell_residual, cell, self.coords[:, -1])
+
+    def _fit_groups(self, rng: np.random.Generator) -> list[np.ndarray]:
+        """The groups (positions), with each group's axes and each row's coordinates and
+        residual in its group's axes.
+
+        Rows are split among seeds (`_split`) and each part gets its subspace. A row
+        farther than `STRAY_RESIDUAL` off its part's subspace (a member of a small
+        cluster that no seed fell in) would loosen the bound of every cell it joins: it
+        leaves the part, and the strays are grouped again among themselves, up to
+        `STRAY_PASSES` times; the last pass keeps every row it is given.
+        """
+        n = len(self.rows)
+        p = min(CELL_DIMS, self.embeddings.shape[1])
+        self.coords = np.empty((n, p + 1), np.float32)
+        groups: list[np.ndarray] = []
+        axes_of: list[np.ndarray] = []
+        pending = np.arange(n)
+        # Products and solvers this small run several times slower on two threads.
+        with threadpool_limits(limits=1, user_api="blas"):
+            for attempt in range(STRAY_PASSES):
+                strays = []
+                for part in self._parts(pending, rng):
+                    axes, coords, residual = self._fit_part(part, rng)
+                    keep = residual <= STRAY_RESIDUAL
+                    if attempt == STRAY_PASSES - 1:
+                        keep[:] = True
+                    if keep.any():
+                        groups.append(part[keep])
+                        axes_of.append(axes)
+                        self.coords[part[keep]] = coords[keep]
+                    strays.append(part[~keep])
+                pending = np.concatenate(strays)
+                if len(pending) == 0:
+                    break
+        self.axes = np.stack(axes_of)
+        self.group = np.empty(n, np.int64)
+        for g, members in enumerate(groups):
+            self.group[members] = g
+        return groups
+
+    def _parts(self, positions: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+        if len(positions) <= CELL_SIZE:
+            return [positions]
+        return _split(self.embeddings, self.rows, np.sort(positions), rng, spread=True)
+
+    def _fit_part(
+        self, part: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(axes, bound coordinates, residuals) of the positions `part` in their own
+        subspace (`_bound_coords`)."""
+        p = self.coords.shape[1] - 1
+        sample = part
+        if len(part) > AXES_SAMPLE:
+            sample = np.sort(rng.choice(part, AXES_SAMPLE, replace=False))
+        axes = np.zeros((p, self.embeddings.shape[1]), np.float32)
+        fitted = subspace_axes(self.embeddings[self.rows[sample]], p)
+        axes[: len(fitted)] = fitted
+        coords = _bound_coords(project_rows(self.embeddings, self.rows[part], axes))
+        return axes, coords, coords[:, -1]
+
+    def _mean_directions(self) -> np.ndarray:
+        """Each cell's normalised member mean (its first member where the mean is 0)."""
+        n_cells = len(self.bounds) - 1
+        sums = np.zeros((n_cells, self.embeddings.shape[1]), np.float64)
+        # Rows in cell order, a step at a time: each step's cells are runs to add up.
+        for start in range(0, len(self.order), ROW_STEP):
+            positions = self.order[start : start + ROW_STEP]
+            cell = self.cell[positions]
+            runs = np.flatnonzero(np.r_[True, cell[1:] != cell[:-1]])
+            vectors = self.embeddings[self.rows[positions]]
+            sums[cell[runs]] += np.add.reduceat(vectors, runs, axis=0)
+        norms = np.linalg.norm(sums, axis=1)
+        first = self.embeddings[self.rows[self.order[self.bounds[:-1]]]]
+        scale = np.where(norms > 0, norms, 1.0)[:, None]
+        return np.where(norms[:, None] > 0, sums / scale, first).astype(np.float32)
+
+    def at(self, threshold: float) -> CellIndex:
+        """The same cells searched at another threshold."""
+        view = copy.copy(self)
+        view.threshold = float(threshold)
+        view.tau = float(similarity_to_distance(threshold))
+        return view
 
     def __len__(self) -> int:
         return len(self.bounds) - 1
@@ -292,11 +491,22 @@ class CellIndex:
         """(len(vectors), n_cells) distances to the cell centres, float64."""
         return similarity_to_distance(vectors @ self.centres.T)
 
+    def group_residuals(self, vectors: np.ndarray) -> np.ndarray:
+        """(len(vectors), n_groups) residual of each vector off each group's subspace."""
+        n_groups, p, dim = self.axes.shape
+        coords = (vectors @ self.axes.reshape(n_groups * p, dim).T).reshape(
+            len(vectors), n_groups, p
+        )
+        return _residual_bound(np.einsum("igp,igp->ig", coords, coords))
+
     def reachable(self, vectors: np.ndarray) -> np.ndarray:
-        """Cells that can hold a row within the threshold of any of `vectors`."""
+        """(len(vectors), n_cells) bool: the cells that can hold a row within the
+        threshold of each vector (both bounds of the class docstring)."""
         # The float32 product can be off by a few 1e-7: widen the test by as much.
-        slack = self.radius + self.tau + 1e-4
-        return np.flatnonzero((self.centre_distances(vectors) <= slack).any(axis=0))
+        near = self.centre_distances(vectors) <= self.radius + self.tau + 1e-4
+        residual = self.group_residuals(vectors)[:, self.group_of_cell]
+        # Both residuals are bounds from above, the query's by at most sqrt(RESIDUAL_EPS).
+        return near & (residual - self.cell_residual - np.sqrt(RESIDUAL_EPS) <= self.tau)
 
     def pairs(self, queries: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Yield (query indices, base positions, similarities) blocks holding every pair
@@ -305,48 +515,61 @@ class CellIndex:
         was computed alone): good for ranking, not for deciding near ties.
 
         Queries are taken in groups that share their nearest cell, so that the cells
-        they reach overlap; a group's block is split over its base rows to stay within
-        `SCAN_BYTES`.
+        they reach overlap; each cell's block holds only the queries that reach it, and
+        is split over its base rows to stay within `SCAN_BYTES`.
         """
-        if len(queries) == 0 or len(self.rows) == 0:
+        if len(queries) == 0:
             return
         nearest_cell = np.empty(len(queries), dtype=np.int64)
         for rows, sims in iter_similarity_blocks(queries, self.centres):
             nearest_cell[rows] = np.argmax(sims, axis=1)
         order = np.lexsort((np.arange(len(queries)), nearest_cell))
-        projected = queries @ self.axes.T
-        for start in range(0, len(order), DEFAULT_BLOCK // 4):
-            group = np.sort(order[start : start + DEFAULT_BLOCK // 4])
-            cells = self.reachable(queries[group])
-            if len(cells) == 0:
-                continue
-            base = np.concatenate([self.members(c) for c in cells])
-            step = max(1, SCAN_BYTES // (4 * max(len(group), self.embeddings.shape[1])))
-            for b0 in range(0, len(base), step):
-                part = base[b0 : b0 + step]
-                i, j, sims = self.block_pairs(queries[group], projected[group], part)
-                yield group[i], part[j], sims
+        for start in range(0, len(order), QUERY_GROUP):
+            group = np.sort(order[start : start + QUERY_GROUP])
+            reach = self.reachable(queries[group])
+            cells = np.flatnonzero(reach.any(axis=0))
+            # Cells of one subspace group share its projection of the queries.
+            for g in np.unique(self.group_of_cell[cells]):
+                mine = cells[self.group_of_cell[cells] == g]
+                asking = np.flatnonzero(reach[:, mine].any(axis=1))
+                base = np.concatenate([self.members(c) for c in mine])
+                left = queries[group[asking]]
+                step = max(1, SCAN_BYTES // (4 * max(len(left), self.embeddings.shape[1])))
+                for b0 in range(0, len(base), step):
+                    part = base[b0 : b0 + step]
+                    i, j, sims = self.block_pairs(left, part)
+                    yield group[asking[i]], part[j], sims
 
     def block_pairs(
-        self, left: np.ndarray, left_projected: np.ndarray, right: np.ndarray
+        self, left: np.ndarray, right: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(i, j, similarity) with left[i] . (row at position right[j]) >= threshold, exactly.
 
-        The projected distance never exceeds the true one, so a first look in the
-        `CELL_DIMS`-d projection (a product 16 times cheaper at D = 512) rules pairs out;
-        when few remain (duplicates, tight thresholds) only they are computed, in
-        float64, else the block is computed in full and `pairs_at_least` decides.
+        The subspace bound (class docstring) is a product in `CELL_DIMS` + 1 dimensions,
+        15 times cheaper than the full one at D = 512, and rules pairs out first; when
+        few remain only they are computed, in float64, else the block is computed in
+        full and `pairs_at_least` decides.
         """
-        right_projected = self.projected[right]
-        # ||a - b||^2 = |a|^2 + |b|^2 - 2 a.b, in place: one block of float32.
-        distance2 = left_projected @ right_projected.T
-        distance2 *= -2.0
-        distance2 += np.einsum("ij,ij->i", left_projected, left_projected)[:, None]
-        distance2 += self.projected_norm2[right][None, :]
-        # The expanded square loses ~1e-6 to cancellation: an absolute margin covers it.
-        i, j = np.nonzero(distance2 <= self.tau**2 + PROJECTION_MARGIN)
+        groups = self.group[right]
+        if groups.min() == groups.max():
+            return self._group_pairs(left, right, int(groups[0]))
+        found = []
+        for g in np.unique(groups):
+            cols = np.flatnonzero(groups == g)
+            i, j, sims = self._group_pairs(left, right[cols], int(g))
+            found.append((i, cols[j], sims))
+        i, j, sims = (np.concatenate(parts) for parts in zip(*found, strict=True))
+        return i, j, sims
+
+    def _group_pairs(
+        self, left: np.ndarray, right: np.ndarray, group: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`block_pairs` for base positions `right` that all belong to one group."""
+        bound = _bound_coords(left @ self.axes[group].T) @ self.coords[right].T
+        # The bound is a float32 product, off by ~1e-6: DECISION_EPS covers it.
+        i, j = np.nonzero(bound >= self.threshold - DECISION_EPS)
         right_vectors_of = self.rows[right]
-        if len(i) <= SPARSE_SHARE * distance2.size:
+        if len(i) <= SPARSE_SHARE * bound.size:
             sims = exact_similarity(left[i], self.embeddings[right_vectors_of[j]])
             keep = sims >= self.threshold
             return i[keep], j[keep], sims[keep]
@@ -354,6 +577,19 @@ class CellIndex:
         block = left @ right_vectors.T
         i, j = pairs_at_least(block, self.threshold, left, right_vectors)
         return i, j, block[i, j]
+
+
+def _residual_bound(projected_norm2: np.ndarray) -> np.ndarray:
+    """An upper bound on |x - P x| of unit rows from |P x|^2 (Pythagoras, `RESIDUAL_EPS`)."""
+    return np.sqrt(np.maximum(1.0 - projected_norm2, 0.0) + RESIDUAL_EPS)
+
+
+def _bound_coords(projected: np.ndarray) -> np.ndarray:
+    """Rows [P x, |x - P x|] (the residual bounded from above): for unit q and x,
+    q . x = P q . P x + r_q . r_x <= P q . P x + |r_q| |r_x| (Cauchy-Schwarz), which is
+    the product of their bound coordinates."""
+    norm2 = np.einsum("ij,ij->i", projected, projected)
+    return np.hstack([projected, _residual_bound(norm2)[:, None]]).astype(np.float32)
 
 
 def nearest_centre(vectors: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -388,8 +624,6 @@ def nearest_centre(vectors: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray
 
 # --------------------------------------------------------------------------- unit rows
 
-# Rows normalised per step: whole-matrix temporaries would double peak memory.
-NORMALISE_BLOCK = 65_536
 # Rows whose norm is this close to 1 count as unit already (embedding models and
 # FiftyOne's own fields store float32 vectors normalised to about 1e-7).
 UNIT_NORM_TOLERANCE = 1e-3
@@ -404,9 +638,9 @@ def unit_rows(
     """
     x = np.asarray(embeddings)
     out = np.empty(x.shape, np.float32) if out is None else out
-    for start in range(0, len(x), NORMALISE_BLOCK):
-        block = out[start : start + NORMALISE_BLOCK]
-        block[...] = x[start : start + NORMALISE_BLOCK]
+    for start in range(0, len(x), ROW_STEP):
+        block = out[start : start + ROW_STEP]
+        block[...] = x[start : start + ROW_STEP]
         bad = np.flatnonzero(~np.isfinite(block).all(axis=1))
         if len(bad):
             rows = (start + bad[:10]).tolist()
@@ -432,8 +666,8 @@ def as_unit_rows(x: np.ndarray, name: str = "embeddings") -> np.ndarray:
             f"{name} must be a numeric 2-D array (n, d), got shape {x.shape}, dtype {x.dtype}"
         )
     x = x.astype(np.float32, copy=False)
-    for start in range(0, len(x), NORMALISE_BLOCK):
-        block = x[start : start + NORMALISE_BLOCK].astype(np.float64)
+    for start in range(0, len(x), ROW_STEP):
+        block = x[start : start + ROW_STEP].astype(np.float64)
         norms = np.sqrt(np.einsum("ij,ij->i", block, block))
         # NaN fails the comparison too, and `unit_rows` names the rows.
         if not np.all(np.abs(norms - 1.0) <= UNIT_NORM_TOLERANCE):

@@ -38,7 +38,7 @@ from .bubbles import (
 )
 from .config import BubbleFenceConfig, frozen_changes
 from .dedup import find_duplicates
-from .follow import bind_to_assigned, join_existing_bubbles, keep_margins
+from .follow import bind_to_assigned, earlier_index, join_existing_bubbles, keep_margins
 from .groups import (
     encode_groups,
     follow_known_groups,
@@ -49,7 +49,7 @@ from .groups import (
 )
 from .grow import BubbleGrower, Strata, Units, eval_floor, round_budget
 from .labels import LabelIndex, encode_label_sets, label_shares, label_summary
-from .neighbors import blas_threads, unit_rows
+from .neighbors import CellIndex, blas_threads, unit_rows
 from .regions import RegionIndex
 from .state import damaged, read_state, write_state
 from .twins import twin_components
@@ -102,6 +102,7 @@ class _Round:
     open_rows: np.ndarray | None = None  # new kept rows left for new bubbles
     unit_of: np.ndarray | None = None  # their units (components at the closure threshold)
     fenced: np.ndarray | None = None  # per open row: train's margin (`keep_margins`)
+    earlier_index: CellIndex | None = None  # the kept rows of earlier rounds (`_earlier`)
 
     @property
     def n(self) -> int:
@@ -299,6 +300,7 @@ class BubbleFence:
                 cfg.seed,
                 new_labels=work.new_labels if cfg.class_aware else None,
                 kept_labels=self._labels[kept_old] if aware else None,
+                kept_index=self._earlier(work),
             )
             work.duplicate_of[new_rows] = dedup.duplicate_of
         work.split[new_rows[work.is_duplicate[new_rows]]] = DUPLICATE
@@ -335,8 +337,7 @@ class BubbleFence:
                     work.split,
                     work.anchor,
                     work.shell,
-                    work.kept,
-                    work.n_old,
+                    self._earlier(work),
                     cfg,
                 )
             )
@@ -348,7 +349,16 @@ class BubbleFence:
         open_rows = new_kept[split[new_kept] == UNASSIGNED]
         unit_of = self._units(work.x, open_rows, work.codes, work.components, new_kept)
         fenced, work.stats["margin_eval"] = keep_margins(
-            work.x, open_rows, unit_of, split, work.anchor, work.shell, work.kept, self.config
+            work.x,
+            open_rows,
+            unit_of,
+            split,
+            work.anchor,
+            work.shell,
+            work.kept,
+            work.n_old,
+            self._earlier(work),
+            self.config,
         )
         work.stats["margin_train"] = int(fenced.sum())
         still = split[open_rows] == UNASSIGNED
@@ -454,6 +464,14 @@ class BubbleFence:
         record = self._round_record(work.index, work.new_rows, work.stats, work.timings)
         self.history.append(record)
         return self._result(work.new_rows, work.index, first_anchor, record)
+
+    def _earlier(self, work: _Round) -> CellIndex | None:
+        """One index over the kept rows of earlier rounds, built at its first use in the
+        round and searched by dedup, the twins and the closure margin at their own
+        thresholds (`CellIndex.at`); None in the first round."""
+        if work.earlier_index is None:
+            work.earlier_index = earlier_index(work.x, work.kept, work.n_old, self.config)
+        return work.earlier_index
 
     def _units(
         self,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import sparse
 
-from .neighbors import nearest_centre
+from .neighbors import nearest_centre, plus_plus_seeds
 
 # k = sqrt(N) regions, at most this many: at 1M, 1,000 regions of 1,000 samples would
 # ask for 200 eval samples each, more bubbles than the quota needs.
@@ -60,7 +60,7 @@ class RegionIndex:
         sample = embeddings[rows].astype(np.float32)
         k = n_regions or int(np.clip(round(np.sqrt(len(rows))), 1, MAX_REGIONS))
         k = int(min(k, len(sample)))
-        centres = _plus_plus(sample, k, rng)
+        centres = plus_plus_seeds(sample, k, rng)
         for _ in range(ITERATIONS):
             member, _ = nearest_centre(sample, centres)
             # A sparse sum adds each region's rows in row order: the same on every machine.
@@ -95,21 +95,3 @@ class RegionIndex:
         if added:
             centres.append(np.vstack(added))
         return RegionIndex(np.vstack(centres), self.join_distance), region
-
-
-def _plus_plus(sample: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """k-means++ seeding: each next centre drawn with probability ~ distance^2 to the chosen."""
-    first = int(rng.integers(len(sample)))
-    centres = [sample[first]]
-    closest = 2.0 - 2.0 * (sample @ sample[first]).astype(np.float64)
-    for _ in range(1, k):
-        weights = np.maximum(closest, 0.0)
-        total = weights.sum()
-        pick = (
-            int(rng.choice(len(sample), p=weights / total))
-            if total > 0
-            else int(rng.integers(len(sample)))
-        )
-        centres.append(sample[pick])
-        closest = np.minimum(closest, 2.0 - 2.0 * (sample @ sample[pick]).astype(np.float64))
-    return np.vstack(centres).astype(np.float32)

@@ -26,6 +26,7 @@ depend on the order in which pairs were found.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -146,10 +147,9 @@ def _merge_block(index: CellIndex, found: UnionFind, left: np.ndarray, right: np
     """Union every twin pair between positions `left` and `right`, block by block."""
     step = max(1, SCAN_BYTES // (4 * max(len(left), index.embeddings.shape[1])))
     left_vectors = index.embeddings[index.rows[left]]
-    left_projected = index.projected[left]
     for start in range(0, len(right), step):
         part = right[start : start + step]
-        i, j, _ = index.block_pairs(left_vectors, left_projected, part)
+        i, j, _ = index.block_pairs(left_vectors, part)
         if len(i):
             found.union(left[i], part[j])
 
@@ -167,32 +167,30 @@ class TwinVotes:
     best: np.ndarray  # (n_queries, n_classes) base row, -1 without a twin of that class
     best_sim: np.ndarray  # (n_queries, n_classes) float64, -inf without a twin
 
+    @classmethod
+    def empty(cls, n_queries: int, n_classes: int) -> TwinVotes:
+        return cls(
+            count=np.zeros((n_queries, n_classes), np.int64),
+            best=np.full((n_queries, n_classes), -1, np.int64),
+            best_sim=np.full((n_queries, n_classes), -np.inf),
+        )
 
-def twin_votes(
-    embeddings: np.ndarray,
-    queries: np.ndarray,
-    index: CellIndex,
-    base_class: np.ndarray,
-    n_classes: int,
-) -> TwinVotes:
-    """Twins of `queries` (vectors) among the rows of `index`, counted per class.
-
-    `base_class[p]` is the class (0..n_classes-1, e.g. a split code) of index position p.
-    Ties between equally similar twins go to the smaller row.
-    """
-    n = len(queries)
-    count = np.zeros((n, n_classes), np.int64)
-    best = np.full((n, n_classes), -1, np.int64)
-    best_sim = np.full((n, n_classes), -np.inf)
-    for q_rows, b_pos, sims in index.pairs(queries):
-        if len(q_rows) == 0:
-            continue
-        classes = base_class[b_pos]
+    def add(
+        self,
+        embeddings: np.ndarray,
+        queries: np.ndarray,
+        q_rows: np.ndarray,
+        b_rows: np.ndarray,
+        classes: np.ndarray,
+        sims: np.ndarray,
+    ) -> None:
+        """Count one block of twin pairs (query index, base row, its class, float32
+        similarity) and keep each (query, class)'s most similar twin."""
+        n, n_classes = self.count.shape
         key = q_rows * n_classes + classes
-        count += np.bincount(key, minlength=n * n_classes).reshape(n, n_classes)
-        b_rows = index.rows[b_pos]
-        # The best twin per (query, class): the float32 products rank, and only the pairs
-        # within DECISION_EPS of each best are re-computed, so memory stays per block.
+        self.count += np.bincount(key, minlength=n * n_classes).reshape(n, n_classes)
+        # The float32 products rank, and only the pairs within DECISION_EPS of each best
+        # are re-computed, so memory stays per block.
         top = np.full(n * n_classes, -np.inf)
         np.maximum.at(top, key, sims)
         close = np.flatnonzero(sims >= top[key] - DECISION_EPS)
@@ -202,9 +200,36 @@ def twin_votes(
         q_rows, classes, exact, b_rows = q_rows[order], classes[order], exact[order], b_rows[order]
         first = np.r_[True, (q_rows[1:] != q_rows[:-1]) | (classes[1:] != classes[:-1])]
         q_rows, classes, exact, b_rows = q_rows[first], classes[first], exact[first], b_rows[first]
-        better = (exact > best_sim[q_rows, classes]) | (
-            (exact == best_sim[q_rows, classes]) & (b_rows < best[q_rows, classes])
-        )
-        best_sim[q_rows[better], classes[better]] = exact[better]
-        best[q_rows[better], classes[better]] = b_rows[better]
-    return TwinVotes(count=count, best=best, best_sim=best_sim)
+        held = self.best_sim[q_rows, classes]
+        better = (exact > held) | ((exact == held) & (b_rows < self.best[q_rows, classes]))
+        self.best_sim[q_rows[better], classes[better]] = exact[better]
+        self.best[q_rows[better], classes[better]] = b_rows[better]
+
+
+def twin_votes(
+    embeddings: np.ndarray,
+    queries: np.ndarray,
+    searches: Sequence[tuple[CellIndex, np.ndarray]],
+    n_classes: int,
+) -> TwinVotes:
+    """Twins of `queries` (vectors) among the rows of the indexes, counted per class.
+
+    Each search is an index and the class of each of its positions (0..n_classes-1,
+    e.g. a split code; -1: not counted); the indexes hold disjoint rows. Ties between
+    equally similar twins go to the smaller row.
+    """
+    votes = TwinVotes.empty(len(queries), n_classes)
+    for index, base_class in searches:
+        for q_rows, b_pos, sims in index.pairs(queries):
+            classes = base_class[b_pos]
+            counted = classes >= 0
+            if counted.any():
+                votes.add(
+                    embeddings,
+                    queries,
+                    q_rows[counted],
+                    index.rows[b_pos[counted]],
+                    classes[counted],
+                    sims[counted],
+                )
+    return votes
