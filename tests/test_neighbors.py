@@ -35,3 +35,64 @@ def test_cell_index_finds_every_pair_within_the_threshold(threshold):
     truth = {(int(a), int(b)) for a, b in truth}
     assert seen == truth
     assert len(truth) > (500 * 500 if threshold < 0.99 else len(x) + 60)
+
+
+def manifold_mixture(seed, n=3000, d=64):
+    """Clusters on 3-d manifolds of Zipf sizes (the smallest get no seed of their own:
+    strays), one tight cluster, exact duplicates; unit rows, float32."""
+    rng = np.random.default_rng(seed)
+    k = 24
+    weights = 1.0 / np.arange(1, k + 1) ** 1.2
+    label = rng.choice(k, size=n, p=weights / weights.sum())
+    centres = rng.normal(size=(k, d)) * 2
+    basis = rng.normal(size=(k, 3, d))
+    spread = rng.uniform(0.3, 1.5, size=k)
+    spread[0] = 0.0  # the largest cluster is tight
+    coords = rng.normal(size=(n, 3)) * spread[label, None]
+    x = centres[label] + np.einsum("ij,ijd->id", coords, basis[label])
+    x += 0.05 * rng.normal(size=(n, d))
+    x[-40:] = x[:40]  # exact copies
+    return unit(x)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_cell_index_with_many_groups_and_strays_matches_brute_force(seed, monkeypatch):
+    """Small cells, a small fan-out and few axes force several levels, several groups and
+    the stray passes; every threshold, searched through `at` on one index, finds
+    exactly the pairs of a float64 brute force."""
+    import bubblefence_plugin.core.neighbors as nb
+
+    monkeypatch.setattr(nb, "CELL_SIZE", 24)
+    monkeypatch.setattr(nb, "CELL_FANOUT", 6)
+    monkeypatch.setattr(nb, "SEED_SAMPLE", 200)
+    monkeypatch.setattr(nb, "AXES_SAMPLE", 48)
+    monkeypatch.setattr(nb, "CELL_DIMS", 6)
+    x = manifold_mixture(seed)
+    base = np.arange(0, len(x), 2)  # the index holds every other row; all rows query
+    index = CellIndex(x, base, 0.95, seed=seed)
+    assert len(index.axes) > 6 and len(index) > len(base) // 24
+    assert index.coords[:, -1].max() > nb.STRAY_RESIDUAL  # strays kept by the last pass
+    full = x.astype(np.float64) @ x[base].astype(np.float64).T
+    for threshold in (0.9, 0.95, 0.99):
+        found = set()
+        for q, b, sims in index.at(threshold).pairs(x):
+            assert np.all(sims >= threshold - 1e-5)
+            found |= set(zip(q.tolist(), b.tolist(), strict=True))
+        truth = {(int(a), int(b)) for a, b in zip(*np.nonzero(full >= threshold), strict=True)}
+        assert found == truth
+        assert len(truth) > len(x)
+
+
+def test_the_subspace_bound_never_underestimates_a_similarity():
+    """[P q, |r_q|] . [P x, |r_x|] >= q . x for unit rows, whatever the subspace."""
+    rng = np.random.default_rng(5)
+    x = manifold_mixture(5, n=600)
+    from bubblefence_plugin.core.neighbors import _bound_coords, subspace_axes
+
+    for dims in (1, 4, 16):
+        axes = subspace_axes(x[rng.choice(len(x), 50, replace=False)], dims)
+        assert np.allclose(axes @ axes.T, np.eye(len(axes)), atol=1e-5)
+        coords = _bound_coords(x @ axes.T)
+        bound = coords.astype(np.float64) @ coords.T.astype(np.float64)
+        exact = x.astype(np.float64) @ x.T.astype(np.float64)
+        assert np.all(bound >= exact - 1e-6)

@@ -35,3 +35,23 @@ def test_twin_components_of_a_subset_of_rows():
     got = twin_components(x, rows, 0.99, seed=0)
     assert got[20] == got[2] == 2  # positions of rows 30 and 12
     assert len(np.unique(got)) == len(rows) - 1
+
+
+@pytest.mark.parametrize("threshold", [0.92, 0.95])
+def test_twin_components_over_many_groups_equal_brute_force(threshold, monkeypatch):
+    """Several subspace groups, strays and levels of cells (constants made small)."""
+    import bubblefence_plugin.core.neighbors as nb
+    from test_neighbors import manifold_mixture
+
+    monkeypatch.setattr(nb, "CELL_SIZE", 24)
+    monkeypatch.setattr(nb, "CELL_FANOUT", 6)
+    monkeypatch.setattr(nb, "SEED_SAMPLE", 200)
+    monkeypatch.setattr(nb, "AXES_SAMPLE", 48)
+    monkeypatch.setattr(nb, "CELL_DIMS", 6)
+    x = manifold_mixture(7, n=2500)
+    full = x.astype(np.float64) @ x.T.astype(np.float64)
+    _, truth = connected_components(sparse.csr_matrix(full >= threshold), directed=False)
+    got = twin_components(x, np.arange(len(x)), threshold, seed=1)
+    pairs = set(zip(truth.tolist(), got.tolist(), strict=True))
+    assert len(pairs) == len(set(truth.tolist())) == len(set(got.tolist()))
+    assert 1 < len(set(got.tolist())) < len(x) // 2

@@ -491,13 +491,21 @@ class CellIndex:
         """(len(vectors), n_cells) distances to the cell centres, float64."""
         return similarity_to_distance(vectors @ self.centres.T)
 
-    def group_residuals(self, vectors: np.ndarray) -> np.ndarray:
-        """(len(vectors), n_groups) residual of each vector off each group's subspace."""
-        n_groups, p, dim = self.axes.shape
-        coords = (vectors @ self.axes.reshape(n_groups * p, dim).T).reshape(
-            len(vectors), n_groups, p
-        )
+    def group_residuals(self, vectors: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
+        """(len(vectors), len(groups)) residual of each vector off each group's subspace
+        (bounded from above, `RESIDUAL_EPS`); all groups by default."""
+        axes = self.axes if groups is None else self.axes[groups]
+        n_groups, p, dim = axes.shape
+        coords = vectors @ axes.reshape(n_groups * p, dim).T
+        coords = coords.reshape(len(vectors), n_groups, p)
         return _residual_bound(np.einsum("igp,igp->ig", coords, coords))
+
+    def within_residual_reach(self, residual: np.ndarray, cells: np.ndarray) -> np.ndarray:
+        """Whether a row whose residual off the subspace of each cell's group is at
+        least `residual` can be within the threshold of a member of each of `cells`:
+        ||q - x|| >= |r_q| - |r_x| (class docstring)."""
+        # Residuals are bounds from above, a query's by at most sqrt(RESIDUAL_EPS).
+        return residual - self.cell_residual[cells] - np.sqrt(RESIDUAL_EPS) <= self.tau
 
     def reachable(self, vectors: np.ndarray) -> np.ndarray:
         """(len(vectors), n_cells) bool: the cells that can hold a row within the
@@ -505,8 +513,7 @@ class CellIndex:
         # The float32 product can be off by a few 1e-7: widen the test by as much.
         near = self.centre_distances(vectors) <= self.radius + self.tau + 1e-4
         residual = self.group_residuals(vectors)[:, self.group_of_cell]
-        # Both residuals are bounds from above, the query's by at most sqrt(RESIDUAL_EPS).
-        return near & (residual - self.cell_residual - np.sqrt(RESIDUAL_EPS) <= self.tau)
+        return near & self.within_residual_reach(residual, np.arange(len(self)))
 
     def pairs(self, queries: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Yield (query indices, base positions, similarities) blocks holding every pair

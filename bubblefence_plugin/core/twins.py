@@ -127,9 +127,16 @@ def _merge_cells(index: CellIndex, found: UnionFind) -> None:
         others, gap = others[~settled], gap[~settled]
         if len(others) == 0:
             continue
+        members = index.members(cell)
+        # Cells of other clusters: the members' smallest residual off their subspace.
+        groups, group_at = np.unique(index.group_of_cell[others], return_inverse=True)
+        lowest = index.group_residuals(index.embeddings[index.rows[members]], groups).min(axis=0)
+        near = index.within_residual_reach(lowest[group_at], others)
+        others, gap = others[near], gap[near]
+        if len(others) == 0:
+            continue
         # Cells that lie wholly within the twin distance of each other need no product.
         whole = gap + index.radius[cell] + index.radius[others] + 1e-4 <= tau
-        members = index.members(cell)
         for other in others[whole]:
             theirs = index.members(other)
             found.union(theirs, np.full(len(theirs), members[0]))
