@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_core.py            # 50k in one round, then 3 rounds of 10k
     .venv/bin/python bench/bench_core.py --million  # adds 1M in one round + a 10k round on it
+    .venv/bin/python bench/bench_core.py --state 200000  # only: a 10k round on a 200k state
 
 Data: clustered 512-d unit vectors (clusters on 8-d manifolds, unequal sizes and
 spreads; the largest clusters tight, pairwise cosine about 0.99, until they hold 20 %
@@ -25,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from bubblefence_plugin import BubbleFence, BubbleFenceConfig  # noqa: E402
 from bubblefence_plugin.core.metrics import leakage  # noqa: E402
+from bubblefence_plugin.core.neighbors import nearest  # noqa: E402
 
 RESULTS = ROOT / "bench" / "RESULTS.md"
 
@@ -98,7 +100,8 @@ def quality(x, split, labels, rng) -> dict:
     }
 
 
-def run(name: str, batches: list[int], seed: int, lines: list[str]) -> BubbleFence:
+def run(name: str, batches: list[int], seed: int, lines: list[str]) -> list[float]:
+    """One case: rounds of these sizes; appends its table row, returns the seconds per round."""
     x, labels = make_data(sum(batches), seed)
     bf = BubbleFence(BubbleFenceConfig(seed=seed))
     start, seconds, peaks = 0, [], []
@@ -124,12 +127,34 @@ def run(name: str, batches: list[int], seed: int, lines: list[str]) -> BubbleFen
     )
     print(row, flush=True)
     lines.append(row)
-    return bf
+    return seconds
+
+
+def later_round(n_state: int, lines: list[str]) -> None:
+    """A 10k round on a state of `n_state`, and the exact 1-NN pass it is compared with."""
+    seconds = run(f"{n_state // 1000}k state + 10k round", [n_state, 10_000], 2, lines)
+    x, _ = make_data(n_state + 10_000, 2)
+    t = time.perf_counter()
+    nearest(x[n_state:], x[:n_state])
+    baseline = time.perf_counter() - t
+    line = (
+        f"\nBaseline in the same process: an exact blockwise 1-NN pass of the 10k new rows "
+        f"over the {n_state:,} earlier ones took {baseline:.2f} s; the 10k round "
+        f"{seconds[-1]:.2f} s ({seconds[-1] / baseline:.2f}x).\n"
+    )
+    print(line)
+    lines.append(line)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--million", action="store_true")
+    parser.add_argument(
+        "--state",
+        type=int,
+        help="only this case: a state of this many samples (one round), then a 10k round, "
+        "beside an exact blockwise 1-NN pass of the 10k new rows over the state",
+    )
     args = parser.parse_args()
     lines = [
         f"\n## Core split, clustered 512-d ({time.strftime('%Y-%m-%d %H:%M')})\n",
@@ -143,6 +168,10 @@ def main() -> None:
         "|---|---|---:|---:|---:|---:|---:|---|---|---|---|",
     ]
     print("\n".join(lines))
+    if args.state:
+        later_round(args.state, lines)
+        append_results(lines)
+        return
     run("50k, one round", [50_000], 0, lines)
     run("30k in 3 rounds of 10k", [10_000] * 3, 1, lines)
     if args.million:

@@ -5,13 +5,14 @@ Two tools serve every step that needs neighbours:
 * blockwise matrix products (`iter_similarity_blocks`, `nearest`, `knn`), whose
   memory is one block of queries times the base, for queries that are few
   (anchor candidates) or for one pass of the audit;
-* `CellIndex`, an exact range search for thresholds (near twins, duplicates): rows
-  are grouped into cells around seeded centres, and a cell is visited for a query
-  only when the triangle inequality lets it hold a row within the threshold
-  (||q - c|| <= R_cell + tau); within a block, a PCA projection (which never
-  lengthens a distance) rules out pairs before any full-dimension product. Memory
-  is one block of queries times the visited cells, whatever the data: a dense
-  cluster makes more cells, not bigger blocks.
+* `CellIndex`, an exact range search for thresholds (near twins, duplicates, the
+  closure margin): rows are split into cells in full dimension, and each top-level
+  group keeps the subspace that best holds its members. A cell is visited for a query
+  only when the triangle inequality and the query's residual off the cell's subspace
+  let it hold a row within the threshold, and within a block one product of the
+  subspace coordinates (plus the residual) bounds every similarity from above before
+  any full-dimension product. Memory is one block of queries times the visited cells,
+  whatever the data: a dense cluster makes more cells, not bigger blocks.
 
 Decisions never rest on the last bits of a BLAS product, whose summation order
 changes with the thread count and the processor: `pairs_at_least` re-computes the
