@@ -215,3 +215,23 @@ def test_pruned_knn_is_exact_on_tight_clusters_beside_broad_ones(monkeypatch):
     assert all(len(set(row)) == 10 for row in idx.tolist())  # no neighbour twice
     np.testing.assert_allclose(np.einsum("id,ikd->ik", x, x[idx]), sims, atol=1e-5)
     assert (np.diff(sims, axis=1) <= 0).all()
+
+
+def test_merge_puts_equal_similarities_in_index_order():
+    """A candidate equal to a listed neighbour but of lower index goes first, in either
+    orientation of the block; equal -inf fillers of a list not yet full stay last."""
+    for by_column in (False, True):
+        best_sim = np.array([[0.5, 0.25], [-np.inf, -np.inf]], np.float32)
+        best_idx = np.array([[7, 9], [-1, -1]])
+        sims = np.array([[0.5, 0.5, 0.125], [0.25, 0.0, 0.25]], np.float32)
+        cur._merge(
+            best_sim,
+            best_idx,
+            np.array([0, 1]),
+            np.array([100, 101]),
+            sims.T if by_column else sims,
+            np.array([8, 3, 2]),
+            by_column=by_column,
+        )
+        np.testing.assert_array_equal(best_idx, [[3, 7], [2, 8]])
+        np.testing.assert_array_equal(best_sim, [[0.5, 0.5], [0.25, 0.25]])

@@ -295,8 +295,9 @@ def _search_piece(
                 best_idx,
                 columns[later:],
                 order[columns[later:]],
-                sims[:, later:].T,
+                sims[:, later:],
                 order[lo:hi],
+                by_column=True,
             )
             for other in chunk[chunk > piece]:
                 done_with[other].append(piece)
@@ -309,6 +310,7 @@ def _merge(
     owner_ids: np.ndarray,
     sims: np.ndarray,
     candidate_ids: np.ndarray,
+    by_column: bool = False,
 ) -> None:
     """Merges similarities (owners x candidates) into the owners' k best, in place.
 
@@ -317,15 +319,21 @@ def _merge(
     order, about k ln(m / k) in all): one comparison picks them out, and only they are
     sorted with the lists, by (owner, -similarity, index). An owner whose list is not
     full yet takes its (k + 1)-th best of the block as threshold (one more than k: the
-    block may hold the owner itself, which is not its own neighbour).
+    block may hold the owner itself, which is not its own neighbour). ``by_column``:
+    ``sims`` is candidates x owners (a product's transpose), compared as it lies in
+    memory (a transposed view is read several times slower).
     """
     k = best_sim.shape[1]
     threshold = best_sim[owners, -1]
     fresh = np.flatnonzero(np.isneginf(threshold))
     if len(fresh):
-        kk = min(k + 1, sims.shape[1])
-        threshold[fresh] = np.partition(sims[fresh], -kk, axis=1)[:, -kk]
-    row, col = np.divmod(np.flatnonzero(sims >= threshold[:, None]), sims.shape[1])
+        block = sims[:, fresh].T if by_column else sims[fresh]
+        kk = min(k + 1, block.shape[1])
+        threshold[fresh] = np.partition(block, -kk, axis=1)[:, -kk]
+    if by_column:
+        col, row = np.divmod(np.flatnonzero(sims >= threshold), sims.shape[1])
+    else:
+        row, col = np.divmod(np.flatnonzero(sims >= threshold[:, None]), sims.shape[1])
     keep = candidate_ids[col] != owner_ids[row]
     row, col = row[keep], col[keep]
     if not len(row):
@@ -333,13 +341,28 @@ def _merge(
     rows, slot = np.unique(row, return_inverse=True)
     target = owners[rows]
     owner = np.concatenate([np.repeat(np.arange(len(rows)), k), slot])
-    sim = np.concatenate([best_sim[target].ravel(), sims[row, col]])
+    found = sims[col, row] if by_column else sims[row, col]
+    sim = np.concatenate([best_sim[target].ravel(), found])
     idx = np.concatenate([best_idx[target].ravel(), candidate_ids[col]])
-    ranked = np.lexsort((idx, -sim, owner))
+    # One int64 key (owner, descending similarity) sorts several times faster than a
+    # lexsort of three keys; only equal similarities of one owner out of index order
+    # (duplicate rows) need the index too.
+    key = (owner << 32) | _descending_bits(sim)
+    ranked = np.argsort(key, kind="stable")
+    before, after = ranked[:-1], ranked[1:]
+    if ((key[before] == key[after]) & (idx[after] < idx[before])).any():
+        ranked = np.lexsort((idx, key))
     counts = np.bincount(owner, minlength=len(rows))
     take = ranked[((np.cumsum(counts) - counts)[:, None] + np.arange(k)).ravel()]
     best_sim[target] = sim[take].reshape(len(rows), k)
     best_idx[target] = idx[take].reshape(len(rows), k)
+
+
+def _descending_bits(values: np.ndarray) -> np.ndarray:
+    """float32 values as int64 keys in [0, 2^32) that sort in decreasing value order."""
+    bits = (values + np.float32(0.0)).view(np.int32)  # -0.0 -> 0.0
+    ordered = np.where(bits < 0, bits ^ np.int32(0x7FFFFFFF), bits).astype(np.int64)
+    return np.int64(2**31 - 1) - ordered
 
 
 # --------------------------------------------------------------------------- scores
