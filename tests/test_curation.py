@@ -196,6 +196,9 @@ def test_pruned_knn_is_exact_on_tight_clusters_beside_broad_ones(monkeypatch):
     monkeypatch.setattr(cur, "BRUTE_FORCE_ROWS", 500)
     monkeypatch.setattr(cur, "QUERY_BLOCK", 128)
     monkeypatch.setattr(cur, "CHUNK_ROWS", 256)
+    # a catch-all of many pieces, its rows bounded one by one for pieces in blocks of 3
+    monkeypatch.setattr(cur, "EDGE_SHARE", 0.1)
+    monkeypatch.setattr(cur, "EDGE_BOUND_PIECES", 3)
     rng = np.random.default_rng(2)
     centres = rng.standard_normal((8, 64))
     spreads = [0.01, 0.01, 0.02, 0.3, 0.5, 0.6, 0.8, 1.0]  # tight ones many pieces wide
