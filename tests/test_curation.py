@@ -196,6 +196,9 @@ def test_pruned_knn_is_exact_on_tight_clusters_beside_broad_ones(monkeypatch):
     monkeypatch.setattr(cur, "BRUTE_FORCE_ROWS", 500)
     monkeypatch.setattr(cur, "QUERY_BLOCK", 128)
     monkeypatch.setattr(cur, "CHUNK_ROWS", 256)
+    # a catch-all of many pieces, its rows bounded one by one for pieces in blocks of 3
+    monkeypatch.setattr(cur, "EDGE_SHARE", 0.1)
+    monkeypatch.setattr(cur, "EDGE_BOUND_PIECES", 3)
     rng = np.random.default_rng(2)
     centres = rng.standard_normal((8, 64))
     spreads = [0.01, 0.01, 0.02, 0.3, 0.5, 0.6, 0.8, 1.0]  # tight ones many pieces wide
@@ -215,3 +218,23 @@ def test_pruned_knn_is_exact_on_tight_clusters_beside_broad_ones(monkeypatch):
     assert all(len(set(row)) == 10 for row in idx.tolist())  # no neighbour twice
     np.testing.assert_allclose(np.einsum("id,ikd->ik", x, x[idx]), sims, atol=1e-5)
     assert (np.diff(sims, axis=1) <= 0).all()
+
+
+def test_merge_puts_equal_similarities_in_index_order():
+    """A candidate equal to a listed neighbour but of lower index goes first, in either
+    orientation of the block; equal -inf fillers of a list not yet full stay last."""
+    for by_column in (False, True):
+        best_sim = np.array([[0.5, 0.25], [-np.inf, -np.inf]], np.float32)
+        best_idx = np.array([[7, 9], [-1, -1]])
+        sims = np.array([[0.5, 0.5, 0.125], [0.25, 0.0, 0.25]], np.float32)
+        cur._merge(
+            best_sim,
+            best_idx,
+            np.array([0, 1]),
+            np.array([100, 101]),
+            sims.T if by_column else sims,
+            np.array([8, 3, 2]),
+            by_column=by_column,
+        )
+        np.testing.assert_array_equal(best_idx, [[3, 7], [2, 8]])
+        np.testing.assert_array_equal(best_sim, [[0.5, 0.5], [0.25, 0.25]])

@@ -59,8 +59,12 @@ BOUND_SLACK = 1e-4
 # Regions per sqrt(n) rows: more regions prune finer but cost a bound per region.
 REGIONS_PER_SQRT_N = 1.0
 # Share of each region's members, the farthest from its centre, moved to a catch-all
-# region that every query visits: outliers then stop widening the regions' bounds.
+# region whose rows are bounded one by one: outliers then stop widening the regions'
+# bounds (0.01 and 0 measured slower, 0.04 a little slower).
 EDGE_SHARE = 0.02
+# Pieces whose centres meet the catch-all region's rows in one product (bounds of
+# each edge row per piece): a few MB of cosines at any n, one product instead of many.
+EDGE_BOUND_PIECES = 64
 
 STRATEGIES: dict[str, str] = {
     "diverse": "Cover the embedding space: greedy farthest-point (k-center) picks",
@@ -165,8 +169,11 @@ def knn_all(x: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarra
     its angular radius bounds every member's angle). A product that covers a whole
     piece of queries also serves the later pieces among its columns (its transpose),
     which then skip that piece: within a tight cluster, where no bound prunes, each
-    pair is computed once instead of twice. Memory: one copy of ``x`` sorted by piece,
-    the k best of every row and one chunk's similarities; never N x N.
+    pair is computed once instead of twice. The catch-all region's rows (the regions'
+    farthest members, `_regions_for_search`) are bounded one by one for the other
+    pieces (`_search_edge`); its own pieces search as any other. Memory: one copy of
+    ``x`` sorted by piece, the k best of every row, one chunk's similarities and the
+    cosines of `EDGE_BOUND_PIECES` centres to the catch-all's rows; never N x N.
     """
     x = np.asarray(x, dtype=np.float32)
     n = len(x)
@@ -176,15 +183,28 @@ def knn_all(x: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarra
     if n <= BRUTE_FORCE_ROWS:
         return knn(x, x, k_eff, exclude_self=np.arange(n))
 
-    order, starts, centres, cos_radius = _regions_for_search(x, seed)
+    order, starts, centres, cos_radius, edge_lo = _regions_for_search(x, seed)
     sorted_x = x[order]
+    edge_piece = int(np.searchsorted(starts, edge_lo))
     # Indexed by sorted position; the neighbours are original row indices.
     best_sim = np.full((n, k_eff), -np.inf, np.float32)
     best_idx = np.full((n, k_eff), -1, np.int64)
     done_with: list[list[int]] = [[] for _ in range(len(centres))]
     for piece in range(len(centres)):
+        if piece % EDGE_BOUND_PIECES == 0:
+            edge_cos = centres[piece : piece + EDGE_BOUND_PIECES] @ sorted_x[edge_lo:].T
         _search_piece(
-            sorted_x, order, starts, centres, cos_radius, piece, done_with, best_sim, best_idx
+            sorted_x,
+            order,
+            starts,
+            centres,
+            cos_radius,
+            piece,
+            done_with,
+            best_sim,
+            best_idx,
+            edge_piece,
+            edge_cos[piece % EDGE_BOUND_PIECES],
         )
     out_sim = np.empty_like(best_sim)
     out_idx = np.empty_like(best_idx)
@@ -195,16 +215,16 @@ def knn_all(x: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarra
 
 def _regions_for_search(
     x: np.ndarray, seed: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
     """Rows grouped around ~sqrt(n) seeded k-means centres (`RegionIndex.fit`, whose
     k-means++ seeding gives small clusters a centre too): (order, starts, centres, cos
-    radius).
+    radius, first sorted position of the catch-all region).
 
     Each region's centre is the normalised mean of its members and its radius the
     largest member angle from that centre, as a cosine. The farthest `EDGE_SHARE` of
     each region's members go to one last region instead: a few stragglers would widen
-    a region's radius, and so its bound, for every query, while the catch-all region
-    is small, so comparing every query with it costs little.
+    a region's radius, and so its bound, for every query. The catch-all's own radius
+    is about 90 degrees, so the other pieces bound its rows one by one (`_search_edge`).
     """
     n = len(x)
     n_regions = int(min(n, max(16, round(REGIONS_PER_SQRT_N * math.sqrt(n)))))
@@ -234,7 +254,7 @@ def _regions_for_search(
         members = x[order[starts[r] : starts[r + 1]]]
         centres[r] = _unit_mean(members)
         cos_radius[r] = float((members @ centres[r]).min())
-    return order, starts, centres, cos_radius
+    return order, starts, centres, cos_radius, n - int(counts[n_regions])
 
 
 def _unit_mean(rows: np.ndarray) -> np.ndarray:
@@ -253,6 +273,8 @@ def _search_piece(
     done_with: list[list[int]],
     best_sim: np.ndarray,
     best_idx: np.ndarray,
+    edge_piece: int,
+    edge_cos: np.ndarray,
 ) -> None:
     """Completes the k best of one piece's queries (positions in sorted_x), exactly.
 
@@ -263,6 +285,8 @@ def _search_piece(
     current k-th best, so one hard query (an outlier) does not drag its piece along.
     When every query of the piece meets a chunk, the product's transpose goes to the
     chunk's later pieces, which record that they have met this piece (``done_with``).
+    A piece before the catch-all region (``edge_piece`` on) skips its pieces and ends
+    with its rows (`_search_edge`, ``edge_cos``: this centre's cosines to them).
     """
     lo, hi = int(starts[piece]), int(starts[piece + 1])
     q = sorted_x[lo:hi]
@@ -272,6 +296,8 @@ def _search_piece(
     block_bound = bound.max(axis=0)
     visit = np.argsort(-block_bound, kind="stable")
     visit = visit[~np.isin(visit, done_with[piece])]
+    if piece < edge_piece:
+        visit = visit[visit < edge_piece]
     done_with[piece] = []
     sizes = np.diff(starts)
     first = 0
@@ -295,11 +321,43 @@ def _search_piece(
                 best_idx,
                 columns[later:],
                 order[columns[later:]],
-                sims[:, later:].T,
+                sims[:, later:],
                 order[lo:hi],
+                by_column=True,
             )
             for other in chunk[chunk > piece]:
                 done_with[other].append(piece)
+    if piece < edge_piece:
+        _search_edge(sorted_x, order, starts, radius[piece], piece, edge_cos, best_sim, best_idx)
+
+
+def _search_edge(
+    sorted_x: np.ndarray,
+    order: np.ndarray,
+    starts: np.ndarray,
+    radius: float,
+    piece: int,
+    edge_cos: np.ndarray,
+    best_sim: np.ndarray,
+    best_idx: np.ndarray,
+) -> None:
+    """Completes the k best of a piece's queries with the catch-all region's rows.
+
+    Each edge row is bounded on its own (its angle to the piece's centre minus the
+    piece's radius), not by the catch-all's radius of about 90 degrees that every
+    query would pass: a query meets only the edge rows that could enter its list.
+    """
+    lo, hi = int(starts[piece]), int(starts[piece + 1])
+    edge_lo = int(starts[-1]) - len(edge_cos)
+    bound = np.cos(np.maximum(np.arccos(np.clip(edge_cos, -1.0, 1.0)) - radius, 0.0))
+    bound += BOUND_SLACK
+    kth = best_sim[lo:hi, -1]
+    active = np.flatnonzero(kth < bound.max(initial=-np.inf))
+    if not len(active):
+        return
+    near = edge_lo + np.flatnonzero(bound > kth[active].min())
+    sims = sorted_x[lo + active] @ sorted_x[near].T
+    _merge(best_sim, best_idx, lo + active, order[lo + active], sims, order[near])
 
 
 def _merge(
@@ -309,6 +367,7 @@ def _merge(
     owner_ids: np.ndarray,
     sims: np.ndarray,
     candidate_ids: np.ndarray,
+    by_column: bool = False,
 ) -> None:
     """Merges similarities (owners x candidates) into the owners' k best, in place.
 
@@ -317,15 +376,21 @@ def _merge(
     order, about k ln(m / k) in all): one comparison picks them out, and only they are
     sorted with the lists, by (owner, -similarity, index). An owner whose list is not
     full yet takes its (k + 1)-th best of the block as threshold (one more than k: the
-    block may hold the owner itself, which is not its own neighbour).
+    block may hold the owner itself, which is not its own neighbour). ``by_column``:
+    ``sims`` is candidates x owners (a product's transpose), compared as it lies in
+    memory (a transposed view is read several times slower).
     """
     k = best_sim.shape[1]
     threshold = best_sim[owners, -1]
     fresh = np.flatnonzero(np.isneginf(threshold))
     if len(fresh):
-        kk = min(k + 1, sims.shape[1])
-        threshold[fresh] = np.partition(sims[fresh], -kk, axis=1)[:, -kk]
-    row, col = np.divmod(np.flatnonzero(sims >= threshold[:, None]), sims.shape[1])
+        block = sims[:, fresh].T if by_column else sims[fresh]
+        kk = min(k + 1, block.shape[1])
+        threshold[fresh] = np.partition(block, -kk, axis=1)[:, -kk]
+    if by_column:
+        col, row = np.divmod(np.flatnonzero(sims >= threshold), sims.shape[1])
+    else:
+        row, col = np.divmod(np.flatnonzero(sims >= threshold[:, None]), sims.shape[1])
     keep = candidate_ids[col] != owner_ids[row]
     row, col = row[keep], col[keep]
     if not len(row):
@@ -333,13 +398,28 @@ def _merge(
     rows, slot = np.unique(row, return_inverse=True)
     target = owners[rows]
     owner = np.concatenate([np.repeat(np.arange(len(rows)), k), slot])
-    sim = np.concatenate([best_sim[target].ravel(), sims[row, col]])
+    found = sims[col, row] if by_column else sims[row, col]
+    sim = np.concatenate([best_sim[target].ravel(), found])
     idx = np.concatenate([best_idx[target].ravel(), candidate_ids[col]])
-    ranked = np.lexsort((idx, -sim, owner))
+    # One int64 key (owner, descending similarity) sorts several times faster than a
+    # lexsort of three keys; only equal similarities of one owner out of index order
+    # (duplicate rows) need the index too.
+    key = (owner << 32) | _descending_bits(sim)
+    ranked = np.argsort(key, kind="stable")
+    before, after = ranked[:-1], ranked[1:]
+    if ((key[before] == key[after]) & (idx[after] < idx[before])).any():
+        ranked = np.lexsort((idx, key))
     counts = np.bincount(owner, minlength=len(rows))
     take = ranked[((np.cumsum(counts) - counts)[:, None] + np.arange(k)).ravel()]
     best_sim[target] = sim[take].reshape(len(rows), k)
     best_idx[target] = idx[take].reshape(len(rows), k)
+
+
+def _descending_bits(values: np.ndarray) -> np.ndarray:
+    """float32 values as int64 keys in [0, 2^32) that sort in decreasing value order."""
+    bits = (values + np.float32(0.0)).view(np.int32)  # -0.0 -> 0.0
+    ordered = np.where(bits < 0, bits ^ np.int32(0x7FFFFFFF), bits).astype(np.int64)
+    return np.int64(2**31 - 1) - ordered
 
 
 # --------------------------------------------------------------------------- scores

@@ -675,7 +675,9 @@ def as_unit_rows(x: np.ndarray, name: str = "embeddings") -> np.ndarray:
         )
     x = x.astype(np.float32, copy=False)
     for start in range(0, len(x), ROW_STEP):
-        block = x[start : start + ROW_STEP].astype(np.float64)
+        block = x[start : start + ROW_STEP]
+        # float32 sums are accurate to ~1e-5 here, far inside the tolerance, and need no
+        # float64 copy of the block (fresh pages of 268 MB cost ~1 s at 100k rows).
         norms = np.sqrt(np.einsum("ij,ij->i", block, block))
         # NaN fails the comparison too, and `unit_rows` names the rows.
         if not np.all(np.abs(norms - 1.0) <= UNIT_NORM_TOLERANCE):
