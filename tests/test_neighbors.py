@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 from conftest import unit
 
-from bubblefence_plugin.core.neighbors import CellIndex, knn, nearest
+import bubblefence_plugin.core.neighbors as nb
+from bubblefence_plugin.core.neighbors import (
+    CellIndex,
+    _bound_coords,
+    knn,
+    nearest,
+    subspace_axes,
+)
 
 
 def test_knn_and_nearest_match_brute_force():
@@ -55,18 +62,21 @@ def manifold_mixture(seed, n=3000, d=64):
     return unit(x)
 
 
-@pytest.mark.parametrize("seed", range(3))
-def test_cell_index_with_many_groups_and_strays_matches_brute_force(seed, monkeypatch):
-    """Small cells, a small fan-out and few axes force several levels, several groups and
-    the stray passes; every threshold, searched through `at` on one index, finds
-    exactly the pairs of a float64 brute force."""
-    import bubblefence_plugin.core.neighbors as nb
-
+def small_cells(monkeypatch) -> None:
+    """Small cells, a small fan-out and few axes: several levels of cells, several
+    groups and the stray passes on a few thousand rows."""
     monkeypatch.setattr(nb, "CELL_SIZE", 24)
     monkeypatch.setattr(nb, "CELL_FANOUT", 6)
     monkeypatch.setattr(nb, "SEED_SAMPLE", 200)
     monkeypatch.setattr(nb, "AXES_SAMPLE", 48)
     monkeypatch.setattr(nb, "CELL_DIMS", 6)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_cell_index_with_many_groups_and_strays_matches_brute_force(seed, monkeypatch):
+    """Every threshold, searched through `at` on one index, finds exactly the pairs of a
+    float64 brute force."""
+    small_cells(monkeypatch)
     x = manifold_mixture(seed)
     base = np.arange(0, len(x), 2)  # the index holds every other row; all rows query
     index = CellIndex(x, base, 0.95, seed=seed)
@@ -87,8 +97,6 @@ def test_the_subspace_bound_never_underestimates_a_similarity():
     """[P q, |r_q|] . [P x, |r_x|] >= q . x for unit rows, whatever the subspace."""
     rng = np.random.default_rng(5)
     x = manifold_mixture(5, n=600)
-    from bubblefence_plugin.core.neighbors import _bound_coords, subspace_axes
-
     for dims in (1, 4, 16):
         axes = subspace_axes(x[rng.choice(len(x), 50, replace=False)], dims)
         assert np.allclose(axes @ axes.T, np.eye(len(axes)), atol=1e-5)

@@ -5,6 +5,7 @@ import pytest
 from conftest import unit
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components
+from test_neighbors import manifold_mixture, small_cells
 
 from bubblefence_plugin.core.twins import twin_components
 
@@ -39,15 +40,8 @@ def test_twin_components_of_a_subset_of_rows():
 
 @pytest.mark.parametrize("threshold", [0.92, 0.95])
 def test_twin_components_over_many_groups_equal_brute_force(threshold, monkeypatch):
-    """Several subspace groups, strays and levels of cells (constants made small)."""
-    import bubblefence_plugin.core.neighbors as nb
-    from test_neighbors import manifold_mixture
-
-    monkeypatch.setattr(nb, "CELL_SIZE", 24)
-    monkeypatch.setattr(nb, "CELL_FANOUT", 6)
-    monkeypatch.setattr(nb, "SEED_SAMPLE", 200)
-    monkeypatch.setattr(nb, "AXES_SAMPLE", 48)
-    monkeypatch.setattr(nb, "CELL_DIMS", 6)
+    """Several subspace groups, strays and levels of cells."""
+    small_cells(monkeypatch)
     x = manifold_mixture(7, n=2500)
     full = x.astype(np.float64) @ x.T.astype(np.float64)
     _, truth = connected_components(sparse.csr_matrix(full >= threshold), directed=False)
