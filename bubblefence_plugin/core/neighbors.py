@@ -407,7 +407,8 @@ class CellIndex:
         farther than `STRAY_RESIDUAL` off its part's subspace (a member of a small
         cluster that no seed fell in) would loosen the bound of every cell it joins: it
         leaves the part, and the strays are grouped again among themselves, up to
-        `STRAY_PASSES` times; the last pass keeps every row it is given.
+        `STRAY_PASSES` times; the last pass keeps every row it is given, and so does
+        the pass after one whose rows were mostly strays.
         """
         n = len(self.rows)
         p = min(CELL_DIMS, self.embeddings.shape[1])
@@ -417,18 +418,21 @@ class CellIndex:
         pending = np.arange(n)
         # Products and solvers this small run several times slower on two threads.
         with threadpool_limits(limits=1, user_api="blas"):
+            final = False
             for attempt in range(STRAY_PASSES):
+                final = final or attempt == STRAY_PASSES - 1
                 strays = []
                 for part in self._parts(pending, rng):
                     axes, coords, residual = self._fit_part(part, rng)
-                    keep = residual <= STRAY_RESIDUAL
-                    if attempt == STRAY_PASSES - 1:
-                        keep[:] = True
+                    keep = np.ones(len(part), bool) if final else residual <= STRAY_RESIDUAL
                     if keep.any():
                         groups.append(part[keep])
                         axes_of.append(axes)
                         self.coords[part[keep]] = coords[keep]
                     strays.append(part[~keep])
+                # Data of a high intrinsic dimension leaves most rows off any 32 axes:
+                # when most rows were strays, the next pass keeps them all.
+                final = sum(map(len, strays)) > len(pending) / 2
                 pending = np.concatenate(strays)
                 if len(pending) == 0:
                     break
