@@ -330,8 +330,9 @@ class CellIndex:
     tau = sqrt(2 - 2t). Two bounds rule out almost every pair before a full-dimension
     product, each exact:
 
-    * **cells**: rows are split among `CELL_FANOUT` k-means++ seeds (in full dimension),
-      the parts again, down to cells of about `CELL_SIZE` rows. A cell keeps its centre
+    * **cells**: rows are split among `CELL_FANOUT` seeds in full dimension (k-means++
+      at the top, random rows below), the parts again, down to cells of about
+      `CELL_SIZE` rows. A cell keeps its centre
       c (the members' normalised mean) and radius R; a query q can have a neighbour in
       it only if ||q - c|| <= R + tau (triangle inequality).
     * **subspaces**: each top-level part (a *group*: at 1M rows about 16k) keeps the
@@ -443,6 +444,7 @@ class CellIndex:
         return groups
 
     def _parts(self, positions: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+        """The top-level split of `positions` among k-means++ seeds (one part if small)."""
         if len(positions) <= CELL_SIZE:
             return [positions]
         return _split(self.embeddings, self.rows, np.sort(positions), rng, spread=True)
