@@ -7,7 +7,7 @@ from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 from test_neighbors import manifold_mixture, small_cells
 
-from bubblefence_plugin.core.twins import twin_components
+from bubblefence_plugin.core.twins import _max_per_key, twin_components
 
 
 @pytest.mark.parametrize("spread", [0.02, 0.15, 0.6])
@@ -49,3 +49,16 @@ def test_twin_components_over_many_groups_equal_brute_force(threshold, monkeypat
     pairs = set(zip(truth.tolist(), got.tolist(), strict=True))
     assert len(pairs) == len(set(truth.tolist())) == len(set(got.tolist()))
     assert 1 < len(set(got.tolist())) < len(x) // 2
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+def test_max_per_key_equals_maximum_at(ordered):
+    rng = np.random.default_rng(8)
+    q_rows = rng.integers(0, 50, size=4000)
+    q_rows = np.sort(q_rows) if ordered else q_rows
+    classes = rng.integers(0, 3, size=4000)
+    sims = rng.random(4000).astype(np.float32)
+    key = q_rows * 3 + classes
+    expected = np.full(60 * 3, -np.inf)
+    np.maximum.at(expected, key, sims)
+    assert np.array_equal(_max_per_key(key, q_rows, classes, sims, 60 * 3), expected)
