@@ -30,11 +30,8 @@ import json
 import os
 import re
 import shutil
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,7 +41,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "tests"))
 
+from app_server import app_server  # noqa: E402
 from fo_sandbox import sandbox  # noqa: E402
 
 _TMP = sandbox("bubblefence-bench-browser-")
@@ -62,6 +61,8 @@ TARGET_S = 2.0
 QUIET_S = 3.0  # a step ends when no request has started for this long
 SETTLE_MAX_S = 60.0
 UI_TIMEOUT_MS = 120_000
+# A first App start on this machine builds its schema: a minute or two.
+APP_START_TIMEOUT_S = 180
 # The browser test's flags (tests/test_browser_e2e.py): headless, software WebGL.
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -198,48 +199,6 @@ def build_dataset(n: int, images: Path) -> fo.Dataset:
     ds.set_values("emb", list(x))
     bfo.split(ds, embeddings_field="emb")
     return ds
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
-def start_app(log: Path) -> tuple[subprocess.Popen, str]:
-    """The App server on a free 127.0.0.1 port, on this process's database."""
-    import fiftyone.core.odm.database as fod
-
-    fod.get_db_conn()  # FiftyOne's mongod is up and its port is in the environment
-    env = dict(os.environ)
-    env["FIFTYONE_DATABASE_URI"] = (
-        f"mongodb://127.0.0.1:{env.pop('FIFTYONE_PRIVATE_DATABASE_PORT')}"
-    )
-    port = _free_port()
-    with open(log, "w") as out:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "fiftyone.server.main", "--address", "127.0.0.1"]
-            + ["--port", str(port)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while not _answers(f"{url}/fiftyone"):
-        if server.poll() is not None or time.monotonic() > deadline:
-            server.terminate()
-            raise RuntimeError(f"the App server did not start: {log.read_text()[-2000:]}")
-        time.sleep(0.2)
-    return server, url
 
 
 def _peak_rss_mb(pid: int) -> float:
@@ -463,27 +422,25 @@ def main() -> None:
     build_s = time.perf_counter() - start
     if args.shots:
         args.shots.mkdir(parents=True, exist_ok=True)
-    server, url = start_app(_TMP / "server.log")
     try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(
-                executable_path=args.chromium, headless=True, args=CHROMIUM_ARGS
-            )
-            try:
-                page = browser.new_context(viewport={"width": 1600, "height": 1000}).new_page()
-                page.set_default_timeout(UI_TIMEOUT_MS)
-                page.goto(f"{url}/datasets/{ds.name}")
-                page.wait_for_function(GRID_PAINTED)
-                dismiss = page.get_by_text("Dismiss", exact=True)
-                if dismiss.count():
-                    dismiss.first.click()
-                steps = play(page, ds, args.shots)
-            finally:
-                browser.close()
-        server_peak_mb = _peak_rss_mb(server.pid)
+        with app_server(_TMP / "server.log", APP_START_TIMEOUT_S) as (server, url):
+            with sync_playwright() as p:
+                browser = p.chromium.launch(
+                    executable_path=args.chromium, headless=True, args=CHROMIUM_ARGS
+                )
+                try:
+                    page = browser.new_context(viewport={"width": 1600, "height": 1000}).new_page()
+                    page.set_default_timeout(UI_TIMEOUT_MS)
+                    page.goto(f"{url}/datasets/{ds.name}")
+                    page.wait_for_function(GRID_PAINTED)
+                    dismiss = page.get_by_text("Dismiss", exact=True)
+                    if dismiss.count():
+                        dismiss.first.click()
+                    steps = play(page, ds, args.shots)
+                finally:
+                    browser.close()
+            server_peak_mb = _peak_rss_mb(server.pid)
     finally:
-        server.terminate()
-        server.wait(30)
         ds.delete()
     lines = [
         f"\n## BubbleFence panel in the App, {args.n:,} samples"

@@ -21,17 +21,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from app_server import app_server
 from conftest import clustered_embeddings, write_images
 
 pytestmark = [pytest.mark.browser, pytest.mark.fiftyone]
@@ -92,29 +89,6 @@ def chromium() -> str:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for(ready: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if ready():
-            return
-        time.sleep(0.2)
-    raise TimeoutError(what)
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
 @pytest.fixture
 def e2e_dataset(tmp_path: Path, fo_datasets: list) -> Any:
     import fiftyone as fo
@@ -130,39 +104,8 @@ def e2e_dataset(tmp_path: Path, fo_datasets: list) -> Any:
 @pytest.fixture
 def app_url(e2e_dataset: Any, tmp_path: Path) -> Iterator[str]:
     """The App server on a free 127.0.0.1 port, on the test session's database."""
-    import fiftyone.core.odm.database as fod
-
-    fod.get_db_conn()  # the session's mongod is up, its port published in the environment
-    env = dict(os.environ)
-    db_port = env.pop("FIFTYONE_PRIVATE_DATABASE_PORT")
-    env["FIFTYONE_DATABASE_URI"] = f"mongodb://127.0.0.1:{db_port}"
-    port = _free_port()
-    log_path = tmp_path / "app-server.log"
-    with open(log_path, "w") as log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "fiftyone.server.main", "--address", "127.0.0.1"]
-            + ["--port", str(port)],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_for(
-            lambda: server.poll() is not None or _http_ok(f"{url}/fiftyone"),
-            APP_START_TIMEOUT_S,
-            f"the App server did not answer on {url} (log: {log_path})",
-        )
-        if server.poll() is not None:
-            raise RuntimeError(f"the App server exited: {log_path.read_text()[-3000:]}")
+    with app_server(tmp_path / "app-server.log", APP_START_TIMEOUT_S) as (_, url):
         yield url
-    finally:
-        server.terminate()
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(10)
 
 
 @pytest.fixture
