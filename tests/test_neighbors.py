@@ -104,3 +104,49 @@ def test_the_subspace_bound_never_underestimates_a_similarity():
         bound = coords.astype(np.float64) @ coords.T.astype(np.float64)
         exact = x.astype(np.float64) @ x.T.astype(np.float64)
         assert np.all(bound >= exact - 1e-6)
+
+
+def test_group_balls_hold_their_members_and_reach_misses_no_cell(monkeypatch):
+    """Every member lies within its group's ball, and `reachable` keeps every cell that
+    holds a row within the threshold of a query (brute force), though it tests cells
+    only of the groups that pass."""
+    small_cells(monkeypatch)
+    x = manifold_mixture(7)
+    index = CellIndex(x, np.arange(len(x)), 0.95, seed=7)
+    to_centre = 1.0 - np.einsum(
+        "ij,ij->i", x.astype(np.float64), index.group_centres[index.group].astype(np.float64)
+    )
+    assert np.all(np.sqrt(2 * np.maximum(to_centre, 0)) <= index.group_radius[index.group] + 1e-6)
+    queries = x[index.group == index.group[0]]  # one group: a block of `pairs`
+    cells, reach = index.at(0.9).reachable(queries)
+    assert np.all(np.diff(cells) > 0) and len(cells) < len(index)  # some groups skipped
+    full = queries.astype(np.float64) @ x.T.astype(np.float64)
+    q, rows = np.nonzero(full >= 0.9)
+    needed = {(int(a), int(c)) for a, c in zip(q, index.cell[rows], strict=True)}
+    kept = {(int(a), int(cells[c])) for a, c in zip(*np.nonzero(reach), strict=True)}
+    assert needed <= kept
+
+
+def test_an_extended_index_matches_brute_force(monkeypatch):
+    """An index built on some rows and extended twice (`CellIndex.extended`) with rows of
+    clusters it was not fitted on finds exactly the pairs of a float64 brute force, and
+    splits the cells the new rows grew past `GROWN_CELL`."""
+    small_cells(monkeypatch)
+    x = manifold_mixture(11)
+    rng = np.random.default_rng(11)
+    first = np.sort(rng.choice(len(x), 1200, replace=False))
+    rest = np.setdiff1d(np.arange(len(x)), first)
+    index = CellIndex(x, first, 0.95, seed=11)
+    for added in np.array_split(rest, 2):
+        index = index.extended(x, added, seed=11)
+    assert index.built_rows == len(first) and len(index.rows) == len(x)
+    assert np.diff(index.bounds).max() <= nb.GROWN_CELL * nb.CELL_SIZE
+    assert np.all(np.diff(index.group_of_cell) >= 0)
+    base = index.rows
+    full = x.astype(np.float64) @ x[base].astype(np.float64).T
+    for threshold in (0.9, 0.95, 0.99):
+        found = set()
+        for q, b, _ in index.at(threshold).pairs(x):
+            found |= set(zip(q.tolist(), b.tolist(), strict=True))
+        truth = {(int(a), int(b)) for a, b in zip(*np.nonzero(full >= threshold), strict=True)}
+        assert found == truth and len(truth) > len(x)

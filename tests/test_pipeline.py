@@ -421,3 +421,20 @@ def test_later_rounds_keep_the_margin_and_never_leak_uncounted(seed):
             assert sims.max() < closure
         fenced += result.stats.get("margin_train", 0)
     assert fenced > 0  # the margin was at work
+
+
+def test_a_kept_index_gives_the_split_a_fresh_one_gives(tmp_path):
+    """Rounds in one process extend the last round's index (`follow.earlier_index`);
+    a state loaded before every round builds it fresh. Same assignments."""
+    x, _ = clustered(4000, np.random.default_rng(12))
+    kept = BubbleFence(BubbleFenceConfig(seed=5))
+    extended = []
+    for part in np.array_split(np.arange(4000), 5):
+        kept.ingest(x[part])
+        index = kept._earlier_index  # round 0 keeps its units' index
+        extended.append(len(index.rows) > index.built_rows)
+        fresh = BubbleFence.load(tmp_path / "state.npz") if part[0] else BubbleFence(kept.config)
+        fresh.ingest(x[part])
+        fresh.save(tmp_path / "state.npz")
+        assert kept.assignments().equals(fresh.assignments())
+    assert extended == [False, False, False, True, False]  # rebuilt past REBUILD_SHARE

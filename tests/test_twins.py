@@ -7,7 +7,8 @@ from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 from test_neighbors import manifold_mixture, small_cells
 
-from bubblefence_plugin.core.twins import _max_per_key, twin_components
+from bubblefence_plugin.core.neighbors import CellIndex
+from bubblefence_plugin.core.twins import _max_per_key, twin_components, twin_votes
 
 
 @pytest.mark.parametrize("spread", [0.02, 0.15, 0.6])
@@ -62,3 +63,41 @@ def test_max_per_key_equals_maximum_at(ordered):
     expected = np.full(60 * 3, -np.inf)
     np.maximum.at(expected, key, sims)
     assert np.array_equal(_max_per_key(key, q_rows, classes, sims, 60 * 3), expected)
+
+
+@pytest.mark.parametrize("threshold", [0.9, 0.95])
+def test_twin_votes_equal_brute_force(threshold, monkeypatch):
+    """Counts per (query, class) and the most similar twin per class (ties: the smaller
+    row), through whole blocks (the tight cluster) and pair lists alike; class -1 is
+    not counted."""
+    small_cells(monkeypatch)
+    x = manifold_mixture(3, n=2400)
+    x[1000:1010] = x[1010:1020]  # equal twins: the smaller row must win
+    base = np.arange(0, 2000)
+    queries = x[2000:]
+    base_class = np.random.default_rng(3).integers(-1, 3, size=len(base))
+    index = CellIndex(x, base, threshold, seed=2)
+    assert any(h.mask is not None for _, _, h in index.hits(queries))
+    assert any(h.mask is None for _, _, h in index.hits(queries))
+    votes = twin_votes(x, queries, [(index, base_class)], 3)
+    full = queries.astype(np.float64) @ x[base].astype(np.float64).T
+    for c in range(3):
+        twin = (full >= threshold) & (base_class == c)[None, :]
+        assert np.array_equal(votes.count[:, c], twin.sum(axis=1))
+        masked = np.where(twin, np.round(full, 9), -np.inf)
+        best = np.where(twin.any(axis=1), masked.argmax(axis=1), -1)  # first maximum
+        assert np.array_equal(votes.best[:, c], np.where(best >= 0, base[np.maximum(best, 0)], -1))
+
+
+def test_a_whole_block_without_twins_of_a_class_changes_nothing_of_it():
+    """A class whose columns hold no twin of any row of a whole block: zero counts, no
+    best twin (the case a later round meets when a class's rows lie just out of reach)."""
+    from bubblefence_plugin.core.twins import TwinVotes
+
+    x = unit(np.random.default_rng(0).normal(size=(6, 8)))
+    votes = TwinVotes.empty(2, 2)
+    sims = (x[:2] @ x[2:].T).astype(np.float32)
+    mask = np.array([[True, False, False, False], [False, False, False, False]])
+    votes.add_whole(x, x[:2], np.array([0, 1]), np.arange(2, 6), np.array([0, 1, 1, 1]), sims, mask)
+    assert votes.count.tolist() == [[1, 0], [0, 0]]
+    assert votes.best.tolist() == [[2, -1], [-1, -1]]

@@ -45,14 +45,40 @@ from .twins import twin_votes
 ROLES = (TRAIN, VALIDATION, TEST)
 
 
+# A kept index is extended while the rows added to it since it was built are at most this
+# share of those it was built on: beyond, a new cluster of later rounds would sit in
+# cells fitted without it, and a fresh build (seconds at 1M rows) pays for itself.
+REBUILD_SHARE = 0.5
+
+
 def earlier_index(
-    embeddings: np.ndarray, kept: np.ndarray, n_old: int, config: BubbleFenceConfig
+    embeddings: np.ndarray,
+    kept: np.ndarray,
+    n_old: int,
+    config: BubbleFenceConfig,
+    previous: CellIndex | None = None,
 ) -> CellIndex | None:
     """One index over the kept rows of the `n_old` earlier ones, for every search of a
     round against them (dedup, twins, the closure margin) at its own threshold
-    (`CellIndex.at`); None when there are none."""
+    (`CellIndex.at`); None when there are none.
+
+    `previous`: the index of an earlier round, over a prefix of these rows. It is
+    extended with the rest (`CellIndex.extended`) rather than built again, up to
+    `REBUILD_SHARE`; any index gives the same pairs, so the split does not depend on
+    which one a round gets.
+    """
     rows = np.flatnonzero(kept[:n_old])
-    return CellIndex(embeddings, rows, config.leak_threshold, config.seed) if len(rows) else None
+    if len(rows) == 0:
+        return None
+    if previous is not None and len(previous.rows) <= len(rows):
+        added = rows[len(previous.rows) :]
+        same_prefix = np.array_equal(previous.rows, rows[: len(previous.rows)])
+        if (
+            same_prefix
+            and len(previous.rows) + len(added) <= (1 + REBUILD_SHARE) * previous.built_rows
+        ):
+            return previous.extended(embeddings, added, config.seed)
+    return CellIndex(embeddings, rows, config.leak_threshold, config.seed)
 
 
 def bind_to_assigned(

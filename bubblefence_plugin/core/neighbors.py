@@ -27,8 +27,10 @@ import copy
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
+from scipy import sparse
 from threadpoolctl import threadpool_limits
 
 # Environment variable that fixes the BLAS thread count of a round (see `blas_threads`).
@@ -52,6 +54,9 @@ RANK_DECIMALS = 9
 # Rows per cell of a `CellIndex`: products of a few hundred rows keep BLAS efficient,
 # and the per-cell bookkeeping small beside them.
 CELL_SIZE = 256
+# A cell that new rows grew past this many times `CELL_SIZE` (`CellIndex.extended`) is
+# split again: up to twice the size, a cell's products stay the size BLAS likes.
+GROWN_CELL = 2
 # Parts a group of rows is split among per level of a `CellIndex`: at 1M rows, two
 # levels of products with 64 seeds (about 1 s) reach cells of `CELL_SIZE`.
 CELL_FANOUT = 64
@@ -88,6 +93,10 @@ SCAN_BYTES = 16 * 2**20
 # pair by pair (float64) rather than the whole block by BLAS: gathering two rows per
 # pair costs more than a BLAS product beyond a few in a thousand.
 SPARSE_SHARE = 0.002
+# Share of a block the subspace bound must leave for `CellIndex.hits` to hand the block
+# over whole: inside a tight cluster every pair is a twin, and a mask costs one pass
+# where a pair list costs several per pair.
+WHOLE_SHARE = 0.25
 
 
 def blas_threads(n_rows: int) -> int:
@@ -250,6 +259,19 @@ def pairs_at_least(
     return i, j
 
 
+def at_least(sims: np.ndarray, threshold: float, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """`sims >= threshold` as a mask, decided as `pairs_at_least` does: for blocks where
+    most entries are hits, whose pair lists would cost more than the block."""
+    mask = sims >= threshold
+    near = (sims >= threshold - DECISION_EPS) & (sims < threshold + DECISION_EPS)
+    i, j = np.nonzero(near)
+    if len(i):
+        rows, row_at = np.unique(i, return_inverse=True)
+        cols, col_at = np.unique(j, return_inverse=True)
+        mask[i, j] = exact_block(left[rows], right[cols])[row_at, col_at] >= threshold
+    return mask
+
+
 def subspace_axes(sample: np.ndarray, n_components: int) -> np.ndarray:
     """(p, D) orthonormal axes of the subspace that best holds a sample of rows (its top
     right singular vectors, not centred: the mean direction is part of what members
@@ -323,6 +345,22 @@ def _split(
     return [group[order[a:b]] for a, b in edges if b > a]
 
 
+def _cells_of(
+    embeddings: np.ndarray, rows: np.ndarray, members: np.ndarray, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """`members` (positions in `rows`) split (`_split`) until every part holds at most
+    `CELL_SIZE` rows: the cells of one group."""
+    cells = []
+    todo = [members]
+    while todo:
+        part = todo.pop()
+        if len(part) <= CELL_SIZE:
+            cells.append(part)
+        else:
+            todo.extend(reversed(_split(embeddings, rows, part, rng, spread=False)))
+    return cells
+
+
 class CellIndex:
     """An exact range search over `embeddings[rows]` at a similarity threshold.
 
@@ -364,32 +402,84 @@ class CellIndex:
         self.threshold = float(threshold)
         self.tau = float(similarity_to_distance(threshold))
         rng = np.random.default_rng(seed)
-        everything = np.arange(len(self.rows))
         groups = self._fit_groups(rng)
         cells: list[np.ndarray] = []
         cell_group: list[int] = []
         for g, members in enumerate(groups):
-            todo = [members]
-            while todo:
-                part = todo.pop()
-                if len(part) <= CELL_SIZE:
-                    cells.append(part)
-                    cell_group.append(g)
-                else:
-                    todo.extend(reversed(_split(embeddings, self.rows, part, rng, spread=False)))
+            for part in _cells_of(embeddings, self.rows, members, rng):
+                cells.append(part)
+                cell_group.append(g)
         self.group_of_cell = np.asarray(cell_group, np.int64)
-        cell = np.empty(len(self.rows), np.int64)
+        self.cell = np.empty(len(self.rows), np.int64)
         for c, members in enumerate(cells):
-            cell[members] = c
-        self.cell = cell
-        self.order = np.lexsort((everything, cell))  # positions in `rows`, grouped by cell
-        self.bounds = np.searchsorted(cell[self.order], np.arange(len(cells) + 1))
+            self.cell[members] = c
+        self.built_rows = len(self.rows)
+        self._measure_cells()
+
+    def extended(self, embeddings: np.ndarray, new_rows: np.ndarray, seed: int) -> CellIndex:
+        """This index over `embeddings` (the same rows at the same places: an array that
+        grew) with `new_rows` added, without fitting groups and cells again.
+
+        A new row joins the cell with the nearest centre, in the subspace of that
+        cell's group; a cell grown past `GROWN_CELL` times `CELL_SIZE` rows is split
+        again (`_cells_of`), and every cell's centre, radius and residual are measured
+        anew, so both bounds stay exact. Cells fitted on earlier rows hold a new
+        cluster's rows loosely (large residuals, wide cells): callers build a fresh index
+        once the added rows are a large share of it (`built_rows`, `REBUILD_SHARE`).
+        """
+        index = copy.copy(self)
+        index.embeddings = embeddings
+        new_rows = np.asarray(new_rows, np.int64)
+        if len(new_rows) == 0:
+            return index
+        nearest = np.empty(len(new_rows), np.int64)
+        for start in range(0, len(new_rows), PRODUCT_ROWS):
+            vectors = embeddings[new_rows[start : start + PRODUCT_ROWS]]
+            nearest[start : start + len(vectors)] = np.argmax(vectors @ self.centres.T, axis=1)
+        new_group = self.group_of_cell[nearest]
+        new_coords = np.empty((len(new_rows), self.coords.shape[1]), np.float32)
+        for g in np.unique(new_group):
+            joining = np.flatnonzero(new_group == g)
+            projected = project_rows(embeddings, new_rows[joining], self.axes[g])
+            new_coords[joining] = _bound_coords(projected)
+        index.rows = np.concatenate([self.rows, new_rows])
+        index.group = np.concatenate([self.group, new_group])
+        index.coords = np.concatenate([self.coords, new_coords])
+        cell = np.concatenate([self.cell, nearest])
+        group_of_cell = list(self.group_of_cell)
+        rng = np.random.default_rng([seed, len(index.rows)])
+        by_cell = np.argsort(cell, kind="stable")
+        bounds = np.searchsorted(cell[by_cell], np.arange(len(group_of_cell) + 1))
+        for c in np.flatnonzero(np.diff(bounds) > GROWN_CELL * CELL_SIZE):
+            parts = _cells_of(embeddings, index.rows, by_cell[bounds[c] : bounds[c + 1]], rng)
+            for part in parts[1:]:
+                cell[part] = len(group_of_cell)
+                group_of_cell.append(group_of_cell[c])
+        # A group's cells stay a run (`reachable`): number them group by group again.
+        by_group = np.argsort(group_of_cell, kind="stable")
+        renumbered = np.empty(len(by_group), np.int64)
+        renumbered[by_group] = np.arange(len(by_group))
+        index.cell = renumbered[cell]
+        index.group_of_cell = np.asarray(group_of_cell, np.int64)[by_group]
+        index._measure_cells()
+        return index
+
+    def _measure_cells(self) -> None:
+        """The cells' member order, centres, radii and largest residuals, and the groups'
+        balls, from `cell` (per position) and `group_of_cell`."""
+        cell = self.cell
+        n_cells = len(self.group_of_cell)
+        self.order = np.lexsort((np.arange(len(cell)), cell))  # positions, grouped by cell
+        self.bounds = np.searchsorted(cell[self.order], np.arange(n_cells + 1))
         self.centres = self._mean_directions()
-        self.radius = np.zeros(len(cells))
+        self.radius = np.zeros(n_cells)
         for start in range(0, len(cell), ROW_STEP):
             part = slice(start, start + ROW_STEP)
             own = np.einsum(
-                "ij,ij->i", embeddings[self.rows[part]], self.centres[cell[part]], dtype=np.float32
+                "ij,ij->i",
+                self.embeddings[self.rows[part]],
+                self.centres[cell[part]],
+                dtype=np.float32,
             )
             # A float32 similarity is within DECISION_EPS of the true one, so the
             # distance of `own - DECISION_EPS` bounds the true distance from above: a
@@ -397,8 +487,30 @@ class CellIndex:
             np.maximum.at(self.radius, cell[part], similarity_to_distance(own - DECISION_EPS))
         # The largest member residual per cell: a cell, unlike a whole group, rarely
         # holds a stray of another cluster, whose residual would loosen the bound.
-        self.cell_residual = np.zeros(len(cells))
+        self.cell_residual = np.zeros(n_cells)
         np.maximum.at(self.cell_residual, cell, self.coords[:, -1])
+        self._fit_group_balls()
+
+    def _fit_group_balls(self) -> None:
+        """Each group's ball, tested before its cells (`reachable`): the normalised sum of
+        its cells' centres weighted by size, and the largest distance from it to a member
+        bounded through the cells (||x - C|| <= ||c - C|| + R_c), so no pass over the rows."""
+        n_groups = len(self.axes)
+        sizes = np.diff(self.bounds).astype(np.float64)
+        sums = np.zeros((n_groups, self.embeddings.shape[1]))
+        np.add.at(sums, self.group_of_cell, self.centres * sizes[:, None])
+        norms = np.linalg.norm(sums, axis=1, keepdims=True)
+        # Any unit vector is a valid centre: the radius below is measured from it.
+        first_cell = np.searchsorted(self.group_of_cell, np.arange(n_groups))
+        fallback = self.centres[np.minimum(first_cell, len(self.centres) - 1)]
+        centres = np.where(norms > 0, sums / np.where(norms > 0, norms, 1.0), fallback)
+        self.group_centres = centres.astype(np.float32)
+        own = np.einsum("ij,ij->i", self.centres, self.group_centres[self.group_of_cell])
+        reach = similarity_to_distance(own - DECISION_EPS) + self.radius
+        self.group_radius = np.zeros(n_groups)
+        np.maximum.at(self.group_radius, self.group_of_cell, reach)
+        self.group_cell_residual = np.zeros(n_groups)
+        np.maximum.at(self.group_cell_residual, self.group_of_cell, self.cell_residual)
 
     def _fit_groups(self, rng: np.random.Generator) -> list[np.ndarray]:
         """The groups (positions), with each group's axes and each row's coordinates and
@@ -467,14 +579,13 @@ class CellIndex:
     def _mean_directions(self) -> np.ndarray:
         """Each cell's normalised member mean (its first member where the mean is 0)."""
         n_cells = len(self.bounds) - 1
-        sums = np.zeros((n_cells, self.embeddings.shape[1]), np.float64)
-        # Rows in cell order, a step at a time: each step's cells are runs to add up.
-        for start in range(0, len(self.order), ROW_STEP):
-            positions = self.order[start : start + ROW_STEP]
-            cell = self.cell[positions]
-            runs = np.flatnonzero(np.r_[True, cell[1:] != cell[:-1]])
-            vectors = self.embeddings[self.rows[positions]]
-            sums[cell[runs]] += np.add.reduceat(vectors, runs, axis=0)
+        # A sparse membership matrix sums each cell's rows in a fixed order (no BLAS),
+        # reading each row once: several times faster than `reduceat` over gathered rows.
+        membership = sparse.csr_matrix(
+            (np.ones(len(self.rows), np.float32), (self.cell, self.rows)),
+            shape=(n_cells, len(self.embeddings)),
+        )
+        sums = (membership @ self.embeddings).astype(np.float64)
         norms = np.linalg.norm(sums, axis=1)
         first = self.embeddings[self.rows[self.order[self.bounds[:-1]]]]
         scale = np.where(norms > 0, norms, 1.0)[:, None]
@@ -494,9 +605,11 @@ class CellIndex:
         """Positions (in `rows`) of a cell's members, ascending."""
         return self.order[self.bounds[cell] : self.bounds[cell + 1]]
 
-    def centre_distances(self, vectors: np.ndarray) -> np.ndarray:
-        """(len(vectors), n_cells) distances to the cell centres, float64."""
-        return similarity_to_distance(vectors @ self.centres.T)
+    def centre_distances(self, vectors: np.ndarray, cells: np.ndarray | None = None) -> np.ndarray:
+        """(len(vectors), len(cells)) distances to the cell centres, float64; all cells
+        by default."""
+        centres = self.centres if cells is None else self.centres[cells]
+        return similarity_to_distance(vectors @ centres.T)
 
     def group_residuals(self, vectors: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
         """(len(vectors), len(groups)) residual of each vector off each group's subspace
@@ -514,23 +627,61 @@ class CellIndex:
         # Residuals are bounds from above, a query's by at most sqrt(RESIDUAL_EPS).
         return residual - self.cell_residual[cells] - np.sqrt(RESIDUAL_EPS) <= self.tau
 
-    def reachable(self, vectors: np.ndarray) -> np.ndarray:
-        """(len(vectors), n_cells) bool: the cells that can hold a row within the
-        threshold of each vector (both bounds of the class docstring)."""
-        # The float32 product can be off by a few 1e-7: widen the test by as much.
-        near = self.centre_distances(vectors) <= self.radius + self.tau + 1e-4
-        residual = self.group_residuals(vectors)[:, self.group_of_cell]
-        return near & self.within_residual_reach(residual, np.arange(len(self)))
+    def reachable(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(cells, reach): the cells that can hold a row within the threshold of any of
+        `vectors`, ascending, and (len(vectors), len(cells)) bool per vector (both
+        bounds of the class docstring).
+
+        Groups are tested first, by their ball and by the vectors' residuals off their
+        subspace, and only the cells of groups that pass are tested one by one: a block of
+        queries from one cluster meets a few groups' cells, not every cell of the index.
+        """
+        # The float32 products can be off by a few 1e-7: widen the tests by as much.
+        to_group = similarity_to_distance(vectors @ self.group_centres.T)
+        near_group = to_group <= self.group_radius + self.tau + 1e-4
+        groups = np.flatnonzero(near_group.any(axis=0))
+        residual = self.group_residuals(vectors, groups)
+        slack = residual - self.group_cell_residual[groups] - np.sqrt(RESIDUAL_EPS)
+        groups_ok = near_group[:, groups] & (slack <= self.tau)
+        keep = groups_ok.any(axis=0)
+        groups, residual, groups_ok = groups[keep], residual[:, keep], groups_ok[:, keep]
+        # Cells are numbered group by group (`__init__`), so a group's cells are a run.
+        first = np.searchsorted(self.group_of_cell, groups)
+        last = np.searchsorted(self.group_of_cell, groups, side="right")
+        cells = np.concatenate([np.arange(a, b) for a, b in zip(first, last, strict=True)] or [[]])
+        cells = cells.astype(np.int64)
+        at_group = np.repeat(np.arange(len(groups)), last - first)
+        near = self.centre_distances(vectors, cells) <= self.radius[cells] + self.tau + 1e-4
+        reach = near & groups_ok[:, at_group]
+        reach &= self.within_residual_reach(residual[:, at_group], cells)
+        return cells, reach
 
     def pairs(self, queries: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Yield (query indices, base positions, similarities) blocks holding every pair
         of a query and a row of the index at or above the threshold, exactly once,
         decided exactly. The similarities are float32 products (float64 where the pair
         was computed alone): good for ranking, not for deciding near ties.
+        """
+        for q, part in self._scan(queries):
+            i, j, sims = self.block_pairs(queries[q], part)
+            yield q[i], part[j], sims
+
+    def hits(self, queries: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, BlockHits]]:
+        """`pairs`, but a block in which most pairs may reach the threshold comes whole
+        (`BlockHits.mask`): yields (query indices, base positions, hits). For callers
+        that reduce per query (counts, maxima), where a new member of a tight cluster has
+        as many twins as the cluster has members and pair lists would cost more than
+        the products."""
+        for q, part in self._scan(queries):
+            yield q, part, self._block_hits(queries[q], part, whole=True)
+
+    def _scan(self, queries: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(query indices, base positions): blocks that together hold every pair of a
+        query and a row within the threshold once, each block's positions in one group.
 
         Queries are taken in groups that share their nearest cell, so that the cells
-        they reach overlap; each cell's block holds only the queries that reach it, and
-        is split over its base rows to stay within `SCAN_BYTES`.
+        they reach overlap; each group's block holds only the queries that reach its
+        cells, and is split over its base rows to stay within `SCAN_BYTES`.
         """
         if len(queries) == 0:
             return
@@ -540,19 +691,17 @@ class CellIndex:
         order = np.lexsort((np.arange(len(queries)), nearest_cell))
         for start in range(0, len(order), QUERY_GROUP):
             group = np.sort(order[start : start + QUERY_GROUP])
-            reach = self.reachable(queries[group])
-            cells = np.flatnonzero(reach.any(axis=0))
+            cells, reach = self.reachable(queries[group])
+            used = reach.any(axis=0)
+            cells, reach = cells[used], reach[:, used]
             # Cells of one subspace group share its projection of the queries.
             for g in np.unique(self.group_of_cell[cells]):
-                mine = cells[self.group_of_cell[cells] == g]
-                asking = np.flatnonzero(reach[:, mine].any(axis=1))
-                base = np.concatenate([self.members(c) for c in mine])
-                left = queries[group[asking]]
-                step = max(1, SCAN_BYTES // (4 * max(len(left), self.embeddings.shape[1])))
+                mine = np.flatnonzero(self.group_of_cell[cells] == g)
+                asking = group[np.flatnonzero(reach[:, mine].any(axis=1))]
+                base = np.concatenate([self.members(c) for c in cells[mine]])
+                step = max(1, SCAN_BYTES // (4 * max(len(asking), self.embeddings.shape[1])))
                 for b0 in range(0, len(base), step):
-                    part = base[b0 : b0 + step]
-                    i, j, sims = self.block_pairs(left, part)
-                    yield group[asking[i]], part[j], sims
+                    yield asking, base[b0 : b0 + step]
 
     def block_pairs(
         self, left: np.ndarray, right: np.ndarray
@@ -564,33 +713,66 @@ class CellIndex:
         few remain only they are computed, in float64, else the block is computed in
         full and `pairs_at_least` decides.
         """
+        hits = self._block_hits(left, right, whole=False)
+        return hits.i, hits.j, hits.sims
+
+    def _block_hits(self, left: np.ndarray, right: np.ndarray, whole: bool) -> BlockHits:
+        """`block_pairs`, over the groups of `right`; with `whole`, a block of one group
+        that the bound leaves at least `WHOLE_SHARE` of comes whole (`BlockHits.mask`)."""
         groups = self.group[right]
         if groups.min() == groups.max():
-            return self._group_pairs(left, right, int(groups[0]))
+            return self._group_hits(left, right, int(groups[0]), whole)
         found = []
         for g in np.unique(groups):
             cols = np.flatnonzero(groups == g)
-            i, j, sims = self._group_pairs(left, right[cols], int(g))
-            found.append((i, cols[j], sims))
+            hits = self._group_hits(left, right[cols], int(g), whole=False)
+            found.append((hits.i, cols[hits.j], hits.sims))
         i, j, sims = (np.concatenate(parts) for parts in zip(*found, strict=True))
-        return i, j, sims
+        return BlockHits(i, j, sims)
 
-    def _group_pairs(
-        self, left: np.ndarray, right: np.ndarray, group: int
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """`block_pairs` for base positions `right` that all belong to one group."""
+    def _group_hits(
+        self, left: np.ndarray, right: np.ndarray, group: int, whole: bool
+    ) -> BlockHits:
+        """`_block_hits` for base positions `right` that all belong to one group."""
         bound = _bound_coords(left @ self.axes[group].T) @ self.coords[right].T
-        # The bound is a float32 product, off by ~1e-6: DECISION_EPS covers it.
-        i, j = np.nonzero(bound >= self.threshold - DECISION_EPS)
+        # The bound is a float32 product, off by ~1e-6: DECISION_EPS covers it. Rows
+        # with no candidate are dropped by their maximum first: at a high threshold
+        # (duplicates) most blocks have none, and one pass beats a full `nonzero`.
+        hit_rows = np.flatnonzero(bound.max(axis=1) >= self.threshold - DECISION_EPS)
         right_vectors_of = self.rows[right]
+        if len(hit_rows) == len(bound):
+            candidates = bound >= self.threshold - DECISION_EPS
+            if whole and np.count_nonzero(candidates) >= WHOLE_SHARE * bound.size:
+                right_vectors = self.embeddings[right_vectors_of]
+                block = left @ right_vectors.T
+                return BlockHits(
+                    sims=block, mask=at_least(block, self.threshold, left, right_vectors)
+                )
+            i, j = np.nonzero(candidates)
+        else:
+            i, j = np.nonzero(bound[hit_rows] >= self.threshold - DECISION_EPS)
+            i = hit_rows[i]
         if len(i) <= SPARSE_SHARE * bound.size:
             sims = exact_similarity(left[i], self.embeddings[right_vectors_of[j]])
             keep = sims >= self.threshold
-            return i[keep], j[keep], sims[keep]
+            return BlockHits(i[keep], j[keep], sims[keep])
         right_vectors = self.embeddings[right_vectors_of]
         block = left @ right_vectors.T
         i, j = pairs_at_least(block, self.threshold, left, right_vectors)
-        return i, j, block[i, j]
+        return BlockHits(i, j, block[i, j])
+
+
+@dataclass
+class BlockHits:
+    """The pairs at or above the threshold in one block of a search: as pairs (row `i`
+    of the block's queries, column `j` of its base rows, similarity `sims`), or whole:
+    `sims` the block's float32 similarities and `mask` where they reach the threshold,
+    decided exactly (`at_least`), with `i` and `j` None."""
+
+    i: np.ndarray | None = None
+    j: np.ndarray | None = None
+    sims: np.ndarray | None = None
+    mask: np.ndarray | None = None
 
 
 def _residual_bound(projected_norm2: np.ndarray) -> np.ndarray:

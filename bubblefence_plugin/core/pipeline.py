@@ -103,6 +103,7 @@ class _Round:
     unit_of: np.ndarray | None = None  # their units (components at the closure threshold)
     fenced: np.ndarray | None = None  # per open row: train's margin (`keep_margins`)
     earlier_index: CellIndex | None = None  # the kept rows of earlier rounds (`_earlier`)
+    kept_index: CellIndex | None = None  # every kept row (round 0's units), for the next round
 
     @property
     def n(self) -> int:
@@ -152,6 +153,9 @@ class BubbleFence:
         self._regions: RegionIndex | None = None  # fitted on the first round
         self._region = np.empty(0, np.int64)  # per sample, -1 for duplicates
         self._anchors = AnchorTable()
+        # The last round's index over its earlier rows, extended by the next round
+        # (`follow.earlier_index`); kept in memory only, rebuilt after a load.
+        self._earlier_index: CellIndex | None = None
         self.history: list[dict[str, Any]] = []
 
     # -- properties -------------------------------------------------------------------
@@ -347,7 +351,7 @@ class BubbleFence:
         are fenced off as train's or join eval (`follow.keep_margins`)."""
         split, new_kept = work.split, work.new_kept
         open_rows = new_kept[split[new_kept] == UNASSIGNED]
-        unit_of = self._units(work.x, open_rows, work.codes, work.components, new_kept)
+        unit_of = self._units(work, open_rows)
         fenced, work.stats["margin_eval"] = keep_margins(
             work.x,
             open_rows,
@@ -461,6 +465,8 @@ class BubbleFence:
         self._labels, self._groups = work.all_labels, work.all_groups
         self._regions, self._region = work.regions, work.region
         self._anchors = self._anchors.append(work.new_table)
+        kept = work.earlier_index if work.earlier_index is not None else work.kept_index
+        self._earlier_index = kept
         record = self._round_record(work.index, work.new_rows, work.stats, work.timings)
         self.history.append(record)
         return self._result(work.new_rows, work.index, first_anchor, record)
@@ -470,30 +476,38 @@ class BubbleFence:
         round and searched by dedup, the twins and the closure margin at their own
         thresholds (`CellIndex.at`); None in the first round."""
         if work.earlier_index is None:
-            work.earlier_index = earlier_index(work.x, work.kept, work.n_old, self.config)
+            work.earlier_index = earlier_index(
+                work.x, work.kept, work.n_old, self.config, self._earlier_index
+            )
         return work.earlier_index
 
-    def _units(
-        self,
-        all_x: np.ndarray,
-        open_rows: np.ndarray,
-        codes: np.ndarray | None,
-        components: np.ndarray | None,
-        new_kept: np.ndarray,
-    ) -> np.ndarray:
+    def _units(self, work: _Round, open_rows: np.ndarray) -> np.ndarray:
         """Component labels of the open rows at `closure_threshold` (the units bubbles
-        capture): the twin components themselves unless the closure is looser."""
+        capture): the twin components themselves unless the closure is looser.
+
+        In a first round whose open rows are every kept row, their index is the one the
+        next round searches its earlier rows with: it is kept (`_commit`).
+        """
         cfg = self.config
-        if components is not None and cfg.unit_threshold >= cfg.leak_threshold:
-            return components[np.searchsorted(new_kept, open_rows)]
-        return self._components(all_x, open_rows, codes, cfg.unit_threshold)
+        if work.components is not None and cfg.unit_threshold >= cfg.leak_threshold:
+            return work.components[np.searchsorted(work.new_kept, open_rows)]
+        index = None
+        if work.n_old == 0 and len(open_rows) > 1 and len(open_rows) == int(work.kept.sum()):
+            index = work.kept_index = CellIndex(work.x, open_rows, cfg.unit_threshold, cfg.seed)
+        return self._components(work.x, open_rows, work.codes, cfg.unit_threshold, index)
 
     def _components(
-        self, all_x: np.ndarray, rows: np.ndarray, codes: np.ndarray | None, threshold: float
+        self,
+        all_x: np.ndarray,
+        rows: np.ndarray,
+        codes: np.ndarray | None,
+        threshold: float,
+        index: CellIndex | None = None,
     ) -> np.ndarray:
-        """Components of `rows` in the twin graph at `threshold`, a group's members linked."""
+        """Components of `rows` in the twin graph at `threshold`, a group's members linked
+        (searched with `index` when given: an index over exactly `rows`)."""
         links = group_links(codes, rows)
-        return twin_components(all_x, rows, threshold, self.config.seed, links)
+        return twin_components(all_x, rows, threshold, self.config.seed, links, index)
 
     def _regions_with(
         self, all_x: np.ndarray, kept: np.ndarray, new_kept: np.ndarray, n: int
@@ -598,6 +612,7 @@ class BubbleFence:
         for name in ("_embeddings", "_ids", "_split", "_anchor", "_shell", "_round", "_region"):
             setattr(self, name, getattr(self, name)[keep_rows])
         self._buffer = None
+        self._earlier_index = None  # its rows moved
         # A duplicate whose original is gone keeps its split; it has no pointer left.
         self._duplicate_of[orphaned] = -1
         for name in ("_labels", "_groups"):

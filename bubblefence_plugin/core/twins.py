@@ -81,11 +81,13 @@ def twin_components(
     threshold: float,
     seed: int,
     links: tuple[np.ndarray, np.ndarray] | None = None,
+    index: CellIndex | None = None,
 ) -> np.ndarray:
     """Component of every row of `embeddings[rows]` in the twin graph at `threshold`.
 
     Returns, per position in `rows`, the smallest position of its component. `links`
     (two arrays of positions) are extra edges: the members of a group are one unit.
+    `index`: an index over exactly `rows` (at any threshold) to search, else one is built.
     """
     rows = np.asarray(rows, dtype=np.int64)
     found = UnionFind(len(rows))
@@ -93,8 +95,11 @@ def twin_components(
         found.union(*links)
     if len(rows) < 2:
         return found.labels()
-    index = CellIndex(embeddings, rows, threshold, seed)
-    _merge_cells(index, found)
+    if index is None:
+        index = CellIndex(embeddings, rows, threshold, seed)
+    elif not np.array_equal(index.rows, rows):
+        raise ValueError("twin_components: the index must hold exactly `rows`")
+    _merge_cells(index.at(threshold), found)
     return found.labels()
 
 
@@ -196,6 +201,55 @@ class TwinVotes:
         n, n_classes = self.count.shape
         key = q_rows * n_classes + classes
         self.count += np.bincount(key, minlength=n * n_classes).reshape(n, n_classes)
+        self._keep_best(embeddings, queries, q_rows, b_rows, classes, sims)
+
+    def add_whole(
+        self,
+        embeddings: np.ndarray,
+        queries: np.ndarray,
+        q_rows: np.ndarray,
+        b_rows: np.ndarray,
+        classes: np.ndarray,
+        sims: np.ndarray,
+        mask: np.ndarray,
+    ) -> None:
+        """Count a whole block: its rows' queries `q_rows` (distinct), its columns' base
+        rows and classes, its float32 similarities and `mask`, the pairs that are twins.
+        Per class, a count and a maximum per row replace a list of pairs; only the pairs
+        within `DECISION_EPS` of a row's maximum go on to `_keep_best`."""
+        for c in np.unique(classes):
+            cols = np.flatnonzero(classes == c)
+            hit = mask[:, cols]
+            self.count[q_rows, c] += np.count_nonzero(hit, axis=1)
+            masked = np.where(hit, sims[:, cols], -np.inf)
+            top = masked.max(axis=1)
+            rows = np.flatnonzero(top > -np.inf)
+            i, j = np.nonzero(masked[rows] >= top[rows, None] - DECISION_EPS)
+            i = rows[i]
+            self._keep_best(
+                embeddings,
+                queries,
+                q_rows[i],
+                b_rows[cols[j]],
+                np.full(len(i), c, np.int64),
+                masked[i, j],
+            )
+
+    def _keep_best(
+        self,
+        embeddings: np.ndarray,
+        queries: np.ndarray,
+        q_rows: np.ndarray,
+        b_rows: np.ndarray,
+        classes: np.ndarray,
+        sims: np.ndarray,
+    ) -> None:
+        """Keep each (query, class)'s most similar twin among these pairs and the best so
+        far (ties: the smaller row)."""
+        if len(q_rows) == 0:
+            return
+        n, n_classes = self.count.shape
+        key = q_rows * n_classes + classes
         # The float32 products rank, and only the pairs within DECISION_EPS of each best
         # are re-computed, so memory stays per block.
         top = _max_per_key(key, q_rows, classes, sims, n * n_classes)
@@ -247,7 +301,17 @@ def twin_votes(
     """
     votes = TwinVotes.empty(len(queries), n_classes)
     for index, base_class in searches:
-        for q_rows, b_pos, sims in index.pairs(queries):
+        for q, part, hits in index.hits(queries):
+            if hits.mask is not None:
+                classes = base_class[part]
+                sims, mask = hits.sims, hits.mask
+                if np.any(classes < 0):
+                    counted = np.flatnonzero(classes >= 0)
+                    part, classes = part[counted], classes[counted]
+                    sims, mask = sims[:, counted], mask[:, counted]
+                votes.add_whole(embeddings, queries, q, index.rows[part], classes, sims, mask)
+                continue
+            q_rows, b_pos, sims = q[hits.i], part[hits.j], hits.sims
             classes = base_class[b_pos]
             counted = classes >= 0
             if counted.any():
