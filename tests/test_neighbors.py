@@ -150,3 +150,23 @@ def test_an_extended_index_matches_brute_force(monkeypatch):
             found |= set(zip(q.tolist(), b.tolist(), strict=True))
         truth = {(int(a), int(b)) for a, b in zip(*np.nonzero(full >= threshold), strict=True)}
         assert found == truth and len(truth) > len(x)
+
+
+@pytest.mark.parametrize("threshold", [0.95, 0.9999])
+def test_own_pairs_yield_every_pair_once_computing_each_once(threshold, monkeypatch):
+    """The self-join (`own_pairs`) yields exactly the ordered pairs of a brute force, each
+    once, self-pairs included, though a pair of two cells is computed from one side."""
+    small_cells(monkeypatch)
+    x = manifold_mixture(9)
+    x[100:140] = x[140:180] + 1e-4  # near-duplicates in other cells
+    x = unit(x)
+    index = CellIndex(x, np.arange(len(x)), threshold, seed=9)
+    found = [
+        (int(a), int(b)) for q, b_pos, _ in index.own_pairs() for a, b in zip(q, b_pos, strict=True)
+    ]
+    full = x.astype(np.float64) @ x.T.astype(np.float64)
+    truth = {(int(a), int(b)) for a, b in zip(*np.nonzero(full >= threshold), strict=True)}
+    assert len(found) == len(set(found)) and set(found) == truth
+    assert len(truth) > len(x)
+    with pytest.raises(ValueError, match="every row"):
+        next(CellIndex(x, np.arange(10), threshold, seed=0).own_pairs())

@@ -98,9 +98,11 @@ def _earliest(
     before: np.ndarray | None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(query, base position) of each query's `CANDIDATES` earliest partners at the
-    threshold, sorted by query then position. `before[q]`: only positions below it."""
+    threshold, sorted by query then position. `before[q]`: only positions below it, for
+    queries that are the index's own rows (`CellIndex.own_pairs`: each product once)."""
     queries_out, bases_out = [], []
-    for q, b, _ in index.pairs(queries):
+    found = index.pairs(queries) if before is None else index.own_pairs()
+    for q, b, _ in found:
         keep = np.ones(len(q), bool)
         if before is not None:
             keep &= b < before[q]

@@ -666,6 +666,26 @@ class CellIndex:
             i, j, sims = self.block_pairs(queries[q], part)
             yield q[i], part[j], sims
 
+    def own_pairs(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """`pairs` of the index's rows among themselves, as (query positions, base
+        positions, similarities), each pair's product computed once: the queries of a
+        cell meet only the cells numbered from theirs on, and a pair of two cells is
+        yielded both ways (every bound is symmetric, so the later cell's queries would
+        have found it too). Needs an index over every row of its array (a self-join)."""
+        if not np.array_equal(self.rows, np.arange(len(self.embeddings))):
+            raise ValueError("own_pairs needs an index over every row of its embeddings")
+        for q, part in self._scan(self.embeddings, self.cell, from_own_cell=True):
+            i, j, sims = self.block_pairs(self.embeddings[q], part)
+            q, b = q[i], part[j]
+            q_cell, b_cell = self.cell[q], self.cell[b]
+            ahead = b_cell >= q_cell
+            q, b, sims, across = q[ahead], b[ahead], sims[ahead], (b_cell > q_cell)[ahead]
+            yield (
+                np.concatenate([q, b[across]]),
+                np.concatenate([b, q[across]]),
+                np.concatenate([sims, sims[across]]),
+            )
+
     def hits(self, queries: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, BlockHits]]:
         """`pairs`, but a block in which most pairs may reach the threshold comes whole
         (`BlockHits.mask`): yields (query indices, base positions, hits). For callers
@@ -675,24 +695,38 @@ class CellIndex:
         for q, part in self._scan(queries):
             yield q, part, self._block_hits(queries[q], part, whole=True)
 
-    def _scan(self, queries: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def _scan(
+        self,
+        queries: np.ndarray,
+        query_cells: np.ndarray | None = None,
+        from_own_cell: bool = False,
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(query indices, base positions): blocks that together hold every pair of a
         query and a row within the threshold once, each block's positions in one group.
 
-        Queries are taken in groups that share their nearest cell, so that the cells
-        they reach overlap; each group's block holds only the queries that reach its
-        cells, and is split over its base rows to stay within `SCAN_BYTES`.
+        Queries are taken in groups that share their nearest cell (or `query_cells`:
+        the grouping only decides the blocks, never the pairs), so that the cells they
+        reach overlap; each group's block holds only the queries that reach its cells,
+        and is split over its base rows to stay within `SCAN_BYTES`. `from_own_cell`
+        (`own_pairs`): a group of queries meets only the cells numbered from its first
+        query's cell on.
         """
         if len(queries) == 0:
             return
-        nearest_cell = np.empty(len(queries), dtype=np.int64)
-        for rows, sims in iter_similarity_blocks(queries, self.centres):
-            nearest_cell[rows] = np.argmax(sims, axis=1)
+        nearest_cell = query_cells
+        if nearest_cell is None:
+            # Every query against every centre: at 1M rows a third of a self-join's
+            # search, which its own cells make free.
+            nearest_cell = np.empty(len(queries), dtype=np.int64)
+            for rows, sims in iter_similarity_blocks(queries, self.centres):
+                nearest_cell[rows] = np.argmax(sims, axis=1)
         order = np.lexsort((np.arange(len(queries)), nearest_cell))
         for start in range(0, len(order), QUERY_GROUP):
             group = np.sort(order[start : start + QUERY_GROUP])
             cells, reach = self.reachable(queries[group])
             used = reach.any(axis=0)
+            if from_own_cell:
+                used &= cells >= nearest_cell[group].min()
             cells, reach = cells[used], reach[:, used]
             # Cells of one subspace group share its projection of the queries.
             for g in np.unique(self.group_of_cell[cells]):
