@@ -116,3 +116,18 @@ def test_assign_follows_the_join_distance_row_by_row():
     assert len(near) == 3
     for i in np.flatnonzero(~far)[[0, 31, -1]]:
         assert index.assign(x[i : i + 1])[1].tolist() == [region[i]]
+
+
+def test_assign_rows_of_a_larger_array_in_steps_equals_assigning_their_copy(monkeypatch):
+    """`assign(embeddings, rows)` reads the rows a step at a time (no copy of a round's
+    rows) and gives what assigning the gathered rows gives, new regions included."""
+    import bubblefence_plugin.core.regions as regions
+
+    x, _ = blobs()
+    index = RegionIndex.fit(x, seed=0, n_regions=3)
+    rows = np.random.default_rng(1).permutation(len(x))[: len(x) // 2 + 7]
+    monkeypatch.setattr(regions, "ROW_STEP", 13)
+    grown, region = index.assign(x, rows)
+    whole, expected = index.assign(x[rows])
+    assert region.tolist() == expected.tolist() and np.array_equal(grown.centres, whole.centres)
+    assert len(grown) > 3  # far rows opened regions in both

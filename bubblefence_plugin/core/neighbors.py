@@ -86,6 +86,8 @@ STRAY_PASSES = 3
 # |P x|^2 of a float32 unit row is off by well under 1e-6, so sqrt(1 - |P x|^2 + this)
 # bounds the residual |x - P x| from above, and exceeds it by at most 1e-3.
 RESIDUAL_EPS = 1e-6
+# Rows per step of `exact_similarity`: two float64 copies of 8,192 x 512 are 64 MB.
+EXACT_ROWS = 8192
 # Memory of one block of similarities in a `CellIndex` search (with the rows gathered
 # for it, a few times this at peak).
 SCAN_BYTES = 16 * 2**20
@@ -222,8 +224,16 @@ def project_rows(
 
 
 def exact_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise a[i] . b[i] in float64, summed in a fixed order (no BLAS): reproducible."""
-    return np.einsum("ij,ij->i", a.astype(np.float64), b.astype(np.float64))
+    """Row-wise a[i] . b[i] in float64, summed in a fixed order (no BLAS): reproducible.
+
+    Rows are converted a step at a time: float64 copies of a whole tight cluster (every
+    member against its bubble's centre) would cost four times its float32 rows.
+    """
+    out = np.empty(len(a), np.float64)
+    for start in range(0, len(a), EXACT_ROWS):
+        step = slice(start, start + EXACT_ROWS)
+        out[step] = np.einsum("ij,ij->i", a[step].astype(np.float64), b[step].astype(np.float64))
+    return out
 
 
 def ranking_similarity(vectors: np.ndarray, centre: np.ndarray) -> np.ndarray:

@@ -519,7 +519,7 @@ class BubbleFence:
         if regions is None:
             regions = RegionIndex.fit(all_x, self.config.seed, rows=unplaced)
         if len(unplaced):
-            regions, region[unplaced] = regions.assign(all_x[unplaced])
+            regions, region[unplaced] = regions.assign(all_x, unplaced)
         return regions, region
 
     def _strata_columns(

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import sparse
 
-from .neighbors import nearest_centre, plus_plus_seeds
+from .neighbors import ROW_STEP, nearest_centre, plus_plus_seeds
 
 # k = sqrt(N) regions, at most this many: at 1M, 1,000 regions of 1,000 samples would
 # ask for 200 eval samples each, more bubbles than the quota needs.
@@ -76,21 +76,31 @@ class RegionIndex:
         join = float(np.quantile(distance, JOIN_QUANTILE)) if len(distance) else 0.0
         return cls(centres=centres, join_distance=max(join, 1e-6))
 
-    def assign(self, embeddings: np.ndarray) -> tuple[RegionIndex, np.ndarray]:
-        """(index with any new regions appended, region id per row), rows in input order."""
-        region, sims = nearest_centre(embeddings, self.centres)
+    def assign(
+        self, embeddings: np.ndarray, rows: np.ndarray | None = None
+    ) -> tuple[RegionIndex, np.ndarray]:
+        """(index with any new regions appended, region id per row) of `embeddings[rows]`
+        (all rows by default), in input order. Rows are read a step at a time: a copy
+        of a round's rows would cost as much memory as the state's matrix."""
+        rows = np.arange(len(embeddings)) if rows is None else np.asarray(rows)
+        region = np.empty(len(rows), np.int64)
+        sims = np.empty(len(rows))
+        for start in range(0, len(rows), ROW_STEP):
+            step = slice(start, start + ROW_STEP)
+            region[step], sims[step] = nearest_centre(embeddings[rows[step]], self.centres)
         far = np.flatnonzero(1.0 - sims > self.join_distance)
         centres = [self.centres]
         added: list[np.ndarray] = []
         for row in far:
+            vector = embeddings[rows[row]]
             # Leader clustering in input order among the far rows: deterministic.
             if added:
                 extra = np.vstack(added)
-                index, best = nearest_centre(embeddings[row][None, :], extra)
+                index, best = nearest_centre(vector[None, :], extra)
                 if 1.0 - best[0] <= self.join_distance:
                     region[row] = len(self.centres) + int(index[0])
                     continue
-            added.append(embeddings[row].astype(np.float32))
+            added.append(vector.astype(np.float32))
             region[row] = len(self.centres) + len(added) - 1
         if added:
             centres.append(np.vstack(added))
