@@ -12,7 +12,10 @@ Two tools serve every step that needs neighbours:
   let it hold a row within the threshold, and within a block one product of the
   subspace coordinates (plus the residual) bounds every similarity from above before
   any full-dimension product. Memory is one block of queries times the visited cells,
-  whatever the data: a dense cluster makes more cells, not bigger blocks.
+  whatever the data: a dense cluster makes more cells, not bigger blocks. A block of
+  queries tests whole groups before their cells; a self-join (`own_pairs`) computes
+  each pair once; an index is extended with a later round's rows (`extended`) rather
+  than built again.
 
 Decisions never rest on the last bits of a BLAS product, whose summation order
 changes with the thread count and the processor: `pairs_at_least` re-computes the
