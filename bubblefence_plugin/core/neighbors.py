@@ -91,6 +91,9 @@ STRAY_PASSES = 3
 RESIDUAL_EPS = 1e-6
 # Rows per step of `exact_similarity`: two float64 copies of 8,192 x 512 are 64 MB.
 EXACT_ROWS = 8192
+# What a residual computed for a cell centre may exceed the true one by (`_residual_bound`
+# adds sqrt(RESIDUAL_EPS); the float32 projection is off by as much again), with room.
+CENTRE_RESIDUAL_SLACK = 3 * np.sqrt(RESIDUAL_EPS)
 # Memory of one block of similarities in a `CellIndex` search (with the rows gathered
 # for it, a few times this at peak).
 SCAN_BYTES = 16 * 2**20
@@ -503,6 +506,7 @@ class CellIndex:
         self.cell_residual = np.zeros(n_cells)
         np.maximum.at(self.cell_residual, cell, self.coords[:, -1])
         self._fit_group_balls()
+        self._centre_residual: np.ndarray | None = None  # `_centre_residuals`, when asked
 
     def _fit_group_balls(self) -> None:
         """Each group's ball, tested before its cells (`reachable`): the normalised sum of
@@ -669,6 +673,44 @@ class CellIndex:
         reach &= self.within_residual_reach(residual[:, at_group], cells)
         return cells, reach
 
+    def _reachable_from_cells(
+        self, vectors: np.ndarray, own_cells: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`reachable` for rows of this index in a self-join (`own_pairs`): `own_cells`
+        their cells, only cells numbered from the first of them on.
+
+        The cells are chosen by the queries' own cells first: another cell can hold a
+        partner of a member of cell c only if their centres are within both radii and
+        tau, and if the member's residual off the other cell's subspace, at least c's
+        centre's less c's radius (a residual moves by at most the distance moved), is
+        within tau of the other cell's largest. Each query then meets those cells alone.
+        """
+        mine = np.unique(own_cells)
+        later = np.arange(int(mine[0]), len(self))
+        gap = similarity_to_distance(self.centres[mine] @ self.centres[later].T)
+        near = gap <= self.radius[mine, None] + self.radius[later] + self.tau + 1e-4
+        centre_residual = self._centre_residuals()[mine][:, self.group_of_cell[later]]
+        lowest = centre_residual - self.radius[mine, None] - CENTRE_RESIDUAL_SLACK
+        near &= lowest - self.cell_residual[later] <= self.tau
+        cells = later[near.any(axis=0)]
+        reach = self.centre_distances(vectors, cells) <= self.radius[cells] + self.tau + 1e-4
+        groups, at_group = np.unique(self.group_of_cell[cells], return_inverse=True)
+        residual = self.group_residuals(vectors, groups)[:, at_group.reshape(-1)]
+        reach &= self.within_residual_reach(residual, cells)
+        return cells, reach
+
+    def _centre_residuals(self) -> np.ndarray:
+        """(n_cells, n_groups) residual of each cell centre off each group's subspace,
+        computed once per set of cells (`_measure_cells` clears it)."""
+        if self._centre_residual is None:
+            self._centre_residual = np.vstack(
+                [
+                    self.group_residuals(self.centres[start : start + PRODUCT_ROWS // 4])
+                    for start in range(0, len(self.centres), PRODUCT_ROWS // 4)
+                ]
+            )
+        return self._centre_residual
+
     def pairs(self, queries: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Yield (query indices, base positions, similarities) blocks holding every pair
         of a query and a row of the index at or above the threshold, exactly once,
@@ -736,10 +778,11 @@ class CellIndex:
         order = np.lexsort((np.arange(len(queries)), nearest_cell))
         for start in range(0, len(order), QUERY_GROUP):
             group = np.sort(order[start : start + QUERY_GROUP])
-            cells, reach = self.reachable(queries[group])
-            used = reach.any(axis=0)
             if from_own_cell:
-                used &= cells >= nearest_cell[group].min()
+                cells, reach = self._reachable_from_cells(queries[group], nearest_cell[group])
+            else:
+                cells, reach = self.reachable(queries[group])
+            used = reach.any(axis=0)
             cells, reach = cells[used], reach[:, used]
             # Cells of one subspace group share its projection of the queries.
             for g in np.unique(self.group_of_cell[cells]):
