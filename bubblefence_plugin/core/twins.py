@@ -114,8 +114,7 @@ def _merge_cells(index: CellIndex, found: UnionFind) -> None:
         members = index.members(cell)
         _merge_block(index, found, members, members)
     solid = dense.copy()
-    for cell in np.flatnonzero(~dense):
-        solid[cell] = _is_solid(index, found, cell)
+    solid[~dense] = _solid(index, found, np.flatnonzero(~dense))
     representative = index.order[index.bounds[:-1]]
     for cell in range(n_cells):
         others = np.arange(cell + 1, n_cells)
@@ -150,9 +149,10 @@ def _merge_cells(index: CellIndex, found: UnionFind) -> None:
         if len(rest):
             base = np.concatenate([index.members(o) for o in rest])
             _merge_block(index, found, members, base)
-        for other in others:
-            solid[other] = solid[other] or _is_solid(index, found, other)
-        solid[cell] = solid[cell] or _is_solid(index, found, cell)
+        unsettled = np.append(others, cell)
+        unsettled = unsettled[~solid[unsettled]]
+        if len(unsettled):
+            solid[unsettled] = _solid(index, found, unsettled)
 
 
 def _merge_block(index: CellIndex, found: UnionFind, left: np.ndarray, right: np.ndarray) -> None:
@@ -166,9 +166,14 @@ def _merge_block(index: CellIndex, found: UnionFind, left: np.ndarray, right: np
             found.union(left[i], part[j])
 
 
-def _is_solid(index: CellIndex, found: UnionFind, cell: int) -> bool:
-    roots = found.find(index.members(cell))
-    return bool(np.all(roots == roots[0]))
+def _solid(index: CellIndex, found: UnionFind, cells: np.ndarray) -> np.ndarray:
+    """Whether all members of each of `cells` are in one component, in one `find`."""
+    if len(cells) == 0:
+        return np.zeros(0, bool)
+    sizes = index.bounds[cells + 1] - index.bounds[cells]
+    starts = np.r_[0, np.cumsum(sizes)[:-1]]
+    roots = found.find(np.concatenate([index.members(c) for c in cells]))
+    return np.logical_and.reduceat(roots == np.repeat(roots[starts], sizes), starts)
 
 
 @dataclass
