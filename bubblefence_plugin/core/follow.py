@@ -70,14 +70,10 @@ def earlier_index(
     rows = np.flatnonzero(kept[:n_old])
     if len(rows) == 0:
         return None
-    if previous is not None and len(previous.rows) <= len(rows):
-        added = rows[len(previous.rows) :]
-        same_prefix = np.array_equal(previous.rows, rows[: len(previous.rows)])
-        if (
-            same_prefix
-            and len(previous.rows) + len(added) <= (1 + REBUILD_SHARE) * previous.built_rows
-        ):
-            return previous.extended(embeddings, added, config.seed)
+    if previous is not None and len(rows) <= (1 + REBUILD_SHARE) * previous.built_rows:
+        known = len(previous.rows)
+        if known <= len(rows) and np.array_equal(previous.rows, rows[:known]):
+            return previous.extended(embeddings, rows[known:], config.seed)
     return CellIndex(embeddings, rows, config.leak_threshold, config.seed)
 
 

@@ -729,7 +729,7 @@ class CellIndex:
         have found it too). Needs an index over every row of its array (a self-join)."""
         if not np.array_equal(self.rows, np.arange(len(self.embeddings))):
             raise ValueError("own_pairs needs an index over every row of its embeddings")
-        for q, part in self._scan(self.embeddings, self.cell, from_own_cell=True):
+        for q, part in self._scan(self.embeddings, from_own_cell=True):
             i, j, sims = self.block_pairs(self.embeddings[q], part)
             q, b = q[i], part[j]
             q_cell, b_cell = self.cell[q], self.cell[b]
@@ -751,24 +751,21 @@ class CellIndex:
             yield q, part, self._block_hits(queries[q], part, whole=True)
 
     def _scan(
-        self,
-        queries: np.ndarray,
-        query_cells: np.ndarray | None = None,
-        from_own_cell: bool = False,
+        self, queries: np.ndarray, from_own_cell: bool = False
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(query indices, base positions): blocks that together hold every pair of a
         query and a row within the threshold once, each block's positions in one group.
 
-        Queries are taken in groups that share their nearest cell (or `query_cells`:
-        the grouping only decides the blocks, never the pairs), so that the cells they
+        Queries are taken in groups that share their nearest cell, so that the cells they
         reach overlap; each group's block holds only the queries that reach its cells,
         and is split over its base rows to stay within `SCAN_BYTES`. `from_own_cell`
-        (`own_pairs`): a group of queries meets only the cells numbered from its first
-        query's cell on.
+        (`own_pairs`, the queries being the index's rows): queries are grouped by their
+        own cells (the grouping decides the blocks, never the pairs), and a group meets
+        only the cells numbered from its first query's cell on.
         """
         if len(queries) == 0:
             return
-        nearest_cell = query_cells
+        nearest_cell = self.cell if from_own_cell else None
         if nearest_cell is None:
             # Every query against every centre: at 1M rows a third of a self-join's
             # search, which its own cells make free.

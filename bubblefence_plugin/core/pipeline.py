@@ -465,8 +465,7 @@ class BubbleFence:
         self._labels, self._groups = work.all_labels, work.all_groups
         self._regions, self._region = work.regions, work.region
         self._anchors = self._anchors.append(work.new_table)
-        kept = work.earlier_index if work.earlier_index is not None else work.kept_index
-        self._earlier_index = kept
+        self._earlier_index = work.kept_index if work.earlier_index is None else work.earlier_index
         record = self._round_record(work.index, work.new_rows, work.stats, work.timings)
         self.history.append(record)
         return self._result(work.new_rows, work.index, first_anchor, record)
