@@ -16,13 +16,16 @@ view change, and every change of a panel's state, by saving its spaces and reloa
 dataset page (seconds at 30,000 samples), and that reload drops the extended selection.
 The colour choice is a row of buttons (the active one filled), not a form input: a
 button sends one event with the choice, while an input's change first copies the
-whole form, plot included, into the panel state and sends that along.
+whole form, plot included, into the panel state and sends that along. A recolour
+changes no panel state either: the plot it draws, and the choice, are kept here per
+panel (`_SHOWN`), from which the panel renders, so the App reloads nothing.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -127,42 +130,53 @@ class BubbleFencePanel(foo.Panel):
         ctx.panel.state.has_state = summary is not None
         if summary is None:
             ctx.panel.state.has_map = False
-            _draw(ctx, [])
+            _draw(ctx, [], None, shown_plot(ctx).color_by)
             return
         self._draw_map(ctx, samples)
         ctx.panel.state.n_not_split = summary["n_not_split"]
         ctx.panel.state.summary_md = _summary_markdown(summary)
         ctx.panel.state.audit_md = _audit_markdown(ctx.dataset, summary["split_updated_at"])
 
-    def _draw_map(self, ctx: Any, samples: Any) -> None:
-        """Draws the map of ``samples``, coloured as the panel's state says."""
+    def _draw_map(
+        self, ctx: Any, samples: Any, color_by: str | None = None, recolour: bool = False
+    ) -> None:
+        """Draws the map of ``samples`` in ``color_by`` (default: the colours shown).
+
+        ``recolour``: only the colours change, so the panel state is left as it is (the
+        module's note) unless the map can no longer be drawn.
+        """
+        color_by = color_by or shown_plot(ctx).color_by
         try:
-            figure = bfo.map_figure(samples, ctx.panel.state.color_by or "split")
+            figure = bfo.map_figure(samples, color_by)
         except ValueError as e:  # e.g. a run of the same name not written by BubbleFence
             figure = None
             ctx.panel.state.map_error = f"The map cannot be drawn: {escape_markdown(e)}"
         else:
+            if recolour:
+                _draw(ctx, figure["data"], figure["layout"], color_by, in_state=False)
+                return
             ctx.panel.state.map_error = None
         ctx.panel.state.has_map = figure is not None
-        _draw(ctx, figure["data"] if figure else [])
-        ctx.panel.state.plot_layout = figure["layout"] if figure else None
+        _draw(ctx, figure["data"] if figure else [], figure and figure["layout"], color_by)
         ctx.panel.state.map_method = figure["stats"]["method"] if figure else None
         ctx.panel.state.map_note = _map_note(figure["stats"]) if figure else NO_MAP
 
     # -- events ---------------------------------------------------------------------
 
     def on_color_by(self, ctx: Any) -> None:
-        """Redraws the map in the chosen colours, in a new plot (`_draw`).
+        """Redraws the map in the chosen colours, in a new plot (`_draw`), leaving the
+        panel state as it is (the module's note).
 
         Patching the drawn plot's colours would send less and keep its zoom, but the
         App then copies the whole figure into the panel state and sends it with every
         later event and view change: at 30,000 samples that cost seconds per recolour
         in the browser, the new plot a fraction of one.
         """
-        ctx.panel.state.color_by = ctx.params.get("value") or "split"
-        if ctx.panel.state.has_state:
-            self._draw_map(ctx, drawn_view(ctx))
+        color_by = ctx.params.get("value") or "split"
+        if ctx.panel.state.has_state and ctx.panel.state.has_map:
+            self._draw_map(ctx, drawn_view(ctx), color_by, recolour=True)
         else:  # nothing drawn yet (a state the App lost): the counts too
+            ctx.panel.state.color_by = color_by
             self._hydrate(ctx)
 
     def on_click(self, ctx: Any) -> None:
@@ -285,7 +299,7 @@ class BubbleFencePanel(foo.Panel):
                 )
             self._render_actions(panel)
             if state.has_map:
-                self._render_map(panel, state)
+                self._render_map(panel, ctx)
             else:
                 panel.md(state.map_error or NO_MAP, name="no_map")
                 panel.btn("build_map", label="Compute the map", on_click=self.build_map)
@@ -322,16 +336,16 @@ class BubbleFencePanel(foo.Panel):
             on_click=self.run_split,
         )
 
-    def _render_map(self, panel: types.Object, state: Any) -> None:
+    def _render_map(self, panel: types.Object, ctx: Any) -> None:
         """The colour choice, the exclusion controls, and the plot they act on."""
         colors = panel.h_stack("color_choice", align_x="left", align_y="center", gap=1)
         colors.md("Colour points by", name="color_choice_label")
-        active = state.color_by or "split"
+        shown = shown_plot(ctx)
         for mode, label in COLOR_LABELS.items():
             colors.btn(
                 f"color_{mode}",
                 label=label,
-                variant="contained" if mode == active else "outlined",
+                variant="contained" if mode == shown.color_by else "outlined",
                 on_click=self.on_color_by,
                 params={"value": mode},
             )
@@ -350,10 +364,10 @@ class BubbleFencePanel(foo.Panel):
             "include_again", label="Include again", icon="undo", on_click=self.include_again
         )
         # A name of its own: a property named like a state key would show that value.
-        panel.md(f"{state.map_note}\n\n{MAP_HELP}", name="note")
+        panel.md(f"{ctx.panel.state.map_note}\n\n{MAP_HELP}", name="note")
         panel.plot(
-            state.plot_key,
-            layout=state.plot_layout,
+            shown.key,
+            layout=shown.layout,
             # The mouse wheel scrolls the panel; the toolbar's zoom buttons zoom.
             config={"scrollZoom": False, "displaylogo": False},
             on_click=self.on_click,
@@ -416,14 +430,51 @@ _CLICKED_POINTS: dict[str, str] = {}
 _DRAWN_VIEWS: dict[str, str] = {}
 
 
+@dataclass(frozen=True)
+class ShownPlot:
+    """The plot a panel shows: its key in the panel data, its layout, its colours."""
+
+    key: str | None
+    layout: dict[str, Any] | None
+    color_by: str
+
+
+# Panel id -> (the plot key in the panel state then, the plot this server drew there
+# last). A recolour changes only this, not the panel state, whose every change makes
+# the App save its spaces and reload its dataset page (seconds at 30,000 samples);
+# every other draw writes both.
+_SHOWN: dict[str, tuple[str | None, ShownPlot]] = {}
+
+
+def shown_plot(ctx: Any) -> ShownPlot:
+    """The plot the panel shows: as this server last drew it, if the panel state is
+    still the one it drew on, else as the panel state says (e.g. a restarted server).
+
+    Args:
+        ctx: the execution context
+    """
+    state = ctx.panel.state
+    state_key, shown = _SHOWN.get(ctx.panel.id, (None, None))
+    if shown is not None and state_key == state.plot_key:
+        return shown
+    return ShownPlot(state.plot_key, state.plot_layout, state.color_by or "split")
+
+
 def _draws(ctx: Any, samples: Any) -> bool:
     """Whether the panel already shows the map and counts of ``samples``."""
     key = bfmap.view_key(samples)
     return key in (ctx.panel.state.view_key, _DRAWN_VIEWS.get(ctx.panel.id))
 
 
-def _draw(ctx: Any, traces: list[dict[str, Any]]) -> None:
-    """Sets a new figure under a new key in the panel data, and empties the old one.
+def _draw(
+    ctx: Any,
+    traces: list[dict[str, Any]],
+    layout: dict[str, Any] | None,
+    color_by: str,
+    in_state: bool = True,
+) -> None:
+    """Sets a new figure under a new key in the panel data, and empties the old one;
+    the plot is recorded here (`_SHOWN`) and, ``in_state``, in the panel state.
 
     The App copies a plot's data into the panel state whenever that data changes
     under a mounted plot (its form re-initialises every input whose value changed
@@ -432,12 +483,16 @@ def _draw(ctx: Any, traces: list[dict[str, Any]]) -> None:
     spaces: 1.2 MB at 30,000 samples. A plot mounted with its data has nothing to
     copy, so each figure gets a key, and a plot, of its own.
     """
-    old = ctx.panel.state.plot_key
+    old = shown_plot(ctx).key
     if old:
         ctx.panel.data.set(old, None)
-    key = f"{PLOT}_{uuid.uuid4().hex[:8]}"
-    ctx.panel.data.set(key, traces)
-    ctx.panel.state.plot_key = key
+    shown = ShownPlot(f"{PLOT}_{uuid.uuid4().hex[:8]}", layout, color_by)
+    ctx.panel.data.set(shown.key, traces)
+    if in_state:
+        ctx.panel.state.plot_key = shown.key
+        ctx.panel.state.plot_layout = shown.layout
+        ctx.panel.state.color_by = shown.color_by
+    _SHOWN[ctx.panel.id] = (ctx.panel.state.plot_key, shown)
 
 
 def _lassoed_ids(ctx: Any) -> list[str]:
@@ -458,7 +513,7 @@ def _forget_plot_copy(ctx: Any) -> None:
     an old figure's tail under a smaller new one, and old legend entries under a
     recolour's.
     """
-    key = ctx.panel.state.plot_key
+    key = shown_plot(ctx).key
     if key and ctx.panel.state.get(key) is not None:
         ctx.panel.state.set(key, None)
 

@@ -45,9 +45,15 @@ class Reply:
         self.output = outputs[-1]["output"] if outputs else None  # None: not re-rendered
 
     @property
+    def plot_key(self) -> str:
+        """The key of the plot the rendered panel shows, as the App finds it."""
+        (key,) = [name for name in self.properties() if name.startswith("plot_")]
+        return key
+
+    @property
     def figure(self) -> list[dict]:
         """The traces of the figure this event drew, under its new key."""
-        return self.data[self.state["plot_key"]]
+        return self.data[self.plot_key]
 
     @property
     def traces(self) -> dict[str, dict]:
@@ -210,10 +216,11 @@ def test_recolouring_draws_a_new_plot_and_drops_the_apps_copy(split_dataset):
     # The state comes back with the App's copy of the plot (the reason's input copies
     # the whole form): the copy is dropped. The figure, in the new colours, goes to a
     # plot of its own, mounted with its data: the App has no change of it to copy.
+    # Nothing else of the panel state changes (each change reloads the App's page).
     reply = event(ds, "on_color_by", state={**state, key: loaded.figure}, value="round")
-    assert reply.state["color_by"] == "round" and reply.state[key] is None
-    assert reply.state["plot_key"] != key and reply.data[key] is None
-    assert reply.state["plot_key"] in reply.properties() and key not in reply.properties()
+    assert reply.state == {key: None}
+    assert reply.plot_key != key and reply.data[key] is None
+    assert reply.properties()["color_round"]["view"]["variant"] == "contained"
     assert reply.points["ids"] == ids
     round_of = dict(zip(*ds.values(["id", "bubblefence_round"]), strict=True))
     rounds = [round_of[i] for i in ids]
@@ -235,8 +242,29 @@ def test_recolouring_draws_a_new_plot_and_drops_the_apps_copy(split_dataset):
     # Excluded points are drawn in the exclusion's colour.
     bfo.exclude(ds.select(ids[:5]))
     reply = event(ds, "on_color_by", state=dict(state), value="split")
+    assert reply.state == {}
     color_of = dict(zip(reply.points["ids"], reply.points["marker"]["color"], strict=True))
     assert {color_of[i] for i in ids[:5]} == {viz.SPLIT_COLORS["excluded"]}
+
+
+def test_a_recolour_lasts_through_later_draws_and_a_server_restart(split_dataset, monkeypatch):
+    import panels.bubblefence_panel as panel_module
+
+    ds = split_dataset
+    state = dict(event(ds, "on_load").state)
+    recoloured = event(ds, "on_color_by", state=dict(state), value="round")
+    assert recoloured.state == {} and recoloured.legend[0]["name"] == "round 0"
+    # A draw that writes the panel state anyway (here Refresh) keeps the colours, and
+    # records them in the state.
+    refreshed = event(ds, "refresh", state=dict(state))
+    assert refreshed.legend[0]["name"] == "round 0" and refreshed.state["color_by"] == "round"
+    assert refreshed.data[recoloured.plot_key] is None  # the recolour's plot is emptied
+    state.update(refreshed.state)
+    # A restarted server renders from the panel state alone.
+    monkeypatch.setattr(panel_module, "_SHOWN", {})
+    reply = event(ds, "reset_view", state=dict(state))
+    assert reply.plot_key == refreshed.plot_key
+    assert reply.properties()["color_round"]["view"]["variant"] == "contained"
 
 
 def shown_ids(reply: Reply) -> list[str]:
