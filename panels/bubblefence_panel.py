@@ -4,28 +4,30 @@ Thin on purpose: the figure and the counts come from `bubblefence_plugin.fo.map`
 module turns App events into calls of it and into App operations (show or select
 samples, open the operators' forms).
 
-Events stay small on large datasets: the figure (at most `map.MAX_POINTS` points) is
-sent when the view, the split or the colouring changes, each time to a plot of its own
-(`_draw`), so the App never copies it into the panel state, which it sends with every
-event and view change; a lasso sends no figure, and the App's repeated view-change
-events for a view already drawn get no answer (`BubbleFencePanel.execute`).
-A bubble click changes neither the App's view nor the panel's state: the grid shows the
-bubble's samples as the App's extended selection (as FiftyOne's Embeddings panel shows
-its lasso), and the map stays that of the App's view (`drawn_view`). The App answers a
-view change, and every change of a panel's state, by saving its spaces and reloading its
-dataset page (seconds at 30,000 samples), and that reload drops the extended selection.
+Events stay small and cheap on large datasets, because the App answers every change of
+a panel's state by saving its spaces and reloading its dataset page (seconds at 30,000
+samples, and the reload drops the App's extended selection). So the panel renders from
+what this server last drew there (`Shown`, kept per panel), not from its state, which
+holds only the App's own input (the exclusion reason): a redraw, a recolour, a bubble
+click, an exclusion change nothing the App saves. A server without that record (it
+restarted) draws again before it answers (`BubbleFencePanel.execute`).
+The figure (at most `map.MAX_POINTS` points) is sent when the view, the split or the
+colouring changes, each time to a plot of its own (`_draw`), so the App never copies
+it into the panel state, which it sends with every event and view change; a lasso
+sends no figure, and the App's repeated view-change events for a view already drawn
+get no answer. A bubble click changes neither the App's view nor the panel: the grid
+shows the bubble's samples as the App's extended selection (as FiftyOne's Embeddings
+panel shows its lasso), and the map stays that of the App's view (`drawn_view`).
 The colour choice is a row of buttons (the active one filled), not a form input: a
 button sends one event with the choice, while an input's change first copies the
-whole form, plot included, into the panel state and sends that along. A recolour
-changes no panel state either: the plot it draws, and the choice, are kept here per
-panel (`_SHOWN`), from which the panel renders, so the App reloads nothing.
+whole form, plot included, into the panel state and sends that along.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -81,7 +83,8 @@ class BubbleFencePanel(foo.Panel):
         )
 
     def execute(self, ctx: Any) -> Any:
-        """FiftyOne's event dispatch, with three savings on the App's traffic.
+        """FiftyOne's event dispatch, with three savings on the App's traffic, and a
+        draw first where this server has no record of the panel (`Shown`).
 
         A view-change event for the view already drawn gets no answer: the App sends
         that event three times per change, and again after a re-render of the panel
@@ -99,7 +102,13 @@ class BubbleFencePanel(foo.Panel):
             return None
         if method == "on_lasso" and not _lassoed_ids(ctx):
             return None
+        if ctx.panel.id not in _SHOWN and method not in DRAWING_EVENTS:
+            self._hydrate(ctx)
         return super().execute(ctx)
+
+    def on_unload(self, ctx: Any) -> None:
+        _SHOWN.pop(ctx.panel.id, None)
+        _CLICKED_POINTS.pop(ctx.panel.id, None)
 
     # -- hydration ------------------------------------------------------------------
 
@@ -123,61 +132,42 @@ class BubbleFencePanel(foo.Panel):
     def _hydrate(self, ctx: Any, samples: Any = None) -> None:
         """Draws the figure and the figures for ``samples`` (default: `drawn_view`)."""
         samples = drawn_view(ctx) if samples is None else samples
-        key = bfmap.view_key(samples)
-        ctx.panel.state.view_key = key
-        _DRAWN_VIEWS[ctx.panel.id] = key
+        shown = Shown(view_key=bfmap.view_key(samples), color_by=_shown(ctx).color_by)
         summary = bfo.map_summary(samples)
-        ctx.panel.state.has_state = summary is not None
-        if summary is None:
-            ctx.panel.state.has_map = False
-            _draw(ctx, [], None, shown_plot(ctx).color_by)
-            return
-        self._draw_map(ctx, samples)
-        ctx.panel.state.n_not_split = summary["n_not_split"]
-        ctx.panel.state.summary_md = _summary_markdown(summary)
-        ctx.panel.state.audit_md = _audit_markdown(ctx.dataset, summary["split_updated_at"])
+        if summary is not None:
+            shown.has_state = True
+            shown.n_not_split = summary["n_not_split"]
+            shown.summary_md = _summary_markdown(summary)
+            shown.audit_md = _audit_markdown(ctx.dataset, summary["split_updated_at"])
+        self._draw_map(ctx, samples, shown)
 
-    def _draw_map(
-        self, ctx: Any, samples: Any, color_by: str | None = None, recolour: bool = False
-    ) -> None:
-        """Draws the map of ``samples`` in ``color_by`` (default: the colours shown).
-
-        ``recolour``: only the colours change, so the panel state is left as it is (the
-        module's note) unless the map can no longer be drawn.
-        """
-        color_by = color_by or shown_plot(ctx).color_by
-        try:
-            figure = bfo.map_figure(samples, color_by)
-        except ValueError as e:  # e.g. a run of the same name not written by BubbleFence
-            figure = None
-            ctx.panel.state.map_error = f"The map cannot be drawn: {escape_markdown(e)}"
-        else:
-            if recolour:
-                _draw(ctx, figure["data"], figure["layout"], color_by, in_state=False)
-                return
-            ctx.panel.state.map_error = None
-        ctx.panel.state.has_map = figure is not None
-        _draw(ctx, figure["data"] if figure else [], figure and figure["layout"], color_by)
-        ctx.panel.state.map_method = figure["stats"]["method"] if figure else None
-        ctx.panel.state.map_note = _map_note(figure["stats"]) if figure else NO_MAP
+    def _draw_map(self, ctx: Any, samples: Any, shown: Shown) -> None:
+        """Draws the map of ``samples`` in ``shown.color_by``, and records ``shown``."""
+        figure, shown.map_error = None, None
+        if shown.has_state:
+            try:
+                figure = bfo.map_figure(samples, shown.color_by)
+            except ValueError as e:  # e.g. a run of that name not written by BubbleFence
+                shown.map_error = f"The map cannot be drawn: {escape_markdown(e)}"
+        shown.has_map = figure is not None
+        if figure is not None:
+            shown.plot_layout = figure["layout"]
+            shown.map_method = figure["stats"]["method"]
+            shown.map_note = _map_note(figure["stats"])
+        _draw(ctx, figure["data"] if figure else [], shown)
 
     # -- events ---------------------------------------------------------------------
 
     def on_color_by(self, ctx: Any) -> None:
-        """Redraws the map in the chosen colours, in a new plot (`_draw`), leaving the
-        panel state as it is (the module's note).
+        """Redraws the map in the chosen colours, in a new plot (`_draw`).
 
         Patching the drawn plot's colours would send less and keep its zoom, but the
         App then copies the whole figure into the panel state and sends it with every
         later event and view change: at 30,000 samples that cost seconds per recolour
         in the browser, the new plot a fraction of one.
         """
-        color_by = ctx.params.get("value") or "split"
-        if ctx.panel.state.has_state and ctx.panel.state.has_map:
-            self._draw_map(ctx, drawn_view(ctx), color_by, recolour=True)
-        else:  # nothing drawn yet (a state the App lost): the counts too
-            ctx.panel.state.color_by = color_by
-            self._hydrate(ctx)
+        shown = replace(_shown(ctx), color_by=ctx.params.get("value") or "split")
+        self._draw_map(ctx, drawn_view(ctx), shown)
 
     def on_click(self, ctx: Any) -> None:
         """A bubble centre or a point in a bubble: the grid shows that bubble's samples
@@ -209,6 +199,7 @@ class BubbleFencePanel(foo.Panel):
         if not ids:
             return
         reason = ctx.panel.state.get("curation.exclusion_reason") or None
+        fields = set(ctx.dataset.get_field_schema())
         try:
             result = bfo.exclude(ctx.dataset.select(ids), reason=reason)
         except (ValueError, bfo.BubbleFenceBusyError) as e:
@@ -217,7 +208,7 @@ class BubbleFencePanel(foo.Panel):
         ctx.ops.notify(
             f"{result['message']}; {result['n_excluded_total']} excluded in all", variant="success"
         )
-        ctx.ops.reload_dataset()
+        _reload(ctx, fields)
         self._hydrate(ctx)
 
     def include_again(self, ctx: Any) -> None:
@@ -231,7 +222,7 @@ class BubbleFencePanel(foo.Panel):
             ctx.ops.notify(str(e), variant="error")
             return
         ctx.ops.notify(result["message"], variant="success")
-        ctx.ops.reload_dataset()
+        ctx.ops.reload_samples()  # tags and values changed, no field was added
         self._hydrate(ctx)
 
     def _acted_on(self, ctx: Any) -> list[str]:
@@ -287,26 +278,26 @@ class BubbleFencePanel(foo.Panel):
 
     def render(self, ctx: Any) -> types.Property:
         panel = types.Object()
-        state = ctx.panel.state
-        if not state.has_state:
+        shown = _shown(ctx)
+        if not shown.has_state:
             self._render_intro(panel)
         else:
-            if state.n_not_split:  # first thing in sight: the split is incomplete
+            if shown.n_not_split:  # first thing in sight: the split is incomplete
                 panel.md(
-                    f"**{state.n_not_split:,} samples not split yet** — **Run split** "
+                    f"**{shown.n_not_split:,} samples not split yet** — **Run split** "
                     "assigns them.",
                     name="not_split",
                 )
             self._render_actions(panel)
-            if state.has_map:
-                self._render_map(panel, ctx)
+            if shown.has_map:
+                self._render_map(panel, shown)
             else:
-                panel.md(state.map_error or NO_MAP, name="no_map")
+                panel.md(shown.map_error or NO_MAP, name="no_map")
                 panel.btn("build_map", label="Compute the map", on_click=self.build_map)
-            panel.md(state.summary_md or "", name="summary")
-            if state.audit_md:
-                panel.md(state.audit_md, name="audit")
-            self._render_map_settings(panel, state)
+            panel.md(shown.summary_md, name="summary")
+            if shown.audit_md:
+                panel.md(shown.audit_md, name="audit")
+            self._render_map_settings(panel, shown)
         return types.Property(panel, view=types.GridView(orientation="vertical", gap=1))
 
     def _render_intro(self, panel: types.Object) -> None:
@@ -336,11 +327,10 @@ class BubbleFencePanel(foo.Panel):
             on_click=self.run_split,
         )
 
-    def _render_map(self, panel: types.Object, ctx: Any) -> None:
+    def _render_map(self, panel: types.Object, shown: Shown) -> None:
         """The colour choice, the exclusion controls, and the plot they act on."""
         colors = panel.h_stack("color_choice", align_x="left", align_y="center", gap=1)
         colors.md("Colour points by", name="color_choice_label")
-        shown = shown_plot(ctx)
         for mode, label in COLOR_LABELS.items():
             colors.btn(
                 f"color_{mode}",
@@ -364,10 +354,10 @@ class BubbleFencePanel(foo.Panel):
             "include_again", label="Include again", icon="undo", on_click=self.include_again
         )
         # A name of its own: a property named like a state key would show that value.
-        panel.md(f"{ctx.panel.state.map_note}\n\n{MAP_HELP}", name="note")
+        panel.md(f"{shown.map_note}\n\n{MAP_HELP}", name="note")
         panel.plot(
-            shown.key,
-            layout=shown.layout,
+            shown.plot_key,
+            layout=shown.plot_layout,
             # The mouse wheel scrolls the panel; the toolbar's zoom buttons zoom.
             config={"scrollZoom": False, "displaylogo": False},
             on_click=self.on_click,
@@ -375,7 +365,7 @@ class BubbleFencePanel(foo.Panel):
             height=480,
         )
 
-    def _render_map_settings(self, panel: types.Object, state: Any) -> None:
+    def _render_map_settings(self, panel: types.Object, shown: Shown) -> None:
         settings = panel.h_stack("map_settings", align_x="left", align_y="center", gap=1)
         settings.btn(
             "update_map",
@@ -384,7 +374,7 @@ class BubbleFencePanel(foo.Panel):
             on_click=self.build_map,
         )
         for method in available_methods():
-            if method == state.map_method:
+            if method == shown.map_method:
                 continue
             settings.btn(
                 f"refit_{method}",
@@ -424,57 +414,45 @@ def drawn_view(ctx: Any) -> Any:
 # App reload its dataset page, which drops the bubble the click shows.
 _CLICKED_POINTS: dict[str, str] = {}
 
-# Panel id -> `map.view_key` of what this server last drew there. The panel state says
-# the same, but the App sends its first view-change events before it has applied the
-# state of the load that drew the map.
-_DRAWN_VIEWS: dict[str, str] = {}
+
+@dataclass
+class Shown:
+    """What a panel shows, as this server last drew it there (the module's note)."""
+
+    view_key: str | None = None  # `map.view_key` of the samples drawn
+    has_state: bool = False  # whether they have a split to show
+    n_not_split: int = 0
+    summary_md: str = ""
+    audit_md: str | None = None
+    has_map: bool = False
+    map_error: str | None = None
+    map_method: str | None = None
+    map_note: str = NO_MAP
+    plot_key: str | None = None  # the figure's key in the panel data
+    plot_layout: dict[str, Any] | None = None
+    color_by: str = "split"
 
 
-@dataclass(frozen=True)
-class ShownPlot:
-    """The plot a panel shows: its key in the panel data, its layout, its colours."""
+# Panel id -> what this server last drew there.
+_SHOWN: dict[str, Shown] = {}
 
-    key: str | None
-    layout: dict[str, Any] | None
-    color_by: str
-
-
-# Panel id -> (the plot key in the panel state then, the plot this server drew there
-# last). A recolour changes only this, not the panel state, whose every change makes
-# the App save its spaces and reload its dataset page (seconds at 30,000 samples);
-# every other draw writes both.
-_SHOWN: dict[str, tuple[str | None, ShownPlot]] = {}
+# The events that draw the panel anyway: the others draw first where `_SHOWN` has no
+# record of the panel.
+DRAWING_EVENTS = ("on_load", "on_change_view", "on_change_dataset", "refresh", "after_split")
 
 
-def shown_plot(ctx: Any) -> ShownPlot:
-    """The plot the panel shows: as this server last drew it, if the panel state is
-    still the one it drew on, else as the panel state says (e.g. a restarted server).
-
-    Args:
-        ctx: the execution context
-    """
-    state = ctx.panel.state
-    state_key, shown = _SHOWN.get(ctx.panel.id, (None, None))
-    if shown is not None and state_key == state.plot_key:
-        return shown
-    return ShownPlot(state.plot_key, state.plot_layout, state.color_by or "split")
+def _shown(ctx: Any) -> Shown:
+    return _SHOWN.get(ctx.panel.id) or Shown()
 
 
 def _draws(ctx: Any, samples: Any) -> bool:
     """Whether the panel already shows the map and counts of ``samples``."""
-    key = bfmap.view_key(samples)
-    return key in (ctx.panel.state.view_key, _DRAWN_VIEWS.get(ctx.panel.id))
+    return bfmap.view_key(samples) == _shown(ctx).view_key
 
 
-def _draw(
-    ctx: Any,
-    traces: list[dict[str, Any]],
-    layout: dict[str, Any] | None,
-    color_by: str,
-    in_state: bool = True,
-) -> None:
-    """Sets a new figure under a new key in the panel data, and empties the old one;
-    the plot is recorded here (`_SHOWN`) and, ``in_state``, in the panel state.
+def _draw(ctx: Any, traces: list[dict[str, Any]], shown: Shown) -> None:
+    """Sets the figure under a new key in the panel data, empties the old one, and
+    records ``shown`` with that key as what the panel shows.
 
     The App copies a plot's data into the panel state whenever that data changes
     under a mounted plot (its form re-initialises every input whose value changed
@@ -483,16 +461,22 @@ def _draw(
     spaces: 1.2 MB at 30,000 samples. A plot mounted with its data has nothing to
     copy, so each figure gets a key, and a plot, of its own.
     """
-    old = shown_plot(ctx).key
+    old = _shown(ctx).plot_key
     if old:
         ctx.panel.data.set(old, None)
-    shown = ShownPlot(f"{PLOT}_{uuid.uuid4().hex[:8]}", layout, color_by)
-    ctx.panel.data.set(shown.key, traces)
-    if in_state:
-        ctx.panel.state.plot_key = shown.key
-        ctx.panel.state.plot_layout = shown.layout
-        ctx.panel.state.color_by = shown.color_by
-    _SHOWN[ctx.panel.id] = (ctx.panel.state.plot_key, shown)
+    shown.plot_key = f"{PLOT}_{uuid.uuid4().hex[:8]}"
+    ctx.panel.data.set(shown.plot_key, traces)
+    _SHOWN[ctx.panel.id] = shown
+
+
+def _reload(ctx: Any, fields_before: set[str]) -> None:
+    """Has the App show the samples' new tags and values: its grid and sidebar counts
+    (`reload_samples`), or, when a field was added (the first exclusion reason), the
+    whole dataset page (`reload_dataset`, a second or more at 30,000 samples)."""
+    if set(ctx.dataset.get_field_schema()) == fields_before:
+        ctx.ops.reload_samples()
+    else:
+        ctx.ops.reload_dataset()
 
 
 def _lassoed_ids(ctx: Any) -> list[str]:
@@ -513,7 +497,7 @@ def _forget_plot_copy(ctx: Any) -> None:
     an old figure's tail under a smaller new one, and old legend entries under a
     recolour's.
     """
-    key = shown_plot(ctx).key
+    key = _shown(ctx).plot_key
     if key and ctx.panel.state.get(key) is not None:
         ctx.panel.state.set(key, None)
 

@@ -154,6 +154,27 @@ def field_dataset(fo_datasets: list) -> object:
     return ds
 
 
+PANEL_URI = "@bubblefence/bubblefence/bubblefence_panel"
+
+
+def panel_module() -> object:
+    """The panel's module as FiftyOne's executor loaded it (the plugin's own copy)."""
+    import sys
+
+    from fiftyone.operators.registry import OperatorRegistry
+
+    return sys.modules[type(OperatorRegistry().get_operator(PANEL_URI)).__module__]
+
+
+@pytest.fixture
+def new_panel(monkeypatch: pytest.MonkeyPatch) -> object:
+    """A panel opened anew: the server keeps no record of it from an earlier test."""
+    module = panel_module()
+    monkeypatch.setattr(module, "_SHOWN", {})
+    monkeypatch.setattr(module, "_CLICKED_POINTS", {})
+    return module
+
+
 def unit(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length, float32 (the core's embedding rows)."""
     x = np.asarray(x, dtype=np.float64)

@@ -8,13 +8,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.fiftyone
+pytestmark = [pytest.mark.fiftyone, pytest.mark.usefixtures("new_panel")]
 
 fo = pytest.importorskip("fiftyone")
 fob = pytest.importorskip("fiftyone.brain")
 foo = pytest.importorskip("fiftyone.operators")
 
-from conftest import add_embedded_samples  # noqa: E402
+from conftest import PANEL_URI, add_embedded_samples  # noqa: E402
 from fiftyone.operators.registry import OperatorRegistry  # noqa: E402
 
 import bubblefence_plugin.fo as bfo  # noqa: E402
@@ -23,7 +23,7 @@ from bubblefence_plugin.fo import runs  # noqa: E402
 
 F = fo.ViewField
 PLUGIN = "@bubblefence/bubblefence"
-PANEL = f"{PLUGIN}/bubblefence_panel"
+PANEL = PANEL_URI
 
 
 class Reply:
@@ -71,6 +71,15 @@ class Reply:
     def outlines(self, shell: str) -> dict[str, dict]:
         """The outline traces of ``shell`` ("bubble, outer ring" or "inner shell"), by split."""
         return {n.split()[-1]: t for n, t in self.traces.items() if n.startswith(shell)}
+
+    @property
+    def has_map(self) -> bool:
+        return any(name.startswith("plot_") for name in self.properties())
+
+    def text(self, name: str) -> str | None:
+        """The text of the rendered panel's markdown ``name`` (None: not shown)."""
+        prop = self.properties().get(name)
+        return prop["default"] if prop else None
 
     def properties(self) -> dict[str, Any]:
         """Every property of the rendered panel, nested stacks flattened, by name."""
@@ -125,7 +134,7 @@ def test_panel_is_registered_with_its_label():
 
 def test_without_a_run_the_panel_explains_and_offers_the_split(field_dataset):
     reply = event(field_dataset, "on_load")
-    assert reply.state["has_state"] is False
+    assert reply.state == {}  # the panel renders from what the server drew
     props = reply.properties()
     intro = props["intro"]["default"]
     assert "no BubbleFence split yet" in intro
@@ -141,8 +150,8 @@ def test_map_draws_points_bubble_outlines_and_a_legend_for_every_mark(split_data
     ds = split_dataset
     anchors = bfo.load_state(ds)[0].anchors
     reply = event(ds, "on_load")
-    assert reply.state["has_state"] and reply.state["has_map"]
-    assert reply.state["plot_key"] not in reply.state  # the plot is panel data, never state
+    assert reply.has_map and reply.text("summary")
+    assert reply.state == {}  # the plot is panel data, and the rest is kept on the server
 
     # One WebGL trace of points, coloured by split, held-out splits drawn last (on top).
     points = reply.points
@@ -186,18 +195,18 @@ def test_map_draws_points_bubble_outlines_and_a_legend_for_every_mark(split_data
 
     # Dark hover box, legend below the plot (clear of the toolbar), no SVG shapes, no
     # wheel zoom.
-    layout = reply.state["plot_layout"]
+    props = reply.properties()
+    plot = props[reply.plot_key]
+    layout = plot["view"]["layout"]
     assert "shapes" not in layout and layout["hoverlabel"]["bgcolor"] == viz.HOVER_STYLE["bgcolor"]
     assert layout["legend"]["orientation"] == "h" and layout["legend"]["y"] < 0
-    props = reply.properties()
-    plot = props[reply.state["plot_key"]]
     assert plot["view"]["name"] == "PlotlyView" and plot["view"]["config"]["scrollZoom"] is False
     assert props["export"]["view"]["operator"] == f"{PLUGIN}/bubblefence_export"
     assert props["color_split"]["view"]["variant"] == "contained"
     assert props["color_round"]["view"]["params"] == {"value": "round"}
-    assert "A **solid** outline holds a whole bubble" in reply.state["map_note"]
+    assert "A **solid** outline holds a whole bubble" in reply.text("note")
     counts = ds.count_values("split")
-    summary = reply.state["summary_md"]
+    summary = reply.text("summary")
     assert f"| 0 | {counts['train']} | {counts['validation']} | {counts['test']} |" in summary
     assert (
         "Eval share" in summary and "target 0.20" in summary and f"{len(anchors)} in all" in summary
@@ -210,14 +219,13 @@ def test_recolouring_draws_a_new_plot_and_drops_the_apps_copy(split_dataset):
     add_embedded_samples(ds, 30, seed=9)
     bfo.split(ds, embeddings_field="emb")
     loaded = event(ds, "on_load")
-    state, ids = dict(loaded.state), loaded.points["ids"]  # events write into the state
-    key = state["plot_key"]
+    key, ids = loaded.plot_key, loaded.points["ids"]
 
     # The state comes back with the App's copy of the plot (the reason's input copies
     # the whole form): the copy is dropped. The figure, in the new colours, goes to a
     # plot of its own, mounted with its data: the App has no change of it to copy.
     # Nothing else of the panel state changes (each change reloads the App's page).
-    reply = event(ds, "on_color_by", state={**state, key: loaded.figure}, value="round")
+    reply = event(ds, "on_color_by", state={key: loaded.figure}, value="round")
     assert reply.state == {key: None}
     assert reply.plot_key != key and reply.data[key] is None
     assert reply.properties()["color_round"]["view"]["variant"] == "contained"
@@ -227,44 +235,44 @@ def test_recolouring_draws_a_new_plot_and_drops_the_apps_copy(split_dataset):
     assert reply.points["text"] == [f"round {r}" for r in rounds]
     assert reply.points["marker"]["color"] == [viz.ROUND_COLORS[r] for r in rounds]
     assert [t["name"] for t in reply.legend] == ["round 0", "round 1"]
-    assert "summary_md" not in reply.state  # the counts did not change
+    assert reply.text("summary") == loaded.text("summary")
 
     # A curation score: none yet, then the typicality scale's colours, grey where none.
-    reply = event(ds, "on_color_by", state=dict(state), value="typicality")
+    reply = event(ds, "on_color_by", value="typicality")
     assert [t["name"] for t in reply.legend] == ["no typicality"]
     scores = dict(zip(ids[:10], np.linspace(0.0, 1.0, 10).tolist(), strict=True))
     ds.set_values(viz.SCORE_COLOR_FIELDS["typicality"], scores, key_field="id")
-    reply = event(ds, "on_color_by", state=dict(state), value="typicality")
+    reply = event(ds, "on_color_by", value="typicality")
     colors = reply.points["marker"]["color"]
     assert len(set(colors[:10])) == 10 and set(colors[10:]) == {viz.NO_SCORE_COLOR}
     assert reply.legend[0]["name"] == "typicality 0.00"
 
     # Excluded points are drawn in the exclusion's colour.
     bfo.exclude(ds.select(ids[:5]))
-    reply = event(ds, "on_color_by", state=dict(state), value="split")
+    reply = event(ds, "on_color_by", value="split")
     assert reply.state == {}
     color_of = dict(zip(reply.points["ids"], reply.points["marker"]["color"], strict=True))
     assert {color_of[i] for i in ids[:5]} == {viz.SPLIT_COLORS["excluded"]}
 
 
-def test_a_recolour_lasts_through_later_draws_and_a_server_restart(split_dataset, monkeypatch):
-    import panels.bubblefence_panel as panel_module
-
+def test_the_colours_last_through_later_draws_and_a_restart_draws_afresh(
+    split_dataset, new_panel, monkeypatch
+):
     ds = split_dataset
-    state = dict(event(ds, "on_load").state)
-    recoloured = event(ds, "on_color_by", state=dict(state), value="round")
-    assert recoloured.state == {} and recoloured.legend[0]["name"] == "round 0"
-    # A draw that writes the panel state anyway (here Refresh) keeps the colours, and
-    # records them in the state.
-    refreshed = event(ds, "refresh", state=dict(state))
-    assert refreshed.legend[0]["name"] == "round 0" and refreshed.state["color_by"] == "round"
+    event(ds, "on_load")
+    recoloured = event(ds, "on_color_by", value="round")
+    assert recoloured.legend[0]["name"] == "round 0"
+    refreshed = event(ds, "refresh")
+    assert refreshed.legend[0]["name"] == "round 0" and refreshed.state == {}
     assert refreshed.data[recoloured.plot_key] is None  # the recolour's plot is emptied
-    state.update(refreshed.state)
-    # A restarted server renders from the panel state alone.
-    monkeypatch.setattr(panel_module, "_SHOWN", {})
-    reply = event(ds, "reset_view", state=dict(state))
-    assert reply.plot_key == refreshed.plot_key
-    assert reply.properties()["color_round"]["view"]["variant"] == "contained"
+    # A restarted server has no record of the panel: any event draws it first (in the
+    # default colours), then runs.
+    monkeypatch.setattr(new_panel, "_SHOWN", {})
+    reply = event(ds, "reset_view")
+    assert reply.legend[0]["name"] == "train" and reply.text("summary")
+    assert reply.properties()["color_split"]["view"]["variant"] == "contained"
+    event(ds, "on_unload")
+    assert "p1" not in new_panel._SHOWN
 
 
 def shown_ids(reply: Reply) -> list[str]:
@@ -295,7 +303,7 @@ def test_clicking_a_bubble_or_a_point_shows_that_bubbles_samples(split_dataset):
     assert set(shown_ids(reply)) == members and reply.state == {}
     reply = event(ds, "exclude", state=dict(loaded.state), shown=shown_ids(reply))
     assert ds.match_tags(bfo.EXCLUDED_TAG).values("id") == [member]
-    assert "Excluded: 1" in reply.state["summary_md"]  # the counts of the view, not the bubble
+    assert "Excluded: 1" in reply.text("summary")  # the counts of the view, not the bubble
 
     train_id = ds.match(F("split") == "train").first().id
     reply = event(ds, "on_click", trace=viz.POINTS_TRACE, id=train_id)
@@ -334,7 +342,7 @@ def test_view_change_events_for_the_drawn_view_get_no_answer(split_dataset):
     # What the view shows changed (an exclusion): the figure is drawn afresh.
     bfo.exclude(ds.select(loaded.points["ids"][:3]))
     reply = event(ds, "on_change_view", state=dict(loaded.state))
-    assert reply.figure and "Excluded: 3" in reply.state["summary_md"]
+    assert reply.figure and "Excluded: 3" in reply.text("summary")
 
 
 def test_a_view_of_one_bubble_hydrates_to_that_bubble(split_dataset):
@@ -345,7 +353,7 @@ def test_a_view_of_one_bubble_hydrates_to_that_bubble(split_dataset):
     assert reply.traces[bfo.BUBBLES_TRACE]["ids"] == [str(anchor)]
     assert sum(polygons(t) for t in reply.outlines("bubble, outer ring").values()) == 1
     assert sorted(reply.points["ids"]) == sorted(view.values("id"))
-    assert "Bubbles: **1** in the view" in reply.state["summary_md"]
+    assert "Bubbles: **1** in the view" in reply.text("summary")
 
 
 def test_subsampling_and_fading_when_the_view_is_large(split_dataset, monkeypatch):
@@ -354,8 +362,8 @@ def test_subsampling_and_fading_when_the_view_is_large(split_dataset, monkeypatc
     monkeypatch.setattr(viz, "FADE_ABOVE_BUBBLES", 1)
     reply = event(ds, "refresh", state={"color_by": "split"})
     assert len(reply.points["ids"]) == 50
-    assert "Showing **50** of the 200 samples of the view" in reply.state["map_note"]
-    assert "drawn faint and unlabelled" in reply.state["map_note"]
+    assert "Showing **50** of the 200 samples of the view" in reply.text("note")
+    assert "drawn faint and unlabelled" in reply.text("note")
     centres = reply.traces[bfo.BUBBLES_TRACE]
     assert centres["mode"] == "markers" and "text" not in centres
     assert {t["opacity"] for t in reply.outlines("bubble, outer ring").values()} == {0.35}
@@ -367,18 +375,18 @@ def test_missing_map_offers_to_compute_it_and_refits_with_another_method(split_d
     ds = split_dataset
     viz.delete_map(ds)
     reply = event(ds, "on_load")
-    assert reply.state["has_state"] and not reply.state["has_map"]
+    assert reply.text("summary") and not reply.has_map
     assert "build_map" in reply.properties()
     reply = event(ds, "build_map")
     assert reply.ops["notify"][0]["variant"] == "success"
-    assert reply.state["has_map"] and viz.has_map(ds)
-    assert reply.state["map_note"].startswith("t-SNE map.")
+    assert reply.has_map and viz.has_map(ds)
+    assert reply.text("note").startswith("t-SNE map.")
     props = reply.properties()
     assert "refit_tsne" not in props and props["refit_pca"]["view"]["params"] == {"method": "pca"}
 
     reply = event(ds, "refit_map", method="pca")
     assert viz.load_layout(ds).layout.method == "pca"
-    assert reply.state["map_note"].startswith("PCA map.")
+    assert reply.text("note").startswith("PCA map.")
 
 
 def test_a_map_stored_without_outlines_asks_for_an_update(split_dataset, monkeypatch):
@@ -388,7 +396,7 @@ def test_a_map_stored_without_outlines_asks_for_an_update(split_dataset, monkeyp
     )
     reply = event(split_dataset, "on_load")
     assert reply.outlines("bubble, outer ring") == {} and reply.outlines("inner shell") == {}
-    assert "**Update the map** draws them" in reply.state["map_note"]
+    assert "**Update the map** draws them" in reply.text("note")
 
 
 def test_samples_not_split_yet_are_announced_first(split_dataset):
@@ -434,7 +442,7 @@ def test_audit_figures_are_shown_and_marked_stale_after_a_newer_split(split_data
     assert "**Stale:** the split changed after this audit" in stale
     # The panel passes the state's own time stamp: a split saved now is after the report.
     reply = event(split_dataset, "on_load")
-    assert "**Stale:**" in reply.state["audit_md"]
+    assert "**Stale:**" in reply.text("audit")
 
     monkeypatch.setattr(bfo, "latest_report", lambda s: None)
     assert panel_module._audit_markdown(split_dataset, None) is None
@@ -477,9 +485,9 @@ def test_samples_left_off_the_map_are_counted_and_update_places_them(field_datas
     assert "map_error" in bfo.split(ds, embeddings_field="emb")
     monkeypatch.undo()
     reply = event(ds, "on_load")
-    assert "**50** split samples have no point yet" in reply.state["map_note"]
+    assert "**50** split samples have no point yet" in reply.text("note")
     reply = event(ds, "build_map")
-    assert "no point yet" not in reply.state["map_note"]
+    assert "no point yet" not in reply.text("note")
     assert len(reply.points["ids"]) == 200
 
 
@@ -489,7 +497,7 @@ def test_a_foreign_run_in_the_maps_place_is_reported_not_crashed_on(split_datase
     ds.register_run(viz.LAYOUT_KEY, ds.init_run(method="someone_else"))
     fob.compute_visualization(ds, points=np.zeros((len(ds), 2)), brain_key=viz.VIZ_KEY)
     reply = event(ds, "on_load")
-    assert not reply.state["has_map"]
+    assert not reply.has_map
     assert "not written by BubbleFence" in reply.properties()["no_map"]["default"]
     reply = event(ds, "build_map")  # refused, and the other run is left alone
     assert "not written by BubbleFence" in reply.ops["notify"][0]["message"]
