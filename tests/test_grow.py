@@ -379,6 +379,30 @@ def test_a_unit_larger_than_train_room_is_cut_and_counted():
     assert stats["cut_pairs"] == _crossing_twin_pairs(x, g.split, config.leak_threshold)
 
 
+def test_shells_are_cut_through_a_unit_when_eval_is_one_unit():
+    """Eval is one piece of a chain of near twins: whole, it would be all validation or
+    all test. The shells are cut through it radially at the validation target, the
+    twin pairs crossed counted (brute force: train/eval and validation/test pairs)."""
+    x = _chain_and_singletons(24, [])
+    config = BubbleFenceConfig(eval_ratio=0.5, shell_layout="inner_val")
+    g = grower(x, config, round_budget(24, 0, 24, 0, config))
+    g.cut(n_kept=24)
+    assert len(g.new_rows) == 1 and g.n_eval >= 8
+    before = g.result()[3]["cut_pairs"]
+    assert g.n_val in (0, g.n_eval)  # no clean cut inside the piece: one shell
+    assert g.balance_shells() == 1
+    assert abs(g.n_val - 0.5 * g.n_eval) <= 0.5 and g.n_val == np.sum(g.split == VALIDATION)
+    held = np.flatnonzero(g.split != UNASSIGNED)
+    val, test = held[g.split[held] == VALIDATION], held[g.split[held] == TEST]
+    centre = x[g.new_rows[0]["centre_row"]]
+    assert (x[val] @ centre).min() > (x[test] @ centre).max()  # inner shell: validation
+    assert (g.shell_of[val] == INNER).all() and (g.shell_of[test] == OUTER).all()
+    stats = g.result()[3]
+    assert stats["cut_pairs"] == g.new_rows[0]["cut_pairs"] > before
+    assert stats["cut_pairs"] == _crossing_twin_pairs(x, g.split, config.leak_threshold)
+    assert g.balance_shells() == 0  # settled
+
+
 def test_a_unit_that_fits_in_train_stays_whole_and_the_round_falls_short():
     x = _chain_and_singletons(8, [1.5, 2.5])
     config = BubbleFenceConfig(eval_ratio=0.2)
