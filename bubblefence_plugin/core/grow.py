@@ -686,8 +686,9 @@ class BubbleGrower:
         return changed
 
     def _cut_shells_through(self, target: float, slack: float) -> int:
-        """Re-cut inner shells anywhere along each bubble's radial ranking, the largest bubbles
-        first, until validation is within ``slack`` of ``target``: among the cuts that
+        """Re-cut inner shells anywhere along each bubble's radial ranking, the largest
+        bubbles first, until validation is within ``slack`` of ``target``; a bubble whose
+        cut is already within ``slack`` of its closest is left alone. Among the cuts that
         bring it closest (within ``slack``), the one crossing the fewest twin pairs
         (`boundary.crossing_counts`, on a seeded sample where the band is dense), then
         the closest, then the smaller inner shell. The pairs crossed, less those the old
@@ -711,6 +712,8 @@ class BubbleGrower:
             val_now = n_inner if inner_is_val else n - n_inner
             ks = np.arange(n + 1)
             error = np.abs(self.n_val - val_now + (ks if inner_is_val else n - ks) - target)
+            if error[n_inner] <= error.min() + slack:
+                continue  # this bubble cannot bring validation closer
             sims = (1.0 - distance).astype(np.float32)
             crossings = np.r_[
                 0,
@@ -731,8 +734,6 @@ class BubbleGrower:
             best = int(close[np.lexsort((close, error[close], crossings[close]))[0]])
             # The cut replaced: radial (a cut bubble's), else between components (clean).
             radial = np.array_equal(self.shell_of[members] == INNER, ks[:-1] < n_inner)
-            if best == n_inner and radial:
-                continue
             shells = np.where(ks[:-1] < best, INNER, OUTER).astype(np.int8)
             codes = shell_split(np.full(n, bubble["layout"], np.int8), shells)
             added = int(crossings[best]) - (int(crossings[n_inner]) if radial else 0)
