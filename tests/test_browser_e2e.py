@@ -251,10 +251,18 @@ def test_split_in_the_app_then_the_panel_shows_the_bubbles(
 
 def _open_split_form(page: Any) -> Any:
     """The BubbleFence split form, opened from the operator browser (backtick)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
     from playwright.sync_api import expect
 
-    page.keyboard.press("`")
-    page.locator("[data-cy=operators-browser-search]").fill("BubbleFence split")
+    search = page.locator("[data-cy=operators-browser-search]")
+    for _ in range(3):  # a key pressed while the App is still closing a dialog is lost
+        page.keyboard.press("`")
+        try:
+            search.wait_for(state="visible", timeout=10_000)
+            break
+        except PlaywrightTimeoutError:
+            continue
+    search.fill("BubbleFence split")
     page.locator("[data-cy=operators-browser]").get_by_text("BubbleFence split").first.click()
     prompt = page.locator("[data-cy=operators-prompt-modal]")
     expect(prompt).to_contain_text("First round")
