@@ -104,6 +104,8 @@ class BubbleFencePanel(foo.Panel):
             return None
         if ctx.panel.id not in _SHOWN and method not in DRAWING_EVENTS:
             self._hydrate(ctx)
+        elif method in UNSEEN_EVENTS:
+            return getattr(self, method)(ctx)  # nothing the panel shows changed
         return super().execute(ctx)
 
     def on_unload(self, ctx: Any) -> None:
@@ -439,6 +441,11 @@ _SHOWN: dict[str, Shown] = {}
 # The events that draw the panel anyway: the others draw first where `_SHOWN` has no
 # record of the panel.
 DRAWING_EVENTS = ("on_load", "on_change_view", "on_change_dataset", "refresh", "after_split")
+
+
+# Events that change nothing the panel shows: no re-render follows them (the App would
+# re-render the plot, 5,000 WebGL points, for nothing).
+UNSEEN_EVENTS = ("on_click", "on_lasso")
 
 
 def _shown(ctx: Any) -> Shown:

@@ -295,6 +295,7 @@ def test_clicking_a_bubble_or_a_point_shows_that_bubbles_samples(split_dataset):
     reply = event(ds, "on_click", state=dict(loaded.state), trace=bfo.BUBBLES_TRACE, id=str(anchor))
     assert set(shown_ids(reply)) == members
     assert "set_view" not in reply.ops and reply.state == {} and reply.data == {}
+    assert reply.output is None  # nothing the panel shows changed: no re-render
     assert event(ds, "on_change_view", state=dict(loaded.state), shown=shown_ids(reply)).ops == {}
 
     # A point: its bubble, and that point is what Exclude acts on without a selection.
@@ -315,8 +316,10 @@ def test_lasso_selects_the_points_and_reset_clears_selection_and_view(split_data
     ids = ds.limit(3).values("id")
     points = [{"id": i, "trace": viz.POINTS_TRACE, "idx": k} for k, i in enumerate(ids)]
     points.append({"id": "0", "trace": bfo.BUBBLES_TRACE, "idx": 0})
+    event(ds, "on_load")
     reply = event(ds, "on_lasso", data=points)
     assert [s["id"] for s in reply.ops["set_selected_samples"][0]["samples"]] == ids
+    assert reply.output is None  # the panel shows nothing new: no re-render
     # The plot reports an empty selection after every click: no answer, no re-render.
     assert event(ds, "on_lasso", data=[]).ops == {}
 
