@@ -381,8 +381,8 @@ def test_a_unit_larger_than_train_room_is_cut_and_counted():
 
 def test_shells_are_cut_through_a_unit_when_eval_is_one_unit():
     """Eval is one piece of a chain of near twins: whole, it would be all validation or
-    all test. The shells are cut through it radially at the validation target, the
-    twin pairs crossed counted (brute force: train/eval and validation/test pairs)."""
+    all test. The shells are cut through it along the chain at the validation target,
+    the twin pairs crossed counted (brute force: train/eval and validation/test pairs)."""
     x = _chain_and_singletons(24, [])
     config = BubbleFenceConfig(eval_ratio=0.5, shell_layout="inner_val")
     g = grower(x, config, round_budget(24, 0, 24, 0, config))
@@ -394,8 +394,10 @@ def test_shells_are_cut_through_a_unit_when_eval_is_one_unit():
     assert abs(g.n_val - 0.5 * g.n_eval) <= 0.5 and g.n_val == np.sum(g.split == VALIDATION)
     held = np.flatnonzero(g.split != UNASSIGNED)
     val, test = held[g.split[held] == VALIDATION], held[g.split[held] == TEST]
-    centre = x[g.new_rows[0]["centre_row"]]
-    assert (x[val] @ centre).min() > (x[test] @ centre).max()  # inner shell: validation
+    # Along the chain: the piece is one run of it, validation one end and test the other.
+    angle = np.arctan2(x[:, 1], x[:, 0])
+    assert np.array_equal(held, np.arange(held[0], held[-1] + 1))
+    assert angle[val].max() < angle[test].min() or angle[test].max() < angle[val].min()
     assert (g.shell_of[val] == INNER).all() and (g.shell_of[test] == OUTER).all()
     stats = g.result()[3]
     assert stats["cut_pairs"] == g.new_rows[0]["cut_pairs"] > before

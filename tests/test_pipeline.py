@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import clustered_embeddings
+from conftest import clustered_embeddings, unit
 
 from bubblefence_plugin import BubbleFence, BubbleFenceConfig
 from bubblefence_plugin.core.bubbles import INNER_VAL
@@ -334,6 +334,30 @@ def test_a_component_too_large_for_either_side_is_cut_and_counted():
     r = bf.ingest(x)
     assert r.stats["captured_cut"] > 0 and r.stats["cut_pairs"] > 0
     assert abs(bf.summary()["eval_share"] - 0.2) <= 0.03
+    check_invariants(bf)
+
+
+def test_a_video_too_large_for_either_side_is_cut_along_its_frames():
+    """A video (a walk of near-twin frames) of 90 % of the data: it cannot stay whole in
+    train, and a ball around its middle frame would cut it at both ends, wherever the
+    walk re-enters the ball. It is cut along the frames, at one place: the pairs crossed
+    are those of a frame's window of twins, counted, and nothing else leaks."""
+    rng = np.random.default_rng(12)
+    d, n_frames = 48, 1800
+    video = np.empty((n_frames, d))
+    video[0] = unit(rng.normal(size=(1, d)))[0]
+    for t in range(1, n_frames):
+        video[t] = unit((video[t - 1] + 0.15 / np.sqrt(d) * rng.normal(size=d))[None, :])[0]
+    rest = unit(rng.normal(size=(200, d)))
+    x = np.vstack([video, rest]).astype(np.float32)
+    bf = BubbleFence(BubbleFenceConfig(seed=12))
+    r = bf.ingest(x)
+    assert r.stats["captured_cut"] > 0
+    window = int(np.max(np.sum(x[:n_frames] @ x[:n_frames].T >= 0.95, axis=1)))
+    assert 0 < r.stats["cut_pairs"] <= window**2  # a train/eval cut and a shell cut
+    held = np.flatnonzero(np.isin(r.split[:n_frames], ["validation", "test"]))
+    assert np.ptp(held) < 2 * len(held)  # one stretch of the video, not scattered frames
+    assert abs(bf.summary()["eval_share"] - 0.2) <= 0.01
     check_invariants(bf)
 
 

@@ -18,10 +18,12 @@ regions (`regions.RegionIndex`, smallest first). Phases:
 2. *fill*: candidates among open samples whose component still fits, until the
    round's need is met;
 3. *cut*: whole components that still fit, the largest first; then, only for a
-   component too large to stay whole on either side (more than train can hold), a
-   radial cut with the fewest twin pairs per captured sample
-   (`boundary.least_crossed_cut`), the pairs cut counted in `cut_pairs`. A component
-   that fits in train stays there whole, and the round reports the shortfall.
+   component too large to stay whole on either side (more than train can hold), the
+   cut with the fewest twin pairs per captured sample (`boundary.least_crossed_cut`),
+   radially from its central member or along its twin graph from one end
+   (`geodesic`: a video is cut between two stretches of frames, not around a ball),
+   the pairs cut counted in `cut_pairs`. A component that fits in train stays there
+   whole, and the round reports the shortfall.
 
 **Shells.** A bubble's components are ordered by their member nearest to the centre;
 the inner shell takes whole components up to the count nearest the running
@@ -29,8 +31,10 @@ validation target, so no component straddles validation and test. At the end of
 the round, the inner shells of new bubbles are re-cut between components where that
 brings validation / (validation + test) to `validation_ratio`; only where that
 stays more than `SHELL_THROUGH_TOLERANCE` off (eval is one or a few large
-components) are shells cut through components, radially, at the fewest twin pairs
-among the cuts nearest the target, those pairs counted in `cut_pairs`.
+components) are shells cut through components, in the bubble's cut order (radial, or
+along the twin graph for a piece cut that way), at the fewest twin pairs among the
+cuts nearest the target, those pairs counted in `cut_pairs`. A piece cut along the
+twin graph has its shells along it too: the inner shell is its first stretch.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ import numpy as np
 from scipy import sparse
 
 from .anchors import CandidateStream
-from .boundary import IMPOSSIBLE, crossing_counts, least_crossed_cut
+from .boundary import IMPOSSIBLE, best_cut, crossing_counts, least_crossed_cut
 from .bubbles import (
     INNER,
     INNER_TEST,
@@ -59,6 +63,7 @@ from .bubbles import (
 )
 from .config import BubbleFenceConfig
 from .density import adaptive_radius, lid_mle
+from .geodesic import Ordering, crossings_along, orderings
 from .neighbors import ranking_similarity, similarity_to_distance
 
 # Candidates whose profiles are computed in one matrix product.
@@ -227,6 +232,17 @@ class _Rows:
 
 
 @dataclass
+class _ShellCut:
+    """A new bubble's members in their cut order (`radial`: by `distance` to the centre,
+    else along the twin graph), and the inner-shell sizes that cross no twin pair."""
+
+    members: np.ndarray
+    distance: np.ndarray
+    choices: np.ndarray
+    radial: bool = True
+
+
+@dataclass
 class _Plan:
     """A candidate bubble: its centre, the components it captures, nearest first."""
 
@@ -277,9 +293,9 @@ class BubbleGrower:
         self.stats = {"captured_strata": 0, "captured_fill": 0, "captured_cut": 0}
         # Open samples of the stratum being served, per component.
         self._worth = np.zeros(len(units.size), np.int64)
-        # Per new bubble: its members (inner first), their distances to the centre, and
-        # the inner-shell sizes that fall between components (leak-free cuts).
-        self._shell_cuts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        # Per new bubble: its members in their cut order, their distances to the
+        # centre, and the inner-shell sizes that fall between components (leak-free).
+        self._shell_cuts: list[_ShellCut] = []
 
     @property
     def remaining(self) -> int:
@@ -498,47 +514,71 @@ class BubbleGrower:
         ends = np.flatnonzero(np.r_[component[1:] != component[:-1], True]) + 1
         choices = np.r_[0, ends]
         n_inner = int(choices[np.argmin(np.abs(choices - target_inner))])
-        self._shell_cuts.append((members, 1.0 - np.asarray(sims, np.float64), choices))
+        self._shell_cuts.append(_ShellCut(members, 1.0 - np.asarray(sims, np.float64), choices))
         self._record(centre, members, sims, n_inner, layout, lid, 0, counter, radius)
         self.open_size[np.unique(component)] = 0
 
     def _accept_cut(self, component: int) -> None:
-        """Cut an oversized component radially, at the fewest twin pairs per captured sample."""
+        """Cut an oversized component at the fewest twin pairs per captured sample: radially
+        from its central member, or along its twin graph from one end (`geodesic`),
+        whichever crosses fewer."""
         members = self._open_members(component)
         centre = self._central_member(members)
         sims = ranking_similarity(self.embeddings[members], self.embeddings[centre])
-        order = np.lexsort((members, -sims))
-        members, sims = members[order], sims[order].astype(np.float32)
         k_hi = int(min(self.allowed, len(members) - 1))
         k_lo = int(max(1, min(self.remaining, k_hi) // 2))
-        counts = crossing_counts(
-            self.embeddings,
-            members,
-            sims,
-            k_lo,
-            k_hi,
-            self.config.leak_threshold,
-            max_band=MAX_BAND,
-            rng=self.rng,
-        )
-        choice = least_crossed_cut(counts, k_lo, min(self.remaining, k_hi))
-        if choice is None:
-            # Every cut falls between equally similar samples: stop rather than loop.
-            self.open_size[component] = 0
-            return
-        k, crossed = choice
-        taken, taken_sims = members[:k], sims[:k]
+        preferred = min(self.remaining, k_hi)
+        threshold = self.config.leak_threshold
+        best = None
+        for ordering in orderings(self.embeddings, members, sims, threshold, self.config.seed):
+            choice = least_crossed_cut(ordering.crossings[k_lo : k_hi + 1], k_lo, preferred)
+            if choice is not None and (best is None or choice[1] / choice[0] < best[1] / best[0]):
+                best = (*choice, ordering)
+        if best is None:
+            # Too large to count exactly: radially, counted on a band (`crossing_counts`).
+            order = np.lexsort((members, -sims))
+            members, sims = members[order], sims[order].astype(np.float32)
+            counts = crossing_counts(
+                self.embeddings,
+                members,
+                sims,
+                k_lo,
+                k_hi,
+                threshold,
+                max_band=MAX_BAND,
+                rng=self.rng,
+            )
+            choice = least_crossed_cut(counts, k_lo, preferred)
+            if choice is None:
+                # Every cut falls between equally similar samples: stop rather than loop.
+                self.open_size[component] = 0
+                return
+            best = (*choice, Ordering(members, np.empty(0, np.int64), radial=True))
+        k, crossed, ordering = best
+        taken = ordering.rows[:k]
+        if not ordering.radial:
+            centre = self._central_member(taken)  # the bubble sits on the piece it holds
+        taken_sims = ranking_similarity(self.embeddings[taken], self.embeddings[centre])
         layout = self._layout()
         target_inner = self._target_inner(k, layout)
-        n_inner, _, inner_crossed = choose_inner_cut(
-            self.embeddings, taken, taken_sims, target_inner, self.config.leak_threshold
-        )
+        if ordering.radial:
+            order = np.lexsort((taken, -taken_sims))
+            taken, taken_sims = taken[order], taken_sims[order]
+            n_inner, _, inner_crossed = choose_inner_cut(
+                self.embeddings, taken, taken_sims.astype(np.float32), target_inner, threshold
+            )
+        else:
+            # Shells along the same order: the inner shell is the piece's first part.
+            inner_counts = crossings_along(self.embeddings, taken, threshold, self.config.seed)
+            n_inner, inner_crossed = best_cut(inner_counts, 0, target_inner, allow_crossing=True)
         # A cut component keeps its inner cut: another would cut other twin pairs.
-        self._shell_cuts.append((taken, 1.0 - taken_sims.astype(np.float64), np.r_[n_inner]))
+        self._shell_cuts.append(
+            _ShellCut(taken, 1.0 - taken_sims, np.r_[n_inner], radial=ordering.radial)
+        )
         self._record(
             centre,
             taken,
-            taken_sims.astype(np.float64),
+            taken_sims,
             n_inner,
             layout,
             float("nan"),
@@ -643,9 +683,10 @@ class BubbleGrower:
         val_count = np.asarray(by_row.T @ (self.split == VALIDATION).astype(np.int64)).ravel()
         test_count = np.asarray(by_row.T @ (self.split == TEST).astype(np.int64)).ravel()
         changed = 0
-        sizes = [len(members) for members, _, _ in self._shell_cuts]
+        sizes = [len(cut.members) for cut in self._shell_cuts]
         for i in sorted(range(len(sizes)), key=lambda b: (-sizes[b], b)):
-            members, distance, choices = self._shell_cuts[i]
+            cut = self._shell_cuts[i]
+            members, distance, choices = cut.members, cut.distance, cut.choices
             bubble = self.new_rows[i]
             inner_is_val = bubble["layout"] == INNER_VAL
             n_inner = int(np.sum(self.shell_of[members] == INNER))
@@ -686,25 +727,27 @@ class BubbleGrower:
         return changed
 
     def _cut_shells_through(self, target: float, slack: float) -> int:
-        """Re-cut inner shells anywhere along each bubble's radial ranking, the largest
+        """Re-cut inner shells anywhere along each bubble's cut order, the largest
         bubbles first, until validation is within ``slack`` of ``target``; a bubble whose
         cut is already within ``slack`` of its closest is left alone. Among the cuts that
         bring it closest (within ``slack``), the one crossing the fewest twin pairs
-        (`boundary.crossing_counts`, on a seeded sample where the band is dense), then
+        (`_shell_crossings`), then
         the closest, then the smaller inner shell. The pairs crossed, less those the old
         cut crossed, are added to the bubble's and the round's `cut_pairs`. Returns the
         bubbles changed.
         """
         changed = 0
-        sizes = [len(members) for members, _, _ in self._shell_cuts]
+        sizes = [len(cut.members) for cut in self._shell_cuts]
         for i in sorted(range(len(sizes)), key=lambda b: (-sizes[b], b)):
             if abs(self.n_val - target) <= slack or sizes[i] < 2:
                 continue
-            # Radially: members nearest the centre first (a bubble of whole components
-            # lists them component by component).
-            members, distance, _ = self._shell_cuts[i]
-            order = np.lexsort((members, distance))
-            members, distance = members[order], distance[order]
+            cut = self._shell_cuts[i]
+            members, distance = cut.members, cut.distance
+            if cut.radial:
+                # Members nearest the centre first (a bubble of whole components lists
+                # them component by component).
+                order = np.lexsort((members, distance))
+                members, distance = members[order], distance[order]
             bubble = self.new_rows[i]
             inner_is_val = bubble["layout"] == INNER_VAL
             n = len(members)
@@ -714,29 +757,17 @@ class BubbleGrower:
             error = np.abs(self.n_val - val_now + (ks if inner_is_val else n - ks) - target)
             if error[n_inner] <= error.min() + slack:
                 continue  # this bubble cannot bring validation closer
-            sims = (1.0 - distance).astype(np.float32)
-            crossings = np.r_[
-                0,
-                crossing_counts(
-                    self.embeddings,
-                    members,
-                    sims,
-                    1,
-                    n,
-                    self.config.leak_threshold,
-                    max_band=MAX_BAND,
-                    rng=self.rng,
-                ),
-            ]
+            crossings = self._shell_crossings(cut, members, distance)
             close = np.flatnonzero((error <= error.min() + slack) & (crossings < IMPOSSIBLE))
             if not len(close):
                 continue
             best = int(close[np.lexsort((close, error[close], crossings[close]))[0]])
-            # The cut replaced: radial (a cut bubble's), else between components (clean).
-            radial = np.array_equal(self.shell_of[members] == INNER, ks[:-1] < n_inner)
+            # The cut replaced: one of this order (a cut bubble's), else between
+            # components (clean).
+            in_order = np.array_equal(self.shell_of[members] == INNER, ks[:-1] < n_inner)
             shells = np.where(ks[:-1] < best, INNER, OUTER).astype(np.int8)
             codes = shell_split(np.full(n, bubble["layout"], np.int8), shells)
-            added = int(crossings[best]) - (int(crossings[n_inner]) if radial else 0)
+            added = int(crossings[best]) - (int(crossings[n_inner]) if in_order else 0)
             self.shell_of[members] = shells
             self.split[members] = codes
             self.n_val += int(np.sum(codes == VALIDATION)) - val_now
@@ -744,9 +775,31 @@ class BubbleGrower:
             bubble["cut_pairs"] += added
             bubble["inner_radius"] = float(distance[:best].max()) + 1e-6 if best else -1.0
             # Kept from now on: any other cut through the bubble crosses other pairs.
-            self._shell_cuts[i] = (members, distance, np.r_[best])
+            self._shell_cuts[i] = _ShellCut(members, distance, np.r_[best], cut.radial)
             changed += 1
         return changed
+
+    def _shell_crossings(
+        self, cut: _ShellCut, members: np.ndarray, distance: np.ndarray
+    ) -> np.ndarray:
+        """Twin pairs crossed by each inner-shell size 0 .. n of a bubble's members, in
+        their cut order: radially on a band (seeded sample where it is dense), or along
+        the twin graph exactly."""
+        threshold = self.config.leak_threshold
+        if not cut.radial:
+            return crossings_along(self.embeddings, members, threshold, self.config.seed)
+        sims = (1.0 - distance).astype(np.float32)
+        counts = crossing_counts(
+            self.embeddings,
+            members,
+            sims,
+            1,
+            len(members),
+            threshold,
+            max_band=MAX_BAND,
+            rng=self.rng,
+        )
+        return np.r_[0, counts]
 
     def result(self) -> tuple[AnchorTable, np.ndarray, np.ndarray, dict]:
         table = AnchorTable.from_rows(self.new_rows, self.embeddings.shape[1])
