@@ -20,6 +20,9 @@ Data sets, generated here (none of them tuned to the algorithm):
   broad mixture (`mixture`, no tight clusters). Labels: the video, or the mixture's
   cluster. One round. Each video is larger than eval: whole, it stays in train.
 * `one_video`: the same with one video of 90 %: too large for train, it is cut.
+* `one_video_rounds`: the same samples in rounds of 50 / 25 / 25 %, in random order:
+  later rounds bring frames between those already split (more frames of the same
+  video, sampled again).
 
 Per case: leak@0.90/0.95/0.99 (eval samples with a train sample at cosine >= t),
 test samples with a validation sample at cosine >= 0.95 (val-test leak),
@@ -61,6 +64,8 @@ from bubblefence_plugin.core.neighbors import nearest  # noqa: E402
 from bubblefence_plugin.core.twins import twin_components  # noqa: E402
 
 THRESHOLDS = (0.90, 0.95, 0.99)
+VIDEO_CASES = ("videos", "one_video", "one_video_rounds")
+CASES = ("mixture", "mixture_rounds", "mixture_4rounds", "digits", *VIDEO_CASES)
 EVAL_RATIO = 0.2
 
 
@@ -246,12 +251,13 @@ def run_case(name: str, quick: bool) -> dict:
     if name == "digits":
         x, labels = digits()
         rounds = [len(x)]
-    elif name in ("videos", "one_video"):
-        one = name == "one_video"
+    elif name in VIDEO_CASES:
+        one = name != "videos"
         x, labels, frame = videos(
             int(10_000 * scale), seed=6, n_videos=1 if one else 4, video_share=0.9 if one else 0.8
         )
-        rounds = [len(x)]
+        n = len(x)
+        rounds = [n // 2, n // 4, n - n // 2 - n // 4] if name == "one_video_rounds" else [n]
     else:
         n = int((20_000 if name == "mixture_4rounds" else 10_000) * scale)
         x, labels = mixture(n, seed={"mixture": 1, "mixture_rounds": 2}.get(name, 3))
@@ -282,7 +288,7 @@ def run_case(name: str, quick: bool) -> dict:
     oracle_rows = oracle_split(kept_x, kept_labels)
     oracle = measure(kept_x, kept_labels, oracle_rows)
     oracle["seconds"] = [time.perf_counter() - clock]
-    if name in ("videos", "one_video"):
+    if name in VIDEO_CASES:
         topped = frames_split(kept_x, kept_labels, frame[~dup], oracle_rows)
         results["frames"] = measure(kept_x, kept_labels, topped)
     rand = measure(kept_x, kept_labels, random_split(len(kept_x), seed=0))
@@ -327,9 +333,6 @@ def run_speed(quick: bool) -> dict:
         "peak_rss_mb": peak,
         "eval_share": record["eval_share"],
     }
-
-
-CASES = ("mixture", "mixture_rounds", "mixture_4rounds", "digits", "videos", "one_video")
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ from conftest import unit
 from bubblefence_plugin.core.geodesic import (
     MAX_MEMBERS,
     crossings_along,
-    graph_order,
+    graph_orders,
     is_solid,
     orderings,
     prefix_crossings,
@@ -54,15 +54,36 @@ def test_prefix_crossings_are_exact_for_any_order(seed):
     assert max(c.max() for c in counts) > 0
 
 
-def test_a_chain_shuffled_is_ordered_along_itself():
+def test_a_chain_shuffled_is_ordered_along_itself_from_either_end():
     x = frames(400)
     shuffle = np.random.default_rng(1).permutation(len(x))
-    order = graph_order(self_index(x[shuffle]), start=0)
-    time = shuffle[order]  # the frame index of each position
-    # From one end to the other: each position's frame a few frames from the last.
-    assert min(time[0], len(x) - 1 - time[0]) <= 3
-    assert np.abs(np.diff(time)).max() <= 12  # within two levels of about 5 frames
-    assert abs(time[-1] - time[0]) >= len(x) - 8
+    first, second = graph_orders(self_index(x[shuffle]), start=0)
+    for order in (first, second):
+        time = shuffle[order]  # the frame index of each position
+        # From one end to the other: each position's frame a few frames from the last.
+        assert min(time[0], len(x) - 1 - time[0]) <= 3
+        assert np.abs(np.diff(time)).max() <= 12  # within two levels of about 5 frames
+        assert abs(time[-1] - time[0]) >= len(x) - 8
+    assert (shuffle[first[0]] < 200) != (shuffle[second[0]] < 200)  # the two ends
+
+
+def test_the_cheaper_end_is_cut_from():
+    # A video that slows down: few twins per frame at its start, many at its end. The
+    # graph's K edges make hops count frames, so the far end from the middle may be
+    # either; both are counted, and the cut starts at the thin end.
+    rng = np.random.default_rng(7)
+    d, n = 48, 900
+    steps = 0.17 / np.sqrt(d) * rng.normal(size=(n, d))
+    walk = unit(rng.normal(size=(1, d)) / np.sqrt(d) + np.cumsum(steps, axis=0))
+    centre_sims = walk.astype(np.float64) @ walk[n // 3].astype(np.float64)
+    orderings_found = orderings(walk, np.arange(n), centre_sims, THRESHOLD, seed=0)
+    radial, *along = orderings_found
+    assert radial.radial and len(along) == 2 and not any(o.radial for o in along)
+    starts = sorted(int(o.rows[0]) for o in along)
+    assert starts[0] <= 3 and starts[1] >= n - 4
+    thin = min(along, key=lambda o: o.crossings[50])
+    assert thin.rows[0] <= 3
+    assert thin.crossings[50] < min(o.crossings[50] for o in orderings_found if o is not thin)
 
 
 def test_a_chain_cut_along_it_crosses_a_window_not_a_ball():
@@ -71,7 +92,7 @@ def test_a_chain_cut_along_it_crosses_a_window_not_a_ball():
     x = frames(600, seed=3)
     members = np.arange(len(x))
     centre_sims = x.astype(np.float64) @ x[300].astype(np.float64)
-    radial, along = orderings(x, members, centre_sims, THRESHOLD, seed=0)
+    radial, along, _ = orderings(x, members, centre_sims, THRESHOLD, seed=0)
     assert radial.radial and not along.radial
     for ordering in (radial, along):
         assert ordering.crossings.tolist() == brute_prefix_counts(x, ordering.rows)

@@ -9,14 +9,14 @@ ball many times, each crossing as many pairs as the chain is thick (a 9,000-fram
 random walk cut radially crossed 118,496 pairs). Cut along the path, in one place.
 
 **Order.** Members are ranked by hops in the graph of each member's `TWIN_GRAPH_K` most
-similar twins, from a pseudo-peripheral member: the member farthest in hops from the
-central one (the double sweep of George and Liu's pseudo-peripheral node finder), ties
-by similarity to it, then by row. A prefix of this order is a piece grown from one end
-of the component. In a breadth-first order every edge joins equal or adjacent levels,
-so a cut between levels crosses only the edges between two levels: a few pairs for a
-chain, whatever its length.
+similar twins, from either end of the component: the member farthest in hops from the
+central one, and the member farthest from that (the double sweep of George and Liu's
+pseudo-peripheral node finder), ties by similarity to the end, then by row. A prefix
+of such an order is a piece grown from one end of the component. In a breadth-first
+order every edge joins equal or adjacent levels, so a cut between levels crosses only
+the edges between two levels: a few pairs for a chain, whatever its length.
 
-**Counts.** Both orders, radial and along the graph, are counted exactly in one pass
+**Counts.** The three orders, radial and from either end, are counted exactly in one pass
 over the component's twin pairs (`prefix_crossings`: a `neighbors.CellIndex` search,
 block by block); the caller keeps the order and cut with the fewest pairs per sample,
 so a blob is still cut radially when that is cheaper. Memory: the component's rows
@@ -68,8 +68,8 @@ def orderings(
     seed: int,
 ) -> list[Ordering]:
     """The radial order of `members` (by `centre_sims`, most similar first, ties by row)
-    and, unless the component is solid, the order along its twin graph, both counted.
-    Empty above `MAX_MEMBERS` members."""
+    and, unless the component is solid, the orders along its twin graph from either
+    end, all counted. Empty above `MAX_MEMBERS` members."""
     members = np.asarray(members, np.int64)
     m = len(members)
     radial = np.lexsort((members, -np.asarray(centre_sims, np.float64)))
@@ -79,11 +79,11 @@ def orderings(
         return []
     vectors = np.ascontiguousarray(embeddings[members])
     index = CellIndex(vectors, np.arange(m), threshold, seed)
-    along = graph_order(index, int(radial[0]))
-    counts = prefix_crossings(index, [radial, along])
+    orders = [radial, *graph_orders(index, int(radial[0]))]
+    counts = prefix_crossings(index, orders)
     return [
-        Ordering(members[radial], counts[0], radial=True),
-        Ordering(members[along], counts[1], radial=False),
+        Ordering(members[order], count, radial=i == 0)
+        for i, (order, count) in enumerate(zip(orders, counts, strict=True))
     ]
 
 
@@ -104,19 +104,31 @@ def is_solid(vectors: np.ndarray, threshold: float) -> bool:
     return bool(2.0 * spread <= similarity_to_distance(threshold) - 1e-6)
 
 
-def graph_order(index: CellIndex, start: int) -> np.ndarray:
-    """Positions of the index's rows ranked by hops from a pseudo-peripheral row of the
-    twin graph reached from `start` (module doc); rows it cannot reach come last."""
+def graph_orders(index: CellIndex, start: int) -> list[np.ndarray]:
+    """Positions of the index's rows ranked by hops from each end of the twin graph
+    reached from `start`: the farthest row from `start`, then the farthest from that
+    (module doc); ties by similarity to the end, then by position. Rows an end cannot
+    reach come last.
+
+    Both ends, because which is cheaper to cut from depends on the data: a video that
+    starts in motion and ends on a still scene has few twins per frame at one end and
+    hundreds at the other, and the graph's K edges per member make hops count frames,
+    not how thick the chain is."""
     vectors = index.embeddings
     graph = twin_graph(index)
-    hops = shortest_path(graph, directed=False, unweighted=True, indices=start)
-    reached = np.isfinite(hops)
-    start_sims = ranking_similarity(vectors, vectors[start])
-    far = np.lexsort((np.arange(len(hops)), start_sims, -np.where(reached, hops, -1.0)))[0]
-    hops = shortest_path(graph, directed=False, unweighted=True, indices=int(far))
-    hops[~np.isfinite(hops)] = len(hops)
-    far_sims = ranking_similarity(vectors, vectors[far])
-    return np.lexsort((np.arange(len(hops)), -far_sims, hops))
+    orders = []
+    source = start
+    hops = shortest_path(graph, directed=False, unweighted=True, indices=source)
+    for _ in range(2):
+        source_sims = ranking_similarity(vectors, vectors[source])
+        reached = np.where(np.isfinite(hops), hops, -1.0)
+        end = int(np.lexsort((np.arange(len(hops)), source_sims, -reached))[0])
+        hops = shortest_path(graph, directed=False, unweighted=True, indices=end)
+        ranked = np.where(np.isfinite(hops), hops, len(hops))
+        end_sims = ranking_similarity(vectors, vectors[end])
+        orders.append(np.lexsort((np.arange(len(hops)), -end_sims, ranked)))
+        source = end
+    return orders
 
 
 def twin_graph(index: CellIndex, k: int = TWIN_GRAPH_K) -> sparse.csr_matrix:
