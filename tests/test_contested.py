@@ -143,8 +143,9 @@ def line_and_bridges(seed, d=6, n_old=200, n_new=12):
 
 @pytest.mark.parametrize("seed", range(6))
 def test_binding_leaks_no_more_than_any_assignment_of_the_contested(seed):
-    """The contested components' sides leak the fewest eval samples of all 2^m choices
-    (brute force over the whole state, earlier rows fixed)."""
+    """The contested components' sides leak no more eval samples than the best of all
+    2^m choices of whole components (brute force over the whole state, earlier rows
+    fixed); a component split along the line may leak fewer."""
     x, old_split = line_and_bridges(seed)
     n_old = len(old_split)
     old = np.arange(n_old)
@@ -179,4 +180,4 @@ def test_binding_leaks_no_more_than_any_assignment_of_the_contested(seed):
             trial[new[components == c]] = side
         found = len(leaking_eval(x, trial))
         best = found if best is None else min(best, found)
-    assert ours == best
+    assert ours <= best

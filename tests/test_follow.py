@@ -177,12 +177,24 @@ def test_binding_against_brute_force(seed):
     sims = x[new].astype(np.float64) @ x[:n_old].T.astype(np.float64)
     twins = sims >= CONFIG.leak_threshold
     votes = np.stack([(twins & (split[:n_old] == role)).sum(axis=1) for role in range(3)], 1)
+    new_twins = x[new].astype(np.float64) @ x[new].T.astype(np.float64) >= CONFIG.leak_threshold
     crossed = 0
     checked = 0
     for c in np.unique(components):
         rows = np.flatnonzero(components == c)
         sides = set(split[new[rows]].tolist())
-        assert len(sides) == 1  # a component never straddles
+        if len(sides) > 1:
+            # Split along the line (contested.split_spanning): a member with assigned
+            # twins takes their side, and the new pairs across are cut.
+            own = split[new[rows]]
+            for row, side in zip(rows, own, strict=True):
+                train, val, test = votes[row]
+                if train != val + test:
+                    assert (side == TRAIN) == (train > val + test)
+                crossed += int(votes[row].sum() - votes[row, side])
+            across = new_twins[np.ix_(rows, rows)] & (own[:, None] != own[None, :])
+            crossed += int(np.triu(across, 1).sum())
+            continue
         side = sides.pop()
         total = votes[rows].sum(axis=0)
         if total.sum() == 0:
@@ -207,6 +219,65 @@ def test_binding_against_brute_force(seed):
     assert checked >= 3
     assert stats["cut_pairs_twins"] == crossed
     assert stats["bound_to_twins"] == int(np.sum(split[new] != UNASSIGNED))
+
+
+def test_new_frames_between_old_ones_split_along_the_line():
+    """A video's even frames were split (its first half eval, the rest train); its odd
+    frames arrive: one new component along the whole video, with twins on both sides.
+    Whole, it would leak along half the video; split by each frame's own twins, only
+    at the line. Brute force: the pairs cut and the eval samples that leak."""
+    rng = np.random.default_rng(3)
+    d, n = 24, 400
+    walk = np.empty((n, d))
+    walk[0] = rng.normal(size=d)
+    walk[0] /= np.linalg.norm(walk[0])
+    for t in range(1, n):
+        step = walk[t - 1] + 0.12 / np.sqrt(d) * rng.normal(size=d)
+        walk[t] = step / np.linalg.norm(step)
+    x = np.vstack([walk[0::2], walk[1::2]]).astype(np.float32)
+    n_old = n // 2
+    split = np.full(len(x), UNASSIGNED, np.int8)
+    split[: n_old // 2] = np.where(np.arange(n_old // 2) < n_old // 4, VALIDATION, TEST)
+    split[n_old // 2 : n_old] = TRAIN
+    anchor = np.where(split[:n_old] != TRAIN, 0, -1)
+    anchor = np.concatenate([anchor, np.full(n - n_old, -1)]).astype(np.int64)
+    shell = np.where(split != TRAIN, INNER, 0).astype(np.int8)
+    new = np.arange(n_old, len(x))
+    components = twin_components(x, new, CONFIG.leak_threshold, 0)
+    assert len(np.unique(components)) == 1
+    before = leaking(x[:n_old], split[:n_old])
+    stats = bind(x, split, anchor, shell, n_old, components)
+    sides = split[new]
+    assert (sides == TRAIN).any() and (sides != TRAIN).any()  # split along the line
+    twins = x.astype(np.float64) @ x.T.astype(np.float64) >= CONFIG.leak_threshold
+    np.fill_diagonal(twins, False)
+    apart = np.triu(twins & (split[:, None] != split[None, :]), 1)
+    apart[:n_old, :n_old] = False  # pairs of old rows were cut before
+    assert stats["cut_pairs_twins"] == int(apart.sum())
+    ours = leaking(x, split)
+    assert stats["leaks_twins"] == ours - before
+    for whole in (TRAIN, VALIDATION):
+        trial = split.copy()
+        trial[new] = whole
+        assert leaking(x, trial) >= 100  # whole: half the video's frames leak
+    assert ours - before <= 12  # split: a few frames at the line
+
+
+def test_a_tight_new_cluster_across_the_line_stays_whole():
+    # Every new sample is a twin of every other: split by their own twins, the half in
+    # eval would each have new train twins; whole in train, only the old eval one leaks.
+    old = [(0.4, TRAIN, -1, 0), (-0.4, VALIDATION, 0, INNER)]
+    x, split, anchor, shell = state(old, list(np.linspace(-0.15, 0.15, 20)))
+    stats = bind(x, split, anchor, shell, 2, [0] * 20)
+    assert (split[2:] == TRAIN).all()
+    assert stats["leaks_twins"] == 1 == leaking(x, split)
+
+
+def leaking(x, split):
+    """Eval samples with a train twin (brute force)."""
+    twins = x.astype(np.float64) @ x.T.astype(np.float64) >= CONFIG.leak_threshold
+    held = (split == VALIDATION) | (split == TEST)
+    return int(np.sum(held & (twins & (split == TRAIN)[None, :]).any(axis=1)))
 
 
 # --------------------------------------------------------------------------- bubbles

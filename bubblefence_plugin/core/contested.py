@@ -21,6 +21,13 @@ whatever comes later, instead of holding out a new sample that pushes eval furth
 into train's side, where the next rounds' samples bridge it again (measured in
 bench/RESULTS.md, "Later rounds: bridges and the minimum").
 
+A contested component can also reach across the line: more frames of a video already
+split, arriving between the old ones, form one new component along the whole video.
+Moved whole, it leaks along half of it. `split_spanning` then splits it by its members'
+own twins, so that it leaks only where the line is, and keeps the split where it leaks
+fewer eval samples than the component moved whole (never for a tight cluster, whose
+halves would be twins of each other); the new pairs across are counted.
+
 Memory: at most `MAX_EVAL_TWINS` eval twins are listed per member (the
 smallest rows); eval twins beyond them are counted as private and not yet leaking,
 an upper bound on their cost. No pair list of the whole round is kept.
@@ -34,7 +41,7 @@ from scipy.sparse.csgraph import breadth_first_order, maximum_flow
 
 from .bubbles import TEST, TRAIN, VALIDATION
 from .neighbors import CellIndex
-from .twins import twin_votes
+from .twins import TwinVotes, twin_votes
 
 # Eval twins listed per member of a contested component: a member of a broad cluster at
 # the train/eval line has a handful (bench mixtures: 1-3); past this many, the rest
@@ -77,13 +84,20 @@ def fewest_leaks(
     ).astype(np.int64)
     # An eval twin with an assigned train twin leaks already: sending it another costs nothing.
     twins = np.unique(twin)
-    is_train = (base_split == TRAIN).astype(np.int64)
-    leaking = twin_votes(embeddings, embeddings[index.rows[twins]], [(index, is_train)], 2)
-    clean = twins[leaking.count[:, 1] == 0]
+    clean = twins[_clean(embeddings, twins, index, base_split)]
     keep = np.isin(twin, clean)
     edge_comp = node_of[comp[members[member[keep]]]]
     edge_twin = np.searchsorted(clean, twin[keep])
     return min_leak_cut(len(clean), len(contested), edge_twin, edge_comp, cost_eval, private)
+
+
+def _clean(
+    embeddings: np.ndarray, positions: np.ndarray, index: CellIndex, base_split: np.ndarray
+) -> np.ndarray:
+    """Whether each of these index positions (eval samples) has no assigned train twin."""
+    is_train = (base_split == TRAIN).astype(np.int64)
+    found = twin_votes(embeddings, embeddings[index.rows[positions]], [(index, is_train)], 2)
+    return found.count[:, 1] == 0
 
 
 def _eval_twins(
@@ -143,3 +157,146 @@ def min_leak_cut(
     reached = np.zeros(n, bool)
     reached[breadth_first_order(residual, source, directed=True, return_predecessors=False)] = True
     return reached[comp_node], int(flow.flow_value)
+
+
+def split_spanning(
+    embeddings: np.ndarray,
+    rows: np.ndarray,
+    comp: np.ndarray,
+    role: np.ndarray,
+    model: np.ndarray,
+    votes: TwinVotes,
+    candidates: np.ndarray,
+    index: CellIndex,
+    base_split: np.ndarray,
+    threshold: float,
+    seed: int,
+) -> tuple[np.ndarray, int, np.ndarray]:
+    """Contested components that span the line, split along it where that leaks less.
+
+    A component of new samples can reach across the train/eval line: more frames of a
+    video already split, arriving between the old ones. Whole on either side, it
+    leaks along all of its length (as train, every old eval frame near it gets a train
+    twin; as eval, every new frame near the old train ones leaks). Split by its members'
+    own twins, it leaks only where the line is: each member with assigned twins takes
+    the side most of them are on (ties: the side of the most similar, train on a
+    tie), and its split and bubble as `eval_side` gives them; members without one keep
+    the component's. The split is kept only where it leaks fewer eval samples than the
+    whole component (a tight new cluster across the line would leak all over).
+
+    `rows`: the new kept rows; `comp[i]`, `role[i]`, `model[i]`: the component, the
+    whole component's split (-1: not bound) and the twin whose bubble and shell an
+    eval member takes; `votes`: each row's assigned twins (`twin_votes` over `index`,
+    classes train / validation / test); `candidates`: the components that may be split
+    (contested, no group member); `base_split[p]`: the split of index position p.
+    Updates `role` and `model` in place; returns the components split, the twin pairs
+    their new members cut among themselves, and the members (positions in `rows`) put
+    in eval with a new train twin.
+    """
+    own_train = votes.count[:, TRAIN]
+    own_eval = votes.count[:, VALIDATION] + votes.count[:, TEST]
+    closest_train = votes.best_sim[:, TRAIN] >= votes.best_sim[:, [VALIDATION, TEST]].max(axis=1)
+    wants_train = (own_train > own_eval) | (
+        (own_train == own_eval) & (own_train > 0) & closest_train
+    )
+    wants_eval = (own_eval > 0) & ~wants_train
+    n_comp = int(comp.max()) + 1
+    spans = np.zeros(n_comp, bool)
+    spans[candidates] = True
+    spans &= (np.bincount(comp[wants_train], minlength=n_comp) > 0) & (
+        np.bincount(comp[wants_eval], minlength=n_comp) > 0
+    )
+    members = np.flatnonzero(spans[comp])
+    if len(members) == 0:
+        return np.zeros(0, np.int64), 0, np.zeros(0, np.int64)
+    split_role = role[members].copy()
+    split_model = model[members].copy()
+    to_train = wants_train[members]
+    split_role[to_train] = TRAIN
+    split_model[to_train] = -1
+    for i in np.flatnonzero(wants_eval[members]):
+        r = eval_side(votes.count[members[i]], votes.best_sim[members[i]])
+        split_role[i], split_model[i] = r, votes.best[members[i], r]
+    # New twins across the split: a member sent to eval with a new train twin leaks, and
+    # every new pair between two splits is cut.
+    new_train_twin = np.zeros(len(members), bool)
+    cut_new = np.zeros(n_comp, np.int64)
+    search = CellIndex(embeddings, rows[members], threshold, seed)
+    for q, b, hits in search.hits(embeddings[rows[members]]):
+        if hits.mask is not None:
+            qi, bi = np.nonzero(hits.mask)
+            qi, bi = q[qi], b[bi]
+        else:
+            qi, bi = q[hits.i], b[hits.j]
+        apart = split_role[qi] != split_role[bi]
+        new_train_twin[qi[apart & (split_role[bi] == TRAIN)]] = True
+        once = apart & (qi < bi)
+        cut_new += np.bincount(comp[members[qi[once]]], minlength=n_comp)
+    # Old eval twins without a train twin yet that get one: distinct per component.
+    queries, twins = _eval_twins(embeddings, rows[members], index, base_split)
+    if len(twins):
+        distinct = np.unique(twins)
+        clean = np.isin(twins, distinct[_clean(embeddings, distinct, index, base_split)])
+        queries, twins = queries[clean], twins[clean]
+    comp_of = comp[members[queries]]
+    leaks_whole = np.zeros(n_comp, np.int64)
+    leaks_split = np.zeros(n_comp, np.int64)
+    whole_train = role[members[queries]] == TRAIN
+    _count_distinct(leaks_whole, comp_of[whole_train], twins[whole_train])
+    sent = split_role[queries] == TRAIN
+    _count_distinct(leaks_split, comp_of[sent], twins[sent])
+    # New members in eval with a train twin.
+    whole_eval = role[members] != TRAIN
+    np.add.at(leaks_whole, comp[members], whole_eval & (own_train[members] > 0))
+    split_eval = split_role != TRAIN
+    np.add.at(leaks_split, comp[members], split_eval & ((own_train[members] > 0) | new_train_twin))
+    better = leaks_split < leaks_whole
+    take = better[comp[members]]
+    role[members[take]] = split_role[take]
+    model[members[take]] = split_model[take]
+    split = np.flatnonzero(better)
+    return split, int(cut_new[split].sum()), members[take & split_eval & new_train_twin]
+
+
+def leaks_of(
+    embeddings: np.ndarray,
+    rows: np.ndarray,
+    members: np.ndarray,
+    role: np.ndarray,
+    own_train: np.ndarray,
+    across: np.ndarray,
+    index: CellIndex,
+    base_split: np.ndarray,
+) -> int:
+    """Eval samples that the sides of these new members make leak, counted as
+    `fewest_leaks` counts them: members in eval with an assigned train twin or a new
+    one (`across`: members given by `split_spanning`), and assigned eval samples with no
+    train twin yet that get one from a member in train (up to `MAX_EVAL_TWINS` listed
+    per member).
+
+    `members`: positions in `rows` (the new kept rows); `role[i]` the split of rows[i];
+    `own_train[i]` its assigned train twins; `base_split[p]` the split of index position p.
+    """
+    in_eval = members[role[members] != TRAIN]
+    leaking_new = np.union1d(in_eval[own_train[in_eval] > 0], across)
+    to_train = members[role[members] == TRAIN]
+    _, twins = _eval_twins(embeddings, rows[to_train], index, base_split)
+    twins = np.unique(twins)
+    return len(leaking_new) + int(np.sum(_clean(embeddings, twins, index, base_split)))
+
+
+def _count_distinct(counts: np.ndarray, comps: np.ndarray, twins: np.ndarray) -> None:
+    """Add to counts[c] the distinct twins listed for component c."""
+    if len(comps):
+        pairs = np.unique(np.stack([comps, twins], axis=1), axis=0)
+        np.add.at(counts, pairs[:, 0], 1)
+
+
+def eval_side(votes: np.ndarray, best_sim: np.ndarray) -> int:
+    """Validation or test for an eval component: more twin pairs; on a tie the side of
+    the most similar twin, validation if that twin is train."""
+    _, val, test = (int(v) for v in votes)
+    if val != test:
+        return VALIDATION if val > test else TEST
+    by_best = int(np.argmax(best_sim))
+    return by_best if by_best != TRAIN else (VALIDATION if val else TEST)

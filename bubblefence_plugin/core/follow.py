@@ -8,7 +8,11 @@ members linked); a component is the unit that moves:
   a group that already has a side, takes that side. Twins in train and in eval
   (*contested*): the side that makes the fewest eval samples leak, over all contested
   components of the round at once (`contested.py`; ties to train); a group's side
-  overrides it. The pairs to the other side are counted in `cut_pairs`. Eval is
+  overrides it. A contested component that reaches across the line (more frames of a
+  video already split, arriving between the old ones) is split along it, each member
+  to the side of its own twins, where that leaks fewer eval samples than moving it
+  whole (`contested.split_spanning`). The pairs to the other side are counted in
+  `cut_pairs`. Eval is
   validation or test by more twin pairs (ties: the side of the single most similar
   twin). An eval component takes the bubble and shell of its most similar twin of
   that split, all its members together, so it never straddles validation and test.
@@ -38,9 +42,9 @@ from .bubbles import (
     shell_split,
 )
 from .config import BubbleFenceConfig
-from .contested import fewest_leaks
+from .contested import eval_side, fewest_leaks, leaks_of, split_spanning
 from .neighbors import CellIndex
-from .twins import twin_votes
+from .twins import TwinVotes, twin_votes
 
 ROLES = (TRAIN, VALIDATION, TEST)
 
@@ -156,19 +160,56 @@ def bind_to_assigned(
         )
         side[contested[~to_eval]] = TRAIN
         for c in contested[to_eval]:
-            side[c] = _eval_side(per_comp[c], comp_best_sim[c])
-    bound = np.flatnonzero(side >= 0)
-    free_members = ~forced & (side[comp] >= 0)
+            side[c] = eval_side(per_comp[c], comp_best_sim[c])
+    # Per member: its split and the twin whose bubble and shell it takes (eval).
+    member_side = np.where(forced, -1, side[comp])
+    model = comp_best[comp, np.maximum(member_side, 0)]
+    split_comps, cut_within = np.zeros(0, np.int64), 0
+    if len(contested):
+        split_comps, cut_within, across = split_spanning(
+            embeddings,
+            new_kept,
+            comp,
+            member_side,
+            model,
+            TwinVotes(links, best, best_sim),
+            contested,
+            index,
+            base_role,
+            config.leak_threshold,
+            config.seed,
+        )
+        if len(split_comps):
+            stats["leaks_twins"] = leaks_of(
+                embeddings,
+                new_kept,
+                np.flatnonzero(np.isin(comp, contested)),
+                member_side,
+                links[:, TRAIN],
+                across,
+                index,
+                base_role,
+            )
+    free_members = member_side >= 0
     rows = new_kept[free_members]
-    role = side[comp[free_members]]
+    role = member_side[free_members]
     split[rows] = role
-    twin = comp_best[comp[free_members], role]
+    twin = model[free_members]
     is_eval = role != TRAIN
     anchor[rows] = np.where(is_eval, anchor[np.maximum(twin, 0)], -1)
     shell[rows] = np.where(is_eval, shell[np.maximum(twin, 0)], 0)
     stats["bound_to_twins"] = int(free_members.sum())
-    # Pairs to any other split than the component's are cut (counted, not hidden).
-    stats["cut_pairs_twins"] = int(per_comp[bound].sum() - per_comp[bound, side[bound]].sum())
+    # Pairs to any other split than the component's (a split component: the member's)
+    # are cut, and so are the new pairs across a split component (counted, not hidden).
+    whole = np.setdiff1d(np.flatnonzero(side >= 0), split_comps)
+    in_split = np.flatnonzero(np.isin(comp, split_comps))
+    stats["cut_pairs_twins"] = int(
+        per_comp[whole].sum()
+        - per_comp[whole, side[whole]].sum()
+        + links[in_split].sum()
+        - links[in_split, member_side[in_split]].sum()
+        + cut_within
+    )
     return stats
 
 
@@ -191,18 +232,8 @@ def _decide(links: np.ndarray, forced: np.ndarray, best_sim: np.ndarray) -> np.n
                 to_eval = val + test > train
             else:
                 to_eval = by_best != TRAIN
-            side[c] = _eval_side(votes[c], best_sim[c]) if to_eval else TRAIN
+            side[c] = eval_side(votes[c], best_sim[c]) if to_eval else TRAIN
     return side
-
-
-def _eval_side(votes: np.ndarray, best_sim: np.ndarray) -> int:
-    """Validation or test for an eval component: more twin pairs; on a tie the side of
-    the most similar twin, validation if that twin is train."""
-    _, val, test = (int(v) for v in votes)
-    if val != test:
-        return VALIDATION if val > test else TEST
-    by_best = int(np.argmax(best_sim))
-    return by_best if by_best != TRAIN else (VALIDATION if val else TEST)
 
 
 def join_existing_bubbles(
