@@ -361,6 +361,26 @@ def test_a_video_too_large_for_either_side_is_cut_along_its_frames():
     check_invariants(bf)
 
 
+def test_two_videos_of_half_the_data_each_still_give_an_eval_set():
+    """Each video fits in train alone, but not both with the eval the round owes: one is
+    cut along its frames (before, both stayed train and eval was empty)."""
+    rng = np.random.default_rng(13)
+    d = 32
+    videos = []
+    for _ in range(2):
+        walk = np.empty((800, d))
+        walk[0] = unit(rng.normal(size=(1, d)))[0]
+        for t in range(1, 800):
+            walk[t] = unit((walk[t - 1] + 0.15 / np.sqrt(d) * rng.normal(size=d))[None, :])[0]
+        videos.append(walk)
+    x = np.vstack(videos).astype(np.float32)
+    bf = BubbleFence(BubbleFenceConfig(seed=13))
+    r = bf.ingest(x)
+    assert abs(bf.summary()["eval_share"] - 0.2) <= 0.01 and r.stats["shortfall"] == 0
+    assert 0 < r.stats["cut_pairs"] <= 60  # a window of frames, not a ball's surface
+    check_invariants(bf)
+
+
 def test_a_state_missing_an_array_is_damaged_not_a_key_error(tmp_path):
     from bubblefence_plugin.core.state import StateDamagedError, write_state
 

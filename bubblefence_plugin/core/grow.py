@@ -23,7 +23,8 @@ regions (`regions.RegionIndex`, smallest first). Phases:
    radially from its central member or along its twin graph from one end
    (`geodesic`: a video is cut between two stretches of frames, not around a ball),
    the pairs cut counted in `cut_pairs`. A component that fits in train stays there
-   whole, and the round reports the shortfall.
+   whole while the round's shortfall is within `SHORTFALL_SHARE` (reported); beyond,
+   the largest left is cut too.
 
 **Shells.** A bubble's components are ordered by their member nearest to the centre;
 the inner shell takes whole components up to the count nearest the running
@@ -63,7 +64,7 @@ from .bubbles import (
 )
 from .config import BubbleFenceConfig
 from .density import adaptive_radius, lid_mle
-from .geodesic import Ordering, crossings_along, orderings
+from .geodesic import MAX_MEMBERS, Ordering, crossings_along, orderings
 from .neighbors import ranking_similarity, similarity_to_distance
 
 # Candidates whose profiles are computed in one matrix product.
@@ -77,6 +78,12 @@ MAX_BAND = 2048
 # Overshoot a capture may add beyond the need, as a share of the kept samples: half the
 # ratio-error target (0.01), so that whole components can land the share on target.
 SLACK_SHARE = 0.005
+# Shortfall a round may leave, as a share of the kept samples, rather than cut a
+# component that fits in train (every cut leaks): half the ratio-error target (0.01).
+# Beyond it the components left are too large for train *together* with the eval the
+# round owes, and an eval set far too small serves the user worse than the few pairs a
+# cut along the twin graph crosses (two videos of half the data each: eval was empty).
+SHORTFALL_SHARE = 0.005
 
 
 @dataclass
@@ -386,9 +393,12 @@ class BubbleGrower:
 
     def cut(self, n_kept: int) -> None:
         """Whole components that still fit, the largest first; then, while the need is
-        not met, cut the components too large to stay whole on either side: larger than
-        what train can hold, (1 - eval_ratio) of the `n_kept` samples."""
+        not met, cut the largest component left: one too large to stay whole on either
+        side (larger than what train can hold, (1 - eval_ratio) of the `n_kept`
+        samples), or any while the shortfall exceeds `SHORTFALL_SHARE` of them (the
+        components left are then too large for train together)."""
         train_room = (1.0 - self.config.eval_ratio) * n_kept
+        tolerated = SHORTFALL_SHARE * n_kept
         while self.remaining > 0:
             alive = np.flatnonzero(self.open_size > 0)
             if len(alive) == 0:
@@ -403,7 +413,7 @@ class BubbleGrower:
                 self._accept_whole(centre, np.array([component]), sims, members, "captured_cut")
                 continue
             component = int(alive[np.lexsort((alive, -self.open_size[alive]))[0]])
-            if self.units.size[component] <= train_room:
+            if self.units.size[component] <= train_room and self.remaining <= tolerated:
                 return  # it stays train whole: the quota yields to the leak graph
             self._accept_cut(component)
 
@@ -531,7 +541,12 @@ class BubbleGrower:
         threshold = self.config.leak_threshold
         best = None
         for ordering in orderings(self.embeddings, members, sims, threshold, self.config.seed):
-            choice = least_crossed_cut(ordering.crossings[k_lo : k_hi + 1], k_lo, preferred)
+            # Counted exactly, the piece takes all the round still needs: a second piece
+            # of the same component would lie beside this one, and the pairs between them,
+            # counted as cut now, would not be if both pieces landed in one split.
+            choice = least_crossed_cut(
+                ordering.crossings[preferred : k_hi + 1], preferred, preferred
+            )
             if choice is not None and (best is None or choice[1] / choice[0] < best[1] / best[0]):
                 best = (*choice, ordering)
         if best is None:
@@ -783,10 +798,11 @@ class BubbleGrower:
         self, cut: _ShellCut, members: np.ndarray, distance: np.ndarray
     ) -> np.ndarray:
         """Twin pairs crossed by each inner-shell size 0 .. n of a bubble's members, in
-        their cut order: radially on a band (seeded sample where it is dense), or along
-        the twin graph exactly."""
+        their cut order: exactly up to `geodesic.MAX_MEMBERS` members (a tight cluster's
+        members can lie closer to the centre than a radius can separate, which a cut of
+        members need not), else radially on a band (a seeded sample where it is dense)."""
         threshold = self.config.leak_threshold
-        if not cut.radial:
+        if not cut.radial or len(members) <= MAX_MEMBERS:
             return crossings_along(self.embeddings, members, threshold, self.config.seed)
         sims = (1.0 - distance).astype(np.float32)
         counts = crossing_counts(
