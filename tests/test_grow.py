@@ -9,6 +9,7 @@ import pytest
 from conftest import clustered_embeddings, unit
 from scipy import sparse
 
+from bubblefence_plugin.core import geodesic
 from bubblefence_plugin.core import grow as grow_module
 from bubblefence_plugin.core.anchors import CandidateStream, fit_projection
 from bubblefence_plugin.core.bubbles import (
@@ -377,6 +378,23 @@ def test_a_unit_larger_than_train_room_is_cut_and_counted():
     assert stats["captured_cut"] == g.captured
     assert stats["cut_pairs"] == g.new_rows[3]["cut_pairs"] > 0
     assert stats["cut_pairs"] == _crossing_twin_pairs(x, g.split, config.leak_threshold)
+
+
+def test_a_unit_too_large_to_count_exactly_is_cut_radially_on_a_band(monkeypatch):
+    # Above geodesic.MAX_MEMBERS the pass over a component's pairs is not made: the
+    # radial cut is counted on a band (`boundary.crossing_counts`, exact below MAX_BAND).
+    monkeypatch.setattr(geodesic, "MAX_MEMBERS", 4)
+    monkeypatch.setattr(grow_module, "MAX_MEMBERS", 4)
+    x = _chain_and_singletons(12, [1.5, 2.5, 3.5])
+    config = BubbleFenceConfig(eval_ratio=0.5, shell_layout="inner_val")
+    g = grower(x, config, round_budget(15, 0, 15, 0, config))
+    g.cut(n_kept=15)
+    taken = np.flatnonzero(g.split[:12] != UNASSIGNED)
+    centre = x[g.new_rows[3]["centre_row"]]
+    sims = x[:12] @ centre
+    assert len(taken) and sims[taken].min() > np.delete(sims, taken).max()  # radial
+    stats = g.result()[3]
+    assert stats["cut_pairs"] == _crossing_twin_pairs(x, g.split, config.leak_threshold) > 0
 
 
 def test_shells_are_cut_through_a_unit_when_eval_is_one_unit():
