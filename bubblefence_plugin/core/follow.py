@@ -12,10 +12,10 @@ members linked); a component is the unit that moves:
   video already split, arriving between the old ones) is split along it, each member
   to the side of its own twins, where that leaks fewer eval samples than moving it
   whole (`contested.split_spanning`). The pairs to the other side are counted in
-  `cut_pairs`. Eval is
-  validation or test by more twin pairs (ties: the side of the single most similar
-  twin). An eval component takes the bubble and shell of its most similar twin of
-  that split, all its members together, so it never straddles validation and test.
+  `cut_pairs`. Eval is validation or test by more twin pairs (ties: the side of the
+  single most similar twin). An eval component takes the bubble and shell of its most
+  similar twin of that split, all its members together, so it never straddles
+  validation and test.
 * **inside**: a free component (no assigned twin) with a member inside an existing
   bubble joins that bubble, in the shell of that member (the smallest such row).
 * the rest stays open for new bubbles (`quota`), in units: the components at

@@ -536,7 +536,6 @@ class BubbleGrower:
         centre = self._central_member(members)
         sims = ranking_similarity(self.embeddings[members], self.embeddings[centre])
         k_hi = int(min(self.allowed, len(members) - 1))
-        k_lo = int(max(1, min(self.remaining, k_hi) // 2))
         preferred = min(self.remaining, k_hi)
         threshold = self.config.leak_threshold
         best = None
@@ -550,7 +549,9 @@ class BubbleGrower:
             if choice is not None and (best is None or choice[1] / choice[0] < best[1] / best[0]):
                 best = (*choice, ordering)
         if best is None:
-            # Too large to count exactly: radially, counted on a band (`crossing_counts`).
+            # Too large to count exactly: radially, counted on a band (`crossing_counts`),
+            # from half the need up: another piece may follow elsewhere.
+            k_lo = int(max(1, preferred // 2))
             order = np.lexsort((members, -sims))
             members, sims = members[order], sims[order].astype(np.float32)
             counts = crossing_counts(
@@ -772,7 +773,7 @@ class BubbleGrower:
             error = np.abs(self.n_val - val_now + (ks if inner_is_val else n - ks) - target)
             if error[n_inner] <= error.min() + slack:
                 continue  # this bubble cannot bring validation closer
-            crossings = self._shell_crossings(cut, members, distance)
+            crossings = self._shell_crossings(members, distance, cut.radial)
             close = np.flatnonzero((error <= error.min() + slack) & (crossings < IMPOSSIBLE))
             if not len(close):
                 continue
@@ -795,14 +796,14 @@ class BubbleGrower:
         return changed
 
     def _shell_crossings(
-        self, cut: _ShellCut, members: np.ndarray, distance: np.ndarray
+        self, members: np.ndarray, distance: np.ndarray, radial: bool
     ) -> np.ndarray:
         """Twin pairs crossed by each inner-shell size 0 .. n of a bubble's members, in
         their cut order: exactly up to `geodesic.MAX_MEMBERS` members (a tight cluster's
         members can lie closer to the centre than a radius can separate, which a cut of
         members need not), else radially on a band (a seeded sample where it is dense)."""
         threshold = self.config.leak_threshold
-        if not cut.radial or len(members) <= MAX_MEMBERS:
+        if not radial or len(members) <= MAX_MEMBERS:
             return crossings_along(self.embeddings, members, threshold, self.config.seed)
         sims = (1.0 - distance).astype(np.float32)
         counts = crossing_counts(
