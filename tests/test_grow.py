@@ -546,3 +546,40 @@ def test_round_budget_is_not_moved_by_float_rounding():
     assert round_budget(100, 0, 100, 0, wide).cap == 33
     floor = BubbleFenceConfig(min_eval_per_batch=0.07)
     assert round_budget(100, 20, 100, 0, floor).need == 7
+
+
+def test_a_candidates_neighbours_and_ball_match_brute_force(monkeypatch):
+    """The nearest similarities that set a bubble's LID radius and the samples inside
+    its ball come from the subspace bounds (`CellIndex.upper_bounds`), seeded by the
+    nearest cells: the same as a float64 brute force over the kept rows, duplicates left
+    out, for every candidate, with the kept rows spread over two indexes (a later round)."""
+    from bubblefence_plugin.core import neighbors
+
+    monkeypatch.setattr(neighbors, "CELL_SIZE", 16)
+    monkeypatch.setattr(neighbors, "CELL_FANOUT", 4)
+    x = clustered_embeddings(400, seed=3)
+    kept = np.ones(len(x), bool)
+    kept[::7] = False  # duplicates: nobody's neighbours
+    config = BubbleFenceConfig(lid_k=5)
+    rows = np.flatnonzero(kept)
+    for indexes in (None, [rows[rows < 250], rows[rows >= 250]]):
+        g = grower(x, config, Budget(need=40, cap=60), kept=kept)
+        if indexes is not None:
+            g._index_source = lambda parts=indexes: [
+                neighbors.CellIndex(x, part, 0.95, seed=0) for part in parts
+            ]
+        truth = x[rows].astype(np.float64) @ x[rows].astype(np.float64).T
+        for k in (1, 6, 50, len(rows)):
+            candidates = rows[::37]
+            columns, bounds, seeds = g._upper_bounds(candidates, k)
+            assert np.array_equal(np.sort(columns), rows)
+            for i, row in enumerate(candidates):
+                assert len(seeds[i]) >= k and kept[seeds[i]].all()
+                expected = np.sort(truth[np.searchsorted(rows, row)])[::-1][:k]
+                found = g._nearest_similarities(int(row), columns, bounds[i], seeds[i], k)
+                assert np.allclose(found, expected, atol=1e-9)
+                for threshold in (0.99, expected[-1] - 1e-7, 0.5):  # sims are rounded to 1e-9
+                    inside, sims = g._within(int(row), columns, bounds[i], threshold)
+                    want = rows[truth[np.searchsorted(rows, row)] >= threshold]
+                    assert np.array_equal(np.sort(inside), want)
+                    assert np.allclose(sims, x[inside].astype(np.float64) @ x[row], atol=1e-9)

@@ -106,6 +106,50 @@ def test_the_subspace_bound_never_underestimates_a_similarity():
         assert np.all(bound >= exact - 1e-6)
 
 
+def test_upper_bounds_cover_every_row_and_never_underestimate(monkeypatch):
+    """`upper_bounds` lists every position of the index once, group after group, and
+    bounds every query's float64 similarity to it from above (within float32 error),
+    strays of the last pass included."""
+    small_cells(monkeypatch)
+    x = manifold_mixture(1)
+    base = np.arange(1, len(x), 2)
+    index = CellIndex(x, base, 0.95, seed=1)
+    assert index.coords[:, -1].max() > nb.STRAY_RESIDUAL
+    positions, bounds = index.upper_bounds(x)
+    assert np.array_equal(np.sort(positions), np.arange(len(base)))
+    assert np.all(np.diff(index.group[positions]) >= 0)
+    exact = x.astype(np.float64) @ x[base[positions]].astype(np.float64).T
+    assert bounds.shape == exact.shape
+    assert np.all(bounds >= exact - 1e-6)
+    # Tight where the neighbours are: a row's bound to itself is about 1.
+    own = np.searchsorted(base, np.arange(1, len(x), 2))
+    at = np.argsort(positions)[own]
+    assert np.allclose(bounds[np.arange(1, len(x), 2), at], 1.0, atol=1e-3)
+
+
+def test_group_coords_are_each_groups_bound_coordinates(monkeypatch):
+    """One fused product gives what each group's own projection gives, and the
+    residuals `group_residuals` tests; `block_pairs` finds the same pairs with them."""
+    small_cells(monkeypatch)
+    x = manifold_mixture(2)
+    index = CellIndex(x, np.arange(len(x)), 0.9, seed=2)
+    groups = np.array([0, 3, len(index.axes) - 1])
+    vectors = x[:40]
+    coords = index.group_coords(vectors, groups)
+    assert coords.shape == (3, 40, index.coords.shape[1])
+    for at, g in enumerate(groups):
+        own = _bound_coords(vectors @ index.axes[g].T)
+        assert np.allclose(coords[at], own, atol=1e-6)
+    assert np.allclose(index.group_residuals(vectors, groups), coords[:, :, -1].T)
+    right = np.flatnonzero(np.isin(index.group, groups))
+    given = dict(zip(groups.tolist(), coords, strict=True))
+    with_coords = index.block_pairs(vectors, right, given)
+    without = index.block_pairs(vectors, right)
+    assert len(with_coords[0]) > 0
+    for a, b in zip(with_coords[:2], without[:2], strict=True):
+        assert np.array_equal(a, b)
+
+
 def test_group_balls_hold_their_members_and_reach_misses_no_cell(monkeypatch):
     """Every member lies within its group's ball, and `reachable` keeps every cell that
     holds a row within the threshold of a query (brute force), though it tests cells
@@ -118,7 +162,7 @@ def test_group_balls_hold_their_members_and_reach_misses_no_cell(monkeypatch):
     )
     assert np.all(np.sqrt(2 * np.maximum(to_centre, 0)) <= index.group_radius[index.group] + 1e-6)
     queries = x[index.group == index.group[0]]  # one group: a block of `pairs`
-    cells, reach = index.at(0.9).reachable(queries)
+    cells, reach, _ = index.at(0.9).reachable(queries)
     assert np.all(np.diff(cells) > 0) and len(cells) < len(index)  # some groups skipped
     full = queries.astype(np.float64) @ x.T.astype(np.float64)
     q, rows = np.nonzero(full >= 0.9)

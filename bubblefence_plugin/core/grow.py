@@ -8,6 +8,14 @@ whatever the radius, because no component does. When the closure is larger than
 the quota allows, the radius shrinks to the widest cut whose closure fits; a
 candidate whose nearest component alone does not fit is dropped.
 
+**Neighbours.** A candidate centre's LID radius rests on its nearest kept samples,
+and its ball on those within the radius. Both come from upper bounds of its
+similarity to every kept sample (`neighbors.CellIndex.upper_bounds`: `CELL_DIMS` + 1
+products a sample instead of D), seeded by the members of its nearest cells: only
+samples whose bound reaches the k-th similarity, or the radius, are compared in full.
+A full profile against every sample read the whole matrix per batch of candidates
+and was the largest cost of a first round (38 of 88 s at 200k).
+
 **Coverage.** The quota is met stratum by stratum, so that eval spreads over the data
 like a stratified sample: strata are the labels (rarest first, with labels) and the
 regions (`regions.RegionIndex`, smallest first). Phases:
@@ -41,7 +49,7 @@ twin graph has its shells along it too: the inner shell is its first stretch.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,9 +73,9 @@ from .bubbles import (
 from .config import BubbleFenceConfig
 from .density import adaptive_radius, lid_mle
 from .geodesic import MAX_MEMBERS, Ordering, crossings_along, orderings
-from .neighbors import ranking_similarity, similarity_to_distance
+from .neighbors import DECISION_EPS, CellIndex, ranking_similarity, similarity_to_distance
 
-# Candidates whose profiles are computed in one matrix product.
+# Candidates whose similarity bounds (`BubbleGrower._upper_bounds`) are computed together.
 CANDIDATES_PER_BATCH = 32
 # Candidates tried per stratum, beyond the bubbles it is expected to need: a stratum
 # whose candidates keep failing (its components are too big) gives way to the fill.
@@ -274,6 +282,7 @@ class BubbleGrower:
         config: BubbleFenceConfig,
         rng: np.random.Generator,
         round_index: int,
+        indexes: Callable[[], Sequence[CellIndex]] | None = None,
     ) -> None:
         self.embeddings = embeddings
         self.split = split  # updated in place as bubbles capture samples
@@ -296,7 +305,12 @@ class BubbleGrower:
         self.n_eval = int(np.sum((split == VALIDATION) | (split == TEST)))
         self.size = config.bubble_size or int(np.clip(round(budget.need / 128), 8, 4096))
         self._centres = _Rows(anchors.centres, embeddings.shape[1])  # earlier rounds' first
-        self.excluded = np.flatnonzero(~kept)
+        # Indexes that together hold every kept row (duplicates are nobody's neighbours).
+        kept_rows = np.flatnonzero(kept)
+        self._index_source = indexes or (
+            lambda: [CellIndex(embeddings, kept_rows, config.leak_threshold, config.seed)]
+        )
+        self._indexes: list[CellIndex] | None = None
         self.stats = {"captured_strata": 0, "captured_fill": 0, "captured_cut": 0}
         # Open samples of the stratum being served, per component.
         self._worth = np.zeros(len(units.size), np.int64)
@@ -424,13 +438,14 @@ class BubbleGrower:
         rows = rows[[self._may_centre(r, stratum) for r in rows]] if len(rows) else rows
         if len(rows) == 0:
             return
-        profiles = self.embeddings[rows] @ self.embeddings.T
-        for row, sims in zip(rows, profiles, strict=True):
+        k_size = min(max(self.config.lid_k, size) + 1, int(self.kept.sum()))
+        columns, bounds, seeds = self._upper_bounds(rows, k_size)
+        for row, bound, near in zip(rows, bounds, seeds, strict=True):
             if self.remaining <= 0 or (stratum is not None and self.strata.deficit(stratum) <= 0):
                 return
             if not self._may_centre(row, stratum):
                 continue
-            plan = self._plan(int(row), sims, size, stratum)
+            plan = self._plan(int(row), columns, bound, near, k_size, size, stratum)
             if plan is not None:
                 self._accept_plan(plan, counter)
 
@@ -446,28 +461,29 @@ class BubbleGrower:
             return 1.0 - nearest >= self.config.min_anchor_distance
         return True
 
-    def _plan(self, row: int, sims: np.ndarray, size: int, stratum: int | None) -> _Plan | None:
-        """The widest ball around `row`, within its LID radius, whose closure fits."""
+    def _plan(
+        self,
+        row: int,
+        columns: np.ndarray,
+        bound: np.ndarray,
+        seeds: np.ndarray,
+        k_size: int,
+        size: int,
+        stratum: int | None,
+    ) -> _Plan | None:
+        """The widest ball around `row`, within its LID radius (from its `k_size` nearest
+        neighbours), whose closure fits. `bound`: an upper bound of its similarity to
+        each kept row `columns`; `seeds`: kept rows near it (`_upper_bounds`)."""
         config = self.config
-        sims[self.excluded] = -2.0  # duplicates are nobody's neighbours
-        k = min(config.lid_k + 1, len(sims))
-        top = np.argpartition(-sims, k - 1)[:k]
-        top_sims = np.sort(ranking_similarity(self.embeddings[top], self.embeddings[row]))[::-1]
-        neighbour_sims = top_sims[1:]
+        nearest_sims = self._nearest_similarities(row, columns, bound, seeds, k_size)
+        neighbour_sims = nearest_sims[1 : config.lid_k + 1]  # the first is `row` itself
         lid = float("nan")
         if len(neighbour_sims) >= 2:
             lid = float(lid_mle(similarity_to_distance(neighbour_sims[None, :]))[0])
-        k_size = min(max(config.lid_k, size) + 1, len(sims))
-        size_sims = np.sort(-np.partition(-sims, k_size - 1)[:k_size])[::-1][1:]
-        if len(neighbour_sims) >= config.lid_k:
-            size_sims[: len(neighbour_sims)] = neighbour_sims  # exact where it decides the scale
-        radius = adaptive_radius(size_sims, lid, size, config)
-        # float32 screen with a margin, then the exact similarities decide.
-        near = np.flatnonzero(sims >= 1.0 - radius - 1e-4)
-        near_sims = ranking_similarity(self.embeddings[near], self.embeddings[row])
-        inside = near_sims >= 1.0 - radius
-        order = np.lexsort((near[inside], -near_sims[inside]))
-        ranked, ranked_sims = near[inside][order], near_sims[inside][order]
+        radius = adaptive_radius(nearest_sims[1:], lid, size, config)
+        near, near_sims = self._within(row, columns, bound, 1.0 - radius)
+        order = np.lexsort((near, -near_sims))
+        ranked, ranked_sims = near[order], near_sims[order]
         # The edge stops before the first train sample of an earlier round, or the first
         # new one fenced off as train's margin (in no unit: see `Units`).
         stops = np.flatnonzero((self.split[ranked] == TRAIN) | self._fenced(ranked))
@@ -493,6 +509,63 @@ class BubbleGrower:
         edge = first[n_fit] if n_fit < len(first) else len(ranked)
         ball = 1.0 - float(ranked_sims[edge - 1]) + 1e-6
         return _Plan(row=row, components=components[:n_fit], radius=ball, lid=lid)
+
+    def _upper_bounds(self, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, list]:
+        """(kept rows, bounds, seeds): an upper bound of the similarity of each of `rows`
+        to each kept row (`CellIndex.upper_bounds`), and per row of `rows` at least `k`
+        kept rows near it (the members of the cells whose centres are the most similar
+        to it), from the indexes over the kept rows, asked for at the first candidate (a
+        round may try none)."""
+        if self._indexes is None:
+            self._indexes = list(self._index_source())
+        vectors = self.embeddings[rows]
+        columns, bounds, seeds = [], [], [[] for _ in rows]
+        for index in self._indexes:
+            positions, found = index.upper_bounds(vectors)
+            columns.append(index.rows[positions])
+            bounds.append(found)
+            sizes = np.diff(index.bounds)
+            for i, centre_sims in enumerate(vectors @ index.centres.T):
+                cells = np.argsort(-centre_sims, kind="stable")
+                enough = int(np.searchsorted(np.cumsum(sizes[cells]), k)) + 1
+                seeds[i].extend(index.rows[index.members(c)] for c in cells[:enough])
+        seeds = [np.concatenate(parts) for parts in seeds]
+        if len(bounds) == 1:
+            return columns[0], bounds[0], seeds
+        return np.concatenate(columns), np.hstack(bounds), seeds
+
+    def _nearest_similarities(
+        self, row: int, columns: np.ndarray, bound: np.ndarray, seeds: np.ndarray, k: int
+    ) -> np.ndarray:
+        """The `k` largest similarities of `row` to the kept rows, exact
+        (`ranking_similarity`), largest first.
+
+        `seeds` (at least k kept rows near `row`) give a floor under the k-th similarity;
+        a row can be among the k only if its bound reaches that floor, and the bound is
+        nearly the similarity, so few rows beyond the k are computed.
+        """
+        centre = self.embeddings[row]
+        seed_sims = self.embeddings[seeds] @ centre
+        floor = np.partition(seed_sims, len(seed_sims) - k)[len(seed_sims) - k] - DECISION_EPS
+        reach = columns[bound >= floor - DECISION_EPS]
+        sims = self.embeddings[reach] @ centre
+        if len(reach) > k:
+            kth = np.partition(sims, len(sims) - k)[len(sims) - k]
+            reach = reach[sims >= kth - DECISION_EPS]
+        exact = ranking_similarity(self.embeddings[reach], centre)
+        return np.sort(exact)[::-1][:k]
+
+    def _within(
+        self, row: int, columns: np.ndarray, bound: np.ndarray, threshold: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The kept rows at similarity >= `threshold` to `row`, and their exact
+        similarities (`ranking_similarity`)."""
+        centre = self.embeddings[row]
+        reach = columns[bound >= threshold - DECISION_EPS]
+        reach = reach[self.embeddings[reach] @ centre >= threshold - DECISION_EPS]
+        sims = ranking_similarity(self.embeddings[reach], centre)
+        inside = sims >= threshold
+        return reach[inside], sims[inside]
 
     # -- accepting ----------------------------------------------------------------------------
 

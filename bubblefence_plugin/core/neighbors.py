@@ -29,7 +29,7 @@ from __future__ import annotations
 import copy
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -507,6 +507,7 @@ class CellIndex:
         np.maximum.at(self.cell_residual, cell, self.coords[:, -1])
         self._fit_group_balls()
         self._centre_residual: np.ndarray | None = None  # `_centre_residuals`, when asked
+        self._grouped: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # `upper_bounds`
 
     def _fit_group_balls(self) -> None:
         """Each group's ball, tested before its cells (`reachable`): the normalised sum of
@@ -631,11 +632,19 @@ class CellIndex:
     def group_residuals(self, vectors: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
         """(len(vectors), len(groups)) residual of each vector off each group's subspace
         (bounded from above, `RESIDUAL_EPS`); all groups by default."""
+        return self.group_coords(vectors, groups)[:, :, -1].T
+
+    def group_coords(self, vectors: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
+        """(len(groups), len(vectors), `CELL_DIMS` + 1) bound coordinates of each vector
+        in each group's subspace (`_bound_coords`), in one product; all groups by
+        default. A caller that tests residuals and then searches the same groups
+        passes them on to `block_pairs` rather than projecting twice."""
         axes = self.axes if groups is None else self.axes[groups]
         n_groups, p, dim = axes.shape
-        coords = vectors @ axes.reshape(n_groups * p, dim).T
-        coords = coords.reshape(len(vectors), n_groups, p)
-        return _residual_bound(np.einsum("igp,igp->ig", coords, coords))
+        coords = (vectors @ axes.reshape(n_groups * p, dim).T).reshape(len(vectors), n_groups, p)
+        coords = coords.transpose(1, 0, 2)
+        residual = _residual_bound(np.einsum("gip,gip->gi", coords, coords))
+        return np.concatenate([coords, residual[:, :, None]], axis=2).astype(np.float32)
 
     def within_residual_reach(self, residual: np.ndarray, cells: np.ndarray) -> np.ndarray:
         """Whether a row whose residual off the subspace of each cell's group is at
@@ -644,10 +653,13 @@ class CellIndex:
         # Residuals are bounds from above, a query's by at most sqrt(RESIDUAL_EPS).
         return residual - self.cell_residual[cells] - np.sqrt(RESIDUAL_EPS) <= self.tau
 
-    def reachable(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(cells, reach): the cells that can hold a row within the threshold of any of
-        `vectors`, ascending, and (len(vectors), len(cells)) bool per vector (both
-        bounds of the class docstring).
+    def reachable(
+        self, vectors: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]:
+        """(cells, reach, projected): the cells that can hold a row within the threshold
+        of any of `vectors`, ascending, (len(vectors), len(cells)) bool per vector (both
+        bounds of the class docstring), and the vectors' bound coordinates in the
+        subspace of each group of those cells (`group_coords`), for `block_pairs`.
 
         Groups are tested first, by their ball and by the vectors' residuals off their
         subspace, and only the cells of groups that pass are tested one by one: a block of
@@ -657,11 +669,13 @@ class CellIndex:
         to_group = similarity_to_distance(vectors @ self.group_centres.T)
         near_group = to_group <= self.group_radius + self.tau + 1e-4
         groups = np.flatnonzero(near_group.any(axis=0))
-        residual = self.group_residuals(vectors, groups)
+        coords = self.group_coords(vectors, groups)
+        residual = coords[:, :, -1].T
         slack = residual - self.group_cell_residual[groups] - np.sqrt(RESIDUAL_EPS)
         groups_ok = near_group[:, groups] & (slack <= self.tau)
         keep = groups_ok.any(axis=0)
         groups, residual, groups_ok = groups[keep], residual[:, keep], groups_ok[:, keep]
+        projected = dict(zip(groups.tolist(), coords[keep], strict=True))
         # Cells are numbered group by group (`__init__`), so a group's cells are a run.
         first = np.searchsorted(self.group_of_cell, groups)
         last = np.searchsorted(self.group_of_cell, groups, side="right")
@@ -671,11 +685,11 @@ class CellIndex:
         near = self.centre_distances(vectors, cells) <= self.radius[cells] + self.tau + 1e-4
         reach = near & groups_ok[:, at_group]
         reach &= self.within_residual_reach(residual[:, at_group], cells)
-        return cells, reach
+        return cells, reach, projected
 
     def _reachable_from_cells(
         self, vectors: np.ndarray, own_cells: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]:
         """`reachable` for rows of this index in a self-join (`own_pairs`): `own_cells`
         their cells, only cells numbered from the first of them on.
 
@@ -689,15 +703,22 @@ class CellIndex:
         later = np.arange(int(mine[0]), len(self))
         gap = similarity_to_distance(self.centres[mine] @ self.centres[later].T)
         near = gap <= self.radius[mine, None] + self.radius[later] + self.tau + 1e-4
-        centre_residual = self._centre_residuals()[mine][:, self.group_of_cell[later]]
-        lowest = centre_residual - self.radius[mine, None] - CENTRE_RESIDUAL_SLACK
+        lowest = self.member_residual_floor(mine, self.group_of_cell[later])
         near &= lowest - self.cell_residual[later] <= self.tau
         cells = later[near.any(axis=0)]
         reach = self.centre_distances(vectors, cells) <= self.radius[cells] + self.tau + 1e-4
         groups, at_group = np.unique(self.group_of_cell[cells], return_inverse=True)
-        residual = self.group_residuals(vectors, groups)[:, at_group.reshape(-1)]
-        reach &= self.within_residual_reach(residual, cells)
-        return cells, reach
+        coords = self.group_coords(vectors, groups)
+        reach &= self.within_residual_reach(coords[at_group.reshape(-1), :, -1].T, cells)
+        return cells, reach, dict(zip(groups.tolist(), coords, strict=True))
+
+    def member_residual_floor(self, cells: np.ndarray, groups: np.ndarray) -> np.ndarray:
+        """(len(cells), len(groups)): no member of each cell lies nearer than this to
+        each group's subspace: the cell centre's residual less the cell's radius (a
+        residual moves by at most the distance moved). No product: the centres'
+        residuals are computed once per set of cells."""
+        centre_residual = self._centre_residuals()[cells][:, groups]
+        return centre_residual - self.radius[cells, None] - CENTRE_RESIDUAL_SLACK
 
     def _centre_residuals(self) -> np.ndarray:
         """(n_cells, n_groups) residual of each cell centre off each group's subspace,
@@ -711,14 +732,37 @@ class CellIndex:
             )
         return self._centre_residual
 
+    def upper_bounds(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(positions, bounds): every position of the index, group after group, and the
+        (len(queries), len(positions)) upper bounds of each query's similarity to the row
+        there (the subspace bound of the class docstring, float32: off by ~1e-6, so
+        compare with a `DECISION_EPS` margin).
+
+        For searches whose threshold is not known in advance (a bubble's radius follows
+        from its centre's nearest neighbours, `grow`): a pair costs `CELL_DIMS` + 1
+        products instead of D, and the bound is nearly the similarity among a group's
+        own members, where the neighbours are.
+        """
+        if self._grouped is None:
+            positions = np.argsort(self.group, kind="stable")
+            starts = np.searchsorted(self.group[positions], np.arange(len(self.axes) + 1))
+            # In group order once, so each query block reads the coordinates in one sweep.
+            self._grouped = (positions, starts, self.coords[positions])
+        positions, starts, coords = self._grouped
+        bounds = np.empty((len(queries), len(positions)), np.float32)
+        for g in np.flatnonzero(np.diff(starts)):
+            span = slice(starts[g], starts[g + 1])
+            bounds[:, span] = _bound_coords(queries @ self.axes[g].T) @ coords[span].T
+        return positions, bounds
+
     def pairs(self, queries: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Yield (query indices, base positions, similarities) blocks holding every pair
         of a query and a row of the index at or above the threshold, exactly once,
         decided exactly. The similarities are float32 products (float64 where the pair
         was computed alone): good for ranking, not for deciding near ties.
         """
-        for q, part in self._scan(queries):
-            i, j, sims = self.block_pairs(queries[q], part)
+        for q, part, projected in self._scan(queries):
+            i, j, sims = self.block_pairs(queries[q], part, projected)
             yield q[i], part[j], sims
 
     def own_pairs(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -729,8 +773,8 @@ class CellIndex:
         have found it too). Needs an index over every row of its array (a self-join)."""
         if not np.array_equal(self.rows, np.arange(len(self.embeddings))):
             raise ValueError("own_pairs needs an index over every row of its embeddings")
-        for q, part in self._scan(self.embeddings, from_own_cell=True):
-            i, j, sims = self.block_pairs(self.embeddings[q], part)
+        for q, part, projected in self._scan(self.embeddings, from_own_cell=True):
+            i, j, sims = self.block_pairs(self.embeddings[q], part, projected)
             q, b = q[i], part[j]
             q_cell, b_cell = self.cell[q], self.cell[b]
             ahead = b_cell >= q_cell
@@ -747,14 +791,16 @@ class CellIndex:
         that reduce per query (counts, maxima), where a new member of a tight cluster has
         as many twins as the cluster has members and pair lists would cost more than
         the products."""
-        for q, part in self._scan(queries):
-            yield q, part, self._block_hits(queries[q], part, whole=True)
+        for q, part, projected in self._scan(queries):
+            yield q, part, self._block_hits(queries[q], part, True, projected)
 
     def _scan(
         self, queries: np.ndarray, from_own_cell: bool = False
-    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(query indices, base positions): blocks that together hold every pair of a
-        query and a row within the threshold once, each block's positions in one group.
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]]:
+        """(query indices, base positions, projected): blocks that together hold every
+        pair of a query and a row within the threshold once, each block's positions in
+        one group, and the queries' bound coordinates in that group's subspace, by
+        group (`block_pairs`), computed once for the residual test that chose the cells.
 
         Queries are taken in groups that share their nearest cell, so that the cells they
         reach overlap; each group's block holds only the queries that reach its cells,
@@ -776,52 +822,74 @@ class CellIndex:
         for start in range(0, len(order), QUERY_GROUP):
             group = np.sort(order[start : start + QUERY_GROUP])
             if from_own_cell:
-                cells, reach = self._reachable_from_cells(queries[group], nearest_cell[group])
+                found = self._reachable_from_cells(queries[group], nearest_cell[group])
             else:
-                cells, reach = self.reachable(queries[group])
+                found = self.reachable(queries[group])
+            cells, reach, projected = found
             used = reach.any(axis=0)
             cells, reach = cells[used], reach[:, used]
             # Cells of one subspace group share its projection of the queries.
-            for g in np.unique(self.group_of_cell[cells]):
+            for g in np.unique(self.group_of_cell[cells]).tolist():
                 mine = np.flatnonzero(self.group_of_cell[cells] == g)
-                asking = group[np.flatnonzero(reach[:, mine].any(axis=1))]
+                asking_at = np.flatnonzero(reach[:, mine].any(axis=1))
+                asking = group[asking_at]
+                own = {g: projected[g][asking_at]}
                 base = np.concatenate([self.members(c) for c in cells[mine]])
                 step = max(1, SCAN_BYTES // (4 * max(len(asking), self.embeddings.shape[1])))
                 for b0 in range(0, len(base), step):
-                    yield asking, base[b0 : b0 + step]
+                    yield asking, base[b0 : b0 + step], own
 
     def block_pairs(
-        self, left: np.ndarray, right: np.ndarray
+        self,
+        left: np.ndarray,
+        right: np.ndarray,
+        left_coords: Mapping[int, np.ndarray] | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(i, j, similarity) with left[i] . (row at position right[j]) >= threshold, exactly.
 
         The subspace bound (class docstring) is a product in `CELL_DIMS` + 1 dimensions,
         15 times cheaper than the full one at D = 512, and rules pairs out first; when
         few remain only they are computed, in float64, else the block is computed in
-        full and `pairs_at_least` decides.
+        full and `pairs_at_least` decides. `left_coords`: `left`'s bound coordinates in
+        some groups' subspaces (`group_coords`), by group.
         """
-        hits = self._block_hits(left, right, whole=False)
+        hits = self._block_hits(left, right, whole=False, left_coords=left_coords)
         return hits.i, hits.j, hits.sims
 
-    def _block_hits(self, left: np.ndarray, right: np.ndarray, whole: bool) -> BlockHits:
+    def _block_hits(
+        self,
+        left: np.ndarray,
+        right: np.ndarray,
+        whole: bool,
+        left_coords: Mapping[int, np.ndarray] | None = None,
+    ) -> BlockHits:
         """`block_pairs`, over the groups of `right`; with `whole`, a block of one group
         that the bound leaves at least `WHOLE_SHARE` of comes whole (`BlockHits.mask`)."""
+        known = left_coords or {}
         groups = self.group[right]
         if groups.min() == groups.max():
-            return self._group_hits(left, right, int(groups[0]), whole)
+            g = int(groups[0])
+            return self._group_hits(left, right, g, whole, known.get(g))
         found = []
-        for g in np.unique(groups):
+        for g in np.unique(groups).tolist():
             cols = np.flatnonzero(groups == g)
-            hits = self._group_hits(left, right[cols], int(g), whole=False)
+            hits = self._group_hits(left, right[cols], g, False, known.get(g))
             found.append((hits.i, cols[hits.j], hits.sims))
         i, j, sims = (np.concatenate(parts) for parts in zip(*found, strict=True))
         return BlockHits(i, j, sims)
 
     def _group_hits(
-        self, left: np.ndarray, right: np.ndarray, group: int, whole: bool
+        self,
+        left: np.ndarray,
+        right: np.ndarray,
+        group: int,
+        whole: bool,
+        left_coords: np.ndarray | None = None,
     ) -> BlockHits:
         """`_block_hits` for base positions `right` that all belong to one group."""
-        bound = _bound_coords(left @ self.axes[group].T) @ self.coords[right].T
+        if left_coords is None:
+            left_coords = _bound_coords(left @ self.axes[group].T)
+        bound = left_coords @ self.coords[right].T
         # The bound is a float32 product, off by ~1e-6: DECISION_EPS covers it. Rows
         # with no candidate are dropped by their maximum first: at a high threshold
         # (duplicates) most blocks have none, and one pass beats a full `nonzero`.

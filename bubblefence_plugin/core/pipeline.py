@@ -382,7 +382,17 @@ class BubbleFence:
         labels = work.all_labels if work.labels_given else None
         strata = Strata.build(self._strata_columns(labels, work.region, kept), kept, split, cfg)
         grower = BubbleGrower(
-            x, split, kept, units, strata, self._anchors, budget, cfg, work.rng, work.index
+            x,
+            split,
+            kept,
+            units,
+            strata,
+            self._anchors,
+            budget,
+            cfg,
+            work.rng,
+            work.index,
+            indexes=lambda: self._kept_indexes(work),
         )
         if budget.need > 0 and len(open_rows):
             self._fill_quota(work, grower, open_rows, n_kept)
@@ -479,6 +489,19 @@ class BubbleFence:
                 work.x, work.kept, work.n_old, self.config, self._earlier_index
             )
         return work.earlier_index
+
+    def _kept_indexes(self, work: _Round) -> list[CellIndex]:
+        """Indexes that together hold every kept row, for the new bubbles' neighbours:
+        round 0's index over its units, else the earlier rows' index and one over the
+        round's new kept rows (small beside it)."""
+        if work.kept_index is not None:
+            return [work.kept_index]
+        cfg = self.config
+        earlier = self._earlier(work)
+        indexes = [] if earlier is None else [earlier]
+        if len(work.new_kept):
+            indexes.append(CellIndex(work.x, work.new_kept, cfg.leak_threshold, cfg.seed))
+        return indexes
 
     def _units(self, work: _Round, open_rows: np.ndarray) -> np.ndarray:
         """Component labels of the open rows at `closure_threshold` (the units bubbles

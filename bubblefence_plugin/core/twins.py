@@ -131,10 +131,17 @@ def _merge_cells(index: CellIndex, found: UnionFind) -> None:
         others, gap = others[~settled], gap[~settled]
         if len(others) == 0:
             continue
+        # Cells of other clusters: first the floor under the members' residuals off
+        # their subspace that the cell's centre gives, free, then the members' own.
+        floor = index.member_residual_floor(np.array([cell]), index.group_of_cell[others])[0]
+        near = index.within_residual_reach(floor, others)
+        others, gap = others[near], gap[near]
+        if len(others) == 0:
+            continue
         members = index.members(cell)
-        # Cells of other clusters: the members' smallest residual off their subspace.
         groups, group_at = np.unique(index.group_of_cell[others], return_inverse=True)
-        lowest = index.group_residuals(index.embeddings[index.rows[members]], groups).min(axis=0)
+        coords = index.group_coords(index.embeddings[index.rows[members]], groups)
+        lowest = coords[:, :, -1].min(axis=1)
         near = index.within_residual_reach(lowest[group_at], others)
         others, gap = others[near], gap[near]
         if len(others) == 0:
@@ -148,20 +155,28 @@ def _merge_cells(index: CellIndex, found: UnionFind) -> None:
         rest = others[~whole]
         if len(rest):
             base = np.concatenate([index.members(o) for o in rest])
-            _merge_block(index, found, members, base)
+            projected = dict(zip(groups.tolist(), coords, strict=True))
+            _merge_block(index, found, members, base, projected)
         unsettled = np.append(others, cell)
         unsettled = unsettled[~solid[unsettled]]
         if len(unsettled):
             solid[unsettled] = _solid(index, found, unsettled)
 
 
-def _merge_block(index: CellIndex, found: UnionFind, left: np.ndarray, right: np.ndarray) -> None:
-    """Union every twin pair between positions `left` and `right`, block by block."""
+def _merge_block(
+    index: CellIndex,
+    found: UnionFind,
+    left: np.ndarray,
+    right: np.ndarray,
+    left_coords: dict[int, np.ndarray] | None = None,
+) -> None:
+    """Union every twin pair between positions `left` and `right`, block by block
+    (`left_coords`: their bound coordinates by group, `CellIndex.group_coords`)."""
     step = max(1, SCAN_BYTES // (4 * max(len(left), index.embeddings.shape[1])))
     left_vectors = index.embeddings[index.rows[left]]
     for start in range(0, len(right), step):
         part = right[start : start + step]
-        i, j, _ = index.block_pairs(left_vectors, part)
+        i, j, _ = index.block_pairs(left_vectors, part, left_coords)
         if len(i):
             found.union(left[i], part[j])
 
