@@ -307,6 +307,7 @@ class BubbleGrower:
         self._centres = _Rows(anchors.centres, embeddings.shape[1])  # earlier rounds' first
         # Indexes that together hold every kept row (duplicates are nobody's neighbours).
         kept_rows = np.flatnonzero(kept)
+        self._n_kept = len(kept_rows)
         self._index_source = indexes or (
             lambda: [CellIndex(embeddings, kept_rows, config.leak_threshold, config.seed)]
         )
@@ -438,7 +439,7 @@ class BubbleGrower:
         rows = rows[[self._may_centre(r, stratum) for r in rows]] if len(rows) else rows
         if len(rows) == 0:
             return
-        k_size = min(max(self.config.lid_k, size) + 1, int(self.kept.sum()))
+        k_size = min(max(self.config.lid_k, size) + 1, self._n_kept)
         columns, bounds, seeds = self._upper_bounds(rows, k_size)
         for row, bound, near in zip(rows, bounds, seeds, strict=True):
             if self.remaining <= 0 or (stratum is not None and self.strata.deficit(stratum) <= 0):
@@ -546,8 +547,9 @@ class BubbleGrower:
         """
         centre = self.embeddings[row]
         seed_sims = self.embeddings[seeds] @ centre
-        floor = np.partition(seed_sims, len(seed_sims) - k)[len(seed_sims) - k] - DECISION_EPS
-        reach = columns[bound >= floor - DECISION_EPS]
+        # Margins: the float32 products of the seeds and the bounds are off by ~1e-6.
+        floor = np.partition(seed_sims, len(seed_sims) - k)[len(seed_sims) - k]
+        reach = columns[bound >= floor - 2 * DECISION_EPS]
         sims = self.embeddings[reach] @ centre
         if len(reach) > k:
             kth = np.partition(sims, len(sims) - k)[len(sims) - k]
