@@ -13,6 +13,7 @@ from bubblefence_plugin.core.anchors import (
     subsample,
 )
 from bubblefence_plugin.core.config import BubbleFenceConfig
+from bubblefence_plugin.core.density import LidReference
 
 
 def _stream(seed=1, n=200, pool_step=2, expected=4, **knobs):
@@ -22,7 +23,8 @@ def _stream(seed=1, n=200, pool_step=2, expected=4, **knobs):
     rng = np.random.default_rng(seed)
     config = BubbleFenceConfig(**knobs)
     projection = fit_projection(x, config.pca_dims, rng, rows=pool)
-    return CandidateStream(x, pool, projection, np.arange(n), config, rng, expected), x, pool
+    reference = LidReference.of(x, np.arange(n))
+    return CandidateStream(x, pool, projection, reference, config, rng, expected), x, pool
 
 
 def _drain(stream, n):
@@ -164,7 +166,7 @@ def test_a_pool_of_one_proposes_it_once():
     config = BubbleFenceConfig()
     pool = np.array([7])
     projection = fit_projection(x, config.pca_dims, rng, rows=pool)
-    stream = CandidateStream(x, pool, projection, np.arange(20), config, rng, 1)
+    stream = CandidateStream(x, pool, projection, LidReference.of(x, np.arange(20)), config, rng, 1)
     assert stream.next_batch(4).tolist() == [0]
     assert stream.rows(np.array([0])).tolist() == [7]
     assert len(stream.next_batch(4)) == 0

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from bubblefence_plugin.core.config import BubbleFenceConfig
-from bubblefence_plugin.core.density import adaptive_radius, lid_mle
+from bubblefence_plugin.core.density import LidReference, adaptive_radius, lid_mle
 
 
 def test_lid_mle_recovers_dimension_of_uniform_cube():
@@ -32,3 +32,22 @@ def test_adaptive_radius_is_small_where_dense_and_clamped():
     assert adaptive_radius(sparse, 5.0, 10**9, cfg) == cfg.max_radius
     fixed = BubbleFenceConfig(radius_mode="fixed", base_radius=0.07)
     assert adaptive_radius(sparse, 5.0, 100, fixed) == pytest.approx(0.07)
+
+
+def test_lid_against_a_reference_matches_brute_force_in_and_out_of_it():
+    """A row of the reference has its neighbours among the others; a row outside it,
+    among all of them. The reference's rows may come in any order."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(300, 12)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    rows = rng.permutation(np.arange(0, 300, 2))
+    reference = LidReference.of(x, rows)
+    assert np.array_equal(reference.rows, np.arange(0, 300, 2))
+    queries = np.array([0, 1, 150, 151, 299])
+    k = 8
+    found = reference.lid(x, queries, k)
+    for q, lid in zip(queries, found, strict=True):
+        others = reference.rows[reference.rows != q]
+        sims = np.sort(x[others].astype(np.float64) @ x[q].astype(np.float64))[::-1][:k]
+        d = np.sqrt(np.maximum(2.0 - 2.0 * sims, 0.0))
+        assert lid == pytest.approx(-1.0 / np.mean(np.log(d / d[-1])), rel=1e-3)

@@ -23,6 +23,7 @@ from bubblefence_plugin.core.bubbles import (
     AnchorTable,
 )
 from bubblefence_plugin.core.config import BubbleFenceConfig
+from bubblefence_plugin.core.density import LidReference
 from bubblefence_plugin.core.grow import BubbleGrower, Budget, Strata, Units, round_budget
 from bubblefence_plugin.core.twins import twin_components
 
@@ -516,9 +517,10 @@ def test_every_fill_bubble_is_the_closure_of_its_ball(seed):
     units = g.units
     rng = np.random.default_rng(seed)
     projection = fit_projection(x, config.pca_dims, rng)
+    reference = LidReference.of(x, np.arange(300))
 
     def make(rows, expected):
-        return CandidateStream(x, rows, projection, np.arange(300), config, rng, expected)
+        return CandidateStream(x, rows, projection, reference, config, rng, expected)
 
     g.fill(make)
     assert 1 < len(g.new_rows) and 0 < g.captured <= g.budget.need + g.budget.slack

@@ -21,7 +21,7 @@ from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 
 from .config import BubbleFenceConfig
-from .density import lid_of_rows
+from .density import LidReference
 from .neighbors import project_rows
 
 # PCA and k-means are fitted on at most this many rows; enough for stable axes.
@@ -82,7 +82,7 @@ class CandidateStream:
         embeddings: np.ndarray,
         pool_rows: np.ndarray,
         projection: Projection,
-        lid_reference_rows: np.ndarray,
+        lid_reference: LidReference,
         config: BubbleFenceConfig,
         rng: np.random.Generator,
         expected_anchors: int,
@@ -91,7 +91,7 @@ class CandidateStream:
         self._pool_rows = pool_rows
         self._config = config
         self._rng = rng
-        self._reference = lid_reference_rows
+        self._reference = lid_reference
         self._used = np.zeros(len(pool_rows), dtype=bool)
         self._lid = np.full(len(pool_rows), np.nan)  # per pool position, filled lazily
         self._projection = projection
@@ -200,9 +200,7 @@ class CandidateStream:
         missing = positions[np.isnan(self._lid[positions])]
         if len(missing) == 0:
             return
-        values = lid_of_rows(
-            self._pool_rows[missing], self._embeddings, self._reference, self._config.lid_k
-        )
+        values = self._reference.lid(self._embeddings, self._pool_rows[missing], self._config.lid_k)
         valid = np.isfinite(values) & (values > 0)
         fallback = float(np.median(values[valid])) if valid.any() else 1.0
         self._lid[missing] = np.where(valid, values, fallback)

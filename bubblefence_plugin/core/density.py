@@ -11,6 +11,8 @@ neighbourhoods), from neighbour lists the caller already has.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from .config import BubbleFenceConfig
@@ -39,19 +41,27 @@ def lid_mle(neighbor_distances: np.ndarray) -> np.ndarray:
     return lid
 
 
-def lid_of_rows(
-    rows: np.ndarray, embeddings: np.ndarray, reference_rows: np.ndarray, k: int
-) -> np.ndarray:
-    """LID of the given rows, with neighbours taken among `reference_rows`.
+@dataclass
+class LidReference:
+    """The samples LID is estimated against: a seeded subsample of a round (ascending
+    rows) and its vectors, gathered once rather than per candidate batch. The MLE is
+    scale-free, so a subsample estimates the same dimension as the whole data."""
 
-    A seeded subsample as reference keeps this cheap on large sets; the MLE is
-    scale-free, so a subsample estimates the same dimension.
-    """
-    reference = embeddings[reference_rows]
-    position = np.full(len(embeddings), -1, dtype=np.int64)
-    position[reference_rows] = np.arange(len(reference_rows))
-    sims, _ = knn(embeddings[rows], reference, k, exclude_self=position[rows])
-    return lid_mle(similarity_to_distance(sims))
+    rows: np.ndarray
+    vectors: np.ndarray
+
+    @classmethod
+    def of(cls, embeddings: np.ndarray, rows: np.ndarray) -> LidReference:
+        rows = np.sort(np.asarray(rows, dtype=np.int64))
+        return cls(rows, embeddings[rows])
+
+    def lid(self, embeddings: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+        """LID of `embeddings[rows]`, each row's neighbours taken among the reference
+        (itself left out where it is one)."""
+        at = np.minimum(np.searchsorted(self.rows, rows), max(len(self.rows) - 1, 0))
+        own = np.where(self.rows[at] == rows, at, -1) if len(self.rows) else np.full(len(rows), -1)
+        sims, _ = knn(embeddings[rows], self.vectors, k, exclude_self=own)
+        return lid_mle(similarity_to_distance(sims))
 
 
 def adaptive_radius(

@@ -38,6 +38,7 @@ from .bubbles import (
 )
 from .config import BubbleFenceConfig, frozen_changes
 from .dedup import find_duplicates
+from .density import LidReference
 from .follow import bind_to_assigned, earlier_index, join_existing_bubbles, keep_margins
 from .groups import (
     encode_groups,
@@ -418,7 +419,7 @@ class BubbleFence:
         cfg, x, rng = self.config, work.x, work.rng
         projection = fit_projection(x, cfg.pca_dims, rng, rows=open_rows)
         reference = subsample(work.n, LID_REFERENCE, rng)
-        reference = reference[work.kept[reference]]
+        reference = LidReference.of(x, reference[work.kept[reference]])
 
         def make_stream(rows: np.ndarray, expected: int) -> CandidateStream:
             return CandidateStream(x, rows, projection, reference, cfg, rng, expected)
