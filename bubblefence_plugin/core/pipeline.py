@@ -105,6 +105,7 @@ class _Round:
     fenced: np.ndarray | None = None  # per open row: train's margin (`keep_margins`)
     earlier_index: CellIndex | None = None  # the kept rows of earlier rounds (`_earlier`)
     kept_index: CellIndex | None = None  # every kept row (round 0's units), for the next round
+    new_index: CellIndex | None = None  # the round's new kept rows (`_new_index`)
 
     @property
     def n(self) -> int:
@@ -319,7 +320,8 @@ class BubbleFence:
         cfg = self.config
         new_kept, codes = work.new_kept, work.codes
         if work.n_old or codes is not None:
-            work.components = self._components(work.x, new_kept, codes, cfg.leak_threshold)
+            index = self._new_index(work) if len(new_kept) > 1 else None
+            work.components = self._components(work.x, new_kept, codes, cfg.leak_threshold, index)
         if codes is not None:
             known = follow_known_groups(
                 codes,
@@ -497,12 +499,19 @@ class BubbleFence:
         round's new kept rows (small beside it)."""
         if work.kept_index is not None:
             return [work.kept_index]
-        cfg = self.config
         earlier = self._earlier(work)
         indexes = [] if earlier is None else [earlier]
         if len(work.new_kept):
-            indexes.append(CellIndex(work.x, work.new_kept, cfg.leak_threshold, cfg.seed))
+            indexes.append(self._new_index(work))
         return indexes
+
+    def _new_index(self, work: _Round) -> CellIndex:
+        """One index over the round's new kept rows, built at its first use: the twins
+        that bind them to assigned samples and the new bubbles' neighbours search it."""
+        if work.new_index is None:
+            cfg = self.config
+            work.new_index = CellIndex(work.x, work.new_kept, cfg.leak_threshold, cfg.seed)
+        return work.new_index
 
     def _units(self, work: _Round, open_rows: np.ndarray) -> np.ndarray:
         """Component labels of the open rows at `closure_threshold` (the units bubbles
