@@ -9,9 +9,9 @@ samples share 8 small PNGs, in a throwaway database; splits it once (which fits 
 starts the App server on a free 127.0.0.1 port and opens the dataset in headless Debian
 Chromium (Playwright with ``executable_path``, software WebGL). Then, as a user would:
 open the panel, recolour by round and back by split, click the largest bubble's centre
-(the grid must then show one bubble's samples), reset the view, lasso points, exclude
-them, include them again. For comparison, the App
-alone: the same kind of view change from the sidebar (the grid filtered by the
+(the grid must then show one bubble's samples), reset the view, lasso points (until
+the App has stored the selection), exclude them, include them again. For comparison,
+the App alone: the same kind of view change from the sidebar (the grid filtered by the
 ``validation`` tag, then the filter cleared) before the panel is opened, and that filter
 again at the end, with the panel open.
 
@@ -181,6 +181,18 @@ class Recorder:
     def since(self, start: float) -> list[Request]:
         return [r for r in self.requests if r.start >= start]
 
+    def answered(self, kind: str) -> Callable[[], None]:
+        """A wait for the end of a request of ``kind`` started from now on."""
+        since = time.perf_counter()
+
+        def wait() -> None:
+            while not any(r.kind == kind and r.end for r in self.since(since)):
+                if time.perf_counter() - since > UI_TIMEOUT_MS / 1000:
+                    raise TimeoutError(f"no {kind} request ended")
+                self.page.wait_for_timeout(50)
+
+        return wait
+
 
 def build_dataset(n: int, images: Path) -> fo.Dataset:
     """``n`` samples over `N_IMAGES` small PNGs, embeddings in ``emb``, split once."""
@@ -325,7 +337,7 @@ def play(page: Any, ds: fo.Dataset, shots: Path | None) -> list[Step]:
     # count, and once the App is quiet it still shows one bubble's samples.
     counts = ds.count_values(bfo.ANCHOR_FIELD)
     anchor = max((a for a in counts if a is not None), key=lambda a: counts[a])
-    centre = plot.locator(".scatterlayer .trace .points path").nth(
+    centre = plot.locator(".scatterlayer .trace:last-child .points path").nth(
         sorted(a for a in counts if a is not None).index(anchor)  # centres: by anchor id
     )
 
@@ -371,7 +383,16 @@ def play(page: Any, ds: fo.Dataset, shots: Path | None) -> list[Step]:
             page.mouse.move(x, y, steps=6)
         page.mouse.up()
 
-    steps.append(timed("lasso (no result to wait for)", recorder, lasso, {}))
+    # The App hands the lasso's selection to the server when its plot reports it, at
+    # times seconds later: the step waits for that, or Exclude would act on nothing.
+    steps.append(
+        timed(
+            "lasso",
+            recorder,
+            lasso,
+            {"selection stored": recorder.answered("graphql setSelectedSamplesMutation")},
+        )
+    )
     steps.append(
         timed(
             "exclude",

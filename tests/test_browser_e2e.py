@@ -59,6 +59,9 @@ LEGEND_ENTRIES = (
     "inner shell",
     "bubble centres",
 )
+# The panel's bubble centres: the last of its SVG traces (`map.map_figure`), drawn
+# after the legend entries and the outlines.
+CENTRES = ".scatterlayer .trace:last-child"
 APP_START_TIMEOUT_S = 120
 APP_ROUTER_RACE = "entry is loading"
 UI_TIMEOUT_MS = 60_000
@@ -212,16 +215,16 @@ def test_split_in_the_app_then_the_panel_shows_the_bubbles(
     legend = plot.locator(".legend")
     for entry in (*LEGEND_ENTRIES, "Points by split:", "solid: whole bubble, dotted: inner shell"):
         expect(legend).to_contain_text(entry)
-    expect(plot.locator(".scatterlayer .trace .points path")).to_have_count(n_bubbles)
+    expect(plot.locator(f"{CENTRES} .points path")).to_have_count(n_bubbles)
     expect(plot.locator(".shapelayer path")).to_have_count(0)  # outlines are traces
-    assert plot.locator("canvas").count() > 0  # the WebGL layer: points and outlines
+    assert plot.locator("canvas").count() > 0  # the WebGL layer: the points
     page.wait_for_function(GRID_PAINTED)  # the grid re-lays out beside the new panel
     page.screenshot(path=shots / "05-panel.png")
 
     # Clicking a bubble centre shows that bubble's samples in the grid (the App's
     # extended selection, no view change); the map stays that of the whole view.
     n_members = len(ds.match(F(bfo.ANCHOR_FIELD) == 0))
-    plot.locator(".scatterlayer .trace .points path").first.click(force=True)  # bubble 0
+    plot.locator(f"{CENTRES} .points path").first.click(force=True)  # bubble 0
     noun = "sample" if n_members == 1 else "samples"  # the grid's own count
     grid_count = page.locator("[data-cy=entry-counts]").first
     expect(grid_count).to_have_text(f"{n_members} {noun}")

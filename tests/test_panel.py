@@ -182,6 +182,8 @@ def test_map_draws_points_bubble_outlines_and_a_legend_for_every_mark(split_data
             trace["line"]["dash"] == "solid" and trace["line"]["color"] == viz.SPLIT_COLORS[split]
         )
     assert all(t["line"]["dash"] == "dot" for t in inner.values())
+    # SVG polylines: no WebGL buffers and shaders per plot mount (`map.OUTLINE_TRACE_TYPE`).
+    assert {t["type"] for t in (*outer.values(), *inner.values())} == {"scatter"}
     assert (
         "solid: whole bubble, dotted: inner shell"
         in (reply.figure[1 + len(reply.legend)]["legendgrouptitle"]["text"])

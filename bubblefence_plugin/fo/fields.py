@@ -366,12 +366,14 @@ def clear_excluded_fields(dataset: fo.Dataset) -> int:
     """
     if not dataset.has_field(ROUND_FIELD):
         return 0
-    ids = dataset.match_tags(EXCLUDED_TAG).exists(ROUND_FIELD).values("id")
-    if ids:
-        view = dataset.select(ids)
-        view.untag_samples(list(SPLIT_TAGS))
+    # A view by match, not by a list of ids: FiftyOne copies a view's stages at every
+    # step, and an id list made that copying a third of an exclusion's time.
+    view = dataset.match_tags(EXCLUDED_TAG).exists(ROUND_FIELD)
+    n_cleared = view.count()
+    if n_cleared:
+        view.untag_samples(list(SPLIT_TAGS))  # first: the view still matches them
         view.clear_sample_fields([f for f in RESULT_FIELDS if f != ERROR_FIELD])
-    return len(ids)
+    return n_cleared
 
 
 # --------------------------------------------------------------------------- labels and groups

@@ -19,8 +19,8 @@ means a failure here never loses a split: the round notes it and the panel offer
 rebuild the map.
 
 The panel's figure is built so that its events stay small (`map_figure`): at most
-`MAX_POINTS` points in one WebGL trace; the bubbles are a few polyline traces, never
-SVG shapes in the plot's layout (which the App sends back with every event).
+`MAX_POINTS` points in one WebGL trace; the bubbles are a few SVG polyline traces,
+never shapes in the plot's layout (which the App sends back with every event).
 
 `apply_split_colors` gives the dataset one colour per split (`SPLIT_COLORS`) in its
 App colour scheme, so the grid's tags, the sidebar, FiftyOne's Embeddings panel, this
@@ -80,6 +80,16 @@ DEFAULT_METHOD = "tsne"
 # point costs its id and coordinates in the figure the App receives and re-draws, and
 # beyond a few thousand a map shows no more structure, only more overlap.
 MAX_POINTS = 5_000
+# The points are one WebGL trace; the bubble outlines are SVG polylines. The panel
+# mounts a new plot for each figure (see the panel's `_draw`), and WebGL line traces
+# cost each mount their buffers and shaders: in headless Chromium without a GPU
+# (software WebGL), the 30,000-sample figure (5,000 points, 639 bubbles) mounted in a
+# median 0.83 s with WebGL outlines and 0.64 s with SVG ones (`bench/bench_plot_mount.py`).
+# The points stay WebGL: as 5,000 SVG markers they mounted faster still (0.53 s), but
+# in the App every later redraw of the page laid them out again, and each panel event
+# took seconds more (`bench/bench_panel_browser.py`).
+POINTS_TRACE_TYPE = "scattergl"
+OUTLINE_TRACE_TYPE = "scatter"
 # Above this many bubbles in the view their outlines are faint and unlabelled: dozens
 # of labelled outlines over each other are unreadable.
 FADE_ABOVE_BUBBLES = 60
@@ -699,7 +709,7 @@ def _rounded(values: Any, decimals: int) -> list[float]:
 def _points_trace(drawn: _DrawnPoints, colors: _PointColors, decimals: int) -> dict[str, Any]:
     xy = np.round(drawn.xy.astype(np.float64), decimals)
     return {
-        "type": "scattergl",
+        "type": POINTS_TRACE_TYPE,
         "mode": "markers",
         "name": POINTS_TRACE,
         "x": xy[:, 0].tolist(),
@@ -803,7 +813,7 @@ def _outline_traces(
                 ys += closed[:, 1].tolist() + [None]
             traces.append(
                 {
-                    "type": "scattergl",
+                    "type": OUTLINE_TRACE_TYPE,
                     "mode": "lines",
                     "name": f"{legend} {split}",
                     "x": xs,
@@ -891,8 +901,18 @@ def map_summary(samples: foc.SampleCollection) -> dict[str, Any] | None:
     if info is None or not dataset.has_field(ROUND_FIELD):
         return None
     key = F(ROUND_FIELD).to_string().concat(":", F(SPLIT_FIELD))
+    # One batch: FiftyOne runs the counts in one pass over the view, not five.
+    by_key, n_view, tag_counts, n_split, anchors = samples.aggregate(
+        [
+            fo.CountValues(key),
+            fo.Count(),
+            fo.CountValues("tags"),
+            fo.Count(ROUND_FIELD),
+            fo.Distinct(ANCHOR_FIELD),
+        ]
+    )
     by_round: dict[int, dict[str, int]] = {}
-    for value, n in samples.count_values(key).items():
+    for value, n in by_key.items():
         if value is None:
             continue
         round_str, split = value.split(":", 1)
@@ -904,16 +924,16 @@ def map_summary(samples: foc.SampleCollection) -> dict[str, Any] | None:
     # The number of bubbles is in the map run's parameters: no arrays to read.
     map_params = LAYOUT_RUN.info(dataset) or {}
     return {
-        "n_view": samples.count(),
+        "n_view": n_view,
         "by_round": {r: by_round[r] for r in sorted(by_round)},
         "totals": totals,
-        "n_excluded": int(samples.count_sample_tags().get(EXCLUDED_TAG, 0)),
-        "n_not_split": samples.exists(ROUND_FIELD, False).count(),
+        "n_excluded": int(tag_counts.get(EXCLUDED_TAG, 0)),
+        "n_not_split": n_view - n_split,
         "eval_share": n_eval / kept if kept else 0.0,
         "eval_target": config.get("eval_ratio"),
         "validation_share": totals["validation"] / n_eval if n_eval else 0.0,
         "validation_target": config.get("validation_ratio"),
-        "n_bubbles_in_view": len(samples.distinct(ANCHOR_FIELD)),
+        "n_bubbles_in_view": len(anchors),
         "n_bubbles": map_params.get("n_anchors"),
         "split_updated_at": info.get("updated_at"),
     }
