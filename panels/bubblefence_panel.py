@@ -144,14 +144,16 @@ class BubbleFencePanel(foo.Panel):
         self._draw_map(ctx, samples, shown)
 
     def _draw_map(self, ctx: Any, samples: Any, shown: Shown) -> None:
-        """Draws the map of ``samples`` in ``shown.color_by``, and records ``shown``."""
+        """Draws the map of ``samples`` in ``shown.color_by``, and records ``shown``;
+        the points of ``shown.drawn`` if it has them (a recolour)."""
         figure, shown.map_error = None, None
         if shown.has_state:
             try:
-                figure = bfo.map_figure(samples, shown.color_by)
+                figure = bfo.map_figure(samples, shown.color_by, drawn=shown.drawn)
             except ValueError as e:  # e.g. a run of that name not written by BubbleFence
                 shown.map_error = f"The map cannot be drawn: {escape_markdown(e)}"
         shown.has_map = figure is not None
+        shown.drawn = figure["drawn"] if figure else None
         if figure is not None:
             shown.plot_layout = figure["layout"]
             shown.map_method = figure["stats"]["method"]
@@ -161,15 +163,19 @@ class BubbleFencePanel(foo.Panel):
     # -- events ---------------------------------------------------------------------
 
     def on_color_by(self, ctx: Any) -> None:
-        """Redraws the map in the chosen colours, in a new plot (`_draw`).
+        """Redraws the map in the chosen colours, in a new plot (`_draw`), with the
+        points already drawn when the view is the one drawn.
 
         Patching the drawn plot's colours would send less and keep its zoom, but the
         App then copies the whole figure into the panel state and sends it with every
         later event and view change: at 30,000 samples that cost seconds per recolour
         in the browser, the new plot a fraction of one.
         """
+        samples = drawn_view(ctx)
         shown = replace(_shown(ctx), color_by=ctx.params.get("value") or "split")
-        self._draw_map(ctx, drawn_view(ctx), shown)
+        if not _draws(ctx, samples):
+            shown.drawn = None
+        self._draw_map(ctx, samples, shown)
 
     def on_click(self, ctx: Any) -> None:
         """A bubble centre or a point in a bubble: the grid shows that bubble's samples
@@ -433,6 +439,7 @@ class Shown:
     plot_key: str | None = None  # the figure's key in the panel data
     plot_layout: dict[str, Any] | None = None
     color_by: str = "split"
+    drawn: bfmap.DrawnPoints | None = None  # the points drawn, for a recolour
 
 
 # Panel id -> what this server last drew there.

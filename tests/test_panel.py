@@ -216,7 +216,7 @@ def test_map_draws_points_bubble_outlines_and_a_legend_for_every_mark(split_data
     assert "not_split" not in props
 
 
-def test_recolouring_draws_a_new_plot_and_drops_the_apps_copy(split_dataset):
+def test_recolouring_draws_a_new_plot_and_drops_the_apps_copy(split_dataset, monkeypatch):
     ds = split_dataset
     add_embedded_samples(ds, 30, seed=9)
     bfo.split(ds, embeddings_field="emb")
@@ -227,7 +227,10 @@ def test_recolouring_draws_a_new_plot_and_drops_the_apps_copy(split_dataset):
     # the whole form): the copy is dropped. The figure, in the new colours, goes to a
     # plot of its own, mounted with its data: the App has no change of it to copy.
     # Nothing else of the panel state changes (each change reloads the App's page).
-    reply = event(ds, "on_color_by", state={key: loaded.figure}, value="round")
+    # The points drawn are recoloured, not read from the samples again.
+    with monkeypatch.context() as patched:
+        patched.setattr(viz, "_drawn_points", lambda *a: pytest.fail("points read again"))
+        reply = event(ds, "on_color_by", state={key: loaded.figure}, value="round")
     assert reply.state == {key: None}
     assert reply.plot_key != key and reply.data[key] is None
     assert reply.properties()["color_round"]["view"]["variant"] == "contained"
@@ -249,7 +252,8 @@ def test_recolouring_draws_a_new_plot_and_drops_the_apps_copy(split_dataset):
     assert len(set(colors[:10])) == 10 and set(colors[10:]) == {viz.NO_SCORE_COLOR}
     assert reply.legend[0]["name"] == "typicality 0.00"
 
-    # Excluded points are drawn in the exclusion's colour.
+    # Excluded points are drawn in the exclusion's colour (the samples changed since
+    # they were drawn: the recolour reads them again).
     bfo.exclude(ds.select(ids[:5]))
     reply = event(ds, "on_color_by", value="split")
     assert reply.state == {}

@@ -469,9 +469,13 @@ def color_scheme_params(dataset: fo.Dataset) -> dict[str, Any]:
 
 
 def map_figure(
-    samples: foc.SampleCollection, color_by: str = "split", max_points: int | None = None
+    samples: foc.SampleCollection,
+    color_by: str = "split",
+    max_points: int | None = None,
+    drawn: DrawnPoints | None = None,
 ) -> dict[str, Any] | None:
-    """The panel's plotly figure for ``samples``: ``{"data", "layout", "stats"}``, or None.
+    """The panel's plotly figure for ``samples``: ``{"data", "layout", "stats",
+    "drawn"}``, or None.
 
     ``data``, in this order: the view's split samples that have a point, in one WebGL
     trace (`POINTS_TRACE`; ids = sample ids; train drawn first, under the held-out
@@ -487,6 +491,9 @@ def map_figure(
         color_by: one of `COLOR_BY`
         max_points: draw a seeded random subsample of a larger view (default
             `MAX_POINTS`)
+        drawn: the ``"drawn"`` points of an earlier figure of the same samples,
+            unchanged since: a recolour reuses them rather than read every sample of
+            the view again (a third of a second at 30,000 samples)
     """
     _check_color_by(color_by)
     dataset = root_dataset(samples)
@@ -494,7 +501,8 @@ def map_figure(
     points = load_points(dataset)
     if stored is None or points is None or not dataset.has_field(ROUND_FIELD):
         return None
-    drawn = _drawn_points(samples, points, max_points or MAX_POINTS)
+    if drawn is None:
+        drawn = _drawn_points(samples, points, max_points or MAX_POINTS)
     colors = _point_colors(samples, drawn, color_by)
     bubbles = _bubbles_in_view(samples, stored.anchors)
     faded = len(bubbles) > FADE_ABOVE_BUBBLES
@@ -516,7 +524,7 @@ def map_figure(
         "faded": faded,
         "has_outlines": stored.outline_vertices is not None,
     }
-    return {"data": data, "layout": _figure_layout(), "stats": stats}
+    return {"data": data, "layout": _figure_layout(), "stats": stats, "drawn": drawn}
 
 
 def view_key(samples: foc.SampleCollection) -> str:
@@ -554,7 +562,7 @@ def _check_color_by(color_by: str) -> None:
 
 
 @dataclass
-class _DrawnPoints:
+class DrawnPoints:
     """The samples of a view drawn on the map, in drawing order."""
 
     n_view: int
@@ -568,7 +576,7 @@ class _DrawnPoints:
 
 def _drawn_points(
     samples: foc.SampleCollection, points: tuple[np.ndarray, np.ndarray], max_points: int
-) -> _DrawnPoints:
+) -> DrawnPoints:
     """The view's samples that have a point, a seeded subsample beyond ``max_points``,
     in `POINT_CATEGORIES` order (held-out splits drawn last, on top)."""
     ids, split, rnd = samples.values(["id", SPLIT_FIELD, ROUND_FIELD])
@@ -585,7 +593,7 @@ def _drawn_points(
     rank = pd.Index(POINT_CATEGORIES).get_indexer(category[chosen])
     chosen = chosen[np.argsort(rank, kind="stable")]
     rnd = np.asarray([-1 if r is None else r for r in rnd], np.int64)
-    return _DrawnPoints(
+    return DrawnPoints(
         n_view=len(ids),
         n_on_map=len(on_map),
         n_unplaced=int(np.sum((rnd >= 0) & (rows < 0))),
@@ -606,9 +614,7 @@ class _PointColors:
     legend: list[tuple[str, str]]  # (entry, colour)
 
 
-def _point_colors(
-    samples: foc.SampleCollection, drawn: _DrawnPoints, color_by: str
-) -> _PointColors:
+def _point_colors(samples: foc.SampleCollection, drawn: DrawnPoints, color_by: str) -> _PointColors:
     """The drawn points coloured by split, by round, or by a curation score."""
     if color_by == "split":
         present = [c for c in POINT_CATEGORIES if (drawn.category == c).any()]
@@ -706,7 +712,7 @@ def _rounded(values: Any, decimals: int) -> list[float]:
     return np.round(np.asarray(values, np.float64), decimals).tolist()
 
 
-def _points_trace(drawn: _DrawnPoints, colors: _PointColors, decimals: int) -> dict[str, Any]:
+def _points_trace(drawn: DrawnPoints, colors: _PointColors, decimals: int) -> dict[str, Any]:
     xy = np.round(drawn.xy.astype(np.float64), decimals)
     return {
         "type": POINTS_TRACE_TYPE,
