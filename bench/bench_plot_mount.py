@@ -8,16 +8,15 @@ The panel mounts a new plot for every figure it sends (a recolour, an exclusion,
 change: see `panels/bubblefence_panel._draw`), so the mount is part of every such
 event's time on screen. Builds the dataset of `bench_panel_browser.py` (generated
 512-d embeddings in 8 clusters over 8 small PNGs, split once) in a throwaway database,
-takes the panel's figure for it (`map.map_figure`, coloured by
-split), and times ``Plotly.newPlot`` into a fresh 900 x 480 div until the next
-animation frame, in headless Debian Chromium with software WebGL (no GPU), with the
-plotly.js that ships in the ``plotly`` Python package. Variants, alternated, each
-`REPEATS` times: the figure as the panel sends it (WebGL points, SVG outlines), the
-same with its outlines as WebGL too (what the panel sent before), and with its points
-as SVG too. The App runs the same plotly.js major version (3). A mount is not all of
-an event's cost: 5,000 SVG points mount fastest, yet in the App
-(`bench_panel_browser.py`) they slowed every later event, as each redraw of the page
-lays them out again.
+takes the panel's figure for it (`map.map_figure`, coloured by split), and times
+``Plotly.newPlot`` into a fresh 900 x 480 div until the next animation frame, in
+headless Debian Chromium with software WebGL (no GPU), with the plotly.js that ships
+in the ``plotly`` Python package. Variants, alternated, each `REPEATS` times: the
+figure as the panel sends it (WebGL points, SVG outlines), the same with its outlines
+as WebGL too (what the panel sent before), and with its points as SVG too. The App
+runs the same plotly.js major version (3). A mount is not all of an event's cost:
+5,000 SVG points mount fastest, yet in the App every later panel event took seconds
+longer with them (a `bench_panel_browser.py` run, noted in `bench/RESULTS.md`).
 """
 
 from __future__ import annotations

@@ -81,13 +81,12 @@ DEFAULT_METHOD = "tsne"
 # beyond a few thousand a map shows no more structure, only more overlap.
 MAX_POINTS = 5_000
 # The points are one WebGL trace; the bubble outlines are SVG polylines. The panel
-# mounts a new plot for each figure (see the panel's `_draw`), and WebGL line traces
-# cost each mount their buffers and shaders: in headless Chromium without a GPU
+# mounts a new plot for each figure (see the panel's `_draw`), and WebGL lines cost
+# each mount more than SVG ones: in headless Chromium without a GPU
 # (software WebGL), the 30,000-sample figure (5,000 points, 639 bubbles) mounted in a
 # median 0.83 s with WebGL outlines and 0.64 s with SVG ones (`bench/bench_plot_mount.py`).
 # The points stay WebGL: as 5,000 SVG markers they mounted faster still (0.53 s), but
-# in the App every later redraw of the page laid them out again, and each panel event
-# took seconds more (`bench/bench_panel_browser.py`).
+# in the App every panel event then took seconds longer (`bench/bench_panel_browser.py`).
 POINTS_TRACE_TYPE = "scattergl"
 OUTLINE_TRACE_TYPE = "scatter"
 # Above this many bubbles in the view their outlines are faint and unlabelled: dozens
