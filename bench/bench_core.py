@@ -50,8 +50,11 @@ def make_data(n: int, seed: int, d: int = 512, k: int = 50) -> tuple[np.ndarray,
         coords = rng.normal(size=(len(lab), 8)).astype(np.float32) * spread[lab, None]
         x[sl] = centres[lab] + np.einsum("ij,ijd->id", coords, basis[lab])
         x[sl] += 0.3 * rng.normal(size=(len(lab), d)).astype(np.float32)
-    twins = rng.choice(n, size=int(0.03 * n), replace=False)
-    x[twins[1:]] = x[twins[:-1]] + 0.02 * rng.normal(size=(len(twins) - 1, d)).astype(np.float32)
+    # 3 % of the rows copy another row (disjoint pairs: a copy of a row that was itself
+    # overwritten would be no one's duplicate) plus noise, cosine about 0.99998.
+    twins = rng.choice(n, size=2 * int(0.03 * n), replace=False)
+    originals, copies = twins[::2], twins[1::2]
+    x[copies] = x[originals] + 0.02 * rng.normal(size=(len(copies), d)).astype(np.float32)
     for start in range(0, n, 65536):
         block = x[start : start + 65536]
         block /= np.linalg.norm(block, axis=1, keepdims=True)

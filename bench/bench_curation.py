@@ -73,9 +73,11 @@ def make_clustered(n: int, seed: int, d: int = 512, k: int = 120) -> tuple[np.nd
         x[rows] = centres[c] + coords @ basis.T + iso
     outliers = np.flatnonzero(labels == -1)
     x[outliers] = rng.normal(size=(len(outliers), d))
-    twins = rng.choice(n - n_outliers, size=int(0.02 * n), replace=False)
-    x[twins[1:]] = x[twins[:-1]] + rng.normal(size=(len(twins) - 1, d)) * 0.01 / np.sqrt(d)
-    labels[twins[1:]] = labels[twins[:-1]]
+    # Disjoint pairs: a copy of a row that was itself overwritten would be no one's duplicate.
+    twins = rng.choice(n - n_outliers, size=2 * int(0.02 * n), replace=False)
+    originals, copies = twins[::2], twins[1::2]
+    x[copies] = x[originals] + rng.normal(size=(len(copies), d)) * 0.01 / np.sqrt(d)
+    labels[copies] = labels[originals]
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     return x, labels
 

@@ -9,11 +9,12 @@ samples share 8 small PNGs, in a throwaway database; splits it once (which fits 
 starts the App server on a free 127.0.0.1 port and opens the dataset in headless Debian
 Chromium (Playwright with ``executable_path``, software WebGL). Then, as a user would:
 open the panel, recolour by round and back by split, click the largest bubble's centre
-(the grid must then show one bubble's samples), reset the view, lasso points (until
-the App has stored the selection), exclude them, include them again. For comparison,
-the App alone: the same kind of view change from the sidebar (the grid filtered by the
-``validation`` tag, then the filter cleared) before the panel is opened, and that filter
-again at the end, with the panel open.
+(the grid must then show one bubble's samples), reset the view, lasso points (the drag,
+drawn by the browser alone, then the release, until the App has stored the selection),
+exclude them, include them again. For comparison, the App alone: the same kind of view
+change from the sidebar (the grid filtered by the ``validation`` tag, then the filter
+cleared) before the panel is opened, and that filter again at the end, with the panel
+open.
 
 Per step: seconds from the click to the result on screen (the panel's text or legend, the
 grid's count and thumbnails), measured in Python around Playwright's waits; and every
@@ -57,6 +58,7 @@ import bubblefence_plugin.fo as bfo  # noqa: E402
 N_CLUSTERS = 8
 N_IMAGES = 8
 LASSO_SHARE = 0.05  # of the plot's width: a small lasso near the left edge
+LASSO_MOVES = 6  # mouse moves per side of the lasso's outline
 TARGET_S = 2.0
 QUIET_S = 3.0  # a step ends when no request has started for this long
 SETTLE_MAX_S = 60.0
@@ -101,6 +103,7 @@ class Step:
     start: float
     seconds: dict[str, float]
     requests: list[Request] = field(default_factory=list)
+    gpu_wait_s: float = 0.0  # of those seconds, the page waiting on the GPU process
 
     def traffic(self) -> str:
         """Per kind of request: how many, bytes each way, and when, in seconds after
@@ -127,6 +130,7 @@ class Recorder:
 
     def __init__(self, page: Any):
         self.page = page
+        self.gpu = GpuWaits(page)
         self.requests: list[Request] = []
         self._open: dict[Any, Request] = {}
         page.on("request", self._started)
@@ -194,6 +198,47 @@ class Recorder:
         return wait
 
 
+class GpuWaits:
+    """Seconds the page's main thread waits on Chromium's GPU process, from its trace
+    (``CommandBufferHelper::Finish`` on the renderer's main thread, category ``gpu``).
+
+    Without a GPU, WebGL runs in software (SwiftShader) in that process: a new WebGL
+    plot compiles its shaders and draws its points there, and the software compositor
+    reads every redrawn WebGL canvas back, while the page waits. With a GPU these
+    waits are short; here they are part of every step that mounts a plot.
+    """
+
+    def __init__(self, page: Any):
+        self.page = page
+        self.cdp = page.context.new_cdp_session(page)
+        self.events: list[dict[str, Any]] = []
+        self.complete = False
+        self.cdp.on("Tracing.dataCollected", lambda params: self.events.extend(params["value"]))
+        self.cdp.on("Tracing.tracingComplete", lambda _: setattr(self, "complete", True))
+
+    def start(self) -> None:
+        self.events, self.complete = [], False
+        self.cdp.send("Tracing.start", {"categories": "gpu", "transferMode": "ReportEvents"})
+
+    def stop(self) -> float:
+        self.cdp.send("Tracing.end")
+        while not self.complete:
+            self.page.wait_for_timeout(50)
+        main = {
+            (e["pid"], e["tid"])
+            for e in self.events
+            if e.get("ph") == "M" and e.get("args", {}).get("name") == "CrRendererMain"
+        }
+        waits = (
+            e["dur"]
+            for e in self.events
+            if e.get("ph") == "X"
+            and e.get("name") == "CommandBufferHelper::Finish"
+            and (e["pid"], e["tid"]) in main
+        )
+        return sum(waits) / 1e6
+
+
 def build_dataset(n: int, images: Path) -> fo.Dataset:
     """``n`` samples over `N_IMAGES` small PNGs, embeddings in ``emb``, split once."""
     from PIL import Image
@@ -230,16 +275,22 @@ def timed(
     """Runs ``action``, then waits for each visible result in turn; the seconds of each
     are from the start of the action. Then waits until the App is quiet (`settle`):
     its follow-up traffic counts to this step, and the next step starts on an idle App."""
+    recorder.gpu.start()
     start = time.perf_counter()
     action()
     seconds = {}
     for label, wait in results.items():
         wait()
         seconds[label] = time.perf_counter() - start
+    gpu_wait_s = recorder.gpu.stop()
     recorder.settle(start)
-    step = Step(name, start, seconds, recorder.since(start))
-    print(f"{name}: {seconds} | {step.traffic()}", flush=True)
+    step = Step(name, start, seconds, recorder.since(start), gpu_wait_s)
+    print(f"{name}: {seconds}, GPU waits {gpu_wait_s:.2f} | {step.traffic()}", flush=True)
     return step
+
+
+def _now() -> None:
+    """A result that is on screen once the action returns."""
 
 
 def _tag_entry(page: Any) -> Any:
@@ -371,7 +422,7 @@ def play(page: Any, ds: fo.Dataset, shots: Path | None) -> list[Step]:
         )
     )
 
-    def lasso() -> None:
+    def lasso_drag() -> None:
         area = plot.locator(".nsewdrag").first.bounding_box()
         y0 = area["y"] + 5
         x1 = area["x"] + area["width"] * (0.5 + LASSO_SHARE)
@@ -380,16 +431,18 @@ def play(page: Any, ds: fo.Dataset, shots: Path | None) -> list[Step]:
         page.mouse.move(x_mid, y0)
         page.mouse.down()
         for x, y in ((x1, y0), (x1, y1), (x_mid, y1), (x_mid, y0 + 3)):
-            page.mouse.move(x, y, steps=6)
-        page.mouse.up()
+            page.mouse.move(x, y, steps=LASSO_MOVES)
 
-    # The App hands the lasso's selection to the server when its plot reports it, at
-    # times seconds later: the step waits for that, or Exclude would act on nothing.
+    # The drag is the browser's alone (plotly redraws its points on every move, no
+    # request); the panel's event starts at the release. The App hands the lasso's
+    # selection to the server when its plot reports it, at times seconds later: the
+    # step waits for that, or Exclude would act on nothing.
+    steps.append(timed("lasso: the drag (browser only)", recorder, lasso_drag, {"drawn": _now}))
     steps.append(
         timed(
-            "lasso",
+            "lasso: release",
             recorder,
-            lasso,
+            page.mouse.up,
             {"selection stored": recorder.answered("graphql setSelectedSamplesMutation")},
         )
     )
@@ -472,14 +525,16 @@ def main() -> None:
         f"16x16 PNGs, split once ({build_s:.0f} s with the map); the App server's peak "
         f"RSS {server_peak_mb:,.0f} MB. Seconds from the click to each result on screen; "
         "requests the App started from the click until it was quiet (3 s without a new request), "
-        "before the next step. "
+        "before the next step. Of those seconds, the page's main thread waiting on the GPU "
+        "process (software WebGL: `GpuWaits`). "
         f"Target: under {TARGET_S:.0f} s.\n",
-        "| step | seconds to the result | requests (bytes up, down; seconds after the click) |",
-        "|---|---|---|",
+        "| step | seconds to the result | waiting on software WebGL | requests (bytes up, down; "
+        "seconds after the click) |",
+        "|---|---|---:|---|",
     ]
     for step in steps:
         seconds = ", ".join(f"{k} {v:.2f}" for k, v in step.seconds.items())
-        lines.append(f"| {step.name} | {seconds} | {step.traffic()} |")
+        lines.append(f"| {step.name} | {seconds} | {step.gpu_wait_s:.2f} | {step.traffic()} |")
     print("\n".join(lines), flush=True)
     if not args.no_append:
         append_results(lines)
