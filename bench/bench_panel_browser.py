@@ -20,7 +20,8 @@ Per step: seconds from the click to the result on screen (the panel's text or le
 grid's count and thumbnails), measured in Python around Playwright's waits; and every
 request the App started from the click until it was quiet (panel events by method,
 GraphQL queries by operation, other calls): how many, the bytes each way, and when, in
-seconds after the click. The next step starts once the App is quiet. Also the App
+seconds after the click; and, from Chromium's trace, how long the page waited on its GPU
+process meanwhile (`GpuWaits`). The next step starts once the App is quiet. Also the App
 server's peak RSS.
 """
 

@@ -400,9 +400,7 @@ def main() -> None:
 
 def _on_share(m: dict) -> str:
     """'on/can of all' per tolerance (`measure`)."""
-    parts = [m.get(f"on_share@{t}") for t in SHARE_TOLERANCES]
-    if any(p is None for p in parts):
-        return "-"
+    parts = [m[f"on_share@{t}"] for t in SHARE_TOLERANCES]
     return " / ".join(f"{on}/{can} of {all_}" for on, can, all_ in parts)
 
 
