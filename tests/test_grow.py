@@ -361,7 +361,7 @@ def test_a_region_capture_may_not_pass_a_labels_cap():
     assert g.strata.eval_count.tolist() == [1, 2]
 
 
-def _lost_and_spread(split=None):
+def _lost_and_spread():
     """Rows 0-5 one unit of label A (6 samples: target = cap = 1, lost); rows 6-25
     singletons of label B (target = cap = 4); row 5 also carries label C, whose other
     rows 26-30 are singletons (target = cap = 1)."""
@@ -369,11 +369,11 @@ def _lost_and_spread(split=None):
     units = np.r_[np.zeros(6, np.int64), np.arange(6, 31)]
     labels = _indicator(31, [list(range(6)), list(range(6, 26)), [5, *range(26, 31)]])
     config = BubbleFenceConfig(eval_ratio=0.2, eval_tolerance=0.0)
-    return x, units, labels, config, split
+    return x, units, labels, config
 
 
 def test_a_lost_labels_unit_takes_what_the_labels_on_share_cannot_hold():
-    x, units, labels, config, _ = _lost_and_spread()
+    x, units, labels, config = _lost_and_spread()
     g = grower(x, config, Budget(need=10, cap=10), units=units, columns=[labels, labels])
     g.fill(proposing())  # no candidate: only what the lost label's unit takes
     # 10 needed, labels B and C can hold 4 + 1 within their caps: A's unit goes whole.
@@ -388,7 +388,7 @@ def test_a_lost_labels_unit_takes_what_the_labels_on_share_cannot_hold():
 def test_a_lost_labels_unit_is_not_taken_past_another_labels_cap():
     split = np.full(31, UNASSIGNED, np.int8)
     split[26] = VALIDATION  # label C at its cap: row 5 may not join eval
-    x, units, labels, config, split = _lost_and_spread(split)
+    x, units, labels, config = _lost_and_spread()
     units = np.delete(units, 26)  # units of the open rows
     g = grower(
         x, config, Budget(need=10, cap=10), units=units, split=split, columns=[labels, labels]

@@ -27,9 +27,10 @@ regions (`regions.RegionIndex`, smallest first). Phases:
    onto a label that is already on share;
 2. *fill*: first, while the round needs more than the strata on share can still take
    within their caps, whole units of *lost* strata (short of target, every unit of
-   theirs larger than their room: a burst, a video), the largest first; then
-   candidates among open samples whose component still fits, keeping the labels
-   (regions) within their caps, and last any, until the round's need is met;
+   theirs larger than their room: a burst, a video), the one leaving its lost strata
+   the smallest eval share first, then the largest; then candidates among open
+   samples whose component still fits, keeping the labels (regions) within their
+   caps, and last any, until the round's need is met;
 3. *cut*: whole components that still fit, the largest first; then, only for a
    component too large to stay whole on either side (more than train can hold), the
    cut with the fewest twin pairs per captured sample (`boundary.least_crossed_cut`),
