@@ -385,6 +385,37 @@ def test_a_lost_labels_unit_takes_what_the_labels_on_share_cannot_hold():
     assert (g.split == UNASSIGNED).all()
 
 
+def test_fill_within_the_caps_and_beyond_them_are_separate_steps():
+    # The pipeline runs finer units within the caps before any unit passes them.
+    x, units, labels, config = _lost_and_spread()
+    within = grower(x, config, Budget(need=10, cap=10), units=units, columns=[labels, labels])
+    within.fill(proposing(*range(6, 26)), beyond_caps=False)
+    # Lost label A's unit, then label B to its cap: C (row 5, in A's unit) at its cap.
+    assert within.strata.eval_count[:3].tolist() == [6, 4, 1] == [6, *within.strata.cap[1:3]]
+    beyond = grower(x, config, Budget(need=10, cap=10), units=units, columns=[labels, labels])
+    beyond.fill(proposing(*range(6, 26)), within_caps=False)
+    # Balls around B's candidates, whatever the caps: C (row 29 besides row 5) past its.
+    assert beyond.captured == 10 and beyond.strata.eval_count[2] > beyond.strata.cap[2]
+
+
+def test_widened_caps_take_the_overflow_before_any_cap_is_passed():
+    # One label of 20 singletons: cap floor(0.215 * 20) = 4, widened floor(0.25 * 20) = 5.
+    x = unit(np.random.default_rng(2).normal(size=(20, 8)))
+    config = BubbleFenceConfig(eval_ratio=0.2, eval_tolerance=0.03, bubble_size=2)
+    labels = _indicator(20, [list(range(20))])
+    g = grower(x, config, Budget(need=7, cap=7), units=np.arange(20), columns=[labels, labels])
+    everyone = proposing(*range(20))
+    g.fill(everyone, beyond_caps=False)
+    within = g.captured
+    assert 0 < within <= 4
+    g.widen_caps()
+    assert g.strata.cap.tolist() == [5, 5]
+    g.fill(everyone, beyond_caps=False)
+    assert within < g.captured <= 5
+    g.fill(everyone, within_caps=False)
+    assert g.captured >= 7
+
+
 def test_a_lost_labels_unit_is_not_taken_past_another_labels_cap():
     split = np.full(31, UNASSIGNED, np.int8)
     split[26] = VALIDATION  # label C at its cap: row 5 may not join eval

@@ -408,7 +408,7 @@ def isolated_pairs(rng, n_pairs, d):
 
 
 def test_a_later_round_keeps_the_closure_margin_of_round_0():
-    """New samples within the closure threshold (0.92) but not twins (0.95) of earlier
+    """New samples within the closure threshold (0.91) but not twins (0.95) of earlier
     samples: near train they stay train, though bubbles need samples (fresh pairs meet
     the quota); near eval they join the eval sample's bubble and shell."""
     rng = np.random.default_rng(3)
@@ -435,7 +435,7 @@ def test_a_later_round_keeps_the_closure_margin_of_round_0():
 
 def manifold_clusters(rng, n, d=128, k=12):
     """Broad clusters on 8-d manifolds: neighbours at cosine 0.9-0.97, where the
-    closure margin (0.92) and the twins (0.95) both act."""
+    closure margin (0.91) and the twins (0.95) both act."""
     labels = rng.integers(0, k, n)
     centres = rng.normal(size=(k, d))
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)

@@ -416,8 +416,9 @@ class BubbleFence:
     def _fill_quota(
         self, work: _Round, grower: BubbleGrower, open_rows: np.ndarray, n_kept: int
     ) -> None:
-        """Strata first, then any unit, then (the margin being too coarse) finer units;
-        a unit too large for either side is cut last."""
+        """Strata first, within their caps, the margin's units, then the twin components;
+        then any unit, the margin's, then the twin components; a unit too large for
+        either side is cut last."""
         cfg, x, rng = self.config, work.x, work.rng
         projection = fit_projection(x, cfg.pca_dims, rng, rows=open_rows)
         reference = subsample(work.n, LID_REFERENCE, rng)
@@ -427,15 +428,32 @@ class BubbleFence:
             return CandidateStream(x, rows, projection, reference, cfg, rng, expected)
 
         grower.serve_strata(make_stream)
-        grower.fill(make_stream)
-        if grower.remaining > 0 and cfg.unit_threshold < cfg.leak_threshold:
-            # The closure margin is a preference: where its units are too coarse, or
-            # fenced off as train's margin, for the quota, the twin components of every
-            # sample still open (leak-free) serve.
+        grower.fill(make_stream, beyond_caps=False)
+        if grower.remaining > 0:
+            grower.widen_caps()
+            grower.fill(make_stream, beyond_caps=False)
+        if grower.remaining == 0 or cfg.unit_threshold >= cfg.leak_threshold:
+            grower.fill(make_stream, within_caps=False)
+            grower.cut(n_kept)
+            return
+        # The closure margin is a preference. Where its units are too coarse for the
+        # strata's caps, the twin components of the samples still open (leak-free) serve
+        # the strata first, those clear of train's margin (fenced rows: no unit); only
+        # then may the margin's units, and last every twin component, pass the caps.
+        # Every capture so far took whole twin components: the rows still open are
+        # unions of both kinds of unit.
+        margin = grower.units.component.copy()
+        twins = self._twin_units(work, open_rows)
+        still_open = open_rows[work.split[open_rows] == UNASSIGNED]
+        fenced = still_open[margin[still_open] < 0]
+        clear = np.where(np.isin(twins, twins[fenced]), -1, twins)
+        for unit_of, within_caps in ((clear, True), (margin, False), (twins, False)):
+            if grower.remaining <= 0:
+                break
             still_open = open_rows[work.split[open_rows] == UNASSIGNED]
-            finer = self._components(x, still_open, work.codes, cfg.leak_threshold)
-            grower.use_units(Units.from_labels(work.n, still_open, finer))
-            grower.fill(make_stream)
+            still_open = still_open[unit_of[still_open] >= 0]
+            grower.use_units(Units.from_labels(work.n, still_open, unit_of[still_open]))
+            grower.fill(make_stream, within_caps=within_caps, beyond_caps=not within_caps)
         grower.cut(n_kept)
 
     def _settle_the_rest(self, work: _Round) -> None:
@@ -527,6 +545,22 @@ class BubbleFence:
         if work.n_old == 0 and len(open_rows) > 1 and len(open_rows) == int(work.kept.sum()):
             index = work.kept_index = CellIndex(work.x, open_rows, cfg.unit_threshold, cfg.seed)
         return self._components(work.x, open_rows, work.codes, cfg.unit_threshold, index)
+
+    def _twin_units(self, work: _Round, open_rows: np.ndarray) -> np.ndarray:
+        """Per row, its twin component (a group's members linked) for `open_rows`, -1
+        elsewhere: the round's own components, or in a first round those of its kept
+        rows, searched with the index of its units."""
+        twins = np.full(work.n, -1, np.int64)
+        if work.components is not None:
+            twins[open_rows] = work.components[np.searchsorted(work.new_kept, open_rows)]
+            return twins
+        index = work.kept_index
+        if index is None or not np.array_equal(index.rows, open_rows):
+            index = None
+        twins[open_rows] = self._components(
+            work.x, open_rows, work.codes, self.config.leak_threshold, index
+        )
+        return twins
 
     def _components(
         self,
