@@ -416,9 +416,10 @@ class BubbleFence:
     def _fill_quota(
         self, work: _Round, grower: BubbleGrower, open_rows: np.ndarray, n_kept: int
     ) -> None:
-        """Strata first, within their caps, the margin's units, then the twin components;
-        then any unit, the margin's, then the twin components; a unit too large for
-        either side is cut last."""
+        """Strata first, within their caps; then within caps widened to the per-label
+        tolerance, the margin's units, then the twin components; then past the caps, the
+        margin's units, then the twin components; a unit too large for either side is
+        cut last."""
         cfg, x, rng = self.config, work.x, work.rng
         projection = fit_projection(x, cfg.pca_dims, rng, rows=open_rows)
         reference = subsample(work.n, LID_REFERENCE, rng)
