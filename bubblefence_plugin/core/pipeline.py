@@ -433,7 +433,7 @@ class BubbleFence:
         if grower.remaining > 0:
             grower.widen_caps()
             grower.fill(make_stream, beyond_caps=False)
-        if grower.remaining == 0 or cfg.unit_threshold >= cfg.leak_threshold:
+        if grower.remaining <= 0 or cfg.unit_threshold >= cfg.leak_threshold:
             grower.fill(make_stream, within_caps=False)
             grower.cut(n_kept)
             return
