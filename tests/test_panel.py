@@ -97,11 +97,14 @@ def event(
     handler: str,
     state: dict | None = None,
     shown: list[str] | None = None,
+    selected: list[str] | None = None,
     **params: Any,
 ) -> Reply:
     """Runs the panel's ``handler`` on ``samples`` (the App's view) with ``params``;
-    ``shown``: the ids of the App's extended selection, sent as the App sends them."""
+    ``shown``: the ids of the App's extended selection, sent as the App sends them;
+    ``selected``: the App's selected samples."""
     ctx = {"view": samples} if isinstance(samples, fo.DatasetView) else {"dataset": samples}
+    ctx["selected"] = selected or []
     if shown is not None:
         ctx["extended"] = {"fiftyone.core.stages.Select": {"sample_ids": shown, "ordered": False}}
         ctx["extended_selection"] = {"selection": shown, "scope": "bubblefence"}
@@ -201,6 +204,9 @@ def test_map_draws_points_bubble_outlines_and_a_legend_for_every_mark(split_data
     plot = props[reply.plot_key]
     layout = plot["view"]["layout"]
     assert "shapes" not in layout and layout["hoverlabel"]["bgcolor"] == viz.HOVER_STYLE["bgcolor"]
+    # The App's re-renders hand Plotly copies of the arrays: the revision tells it
+    # that the figure is unchanged (see `_draw`).
+    assert layout["datarevision"] == reply.plot_key
     assert layout["legend"]["orientation"] == "h" and layout["legend"]["y"] < 0
     assert plot["view"]["name"] == "PlotlyView" and plot["view"]["config"]["scrollZoom"] is False
     assert props["export"]["view"]["operator"] == f"{PLUGIN}/bubblefence_export"
@@ -233,6 +239,7 @@ def test_recolouring_draws_a_new_plot_and_drops_the_apps_copy(split_dataset, mon
         reply = event(ds, "on_color_by", state={key: loaded.figure}, value="round")
     assert reply.state == {key: None}
     assert reply.plot_key != key and reply.data[key] is None
+    assert reply.properties()[reply.plot_key]["view"]["layout"]["datarevision"] == reply.plot_key
     assert reply.properties()["color_round"]["view"]["variant"] == "contained"
     assert reply.points["ids"] == ids
     round_of = dict(zip(*ds.values(["id", "bubblefence_round"]), strict=True))
@@ -378,6 +385,51 @@ def test_subsampling_and_fading_when_the_view_is_large(split_dataset, monkeypatc
     assert {t["opacity"] for t in reply.outlines("bubble, outer ring").values()} == {0.35}
     again = event(ds, "refresh", state={"color_by": "split"})
     assert again.points["ids"] == reply.points["ids"]  # a fixed subsample
+
+
+def test_exclude_and_include_again_update_the_points_drawn_without_reading_the_view(
+    split_dataset, monkeypatch
+):
+    ds = split_dataset
+    monkeypatch.setattr(viz, "MAX_POINTS", 50)
+    loaded = event(ds, "on_load")
+    drawn = loaded.points["ids"]
+    undrawn = [i for i in ds.values("id") if i not in set(drawn)]
+    acted_on = drawn[:3] + undrawn[:3]
+
+    def colours(reply: Reply) -> dict[str, str]:
+        points = reply.points
+        return dict(zip(points["ids"], points["marker"]["color"], strict=True))
+
+    # The same subsample, the drawn ones of the excluded in the exclusion's colour, drawn
+    # on top; the same points and colours as a drawing of the view anew.
+    with monkeypatch.context() as patched:
+        patched.setattr(viz, "_drawn_points", lambda *a: pytest.fail("the view read again"))
+        excluded = event(ds, "exclude", selected=acted_on)
+    assert colours(excluded) == colours(event(ds, "refresh"))
+    assert excluded.points["ids"][-3:] == drawn[:3]
+    assert {colours(excluded)[i] for i in drawn[:3]} == {viz.SPLIT_COLORS["excluded"]}
+    assert "Showing **50** of the 200 samples of the view" in excluded.text("note")
+
+    # Included again, they have no split: off the map, and out of the count.
+    with monkeypatch.context() as patched:
+        patched.setattr(viz, "_drawn_points", lambda *a: pytest.fail("the view read again"))
+        included = event(ds, "include_again", selected=acted_on)
+    assert set(included.points["ids"]) == set(drawn) - set(acted_on)
+    assert colours(included) == {i: c for i, c in colours(loaded).items() if i in set(drawn[3:])}
+    assert "Showing **47** of the 194 samples of the view" in included.text("note")
+    assert len(event(ds, "refresh").points["ids"]) == 50  # drawn anew: a new subsample
+
+    # In a view the exclusion changes (one tag's samples): those leaving it leave the map.
+    view = ds.match_tags("validation")
+    loaded = event(view, "on_load")
+    drawn = loaded.points["ids"]
+    with monkeypatch.context() as patched:
+        patched.setattr(viz, "_drawn_points", lambda *a: pytest.fail("the view read again"))
+        excluded = event(view, "exclude", selected=drawn[:2])
+    assert excluded.points["ids"] == drawn[2:]
+    n_left = view.count()
+    assert f"Showing all **{n_left}** split samples in the view" in excluded.text("note")
 
 
 def test_missing_map_offers_to_compute_it_and_refits_with_another_method(split_dataset):

@@ -578,28 +578,110 @@ def _drawn_points(
 ) -> DrawnPoints:
     """The view's samples that have a point, a seeded subsample beyond ``max_points``,
     in `POINT_CATEGORIES` order (held-out splits drawn last, on top)."""
-    ids, split, rnd = samples.values(["id", SPLIT_FIELD, ROUND_FIELD])
-    # The excluded ids, not every sample's tags: reading tags lists is 7x slower.
-    excluded = set(samples.match_tags(EXCLUDED_TAG).values("id"))
-    category = np.asarray(
-        ["excluded" if i in excluded else str(s) for i, s in zip(ids, split, strict=True)]
-    )
-    rows = pd.Index(points[0]).get_indexer(ids)
-    on_map = np.flatnonzero((rows >= 0) & np.isin(category, POINT_CATEGORIES))
+    status = _point_status(samples, points)
+    on_map = np.flatnonzero(status.on_map)
     chosen = on_map
     if len(on_map) > max_points:
         chosen = on_map[np.sort(np.random.default_rng(0).choice(len(on_map), max_points, False))]
-    rank = pd.Index(POINT_CATEGORIES).get_indexer(category[chosen])
-    chosen = chosen[np.argsort(rank, kind="stable")]
-    rnd = np.asarray([-1 if r is None else r for r in rnd], np.int64)
+    chosen = chosen[_drawing_order(status.category[chosen])]
     return DrawnPoints(
-        n_view=len(ids),
+        n_view=len(status.ids),
         n_on_map=len(on_map),
-        n_unplaced=int(np.sum((rnd >= 0) & (rows < 0))),
-        ids=np.asarray(ids, dtype=object)[chosen].astype(str),
-        xy=points[1][rows[chosen]],
-        rnd=rnd[chosen],
-        category=category[chosen],
+        n_unplaced=int(status.unplaced.sum()),
+        ids=status.ids[chosen],
+        xy=points[1][status.rows[chosen]],
+        rnd=status.rnd[chosen],
+        category=status.category[chosen],
+    )
+
+
+@dataclass
+class PointStatus:
+    """Per sample of a collection: its place on the map (`point_status`)."""
+
+    ids: np.ndarray
+    rows: np.ndarray  # row of its stored point, -1 for none
+    rnd: np.ndarray  # its round, -1 for none
+    category: np.ndarray  # its split, or "excluded"
+
+    @property
+    def on_map(self) -> np.ndarray:
+        """Drawn when in the view: it has a point and a split, or is excluded."""
+        return (self.rows >= 0) & np.isin(self.category, POINT_CATEGORIES)
+
+    @property
+    def unplaced(self) -> np.ndarray:
+        """Split in a round and without a point: a round whose map update failed."""
+        return (self.rnd >= 0) & (self.rows < 0)
+
+
+def point_status(samples: foc.SampleCollection, ids: list[str]) -> PointStatus:
+    """The place on the map of those of ``ids`` that are in ``samples``: what
+    `recategorized` compares after an exclusion or an inclusion.
+
+    Args:
+        samples: the dataset or view the map draws
+        ids: sample ids
+    """
+    return _point_status(samples.select(ids), load_points(root_dataset(samples)))
+
+
+def _point_status(
+    samples: foc.SampleCollection, points: tuple[np.ndarray, np.ndarray]
+) -> PointStatus:
+    ids, split, rnd = samples.values(["id", SPLIT_FIELD, ROUND_FIELD])
+    # The excluded ids, not every sample's tags: reading tags lists is 7x slower.
+    excluded = set(samples.match_tags(EXCLUDED_TAG).values("id"))
+    return PointStatus(
+        ids=np.asarray(ids, dtype=object).astype(str),
+        rows=pd.Index(points[0]).get_indexer(ids),
+        rnd=np.asarray([-1 if r is None else r for r in rnd], np.int64),
+        category=np.asarray(
+            ["excluded" if i in excluded else str(s) for i, s in zip(ids, split, strict=True)]
+        ),
+    )
+
+
+def _drawing_order(category: np.ndarray) -> np.ndarray:
+    rank = pd.Index(POINT_CATEGORIES).get_indexer(category)
+    return np.argsort(rank, kind="stable")
+
+
+def recategorized(
+    samples: foc.SampleCollection, drawn: DrawnPoints, ids: list[str], before: PointStatus
+) -> DrawnPoints:
+    """``drawn`` after the samples ``ids`` were excluded or included again, without
+    reading the view's other samples (a third of a second and more at 30,000): the
+    same subsample, its points of those samples in their new category, or dropped
+    where they left the map (or the view); the counts updated.
+
+    Those that joined the map outside the subsample stay undrawn (a drawing of the
+    view anew draws another seeded subsample), but are counted.
+
+    Args:
+        samples: the dataset or view ``drawn`` holds the points of
+        drawn: the points drawn before the change
+        ids: the samples changed
+        before: their `point_status` in ``samples`` before the change
+    """
+    after = point_status(samples, ids)
+    left = set(before.ids[before.on_map]) - set(after.ids[after.on_map])
+    joined = set(after.ids[after.on_map]) - set(before.ids[before.on_map])
+    position = {i: k for k, i in enumerate(after.ids)}
+    changed = np.asarray([position.get(i, -1) for i in drawn.ids], np.int64)
+    category, rnd = drawn.category.copy(), drawn.rnd.copy()
+    now = changed >= 0
+    category[now], rnd[now] = after.category[changed[now]], after.rnd[changed[now]]
+    keep = np.flatnonzero(~np.isin(drawn.ids, list(left)))
+    keep = keep[_drawing_order(category[keep])]
+    return DrawnPoints(
+        n_view=drawn.n_view + len(after.ids) - len(before.ids),
+        n_on_map=drawn.n_on_map + len(joined) - len(left),
+        n_unplaced=drawn.n_unplaced + int(after.unplaced.sum()) - int(before.unplaced.sum()),
+        ids=drawn.ids[keep],
+        xy=drawn.xy[keep],
+        rnd=rnd[keep],
+        category=category[keep],
     )
 
 
