@@ -132,7 +132,9 @@ class BubbleFencePanel(foo.Panel):
         ctx.trigger("set_color_scheme", bfmap.color_scheme_params(ctx.dataset))
         self._hydrate(ctx)
 
-    def _hydrate(self, ctx: Any, samples: Any = None, drawn: Any = None) -> None:
+    def _hydrate(
+        self, ctx: Any, samples: Any = None, drawn: bfmap.DrawnPoints | None = None
+    ) -> None:
         """Draws the figure and the figures for ``samples`` (default: `drawn_view`);
         the points ``drawn`` if given (`_points_after`), else those it reads."""
         samples = drawn_view(ctx) if samples is None else samples
