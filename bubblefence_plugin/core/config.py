@@ -36,10 +36,11 @@ INT64_MAX = 2**63 - 1
 # 0.02: leak@0.95 after the last round 0.0061 / 0.0097 (3 / 4 rounds), labels reaching
 # eval/val/test summed over all 8 cases 1,008; 0.03: 0.0031 / 0.0038, labels 1,013.
 # Real photos (`photos`: crops of 21 photos embedded by EfficientNet-Lite0, 3 rounds) leak
-# 0.0079 / 0.0099 (without / with labels) after the last round at 0.03. At 0.04: photos
-# 0.0040 / 0.0099, the mixtures in 3 / 4 rounds 0.0015 / 0.0010 without labels and
-# 0.0031 / 0.0010 with, and the mixture in 3 rounds reaches 47/44/46 labels in
-# eval/val/test against the oracle's 49/46/48 (0.03: 46/46/45). Coarser units need the
+# 0.0079 / 0.0099 (without / with labels) after the last round at 0.03. At 0.04, with
+# pipeline._fill_quota's order: photos 0.0040 / 0.0020, the mixtures in 3 / 4 rounds
+# 0.0015 / 0.0010 without labels and 0.0031 / 0.0010 with, and the mixture in 3 rounds
+# reaches 47/44/46 labels in eval/val/test against the oracle's 49/46/48 (0.03:
+# 46/46/45). Coarser units need the
 # twin components to serve the labels' caps before the margin's units pass them
 # (pipeline._fill_quota): without that, a 40-sample class went to eval whole in 32-d
 # labelled data (tests/test_labels_groups.py). 0.05 (same without that order) cost 18 of

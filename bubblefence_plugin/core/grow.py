@@ -128,8 +128,8 @@ SHELL_BALANCE_SLACK = 0.005
 SHELL_THROUGH_TOLERANCE = 0.03
 
 # A stratum's eval share may come this far above the target when the quota cannot be met
-# within the caps (target + half of eval_tolerance): issue 11's per-label tolerance
-# with labels. The overflow spreads within it over the closure's units before finer units
+# within the caps: issue 11's per-label tolerance (each label's eval share within 0.05 of
+# the target). The overflow spreads within it over the closure's units before finer units
 # break the margin (real photos with labels: with finer units first, round 0 took 17
 # samples of two texture photos as such, and round 1 made 4 eval samples of those two
 # photos leak; bench/RESULTS.md, 2026-12-03).
