@@ -29,12 +29,13 @@ regions (`regions.RegionIndex`, smallest first). Phases:
    within their caps, whole units of *lost* strata (short of target, every unit of
    theirs larger than their room: a burst, a video), the one leaving its lost strata
    the smallest eval share first, then the largest; then candidates among open
-   samples whose component still fits, keeping the labels (regions) within their
-   caps, and last any, until the round's need is met. The steps within the caps and
-   the last one run apart (`fill`): in between, the caller widens the caps to the
-   per-label tolerance (`widen_caps`) and serves them again, with the closure's units
-   and then with finer ones (`use_units`: the twin components, where the closure's
-   are too coarse; `pipeline.BubbleFence._fill_quota`);
+   samples whose component still fits, keeping the regions and labels within their
+   caps, then the labels alone (without labels: none), and last any, until the
+   round's need is met. The steps within the caps and the last one run apart
+   (`fill`): in between, the caller widens the caps to the per-label tolerance
+   (`widen_caps`) and serves them again, with the closure's units and then with finer
+   ones (`use_units`: the twin components, where the closure's are too coarse;
+   `pipeline.BubbleFence._fill_quota`);
 3. *cut*: whole components that still fit, the largest first; then, only for a
    component too large to stay whole on either side (more than train can hold), the
    cut with the fewest twin pairs per captured sample (`boundary.least_crossed_cut`),
@@ -427,7 +428,11 @@ class BubbleGrower:
         (`_absorb_in_lost_strata`), then candidates whose component fits: first those
         whose strata are all below their cap (so the fill does not pile onto the strata
         that were easy), then those whose labels are (regions may pass their cap), both
-        keeping the capped strata within their caps. `beyond_caps`: then any."""
+        keeping the labels within their caps. Without labels that second step checks
+        nothing: it passes the regions' caps, as `beyond_caps` would (keeping them there
+        measured worse: digits' test labels 67 -> 63 over eight seeds, a mixture's
+        later round leaking 0.0051; bench/RESULTS.md, 2026-12-03). `beyond_caps`: then
+        any."""
         strata = self.strata
         phases = (len(strata.target), strata.n_first) if within_caps else ()
         if within_caps:
