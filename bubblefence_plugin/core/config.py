@@ -40,11 +40,11 @@ INT64_MAX = 2**63 - 1
 # pipeline._fill_quota's order: photos 0.0040 / 0.0020, the mixtures in 3 / 4 rounds
 # 0.0015 / 0.0010 without labels and 0.0031 / 0.0010 with, and the mixture in 3 rounds
 # reaches 47/44/46 labels in eval/val/test against the oracle's 49/46/48 (0.03:
-# 46/46/45). Coarser units need the
-# twin components to serve the labels' caps before the margin's units pass them
-# (pipeline._fill_quota): without that, a 40-sample class went to eval whole in 32-d
-# labelled data (tests/test_labels_groups.py). 0.05 (same without that order) cost 18 of
-# 1,119 labels over 6 cases and the closure components 1.5x the time (2026-12-03).
+# 46/46/45). Coarser units need the twin components to serve the labels' caps before the
+# margin's units pass them (pipeline._fill_quota): without that, a 40-sample class went
+# to eval whole in 32-d labelled data (tests/test_labels_groups.py). 0.05 (same without
+# that order) cost 18 of 1,119 labels over 6 cases and the closure components 1.5x the
+# time (2026-12-03).
 CLOSURE_MARGIN = 0.04
 
 
