@@ -12,6 +12,8 @@ Data sets, generated here (none of them tuned to the algorithm):
   noise, each with its own spread); 2 % near-exact duplicates. Labels: the clusters.
   Fed in one round, in rounds of 50 / 25 / 25 %, and (20k) in 4 unequal rounds.
 * `digits`: scikit-learn's handwritten digits, 64-d pixel vectors; labels: the digits.
+* `digits_rounds`: the same in random order, in rounds of 50 / 25 / 25 %: dense real
+  data that grows, so later samples land between those already split.
 * `photos`: real photos, embedded by a real pretrained encoder: 120 crops of each of
   the 21 colour and grey photos that ship with scikit-learn, matplotlib and
   scikit-image (the demo's), a crop covering 20-90 % of the shorter side at a random
@@ -74,7 +76,15 @@ from bubblefence_plugin.core.twins import twin_components  # noqa: E402
 
 THRESHOLDS = (0.90, 0.95, 0.99)
 VIDEO_CASES = ("videos", "one_video", "one_video_rounds")
-CASES = ("mixture", "mixture_rounds", "mixture_4rounds", "digits", "photos", *VIDEO_CASES)
+CASES = (
+    "mixture",
+    "mixture_rounds",
+    "mixture_4rounds",
+    "digits",
+    "digits_rounds",
+    "photos",
+    *VIDEO_CASES,
+)
 # Crops per packaged photo (`photos`): >= 100 per label, so each photo's share is measured.
 CROPS_PER_PHOTO = 120
 EVAL_RATIO = 0.2
@@ -337,6 +347,12 @@ def run_case(name: str, quick: bool) -> dict:
     if name == "digits":
         x, labels = digits()
         rounds = [len(x)]
+    elif name == "digits_rounds":
+        x, labels = digits()
+        order = np.random.default_rng(8).permutation(len(x))
+        x, labels = x[order], labels[order]
+        n = len(x)
+        rounds = [n // 2, n // 4, n - n // 2 - n // 4]
     elif name == "photos":
         x, labels = photos(max(2, int(CROPS_PER_PHOTO * scale)), seed=7)
         n = len(x)

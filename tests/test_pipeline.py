@@ -32,7 +32,9 @@ def crossing_pairs(bf, threshold=0.95):
     line, or of validation/test."""
     a = bf.assignments()
     kept = a["duplicate_of"].isna().to_numpy()
-    x = bf._embeddings[kept]
+    # In float64, as the split decides: a float32 product put a digits pair at 0.79999998
+    # on the other side of 0.8 (one pair of 41,652).
+    x = bf._embeddings[kept].astype(np.float64)
     split = a["split"].to_numpy()[kept]
     i, j = np.nonzero(np.triu(x @ x.T >= threshold, 1))
     train_i, train_j = split[i] == "train", split[j] == "train"
@@ -467,6 +469,35 @@ def test_later_rounds_keep_the_margin_and_never_leak_uncounted(seed):
             assert sims.max() < closure
         fenced += result.stats.get("margin_train", 0)
     assert fenced > 0  # the margin was at work
+
+
+@pytest.mark.parametrize(
+    "knobs",
+    [
+        {},
+        {"eval_ratio": 0.9},
+        {"validation_ratio": 0.05},
+        {"min_eval_per_batch": 0.5},
+        {"leak_threshold": 0.8},
+    ],
+)
+@pytest.mark.parametrize("with_labels", [False, True])
+def test_dense_real_data_in_rounds_cuts_only_what_it_counts(knobs, with_labels):
+    """scikit-learn's digits (dense: each digit nearly one twin component) in random
+    order, in rounds of 50 / 25 / 25 % and ten of 17 samples: later samples bridge
+    train and eval, and every pair that crosses is counted (brute force, every round)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    order = np.random.default_rng(8).permutation(len(digits.data))
+    x = unit(digits.data[order])
+    labels = digits.target[order].astype(str)
+    bf = BubbleFence(BubbleFenceConfig(seed=1, **knobs))
+    sizes = [600, 300, 300] + [17] * 10 + [len(x) - 1370]
+    for part in np.split(np.arange(len(x)), np.cumsum(sizes)[:-1]):
+        bf.ingest(x[part], ids=part, labels=labels[part] if with_labels else None)
+        check_invariants(bf)
+    assert sum(r["cut_pairs"] for r in bf.history) > 0  # the data bridged, as it does
 
 
 def test_a_kept_index_gives_the_split_a_fresh_one_gives(tmp_path):
