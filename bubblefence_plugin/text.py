@@ -89,6 +89,8 @@ def round_text(summary: Mapping[str, Any]) -> SummaryText:
             ("n_embedded", "Images embedded"),
             ("n_errors", "Samples with errors"),
             ("n_forgotten", "Deleted samples dropped from the state"),
+            ("cut_pairs", "Near-twin pairs cut"),
+            ("eval_floor_shortfall", "Eval samples short of min_eval_per_batch"),
         )
         if summary.get(key)
     ]
@@ -101,8 +103,16 @@ def round_text(summary: Mapping[str, Any]) -> SummaryText:
 
 def round_warnings(summary: Mapping[str, Any]) -> list[str]:
     """What a user should look at after a round (shown in amber), in plain sentences:
-    labels with no eval sample, groups on both sides of the train/eval line."""
+    labels with no eval sample, groups on both sides of the train/eval line, near-twin
+    pairs the round had to cut."""
     warnings = []
+    if summary.get("cut_pairs"):
+        warnings.append(
+            f"{summary['cut_pairs']} near-twin pairs cross the train/eval or "
+            "validation/test line this round: new samples that are near twins of samples "
+            "on both sides, or a group of near twins too large for either side (the "
+            "leakage audit lists the pairs)"
+        )
     missing = (summary.get("labels") or {}).get("missing_from_eval") or []
     if missing:
         warnings.append(

@@ -69,6 +69,9 @@ def test_three_incremental_rounds_are_stable(field_dataset):
         add_embedded_samples(ds, 60, seed)
         summary = bfo.split(ds, embeddings_field="emb")
         assert summary["round"] == k and summary["n_new"] == 60
+        record = bfo.load_state(ds, embeddings=False)[0].history[-1]
+        assert summary["cut_pairs"] == record["cut_pairs"]
+        assert summary["eval_floor_shortfall"] == record["floor_shortfall"]
         now = splits_by_id(ds)
         for before in history:
             changed = [i for i, s in before.items() if now[i] != s]

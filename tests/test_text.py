@@ -28,3 +28,16 @@ def test_round_text_names_failed_files_and_leaves_out_zero_counts():
     assert "/data/a.png" in plain and "cannot identify image file" in plain
     assert "Images embedded" not in plain  # zero: nothing to say
     assert "samples with errors: 2" in plain
+
+
+def test_cut_pairs_and_a_yielded_floor_are_said_only_when_they_happened():
+    summary = {**SUMMARY, "labels": None, "groups": None}
+    quiet = {**summary, "cut_pairs": 0, "eval_floor_shortfall": 0}
+    assert round_warnings(quiet) == []
+    assert "near-twin" not in round_text(quiet).plain().lower()
+    cut = {**summary, "cut_pairs": 7, "eval_floor_shortfall": 3}
+    (warning,) = round_warnings(cut)
+    assert warning.startswith("7 near-twin pairs cross the train/eval or validation/test")
+    plain = round_text(cut).plain()
+    assert "near-twin pairs cut: 7" in plain
+    assert "eval samples short of min_eval_per_batch: 3" in plain

@@ -111,7 +111,9 @@ def split(
 
     Returns:
         a JSON-able summary of the round: counts of the round and in total, the eval
-        share, bubbles, errors, and a one-line ``message``
+        share, bubbles, near-twin pairs cut (``cut_pairs``) and how many eval samples
+        ``min_eval_per_batch`` went without rather than leak (``eval_floor_shortfall``),
+        errors, and a one-line ``message``
     """
     steps = iter_split(
         samples,
@@ -513,6 +515,8 @@ def _round_counts(result: Any) -> dict[str, Any]:
             "n_assigned": 0,
             "counts_round": {s: 0 for s in SPLIT_VALUES},
             "new_anchors": 0,
+            "cut_pairs": 0,
+            "eval_floor_shortfall": 0,
         }
     counts = Counter(str(s) for s in np.asarray(result.split))
     return {
@@ -520,6 +524,10 @@ def _round_counts(result: Any) -> dict[str, Any]:
         "n_assigned": len(result.ids),
         "counts_round": {s: int(counts.get(s, 0)) for s in SPLIT_VALUES},
         "new_anchors": len(result.new_anchor_ids),
+        # Said to the user (`text.round_warnings`): the leak graph's pairs this round put
+        # on both sides of a line, and how far min_eval_per_batch yielded to it.
+        "cut_pairs": int(result.stats["cut_pairs"]),
+        "eval_floor_shortfall": int(result.stats["floor_shortfall"]),
     }
 
 
