@@ -111,7 +111,7 @@ def round_warnings(summary: Mapping[str, Any]) -> list[str]:
             f"{summary['cut_pairs']} near-twin pairs cross the train/eval or "
             "validation/test line this round: new samples that are near twins of samples "
             "on both sides, or a group of near twins too large for either side (the "
-            "leakage audit lists the pairs)"
+            "leakage audit shows the eval samples that leak into train)"
         )
     missing = (summary.get("labels") or {}).get("missing_from_eval") or []
     if missing:

@@ -912,8 +912,8 @@ class BubbleGrower:
         """Re-cut the inner shells of new bubbles, between components, so that validation /
         (validation + test) comes to `validation_ratio`; the largest bubbles first, each
         to the cut that brings the whole closest (`_recut_between_components`). If
-        validation is then more than `SHELL_THROUGH_TOLERANCE` off, the same pass again
-        without slack; only if that leaves it off, through components
+        validation is then more than `SHELL_THROUGH_TOLERANCE` off, the same pass again,
+        its slack on the total; only if that leaves it off, through components
         (`_cut_shells_through`). Returns how many bubbles changed.
 
         Any cut between two components is leak-free, so this costs nothing: it corrects
