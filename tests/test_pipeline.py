@@ -27,6 +27,18 @@ def clustered(n, rng, d=64, k=25, twins=0.05):
     return x / np.linalg.norm(x, axis=1, keepdims=True), labels
 
 
+def digits_unit(order_seed=None):
+    """scikit-learn's digits as unit rows and string labels, in a seeded random order
+    (`order_seed`) or the package's."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    order = np.arange(len(digits.data))
+    if order_seed is not None:
+        order = np.random.default_rng(order_seed).permutation(len(order))
+    return unit(digits.data[order]), digits.target[order].astype(str)
+
+
 def crossing_pairs(bf, threshold=0.95):
     """Brute force: pairs of kept samples at >= threshold on both sides of the train/eval
     line, or of validation/test."""
@@ -486,12 +498,7 @@ def test_dense_real_data_in_rounds_cuts_only_what_it_counts(knobs, with_labels):
     """scikit-learn's digits (dense: each digit nearly one twin component) in random
     order, in rounds of 50 / 25 / 25 % and ten of 17 samples: later samples bridge
     train and eval, and every pair that crosses is counted (brute force, every round)."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    order = np.random.default_rng(8).permutation(len(digits.data))
-    x = unit(digits.data[order])
-    labels = digits.target[order].astype(str)
+    x, labels = digits_unit(order_seed=8)
     bf = BubbleFence(BubbleFenceConfig(seed=1, **knobs))
     sizes = [600, 300, 300] + [17] * 10 + [len(x) - 1370]
     for part in np.split(np.arange(len(x)), np.cumsum(sizes)[:-1]):
@@ -506,10 +513,7 @@ def test_validation_comes_to_a_small_ratio_without_cutting_a_component(seed):
     first shell pass may keep a label in both shells per bubble at a sample's cost, and
     those samples added up to 0.039-0.042 off the ratio; the second pass bounds the
     total and reaches it between components."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    x, labels = unit(digits.data), digits.target.astype(str)
+    x, labels = digits_unit()
     bf = BubbleFence(BubbleFenceConfig(seed=seed, validation_ratio=0.05))
     bf.ingest(x, labels=labels)
     assert abs(bf.summary()["validation_share_of_eval"] - 0.05) <= 0.03
