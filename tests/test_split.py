@@ -179,6 +179,65 @@ def test_vectors_are_read_back_as_fiftyone_decodes_them(field_dataset, monkeypat
                 assert np.array_equal(mine, expected, equal_nan=True)
 
 
+def test_ids_are_read_in_pieces_whatever_their_number(field_dataset):
+    """A million ids in one view passed MongoDB's 16 MB per command (DocumentTooLarge):
+    `values_by_id` reads them in pieces, in the order given, the unknown ones left out."""
+    from bson import ObjectId
+
+    from bubblefence_plugin.fo.fields import values_by_id
+
+    ds = field_dataset
+    ids, paths = ds.values(["id", "filepath"])
+    unknown = [str(ObjectId()) for _ in range(1_000_000)]
+    asked = unknown[:500_000] + ids[::-1] + unknown[500_000:] + ids[:3]
+    found, (found_paths,) = values_by_id(ds, asked, ["filepath"])
+    assert found == ids[::-1] and found_paths == paths[::-1]
+
+
+def test_a_round_read_in_small_pieces_is_the_same_round(field_dataset, fo_datasets, monkeypatch):
+    """Splits, labels, deletions, exclusions and a pick read and written through pieces
+    of 7 ids give what one piece gives."""
+    from bubblefence_plugin.fo import curate, fields
+
+    ds = field_dataset
+    ds.set_values("kind", [f"k{i % 4}" for i in range(len(ds))])
+    reference = ds.clone()
+    fo_datasets.append(reference)
+    outcomes = []
+    for data, pieces in ((reference, None), (ds, 7)):
+        if pieces:
+            monkeypatch.setattr(fields, "MAX_IDS_PER_QUERY", pieces)
+        bfo.split(data.limit(120), embeddings_field="emb", label_field="kind")
+        data.delete_samples(data.match(F("split") == "train").limit(3))
+        bfo.exclude(data.skip(10).limit(12), reason="blurry")  # split ones leave it
+        bfo.include_again(data.skip(10).limit(3))
+        summary = bfo.split(data, embeddings_field="emb")
+        picked = curate.sample(
+            data,
+            "diverse",
+            count=6,
+            tag="pick",
+            embeddings_field="emb",
+            from_split="train",
+            label_field="kind",
+            seed=1,
+        )
+        outcomes.append(
+            (
+                summary["n_new"],
+                summary["n_forgotten"],
+                splits_by_id(data),
+                picked["picked_ids"],
+                data.values(curate.REGION_FIELD),
+            )
+        )
+    assert outcomes[0] == outcomes[1]
+    # 80 never split, 3 included again; the exclusion dropped the 3 deleted ones already.
+    assert outcomes[1][:2] == (83, 0)
+    assert ds.count_sample_tags()[bfo.EXCLUDED_TAG] == 9
+    _check_mirror(ds)
+
+
 def test_wrong_dimension_field_is_refused(field_dataset):
     ds = field_dataset
     bfo.split(ds.limit(100), embeddings_field="emb")

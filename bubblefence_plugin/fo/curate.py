@@ -45,9 +45,10 @@ from .fields import (
     check_collection,
     clear_excluded_fields,
     declare_fields,
+    id_chunks,
     label_source,
     label_strings,
-    root_dataset,
+    values_by_id,
 )
 from .runs import RunLock, RunType, from_npy_bytes, to_npy_bytes
 from .state import STATE_RUN, forget_excluded, state_info
@@ -188,7 +189,7 @@ def iter_sample(
         typ = typicality(pool.x, request.k, request.seed)
         lock.heartbeat(force=True)
         yield Progress(0.5, "Regions")
-        regions = _assign_regions(dataset, pool.ordered, pool.x, field, request.seed)
+        regions = _assign_regions(dataset, pool.ids, pool.x, field, request.seed)
         n_candidates = int(pool.eligible.sum())
         yield Progress(0.6, f"Picking {request.count} of {n_candidates} candidates")
         chosen = select(
@@ -234,7 +235,6 @@ class _Pool:
     ids: list[str]
     x: np.ndarray
     errors: dict[str, str]  # sample id -> why its embedding is unusable
-    ordered: foc.SampleCollection
     eligible: np.ndarray  # may be picked: in `from_split`, neither start nor query
     start: np.ndarray | None  # vectors counted as picked already (`start_from`)
     query: np.ndarray | None  # vectors of `query_tag`
@@ -259,10 +259,10 @@ def _candidates(
             f"{len(ok_ids)} of the {len(ids)} samples have a usable embedding in "
             f"{field!r}; picking needs at least 2"
         )
-    ordered = dataset.select(ok_ids, ordered=True)
     eligible = np.ones(len(ok_ids), bool)
     if from_split:
-        eligible &= np.asarray(ordered.values(SPLIT_FIELD), dtype=object) == from_split
+        split = _values_in_order(dataset, ok_ids, SPLIT_FIELD)
+        eligible &= np.asarray(split, dtype=object) == from_split
     for name in (start_from, query_tag):
         if name:  # never re-pick what counts as picked, nor the query itself
             eligible &= ~np.isin(ok_ids, _tagged_ids(dataset, name))
@@ -274,17 +274,16 @@ def _candidates(
 
     metadata = None
     if metadata_path:
-        values = ordered.values(metadata_path)
+        values = _values_in_order(dataset, ok_ids, metadata_path)
         metadata = np.asarray([np.nan if v is None else v for v in values], float)
     return _Pool(
         ids=ok_ids,
         x=x,
         errors=errors,
-        ordered=ordered,
         eligible=eligible,
         start=vectors_of(start_from),
         query=vectors_of(query_tag),
-        labels=_single_labels(ordered, label_field) if label_field else None,
+        labels=_single_labels(dataset, ok_ids, label_field) if label_field else None,
         metadata=metadata,
     )
 
@@ -423,9 +422,14 @@ def _vectors(dataset: fo.Dataset, ids: list[str], field: str, dim: int) -> np.nd
     return x
 
 
-def _single_labels(ordered: foc.SampleCollection, label_field: str) -> np.ndarray:
-    path, _ = label_source(root_dataset(ordered), label_field, "label_field")
-    return label_strings(ordered.values(path))
+def _single_labels(dataset: fo.Dataset, ids: list[str], label_field: str) -> np.ndarray:
+    path, _ = label_source(dataset, label_field, "label_field")
+    return label_strings(_values_in_order(dataset, ids, path))
+
+
+def _values_in_order(dataset: fo.Dataset, ids: list[str], path: str) -> list[Any]:
+    """The values of ``path`` of samples ``ids`` (all in the dataset), in that order."""
+    return values_by_id(dataset, ids, [path])[1][0]
 
 
 def _no_candidates(from_split: str | None, start_from: str | None, query_tag: str | None) -> str:
@@ -441,7 +445,7 @@ def _no_candidates(from_split: str | None, start_from: str | None, query_tag: st
 
 
 def _assign_regions(
-    dataset: fo.Dataset, ordered: foc.SampleCollection, x: np.ndarray, field: str, seed: int
+    dataset: fo.Dataset, ids: list[str], x: np.ndarray, field: str, seed: int
 ) -> np.ndarray:
     """Region per row: kept where a sample has one, else from the stored `RegionIndex`.
 
@@ -460,7 +464,8 @@ def _assign_regions(
             f"`bubblefence_plugin.fo.curate.delete_regions(dataset)` to rebuild from {field!r}"
         )
     current = np.asarray(
-        [-1 if v is None else int(v) for v in ordered.values(REGION_FIELD)], np.int64
+        [-1 if v is None else int(v) for v in _values_in_order(dataset, ids, REGION_FIELD)],
+        np.int64,
     )
     todo = np.flatnonzero(current < 0)
     if stored is None:
@@ -525,9 +530,11 @@ def exclude(samples: foc.SampleCollection, reason: str | None = None) -> dict[st
         raise ValueError(f"reason must be a string or None, got {type(reason).__name__}")
     ids = samples.values("id")
     with RunLock(dataset, "exclude"):
-        view = dataset.select(ids)
-        n_new = len(view.match_tags(EXCLUDED_TAG, bool=False))
-        view.tag_samples(EXCLUDED_TAG)
+        n_new = 0
+        for chunk in id_chunks(ids):  # one view of a million ids would pass MongoDB's limit
+            view = dataset.select(chunk)
+            n_new += len(view.match_tags(EXCLUDED_TAG, bool=False))
+            view.tag_samples(EXCLUDED_TAG)
         if reason:
             dataset.set_values(REASON_FIELD, {i: reason for i in ids}, key_field="id")
         left = _apply_exclusions(dataset)
@@ -550,10 +557,11 @@ def include_again(samples: foc.SampleCollection) -> dict[str, Any]:
     dataset = check_collection(samples)
     ids = samples.match_tags(EXCLUDED_TAG).values("id")
     with RunLock(dataset, "include"):
-        view = dataset.select(ids)
-        view.untag_samples(EXCLUDED_TAG)
-        if dataset.has_field(REASON_FIELD):
-            view.clear_sample_field(REASON_FIELD)
+        for chunk in id_chunks(ids):
+            view = dataset.select(chunk)
+            view.untag_samples(EXCLUDED_TAG)
+            if dataset.has_field(REASON_FIELD):
+                view.clear_sample_field(REASON_FIELD)
         _apply_exclusions(dataset)
     return {
         "n_included": len(ids),

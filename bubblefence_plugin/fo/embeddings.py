@@ -14,7 +14,7 @@ import fiftyone.core.utils as fou
 import numpy as np
 
 from ..core.progress import Progress, Steps
-from .fields import EMBEDDING_FIELD, write_embeddings_once
+from .fields import EMBEDDING_FIELD, id_chunks, values_by_id, write_embeddings_once
 from .runs import RESET_HOW, RunLock
 
 EMBED_CHUNK = 256  # images per embedding call: embeddings are saved after each chunk
@@ -141,8 +141,13 @@ def iter_embed_missing(
         (samples tried, embeddings this call wrote, errors by sample id); the two
         counts differ when another writer (an embedding shard) got to some samples first
     """
-    todo = dataset.select(ids).exists(field, False)
-    todo_ids, paths = todo.values(["id", "filepath"])
+    todo_ids: list[str] = []
+    paths: list[str] = []
+    for chunk in id_chunks(ids):  # one view of every id could pass MongoDB's limit
+        missing = dataset.select(chunk).exists(field, False)
+        found_ids, found_paths = missing.values(["id", "filepath"])
+        todo_ids += found_ids
+        paths += found_paths
     errors: dict[str, str] = {}
     done = written = 0
     for start in range(0, len(todo_ids), chunk_size):
@@ -169,12 +174,13 @@ def read_embeddings(
         dim: the dimension the vectors must have (the split state's), or None for any
 
     Returns:
-        (ids of the usable rows in dataset order, their unit vectors as rows, errors by
+        (ids of the usable rows in the order of ``ids``, their unit vectors as rows, errors by
         sample id)
     """
     from ..embedder import embeddings_from_array
 
-    ordered_ids, vectors = read_vectors(dataset.select(ids), field)
+    ordered_ids, (stored,) = values_by_id(dataset, ids, [field], raw=True)
+    vectors = decode_vectors(stored)
     try:
         checked = embeddings_from_array(vectors, dim=dim)
     except ValueError as e:

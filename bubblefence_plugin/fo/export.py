@@ -29,6 +29,7 @@ from .fields import (
     record_exported_media,
     root_dataset,
     table_from_frame,
+    values_by_id,
 )
 from .state import load_state
 
@@ -409,7 +410,8 @@ def _write_manifest(
     formulas and quoted."""
     ids = list(exported_as) + [sid for sid in duplicates if sid not in exported_as]
     position = {sid: k for k, sid in enumerate(table["id"])}
-    paths = dict(zip(*dataset.select(ids).values(["id", "filepath"]), strict=True)) if ids else {}
+    found, (found_paths,) = values_by_id(dataset, ids, ["filepath"])
+    paths = dict(zip(found, found_paths, strict=True))
     with open(path, "x", newline="", encoding="utf-8") as fh:  # "x": never overwrite
         writer = csv.writer(fh, quoting=csv.QUOTE_ALL)
         writer.writerow(MANIFEST_COLUMNS)

@@ -63,7 +63,10 @@ _LABEL_LISTS = {
 _SCALAR_FIELDS = (fo.StringField, fo.IntField, fo.BooleanField, fo.ObjectIdField)
 # Sample fields never offered as labels or groups (our own results, paths, split tags).
 _NOT_LABELS = {"id", "filepath", "tags", "metadata", ERROR_FIELD, EMBEDDING_FIELD}
-_MAX_IDS_PER_QUERY = 50_000  # a query's id list must stay under MongoDB's 16 MB
+# Ids per query or view: its id list must stay far under MongoDB's 16 MB per command
+# (about 800,000 ids; a view selecting the 1M samples of a first round failed with
+# DocumentTooLarge).
+MAX_IDS_PER_QUERY = 50_000
 
 
 # --------------------------------------------------------------------------- FiftyOne internals
@@ -279,7 +282,7 @@ def write_assignments(dataset: fo.Dataset, table: dict[str, list]) -> None:
     # leave a sample tagged both train and test. `ordered` keeps this before the tagging.
     stale = {"$pull": {"tags": {"$in": list(SPLIT_TAGS)}}}
     ops = [
-        UpdateMany({"_id": {"$in": chunk}}, stale) for chunk in _chunks(list(map(ObjectId, ids)))
+        UpdateMany({"_id": {"$in": chunk}}, stale) for chunk in id_chunks(list(map(ObjectId, ids)))
     ]
     for (split_value, anchor, shell, rnd, duplicate), oids in same_values.items():
         fields = {
@@ -294,13 +297,48 @@ def write_assignments(dataset: fo.Dataset, table: dict[str, list]) -> None:
         update: dict[str, Any] = {"$set": fields}
         if split_value in SPLIT_TAGS:
             update["$addToSet"] = {"tags": split_value}
-        ops.extend(UpdateMany({"_id": {"$in": chunk}}, update) for chunk in _chunks(oids))
+        ops.extend(UpdateMany({"_id": {"$in": chunk}}, update) for chunk in id_chunks(oids))
     dataset._bulk_write(ops, ids=ids, ordered=True)
 
 
-def _chunks(items: list, size: int = _MAX_IDS_PER_QUERY) -> Iterator[list]:
+def id_chunks(items: list, size: int | None = None) -> Iterator[list]:
+    """``items`` in consecutive pieces of at most ``size`` (default `MAX_IDS_PER_QUERY`).
+
+    Args:
+        items: ids
+        size: the most per piece
+    """
+    size = size or MAX_IDS_PER_QUERY
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def values_by_id(
+    dataset: fo.Dataset, ids: list[str], paths: list[str], raw: bool = False
+) -> tuple[list[str], list[list]]:
+    """(the ids found, one list of values per path) of samples ``ids``, in the order of
+    ``ids``, whatever their number; ids not in the dataset are left out.
+
+    A view selects `MAX_IDS_PER_QUERY` ids at a time (see there), and each piece is
+    put in the order of ``ids`` here: FiftyOne's ordered `select` finds each sample's
+    place in the whole list in the database, quadratic in the number of ids.
+
+    Args:
+        dataset: the dataset
+        ids: sample ids
+        paths: the fields to read
+        raw: values as stored (FiftyOne's ``_raw``), not through ``to_python``
+    """
+    found: list[str] = []
+    columns: list[list] = [[] for _ in paths]
+    for chunk in id_chunks(list(dict.fromkeys(ids))):
+        chunk_ids, *values = dataset.select(chunk).values(["id", *paths], _raw=raw)
+        where = {i: k for k, i in enumerate(chunk_ids)}
+        order = [where[i] for i in chunk if i in where]
+        found.extend(chunk_ids[k] for k in order)
+        for column, value in zip(columns, values, strict=True):
+            column.extend(value[k] for k in order)
+    return found, columns
 
 
 def write_embeddings_once(dataset: fo.Dataset, field: str, ids: list[str], out: Any) -> int:
@@ -447,7 +485,7 @@ def label_source(dataset: fo.Dataset, field: str, param: str) -> tuple[str, bool
 def label_values(
     dataset: fo.Dataset, ids: list[str], field: str | None, param: str = "label_field"
 ) -> np.ndarray | list | None:
-    """Per sample of ``ids`` (in dataset order): its label, its list of labels, or its
+    """Per sample of ``ids`` (in that order): its label, its list of labels, or its
     group id; None without a field.
 
     Args:
@@ -459,7 +497,7 @@ def label_values(
     if not field:
         return None
     path, multi = label_source(dataset, field, param)
-    return labels_from_values(dataset.select(ids).values(path), multi)
+    return labels_from_values(values_by_id(dataset, ids, [path])[1][0], multi)
 
 
 def labels_from_values(values: Iterable[Any], multi: bool) -> np.ndarray | list:

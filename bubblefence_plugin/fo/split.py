@@ -349,13 +349,14 @@ def _reconcile(r: _Round) -> tuple[dict[str, Any], list[str]]:
     """
     n_repaired = n_forgotten = 0
     assigned: set[str] = set()
+    dataset_ids = r.dataset.values("id")
     if r.bf is not None:
         frame = r.bf.assignments()
         n_repaired = _repair_fields(r, frame)
         # `load_state` already dropped samples it found without an embedding.
         n_forgotten = int(r.params.get("n_samples", r.bf.n_samples)) - r.bf.n_samples
         assigned = set(frame["id"].tolist())
-        gone = sorted(assigned - set(r.dataset.values("id")))
+        gone = sorted(assigned - set(dataset_ids))
         if gone:
             n_forgotten += int(r.bf.forget(gone))
             assigned -= set(gone)
@@ -363,7 +364,7 @@ def _reconcile(r: _Round) -> tuple[dict[str, Any], list[str]]:
     assigned -= set(left)
 
     target_ids = set(r.samples.match_tags(EXCLUDED_TAG, bool=False).values("id"))
-    new_ids = r.dataset.select(list(target_ids - assigned)).values("id")
+    new_ids = [i for i in dataset_ids if i in target_ids and i not in assigned]
     summary = {
         "dataset": r.dataset.name,
         "n_target": len(target_ids),
