@@ -218,7 +218,8 @@ def read_vectors(samples: foc.SampleCollection, field: str) -> tuple[list[str], 
 
 
 def decode_vectors(stored: list[Any]) -> list[Any]:
-    """Stored vector values as `VectorField.to_python` gives them: an array per sample
+    """Stored vector values as `VectorField.to_python` gives them, in place (each
+    stored value is freed as soon as it is decoded) and returned: an array per sample
     stored as bytes (read-only: a view of its decompressed bytes), the rest (None, a
     list) unchanged.
 
@@ -229,7 +230,6 @@ def decode_vectors(stored: list[Any]) -> list[Any]:
     Args:
         stored: the raw values of a vector field, one per sample
     """
-    out: list[Any] = list(stored)
     layouts: dict[bytes, tuple[np.dtype, int] | None] = {}  # header -> (dtype, bytes)
     for k, value in enumerate(stored):
         if not isinstance(value, bytes):  # None or a list (bson's Binary is bytes)
@@ -240,10 +240,10 @@ def decode_vectors(stored: list[Any]) -> list[Any]:
             layouts[header] = _flat_layout(buffer) if header else None
         layout = layouts[header]
         if layout is not None and len(buffer) == len(header) + layout[1]:
-            out[k] = np.frombuffer(buffer, dtype=layout[0], offset=len(header))
+            stored[k] = np.frombuffer(buffer, dtype=layout[0], offset=len(header))
         else:
-            out[k] = fou.deserialize_numpy_array(value)
-    return out
+            stored[k] = fou.deserialize_numpy_array(value)
+    return stored
 
 
 def _npy_header_length(buffer: bytes) -> int:

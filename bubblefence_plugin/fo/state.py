@@ -23,7 +23,7 @@ import fiftyone.core.collections as foc
 import numpy as np
 
 from ..core.config import BubbleFenceConfig
-from ..core.neighbors import unit_rows
+from ..core.neighbors import ROW_STEP, unit_rows
 from ..core.state import (
     StateDamagedError,
     check_layout,
@@ -304,7 +304,13 @@ def _row_checks(unit_rows: np.ndarray) -> np.ndarray:
     irregular vector (cosines of multiples of the golden angle, the same everywhere).
     A tolerance, not a hash, so a one-ulp difference in normalisation is no change."""
     weights = np.cos(np.arange(unit_rows.shape[1]) * 2.399963229728653)
-    return unit_rows.astype(np.float64) @ weights
+    checks = np.empty(len(unit_rows))
+    # In blocks: a float64 copy of every row at once was twice the matrix (4 GB at 1M).
+    for start in range(0, len(unit_rows), ROW_STEP):
+        checks[start : start + ROW_STEP] = (
+            unit_rows[start : start + ROW_STEP].astype(np.float64) @ weights
+        )
+    return checks
 
 
 def _stored_embeddings(
@@ -335,7 +341,9 @@ def _stored_embeddings(
     position = dict(zip(all_ids, range(len(all_ids)), strict=True))
     present = np.array([i in position for i in ids], dtype=bool)
     rows = [vectors[position[i]] for i in ids[present]]
+    del all_ids, vectors, position  # held only by `rows` now: freed as soon as it is
     checked = embeddings_from_array(rows, dim=dim) if rows else None
+    del rows
     if checked is not None and checked.errors:
         bad = [ids[present][i] for i in sorted(checked.errors)][:5]
         raise ValueError(
@@ -344,8 +352,9 @@ def _stored_embeddings(
         )
     matrix = np.zeros((len(ids), dim), dtype=np.float32)
     if checked is not None:
-        matrix[present] = unit_rows(checked.embeddings)
-    checks = _row_checks(matrix[present])
+        matrix[present] = unit_rows(checked.embeddings, out=checked.embeddings)
+        del checked
+    checks = _row_checks(matrix)[present]  # no copy of the present rows
     changed = np.flatnonzero(np.abs(checks - arrays.pop("embedding_checks")[present]) > 1e-4)
     if len(changed):
         raise ValueError(
