@@ -70,6 +70,7 @@ def test_placement_compares_with_a_seeded_subsample_of_a_large_base(monkeypatch)
     monkeypatch.setattr(L, "PLACE_BASE_LIMIT", 30)
     placed = layout.place(new, base, base_xy)
     rows = L.subsample(100, 30, np.random.default_rng(5))
+    np.testing.assert_array_equal(layout.placement_base(100), rows)
     np.testing.assert_array_equal(placed, layout.place(new, base[rows], base_xy[rows]))
     np.testing.assert_array_equal(layout.place(new, base, base_xy), placed)  # same subsample
 

@@ -141,6 +141,16 @@ class Layout:
             layout.components = np.asarray(arrays["components"], np.float32)
         return layout
 
+    def placement_base(self, n_placed: int) -> np.ndarray:
+        """The rows of ``n_placed`` placed samples that `place` compares new samples
+        with (all of them up to `PLACE_BASE_LIMIT`): a caller holding many passes only
+        those, and `place` takes them all, as it would have taken them.
+
+        Args:
+            n_placed: how many samples are placed
+        """
+        return subsample(n_placed, PLACE_BASE_LIMIT, np.random.default_rng(self.seed))
+
     def place(
         self,
         embeddings: np.ndarray,
@@ -176,7 +186,7 @@ class Layout:
             raise ValueError(
                 f"placed_embeddings has {len(base)} rows but placed_xy has {len(base_xy)}"
             )
-        rows = subsample(len(base), PLACE_BASE_LIMIT, np.random.default_rng(self.seed))
+        rows = self.placement_base(len(base))
         base, base_xy = base[rows], base_xy[rows]
         sims, idx = knn(x, base, PLACE_K)
         weights = np.clip(sims, 0.0, None).astype(np.float64)

@@ -262,7 +262,10 @@ def update_map(dataset: fo.Dataset, bf: Any, refit_method: str | None = None) ->
         new = ~placed
         n_new = int(new.sum())
         if n_new:
-            xy[new] = layout.place(embeddings[new], embeddings[placed], xy[placed])
+            # Only the placed samples the placement compares with: a copy of all of them
+            # was the round's largest allocation at its end (the matrix again).
+            base = np.flatnonzero(placed)[layout.placement_base(int(placed.sum()))]
+            xy[new] = layout.place(embeddings[new], embeddings[base], xy[base])
 
     anchors, outline_vertices = _anchor_digest(bf, frame, xy, embeddings, layout)
     fob.compute_visualization(dataset, points=dict(zip(ids, xy, strict=True)), brain_key=VIZ_KEY)
