@@ -301,14 +301,13 @@ def write_assignments(dataset: fo.Dataset, table: dict[str, list]) -> None:
     dataset._bulk_write(ops, ids=ids, ordered=True)
 
 
-def id_chunks(items: list, size: int | None = None) -> Iterator[list]:
-    """``items`` in consecutive pieces of at most ``size`` (default `MAX_IDS_PER_QUERY`).
+def id_chunks(items: list) -> Iterator[list]:
+    """``items`` in consecutive pieces of at most `MAX_IDS_PER_QUERY` (read at each call).
 
     Args:
         items: ids
-        size: the most per piece
     """
-    size = size or MAX_IDS_PER_QUERY
+    size = MAX_IDS_PER_QUERY
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
