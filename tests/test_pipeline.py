@@ -521,6 +521,19 @@ def test_validation_comes_to_a_small_ratio_without_cutting_a_component(seed):
     check_invariants(bf)
 
 
+@pytest.mark.parametrize("seed", [2, 3])
+def test_shells_balance_between_twin_components_inside_coarse_units(seed):
+    """Units at a loose closure (0.85) are too coarse to bring validation to its ratio
+    between them; the shells then fall between the twin components inside them, which
+    cuts nothing (between whole units only, these data cut 18 and 35 twin pairs)."""
+    x, _ = clustered(2000, np.random.default_rng(seed))
+    bf = BubbleFence(BubbleFenceConfig(seed=seed, closure_threshold=0.85))
+    bf.ingest(x)
+    assert bf.history[-1]["cut_pairs"] == 0
+    assert abs(bf.summary()["validation_share_of_eval"] - 0.5) <= 0.03
+    check_invariants(bf)
+
+
 def test_a_kept_index_gives_the_split_a_fresh_one_gives(tmp_path):
     """Rounds in one process extend the last round's index (`follow.earlier_index`);
     a state loaded before every round builds it fresh. Same assignments."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -396,6 +396,7 @@ class BubbleFence:
             work.rng,
             work.index,
             indexes=lambda: self._kept_indexes(work),
+            twin_groups=self._twin_groups(work),
         )
         if budget.need > 0 and len(open_rows):
             self._fill_quota(work, grower, open_rows, n_kept)
@@ -453,7 +454,8 @@ class BubbleFence:
                 break
             still_open = open_rows[work.split[open_rows] == UNASSIGNED]
             still_open = still_open[unit_of[still_open] >= 0]
-            grower.use_units(Units.from_labels(work.n, still_open, unit_of[still_open]))
+            units = Units.from_labels(work.n, still_open, unit_of[still_open])
+            grower.use_units(units, self._twin_groups(work) if unit_of is margin else None)
             grower.fill(make_stream, within_caps=within_caps, beyond_caps=not within_caps)
         grower.cut(n_kept)
 
@@ -546,6 +548,16 @@ class BubbleFence:
         if work.n_old == 0 and len(open_rows) > 1 and len(open_rows) == int(work.kept.sum()):
             index = work.kept_index = CellIndex(work.x, open_rows, cfg.unit_threshold, cfg.seed)
         return self._components(work.x, open_rows, work.codes, cfg.unit_threshold, index)
+
+    def _twin_groups(self, work: _Round) -> Callable[[np.ndarray], np.ndarray] | None:
+        """Rows -> their twin components (a group's members linked), for the shells of
+        bubbles whose units are coarser than the twins; None when they are not."""
+        cfg = self.config
+        if cfg.unit_threshold >= cfg.leak_threshold:
+            return None
+        if work.components is not None:
+            return lambda rows: work.components[np.searchsorted(work.new_kept, rows)]
+        return lambda rows: self._components(work.x, rows, work.codes, cfg.leak_threshold)
 
     def _twin_units(self, work: _Round, open_rows: np.ndarray) -> np.ndarray:
         """Per row, its twin component (a group's members linked) for `open_rows`, -1
