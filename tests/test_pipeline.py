@@ -534,6 +534,23 @@ def test_shells_balance_between_twin_components_inside_coarse_units(seed):
     check_invariants(bf)
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_dense_data_without_labels_spreads_eval_over_small_units(seed):
+    """Digits at the leak threshold are one twin component of 88-173 samples per digit
+    and small ones. Taken whole, a large one is most of a shell (it made test 90 % one
+    digit, and two digits reached no test sample): the fill takes the small units first,
+    and every digit reaches validation and test."""
+    x, labels = digits_unit()
+    bf = BubbleFence(BubbleFenceConfig(seed=seed))
+    bf.ingest(x)
+    split = bf.assignments()["split"].to_numpy()
+    for part in ("validation", "test"):
+        counts = np.unique(labels[split == part], return_counts=True)[1]
+        assert len(counts) == 10
+        assert counts.max() / counts.sum() <= 0.4
+    check_invariants(bf)
+
+
 def test_a_kept_index_gives_the_split_a_fresh_one_gives(tmp_path):
     """Rounds in one process extend the last round's index (`follow.earlier_index`);
     a state loaded before every round builds it fresh. Same assignments."""

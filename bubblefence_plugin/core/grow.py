@@ -134,6 +134,12 @@ SHELL_THROUGH_TOLERANCE = 0.03
 # the tolerance: inside it with room for the strata's preference, never at its edge.
 SHELL_SECOND_PASS_SLACK = SHELL_THROUGH_TOLERANCE / 2
 
+# Largest unit the fill takes before any, as a share of the smaller shell (validation or
+# test): a unit is one shell's whole, so a larger one makes that shell mostly one label
+# or burst. Digits without labels, one round (8 seeds; bench/RESULTS.md 2026-12-04):
+# the most frequent label's share of validation or test 0.78 -> 0.23 on average, labels
+# reaching eval / validation / test 71/67/67 -> 80/77/80 of 80; 0.25 measured the same.
+SMALL_UNIT_SHARE = 0.5
 # A stratum's eval share may come this far above the target when the quota cannot be met
 # within the caps: issue 11's per-label tolerance (each label's eval share within 0.05 of
 # the target). The overflow spreads within it over the closure's units before finer units
@@ -363,6 +369,8 @@ class BubbleGrower:
         # must keep those strata within their caps (the strata and first fill phases).
         self._unit_counts: sparse.csr_matrix | None = None
         self._capping = False
+        # The largest unit a capture may take in the fill's current step (None: any).
+        self._unit_limit: int | None = None
 
     @property
     def remaining(self) -> int:
@@ -452,19 +460,26 @@ class BubbleGrower:
         nothing: it passes the regions' caps, as `beyond_caps` would (keeping them there
         measured worse: digits' test labels 67 -> 63 over eight seeds, a mixture's
         later round leaking 0.0051; bench/RESULTS.md, 2026-12-03). `beyond_caps`: then
-        any."""
+        any. A step that checks no cap takes the units no larger than `_small_unit`
+        first, then any that fits."""
         strata = self.strata
         phases = (len(strata.target), strata.n_first) if within_caps else ()
         if within_caps:
             self._absorb_in_lost_strata()
+        steps = []
         for checked in phases + ((0,) if beyond_caps else ()):
+            if checked == 0 and (0, True) not in steps:
+                steps.append((0, True))  # the small units first
+            steps.append((checked, False))
+        for checked, small_only in steps:
             if self.remaining <= 0:
-                return
+                break
             self._capping = checked > 0
+            self._unit_limit = self._small_unit() if small_only else None
             open_rows = np.flatnonzero(self.split == UNASSIGNED)
             open_rows = open_rows[self._open(open_rows)]
             component = self.units.component[open_rows]
-            fits = self.open_size[component] <= self.allowed
+            fits = self.open_size[component] <= min(self.allowed, self._unit_limit or self.allowed)
             if checked:
                 full = (strata.eval_count >= strata.cap).astype(np.int64)
                 full[checked:] = 0
@@ -478,6 +493,14 @@ class BubbleGrower:
                 if len(batch) == 0:
                     break
                 self._try(stream.rows(batch), self.size, "captured_fill", None)
+        self._unit_limit = None
+
+    def _small_unit(self) -> int:
+        """The largest unit the fill takes before any: `SMALL_UNIT_SHARE` of the smaller
+        shell's share of the eval set the round ends with."""
+        ratio = self.config.validation_ratio
+        shell = min(ratio, 1.0 - ratio) * (self.n_eval + max(self.remaining, 0))
+        return max(2, int(SMALL_UNIT_SHARE * shell))
 
     def _absorb_in_lost_strata(self) -> None:
         """Whole units holding a *lost* stratum, each as a bubble of its own, while the
@@ -626,7 +649,9 @@ class BubbleGrower:
         if not self._open(np.array([row]))[0]:
             return False
         own = self.open_size[self.units.component[row]]
-        if own > self.allowed or (stratum is not None and own > self.strata.room(stratum)):
+        if own > min(self.allowed, self._unit_limit or self.allowed) or (
+            stratum is not None and own > self.strata.room(stratum)
+        ):
             return False
         centres = self._centres.view()
         if len(centres):
@@ -674,6 +699,8 @@ class BubbleGrower:
         if stratum is not None:
             fits &= np.cumsum(self._worth[components]) <= self.strata.room(stratum)
         fits &= self._caps_hold(components)
+        if self._unit_limit is not None:
+            fits &= self.open_size[components] <= self._unit_limit
         n_fit = int(np.argmin(fits)) if not fits.all() else len(fits)
         # At least two samples, as a bubble should hold; a stratum short of samples
         # may take one (an isolated sample can be a rare label's only way into eval).
