@@ -115,6 +115,34 @@ def test_deleted_samples_are_dropped_from_state(field_dataset):
     assert all(now[i] == s for i, s in before.items() if i not in gone)
 
 
+def test_vectors_are_read_only_when_a_round_needs_them(field_dataset, monkeypatch):
+    """Nothing new: no vector is read. A deletion or an exclusion with nothing new: read,
+    checked and saved with the state (the next round's check passes on them)."""
+    from bubblefence_plugin.fo import state as fo_state
+
+    ds = field_dataset
+    bfo.split(ds, embeddings_field="emb")
+    before = splits_by_id(ds)
+    reads = []
+    real = fo_state.read_vectors
+    monkeypatch.setattr(fo_state, "read_vectors", lambda *a: reads.append(a) or real(*a))
+    again = bfo.split(ds, embeddings_field="emb")
+    assert again["n_new"] == 0 and "Nothing new" in again["message"] and reads == []
+    gone = ds.take(5, seed=2).values("id")
+    ds.delete_samples(gone)
+    ds.take(3, seed=3).tag_samples(bfo.EXCLUDED_TAG)
+    summary = bfo.split(ds, embeddings_field="emb")
+    assert summary["n_forgotten"] == 5 and summary["n_excluded_left"] == 3
+    assert len(reads) == 1 and bfo.state_info(ds)["n_samples"] == 192
+    add_embedded_samples(ds, 20, 9)
+    summary = bfo.split(ds, embeddings_field="emb")
+    assert summary["n_new"] == 20 and len(reads) == 2
+    now = splits_by_id(ds)
+    held = set(ds.match_tags(bfo.EXCLUDED_TAG, bool=False).values("id"))
+    assert all(now[i] == s for i, s in before.items() if i in held)
+    assert bfo.state_info(ds)["n_samples"] == 212
+
+
 def test_bad_vectors_get_per_sample_errors(field_dataset):
     ds = field_dataset
     ids = ds.values("id")

@@ -4,9 +4,12 @@ Operators, the command line and Python users all call `split` (or `iter_split`, 
 generator of `Progress` events), so the App, a delegated worker and a script behave
 identically. A round, under the dataset's `RunLock`:
 
-1. reads the state (`state.load_state`) and settles the config and fields;
+1. reads the state (`state.load_state`, without its vectors) and settles the config
+   and fields;
 2. reconciles the state with the dataset: repairs the split fields of a round whose
-   writing was interrupted, forgets deleted samples and those tagged ``excluded``;
+   writing was interrupted, forgets deleted samples and those tagged ``excluded``; only
+   then, if there is anything to split or to save, reads the state's vectors from the
+   embeddings field and checks them (`state.with_embeddings`);
 3. embeds the new samples (or reads the chosen vector field);
 4. runs the core's round, commits the state, writes the split fields and tags, and
    places the new samples on the 2-D map.
@@ -59,6 +62,7 @@ from .state import (
     save_state,
     state_info,
     state_params,
+    with_embeddings,
 )
 
 if TYPE_CHECKING:
@@ -263,6 +267,9 @@ def _split_locked(
     yield Progress(0.0, "Reading the BubbleFence state")
     r = _open_round(samples, dataset, lock, request)
     summary, new_ids = _reconcile(r)
+    if r.bf is not None and (new_ids or summary["n_forgotten"] or summary["n_excluded_left"]):
+        yield Progress(0.02, "Reading the state's embeddings")
+        r.bf = with_embeddings(dataset, r.bf, r.params)
     if not new_ids:
         return _finish_without_new(r, summary)
 
@@ -296,7 +303,8 @@ def _open_round(
     """Reads the state and settles the round's config and fields: a config, embeddings
     field or label field that does not fit the state fails here, before any embedding."""
     STATE_RUN.finish_interrupted_commit(dataset)
-    loaded = load_state(dataset)
+    # Without the vectors: a round reads them once it knows it needs them.
+    loaded = load_state(dataset, embeddings=False)
     bf, params = loaded if loaded else (None, {})
     embeddings_field = request.embeddings_field or EMBEDDING_FIELD
     cfg, changed = resolve_config(bf.config if bf else None, request.config, request.overrides)
@@ -353,12 +361,10 @@ def _reconcile(r: _Round) -> tuple[dict[str, Any], list[str]]:
     if r.bf is not None:
         frame = r.bf.assignments()
         n_repaired = _repair_fields(r, frame)
-        # `load_state` already dropped samples it found without an embedding.
-        n_forgotten = int(r.params.get("n_samples", r.bf.n_samples)) - r.bf.n_samples
         assigned = set(frame["id"].tolist())
         gone = sorted(assigned - set(dataset_ids))
         if gone:
-            n_forgotten += int(r.bf.forget(gone))
+            n_forgotten = int(r.bf.forget(gone))
             assigned -= set(gone)
     left = leave_split_if_excluded(r.dataset, r.bf, r.params)
     assigned -= set(left)
