@@ -294,7 +294,7 @@ class _ShellCut:
     radial: bool = True
     # A bubble of whole units coarser than the twins: per member its unit, and rows ->
     # their twin components, for the cuts between the twin components inside the units
-    # (`BubbleGrower._fine_choices`: leak-free, but without the closure margin).
+    # (`BubbleGrower._between_twins`: leak-free, but without the closure margin).
     unit: np.ndarray | None = None
     twin_groups: Callable[[np.ndarray], np.ndarray] | None = None
 
@@ -355,9 +355,9 @@ class BubbleGrower:
             lambda: [CellIndex(embeddings, kept_rows, config.leak_threshold, config.seed)]
         )
         self._indexes: list[CellIndex] | None = None
-        # Rows -> their twin components (group members linked), where the units are
-        # coarser than the twins: where the units are too coarse to balance the shells,
-        # they may fall between the twin components inside them.
+        # Rows -> their twin components (a group's members linked) where the units are
+        # coarser than the twins, else None: shells that cannot be balanced between
+        # units may fall between those components (`_between_twins`).
         self._twin_groups = twin_groups
         self.stats = {"captured_strata": 0, "captured_fill": 0, "captured_cut": 0}
         # Open samples of the stratum being served, per component.
