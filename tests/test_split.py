@@ -56,9 +56,16 @@ def test_split_writes_fields_tags_and_state(field_dataset):
 
 
 def test_progress_events_are_ordered_and_end_done(field_dataset):
-    seen = []
-    bfo.split(field_dataset, embeddings_field="emb", progress=lambda f, label: seen.append(f))
-    assert seen == sorted(seen) and seen[0] == 0.0 and seen[-1] == 1.0
+    for n_new in (0, 30):  # a first round, then one that reads the state's vectors
+        if n_new:
+            add_embedded_samples(field_dataset, n_new, 5)
+        events = []
+        bfo.split(
+            field_dataset, embeddings_field="emb", progress=lambda *e, out=events: out.append(e)
+        )
+        seen = [fraction for fraction, _ in events]
+        assert seen == sorted(seen) and seen[0] == 0.0 and seen[-1] == 1.0
+        assert any(label == "Reading the state's embeddings" for _, label in events) == bool(n_new)
 
 
 def test_three_incremental_rounds_are_stable(field_dataset):
