@@ -381,6 +381,14 @@ class BubbleGrower:
         """The most a capture may still add."""
         return min(self.budget.cap, self.budget.need + self.budget.slack) - self.captured
 
+    @property
+    def _largest_unit(self) -> int:
+        """The largest unit a capture may take now: what the round allows, and no more
+        than the fill step's limit (`_unit_limit`)."""
+        if self._unit_limit is None:
+            return self.allowed
+        return min(self.allowed, self._unit_limit)
+
     def widen_caps(self) -> None:
         """Let every stratum's eval share come to `WIDE_CAP_SHARE` above the target."""
         strata, ratio = self.strata, self.config.eval_ratio
@@ -479,7 +487,7 @@ class BubbleGrower:
             open_rows = np.flatnonzero(self.split == UNASSIGNED)
             open_rows = open_rows[self._open(open_rows)]
             component = self.units.component[open_rows]
-            fits = self.open_size[component] <= min(self.allowed, self._unit_limit or self.allowed)
+            fits = self.open_size[component] <= self._largest_unit
             if checked:
                 full = (strata.eval_count >= strata.cap).astype(np.int64)
                 full[checked:] = 0
@@ -649,9 +657,7 @@ class BubbleGrower:
         if not self._open(np.array([row]))[0]:
             return False
         own = self.open_size[self.units.component[row]]
-        if own > min(self.allowed, self._unit_limit or self.allowed) or (
-            stratum is not None and own > self.strata.room(stratum)
-        ):
+        if own > self._largest_unit or (stratum is not None and own > self.strata.room(stratum)):
             return False
         centres = self._centres.view()
         if len(centres):
