@@ -7,6 +7,7 @@ from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 from test_neighbors import manifold_mixture, small_cells
 
+from bubblefence_plugin.core import twins
 from bubblefence_plugin.core.neighbors import CellIndex
 from bubblefence_plugin.core.twins import _max_per_key, twin_components, twin_votes
 
@@ -101,3 +102,35 @@ def test_a_whole_block_without_twins_of_a_class_changes_nothing_of_it():
     votes.add_whole(x, x[:2], np.array([0, 1]), np.arange(2, 6), np.array([0, 1, 1, 1]), sims, mask)
     assert votes.count.tolist() == [[1, 0], [0, 0]]
     assert votes.best.tolist() == [[2, -1], [-1, -1]]
+
+
+def test_blocks_skip_pairs_already_in_one_component(monkeypatch):
+    """A broad region that merges into one component, with isolated outliers among its
+    members: the outliers' cells are never wholly in one component, so their blocks are
+    computed, but only for the rows still apart. The components stay brute force's."""
+    small_cells(monkeypatch)
+    rng = np.random.default_rng(0)
+    region = rng.normal(size=(2, 32))
+    x = rng.normal(size=32) * 2 + (0.6 * rng.normal(size=(2000, 2))) @ region
+    x = unit(x + 0.05 * rng.normal(size=(2000, 32)))
+    outliers = rng.choice(len(x), 100, replace=False)
+    x[outliers] = unit(x[outliers] + 0.3 * rng.normal(size=(100, 32)))
+    asked, computed = [], []
+    merge_block, block_pairs = twins._merge_block, CellIndex.block_pairs
+
+    def counting_merge_block(index, found, left, right, left_coords=None):
+        asked.append(len(left) * len(right))
+        return merge_block(index, found, left, right, left_coords)
+
+    def counting_block_pairs(self, left, right, left_coords=None):
+        computed.append(len(left) * len(right))
+        return block_pairs(self, left, right, left_coords)
+
+    monkeypatch.setattr(twins, "_merge_block", counting_merge_block)
+    monkeypatch.setattr(CellIndex, "block_pairs", counting_block_pairs)
+    got = twin_components(x, np.arange(len(x)), 0.92, seed=1)
+    full = x.astype(np.float64) @ x.T.astype(np.float64)
+    _, truth = connected_components(sparse.csr_matrix(full >= 0.92), directed=False)
+    pairs = set(zip(truth.tolist(), got.tolist(), strict=True))
+    assert len(pairs) == len(set(truth.tolist())) == len(set(got.tolist())) == 101
+    assert sum(computed) < 0.75 * sum(asked)  # 0.59 measured; 1.0 without the skip

@@ -1028,7 +1028,7 @@ class BubbleGrower:
             reach = max(error.min(), slack) if of_total else error.min() + slack
             close = np.flatnonzero(error <= reach)
             # Strata counts without this bubble, then with each close cut (inner first).
-            member_strata = by_row[members]
+            member_strata = by_row[members].T.tocsr()  # (strata, members), transposed once
             codes_now = self.split[members]
             val_base = val_count - _strata_sum(member_strata, codes_now == VALIDATION)
             test_base = test_count - _strata_sum(member_strata, codes_now == TEST)
@@ -1172,5 +1172,6 @@ def _nearest_of(component: np.ndarray, sims: np.ndarray) -> np.ndarray:
 
 
 def _strata_sum(member_strata: sparse.csr_matrix, chosen: np.ndarray) -> np.ndarray:
-    """Per stratum, how many of the chosen members it holds."""
-    return np.asarray(member_strata.T @ chosen.astype(np.int64)).ravel()
+    """Per stratum, how many of the chosen members it holds (`member_strata`: strata x
+    members)."""
+    return np.asarray(member_strata @ chosen.astype(np.int64)).ravel()

@@ -27,14 +27,16 @@ with ties broken by row index.
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import sparse
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 # Environment variable that fixes the BLAS thread count of a round (see `blas_threads`).
 THREADS_VARIABLE = "BUBBLEFENCE_BLAS_THREADS"
@@ -128,6 +130,20 @@ def blas_threads(n_rows: int) -> int:
         return 1
     idle = _idle_cores(cores)
     return int(max(1, min(cores, round(idle))))
+
+
+@functools.cache
+def _thread_pools() -> ThreadpoolController:
+    """The process's thread pools, found once: finding them reads every loaded
+    library's name (about 2 ms), and some steps build hundreds of small indexes a
+    round. numpy's BLAS, the one `one_blas_thread` limits, is loaded before this module."""
+    return ThreadpoolController()
+
+
+def one_blas_thread() -> Any:
+    """A context in which numpy's BLAS runs on one thread: small products and solvers
+    run several times slower on two, whose threads spin waiting for each other."""
+    return _thread_pools().limit(limits=1, user_api="blas")
 
 
 def _idle_cores(cores: int) -> float:
@@ -311,7 +327,7 @@ def plus_plus_seeds(sample: np.ndarray, k: int, rng: np.random.Generator) -> np.
     first = int(rng.integers(len(sample)))
     seeds = [sample[first]]
     # One matrix-vector product per seed: on two BLAS threads several times slower.
-    with threadpool_limits(limits=1, user_api="blas"):
+    with one_blas_thread():
         closest = 2.0 - 2.0 * (sample @ sample[first]).astype(np.float64)
         for _ in range(1, k):
             weights = np.maximum(closest, 0.0)
@@ -548,7 +564,7 @@ class CellIndex:
         axes_of: list[np.ndarray] = []
         pending = np.arange(n)
         # Products and solvers this small run several times slower on two threads.
-        with threadpool_limits(limits=1, user_api="blas"):
+        with one_blas_thread():
             final = False
             for attempt in range(STRAY_PASSES):
                 final = final or attempt == STRAY_PASSES - 1
@@ -707,6 +723,10 @@ class CellIndex:
         near &= lowest - self.cell_residual[later] <= self.tau
         cells = later[near.any(axis=0)]
         reach = self.centre_distances(vectors, cells) <= self.radius[cells] + self.tau + 1e-4
+        # Only the groups of cells some query reaches are projected on: at a high
+        # threshold (duplicates) most cells near the queries' cells are out of reach.
+        reached = reach.any(axis=0)
+        cells, reach = cells[reached], reach[:, reached]
         groups, at_group = np.unique(self.group_of_cell[cells], return_inverse=True)
         coords = self.group_coords(vectors, groups)
         reach &= self.within_residual_reach(coords[at_group.reshape(-1), :, -1].T, cells)

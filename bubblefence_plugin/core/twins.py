@@ -170,13 +170,43 @@ def _merge_block(
     right: np.ndarray,
     left_coords: dict[int, np.ndarray] | None = None,
 ) -> None:
-    """Union every twin pair between positions `left` and `right`, block by block
-    (`left_coords`: their bound coordinates by group, `CellIndex.group_coords`)."""
+    """Union every twin pair between positions `left` and `right` that joins two
+    components (`left_coords`: their bound coordinates by group,
+    `CellIndex.group_coords`).
+
+    A pair already inside one component adds nothing, so its product is skipped: the
+    left rows of their commonest component meet only the right rows outside it, and
+    the other left rows meet all of them. Once a region has merged, a block between
+    its cells shrinks to the few rows still apart (the outliers of a broad cluster).
+    """
+    left_roots = found.find(left)
+    roots, counts = np.unique(left_roots, return_counts=True)
+    common = roots[np.argmax(counts)]
+    inside = left_roots == common
+    apart = found.find(right) != common
+    _merge_pairs(index, found, left, inside, right[apart], left_coords)
+    if not inside.all():
+        _merge_pairs(index, found, left, ~inside, right, left_coords)
+
+
+def _merge_pairs(
+    index: CellIndex,
+    found: UnionFind,
+    left: np.ndarray,
+    chosen: np.ndarray,
+    right: np.ndarray,
+    left_coords: dict[int, np.ndarray] | None,
+) -> None:
+    """Union every twin pair between positions `left[chosen]` and `right`, block by block."""
+    if not chosen.any() or len(right) == 0:
+        return
+    left = left[chosen]
+    coords = None if left_coords is None else {g: c[chosen] for g, c in left_coords.items()}
     step = max(1, SCAN_BYTES // (4 * max(len(left), index.embeddings.shape[1])))
     left_vectors = index.embeddings[index.rows[left]]
     for start in range(0, len(right), step):
         part = right[start : start + step]
-        i, j, _ = index.block_pairs(left_vectors, part, left_coords)
+        i, j, _ = index.block_pairs(left_vectors, part, coords)
         if len(i):
             found.union(left[i], part[j])
 
