@@ -9,7 +9,7 @@ from test_neighbors import manifold_mixture, small_cells
 
 from bubblefence_plugin.core import twins
 from bubblefence_plugin.core.neighbors import CellIndex
-from bubblefence_plugin.core.twins import _max_per_key, twin_components, twin_votes
+from bubblefence_plugin.core.twins import UnionFind, _max_per_key, twin_components, twin_votes
 
 
 @pytest.mark.parametrize("spread", [0.02, 0.15, 0.6])
@@ -134,3 +134,24 @@ def test_blocks_skip_pairs_already_in_one_component(monkeypatch):
     pairs = set(zip(truth.tolist(), got.tolist(), strict=True))
     assert len(pairs) == len(set(truth.tolist())) == len(set(got.tolist())) == 101
     assert sum(computed) < 0.75 * sum(asked)  # 0.59 measured; 1.0 without the skip
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_union_find_equals_connected_components(seed):
+    """Unions in blocks (long chains, stars, repeats), each set's root its smallest
+    item, against scipy's components of all the edges at once."""
+    rng = np.random.default_rng(seed)
+    n = 500
+    chain = rng.permutation(n)
+    a = np.concatenate([chain[:-1:2], rng.integers(n, size=150), np.full(40, 7)])
+    b = np.concatenate([chain[1::2], rng.integers(n, size=150), rng.integers(n, size=40)])
+    found = UnionFind(n)
+    for start in range(0, len(a), 37):
+        found.union(a[start : start + 37], b[start : start + 37])
+    graph = sparse.coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n))
+    _, truth = connected_components(graph, directed=False)
+    got = found.labels()
+    pairs = set(zip(truth.tolist(), got.tolist(), strict=True))
+    assert len(pairs) == len(set(truth.tolist())) == len(set(got.tolist()))
+    for root in np.unique(got):
+        assert root == np.flatnonzero(got == root).min()

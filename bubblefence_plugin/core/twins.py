@@ -30,8 +30,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import sparse
-from scipy.sparse.csgraph import connected_components
 
 from .neighbors import DECISION_EPS, RANK_DECIMALS, SCAN_BYTES, CellIndex, exact_similarity
 
@@ -54,21 +52,33 @@ class UnionFind:
         return roots
 
     def union(self, a: np.ndarray, b: np.ndarray) -> None:
-        """Merge the sets of a[i] and b[i] for every i, in one vectorised step."""
+        """Merge the sets of a[i] and b[i] for every i, in one vectorised step.
+
+        The roots involved are labelled by their components in rounds of hooking (each
+        edge hangs its larger label's root under the smaller) and shortcutting (every
+        label to its root), then each root points at its component's smallest root.
+        Plain numpy on the few roots a block touches: scipy's `connected_components`
+        cost about 0.4 ms a call in checks and conversions, a tenth of the 1M round's
+        components."""
         ra, rb = self.find(a), self.find(b)
         differ = ra != rb
         if not differ.any():
             return
         ra, rb = ra[differ], rb[differ]
         nodes, inverse = np.unique(np.concatenate([ra, rb]), return_inverse=True)
-        graph = sparse.coo_matrix(
-            (np.ones(len(ra), np.int8), (inverse[: len(ra)], inverse[len(ra) :])),
-            shape=(len(nodes), len(nodes)),
-        )
-        _, local = connected_components(graph, directed=False)
-        smallest = np.full(local.max() + 1, np.iinfo(np.int64).max)
-        np.minimum.at(smallest, local, nodes)
-        self.parent[nodes] = smallest[local]  # roots only: a valid union
+        u, v = inverse[: len(ra)], inverse[len(ra) :]
+        label = np.arange(len(nodes))  # nodes ascend: the smallest label is the smallest root
+        while True:
+            lu, lv = label[u], label[v]
+            if np.array_equal(lu, lv):
+                break
+            np.minimum.at(label, np.maximum(lu, lv), np.minimum(lu, lv))
+            while True:
+                up = label[label]
+                if np.array_equal(up, label):
+                    break
+                label = up
+        self.parent[nodes] = nodes[label]  # roots only: a valid union
 
     def labels(self) -> np.ndarray:
         """Root of every item."""
