@@ -891,8 +891,14 @@ class CellIndex:
             g = int(groups[0])
             return self._group_hits(left, right, g, whole, known.get(g))
         found = []
-        for g in np.unique(groups).tolist():
-            cols = np.flatnonzero(groups == g)
+        # Columns by group in one sort (stable: each group's in their order here).
+        by_group = np.argsort(groups, kind="stable")
+        ordered = groups[by_group]
+        starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+        for start, end in zip(
+            starts.tolist(), np.r_[starts[1:], len(ordered)].tolist(), strict=True
+        ):
+            g, cols = int(ordered[start]), by_group[start:end]
             hits = self._group_hits(left, right[cols], g, False, known.get(g))
             found.append((hits.i, cols[hits.j], hits.sims))
         i, j, sims = (np.concatenate(parts) for parts in zip(*found, strict=True))
