@@ -9,7 +9,13 @@ from test_neighbors import manifold_mixture, small_cells
 
 from bubblefence_plugin.core import twins
 from bubblefence_plugin.core.neighbors import CellIndex
-from bubblefence_plugin.core.twins import UnionFind, _max_per_key, twin_components, twin_votes
+from bubblefence_plugin.core.twins import (
+    UnionFind,
+    _max_per_key,
+    _present,
+    twin_components,
+    twin_votes,
+)
 
 
 @pytest.mark.parametrize("spread", [0.02, 0.15, 0.6])
@@ -155,3 +161,11 @@ def test_union_find_equals_connected_components(seed):
     assert len(pairs) == len(set(truth.tolist())) == len(set(got.tolist()))
     for root in np.unique(got):
         assert root == np.flatnonzero(got == root).min()
+
+
+def test_present_classes_equal_unique():
+    rng = np.random.default_rng(0)
+    classes = rng.choice([0, 3, 7], size=1000)
+    assert np.array_equal(_present(classes), np.unique(classes))
+    assert np.array_equal(_present(np.array([5])), [5])
+    assert len(_present(np.zeros(0, np.int64))) == 0

@@ -277,7 +277,7 @@ class TwinVotes:
         rows and classes, its float32 similarities and `mask`, the pairs that are twins.
         Per class, a count and a maximum per row replace a list of pairs; only the pairs
         within `DECISION_EPS` of a row's maximum go on to `_keep_best`."""
-        for c in np.unique(classes):
+        for c in _present(classes):
             cols = np.flatnonzero(classes == c)
             hit = mask[:, cols]
             self.count[q_rows, c] += np.count_nonzero(hit, axis=1)
@@ -326,6 +326,13 @@ class TwinVotes:
         self.best[q_rows[better], classes[better]] = b_rows[better]
 
 
+def _present(classes: np.ndarray) -> np.ndarray:
+    """The classes (small non-negative codes) that occur, ascending: a count per code,
+    where `np.unique` would hash or sort the millions of pairs a new member of a tight
+    cluster has (1.4 s of a 10k round's 14 s twin stage at 1M)."""
+    return np.flatnonzero(np.bincount(classes)) if len(classes) else np.zeros(0, np.int64)
+
+
 def _max_per_key(
     key: np.ndarray, q_rows: np.ndarray, classes: np.ndarray, sims: np.ndarray, size: int
 ) -> np.ndarray:
@@ -340,7 +347,7 @@ def _max_per_key(
     if np.any(q_rows[1:] < q_rows[:-1]):
         np.maximum.at(top, key, sims)
         return top
-    for c in np.unique(classes):
+    for c in _present(classes):
         mine = np.flatnonzero(classes == c)
         runs = np.flatnonzero(np.r_[True, q_rows[mine][1:] != q_rows[mine][:-1]])
         top[key[mine[runs]]] = np.maximum.reduceat(sims[mine], runs)
