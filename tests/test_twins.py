@@ -18,6 +18,15 @@ from bubblefence_plugin.core.twins import (
 )
 
 
+def assert_same_components(truth: np.ndarray, got: np.ndarray) -> None:
+    """The same partition (a bijection between the labellings), each of `got`'s labels
+    the smallest member of its component."""
+    pairs = set(zip(truth.tolist(), got.tolist(), strict=True))
+    assert len(pairs) == len(set(truth.tolist())) == len(set(got.tolist()))
+    for label_value in np.unique(got):
+        assert label_value == np.flatnonzero(got == label_value).min()
+
+
 @pytest.mark.parametrize("spread", [0.02, 0.15, 0.6])
 def test_twin_components_equal_brute_force(spread):
     rng = np.random.default_rng(4)
@@ -29,11 +38,7 @@ def test_twin_components_equal_brute_force(spread):
     _, truth = connected_components(sparse.csr_matrix(full >= 0.95), directed=False)
     got = twin_components(x, np.arange(len(x)), 0.95, seed=3)
     # Same partition: a bijection between the two labellings.
-    pairs = set(zip(truth.tolist(), got.tolist(), strict=True))
-    assert len(pairs) == len(set(truth.tolist())) == len(set(got.tolist()))
-    # Labels are the smallest member of each component.
-    for label_value in np.unique(got):
-        assert label_value == np.flatnonzero(got == label_value).min()
+    assert_same_components(truth, got)
 
 
 def test_twin_components_of_a_subset_of_rows():
@@ -54,8 +59,7 @@ def test_twin_components_over_many_groups_equal_brute_force(threshold, monkeypat
     full = x.astype(np.float64) @ x.T.astype(np.float64)
     _, truth = connected_components(sparse.csr_matrix(full >= threshold), directed=False)
     got = twin_components(x, np.arange(len(x)), threshold, seed=1)
-    pairs = set(zip(truth.tolist(), got.tolist(), strict=True))
-    assert len(pairs) == len(set(truth.tolist())) == len(set(got.tolist()))
+    assert_same_components(truth, got)
     assert 1 < len(set(got.tolist())) < len(x) // 2
 
 
@@ -137,8 +141,8 @@ def test_blocks_skip_pairs_already_in_one_component(monkeypatch):
     got = twin_components(x, np.arange(len(x)), 0.92, seed=1)
     full = x.astype(np.float64) @ x.T.astype(np.float64)
     _, truth = connected_components(sparse.csr_matrix(full >= 0.92), directed=False)
-    pairs = set(zip(truth.tolist(), got.tolist(), strict=True))
-    assert len(pairs) == len(set(truth.tolist())) == len(set(got.tolist())) == 101
+    assert_same_components(truth, got)
+    assert len(set(got.tolist())) == 101
     assert sum(computed) < 0.75 * sum(asked)  # 0.59 measured; 1.0 without the skip
 
 
@@ -149,18 +153,15 @@ def test_union_find_equals_connected_components(seed):
     rng = np.random.default_rng(seed)
     n = 500
     chain = rng.permutation(n)
-    a = np.concatenate([chain[:-1:2], rng.integers(n, size=150), np.full(40, 7)])
-    b = np.concatenate([chain[1::2], rng.integers(n, size=150), rng.integers(n, size=40)])
+    a = np.concatenate([chain[:199], rng.integers(n, size=60), np.full(40, 7)])
+    b = np.concatenate([chain[1:200], rng.integers(n, size=60), rng.integers(n, size=40)])
     found = UnionFind(n)
     for start in range(0, len(a), 37):
         found.union(a[start : start + 37], b[start : start + 37])
     graph = sparse.coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n))
     _, truth = connected_components(graph, directed=False)
     got = found.labels()
-    pairs = set(zip(truth.tolist(), got.tolist(), strict=True))
-    assert len(pairs) == len(set(truth.tolist())) == len(set(got.tolist()))
-    for root in np.unique(got):
-        assert root == np.flatnonzero(got == root).min()
+    assert_same_components(truth, got)
 
 
 def test_present_classes_equal_unique():
