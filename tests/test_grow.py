@@ -353,9 +353,14 @@ def test_a_region_capture_may_not_pass_a_labels_cap():
     g = grower(
         x, config, Budget(need=2, cap=2), units=np.arange(9), split=split, columns=[label, region]
     )
+    planned = []
+    bounds_of = g._upper_bounds
+    g._upper_bounds = lambda rows, k: planned.extend(rows.tolist()) or bounds_of(rows, k)
     g.serve_strata(proposing(0, 4))
     # Row 0's ball would serve the region with rows 0 and 1, but the label is at its cap:
-    # the region is served by row 4's ball instead.
+    # the region is served by row 4's ball instead. Row 0's own unit alone breaks the
+    # label's cap, so no neighbour search is spent on it (a ball starts with its own).
+    assert planned == [4]
     assert len(g.new_rows) == 1 and members(g, 0) == [4, 5]
     assert (g.split[:4] == UNASSIGNED).all()
     assert g.strata.eval_count.tolist() == [1, 2]
@@ -650,13 +655,19 @@ def test_round_budget_is_not_moved_by_float_rounding():
     assert round_budget(100, 20, 100, 0, floor).need == 7
 
 
-def test_a_candidates_neighbours_and_ball_match_brute_force(monkeypatch):
+@pytest.mark.parametrize("whole_share", [2.0, 0.5, 0.0])
+def test_a_candidates_neighbours_and_ball_match_brute_force(monkeypatch, whole_share):
     """The nearest similarities that set a bubble's LID radius and the samples inside
     its ball come from the subspace bounds (`CellIndex.upper_bounds`), seeded by the
     nearest cells: the same as a float64 brute force over the kept rows, duplicates left
-    out, for every candidate, with the kept rows spread over two indexes (a later round)."""
+    out, for every candidate, with the kept rows spread over two indexes (a later round);
+    the same whether the batch's products are gathered per candidate (share 2: never
+    whole), whole from the first candidate (share 0) or from the first that admits
+    more than half the rows."""
+    from bubblefence_plugin.core import grow as grow_module
     from bubblefence_plugin.core import neighbors
 
+    monkeypatch.setattr(grow_module, "FULL_PRODUCT_SHARE", whole_share)
     monkeypatch.setattr(neighbors, "CELL_SIZE", 16)
     monkeypatch.setattr(neighbors, "CELL_FANOUT", 4)
     x = clustered_embeddings(400, seed=3)
@@ -674,14 +685,16 @@ def test_a_candidates_neighbours_and_ball_match_brute_force(monkeypatch):
         for k in (1, 6, 50, len(rows)):
             candidates = rows[::37]
             columns, bounds, seeds = g._upper_bounds(candidates, k)
+            products = grow_module._BatchProducts(x, candidates)
             assert np.array_equal(np.sort(columns), rows)
             for i, row in enumerate(candidates):
                 assert len(seeds[i]) >= k and kept[seeds[i]].all()
                 expected = np.sort(truth[np.searchsorted(rows, row)])[::-1][:k]
-                found = g._nearest_similarities(int(row), columns, bounds[i], seeds[i], k)
+                exact = products.of_candidate(i)
+                found = g._nearest_similarities(int(row), columns, bounds[i], seeds[i], k, exact)
                 assert np.allclose(found, expected, atol=1e-9)
                 for threshold in (0.99, expected[-1] - 1e-7, 0.5):  # sims are rounded to 1e-9
-                    inside, sims = g._within(int(row), columns, bounds[i], threshold)
+                    inside, sims = g._within(int(row), columns, bounds[i], threshold, exact)
                     want = rows[truth[np.searchsorted(rows, row)] >= threshold]
                     assert np.array_equal(np.sort(inside), want)
                     assert np.allclose(sims, x[inside].astype(np.float64) @ x[row], atol=1e-9)

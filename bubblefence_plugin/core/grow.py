@@ -14,7 +14,10 @@ similarity to every kept sample (`neighbors.CellIndex.upper_bounds`: `CELL_DIMS`
 products a sample instead of D), seeded by the members of its nearest cells: only
 samples whose bound reaches the k-th similarity, or the radius, are compared in full.
 A full profile against every sample read the whole matrix per batch of candidates
-and was the largest cost of a first round (38 of 88 s at 200k).
+and was the largest cost of a first round (38 of 88 s at 200k); where the bounds admit
+most rows anyway (broad data, a large k), the batch's candidates are multiplied with
+the whole matrix in one pass (`_BatchProducts`). A candidate whose own unit breaks a
+cap is turned away before any of this: its ball would start with that unit.
 
 **Coverage.** The quota is met stratum by stratum, so that eval spreads over the data
 like a stratified sample: strata are the labels (rarest first, with labels) and the
@@ -91,6 +94,12 @@ from .neighbors import DECISION_EPS, CellIndex, ranking_similarity, similarity_t
 
 # Candidates whose similarity bounds (`BubbleGrower._upper_bounds`) are computed together.
 CANDIDATES_PER_BATCH = 32
+# Share of all rows a candidate's bound may admit to its exact products before the
+# whole matrix is multiplied by every candidate left in its batch (`_BatchProducts`):
+# gathering a candidate's rows writes them and reads them twice, where the whole
+# product reads each row once for the batch; late in a fill on broad data the bound
+# admits most rows to most candidates (400k rows: 240k of 307k on average, 0.15 s each).
+FULL_PRODUCT_SHARE = 1 / 4
 # Candidates tried per stratum, beyond the bubbles it is expected to need: a stratum
 # whose candidates keep failing (its components are too big) gives way to the fill.
 STRATUM_TRIES = 8
@@ -297,6 +306,35 @@ class _ShellCut:
     # (`BubbleGrower._between_twins`: leak-free, but without the closure margin).
     unit: np.ndarray | None = None
     twin_groups: Callable[[np.ndarray], np.ndarray] | None = None
+
+
+class _BatchProducts:
+    """Float32 similarities of a batch's candidate centres to the rows their bounds
+    admit, for the filters before `ranking_similarity` decides (margins cover the
+    difference between a gathered product and the whole one).
+
+    A candidate's admitted rows are gathered and multiplied alone while they are few;
+    the first that admits more than `FULL_PRODUCT_SHARE` of all rows has the whole
+    matrix multiplied by it and every candidate after it in the batch, in one pass
+    (a (candidates x rows) block: no larger than the batch's bounds)."""
+
+    def __init__(self, embeddings: np.ndarray, rows: np.ndarray) -> None:
+        self.embeddings = embeddings
+        self.rows = rows
+        self._whole: np.ndarray | None = None
+        self._first = len(rows)  # the first candidate `_whole` holds
+
+    def of_candidate(self, position: int) -> Callable[[np.ndarray], np.ndarray]:
+        def similarities(reach: np.ndarray) -> np.ndarray:
+            many = len(reach) > FULL_PRODUCT_SHARE * len(self.embeddings)
+            if self._whole is None and many:
+                self._first = position
+                self._whole = self.embeddings[self.rows[position:]] @ self.embeddings.T
+            if position >= self._first:
+                return self._whole[position - self._first][reach]
+            return self.embeddings[reach] @ self.embeddings[self.rows[position]]
+
+        return similarities
 
 
 @dataclass
@@ -644,20 +682,28 @@ class BubbleGrower:
             return
         k_size = min(max(self.config.lid_k, size) + 1, self._n_kept)
         columns, bounds, seeds = self._upper_bounds(rows, k_size)
-        for row, bound, near in zip(rows, bounds, seeds, strict=True):
+        products = _BatchProducts(self.embeddings, rows)
+        for position, (row, bound, near) in enumerate(zip(rows, bounds, seeds, strict=True)):
             if self.remaining <= 0 or (stratum is not None and self.strata.deficit(stratum) <= 0):
                 return
             if not self._may_centre(row, stratum):
                 continue
-            plan = self._plan(int(row), columns, bound, near, k_size, size, stratum)
+            exact = products.of_candidate(position)
+            plan = self._plan(int(row), columns, bound, near, k_size, size, stratum, exact)
             if plan is not None:
                 self._accept_plan(plan, counter)
 
     def _may_centre(self, row: int, stratum: int | None) -> bool:
         if not self._open(np.array([row]))[0]:
             return False
-        own = self.open_size[self.units.component[row]]
+        unit = self.units.component[row]
+        own = self.open_size[unit]
         if own > self._largest_unit or (stratum is not None and own > self.strata.room(stratum)):
+            return False
+        # A ball's first unit is its centre's own (`_plan`): one that breaks a cap alone
+        # dooms the plan, and is turned away before its bounds are computed (late in a
+        # capped fill most candidates are, at the cost of a full plan each).
+        if not self._within_caps(np.array([unit]))[0]:
             return False
         centres = self._centres.view()
         if len(centres):
@@ -674,18 +720,20 @@ class BubbleGrower:
         k_size: int,
         size: int,
         stratum: int | None,
+        exact: Callable[[np.ndarray], np.ndarray],
     ) -> _Plan | None:
         """The widest ball around `row`, within its LID radius (from its `k_size` nearest
         neighbours), whose closure fits. `bound`: an upper bound of its similarity to
-        each kept row `columns`; `seeds`: kept rows near it (`_upper_bounds`)."""
+        each kept row `columns`; `seeds`: kept rows near it (`_upper_bounds`); `exact`:
+        its float32 similarities to given rows (`_BatchProducts.of_candidate`)."""
         config = self.config
-        nearest_sims = self._nearest_similarities(row, columns, bound, seeds, k_size)
+        nearest_sims = self._nearest_similarities(row, columns, bound, seeds, k_size, exact)
         neighbour_sims = nearest_sims[1 : config.lid_k + 1]  # the first is `row` itself
         lid = float("nan")
         if len(neighbour_sims) >= 2:
             lid = float(lid_mle(similarity_to_distance(neighbour_sims[None, :]))[0])
         radius = adaptive_radius(nearest_sims[1:], lid, size, config)
-        near, near_sims = self._within(row, columns, bound, 1.0 - radius)
+        near, near_sims = self._within(row, columns, bound, 1.0 - radius, exact)
         order = np.lexsort((near, -near_sims))
         ranked, ranked_sims = near[order], near_sims[order]
         # The edge stops before the first train sample of an earlier round, or the first
@@ -742,7 +790,13 @@ class BubbleGrower:
         return np.concatenate(columns), np.hstack(bounds), seeds
 
     def _nearest_similarities(
-        self, row: int, columns: np.ndarray, bound: np.ndarray, seeds: np.ndarray, k: int
+        self,
+        row: int,
+        columns: np.ndarray,
+        bound: np.ndarray,
+        seeds: np.ndarray,
+        k: int,
+        exact: Callable[[np.ndarray], np.ndarray],
     ) -> np.ndarray:
         """The `k` largest similarities of `row` to the kept rows, exact
         (`ranking_similarity`), largest first.
@@ -756,7 +810,7 @@ class BubbleGrower:
         # Margins: the float32 products of the seeds and the bounds are off by ~1e-6.
         floor = np.partition(seed_sims, len(seed_sims) - k)[len(seed_sims) - k]
         reach = columns[bound >= floor - 2 * DECISION_EPS]
-        sims = self.embeddings[reach] @ centre
+        sims = exact(reach)
         if len(reach) > k:
             kth = np.partition(sims, len(sims) - k)[len(sims) - k]
             reach = reach[sims >= kth - DECISION_EPS]
@@ -764,14 +818,18 @@ class BubbleGrower:
         return np.sort(exact)[::-1][:k]
 
     def _within(
-        self, row: int, columns: np.ndarray, bound: np.ndarray, threshold: float
+        self,
+        row: int,
+        columns: np.ndarray,
+        bound: np.ndarray,
+        threshold: float,
+        exact: Callable[[np.ndarray], np.ndarray],
     ) -> tuple[np.ndarray, np.ndarray]:
         """The kept rows at similarity >= `threshold` to `row`, and their exact
         similarities (`ranking_similarity`)."""
-        centre = self.embeddings[row]
         reach = columns[bound >= threshold - DECISION_EPS]
-        reach = reach[self.embeddings[reach] @ centre >= threshold - DECISION_EPS]
-        sims = ranking_similarity(self.embeddings[reach], centre)
+        reach = reach[exact(reach) >= threshold - DECISION_EPS]
+        sims = ranking_similarity(self.embeddings[reach], self.embeddings[row])
         inside = sims >= threshold
         return reach[inside], sims[inside]
 
