@@ -390,6 +390,24 @@ def test_a_lost_labels_unit_takes_what_the_labels_on_share_cannot_hold():
     assert (g.split == UNASSIGNED).all()
 
 
+@pytest.mark.parametrize("lost_unit, absorbed", [(110, True), (130, False)])
+def test_a_lost_unit_is_absorbed_only_if_one_shell_can_hold_it(lost_unit, absorbed):
+    """Label A one unit (lost: its target is far below its size), label B 600 singletons
+    (cap 120). The round needs 240, B holds 120 within its cap: A's unit is absorbed if
+    one shell of the 240 can hold it (120 at validation_ratio 0.5), else it stays open,
+    as validation / eval could not come within 0.03 of 0.5 beside it."""
+    n = lost_unit + 600
+    x = unit(np.random.default_rng(4).normal(size=(n, 8)))
+    units = np.r_[np.zeros(lost_unit, np.int64), np.arange(1, 601)]
+    labels = _indicator(n, [list(range(lost_unit)), list(range(lost_unit, n))])
+    config = BubbleFenceConfig(eval_ratio=0.2, eval_tolerance=0.0)
+    g = grower(x, config, Budget(need=240, cap=240), units=units, columns=[labels, labels])
+    g._absorb_in_lost_strata()
+    assert g._shell_room() == 120
+    taken = np.flatnonzero(g.split != UNASSIGNED).tolist()
+    assert taken == (list(range(lost_unit)) if absorbed else [])
+
+
 def test_fill_within_the_caps_and_beyond_them_are_separate_steps():
     # The pipeline runs finer units within the caps before any unit passes them.
     x, units, labels, config = _lost_and_spread()
