@@ -3,6 +3,7 @@
     .venv/bin/python bench/bench_core.py            # 50k in one round, then 3 rounds of 10k
     .venv/bin/python bench/bench_core.py --million  # adds 1M in one round + a 10k round on it
     .venv/bin/python bench/bench_core.py --state 200000  # only: a 10k round on a 200k state
+    .venv/bin/python bench/bench_core.py --sweep 300000:1,300000:5  # only: these rounds
 
 Data: clustered 512-d unit vectors (clusters on 8-d manifolds, unequal sizes and
 spreads; the largest clusters tight, pairwise cosine about 0.99, until they hold 20 %
@@ -152,6 +153,17 @@ def later_round(n_state: int, lines: list[str]) -> None:
     lines.append(line)
 
 
+def _sizes_and_seeds(text: str) -> list[tuple[int, int]]:
+    """ "300000:1,300000:5" -> [(300000, 1), (300000, 5)]."""
+    try:
+        pairs = [tuple(int(v) for v in item.split(":")) for item in text.split(",")]
+    except ValueError:
+        pairs = []
+    if not pairs or any(len(p) != 2 or p[0] < 1 or p[1] < 0 for p in pairs):
+        raise argparse.ArgumentTypeError(f"expected SIZE:SEED pairs like 300000:1, got {text!r}")
+    return pairs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--million", action="store_true")
@@ -160,6 +172,13 @@ def main() -> None:
         type=int,
         help="only this case: a state of this many samples (one round), then a 10k round, "
         "beside an exact blockwise 1-NN pass of the 10k new rows over the state",
+    )
+    parser.add_argument(
+        "--sweep",
+        type=_sizes_and_seeds,
+        help="only these cases, one round each: comma-separated SIZE:SEED pairs of the "
+        "same generator (e.g. 300000:1,300000:5), to look for sizes and seeds where a "
+        "figure breaks (the validation share came to 0.77 at 300k, seed 1)",
     )
     args = parser.parse_args()
     lines = [
@@ -177,6 +196,11 @@ def main() -> None:
     print("\n".join(lines))
     if args.state:
         later_round(args.state, lines)
+        append_results(lines)
+        return
+    if args.sweep:
+        for size, seed in args.sweep:
+            run(f"{size // 1000}k, seed {seed}, one round", [size], seed, lines)
         append_results(lines)
         return
     run("50k, one round", [50_000], 0, lines)
