@@ -830,8 +830,7 @@ class BubbleGrower:
         if len(reach) > k:
             kth = np.partition(sims, len(sims) - k)[len(sims) - k]
             reach = reach[sims >= kth - DECISION_EPS]
-        exact = ranking_similarity(self.embeddings[reach], centre)
-        return np.sort(exact)[::-1][:k]
+        return np.sort(ranking_similarity(self.embeddings[reach], centre))[::-1][:k]
 
     def _within(
         self,
