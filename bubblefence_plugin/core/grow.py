@@ -556,7 +556,12 @@ class BubbleGrower:
         larger unit, whole in one shell, leaves validation off target, or has shells cut
         through it (validation and test leaking into each other)."""
         ratio = self.config.validation_ratio
-        return max(2, int(min(ratio, 1.0 - ratio) * (self.n_eval + max(self.remaining, 0))))
+        return max(2, int(min(ratio, 1.0 - ratio) * self._eval_at_end))
+
+    @property
+    def _eval_at_end(self) -> int:
+        """The eval set's size once the round has captured what it needs."""
+        return self.n_eval + max(self.remaining, 0)
 
     def _absorb_in_lost_strata(self) -> None:
         """Whole units holding a *lost* stratum, each as a bubble of its own, while the
@@ -598,7 +603,7 @@ class BubbleGrower:
             unit_lost = np.bincount(row, lost[col], minlength=len(open_units))
             unit_over = np.bincount(row, ~lost[col] & (held > room[col]), minlength=len(open_units))
             largest = self.allowed
-            if self.n_eval + max(self.remaining, 0) >= BALANCED_EVAL:
+            if self._eval_at_end >= BALANCED_EVAL:
                 largest = min(largest, self._shell_room())
             fits = self.open_size[open_units] <= largest
             chosen = (unit_lost > 0) & (unit_over == 0) & fits
