@@ -5,6 +5,9 @@
     .venv/bin/python bench/bench_core.py --state 200000  # only: a 10k round on a 200k state
     .venv/bin/python bench/bench_core.py --sweep 300000:1,300000:5  # only: these rounds
 
+The 10k round on a large state is also run on that state saved to a file and loaded
+back, as the CLI and a dataset's run start from it.
+
 Data: clustered 512-d unit vectors (clusters on 8-d manifolds, unequal sizes and
 spreads; the largest clusters tight, pairwise cosine about 0.99, until they hold 20 %
 of the samples) with a few % near-duplicates. Leakage is measured on a seeded sample of
@@ -17,10 +20,12 @@ import argparse
 import os
 import resource
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -104,42 +109,75 @@ def quality(x, split, labels, rng) -> dict:
     }
 
 
-def run(name: str, batches: list[int], seed: int, lines: list[str]) -> list[float]:
-    """One case: rounds of these sizes; appends its table row, returns the seconds per round."""
+def run(
+    name: str, batches: list[int], seed: int, lines: list[str], from_file: bool = False
+) -> list[float]:
+    """One case: rounds of these sizes; appends its table row, returns the seconds per
+    round. ``from_file``: the last round is run again on the state saved before it and
+    loaded back, as the CLI and a dataset's run start (`reloaded_round`)."""
     x, labels = make_data(sum(batches), seed)
     bf = BubbleFence(BubbleFenceConfig(seed=seed))
     start, seconds, peaks = 0, [], []
-    for size in batches:
-        reset_peak_rss()
-        t = time.perf_counter()
-        bf.ingest(x[start : start + size])
-        seconds.append(time.perf_counter() - t)
-        peaks.append(peak_rss_mb())
-        start += size
-    split = bf.assignments()["split"].to_numpy()
-    rng = np.random.default_rng(seed)
-    ours = quality(x, split, labels, rng)
-    random_split = np.where(rng.random(len(x)) < 0.2, "validation", "train").astype(object)
-    base = quality(x, random_split, labels, rng)
-    stages = " / ".join(
-        ", ".join(f"{name} {sec:.1f}" for name, sec in record["seconds"].items() if sec >= 0.05)
-        for record in bf.history
-    )
-    row = (
-        f"| {name} | {' + '.join(f'{s:.2f}' for s in seconds)} | {max(peaks):.0f} | "
-        f"{x.nbytes / 2**20:.0f} | {len(bf._anchors)} | {ours['eval_share']:.3f} | "
-        f"{ours['val_share']:.3f} | {ours['leak99']:.4f} / {base['leak99']:.4f} | "
-        f"{ours['leak95']:.4f} / {base['leak95']:.4f} | {ours['coverage']} / {base['coverage']} | "
-        f"{stages} |"
-    )
-    print(row, flush=True)
-    lines.append(row)
+    with tempfile.TemporaryDirectory() as folder:
+        saved = Path(folder) / "state.npz"
+        for size in batches:
+            if from_file and start + size == len(x):
+                bf.save(saved)
+            reset_peak_rss()
+            t = time.perf_counter()
+            bf.ingest(x[start : start + size])
+            seconds.append(time.perf_counter() - t)
+            peaks.append(peak_rss_mb())
+            start += size
+        split = bf.assignments()["split"].to_numpy()
+        rng = np.random.default_rng(seed)
+        ours = quality(x, split, labels, rng)
+        random_split = np.where(rng.random(len(x)) < 0.2, "validation", "train").astype(object)
+        base = quality(x, random_split, labels, rng)
+        stages = " / ".join(
+            ", ".join(f"{name} {sec:.1f}" for name, sec in record["seconds"].items() if sec >= 0.05)
+            for record in bf.history
+        )
+        row = (
+            f"| {name} | {' + '.join(f'{s:.2f}' for s in seconds)} | {max(peaks):.0f} | "
+            f"{x.nbytes / 2**20:.0f} | {len(bf._anchors)} | {ours['eval_share']:.3f} | "
+            f"{ours['val_share']:.3f} | {ours['leak99']:.4f} / {base['leak99']:.4f} | "
+            f"{ours['leak95']:.4f} / {base['leak95']:.4f} | {ours['coverage']} / "
+            f"{base['coverage']} | {stages} |"
+        )
+        print(row, flush=True)
+        lines.append(row)
+        if from_file:
+            expected = bf.assignments()
+            del bf  # only the loaded state in memory, as in a fresh process
+            lines.append(reloaded_round(saved, x[len(x) - batches[-1] :], expected))
     return seconds
+
+
+def reloaded_round(saved: Path, batch: np.ndarray, expected: pd.DataFrame) -> str:
+    """The line for the last round run again on the state loaded from ``saved``."""
+    reset_peak_rss()
+    t = time.perf_counter()
+    bf = BubbleFence.load(saved)
+    load_seconds = time.perf_counter() - t
+    t = time.perf_counter()
+    bf.ingest(batch)
+    round_seconds = time.perf_counter() - t
+    stages = ", ".join(f"{k} {v:.1f}" for k, v in bf.history[-1]["seconds"].items() if v >= 0.05)
+    line = (
+        f"\nThe last round again, on the state saved before it and loaded back (as the "
+        f"CLI and a dataset's run start): loading {load_seconds:.2f} s, the round "
+        f"{round_seconds:.2f} s ({stages}), peak RSS {peak_rss_mb():.0f} MB (with the "
+        f"caller's data), the same split as in memory: "
+        f"{'yes' if bf.assignments().equals(expected) else 'NO'}.\n"
+    )
+    print(line, flush=True)
+    return line
 
 
 def later_round(n_state: int, lines: list[str]) -> None:
     """A 10k round on a state of `n_state`, and the exact 1-NN pass it is compared with."""
-    seconds = run(f"{n_state // 1000}k state + 10k round", [n_state, 10_000], 2, lines)
+    seconds = run(f"{n_state // 1000}k state + 10k round", [n_state, 10_000], 2, lines, True)
     x, _ = make_data(n_state + 10_000, 2)
     t = time.perf_counter()
     nearest(x[n_state:], x[:n_state])
@@ -206,7 +244,7 @@ def main() -> None:
     run("50k, one round", [50_000], 0, lines)
     run("30k in 3 rounds of 10k", [10_000] * 3, 1, lines)
     if args.million:
-        run("1M one round + 10k round", [1_000_000, 10_000], 2, lines)
+        run("1M one round + 10k round", [1_000_000, 10_000], 2, lines, from_file=True)
     append_results(lines)
 
 

@@ -7,6 +7,7 @@ from conftest import clustered_embeddings, unit
 from bubblefence_plugin import BubbleFence, BubbleFenceConfig
 from bubblefence_plugin.core.bubbles import INNER_VAL
 from bubblefence_plugin.core.metrics import leakage
+from bubblefence_plugin.core.state import read_state
 
 
 def clustered(n, rng, d=64, k=25, twins=0.05):
@@ -146,6 +147,43 @@ def test_deterministic_and_identical_after_save_load(tmp_path):
     a.ingest(x[1500:])
     b.ingest(x[1500:])
     assert a.assignments().equals(b.assignments())
+
+
+def saved_after_a_round(path, seed, n, n_first):
+    """Data of ``n`` rows, the state of a round on the first ``n_first``, saved at ``path``."""
+    x, _ = clustered(n, np.random.default_rng(seed))
+    bf = BubbleFence(BubbleFenceConfig(seed=seed))
+    bf.ingest(x[:n_first])
+    bf.save(path)
+    return x, bf
+
+
+def test_a_loaded_state_appends_its_next_round_after_the_rows_it_read(tmp_path):
+    # The rows are read into a buffer with room (`state.rows_with_room`): the next round
+    # writes after them instead of copying them (2 GB at 1M x 512), and splits the same.
+    x, built = saved_after_a_round(tmp_path / "state.npz", 41, 2000, 1500)
+    loaded = BubbleFence.load(tmp_path / "state.npz")
+    rows_read = loaded.state_dict()[1]["embeddings"]
+    loaded.ingest(x[1500:])
+    after = loaded.state_dict()[1]["embeddings"]
+    assert after.ctypes.data == rows_read.ctypes.data and len(after) == 2000
+    built.ingest(x[1500:])
+    assert loaded.assignments().equals(built.assignments())
+    np.testing.assert_array_equal(after, built.state_dict()[1]["embeddings"])
+
+
+def test_two_states_from_one_read_never_write_into_each_others_rows(tmp_path):
+    x, _ = saved_after_a_round(tmp_path / "state.npz", 42, 1600, 1000)
+    meta, arrays = read_state(tmp_path / "state.npz")
+    first = BubbleFence.from_state_dict(meta, arrays)
+    second = BubbleFence.from_state_dict(meta, arrays)  # the buffer went to `first`
+    first.ingest(x[1000:1300])
+    kept = first.state_dict()[1]["embeddings"].copy()
+    second.ingest(x[1300:])
+    np.testing.assert_array_equal(first.state_dict()[1]["embeddings"], kept)
+    np.testing.assert_allclose(
+        second.state_dict()[1]["embeddings"][1000:], unit(x[1300:]), atol=1e-6
+    )
 
 
 def test_duplicates_across_rounds_never_straddle():

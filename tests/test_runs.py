@@ -116,7 +116,12 @@ def test_state_rebuilds_embeddings_from_the_field(field_dataset):
     )
     expected = np.stack(vectors).astype(np.float32)
     expected /= np.linalg.norm(expected, axis=1, keepdims=True)
-    np.testing.assert_allclose(state.state_embeddings(split_state), expected, atol=1e-6)
+    rows = state.state_embeddings(split_state)
+    np.testing.assert_allclose(rows, expected, atol=1e-6)
+    # Rebuilt into a buffer with room: a round appends after them, without a copy.
+    new = np.random.default_rng(3).normal(size=(20, rows.shape[1]))
+    split_state.ingest(new, ids=[f"new{i}" for i in range(20)])
+    assert state.state_embeddings(split_state).ctypes.data == rows.ctypes.data
 
 
 def test_edited_embeddings_of_assigned_samples_are_refused(field_dataset):

@@ -17,8 +17,10 @@ from bubblefence_plugin.core.state import (
     check_layout,
     check_model_name,
     check_values,
+    claim_buffer,
     npy_blob_header,
     read_state,
+    rows_with_room,
     write_state,
 )
 
@@ -96,6 +98,37 @@ def test_an_empty_state_round_trips(tmp_path):
     assert got_meta["n_samples"] == 0 and got["embeddings"].shape == (0, 0)
 
 
+@pytest.mark.parametrize(
+    "layout",
+    [
+        lambda e: e.astype(np.float64),
+        np.asfortranarray,
+        lambda e: e.astype(">f4"),
+    ],
+    ids=["float64", "fortran_order", "big_endian"],
+)
+def test_embeddings_stored_in_another_layout_read_as_the_same_float32_rows(tmp_path, layout):
+    meta, arrays = small_state()
+    raw_npz(
+        tmp_path / "s.npz",
+        {**meta, "n_samples": 3, "format_version": FORMAT_VERSION},
+        {**arrays, "embeddings": layout(arrays["embeddings"])},
+    )
+    got = read_state(tmp_path / "s.npz")[1]["embeddings"]
+    assert got.dtype == np.float32 and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, arrays["embeddings"])
+
+
+def test_read_rows_have_room_after_them_for_one_owner():
+    rows = rows_with_room(3, 2)
+    buffer = claim_buffer(rows)
+    assert buffer is not None and len(buffer) > 3 and buffer.ctypes.data == rows.ctypes.data
+    assert claim_buffer(rows) is None  # a second state would write into the first's rows
+    other = rows_with_room(4, 2)
+    assert claim_buffer(other[:2]) is None  # rows 2-3 belong to whoever holds `other`
+    assert claim_buffer(np.zeros((8, 2), np.float32)[:4]) is None  # not a reader's rows
+
+
 # --------------------------------------------------------------------------- damaged files
 
 
@@ -120,6 +153,7 @@ def test_a_missing_file_is_not_called_damaged(tmp_path):
         ("no_config", "no config"),
         ("history", "round history"),
         ("pointer", "'anchor' points at bubbles -1..1 of 1"),
+        ("flat_embeddings", r"embeddings of shape \(3,\)"),
     ],
 )
 def test_damaged_state_files_raise_one_state_damaged_error(tmp_path, damage, match):
@@ -166,6 +200,8 @@ def test_damaged_state_files_raise_one_state_damaged_error(tmp_path, damage, mat
         raw_npz(path, {**full, "history": {"n_new": 3}}, arrays)
     elif damage == "pointer":
         raw_npz(path, full, {**arrays, "anchor": np.array([-1, 0, 1], np.int64)})
+    elif damage == "flat_embeddings":
+        raw_npz(path, full, {**arrays, "embeddings": arrays["embeddings"][:, 0].copy()})
     with pytest.raises(StateDamagedError, match=match) as info:
         read_state(path)
     message = str(info.value)

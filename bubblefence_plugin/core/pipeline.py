@@ -52,13 +52,11 @@ from .grow import BubbleGrower, Strata, Units, eval_floor, round_budget
 from .labels import LabelIndex, encode_label_sets, label_shares, label_summary
 from .neighbors import CellIndex, blas_threads, unit_rows
 from .regions import RegionIndex
-from .state import damaged, read_state, write_state
+from .state import buffer_with_room, claim_buffer, damaged, read_state, write_state
 from .twins import twin_components
 
 # Rows used as the neighbour reference when estimating LID for snapping.
 LID_REFERENCE = 10_000
-# Capacity of the embeddings buffer, relative to the rows it holds once it must grow.
-BUFFER_GROWTH = 1.5
 
 
 @dataclass
@@ -737,6 +735,7 @@ class BubbleFence:
         bf.history = list(meta["history"])
         for name in columns:
             setattr(bf, f"_{name}", np.asarray(arrays[name]))
+        bf._buffer = claim_buffer(bf._embeddings)  # rows read with room after them
         bf._labels = arrays.get("labels")
         bf._groups = arrays.get("groups")
         if "region_centres" in arrays:
@@ -781,15 +780,16 @@ class BubbleFence:
     def _rows_with(self, x: np.ndarray) -> np.ndarray:
         """The earlier rows followed by `x` scaled to unit length, as one array.
 
-        The rows live in a buffer with spare capacity, so a round appends without
-        copying the earlier rows (at 1M x 512 a copy is 2 GB more at peak); capacity
-        that was never written costs no memory. Rows past `n_samples` are scratch
-        until the round commits, so a failed round leaves the state as it was.
+        The rows live in a buffer with spare capacity (`state.buffer_with_room`; a
+        loaded state's rows were read into one, `state.rows_with_room`), so a round
+        appends without copying the earlier rows (at 1M x 512 a copy is 2 GB more at
+        peak). Rows past `n_samples` are scratch until the round commits, so a failed
+        round leaves the state as it was.
         """
         n_old, n = self.n_samples, self.n_samples + len(x)
         buffer = self._buffer
         if buffer is None or len(buffer) < n or buffer.shape[1] != x.shape[1]:
-            buffer = np.empty((max(n, int(n * BUFFER_GROWTH)), x.shape[1]), np.float32)
+            buffer = buffer_with_room(n, x.shape[1])
             if n_old:
                 buffer[:n_old] = self._embeddings
             self._buffer = buffer

@@ -22,6 +22,7 @@ import os
 import re
 import tempfile
 import unicodedata
+import weakref
 import zipfile
 from collections import Counter
 from collections.abc import Mapping
@@ -74,6 +75,12 @@ MAX_META_BYTES = 64 * 2**20
 # well and cost nothing).
 MAX_INFLATION = 64
 SMALL_MEMBER_BYTES = 2**20
+# Capacity of an embeddings buffer, relative to the rows it holds when it is allocated:
+# the next round appends its rows in place instead of copying the earlier ones (2 GB
+# at 1M x 512). Capacity never written costs no memory.
+BUFFER_GROWTH = 1.5
+# Bytes of a member read per call when it is read straight into a buffer.
+READ_CHUNK = 16 * 2**20
 # A model id ("org/name") as the Hugging Face hub allows it, or a local folder; either
 # way printable, bounded by the longest path a file system takes.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9._-]{1,96})?$")
@@ -90,6 +97,36 @@ def damaged(where: str, problem: str, remedy: str) -> StateDamagedError:
 
 
 # --------------------------------------------------------------------------- writing
+
+
+def buffer_with_room(n_rows: int, dim: int) -> np.ndarray:
+    """An uninitialised float32 buffer of ``dim`` columns with room for `BUFFER_GROWTH`
+    times ``n_rows`` rows."""
+    return np.empty((max(n_rows, int(n_rows * BUFFER_GROWTH)), dim), np.float32)
+
+
+# Rows a reader filled at the head of a buffer (`rows_with_room`), by id, until claimed.
+_UNCLAIMED: weakref.WeakValueDictionary[int, np.ndarray] = weakref.WeakValueDictionary()
+
+
+def rows_with_room(n_rows: int, dim: int) -> np.ndarray:
+    """Uninitialised (``n_rows``, ``dim``) float32 rows at the head of a
+    `buffer_with_room`, for a reader to fill; `claim_buffer` gives the buffer to the
+    state that takes these rows, so its next round appends without copying them."""
+    rows = buffer_with_room(n_rows, dim)[:n_rows]
+    _UNCLAIMED[id(rows)] = rows
+    return rows
+
+
+def claim_buffer(rows: np.ndarray) -> np.ndarray | None:
+    """The buffer under ``rows`` if they are this very array from `rows_with_room` and
+    no one claimed it before, else None. One owner only: two states appending into
+    one buffer would overwrite each other's rows, and a slice of the rows is not
+    claimed (the rows after it are someone's)."""
+    if _UNCLAIMED.get(id(rows)) is not rows:
+        return None
+    del _UNCLAIMED[id(rows)]
+    return rows.base
 
 
 def write_state(path: str | Path, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
@@ -148,13 +185,44 @@ def read_state(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]
             arrays = {}
             for name in headers:
                 with archive.open(f"{name}.npy") as fh:
-                    arrays[name] = np.lib.format.read_array(fh, allow_pickle=False)
+                    if name == "embeddings":
+                        arrays[name] = _read_rows_with_room(fh, headers[name][0], where, remedy)
+                    else:
+                        arrays[name] = np.lib.format.read_array(fh, allow_pickle=False)
     except (zipfile.BadZipFile, EOFError, OSError, RuntimeError, NotImplementedError) as e:
         if isinstance(e, FileNotFoundError):
             raise
         raise damaged(where, f"not a readable npz: {e}", remedy) from e
     check_values(arrays, where, remedy)
     return meta, arrays
+
+
+def _read_rows_with_room(fh: IO[bytes], shape: tuple, where: str, remedy: str) -> np.ndarray:
+    """The embeddings member read into `rows_with_room`, so the next round does not
+    copy them into a buffer with room (at 1M x 512, 11.8 s of a 35 s round here, the
+    copy's fresh pages; bench/RESULTS.md). Float32 in C order, as `write_state` writes
+    them, is read straight in; any other float matrix is read whole and converted."""
+    if len(shape) != 2:
+        raise damaged(where, f"embeddings of shape {shape}, not (samples, dimension)", remedy)
+    rows = rows_with_room(shape[0], shape[1])
+    stored, dtype, _, fortran = read_npy_header(fh, where, remedy)
+    if fortran or dtype != np.float32:
+        rows[...] = _array_data(fh, stored, dtype, fortran)
+        return rows
+    data = memoryview(rows.reshape(-1)).cast("B")
+    filled = 0
+    while filled < len(data):
+        got = fh.readinto(data[filled : filled + READ_CHUNK])
+        if not got:
+            raise damaged(where, "the embeddings member ends early", remedy)
+        filled += got
+    return rows
+
+
+def _array_data(fh: IO[bytes], shape: tuple, dtype: np.dtype, fortran: bool) -> np.ndarray:
+    """The data after an npy header `read_npy_header` has read, as numpy reads it."""
+    flat = np.frombuffer(fh.read(_nbytes(shape, dtype)), dtype=dtype)
+    return flat.reshape(shape, order="F" if fortran else "C")
 
 
 def _parse_meta(raw: bytes, where: str, remedy: str) -> dict[str, Any]:
@@ -175,7 +243,7 @@ def _parse_meta(raw: bytes, where: str, remedy: str) -> dict[str, Any]:
 
 def _member_header(fh: IO[bytes], info: zipfile.ZipInfo, where: str, remedy: str) -> tuple:
     """(shape, dtype) of an npz member from its npy header; the data is not read."""
-    shape, dtype, offset = read_npy_header(fh, f"{where}: member {info.filename!r}", remedy)
+    shape, dtype, offset, _ = read_npy_header(fh, f"{where}: member {info.filename!r}", remedy)
     if info.file_size - offset != _nbytes(shape, dtype):
         raise damaged(
             where,
@@ -193,21 +261,22 @@ def _member_header(fh: IO[bytes], info: zipfile.ZipInfo, where: str, remedy: str
     return shape, dtype
 
 
-def read_npy_header(fh: IO[bytes], where: str, remedy: str) -> tuple[tuple, np.dtype, int]:
-    """(shape, dtype, data offset) from an npy header; refuses what is not a plain array."""
+def read_npy_header(fh: IO[bytes], where: str, remedy: str) -> tuple[tuple, np.dtype, int, bool]:
+    """(shape, dtype, data offset, Fortran order) from an npy header; refuses what is
+    not a plain array. Either order holds the same array."""
     fmt = np.lib.format
     try:
         version = fmt.read_magic(fh)
         reader = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}
         if version not in reader:
             raise ValueError(f"npy version {version} is not written by BubbleFence")
-        shape, _fortran, dtype = reader[version](fh)  # either order loads the same
+        shape, fortran, dtype = reader[version](fh)
         offset = fh.tell()
     except (ValueError, OSError, EOFError, SyntaxError) as e:
         raise damaged(where, f"not an npy array: {e}", remedy) from e
     if dtype.kind not in ALLOWED_KINDS or dtype.fields is not None or dtype.subdtype:
         raise damaged(where, f"dtype {dtype} (a state holds numbers and strings)", remedy)
-    return tuple(int(s) for s in shape), dtype, int(offset)
+    return tuple(int(s) for s in shape), dtype, int(offset), bool(fortran)
 
 
 def npy_blob_header(blob: Any, where: str, remedy: str) -> tuple[tuple, np.dtype]:
@@ -216,7 +285,7 @@ def npy_blob_header(blob: Any, where: str, remedy: str) -> tuple[tuple, np.dtype
     if not isinstance(blob, (bytes, bytearray, memoryview)):
         raise damaged(where, f"a {type(blob).__name__}, not npy bytes", remedy)
     buf = io.BytesIO(blob)
-    shape, dtype, offset = read_npy_header(buf, where, remedy)
+    shape, dtype, offset, _ = read_npy_header(buf, where, remedy)
     if len(blob) - offset != _nbytes(shape, dtype):
         raise damaged(
             where,

@@ -32,6 +32,7 @@ from ..core.state import (
     check_values,
     damaged,
     npy_blob_header,
+    rows_with_room,
 )
 from .embeddings import read_vectors
 from .fields import EXCLUDED_TAG, id_chunks, root_dataset, values_by_id
@@ -390,7 +391,8 @@ def _stored_embeddings(
             f"embeddings field {field!r} lost or broke the vectors of {len(checked.errors)} "
             f"samples the BubbleFence state holds (e.g. {bad}); restore them or reset the state"
         )
-    matrix = np.zeros((len(ids), dim), dtype=np.float32)
+    matrix = rows_with_room(len(ids), dim)  # the next round appends after them
+    matrix[~present] = 0
     if checked is not None:
         matrix[present] = unit_rows(checked.embeddings, out=checked.embeddings)
         del checked
