@@ -167,7 +167,9 @@ def embeddings_from_array(
     return _normalise_rows(matrix, index, n, errors)
 
 
-_CHUNK_ROWS = 32768
+# Rows per step of the checks below: small steps reuse one few-MB temporary (see
+# `neighbors.ROW_STEP`).
+_CHUNK_ROWS = 4096
 
 
 def _normalise_rows(

@@ -45,8 +45,10 @@ SMALL_ROUND = 10_000
 # Window over which the idle cores are measured at the start of a round.
 IDLE_WINDOW_S = 0.1
 # Rows per step of a pass over every row (normalising, projecting, measuring radii):
-# temporaries of the whole matrix's size would double peak memory.
-ROW_STEP = 65_536
+# temporaries of the whole matrix's size would double peak memory, and steps of a few
+# MB reuse the same memory (at 65,536 rows each step's 128 MB gathers were mapped
+# anew, ~0.6 s of page faults apiece on this project's VMs; bench/RESULTS.md).
+ROW_STEP = 4096
 # Rows of queries per matrix product: 256 x 1M float32 similarities = 1 GiB, so
 # callers with a large base pass a smaller block.
 DEFAULT_BLOCK = 1024
@@ -96,6 +98,9 @@ EXACT_ROWS = 8192
 # What a residual computed for a cell centre may exceed the true one by (`_residual_bound`
 # adds sqrt(RESIDUAL_EPS); the float32 projection is off by as much again), with room.
 CENTRE_RESIDUAL_SLACK = 3 * np.sqrt(RESIDUAL_EPS)
+# Memory of one block of similarities in `knn` (the block of query rows: a few hundred
+# against the 10,000-20,000 rows of a LID reference or a map's placed samples).
+KNN_BLOCK_BYTES = 16 * 2**20
 # Memory of one block of similarities in a `CellIndex` search (with the rows gathered
 # for it, a few times this at peak).
 SCAN_BYTES = 16 * 2**20
@@ -178,11 +183,19 @@ def block_rows(n_base: int, budget_bytes: int = 256 * 2**20) -> int:
 def iter_similarity_blocks(
     queries: np.ndarray, base: np.ndarray, block: int | None = None
 ) -> Iterator[tuple[slice, np.ndarray]]:
-    """Yield (query slice, queries[slice] @ base.T) block by block."""
+    """Yield (query slice, queries[slice] @ base.T) block by block.
+
+    Every block is written into one buffer, valid until the next block: a fresh block
+    each time has its pages mapped anew, which on this project's 2-core VMs cost
+    about as much as the product (0.6 s per 128 MB; bench/RESULTS.md).
+    """
     block = block or block_rows(len(base))
+    out = np.empty((min(block, len(queries)), len(base)), np.result_type(queries, base))
     for start in range(0, len(queries), block):
         rows = slice(start, min(start + block, len(queries)))
-        yield rows, queries[rows] @ base.T
+        sims = out[: rows.stop - rows.start]
+        np.matmul(queries[rows], base.T, out=sims)
+        yield rows, sims
 
 
 def nearest(
@@ -218,13 +231,17 @@ def knn(
         return np.empty((len(queries), 0), np.float32), np.empty((len(queries), 0), np.int64)
     out_sim = np.empty((len(queries), k_eff), dtype=np.float32)
     out_idx = np.empty((len(queries), k_eff), dtype=np.int64)
+    # Blocks of `KNN_BLOCK_BYTES`: `argpartition` returns an int64 index of the whole
+    # block, twice its size (at 1,024 x 20,000 a fresh 164 MB per block).
+    block = block or block_rows(len(base), KNN_BLOCK_BYTES)
     for rows, sims in iter_similarity_blocks(queries, base, block):
         if exclude_self is not None:
             own = exclude_self[rows]
             has_own = own >= 0
             sims[np.flatnonzero(has_own), own[has_own]] = -np.inf
-        part = np.argpartition(-sims, k_eff - 1, axis=1)[:, :k_eff]
-        part_sims = np.take_along_axis(sims, part, axis=1)
+        np.negative(sims, out=sims)  # in place: the k smallest are the k most similar
+        part = np.argpartition(sims, k_eff - 1, axis=1)[:, :k_eff]
+        part_sims = -np.take_along_axis(sims, part, axis=1)
         # Ties broken by index so the order does not depend on the BLAS in use.
         order = np.lexsort((part, -part_sims), axis=1)
         out_idx[rows] = np.take_along_axis(part, order, axis=1)
