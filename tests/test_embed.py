@@ -777,7 +777,16 @@ def test_embeddings_from_array_checks_rows():
     np.testing.assert_allclose(
         res.embeddings, arr / np.linalg.norm(arr, axis=1)[:, None], atol=1e-6
     )
-    assert embeddings_from_array(arr.astype(np.float32)).ok.all()
+    # Every row good: a list's rows are normalised in their stacked copy; neither the
+    # rows nor a float32 array (used without a copy) are written.
+    arr32 = arr.astype(np.float32)
+    listed = [row.copy() for row in arr32]
+    for source in (arr32, listed):
+        res = embeddings_from_array(source)
+        assert res.ok.all() and res.embeddings.dtype == np.float32
+        np.testing.assert_allclose(np.linalg.norm(res.embeddings, axis=1), 1.0, atol=1e-6)
+    np.testing.assert_array_equal(arr32, arr.astype(np.float32))
+    np.testing.assert_array_equal(np.stack(listed), arr32)
     with pytest.raises(ValueError, match="dim=4"):
         embeddings_from_array(arr, dim=4)
     with pytest.raises(ValueError, match="dim=4"):
