@@ -6,8 +6,10 @@ from conftest import unit
 
 import bubblefence_plugin.core.neighbors as nb
 from bubblefence_plugin.core.neighbors import (
+    ROW_STEP,
     CellIndex,
     _bound_coords,
+    gathered_similarities,
     knn,
     nearest,
     subspace_axes,
@@ -24,6 +26,14 @@ def test_knn_and_nearest_match_brute_force():
     best_sim, best_idx = nearest(q, x, block=3)
     assert np.array_equal(best_idx, full.argmax(1))
     assert np.allclose(best_sim, full.max(1))
+
+
+def test_gathered_similarities_match_the_product_over_several_steps():
+    rng = np.random.default_rng(2)
+    x = unit(rng.normal(size=(2 * ROW_STEP + 100, 8)).astype(np.float32))
+    rows = rng.permutation(len(x))[: ROW_STEP + 50]
+    np.testing.assert_allclose(gathered_similarities(x, rows, x[3]), x[rows] @ x[3], atol=1e-6)
+    assert gathered_similarities(x, rows[:0], x[3]).shape == (0,)
 
 
 @pytest.mark.parametrize("threshold", [0.95, 0.9999])

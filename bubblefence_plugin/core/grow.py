@@ -90,7 +90,13 @@ from .bubbles import (
 from .config import BubbleFenceConfig
 from .density import adaptive_radius, lid_mle
 from .geodesic import MAX_MEMBERS, Ordering, crossings_along, orderings
-from .neighbors import DECISION_EPS, CellIndex, ranking_similarity, similarity_to_distance
+from .neighbors import (
+    DECISION_EPS,
+    CellIndex,
+    gathered_similarities,
+    ranking_similarity,
+    similarity_to_distance,
+)
 
 # Candidates whose similarity bounds (`BubbleGrower._upper_bounds`) are computed together.
 CANDIDATES_PER_BATCH = 32
@@ -336,7 +342,9 @@ class _BatchProducts:
                 self._whole = self.embeddings[self.rows[position:]] @ self.embeddings.T
             if position >= self._first:
                 return self._whole[position - self._first][reach]
-            return self.embeddings[reach] @ self.embeddings[self.rows[position]]
+            return gathered_similarities(
+                self.embeddings, reach, self.embeddings[self.rows[position]]
+            )
 
         return similarities
 
