@@ -1,6 +1,7 @@
 """The bubble table: membership by relative distance, and the two shells."""
 
 import numpy as np
+import pytest
 from conftest import unit
 
 from bubblefence_plugin.core.bubbles import (
@@ -14,7 +15,8 @@ from bubblefence_plugin.core.bubbles import (
 )
 
 
-def test_assign_to_bubbles_nearest_relative_centre_and_shells():
+@pytest.mark.parametrize("block", [None, 1, 3])
+def test_assign_to_bubbles_nearest_relative_centre_and_shells(block):
     centres = unit(np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))
     table = AnchorTable(
         centres=centres,
@@ -28,7 +30,7 @@ def test_assign_to_bubbles_nearest_relative_centre_and_shells():
         cut_pairs=np.array([0, 0]),
     )
     pts = unit(np.array([[1.0, 0.01, 0], [1.0, 0.9, 0], [0, 0, 1.0], [0.1, 1.0, 0]]))
-    anchor, shell = assign_to_bubbles(pts, table)
+    anchor, shell = assign_to_bubbles(pts, table, block=block)
     assert anchor.tolist() == [0, 0, -1, 1]
     assert shell.tolist() == [INNER, OUTER, 0, INNER]
     split = shell_split(table.layout[[0, 0, 1]], shell[[0, 1, 3]])

@@ -19,6 +19,10 @@ NO_SHELL, INNER, OUTER = 0, 1, 2
 SHELL_NAMES = np.array(["", "inner", "outer"])
 LAYOUT_NAMES = np.array(["inner_val", "inner_test"])
 INNER_VAL, INNER_TEST = 0, 1
+# Memory of one block of distances in `assign_to_bubbles` (and as much again for the
+# relative ones): 8,192 rows against 3,000 bubbles were 200 MB per block, each mapped
+# anew (neighbors.ROW_STEP says why that costs).
+DISTANCE_BLOCK_BYTES = 16 * 2**20
 
 
 @dataclass
@@ -68,18 +72,21 @@ class AnchorTable:
 
 
 def assign_to_bubbles(
-    vectors: np.ndarray, anchors: AnchorTable, block: int = 8192
+    vectors: np.ndarray, anchors: AnchorTable, block: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """(anchor index or -1, shell code) per vector.
 
     A vector inside several bubbles goes to the one whose centre is nearest
-    relative to its radius (distance / radius; ties to the older anchor).
+    relative to its radius (distance / radius; ties to the older anchor). Vectors go
+    ``block`` at a time, by default as many as keep one float64 block of distances to
+    every centre within `DISTANCE_BLOCK_BYTES`.
     """
     n = len(vectors)
     anchor = np.full(n, -1, dtype=np.int64)
     shell = np.zeros(n, dtype=np.int8)
     if len(anchors) == 0 or n == 0:
         return anchor, shell
+    block = block or max(1, DISTANCE_BLOCK_BYTES // (8 * len(anchors)))
     for start in range(0, n, block):
         stop = min(start + block, n)
         distance = 1.0 - (vectors[start:stop] @ anchors.centres.T).astype(np.float64)
