@@ -64,9 +64,10 @@ ROLES = (TRAIN, VALIDATION, TEST)
 DEFAULT_THRESHOLDS = (0.99, 0.95, 0.90)
 MIN_LABEL_COUNT = 20
 DEFAULT_MAX_QUERIES = 10_000
-# Base rows per chunk: the chunk copy is 128 MiB at d=512, one block of similarities
-# against it 256 MiB (`neighbors.block_rows`).
-BASE_CHUNK = 65_536
+# Base rows per chunk: the chunk copy is 8 MiB at d=512, one block of similarities
+# against it 16 MiB, memory each chunk reuses (at 65,536 rows, 128 and 256 MiB mapped
+# anew per chunk: a 200k audit 17.9 -> 13.0 s, 1,012 -> 644 MB; bench/RESULTS.md).
+BASE_CHUNK = 4096
 HISTOGRAM_BINS = 50  # nearest-similarity histogram over [0, 1]
 MAX_LISTED = 20  # examples listed in a report (missing labels, violating groups)
 
