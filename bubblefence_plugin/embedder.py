@@ -33,6 +33,8 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .core.neighbors import ROW_STEP
+
 __all__ = [
     "DEFAULT_MODEL",
     "EFFICIENTNET_LITE0",
@@ -167,11 +169,6 @@ def embeddings_from_array(
     return _normalise_rows(matrix, index, n, errors, in_place=True)  # `matrix` is ours
 
 
-# Rows per step of the checks below: small steps reuse one few-MB temporary (see
-# `neighbors.ROW_STEP`).
-_CHUNK_ROWS = 4096
-
-
 def _normalise_rows(
     matrix: np.ndarray, index: np.ndarray, n: int, errors: dict[int, str], in_place: bool = False
 ) -> EmbeddingResult:
@@ -182,8 +179,8 @@ def _normalise_rows(
     rows = matrix.shape[0]
     finite = np.empty(rows, dtype=bool)
     squared = np.empty(rows, dtype=np.float64)
-    for lo in range(0, rows, _CHUNK_ROWS):
-        chunk = matrix[lo : lo + _CHUNK_ROWS].astype(np.float64)
+    for lo in range(0, rows, ROW_STEP):
+        chunk = matrix[lo : lo + ROW_STEP].astype(np.float64)
         finite[lo : lo + len(chunk)] = np.isfinite(chunk).all(axis=1)
         squared[lo : lo + len(chunk)] = np.einsum("ij,ij->i", chunk, chunk)
     for k in np.flatnonzero(~finite):
@@ -197,8 +194,8 @@ def _normalise_rows(
     else:
         emb = np.empty((len(good_rows), matrix.shape[1]), dtype=np.float32)
     inv_norm = (1.0 / np.sqrt(squared[good_rows])).astype(np.float32)
-    for lo in range(0, len(good_rows), _CHUNK_ROWS):
-        sel = good_rows[lo : lo + _CHUNK_ROWS]
+    for lo in range(0, len(good_rows), ROW_STEP):
+        sel = good_rows[lo : lo + ROW_STEP]
         np.multiply(matrix[sel], inv_norm[lo : lo + len(sel), None], out=emb[lo : lo + len(sel)])
     ok = np.zeros(n, dtype=bool)
     ok[index[good]] = True

@@ -96,7 +96,7 @@ def damaged(where: str, problem: str, remedy: str) -> StateDamagedError:
     return StateDamagedError(f"{where} is damaged ({problem}); {remedy}")
 
 
-# --------------------------------------------------------------------------- writing
+# --------------------------------------------------------------------------- buffers
 
 
 def buffer_with_room(n_rows: int, dim: int) -> np.ndarray:
@@ -127,6 +127,9 @@ def claim_buffer(rows: np.ndarray) -> np.ndarray | None:
         return None
     del _UNCLAIMED[id(rows)]
     return rows.base
+
+
+# --------------------------------------------------------------------------- writing
 
 
 def write_state(path: str | Path, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
