@@ -14,6 +14,9 @@ Data sets, generated here (none of them tuned to the algorithm):
 * `digits`: scikit-learn's handwritten digits, 64-d pixel vectors; labels: the digits.
 * `digits_rounds`: the same in random order, in rounds of 50 / 25 / 25 %: dense real
   data that grows, so later samples land between those already split.
+* `digits_5rounds`: the same in another random order, in five rounds of 20 %: a
+  small first round, whose bubbles stand for regions that four times as many later
+  samples fall into.
 * `photos`: real photos, embedded by a real pretrained encoder: 120 crops of each of
   the 21 colour and grey photos that ship with scikit-learn, matplotlib and
   scikit-image (the demo's), a crop covering 20-90 % of the shorter side at a random
@@ -82,6 +85,7 @@ CASES = (
     "mixture_4rounds",
     "digits",
     "digits_rounds",
+    "digits_5rounds",
     "photos",
     *VIDEO_CASES,
 )
@@ -347,12 +351,15 @@ def run_case(name: str, quick: bool) -> dict:
     if name == "digits":
         x, labels = digits()
         rounds = [len(x)]
-    elif name == "digits_rounds":
+    elif name in ("digits_rounds", "digits_5rounds"):
         x, labels = digits()
-        order = np.random.default_rng(8).permutation(len(x))
+        five = name == "digits_5rounds"
+        order = np.random.default_rng(1 if five else 8).permutation(len(x))
         x, labels = x[order], labels[order]
         n = len(x)
         rounds = [n // 2, n // 4, n - n // 2 - n // 4]
+        if five:
+            rounds = [len(part) for part in np.array_split(np.arange(n), 5)]
     elif name == "photos":
         x, labels = photos(max(2, int(CROPS_PER_PHOTO * scale)), seed=7)
         n = len(x)

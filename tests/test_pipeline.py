@@ -69,6 +69,14 @@ def check_invariants(bf):
     val_inner = bf._anchors.layout[anchor[held]] == INNER_VAL
     expected = np.where((shell == "inner") == val_inner, "validation", "test")
     assert (a["split"].to_numpy()[held] == expected).all()
+    # No train sample lies inside the ball of a bubble of its round or a later one:
+    # later rounds hold out what falls inside (bubbles.clear_of_train).
+    train = np.flatnonzero(kept & (a["split"] == "train").to_numpy())
+    table = bf._anchors
+    x = bf._embeddings[: len(a)].astype(np.float64)
+    distance = 1.0 - x[train] @ table.centres.astype(np.float64).T
+    same_or_later = a["round"].to_numpy()[train][:, None] <= table.round[None, :]
+    assert not ((distance < table.radius - 1e-5) & same_or_later).any()
 
 
 @pytest.mark.parametrize("seed, n, d", [(0, 3000, 64), (1, 2000, 32), (2, 1500, 128)])
@@ -543,6 +551,22 @@ def test_dense_real_data_in_rounds_cuts_only_what_it_counts(knobs, with_labels):
         bf.ingest(x[part], ids=part, labels=labels[part] if with_labels else None)
         check_invariants(bf)
     assert sum(r["cut_pairs"] for r in bf.history) > 0  # the data bridged, as it does
+
+
+def test_later_rounds_keep_the_ratios_when_a_first_round_is_small():
+    """Digits in five rounds of 359: a bubble of round 0 made of one whole unit (35
+    samples) had the radius of its farthest member, and its ball held 142 train
+    samples; the later samples inside it were held out, eval came to 0.254 of the data
+    and validation to 0.225 of eval. Balls now end before any train sample."""
+    x, _ = digits_unit(order_seed=1)
+    cfg = BubbleFenceConfig(seed=0)
+    bf = BubbleFence(cfg)
+    for part in np.array_split(np.arange(len(x)), 5):
+        bf.ingest(x[part], ids=part)
+        check_invariants(bf)
+    summary = bf.summary()
+    assert abs(summary["eval_share"] - cfg.eval_ratio) <= 0.005
+    assert abs(summary["validation_share_of_eval"] - cfg.validation_ratio) <= 0.03
 
 
 @pytest.mark.parametrize("seed", [1, 2])

@@ -79,6 +79,7 @@ from .bubbles import (
     INNER_TEST,
     INNER_VAL,
     OUTER,
+    RADIUS_MARGIN,
     TEST,
     TRAIN,
     UNASSIGNED,
@@ -791,7 +792,7 @@ class BubbleGrower:
             return None
         # The ball ends before the first member of the first component left out.
         edge = first[n_fit] if n_fit < len(first) else len(ranked)
-        ball = 1.0 - float(ranked_sims[edge - 1]) + 1e-6
+        ball = 1.0 - float(ranked_sims[edge - 1]) + RADIUS_MARGIN
         return _Plan(row=row, components=components[:n_fit], radius=ball, lid=lid)
 
     def _upper_bounds(self, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, list]:
@@ -996,12 +997,12 @@ class BubbleGrower:
         self.crossed += crossed
         self.stats[counter] += len(members)
         distance = 1.0 - np.asarray(sims, dtype=np.float64)
-        inner_radius = float(distance[:n_inner].max()) + 1e-6 if n_inner else -1.0
+        inner_radius = float(distance[:n_inner].max()) + RADIUS_MARGIN if n_inner else -1.0
         self.new_rows.append(
             {
                 "centres": self.embeddings[centre][None, :],
                 "centre_row": int(centre),
-                "radius": float(distance.max()) + 1e-6 if radius is None else radius,
+                "radius": float(distance.max()) + RADIUS_MARGIN if radius is None else radius,
                 "inner_radius": inner_radius,
                 "layout": layout,
                 "lid": lid,
@@ -1137,7 +1138,7 @@ class BubbleGrower:
             self.shell_of[members] = shells
             self.split[members] = codes
             self.n_val += int(np.sum(codes == VALIDATION)) - val_now
-            bubble["inner_radius"] = float(distance[:best].max()) + 1e-6 if best else -1.0
+            bubble["inner_radius"] = float(distance[:best].max()) + RADIUS_MARGIN if best else -1.0
             changed += 1
         return changed
 
@@ -1201,7 +1202,7 @@ class BubbleGrower:
             self.n_val += int(np.sum(codes == VALIDATION)) - val_now
             self.crossed += added
             bubble["cut_pairs"] += added
-            bubble["inner_radius"] = float(distance[:best].max()) + 1e-6 if best else -1.0
+            bubble["inner_radius"] = float(distance[:best].max()) + RADIUS_MARGIN if best else -1.0
             # Kept from now on: any other cut through the bubble crosses other pairs.
             self._shell_cuts[i] = _ShellCut(members, distance, np.r_[best], cut.radial)
             changed += 1

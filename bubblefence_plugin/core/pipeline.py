@@ -35,6 +35,7 @@ from .bubbles import (
     UNASSIGNED,
     VALIDATION,
     AnchorTable,
+    clear_of_train,
 )
 from .config import BubbleFenceConfig, frozen_changes
 from .dedup import find_duplicates
@@ -247,6 +248,7 @@ class BubbleFence:
         with _timed(timings, "new_bubbles"):
             self._grow_new_bubbles(work)
         self._settle_the_rest(work)
+        self._clear_new_bubbles(work)
         return self._commit(work)
 
     def _start_round(
@@ -484,6 +486,16 @@ class BubbleFence:
                 self.config.validation_ratio,
             )
             work.stats.update({f"group_{k}": v for k, v in moves.items()})
+
+    def _clear_new_bubbles(self, work: _Round) -> None:
+        """The new bubbles' balls end before any train sample (`bubbles.clear_of_train`):
+        later rounds hold out what falls inside them."""
+        table = work.new_table
+        if table is None or len(table) == 0:
+            return
+        table.radius, table.inner_radius = clear_of_train(
+            table, work.x, self._kept_indexes(work), work.split == TRAIN
+        )
 
     def _commit(self, work: _Round) -> RoundResult:
         """The round's working copy becomes the state, and its record the history's."""
