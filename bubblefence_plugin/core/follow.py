@@ -17,7 +17,8 @@ members linked); a component is the unit that moves:
   similar twin of that split, all its members together, so it never straddles
   validation and test.
 * **inside**: a free component (no assigned twin) with a member inside an existing
-  bubble joins that bubble, in the shell of that member (the smallest such row).
+  bubble joins that bubble, in the shell of that member (the smallest such row). A
+  ball held no train sample when its round ended (`bubbles.clear_of_train`).
 * the rest stays open for new bubbles (`quota`), in units: the components at
   `closure_threshold` (`keep_margins`). Round 0 holds out whole units, so eval and
   train stay that margin apart; earlier samples cannot move, so a later round keeps
