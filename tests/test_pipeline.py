@@ -554,10 +554,10 @@ def test_dense_real_data_in_rounds_cuts_only_what_it_counts(knobs, with_labels):
 
 
 def test_later_rounds_keep_the_ratios_when_a_first_round_is_small():
-    """Digits in five rounds of 359: a bubble of round 0 made of one whole unit (35
-    samples) had the radius of its farthest member, and its ball held 142 train
-    samples; the later samples inside it were held out, eval came to 0.254 of the data
-    and validation to 0.225 of eval. Balls now end before any train sample."""
+    """Digits in five rounds of 20 %: a bubble of round 0 made of one whole unit (36
+    samples) had the radius of its farthest member, and its ball held 144 train
+    samples; the later samples inside it were held out, eval came to 0.258 of the data
+    and validation to 0.765 of eval. Balls now end before any train sample."""
     x, _ = digits_unit(order_seed=1)
     cfg = BubbleFenceConfig(seed=0)
     bf = BubbleFence(cfg)

@@ -128,11 +128,12 @@ def clear_of_train(
     A bubble grown from a ball stops before the first sample it leaves out, but one
     made of whole units (a rare label's component, a cut piece) has the radius of its
     farthest member, and that ball can hold far more train samples than members: on
-    scikit-learn digits split in five rounds of 359, one 35-sample unit's ball held 142
-    train samples of round 0, and 54 % of the later samples fell inside some bubble,
-    which took eval to 0.254 of the data and validation to 0.225 of eval (target 0.2
-    and 0.5; bench/RESULTS.md). Members beyond the shrunk radius stay in the bubble;
-    the ball only stops speaking for the region around them.
+    scikit-learn digits split in five rounds of 20 % (`bench_quality`'s
+    `digits_5rounds`), one 36-sample unit's ball held 144 train samples of round 0, and
+    54 % of the later samples fell inside some bubble, which took eval to 0.258 of the
+    data and validation to 0.765 of eval (targets 0.2 and 0.5; bench/RESULTS.md).
+    Members beyond the shrunk radius stay in the bubble; the ball only stops speaking
+    for the region around them.
 
     `indexes` hold every kept row between them (disjoint), `is_train[row]` whether the
     row ends the round in train. Exact: every train sample within a bubble's radius is
