@@ -20,6 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .core.grow import BALANCED_EVAL, SHELL_THROUGH_TOLERANCE
+
 # CommonMark lets every ASCII punctuation character be escaped with a backslash; escaping
 # them all also breaks GFM's bare-URL autolinks ("https\:", "www\.") and raw HTML.
 _PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
@@ -77,6 +79,7 @@ def round_text(summary: Mapping[str, Any]) -> SummaryText:
         Line(label, str(summary[key]))
         for key, label in (
             ("eval_share", "Eval share"),
+            ("validation_share_of_eval", "Validation share of eval"),
             ("new_anchors", "New bubbles"),
             ("n_anchors", "Bubbles in all"),
         )
@@ -104,7 +107,7 @@ def round_text(summary: Mapping[str, Any]) -> SummaryText:
 def round_warnings(summary: Mapping[str, Any]) -> list[str]:
     """What a user should look at after a round (shown in amber), in plain sentences:
     labels with no eval sample, groups on both sides of the train/eval line, near-twin
-    pairs the round had to cut."""
+    pairs the round had to cut, an eval or validation share off its target."""
     warnings = []
     if summary.get("cut_pairs"):
         warnings.append(
@@ -125,6 +128,33 @@ def round_warnings(summary: Mapping[str, Any]) -> list[str]:
         warnings.append(
             f"{groups['violations']} of {groups['n_groups']} groups have samples on both "
             "sides of the train/eval line"
+        )
+    return warnings + _share_warnings(summary)
+
+
+def _share_warnings(summary: Mapping[str, Any]) -> list[str]:
+    """The eval share beyond its tolerance, validation / eval beyond the spec's 0.03 once
+    eval holds `BALANCED_EVAL` samples (below, whole components may not allow it).
+
+    Both can drift in later rounds of dense data: a new sample that is a near twin of
+    held-out ones follows them, into their shell, and no earlier sample moves."""
+    targets = summary.get("targets")
+    if not targets:
+        return []
+    warnings = []
+    eval_share, eval_ratio = summary["eval_share"], targets["eval_ratio"]
+    if abs(eval_share - eval_ratio) > targets["eval_tolerance"]:
+        warnings.append(
+            f"Eval is {eval_share:.3f} of the kept samples against a target of {eval_ratio}: "
+            "new samples that are near twins of earlier ones take their side, and no "
+            "earlier sample moves"
+        )
+    val_share, val_ratio = summary["validation_share_of_eval"], targets["validation_ratio"]
+    if summary["n_eval"] >= BALANCED_EVAL and abs(val_share - val_ratio) > SHELL_THROUGH_TOLERANCE:
+        warnings.append(
+            f"Validation is {val_share:.3f} of eval against a target of {val_ratio}: new "
+            "samples that are near twins of eval samples join their shell, so that no "
+            "near twins straddle validation and test"
         )
     return warnings
 

@@ -39,6 +39,15 @@ def test_split_writes_fields_tags_and_state(field_dataset):
     assert sum(counts.values()) == 200
     assert counts.get("validation", 0) + counts.get("test", 0) > 0
     assert summary["counts_total"]["train"] == counts.get("train", 0)
+    # What the round's share warnings compare (`text.round_warnings`).
+    n_eval = counts.get("validation", 0) + counts.get("test", 0)
+    assert summary["n_eval"] == n_eval
+    assert summary["validation_share_of_eval"] == round(counts.get("validation", 0) / n_eval, 4)
+    assert summary["targets"] == {
+        "eval_ratio": 0.2,
+        "eval_tolerance": 0.03,
+        "validation_ratio": 0.5,
+    }
     _check_mirror(ds)
     assert set(ds.distinct("bubblefence_round")) == {0}
     assert ds.list_runs() == ["bubblefence", "bubblefence_layout"]  # state + 2-D map

@@ -27,6 +27,9 @@ def test_round_text_names_failed_files_and_leaves_out_zero_counts():
     assert plain.splitlines()[0] == "Round 1: 40 samples assigned"
     assert "/data/a.png" in plain and "cannot identify image file" in plain
     assert "Images embedded" not in plain  # zero: nothing to say
+    assert "validation share of eval" not in plain  # not in this summary
+    with_share = round_text({**SUMMARY, "labels": None, "validation_share_of_eval": 0.5}).plain()
+    assert "validation share of eval: 0.5" in with_share
     assert "samples with errors: 2" in plain
 
 
@@ -41,3 +44,17 @@ def test_cut_pairs_and_a_yielded_floor_are_said_only_when_they_happened():
     plain = round_text(cut).plain()
     assert "near-twin pairs cut: 7" in plain
     assert "eval samples short of min_eval_per_batch: 3" in plain
+
+
+def test_shares_off_target_are_warned_with_their_figures():
+    targets = {"eval_ratio": 0.2, "eval_tolerance": 0.03, "validation_ratio": 0.5}
+    on = {"eval_share": 0.229, "validation_share_of_eval": 0.529, "n_eval": 359}
+    assert round_warnings({**on, "targets": targets}) == []
+    off = {"eval_share": 0.258, "validation_share_of_eval": 0.765, "n_eval": 464}
+    eval_warning, validation_warning = round_warnings({**off, "targets": targets})
+    assert eval_warning.startswith("Eval is 0.258 of the kept samples against a target of 0.2")
+    assert validation_warning.startswith("Validation is 0.765 of eval against a target of 0.5")
+    # Below 200 eval samples whole components may not allow 0.03: no validation warning.
+    small = {**off, "eval_share": 0.2, "n_eval": 199, "targets": targets}
+    assert round_warnings(small) == []
+    assert round_warnings(off) == []  # a summary without targets (older callers)

@@ -647,8 +647,14 @@ class BubbleFence:
             "counts": counts,
             "eval_share": n_eval / max(int(kept.sum()), 1),
             "validation_share_of_eval": counts["validation"] / max(n_eval, 1),
+            "n_eval": n_eval,
             "n_anchors": len(self._anchors),
             "rounds": self.history,
+            "targets": {
+                "eval_ratio": self.config.eval_ratio,
+                "eval_tolerance": self.config.eval_tolerance,
+                "validation_ratio": self.config.validation_ratio,
+            },
         }
         if self._labels is not None:
             cfg = self.config

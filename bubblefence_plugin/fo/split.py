@@ -549,8 +549,10 @@ def _state_counts(bf: Any) -> dict[str, Any]:
     return {
         "counts_total": counts_total,
         "eval_share": round(held / kept, 4) if kept else 0.0,
+        "validation_share_of_eval": round(core["validation_share_of_eval"], 4),
+        "n_eval": held,
         "n_anchors": len(bf.anchors),
-        **{k: core[k] for k in ("labels", "groups") if k in core},
+        **{k: core[k] for k in ("labels", "groups", "targets") if k in core},
     }
 
 
