@@ -11,6 +11,8 @@ Data sets, generated here (none of them tuned to the algorithm):
   hold >= 20 % of the samples; the others are broad (points on an 8-d manifold plus
   noise, each with its own spread); 2 % near-exact duplicates. Labels: the clusters.
   Fed in one round, in rounds of 50 / 25 / 25 %, and (20k) in 4 unequal rounds.
+* `mixture_tiny_first`: a mixture of 3,000 whose first round is 10 samples (a user who
+  tries a handful first): each of them stands for a cluster that the next round fills.
 * `digits`: scikit-learn's handwritten digits, 64-d pixel vectors; labels: the digits.
 * `digits_rounds`: the same in random order, in rounds of 50 / 25 / 25 %: dense real
   data that grows, so later samples land between those already split.
@@ -83,6 +85,7 @@ CASES = (
     "mixture",
     "mixture_rounds",
     "mixture_4rounds",
+    "mixture_tiny_first",
     "digits",
     "digits_rounds",
     "digits_5rounds",
@@ -372,12 +375,15 @@ def run_case(name: str, quick: bool) -> dict:
         n = len(x)
         rounds = [n // 2, n // 4, n - n // 2 - n // 4] if name == "one_video_rounds" else [n]
     else:
-        n = int((20_000 if name == "mixture_4rounds" else 10_000) * scale)
-        x, labels = mixture(n, seed={"mixture": 1, "mixture_rounds": 2}.get(name, 3))
+        sizes = {"mixture_4rounds": 20_000, "mixture_tiny_first": 3_000}
+        n = int(sizes.get(name, 10_000) * scale)
+        seeds = {"mixture": 1, "mixture_rounds": 2, "mixture_tiny_first": 21}
+        x, labels = mixture(n, seed=seeds.get(name, 3))
         rounds = {
             "mixture": [n],
             "mixture_rounds": [n // 2, n // 4, n - n // 2 - n // 4],
             "mixture_4rounds": [n * 4 // 10, n // 10, n * 3 // 10, n - n * 8 // 10],
+            "mixture_tiny_first": [10, n - 10],
         }[name]
     results, final = {}, {}
     for who, use_labels in (("ours", False), ("ours+labels", True)):

@@ -21,7 +21,12 @@ from bubblefence_plugin.core.bubbles import (
     AnchorTable,
 )
 from bubblefence_plugin.core.config import BubbleFenceConfig
-from bubblefence_plugin.core.follow import bind_to_assigned, earlier_index, join_existing_bubbles
+from bubblefence_plugin.core.follow import (
+    bind_to_assigned,
+    earlier_index,
+    join_existing_bubbles,
+    too_large_for_eval,
+)
 from bubblefence_plugin.core.twins import twin_components
 
 CONFIG = BubbleFenceConfig(leak_threshold=0.95)
@@ -341,3 +346,30 @@ def test_no_bubbles_or_no_open_rows_join_nothing():
     split[:] = TRAIN
     assert join_existing_bubbles(x, rows, components, split, anchor, shell, TWO_BUBBLES) == 0
     assert split.tolist() == [TRAIN, TRAIN] and anchor.tolist() == [-1, -1]
+
+
+def test_too_large_for_eval_by_hand():
+    """Components already decided count first: a contested one in eval (it has a train
+    twin) and one a known group's member decided. Of the rest, smallest first, one goes
+    to train only if it alone is over 0.03 of the kept samples and over the room left
+    (`eval_room`: floor(0.23 * kept) - eval)."""
+    config = BubbleFenceConfig(eval_ratio=0.2, eval_tolerance=0.03)
+    side = np.array([VALIDATION, TEST, VALIDATION, TEST, TRAIN, VALIDATION, -1])
+    sizes = np.array([5, 20, 34, 40, 500, 60, 3])
+    per_comp = np.zeros((7, 3), np.int64)
+    per_comp[:, VALIDATION] = 1
+    per_comp[0, TRAIN] = 2  # contested, decided eval
+    forced_votes = np.zeros((7, 3), np.int64)
+    forced_votes[5, VALIDATION] = 1
+
+    def moved(n_eval, leaks=lambda c: 1):
+        return too_large_for_eval(side, sizes, per_comp, forced_votes, 1000, n_eval, config, leaks)
+
+    # 230 - 200 - 5 - 60 < 0: 34 and 40 are over 30 and the room; 20 is not over 30.
+    assert moved(200).tolist() == [2, 3]
+    # 230 - 50 - 65 = 115: 20, 34 and 40 fit.
+    assert moved(50).tolist() == []
+    # 230 - 100 - 65 = 65: 20 and 34 fit, 40 is over the 11 left (one leak, <= 0.03 * 40).
+    assert moved(100).tolist() == [3]
+    # At two leaks, 40 samples cost more than 0.03 of them: it stays, eval over its cap.
+    assert moved(100, leaks=lambda c: 2).tolist() == []

@@ -119,6 +119,13 @@ def members(g, bubble):
         ((50, 0, 50, 0), (10, 11, 1)),
         # A deficit, smaller than the floor of a large new batch.
         ((1000, 195, 500, 0), (25, 35, 5)),
+        # The floor takes the share no further than the tolerance: its ceil(0.05 * 200)
+        # = 10 with 40 held out already would be 50 of 200, 0.25; the cap
+        # floor(0.23 * 200) - 40 = 6 is the most it gets...
+        ((200, 40, 200, 0), (6, 6, 0)),
+        # ... and a round of one sample is held out by the deficit alone.
+        ((1, 0, 1, 0), (0, 0, 0)),
+        ((5, 0, 1, 0), (1, 1, 0)),
     ],
 )
 def test_round_budget_by_hand(args, expected):
@@ -669,8 +676,8 @@ def test_round_budget_is_not_moved_by_float_rounding():
     # 0.33 * 100 = 33.00000000000001 and 0.07 * 100 = 7.000000000000001 in floats.
     wide = BubbleFenceConfig(eval_ratio=0.3, eval_tolerance=0.03)
     assert round_budget(100, 0, 100, 0, wide).cap == 33
-    floor = BubbleFenceConfig(min_eval_per_batch=0.07)
-    assert round_budget(100, 20, 100, 0, floor).need == 7
+    floor = BubbleFenceConfig(eval_ratio=0.05, eval_tolerance=0.1, min_eval_per_batch=0.07)
+    assert round_budget(100, 5, 100, 0, floor).need == 7
 
 
 @pytest.mark.parametrize("whole_share", [2.0, 0.5, 0.0])

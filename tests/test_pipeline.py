@@ -569,6 +569,46 @@ def test_later_rounds_keep_the_ratios_when_a_first_round_is_small():
     assert abs(summary["validation_share_of_eval"] - cfg.validation_ratio) <= 0.03
 
 
+def test_rounds_of_one_sample_keep_the_eval_share():
+    """Digits one sample at a time, then the rest: `min_eval_per_batch` rounded up held
+    out every single sample (26 of the first 50), and the next round's near twins of
+    them took eval to 0.989 of the data. The floor now stops at the share's tolerance."""
+    x, _ = digits_unit(order_seed=0)
+    cfg = BubbleFenceConfig(seed=0)
+    bf = BubbleFence(cfg)
+    for i in range(50):
+        bf.ingest(x[i : i + 1], ids=[i])
+        assert bf.summary()["eval_share"] <= cfg.eval_ratio + cfg.eval_tolerance + 1 / (i + 1)
+    bf.ingest(x[50:], ids=np.arange(50, len(x)))
+    check_invariants(bf)
+    assert abs(bf.summary()["eval_share"] - cfg.eval_ratio) <= cfg.eval_tolerance
+
+
+@pytest.mark.parametrize("seed", [6, 8])
+def test_a_new_component_too_large_for_eval_goes_to_train(seed):
+    """Ten samples split first, one of them the first of a tight cluster (cosine ~0.995)
+    whose 799 other members come with 2,191 broad samples in the next round. Following
+    their held-out twin, the 799 would take eval to about 0.27 of the data and make test
+    mostly one cluster; they go to train instead, the one eval sample leaks, counted."""
+    rng = np.random.default_rng(seed)
+    d = 64
+    centre = unit(rng.normal(size=(1, d)))
+    tight = unit(centre + 0.07 / np.sqrt(d) * rng.normal(size=(800, d)))
+    broad, _ = clustered(2200, rng, d=d)
+    x = np.vstack([tight[:1], broad[:9], tight[1:], broad[9:]])
+    cfg = BubbleFenceConfig(seed=0)
+    bf = BubbleFence(cfg)
+    bf.ingest(x[:10])
+    assert bf.assignments()["split"][0] in ("validation", "test")  # the case this is about
+    bf.ingest(x[10:])
+    check_invariants(bf)
+    summary, record = bf.summary(), bf.history[-1]
+    assert abs(summary["eval_share"] - cfg.eval_ratio) <= cfg.eval_tolerance
+    assert abs(summary["validation_share_of_eval"] - cfg.validation_ratio) <= 0.03
+    assert (bf.assignments()["split"][10:809] == "train").all()
+    assert record["leaks_twins"] == 1 and record["cut_pairs"] >= 799
+
+
 @pytest.mark.parametrize("seed", [1, 2])
 def test_validation_comes_to_a_small_ratio_without_cutting_a_component(seed):
     """A validation ratio of 0.05 over many small bubbles (digits, with labels): the

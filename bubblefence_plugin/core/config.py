@@ -132,7 +132,8 @@ KNOBS: dict[str, Knob] = {
     "min_eval_per_batch": Knob(
         float,
         "Eval floor per round",
-        "Share of every new round held out even when the quota is already met",
+        "Share of every new round held out even when the quota is already met, up to "
+        "eval_tolerance past the eval target",
         **_RATIO,
         reference=("dataset_splits", "min_eval_per_batch"),
     ),

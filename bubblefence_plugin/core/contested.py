@@ -280,9 +280,17 @@ def leaks_of(
     in_eval = members[role[members] != TRAIN]
     leaking_new = np.union1d(in_eval[own_train[in_eval] > 0], across)
     to_train = members[role[members] == TRAIN]
-    _, twins = _eval_twins(embeddings, rows[to_train], index, base_split)
+    return len(leaking_new) + leaks_if_train(embeddings, rows[to_train], index, base_split)
+
+
+def leaks_if_train(
+    embeddings: np.ndarray, rows: np.ndarray, index: CellIndex, base_split: np.ndarray
+) -> int:
+    """Assigned eval samples with no train twin yet that get one if these new rows go to
+    train (up to `MAX_EVAL_TWINS` listed per row)."""
+    _, twins = _eval_twins(embeddings, rows, index, base_split)
     twins = np.unique(twins)
-    return len(leaking_new) + int(np.sum(_clean(embeddings, twins, index, base_split)))
+    return int(np.sum(_clean(embeddings, twins, index, base_split)))
 
 
 def _count_distinct(counts: np.ndarray, comps: np.ndarray, twins: np.ndarray) -> None:

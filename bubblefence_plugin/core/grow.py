@@ -174,6 +174,13 @@ def eval_floor(min_eval_per_batch: float, n_new_kept: int) -> int:
     return math.ceil(min_eval_per_batch * n_new_kept - ROUNDING_GUARD)
 
 
+def eval_room(n_kept_total: int, n_eval: int, config: BubbleFenceConfig) -> int:
+    """How many more samples eval may hold before its share passes its target by more
+    than `eval_tolerance` (negative when it already has)."""
+    cap_share = config.eval_ratio + config.eval_tolerance
+    return math.floor(cap_share * n_kept_total + ROUNDING_GUARD) - n_eval
+
+
 def round_budget(
     n_kept_total: int,
     n_eval: int,
@@ -181,12 +188,19 @@ def round_budget(
     n_new_in_bubbles: int,
     config: BubbleFenceConfig,
 ) -> Budget:
-    """The round's need: the eval deficit, or the `min_eval_per_batch` floor if larger."""
+    """The round's need: the eval deficit, or the `min_eval_per_batch` floor if larger,
+    as far as the eval share stays within `eval_tolerance` of its target.
+
+    The floor is rounded up, so a round of one sample would hold it out: fed one sample
+    at a time, digits came to 26 of 50 in eval, and the next round's near twins of them
+    to 0.989 of the data. The tolerance is the most the floor may take the share past
+    its target.
+    """
     deficit = round(config.eval_ratio * n_kept_total) - n_eval
+    room = eval_room(n_kept_total, n_eval, config)
     floor = eval_floor(config.min_eval_per_batch, n_new_kept) - n_new_in_bubbles
-    need = max(deficit, floor, 0)
-    cap_share = config.eval_ratio + config.eval_tolerance
-    cap = max(math.floor(cap_share * n_kept_total + ROUNDING_GUARD) - n_eval, need)
+    need = max(deficit, min(floor, room), 0)
+    cap = max(room, need)
     slack = min(cap - need, max(1, math.floor(SLACK_SHARE * n_kept_total)))
     return Budget(need=need, cap=cap, slack=slack)
 
