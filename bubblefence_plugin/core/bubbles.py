@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .boundary import best_cut, crossing_counts, cut_radius
-from .neighbors import CellIndex
+from .neighbors import DECISION_EPS, CellIndex
 from .twins import twin_votes
 
 TRAIN, VALIDATION, TEST, DUPLICATE, UNASSIGNED = 0, 1, 2, 3, -1
@@ -144,11 +144,15 @@ def clear_of_train(
     if len(wide) == 0 or not indexes:
         return radius, inner_radius
     steps = np.floor((1.0 - radius[wide]) / CLEAR_SEARCH_STEP).astype(np.int64)
+    train_class = [np.where(is_train[index.rows], 0, -1) for index in indexes]
     for step in np.unique(steps):
         bubbles = wide[steps == step]
+        # Rounded down, and below by the products' margin: no float round-off can put a
+        # train sample on a bubble's edge outside the search.
+        threshold = step * CLEAR_SEARCH_STEP - DECISION_EPS
         searches = [
-            (index.at(step * CLEAR_SEARCH_STEP), np.where(is_train[index.rows], 0, -1))
-            for index in indexes
+            (index.at(threshold), classes)
+            for index, classes in zip(indexes, train_class, strict=True)
         ]
         votes = twin_votes(embeddings, anchors.centres[bubbles], searches, 1)
         nearest = 1.0 - votes.best_sim[:, 0]  # inf without a train sample in the search
