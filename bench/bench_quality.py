@@ -13,6 +13,10 @@ Data sets, generated here (none of them tuned to the algorithm):
   Fed in one round, in rounds of 50 / 25 / 25 %, and (20k) in 4 unequal rounds.
 * `mixture_tiny_first`: a mixture of 3,000 whose first round is 10 samples (a user who
   tries a handful first): each of them stands for a cluster that the next round fills.
+* `mixture_10rounds`: 20,000 of the mixture in ten rounds of 2,000 (data that keeps
+  arriving, every round a little more of every cluster); also run with
+  `closure_threshold` 0.85 (`VARIANTS`), the wider margin the round warning suggests
+  when later rounds' bridges add up (`text._bridge_warnings`).
 * `digits`: scikit-learn's handwritten digits, 64-d pixel vectors; labels: the digits.
 * `digits_rounds`: the same in random order, in rounds of 50 / 25 / 25 %: dense real
   data that grows, so later samples land between those already split.
@@ -89,12 +93,16 @@ CASES = (
     "mixture_rounds",
     "mixture_4rounds",
     "mixture_tiny_first",
+    "mixture_10rounds",
     "digits",
     "digits_rounds",
     "digits_5rounds",
     "photos",
     *VIDEO_CASES,
 )
+# Cases also run with another config, the rows named `ours (what)`: data that arrives in
+# many rounds, with the wider margin the round warning suggests (`text.MANY_ROUNDS_CLOSURE`).
+VARIANTS = {"mixture_10rounds": ("closure 0.85", {"closure_threshold": 0.85})}
 # Crops per packaged photo (`photos`): >= 100 per label, so each photo's share is measured.
 CROPS_PER_PHOTO = 120
 EVAL_RATIO = 0.2
@@ -437,19 +445,29 @@ def run_case(name: str, quick: bool) -> dict:
         n = len(x)
         rounds = [n // 2, n // 4, n - n // 2 - n // 4] if name == "one_video_rounds" else [n]
     else:
-        sizes = {"mixture_4rounds": 20_000, "mixture_tiny_first": 3_000}
+        sizes = {"mixture_4rounds": 20_000, "mixture_tiny_first": 3_000, "mixture_10rounds": 20_000}
         n = int(sizes.get(name, 10_000) * scale)
-        seeds = {"mixture": 1, "mixture_rounds": 2, "mixture_tiny_first": 21}
+        seeds = {
+            "mixture": 1,
+            "mixture_rounds": 2,
+            "mixture_tiny_first": 21,
+            "mixture_10rounds": 15,
+        }
         x, labels = mixture(n, seed=seeds.get(name, 3))
         rounds = {
             "mixture": [n],
             "mixture_rounds": [n // 2, n // 4, n - n // 2 - n // 4],
             "mixture_4rounds": [n * 4 // 10, n // 10, n * 3 // 10, n - n * 8 // 10],
             "mixture_tiny_first": [10, n - 10],
+            "mixture_10rounds": [len(part) for part in np.array_split(np.arange(n), 10)],
         }[name]
     results, final = {}, {}
-    for who, use_labels in (("ours", False), ("ours+labels", True)):
-        bf = BubbleFence(BubbleFenceConfig(eval_ratio=EVAL_RATIO, seed=0))
+    runs = [("ours", False, {}), ("ours+labels", True, {})]
+    if name in VARIANTS:
+        what, changes = VARIANTS[name]
+        runs += [(f"{who} ({what})", use, changes) for who, use, _ in runs]
+    for who, use_labels, changes in runs:
+        bf = BubbleFence(BubbleFenceConfig(eval_ratio=EVAL_RATIO, seed=0, **changes))
         start, per_round, seconds = 0, [], []
         for size in rounds:
             part = slice(start, start + size)
@@ -554,6 +572,11 @@ def main() -> None:
     append_results(lines)
 
 
+def _ours(result: dict) -> list[str]:
+    """The rows of our runs in a case's result, in the order they ran."""
+    return [who for who, m in result.items() if who.startswith("ours") and isinstance(m, dict)]
+
+
 def _on_share(m: dict) -> str:
     """'on/can of all' per tolerance (`measure`)."""
     parts = [m[f"on_share@{t}"] for t in SHARE_TOLERANCES]
@@ -583,7 +606,7 @@ def table(results: list[dict], quick: bool) -> list[str]:
     for r in results:
         if r["case"] == "speed":
             continue
-        for who in ("ours", "ours+labels", "random", "oracle", "oracle in rounds", "frames"):
+        for who in _ours(r) + ["random", "oracle", "oracle in rounds", "frames"]:
             if who not in r:
                 continue
             m = r[who]
@@ -607,7 +630,7 @@ def table(results: list[dict], quick: bool) -> list[str]:
     )
     lines.append("")
     for r in results:
-        for who in ("ours", "ours+labels", "oracle in rounds"):
+        for who in _ours(r) + ["oracle in rounds"]:
             if who in r:
                 rounds = "; ".join(
                     f"{p['leak@0.95']:.4f}, {p['ratio_error']:.4f}, {p['validation_share']:.3f}"

@@ -668,3 +668,19 @@ def test_a_kept_index_gives_the_split_a_fresh_one_gives(tmp_path):
         fresh.save(tmp_path / "state.npz")
         assert kept.assignments().equals(fresh.assignments())
     assert extended == [False, False, False, True, False]  # rebuilt past REBUILD_SHARE
+
+
+def test_summary_counts_the_leaks_of_later_rounds_bridges():
+    """`bridge_leaks` (what the round's warning reads) bounds the eval samples that leak
+    after rounds whose only cuts were bridges: digits in five rounds."""
+    x, _ = digits_unit(order_seed=1)
+    bf = BubbleFence(BubbleFenceConfig(eval_ratio=0.2, seed=0))
+    for part in np.array_split(np.arange(len(x)), 5):
+        bf.ingest(x[part], ids=part)
+    history = bf.history
+    assert bf.summary()["bridge_leaks"] == sum(r["leaks_twins"] for r in history) > 0
+    split = bf.assignments()["split"].to_numpy()
+    held, train = np.isin(split, ["validation", "test"]), split == "train"
+    leaking = int((x[held] @ x[train].T >= 0.95).any(axis=1).sum())
+    other_cuts = sum(r["cut_pairs"] - r["cut_pairs_twins"] for r in history)
+    assert 0 < leaking <= bf.summary()["bridge_leaks"] + other_cuts

@@ -42,6 +42,7 @@ def test_split_writes_fields_tags_and_state(field_dataset):
     # What the round's share warnings compare (`text.round_warnings`).
     n_eval = counts.get("validation", 0) + counts.get("test", 0)
     assert summary["n_eval"] == n_eval
+    assert summary["bridge_leaks"] == 0  # one round: no later round bridged anything
     assert summary["validation_share_of_eval"] == round(counts.get("validation", 0) / n_eval, 4)
     assert summary["targets"] == {
         "eval_ratio": 0.2,

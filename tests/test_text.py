@@ -58,3 +58,12 @@ def test_shares_off_target_are_warned_with_their_figures():
     small = {**off, "eval_share": 0.2, "n_eval": 199, "targets": targets}
     assert round_warnings(small) == []
     assert round_warnings(off) == []  # a summary without targets (older callers)
+
+
+def test_bridges_of_later_rounds_are_warned_past_the_leak_target():
+    quiet = {"bridge_leaks": 9, "n_eval": 2000}  # 0.0045 of eval: within the target
+    assert round_warnings(quiet) == []
+    (warning,) = round_warnings({"bridge_leaks": 40, "n_eval": 2000})
+    assert warning.startswith("Later rounds' bridges have made up to 40 eval samples leak")
+    assert "(0.020 of eval)" in warning and "closure_threshold 0.85" in warning
+    assert round_warnings({"bridge_leaks": 3, "n_eval": 0}) == []  # nothing held out yet

@@ -293,7 +293,9 @@ KNOBS: dict[str, Knob] = {
         float,
         "Capture similarity",
         "Bubbles take whole the groups of samples linked at this similarity (empty: "
-        f"leak similarity - {CLOSURE_MARGIN}); at most the leak similarity",
+        f"leak similarity - {CLOSURE_MARGIN}); at most the leak similarity. Lower (0.85) "
+        "for data that will arrive in many rounds: coarser held-out regions, which later "
+        "rounds rarely bridge",
         **_SIMILARITY,
         optional=True,
     ),

@@ -552,7 +552,7 @@ def _state_counts(bf: Any) -> dict[str, Any]:
         "validation_share_of_eval": round(core["validation_share_of_eval"], 4),
         "n_eval": held,
         "n_anchors": len(bf.anchors),
-        **{k: core[k] for k in ("labels", "groups", "targets") if k in core},
+        **{k: core[k] for k in ("labels", "groups", "targets", "bridge_leaks") if k in core},
     }
 
 
