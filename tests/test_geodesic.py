@@ -5,14 +5,17 @@ import numpy as np
 import pytest
 from conftest import unit
 
+from bubblefence_plugin.core.boundary import IMPOSSIBLE
 from bubblefence_plugin.core.geodesic import (
     MAX_MEMBERS,
     crossings_along,
     graph_orders,
+    group_cuts,
     is_solid,
     orderings,
     prefix_crossings,
     twin_graph,
+    whole_groups,
 )
 from bubblefence_plugin.core.neighbors import CellIndex
 
@@ -137,3 +140,37 @@ def test_crossings_along_match_brute_force_and_large_components_are_left_to_the_
     big[1::2, 1] = 1.0  # two far points, repeated: not solid
     big /= np.linalg.norm(big, axis=1, keepdims=True)
     assert orderings(big, np.arange(len(big)), big[:, 0], THRESHOLD, seed=0) == []
+
+
+def test_whole_groups_gathers_each_group_at_its_first_member():
+    group_of = np.array([7, -1, 3, 7, -1, 3, 7])
+    order = np.array([4, 2, 0, 1, 5, 3, 6])  # positions into group_of
+    moved = whole_groups(order, group_of)
+    assert moved.tolist() == [4, 2, 5, 0, 3, 6, 1]  # -1, 3 3, 7 7 7, -1
+    assert whole_groups(moved, group_of).tolist() == moved.tolist()  # idempotent
+    # Cuts k = 0 .. 7 of that order: never inside the 3s (positions 1-2) or the 7s (3-5).
+    assert group_cuts(group_of[moved]).tolist() == [1, 1, 0, 1, 0, 0, 1, 1]
+    # Any order: a cut is allowed iff no group has members on both sides.
+    codes = group_of[order]
+    expected = [
+        all(not (g in codes[:k] and g in codes[k:]) for g in (3, 7)) for k in range(len(codes) + 1)
+    ]
+    assert group_cuts(codes).tolist() == expected
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_orderings_never_cut_a_group_and_count_the_rest_exactly(seed):
+    rng = np.random.default_rng(seed)
+    x = frames(300, seed=seed)
+    group_of = np.where(rng.random(300) < 0.7, rng.integers(0, 40, 300), -1)
+    members = np.arange(300)
+    sims = x @ x[150]
+    for ordering in orderings(x, members, sims, THRESHOLD, seed, group_of):
+        position = {row: i for i, row in enumerate(ordering.rows.tolist())}
+        for g in np.unique(group_of[group_of >= 0]):
+            at = sorted(position[r] for r in np.flatnonzero(group_of == g))
+            assert at == list(range(at[0], at[0] + len(at)))  # contiguous
+        allowed = group_cuts(group_of[ordering.rows])
+        brute = np.array(brute_prefix_counts(x, ordering.rows))
+        assert np.array_equal(ordering.crossings[allowed], brute[allowed])
+        assert (ordering.crossings[~allowed] == IMPOSSIBLE).all() and (~allowed).any()

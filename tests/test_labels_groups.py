@@ -324,6 +324,24 @@ def test_groups_scattered_at_random_still_never_straddle():
     check_groups(bf)
 
 
+def test_a_component_groups_tie_together_is_cut_between_groups():
+    """Groups of 7 unrelated samples tie the twin components of a 50-cluster mixture into
+    one component larger than train: it is cut, and the cut now falls between groups.
+    Cut through them, the groups' votes took most of its eval side back to train (eval
+    0.081 of the data, validation 0.080 of eval)."""
+    from bench.bench_quality import mixture
+
+    x, _ = mixture(3000, seed=5)
+    groups = (np.arange(len(x)) // 7).astype(str)
+    bf = BubbleFence(BubbleFenceConfig(seed=0))
+    record = bf.ingest(x, groups=groups).stats
+    summary = bf.summary()
+    assert record["captured_cut"] > 0 and summary["groups"]["violations"] == 0
+    assert abs(summary["eval_share"] - 0.2) <= 0.01
+    assert abs(summary["validation_share_of_eval"] - 0.5) <= 0.03
+    check_groups(bf)
+
+
 def test_duplicates_that_follow_take_their_group_side():
     x, labels, groups = labelled_groups(6, sizes=(600, 200, 60))
     bf = BubbleFence(BubbleFenceConfig(seed=6, dedup_policy="follow"))

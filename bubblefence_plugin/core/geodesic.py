@@ -36,6 +36,7 @@ import numpy as np
 from scipy import sparse
 from scipy.sparse.csgraph import shortest_path
 
+from .boundary import IMPOSSIBLE
 from .neighbors import CellIndex, ranking_similarity, similarity_to_distance
 
 # Twins kept per member for the graph the order follows: a chain of video frames has a
@@ -66,25 +67,68 @@ def orderings(
     centre_sims: np.ndarray,
     threshold: float,
     seed: int,
+    group_of: np.ndarray | None = None,
 ) -> list[Ordering]:
     """The radial order of `members` (by `centre_sims`, most similar first, ties by row)
     and, unless the component is solid, the orders along its twin graph from either
-    end, all counted. Empty above `MAX_MEMBERS` members."""
+    end, all counted. Empty above `MAX_MEMBERS` members.
+
+    `group_of`: per member, its group (-1: none). A group must not be cut: each order
+    keeps a group's members together from its first member on (`whole_groups`), and a
+    cut inside a group counts as `IMPOSSIBLE` (`group_cuts`).
+    """
     members = np.asarray(members, np.int64)
     m = len(members)
     radial = np.lexsort((members, -np.asarray(centre_sims, np.float64)))
-    if is_solid(embeddings[members], threshold):
-        return [Ordering(members[radial], _every_pair_crossed(m), radial=True)]
-    if m > MAX_MEMBERS:
+    solid = is_solid(embeddings[members], threshold)
+    if solid:
+        orders = [radial]
+    elif m > MAX_MEMBERS:
         return []
-    vectors = np.ascontiguousarray(embeddings[members])
-    index = CellIndex(vectors, np.arange(m), threshold, seed)
-    orders = [radial, *graph_orders(index, int(radial[0]))]
-    counts = prefix_crossings(index, orders)
+    else:
+        index = CellIndex(np.ascontiguousarray(embeddings[members]), np.arange(m), threshold, seed)
+        orders = [radial, *graph_orders(index, int(radial[0]))]
+    if group_of is not None:
+        orders = [whole_groups(order, group_of) for order in orders]
+    counts = [_every_pair_crossed(m)] if solid else prefix_crossings(index, orders)
+    if group_of is not None:
+        counts = [
+            np.where(group_cuts(group_of[order]), count, IMPOSSIBLE)
+            for order, count in zip(orders, counts, strict=True)
+        ]
     return [
         Ordering(members[order], count, radial=i == 0)
         for i, (order, count) in enumerate(zip(orders, counts, strict=True))
     ]
+
+
+def whole_groups(order: np.ndarray, group_of: np.ndarray) -> np.ndarray:
+    """`order` (positions into `group_of`) with each group's members moved up to its
+    first member, the rest in order (-1: no group, a group of its own)."""
+    codes = group_of[order]
+    at = np.arange(len(order))
+    grouped = codes >= 0
+    _, first, inverse = np.unique(codes[grouped], return_index=True, return_inverse=True)
+    key = at.copy()
+    key[grouped] = at[grouped][first][inverse.reshape(-1)]
+    return order[np.argsort(key, kind="stable")]
+
+
+def group_cuts(codes: np.ndarray) -> np.ndarray:
+    """Per cut k = 0 .. m of members in order with group `codes` (-1: none): whether it
+    keeps every group on one side."""
+    m = len(codes)
+    grouped = np.flatnonzero(codes >= 0)
+    _, inverse = np.unique(codes[grouped], return_inverse=True)
+    inverse = inverse.reshape(-1)
+    first = np.full(int(inverse.max()) + 1 if len(grouped) else 0, m)
+    last = np.full(len(first), -1)
+    np.minimum.at(first, inverse, grouped)
+    np.maximum.at(last, inverse, grouped)
+    inside = np.zeros(m + 2, np.int64)  # cuts first + 1 .. last split the group
+    np.add.at(inside, first + 1, 1)
+    np.add.at(inside, last + 1, -1)
+    return np.cumsum(inside)[: m + 1] == 0
 
 
 def is_solid(vectors: np.ndarray, threshold: float) -> bool:

@@ -90,7 +90,7 @@ from .bubbles import (
 )
 from .config import BubbleFenceConfig
 from .density import adaptive_radius, lid_mle
-from .geodesic import MAX_MEMBERS, Ordering, crossings_along, orderings
+from .geodesic import MAX_MEMBERS, Ordering, crossings_along, group_cuts, orderings
 from .neighbors import (
     DECISION_EPS,
     CellIndex,
@@ -391,8 +391,10 @@ class BubbleGrower:
         round_index: int,
         indexes: Callable[[], Sequence[CellIndex]] | None = None,
         twin_groups: Callable[[np.ndarray], np.ndarray] | None = None,
+        groups: np.ndarray | None = None,
     ) -> None:
         self.embeddings = embeddings
+        self._groups = groups  # per row, its group code (-1: none); None: no groups
         self.split = split  # updated in place as bubbles capture samples
         self.kept = kept
         self.units = units
@@ -921,8 +923,11 @@ class BubbleGrower:
         k_hi = int(min(self.allowed, len(members) - 1))
         preferred = min(self.remaining, k_hi)
         threshold = self.config.leak_threshold
+        group_of = None if self._groups is None else self._groups[members]
         best = None
-        for ordering in orderings(self.embeddings, members, sims, threshold, self.config.seed):
+        for ordering in orderings(
+            self.embeddings, members, sims, threshold, self.config.seed, group_of
+        ):
             # Counted exactly, the piece takes all the round still needs: a second piece
             # of the same component would lie beside this one, and the pairs between them,
             # counted as cut now, would not be if both pieces landed in one split.
@@ -960,19 +965,21 @@ class BubbleGrower:
         taken_sims = ranking_similarity(self.embeddings[taken], self.embeddings[centre])
         layout = self._layout()
         target_inner = self._target_inner(k, layout)
-        if ordering.radial:
+        along = not ordering.radial or group_of is not None
+        if not along:
             order = np.lexsort((taken, -taken_sims))
             taken, taken_sims = taken[order], taken_sims[order]
             n_inner, _, inner_crossed = choose_inner_cut(
                 self.embeddings, taken, taken_sims.astype(np.float32), target_inner, threshold
             )
         else:
-            # Shells along the same order: the inner shell is the piece's first part.
-            inner_counts = crossings_along(self.embeddings, taken, threshold, self.config.seed)
+            # Shells along the same order: the inner shell is the piece's first part, and
+            # ends between groups (the piece holds them whole, together).
+            inner_counts = self._shell_crossings(taken, 1.0 - taken_sims, radial=False)
             n_inner, inner_crossed = best_cut(inner_counts, 0, target_inner, allow_crossing=True)
         # A cut component keeps its inner cut: another would cut other twin pairs.
         self._shell_cuts.append(
-            _ShellCut(taken, 1.0 - taken_sims, np.r_[n_inner], radial=ordering.radial)
+            _ShellCut(taken, 1.0 - taken_sims, np.r_[n_inner], radial=not along)
         )
         self._record(
             centre,
@@ -1231,7 +1238,10 @@ class BubbleGrower:
         members need not), else radially on a band (a seeded sample where it is dense)."""
         threshold = self.config.leak_threshold
         if not radial or len(members) <= MAX_MEMBERS:
-            return crossings_along(self.embeddings, members, threshold, self.config.seed)
+            counts = crossings_along(self.embeddings, members, threshold, self.config.seed)
+            if self._groups is not None:  # a group is never split between the shells
+                counts = np.where(group_cuts(self._groups[members]), counts, IMPOSSIBLE)
+            return counts
         sims = (1.0 - distance).astype(np.float32)
         counts = crossing_counts(
             self.embeddings,

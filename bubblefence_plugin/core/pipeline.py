@@ -397,6 +397,7 @@ class BubbleFence:
             work.index,
             indexes=lambda: self._kept_indexes(work),
             twin_groups=self._twin_groups(work),
+            groups=work.codes,
         )
         if budget.need > 0 and len(open_rows):
             self._fill_quota(work, grower, open_rows, n_kept)
