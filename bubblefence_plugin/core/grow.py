@@ -924,6 +924,8 @@ class BubbleGrower:
         preferred = min(self.remaining, k_hi)
         threshold = self.config.leak_threshold
         group_of = None if self._groups is None else self._groups[members]
+        if group_of is not None and not (group_of >= 0).any():
+            group_of = None  # no member has a group: cut as without groups
         best = None
         for ordering in orderings(
             self.embeddings, members, sims, threshold, self.config.seed, group_of
