@@ -977,7 +977,9 @@ class BubbleGrower:
         else:
             # Shells along the same order: the inner shell is the piece's first part, and
             # ends between groups (the piece holds them whole, together).
-            inner_counts = self._shell_crossings(taken, 1.0 - taken_sims, radial=False)
+            inner_counts = crossings_along(self.embeddings, taken, threshold, self.config.seed)
+            if group_of is not None:
+                inner_counts = np.where(group_cuts(self._groups[taken]), inner_counts, IMPOSSIBLE)
             n_inner, inner_crossed = best_cut(inner_counts, 0, target_inner, allow_crossing=True)
         # A cut component keeps its inner cut: another would cut other twin pairs.
         self._shell_cuts.append(
@@ -1240,10 +1242,7 @@ class BubbleGrower:
         members need not), else radially on a band (a seeded sample where it is dense)."""
         threshold = self.config.leak_threshold
         if not radial or len(members) <= MAX_MEMBERS:
-            counts = crossings_along(self.embeddings, members, threshold, self.config.seed)
-            if self._groups is not None:  # a group is never split between the shells
-                counts = np.where(group_cuts(self._groups[members]), counts, IMPOSSIBLE)
-            return counts
+            return crossings_along(self.embeddings, members, threshold, self.config.seed)
         sims = (1.0 - distance).astype(np.float32)
         counts = crossing_counts(
             self.embeddings,
