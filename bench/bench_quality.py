@@ -289,7 +289,7 @@ def stable_oracle_split(
         twinned = np.unique(np.c_[comp[pairs[:, 0]], pairs[:, 1]], axis=0)
         leaks_if_train = np.bincount(twinned[:, 0], minlength=n_comp)
         leaks_if_eval = np.bincount(comp, has_train, minlength=n_comp)
-        bound = (leaks_if_train > 0) | (np.bincount(comp, has_train, minlength=n_comp) > 0)
+        bound = (leaks_if_train > 0) | (leaks_if_eval > 0)
         to_eval = bound & (leaks_if_train > leaks_if_eval)
         votes = np.zeros((n_comp, 2))
         np.add.at(votes, (comp[pairs[:, 0]], (split[pairs[:, 1]] == "test").astype(int)), 1)
@@ -302,7 +302,7 @@ def stable_oracle_split(
         free = np.flatnonzero(~bound)
         end = start + size
         target = round(EVAL_RATIO * end)
-        held = int(np.sum(split[:end] != "train") - np.sum(split[:end] == ""))
+        held = int(np.isin(split[:end], ["validation", "test"]).sum())
         sizes = np.bincount(comp, minlength=n_comp)
         for c in free[np.argsort(sizes[free], kind="stable")]:
             members = new[comp == c]
