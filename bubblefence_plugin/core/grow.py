@@ -967,7 +967,9 @@ class BubbleGrower:
         taken_sims = ranking_similarity(self.embeddings[taken], self.embeddings[centre])
         layout = self._layout()
         target_inner = self._target_inner(k, layout)
-        along = not ordering.radial or group_of is not None
+        # With groups the inner shell ends between them, counted exactly along the piece
+        # (up to `MAX_MEMBERS`: above, the radial band count, which does not see groups).
+        along = not ordering.radial or (group_of is not None and k <= MAX_MEMBERS)
         if not along:
             order = np.lexsort((taken, -taken_sims))
             taken, taken_sims = taken[order], taken_sims[order]

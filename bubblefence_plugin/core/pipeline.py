@@ -649,8 +649,9 @@ class BubbleFence:
             "eval_share": n_eval / max(int(kept.sum()), 1),
             "validation_share_of_eval": counts["validation"] / max(n_eval, 1),
             "n_eval": n_eval,
-            # Eval samples that later rounds' bridges made leak, summed over the rounds
-            # (one leaking again in a later round counts again: an upper bound).
+            # Eval samples that later rounds' bridges made leak, summed over the rounds: each
+            # round counts those that did not leak yet (`contested.py`; an upper bound only
+            # where a sample has more than `MAX_EVAL_TWINS` eval twins).
             "bridge_leaks": sum(int(r.get("leaks_twins", 0)) for r in self.history),
             "n_anchors": len(self._anchors),
             "rounds": self.history,
