@@ -214,3 +214,17 @@ def add_embedded_samples(ds, n: int, seed: int) -> None:
     ds.add_samples([fo.Sample(filepath=f"/nonexistent/{seed}_{start + i}.png") for i in range(n)])
     new = ds.exists("emb", False)
     new.set_values("emb", list(clustered_embeddings(len(new), seed=seed)))
+
+
+def crossing_pairs(bf, threshold=0.95):
+    """Brute force: pairs of kept samples at >= threshold on both sides of the train/eval
+    line, or of validation/test."""
+    a = bf.assignments()
+    kept = a["duplicate_of"].isna().to_numpy()
+    # In float64, as the split decides: a float32 product put a digits pair at 0.79999998
+    # on the other side of 0.8 (one pair of 41,652).
+    x = bf._embeddings[kept].astype(np.float64)
+    split = a["split"].to_numpy()[kept]
+    i, j = np.nonzero(np.triu(x @ x.T >= threshold, 1))
+    train_i, train_j = split[i] == "train", split[j] == "train"
+    return int(np.sum(train_i != train_j) + np.sum(~train_i & ~train_j & (split[i] != split[j])))

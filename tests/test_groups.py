@@ -23,6 +23,8 @@ from bubblefence_plugin.core.groups import (
     UNDECIDED,
     GroupDecision,
     apply_decision,
+    crosses,
+    crossings_changed,
     decide_groups,
     encode_groups,
     follow_known_groups,
@@ -32,6 +34,7 @@ from bubblefence_plugin.core.groups import (
     is_eval,
     resolve_round,
 )
+from bubblefence_plugin.core.neighbors import CellIndex
 
 V, T, TR = VALIDATION, TEST, TRAIN
 
@@ -220,6 +223,49 @@ def test_resolve_round_votes_old_rows_then_kept_new_rows_then_followers():
     assert split.tolist() == [TR, TR, DUPLICATE, T, T, T, T, T, T, V, V, V]
     assert anchor.tolist() == [-1, -1, -1, 3, 3, 3, 3, 3, 3, 4, 4, 4]
     assert shell.tolist() == [0, 0, 0, OUTER, OUTER, OUTER, OUTER, OUTER, OUTER] + [INNER] * 3
+
+
+def test_apply_decision_before_any_bubble_exists():
+    """A first round that held nothing out has no bubble: a new member of its (train)
+    group follows it to train without a layout to look up (an IndexError before)."""
+    codes = np.array([0, 0], np.int64)
+    split = np.array([TR, V], np.int8)
+    anchor, shell = np.array([-1, -1]), np.array([NO_SHELL, INNER], np.int8)
+    decision = GroupDecision(split=np.array([TR], np.int8), anchor=np.array([-1]))
+    moves = apply_decision(
+        decision, codes, np.array([1]), split, anchor, shell, np.zeros(0, np.int8)
+    )
+    assert split.tolist() == [TR, TR] and anchor[1] == -1 and shell[1] == NO_SHELL
+    assert moves == {"to_eval": 0, "to_train": 1, "val_test": 0}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_crossings_changed_by_moves_match_brute_force(seed):
+    """The change in twin pairs across either line, over the moved rows' twins alone,
+    equals the brute-force count after less the count before (two indexes that hold the
+    rows between them, as a later round's earlier and new rows; moved rows in both)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(6, 16))
+    x = centres[rng.integers(0, 6, 400)] + 0.15 * rng.normal(size=(400, 16))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    before = rng.choice([TR, V, T], len(x)).astype(np.int8)
+    moved = np.sort(rng.choice(len(x), 60, replace=False))
+    after = before.copy()
+    after[moved] = rng.choice([TR, V, T], len(moved))
+    threshold = 0.9
+    indexes = [
+        CellIndex(x, np.arange(250), threshold, 0),
+        CellIndex(x, np.arange(250, 400), 0.8, 0),
+    ]
+
+    def brute(split):
+        x64 = x.astype(np.float64)
+        i, j = np.nonzero(np.triu(x64 @ x64.T >= threshold, 1))
+        return int(np.sum(crosses(split[i], split[j])))
+
+    change = crossings_changed(x, moved, before, after, indexes, threshold)
+    assert change == brute(after) - brute(before) != 0
+    assert crossings_changed(x, moved[:0], before, after, indexes, threshold) == 0
 
 
 def test_resolved_groups_never_straddle_train_and_eval():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import crossing_pairs
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 
@@ -340,6 +341,43 @@ def test_a_component_groups_tie_together_is_cut_between_groups():
     assert abs(summary["eval_share"] - 0.2) <= 0.01
     assert abs(summary["validation_share_of_eval"] - 0.5) <= 0.03
     check_groups(bf)
+
+
+@pytest.mark.parametrize(
+    ("seed", "rounds", "group_size", "validation_ratio", "opened"),
+    [(0, [200], 7, 0.5, True), (0, [200], 5, 0.2, False), (1, [120, 40, 40], 5, 0.2, False)],
+)
+def test_pairs_that_group_moves_open_or_close_are_counted(
+    seed, rounds, group_size, validation_ratio, opened
+):
+    """Groups settle a round after its cuts were counted: moving a member to its group's
+    side opens twin pairs across a line, or closes pairs a cut had opened. Three tight
+    clusters, groups of consecutive rows across them. Every pair across is still one of
+    those counted in `cut_pairs` (a random fuzz of the core found both miscounts)."""
+    rng = np.random.default_rng(seed)
+    n = sum(rounds)
+    centres = rng.normal(size=(3, 8))
+    x = centres[rng.integers(0, 3, n)] + 0.01 * rng.normal(size=(n, 8))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    groups = (np.arange(n) // group_size).astype(str)
+    bf = BubbleFence(BubbleFenceConfig(seed=seed, validation_ratio=validation_ratio))
+    for part in np.split(np.arange(n), np.cumsum(rounds)[:-1]):
+        bf.ingest(x[part], groups=groups[part])
+    assert crossing_pairs(bf, bf.config.leak_threshold) == sum(r["cut_pairs"] for r in bf.history)
+    change = bf.history[0]["cut_pairs_groups"]
+    assert change > 0 if opened else change < 0
+    check_groups(bf)
+
+
+def test_a_new_member_of_a_train_group_follows_it_before_any_bubble():
+    """One sample, then another of its group: the first round held nothing out (no
+    bubble yet), and the second sample follows its group to train."""
+    x = np.eye(4)[:2]
+    bf = BubbleFence(BubbleFenceConfig(seed=0))
+    bf.ingest(x[:1], groups=["g"])
+    assert bf.summary()["n_anchors"] == 0
+    r = bf.ingest(x[1:], groups=["g"])
+    assert r.split.tolist() == ["train"] and bf.history[-1]["group_known"] == 1
 
 
 def test_duplicates_that_follow_take_their_group_side():

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import clustered_embeddings, unit
+from conftest import clustered_embeddings, crossing_pairs, unit
 
 from bubblefence_plugin import BubbleFence, BubbleFenceConfig
 from bubblefence_plugin.core.bubbles import INNER_VAL
@@ -38,20 +38,6 @@ def digits_unit(order_seed=None):
     if order_seed is not None:
         order = np.random.default_rng(order_seed).permutation(len(order))
     return unit(digits.data[order]), digits.target[order].astype(str)
-
-
-def crossing_pairs(bf, threshold=0.95):
-    """Brute force: pairs of kept samples at >= threshold on both sides of the train/eval
-    line, or of validation/test."""
-    a = bf.assignments()
-    kept = a["duplicate_of"].isna().to_numpy()
-    # In float64, as the split decides: a float32 product put a digits pair at 0.79999998
-    # on the other side of 0.8 (one pair of 41,652).
-    x = bf._embeddings[kept].astype(np.float64)
-    split = a["split"].to_numpy()[kept]
-    i, j = np.nonzero(np.triu(x @ x.T >= threshold, 1))
-    train_i, train_j = split[i] == "train", split[j] == "train"
-    return int(np.sum(train_i != train_j) + np.sum(~train_i & ~train_j & (split[i] != split[j])))
 
 
 def check_invariants(bf):

@@ -15,6 +15,9 @@ The bubbles propose, the group decides:
   the group's anchor (the bubble holding most of the voters with that split, ties to the
   older one) and the shell of that split in that bubble. A member whose split already
   agrees keeps its own bubble and shell.
+* **Counts.** A move can open or close a twin pair across the line after the round
+  counted its cuts: `crossings_changed` counts the difference exactly, over the moved
+  rows' twins alone, and the round adds it to `cut_pairs`.
 
 So the geometric invariants of a bubble (no train sample inside, eval samples inside
 their bubble and in the shell of their split) hold for every sample that was not moved:
@@ -33,6 +36,7 @@ import numpy as np
 
 from .bubbles import INNER, INNER_VAL, NO_SHELL, OUTER, TEST, TRAIN, VALIDATION
 from .metrics import group_violations
+from .neighbors import CellIndex
 
 NO_GROUP = -1
 UNDECIDED = -1
@@ -135,7 +139,9 @@ def apply_decision(
     old_split = split[moved]
     new_anchor = np.where(new_split == TRAIN, -1, decision.anchor[g[moving]])
     to_eval = new_split != TRAIN
-    inner_is_val = layout[np.maximum(new_anchor, 0)] == INNER_VAL
+    # Only rows going to eval have a bubble (a round may have none yet: every group train).
+    inner_is_val = np.zeros(len(moved), bool)
+    inner_is_val[to_eval] = layout[new_anchor[to_eval]] == INNER_VAL
     new_shell = np.where((new_split == VALIDATION) == inner_is_val, INNER, OUTER)
     split[moved] = new_split
     anchor[moved] = new_anchor
@@ -200,6 +206,44 @@ def resolve_round(
     decision = decide_groups(codes, voters, split, anchor, validation_ratio)
     rows = new_rows[_has_role(split[new_rows])]
     return apply_decision(decision, codes, rows, split, anchor, shell, layout)
+
+
+def crossings_changed(
+    embeddings: np.ndarray,
+    moved: np.ndarray,
+    split_before: np.ndarray,
+    split_after: np.ndarray,
+    indexes: Sequence[CellIndex],
+    threshold: float,
+) -> int:
+    """Twin pairs (cosine >= `threshold`) across the train/eval line or validation/test
+    after the `moved` rows changed split, less those before: negative where the moves
+    closed more crossings than they opened.
+
+    `indexes` hold every kept row once between them; only the moved rows' own twins are
+    searched, a pair of two moved rows counted once (from its smaller row).
+    """
+    moved = np.asarray(moved, np.int64)
+    if len(moved) == 0:
+        return 0
+    is_moved = np.zeros(len(split_after), bool)
+    is_moved[moved] = True
+    change = 0
+    for index in indexes:
+        at = index.at(threshold)
+        for q, b, _ in at.pairs(embeddings[moved]):
+            row, other = moved[q], at.rows[b]
+            keep = (row != other) & (~is_moved[other] | (row < other))
+            row, other = row[keep], other[keep]
+            change += int(np.sum(crosses(split_after[row], split_after[other])))
+            change -= int(np.sum(crosses(split_before[row], split_before[other])))
+    return change
+
+
+def crosses(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Whether pairs with splits `a` and `b` lie across the train/eval line or across
+    validation/test."""
+    return ((a == TRAIN) != (b == TRAIN)) | (is_eval(a) & is_eval(b) & (a != b))
 
 
 _ROLES = (TRAIN, VALIDATION, TEST)

@@ -927,17 +927,25 @@ class BubbleGrower:
         if group_of is not None and not (group_of >= 0).any():
             group_of = None  # no member has a group: cut as without groups
         best = None
-        for ordering in orderings(
-            self.embeddings, members, sims, threshold, self.config.seed, group_of
-        ):
+        counted = orderings(self.embeddings, members, sims, threshold, self.config.seed, group_of)
+        for ordering in counted:
             # Counted exactly, the piece takes all the round still needs: a second piece
             # of the same component would lie beside this one, and the pairs between them,
             # counted as cut now, would not be if both pieces landed in one split.
             choice = least_crossed_cut(
                 ordering.crossings[preferred : k_hi + 1], preferred, preferred
             )
+            if choice is None and group_of is not None:
+                # Groups leave no cut there: a smaller piece between groups, else none.
+                # It is the component's last (below), so its count stays exact.
+                choice = least_crossed_cut(ordering.crossings[1:preferred], 1, preferred)
             if choice is not None and (best is None or choice[1] / choice[0] < best[1] / best[0]):
                 best = (*choice, ordering)
+        if best is None and counted:
+            # Every cut of every order falls inside a group: the component stays whole
+            # (a radial cut would cut groups that the round's groups then undo).
+            self.open_size[component] = 0
+            return
         if best is None:
             # Too large to count exactly: radially, counted on a band (`crossing_counts`),
             # from half the need up: another piece may follow elsewhere.
@@ -997,7 +1005,9 @@ class BubbleGrower:
             crossed + inner_crossed,
             "captured_cut",
         )
-        self.open_size[component] -= k
+        # A piece counted exactly is the component's last when smaller than the need.
+        last_piece = len(ordering.crossings) > 0 and k < preferred
+        self.open_size[component] = 0 if last_piece else self.open_size[component] - k
 
     def _record(
         self,

@@ -42,6 +42,7 @@ from .dedup import find_duplicates
 from .density import LidReference
 from .follow import bind_to_assigned, earlier_index, join_existing_bubbles, keep_margins
 from .groups import (
+    crossings_changed,
     encode_groups,
     follow_known_groups,
     group_codes,
@@ -475,6 +476,7 @@ class BubbleFence:
             # Members linked above never straddle, and this settles the rest (duplicates
             # that followed an original of another group, cut components).
             follower = (work.duplicate_of[new_rows] >= 0) & (split[new_rows] != DUPLICATE)
+            before = split.copy()
             moves = resolve_round(
                 work.codes,
                 np.arange(work.n_old),
@@ -487,6 +489,17 @@ class BubbleFence:
                 self.config.validation_ratio,
             )
             work.stats.update({f"group_{k}": v for k, v in moves.items()})
+            moved = new_rows[(split[new_rows] != before[new_rows]) & work.kept[new_rows]]
+            change = crossings_changed(
+                work.x,
+                moved,
+                before,
+                split,
+                self._kept_indexes(work),
+                self.config.leak_threshold,
+            )
+            work.stats["cut_pairs_groups"] = change
+            work.stats["cut_pairs"] = work.stats.get("cut_pairs", 0) + change
 
     def _clear_new_bubbles(self, work: _Round) -> None:
         """The new bubbles' balls end before any train sample (`bubbles.clear_of_train`):
