@@ -10,7 +10,8 @@ back, as the CLI and a dataset's run start from it.
 
 Data: clustered 512-d unit vectors (clusters on 8-d manifolds, unequal sizes and
 spreads; the largest clusters tight, pairwise cosine about 0.99, until they hold 20 %
-of the samples) with a few % near-duplicates. Leakage is measured on a seeded sample of
+of the samples) with a few % near-duplicates; and one structureless case (isotropic
+Gaussian rows: every bubble holds one sample). Leakage is measured on a seeded sample of
 at most 2,000 eval rows against all train rows (blockwise, exact per sampled row).
 """
 
@@ -67,6 +68,15 @@ def make_data(n: int, seed: int, d: int = 512, k: int = 50) -> tuple[np.ndarray,
     return x, labels
 
 
+def structureless(n: int, seed: int, d: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """Isotropic Gaussian unit rows, one label: no cluster and no near twin, pairwise
+    cosine about 0, so a bubble's ball (at most `max_radius`, cosine distance 0.5) holds
+    its centre alone and eval is one singleton bubble per sample held out."""
+    x = np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x, np.zeros(n, np.int64)
+
+
 def append_results(lines: list[str]) -> None:
     """Appends a benchmark's table to RESULTS.md, with the load it ran under."""
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
@@ -110,12 +120,17 @@ def quality(x, split, labels, rng) -> dict:
 
 
 def run(
-    name: str, batches: list[int], seed: int, lines: list[str], from_file: bool = False
+    name: str,
+    batches: list[int],
+    seed: int,
+    lines: list[str],
+    from_file: bool = False,
+    data=make_data,
 ) -> list[float]:
-    """One case: rounds of these sizes; appends its table row, returns the seconds per
-    round. ``from_file``: the last round is run again on the state saved before it and
-    loaded back, as the CLI and a dataset's run start (`reloaded_round`)."""
-    x, labels = make_data(sum(batches), seed)
+    """One case: rounds of these sizes of `data`; appends its table row, returns the
+    seconds per round. ``from_file``: the last round is run again on the state saved
+    before it and loaded back, as the CLI and a dataset's run start (`reloaded_round`)."""
+    x, labels = data(sum(batches), seed)
     bf = BubbleFence(BubbleFenceConfig(seed=seed))
     start, seconds, peaks = 0, [], []
     with tempfile.TemporaryDirectory() as folder:
@@ -243,6 +258,7 @@ def main() -> None:
         return
     run("50k, one round", [50_000], 0, lines)
     run("30k in 3 rounds of 10k", [10_000] * 3, 1, lines)
+    run("20k structureless, one round", [20_000], 3, lines, data=structureless)
     if args.million:
         run("1M one round + 10k round", [1_000_000, 10_000], 2, lines, from_file=True)
     append_results(lines)

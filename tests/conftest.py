@@ -228,3 +228,30 @@ def crossing_pairs(bf, threshold=0.95):
     i, j = np.nonzero(np.triu(x @ x.T >= threshold, 1))
     train_i, train_j = split[i] == "train", split[j] == "train"
     return int(np.sum(train_i != train_j) + np.sum(~train_i & ~train_j & (split[i] != split[j])))
+
+
+def check_invariants(bf):
+    """The leak graph decides membership: every pair at the leak threshold that crosses
+    train/eval or validation/test was cut and counted; bubbles own their eval samples."""
+    from bubblefence_plugin.core.bubbles import INNER_VAL
+
+    threshold = bf.config.leak_threshold
+    counted = sum(r["cut_pairs"] for r in bf.history)
+    assert crossing_pairs(bf, threshold) == counted
+    a = bf.assignments()
+    kept = a["duplicate_of"].isna().to_numpy()
+    held = a["split"].isin(["validation", "test"]).to_numpy() & kept
+    anchor = a["anchor_id"].to_numpy()
+    assert (anchor[held] >= 0).all() and (anchor[~held & kept] == -1).all()
+    shell = a["shell"].to_numpy()[held]
+    val_inner = bf._anchors.layout[anchor[held]] == INNER_VAL
+    expected = np.where((shell == "inner") == val_inner, "validation", "test")
+    assert (a["split"].to_numpy()[held] == expected).all()
+    # No train sample lies inside the ball of a bubble of its round or a later one:
+    # later rounds hold out what falls inside (bubbles.clear_of_train).
+    train = np.flatnonzero(kept & (a["split"] == "train").to_numpy())
+    table = bf._anchors
+    x = bf._embeddings[: len(a)].astype(np.float64)
+    distance = 1.0 - x[train] @ table.centres.astype(np.float64).T
+    same_or_later = a["round"].to_numpy()[train][:, None] <= table.round[None, :]
+    assert not ((distance < table.radius - 1e-5) & same_or_later).any()

@@ -723,3 +723,48 @@ def test_a_candidates_neighbours_and_ball_match_brute_force(monkeypatch, whole_s
                     want = rows[truth[np.searchsorted(rows, row)] >= threshold]
                     assert np.array_equal(np.sort(inside), want)
                     assert np.allclose(sims, x[inside].astype(np.float64) @ x[row], atol=1e-9)
+
+
+@pytest.mark.parametrize("shape", ["structureless", "clustered with outliers"])
+def test_a_lone_ball_is_planned_once_and_the_split_is_the_same(monkeypatch, shape):
+    """A fill plan whose ball holds its centre alone (and whose unit is the centre
+    alone) fails, and fails again in every later fill step: the grower remembers it
+    (`_lone_ball`) rather than plan it again. The split is the one made without that
+    memory, with a tenth of the fill plans; on structureless rows (200-d noise: every
+    ball a singleton, and the fill re-planned every open row in each of its steps) each
+    candidate's fill plan is made once."""
+    from bubblefence_plugin import BubbleFence
+
+    rng = np.random.default_rng(0)
+    if shape == "structureless":
+        x = unit(rng.normal(size=(2000, 200)))
+    else:
+        x = np.vstack([clustered_embeddings(900, 200, seed=1), unit(rng.normal(size=(900, 200)))])
+
+    def split_and_plans(remember: bool) -> tuple[np.ndarray, list[int]]:
+        planned: list[int] = []
+        plan, may_centre = BubbleGrower._plan, BubbleGrower._may_centre
+
+        def counted_plan(self, row, *args):
+            if args[5] is None:  # a fill plan (no stratum)
+                planned.append(int(row))
+            return plan(self, row, *args)
+
+        def forgetful(self, row, stratum):
+            self._lone_ball[:] = False
+            return may_centre(self, row, stratum)
+
+        monkeypatch.setattr(BubbleGrower, "_plan", counted_plan)
+        if not remember:
+            monkeypatch.setattr(BubbleGrower, "_may_centre", forgetful)
+        bf = BubbleFence(BubbleFenceConfig(seed=0))
+        bf.ingest(x)
+        monkeypatch.undo()
+        return bf.assignments()["split"].to_numpy(), planned
+
+    split, planned = split_and_plans(remember=True)
+    again, replanned = split_and_plans(remember=False)
+    assert (split == again).all()
+    assert 0 < len(planned) and 2 * len(planned) < len(replanned)  # 1,604 / 19,481; 781 / 7,656
+    if shape == "structureless":
+        assert len(planned) == len(set(planned))

@@ -2,10 +2,9 @@
 
 import numpy as np
 import pytest
-from conftest import clustered_embeddings, crossing_pairs, unit
+from conftest import check_invariants, clustered_embeddings, unit
 
 from bubblefence_plugin import BubbleFence, BubbleFenceConfig
-from bubblefence_plugin.core.bubbles import INNER_VAL
 from bubblefence_plugin.core.metrics import leakage
 from bubblefence_plugin.core.state import read_state
 
@@ -38,31 +37,6 @@ def digits_unit(order_seed=None):
     if order_seed is not None:
         order = np.random.default_rng(order_seed).permutation(len(order))
     return unit(digits.data[order]), digits.target[order].astype(str)
-
-
-def check_invariants(bf):
-    """The leak graph decides membership: every pair at the leak threshold that crosses
-    train/eval or validation/test was cut and counted; bubbles own their eval samples."""
-    threshold = bf.config.leak_threshold
-    counted = sum(r["cut_pairs"] for r in bf.history)
-    assert crossing_pairs(bf, threshold) == counted
-    a = bf.assignments()
-    kept = a["duplicate_of"].isna().to_numpy()
-    held = a["split"].isin(["validation", "test"]).to_numpy() & kept
-    anchor = a["anchor_id"].to_numpy()
-    assert (anchor[held] >= 0).all() and (anchor[~held & kept] == -1).all()
-    shell = a["shell"].to_numpy()[held]
-    val_inner = bf._anchors.layout[anchor[held]] == INNER_VAL
-    expected = np.where((shell == "inner") == val_inner, "validation", "test")
-    assert (a["split"].to_numpy()[held] == expected).all()
-    # No train sample lies inside the ball of a bubble of its round or a later one:
-    # later rounds hold out what falls inside (bubbles.clear_of_train).
-    train = np.flatnonzero(kept & (a["split"] == "train").to_numpy())
-    table = bf._anchors
-    x = bf._embeddings[: len(a)].astype(np.float64)
-    distance = 1.0 - x[train] @ table.centres.astype(np.float64).T
-    same_or_later = a["round"].to_numpy()[train][:, None] <= table.round[None, :]
-    assert not ((distance < table.radius - 1e-5) & same_or_later).any()
 
 
 @pytest.mark.parametrize("seed, n, d", [(0, 3000, 64), (1, 2000, 32), (2, 1500, 128)])
