@@ -438,12 +438,12 @@ class BubbleGrower:
         self._capping = False
         # The largest unit a capture may take in the fill's current step (None: any).
         self._unit_limit: int | None = None
-        # Rows whose ball in a fill held no open sample but its centre (`_plan`): a ball
-        # only loses open samples as the round goes on, so while the centre's unit holds
-        # it alone and a capture may add two, its fill plans fail again. On data with no
-        # structure at the bubble's scale (isotropic noise: every ball holds its centre
-        # alone) each fill step tried every open row again: 25 of 27 s of a 5,000-row
-        # round went to plans that failed.
+        # Rows whose ball in a fill held no unassigned sample but its centre (`_plan`):
+        # samples are only assigned as the round goes on, so whatever the units, while
+        # the centre's unit holds it alone and a capture may add two, its fill plans fail
+        # again. On data with no structure at the bubble's scale (isotropic noise: every
+        # ball holds its centre alone) each fill step tried every open row again: 25 of
+        # 27 s of a 5,000-row round went to plans that failed.
         self._lone_ball = np.zeros(n, dtype=bool)
 
     @property
@@ -789,6 +789,8 @@ class BubbleGrower:
             lid = float(lid_mle(similarity_to_distance(neighbour_sims[None, :]))[0])
         radius = adaptive_radius(nearest_sims[1:], lid, size, config)
         near, near_sims = self._within(row, columns, bound, 1.0 - radius, exact)
+        if stratum is None and not np.any((self.split[near] == UNASSIGNED) & (near != row)):
+            self._lone_ball[row] = True
         order = np.lexsort((near, -near_sims))
         ranked, ranked_sims = near[order], near_sims[order]
         # The edge stops before the first train sample of an earlier round, or the first
@@ -798,8 +800,6 @@ class BubbleGrower:
             ranked, ranked_sims = ranked[: int(stops[0])], ranked_sims[: int(stops[0])]
         is_open = self._open(ranked)
         ranked, ranked_sims = ranked[is_open], ranked_sims[is_open]
-        if stratum is None and np.all(ranked == row):  # no open sample but the centre
-            self._lone_ball[row] = True
         if len(ranked) == 0:
             return None
         component = self.units.component[ranked]
