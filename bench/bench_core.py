@@ -10,8 +10,9 @@ back, as the CLI and a dataset's run start from it.
 
 Data: clustered 512-d unit vectors (clusters on 8-d manifolds, unequal sizes and
 spreads; the largest clusters tight, pairwise cosine about 0.99, until they hold 20 %
-of the samples) with a few % near-duplicates; and one structureless case (isotropic
-Gaussian rows: every bubble holds one sample). Leakage is measured on a seeded sample of
+of the samples) with a few % near-duplicates; one structureless case (isotropic
+Gaussian rows: every bubble holds one sample); one of 20k near-identical copies (all
+duplicates of the first). Leakage is measured on a seeded sample of
 at most 2,000 eval rows against all train rows (blockwise, exact per sampled row).
 """
 
@@ -74,6 +75,16 @@ def structureless(n: int, seed: int, d: int = 512) -> tuple[np.ndarray, np.ndarr
     its centre alone and eval is one singleton bubble per sample held out."""
     x = np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x, np.zeros(n, np.int64)
+
+
+def copies(n: int, seed: int, d: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """One image's near-identical copies (a static camera's frames): pairwise cosine about
+    0.99997, above the dedup threshold, so all but the first are its duplicates, and
+    every pair of the dedup self-join is a hit."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(1, d)) + 0.005 * rng.normal(size=(n, d))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
     return x, np.zeros(n, np.int64)
 
 
@@ -259,6 +270,7 @@ def main() -> None:
     run("50k, one round", [50_000], 0, lines)
     run("30k in 3 rounds of 10k", [10_000] * 3, 1, lines)
     run("20k structureless, one round", [20_000], 3, lines, data=structureless)
+    run("20k copies of one image, one round", [20_000], 4, lines, data=copies)
     if args.million:
         run("1M one round + 10k round", [1_000_000, 10_000], 2, lines, from_file=True)
     append_results(lines)

@@ -35,3 +35,48 @@ def test_class_aware_dedup_keeps_twins_with_other_labels():
         kept_labels=np.empty(0, str),
     )
     assert not result.is_duplicate.any()
+
+
+def brute_force_duplicates(x: np.ndarray, threshold: float) -> np.ndarray:
+    """Rows in input order: a row is a duplicate of the earliest kept row before it at the
+    threshold (float64), else kept."""
+    sims = x.astype(np.float64) @ x.astype(np.float64).T
+    duplicate_of = np.full(len(x), -1)
+    for i in range(len(x)):
+        partners = np.flatnonzero((sims[i, :i] >= threshold) & (duplicate_of[:i] < 0))
+        if len(partners):
+            duplicate_of[i] = partners[0]
+    return duplicate_of
+
+
+def test_blobs_of_copies_match_brute_force_and_hold_a_bounded_list(monkeypatch):
+    """Blobs of copies (every pair a duplicate pair), chains and singles, in cells and
+    query groups of 16 rows so that a copy meets many blocks: the result is the brute
+    force's, and the partners held between cuts stay within `HELD_PER_QUERY` + 1 times
+    `CANDIDATES` per row, however many blocks a copy meets (a blob of 20,000 held 1.4 GB
+    before; here 36,986 entries for 1,400 rows without the cuts). Two candidates a row
+    instead of 16: the rows whose candidates were all duplicates take the exact fallback.
+    """
+    from bubblefence_plugin.core import dedup, neighbors
+
+    monkeypatch.setattr(neighbors, "CELL_SIZE", 16)
+    monkeypatch.setattr(neighbors, "QUERY_GROUP", 16)
+    monkeypatch.setattr(dedup, "HELD_PER_QUERY", 1)
+    monkeypatch.setattr(dedup, "CANDIDATES", 2)  # and the exact fallback behind them
+    rng = np.random.default_rng(4)
+    blobs = rng.normal(size=(2, 32))[rng.integers(0, 2, 1100)] + 1e-3 * rng.normal(size=(1100, 32))
+    chain = np.cumsum(0.004 * rng.normal(size=(200, 32)), axis=0) + rng.normal(size=32)
+    x = unit(np.vstack([blobs, chain, rng.normal(size=(100, 32))])[rng.permutation(1400)])
+    held = []
+    cut_back = dedup._cut_back
+
+    def recorded(queries, bases):
+        held.append(sum(len(q) for q in queries))
+        return cut_back(queries, bases)
+
+    monkeypatch.setattr(dedup, "_cut_back", recorded)
+    empty = np.empty(0, np.int64)
+    result = find_duplicates(x, x, empty, 0, 0.9999, seed=0)
+    assert np.array_equal(result.duplicate_of, brute_force_duplicates(x, 0.9999))
+    assert result.is_duplicate.sum() > 1000  # the blobs
+    assert len(held) > 2 and max(held) <= (1 + 1) * dedup.CANDIDATES * len(x)
