@@ -475,6 +475,29 @@ def test_the_lost_unit_taken_first_leaves_its_label_the_smallest_share():
 # --------------------------------------------------------------------------- cut phase
 
 
+def test_whole_units_fill_the_labels_evenly_then_as_few_as_they_can():
+    # Label A: rows 0-19 (singletons but one unit of 10-15), none in eval; label B: rows
+    # 20-39 (singletons, one unit of 30-35), rows 36-39 already in eval (its target).
+    x = unit(np.random.default_rng(3).normal(size=(40, 8)))
+    split = np.full(40, UNASSIGNED, np.int8)
+    split[36:] = VALIDATION
+    units = np.r_[np.arange(10), np.full(6, 10), np.arange(16, 30), np.full(6, 30)]
+    labels = _indicator(40, [list(range(20)), list(range(20, 40))])
+    config = BubbleFenceConfig(eval_ratio=0.2, eval_tolerance=0.0)
+    g = grower(x, config, Budget(need=8, cap=8), units=units, split=split, columns=[labels, labels])
+    g.cut(n_kept=40)
+    # Within 0.25 of each label, the lowest share first: A to 5 of 20, then B to 5 of
+    # 20 (a tie at 0.25 goes to the smaller unit). The last 2 go to one label, A, rather
+    # than pushing both past 0.25; the units of 6 never: the largest no longer goes first.
+    assert np.flatnonzero(split[:36] != UNASSIGNED).tolist() == [0, 1, 2, 3, 4, 5, 6, 20]
+    assert g.stats["captured_cut"] == 8 and g.crossed == 0
+    # Without labels, the largest unit that fits first.
+    split[:36] = UNASSIGNED
+    g = grower(x, config, Budget(need=8, cap=8), units=units, split=split)
+    g.cut(n_kept=40)
+    assert np.flatnonzero(split[:36] != UNASSIGNED).tolist() == [0, 1, *range(10, 16)]
+
+
 def _chain_and_singletons(n_chain, singles, seed=0):
     """A chain of near twins (0.05 rad apart, jittered) and far single samples."""
     rng = np.random.default_rng(seed)

@@ -39,7 +39,9 @@ regions (`regions.RegionIndex`, smallest first). Phases:
    (`widen_caps`) and serves them again, with the closure's units and then with finer
    ones (`use_units`: the twin components, where the closure's are too coarse;
    `pipeline.BubbleFence._fill_quota`);
-3. *cut*: whole components that still fit, the largest first; then, only for a
+3. *cut*: whole components that still fit, the largest first (with labels, those
+   that leave their labels the lowest share first, and what the labels cannot hold
+   within the tolerance to as few labels as it can); then, only for a
    component too large to stay whole on either side (more than train can hold), the
    cut with the fewest twin pairs per captured sample (`boundary.least_crossed_cut`),
    radially from its central member or along its twin graph from one end
@@ -65,6 +67,7 @@ twin graph has its shells along it too: the inner shell is its first stretch.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -167,6 +170,10 @@ SMALL_UNIT_SHARE = 0.5
 # samples of two texture photos as such, and round 1 made 4 eval samples of those two
 # photos leak; bench/RESULTS.md, 2026-12-03).
 WIDE_CAP_SHARE = 0.05
+# What the labels cannot hold within WIDE_CAP_SHARE goes to as few labels as it can, each
+# up to this far above the target (`BubbleGrower._concentrate_overflow`): the issue's
+# tolerance without labels, so a label pushed past one tolerance stays within the other.
+OVERFLOW_SHARE = 0.08
 
 
 def eval_floor(min_eval_per_batch: float, n_new_kept: int) -> int:
@@ -523,10 +530,7 @@ class BubbleGrower:
             if len(fitting) == 0:
                 return
             component = int(fitting[np.lexsort((fitting, -self.open_size[fitting]))[0]])
-            members = self._open_members(component)
-            centre = self._central_member(members)
-            sims = ranking_similarity(self.embeddings[members], self.embeddings[centre])
-            self._accept_whole(centre, np.array([component]), sims, members, "captured_strata")
+            self._accept_unit(component, "captured_strata")
 
     def fill(
         self,
@@ -647,11 +651,7 @@ class BubbleGrower:
             np.maximum.at(share, row[at_lost], np.round(after[at_lost], 6))
             candidates, share = open_units[chosen], share[chosen]
             order = np.lexsort((candidates, -self.open_size[candidates], share))
-            unit = int(candidates[order[0]])
-            members = self._open_members(unit)
-            centre = self._central_member(members)
-            sims = ranking_similarity(self.embeddings[members], self.embeddings[centre])
-            self._accept_whole(centre, np.array([unit]), sims, members, "captured_fill")
+            self._accept_unit(int(candidates[order[0]]), "captured_fill")
 
     def _unit_strata(self) -> sparse.csr_matrix:
         """(units, capped strata): how many members of each unit are in each stratum,
@@ -701,7 +701,7 @@ class BubbleGrower:
         return ~(np.cumsum(taken, axis=0) > room).any(axis=1)
 
     def cut(self, n_kept: int) -> None:
-        """Whole components that still fit, the largest first; then, while the need is
+        """Whole components that still fit (`_spread_whole_units`); then, while the need is
         not met, cut the largest component left: one too large to stay whole on either
         side (larger than what train can hold, (1 - eval_ratio) of the `n_kept`
         samples), or any while the shortfall exceeds `SHORTFALL_SHARE` of them (the
@@ -709,22 +709,89 @@ class BubbleGrower:
         train_room = (1.0 - self.config.eval_ratio) * n_kept
         tolerated = SHORTFALL_SHARE * n_kept
         while self.remaining > 0:
+            self._spread_whole_units("captured_cut")  # whole components first: no pair is cut
             alive = np.flatnonzero(self.open_size > 0)
-            if len(alive) == 0:
+            if len(alive) == 0 or self.remaining <= 0:
                 return
-            fitting = alive[self.open_size[alive] <= self.allowed]
-            if len(fitting):
-                # Whole components first, the largest that fits: no pair is cut.
-                component = int(fitting[np.lexsort((fitting, -self.open_size[fitting]))[0]])
-                members = self._open_members(component)
-                centre = self._central_member(members)
-                sims = ranking_similarity(self.embeddings[members], self.embeddings[centre])
-                self._accept_whole(centre, np.array([component]), sims, members, "captured_cut")
-                continue
             component = int(alive[np.lexsort((alive, -self.open_size[alive]))[0]])
             if self.units.size[component] <= train_room and self.remaining <= tolerated:
                 return  # it stays train whole: the quota yields to the leak graph
             self._accept_cut(component)
+
+    def _spread_whole_units(self, counter: str) -> None:
+        """Whole units that fit, one bubble each, until the need is met. Without labels,
+        the largest first. With labels (units of no label before any, the largest among
+        equals): first those that keep the labels they hold within `WIDE_CAP_SHARE` of
+        the target, the lowest share after first, so the labels fill evenly; then what
+        they cannot hold goes to as few labels as it can, the labels already highest
+        first, each up to `OVERFLOW_SHARE` above the target before any passes it."""
+        ratio = self.config.eval_ratio
+        self._take_lowest_share_first(counter, ratio + WIDE_CAP_SHARE)
+        if self.strata.n_first:
+            self._concentrate_overflow(counter, ratio + OVERFLOW_SHARE)
+            self._concentrate_overflow(counter, math.inf)
+
+    def _take_lowest_share_first(self, counter: str, limit: float) -> None:
+        """Whole units whose labels' eval share after stays within `limit`, the lowest
+        first (`_share_after`).
+
+        A unit's share only rises as others are captured, so the units wait in a heap
+        under the share they had when last looked at, and the one on top is looked at
+        again before it is taken (lazy greedy: the same choice as comparing every unit
+        at every step, without doing so)."""
+        units = np.flatnonzero((self.open_size > 0) & (self.open_size <= self.allowed))
+        shares = self._share_after(units)
+        units, shares = units[shares <= limit], shares[shares <= limit]
+        heap = list(
+            zip(shares.tolist(), (-self.open_size[units]).tolist(), units.tolist(), strict=True)
+        )
+        heapq.heapify(heap)
+        while heap and self.remaining > 0:
+            _, minus_size, unit = heapq.heappop(heap)
+            if self.open_size[unit] == 0 or self.open_size[unit] > self.allowed:
+                continue  # captured since, or no longer fits: the room only shrinks
+            share = float(self._share_after(np.array([unit]))[0])
+            if share > limit:
+                continue
+            if heap and (share, minus_size, unit) > heap[0]:
+                heapq.heappush(heap, (share, minus_size, unit))
+                continue
+            self._accept_unit(unit, counter)
+
+    def _concentrate_overflow(self, counter: str, limit: float) -> None:
+        """Whole units whose labels' eval share after stays within `limit`, the highest
+        first: a label already past the tolerance takes more before another is pushed
+        past it. One pass in that order, each unit looked at again before it is taken:
+        a capture only raises the shares of its own labels, whose units stay first."""
+        units = np.flatnonzero((self.open_size > 0) & (self.open_size <= self.allowed))
+        shares = self._share_after(units)
+        units, shares = units[shares <= limit], shares[shares <= limit]
+        for unit in units[np.lexsort((units, -self.open_size[units], -shares))].tolist():
+            if self.remaining <= 0:
+                return
+            if self.open_size[unit] == 0 or self.open_size[unit] > self.allowed:
+                continue
+            if self._share_after(np.array([unit]))[0] <= limit:
+                self._accept_unit(unit, counter)
+
+    def _accept_unit(self, unit: int, counter: str) -> None:
+        """A bubble of one whole unit, centred on its central member."""
+        members = self._open_members(unit)
+        centre = self._central_member(members)
+        sims = ranking_similarity(self.embeddings[members], self.embeddings[centre])
+        self._accept_whole(centre, np.array([unit]), sims, members, counter)
+
+    def _share_after(self, units: np.ndarray) -> np.ndarray:
+        """Per unit, the highest eval share among the labels it holds were it captured
+        (rounded: equal shares tie on size); -inf for a unit of no label, and for every
+        unit without labels."""
+        strata = self.strata
+        worst = np.full(len(units), -np.inf)
+        if strata.n_first and len(units):
+            row, col, held = self._unit_entries(units)
+            after = (strata.eval_count[col] + held) / strata.size[col]
+            np.maximum.at(worst, row, np.round(after, 6))
+        return worst
 
     # -- candidates -------------------------------------------------------------------------
 
