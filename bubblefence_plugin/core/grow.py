@@ -761,8 +761,9 @@ class BubbleGrower:
     def _concentrate_overflow(self, counter: str, limit: float) -> None:
         """Whole units whose labels' eval share after stays within `limit`, the highest
         first: a label already past the tolerance takes more before another is pushed
-        past it. One pass in that order, each unit looked at again before it is taken:
-        a capture only raises the shares of its own labels, whose units stay first."""
+        past it. One pass in the order of the shares before it, each unit's share looked
+        at again before it is taken: a capture raises only its own labels' shares, which
+        would bring their other units forward, not push anyone's back."""
         units = np.flatnonzero((self.open_size > 0) & (self.open_size <= self.allowed))
         shares = self._share_after(units)
         units, shares = units[shares <= limit], shares[shares <= limit]
