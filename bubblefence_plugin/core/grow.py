@@ -797,42 +797,46 @@ class BubbleGrower:
     # -- candidates -------------------------------------------------------------------------
 
     def _try(self, rows: np.ndarray, size: int, counter: str, stratum: int | None) -> None:
-        rows = rows[self._open(rows)]
-        rows = rows[[self._may_centre(r, stratum) for r in rows]] if len(rows) else rows
+        rows = rows[self._may_centre(rows, stratum)]
         if len(rows) == 0:
             return
         k_size = min(max(self.config.lid_k, size) + 1, self._n_kept)
         columns, bounds, seeds = self._upper_bounds(rows, k_size)
         products = _BatchProducts(self.embeddings, rows)
+        # Only a new bubble changes what `_may_centre` looks at for the other rows.
+        checked_at = len(self.new_rows)
         for position, (row, bound, near) in enumerate(zip(rows, bounds, seeds, strict=True)):
             if self.remaining <= 0 or (stratum is not None and self.strata.deficit(stratum) <= 0):
                 return
-            if not self._may_centre(row, stratum):
+            if len(self.new_rows) != checked_at and not self._may_centre(row[None], stratum)[0]:
                 continue
             exact = products.of_candidate(position)
             plan = self._plan(int(row), columns, bound, near, k_size, size, stratum, exact)
             if plan is not None:
                 self._accept_plan(plan, counter)
 
-    def _may_centre(self, row: int, stratum: int | None) -> bool:
-        if not self._open(np.array([row]))[0]:
-            return False
-        unit = self.units.component[row]
+    def _may_centre(self, rows: np.ndarray, stratum: int | None) -> np.ndarray:
+        """Per row: whether it may centre a bubble now (open, its own unit allowed and
+        within the caps, far enough from every centre)."""
+        may = self._open(rows)
+        unit = self.units.component[rows]
         own = self.open_size[unit]
-        if stratum is None and self._lone_ball[row] and own <= 1 and self.allowed >= 2:
-            return False
-        if own > self._largest_unit or (stratum is not None and own > self.strata.room(stratum)):
-            return False
+        if stratum is None and self.allowed >= 2:
+            may &= ~(self._lone_ball[rows] & (own <= 1))
+        may &= own <= self._largest_unit
+        if stratum is not None:
+            may &= own <= self.strata.room(stratum)
         # A ball's first unit is its centre's own (`_plan`): one that breaks a cap alone
         # dooms the plan, and is turned away before its bounds are computed (late in a
         # capped fill most candidates are, at the cost of a full plan each).
-        if not self._within_caps(np.array([unit]))[0]:
-            return False
+        left = np.flatnonzero(may)
+        may[left] = self._within_caps(unit[left])
         centres = self._centres.view()
-        if len(centres):
-            nearest = float(np.max(centres @ self.embeddings[row]))
-            return 1.0 - nearest >= self.config.min_anchor_distance
-        return True
+        left = np.flatnonzero(may)
+        if len(centres) and len(left):
+            nearest = np.max(self.embeddings[rows[left]] @ centres.T, axis=1)
+            may[left] = 1.0 - nearest >= self.config.min_anchor_distance
+        return may
 
     def _plan(
         self,

@@ -798,9 +798,12 @@ class CellIndex:
             self._grouped = (positions, starts, self.coords[positions])
         positions, starts, coords = self._grouped
         bounds = np.empty((len(queries), len(positions)), np.float32)
-        for g in np.flatnonzero(np.diff(starts)):
+        present = np.flatnonzero(np.diff(starts))
+        # The queries' coordinates in every group at once: one product, not one a group.
+        projected = self.group_coords(queries, present)
+        for g, query_coords in zip(present.tolist(), projected, strict=True):
             span = slice(starts[g], starts[g + 1])
-            bounds[:, span] = _bound_coords(queries @ self.axes[g].T) @ coords[span].T
+            bounds[:, span] = query_coords @ coords[span].T
         return positions, bounds
 
     def pairs(self, queries: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
