@@ -598,7 +598,7 @@ def test_shells_balance_between_twin_components_inside_coarse_units(seed):
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_dense_data_with_labels_spreads_what_the_labels_cannot_hold(seed):
-    """Digits 0 and 6 are each one twin component but for a dozen samples: no leak-free
+    """Digits 0 and 6 are each one twin component but for 13 and 8 samples: no leak-free
     split gives them their share, and the other digits must hold it. Whole units are
     then taken where they leave their digit the lowest share: six digits within 0.05 of
     the target and none above 0.35 (taken the largest first: four, and one at 0.40)."""
