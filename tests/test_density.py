@@ -51,3 +51,26 @@ def test_lid_against_a_reference_matches_brute_force_in_and_out_of_it():
         sims = np.sort(x[others].astype(np.float64) @ x[q].astype(np.float64))[::-1][:k]
         d = np.sqrt(np.maximum(2.0 - 2.0 * sims, 0.0))
         assert lid == pytest.approx(-1.0 / np.mean(np.log(d / d[-1])), rel=1e-3)
+
+
+def test_lid_against_a_reference_is_estimated_once_per_row_and_k(monkeypatch):
+    """Candidate streams of one round ask for the same rows: each row is estimated once
+    per k, and a repeated or overlapping request gives the first answers back."""
+    from bubblefence_plugin.core import density
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(200, 10)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    reference = LidReference.of(x, np.arange(0, 200, 3))
+    row_11_alone = LidReference.of(x, reference.rows).lid(x, np.array([11]), 6)[0]
+    asked = []
+    knn = density.knn
+    monkeypatch.setattr(
+        density, "knn", lambda q, *a, **kw: asked.append(len(q)) or knn(q, *a, **kw)
+    )
+    first = reference.lid(x, np.array([5, 7, 9]), 6)
+    again = reference.lid(x, np.array([9, 11, 5, 5]), 6)
+    other_k = reference.lid(x, np.array([5]), 4)
+    assert asked == [3, 1, 1]  # row 11 new; k = 4 estimated apart
+    assert again.tolist() == [first[2], row_11_alone, first[0], first[0]]
+    assert other_k[0] != first[0]

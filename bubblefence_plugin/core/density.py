@@ -11,7 +11,7 @@ neighbourhoods), from neighbour lists the caller already has.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -49,6 +49,10 @@ class LidReference:
 
     rows: np.ndarray
     vectors: np.ndarray
+    # Per k: every row's LID once estimated (NaN where undefined) and whether it was. The
+    # candidate streams of a round, one per label or region, share rows: at 50k rows and
+    # 1,000 labels they asked for 53k estimates of 33k rows.
+    _known: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, embeddings: np.ndarray, rows: np.ndarray) -> LidReference:
@@ -57,7 +61,21 @@ class LidReference:
 
     def lid(self, embeddings: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
         """LID of `embeddings[rows]`, each row's neighbours taken among the reference
-        (itself left out where it is one)."""
+        (itself left out where it is one); each row estimated once per k."""
+        rows = np.asarray(rows, dtype=np.int64)
+        values, done = self._known.get(k, (np.zeros(0), np.zeros(0, bool)))
+        if len(values) < len(embeddings):
+            grown = np.full(len(embeddings), np.nan)
+            grown[: len(values)] = values
+            values, done = grown, np.r_[done, np.zeros(len(embeddings) - len(done), bool)]
+            self._known[k] = (values, done)
+        todo = np.unique(rows[~done[rows]])
+        if len(todo):
+            values[todo] = self._estimate(embeddings, todo, k)
+            done[todo] = True
+        return values[rows]
+
+    def _estimate(self, embeddings: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
         at = np.minimum(np.searchsorted(self.rows, rows), max(len(self.rows) - 1, 0))
         own = np.where(self.rows[at] == rows, at, -1) if len(self.rows) else np.full(len(rows), -1)
         sims, _ = knn(embeddings[rows], self.vectors, k, exclude_self=own)
