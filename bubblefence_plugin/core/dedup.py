@@ -106,7 +106,7 @@ def _earliest(
     queries_out, bases_out, held = [], [], 0
     # Partners held before they are cut back to `CANDIDATES` per query: in a blob of
     # copies a query meets every cell of the blob, and its 16 from each piled up (20,000
-    # copies of one image: 1.4 GB for a 39 MB matrix).
+    # copies of one image: a 1.3 GB peak for a 39 MB matrix).
     most = HELD_PER_QUERY * CANDIDATES * len(queries)
     found = index.pairs(queries) if before is None else index.own_pairs()
     for q, b, _ in found:

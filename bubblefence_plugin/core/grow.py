@@ -739,9 +739,7 @@ class BubbleGrower:
         under the share they had when last looked at, and the one on top is looked at
         again before it is taken (lazy greedy: the same choice as comparing every unit
         at every step, without doing so)."""
-        units = np.flatnonzero((self.open_size > 0) & (self.open_size <= self.allowed))
-        shares = self._share_after(units)
-        units, shares = units[shares <= limit], shares[shares <= limit]
+        units, shares = self._fitting_within(limit)
         heap = list(
             zip(shares.tolist(), (-self.open_size[units]).tolist(), units.tolist(), strict=True)
         )
@@ -764,9 +762,7 @@ class BubbleGrower:
         past it. One pass in the order of the shares before it, each unit's share looked
         at again before it is taken: a capture raises only its own labels' shares, which
         would bring their other units forward, not push anyone's back."""
-        units = np.flatnonzero((self.open_size > 0) & (self.open_size <= self.allowed))
-        shares = self._share_after(units)
-        units, shares = units[shares <= limit], shares[shares <= limit]
+        units, shares = self._fitting_within(limit)
         for unit in units[np.lexsort((units, -self.open_size[units], -shares))].tolist():
             if self.remaining <= 0:
                 return
@@ -774,6 +770,13 @@ class BubbleGrower:
                 continue
             if self._share_after(np.array([unit]))[0] <= limit:
                 self._accept_unit(unit, counter)
+
+    def _fitting_within(self, limit: float) -> tuple[np.ndarray, np.ndarray]:
+        """The open units that fit the room left whose labels' share after stays within
+        `limit`, and those shares (`_share_after`)."""
+        units = np.flatnonzero((self.open_size > 0) & (self.open_size <= self.allowed))
+        shares = self._share_after(units)
+        return units[shares <= limit], shares[shares <= limit]
 
     def _accept_unit(self, unit: int, counter: str) -> None:
         """A bubble of one whole unit, centred on its central member."""
