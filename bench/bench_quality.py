@@ -17,6 +17,11 @@ Data sets, generated here (none of them tuned to the algorithm):
   arriving, every round a little more of every cluster); also run with
   `closure_threshold` 0.85 (`VARIANTS`), the wider margin the round warning suggests
   when later rounds' bridges add up (`text._bridge_warnings`).
+* `relu`: the mixture in 1280-d as a ReLU network's features are: shifted by 0.02 and
+  cut at 0, so no coordinate is negative (EfficientNet-Lite0's pooled features, the
+  `photos` case's, are non-negative too); the clusters then lie at cosine ~0.67 from
+  each other instead of ~0, and a broad cluster is one unit at the closure. One round;
+  `relu_rounds`: in rounds of 50 / 25 / 25 %.
 * `digits`: scikit-learn's handwritten digits, 64-d pixel vectors; labels: the digits.
 * `digits_rounds`: the same in random order, in rounds of 50 / 25 / 25 %: dense real
   data that grows, so later samples land between those already split.
@@ -94,6 +99,8 @@ CASES = (
     "mixture_4rounds",
     "mixture_tiny_first",
     "mixture_10rounds",
+    "relu",
+    "relu_rounds",
     "digits",
     "digits_rounds",
     "digits_5rounds",
@@ -148,6 +155,13 @@ def mixture(n: int, seed: int, d: int = 512, k: int = 50, tight_share: float = 0
     order = rng.permutation(len(x))
     x = (x[order] / np.linalg.norm(x[order], axis=1, keepdims=True)).astype(np.float32)
     return x, labels[order].astype(str)
+
+
+def relu_features(n: int, seed: int, d: int = 1280) -> tuple[np.ndarray, np.ndarray]:
+    """`mixture` shifted by 0.02 and cut at 0, rows normalised again (see `relu`)."""
+    x, labels = mixture(n, seed, d=d)
+    x = np.maximum(x + 0.02, 0.0)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), labels
 
 
 def videos(n: int, seed: int, d: int = 512, n_videos: int = 4, video_share: float = 0.8):
@@ -444,6 +458,10 @@ def run_case(name: str, quick: bool) -> dict:
         )
         n = len(x)
         rounds = [n // 2, n // 4, n - n // 2 - n // 4] if name == "one_video_rounds" else [n]
+    elif name in ("relu", "relu_rounds"):
+        n = int(10_000 * scale)
+        x, labels = relu_features(n, seed=11 if name == "relu" else 12)
+        rounds = [n] if name == "relu" else [n // 2, n // 4, n - n // 2 - n // 4]
     else:
         sizes = {"mixture_4rounds": 20_000, "mixture_tiny_first": 3_000, "mixture_10rounds": 20_000}
         n = int(sizes.get(name, 10_000) * scale)

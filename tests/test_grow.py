@@ -802,3 +802,21 @@ def test_a_lone_ball_is_planned_once_and_the_split_is_the_same(monkeypatch, shap
         assert 0 < len(planned) and 2 * len(planned) < len(replanned)  # 1,604 / 19,481; 781 / 7,656
     if shape == "structureless":
         assert len(planned) == len(set(planned))
+
+
+@pytest.mark.parametrize("threshold", [0.8, 0.95, 0.99])
+def test_two_samples_sharing_a_near_twin_are_at_least_the_bridge_similarity(threshold):
+    """Over random triples, whenever x is a near twin of both a and b, a . b reaches
+    `bridge_similarity`; and it is tight: a and b at twice the twin angle, x halfway."""
+    rng = np.random.default_rng(3)
+    bridge = grow_module.bridge_similarity(threshold)
+    x = unit(rng.normal(size=(4000, 6)))
+    a = unit(x + rng.normal(size=x.shape) * rng.uniform(0.01, 0.6, size=(len(x), 1)))
+    b = unit(x + rng.normal(size=x.shape) * rng.uniform(0.01, 0.6, size=(len(x), 1)))
+    shared = (np.sum(a * x, axis=1) >= threshold) & (np.sum(b * x, axis=1) >= threshold)
+    assert shared.sum() > 40
+    assert np.all(np.sum(a * b, axis=1)[shared] >= bridge - 1e-12)
+    angle = np.arccos(threshold)
+    a, b, x = (np.array([np.cos(t), np.sin(t)]) for t in (-angle, angle, 0.0))
+    assert a @ x == pytest.approx(threshold) and b @ x == pytest.approx(threshold)
+    assert a @ b == pytest.approx(bridge)

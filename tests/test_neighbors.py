@@ -224,3 +224,32 @@ def test_own_pairs_yield_every_pair_once_computing_each_once(threshold, monkeypa
     assert len(truth) > len(x)
     with pytest.raises(ValueError, match="every row"):
         next(CellIndex(x, np.arange(10), threshold, seed=0).own_pairs())
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_reaches_beyond_answers_as_brute_force_does(seed, monkeypatch):
+    """Whether a set of queries has a neighbour at the threshold outside the rows flagged
+    inside: the same answer as the float64 products, for clusters as they are (tight,
+    broad, strays) and with their outer members flagged or not."""
+    small_cells(monkeypatch)
+    x = manifold_mixture(seed)
+    base = np.arange(0, len(x), 2)
+    full = x.astype(np.float64) @ x[base].astype(np.float64).T
+    index = CellIndex(x, base, 0.95, seed=seed)
+    rng = np.random.default_rng(seed)
+    answers = set()
+    for threshold in (0.8, 0.95):
+        searched = index.at(threshold)
+        for _ in range(12):
+            queries = np.sort(rng.choice(len(x), int(rng.integers(1, 60)), replace=False))
+            inside = np.zeros(len(x), bool)
+            # Flag everything the queries reach but a few: the answer hangs on those few.
+            reached = np.flatnonzero((full[queries] >= threshold).any(axis=0))
+            inside[base[reached]] = True
+            inside[
+                base[rng.choice(reached, min(len(reached), int(rng.integers(0, 3))), replace=False)]
+            ] = False
+            truth = bool((full[queries][:, ~inside[base]] >= threshold).any())
+            assert searched.reaches_beyond(x[queries], inside) == truth
+            answers.add(truth)
+    assert answers == {True, False}

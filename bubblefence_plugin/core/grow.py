@@ -31,7 +31,8 @@ regions (`regions.RegionIndex`, smallest first). Phases:
 2. *fill*: first, while the round needs more than the strata on share can still take
    within their caps, whole units of *lost* strata (short of target, every unit of
    theirs larger than their room: a burst, a video), the one leaving its lost strata
-   the smallest eval share first, then the largest; then candidates among open
+   the smallest eval share first, then those no later sample can bridge to the rest
+   (isolated), the smallest first, then the largest; then candidates among open
    samples whose component still fits, keeping the regions and labels within their
    caps, then the labels alone (without labels: none), and last any, until the
    round's need is met. The steps within the caps and the last one run apart
@@ -96,6 +97,7 @@ from .density import adaptive_radius, lid_mle
 from .geodesic import MAX_MEMBERS, Ordering, crossings_along, group_cuts, orderings
 from .neighbors import (
     DECISION_EPS,
+    ROW_STEP,
     CellIndex,
     gathered_similarities,
     ranking_similarity,
@@ -174,6 +176,25 @@ WIDE_CAP_SHARE = 0.05
 # up to this far above the target (`BubbleGrower._concentrate_overflow`): the issue's
 # tolerance without labels, so a label pushed past one tolerance stays within the other.
 OVERFLOW_SHARE = 0.08
+# Members of a unit whose neighbours are searched to tell whether it is isolated
+# (`BubbleGrower._isolated`), those least similar to its mean direction (its edge): the
+# answer only orders the units a lost stratum may give, so a sample of its edge is
+# enough, and a unit of any size costs at most this many queries.
+ISOLATION_PROBES = 256
+
+
+def bridge_similarity(leak_threshold: float) -> float:
+    """The least similarity two samples can have and still share a near twin.
+
+    A sample at cosine >= t to both a and b is at most arccos t away from each, so a and
+    b are at most 2 arccos t apart (angles add up along a path on the sphere), i.e.
+    a . b >= cos(2 arccos t) = 2t^2 - 1. Samples less similar than this to everything
+    outside their unit can never be bridged to it by a later sample.
+
+    Args:
+        leak_threshold: the near-twin similarity t
+    """
+    return max(2.0 * leak_threshold**2 - 1.0, -1.0)
 
 
 def eval_floor(min_eval_per_batch: float, n_new_kept: int) -> int:
@@ -442,6 +463,8 @@ class BubbleGrower:
         # Per unit, its members per capped stratum (`_unit_strata`), and whether captures
         # must keep those strata within their caps (the strata and first fill phases).
         self._unit_counts: sparse.csr_matrix | None = None
+        # Per unit: 1 isolated, 0 not, -1 not looked at yet (`_isolated`).
+        self._isolation = np.full(len(units.size), -1, np.int8)
         self._capping = False
         # The largest unit a capture may take in the fill's current step (None: any).
         self._unit_limit: int | None = None
@@ -486,6 +509,7 @@ class BubbleGrower:
         self.open_size = units.size.copy()
         self._worth = np.zeros(len(units.size), np.int64)
         self._unit_counts = None
+        self._isolation = np.full(len(units.size), -1, np.int8)
 
     # -- the phases -----------------------------------------------------------------------
 
@@ -616,7 +640,19 @@ class BubbleGrower:
         (`_shell_room`): `bench_core`'s data, 300k, seed 1, absorbed a unit of 45,465 into
         an eval set of 58,933, and validation / eval came to 0.771 (seed 5: 0.279). Of
         those, the one that leaves its lost strata the smallest eval share goes first (a
-        label keeps train samples where it can), the largest of them.
+        label keeps train samples where it can). Among equal shares (a unit that is its
+        lost strata whole: 1.0), the *isolated* units first (`_isolated`), the smallest
+        of them first, then the others, the largest first. An isolated unit is a part of
+        the data on its own: no later sample can bridge it to train, so held out whole it
+        never leaks, and the small ones first bring eval to the most of them. Non-negative
+        features (ReLU CNNs: clusters at cosine 0.67 from each other, each one unit at the
+        closure), 10k in 50 clusters, 3 seeds: clusters reaching eval 36/38/35 -> 47/46/45
+        (largest first took six large clusters whole); leak@0.95 of the other
+        `bench_quality` rows the same or within 0.0003 (bench/RESULTS.md, 2026-12-05
+        11:00). The others stay largest first: pieces of a
+        broad cluster or of dense data touch the rest, and a few large ones leave later
+        rounds less eval edge to bridge than many small ones (mixtures in 10 rounds,
+        digits in 5: leak@0.95 0.021 -> 0.027, 0.061 -> 0.078 when they went smallest first).
         """
         strata = self.strata
         n_capped = strata.n_capped
@@ -650,8 +686,39 @@ class BubbleGrower:
             after = (strata.eval_count[col] + held) / strata.size[col]
             np.maximum.at(share, row[at_lost], np.round(after[at_lost], 6))
             candidates, share = open_units[chosen], share[chosen]
-            order = np.lexsort((candidates, -self.open_size[candidates], share))
+            size = self.open_size[candidates]
+            isolated = self._isolated(candidates)
+            order = np.lexsort((candidates, np.where(isolated, size, -size), ~isolated, share))
             self._accept_unit(int(candidates[order[0]]), "captured_fill")
+
+    def _isolated(self, units: np.ndarray) -> np.ndarray:
+        """Per unit: whether no kept sample outside it is within `bridge_similarity` of
+        its edge (`ISOLATION_PROBES` members, `_edge`); looked at once per unit, as the
+        kept rows stay the same through the round."""
+        unknown = units[self._isolation[units] < 0]
+        if len(unknown):
+            bridge = bridge_similarity(self.config.leak_threshold)
+            indexes = [index.at(bridge) for index in self._kept_indexes()]
+            inside = np.zeros(len(self.split), bool)
+            for unit in unknown.tolist():
+                members = self.units.members(unit)
+                inside[members] = True
+                edge = self.embeddings[self._edge(members)]
+                reached = any(index.reaches_beyond(edge, inside) for index in indexes)
+                self._isolation[unit] = 0 if reached else 1
+                inside[members] = False
+        return self._isolation[units] == 1
+
+    def _edge(self, members: np.ndarray) -> np.ndarray:
+        """The `ISOLATION_PROBES` members least similar to the members' mean direction
+        (all of them if fewer), `ROW_STEP` rows at a time."""
+        if len(members) <= ISOLATION_PROBES:
+            return members
+        mean = np.zeros(self.embeddings.shape[1])
+        for at in range(0, len(members), ROW_STEP):
+            mean += self.embeddings[members[at : at + ROW_STEP]].sum(axis=0, dtype=np.float64)
+        sims = gathered_similarities(self.embeddings, members, mean.astype(self.embeddings.dtype))
+        return np.sort(members[np.argsort(sims, kind="stable")[:ISOLATION_PROBES]])
 
     def _unit_strata(self) -> sparse.csr_matrix:
         """(units, capped strata): how many members of each unit are in each stratum,
@@ -903,11 +970,9 @@ class BubbleGrower:
         kept rows near it (the members of the cells whose centres are the most similar
         to it), from the indexes over the kept rows, asked for at the first candidate (a
         round may try none)."""
-        if self._indexes is None:
-            self._indexes = list(self._index_source())
         vectors = self.embeddings[rows]
         columns, bounds, seeds = [], [], [[] for _ in rows]
-        for index in self._indexes:
+        for index in self._kept_indexes():
             positions, found = index.upper_bounds(vectors)
             columns.append(index.rows[positions])
             bounds.append(found)
@@ -1137,6 +1202,13 @@ class BubbleGrower:
         self._centres.append(self.embeddings[centre])
 
     # -- helpers --------------------------------------------------------------------------------
+
+    def _kept_indexes(self) -> list[CellIndex]:
+        """The indexes over the kept rows, asked for when first needed (a round may need
+        none)."""
+        if self._indexes is None:
+            self._indexes = list(self._index_source())
+        return self._indexes
 
     def _open(self, rows: np.ndarray) -> np.ndarray:
         """Rows a bubble may capture: not assigned, and in a unit."""

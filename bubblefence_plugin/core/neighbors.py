@@ -836,6 +836,17 @@ class CellIndex:
                 np.concatenate([sims, sims[across]]),
             )
 
+    def reaches_beyond(self, queries: np.ndarray, inside: np.ndarray) -> bool:
+        """Whether some query is within the threshold of a row of the index that
+        `inside` (a bool per row of the embeddings) does not flag; stops at the first
+        such pair. Flagged rows leave each block before its products, so queries from a
+        tight cluster cost their cell tests, not their pairs among themselves."""
+        for q, part, projected in self._scan(queries):
+            part = part[~inside[self.rows[part]]]
+            if len(part) and len(self.block_pairs(queries[q], part, projected)[0]):
+                return True
+        return False
+
     def hits(self, queries: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, BlockHits]]:
         """`pairs`, but a block in which most pairs may reach the threshold comes whole
         (`BlockHits.mask`): yields (query indices, base positions, hits). For callers
