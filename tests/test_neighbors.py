@@ -245,10 +245,10 @@ def test_reaches_beyond_answers_as_brute_force_does(seed, monkeypatch):
             inside = np.zeros(len(x), bool)
             # Flag everything the queries reach but a few: the answer hangs on those few.
             reached = np.flatnonzero((full[queries] >= threshold).any(axis=0))
-            inside[base[reached]] = True
-            inside[
-                base[rng.choice(reached, min(len(reached), int(rng.integers(0, 3))), replace=False)]
-            ] = False
+            left_out = rng.choice(
+                reached, min(len(reached), int(rng.integers(0, 3))), replace=False
+            )
+            inside[base[np.setdiff1d(reached, left_out)]] = True
             truth = bool((full[queries][:, ~inside[base]] >= threshold).any())
             assert searched.reaches_beyond(x[queries], inside) == truth
             answers.add(truth)

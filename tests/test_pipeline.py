@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from conftest import check_invariants, clustered_embeddings, unit
 
+from bench.bench_quality import relu_features
 from bubblefence_plugin import BubbleFence, BubbleFenceConfig
 from bubblefence_plugin.core.metrics import leakage
 from bubblefence_plugin.core.state import read_state
@@ -637,8 +638,6 @@ def test_relu_features_bring_eval_to_the_small_clusters(n, seed):
     regions on share, and their units are absorbed whole. Isolated units (nothing else
     within the bridge similarity) go first, the smallest first: at most 3 of the clusters
     of >= 20 samples miss eval (the largest first missed 5 of 29 and 7 of 38)."""
-    from bench.bench_quality import relu_features
-
     x, labels = relu_features(n, seed, d=512)
     bf = BubbleFence(BubbleFenceConfig(seed=0))
     bf.ingest(x)

@@ -652,10 +652,10 @@ class BubbleGrower:
         closure), 10k in 50 clusters, 3 seeds: clusters reaching eval 36/38/35 -> 47/46/45
         (largest first took six large clusters whole); leak@0.95 of the other
         `bench_quality` rows the same or within 0.0003 (bench/RESULTS.md, 2026-12-05
-        11:00). The others stay largest first: pieces of a
-        broad cluster or of dense data touch the rest, and a few large ones leave later
-        rounds less eval edge to bridge than many small ones (mixtures in 10 rounds,
-        digits in 5: leak@0.95 0.021 -> 0.027, 0.061 -> 0.078 when they went smallest first).
+        11:00). The others stay largest first: pieces of a broad cluster or of dense data
+        touch the rest, and a few large ones leave later rounds less eval edge to bridge
+        than many small ones (mixtures in 10 rounds, digits in 5: leak@0.95 0.021 ->
+        0.027, 0.061 -> 0.078 when they went smallest first).
         """
         strata = self.strata
         n_capped = strata.n_capped
