@@ -191,13 +191,14 @@ def bridge_similarity(leak_threshold: float) -> float:
 
     A sample at cosine >= t to both a and b is at most arccos t away from each, so a and
     b are at most 2 arccos t apart (angles add up along a path on the sphere), i.e.
-    a . b >= cos(2 arccos t) = 2t^2 - 1. Samples less similar than this to everything
-    outside their unit can never be bridged to it by a later sample.
+    a . b >= cos(2 arccos t) = 2t^2 - 1 (for t > 0, as `leak_threshold` is: 2 arccos t
+    stays below pi). Samples less similar than this to everything outside their unit can
+    never be bridged to it by a later sample.
 
     Args:
-        leak_threshold: the near-twin similarity t
+        leak_threshold: the near-twin similarity t, in (0, 1]
     """
-    return max(2.0 * leak_threshold**2 - 1.0, -1.0)
+    return 2.0 * leak_threshold**2 - 1.0
 
 
 def eval_floor(min_eval_per_batch: float, n_new_kept: int) -> int:
