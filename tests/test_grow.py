@@ -652,6 +652,36 @@ def test_balance_shells_lets_a_label_reach_validation_and_test_within_the_slack(
     assert g.n_val == int(np.sum(g.split == VALIDATION)) == (2 if splits_label_a else 4)
 
 
+def test_balance_shells_swaps_two_whole_units_where_no_single_move_helps():
+    """Eval of eight bubbles, each one unit whole in one shell (1M of `bench_core`'s data
+    came to this): validation 103 of 192 against 96, and moving any one bubble to the
+    other shell leaves it farther off (at best 88). Two bubbles swap shells instead
+    (15 <-> 9 or 34 <-> 28): 97, every bubble still whole in one shell."""
+    sizes = [34, 36, 27, 28, 27, 16, 15, 9]  # validation, test, validation, ...
+    n = sum(sizes)
+    x = unit(np.random.default_rng(0).normal(size=(n, 4)))
+    g = grower(x, fixed(0.5), Budget(need=n, cap=n), units=np.arange(n))
+    bounds = np.cumsum([0, *sizes])
+    for b, size in enumerate(sizes):
+        rows = np.arange(bounds[b], bounds[b + 1])
+        inner = b % 2 == 0
+        g.split[rows] = VALIDATION if inner else TEST
+        g.shell_of[rows] = INNER if inner else OUTER
+        g.new_rows.append({"layout": INNER_VAL, "inner_radius": 0.1 if inner else -1.0})
+        g._shell_cuts.append(
+            grow_module._ShellCut(rows, np.linspace(0.0, 0.1, size), np.array([0, size]))
+        )
+    g.n_eval, g.n_val = n, int(np.sum(g.split == VALIDATION))
+    assert g.n_val == 103
+    assert g._recut_between_components(96.0, 0.0) == 0  # no single move brings it closer
+    assert g.balance_shells() == 2
+    assert g.n_val == 97 == int(np.sum(g.split == VALIDATION))
+    for b in range(len(sizes)):
+        codes = set(g.split[bounds[b] : bounds[b + 1]].tolist())
+        assert len(codes) == 1 and codes <= {VALIDATION, TEST}
+    assert g.balance_shells() == 0  # settled
+
+
 # --------------------------------------------------------------------------- brute force
 
 
