@@ -1313,11 +1313,8 @@ class BubbleGrower:
             if fine:
                 cut = self._shell_cuts[i] = self._between_twins(cut)
             members, choices = cut.members, cut.choices
-            bubble = self.new_rows[i]
-            inner_is_val = bubble["layout"] == INNER_VAL
-            n_inner = int(np.sum(self.shell_of[members] == INNER))
-            val_now = n_inner if inner_is_val else len(members) - n_inner
-            val_options = choices if inner_is_val else len(members) - choices
+            inner_is_val = self.new_rows[i]["layout"] == INNER_VAL
+            val_now, val_options = self._validation_options(i)
             error = np.abs(self.n_val - val_now + val_options - target)
             reach = max(error.min(), slack) if of_total else error.min() + slack
             close = np.flatnonzero(error <= reach)
@@ -1335,10 +1332,9 @@ class BubbleGrower:
                 lacking.append(int(np.sum((val + test > 0) & ((val == 0) | (test == 0)))))
             # Fewest strata lacking a side, then the smallest error, then the smaller shell.
             pick = close[np.lexsort((close, error[close], lacking))[0]]
-            best = int(choices[pick])
-            if best == n_inner:
+            if val_options[pick] == val_now:
                 continue
-            self._set_inner(i, best)
+            self._set_inner(i, int(choices[pick]))
             codes = self.split[members]
             val_count = val_base + _strata_sum(member_strata, codes == VALIDATION)
             test_count = test_base + _strata_sum(member_strata, codes == TEST)
@@ -1354,11 +1350,7 @@ class BubbleGrower:
         eval). Returns the bubbles changed."""
         deltas, owners, inner_sizes = [], [], []
         for i, cut in enumerate(self._shell_cuts):
-            n_members = len(cut.members)
-            inner_is_val = self.new_rows[i]["layout"] == INNER_VAL
-            n_inner = int(np.sum(self.shell_of[cut.members] == INNER))
-            val_now = n_inner if inner_is_val else n_members - n_inner
-            val_options = cut.choices if inner_is_val else n_members - cut.choices
+            val_now, val_options = self._validation_options(i)
             deltas.append(val_options - val_now)
             owners.append(np.full(len(cut.choices), i))
             inner_sizes.append(cut.choices)
@@ -1383,6 +1375,15 @@ class BubbleGrower:
         for option in best:
             self._set_inner(int(owner[option]), int(inner[option]))
         return 2
+
+    def _validation_options(self, bubble: int) -> tuple[int, np.ndarray]:
+        """(validation now, validation at each of its cuts) of new bubble `bubble`."""
+        cut = self._shell_cuts[bubble]
+        n_members = len(cut.members)
+        n_inner = int(np.sum(self.shell_of[cut.members] == INNER))
+        if self.new_rows[bubble]["layout"] == INNER_VAL:
+            return n_inner, cut.choices
+        return n_members - n_inner, n_members - cut.choices
 
     def _set_inner(self, bubble: int, n_inner: int) -> None:
         """Bubble `bubble`'s inner shell: its first `n_inner` members in cut order."""
