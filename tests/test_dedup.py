@@ -80,3 +80,49 @@ def test_blobs_of_copies_match_brute_force_and_hold_a_bounded_list(monkeypatch):
     assert np.array_equal(result.duplicate_of, brute_force_duplicates(x, 0.9999))
     assert result.is_duplicate.sum() > 1000  # the blobs
     assert len(held) > 2 and max(held) <= (1 + 1) * dedup.CANDIDATES * len(x)
+
+
+def test_a_batch_dense_with_copies_goes_in_chunks_and_never_pairs_its_blob(monkeypatch):
+    """A batch whose rows have many partners (`BLOB_PARTNERS`) is resolved in chunks of
+    input order, each against the kept rows before it first: the result is the brute
+    force's, with labels too, and the pairs handled stay under 20 per row (the one
+    self-join handles 1.2 million here, every pair of the blob)."""
+    from bubblefence_plugin.core import dedup
+
+    monkeypatch.setattr(dedup, "FIRST_CHUNK", 64)
+    monkeypatch.setattr(dedup, "BLOB_PARTNERS", 8)
+    rng = np.random.default_rng(7)
+    blob = rng.normal(size=32) + 1e-3 * rng.normal(size=(1500, 32))
+    chain = np.cumsum(0.004 * rng.normal(size=(200, 32)), axis=0) + rng.normal(size=32)
+    x = unit(np.vstack([blob, chain, rng.normal(size=(300, 32))])[rng.permutation(2000)])
+    chunked, handled = [], []
+    in_chunks, first_per_query = dedup._in_chunks, dedup._first_per_query
+    monkeypatch.setattr(dedup, "_in_chunks", lambda *a: chunked.append(1) or in_chunks(*a))
+
+    def counted(q, b):
+        handled.append(len(q))
+        return first_per_query(q, b)
+
+    monkeypatch.setattr(dedup, "_first_per_query", counted)
+    empty = np.empty(0, np.int64)
+    result = find_duplicates(x, x, empty, 0, 0.9999, seed=0)
+    assert chunked
+    assert np.array_equal(result.duplicate_of, brute_force_duplicates(x, 0.9999))
+    assert result.is_duplicate.sum() >= 1499  # the blob
+    assert sum(handled) < 20 * len(x)
+    labels = rng.choice(np.array(["cat", "dog"]), len(x))
+    aware = find_duplicates(
+        x, x, empty, 0, 0.9999, seed=0, new_labels=labels, kept_labels=np.empty(0, str)
+    )
+    expected = np.concatenate(
+        [brute_force_by_label(x, labels, label, 0.9999) for label in ("cat", "dog")]
+    )
+    order = np.concatenate([np.flatnonzero(labels == label) for label in ("cat", "dog")])
+    assert np.array_equal(aware.duplicate_of[order], expected)
+
+
+def brute_force_by_label(x: np.ndarray, labels: np.ndarray, label: str, threshold: float):
+    """`brute_force_duplicates` among the rows of one label, as rows of the whole batch."""
+    rows = np.flatnonzero(labels == label)
+    found = brute_force_duplicates(x[rows], threshold)
+    return np.where(found >= 0, rows[np.maximum(found, 0)], -1)

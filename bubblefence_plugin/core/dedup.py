@@ -12,6 +12,10 @@ pairs is ever held (in a blob of a thousand copies every pair is a duplicate pai
 each new row keeps its `CANDIDATES` earliest partners, rows are resolved in input
 order, and a row none of whose candidates was kept is checked against every earlier
 kept row (exact, and rare: a blob's first copy is every later copy's candidate).
+
+A batch dense with copies (`BLOB_PARTNERS`) goes in chunks of input order instead, each
+against the kept rows of the chunks before it first, then within itself: a copy finds
+the blob's kept row among a few, and the blob's pairs among themselves are never formed.
 """
 
 from __future__ import annotations
@@ -27,6 +31,22 @@ CANDIDATES = 16
 # Partners held per query, in units of `CANDIDATES`, before they are cut back to
 # `CANDIDATES` each: memory O(N), whatever the density, and a cut every few blocks.
 HELD_PER_QUERY = 4
+# A batch whose rows have more partners than this each, on average (a blob of copies: a
+# static camera's frames), is resolved in chunks of input order, each chunk against the
+# kept rows before it first: a copy then meets the blob's one kept row instead of every
+# other copy, and the self-join's pairs, quadratic in the blob, are never formed (20,000
+# copies of one image, every pair a hit: 15.6 -> 0.6 s). The chunks build about three
+# indexes' worth of cells where the self-join builds one, which costs more than the
+# pairs below about a thousand partners per row (30 random batches of 3-11k rows with
+# blobs, by hand: chunks slower in all 8 below 250 partners, faster in 14 of the 16
+# above 600). Both give the same duplicates (110 such batches, by hand).
+BLOB_PARTNERS = 64 * CANDIDATES
+# Rows sampled to estimate a batch's partners per row: a blob of a few % of the batch
+# shows in it, and the probe costs its rows' searches alone.
+PROBE_ROWS = 256
+# The first chunk's rows; each later chunk holds as many as all before it, so a chunk and
+# the kept rows it meets are of one size and there are about log2(n / FIRST_CHUNK).
+FIRST_CHUNK = 2048
 
 
 @dataclass
@@ -72,25 +92,98 @@ def find_duplicates(
         duplicate_of[query[first]] = kept_rows[base[first]]
 
     # Within the batch, in input order: a row is a duplicate only of a kept earlier row.
-    index = CellIndex(new, np.arange(n), threshold, seed)
-    later, earlier = _earliest(index, new, new_labels, new_labels, before=np.arange(n))
-    if len(later) == 0:
+    if n < 2:
         return DedupResult(duplicate_of)
+    index = CellIndex(new, np.arange(n), threshold, seed)
+    if n > FIRST_CHUNK and _partners_per_row(index, new, seed) > BLOB_PARTNERS:
+        _in_chunks(new, duplicate_of, first_new_row, threshold, seed, new_labels)
+    else:
+        _in_order(index, new, np.arange(n), duplicate_of, first_new_row, threshold, new_labels)
+    return DedupResult(duplicate_of)
+
+
+def _partners_per_row(index: CellIndex, new: np.ndarray, seed: int) -> float:
+    """The batch's mean number of partners at the threshold per row, on a seeded sample of
+    `PROBE_ROWS` rows (itself not counted)."""
+    n = len(new)
+    sample = np.sort(np.random.default_rng(seed).choice(n, min(n, PROBE_ROWS), replace=False))
+    found = 0
+    for _, _, hits in index.hits(new[sample]):
+        found += int(hits.mask.sum()) if hits.mask is not None else len(hits.i)
+    return (found - len(sample)) / len(sample)
+
+
+def _in_chunks(
+    new: np.ndarray,
+    duplicate_of: np.ndarray,
+    first_new_row: int,
+    threshold: float,
+    seed: int,
+    labels: np.ndarray | None,
+) -> None:
+    """`_in_order` over chunks of the batch in input order, each against the kept rows of
+    the chunks before it first (`BLOB_PARTNERS`); a chunk as large as all before it."""
+    kept = np.empty(0, np.int64)
+    start, size = 0, FIRST_CHUNK
+    while start < len(new):
+        todo = np.arange(start, min(len(new), start + size))
+        todo = todo[duplicate_of[todo] < 0]
+        if len(kept) and len(todo):
+            # Every row of an earlier chunk is earlier, and its kept rows are final.
+            earlier = CellIndex(new, kept, threshold, seed)
+            query, base = _earliest(
+                earlier,
+                new[todo],
+                None if labels is None else labels[todo],
+                None if labels is None else labels[kept],
+                before=None,
+            )
+            first = np.r_[True, query[1:] != query[:-1]] if len(query) else np.empty(0, bool)
+            duplicate_of[todo[query[first]]] = first_new_row + kept[base[first]]
+            todo = todo[duplicate_of[todo] < 0]
+        if len(todo) > 1:
+            vectors = new[todo]
+            index = CellIndex(vectors, np.arange(len(todo)), threshold, seed)
+            _in_order(index, vectors, todo, duplicate_of, first_new_row, threshold, labels, new)
+        kept = np.concatenate([kept, todo[duplicate_of[todo] < 0]])
+        start += size
+        size = start
+
+
+def _in_order(
+    index: CellIndex,
+    vectors: np.ndarray,
+    rows: np.ndarray,
+    duplicate_of: np.ndarray,
+    first_new_row: int,
+    threshold: float,
+    labels: np.ndarray | None,
+    new: np.ndarray | None = None,
+) -> None:
+    """Rows `rows` of the batch (ascending; `vectors` theirs, `index` over them) against
+    each other, in input order, in place: a row is a duplicate of its earliest kept
+    partner among them, found among its `CANDIDATES` earliest partners or, when those
+    were all duplicates, by the exact fallback over every earlier kept row of the batch
+    (`new`: the batch's rows, `vectors` when `rows` are all of them)."""
+    new = vectors if new is None else new
+    own_labels = None if labels is None else labels[rows]
+    later, earlier = _earliest(index, vectors, own_labels, own_labels, before=np.arange(len(rows)))
+    if len(later) == 0:
+        return
     starts = np.flatnonzero(np.r_[True, later[1:] != later[:-1]])
     ends = np.r_[starts[1:], len(later)]
     for start, end in zip(starts, ends, strict=True):
-        row = int(later[start])
+        row = int(rows[later[start]])
         if duplicate_of[row] >= 0:
             continue
-        partners = earlier[start:end]
+        partners = rows[earlier[start:end]]
         kept = partners[duplicate_of[partners] < 0]
         if len(kept):
             duplicate_of[row] = first_new_row + int(kept[0])
         elif end - start == CANDIDATES:
-            original = _earliest_kept(new, row, duplicate_of, threshold, new_labels)
+            original = _earliest_kept(new, row, duplicate_of, threshold, labels)
             if original >= 0:
                 duplicate_of[row] = first_new_row + original
-    return DedupResult(duplicate_of)
 
 
 def _earliest(
