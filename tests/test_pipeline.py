@@ -345,6 +345,29 @@ def test_a_tight_cluster_of_20k_goes_through_dedup_and_a_round():
     assert abs(bf.summary()["eval_share"] - 0.2) <= 0.01
 
 
+def test_twenty_thousand_copies_of_one_image_are_duplicates_of_its_first():
+    """A static camera's frames above the dedup threshold among other samples: every
+    copy but the first is its duplicate (dedup in chunks, `dedup.BLOB_PARTNERS`), and
+    the rest is split on target."""
+    rng = np.random.default_rng(12)
+    d = 64
+    copies = rng.normal(size=d) + 0.002 * rng.normal(size=(20_000, d))
+    rest = rng.normal(size=(40, d))[rng.integers(40, size=5_000)] * 3
+    rest += rng.normal(size=(5_000, d))
+    order = rng.permutation(25_000)
+    x = np.vstack([copies, rest])[order].astype(np.float32)
+    is_copy = order < 20_000
+    bf = BubbleFence(BubbleFenceConfig(seed=12))
+    r = bf.ingest(x)
+    first = int(np.flatnonzero(is_copy)[0])
+    assert r.split[first] != "duplicate"
+    assert (r.split[is_copy] == "duplicate").sum() == 19_999
+    table = bf.assignments()
+    assert (table["duplicate_of"].to_numpy()[is_copy][1:] == first).all()
+    assert abs(bf.summary()["eval_share"] - 0.2) <= 0.01
+    check_invariants(bf)
+
+
 def test_a_component_too_large_for_either_side_is_cut_and_counted():
     rng = np.random.default_rng(10)
     d = 16
