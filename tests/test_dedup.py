@@ -91,6 +91,7 @@ def test_a_batch_dense_with_copies_goes_in_chunks_and_never_pairs_its_blob(monke
 
     monkeypatch.setattr(dedup, "FIRST_CHUNK", 64)
     monkeypatch.setattr(dedup, "BLOB_PARTNERS", 8)
+    monkeypatch.setattr(dedup, "QUERY_ROWS", 100)  # a chunk searches in slices
     rng = np.random.default_rng(7)
     blob = rng.normal(size=32) + 1e-3 * rng.normal(size=(1500, 32))
     chain = np.cumsum(0.004 * rng.normal(size=(200, 32)), axis=0) + rng.normal(size=32)

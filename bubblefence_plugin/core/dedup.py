@@ -44,6 +44,9 @@ BLOB_PARTNERS = 64 * CANDIDATES
 # Rows sampled to estimate a batch's partners per row: a blob of a few % of the batch
 # shows in it, and the probe costs its rows' searches alone.
 PROBE_ROWS = 256
+# Queries per search of the earlier chunks' kept rows: the rows copied for it stay
+# bounded (128 MB at 512-d), and a cell of the index still meets many of them at once.
+QUERY_ROWS = 65_536
 # The first chunk's rows; each later chunk holds as many as all before it, so a chunk and
 # the kept rows it meets are of one size and there are about log2(n / FIRST_CHUNK).
 FIRST_CHUNK = 2048
@@ -98,7 +101,7 @@ def find_duplicates(
     if n > FIRST_CHUNK and _partners_per_row(index, new, seed) > BLOB_PARTNERS:
         _in_chunks(new, duplicate_of, first_new_row, threshold, seed, new_labels)
     else:
-        _in_order(index, new, np.arange(n), duplicate_of, first_new_row, threshold, new_labels)
+        _in_order(index, new, duplicate_of, first_new_row, threshold, new_labels)
     return DedupResult(duplicate_of)
 
 
@@ -131,20 +134,20 @@ def _in_chunks(
         if len(kept) and len(todo):
             # Every row of an earlier chunk is earlier, and its kept rows are final.
             earlier = CellIndex(new, kept, threshold, seed)
-            query, base = _earliest(
-                earlier,
-                new[todo],
-                None if labels is None else labels[todo],
-                None if labels is None else labels[kept],
-                before=None,
-            )
-            first = np.r_[True, query[1:] != query[:-1]] if len(query) else np.empty(0, bool)
-            duplicate_of[todo[query[first]]] = first_new_row + kept[base[first]]
+            for part in np.array_split(todo, -(-len(todo) // QUERY_ROWS)):
+                query, base = _earliest(
+                    earlier,
+                    new[part],
+                    None if labels is None else labels[part],
+                    None if labels is None else labels[kept],
+                    before=None,
+                )
+                first = np.r_[True, query[1:] != query[:-1]] if len(query) else np.empty(0, bool)
+                duplicate_of[part[query[first]]] = first_new_row + kept[base[first]]
             todo = todo[duplicate_of[todo] < 0]
         if len(todo) > 1:
-            vectors = new[todo]
-            index = CellIndex(vectors, np.arange(len(todo)), threshold, seed)
-            _in_order(index, vectors, todo, duplicate_of, first_new_row, threshold, labels, new)
+            index = CellIndex(new, todo, threshold, seed)
+            _in_order(index, new, duplicate_of, first_new_row, threshold, labels)
         kept = np.concatenate([kept, todo[duplicate_of[todo] < 0]])
         start += size
         size = start
@@ -152,22 +155,19 @@ def _in_chunks(
 
 def _in_order(
     index: CellIndex,
-    vectors: np.ndarray,
-    rows: np.ndarray,
+    new: np.ndarray,
     duplicate_of: np.ndarray,
     first_new_row: int,
     threshold: float,
     labels: np.ndarray | None,
-    new: np.ndarray | None = None,
 ) -> None:
-    """Rows `rows` of the batch (ascending; `vectors` theirs, `index` over them) against
-    each other, in input order, in place: a row is a duplicate of its earliest kept
-    partner among them, found among its `CANDIDATES` earliest partners or, when those
-    were all duplicates, by the exact fallback over every earlier kept row of the batch
-    (`new`: the batch's rows, `vectors` when `rows` are all of them)."""
-    new = vectors if new is None else new
+    """The rows of `index` (rows of the batch `new`, ascending) against each other, in
+    input order, in place: a row is a duplicate of its earliest kept partner among them,
+    found among its `CANDIDATES` earliest partners or, when those were all duplicates, by
+    the exact fallback over every earlier kept row of the batch."""
+    rows = index.rows
     own_labels = None if labels is None else labels[rows]
-    later, earlier = _earliest(index, vectors, own_labels, own_labels, before=np.arange(len(rows)))
+    later, earlier = _earliest(index, None, own_labels, own_labels, before=np.arange(len(rows)))
     if len(later) == 0:
         return
     starts = np.flatnonzero(np.r_[True, later[1:] != later[:-1]])
@@ -188,19 +188,20 @@ def _in_order(
 
 def _earliest(
     index: CellIndex,
-    queries: np.ndarray,
+    queries: np.ndarray | None,
     query_labels: np.ndarray | None,
     base_labels: np.ndarray | None,
     before: np.ndarray | None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(query, base position) of each query's `CANDIDATES` earliest partners at the
     threshold, sorted by query then position. `before[q]`: only positions below it, for
-    queries that are the index's own rows (`CellIndex.own_pairs`: each product once)."""
+    the index's own rows as queries (`queries` None; `CellIndex.own_pairs`: each product
+    once)."""
     queries_out, bases_out, held = [], [], 0
     # Partners held before they are cut back to `CANDIDATES` per query: in a blob of
     # copies a query meets every cell of the blob, and its 16 from each piled up (20,000
     # copies of one image: a 1.3 GB peak for a 39 MB matrix).
-    most = HELD_PER_QUERY * CANDIDATES * len(queries)
+    most = HELD_PER_QUERY * CANDIDATES * (len(index.rows) if queries is None else len(queries))
     found = index.pairs(queries) if before is None else index.own_pairs()
     for q, b, _ in found:
         keep = np.ones(len(q), bool)

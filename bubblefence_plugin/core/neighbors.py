@@ -821,11 +821,9 @@ class CellIndex:
         positions, similarities), each pair's product computed once: the queries of a
         cell meet only the cells numbered from theirs on, and a pair of two cells is
         yielded both ways (every bound is symmetric, so the later cell's queries would
-        have found it too). Needs an index over every row of its array (a self-join)."""
-        if not np.array_equal(self.rows, np.arange(len(self.embeddings))):
-            raise ValueError("own_pairs needs an index over every row of its embeddings")
-        for q, part, projected in self._scan(self.embeddings, from_own_cell=True):
-            i, j, sims = self.block_pairs(self.embeddings[q], part, projected)
+        have found it too)."""
+        for q, part, projected in self._scan(None, from_own_cell=True):
+            i, j, sims = self.block_pairs(self.embeddings[self.rows[q]], part, projected)
             q, b = q[i], part[j]
             q_cell, b_cell = self.cell[q], self.cell[b]
             ahead = b_cell >= q_cell
@@ -857,7 +855,7 @@ class CellIndex:
             yield q, part, self._block_hits(queries[q], part, True, projected)
 
     def _scan(
-        self, queries: np.ndarray, from_own_cell: bool = False
+        self, queries: np.ndarray | None, from_own_cell: bool = False
     ) -> Iterator[tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]]:
         """(query indices, base positions, projected): blocks that together hold every
         pair of a query and a row within the threshold once, each block's positions in
@@ -867,24 +865,26 @@ class CellIndex:
         Queries are taken in groups that share their nearest cell, so that the cells they
         reach overlap; each group's block holds only the queries that reach its cells,
         and is split over its base rows to stay within `SCAN_BYTES`. `from_own_cell`
-        (`own_pairs`, the queries being the index's rows): queries are grouped by their
-        own cells (the grouping decides the blocks, never the pairs), and a group meets
-        only the cells numbered from its first query's cell on.
+        (`own_pairs`; `queries` None): the queries are the index's rows, by position,
+        grouped by their own cells (the grouping decides the blocks, never the pairs), and
+        a group meets only the cells numbered from its first query's cell on.
         """
-        if len(queries) == 0:
+        n_queries = len(self.rows) if from_own_cell else len(queries)
+        if n_queries == 0:
             return
         nearest_cell = self.cell if from_own_cell else None
         if nearest_cell is None:
             # Every query against every centre: at 1M rows a third of a self-join's
             # search, which its own cells make free.
-            nearest_cell = np.empty(len(queries), dtype=np.int64)
+            nearest_cell = np.empty(n_queries, dtype=np.int64)
             for rows, sims in iter_similarity_blocks(queries, self.centres):
                 nearest_cell[rows] = np.argmax(sims, axis=1)
-        order = np.lexsort((np.arange(len(queries)), nearest_cell))
+        order = np.lexsort((np.arange(n_queries), nearest_cell))
         for start in range(0, len(order), QUERY_GROUP):
             group = np.sort(order[start : start + QUERY_GROUP])
             if from_own_cell:
-                found = self._reachable_from_cells(queries[group], nearest_cell[group])
+                vectors = self.embeddings[self.rows[group]]
+                found = self._reachable_from_cells(vectors, nearest_cell[group])
             else:
                 found = self.reachable(queries[group])
             cells, reach, projected = found
