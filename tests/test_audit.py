@@ -466,3 +466,34 @@ def test_leak_view_holds_exactly_the_leaking_eval_samples(field_dataset, monkeyp
         5,
     )
     assert ds.load_saved_view(bfo.LEAKS_VIEW).values("id") == expected[:5]
+
+
+def test_a_list_field_the_split_read_is_what_the_report_and_its_form_default_to(fo_datasets):
+    """Vectors stored as Python lists (a ListField, as ``set_values`` writes lists) split
+    from Python; the report then reads the same field by default, its form offers and
+    pre-fills it, and a list of strings is refused by name."""
+    from conftest import clustered_embeddings
+
+    ds = fo.Dataset()
+    fo_datasets.append(ds)
+    x = clustered_embeddings(200)
+    ds.add_samples(
+        [fo.Sample(filepath=f"/nonexistent/{i}.png", vec=x[i].tolist()) for i in range(200)]
+    )
+    assert isinstance(ds.get_field("vec"), fo.ListField)
+    bfo.split(ds, embeddings_field="vec", seed=1)
+    r = bfo.report(ds, store=False)
+    assert r["embeddings_field"] == "vec" and r["n_audited"] == 200
+    request = {
+        "dataset_name": ds.name,
+        "operator_uri": REPORT,
+        "params": {},
+        "view": [],
+        "target": "inputs",
+    }
+    props = asyncio.run(resolve_type(OperatorRegistry(), REPORT, request)).to_json()
+    field = props["type"]["properties"]["embeddings_field"]
+    assert field["default"] == "vec" and "vec" in str(field["view"])
+    ds.set_values("words", [["a", "b"]] * 200)
+    with pytest.raises(ValueError, match="'words' is a ListField of StringField, not a vector"):
+        bfo.report(ds, "split", "words", store=False)

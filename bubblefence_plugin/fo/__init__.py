@@ -64,7 +64,7 @@ from .curate import (
     sample,
     write_excluded_paths,
 )
-from .embeddings import ModelUnavailableError, get_embedder
+from .embeddings import ModelUnavailableError, get_embedder, holds_vectors
 from .export import EXPORT_TYPES, MANIFEST_COLUMNS, export, export_folders, path_inside, safe_name
 from .fields import (
     ANCHOR_FIELD,
@@ -141,6 +141,7 @@ __all__ = [
     "export",
     "export_folders",
     "get_embedder",
+    "holds_vectors",
     "include_again",
     "is_locked",
     "iter_embed",

@@ -79,7 +79,7 @@ import pandas as pd
 
 from ..core import metrics
 from ..core.progress import Progress, ProgressCallback, Steps, drive, within
-from .embeddings import check_vector_field, read_vectors
+from .embeddings import check_vector_field, holds_vectors, read_vectors
 from .export import path_inside, safe_name
 from .fields import (
     ANCHOR_FIELD,
@@ -217,12 +217,15 @@ def _roles_from_tags(tag_lists: Sequence[Sequence[str] | None]) -> tuple[np.ndar
 
 
 def _default_embeddings_field(dataset: fo.Dataset) -> str | None:
+    """The field the stored split read (a list field too: the split took it), else
+    BubbleFence's own, else the first vector field."""
     info = state_info(dataset)
     stored = info.get("embeddings_field") if info else None
+    if holds_vectors(dataset, stored):
+        return stored
     vector_fields = dataset.get_field_schema(ftype=fo.VectorField)
-    for candidate in (stored, EMBEDDING_FIELD):
-        if candidate and candidate in vector_fields:
-            return candidate
+    if EMBEDDING_FIELD in vector_fields:
+        return EMBEDDING_FIELD
     return next(iter(sorted(vector_fields)), None)
 
 

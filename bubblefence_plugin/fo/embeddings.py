@@ -59,8 +59,25 @@ def get_embedder(model: str, device: str = "auto", batch_size: int = 64) -> Any:
     return _EMBEDDER_CACHE[key]
 
 
+def holds_vectors(dataset: fo.Dataset, field: str | None) -> bool:
+    """Whether ``field`` exists and can hold a vector per sample: a `VectorField` or an
+    `ArrayField`, as FiftyOne writes embeddings, or a list of numbers, as
+    ``set_values`` stores Python lists.
+
+    Args:
+        dataset: the dataset
+        field: a field name, or None
+    """
+    f = dataset.get_field(field) if field else None
+    if isinstance(f, (fo.VectorField, fo.ArrayField)):
+        return True
+    return isinstance(f, fo.ListField) and (
+        f.field is None or isinstance(f.field, (fo.FloatField, fo.IntField))
+    )
+
+
 def check_vector_field(dataset: fo.Dataset, field: str) -> None:
-    """Refuses ``field`` unless it exists and can hold vectors.
+    """Refuses ``field`` unless it exists and can hold vectors (`holds_vectors`).
 
     Args:
         dataset: the dataset
@@ -73,8 +90,11 @@ def check_vector_field(dataset: fo.Dataset, field: str) -> None:
             f"embeddings field {field!r} does not exist on dataset {dataset.name!r}; "
             f"vector fields: {vector_fields}"
         )
-    if not isinstance(f, (fo.VectorField, fo.ListField, fo.ArrayField)):
-        raise ValueError(f"embeddings field {field!r} is a {type(f).__name__}, not a vector field")
+    if not holds_vectors(dataset, field):
+        kind = type(f).__name__
+        if isinstance(f, fo.ListField) and f.field is not None:
+            kind = f"{kind} of {type(f.field).__name__}"
+        raise ValueError(f"embeddings field {field!r} is a {kind}, not a vector field")
 
 
 def prepare_embeddings_field(
