@@ -1,8 +1,10 @@
-"""Command-line front end of the FiftyOne side: ``split``, ``export``, ``reset``, ``demo``.
+"""Command-line front end of the FiftyOne side: ``split``, ``report``, ``export``, ``reset``,
+``demo``...
 
 `add_subcommands(subparsers)` adds them to the package's ``python -m bubblefence_plugin``
 parser; every command's handler is ``args.func(args)`` and returns an exit code
-(0 ok, 2 refused: bad input, busy dataset, model unavailable). FiftyOne is imported
+(0 ok, 1 not done: a reset declined, a report over ``--fail-above``; 2 refused: bad
+input, busy dataset, model unavailable). FiftyOne is imported
 only when a command runs, so ``--help`` stays fast.
 """
 
@@ -12,7 +14,7 @@ import argparse
 import mimetypes
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from .text import (
     export_text,
     pick_text,
     queued_shards_text,
+    report_text,
     reset_text,
     round_text,
     round_warnings,
@@ -36,14 +39,15 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".
 
 
 def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
-    """Adds ``split``, ``embed``, ``export``, ``reset``, ``sample``, ``excluded`` and
-    ``demo`` to a subparsers object.
+    """Adds ``split``, ``embed``, ``report``, ``export``, ``reset``, ``sample``,
+    ``excluded`` and ``demo`` to a subparsers object.
 
     Args:
         subparsers: what ``ArgumentParser.add_subparsers`` returned
     """
     _add_split_command(subparsers)
     _add_embed_command(subparsers)
+    _add_report_command(subparsers)
     _add_export_command(subparsers)
     _add_reset_command(subparsers)
     _add_sample_command(subparsers)
@@ -125,6 +129,38 @@ def _add_embed_command(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, help="images per forward pass")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.set_defaults(func=cmd_embed)
+
+
+def _add_report_command(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "report",
+        help="audit a split: leakage, ratio, balance, coverage, beside a random split",
+        description="Measures a split of the dataset (ours, the sample tags, or any string "
+        "field of train/validation/test) beside a seeded random split at the same ratios, "
+        "prints the table, and stores the report on the dataset (the leaking eval samples "
+        "as the saved view bubblefence_leaks). Label and group fields default to the ones "
+        "the BubbleFence split used when it is the split audited.",
+    )
+    p.add_argument("--dataset", required=True, help="FiftyOne dataset name")
+    p.add_argument(
+        "--split-source",
+        help="'tags' or a string field (default: the split field when present, else tags)",
+    )
+    p.add_argument("--embeddings-field", help="vector field (default: the split's)")
+    p.add_argument("--label-field", help="adds label coverage (default: the split's)")
+    p.add_argument("--group-field", help="adds group violations (default: the split's)")
+    p.add_argument("--html", metavar="PATH", help="also write the HTML report there")
+    p.add_argument(
+        "--brain", action="store_true", help="also run FiftyOne Brain's compute_leaky_splits"
+    )
+    p.add_argument(
+        "--fail-above",
+        type=float,
+        metavar="SHARE",
+        help="exit with 1 when the share of eval samples leaking into train (at the leak "
+        "view's cosine, 0.95) is above SHARE: a gate for pipelines",
+    )
+    p.set_defaults(func=cmd_report)
 
 
 def _add_export_command(subparsers: argparse._SubParsersAction) -> None:
@@ -467,6 +503,65 @@ def cmd_export(args: argparse.Namespace) -> int:
     )
     print(export_text(result).plain())
     return 0
+
+
+@_refused
+def cmd_report(args: argparse.Namespace) -> int:
+    """``report --dataset NAME [--split-source S] [--label-field L] [--html PATH]``."""
+    from .fo import report, split_warnings, state_info, summary_rows
+
+    if args.fail_above is not None and not 0.0 <= args.fail_above <= 1.0:
+        raise ValueError(f"--fail-above must be a share in [0, 1], got {args.fail_above}")
+    dataset = _load_dataset(args.dataset)
+    fields = {
+        "label_field": args.label_field,
+        "group_field": args.group_field,
+    }
+    info = state_info(dataset)
+    if info and args.split_source in (None, "split"):  # ours: the fields it was split by
+        fields = {name: given or info.get(name) for name, given in fields.items()}
+    bar = _Bar(f"BubbleFence report {dataset.name}")
+    try:
+        result = report(
+            dataset,
+            args.split_source,
+            args.embeddings_field,
+            progress=bar,
+            brain=args.brain,
+            html_path=args.html,
+            **fields,
+        )
+    finally:
+        bar.close()
+    print(report_text(result).plain())
+    print(_table(summary_rows(result), ("metric", "split", "baseline")))
+    for warning in split_warnings(result):
+        print(f"warning: {warning}", file=sys.stderr)
+    if result.get("html_path"):
+        print(f"HTML report: {result['html_path']}")
+    if args.fail_above is not None:
+        # The headline's measure: eval samples with a train sample at the leak view's cosine.
+        m, threshold = result["metrics"], result["leaks"]["threshold"]
+        found = m["split"]["eval_train"]
+        share = found["fraction"][m["thresholds"].index(threshold)] if found else 0.0
+        if share > args.fail_above:
+            print(
+                f"leakage@{threshold:g} {share:.4f} is above --fail-above {args.fail_above:g}",
+                file=sys.stderr,
+            )
+            return 1
+    return 0
+
+
+def _table(rows: Sequence[Mapping[str, str]], keys: Sequence[str]) -> str:
+    """Rows as columns padded to their widest cell, a header first (`summary_rows`)."""
+    headers = {"metric": "Measure", "split": "This split", "baseline": "Random split"}
+    cells = [[headers.get(k, k) for k in keys]] + [[row[k] for k in keys] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(keys))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in cells
+    )
 
 
 @_refused

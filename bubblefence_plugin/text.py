@@ -267,3 +267,38 @@ def reset_text(result: Mapping[str, Any]) -> SummaryText:
     if result["kept_embeddings"]:
         headline += "; embeddings kept"
     return SummaryText(headline)
+
+
+def report_text(result: Mapping[str, Any]) -> SummaryText:
+    """A split audit (`bubblefence_plugin.fo.report`'s return value): leakage at the leak
+    view's threshold beside the random split, where the report is stored, the leaking
+    samples' saved view, warnings and notes."""
+    m = result["metrics"]
+    thresholds = m["thresholds"]
+    leaks = result["leaks"]
+    k = thresholds.index(leaks["threshold"])
+    ours, base = m["split"]["eval_train"], m["baseline"]["eval_train"]
+    if ours is None:
+        leak = "no eval→train pair"
+    else:
+        leak = (
+            f"leakage@{thresholds[k]:g} eval→train {ours['fraction'][k]:.4f} "
+            f"(random split {base['fraction'][k]:.4f})"
+        )
+    headline = (
+        f"BubbleFence report on {result['n_audited']} samples of {result['source']!r}: {leak}"
+    )
+    lines = []
+    if result.get("run_key"):
+        lines.append(Line("Stored as run", f"{result['run_key']} ({result['created_at']})"))
+    if leaks["view"]:
+        lines.append(
+            Line(
+                f"Leaking eval samples (cosine >= {leaks['threshold']:g})",
+                f"{leaks['n_found']} of {leaks['n_measured']} measured: saved view "
+                f"{leaks['view']} (the App's saved views; dataset.load_saved_view)",
+            )
+        )
+    lines += [Line("Warning", w) for w in result["warnings"]]
+    lines += [Line("Note", n) for n in m["notes"]]
+    return SummaryText(headline, lines)

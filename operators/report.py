@@ -18,7 +18,7 @@ import bubblefence_plugin.fo as bfo
 from bubblefence_plugin.core import metrics
 from bubblefence_plugin.core.config import BubbleFenceConfig
 from bubblefence_plugin.core.progress import Steps
-from bubblefence_plugin.text import Line, SummaryText
+from bubblefence_plugin.text import report_text
 
 from .base import BubbleFenceOperator, Outcome
 from .inputs import embeddings_field_choices, field_input, parse_path
@@ -154,7 +154,7 @@ class BubbleFenceReport(BubbleFenceOperator):
             "table": bfo.summary_rows(result),
             "html_path": result.get("html_path") or "(none written)",
         }
-        return Outcome(_report_text(result), result, extra, bfo.split_warnings(result))
+        return Outcome(report_text(result), result, extra, bfo.split_warnings(result))
 
 
 def _report_kwargs(params: dict[str, Any]) -> dict[str, Any]:
@@ -173,39 +173,6 @@ def _report_kwargs(params: dict[str, Any]) -> dict[str, Any]:
         "brain": bool(params.get("brain", False)),
         "html_path": parse_path(params, "html_path"),
     }
-
-
-def _report_text(result: dict[str, Any]) -> SummaryText:
-    """The headline: leakage at the leak view's threshold beside the random split."""
-    m = result["metrics"]
-    thresholds = m["thresholds"]
-    leaks = result["leaks"]
-    k = thresholds.index(leaks["threshold"])
-    ours, base = m["split"]["eval_train"], m["baseline"]["eval_train"]
-    if ours is None:
-        leak = "no eval→train pair"
-    else:
-        leak = (
-            f"leakage@{thresholds[k]:g} eval→train {ours['fraction'][k]:.4f} "
-            f"(random split {base['fraction'][k]:.4f})"
-        )
-    headline = (
-        f"BubbleFence report on {result['n_audited']} samples of {result['source']!r}: {leak}"
-    )
-    lines = []
-    if result.get("run_key"):
-        lines.append(Line("Stored as run", f"{result['run_key']} ({result['created_at']})"))
-    if leaks["view"]:
-        lines.append(
-            Line(
-                f"Leaking eval samples (cosine >= {leaks['threshold']:g})",
-                f"{leaks['n_found']} of {leaks['n_measured']} measured: saved view "
-                f"{leaks['view']} (view bar, saved views)",
-            )
-        )
-    lines += [Line("Warning", w) for w in result["warnings"]]
-    lines += [Line("Note", n) for n in m["notes"]]
-    return SummaryText(headline, lines)
 
 
 def _latest_notice(ctx: ExecutionContext, inputs: types.Object) -> None:

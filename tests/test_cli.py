@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.fiftyone
@@ -271,3 +272,39 @@ def test_a_model_that_cannot_load_adds_no_images(dataset_name, image_factory, tm
     err = capsys.readouterr().err
     assert "Cannot load the embedding model" in err and "efficientnet-lite0" in err
     assert not fo.dataset_exists(dataset_name)  # refused before the dataset was made
+
+
+def test_report_prints_the_audit_and_gates_on_leakage(dataset_name, capsys):
+    """``report`` audits our split with the label and group fields it was split by, prints
+    the table beside the random split, and exits 1 above ``--fail-above``: a random split
+    in the tags leaks, ours does not."""
+    from conftest import unit
+
+    rng = np.random.default_rng(0)
+    # 30 tight clusters of 10 (cosine ~0.99 within, ~0 between), a label per cluster,
+    # groups of 5 within a cluster: whole clusters can be held out without a leak.
+    x = unit(rng.normal(size=(30, 32)).repeat(10, axis=0) + 0.01 * rng.normal(size=(300, 32)))
+    ds = fo.Dataset(dataset_name)
+    ds.add_samples([fo.Sample(filepath=f"/nonexistent/{i}.png") for i in range(300)])
+    ds.set_values("emb", list(x))
+    ds.set_values("label", [f"c{i // 10 % 3}" for i in range(300)])
+    ds.set_values("group", [f"g{i // 5}" for i in range(300)])
+    args = ["--dataset", dataset_name, "--embeddings-field", "emb"]
+    assert cli.main(["split", *args, "--label-field", "label", "--group-field", "group"]) == 0
+    capsys.readouterr()
+    assert cli.main(["report", "--dataset", dataset_name, "--fail-above", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "BubbleFence report on 300 samples of 'split'" in out
+    assert "Measure" in out and "Random split" in out
+    assert "Labels (≥20) in eval / validation / test" in out  # the split's label field
+    assert "Group violations" in out
+    roles = rng.choice(["train", "validation", "test"], 300, p=[0.8, 0.1, 0.1])
+    ds.set_values("theirs", roles.tolist())
+    assert cli.main(["report", *args, "--split-source", "theirs", "--fail-above", "0.01"]) == 1
+    captured = capsys.readouterr()
+    assert "of 'theirs'" in captured.out and "is above --fail-above 0.01" in captured.err
+    assert "Labels (" not in captured.out  # not our split: no field is assumed
+    assert cli.main(["report", *args, "--split-source", "nope"]) == 2
+    assert "split_source" in capsys.readouterr().err
+    assert cli.main(["report", *args, "--fail-above", "2"]) == 2
+    assert "--fail-above must be a share in [0, 1]" in capsys.readouterr().err
