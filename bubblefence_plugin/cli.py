@@ -77,7 +77,8 @@ def _add_split_command(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--embeddings-field",
         metavar="FIELD",
-        help="use this existing vector field instead of computing embeddings",
+        help="use this existing vector field instead of computing embeddings "
+        "(later rounds: the one the split was built from)",
     )
     p.add_argument(
         "--model",
@@ -425,7 +426,7 @@ def cmd_split(args: argparse.Namespace) -> int:
     """``split --dataset NAME [--folder DIR ...] [--config cfg.yaml]``."""
     import fiftyone as fo
 
-    from .fo import EMBEDDING_FIELD, check_split_config, get_embedder
+    from .fo import EMBEDDING_FIELD, check_split_config, get_embedder, state_info
 
     overrides = _parse_sets(args.set)
     if args.model:
@@ -435,7 +436,9 @@ def cmd_split(args: argparse.Namespace) -> int:
     listed = {folder: _list_images(Path(folder).expanduser()) for folder in args.folder}
     existing = fo.load_dataset(args.dataset) if fo.dataset_exists(args.dataset) else None
     cfg = check_split_config(existing, args.config, overrides)
-    if listed and args.embeddings_field in (None, EMBEDDING_FIELD):
+    info = state_info(existing) if existing is not None else None
+    field = args.embeddings_field or (info or {}).get("embeddings_field") or EMBEDDING_FIELD
+    if listed and field == EMBEDDING_FIELD:
         get_embedder(cfg.model_name, cfg.device, cfg.batch_size)
     dataset = _load_dataset(args.dataset, create=bool(args.folder))
     for folder, paths in listed.items():

@@ -105,7 +105,8 @@ def split(
             YAML file (they change only the knobs they name), or None (the stored config,
             or the defaults on the first round)
         embeddings_field: an existing vector field to split by, instead of computing
-            ``bubblefence_embedding`` with ``config.model_name``
+            ``bubblefence_embedding`` with ``config.model_name``; remembered for later
+            rounds (None: the field the state was built from)
         label_field: a label field whose labels each split should cover; remembered
             for later rounds, "" forgets it
         group_field: a field whose samples of one value (a patient, a video) stay in
@@ -306,7 +307,9 @@ def _open_round(
     # Without the vectors: a round reads them once it knows it needs them.
     loaded = load_state(dataset, embeddings=False)
     bf, params = loaded if loaded else (None, {})
-    embeddings_field = request.embeddings_field or EMBEDDING_FIELD
+    # Like the label and group fields below, the embeddings field is remembered: a later
+    # round that names none reads the field the state was built from.
+    embeddings_field = request.embeddings_field or params.get("embeddings_field") or EMBEDDING_FIELD
     cfg, changed = resolve_config(bf.config if bf else None, request.config, request.overrides)
     if bf is not None:
         stored_field = params.get("embeddings_field")
