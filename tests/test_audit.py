@@ -470,8 +470,8 @@ def test_leak_view_holds_exactly_the_leaking_eval_samples(field_dataset, monkeyp
 
 def test_a_list_field_the_split_read_is_what_the_report_and_its_form_default_to(fo_datasets):
     """Vectors stored as Python lists (a ListField, as ``set_values`` writes lists) split
-    from Python; the report then reads the same field by default, its form offers and
-    pre-fills it, and a list of strings is refused by name."""
+    from Python; the report then reads the same field by default, its form and the next
+    round's split form offer and pre-fill it, and a list of strings is refused by name."""
     from conftest import clustered_embeddings
 
     ds = fo.Dataset()
@@ -494,6 +494,12 @@ def test_a_list_field_the_split_read_is_what_the_report_and_its_form_default_to(
     props = asyncio.run(resolve_type(OperatorRegistry(), REPORT, request)).to_json()
     field = props["type"]["properties"]["embeddings_field"]
     assert field["default"] == "vec" and "vec" in str(field["view"])
+    split_uri = "@bubblefence/bubblefence/bubblefence_split"  # the next round's form
+    request = {**request, "operator_uri": split_uri}
+    props = asyncio.run(resolve_type(OperatorRegistry(), split_uri, request)).to_json()
+    props = props["type"]["properties"]
+    assert props["embeddings"]["default"] == "field"
+    assert props["embeddings_field"]["default"] == "vec"
     ds.set_values("words", [["a", "b"]] * 200)
     with pytest.raises(ValueError, match="'words' is a ListField of StringField, not a vector"):
         bfo.report(ds, "split", "words", store=False)
