@@ -148,8 +148,10 @@ def _add_report_command(subparsers: argparse._SubParsersAction) -> None:
         help="'tags' or a string field (default: the split field when present, else tags)",
     )
     p.add_argument("--embeddings-field", help="vector field (default: the split's)")
-    p.add_argument("--label-field", help="adds label coverage (default: the split's)")
-    p.add_argument("--group-field", help="adds group violations (default: the split's)")
+    p.add_argument("--label-field", help="adds label coverage (default: our split's; '' for none)")
+    p.add_argument(
+        "--group-field", help="adds group violations (default: our split's; '' for none)"
+    )
     p.add_argument("--html", metavar="PATH", help="also write the HTML report there")
     p.add_argument(
         "--brain", action="store_true", help="also run FiftyOne Brain's compute_leaky_splits"
@@ -511,28 +513,22 @@ def cmd_export(args: argparse.Namespace) -> int:
 @_refused
 def cmd_report(args: argparse.Namespace) -> int:
     """``report --dataset NAME [--split-source S] [--label-field L] [--html PATH]``."""
-    from .fo import report, split_warnings, state_info, summary_rows
+    from .fo import report, split_warnings, summary_rows
 
     if args.fail_above is not None and not 0.0 <= args.fail_above <= 1.0:
         raise ValueError(f"--fail-above must be a share in [0, 1], got {args.fail_above}")
     dataset = _load_dataset(args.dataset)
-    fields = {
-        "label_field": args.label_field,
-        "group_field": args.group_field,
-    }
-    info = state_info(dataset)
-    if info and args.split_source in (None, "split"):  # ours: the fields it was split by
-        fields = {name: given or info.get(name) for name, given in fields.items()}
     bar = _Bar(f"BubbleFence report {dataset.name}")
     try:
         result = report(
             dataset,
             args.split_source,
             args.embeddings_field,
+            args.label_field,
+            args.group_field,
             progress=bar,
             brain=args.brain,
             html_path=args.html,
-            **fields,
         )
     finally:
         bar.close()

@@ -162,8 +162,9 @@ def _report_kwargs(params: dict[str, Any]) -> dict[str, Any]:
     return {
         "split_source": params.get("split_source") or None,
         "embeddings_field": params.get("embeddings_field") or None,
-        "label_field": params.get("label_field") or None,
-        "group_field": params.get("group_field") or None,
+        # The form pre-fills our split's fields; one left empty means none ("").
+        "label_field": params.get("label_field") or "",
+        "group_field": params.get("group_field") or "",
         "thresholds": params.get("thresholds") or metrics.DEFAULT_THRESHOLDS,
         "eval_ratio": params.get("eval_ratio"),
         "validation_ratio": params.get("validation_ratio"),

@@ -503,3 +503,22 @@ def test_a_list_field_the_split_read_is_what_the_report_and_its_form_default_to(
     ds.set_values("words", [["a", "b"]] * 200)
     with pytest.raises(ValueError, match="'words' is a ListField of StringField, not a vector"):
         bfo.report(ds, "split", "words", store=False)
+
+
+def test_our_split_is_audited_by_the_fields_it_was_split_by(field_dataset):
+    """`report` on our split reads the label and group fields the split used unless told
+    otherwise ("" for none); another split source assumes none."""
+    ds = field_dataset
+    ds.set_values("label", [f"c{i % 4}" for i in range(len(ds))])
+    ds.set_values("group", [f"g{i // 5}" for i in range(len(ds))])
+    bfo.split(ds, embeddings_field="emb", label_field="label", group_field="group", seed=1)
+    r = bfo.report(ds, store=False)
+    assert (r["label_field"], r["group_field"]) == ("label", "group")
+    ours = r["metrics"]["split"]
+    assert ours["coverage"]["n_eligible"] == 4 and ours["groups"] is not None
+    r = bfo.report(ds, label_field="", group_field="", store=False)
+    assert (r["label_field"], r["group_field"]) == (None, None)
+    assert r["metrics"]["split"]["coverage"] is None
+    ds.set_values("theirs", ["train", "validation", "test", "train", "train"] * 40)
+    r = bfo.report(ds, "theirs", store=False)
+    assert (r["label_field"], r["group_field"]) == (None, None)

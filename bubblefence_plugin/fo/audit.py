@@ -94,7 +94,7 @@ from .fields import (
 )
 from .map import SPLIT_COLORS, load_layout, load_points
 from .runs import RunType, from_npy_bytes, is_locked, to_npy_bytes
-from .state import state_info
+from .state import remembered_field, state_info
 
 logger = logging.getLogger(__name__)
 
@@ -141,8 +141,10 @@ class AuditOptions:
             built from, else ``bubblefence_embedding``, else the first vector field)
         label_field: a label field, read as the split reads it (a Classification's
             label, every object label of a Detections-like field, a string): adds
-            label coverage
+            label coverage (default: the one our split used, when it is ours that is
+            audited; "": none)
         group_field: a field with one group per sample: adds group violations
+            (default and "" as for ``label_field``)
         thresholds: cosine similarities at which leakage is counted
         eval_ratio: the target eval share (default: the BubbleFence config when
             auditing our ``split`` field)
@@ -347,6 +349,8 @@ class _Plan:
     eval_ratio: float | None
     validation_ratio: float | None
     warnings: list[str]
+    label_field: str | None
+    group_field: str | None
     # (values path, several labels per sample) of the label and group fields (`label_source`)
     label_path: tuple[str, bool] | None
     group_path: tuple[str, bool] | None
@@ -380,17 +384,22 @@ def _plan(samples: foc.SampleCollection, options: AuditOptions) -> _Plan:
             "BubbleFence split first, or compute embeddings into a vector field"
         )
     check_vector_field(dataset, embeddings_field)
-    # Labels are read as the split reads them: a Classification's label, each object's
-    # label of a Detections field, a string field as it is.
-    label_path, group_path = (
-        label_source(dataset, name, param) if name else None
-        for name, param in (
+    state = state_info(dataset)
+    ours = source == SPLIT_FIELD and state is not None
+    # Our split is audited by the label and group fields it was split by, unless others
+    # (or "": none) are asked; labels are read as the split reads them: a
+    # Classification's label, each object's label of a Detections field, a string.
+    label_field, group_field = (
+        remembered_field(asked, state.get(name) if ours else None)
+        for asked, name in (
             (options.label_field, "label_field"),
             (options.group_field, "group_field"),
         )
     )
-    state = state_info(dataset)
-    ours = source == SPLIT_FIELD and state is not None
+    label_path, group_path = (
+        label_source(dataset, name, param) if name else None
+        for name, param in ((label_field, "label_field"), (group_field, "group_field"))
+    )
     eval_ratio, validation_ratio = options.eval_ratio, options.validation_ratio
     if ours and eval_ratio is None:
         eval_ratio = state["config"].get("eval_ratio")
@@ -409,6 +418,8 @@ def _plan(samples: foc.SampleCollection, options: AuditOptions) -> _Plan:
         eval_ratio,
         validation_ratio,
         warnings,
+        label_field,
+        group_field,
         label_path,
         group_path,
     )
@@ -497,8 +508,8 @@ def _report_dict(
         "source": plan.source,
         "is_bubblefence_split": plan.is_bubblefence_split,
         "embeddings_field": plan.embeddings_field,
-        "label_field": options.label_field,
-        "group_field": options.group_field,
+        "label_field": plan.label_field,
+        "group_field": plan.group_field,
         "n_collection": rows.n_collection,
         "n_audited": len(rows.ids),
         "n_without_embedding": rows.n_without_embedding,

@@ -59,6 +59,7 @@ from .state import (
     leave_split_if_excluded,
     load_state,
     record_fields_round,
+    remembered_field,
     save_state,
     state_info,
     state_params,
@@ -326,8 +327,8 @@ def _open_round(
             bf.reconfigure(**{k: getattr(cfg, k) for k in changed})
     # Label and group fields are remembered: a later round that names none keeps them, so a
     # new sample of a known group still follows its group; "" drops one explicitly.
-    label_field = _remembered(request.label_field, params.get("label_field"))
-    group_field = _remembered(request.group_field, params.get("group_field"))
+    label_field = remembered_field(request.label_field, params.get("label_field"))
+    group_field = remembered_field(request.group_field, params.get("group_field"))
     for field, param in ((label_field, "label_field"), (group_field, "group_field")):
         if field:
             label_source(dataset, field, param)
@@ -344,11 +345,6 @@ def _open_round(
         label_field=label_field,
         group_field=group_field,
     )
-
-
-def _remembered(asked: str | None, stored: str | None) -> str | None:
-    """The round's label or group field: the stored one unless one is asked; "" is none."""
-    return (stored if asked is None else asked) or None
 
 
 def _reconcile(r: _Round) -> tuple[dict[str, Any], list[str]]:

@@ -59,6 +59,17 @@ def state_info(samples: foc.SampleCollection) -> dict[str, Any] | None:
     return STATE_RUN.info(root_dataset(samples))
 
 
+def remembered_field(asked: str | None, stored: str | None) -> str | None:
+    """A label or group field as a round or an audit of our split reads it: the one the
+    split stored unless one is asked; "" is none.
+
+    Args:
+        asked: the field asked for (None: not said)
+        stored: the field the stored split used, or None
+    """
+    return (stored if asked is None else asked) or None
+
+
 def load_state(
     samples: foc.SampleCollection, embeddings: bool = True
 ) -> tuple[BubbleFence, dict[str, Any]] | None:
