@@ -1,5 +1,5 @@
-"""Command-line front end of the FiftyOne side: ``split``, ``report``, ``export``, ``reset``,
-``demo``...
+"""Command-line front end of the FiftyOne side: ``split``, ``report``, ``export``, ``demo``
+and the rest (`add_subcommands`).
 
 `add_subcommands(subparsers)` adds them to the package's ``python -m bubblefence_plugin``
 parser; every command's handler is ``args.func(args)`` and returns an exit code
