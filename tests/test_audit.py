@@ -507,7 +507,8 @@ def test_a_list_field_the_split_read_is_what_the_report_and_its_form_default_to(
 
 def test_our_split_is_audited_by_the_fields_it_was_split_by(field_dataset):
     """`report` on our split reads the label and group fields the split used unless told
-    otherwise ("" for none); another split source assumes none."""
+    otherwise ("" for none; one deleted since is left out, with a warning); another split
+    source assumes none."""
     ds = field_dataset
     ds.set_values("label", [f"c{i % 4}" for i in range(len(ds))])
     ds.set_values("group", [f"g{i // 5}" for i in range(len(ds))])
@@ -522,3 +523,7 @@ def test_our_split_is_audited_by_the_fields_it_was_split_by(field_dataset):
     ds.set_values("theirs", ["train", "validation", "test", "train", "train"] * 40)
     r = bfo.report(ds, "theirs", store=False)
     assert (r["label_field"], r["group_field"]) == (None, None)
+    ds.delete_sample_field("group")  # gone since the split: left out, said
+    r = bfo.report(ds, store=False)
+    assert (r["label_field"], r["group_field"]) == ("label", None)
+    assert "the split's group_field 'group' is gone: not measured" in r["warnings"]

@@ -386,16 +386,19 @@ def _plan(samples: foc.SampleCollection, options: AuditOptions) -> _Plan:
     check_vector_field(dataset, embeddings_field)
     state = state_info(dataset)
     ours = source == SPLIT_FIELD and state is not None
+    warnings = []
     # Our split is audited by the label and group fields it was split by, unless others
-    # (or "": none) are asked; labels are read as the split reads them: a
-    # Classification's label, each object's label of a Detections field, a string.
-    label_field, group_field = (
-        remembered_field(asked, state.get(name) if ours else None)
-        for asked, name in (
-            (options.label_field, "label_field"),
-            (options.group_field, "group_field"),
-        )
-    )
+    # (or "": none) are asked; one deleted since is left out, said. Labels are read as the
+    # split reads them: a Classification's label, each object's label of a Detections
+    # field, a string.
+    fields = {}
+    for name, asked in (("label_field", options.label_field), ("group_field", options.group_field)):
+        field = remembered_field(asked, state.get(name) if ours else None)
+        if field and asked is None and not dataset.has_field(field):
+            warnings.append(f"the split's {name} {field!r} is gone: not measured")
+            field = None
+        fields[name] = field
+    label_field, group_field = fields["label_field"], fields["group_field"]
     label_path, group_path = (
         label_source(dataset, name, param) if name else None
         for name, param in ((label_field, "label_field"), (group_field, "group_field"))
@@ -405,7 +408,6 @@ def _plan(samples: foc.SampleCollection, options: AuditOptions) -> _Plan:
         eval_ratio = state["config"].get("eval_ratio")
     if ours and validation_ratio is None:
         validation_ratio = state["config"].get("validation_ratio")
-    warnings = []
     if is_locked(dataset):
         warnings.append(
             "a BubbleFence run held this dataset during the audit: figures may mix rounds"
