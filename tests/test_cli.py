@@ -274,6 +274,19 @@ def test_a_model_that_cannot_load_adds_no_images(dataset_name, image_factory, tm
     assert not fo.dataset_exists(dataset_name)  # refused before the dataset was made
 
 
+def test_a_users_own_split_field_adds_no_images(dataset_name, image_factory, tmp_path, capsys):
+    """A dataset with a ``split`` of its own and no state: refused before any image is
+    added, and the field untouched."""
+    ds = fo.Dataset(dataset_name)
+    ds.persistent = True
+    ds.add_samples([fo.Sample(filepath=f"/nonexistent/{i}.png", split="train") for i in range(5)])
+    image_factory(4, subdir="drive")
+    args = ["split", "--dataset", dataset_name, "--folder", str(tmp_path / "drive")]
+    assert cli.main([*args, "--model", "efficientnet-lite0"]) == 2
+    assert "values in field 'split' (5 samples)" in capsys.readouterr().err
+    assert len(ds) == 5 and ds.count_values("split") == {"train": 5}
+
+
 def test_report_prints_the_audit_and_gates_on_leakage(dataset_name, capsys):
     """``report`` audits our split with the label and group fields it was split by, prints
     the table beside the random split, and exits 1 above ``--fail-above``: a random split

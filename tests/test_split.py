@@ -286,6 +286,26 @@ def test_a_round_read_in_small_pieces_is_the_same_round(field_dataset, fo_datase
     _check_mirror(ds)
 
 
+def test_a_split_field_of_the_users_own_is_never_overwritten(field_dataset):
+    """A first round refuses a dataset whose ``split`` (or ``anchor_id``...) already holds
+    values: with no state they are the user's (a split that came with the data). Declared
+    but empty, the field is taken; renamed, the user's split can be audited."""
+    ds = field_dataset
+    theirs = ["train", "train", "train", "train", "test"] * 40
+    ds.set_values("split", theirs)
+    with pytest.raises(ValueError, match=r"'split' \(200 samples\).*rename_sample_field"):
+        bfo.split(ds, embeddings_field="emb")
+    assert ds.values("split") == theirs and bfo.state_info(ds) is None
+    with pytest.raises(ValueError, match="'split'"):
+        bfo.check_split_config(ds, None, {})  # the CLI's check before it adds images
+    ds.rename_sample_field("split", "original_split")
+    ds.add_sample_field("anchor_id", fo.IntField)  # declared, no value: taken
+    assert bfo.split(ds, embeddings_field="emb")["n_new"] == 200
+    assert ds.values("original_split") == theirs
+    report = bfo.report(ds, "original_split", store=False)
+    assert report["metrics"]["split"]["counts"]["test"] == 40
+
+
 def test_wrong_dimension_field_is_refused(field_dataset):
     ds = field_dataset
     bfo.split(ds.limit(100), embeddings_field="emb")

@@ -207,6 +207,29 @@ def declare_fields(dataset: fo.Dataset, fields: Mapping[str, type]) -> None:
             )
 
 
+def refuse_values_not_ours(dataset: fo.Dataset) -> None:
+    """Before a dataset's first round: refuses when a field a round writes (``split``,
+    ``anchor_id``, ``duplicate_of``...) already holds values. Without a state no round
+    of ours wrote them (a round commits its state before its fields), so they are the
+    user's, e.g. a split that came with the data, and a round would overwrite them.
+
+    Args:
+        dataset: a dataset without a BubbleFence state
+    """
+    names = [n for n in RESULT_FIELDS if n != ERROR_FIELD and dataset.has_field(n)]
+    counts = dataset.aggregate([fo.Count(n) for n in names]) if names else []
+    held = {n: c for n, c in zip(names, counts, strict=True) if c}
+    if held:
+        name, count = next(iter(held.items()))
+        raise ValueError(
+            f"dataset {dataset.name!r} has values in field {name!r} ({count} samples) "
+            f"that BubbleFence did not write, and its split would overwrite them"
+            + (f" (also {', '.join(map(repr, list(held)[1:]))})" if len(held) > 1 else "")
+            + f". Rename the field first, e.g. dataset.rename_sample_field({name!r}, "
+            f"'original_{name}'); the report can then audit that split by its new name"
+        )
+
+
 # --------------------------------------------------------------------------- split mirror
 
 

@@ -49,6 +49,8 @@ from .fields import (
     declare_fields,
     label_source,
     label_values,
+    refuse_values_not_ours,
+    root_dataset,
     table_from_frame,
     write_assignments,
 )
@@ -212,6 +214,8 @@ def check_split_config(
     cfg, changed = resolve_config(previous, config, overrides)
     if previous is not None:
         _refuse_frozen(previous, cfg, changed)
+    elif samples is not None:
+        refuse_values_not_ours(root_dataset(samples))
     return cfg
 
 
@@ -325,6 +329,8 @@ def _open_round(
         _refuse_frozen(bf.config, cfg, changed)
         if changed:
             bf.reconfigure(**{k: getattr(cfg, k) for k in changed})
+    else:
+        refuse_values_not_ours(dataset)
     # Label and group fields are remembered: a later round that names none keeps them, so a
     # new sample of a known group still follows its group; "" drops one explicitly.
     label_field = remembered_field(request.label_field, params.get("label_field"))
