@@ -153,6 +153,7 @@ def _add_report_command(subparsers: argparse._SubParsersAction) -> None:
         "--group-field", help="adds group violations (default: our split's; '' for none)"
     )
     p.add_argument("--html", metavar="PATH", help="also write the HTML report there")
+    p.add_argument("--json", metavar="FILE", help="also write the whole report there, as JSON")
     p.add_argument(
         "--brain", action="store_true", help="also run FiftyOne Brain's compute_leaky_splits"
     )
@@ -513,7 +514,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 @_refused
 def cmd_report(args: argparse.Namespace) -> int:
     """``report --dataset NAME [--split-source S] [--label-field L] [--html PATH]``."""
-    from .fo import report, split_warnings, summary_rows
+    from .fo import report, split_warnings, summary_rows, write_json
 
     if args.fail_above is not None and not 0.0 <= args.fail_above <= 1.0:
         raise ValueError(f"--fail-above must be a share in [0, 1], got {args.fail_above}")
@@ -538,6 +539,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     if result.get("html_path"):
         print(f"HTML report: {result['html_path']}")
+    if args.json:
+        print(f"JSON report: {write_json(result, args.json)}")
     if args.fail_above is not None:
         # The headline's measure: eval samples with a train sample at the leak view's cosine.
         m, threshold = result["metrics"], result["leaks"]["threshold"]

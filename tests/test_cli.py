@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -287,10 +288,10 @@ def test_a_users_own_split_field_adds_no_images(dataset_name, image_factory, tmp
     assert len(ds) == 5 and ds.count_values("split") == {"train": 5}
 
 
-def test_report_prints_the_audit_and_gates_on_leakage(dataset_name, capsys):
+def test_report_prints_the_audit_and_gates_on_leakage(dataset_name, tmp_path, capsys):
     """``report`` audits our split with the label and group fields it was split by, prints
-    the table beside the random split, and exits 1 above ``--fail-above``: a random split
-    in the tags leaks, ours does not."""
+    the table beside the random split, writes the whole report as JSON, and exits 1 above
+    ``--fail-above``: a random split leaks, ours does not."""
     from conftest import unit
 
     rng = np.random.default_rng(0)
@@ -305,8 +306,15 @@ def test_report_prints_the_audit_and_gates_on_leakage(dataset_name, capsys):
     args = ["--dataset", dataset_name, "--embeddings-field", "emb"]
     assert cli.main(["split", *args, "--label-field", "label", "--group-field", "group"]) == 0
     capsys.readouterr()
-    assert cli.main(["report", "--dataset", dataset_name, "--fail-above", "0"]) == 0
+    written = tmp_path / "report.json"
+    assert (
+        cli.main(["report", "--dataset", dataset_name, "--fail-above", "0", "--json", str(written)])
+        == 0
+    )
     out = capsys.readouterr().out
+    stored = json.loads(written.read_text())
+    assert written.stat().st_mode & 0o044  # readable by others, as the HTML report
+    assert stored["label_field"] == "label" and stored["metrics"]["split"]["counts"]["train"] > 0
     assert "BubbleFence report on 300 samples of 'split'" in out
     assert "Measure" in out and "Random split" in out
     assert "Labels (≥20) in eval / validation / test" in out  # the split's label field

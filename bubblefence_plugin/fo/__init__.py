@@ -50,6 +50,7 @@ from .audit import (
     split_sources,
     split_warnings,
     summary_rows,
+    write_json,
 )
 from .curate import (
     DEFAULT_TAG,
@@ -170,6 +171,7 @@ __all__ = [
     "split_warnings",
     "state_info",
     "summary_rows",
+    "write_json",
     "wait_for_shards",
     "write_excluded_paths",
 ]

@@ -61,6 +61,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import logging
 import os
 import time
@@ -1445,7 +1446,28 @@ def write_html(
         target = path_inside(target, target / f"bubblefence-report-{name}-{stamp}.html")
     if target.suffix.lower() not in (".html", ".htm"):
         target = target.with_suffix(target.suffix + ".html")
-    page = render_html(result, drawn, thumbnails)
+    _write_text(target, render_html(result, drawn, thumbnails), f"html_path {str(path)!r}")
+    return str(target)
+
+
+def write_json(result: dict[str, Any], path: str | os.PathLike) -> str:
+    """Writes the report as JSON to ``path``; atomic, with the mode of `write_html`.
+
+    Args:
+        result: a report
+        path: the file to write
+
+    Returns:
+        the path written
+    """
+    target = Path(path).expanduser().resolve()
+    _write_text(target, json.dumps(result, indent=1), f"json path {str(path)!r}")
+    return str(target)
+
+
+def _write_text(target: Path, text: str, what: str) -> None:
+    """Writes ``text`` to ``target`` whole or not at all (a temporary file renamed); an
+    error names ``what`` the user gave."""
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -1453,9 +1475,8 @@ def write_html(
         # 0600 left a report that nobody else could read.
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(page)
+            fh.write(text)
         os.replace(tmp, target)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        raise ValueError(f"html_path {str(path)!r} is not writable: {e}") from e
-    return str(target)
+        raise ValueError(f"{what} is not writable: {e}") from e
