@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -307,13 +308,15 @@ def test_report_prints_the_audit_and_gates_on_leakage(dataset_name, tmp_path, ca
     assert cli.main(["split", *args, "--label-field", "label", "--group-field", "group"]) == 0
     capsys.readouterr()
     written = tmp_path / "report.json"
-    assert (
-        cli.main(["report", "--dataset", dataset_name, "--fail-above", "0", "--json", str(written)])
-        == 0
-    )
+    old_umask = os.umask(0o022)
+    try:
+        report = ["report", "--dataset", dataset_name, "--fail-above", "0"]
+        assert cli.main([*report, "--json", str(written)]) == 0
+    finally:
+        os.umask(old_umask)
     out = capsys.readouterr().out
     stored = json.loads(written.read_text())
-    assert written.stat().st_mode & 0o044  # readable by others, as the HTML report
+    assert written.stat().st_mode & 0o777 == 0o644  # as the HTML report, not 0600
     assert stored["label_field"] == "label" and stored["metrics"]["split"]["counts"]["train"] > 0
     assert "BubbleFence report on 300 samples of 'split'" in out
     assert "Measure" in out and "Random split" in out
