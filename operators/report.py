@@ -73,8 +73,9 @@ class BubbleFenceReport(BubbleFenceOperator):
                 train / validation / test (default: BubbleFence's ``split`` if present)
             embeddings_field (None): the vector field similarities are measured in
             label_field (None): adds label coverage: a Classification's label, every
-                object label of a Detections-like field, or a string field
-            group_field (None): adds group violations
+                object label of a Detections-like field, or a string field (None: none,
+                as a form field left empty; the form pre-fills our split's)
+            group_field (None): adds group violations (None: none, likewise)
             thresholds (None): the cosine similarities leakage is counted at
             brain (False): whether to also run FiftyOne Brain's ``compute_leaky_splits``
             html_path (None): a file or folder to write a self-contained HTML report to
