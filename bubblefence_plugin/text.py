@@ -92,6 +92,7 @@ def round_text(summary: Mapping[str, Any]) -> SummaryText:
             ("n_embedded", "Images embedded"),
             ("n_errors", "Samples with errors"),
             ("n_forgotten", "Deleted samples dropped from the state"),
+            ("n_repaired", "Split fields and tags written again from the state"),
             ("cut_pairs", "Near-twin pairs cut"),
             ("eval_floor_shortfall", "Eval samples short of min_eval_per_batch"),
         )
@@ -123,6 +124,12 @@ def round_warnings(summary: Mapping[str, Any]) -> list[str]:
             f"No validation or test sample for {len(missing)} labels: "
             f"{', '.join(map(str, missing))} (their samples are near twins of train "
             "samples, or too few to hold out whole)"
+        )
+    if summary.get("n_split_edited"):
+        warnings.append(
+            f"{summary['n_split_edited']} samples' split field differs from the stored "
+            "split (changed by hand?): it was left as it is, later rounds keep the stored "
+            "split, and the report measures the field; reset starts over"
         )
     groups = summary.get("groups") or {}
     if groups.get("violations"):

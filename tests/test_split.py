@@ -11,6 +11,7 @@ pytestmark = pytest.mark.fiftyone
 fo = pytest.importorskip("fiftyone")
 bfo = pytest.importorskip("bubblefence_plugin.fo")
 from bubblefence_plugin.fo import runs  # noqa: E402
+from bubblefence_plugin.text import round_warnings  # noqa: E402
 
 F = fo.ViewField
 
@@ -304,6 +305,28 @@ def test_a_split_field_of_the_users_own_is_never_overwritten(field_dataset):
     assert ds.values("original_split") == theirs
     report = bfo.report(ds, "original_split", store=False)
     assert report["metrics"]["split"]["counts"]["test"] == 40
+
+
+def test_split_fields_and_tags_lost_since_are_written_again_edited_ones_are_said(
+    field_dataset,
+):
+    """The state is the split: a split field deleted, or split tags removed, come back at
+    the next run; values changed by hand are left and said (a warning), not overwritten."""
+    ds = field_dataset
+    bfo.split(ds, embeddings_field="emb")
+    stored = splits_by_id(ds)
+    ds.delete_sample_field("split")
+    ds.limit(50).untag_samples(list(bfo.SPLIT_TAGS))
+    summary = bfo.split(ds)
+    assert summary["n_repaired"] == 200 and summary["n_split_edited"] == 0
+    assert splits_by_id(ds) == stored
+    _check_mirror(ds)  # every sample's split tag is its split field's value again
+    edited = ds.match(F("split") == "test").limit(3)
+    edited.set_values("split", ["train"] * 3)
+    summary = bfo.split(ds)
+    assert summary["n_repaired"] == 0 and summary["n_split_edited"] == 3
+    assert any("3 samples' split field differs" in w for w in round_warnings(summary))
+    assert len(ds.match(F("split") == "test")) == list(stored.values()).count("test") - 3
 
 
 def test_wrong_dimension_field_is_refused(field_dataset):

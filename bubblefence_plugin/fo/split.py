@@ -41,6 +41,7 @@ from .fields import (
     ERROR_FIELD,
     EXCLUDED_TAG,
     RESULT_FIELDS,
+    SPLIT_FIELD,
     SPLIT_TAGS,
     SPLIT_VALUES,
     assignment_table,
@@ -373,6 +374,7 @@ def _reconcile(r: _Round) -> tuple[dict[str, Any], list[str]]:
             assigned -= set(gone)
     left = leave_split_if_excluded(r.dataset, r.bf, r.params)
     assigned -= set(left)
+    n_restored, n_edited = _restore_mirror(r) if r.bf is not None else (0, 0)
 
     target_ids = set(r.samples.match_tags(EXCLUDED_TAG, bool=False).values("id"))
     new_ids = [i for i in dataset_ids if i in target_ids and i not in assigned]
@@ -383,7 +385,8 @@ def _reconcile(r: _Round) -> tuple[dict[str, Any], list[str]]:
         "n_embedded": 0,
         "n_errors": 0,
         "n_forgotten": n_forgotten,
-        "n_repaired": n_repaired,
+        "n_repaired": n_repaired + n_restored,
+        "n_split_edited": n_edited,
         "n_excluded_left": len(left),
         "config_changed": r.changed,
         "label_field": r.label_field,
@@ -403,6 +406,36 @@ def _repair_fields(r: _Round, frame: Any) -> int:
     write_assignments(r.dataset, table_from_frame(stale))
     record_fields_round(r.dataset, r.params, last_round)
     return len(stale)
+
+
+def _restore_mirror(r: _Round) -> tuple[int, int]:
+    """The split fields and tags of the samples in the state, held against the state: a
+    sample whose split value or split tag is gone (the field deleted, a tag removed) is
+    written again; one whose value was changed is counted, not overwritten (the state is
+    what later rounds keep; `reset` starts over). Returns (restored, changed).
+
+    Two counts first (values and tags per split), so a round reads every sample's values
+    only when they disagree with the state."""
+    frame = r.bf.assignments()
+    stored = frame["split"].value_counts().to_dict()
+    values = r.dataset.count_values(SPLIT_FIELD)
+    tags = r.dataset.count_sample_tags()
+    if all(values.get(k, 0) == n for k, n in stored.items()) and all(
+        tags.get(t, 0) == stored.get(t, 0) for t in SPLIT_TAGS
+    ):
+        return 0, 0
+    ids, held, tag_lists = r.dataset.values(["id", SPLIT_FIELD, "tags"])
+    found = dict(zip(ids, zip(held, tag_lists, strict=True), strict=True))
+    restore, changed = [], 0
+    for row, (sid, split) in enumerate(zip(frame["id"], frame["split"], strict=True)):
+        value, sample_tags = found.get(sid, (None, []))
+        if value is not None and value != split:
+            changed += 1
+        elif value is None or (split in SPLIT_TAGS and split not in (sample_tags or [])):
+            restore.append(row)
+    if restore:
+        write_assignments(r.dataset, table_from_frame(frame.iloc[restore]))
+    return len(restore), changed
 
 
 def _finish_without_new(r: _Round, summary: dict[str, Any]) -> dict[str, Any]:
