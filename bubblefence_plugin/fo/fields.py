@@ -223,7 +223,7 @@ def refuse_values_not_ours(dataset: fo.Dataset) -> None:
         name, count = next(iter(held.items()))
         raise ValueError(
             f"dataset {dataset.name!r} has values in field {name!r} ({count} samples) "
-            f"that BubbleFence did not write, and its split would overwrite them"
+            f"that BubbleFence did not write, and a BubbleFence split would overwrite them"
             + (f" (also {', '.join(map(repr, list(held)[1:]))})" if len(held) > 1 else "")
             + f". Rename the field first, e.g. dataset.rename_sample_field({name!r}, "
             f"'original_{name}'); the report can then audit that split by its new name"
