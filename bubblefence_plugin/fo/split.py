@@ -374,7 +374,9 @@ def _reconcile(r: _Round) -> tuple[dict[str, Any], list[str]]:
             assigned -= set(gone)
     left = leave_split_if_excluded(r.dataset, r.bf, r.params)
     assigned -= set(left)
-    n_restored, n_edited = _restore_mirror(r) if r.bf is not None else (0, 0)
+    n_restored = n_edited = 0
+    if r.bf is not None:  # the state's rows now: those forgotten and excluded left out
+        n_restored, n_edited = _restore_mirror(r, frame[frame["id"].isin(assigned)])
 
     target_ids = set(r.samples.match_tags(EXCLUDED_TAG, bool=False).values("id"))
     new_ids = [i for i in dataset_ids if i in target_ids and i not in assigned]
@@ -408,15 +410,15 @@ def _repair_fields(r: _Round, frame: Any) -> int:
     return len(stale)
 
 
-def _restore_mirror(r: _Round) -> tuple[int, int]:
-    """The split fields and tags of the samples in the state, held against the state: a
-    sample whose split value or split tag is gone (the field deleted, a tag removed) is
-    written again; one whose value was changed is counted, not overwritten (the state is
-    what later rounds keep; `reset` starts over). Returns (restored, changed).
+def _restore_mirror(r: _Round, frame: Any) -> tuple[int, int]:
+    """The split fields and tags of the samples in the state (``frame``: its assignments),
+    held against the state: a sample whose split value or split tag is gone (the field
+    deleted, a tag removed) is written again; one whose value was changed is counted, not
+    overwritten (the state is what later rounds keep; `reset` starts over). Returns
+    (restored, changed).
 
     Two counts first (values and tags per split), so a round reads every sample's values
     only when they disagree with the state."""
-    frame = r.bf.assignments()
     stored = frame["split"].value_counts().to_dict()
     values = r.dataset.count_values(SPLIT_FIELD)
     tags = r.dataset.count_sample_tags()
