@@ -443,6 +443,8 @@ def cmd_split(args: argparse.Namespace) -> int:
     field = args.embeddings_field or (info or {}).get("embeddings_field") or EMBEDDING_FIELD
     if listed and field == EMBEDDING_FIELD:
         get_embedder(cfg.model_name, cfg.device, cfg.batch_size)
+    elif listed:
+        raise ValueError(_folder_without_vectors(args.dataset, field, existing))
     dataset = _load_dataset(args.dataset, create=bool(args.folder))
     for folder, paths in listed.items():
         print(f"Added {add_folder(dataset, folder, paths)} new images from {folder}")
@@ -458,6 +460,25 @@ def cmd_split(args: argparse.Namespace) -> int:
     for warning in round_warnings(summary):
         print(f"warning: {warning}", file=sys.stderr)
     return 0
+
+
+def _folder_without_vectors(dataset_name: str, field: str, existing: Any) -> str:
+    """Why --folder is refused where the split reads a vector field the user fills: the
+    new images would have no vector there, and each would end as a per-sample error."""
+    stored = existing.get_field(field) if existing is not None else None
+    model = ((stored.info or {}) if stored is not None else {}).get("model_name")
+    fill = (
+        f"`python -m bubblefence_plugin embed --dataset {dataset_name} --field {field} "
+        f"--model {model}`"
+        if model
+        else "your model"
+    )
+    return (
+        f"--folder: this split reads embeddings field {field!r}, which BubbleFence does not "
+        "fill, so the new images would have no vector there. Add them with FiftyOne "
+        f"(dataset.add_images_dir(DIR)), compute their {field!r} with {fill}, then run split "
+        "without --folder"
+    )
 
 
 @_refused

