@@ -816,6 +816,8 @@ def test_a_lone_ball_is_planned_once_and_the_split_is_the_same(monkeypatch, shap
             return may_centre(self, row, stratum)
 
         monkeypatch.setattr(BubbleGrower, "_plan", counted_plan)
+        # The memory alone: the fill's give-up after a run of lone balls is tested below.
+        monkeypatch.setattr(grow_module, "LONE_BALLS_IN_A_ROW", 10**9)
         if not remember:
             monkeypatch.setattr(BubbleGrower, "_may_centre", forgetful)
         bf = BubbleFence(BubbleFenceConfig(seed=0))
@@ -850,3 +852,51 @@ def test_two_samples_sharing_a_near_twin_are_at_least_the_bridge_similarity(thre
     a, b, x = (np.array([np.cos(t), np.sin(t)]) for t in (-angle, angle, 0.0))
     assert a @ x == pytest.approx(threshold) and b @ x == pytest.approx(threshold)
     assert a @ b == pytest.approx(bridge)
+
+
+@pytest.mark.parametrize("shape", ["structureless", "clustered with outliers"])
+def test_the_fill_gives_up_after_a_run_of_lone_balls(monkeypatch, shape):
+    """On rows with no structure at the bubble's scale every fill plan's ball holds its
+    centre alone: the fill stops after `LONE_BALLS_IN_A_ROW` such plans in a row (a
+    capture starts the count again) rather than plan every open row, and the cut phase
+    takes what is left. On noise alone the split is the one made planning every
+    candidate; where half the rows are noise, the last captures may differ, at the same
+    eval share within a few samples and leak-free all the same."""
+    from bubblefence_plugin import BubbleFence
+    from bubblefence_plugin.core.metrics import leakage
+
+    rng = np.random.default_rng(0)
+    x = unit(rng.normal(size=(2000, 200)))
+    if shape == "clustered with outliers":
+        x = np.vstack([clustered_embeddings(900, 200, seed=1), x[:900]])
+
+    def split_and_plans(limit: int) -> tuple[np.ndarray, int]:
+        planned = []
+        plan = BubbleGrower._plan
+
+        def counted_plan(self, row, *args):
+            if args[5] is None:  # a fill plan (no stratum)
+                planned.append(int(row))
+            return plan(self, row, *args)
+
+        monkeypatch.setattr(BubbleGrower, "_plan", counted_plan)
+        monkeypatch.setattr(grow_module, "LONE_BALLS_IN_A_ROW", limit)
+        bf = BubbleFence(BubbleFenceConfig(seed=0))
+        bf.ingest(x)
+        monkeypatch.undo()
+        return bf.assignments()["split"].to_numpy(), len(planned)
+
+    split, planned = split_and_plans(grow_module.LONE_BALLS_IN_A_ROW)
+    every, planned_every = split_and_plans(10**9)
+    batch = grow_module.CANDIDATES_PER_BATCH
+    if shape == "structureless":
+        assert (split == every).all()
+        assert planned <= grow_module.LONE_BALLS_IN_A_ROW + batch < planned_every
+    else:
+        assert planned < planned_every
+        held, held_every = (
+            np.isin(split, ["validation", "test"]),
+            np.isin(every, ["validation", "test"]),
+        )
+        assert abs(int(held.sum()) - int(held_every.sum())) <= 0.005 * len(x)
+        assert leakage(x, split, (0.95,))[0.95] == 0.0

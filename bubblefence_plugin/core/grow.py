@@ -184,6 +184,14 @@ OVERFLOW_SHARE = 0.08
 # kept rows: ReLU features, 50k in 1,000 clusters, 77 units asked, 5.6 s at 256 probes,
 # 2.9 s at 64, the same order (bench/RESULTS.md, 2026-12-05).
 ISOLATION_PROBES = 64
+# The fill gives up after this many candidates in a row (over all its steps) whose balls
+# held no other open sample (data with no structure at the bubble's scale: isotropic noise, where
+# every ball holds its centre alone); the cut phase then takes whole units. Each such
+# candidate costs a plan (its LID neighbours and its ball: products with every row on
+# such data), and a step tried every open row once: 20k rows of isotropic noise, 14.8
+# of 27 s in a step that captured nothing. On the benchmarks' data no step meets such a
+# run (bench/RESULTS.md, 2026-12-05).
+LONE_BALLS_IN_A_ROW = 256
 
 
 def bridge_similarity(leak_threshold: float) -> float:
@@ -479,6 +487,7 @@ class BubbleGrower:
         # ball holds its centre alone) each fill step tried every open row again: 25 of
         # 27 s of a 5,000-row round went to plans that failed.
         self._lone_ball = np.zeros(n, dtype=bool)
+        self._lone_in_a_row = 0  # candidates since the last capture whose ball was lone
 
     @property
     def remaining(self) -> int:
@@ -602,7 +611,7 @@ class BubbleGrower:
             if len(pool) == 0:
                 continue
             stream = make_stream(pool, max(1, self.remaining // self.size))
-            while self.remaining > 0:
+            while self.remaining > 0 and self._lone_in_a_row < LONE_BALLS_IN_A_ROW:
                 batch = stream.next_batch(CANDIDATES_PER_BATCH)
                 if len(batch) == 0:
                     break
@@ -940,6 +949,7 @@ class BubbleGrower:
         near, near_sims = self._within(row, columns, bound, 1.0 - radius, exact)
         if stratum is None and not np.any((self.split[near] == UNASSIGNED) & (near != row)):
             self._lone_ball[row] = True
+            self._lone_in_a_row += 1
         order = np.lexsort((near, -near_sims))
         ranked, ranked_sims = near[order], near_sims[order]
         # The edge stops before the first train sample of an earlier round, or the first
@@ -1039,6 +1049,7 @@ class BubbleGrower:
     # -- accepting ----------------------------------------------------------------------------
 
     def _accept_plan(self, plan: _Plan, counter: str) -> None:
+        self._lone_in_a_row = 0
         members = np.concatenate([self._open_members(int(c)) for c in plan.components])
         sims = ranking_similarity(self.embeddings[members], self.embeddings[plan.row])
         self._accept_whole(plan.row, plan.components, sims, members, counter, plan.lid, plan.radius)

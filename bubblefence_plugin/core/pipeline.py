@@ -447,7 +447,7 @@ class BubbleFence:
         # Every capture so far took whole twin components: the rows still open are
         # unions of both kinds of unit.
         margin = grower.units.component.copy()
-        twins = self._twin_units(work, open_rows)
+        twins = self._twin_units(work, open_rows, margin)
         still_open = open_rows[work.split[open_rows] == UNASSIGNED]
         fenced = still_open[margin[still_open] < 0]
         clear = np.where(np.isin(twins, twins[fenced]), -1, twins)
@@ -583,13 +583,18 @@ class BubbleFence:
             return lambda rows: work.components[np.searchsorted(work.new_kept, rows)]
         return lambda rows: self._components(work.x, rows, work.codes, cfg.leak_threshold)
 
-    def _twin_units(self, work: _Round, open_rows: np.ndarray) -> np.ndarray:
+    def _twin_units(self, work: _Round, open_rows: np.ndarray, closure: np.ndarray) -> np.ndarray:
         """Per row, its twin component (a group's members linked) for `open_rows`, -1
         elsewhere: the round's own components, or in a first round those of its kept
-        rows, searched with the index of its units."""
+        rows, searched with the index of its units. `closure`: per row, its unit at the
+        closure threshold; where each open row is a unit of its own (no structure at
+        that scale), each is its own twin component too, with no search."""
         twins = np.full(work.n, -1, np.int64)
         if work.components is not None:
             twins[open_rows] = work.components[np.searchsorted(work.new_kept, open_rows)]
+            return twins
+        if len(np.unique(closure[open_rows])) == len(open_rows):
+            twins[open_rows] = open_rows
             return twins
         index = work.kept_index
         if index is None or not np.array_equal(index.rows, open_rows):
