@@ -21,7 +21,9 @@ Data sets, generated here (none of them tuned to the algorithm):
   cut at 0, so no coordinate is negative (EfficientNet-Lite0's pooled features, the
   `photos` case's, are non-negative too); the clusters then lie at cosine ~0.67 from
   each other instead of ~0, and a broad cluster is one unit at the closure. One round;
-  `relu_rounds`: in rounds of 50 / 25 / 25 %.
+  `relu_rounds`: in rounds of 50 / 25 / 25 %. Both also with `closure_threshold` 0.95
+  (`VARIANTS`): no margin, the units are the twin components, as a user who expects no
+  later round may choose for per-label shares.
 * `digits`: scikit-learn's handwritten digits, 64-d pixel vectors; labels: the digits.
 * `digits_rounds`: the same in random order, in rounds of 50 / 25 / 25 %: dense real
   data that grows, so later samples land between those already split.
@@ -109,7 +111,11 @@ CASES = (
 )
 # Cases also run with another config, the rows named `ours (what)`: data that arrives in
 # many rounds, with the wider margin the round warning suggests (`text.MANY_ROUNDS_CLOSURE`).
-VARIANTS = {"mixture_10rounds": ("closure 0.85", {"closure_threshold": 0.85})}
+VARIANTS = {
+    "mixture_10rounds": ("closure 0.85", {"closure_threshold": 0.85}),
+    "relu": ("closure 0.95", {"closure_threshold": 0.95}),
+    "relu_rounds": ("closure 0.95", {"closure_threshold": 0.95}),
+}
 # Crops per packaged photo (`photos`): >= 100 per label, so each photo's share is measured.
 CROPS_PER_PHOTO = 120
 EVAL_RATIO = 0.2
