@@ -295,7 +295,8 @@ KNOBS: dict[str, Knob] = {
         "Bubbles take whole the groups of samples linked at this similarity (empty: "
         f"leak similarity - {CLOSURE_MARGIN}); at most the leak similarity. Lower (0.85) "
         "for data that will arrive in many rounds: coarser held-out regions, which later "
-        "rounds rarely bridge",
+        "rounds rarely bridge; equal to it where no later round will come: finer regions, "
+        "per-label shares nearer the target, but later rounds then leak",
         **_SIMILARITY,
         optional=True,
     ),
