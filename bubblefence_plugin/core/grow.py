@@ -35,11 +35,12 @@ regions (`regions.RegionIndex`, smallest first). Phases:
    (isolated), the smallest first, then the largest; then candidates among open
    samples whose component still fits, keeping the regions and labels within their
    caps, then the labels alone (without labels: none), and last any, until the
-   round's need is met. The steps within the caps and the last one run apart
-   (`fill`): in between, the caller widens the caps to the per-label tolerance
-   (`widen_caps`) and serves them again, with the closure's units and then with finer
-   ones (`use_units`: the twin components, where the closure's are too coarse;
-   `pipeline.BubbleFence._fill_quota`);
+   round's need is met (or `LONE_BALLS_IN_A_ROW` candidates in a row held their centre
+   alone: no structure at the bubble's scale, and the cut phase takes the rest). The
+   steps within the caps and the last one run apart (`fill`): in between, the caller
+   widens the caps to the per-label tolerance (`widen_caps`) and serves them again,
+   with the closure's units and then with finer ones (`use_units`: the twin
+   components, where the closure's are too coarse; `pipeline.BubbleFence._fill_quota`);
 3. *cut*: whole components that still fit, the largest first (with labels, those
    that leave their labels the lowest share first, and what the labels cannot hold
    within the tolerance to as few labels as it can); then, only for a
@@ -185,12 +186,12 @@ OVERFLOW_SHARE = 0.08
 # 2.9 s at 64, the same order (bench/RESULTS.md, 2026-12-05).
 ISOLATION_PROBES = 64
 # The fill gives up after this many candidates in a row (over all its steps) whose balls
-# held no other open sample (data with no structure at the bubble's scale: isotropic noise, where
-# every ball holds its centre alone); the cut phase then takes whole units. Each such
-# candidate costs a plan (its LID neighbours and its ball: products with every row on
-# such data), and a step tried every open row once: 20k rows of isotropic noise, 14.8
-# of 27 s in a step that captured nothing. On the benchmarks' data no step meets such a
-# run (bench/RESULTS.md, 2026-12-05).
+# held no other open sample: data with no structure at the bubble's scale (isotropic
+# noise, every ball its centre alone), where the cut phase then takes whole units. Each
+# such candidate costs a plan (its LID neighbours and its ball: products with every row
+# on such data), and the fill's first step planned every open row once: 20k rows of
+# isotropic noise 38.9 -> 18.6 s, the same split. Every other split of bench_quality and
+# bench_core is unchanged (bench/RESULTS.md, 2026-12-05 22:27).
 LONE_BALLS_IN_A_ROW = 256
 
 
