@@ -107,3 +107,4 @@ def test_frozen_changes_and_help_come_from_the_table():
     text = knob_help()
     assert all(f"  {name} (" in text for name in KNOBS)
     assert "seed (an integer in [0, 2**63 - 1]; default 42)" in text
+    assert "closure_threshold (a number in (0, 1] or empty; default empty)" in text

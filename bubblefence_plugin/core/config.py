@@ -429,8 +429,13 @@ def _number(raw: str, kind: type, original: str) -> Any:
 def knob_help() -> str:
     """One line per knob, for the CLI's ``--set`` help: name, allowed values, default."""
     defaults = BubbleFenceConfig()
+
+    def default(name: str) -> str:
+        value = getattr(defaults, name)
+        return "empty" if value is None else repr(value)  # as `--set KNOB=` writes it
+
     return "\n".join(
-        f"  {name} ({knob.allowed()}; default {getattr(defaults, name)!r}): {knob.help}"
+        f"  {name} ({knob.allowed()}; default {default(name)}): {knob.help}"
         for name, knob in KNOBS.items()
     )
 
