@@ -110,7 +110,8 @@ CASES = (
     *VIDEO_CASES,
 )
 # Cases also run with another config, the rows named `ours (what)`: data that arrives in
-# many rounds, with the wider margin the round warning suggests (`text.MANY_ROUNDS_CLOSURE`).
+# many rounds, with the wider margin the round warning suggests (`text.MANY_ROUNDS_CLOSURE`);
+# the ReLU features with no margin, the trade of per-label shares for later rounds' leaks.
 VARIANTS = {
     "mixture_10rounds": ("closure 0.85", {"closure_threshold": 0.85}),
     "relu": ("closure 0.95", {"closure_threshold": 0.95}),

@@ -466,7 +466,7 @@ def _folder_without_vectors(dataset_name: str, field: str, existing: Any) -> str
     """Why --folder is refused where the split reads a vector field the user fills: the
     new images would have no vector there, and each would end as a per-sample error."""
     stored = existing.get_field(field) if existing is not None else None
-    model = ((stored.info or {}) if stored is not None else {}).get("model_name")
+    model = (getattr(stored, "info", None) or {}).get("model_name")
     fill = (
         f"`python -m bubblefence_plugin embed --dataset {dataset_name} --field {field} "
         f"--model {model}`"

@@ -124,7 +124,7 @@ def test_split_with_embeddings_field(dataset_name, capsys):
 
 
 def test_split_refuses_folders_where_a_users_field_holds_the_vectors(
-    dataset_name, image_factory, tmp_path, capsys
+    dataset_name, image_factory, capsys
 ):
     """A split read from a user's vector field cannot embed new images: --folder is
     refused before anything is added (or created), with the way to add them."""
