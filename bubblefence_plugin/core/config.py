@@ -141,7 +141,8 @@ KNOBS: dict[str, Knob] = {
         str,
         "Shell layout",
         "Which shell of a bubble is validation: inner_val, inner_test, or a seeded coin "
-        "per bubble (random)",
+        "per bubble (random), which the round's balance may turn over so that a label "
+        "reaches both validation and test",
         choices=("random", "inner_val", "inner_test"),
         advanced=False,
         reference=("nested_shells", "shell_configuration"),
