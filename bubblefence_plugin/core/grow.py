@@ -68,7 +68,7 @@ twin graph has its shells along it too: the inner shell is its first stretch. Am
 cuts near the target, those that leave fewer labels (and regions) of eval without
 validation or test win, and a bubble with a label on one side only is re-cut between
 its twin components for it; with `shell_layout` random, the re-cut may turn the
-bubble's coin over (its first component to test, the rest to validation).
+bubble's coin over (a large first component to one shell, the small rest to the other).
 """
 
 from __future__ import annotations
