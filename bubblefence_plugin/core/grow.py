@@ -1429,20 +1429,17 @@ class BubbleGrower:
         whole units, each one shell, can leave every single move farther off while a swap
         lands on target (1M of `bench_core`'s data: units of 9-36k, validation 0.529 of
         eval). Returns the bubbles changed."""
-        deltas, owners, inner_sizes, layouts = [], [], [], []
+        deltas, owners, inner_sizes = [], [], []
         for i in range(len(self._shell_cuts)):
             options = self._shell_options(i, either_layout=False)
             deltas.append(options.val - options.val_now)
             owners.append(np.full(len(options.val), i))
             inner_sizes.append(options.inner)
-            layouts.append(options.layout)
         if not deltas:
             return 0
-        delta, owner, inner, layout = (
-            np.concatenate(parts) for parts in (deltas, owners, inner_sizes, layouts)
-        )
+        delta, owner, inner = (np.concatenate(parts) for parts in (deltas, owners, inner_sizes))
         order = np.lexsort((owner, delta))
-        delta, owner, inner, layout = delta[order], owner[order], inner[order], layout[order]
+        delta, owner, inner = delta[order], owner[order], inner[order]
         lacking = target - self.n_val
         # Per option, the options of other bubbles nearest to what it leaves lacking.
         at = np.searchsorted(delta, lacking - delta)
@@ -1457,7 +1454,8 @@ class BubbleGrower:
         if best is None:
             return 0
         for option in best:
-            self._set_inner(int(owner[option]), int(inner[option]), int(layout[option]))
+            bubble = int(owner[option])
+            self._set_inner(bubble, int(inner[option]), self.new_rows[bubble]["layout"])
         return 2
 
     def _shell_options(self, bubble: int, either_layout: bool) -> _ShellOptions:
