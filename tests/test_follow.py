@@ -22,12 +22,15 @@ from bubblefence_plugin.core.bubbles import (
 )
 from bubblefence_plugin.core.config import BubbleFenceConfig
 from bubblefence_plugin.core.follow import (
+    _assigned_twins,
     bind_to_assigned,
     earlier_index,
     join_existing_bubbles,
+    role_of,
     too_large_for_eval,
 )
-from bubblefence_plugin.core.twins import twin_components
+from bubblefence_plugin.core.neighbors import CellIndex
+from bubblefence_plugin.core.twins import twin_components, twin_votes
 
 CONFIG = BubbleFenceConfig(leak_threshold=0.95)
 
@@ -224,6 +227,31 @@ def test_binding_against_brute_force(seed):
     assert checked >= 3
     assert stats["cut_pairs_twins"] == crossed
     assert stats["bound_to_twins"] == int(np.sum(split[new] != UNASSIGNED))
+
+
+def test_train_twins_are_ranked_in_components_with_an_eval_twin():
+    """`_assigned_twins`: every count and eval's most similar twins as a search that
+    ranks every split, and train's for the rows of components with an eval twin, the
+    only ones whose side or shell it can decide; none for the others."""
+    rng = np.random.default_rng(6)
+    x = clustered_embeddings(900, 6, seed=12)
+    x[:300] = x[0] + 0.01 * rng.normal(size=(300, x.shape[1])).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    old, new = np.arange(600), np.arange(600, 900)
+    split = rng.choice([TRAIN, VALIDATION, TEST], size=600, p=[0.8, 0.1, 0.1])
+    split[:300] = TRAIN  # a tight train cluster: its cells are wholly within the threshold
+    index = CellIndex(x, old, CONFIG.leak_threshold, seed=0)
+    _, comp = np.unique(twin_components(x, new, CONFIG.leak_threshold, 0), return_inverse=True)
+    count, best, best_sim = _assigned_twins(x, new, comp.reshape(-1), index, role_of(split))
+    full = twin_votes(x, x[new], [(index, role_of(split))], 3)
+    assert np.array_equal(count, full.count)
+    assert np.array_equal(best[:, 1:], full.best[:, 1:])
+    with_eval = np.isin(comp, comp[full.count[:, VALIDATION] + full.count[:, TEST] > 0])
+    assert np.array_equal(best[with_eval, TRAIN], full.best[with_eval, TRAIN])
+    assert np.array_equal(best_sim[with_eval, TRAIN], full.best_sim[with_eval, TRAIN])
+    assert (best[~with_eval, TRAIN] == -1).all()
+    assert (full.best[with_eval, TRAIN] >= 0).any()
+    assert (full.count[~with_eval, TRAIN] > 0).any()
 
 
 def test_new_frames_between_old_ones_split_along_the_line():

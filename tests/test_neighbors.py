@@ -235,6 +235,43 @@ def test_own_pairs_yield_every_pair_once_computing_each_once(threshold, monkeypa
     assert set(found) == {(a, b) for a, b in truth if kept[a] and kept[b]}
 
 
+@pytest.mark.parametrize("threshold", [0.9, 0.95])
+def test_hits_with_whole_cells_yield_every_pair_once(threshold, monkeypatch):
+    """Cells wholly within a query's threshold come uncomputed (`BlockHits.every`), the
+    rest as without them: together every pair within the threshold, each once,
+    including the pairs of a wholly-within cell kept in its group's block."""
+    small_cells(monkeypatch)
+    x = manifold_mixture(5, n=2400)
+    base, queries = np.arange(2000), x[2000:]
+    index = CellIndex(x, base, threshold, seed=1)
+    found, kinds, kept_in_block = [], set(), 0
+    for q, part, hits in index.hits(queries, whole_cells=True):
+        if hits.every:
+            kinds.add("every")
+            qi, bi = np.repeat(q, len(part)), np.tile(part, len(q))
+            assert index.cells_within(queries[q], np.unique(index.cell[part])).all()
+        else:
+            if hits.mask is not None:
+                i, j = np.nonzero(hits.mask)
+            else:
+                i, j = hits.i, hits.j
+            qi, bi = q[i], part[j]
+            kinds.add("computed")
+            cells = index.cell[bi]
+            kept_in_block += sum(
+                bool(index.cells_within(queries[[a]], np.array([c]))[0, 0])
+                for a, c in zip(qi.tolist(), cells.tolist(), strict=True)
+            )
+        found.append(qi * len(base) + bi)  # base positions are its rows here
+    found = np.concatenate(found)
+    full = queries.astype(np.float64) @ x[base].astype(np.float64).T
+    qi, bi = np.nonzero(full >= threshold)
+    assert len(found) == len(np.unique(found))
+    assert np.array_equal(np.sort(found), qi * len(base) + bi)
+    assert kinds == {"every", "computed"}
+    assert kept_in_block > 0
+
+
 @pytest.mark.parametrize("seed", range(2))
 def test_reaches_beyond_answers_as_brute_force_does(seed, monkeypatch):
     """Whether a set of queries has a neighbour at the threshold outside the rows flagged

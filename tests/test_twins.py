@@ -100,6 +100,27 @@ def test_twin_votes_equal_brute_force(threshold, monkeypatch):
         assert np.array_equal(votes.best[:, c], np.where(best >= 0, base[np.maximum(best, 0)], -1))
 
 
+def test_twin_votes_rank_only_the_classes_asked_for(monkeypatch):
+    """Counts for every class, whatever is ranked; the most similar twin of the ranked
+    classes as when all are, none of the others: cells wholly within the threshold of a
+    query (a tight cluster's) are counted without a product."""
+    small_cells(monkeypatch)
+    x = manifold_mixture(3, n=2400)
+    base, queries = np.arange(0, 2000), x[2000:]
+    base_class = np.random.default_rng(3).integers(-1, 3, size=len(base))
+    index = CellIndex(x, base, 0.95, seed=2)
+    assert any(h.every for _, _, h in index.hits(queries, whole_cells=True))
+    every = twin_votes(x, queries, [(index, base_class)], 3)
+    some = twin_votes(x, queries, [(index, base_class)], 3, ranked=(1, 2))
+    none = twin_votes(x, queries, [(index, base_class)], 3, ranked=())
+    for votes in (some, none):
+        assert np.array_equal(votes.count, every.count)
+    assert np.array_equal(some.best[:, 1:], every.best[:, 1:])
+    assert np.array_equal(some.best_sim[:, 1:], every.best_sim[:, 1:])
+    assert (some.best[:, 0] == -1).all() and (none.best == -1).all()
+    assert (every.best[:, 0] >= 0).any()
+
+
 def test_a_whole_block_without_twins_of_a_class_changes_nothing_of_it():
     """A class whose columns hold no twin of any row of a whole block: zero counts, no
     best twin (the case a later round meets when a class's rows lie just out of reach)."""

@@ -96,7 +96,7 @@ def _clean(
 ) -> np.ndarray:
     """Whether each of these index positions (eval samples) has no assigned train twin."""
     is_train = (base_split == TRAIN).astype(np.int64)
-    found = twin_votes(embeddings, embeddings[index.rows[positions]], [(index, is_train)], 2)
+    found = twin_votes(embeddings, embeddings[index.rows[positions]], [(index, is_train)], 2, ())
     return found.count[:, 1] == 0
 
 

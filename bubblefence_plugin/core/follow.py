@@ -128,8 +128,7 @@ def bind_to_assigned(
     index = None
     if has_assigned:
         index = earlier.at(config.leak_threshold)
-        votes = twin_votes(embeddings, embeddings[new_kept], [(index, base_role)], len(ROLES))
-        links, best, best_sim = votes.count, votes.best, votes.best_sim
+        links, best, best_sim = _assigned_twins(embeddings, new_kept, comp, index, base_role)
     # A forced member votes for its own split as if it were its twin, above any pair.
     forced_rows = np.flatnonzero(forced)
     forced_split = split[new_kept[forced_rows]]
@@ -234,6 +233,38 @@ def bind_to_assigned(
         + cut_within
     )
     return stats
+
+
+def _assigned_twins(
+    embeddings: np.ndarray,
+    new_kept: np.ndarray,
+    comp: np.ndarray,
+    index: CellIndex,
+    base_role: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(count, best, best_sim) per new kept row and role (`twin_votes`): its assigned
+    twins, and its most similar one per role, train's only in components with an eval
+    twin.
+
+    Train's most similar twin decides only between train and eval (a tie, a contested
+    component), and eval's give a member its bubble and shell. Ranking train for every
+    row would multiply each new member of a tight train cluster with all its old
+    members (most of a later round's twin stage at 1M samples), where counting them
+    needs no product (`CellIndex.cells_within`); so train is ranked in a second search,
+    for the rows of components that have an eval twin.
+    """
+    votes = twin_votes(
+        embeddings, embeddings[new_kept], [(index, base_role)], len(ROLES), (VALIDATION, TEST)
+    )
+    has_eval = votes.count[:, VALIDATION] + votes.count[:, TEST] > 0
+    rows = np.flatnonzero(np.isin(comp, comp[has_eval]))
+    if len(rows):
+        train = twin_votes(
+            embeddings, embeddings[new_kept[rows]], [(index, base_role)], len(ROLES), (TRAIN,)
+        )
+        votes.best[rows, TRAIN] = train.best[:, TRAIN]
+        votes.best_sim[rows, TRAIN] = train.best_sim[:, TRAIN]
+    return votes.count, votes.best, votes.best_sim
 
 
 def too_large_for_eval(
@@ -369,7 +400,7 @@ def keep_margins(
         searches.append((index, split[this_round].astype(np.int64)))
     if threshold >= config.leak_threshold or len(open_rows) == 0 or not searches:
         return fenced, 0  # no margin below the twins, or nothing to keep it around
-    near = twin_votes(embeddings, embeddings[open_rows], searches, len(ROLES))
+    near = twin_votes(embeddings, embeddings[open_rows], searches, len(ROLES), (VALIDATION, TEST))
     fenced = np.isin(unit_of, unit_of[near.count[:, TRAIN] > 0])
     # Each open row's most similar eval sample (ties: the smaller row), then each free
     # unit's, over its members: the unit's model.

@@ -731,6 +731,13 @@ class CellIndex:
         reach &= self.within_residual_reach(residual[:, at_group], cells)
         return cells, reach, projected
 
+    def cells_within(self, vectors: np.ndarray, cells: np.ndarray) -> np.ndarray:
+        """(len(vectors), len(cells)) whether every member of each cell is within the
+        threshold of each vector: ||q - c|| + R <= tau (triangle inequality), the
+        distance to the centre bounded from above, as the radii are (`DECISION_EPS`)."""
+        farthest = similarity_to_distance(vectors @ self.centres[cells].T - DECISION_EPS)
+        return farthest + self.radius[cells] <= self.tau
+
     def _reachable_from_cells(
         self, vectors: np.ndarray, own_cells: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]:
@@ -812,7 +819,7 @@ class CellIndex:
         decided exactly. The similarities are float32 products (float64 where the pair
         was computed alone): good for ranking, not for deciding near ties.
         """
-        for q, part, projected in self._scan(queries):
+        for q, part, projected, _ in self._scan(queries):
             i, j, sims = self.block_pairs(queries[q], part, projected)
             yield q[i], part[j], sims
 
@@ -822,7 +829,7 @@ class CellIndex:
         cell meet only the cells numbered from theirs on, and a pair of two cells is
         yielded both ways (every bound is symmetric, so the later cell's queries would
         have found it too)."""
-        for q, part, projected in self._scan(None, from_own_cell=True):
+        for q, part, projected, _ in self._scan(None, from_own_cell=True):
             i, j, sims = self.block_pairs(self.embeddings[self.rows[q]], part, projected)
             q, b = q[i], part[j]
             q_cell, b_cell = self.cell[q], self.cell[b]
@@ -839,28 +846,38 @@ class CellIndex:
         `inside` (a bool per row of the embeddings) does not flag; stops at the first
         such pair. Flagged rows leave each block before its products, so queries from a
         tight cluster cost their cell tests, not their pairs among themselves."""
-        for q, part, projected in self._scan(queries):
+        for q, part, projected, _ in self._scan(queries):
             part = part[~inside[self.rows[part]]]
             if len(part) and len(self.block_pairs(queries[q], part, projected)[0]):
                 return True
         return False
 
-    def hits(self, queries: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, BlockHits]]:
+    def hits(
+        self, queries: np.ndarray, whole_cells: bool = False
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, BlockHits]]:
         """`pairs`, but a block in which most pairs may reach the threshold comes whole
         (`BlockHits.mask`): yields (query indices, base positions, hits). For callers
         that reduce per query (counts, maxima), where a new member of a tight cluster has
         as many twins as the cluster has members and pair lists would cost more than
-        the products."""
-        for q, part, projected in self._scan(queries):
-            yield q, part, self._block_hits(queries[q], part, True, projected)
+        the products. With `whole_cells`, the cells that lie wholly within the
+        threshold of a query come in blocks of their own, uncomputed
+        (`BlockHits.every`): a caller that counts needs no product for them."""
+        for q, part, projected, every in self._scan(queries, whole_cells=whole_cells):
+            if every:
+                yield q, part, BlockHits(every=True)
+            else:
+                yield q, part, self._block_hits(queries[q], part, True, projected)
 
     def _scan(
-        self, queries: np.ndarray | None, from_own_cell: bool = False
-    ) -> Iterator[tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]]:
-        """(query indices, base positions, projected): blocks that together hold every
-        pair of a query and a row within the threshold once, each block's positions in
-        one group, and the queries' bound coordinates in that group's subspace, by
-        group (`block_pairs`), computed once for the residual test that chose the cells.
+        self, queries: np.ndarray | None, from_own_cell: bool = False, whole_cells: bool = False
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, dict[int, np.ndarray], bool]]:
+        """(query indices, base positions, projected, every): blocks that together hold
+        every pair of a query and a row within the threshold once, each block's
+        positions in one group, and the queries' bound coordinates in that group's
+        subspace, by group (`block_pairs`), computed once for the residual test that
+        chose the cells. `every` is False, except with `whole_cells`: the cells wholly
+        within the threshold of a query (`cells_within`) then come apart, each pair of
+        such a block a twin (`every` True, `projected` empty).
 
         Queries are taken in groups that share their nearest cell, so that the cells they
         reach overlap; each group's block holds only the queries that reach its cells,
@@ -869,6 +886,8 @@ class CellIndex:
         grouped by their own cells (the grouping decides the blocks, never the pairs), and
         a group meets only the cells numbered from its first query's cell on.
         """
+        if whole_cells and from_own_cell:
+            raise ValueError("_scan: whole_cells needs queries, not a self-join")
         n_queries = len(self.rows) if from_own_cell else len(queries)
         if n_queries == 0:
             return
@@ -888,6 +907,9 @@ class CellIndex:
             else:
                 found = self.reachable(queries[group])
             cells, reach, projected = found
+            if whole_cells:
+                within, reach = self._apart_within(queries[group], cells, reach)
+                yield from self._within_blocks(group, cells, within)
             used = reach.any(axis=0)
             cells, reach = cells[used], reach[:, used]
             # Cells of one subspace group share its projection of the queries.
@@ -899,7 +921,40 @@ class CellIndex:
                 base = np.concatenate([self.members(c) for c in cells[mine]])
                 step = max(1, SCAN_BYTES // (4 * max(len(asking), self.embeddings.shape[1])))
                 for b0 in range(0, len(base), step):
-                    yield asking, base[b0 : b0 + step], own
+                    yield asking, base[b0 : b0 + step], own, False
+
+    def _apart_within(
+        self, vectors: np.ndarray, cells: np.ndarray, reach: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(within, reach): of the (vector, cell) pairs in `reach`, those that come in
+        blocks of wholly-within cells, and those left to the blocks by group.
+
+        A cell wholly within a vector's threshold stays in the group's block where
+        that block holds both anyway (the vector asks for another cell of the group that
+        is not within, and some vector asks for this one): each pair is searched once.
+        """
+        within = reach & self.cells_within(vectors, cells)
+        rest = reach & ~within
+        _, at_group = np.unique(self.group_of_cell[cells], return_inverse=True)
+        at_group = at_group.reshape(-1)
+        asks = np.zeros((len(vectors), int(at_group.max(initial=-1)) + 1), bool)
+        rows, cols = np.nonzero(rest)
+        asks[rows, at_group[cols]] = True
+        within &= ~(rest.any(axis=0)[None, :] & asks[:, at_group])
+        return within, reach & ~within
+
+    def _within_blocks(
+        self, group: np.ndarray, cells: np.ndarray, within: np.ndarray
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, dict[int, np.ndarray], bool]]:
+        """`_scan`'s blocks of cells wholly within the threshold of queries `group`
+        (`within`: per query, per cell): the cells within reach of every query in one
+        block (a tight cluster's, as a rule), the others one by one."""
+        everyone = within.all(axis=0)
+        if everyone.any():
+            base = np.concatenate([self.members(c) for c in cells[everyone]])
+            yield group, base, {}, True
+        for k in np.flatnonzero(within.any(axis=0) & ~everyone):
+            yield group[within[:, k]], self.members(cells[k]), {}, True
 
     def block_pairs(
         self,
@@ -990,12 +1045,14 @@ class BlockHits:
     """The pairs at or above the threshold in one block of a search: as pairs (row `i`
     of the block's queries, column `j` of its base rows, similarity `sims`), or whole:
     `sims` the block's float32 similarities and `mask` where they reach the threshold,
-    decided exactly (`at_least`), with `i` and `j` None."""
+    decided exactly (`at_least`), with `i` and `j` None; or `every` pair of the block
+    (cells wholly within the threshold, `CellIndex.cells_within`), nothing computed."""
 
     i: np.ndarray | None = None
     j: np.ndarray | None = None
     sims: np.ndarray | None = None
     mask: np.ndarray | None = None
+    every: bool = False
 
 
 def _residual_bound(projected_norm2: np.ndarray) -> np.ndarray:

@@ -233,18 +233,27 @@ def _solid(index: CellIndex, found: UnionFind, cells: np.ndarray) -> np.ndarray:
 
 @dataclass
 class TwinVotes:
-    """For each query: how many twins it has per class, and its most similar twin per class."""
+    """For each query: how many twins it has per class, and its most similar twin per
+    class, for the classes `ranked` (None: every class; the others' stay -1, -inf)."""
 
     count: np.ndarray  # (n_queries, n_classes) int64
     best: np.ndarray  # (n_queries, n_classes) base row, -1 without a twin of that class
     best_sim: np.ndarray  # (n_queries, n_classes) float64, -inf without a twin
+    ranked: np.ndarray | None = None  # (n_classes,) bool
 
     @classmethod
-    def empty(cls, n_queries: int, n_classes: int) -> TwinVotes:
+    def empty(
+        cls, n_queries: int, n_classes: int, ranked: Sequence[int] | None = None
+    ) -> TwinVotes:
+        is_ranked = None
+        if ranked is not None:
+            is_ranked = np.zeros(n_classes, bool)
+            is_ranked[list(ranked)] = True
         return cls(
             count=np.zeros((n_queries, n_classes), np.int64),
             best=np.full((n_queries, n_classes), -1, np.int64),
             best_sim=np.full((n_queries, n_classes), -np.inf),
+            ranked=is_ranked,
         )
 
     def add(
@@ -281,19 +290,59 @@ class TwinVotes:
             cols = np.flatnonzero(classes == c)
             hit = mask[:, cols]
             self.count[q_rows, c] += np.count_nonzero(hit, axis=1)
-            masked = np.where(hit, sims[:, cols], -np.inf)
-            top = masked.max(axis=1)
-            rows = np.flatnonzero(top > -np.inf)
-            i, j = np.nonzero(masked[rows] >= top[rows, None] - DECISION_EPS)
-            i = rows[i]
-            self._keep_best(
-                embeddings,
-                queries,
-                q_rows[i],
-                b_rows[cols[j]],
-                np.full(len(i), c, np.int64),
-                masked[i, j],
-            )
+            if self._ranks(c):
+                self._keep_best_of_block(
+                    embeddings, queries, q_rows, b_rows[cols], c, sims[:, cols], hit
+                )
+
+    def add_every(
+        self,
+        embeddings: np.ndarray,
+        queries: np.ndarray,
+        q_rows: np.ndarray,
+        b_rows: np.ndarray,
+        classes: np.ndarray,
+    ) -> None:
+        """Count a block whose every pair is a twin (`BlockHits.every`): queries
+        `q_rows` (distinct), base rows `b_rows` of these classes. The counts need no
+        product; only the columns of ranked classes are multiplied, for the best twin,
+        a few rows at a time (`SCAN_BYTES`)."""
+        n_classes = self.count.shape[1]
+        self.count[q_rows] += np.bincount(classes[classes >= 0], minlength=n_classes)
+        step = max(1, SCAN_BYTES // (4 * len(q_rows)))
+        for c in _present(classes[classes >= 0]):
+            if not self._ranks(c):
+                continue
+            cols = np.flatnonzero(classes == c)
+            for start in range(0, len(cols), step):
+                part = b_rows[cols[start : start + step]]
+                sims = queries[q_rows] @ embeddings[part].T
+                every = np.ones(sims.shape, bool)
+                self._keep_best_of_block(embeddings, queries, q_rows, part, c, sims, every)
+
+    def _ranks(self, c: int) -> bool:
+        return self.ranked is None or bool(self.ranked[c])
+
+    def _keep_best_of_block(
+        self,
+        embeddings: np.ndarray,
+        queries: np.ndarray,
+        q_rows: np.ndarray,
+        b_rows: np.ndarray,
+        c: int,
+        sims: np.ndarray,
+        hit: np.ndarray,
+    ) -> None:
+        """`_keep_best` for a block of class `c`: per row, the twins (`hit`) within
+        `DECISION_EPS` of its largest float32 similarity."""
+        masked = np.where(hit, sims, -np.inf)
+        top = masked.max(axis=1)
+        rows = np.flatnonzero(top > -np.inf)
+        i, j = np.nonzero(masked[rows] >= top[rows, None] - DECISION_EPS)
+        i = rows[i]
+        self._keep_best(
+            embeddings, queries, q_rows[i], b_rows[j], np.full(len(i), c, np.int64), masked[i, j]
+        )
 
     def _keep_best(
         self,
@@ -305,7 +354,10 @@ class TwinVotes:
         sims: np.ndarray,
     ) -> None:
         """Keep each (query, class)'s most similar twin among these pairs and the best so
-        far (ties: the smaller row)."""
+        far (ties: the smaller row); ranked classes only."""
+        if self.ranked is not None:
+            keep = self.ranked[classes]
+            q_rows, b_rows, classes, sims = q_rows[keep], b_rows[keep], classes[keep], sims[keep]
         if len(q_rows) == 0:
             return
         n, n_classes = self.count.shape
@@ -359,16 +411,24 @@ def twin_votes(
     queries: np.ndarray,
     searches: Sequence[tuple[CellIndex, np.ndarray]],
     n_classes: int,
+    ranked: Sequence[int] | None = None,
 ) -> TwinVotes:
-    """Twins of `queries` (vectors) among the rows of the indexes, counted per class.
+    """Twins of `queries` (vectors) among the rows of the indexes, counted per class,
+    and the most similar twin of each class in `ranked` (None: every class).
 
     Each search is an index and the class of each of its positions (0..n_classes-1,
     e.g. a split code; -1: not counted); the indexes hold disjoint rows. Ties between
-    equally similar twins go to the smaller row.
+    equally similar twins go to the smaller row. Cells wholly within the threshold of a
+    query are counted without a product (`CellIndex.hits`): a new member of a tight
+    train cluster costs no product with its members unless train is ranked.
     """
-    votes = TwinVotes.empty(len(queries), n_classes)
+    votes = TwinVotes.empty(len(queries), n_classes, ranked)
     for index, base_class in searches:
-        for q, part, hits in index.hits(queries):
+        for q, part, hits in index.hits(queries, whole_cells=True):
+            if hits.every:
+                classes = base_class[part]
+                votes.add_every(embeddings, queries, q, index.rows[part], classes)
+                continue
             if hits.mask is not None:
                 classes = base_class[part]
                 sims, mask = hits.sims, hits.mask
