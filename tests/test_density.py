@@ -64,9 +64,11 @@ def test_lid_against_a_reference_is_estimated_once_per_row_and_k(monkeypatch):
     reference = LidReference.of(x, np.arange(0, 200, 3))
     row_11_alone = LidReference.of(x, reference.rows).lid(x, np.array([11]), 6)[0]
     asked = []
-    knn = density.knn
+    search = density.knn_similarities
     monkeypatch.setattr(
-        density, "knn", lambda q, *a, **kw: asked.append(len(q)) or knn(q, *a, **kw)
+        density,
+        "knn_similarities",
+        lambda q, *a, **kw: asked.append(len(q)) or search(q, *a, **kw),
     )
     first = reference.lid(x, np.array([5, 7, 9]), 6)
     again = reference.lid(x, np.array([9, 11, 5, 5]), 6)

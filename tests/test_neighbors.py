@@ -11,6 +11,7 @@ from bubblefence_plugin.core.neighbors import (
     _bound_coords,
     gathered_similarities,
     knn,
+    knn_similarities,
     nearest,
     subspace_axes,
 )
@@ -26,6 +27,21 @@ def test_knn_and_nearest_match_brute_force():
     best_sim, best_idx = nearest(q, x, block=3)
     assert np.array_equal(best_idx, full.argmax(1))
     assert np.allclose(best_sim, full.max(1))
+
+
+@pytest.mark.parametrize("k", [1, 5, 299, 400])
+def test_knn_similarities_are_knns_without_the_indices(k):
+    """The same values in the same order, with ties (copied rows), a query's own row
+    left out, and k capped at what the base gives."""
+    rng = np.random.default_rng(1)
+    x = unit(rng.normal(size=(300, 16)))
+    x[150:170] = x[100:120]
+    rows = np.arange(0, 300, 7)
+    own = np.where(rows % 2 == 0, rows, -1)
+    sims, _ = knn(x[rows], x, k, exclude_self=own, block=5)
+    got = knn_similarities(x[rows], x, k, exclude_self=own, block=5)
+    assert got.shape == sims.shape == (len(rows), min(k, 299))
+    assert np.array_equal(got, sims)
 
 
 def test_gathered_similarities_match_the_product_over_several_steps():

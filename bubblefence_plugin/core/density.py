@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .config import BubbleFenceConfig
-from .neighbors import knn, similarity_to_distance
+from .neighbors import knn_similarities, similarity_to_distance
 
 
 def lid_mle(neighbor_distances: np.ndarray) -> np.ndarray:
@@ -78,7 +78,7 @@ class LidReference:
     def _estimate(self, embeddings: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
         at = np.minimum(np.searchsorted(self.rows, rows), max(len(self.rows) - 1, 0))
         own = np.where(self.rows[at] == rows, at, -1) if len(self.rows) else np.full(len(rows), -1)
-        sims, _ = knn(embeddings[rows], self.vectors, k, exclude_self=own)
+        sims = knn_similarities(embeddings[rows], self.vectors, k, exclude_self=own)
         return lid_mle(similarity_to_distance(sims))
 
 
