@@ -251,6 +251,37 @@ def test_own_pairs_yield_every_pair_once_computing_each_once(threshold, monkeypa
     assert set(found) == {(a, b) for a, b in truth if kept[a] and kept[b]}
 
 
+def test_a_restored_index_finds_every_pair_and_refuses_what_does_not_fit(monkeypatch):
+    """An index rebuilt from its structure (`CellIndex.restored`) over the same rows
+    finds exactly the pairs, at another threshold too; a structure that does not fit
+    the embeddings gives None, never a wrong index."""
+    small_cells(monkeypatch)
+    x = manifold_mixture(2, n=1500)
+    rows = np.arange(0, 1500, 2)
+    fitted = CellIndex(x, rows, 0.95, seed=3)
+    structure = fitted.structure()
+    restored = CellIndex.restored(x, structure, 0.9)
+    assert np.array_equal(restored.cell, fitted.cell) and len(restored) == len(fitted)
+    full = x[rows].astype(np.float64) @ x[rows].T.astype(np.float64)
+    for index, threshold in ((restored, 0.9), (restored.at(0.95), 0.95)):
+        found = np.zeros_like(full, dtype=bool)
+        for q, b, _ in index.pairs(x[rows]):
+            found[q, b] = True
+        assert np.array_equal(found, full >= threshold)
+    n_cells = len(structure["group_of_cell"])
+    broken = {
+        "another dimension": (x[:, :32], {}),
+        "rows past the embeddings": (x[:1000], {}),
+        "rows out of order": (x, {"rows": rows[::-1].copy()}),
+        "an empty cell": (x, {"cell": np.where(structure["cell"] == 0, 1, structure["cell"])}),
+        "a cell of no group": (x, {"cell": structure["cell"] + n_cells}),
+        "axes of other groups": (x, {"axes": structure["axes"][:-1]}),
+        "no rows built on": (x, {"built_rows": np.array([0])}),
+    }
+    for name, (vectors, change) in broken.items():
+        assert CellIndex.restored(vectors, {**structure, **change}, 0.9) is None, name
+
+
 @pytest.mark.parametrize("threshold", [0.9, 0.95])
 def test_hits_with_whole_cells_yield_every_pair_once(threshold, monkeypatch):
     """Cells wholly within a query's threshold come uncomputed (`BlockHits.every`), the

@@ -129,6 +129,38 @@ def saved_after_a_round(path, seed, n, n_first):
     return x, bf
 
 
+def test_a_loaded_state_restores_its_index_rather_than_fitting_it(tmp_path, monkeypatch):
+    """The saved state holds the index over its rows (`CellIndex.structure`); the loaded
+    state's next round measures it again instead of fitting groups and cells, and
+    splits as the state kept in memory does. A state without it (written before) fits
+    one, to the same split."""
+    from bubblefence_plugin.core import neighbors
+
+    x, kept_in_memory = saved_after_a_round(tmp_path / "state.npz", 43, 2600, 1800)
+    meta, arrays = read_state(tmp_path / "state.npz")
+    assert {"index_rows", "index_cell", "index_axes"} <= set(arrays)
+    without = {k: v for k, v in arrays.items() if not k.startswith("index_")}
+    fitted = []
+    fit = neighbors.CellIndex.__init__
+
+    def counting(self, embeddings, rows, *args):
+        fitted.append(len(rows))
+        fit(self, embeddings, rows, *args)
+
+    monkeypatch.setattr(neighbors.CellIndex, "__init__", counting)
+    n_kept = int(arrays["index_rows"].size)
+    loaded = BubbleFence.load(tmp_path / "state.npz")
+    loaded.ingest(x[1800:])
+    assert n_kept not in fitted  # every index fitted in the round is over its new rows
+    fitted.clear()
+    rebuilt = BubbleFence.from_state_dict(meta, without)
+    rebuilt.ingest(x[1800:])
+    assert n_kept in fitted
+    kept_in_memory.ingest(x[1800:])
+    assert loaded.assignments().equals(kept_in_memory.assignments())
+    assert rebuilt.assignments().equals(kept_in_memory.assignments())
+
+
 def test_a_loaded_state_appends_its_next_round_after_the_rows_it_read(tmp_path):
     # The rows are read into a buffer with room (`state.rows_with_room`): the next round
     # writes after them instead of copying them (2 GB at 1M x 512), and splits the same.

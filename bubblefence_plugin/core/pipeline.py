@@ -59,6 +59,8 @@ from .twins import twin_components
 
 # Rows used as the neighbour reference when estimating LID for snapping.
 LID_REFERENCE = 10_000
+# Names the state arrays of the index over the earlier rows (`CellIndex.structure`).
+INDEX_PREFIX = "index_"
 
 
 @dataclass
@@ -158,6 +160,9 @@ class BubbleFence:
         # The last round's index over its earlier rows, extended by the next round
         # (`follow.earlier_index`); kept in memory only, rebuilt after a load.
         self._earlier_index: CellIndex | None = None
+        # A loaded state's index over its earlier rows (`CellIndex.structure`), restored
+        # at its next round's first search (`_earlier`).
+        self._index_structure: dict[str, np.ndarray] | None = None
         self.history: list[dict[str, Any]] = []
 
     # -- properties -------------------------------------------------------------------
@@ -524,6 +529,7 @@ class BubbleFence:
         self._regions, self._region = work.regions, work.region
         self._anchors = self._anchors.append(work.new_table)
         self._earlier_index = work.kept_index if work.earlier_index is None else work.earlier_index
+        self._index_structure = None
         record = self._round_record(work.index, work.new_rows, work.stats, work.timings)
         self.history.append(record)
         return self._result(work.new_rows, work.index, first_anchor, record)
@@ -533,6 +539,11 @@ class BubbleFence:
         round and searched by dedup, the twins and the closure margin at their own
         thresholds (`CellIndex.at`); None in the first round."""
         if work.earlier_index is None:
+            if self._earlier_index is None and self._index_structure is not None:
+                self._earlier_index = CellIndex.restored(
+                    work.x, self._index_structure, self.config.leak_threshold
+                )
+                self._index_structure = None
             work.earlier_index = earlier_index(
                 work.x, work.kept, work.n_old, self.config, self._earlier_index
             )
@@ -730,7 +741,7 @@ class BubbleFence:
         for name in ("_embeddings", "_ids", "_split", "_anchor", "_shell", "_round", "_region"):
             setattr(self, name, getattr(self, name)[keep_rows])
         self._buffer = None
-        self._earlier_index = None  # its rows moved
+        self._earlier_index = self._index_structure = None  # its rows moved
         # A duplicate whose original is gone keeps its split; it has no pointer left.
         self._duplicate_of[orphaned] = -1
         for name in ("_labels", "_groups"):
@@ -763,6 +774,14 @@ class BubbleFence:
             meta["region_join_distance"] = self._regions.join_distance
         for name in AnchorTable.__dataclass_fields__:
             arrays[f"anchor_{name}"] = getattr(self._anchors, name)
+        structure = self._index_structure
+        if self._earlier_index is not None:
+            structure = self._earlier_index.structure()
+        # The index over the earlier rows, so that a loaded state's next round does not
+        # fit it again (7.4 s at 1M rows); a state with fewer samples than the index has
+        # axes builds it in a blink, and its axes would not pass `check_layout`.
+        if structure is not None and len(structure["axes"]) <= self.n_samples:
+            arrays.update({f"{INDEX_PREFIX}{name}": a for name, a in structure.items()})
         return meta, arrays
 
     @classmethod
@@ -794,6 +813,12 @@ class BubbleFence:
                 for name in AnchorTable.__dataclass_fields__
             }
         )
+        structure = {
+            name[len(INDEX_PREFIX) :]: np.asarray(a)
+            for name, a in arrays.items()
+            if name.startswith(INDEX_PREFIX)
+        }
+        bf._index_structure = structure or None
         return bf
 
     def save(self, path: str | Path) -> None:
