@@ -158,7 +158,7 @@ class BubbleFence:
         self._region = np.empty(0, np.int64)  # per sample, -1 for duplicates
         self._anchors = AnchorTable()
         # The last round's index over its earlier rows, extended by the next round
-        # (`follow.earlier_index`); kept in memory only, rebuilt after a load.
+        # (`follow.earlier_index`); a saved state keeps its cells and axes.
         self._earlier_index: CellIndex | None = None
         # A loaded state's index over its earlier rows (`CellIndex.structure`), restored
         # at its next round's first search (`_earlier`).
