@@ -282,6 +282,35 @@ def test_a_restored_index_finds_every_pair_and_refuses_what_does_not_fit(monkeyp
         assert CellIndex.restored(vectors, {**structure, **change}, 0.9) is None, name
 
 
+def test_an_index_structure_without_some_rows_still_finds_every_pair(monkeypatch):
+    """Rows dropped (a whole cell and a whole group among them) and the rest renumbered:
+    the structure left restores an index over the rows left that finds exactly their
+    pairs; a structure pointing past the renumbering, or with nothing left, gives None."""
+    small_cells(monkeypatch)
+    x = manifold_mixture(4, n=1500)
+    rows = np.arange(0, 1500, 2)
+    fitted = CellIndex(x, rows, 0.95, seed=5)
+    gone = np.zeros(len(x), bool)
+    gone[rows[fitted.members(0)]] = True  # a whole cell
+    gone[rows[fitted.group == fitted.group.max()]] = True  # a whole group
+    gone[np.random.default_rng(0).choice(len(x), 300, replace=False)] = True
+    new_row = np.where(gone, -1, np.cumsum(~gone) - 1)
+    left = CellIndex.structure_without(fitted.structure(), new_row)
+    assert len(left["group_of_cell"]) < len(fitted) and len(left["axes"]) < len(
+        fitted.structure()["axes"]
+    )
+    x_left = x[~gone]
+    restored = CellIndex.restored(x_left, left, 0.95)
+    kept = left["rows"]
+    full = x_left[kept].astype(np.float64) @ x_left[kept].T.astype(np.float64)
+    found = np.zeros_like(full, dtype=bool)
+    for q, b, _ in restored.pairs(x_left[kept]):
+        found[q, b] = True
+    assert np.array_equal(found, full >= 0.95)
+    assert CellIndex.structure_without(fitted.structure(), new_row[:100]) is None
+    assert CellIndex.structure_without(fitted.structure(), np.full(len(x), -1)) is None
+
+
 @pytest.mark.parametrize("threshold", [0.9, 0.95])
 def test_hits_with_whole_cells_yield_every_pair_once(threshold, monkeypatch):
     """Cells wholly within a query's threshold come uncomputed (`BlockHits.every`), the

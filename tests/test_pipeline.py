@@ -161,6 +161,38 @@ def test_a_loaded_state_restores_its_index_rather_than_fitting_it(tmp_path, monk
     assert rebuilt.assignments().equals(kept_in_memory.assignments())
 
 
+def test_forgetting_samples_keeps_the_index_for_the_rows_left(tmp_path, monkeypatch):
+    """Samples deleted or excluded leave the state: the index keeps its cells for the
+    rows left, so the next round fits none over them, and splits as a state that fits
+    one."""
+    from bubblefence_plugin.core import neighbors
+
+    x, bf = saved_after_a_round(tmp_path / "state.npz", 44, 2600, 1800)
+    # Not the original of a duplicate: that duplicate would be kept in its place, among
+    # the index's rows, and the index fitted again (its rows ascend, `earlier_index`).
+    originals = set(bf.state_dict()[1]["duplicate_of"].tolist())
+    ids = bf.assignments()["id"]
+    bf.forget([i for row, i in enumerate(ids) if row % 7 == 0 and row not in originals])
+    meta, arrays = bf.state_dict()
+    n_kept = int(arrays["index_rows"].size)
+    fitting = BubbleFence.from_state_dict(
+        meta, {k: v for k, v in arrays.items() if not k.startswith("index_")}
+    )
+    fitted = []
+    fit = neighbors.CellIndex.__init__
+
+    def counting(self, embeddings, rows, *args):
+        fitted.append(len(rows))
+        fit(self, embeddings, rows, *args)
+
+    monkeypatch.setattr(neighbors.CellIndex, "__init__", counting)
+    bf.ingest(x[1800:])
+    assert n_kept not in fitted
+    fitting.ingest(x[1800:])
+    assert n_kept in fitted
+    assert bf.assignments().equals(fitting.assignments())
+
+
 def test_a_loaded_state_appends_its_next_round_after_the_rows_it_read(tmp_path):
     # The rows are read into a buffer with room (`state.rows_with_room`): the next round
     # writes after them instead of copying them (2 GB at 1M x 512), and splits the same.

@@ -573,6 +573,33 @@ class CellIndex:
             "built_rows": np.array([self.built_rows], np.int64),
         }
 
+    @staticmethod
+    def structure_without(
+        structure: Mapping[str, np.ndarray], new_row: np.ndarray
+    ) -> dict[str, np.ndarray] | None:
+        """`structure` after rows were dropped and the rest renumbered: `new_row[r]` is
+        row r's new number, -1 where it was dropped. Cells and groups left empty go, the
+        others keep their members and axes (any cells and axes keep the bounds exact);
+        None when no row is left or the structure is malformed."""
+        found = _structure_arrays(structure)
+        if found is None or found[0][-1] >= len(new_row):
+            return None
+        rows, cell, group_of_cell, axes, built = found
+        keep = new_row[rows] >= 0
+        if not keep.any():
+            return None
+        cells, cell = np.unique(cell[keep], return_inverse=True)
+        groups, group_of_cell = np.unique(group_of_cell[cells], return_inverse=True)
+        p = len(axes) // (int(found[2].max()) + 1)
+        axes = axes.reshape(-1, p, axes.shape[1])[groups].reshape(-1, axes.shape[1])
+        return {
+            "rows": new_row[rows[keep]],
+            "cell": cell.reshape(-1),
+            "group_of_cell": group_of_cell.reshape(-1),
+            "axes": axes,
+            "built_rows": np.array([min(built, int(keep.sum()))], np.int64),
+        }
+
     @classmethod
     def restored(
         cls, embeddings: np.ndarray, structure: Mapping[str, np.ndarray], threshold: float
@@ -584,52 +611,29 @@ class CellIndex:
         caller builds one): fitting the groups and cells is most of a build (7.4 s of
         one at 1M rows, where measuring takes 2.7 s).
         """
-        rows = np.asarray(structure.get("rows", ()))
-        cell = np.asarray(structure.get("cell", ()))
-        group_of_cell = np.asarray(structure.get("group_of_cell", ()))
-        axes = np.asarray(structure.get("axes", np.zeros((0, 0))))
-        built = np.asarray(structure.get("built_rows", ()))
+        found = _structure_arrays(structure)
         dim = embeddings.shape[1]
         p = min(CELL_DIMS, dim)
-        if not (
-            rows.ndim == cell.ndim == group_of_cell.ndim == built.ndim == 1
-            and len(rows) == len(cell) > 0
-            and len(group_of_cell) > 0
-            and len(built) == 1
-            and all(a.dtype.kind in "iu" for a in (rows, cell, group_of_cell, built))
-            and axes.ndim == 2
-            and axes.dtype.kind == "f"
-            and axes.shape[1] == dim
-        ):
+        if found is None:
             return None
+        rows, cell, group_of_cell, axes, built = found
         n_groups = int(group_of_cell.max()) + 1
-        if not (
-            rows[0] >= 0
-            and rows[-1] < len(embeddings)
-            and np.all(np.diff(rows) > 0)
-            and group_of_cell.min() >= 0
-            and np.all(np.diff(group_of_cell) >= 0)
-            and len(axes) == n_groups * p
-            and cell.min() >= 0
-            and cell.max() < len(group_of_cell)
-            and np.all(np.bincount(cell, minlength=len(group_of_cell)) > 0)
-            and 0 < int(built[0]) <= len(rows)
-        ):
+        if rows[-1] >= len(embeddings) or axes.shape != (n_groups * p, dim):
             return None
         index = cls.__new__(cls)
         index.embeddings = embeddings
-        index.rows = rows.astype(np.int64)
+        index.rows = rows
         index.threshold = float(threshold)
         index.tau = float(similarity_to_distance(threshold))
         index.axes = axes.astype(np.float32).reshape(n_groups, p, dim)
-        index.cell = cell.astype(np.int64)
-        index.group_of_cell = group_of_cell.astype(np.int64)
-        index.group = index.group_of_cell[index.cell]
-        index.built_rows = int(built[0])
+        index.cell = cell
+        index.group_of_cell = group_of_cell
+        index.group = group_of_cell[cell]
+        index.built_rows = built
         index.coords = np.empty((len(rows), p + 1), np.float32)
         for g in np.unique(index.group):
             members = np.flatnonzero(index.group == g)
-            projected = project_rows(embeddings, index.rows[members], index.axes[g])
+            projected = project_rows(embeddings, rows[members], index.axes[g])
             index.coords[members] = _bound_coords(projected)
         index._measure_cells()
         return index
@@ -1163,6 +1167,46 @@ class BlockHits:
     sims: np.ndarray | None = None
     mask: np.ndarray | None = None
     every: bool = False
+
+
+def _structure_arrays(
+    structure: Mapping[str, np.ndarray],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int] | None:
+    """(rows, cell, group_of_cell, axes, built_rows) of an index's structure
+    (`CellIndex.structure`), checked for what holds whatever the embeddings: rows
+    ascending, every cell of a group and not empty, groups numbered in order, as many
+    axes for each group; None where it is malformed (a damaged or foreign state)."""
+    rows = np.asarray(structure.get("rows", ()))
+    cell = np.asarray(structure.get("cell", ()))
+    group_of_cell = np.asarray(structure.get("group_of_cell", ()))
+    axes = np.asarray(structure.get("axes", np.zeros((0, 0))))
+    built = np.asarray(structure.get("built_rows", ()))
+    if not (
+        rows.ndim == cell.ndim == group_of_cell.ndim == built.ndim == 1
+        and len(rows) == len(cell) > 0
+        and len(group_of_cell) > 0
+        and len(built) == 1
+        and all(a.dtype.kind in "iu" for a in (rows, cell, group_of_cell, built))
+        and axes.ndim == 2
+        and axes.dtype.kind == "f"
+    ):
+        return None
+    n_groups = int(group_of_cell.max()) + 1
+    if not (
+        rows[0] >= 0
+        and np.all(np.diff(rows) > 0)
+        and group_of_cell.min() >= 0
+        and np.all(np.diff(group_of_cell) >= 0)
+        and len(axes) > 0
+        and len(axes) % n_groups == 0
+        and cell.min() >= 0
+        and cell.max() < len(group_of_cell)
+        and np.all(np.bincount(cell, minlength=len(group_of_cell)) > 0)
+        and 0 < int(built[0]) <= len(rows)
+    ):
+        return None
+    as_int = (a.astype(np.int64) for a in (rows, cell, group_of_cell))
+    return (*as_int, axes, int(built[0]))
 
 
 def _residual_bound(projected_norm2: np.ndarray) -> np.ndarray:

@@ -741,7 +741,13 @@ class BubbleFence:
         for name in ("_embeddings", "_ids", "_split", "_anchor", "_shell", "_round", "_region"):
             setattr(self, name, getattr(self, name)[keep_rows])
         self._buffer = None
-        self._earlier_index = self._index_structure = None  # its rows moved
+        # The index keeps its cells for the rows left, renumbered (`_index_structure`).
+        structure = self._index_structure
+        if self._earlier_index is not None:
+            structure = self._earlier_index.structure()
+        if structure is not None:
+            structure = CellIndex.structure_without(structure, new_index)
+        self._earlier_index, self._index_structure = None, structure
         # A duplicate whose original is gone keeps its split; it has no pointer left.
         self._duplicate_of[orphaned] = -1
         for name in ("_labels", "_groups"):
