@@ -129,18 +129,11 @@ def saved_after_a_round(path, seed, n, n_first):
     return x, bf
 
 
-def test_a_loaded_state_restores_its_index_rather_than_fitting_it(tmp_path, monkeypatch):
-    """The saved state holds the index over its rows (`CellIndex.structure`); the loaded
-    state's next round measures it again instead of fitting groups and cells, and
-    splits as the state kept in memory does. A state without it (written before) fits
-    one, to the same split."""
+def index_fits(monkeypatch) -> list[int]:
+    """The row count of every `CellIndex` fitted from here on, in order."""
     from bubblefence_plugin.core import neighbors
 
-    x, kept_in_memory = saved_after_a_round(tmp_path / "state.npz", 43, 2600, 1800)
-    meta, arrays = read_state(tmp_path / "state.npz")
-    assert {"index_rows", "index_cell", "index_axes"} <= set(arrays)
-    without = {k: v for k, v in arrays.items() if not k.startswith("index_")}
-    fitted = []
+    fitted: list[int] = []
     fit = neighbors.CellIndex.__init__
 
     def counting(self, embeddings, rows, *args):
@@ -148,6 +141,19 @@ def test_a_loaded_state_restores_its_index_rather_than_fitting_it(tmp_path, monk
         fit(self, embeddings, rows, *args)
 
     monkeypatch.setattr(neighbors.CellIndex, "__init__", counting)
+    return fitted
+
+
+def test_a_loaded_state_restores_its_index_rather_than_fitting_it(tmp_path, monkeypatch):
+    """The saved state holds the index over its rows (`CellIndex.structure`); the loaded
+    state's next round measures it again instead of fitting groups and cells, and
+    splits as the state kept in memory does. A state without it (written before) fits
+    one, to the same split."""
+    x, kept_in_memory = saved_after_a_round(tmp_path / "state.npz", 43, 2600, 1800)
+    meta, arrays = read_state(tmp_path / "state.npz")
+    assert {"index_rows", "index_cell", "index_axes"} <= set(arrays)
+    without = {k: v for k, v in arrays.items() if not k.startswith("index_")}
+    fitted = index_fits(monkeypatch)
     n_kept = int(arrays["index_rows"].size)
     loaded = BubbleFence.load(tmp_path / "state.npz")
     loaded.ingest(x[1800:])
@@ -165,8 +171,6 @@ def test_forgetting_samples_keeps_the_index_for_the_rows_left(tmp_path, monkeypa
     """Samples deleted or excluded leave the state: the index keeps its cells for the
     rows left, so the next round fits none over them, and splits as a state that fits
     one."""
-    from bubblefence_plugin.core import neighbors
-
     x, bf = saved_after_a_round(tmp_path / "state.npz", 44, 2600, 1800)
     # Not the original of a duplicate: that duplicate would be kept in its place, among
     # the index's rows, and the index fitted again (its rows ascend, `earlier_index`).
@@ -178,14 +182,7 @@ def test_forgetting_samples_keeps_the_index_for_the_rows_left(tmp_path, monkeypa
     fitting = BubbleFence.from_state_dict(
         meta, {k: v for k, v in arrays.items() if not k.startswith("index_")}
     )
-    fitted = []
-    fit = neighbors.CellIndex.__init__
-
-    def counting(self, embeddings, rows, *args):
-        fitted.append(len(rows))
-        fit(self, embeddings, rows, *args)
-
-    monkeypatch.setattr(neighbors.CellIndex, "__init__", counting)
+    fitted = index_fits(monkeypatch)
     bf.ingest(x[1800:])
     assert n_kept not in fitted
     fitting.ingest(x[1800:])
