@@ -588,9 +588,9 @@ class CellIndex:
         keep = new_row[rows] >= 0
         if not keep.any():
             return None
+        p = len(axes) // (int(group_of_cell.max()) + 1)  # axes per group
         cells, cell = np.unique(cell[keep], return_inverse=True)
         groups, group_of_cell = np.unique(group_of_cell[cells], return_inverse=True)
-        p = len(axes) // (int(found[2].max()) + 1)
         axes = axes.reshape(-1, p, axes.shape[1])[groups].reshape(-1, axes.shape[1])
         return {
             "rows": new_row[rows[keep]],
@@ -612,11 +612,11 @@ class CellIndex:
         one at 1M rows, where measuring takes 2.7 s).
         """
         found = _structure_arrays(structure)
-        dim = embeddings.shape[1]
-        p = min(CELL_DIMS, dim)
         if found is None:
             return None
         rows, cell, group_of_cell, axes, built = found
+        dim = embeddings.shape[1]
+        p = min(CELL_DIMS, dim)
         n_groups = int(group_of_cell.max()) + 1
         if rows[-1] >= len(embeddings) or axes.shape != (n_groups * p, dim):
             return None

@@ -742,9 +742,7 @@ class BubbleFence:
             setattr(self, name, getattr(self, name)[keep_rows])
         self._buffer = None
         # The index keeps its cells for the rows left, renumbered (`_index_structure`).
-        structure = self._index_structure
-        if self._earlier_index is not None:
-            structure = self._earlier_index.structure()
+        structure = self._kept_index_structure()
         if structure is not None:
             structure = CellIndex.structure_without(structure, new_index)
         self._earlier_index, self._index_structure = None, structure
@@ -756,6 +754,13 @@ class BubbleFence:
         rows = self._anchors.centre_row
         self._anchors.centre_row = np.where(rows >= 0, new_index[np.maximum(rows, 0)], -1)
         return int(drop.sum())
+
+    def _kept_index_structure(self) -> dict[str, np.ndarray] | None:
+        """The structure of the index over the earlier rows: the one in memory, else the
+        one a loaded state brought and no round has restored yet."""
+        if self._earlier_index is not None:
+            return self._earlier_index.structure()
+        return self._index_structure
 
     # -- persistence ------------------------------------------------------------------
 
@@ -780,9 +785,7 @@ class BubbleFence:
             meta["region_join_distance"] = self._regions.join_distance
         for name in AnchorTable.__dataclass_fields__:
             arrays[f"anchor_{name}"] = getattr(self._anchors, name)
-        structure = self._index_structure
-        if self._earlier_index is not None:
-            structure = self._earlier_index.structure()
+        structure = self._kept_index_structure()
         # The index over the earlier rows, so that a loaded state's next round does not
         # fit it again (7.4 s at 1M rows); a state with fewer samples than the index has
         # axes builds it in a blink, and its axes would not pass `check_layout`.

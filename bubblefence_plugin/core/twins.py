@@ -310,13 +310,15 @@ class TwinVotes:
         n_classes = self.count.shape[1]
         self.count[q_rows] += np.bincount(classes[classes >= 0], minlength=n_classes)
         step = max(1, SCAN_BYTES // (4 * len(q_rows)))
+        vectors = None
         for c in _present(classes[classes >= 0]):
             if not self._ranks(c):
                 continue
+            vectors = queries[q_rows] if vectors is None else vectors
             cols = np.flatnonzero(classes == c)
             for start in range(0, len(cols), step):
                 part = b_rows[cols[start : start + step]]
-                sims = queries[q_rows] @ embeddings[part].T
+                sims = vectors @ embeddings[part].T
                 every = np.ones(sims.shape, bool)
                 self._keep_best_of_block(embeddings, queries, q_rows, part, c, sims, every)
 
