@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from conftest import clustered_embeddings, unit
 
-from bubblefence_plugin.core.regions import JOIN_QUANTILE, RegionIndex
+from bubblefence_plugin.core.regions import JOIN_QUANTILE, MIN_HALF, RegionIndex, _split_mixed
 
 
 def blobs(sizes=(30, 30, 30), d=16, spread=0.02, seed=0):
@@ -34,16 +34,46 @@ def test_fit_finds_well_separated_blobs():
 
 
 def test_join_distance_is_the_quantile_of_distances_to_the_own_centre():
-    x = clustered_embeddings(200, 16, seed=1)
-    index = RegionIndex.fit(x, seed=3)
+    x = clustered_embeddings(200, 16, seed=2)
+    index = RegionIndex.fit(x, seed=0, n_regions=14)
     distance = 1.0 - (x.astype(np.float64) @ index.centres.T.astype(np.float64)).max(axis=1)
     assert index.join_distance == pytest.approx(np.quantile(distance, JOIN_QUANTILE), abs=1e-6)
+    # Splitting regions that hold two clusters leaves it as the k-means regions' (the
+    # same k-means: 14 = round(sqrt(200)), the same seed).
+    split = RegionIndex.fit(x, seed=0)
+    assert len(split) > 14 and split.join_distance == index.join_distance
 
 
-@pytest.mark.parametrize(("n", "k"), [(1, 1), (5, 2), (90, 9), (200, 14)])
-def test_about_sqrt_n_regions(n, k):
-    x = clustered_embeddings(n, 16, seed=2)
-    assert len(RegionIndex.fit(x, seed=0)) == k  # round(sqrt(n))
+@pytest.mark.parametrize(("n", "k"), [(1, 1), (5, 2), (90, 9), (200, 14), (400, 20)])
+def test_about_sqrt_n_regions_in_one_broad_cluster(n, k):
+    x = unit(np.random.default_rng(2).normal(size=(n, 16)))
+    assert len(RegionIndex.fit(x, seed=0)) == k  # round(sqrt(n)): no region is split
+
+
+def test_a_region_holding_two_clusters_is_split():
+    """Twelve clusters far apart and ten k-means regions: some region holds two
+    clusters; split, every cluster has regions of its own."""
+    x, blob = blobs(sizes=(9,) * 12, d=32, spread=0.05, seed=5)
+    merged = nearest_brute(x, RegionIndex.fit(x, seed=0, n_regions=10).centres)
+    assert any(len(np.unique(blob[merged == r])) > 1 for r in np.unique(merged))
+    region = nearest_brute(x, RegionIndex.fit(x, seed=0).centres)
+    assert all(len(np.unique(blob[region == r])) == 1 for r in np.unique(region))
+
+
+def test_split_mixed_parts_clusters_of_min_half_and_keeps_one_broad_cluster():
+    """One region around each data set: two clusters far apart are two regions when the
+    smaller has MIN_HALF members, one below; one broad cluster keeps its centre."""
+    for small, parts in ((MIN_HALF, 2), (MIN_HALF - 1, 1)):
+        x, blob = blobs(sizes=(40, small), d=32, spread=0.05, seed=6)
+        centres = _split_mixed(x, unit(x.sum(axis=0)[None, :]), np.zeros(len(x), int))
+        assert len(centres) == parts
+        if parts == 2:
+            region = nearest_brute(x, centres)
+            assert all(len(np.unique(region[blob == b])) == 1 for b in (0, 1))
+            assert region[blob == 0][0] != region[blob == 1][0]
+    broad = unit(np.random.default_rng(7).normal(size=(300, 16)))
+    centre = unit(broad.sum(axis=0)[None, :])
+    assert np.array_equal(_split_mixed(broad, centre, np.zeros(300, int)), centre)
 
 
 def test_no_more_regions_than_rows():

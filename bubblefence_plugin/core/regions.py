@@ -7,6 +7,15 @@ once (round 0); a later sample joins its nearest region, or opens a new region w
 it is farther than `join_distance` from every centre. Earlier samples never change
 region, so a region's eval target only grows with it.
 
+k-means spends its centres where the squared distances are, in the large clusters: two
+small clusters far from each other (orthogonal, say) may share one centre between them,
+and then one region's eval target is met inside one of them while the other gets none
+(bench_quality's mixture in 3 rounds: three such pairs, labels 33, 44 and 47 of 50 with
+no eval). So each region is split in two while its two halves are separate clusters
+(`_split_mixed`): 2-means, then the gap between the halves along the line through their
+centres, in units of the members' spread along it (`SEPARATION`). Two halves of one
+cluster, however broad, lie side by side; two clusters lie apart.
+
 Every assignment goes through `neighbors.nearest_centre`, which decides near ties in
 float64, so regions are the same at any BLAS thread count.
 """
@@ -30,6 +39,15 @@ ITERATIONS = 10
 # A new sample farther from every centre than this quantile of the fitted samples'
 # distances to their own centre is unlike anything seen: it opens a region.
 JOIN_QUANTILE = 0.99
+# Halves of a region farther apart than this many of their members' standard deviations
+# along the line through the halves' centres are two clusters (`_separation`). Measured
+# on bench_quality's data sets (round 0, every region's 2-means): regions of one cluster
+# 2.5-6.4 (the mixture, its ReLU form, digits; high in 512-1280 dimensions, where 2-means
+# finds a direction that parts a few dozen points), regions holding two clusters 12-30.
+SEPARATION = 10.0
+# A half smaller than this is not split off: a region's eval share needs a few samples,
+# and a handful of points in hundreds of dimensions can always be parted (an outlier).
+MIN_HALF = 8
 
 
 @dataclass
@@ -50,7 +68,11 @@ class RegionIndex:
         n_regions: int | None = None,
         rows: np.ndarray | None = None,
     ) -> RegionIndex:
-        """k-means (k-means++ seeding, seeded) on up to `FIT_SAMPLE` of `embeddings[rows]`."""
+        """k-means (k-means++ seeding, seeded) on up to `FIT_SAMPLE` of `embeddings[rows]`.
+
+        `n_regions`: exactly that many regions; None: about sqrt(N), then every region
+        that holds separate clusters split (`_split_mixed`).
+        """
         rows = np.arange(len(embeddings)) if rows is None else np.asarray(rows)
         if len(rows) == 0:
             raise ValueError("regions need at least one sample")
@@ -60,20 +82,16 @@ class RegionIndex:
         sample = embeddings[rows].astype(np.float32)
         k = n_regions or int(np.clip(round(np.sqrt(len(rows))), 1, MAX_REGIONS))
         k = int(min(k, len(sample)))
-        centres = plus_plus_seeds(sample, k, rng)
-        for _ in range(ITERATIONS):
-            member, _ = nearest_centre(sample, centres)
-            # A sparse sum adds each region's rows in row order: the same on every machine.
-            sums = sparse.csr_matrix(
-                (np.ones(len(member)), (member, np.arange(len(member)))), shape=(k, len(member))
-            ) @ sample.astype(np.float64)
-            norms = np.linalg.norm(sums, axis=1)
-            # An empty region keeps its centre.
-            moved = norms > 0
-            centres[moved] = (sums[moved] / norms[moved, None]).astype(np.float32)
+        centres = _lloyd(sample, plus_plus_seeds(sample, k, rng))
         member, sims = nearest_centre(sample, centres)
-        distance = 1.0 - sims
-        join = float(np.quantile(distance, JOIN_QUANTILE)) if len(distance) else 0.0
+        # The join distance is the k-means regions': once a region of two clusters is
+        # split, their members lie nearer their centres and the quantile falls, and a
+        # broad cluster's outer members opened regions of their own in the round that
+        # fitted them (bench_quality's mixture in 3 rounds: a 153-sample cluster in 9
+        # regions, its eval share 0.28).
+        join = float(np.quantile(1.0 - sims, JOIN_QUANTILE))
+        if n_regions is None:
+            centres = _split_mixed(sample, centres, member)
         return cls(centres=centres, join_distance=max(join, 1e-6))
 
     def assign(
@@ -105,3 +123,66 @@ class RegionIndex:
         if added:
             centres.append(np.vstack(added))
         return RegionIndex(np.vstack(centres), self.join_distance), region
+
+
+# A region's half: its centre and its members' vectors.
+_Half = tuple[np.ndarray, np.ndarray]
+
+
+def _lloyd(sample: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """`ITERATIONS` Lloyd steps of spherical k-means from `centres` (float32, updated)."""
+    k = len(centres)
+    for _ in range(ITERATIONS):
+        member, _ = nearest_centre(sample, centres)
+        # A sparse sum adds each region's rows in row order: the same on every machine.
+        sums = sparse.csr_matrix(
+            (np.ones(len(member)), (member, np.arange(len(member)))), shape=(k, len(member))
+        ) @ sample.astype(np.float64)
+        norms = np.linalg.norm(sums, axis=1)
+        # An empty region keeps its centre.
+        moved = norms > 0
+        centres[moved] = (sums[moved] / norms[moved, None]).astype(np.float32)
+    return centres
+
+
+def _split_mixed(sample: np.ndarray, centres: np.ndarray, member: np.ndarray) -> np.ndarray:
+    """`centres` with each region (`member`: every sample's) that holds separate clusters
+    replaced by the centres of its halves, split again while they are; in region order."""
+    kept = []
+    for region, centre in enumerate(centres):
+        pending = [(centre, sample[member == region])]
+        while pending:
+            centre, part = pending.pop()
+            halves = _two_means(part) if len(part) >= 2 * MIN_HALF else None
+            if halves is None:
+                kept.append(centre)
+                continue
+            # Depth first, the first half next: the order is fixed by the data.
+            pending += [halves[1], halves[0]]
+    return np.vstack(kept).astype(np.float32)
+
+
+def _two_means(part: np.ndarray) -> tuple[_Half, _Half] | None:
+    """The two halves of `part` as (centre, members) each, if they are separate clusters
+    (`SEPARATION`) of at least `MIN_HALF` members; else None. Seeded from the data alone:
+    the member least like the part's mean direction, then the one least like it."""
+    mean = part.sum(axis=0, dtype=np.float64)
+    first = part[np.argmin(part @ (mean / np.linalg.norm(mean)).astype(np.float32))]
+    second = part[np.argmin(part @ first)]
+    centres = _lloyd(part, np.vstack([first, second]).astype(np.float32))
+    side, _ = nearest_centre(part, centres)
+    if min(np.sum(side == 0), np.sum(side == 1)) < MIN_HALF:
+        return None
+    if _separation(part, side, centres) <= SEPARATION:
+        return None
+    return (centres[0], part[side == 0]), (centres[1], part[side == 1])
+
+
+def _separation(part: np.ndarray, side: np.ndarray, centres: np.ndarray) -> float:
+    """Distance between the two sides' means along the line through `centres`, in units
+    of the members' pooled standard deviation along it."""
+    line = (centres[0] - centres[1]).astype(np.float64)
+    along = part @ (line / np.linalg.norm(line))
+    a, b = along[side == 0], along[side == 1]
+    pooled = np.sqrt((a.var() * len(a) + b.var() * len(b)) / len(along))
+    return float(abs(a.mean() - b.mean()) / max(pooled, 1e-12))
