@@ -307,6 +307,28 @@ def test_a_split_field_of_the_users_own_is_never_overwritten(field_dataset):
     assert report["metrics"]["split"]["counts"]["test"] == 40
 
 
+def test_split_tags_of_the_users_own_are_never_replaced(field_dataset):
+    """A first round refuses a dataset whose samples carry train/validation/test tags
+    (a zoo dataset's split): with no state they are the user's. Kept in a field as the
+    refusal says, the tags removed, the split runs and the report audits theirs."""
+    ds = field_dataset
+    ds.take(40, seed=0).tag_samples("validation")
+    ds.match_tags("validation", bool=False).tag_samples("train")
+    before = ds.values("tags")
+    with pytest.raises(ValueError, match=r"tagged 'train' \(160 samples\), 'validation' \(40"):
+        bfo.split(ds, embeddings_field="emb")
+    with pytest.raises(ValueError, match="tagged 'train'"):
+        bfo.check_split_config(ds, None, {})  # the CLI's check before it adds images
+    assert ds.values("tags") == before and bfo.state_info(ds) is None
+    for t in ("train", "validation", "test"):
+        view = ds.match_tags(t)
+        view.set_values("original_split", [t] * len(view))
+    ds.untag_samples(["train", "validation", "test"])
+    assert bfo.split(ds, embeddings_field="emb")["n_new"] == 200
+    report = bfo.report(ds, "original_split", store=False)
+    assert report["metrics"]["split"]["counts"]["validation"] == 40
+
+
 def test_split_fields_and_tags_lost_since_are_written_again_edited_ones_are_said(
     field_dataset,
 ):
@@ -395,11 +417,8 @@ def test_reset_removes_state_fields_and_tags(field_dataset):
     assert bfo.split(ds, embeddings_field="emb")["round"] == 0
 
 
-def test_stale_split_tags_are_replaced_and_samples_marked_modified(field_dataset):
+def test_split_tags_are_written_beside_other_tags_and_samples_marked_modified(field_dataset):
     ds = field_dataset
-    # Tags from elsewhere (a zoo dataset's split), one sample even tagged twice.
-    ds.take(30, seed=2).tag_samples("test")
-    ds.take(30, seed=3).tag_samples("train")
     ds.take(5, seed=4).tag_samples("keep-me")
     before = dict(zip(*ds.values(["id", "last_modified_at"]), strict=True))
     sample = ds.first()  # loaded before the split

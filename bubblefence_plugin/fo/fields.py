@@ -209,9 +209,10 @@ def declare_fields(dataset: fo.Dataset, fields: Mapping[str, type]) -> None:
 
 def refuse_values_not_ours(dataset: fo.Dataset) -> None:
     """Before a dataset's first round: refuses when a field a round writes (``split``,
-    ``anchor_id``, ``duplicate_of``...) already holds values. Without a state no round
-    of ours wrote them (a round commits its state before its fields), so they are the
-    user's, e.g. a split that came with the data, and a round would overwrite them.
+    ``anchor_id``, ``duplicate_of``...) already holds values, or samples carry a split
+    tag (``train``, ``validation``, ``test``: how FiftyOne's zoo datasets ship their
+    splits). Without a state no round of ours wrote them (a round commits its state
+    before its fields and tags), so they are the user's, and a round would replace them.
 
     Args:
         dataset: a dataset without a BubbleFence state
@@ -219,6 +220,18 @@ def refuse_values_not_ours(dataset: fo.Dataset) -> None:
     names = [n for n in RESULT_FIELDS if n != ERROR_FIELD and dataset.has_field(n)]
     counts = dataset.aggregate([fo.Count(n) for n in names]) if names else []
     held = {n: c for n, c in zip(names, counts, strict=True) if c}
+    tag_counts = dataset.count_sample_tags()
+    tagged = {t: tag_counts[t] for t in SPLIT_TAGS if tag_counts.get(t)}
+    if tagged:
+        listed = ", ".join(f"{t!r} ({c} samples)" for t, c in tagged.items())
+        raise ValueError(
+            f"dataset {dataset.name!r} has samples tagged {listed} that BubbleFence did "
+            "not tag, and a BubbleFence split would replace those tags. Keep that split "
+            "in a field first and remove the tags, e.g. in Python: for t in ('train', "
+            "'validation', 'test'): view = dataset.match_tags(t); view.set_values("
+            "'original_split', [t] * len(view)); then dataset.untag_samples(['train', "
+            "'validation', 'test']). The report can then audit it by that field"
+        )
     if held:
         name, count = next(iter(held.items()))
         raise ValueError(
