@@ -32,6 +32,8 @@ from .text import (
 )
 
 DEMO_NAME = "bubblefence-demo"
+# Set in the info of a dataset the demo built: the only kind a later demo replaces.
+DEMO_MARK = "bubblefence_demo"
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
@@ -758,6 +760,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .embedder import EFFICIENTNET_LITE0, PACKAGED_MODELS
     from .fo import get_embedder, safe_name
 
+    if args.images < 1:
+        raise ValueError(f"--images must be a positive number of crops, got {args.images}")
+    if fo.dataset_exists(args.name) and not fo.load_dataset(args.name).info.get(DEMO_MARK):
+        raise ValueError(
+            f"a dataset named {args.name!r} exists and the demo did not build it; the demo "
+            "replaces only its own. Pass --name with another name"
+        )
     model = args.model or EFFICIENTNET_LITE0
     source = PACKAGED_MODELS.get(model)
     print(f"Embedding with {model}" + (f" ({source})" if source else ""))
@@ -767,13 +776,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     # The dataset name is a folder name here: made safe, so it stays in the datasets folder.
     default_dir = Path(fo.config.default_dataset_dir) / safe_name(args.name, DEMO_NAME)
     out_dir = Path(args.dir or default_dir).expanduser().resolve()
-    print(f"Writing the demo images under {out_dir} (--dir DIR writes them elsewhere)")
+    print(
+        f"Writing the demo images under {out_dir}"
+        + ("" if args.dir else " (--dir DIR writes them elsewhere)")
+    )
     rounds = build_demo_images(out_dir, n_images=args.images)
     print(f"Wrote {sum(map(len, rounds))} images")
     if fo.dataset_exists(args.name):
-        print(f"Replacing the existing dataset {args.name!r}")
+        print(f"Replacing the dataset {args.name!r} of an earlier demo")
         fo.delete_dataset(args.name)
     dataset = _load_dataset(args.name, create=True)
+    dataset.info[DEMO_MARK] = True
+    dataset.save()
 
     # Text counts rounds from 1; the state (field bubblefence_round, the summaries
     # below) from 0. The header says both, so the two never look like a mismatch.

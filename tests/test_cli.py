@@ -217,9 +217,33 @@ def test_demo_with_local_model(tiny_clip_dir, tmp_path, capsys):
         rounds = ds.count_values("bubblefence_round")
         assert set(rounds) == {0, 1} and all(v > 0 for v in rounds.values())
         assert len(ds.exists("split")) == len(ds)
+        assert ds.info[cli.DEMO_MARK] is True
     finally:
         if fo.dataset_exists(name):
             fo.delete_dataset(name)
+
+
+def test_demo_replaces_only_a_dataset_it_built(tiny_clip_dir, tmp_path, capsys, dataset_name):
+    """A dataset of the user's under the demo's name is refused before anything is
+    written; the demo's own is replaced on a rerun; a crop count below 1 is refused."""
+    theirs = fo.Dataset(dataset_name)
+    theirs.add_sample(fo.Sample(filepath=str(tmp_path / "mine.png")))
+    demo_dir = tmp_path / "demo"
+    args = ["demo", "--name", dataset_name, "--model", tiny_clip_dir, "--dir", str(demo_dir)]
+    assert cli.main(args) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"a dataset named {dataset_name!r} exists and the demo did not build it" in err
+    assert len(fo.load_dataset(dataset_name)) == 1 and not demo_dir.exists()
+    assert cli.main([*args, "--images", "0"]) == 2
+    assert "--images must be a positive number" in capsys.readouterr().err
+    fo.delete_dataset(dataset_name)
+    assert cli.main([*args, "--images", "42"]) == 0
+    first = len(fo.load_dataset(dataset_name))
+    assert cli.main([*args, "--images", "42"]) == 0
+    out = capsys.readouterr().out
+    assert f"Replacing the dataset {dataset_name!r} of an earlier demo" in out
+    assert "--dir DIR writes them elsewhere" not in out  # --dir was given
+    assert len(fo.load_dataset(dataset_name)) == first
 
 
 def test_demo_explains_when_the_model_cannot_load(tmp_path, capsys, monkeypatch):
