@@ -66,6 +66,23 @@ def test_export_refuses_to_overwrite_media(field_dataset, tmp_path):
     assert len(list(media.iterdir())) == 3
 
 
+def test_an_export_with_nothing_to_export_is_refused_before_it_writes(field_dataset, tmp_path):
+    """Never split, or a tag no sample carries (a typo): an error, no folder; a split
+    left empty (no test sample) beside others is exported as it is."""
+    ds = field_dataset
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="no sample is tagged 'train', 'validation' or 'test'"):
+        bfo.export(ds, out)
+    assert not out.exists()
+    bfo.split(ds, embeddings_field="emb")
+    with pytest.raises(ValueError, match=r"no sample is tagged 'tset'.*'test'"):
+        bfo.export(ds, out, tags=["test", "tset"])
+    assert not out.exists()
+    ds.match_tags("test").untag_samples("test")
+    result = bfo.export(ds, out, export_media=False)
+    assert result["counts"]["test"] == 0 and result["counts"]["train"] > 0
+
+
 def _manifest(path) -> list[dict[str, str]]:
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))

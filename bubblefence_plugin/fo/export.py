@@ -143,6 +143,7 @@ def export(
     folders = export_folders(names)
     for folder in folders.values():
         path_inside(export_dir, export_dir / folder)
+    _refuse_nothing_to_export(samples, names, asked_tags=bool(tags))
     loaded = load_state(samples, embeddings=False)  # a damaged state fails before any write
     table = table_from_frame(loaded[0].assignments()) if loaded else {"id": []}
     created = not export_dir.exists()
@@ -178,6 +179,27 @@ def export(
         "manifest": str(manifest),
         "n_manifest_rows": len(exported_as) + len(duplicates),
     }
+
+
+def _refuse_nothing_to_export(
+    samples: foc.SampleCollection, names: list[str], asked_tags: bool
+) -> None:
+    """Refuses, before anything is written, tags asked for that no sample carries (a
+    typo) and an export of splits where no sample carries any (never split): either
+    would write an empty folder and report success."""
+    counts = samples.count_sample_tags()
+    missing = [name for name in names if not counts.get(name)]
+    if asked_tags and missing:
+        present = ", ".join(map(repr, sorted(counts))) or "none"
+        raise ValueError(
+            f"no sample is tagged {', '.join(map(repr, missing))}, so there is nothing to "
+            f"export under it; the tags these samples carry: {present}"
+        )
+    if len(missing) == len(names):
+        raise ValueError(
+            "no sample is tagged 'train', 'validation' or 'test': nothing to export. Run "
+            "the BubbleFence split first (or export other tags with tags=[...], --tags)"
+        )
 
 
 def _export_each(
