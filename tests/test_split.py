@@ -371,6 +371,14 @@ def test_other_field_or_frozen_knob_is_refused(field_dataset):
         bfo.split(ds, embeddings_field="emb", seed=7)
     with pytest.raises(ValueError, match="seed"):
         bfo.check_split_config(ds, {"seed": 7}, {})  # the same check, writing nothing
+    # Split from a field, the state used no model: a model is not a change of one.
+    for check in (
+        lambda: bfo.split(ds, model_name="efficientnet-lite0"),
+        lambda: bfo.check_split_config(ds, None, {"model_name": "efficientnet-lite0"}),
+    ):
+        with pytest.raises(ValueError, match="from the field 'emb', not from a model") as info:
+            check()
+        assert "clip" not in str(info.value)
     # A non-frozen knob applies to the new round; the stored config follows.
     summary = bfo.split(ds, embeddings_field="emb", eval_ratio=0.3)
     assert summary["config_changed"] == ["eval_ratio"]

@@ -214,14 +214,29 @@ def check_split_config(
     previous = BubbleFenceConfig.from_dict(info["config"]) if info else None
     cfg, changed = resolve_config(previous, config, overrides)
     if previous is not None:
-        _refuse_frozen(previous, cfg, changed)
+        _refuse_frozen(previous, cfg, changed, info)
     elif samples is not None:
         refuse_values_not_ours(root_dataset(samples))
     return cfg
 
 
-def _refuse_frozen(previous: BubbleFenceConfig, cfg: BubbleFenceConfig, changed: list[str]) -> None:
+def _refuse_frozen(
+    previous: BubbleFenceConfig,
+    cfg: BubbleFenceConfig,
+    changed: list[str],
+    params: dict[str, Any],
+) -> None:
+    """Refuses a change of a knob fixed after the first round (`params`: the stored
+    run's parameters: a state built from a field of the user's used no model)."""
     frozen = [k for k in changed if k in FROZEN_AFTER_FIRST_ROUND]
+    if "model_name" in frozen and params.get("model_name") is None:
+        raise ValueError(
+            "this dataset's BubbleFence split reads its embeddings from the field "
+            f"{params.get('embeddings_field')!r}, not from a model, and so do its later "
+            f"rounds: a model ({cfg.model_name!r}) does not apply to it. Leave the model "
+            f"out, or reset the dataset's BubbleFence state {RESET_HOW} to start over "
+            "with a model"
+        )
     if frozen:
         old = previous.to_dict()
         detail = ", ".join(f"{k}: {old[k]!r} -> {getattr(cfg, k)!r}" for k in frozen)
@@ -327,7 +342,7 @@ def _open_round(
             )
         # Knobs that would change earlier assignments are refused; the rest apply to
         # new rounds.
-        _refuse_frozen(bf.config, cfg, changed)
+        _refuse_frozen(bf.config, cfg, changed, params)
         if changed:
             bf.reconfigure(**{k: getattr(cfg, k) for k in changed})
     else:
