@@ -115,6 +115,7 @@ def test_split_immediate_with_tiny_clip_and_a_corrupt_image(image_dataset, tiny_
     assert "reload_dataset" in requests
     shown = requests["show_output"][0]["results"]["summary"]
     assert "Round 0" in shown and "Eval share" in shown
+    assert "Images embedded: 60" in shown  # the corrupt one failed: not embedded
     bad_sample = ds.one(fo.ViewField("filepath") == str(bad))
     assert bad_sample.bubblefence_error and bad_sample.split is None
     assert not set(bad_sample.tags) & set(bfo.SPLIT_TAGS)

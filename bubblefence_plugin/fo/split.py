@@ -515,7 +515,7 @@ def _embed_new(
             f"model {embedder.model_name!r} gives {embedder.dim}-d embeddings but the "
             f"state holds {dim}-d ones; reset the state to change model"
         )
-    n_embedded, _, errors = yield from iter_embed_missing(r.dataset, new_ids, embedder, r.lock)
+    _, n_embedded, errors = yield from iter_embed_missing(r.dataset, new_ids, embedder, r.lock)
     summary["n_embedded"] = n_embedded
     return errors
 
