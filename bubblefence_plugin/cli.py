@@ -363,9 +363,9 @@ def _load_dataset(name: str, create: bool = False) -> Any:
 
 
 def _list_images(folder: Path) -> list[str]:
-    """The folder's image paths, resolved. A folder that cannot be read or a symlink
-    loop is refused (before anything is written); a dangling link is kept, and becomes
-    that sample's "file not found" error."""
+    """The folder's image paths, resolved. A folder that cannot be read, a symlink loop
+    or a folder without an image file (a wrong path) is refused, before anything is
+    written; a dangling link is kept, and becomes that sample's "file not found" error."""
     if not folder.is_dir():  # also False for a symlink loop
         raise FileNotFoundError(f"--folder {str(folder)!r} is not a directory")
 
@@ -383,6 +383,11 @@ def _list_images(folder: Path) -> list[str]:
                     out.append(str(p.resolve()))
                 except (OSError, RuntimeError) as e:  # Python < 3.13 raises RuntimeError
                     raise ValueError(f"--folder {str(folder)!r}: {str(p)!r}: {e}") from e
+    if not out:
+        raise ValueError(
+            f"--folder {str(folder)!r} holds no image file (by extension or type: "
+            f"{', '.join(sorted(IMAGE_EXTENSIONS))})"
+        )
     return out
 
 

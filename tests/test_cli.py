@@ -332,6 +332,15 @@ def test_a_model_that_cannot_load_adds_no_images(dataset_name, image_factory, tm
     assert not fo.dataset_exists(dataset_name)  # refused before the dataset was made
 
 
+def test_a_folder_without_images_creates_no_dataset(dataset_name, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no image here")
+    args = ["split", "--dataset", dataset_name, "--folder", str(tmp_path / "empty")]
+    assert cli.main([*args, "--model", "efficientnet-lite0"]) == 2
+    assert "holds no image file" in capsys.readouterr().err
+    assert not fo.dataset_exists(dataset_name)
+
+
 def test_a_users_own_split_field_adds_no_images(dataset_name, image_factory, tmp_path, capsys):
     """A dataset with a ``split`` of its own and no state: refused before any image is
     added, and the field untouched."""
