@@ -92,6 +92,7 @@ def round_text(summary: Mapping[str, Any]) -> SummaryText:
             ("n_embedded", "Images embedded"),
             ("n_errors", "Samples with errors"),
             ("n_forgotten", "Deleted samples dropped from the state"),
+            ("n_excluded_left", "Excluded samples taken out of the split"),
             ("n_repaired", "Split fields and tags written again from the state"),
             ("cut_pairs", "Near-twin pairs cut"),
             ("eval_floor_shortfall", "Eval samples short of min_eval_per_batch"),

@@ -19,6 +19,7 @@ from bubblefence_plugin.core.curation import typicality  # noqa: E402
 from bubblefence_plugin.fo import curate, fields, state  # noqa: E402
 from bubblefence_plugin.fo import map as viz  # noqa: E402
 from bubblefence_plugin.fo.runs import from_npy_bytes  # noqa: E402
+from bubblefence_plugin.text import round_text  # noqa: E402
 
 F = fo.ViewField
 PLUGIN = "@bubblefence/bubblefence"
@@ -347,6 +348,7 @@ def test_excluding_by_tag_alone_takes_effect_at_the_next_split(field_dataset):
     ds.select(ids).tag_samples(bfo.EXCLUDED_TAG)  # the App's tag menu, no panel
     summary = bfo.split(ds, embeddings_field="emb")
     assert summary["n_excluded_left"] == 4
+    assert "excluded samples taken out of the split: 4" in round_text(summary).plain()
     after = splits_of(ds)
     assert all(after[i] is None for i in ids)
     assert all(after[i] == s for i, s in before.items() if i not in ids)
