@@ -216,6 +216,11 @@ def _add_sample_command(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--count", type=int, default=100, help="samples to tag (default 100)")
     p.add_argument("--tag", default="bubblefence_sample", help="a tag no sample has yet")
     p.add_argument("--replace", action="store_true", help="move an existing tag to this pick")
+    p.add_argument(
+        "--rebuild-regions",
+        action="store_true",
+        help="fit the regions afresh from the embeddings field (once they were built from another)",
+    )
     p.add_argument("--embeddings-field", help="vector field (default: the split's)")
     p.add_argument("--from-split", help="pick only among train, validation or test")
     p.add_argument("--start-from", help="a tag or split counted as already picked")
@@ -645,6 +650,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
             metadata_field=args.metadata_field,
             seed=args.seed,
             replace=args.replace,
+            rebuild_regions=args.rebuild_regions,
             progress=bar,
         )
     finally:

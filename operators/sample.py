@@ -29,7 +29,8 @@ class BubbleFenceSample(BubbleFenceOperator):
     target_action = "Pick from"
     delegate_above = DELEGATE_ABOVE
     # Shown only for some choices: one strategy or a strength each, the options of the
-    # strategies chosen, the split filter once there is a split; k from Python only.
+    # strategies chosen, the split filter once there is a split, the regions' rebuild once
+    # there are regions; k from Python only.
     optional_params = frozenset(
         {
             "strategy",
@@ -38,6 +39,7 @@ class BubbleFenceSample(BubbleFenceOperator):
             "target",
             "query_tag",
             "metadata_field",
+            "rebuild_regions",
             "from_split",
             "k",
         }
@@ -59,6 +61,7 @@ class BubbleFenceSample(BubbleFenceOperator):
         metadata_field: str | None = None,
         seed: int = 0,
         replace: bool = False,
+        rebuild_regions: bool = False,
         delegate: bool = False,
     ) -> ExecutionResult:
         """Tags a curated pick of ``sample_collection``, as the App does.
@@ -87,6 +90,8 @@ class BubbleFenceSample(BubbleFenceOperator):
             metadata_field (None): a numeric field, for ``metadata``
             seed (0): drives every random choice
             replace (False): whether to move an existing tag to this pick
+            rebuild_regions (False): whether to fit the regions afresh from
+                ``embeddings_field`` (once they were built from another)
             delegate (False): whether to queue the run for a delegated worker
         """
         params = {
@@ -103,6 +108,7 @@ class BubbleFenceSample(BubbleFenceOperator):
             "metadata_field": metadata_field,
             "seed": seed,
             "replace": replace,
+            "rebuild_regions": rebuild_regions,
         }
         for name, value in (strengths or {}).items():
             params[f"strength_{name}"] = value
@@ -148,6 +154,7 @@ def _sample_kwargs(params: dict[str, Any]) -> dict[str, Any]:
         "seed": int(params.get("seed") or 0),
         "k": int(params.get("k") or TYPICALITY_K),
         "replace": bool(params.get("replace", False)),
+        "rebuild_regions": bool(params.get("rebuild_regions", False)),
     }
 
 
@@ -246,6 +253,15 @@ def _source_inputs(
         view=tags,
     )
     inputs.int("seed", default=0, min=0, label="Seed", description="Same data + seed = same pick")
+    regions = bfo.load_regions(ctx.dataset)
+    if regions is not None:
+        inputs.bool(
+            "rebuild_regions",
+            default=False,
+            label="Rebuild regions",
+            description="Fit the regions afresh from the embeddings field above (they were "
+            f"built from {regions[1].get('embeddings_field')!r})",
+        )
 
 
 def _strategy_options(

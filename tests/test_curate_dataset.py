@@ -91,6 +91,27 @@ def test_regions_are_kept_and_new_samples_join(field_dataset):
     assert {after[i] for i in new[10:]} == {n_regions}
 
 
+def test_regions_of_another_field_are_refused_until_rebuilt_and_reset_drops_its_own(
+    field_dataset,
+):
+    """Regions built from one field: a pick from another is refused with the way out,
+    which rebuilds them; a reset drops regions built from the embeddings it deletes."""
+    ds = field_dataset
+    ds.clone_sample_field("emb", "emb2")
+    curate.sample(ds, "random", count=3, tag="a", embeddings_field="emb")
+    with pytest.raises(ValueError, match=r"built from embeddings field 'emb'.*--rebuild-regions"):
+        curate.sample(ds, "random", count=3, tag="b", embeddings_field="emb2")
+    curate.sample(ds, "random", count=3, tag="b", embeddings_field="emb2", rebuild_regions=True)
+    assert curate.load_regions(ds)[1]["embeddings_field"] == "emb2"
+    bfo.reset(ds)  # built from a field of the user's: kept
+    assert curate.load_regions(ds) is not None
+    ds.clone_sample_field("emb", bfo.EMBEDDING_FIELD)
+    curate.sample(ds, "random", count=3, tag="c", rebuild_regions=True)
+    assert curate.load_regions(ds)[1]["embeddings_field"] == bfo.EMBEDDING_FIELD
+    removed = bfo.reset(ds)["removed_runs"]
+    assert curate.REGIONS_KEY in removed and curate.load_regions(ds) is None
+
+
 def test_from_split_start_from_similar_balance_metadata(field_dataset):
     ds = field_dataset
     bfo.split(ds, embeddings_field="emb")
@@ -211,6 +232,15 @@ def test_operator_form_shows_strategy_options(field_dataset):
     field_dataset.limit(3).tag_samples(curate.DEFAULT_TAG)
     tag = form({})["properties"]["tag"]
     assert tag["invalid"] and "exists already" in tag["error_message"]
+    assert "rebuild_regions" not in props  # no regions yet
+    foo.get_operator(SAMPLE)(field_dataset, count=3, tag="first", embeddings_field="emb")
+    rebuild = form({})["properties"]["rebuild_regions"]
+    assert "built from 'emb'" in rebuild["view"]["description"]
+    field_dataset.clone_sample_field("emb", "emb2")
+    foo.get_operator(SAMPLE)(
+        field_dataset, count=3, tag="second", embeddings_field="emb2", rebuild_regions=True
+    )
+    assert curate.load_regions(field_dataset)[1]["embeddings_field"] == "emb2"
 
 
 def test_exclude_from_the_panel_leaves_the_split_and_nothing_else_moves(field_dataset, tmp_path):

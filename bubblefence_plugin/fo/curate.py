@@ -84,6 +84,7 @@ def sample(
     seed: int = 0,
     k: int = TYPICALITY_K,
     replace: bool = False,
+    rebuild_regions: bool = False,
     progress: ProgressCallback | None = None,
 ) -> dict[str, Any]:
     """Tags ``count`` samples of ``samples`` picked by ``strategy``; returns a summary.
@@ -121,6 +122,8 @@ def sample(
         seed: of every random choice
         k: neighbours of the typicality score
         replace: move an existing ``tag`` to this pick
+        rebuild_regions: fit the regions (``bubblefence_region``) afresh from
+            ``embeddings_field``: needed once the stored ones were built from another
         progress: called as ``progress(fraction, label)`` while picking
 
     Returns:
@@ -142,6 +145,7 @@ def sample(
         seed=seed,
         k=k,
         replace=replace,
+        rebuild_regions=rebuild_regions,
     )
     return drive(gen, progress)
 
@@ -163,6 +167,7 @@ def iter_sample(
     seed: int = 0,
     k: int = TYPICALITY_K,
     replace: bool = False,
+    rebuild_regions: bool = False,
 ) -> Steps[dict[str, Any]]:
     """`sample` as a generator of `Progress` events; the summary is its return value.
 
@@ -189,6 +194,9 @@ def iter_sample(
         typ = typicality(pool.x, request.k, request.seed)
         lock.heartbeat(force=True)
         yield Progress(0.5, "Regions")
+        if rebuild_regions:
+            delete_regions(dataset)
+            declare_fields(dataset, SCORE_FIELDS)  # the region field again, empty
         regions = _assign_regions(dataset, pool.ids, pool.x, field, request.seed)
         n_candidates = int(pool.eligible.sum())
         yield Progress(0.6, f"Picking {request.count} of {n_candidates} candidates")
@@ -460,8 +468,8 @@ def _assign_regions(
     ):
         raise ValueError(
             f"the stored regions were built from embeddings field "
-            f"{stored[1].get('embeddings_field')!r}; delete them with "
-            f"`bubblefence_plugin.fo.curate.delete_regions(dataset)` to rebuild from {field!r}"
+            f"{stored[1].get('embeddings_field')!r}; to rebuild them from {field!r} pass "
+            "rebuild_regions=True (CLI: sample --rebuild-regions)"
         )
     current = np.asarray(
         [-1 if v is None else int(v) for v in _values_in_order(dataset, ids, REGION_FIELD)],

@@ -10,6 +10,7 @@ from typing import Any
 
 import fiftyone.core.collections as foc
 
+from .curate import REGIONS_KEY, delete_regions, load_regions
 from .fields import EMBEDDING_FIELD, RESULT_FIELDS, ROUND_FIELD, SPLIT_TAGS, root_dataset
 from .map import delete_map
 from .runs import RunLock
@@ -20,7 +21,9 @@ def reset(samples: foc.SampleCollection, keep_embeddings: bool = False) -> dict[
     """Removes the state, the result fields, the split tags and the map BubbleFence wrote.
 
     Works on the whole dataset (the state is dataset-wide); other tags and fields,
-    audit reports and curation regions are kept. Refused while a run holds the dataset.
+    audit reports and curation regions are kept, but regions built from the embeddings
+    it deletes (a later split may fill that field from another model). Refused while a
+    run holds the dataset.
 
     Example usage::
 
@@ -53,6 +56,10 @@ def reset(samples: foc.SampleCollection, keep_embeddings: bool = False) -> dict[
         removed_fields = [f for f in fields if dataset.has_field(f)]
         if removed_fields:
             dataset.delete_sample_fields(removed_fields)
+        regions = load_regions(dataset)
+        if regions is not None and regions[1].get("embeddings_field") in removed_fields:
+            delete_regions(dataset)
+            removed_runs.append(REGIONS_KEY)
     return {
         "dataset": dataset.name,
         "removed_runs": removed_runs,
