@@ -14,6 +14,7 @@ import argparse
 import mimetypes
 import os
 import sys
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -277,6 +278,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 # --------------------------------------------------------------------------- helpers
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """Our own warnings (ignored config keys...) as one ``warning:`` line on stderr, as
+    the commands print theirs; others as Python shows them."""
+    if issubclass(category, UserWarning) and "bubblefence_plugin" in str(filename):
+        print("warning: " + " ".join(str(message).split()), file=sys.stderr)
+    else:
+        _python_show_warning(message, category, filename, lineno, file, line)
+
+
+_python_show_warning = warnings.showwarning
+
+
 def _refused(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """Turns expected failures into one clear line on stderr and exit code 2."""
 
@@ -286,7 +299,9 @@ def _refused(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Na
         from .fo import BubbleFenceBusyError, ModelUnavailableError
 
         try:
-            return func(args)
+            with warnings.catch_warnings():
+                warnings.showwarning = _show_warning
+                return func(args)
         except ModelUnavailableError as e:
             print(_model_error(e, args), file=sys.stderr)
             return 2

@@ -332,6 +332,20 @@ def test_a_model_that_cannot_load_adds_no_images(dataset_name, image_factory, tm
     assert not fo.dataset_exists(dataset_name)  # refused before the dataset was made
 
 
+def test_ignored_config_keys_are_one_warning_line(dataset_name, tmp_path, capsys):
+    from conftest import clustered_embeddings
+
+    ds = fo.Dataset(dataset_name)
+    ds.add_samples([fo.Sample(filepath=f"/nonexistent/{i}.png") for i in range(60)])
+    ds.set_values("emb", list(clustered_embeddings(60)))
+    config = tmp_path / "c.yaml"
+    config.write_text("dataset_splits:\n  eval_ratio: 0.25\nvisualization:\n  dpi: 300\n")
+    args = ["split", "--dataset", dataset_name, "--embeddings-field", "emb"]
+    assert cli.main([*args, "--config", str(config)]) == 0
+    err = capsys.readouterr().err
+    assert "warning: " in err and "visualization.dpi" in err and "UserWarning" not in err
+
+
 def test_a_folder_without_images_creates_no_dataset(dataset_name, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("no image here")

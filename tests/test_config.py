@@ -42,6 +42,24 @@ def test_config_reads_reference_yaml(tmp_path):
     assert BubbleFenceConfig.from_dict(cfg.to_dict()) == cfg
 
 
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("train_ratio: abc", r"dataset_splits.train_ratio='abc' must be a number in \(0, 1\)"),
+        ("train_ratio: 1.5", r"dataset_splits.train_ratio=1.5 must be a number in \(0, 1\)"),
+        ("train_ratio: .nan", r"dataset_splits.train_ratio=nan must be"),
+        ("train_ratio: 0.7\n  eval_ratio: 0.2", r"train_ratio=0.7 and eval_ratio=0.2 disagree"),
+    ],
+)
+def test_the_originals_train_ratio_is_checked_by_its_own_name(tmp_path, text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"dataset_splits:\n  {text}\n")
+    with pytest.raises(ValueError, match=message):
+        BubbleFenceConfig.from_yaml(path)
+    path.write_text("dataset_splits:\n  train_ratio: 0.7\n")
+    assert BubbleFenceConfig.from_yaml(path).eval_ratio == pytest.approx(0.3)
+
+
 def test_knob_table_describes_every_field_and_its_default_is_valid():
     import dataclasses
 

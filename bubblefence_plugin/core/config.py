@@ -636,6 +636,7 @@ def translate_reference_layout(data: dict[str, Any]) -> tuple[dict[str, Any], se
     values: dict[str, Any] = {}
     ignored: set[str] = set()
     unknown: list[str] = []
+    train_ratio = None
     for path, value in _walk(data):
         dotted = ".".join(path)
         name = _REFERENCE_NAMES.get(path) or (path[0] if len(path) == 1 else None)
@@ -649,8 +650,7 @@ def translate_reference_layout(data: dict[str, Any]) -> tuple[dict[str, Any], se
             if value != expected:
                 raise ValueError(f"{dotted}={value!r} is not supported; only {expected!r} is")
         elif path == ("dataset_splits", "train_ratio"):
-            # Redundant with eval_ratio; used only when eval_ratio is absent.
-            values.setdefault("eval_ratio", round(1.0 - float(value), 12))
+            train_ratio = _train_ratio(dotted, value)
         elif path[0] in _REFERENCE_UNSUPPORTED_SECTIONS or path[:2] in _REFERENCE_UNSUPPORTED:
             ignored.add(dotted)
         else:
@@ -658,7 +658,27 @@ def translate_reference_layout(data: dict[str, Any]) -> tuple[dict[str, Any], se
     if unknown:
         known = [*KNOBS, *(".".join(p) for p in (*_REFERENCE_NAMES, *_REFERENCE_FIXED))]
         raise ValueError(unknown_names_message(unknown, known, "config key"))
+    if train_ratio is not None:
+        # The original's train share is 1 - eval_ratio: redundant, so it must agree.
+        implied = round(1.0 - train_ratio, 12)
+        if "eval_ratio" in values and not math.isclose(values["eval_ratio"], implied):
+            raise ValueError(
+                f"dataset_splits.train_ratio={train_ratio} and eval_ratio="
+                f"{values['eval_ratio']} disagree: train is 1 - eval_ratio; give one of them"
+            )
+        values["eval_ratio"] = implied
     return values, ignored
+
+
+def _train_ratio(dotted: str, value: Any) -> float:
+    """The original's ``dataset_splits.train_ratio``, checked under its own name."""
+    try:
+        ratio = float(value)
+    except (TypeError, ValueError):
+        ratio = math.nan
+    if not 0.0 < ratio < 1.0:  # also refuses NaN
+        raise ValueError(f"{dotted}={value!r} must be a number in (0, 1) (eval is the rest)")
+    return ratio
 
 
 def _walk(data: dict[str, Any], prefix: tuple[str, ...] = ()):
