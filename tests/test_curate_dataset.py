@@ -140,6 +140,18 @@ def test_from_split_start_from_similar_balance_metadata(field_dataset):
     out = curate.sample(ds, "balance", count=40, tag="bal", label_field="kind", target="uniform")
     assert out["quotas"] == {"cat": 20, "dog": 20}
     assert ds.match_tags("bal").count_values("kind") == {"cat": 20, "dog": 20}
+    # A class no sample has is refused (a typo), before anything is written.
+    with pytest.raises(ValueError, match=r"unknown class 'dgo' \(did you mean 'dog'\?\)"):
+        curate.sample(
+            ds, "balance", count=4, tag="typo", label_field="kind", target={"cat": 0.5, "dgo": 0.5}
+        )
+    assert "typo" not in ds.count_sample_tags()
+    # Asked for more than the classes hold: the message says so.
+    n_dogs = ds.count_values("kind")["dog"]
+    out = curate.sample(
+        ds, "balance", count=500, tag="all-dogs", label_field="kind", target={"dog": 1.0}
+    )
+    assert out["n_picked"] == n_dogs and "500 were asked" in out["message"]
 
     ds.set_values("size", [float(k) for k in range(len(ds))])
     curate.sample(ds, [], count=3, tag="small", strengths={"metadata": -1.0}, metadata_field="size")

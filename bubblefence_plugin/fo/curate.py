@@ -27,6 +27,7 @@ import fiftyone as fo
 import fiftyone.core.collections as foc
 import numpy as np
 
+from ..core.config import unknown_names_message
 from ..core.curation import (
     BALANCE_TARGETS,
     STRATEGIES,
@@ -229,7 +230,12 @@ def iter_sample(
         "picked_ids": picked,
         "message": (
             f"Tagged {len(picked)} of {n_candidates} candidates {tag!r} ({strengths_text}); "
-            f"typicality and regions written for {len(pool.ids)} samples"
+            + (
+                f"{request.count} were asked, and no more candidates fit the options; "
+                if len(picked) < request.count
+                else ""
+            )
+            + f"typicality and regions written for {len(pool.ids)} samples"
             + (f"; {len(pool.errors)} samples without a usable embedding" if pool.errors else "")
         ),
     }
@@ -402,12 +408,22 @@ def _check_options(
     if "balance" in request.active and not label_field:
         raise ValueError("strategy balance needs label_field (one label per sample)")
     if label_field:
-        _, multi = label_source(dataset, label_field, "label_field")
+        path, multi = label_source(dataset, label_field, "label_field")
         if multi:
             raise ValueError(
                 f"label_field={label_field!r} holds several labels per sample; balance needs "
                 "one (a Classification, string or int field)"
             )
+        if "balance" in request.active and isinstance(request.target, dict):
+            # A class no sample has is a typo: its share would go to the others unsaid.
+            classes = sorted({str(v) for v in dataset.distinct(path)})
+            unknown = [c for c in request.target if c not in classes]
+            if unknown:
+                raise ValueError(
+                    f"target: {unknown_names_message(unknown, classes, 'class')} in "
+                    f"{label_field!r}; its classes: {', '.join(map(repr, classes[:20]))}"
+                    + (" ..." if len(classes) > 20 else "")
+                )
 
 
 def _numeric_path(dataset: fo.Dataset, name: str) -> str:
