@@ -379,6 +379,11 @@ def test_other_field_or_frozen_knob_is_refused(field_dataset):
         with pytest.raises(ValueError, match="from the field 'emb', not from a model") as info:
             check()
         assert "clip" not in str(info.value)
+    # A knob given to a run with nothing new is not stored, and the run says so.
+    ds.limit(100).tag_samples("first")
+    summary = bfo.split(ds.match_tags("first"), eval_ratio=0.3)
+    assert "eval_ratio not changed" in summary["message"] and not summary["config_changed"]
+    assert bfo.state_info(ds)["config"]["eval_ratio"] == 0.2
     # A non-frozen knob applies to the new round; the stored config follows.
     summary = bfo.split(ds, embeddings_field="emb", eval_ratio=0.3)
     assert summary["config_changed"] == ["eval_ratio"]

@@ -301,7 +301,7 @@ def _split_locked(
             f"No usable embeddings among the {len(new_ids)} new samples "
             f"({summary['n_errors']} errors)"
         )
-        return _finish_summary(summary, r.bf, None, message)
+        return _finish_summary(summary, r.bf, None, message + _unsaved_changes(summary))
 
     lock.heartbeat(force=True)
     yield Progress(0.85, f"Splitting {len(ok_ids)} new samples")
@@ -467,7 +467,19 @@ def _finish_without_new(r: _Round, summary: dict[str, Any]) -> dict[str, Any]:
         message = f"Nothing to split: every sample of the target is tagged {EXCLUDED_TAG!r}"
     else:
         message = "Nothing new to split: every sample in the target is already assigned"
-    return _finish_summary(summary, r.bf, None, message)
+    return _finish_summary(summary, r.bf, None, message + _unsaved_changes(summary))
+
+
+def _unsaved_changes(summary: dict[str, Any]) -> str:
+    """What a run that split nothing says of the knobs it was asked to change: a config
+    is stored with a round, so they were not kept (`config_changed` emptied)."""
+    changed, summary["config_changed"] = summary["config_changed"], []
+    if not changed:
+        return ""
+    return (
+        f"; {', '.join(changed)} not changed: a changed knob is stored with a round that "
+        "splits new samples, so give it again with them"
+    )
 
 
 def _usable_embeddings(
