@@ -32,10 +32,10 @@ same samples, split and embeddings field, once per threshold. Its threshold is a
 (found greedily) that span two splits, in any direction (train, validation and test alike).
 So beside its count we give ours *in its meaning*: samples with a sample of another split
 within that distance after the same centring, found exactly. The Brain keeps one sample
-per near-duplicate group and flags a group that spans splits, so its count is a subset of
-ours, usually much smaller. In fiftyone-brain 0.25 its second step (attaching each near
-duplicate to its nearest kept sample) can attach a sample that is just beyond the
-threshold, so a few Brain leaks may be outside our set: they are counted
+per near-duplicate group and flags a group that spans splits, so its count is mostly a
+subset of ours. In fiftyone-brain 0.25 its second step (attaching each near duplicate to
+its nearest kept sample) can attach a sample that is just beyond the threshold, so some
+Brain leaks may be outside our set (on a small dense set, half of them): they are counted
 (``brain_not_ours``) with the lowest cross-split similarity among them, which shows how far
 beyond the threshold they are. Our leakage@t figures (raw cosine, eval against train)
 answer a different question and are not expected to equal either.
