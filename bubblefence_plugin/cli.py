@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import mimetypes
 import os
+import re
 import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -290,6 +291,34 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 _python_show_warning = warnings.showwarning
 
 
+# The library's messages name its parameters; on the command line they are flags.
+_FLAG_OF = {
+    "replace=True": "--replace",
+    "rebuild_regions=True": "--rebuild-regions",
+    **{
+        name: "--" + name.replace("_", "-")
+        for name in (
+            "label_field",
+            "group_field",
+            "embeddings_field",
+            "query_tag",
+            "start_from",
+            "from_split",
+            "metadata_field",
+            "split_source",
+            "fail_above",
+        )
+    },
+}
+_PARAMETER = re.compile(r"(?<![\w.-])(" + "|".join(map(re.escape, _FLAG_OF)) + r")(?![\w(])")
+
+
+def _as_flags(message: str) -> str:
+    """``message`` with the library's parameter names as this command line's flags
+    (``label_field`` -> ``--label-field``); a name followed by ``(`` is code, kept."""
+    return _PARAMETER.sub(lambda m: _FLAG_OF[m.group(1)], message)
+
+
 def _refused(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """Turns expected failures into one clear line on stderr and exit code 2."""
 
@@ -311,7 +340,7 @@ def _refused(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Na
             OSError,  # a file or folder that cannot be read or written
             YAMLError,
         ) as e:
-            print("error: " + " ".join(str(e).split()), file=sys.stderr)  # one line
+            print("error: " + _as_flags(" ".join(str(e).split())), file=sys.stderr)  # one line
             return 2
 
     wrapper.__name__ = func.__name__

@@ -346,6 +346,28 @@ def test_ignored_config_keys_are_one_warning_line(dataset_name, tmp_path, capsys
     assert "warning: " in err and "visualization.dpi" in err and "UserWarning" not in err
 
 
+def test_refusals_name_the_command_lines_flags(dataset_name, capsys):
+    """The library's messages name its parameters; the CLI says its flags instead."""
+    from conftest import clustered_embeddings
+
+    ds = fo.Dataset(dataset_name)
+    ds.add_samples([fo.Sample(filepath=f"/nonexistent/{i}.png") for i in range(40)])
+    ds.set_values("emb", list(clustered_embeddings(40)))
+    base = ["sample", "--dataset", dataset_name, "--embeddings-field", "emb", "--count", "3"]
+    assert cli.main([*base, "--strategy", "balance"]) == 2
+    assert "needs --label-field" in capsys.readouterr().err
+    assert cli.main([*base, "--tag", "pick"]) == 0
+    capsys.readouterr()
+    assert cli.main([*base, "--tag", "pick"]) == 2
+    err = capsys.readouterr().err
+    assert "pass --replace to move it" in err and "replace=True" not in err
+    ds.clone_sample_field("emb", "emb2")
+    other = ["sample", "--dataset", dataset_name, "--embeddings-field", "emb2", "--tag", "p2"]
+    assert cli.main(other) == 2
+    assert "pass --rebuild-regions" in capsys.readouterr().err
+    assert cli.main([*other, "--rebuild-regions"]) == 0
+
+
 def test_a_folder_without_images_creates_no_dataset(dataset_name, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("no image here")
@@ -408,6 +430,6 @@ def test_report_prints_the_audit_and_gates_on_leakage(dataset_name, tmp_path, ca
     assert "of 'theirs'" in captured.out and "is above --fail-above 0.01" in captured.err
     assert "Labels (" not in captured.out  # not our split: no field is assumed
     assert cli.main(["report", *args, "--split-source", "nope"]) == 2
-    assert "split_source" in capsys.readouterr().err
+    assert "--split-source" in capsys.readouterr().err
     assert cli.main(["report", *args, "--fail-above", "2"]) == 2
     assert "--fail-above must be a share in [0, 1]" in capsys.readouterr().err

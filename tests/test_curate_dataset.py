@@ -99,7 +99,7 @@ def test_regions_of_another_field_are_refused_until_rebuilt_and_reset_drops_its_
     ds = field_dataset
     ds.clone_sample_field("emb", "emb2")
     curate.sample(ds, "random", count=3, tag="a", embeddings_field="emb")
-    with pytest.raises(ValueError, match=r"built from embeddings field 'emb'.*--rebuild-regions"):
+    with pytest.raises(ValueError, match=r"built from field 'emb'.*rebuild_regions=True"):
         curate.sample(ds, "random", count=3, tag="b", embeddings_field="emb2")
     curate.sample(ds, "random", count=3, tag="b", embeddings_field="emb2", rebuild_regions=True)
     assert curate.load_regions(ds)[1]["embeddings_field"] == "emb2"

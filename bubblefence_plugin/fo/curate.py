@@ -483,9 +483,9 @@ def _assign_regions(
         stored[1].get("embeddings_field") != field or stored[0].centres.shape[1] != x.shape[1]
     ):
         raise ValueError(
-            f"the stored regions were built from embeddings field "
+            f"the stored regions were built from field "
             f"{stored[1].get('embeddings_field')!r}; to rebuild them from {field!r} pass "
-            "rebuild_regions=True (CLI: sample --rebuild-regions)"
+            "rebuild_regions=True (the sample form: Rebuild regions)"
         )
     current = np.asarray(
         [-1 if v is None else int(v) for v in _values_in_order(dataset, ids, REGION_FIELD)],
