@@ -298,8 +298,9 @@ def _split_locked(
     ok_ids, embeddings = yield from _usable_embeddings(r, new_ids, summary)
     if not ok_ids:
         message = (
-            f"No usable embeddings among the {len(new_ids)} new samples "
-            f"({summary['n_errors']} errors)"
+            f"No usable embeddings among the {len(new_ids)} samples not split yet "
+            f"({summary['n_errors']} errors, in {ERROR_FIELD}; a sample that failed is "
+            "tried again at every run)"
         )
         return _finish_summary(summary, r.bf, None, message + _unsaved_changes(summary))
 
