@@ -3,9 +3,12 @@
     .venv/bin/python bench/bench_bridges.py            # quick sizes (2.5k, 5k)
     .venv/bin/python bench/bench_bridges.py --full     # bench_quality's full sizes
     .venv/bin/python bench/bench_bridges.py closure_threshold=0.90   # any float knob
+    .venv/bin/python bench/bench_bridges.py digits_rounds digits_5rounds   # these cases
 
-The data and rounds are bench_quality's `mixture_rounds` and `mixture_4rounds`. After
-each later round, by brute force (blockwise products, float64 near 0.95):
+The data and rounds are bench_quality's `mixture_rounds` and `mixture_4rounds`, and its
+`digits_rounds` and `digits_5rounds` (scikit-learn's digits, the same size either way:
+dense real data, where most samples have a near twin). After each later round, by brute
+force (blockwise products, float64 near 0.95):
 
 * bridges: new samples with a near twin in earlier train and in earlier eval (one that
   does not leak yet), and the distinct eval twins they touch;
@@ -36,11 +39,12 @@ from scipy.sparse.csgraph import connected_components, maximum_flow
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_quality import mixture  # noqa: E402
+from bench.bench_quality import digits, mixture  # noqa: E402
 from bubblefence_plugin import BubbleFence, BubbleFenceConfig  # noqa: E402
 from bubblefence_plugin.core.neighbors import unit_rows  # noqa: E402
 
 THRESHOLD = 0.95
+CASES = ["mixture_rounds", "mixture_4rounds", "digits_rounds", "digits_5rounds"]
 TRAIN, VALIDATION, TEST = 0, 1, 2
 
 
@@ -141,7 +145,16 @@ def analyse(x, n, old_split, kept, before, after):
 
 
 def round_data(name: str, quick: bool) -> tuple[np.ndarray, list[int]]:
-    """The vectors and round sizes of bench_quality's case `name` (a quarter when quick)."""
+    """The vectors and round sizes of bench_quality's case `name` (a quarter when quick;
+    digits whole either way)."""
+    if name.startswith("digits"):
+        x, _ = digits()
+        five = name == "digits_5rounds"
+        x = x[np.random.default_rng(1 if five else 8).permutation(len(x))]
+        n = len(x)
+        if five:
+            return x, [len(part) for part in np.array_split(np.arange(n), 5)]
+        return x, [n // 2, n // 4, n - n // 2 - n // 4]
     scale = 0.25 if quick else 1.0
     n = int((20_000 if name == "mixture_4rounds" else 10_000) * scale)
     x, _ = mixture(n, seed={"mixture_rounds": 2}.get(name, 3))
@@ -185,7 +198,8 @@ def run(name, quick, knobs):
 def main():
     quick = "--full" not in sys.argv
     knobs = {k: float(v) for k, v in (a.split("=") for a in sys.argv[1:] if "=" in a)}
-    for name in ("mixture_rounds", "mixture_4rounds"):
+    names = [a for a in sys.argv[1:] if a in CASES] or CASES[:2]
+    for name in names:
         run(name, quick, knobs)
 
 
