@@ -651,4 +651,4 @@ def test_cli_split_with_label_and_group_fields(fo_datasets, capsys):
     assert "labels: 5 with >= 20 samples" in out and "violations 0" in out
     assert dataset_violations(ds) == 0
     assert cli.main([*args, "--label-field", "emb"]) == 2
-    assert "label_field='emb' is a VectorField" in capsys.readouterr().err
+    assert "--label-field='emb' is a VectorField" in capsys.readouterr().err
