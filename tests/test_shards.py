@@ -185,7 +185,7 @@ def test_failed_images_get_errors_and_are_retried(image_dataset, tiny_clip_dir, 
     assert report.n_errors == 1 and report.n_written == len(ds) - 1
     sample = ds.one(fo.ViewField("filepath") == str(bad))
     assert sample[bfo.ERROR_FIELD] and sample[FIELD] is None
-    assert list(report.errors) == [sample.id]
+    assert list(report.errors) == [str(bad)]  # by file, as a user finds it
     assert ds.exists(bfo.ERROR_FIELD).count() == 1
     again = bfs.embed(ds, model=tiny_clip_dir)
     assert again.n_todo == 1 and again.n_errors == 1 and again.n_written == 0

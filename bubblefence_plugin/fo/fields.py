@@ -558,3 +558,16 @@ def label_strings(values: Iterable[Any]) -> np.ndarray:
             v = v.label
         out.append("" if v is None else str(v))
     return np.asarray(out, dtype=str)
+
+
+def errors_by_filepath(dataset: fo.Dataset, errors: dict[str, str]) -> dict[str, str]:
+    """Per-sample errors keyed by the sample's file, which is what a user can find and fix.
+
+    Args:
+        dataset: the dataset
+        errors: sample id -> message
+    """
+    if not errors:
+        return {}
+    paths = dict(zip(*dataset.select(list(errors)).values(["id", "filepath"]), strict=True))
+    return {paths.get(sid, sid): message for sid, message in errors.items()}

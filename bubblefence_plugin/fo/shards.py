@@ -54,6 +54,7 @@ from .fields import (
     RESULT_FIELDS,
     check_collection,
     declare_fields,
+    errors_by_filepath,
     serialized_view,
 )
 from .runs import LOCK_TTL_S
@@ -79,7 +80,7 @@ class ShardReport:
     n_todo: int  # samples of this shard lacking embeddings when it started
     n_written: int  # embeddings this call wrote (others may have been written meanwhile)
     n_errors: int
-    errors: dict[str, str] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)  # the first ones, by file
     message: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -238,7 +239,7 @@ def iter_embed(
     yield Progress(1.0, "Done")
     report.n_written = written
     report.n_errors = len(errors)
-    report.errors = dict(list(errors.items())[:MAX_ERRORS_SHOWN])
+    report.errors = errors_by_filepath(dataset, dict(list(errors.items())[:MAX_ERRORS_SHOWN]))
     report.message = (
         f"Shard {shard_index + 1}/{num_shards}: embedded {written} of {len(ids)} samples "
         f"into {embeddings_field!r}"

@@ -48,6 +48,7 @@ from .fields import (
     check_collection,
     clear_excluded_fields,
     declare_fields,
+    errors_by_filepath,
     label_source,
     label_values,
     refuse_values_not_ours,
@@ -504,16 +505,8 @@ def _usable_embeddings(
     if read_errors:
         r.dataset.set_values(ERROR_FIELD, read_errors, key_field="id")
     summary["n_errors"] = len(errors)
-    summary["errors"] = _by_filepath(r.dataset, dict(list(errors.items())[:MAX_ERRORS_SHOWN]))
+    summary["errors"] = errors_by_filepath(r.dataset, dict(list(errors.items())[:MAX_ERRORS_SHOWN]))
     return ok_ids, embeddings
-
-
-def _by_filepath(dataset: fo.Dataset, errors: dict[str, str]) -> dict[str, str]:
-    """Errors keyed by the sample's file, which is what a user can find and fix."""
-    if not errors:
-        return {}
-    paths = dict(zip(*dataset.select(list(errors)).values(["id", "filepath"]), strict=True))
-    return {paths.get(sid, sid): message for sid, message in errors.items()}
 
 
 def _embed_new(
