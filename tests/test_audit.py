@@ -88,6 +88,11 @@ def test_operator_report_with_brain_html_and_stored_run(split_dataset, tmp_path)
     shown = requests["show_output"][0]["results"]
     metrics_shown = [row["metric"] for row in shown["table"]]
     assert "Leakage@0.95 eval→train" in metrics_shown
+    similarity = next(r for r in shown["table"] if r["metric"].startswith("NN similarity"))
+    # The max to 4 places, so a value just under a threshold does not read as it.
+    assert all(
+        len(similarity[c].split(" / ")[-1].split(".")[1]) == 4 for c in ("split", "baseline")
+    )
     assert any(m.startswith("FiftyOne Brain leaks") for m in metrics_shown)
     assert any(m.startswith("Group violations") for m in metrics_shown)
     assert shown["html_path"] == str(html_path)
