@@ -820,7 +820,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if fo.dataset_exists(args.name) and not fo.load_dataset(args.name).info.get(DEMO_MARK):
         raise ValueError(
             f"a dataset named {args.name!r} exists and the demo did not build it; the demo "
-            "replaces only its own. Pass --name with another name"
+            "replaces only its own. Pass --name with another name (or, if it is one you "
+            f"can drop, e.g. an older version's demo: fiftyone datasets delete {args.name})"
         )
     model = args.model or EFFICIENTNET_LITE0
     source = PACKAGED_MODELS.get(model)
