@@ -279,7 +279,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 # --------------------------------------------------------------------------- helpers
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
     """Our own warnings (ignored config keys...) as one ``warning:`` line on stderr, as
     the commands print theirs; others as Python shows them."""
     if issubclass(category, UserWarning) and "bubblefence_plugin" in str(filename):

@@ -167,6 +167,8 @@ def _two_means(part: np.ndarray) -> tuple[_Half, _Half] | None:
     (`SEPARATION`) of at least `MIN_HALF` members; else None. Seeded from the data alone:
     the member least like the part's mean direction, then the one least like it."""
     mean = part.sum(axis=0, dtype=np.float64)
+    if not np.linalg.norm(mean):  # members that cancel out: no direction to start from
+        return None
     first = part[np.argmin(part @ (mean / np.linalg.norm(mean)).astype(np.float32))]
     second = part[np.argmin(part @ first)]
     centres = _lloyd(part, np.vstack([first, second]).astype(np.float32))
