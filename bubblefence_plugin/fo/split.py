@@ -230,7 +230,7 @@ def _refuse_frozen(
     """Refuses a change of a knob fixed after the first round (`params`: the stored
     run's parameters: a state built from a field of the user's used no model)."""
     frozen = [k for k in changed if k in FROZEN_AFTER_FIRST_ROUND]
-    if "model_name" in frozen and params.get("model_name") is None:
+    if "model_name" in frozen and params.get("embeddings_field") not in (None, EMBEDDING_FIELD):
         raise ValueError(
             "this dataset's BubbleFence split reads its embeddings from the field "
             f"{params.get('embeddings_field')!r}, not from a model, and so do its later "
