@@ -48,6 +48,10 @@ from bubblefence_plugin.core.config import unknown_names_message
 from bubblefence_plugin.core.progress import Steps, drive, relay
 from bubblefence_plugin.text import SummaryText, escape_markdown
 
+# Parameters the App adds when a panel's button opens an operator (the panel, its state,
+# the button's path): not the user's, so never refused as unknown.
+APP_PARAMS = frozenset({"panel_id", "panel_state", "path"})
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -195,7 +199,7 @@ class BubbleFenceOperator(foo.Operator):
         return outcome.to_json()  # shown by `resolve_output`
 
     def _refuse_unknown_params(self, ctx: ExecutionContext) -> None:
-        known = set(self.resolve_input(ctx).type.properties) | self.optional_params
+        known = set(self.resolve_input(ctx).type.properties) | self.optional_params | APP_PARAMS
         unknown = sorted(k for k, v in ctx.params.items() if k not in known and v is not None)
         if unknown:
             raise ValueError(unknown_names_message(unknown, known, self._param_noun))

@@ -288,6 +288,14 @@ def test_unknown_parameters_are_refused_before_anything_runs(field_dataset, tmp_
     # Knobs hidden in the folded advanced section are known.
     foo.get_operator(SPLIT)(ds, embeddings_field="emb", lid_k=10)
     assert bfo.state_info(ds)["config"]["lid_k"] == 10
+    # What the App adds when a panel's button opens the operator is not the user's.
+    opened_by_panel = {"panel_id": "p1", "panel_state": {"shown": {}}, "path": "actions.export"}
+    params = {"export_dir": {"absolute_path": str(tmp_path / "y")}, "export_media": False}
+    params.update(opened_by_panel)
+    foo.execute_operator(EXPORT, ctx={"dataset": ds, "params": params})
+    assert (tmp_path / "y" / "manifest.csv").exists()
+    params = {"embeddings_field": "emb", **opened_by_panel}
+    foo.execute_operator(SPLIT, ctx={"dataset": ds, "params": params})
 
 
 def test_python_call_on_a_view_runs_there_and_ends_like_the_app(field_dataset):
