@@ -359,6 +359,9 @@ def test_view_change_events_for_the_drawn_view_get_no_answer(split_dataset):
     bfo.exclude(ds.select(loaded.points["ids"][:3]))
     reply = event(ds, "on_change_view", state=dict(loaded.state))
     assert reply.figure and "Excluded: 3" in reply.text("summary")
+    # Excluded samples are never split: not counted as "not split yet".
+    assert "Not split yet: 0." in reply.text("summary")
+    assert "not_split" not in reply.properties()
 
 
 def test_a_view_of_one_bubble_hydrates_to_that_bubble(split_dataset):

@@ -1013,12 +1013,16 @@ def map_summary(samples: foc.SampleCollection) -> dict[str, Any] | None:
     config = info.get("config", {})
     # The number of bubbles is in the map run's parameters: no arrays to read.
     map_params = LAYOUT_RUN.info(dataset) or {}
+    # Excluded samples are never split: not "not split yet" (a split would not assign them).
+    n_unsplit = n_view - n_split
+    if n_unsplit and tag_counts.get(EXCLUDED_TAG):
+        n_unsplit -= samples.match_tags(EXCLUDED_TAG).exists(ROUND_FIELD, False).count()
     return {
         "n_view": n_view,
         "by_round": {r: by_round[r] for r in sorted(by_round)},
         "totals": totals,
         "n_excluded": int(tag_counts.get(EXCLUDED_TAG, 0)),
-        "n_not_split": n_view - n_split,
+        "n_not_split": n_unsplit,
         "eval_share": n_eval / kept if kept else 0.0,
         "eval_target": config.get("eval_ratio"),
         "validation_share": totals["validation"] / n_eval if n_eval else 0.0,
