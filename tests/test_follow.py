@@ -335,17 +335,27 @@ TWO_BUBBLES = AnchorTable.from_rows(
 )
 
 
+def _new_rows_and_bubble_members(angles, held_bubbles=(0, 1)):
+    """New rows at `angles`, then an earlier member at the centre of each bubble of
+    `held_bubbles` (a bubble without one holds nothing any more)."""
+    centres = [1.0, 2.5]
+    x = circle(*angles, *(centres[b] for b in held_bubbles))
+    split = np.full(len(x), UNASSIGNED, np.int8)
+    anchor = np.full(len(x), -1, np.int64)
+    for k, b in enumerate(held_bubbles):
+        split[len(angles) + k], anchor[len(angles) + k] = VALIDATION, b
+    return x, split, anchor, np.zeros(len(x), np.int8)
+
+
 def test_free_components_join_the_bubble_they_touch():
     angles = [1.05, 1.2, 1.6, 2.52, 2.65, 4.0, 1.0, 1.25, 1.02]
-    x = circle(*angles)
-    split = np.full(len(x), UNASSIGNED, np.int8)
+    x, split, anchor, shell = _new_rows_and_bubble_members(angles)
     split[6] = TRAIN  # bound to a train twin already: stays, even inside bubble 0
-    anchor = np.full(len(x), -1, np.int64)
-    shell = np.zeros(len(x), np.int8)
     components = np.array([0, 1, 1, 3, 4, 5, 6, 7, 7])
     joined = join_existing_bubbles(
-        x, np.arange(len(x)), components, split, anchor, shell, TWO_BUBBLES
+        x, np.arange(len(angles)), components, split, anchor, shell, TWO_BUBBLES
     )
+    split, anchor, shell = split[: len(angles)], anchor[: len(angles)], shell[: len(angles)]
     # Row 0: inner shell of an inner_val bubble; row 1 its outer shell, and row 2 (outside)
     # comes with it; rows 3 and 4: inner and outer of an inner_test bubble; row 5 is in
     # no bubble; rows 7 and 8: the shell of the smaller row inside (7, outer).
@@ -363,6 +373,17 @@ def test_free_components_join_the_bubble_they_touch():
     ]
     assert anchor.tolist() == [0, 0, 0, 1, 1, -1, -1, 0, 0]
     assert shell.tolist() == [INNER, OUTER, OUTER, INNER, OUTER, 0, 0, OUTER, OUTER]
+
+
+def test_a_bubble_whose_samples_all_left_takes_no_one():
+    """Bubble 1's members were all excluded: rows inside it stay open; bubble 0 still
+    takes its own."""
+    angles = [1.05, 2.52, 2.65]
+    x, split, anchor, shell = _new_rows_and_bubble_members(angles, held_bubbles=(0,))
+    components = np.arange(3)
+    joined = join_existing_bubbles(x, np.arange(3), components, split, anchor, shell, TWO_BUBBLES)
+    assert joined == 1 and split[:3].tolist() == [VALIDATION, UNASSIGNED, UNASSIGNED]
+    assert anchor[:3].tolist() == [0, -1, -1]
 
 
 def test_no_bubbles_or_no_open_rows_join_nothing():

@@ -804,3 +804,25 @@ def test_summary_counts_the_leaks_of_later_rounds_bridges():
     leaking = int((x[held] @ x[train].T >= 0.95).any(axis=1).sum())
     other_cuts = sum(r["cut_pairs"] - r["cut_pairs_twins"] for r in history)
     assert 0 < leaking <= bf.summary()["bridge_leaks"] + other_cuts
+
+
+def test_samples_excluded_and_included_again_do_not_flood_their_emptied_bubble():
+    """A bubble whose samples were all excluded (forgotten) holds nothing out: when they
+    come back as new samples they meet the quota as any new sample, and the emptied
+    bubble takes none of them (it took every one inside its radius, all to eval)."""
+    x = clustered_embeddings(200)
+    bf = BubbleFence(BubbleFenceConfig(eval_ratio=0.2, seed=0))
+    bf.ingest(x, ids=np.arange(200))
+    before = bf.assignments()
+    anchor = before["anchor_id"].to_numpy()
+    emptied = int(np.bincount(anchor[anchor >= 0]).argmax())
+    members = before["id"].to_numpy()[anchor == emptied]
+    assert len(members) >= 8
+    bf.forget(members)  # excluded
+    bf.ingest(x[members], ids=members + 1000)  # included again: new samples
+    after = bf.assignments()
+    assert not np.any(after["anchor_id"].to_numpy() == emptied)
+    back = after[after["id"] >= 1000]
+    assert len(back) == len(members)
+    n_eval = np.isin(after["split"], ["validation", "test"]).sum()
+    assert abs(n_eval / np.sum(after["split"] != "duplicate") - 0.2) <= 0.01

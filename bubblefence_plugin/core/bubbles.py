@@ -87,14 +87,18 @@ class AnchorTable:
 
 
 def assign_to_bubbles(
-    vectors: np.ndarray, anchors: AnchorTable, block: int | None = None
+    vectors: np.ndarray,
+    anchors: AnchorTable,
+    block: int | None = None,
+    active: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(anchor index or -1, shell code) per vector.
 
     A vector inside several bubbles goes to the one whose centre is nearest
     relative to its radius (distance / radius; ties to the older anchor). Vectors go
     ``block`` at a time, by default as many as keep one float64 block of distances to
-    every centre within `DISTANCE_BLOCK_BYTES`.
+    every centre within `DISTANCE_BLOCK_BYTES`. ``active``: per anchor, whether it takes
+    vectors at all (None: every one).
     """
     n = len(vectors)
     anchor = np.full(n, -1, dtype=np.int64)
@@ -102,10 +106,11 @@ def assign_to_bubbles(
     if len(anchors) == 0 or n == 0:
         return anchor, shell
     block = block or max(1, DISTANCE_BLOCK_BYTES // (8 * len(anchors)))
+    reach = anchors.radius if active is None else np.where(active, anchors.radius, -np.inf)
     for start in range(0, n, block):
         stop = min(start + block, n)
         distance = 1.0 - (vectors[start:stop] @ anchors.centres.T).astype(np.float64)
-        relative = np.where(distance <= anchors.radius, distance / anchors.radius, np.inf)
+        relative = np.where(distance <= reach, distance / anchors.radius, np.inf)
         best = np.argmin(relative, axis=1)
         rows = np.arange(stop - start)
         inside = np.isfinite(relative[rows, best])
