@@ -329,6 +329,15 @@ def test_split_tags_of_the_users_own_are_never_replaced(field_dataset):
     assert report["metrics"]["split"]["counts"]["validation"] == 40
 
 
+def test_a_first_round_whose_model_cannot_load_adds_no_field(field_dataset, tmp_path):
+    ds = field_dataset
+    before = set(ds.get_field_schema())
+    (tmp_path / "no-model").mkdir()
+    with pytest.raises(bfo.ModelUnavailableError):
+        bfo.split(ds, model_name=str(tmp_path / "no-model"))
+    assert set(ds.get_field_schema()) == before and bfo.state_info(ds) is None
+
+
 def test_split_fields_and_tags_lost_since_are_written_again_edited_ones_are_said(
     field_dataset,
 ):

@@ -195,11 +195,22 @@ def declare_fields(dataset: fo.Dataset, fields: Mapping[str, type]) -> None:
         dataset: a dataset
         fields: field name -> FiftyOne field type, e.g. `RESULT_FIELDS`
     """
+    check_declarable(dataset, fields)
+    for name, ftype in fields.items():
+        if dataset.get_field(name) is None:
+            dataset.add_sample_field(name, ftype)
+
+
+def check_declarable(dataset: fo.Dataset, fields: Mapping[str, type]) -> None:
+    """Refuses, writing nothing, a field of one of these names and another type.
+
+    Args:
+        dataset: a dataset
+        fields: field name -> FiftyOne field type
+    """
     for name, ftype in fields.items():
         field = dataset.get_field(name)
-        if field is None:
-            dataset.add_sample_field(name, ftype)
-        elif not isinstance(field, ftype):
+        if field is not None and not isinstance(field, ftype):
             raise ValueError(
                 f"dataset {dataset.name!r} already has a field {name!r} of type "
                 f"{type(field).__name__}; BubbleFence writes a {ftype.__name__} there. "

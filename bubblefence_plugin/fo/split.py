@@ -46,6 +46,7 @@ from .fields import (
     SPLIT_VALUES,
     assignment_table,
     check_collection,
+    check_declarable,
     clear_excluded_fields,
     declare_fields,
     errors_by_filepath,
@@ -356,7 +357,10 @@ def _open_round(
     for field, param in ((label_field, "label_field"), (group_field, "group_field")):
         if field:
             label_source(dataset, field, param)
-    declare_fields(dataset, RESULT_FIELDS)
+    if bf is None:  # declared once the embeddings are in hand: a failed first round adds none
+        check_declarable(dataset, RESULT_FIELDS)
+    else:
+        declare_fields(dataset, RESULT_FIELDS)
     return _Round(
         samples=samples,
         dataset=dataset,
@@ -496,6 +500,7 @@ def _usable_embeddings(
         errors = yield from within(_embed_new(r, new_ids, dim, summary), 0.02, 0.8)
     else:
         check_vector_field(r.dataset, r.embeddings_field)
+        declare_fields(r.dataset, RESULT_FIELDS)
     yield Progress(0.8, "Reading embeddings")
     candidate_ids = [i for i in new_ids if i not in errors]
     ok_ids, embeddings, read_errors = read_embeddings(
@@ -515,6 +520,7 @@ def _embed_new(
     """Embeds the new samples that lack a vector with the config's model; returns the
     per-sample errors."""
     embedder = get_embedder(r.cfg.model_name, r.cfg.device, r.cfg.batch_size)
+    declare_fields(r.dataset, RESULT_FIELDS)  # the model loaded: the round will write
     prepare_embeddings_field(r.dataset, embedder.model_name, embedder.dim)
     if dim is not None and embedder.dim != dim:
         raise ValueError(
