@@ -242,6 +242,16 @@ def queued_shards_text(operation_ids: Sequence[str], shard_labels: Sequence[str]
     return SummaryText(headline, lines)
 
 
+def audited_text(result: Mapping[str, Any]) -> str:
+    """What a report measured: its samples in train, validation or test, and the others
+    it read (duplicates, samples not split: on neither side, left out of every measure)."""
+    n_split = result.get("n_split", result["n_audited"])  # reports stored before n_split
+    rest = result["n_audited"] - n_split
+    return f"{n_split} split samples" + (
+        f" ({rest} duplicates or not split, left out)" if rest else ""
+    )
+
+
 def pick_text(summary: Mapping[str, Any]) -> SummaryText:
     """A curated pick (`bubblefence_plugin.fo.curate.sample`'s return value)."""
     lines = []
@@ -293,9 +303,7 @@ def report_text(result: Mapping[str, Any]) -> SummaryText:
             f"leakage@{thresholds[k]:g} eval→train {ours['fraction'][k]:.4f} "
             f"(random split {base['fraction'][k]:.4f})"
         )
-    headline = (
-        f"BubbleFence report on {result['n_audited']} samples of {result['source']!r}: {leak}"
-    )
+    headline = f"BubbleFence report on {audited_text(result)} of {result['source']!r}: {leak}"
     lines = []
     if result.get("run_key"):
         lines.append(Line("Stored as run", f"{result['run_key']} ({result['created_at']})"))

@@ -419,7 +419,7 @@ def test_report_prints_the_audit_and_gates_on_leakage(dataset_name, tmp_path, ca
     stored = json.loads(written.read_text())
     assert written.stat().st_mode & 0o777 == 0o644  # as the HTML report, not 0600
     assert stored["label_field"] == "label" and stored["metrics"]["split"]["counts"]["train"] > 0
-    assert "BubbleFence report on 300 samples of 'split'" in out
+    assert "BubbleFence report on 131 split samples (169 duplicates or not split, left out)" in out
     assert "Measure" in out and "Random split" in out
     assert "Labels (≥20) in eval / validation / test" in out  # the split's label field
     assert "Group violations" in out

@@ -80,6 +80,7 @@ import pandas as pd
 
 from ..core import metrics
 from ..core.progress import Progress, ProgressCallback, Steps, drive, within
+from ..text import audited_text
 from .embeddings import check_vector_field, holds_vectors, read_vectors
 from .export import path_inside, safe_name
 from .fields import (
@@ -515,6 +516,7 @@ def _report_dict(
         "group_field": plan.group_field,
         "n_collection": rows.n_collection,
         "n_audited": len(rows.ids),
+        "n_split": int(np.count_nonzero(rows.roles != "")),
         "n_without_embedding": rows.n_without_embedding,
         "n_conflicting_tags": rows.n_conflicting_tags,
         "other_values": [[v, int(c)] for v, c in rows.other_values.most_common(10)],
@@ -1357,8 +1359,8 @@ def render_html(
         "</head><body>",
         f"<h1>BubbleFence split report: {esc(result['dataset'])}</h1>",
         f"<p>Split source <code>{esc(result['source'])}</code>, embeddings "
-        f"<code>{esc(result['embeddings_field'])}</code>, {result['n_audited']} samples "
-        f"audited ({m['dim']}-d), {esc(result['created_at'])}. Leakage thresholds are cosine "
+        f"<code>{esc(result['embeddings_field'])}</code>, {audited_text(result)} "
+        f"({m['dim']}-d), {esc(result['created_at'])}. Leakage thresholds are cosine "
         "similarities; ± is the standard error where eval samples were sampled "
         f"(at most {m['max_queries'] or 'all'} per direction), ≈ marks estimated counts.</p>",
     ]
