@@ -76,6 +76,16 @@ def test_split_form_has_defaults_descriptions_and_folded_advanced(field_dataset)
     props = form(field_dataset, SPLIT, {})
     assert props["embeddings"]["default"] == "field"
     assert props["embeddings_field"]["default"] == "emb"
+    # Vectors stored as Python lists (a list of floats) are offered too.
+    field_dataset.rename_sample_field("emb", "vectors")
+    field_dataset.set_values(
+        "as_list", [list(map(float, v)) for v in field_dataset.values("vectors")]
+    )
+    field_dataset.delete_sample_field("vectors")
+    props = form(field_dataset, SPLIT, {})
+    assert props["embeddings"]["default"] == "field"
+    assert props["embeddings_field"]["default"] == "as_list"
+    field_dataset.set_values("emb", field_dataset.values("as_list"))  # as the rest expects
     props = form(field_dataset, SPLIT, {"embeddings": "model"})
     for name in (
         "eval_ratio",
