@@ -810,7 +810,7 @@ def _short(exc: BaseException, limit: int = 160) -> str:
 
 _OFFLINE_ALTERNATIVE = (
     f"{EFFICIENTNET_LITE0!r} ships with the installed packages and loads offline "
-    f"(--model {EFFICIENTNET_LITE0}, or model_name in the operator form)."
+    f"(--model {EFFICIENTNET_LITE0}, or the split form's Model field)."
 )
 
 

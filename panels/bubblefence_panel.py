@@ -202,7 +202,9 @@ class BubbleFencePanel(foo.Panel):
 
     def on_lasso(self, ctx: Any) -> None:
         # Empty selections never get here (`execute`): the App's selection is kept, so
-        # Exclude acts on it (Reset view clears it).
+        # Exclude acts on it (Reset view clears it). A bubble click's extended selection
+        # goes: the grid showed that bubble while the lasso selected other samples.
+        ctx.ops.set_extended_selection(clear=True)
         ctx.ops.set_selected_samples(_lassoed_ids(ctx))
 
     def exclude(self, ctx: Any) -> None:

@@ -332,6 +332,8 @@ def test_lasso_selects_the_points_and_reset_clears_selection_and_view(split_data
     event(ds, "on_load")
     reply = event(ds, "on_lasso", data=points)
     assert [s["id"] for s in reply.ops["set_selected_samples"][0]["samples"]] == ids
+    # A bubble shown by a click goes: the grid shows what the lasso selected.
+    assert reply.ops["set_extended_selection"][0]["clear"]
     assert reply.output is None  # the panel shows nothing new: no re-render
     # The plot reports an empty selection after every click: no answer, no re-render.
     assert event(ds, "on_lasso", data=[]).ops == {}

@@ -51,8 +51,8 @@ def get_embedder(model: str, device: str = "auto", batch_size: int = 64) -> Any:
         except Exception as e:
             raise ModelUnavailableError(
                 f"could not load the embedding model {model!r}: {str(e).rstrip('.')}. "
-                "Alternatives: a local model folder (--model /path/to/clip, or model_name "
-                "in the operator form), or an existing embeddings field"
+                "Alternatives: a local model folder (--model /path/to/clip, or the split "
+                "form's Model field), or an existing embeddings field"
             ) from e
         _EMBEDDER_CACHE.clear()  # keep at most one model in memory
         _EMBEDDER_CACHE[key] = embedder
