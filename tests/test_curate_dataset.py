@@ -417,6 +417,22 @@ def test_panel_colours_by_typicality_and_region(field_dataset):
     assert viz.COLOR_BY == ("split", "round", "typicality", "region")
 
 
+def test_the_typicality_legend_keeps_its_values_apart():
+    """Scores in a narrow range get as many decimals as keep the five stops apart."""
+    legend = viz._scale_colors(np.array([0.9370, 0.9385, 0.9400, 0.9412, 0.9431])).legend
+    names = [name for name, _ in legend]
+    assert len(set(names)) == len(names) == 5
+    assert names[0] == "typicality 0.937" and names[-1] == "typicality 0.943"
+    wide = [name for name, _ in viz._scale_colors(np.array([0.1, 0.5, 0.9])).legend]
+    assert wide == [
+        "typicality 0.10",
+        "typicality 0.30",
+        "typicality 0.50",
+        "typicality 0.70",
+        "typicality 0.90",
+    ]
+
+
 def test_cli_sample_combines_strategies_and_refuses_bad_input(field_dataset, capsys):
     from bubblefence_plugin.cli import main
 

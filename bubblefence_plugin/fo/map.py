@@ -755,8 +755,10 @@ def _scale_colors(scores: np.ndarray) -> _PointColors:
         stops = np.linspace(low, high, 5)
     else:
         stops = np.array([low])
+    # As many decimals as keep the stops apart (a narrow range read 0.94 twice).
+    places = next((d for d in range(2, 7) if len({f"{v:.{d}f}" for v in stops}) == len(stops)), 6)
     legend = [
-        (f"typicality {v:.2f}", c)
+        (f"typicality {v:.{places}f}", c)
         for v, c in zip(stops, _viridis((stops - low) / spread), strict=True)
     ]
     if (~has).any():
