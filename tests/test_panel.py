@@ -197,6 +197,12 @@ def test_map_draws_points_bubble_outlines_and_a_legend_for_every_mark(split_data
     assert "LID %{customdata[3]}" in centres["hovertemplate"]
     assert [c[0] for c in centres["customdata"]] == anchors["anchor_id"].tolist()
     assert {c[6] for c in centres["customdata"]} == {0}  # created in round 0
+    # The shells a bubble's hover names hold samples: an empty ring is not named.
+    for _, shells, _, n_validation, n_test in (c[1:6] for c in centres["customdata"]):
+        if "outer ring validation" in shells or "all validation" in shells:
+            assert n_validation > 0
+        if "outer ring test" in shells or "all test" in shells:
+            assert n_test > 0
 
     # Dark hover box, legend below the plot (clear of the toolbar), no SVG shapes, no
     # wheel zoom.

@@ -933,11 +933,16 @@ def _centre_trace(bubbles: pd.DataFrame, faded: bool, decimals: int) -> dict[str
     figures = []
     for row in bubbles.itertuples():
         inner_split, outer_split = _shell_splits(row.layout)
-        shell = (
-            f"inner shell {inner_split} (radius {row.inner_radius:.3f}), outer ring {outer_split}"
-            if row.inner_radius > 0
-            else f"no inner shell, all {outer_split}"
-        )
+        held = {"validation": int(row.n_validation), "test": int(row.n_test)}
+        if row.inner_radius <= 0 or not held[inner_split]:
+            shell = f"no inner shell, all {outer_split}"
+        elif not held[outer_split]:  # the outer ring holds no sample: do not name it
+            shell = f"all {inner_split} (inner shell only)"
+        else:
+            shell = (
+                f"inner shell {inner_split} (radius {row.inner_radius:.3g}), "
+                f"outer ring {outer_split}"
+            )
         lid = f"{row.lid:.1f}" if np.isfinite(row.lid) else "n/a"
         figures.append(
             [
