@@ -553,7 +553,10 @@ def _map_note(stats: dict[str, Any]) -> str:
             f"view on the map (a fixed random subsample; the counts below use all)."
         )
     else:
-        drawn = f"Showing all **{stats['n_drawn']:,}** split samples in the view."
+        excluded = stats.get("n_excluded_drawn", 0)
+        drawn = f"Showing all **{stats['n_drawn'] - excluded:,}** split samples in the view" + (
+            f" and {excluded:,} excluded ones (grey)." if excluded else "."
+        )
     plural = "" if stats["n_bubbles"] == 1 else "s"
     note = f"{method} map. {drawn} {stats['n_bubbles']} bubble{plural}"
     if stats["faded"]:

@@ -443,6 +443,17 @@ def test_exclude_and_include_again_update_the_points_drawn_without_reading_the_v
     assert f"Showing all **{n_left}** split samples in the view" in excluded.text("note")
 
 
+def test_the_map_caption_counts_the_excluded_points_apart(split_dataset):
+    """Excluded samples stay on the map in grey: the caption does not count them as
+    split samples (it said 'all 300 split samples' after 60 were excluded)."""
+    ds = split_dataset
+    loaded = event(ds, "on_load")
+    n_points = len(loaded.points["ids"])
+    excluded = event(ds, "exclude", selected=loaded.points["ids"][:3])
+    note = excluded.text("note")
+    assert f"Showing all **{n_points - 3}** split samples in the view and 3 excluded" in note
+
+
 def test_missing_map_offers_to_compute_it_and_refits_with_another_method(split_dataset):
     ds = split_dataset
     viz.delete_map(ds)

@@ -520,6 +520,7 @@ def map_figure(
         "n_view": drawn.n_view,
         "n_on_map": drawn.n_on_map,
         "n_drawn": len(drawn.ids),
+        "n_excluded_drawn": int(np.count_nonzero(drawn.category == "excluded")),
         "subsampled": drawn.n_on_map > len(drawn.ids),
         "n_unplaced": drawn.n_unplaced,
         "n_bubbles": len(bubbles),
