@@ -213,7 +213,6 @@ class BubbleFencePanel(foo.Panel):
         if not ids:
             return
         reason = ctx.panel.state.get("curation.exclusion_reason") or None
-        fields = set(ctx.dataset.get_field_schema())
         points_after = _points_after(ctx, ids)
         try:
             result = bfo.exclude(ctx.dataset.select(ids), reason=reason)
@@ -223,7 +222,7 @@ class BubbleFencePanel(foo.Panel):
         ctx.ops.notify(
             f"{result['message']}; {result['n_excluded_total']} excluded in all", variant="success"
         )
-        _reload(ctx, fields)
+        _show_new_tags(ctx)
         self._hydrate(ctx, drawn=points_after())
 
     def include_again(self, ctx: Any) -> None:
@@ -238,7 +237,7 @@ class BubbleFencePanel(foo.Panel):
             ctx.ops.notify(str(e), variant="error")
             return
         ctx.ops.notify(result["message"], variant="success")
-        ctx.ops.reload_samples()  # tags and values changed, no field was added
+        _show_new_tags(ctx)
         self._hydrate(ctx, drawn=points_after())
 
     def _acted_on(self, ctx: Any) -> list[str]:
@@ -512,14 +511,12 @@ def _points_after(ctx: Any, ids: list[str]) -> Callable[[], bfmap.DrawnPoints | 
     return lambda: bfmap.recategorized(samples, drawn, ids, before)
 
 
-def _reload(ctx: Any, fields_before: set[str]) -> None:
-    """Has the App show the samples' new tags and values: its grid and sidebar counts
-    (`reload_samples`), or, when a field was added (the first exclusion reason), the
-    whole dataset page (`reload_dataset`, a second or more at 30,000 samples)."""
-    if set(ctx.dataset.get_field_schema()) == fields_before:
-        ctx.ops.reload_samples()
-    else:
-        ctx.ops.reload_dataset()
+def _show_new_tags(ctx: Any) -> None:
+    """Has the App show the samples' new tags and values: the whole dataset page
+    (`reload_dataset`). `reload_samples` refreshed the sidebar's counts but not the grid:
+    its thumbnails kept their old tags ("train" on excluded samples) until Reset view
+    (seen in headless Chromium, FiftyOne 1.22)."""
+    ctx.ops.reload_dataset()
 
 
 def _lassoed_ids(ctx: Any) -> list[str]:

@@ -268,14 +268,14 @@ def test_exclude_from_the_panel_leaves_the_split_and_nothing_else_moves(field_da
         ds, "exclude", state={"curation": {"exclusion_reason": "blurry"}}, selected=held_out
     )
     assert "Excluded 3 samples" in reply.ops["notify"][0]["message"]
-    # The first reason adds a field: the App reloads the dataset page for its schema.
-    assert "reload_dataset" in reply.ops and "reload_samples" not in reply.ops
+    # The App reloads the dataset page: its grid shows the new tags (reload_samples left
+    # the thumbnails' old ones), and the first reason's new field.
+    assert "reload_dataset" in reply.ops
     # a clicked point, without a selection
     panel_event(ds, "on_click", trace="train", id=train_point, idx=0)
     reply = panel_event(ds, "exclude")
     assert "Excluded 1 samples" in reply.ops["notify"][0]["message"]
-    # Tags and values only: the App reloads its grid and counts.
-    assert "reload_samples" in reply.ops and "reload_dataset" not in reply.ops
+    assert "reload_dataset" in reply.ops
     excluded = set(held_out) | {train_point}
     # Reset view forgets the clicked point: Exclude then has nothing to act on
     panel_event(ds, "reset_view")
@@ -313,7 +313,7 @@ def test_exclude_from_the_panel_leaves_the_split_and_nothing_else_moves(field_da
 
     # Include again: the next round assigns them as new samples
     reply = panel_event(ds, "include_again", selected=held_out)
-    assert "Included 3" in reply.ops["notify"][0]["message"] and "reload_samples" in reply.ops
+    assert "Included 3" in reply.ops["notify"][0]["message"] and "reload_dataset" in reply.ops
     assert bfo.split(ds, embeddings_field="emb")["n_new"] == 3
     assert None not in ds.select(held_out).values("split")
 
