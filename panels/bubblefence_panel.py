@@ -550,7 +550,7 @@ def _map_note(stats: dict[str, Any]) -> str:
             f"view on the map (a fixed random subsample; the counts below use all)."
         )
     else:
-        excluded = stats.get("n_excluded_drawn", 0)
+        excluded = stats["n_excluded_drawn"]
         drawn = f"Showing all **{stats['n_drawn'] - excluded:,}** split samples in the view" + (
             f" and {excluded:,} excluded ones (grey)." if excluded else "."
         )
