@@ -5,10 +5,10 @@
     .venv/bin/python bench/bench_bridges.py closure_threshold=0.90   # any float knob
     .venv/bin/python bench/bench_bridges.py digits_rounds digits_5rounds   # these cases
 
-The data and rounds are bench_quality's `mixture_rounds` and `mixture_4rounds`, and its
-`digits_rounds` and `digits_5rounds` (scikit-learn's digits, the same size either way:
-dense real data, where most samples have a near twin). After each later round, by brute
-force (blockwise products, float64 near 0.95):
+The data and rounds are bench_quality's (`case_data`): `mixture_rounds`, `mixture_4rounds`
+and `mixture_10rounds`, and `digits_rounds` and `digits_5rounds` (scikit-learn's digits,
+the same size either way: dense real data, where most samples have a near twin). After
+each later round, by brute force (blockwise products, float64 near 0.95):
 
 * bridges: new samples with a near twin in earlier train and in earlier eval (one that
   does not leak yet), and the distinct eval twins they touch;
@@ -39,12 +39,12 @@ from scipy.sparse.csgraph import connected_components, maximum_flow
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_quality import digits, mixture  # noqa: E402
+from bench.bench_quality import case_data  # noqa: E402
 from bubblefence_plugin import BubbleFence, BubbleFenceConfig  # noqa: E402
 from bubblefence_plugin.core.neighbors import unit_rows  # noqa: E402
 
 THRESHOLD = 0.95
-CASES = ["mixture_rounds", "mixture_4rounds", "digits_rounds", "digits_5rounds"]
+CASES = ["mixture_rounds", "mixture_4rounds", "mixture_10rounds", "digits_rounds", "digits_5rounds"]
 TRAIN, VALIDATION, TEST = 0, 1, 2
 
 
@@ -144,29 +144,8 @@ def analyse(x, n, old_split, kept, before, after):
     }
 
 
-def round_data(name: str, quick: bool) -> tuple[np.ndarray, list[int]]:
-    """The vectors and round sizes of bench_quality's case `name` (a quarter when quick;
-    digits whole either way)."""
-    if name.startswith("digits"):
-        x, _ = digits()
-        five = name == "digits_5rounds"
-        x = x[np.random.default_rng(1 if five else 8).permutation(len(x))]
-        n = len(x)
-        if five:
-            return x, [len(part) for part in np.array_split(np.arange(n), 5)]
-        return x, [n // 2, n // 4, n - n // 2 - n // 4]
-    scale = 0.25 if quick else 1.0
-    n = int((20_000 if name == "mixture_4rounds" else 10_000) * scale)
-    x, _ = mixture(n, seed={"mixture_rounds": 2}.get(name, 3))
-    rounds = {
-        "mixture_rounds": [n // 2, n // 4, n - n // 2 - n // 4],
-        "mixture_4rounds": [n * 4 // 10, n // 10, n * 3 // 10, n - n * 8 // 10],
-    }[name]
-    return x, rounds
-
-
 def run(name, quick, knobs):
-    x, rounds = round_data(name, quick)
+    x, _, _, rounds = case_data(name, quick)
     unit = unit_rows(x)
     bf = BubbleFence(BubbleFenceConfig(eval_ratio=0.2, seed=0, **knobs))
     start, records = 0, []

@@ -440,8 +440,13 @@ def measure(
     return out
 
 
-def run_case(name: str, quick: bool) -> dict:
+def case_data(
+    name: str, quick: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, list[int]]:
+    """Case `name`'s vectors, labels, video frame numbers (video cases, else None) and
+    round sizes (a quarter of the size when quick; digits whole either way)."""
     scale = 0.25 if quick else 1.0
+    frame = None
     if name == "digits":
         x, labels = digits()
         rounds = [len(x)]
@@ -486,6 +491,11 @@ def run_case(name: str, quick: bool) -> dict:
             "mixture_tiny_first": [10, n - 10],
             "mixture_10rounds": [len(part) for part in np.array_split(np.arange(n), 10)],
         }[name]
+    return x, labels, frame, rounds
+
+
+def run_case(name: str, quick: bool) -> dict:
+    x, labels, frame, rounds = case_data(name, quick)
     results, final = {}, {}
     runs = [("ours", False, {}), ("ours+labels", True, {})]
     if name in VARIANTS:
