@@ -6,6 +6,7 @@ import dataclasses
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 
 pytestmark = [pytest.mark.fiftyone, pytest.mark.usefixtures("new_panel")]
@@ -585,3 +586,24 @@ def test_a_foreign_run_in_the_maps_place_is_reported_not_crashed_on(split_datase
     reply = event(ds, "build_map")  # refused, and the other run is left alone
     assert "not written by BubbleFence" in reply.ops["notify"][0]["message"]
     assert runs.run_params(ds, viz.LAYOUT_KEY)["method"] == "someone_else"
+
+
+def test_bubble_hover_names_only_what_its_shells_hold():
+    def shells(layout: str, inner_radius: float, n_validation: int, n_test: int) -> str:
+        bubble = pd.Series(
+            {
+                "layout": layout,
+                "inner_radius": inner_radius,
+                "n_validation": n_validation,
+                "n_test": n_test,
+            }
+        )
+        return viz._shells_text(bubble)
+
+    assert shells("inner_val", 0.1, 3, 5) == (
+        "inner shell validation (radius 0.1), outer ring test"
+    )
+    assert shells("inner_val", 0.0, 0, 5) == "no inner shell, all test"
+    assert shells("inner_test", 0.1, 0, 4) == "all test (inner shell only)"
+    # Every member excluded or deleted: the hover does not claim "all test".
+    assert shells("inner_val", 0.1, 0, 0) == "empty: its samples were excluded or deleted"

@@ -928,22 +928,26 @@ def _outline_traces(
     return traces
 
 
+def _shells_text(bubble: Any) -> str:
+    """What a bubble's shells hold, for its hover: only shells that hold samples are
+    named, and a bubble whose samples were all excluded or deleted says so."""
+    inner_split, outer_split = _shell_splits(bubble.layout)
+    held = {"validation": int(bubble.n_validation), "test": int(bubble.n_test)}
+    if not any(held.values()):
+        return "empty: its samples were excluded or deleted"
+    if bubble.inner_radius <= 0 or not held[inner_split]:
+        return f"no inner shell, all {outer_split}"
+    if not held[outer_split]:  # the outer ring holds no sample: do not name it
+        return f"all {inner_split} (inner shell only)"
+    return f"inner shell {inner_split} (radius {bubble.inner_radius:.3g}), outer ring {outer_split}"
+
+
 def _centre_trace(bubbles: pd.DataFrame, faded: bool, decimals: int) -> dict[str, Any]:
     """The bubbles' centres: click targets (ids = anchor ids) with the bubble's figures
     on hover, and its number as a label unless ``faded``."""
     figures = []
     for row in bubbles.itertuples():
-        inner_split, outer_split = _shell_splits(row.layout)
-        held = {"validation": int(row.n_validation), "test": int(row.n_test)}
-        if row.inner_radius <= 0 or not held[inner_split]:
-            shell = f"no inner shell, all {outer_split}"
-        elif not held[outer_split]:  # the outer ring holds no sample: do not name it
-            shell = f"all {inner_split} (inner shell only)"
-        else:
-            shell = (
-                f"inner shell {inner_split} (radius {row.inner_radius:.3g}), "
-                f"outer ring {outer_split}"
-            )
+        shell = _shells_text(row)
         lid = f"{row.lid:.1f}" if np.isfinite(row.lid) else "n/a"
         figures.append(
             [
