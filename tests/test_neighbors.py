@@ -375,3 +375,34 @@ def test_reaches_beyond_answers_as_brute_force_does(seed, monkeypatch):
             assert searched.reaches_beyond(x[queries], inside) == truth
             answers.add(truth)
     assert answers == {True, False}
+
+
+@pytest.mark.parametrize("magnitude", [1e-40, 1e-22, 1e20, 1e30])
+def test_unit_rows_of_any_magnitude_are_the_rows_directions(magnitude):
+    # float32 squares of such values overflow or lose their digits: the rows became zero
+    # or not unit, and a split took ordinary rows for their duplicates.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 64))
+    expected = x / np.linalg.norm(x, axis=1, keepdims=True)
+    dtype = np.float64 if magnitude > 3e38 / 64 or magnitude < 1e-38 else np.float32
+    scaled = (x * magnitude).astype(dtype)
+    found = nb.unit_rows(scaled)
+    assert found.dtype == np.float32
+    np.testing.assert_allclose(found, expected, atol=1e-5)
+
+
+def test_unit_rows_of_ordinary_magnitudes_are_unchanged_floats():
+    x = unit(np.random.default_rng(1).normal(size=(20, 8)).astype(np.float32) * 3)
+    before = x / np.sqrt(np.einsum("ij,ij->i", x, x))[:, None]  # the float path as ever
+    np.testing.assert_array_equal(nb.unit_rows(x), before)
+
+
+def test_a_split_keeps_rows_of_extreme_magnitude_apart_from_ordinary_ones():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(300, 32)).astype(np.float32)
+    x[:100] *= 1e-22
+    from bubblefence_plugin import BubbleFence, BubbleFenceConfig
+
+    bf = BubbleFence(BubbleFenceConfig(seed=0))
+    bf.ingest(x)
+    assert (bf.assignments()["split"] != "duplicate").all()

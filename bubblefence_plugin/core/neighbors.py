@@ -1259,6 +1259,11 @@ def nearest_centre(vectors: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray
 UNIT_NORM_TOLERANCE = 1e-3
 
 
+# Row magnitudes (largest |value|) whose float32 squares, summed over up to ~10^5
+# dimensions, neither overflow (3.4e38) nor fall below the normal floats (1.2e-38).
+SAFE_MAGNITUDE = (1e-15, 1e15)
+
+
 def unit_rows(
     embeddings: np.ndarray, out: np.ndarray | None = None, name: str = "embeddings"
 ) -> np.ndarray:
@@ -1269,17 +1274,26 @@ def unit_rows(
     x = np.asarray(embeddings)
     out = np.empty(x.shape, np.float32) if out is None else out
     for start in range(0, len(x), ROW_STEP):
-        block = out[start : start + ROW_STEP]
-        block[...] = x[start : start + ROW_STEP]
-        bad = np.flatnonzero(~np.isfinite(block).all(axis=1))
+        given = x[start : start + ROW_STEP]
+        bad = np.flatnonzero(~np.isfinite(given).all(axis=1))
         if len(bad):
             rows = (start + bad[:10]).tolist()
             raise ValueError(f"{name} rows {rows} contain NaN or inf")
-        norms = np.sqrt(np.einsum("ij,ij->i", block, block))
-        zero = np.flatnonzero(norms == 0)
+        largest = (
+            np.max(np.abs(given), axis=1).astype(np.float64) if given.size else np.zeros(len(given))
+        )
+        zero = np.flatnonzero(largest == 0)
         if len(zero):
             raise ValueError(f"{name} rows {(start + zero[:10]).tolist()} are zero vectors")
-        block /= norms[:, None]
+        # A row of values outside `SAFE_MAGNITUDE` is first divided by its largest
+        # |value|, in its own dtype: float32 squares of such values overflow or lose their
+        # digits, which made rows zero or not unit (and ordinary rows their duplicates).
+        # Other rows are taken as they are (divided by 1: the same floats as ever).
+        low, high = SAFE_MAGNITUDE
+        scale = np.where((largest < low) | (largest > high), largest, 1)
+        block = out[start : start + ROW_STEP]
+        block[...] = given / scale[:, None].astype(np.result_type(given.dtype, np.float32))
+        block /= np.sqrt(np.einsum("ij,ij->i", block, block))[:, None]
     return out
 
 
