@@ -423,13 +423,13 @@ def play(page: Any, ds: fo.Dataset, shots: Path | None) -> list[Step]:
         )
     )
     # A walk through the App saw the first recolour after a reset take 10.8 s.
-    for name, legend in (("Round", "Points by round:"), ("Split", "Points by split:")):
+    for name, title in (("Round", "Points by round:"), ("Split", "Points by split:")):
         steps.append(
             timed(
                 f"recolour by {name.lower()}, after the reset",
                 recorder,
                 lambda name=name: panel.get_by_role("button", name=name, exact=True).click(),
-                {"legend": legend_says(legend)},
+                {"legend": legend_says(title)},
             )
         )
 
