@@ -23,6 +23,7 @@ from bubblefence_plugin.core.bubbles import (
 from bubblefence_plugin.core.config import BubbleFenceConfig
 from bubblefence_plugin.core.follow import (
     _assigned_twins,
+    balance_margin_joins,
     bind_to_assigned,
     earlier_index,
     join_existing_bubbles,
@@ -422,3 +423,48 @@ def test_too_large_for_eval_by_hand():
     assert moved(100).tolist() == [3]
     # At two leaks, 40 samples cost more than 0.03 of them: it stays, eval over its cap.
     assert moved(100, leaks=lambda c: 2).tolist() == []
+
+
+# --------------------------------------------------------------------------- balance
+
+
+def test_margin_joined_units_change_shell_only_without_a_twin_on_the_side_they_leave():
+    # Bubble 0 (inner shell validation): earlier validation at angle 0, earlier test at
+    # pi. This round joined, all in validation: unit 5 (angles 0.45 and 0.5, 0.45 from
+    # the earlier validation sample: inside the margin, no twin) and unit 7 (-0.1: a
+    # twin of it). Validation holds 4 of 5: the free unit moves, the tied one stays.
+    old = [(0.0, VALIDATION, 0, INNER), (math.pi, TEST, 0, OUTER)]
+    x, split, anchor, shell = state(old, [0.45, 0.5, -0.1])
+    split[2:], anchor[2:], shell[2:] = VALIDATION, 0, INNER
+    joined, units = np.arange(2, 5), np.array([5, 5, 7])
+    kept = np.ones(len(x), bool)
+    moved = balance_margin_joins(
+        x,
+        joined,
+        units,
+        split,
+        anchor,
+        shell,
+        np.array([INNER_VAL]),
+        kept,
+        2,
+        earlier_index(x, kept, 2, CONFIG),
+        CONFIG,
+        slack=0.015,
+    )
+    assert moved == 2
+    assert split.tolist() == [VALIDATION, TEST, TEST, TEST, VALIDATION]
+    assert shell[2:4].tolist() == [OUTER, OUTER]  # test is the outer ring of bubble 0
+    assert shell[4] == INNER
+
+
+def test_balance_margin_joins_leaves_a_balanced_round_alone():
+    old = [(0.0, VALIDATION, 0, INNER), (math.pi, TEST, 0, OUTER)]
+    x, split, anchor, shell = state(old, [0.45, 2.5])
+    split[2:], anchor[2:], shell[2:] = [VALIDATION, TEST], 0, [INNER, OUTER]
+    kept = np.ones(len(x), bool)
+    before = split.copy()
+    args = (x, np.arange(2, 4), np.array([1, 2]), split, anchor, shell, np.array([INNER_VAL]))
+    earlier = earlier_index(x, kept, 2, CONFIG)
+    assert balance_margin_joins(*args, kept, 2, earlier, CONFIG, slack=0.015) == 0
+    assert np.array_equal(split, before)

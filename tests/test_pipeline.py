@@ -826,3 +826,32 @@ def test_samples_excluded_and_included_again_do_not_flood_their_emptied_bubble()
     assert len(back) == len(members)
     n_eval = np.isin(after["split"], ["validation", "test"]).sum()
     assert abs(n_eval / np.sum(after["split"] != "duplicate") - 0.2) <= 0.01
+
+
+def classes_around_a_mean(n: int, seed: int, d: int = 64, k: int = 12):
+    """Classes as offsets from one shared mean direction (as CLIP's embeddings lie): at
+    the closure threshold a class is one unit."""
+    rng = np.random.default_rng(seed)
+    mean = rng.normal(size=d)
+    mean *= 1.5 / np.linalg.norm(mean)
+    labels = rng.integers(0, k, n)
+    offsets = rng.normal(size=(k, d))
+    offsets *= 0.8 / np.linalg.norm(offsets, axis=1, keepdims=True)
+    axes = rng.normal(size=(k, 8, d)) / np.sqrt(d)
+    spread = np.einsum("ij,ijd->id", rng.normal(size=(n, 8)) * 0.5, axes[labels])
+    return unit(mean + offsets[labels] + spread + 0.1 / np.sqrt(d) * rng.normal(size=(n, d)))
+
+
+def test_a_tiny_first_round_still_ends_with_validation_on_target():
+    # Round 0's 30 samples hold a few bubbles; round 1's whole classes join them through
+    # the margin in one shell each (435 samples): validation came to 0.039 of eval.
+    x = classes_around_a_mean(3000, seed=1)
+    bf = BubbleFence(BubbleFenceConfig(seed=0))
+    bf.ingest(x[:30])
+    bf.ingest(x[30:])
+    record = bf.history[-1]
+    assert record["margin_eval"] > 300 and record["margin_shells_moved"] > 0
+    split = bf.assignments()["split"].to_numpy()
+    held = np.isin(split, ["validation", "test"])
+    assert held.sum() >= 200 and abs(np.mean(split[held] == "validation") - 0.5) <= 0.03
+    check_invariants(bf)  # no validation-test pair at the leak threshold came of it

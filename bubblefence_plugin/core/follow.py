@@ -29,6 +29,12 @@ members linked); a component is the unit that moves:
   within it of an eval sample joins that sample's bubble and shell (eval's margin).
   Without it the margin wears away round after round, and the next rounds' samples
   bridge the two sides (bench/RESULTS.md, "Later rounds: the closure margin").
+* **balance**: a unit that joined eval through the margin has no near twin among the
+  assigned samples, so its shell is free: where the round's new bubbles could not
+  bring validation to `validation_ratio` of eval (a first round of 50 whose few
+  bubbles drew in 2,838 later samples: validation 0.556), such units move to the other
+  shell of their bubble, each only if none of its members is a near twin of the shell
+  it leaves (`balance_margin_joins`).
 """
 
 from __future__ import annotations
@@ -38,6 +44,9 @@ from collections.abc import Callable
 import numpy as np
 
 from .bubbles import (
+    INNER,
+    INNER_VAL,
+    OUTER,
     TEST,
     TRAIN,
     UNASSIGNED,
@@ -428,3 +437,79 @@ def keep_margins(
     rows, twin = open_rows[joins], model[unit[joins]]
     split[rows], anchor[rows], shell[rows] = split[twin], anchor[twin], shell[twin]
     return fenced, len(rows)
+
+
+def balance_margin_joins(
+    embeddings: np.ndarray,
+    joined: np.ndarray,
+    unit_of: np.ndarray,
+    split: np.ndarray,
+    anchor: np.ndarray,
+    shell: np.ndarray,
+    layout: np.ndarray,
+    kept: np.ndarray,
+    n_old: int,
+    earlier: CellIndex | None,
+    config: BubbleFenceConfig,
+    slack: float,
+) -> int:
+    """Moves units that joined eval through the margin (`keep_margins`) to the other
+    shell of their bubble while validation is more than `slack` (a share of eval) off
+    `validation_ratio`, in place; returns how many rows moved.
+
+    `joined`: those rows, `unit_of` their units. A unit moves only if none of its
+    members is a near twin of an assigned sample on the side it leaves (its own members
+    aside: a unit's twins are inside it), so no pair at `leak_threshold` comes to cross
+    validation and test; the largest units first, each only if it does not carry
+    validation past the target by more than the slack.
+    """
+    held = kept & ((split == VALIDATION) | (split == TEST))
+    n_eval = int(held.sum())
+    target = config.validation_ratio * n_eval
+    excess = int((kept & (split == VALIDATION)).sum()) - target
+    if len(joined) == 0 or abs(excess) <= slack * n_eval:
+        return 0
+    leaving = VALIDATION if excess > 0 else TEST
+    arriving = TEST if leaving == VALIDATION else VALIDATION
+    on_side = split[joined] == leaving
+    rows, units = joined[on_side], unit_of[on_side]
+    if len(rows) == 0:
+        return 0
+    candidate = np.zeros(len(split), bool)
+    candidate[rows] = True
+    searches = []
+    if earlier is not None:
+        searches.append((earlier.at(config.leak_threshold), role_of(split[earlier.rows])))
+    this_round = n_old + np.flatnonzero(kept[n_old:] & np.isin(split[n_old:], ROLES))
+    this_round = this_round[~candidate[this_round]]
+    if len(this_round):
+        index = CellIndex(embeddings, this_round, config.leak_threshold, config.seed)
+        searches.append((index, role_of(split[this_round])))
+    if searches:
+        votes = twin_votes(embeddings, embeddings[rows], searches, len(ROLES), ranked=())
+        tied = votes.count[:, leaving] > 0
+    else:
+        tied = np.zeros(len(rows), bool)
+    names, unit = np.unique(units, return_inverse=True)
+    blocked = np.bincount(unit.reshape(-1), tied, minlength=len(names)) > 0
+    sizes = np.bincount(unit.reshape(-1), minlength=len(names))
+    unit = unit.reshape(-1)
+    chosen = np.zeros(len(names), bool)
+    left = abs(excess)
+    for u in np.lexsort((names, -sizes)):  # the largest first; ties: the smaller unit
+        if left <= slack * n_eval:
+            break
+        if not blocked[u] and sizes[u] <= left + slack * n_eval:
+            chosen[u] = True
+            left -= sizes[u]
+    # Still off: the one unit left that brings validation closest, if any does.
+    free = np.flatnonzero(~blocked & ~chosen)
+    if left > slack * n_eval and len(free):
+        best = free[np.argmin(np.abs(left - sizes[free]))]
+        if abs(left - sizes[best]) < left:
+            chosen[best] = True
+    members = rows[chosen[unit]]
+    split[members] = arriving
+    inner_is_val = layout[anchor[members]] == INNER_VAL
+    shell[members] = np.where((arriving == VALIDATION) == inner_is_val, INNER, OUTER)
+    return len(members)

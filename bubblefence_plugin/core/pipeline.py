@@ -40,7 +40,13 @@ from .bubbles import (
 from .config import BubbleFenceConfig, frozen_changes
 from .dedup import find_duplicates
 from .density import LidReference
-from .follow import bind_to_assigned, earlier_index, join_existing_bubbles, keep_margins
+from .follow import (
+    balance_margin_joins,
+    bind_to_assigned,
+    earlier_index,
+    join_existing_bubbles,
+    keep_margins,
+)
 from .groups import (
     crossings_changed,
     encode_groups,
@@ -50,7 +56,7 @@ from .groups import (
     group_summary,
     resolve_round,
 )
-from .grow import BubbleGrower, Strata, Units, eval_floor, round_budget
+from .grow import SHELL_SECOND_PASS_SLACK, BubbleGrower, Strata, Units, eval_floor, round_budget
 from .labels import LabelIndex, encode_label_sets, label_shares, label_summary
 from .neighbors import CellIndex, blas_threads, unit_rows
 from .regions import RegionIndex
@@ -105,6 +111,9 @@ class _Round:
     open_rows: np.ndarray | None = None  # new kept rows left for new bubbles
     unit_of: np.ndarray | None = None  # their units (components at the closure threshold)
     fenced: np.ndarray | None = None  # per open row: train's margin (`keep_margins`)
+    # Rows that joined eval through eval's margin (`keep_margins`), and their units.
+    margin_joined: np.ndarray | None = None
+    margin_units: np.ndarray | None = None
     earlier_index: CellIndex | None = None  # the kept rows of earlier rounds (`_earlier`)
     kept_index: CellIndex | None = None  # every kept row (round 0's units), for the next round
     new_index: CellIndex | None = None  # the round's new kept rows (`_new_index`)
@@ -253,6 +262,8 @@ class BubbleFence:
             self._keep_margins(work)
         with _timed(timings, "new_bubbles"):
             self._grow_new_bubbles(work)
+        with _timed(timings, "margin_shells"):
+            self._balance_margin_joins(work)
         self._settle_the_rest(work)
         self._clear_new_bubbles(work)
         return self._commit(work)
@@ -376,6 +387,28 @@ class BubbleFence:
         work.stats["margin_train"] = int(fenced.sum())
         still = split[open_rows] == UNASSIGNED
         work.open_rows, work.unit_of, work.fenced = open_rows[still], unit_of[still], fenced[still]
+        work.margin_joined, work.margin_units = open_rows[~still], unit_of[~still]
+
+    def _balance_margin_joins(self, work: _Round) -> None:
+        """Units that joined eval through the margin change shell where the new bubbles
+        left validation off target (`follow.balance_margin_joins`)."""
+        if work.margin_joined is None or len(work.margin_joined) == 0:
+            work.stats["margin_shells_moved"] = 0
+            return
+        work.stats["margin_shells_moved"] = balance_margin_joins(
+            work.x,
+            work.margin_joined,
+            work.margin_units,
+            work.split,
+            work.anchor,
+            work.shell,
+            self._anchors.append(work.new_table).layout,
+            work.kept,
+            work.n_old,
+            self._earlier(work),
+            self.config,
+            SHELL_SECOND_PASS_SLACK,
+        )
 
     def _grow_new_bubbles(self, work: _Round) -> None:
         """Steps 3-5: new bubbles, stratified by labels and regions, to the eval quota."""
