@@ -475,25 +475,11 @@ def balance_margin_joins(
     rows, units = joined[on_side], unit_of[on_side]
     if len(rows) == 0:
         return 0
-    candidate = np.zeros(len(split), bool)
-    candidate[rows] = True
-    searches = []
-    if earlier is not None:
-        searches.append((earlier.at(config.leak_threshold), role_of(split[earlier.rows])))
-    this_round = n_old + np.flatnonzero(kept[n_old:] & np.isin(split[n_old:], ROLES))
-    this_round = this_round[~candidate[this_round]]
-    if len(this_round):
-        index = CellIndex(embeddings, this_round, config.leak_threshold, config.seed)
-        searches.append((index, role_of(split[this_round])))
-    if searches:
-        votes = twin_votes(embeddings, embeddings[rows], searches, len(ROLES), ranked=())
-        tied = votes.count[:, leaving] > 0
-    else:
-        tied = np.zeros(len(rows), bool)
+    tied = _twins_on(leaving, embeddings, rows, split, kept, n_old, earlier, config)
     names, unit = np.unique(units, return_inverse=True)
-    blocked = np.bincount(unit.reshape(-1), tied, minlength=len(names)) > 0
-    sizes = np.bincount(unit.reshape(-1), minlength=len(names))
     unit = unit.reshape(-1)
+    blocked = np.bincount(unit, tied, minlength=len(names)) > 0
+    sizes = np.bincount(unit, minlength=len(names))
     chosen = np.zeros(len(names), bool)
     left = abs(excess)
     for u in np.lexsort((names, -sizes)):  # the largest first; ties: the smaller unit
@@ -513,3 +499,30 @@ def balance_margin_joins(
     inner_is_val = layout[anchor[members]] == INNER_VAL
     shell[members] = np.where((arriving == VALIDATION) == inner_is_val, INNER, OUTER)
     return len(members)
+
+
+def _twins_on(
+    side: int,
+    embeddings: np.ndarray,
+    rows: np.ndarray,
+    split: np.ndarray,
+    kept: np.ndarray,
+    n_old: int,
+    earlier: CellIndex | None,
+    config: BubbleFenceConfig,
+) -> np.ndarray:
+    """Per row of `rows`: whether it has a near twin on `side` among the assigned kept
+    samples other than `rows` (earlier rows through `earlier`, this round's in an index
+    of their own)."""
+    searches = []
+    if earlier is not None:
+        searches.append((earlier.at(config.leak_threshold), role_of(split[earlier.rows])))
+    this_round = n_old + np.flatnonzero(kept[n_old:] & np.isin(split[n_old:], ROLES))
+    this_round = np.setdiff1d(this_round, rows, assume_unique=True)
+    if len(this_round):
+        index = CellIndex(embeddings, this_round, config.leak_threshold, config.seed)
+        searches.append((index, role_of(split[this_round])))
+    if not searches:
+        return np.zeros(len(rows), bool)
+    votes = twin_votes(embeddings, embeddings[rows], searches, len(ROLES), ranked=())
+    return votes.count[:, side] > 0
