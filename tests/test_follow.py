@@ -428,43 +428,58 @@ def test_too_large_for_eval_by_hand():
 # --------------------------------------------------------------------------- balance
 
 
-def test_margin_joined_units_change_shell_only_without_a_twin_on_the_side_they_leave():
-    # Bubble 0 (inner shell validation): earlier validation at angle 0, earlier test at
-    # pi. This round joined, all in validation: unit 5 (angles 0.45 and 0.5, 0.45 from
-    # the earlier validation sample: inside the margin, no twin) and unit 7 (-0.1: a
-    # twin of it). Validation holds 4 of 5: the free unit moves, the tied one stays.
+def margin_join_state():
+    """Bubble 0: earlier validation at angle 0, earlier test at pi; joined this round, all
+    in validation: unit 5 (0.45 and 0.5) and unit 7 (-0.1, a twin of angle 0)."""
     old = [(0.0, VALIDATION, 0, INNER), (math.pi, TEST, 0, OUTER)]
     x, split, anchor, shell = state(old, [0.45, 0.5, -0.1])
     split[2:], anchor[2:], shell[2:] = VALIDATION, 0, INNER
-    joined, units = np.arange(2, 5), np.array([5, 5, 7])
-    kept = np.ones(len(x), bool)
-    moved = balance_margin_joins(
-        x,
-        joined,
-        units,
-        split,
-        anchor,
-        shell,
-        np.array([INNER_VAL]),
-        kept,
-        2,
-        earlier_index(x, kept, 2, CONFIG),
-        CONFIG,
-        slack=0.015,
+    return x, split, anchor, shell
+
+
+def one_bubble(x, layout, inner_radius):
+    return AnchorTable(
+        centres=x[:1],
+        radius=np.array([0.6]),
+        inner_radius=np.array([inner_radius]),
+        lid=np.ones(1),
+        layout=np.array([layout]),
+        round=np.zeros(1, np.int32),
     )
-    assert moved == 2
+
+
+def balance(x, split, anchor, shell, bubble):
+    kept = np.ones(len(x), bool)
+    earlier = earlier_index(x, kept, 2, CONFIG)
+    joined, units = np.arange(2, 5), np.array([5, 5, 7])
+    return balance_margin_joins(
+        x, joined, units, split, anchor, shell, bubble, kept, 2, earlier, CONFIG, slack=0.015
+    )
+
+
+def test_a_margin_joined_unit_moves_only_into_a_shell_its_bubble_has():
+    # Test is bubble 0's inner shell, and it has none (inner radius -1): nothing moves.
+    x, split, anchor, shell = margin_join_state()
+    split[:2], shell[:2] = [VALIDATION, TEST], [OUTER, INNER]
+    before = split.copy()
+    assert balance(x, split, anchor, shell, one_bubble(x, INNER_TEST, -1.0)) == 0
+    assert np.array_equal(split, before)
+
+
+def test_margin_joined_units_change_shell_only_without_a_twin_on_the_side_they_leave():
+    # Validation holds 4 of 5: unit 5 (0.45 from the earlier validation sample: inside
+    # the margin, no twin) moves to test, bubble 0's outer ring; unit 7, a twin, stays.
+    x, split, anchor, shell = margin_join_state()
+    assert balance(x, split, anchor, shell, one_bubble(x, INNER_VAL, 0.1)) == 2
     assert split.tolist() == [VALIDATION, TEST, TEST, TEST, VALIDATION]
-    assert shell[2:4].tolist() == [OUTER, OUTER]  # test is the outer ring of bubble 0
+    assert shell[2:4].tolist() == [OUTER, OUTER]
     assert shell[4] == INNER
 
 
-def test_balance_margin_joins_leaves_a_balanced_round_alone():
-    old = [(0.0, VALIDATION, 0, INNER), (math.pi, TEST, 0, OUTER)]
-    x, split, anchor, shell = state(old, [0.45, 2.5])
-    split[2:], anchor[2:], shell[2:] = [VALIDATION, TEST], 0, [INNER, OUTER]
-    kept = np.ones(len(x), bool)
+def test_balance_margin_joins_makes_no_move_that_leaves_validation_farther_off():
+    # Validation 2 of 5: moving unit 5 (2 rows) to it would leave it 1.5 off, not 0.5.
+    x, split, anchor, shell = margin_join_state()
+    split[2:], shell[2:] = [TEST, TEST, VALIDATION], [OUTER, OUTER, INNER]
     before = split.copy()
-    args = (x, np.arange(2, 4), np.array([1, 2]), split, anchor, shell, np.array([INNER_VAL]))
-    earlier = earlier_index(x, kept, 2, CONFIG)
-    assert balance_margin_joins(*args, kept, 2, earlier, CONFIG, slack=0.015) == 0
+    assert balance(x, split, anchor, shell, one_bubble(x, INNER_VAL, 0.1)) == 0
     assert np.array_equal(split, before)

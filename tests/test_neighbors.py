@@ -406,3 +406,11 @@ def test_a_split_keeps_rows_of_extreme_magnitude_apart_from_ordinary_ones():
     bf = BubbleFence(BubbleFenceConfig(seed=0))
     bf.ingest(x)
     assert (bf.assignments()["split"] != "duplicate").all()
+
+
+def test_unit_rows_of_integer_minima_and_object_arrays():
+    # |int8(-128)| is -128 in int8; a mixed DataFrame's values come as an object array.
+    np.testing.assert_array_equal(nb.unit_rows(np.array([[-128, 0, 0]], np.int8)), [[-1, 0, 0]])
+    found = nb.unit_rows(np.array([[-128, -128]], np.int8))
+    np.testing.assert_allclose(found, [[-(0.5**0.5), -(0.5**0.5)]], rtol=1e-6)
+    np.testing.assert_allclose(nb.unit_rows(np.array([[3.0, 4]], object)), [[0.6, 0.8]])

@@ -446,7 +446,7 @@ def balance_margin_joins(
     split: np.ndarray,
     anchor: np.ndarray,
     shell: np.ndarray,
-    layout: np.ndarray,
+    anchors: AnchorTable,
     kept: np.ndarray,
     n_old: int,
     earlier: CellIndex | None,
@@ -457,11 +457,13 @@ def balance_margin_joins(
     shell of their bubble while validation is more than `slack` (a share of eval) off
     `validation_ratio`, in place; returns how many rows moved.
 
-    `joined`: those rows, `unit_of` their units. A unit moves only if none of its
-    members is a near twin of an assigned sample on the side it leaves (its own members
-    aside: a unit's twins are inside it), so no pair at `leak_threshold` comes to cross
-    validation and test; the largest units first, each only if it does not carry
-    validation past the target by more than the slack.
+    `joined`: those rows, `unit_of` their units; `anchors`: every bubble, this round's
+    included. A unit moves only if none of its members is a near twin of an assigned
+    sample on the side it leaves (its own members aside: a unit's twins are inside it),
+    so no pair at `leak_threshold` comes to cross validation and test, and only into a
+    shell its bubbles have (a bubble without an inner shell has no room for the other
+    split); the largest units first, each only if it does not carry validation past the
+    target by more than the slack.
     """
     held = kept & ((split == VALIDATION) | (split == TEST))
     n_eval = int(held.sum())
@@ -476,9 +478,13 @@ def balance_margin_joins(
     if len(rows) == 0:
         return 0
     tied = _twins_on(leaving, embeddings, rows, split, kept, n_old, earlier, config)
+    new_shell = np.where(
+        (arriving == VALIDATION) == (anchors.layout[anchor[rows]] == INNER_VAL), INNER, OUTER
+    )
+    no_room = (new_shell == INNER) & (anchors.inner_radius[anchor[rows]] <= 0)
     names, unit = np.unique(units, return_inverse=True)
     unit = unit.reshape(-1)
-    blocked = np.bincount(unit, tied, minlength=len(names)) > 0
+    blocked = np.bincount(unit, tied | no_room, minlength=len(names)) > 0
     sizes = np.bincount(unit, minlength=len(names))
     chosen = np.zeros(len(names), bool)
     left = abs(excess)
@@ -494,11 +500,10 @@ def balance_margin_joins(
         best = free[np.argmin(np.abs(left - sizes[free]))]
         if abs(left - sizes[best]) < left:
             chosen[best] = True
-    members = rows[chosen[unit]]
-    split[members] = arriving
-    inner_is_val = layout[anchor[members]] == INNER_VAL
-    shell[members] = np.where((arriving == VALIDATION) == inner_is_val, INNER, OUTER)
-    return len(members)
+    moving = chosen[unit]
+    split[rows[moving]] = arriving
+    shell[rows[moving]] = new_shell[moving]
+    return int(moving.sum())
 
 
 def _twins_on(

@@ -1272,6 +1272,8 @@ def unit_rows(
     Raises ValueError naming the rows that are not finite or are zero vectors.
     """
     x = np.asarray(embeddings)
+    if x.dtype == object:  # numbers in an object array (a mixed DataFrame's values)
+        x = x.astype(np.float64)
     out = np.empty(x.shape, np.float32) if out is None else out
     for start in range(0, len(x), ROW_STEP):
         given = x[start : start + ROW_STEP]
@@ -1279,8 +1281,9 @@ def unit_rows(
         if len(bad):
             rows = (start + bad[:10]).tolist()
             raise ValueError(f"{name} rows {rows} contain NaN or inf")
+        # In float64: |int8(-128)| is -128 in int8.
         largest = (
-            np.max(np.abs(given), axis=1).astype(np.float64) if given.size else np.zeros(len(given))
+            np.max(np.abs(given, dtype=np.float64), axis=1) if given.size else np.zeros(len(given))
         )
         zero = np.flatnonzero(largest == 0)
         if len(zero):

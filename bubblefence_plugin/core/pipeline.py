@@ -402,7 +402,7 @@ class BubbleFence:
             work.split,
             work.anchor,
             work.shell,
-            self._anchors.append(work.new_table).layout,
+            self._anchors.append(work.new_table),
             work.kept,
             work.n_old,
             self._earlier(work),

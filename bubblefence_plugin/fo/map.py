@@ -935,11 +935,12 @@ def _shells_text(bubble: Any) -> str:
     held = {"validation": int(bubble.n_validation), "test": int(bubble.n_test)}
     if not any(held.values()):
         return "empty: its samples were excluded or deleted"
-    if bubble.inner_radius <= 0 or not held[inner_split]:
+    if not held[inner_split]:
         return f"no inner shell, all {outer_split}"
     if not held[outer_split]:  # the outer ring holds no sample: do not name it
         return f"all {inner_split} (inner shell only)"
-    return f"inner shell {inner_split} (radius {bubble.inner_radius:.3g}), outer ring {outer_split}"
+    radius = f" (radius {bubble.inner_radius:.3g})" if bubble.inner_radius > 0 else ""
+    return f"inner shell {inner_split}{radius}, outer ring {outer_split}"
 
 
 def _centre_trace(bubbles: pd.DataFrame, faded: bool, decimals: int) -> dict[str, Any]:
