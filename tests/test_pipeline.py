@@ -842,9 +842,10 @@ def classes_around_a_mean(n: int, seed: int, d: int = 64, k: int = 12):
     return unit(mean + offsets[labels] + spread + 0.1 / np.sqrt(d) * rng.normal(size=(n, d)))
 
 
-def test_a_tiny_first_round_still_ends_with_validation_on_target():
-    # Round 0's 30 samples hold a few bubbles; round 1's whole classes join them through
-    # the margin in one shell each (435 samples): validation came to 0.039 of eval.
+def test_a_tiny_first_round_still_ends_on_the_ratio_with_validation_on_target():
+    # Round 0's 30 samples hold a few bubbles; round 1's whole classes joined them through
+    # the margin, in one shell each and past the quota (435 samples): validation came to
+    # 0.039 of eval, and eval to 0.214 of the data.
     x = classes_around_a_mean(3000, seed=1)
     bf = BubbleFence(BubbleFenceConfig(seed=0))
     bf.ingest(x[:30])
@@ -853,5 +854,6 @@ def test_a_tiny_first_round_still_ends_with_validation_on_target():
     assert record["margin_eval"] > 300 and record["margin_shells_moved"] > 0
     split = bf.assignments()["split"].to_numpy()
     held = np.isin(split, ["validation", "test"])
+    assert abs(held.mean() - 0.2) <= 0.01
     assert held.sum() >= 200 and abs(np.mean(split[held] == "validation") - 0.5) <= 0.03
     check_invariants(bf)  # no validation-test pair at the leak threshold came of it

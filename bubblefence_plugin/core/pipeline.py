@@ -372,6 +372,14 @@ class BubbleFence:
         split, new_kept = work.split, work.new_kept
         open_rows = new_kept[split[new_kept] == UNASSIGNED]
         unit_of = self._units(work, open_rows)
+        evaluated = (split == VALIDATION) | (split == TEST)
+        budget = round_budget(
+            int(work.kept.sum()),
+            int(evaluated.sum()),
+            len(new_kept),
+            int(evaluated[new_kept].sum()),
+            self.config,
+        )
         fenced, work.stats["margin_eval"] = keep_margins(
             work.x,
             open_rows,
@@ -383,6 +391,7 @@ class BubbleFence:
             work.n_old,
             self._earlier(work),
             self.config,
+            room=budget.need + budget.slack,
         )
         work.stats["margin_train"] = int(fenced.sum())
         still = split[open_rows] == UNASSIGNED
