@@ -440,7 +440,8 @@ def keep_margins(
     first = order[np.r_[True, unit[order][1:] != unit[order][:-1]]] if len(order) else order
     model = np.full(int(unit.max()) + 1, -1, np.int64)
     model[unit[first]] = best[first]
-    # `first` lists the joining units closest to eval first (ties: the smaller twin).
+    # The joining units, closest to eval first (their most similar eval sample; ties:
+    # the smaller twin), each whole while the room lasts.
     sizes = np.bincount(unit[model[unit] >= 0], minlength=len(model))
     taken = np.zeros(len(model), bool)
     for u in unit[first[np.lexsort((best[first], -best_sim[first]))]]:

@@ -56,7 +56,15 @@ from .groups import (
     group_summary,
     resolve_round,
 )
-from .grow import SHELL_SECOND_PASS_SLACK, BubbleGrower, Strata, Units, eval_floor, round_budget
+from .grow import (
+    SHELL_SECOND_PASS_SLACK,
+    BubbleGrower,
+    Budget,
+    Strata,
+    Units,
+    eval_floor,
+    round_budget,
+)
 from .labels import LabelIndex, encode_label_sets, label_shares, label_summary
 from .neighbors import CellIndex, blas_threads, unit_rows
 from .regions import RegionIndex
@@ -372,14 +380,7 @@ class BubbleFence:
         split, new_kept = work.split, work.new_kept
         open_rows = new_kept[split[new_kept] == UNASSIGNED]
         unit_of = self._units(work, open_rows)
-        evaluated = (split == VALIDATION) | (split == TEST)
-        budget = round_budget(
-            int(work.kept.sum()),
-            int(evaluated.sum()),
-            len(new_kept),
-            int(evaluated[new_kept].sum()),
-            self.config,
-        )
+        budget = self._budget(work)
         fenced, work.stats["margin_eval"] = keep_margins(
             work.x,
             open_rows,
@@ -397,6 +398,17 @@ class BubbleFence:
         still = split[open_rows] == UNASSIGNED
         work.open_rows, work.unit_of, work.fenced = open_rows[still], unit_of[still], fenced[still]
         work.margin_joined, work.margin_units = open_rows[~still], unit_of[~still]
+
+    def _budget(self, work: _Round) -> Budget:
+        """The round's eval need and slack, as its samples stand now (`grow.round_budget`)."""
+        evaluated = (work.split == VALIDATION) | (work.split == TEST)
+        return round_budget(
+            int(work.kept.sum()),
+            int(evaluated.sum()),
+            len(work.new_kept),
+            int(evaluated[work.new_kept].sum()),
+            self.config,
+        )
 
     def _balance_margin_joins(self, work: _Round) -> None:
         """Units that joined eval through the margin change shell where the new bubbles
@@ -424,10 +436,7 @@ class BubbleFence:
         cfg = self.config
         x, split, kept, new_kept, n = work.x, work.split, work.kept, work.new_kept, work.n
         n_kept = int(kept.sum())
-        evaluated = (split == VALIDATION) | (split == TEST)
-        budget = round_budget(
-            n_kept, int(evaluated.sum()), len(new_kept), int(evaluated[new_kept].sum()), cfg
-        )
+        budget = self._budget(work)
         open_rows, fenced = work.open_rows, work.fenced
         units = Units.from_labels(n, open_rows[~fenced], work.unit_of[~fenced])
         labels = work.all_labels if work.labels_given else None
