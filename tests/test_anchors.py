@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from conftest import clustered_embeddings, unit
 
+from bubblefence_plugin.core import anchors
 from bubblefence_plugin.core.anchors import (
     FIT_SAMPLE,
     CandidateStream,
@@ -76,6 +77,19 @@ def test_projection_is_the_pca_of_the_rows_it_is_fitted_on():
     # Fitted on rows, or on the same rows gathered first: the same basis.
     q = fit_projection(x[rows], 3, np.random.default_rng(0))
     assert np.allclose(p.components, q.components) and np.allclose(p.mean, q.mean)
+
+
+def test_wide_embeddings_are_projected_by_the_same_axes_found_faster(monkeypatch):
+    # Wider than EXACT_PCA_MAX_DIM, a seeded randomized SVD: the same leading axes (to
+    # sign) where their variances stand apart, the same basis for the same seed.
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(400, 40)) * np.r_[[6.0, 4.0, 3.0], np.full(37, 0.5)]
+    exact = fit_projection(x, 3, np.random.default_rng(0))
+    monkeypatch.setattr(anchors, "EXACT_PCA_MAX_DIM", 39)
+    fast = fit_projection(x, 3, np.random.default_rng(0))
+    assert np.allclose(np.abs(fast.components @ exact.components.T), np.eye(3), atol=1e-3)
+    again = fit_projection(x, 3, np.random.default_rng(0))
+    np.testing.assert_array_equal(again.components, fast.components)
 
 
 def test_projection_dimensions_are_capped_by_the_data():
