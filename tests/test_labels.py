@@ -56,9 +56,10 @@ def test_a_set_of_labels_is_encoded_like_a_list():
     ]
 
 
-def test_a_missing_float_becomes_the_label_nan():
-    # Only None and "" mean "no label"; a float NaN (pandas' missing value) is a name.
-    assert encode_label_sets([float("nan")]).tolist() == ["nan"]
+def test_a_missing_float_is_no_label():
+    # A float NaN is how pandas reads a missing value: no label, like None and "", not a
+    # class "nan" that the quota would pursue.
+    assert encode_label_sets([float("nan"), None, "", "nan"]).tolist() == ["", "", "", "nan"]
 
 
 # --------------------------------------------------------------------------- the index

@@ -414,3 +414,8 @@ def test_unit_rows_of_integer_minima_and_object_arrays():
     found = nb.unit_rows(np.array([[-128, -128]], np.int8))
     np.testing.assert_allclose(found, [[-(0.5**0.5), -(0.5**0.5)]], rtol=1e-6)
     np.testing.assert_allclose(nb.unit_rows(np.array([[3.0, 4]], object)), [[0.6, 0.8]])
+    # Words are named as such, not by numpy's conversion error.
+    with pytest.raises(ValueError, match=r"embeddings must hold numbers only \(could not"):
+        nb.unit_rows(np.array([[3.0, "x"]], object))
+    with pytest.raises(ValueError, match="must hold numbers, got an array of <U1"):
+        nb.unit_rows(np.array([["1", "2"]]))

@@ -32,8 +32,9 @@ MAX_LISTED = 50
 def encode_label_sets(values: Sequence[Any] | np.ndarray) -> np.ndarray:
     """One string per sample: "" for no label, the label, or sorted labels joined by SEPARATOR.
 
-    A value is a label (str, int, ...; None or "" = no label) or a collection of labels
-    (list, tuple, set, 1-D array) for a multi-label sample.
+    A value is a label (str, int, ...; None, NaN or "" = no label: NaN is how pandas
+    reads a missing value) or a collection of labels (list, tuple, set, 1-D array) for
+    a multi-label sample.
     """
     if isinstance(values, np.ndarray) and values.ndim == 1 and values.dtype.kind in "iubU":
         strings = values.astype(str)
@@ -42,7 +43,7 @@ def encode_label_sets(values: Sequence[Any] | np.ndarray) -> np.ndarray:
         return strings
     out = []
     for value in values:
-        if value is None:
+        if _missing(value):
             out.append("")
         elif isinstance(value, (set, frozenset)):
             out.append(SEPARATOR.join(sorted({_label_name(v) for v in value} - {""})))
@@ -54,8 +55,12 @@ def encode_label_sets(values: Sequence[Any] | np.ndarray) -> np.ndarray:
     return np.asarray(out, dtype=str)
 
 
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, (float, np.floating)) and bool(np.isnan(value)))
+
+
 def _label_name(value: Any) -> str:
-    if value is None:
+    if _missing(value):
         return ""
     name = str(value)
     if SEPARATOR in name:

@@ -1272,8 +1272,15 @@ def unit_rows(
     Raises ValueError naming the rows that are not finite or are zero vectors.
     """
     x = np.asarray(embeddings)
-    if x.dtype == object:  # numbers in an object array (a mixed DataFrame's values)
-        x = x.astype(np.float64)
+    if x.dtype.kind in "USV":
+        raise ValueError(f"{name} must hold numbers, got an array of {x.dtype}")
+    if x.dtype == object:
+        # Numbers in an object array (a mixed DataFrame's values) are taken; anything
+        # else is named here, not by numpy's "could not convert string to float".
+        try:
+            x = x.astype(np.float64)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{name} must hold numbers only ({e})") from None
     out = np.empty(x.shape, np.float32) if out is None else out
     for start in range(0, len(x), ROW_STEP):
         given = x[start : start + ROW_STEP]
