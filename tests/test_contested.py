@@ -6,6 +6,8 @@ import itertools
 import numpy as np
 import pytest
 
+from bubblefence_plugin import BubbleFence
+from bubblefence_plugin.core import contested
 from bubblefence_plugin.core.bubbles import INNER, TEST, TRAIN, UNASSIGNED, VALIDATION
 from bubblefence_plugin.core.config import BubbleFenceConfig
 from bubblefence_plugin.core.contested import min_leak_cut
@@ -181,3 +183,40 @@ def test_binding_leaks_no_more_than_any_assignment_of_the_contested(seed):
         found = len(leaking_eval(x, trial))
         best = found if best is None else min(best, found)
     assert ours <= best
+
+
+def test_eval_twins_past_the_list_that_leak_already_cost_nothing(monkeypatch):
+    # One tight cone (every pair a twin): round 0 cuts it, so each of its eval samples
+    # has a train twin already. A new member then has more eval twins than are listed;
+    # costing the unlisted ones as clean sent all new members to eval, each leaking.
+    monkeypatch.setattr(contested, "MAX_EVAL_TWINS", 8)
+    rng = np.random.default_rng(0)
+    d = 64
+    x = np.ones(d) / np.sqrt(d) + rng.standard_normal((600, d)) * np.sqrt(0.01 / d)
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    bf = BubbleFence(BubbleFenceConfig(seed=0))
+    bf.ingest(x[:200])
+    before = bf.assignments()["split"].to_numpy()
+    held = np.isin(before, ["validation", "test"])
+    assert held.sum() > 8 and bf.history[0]["cut_pairs"] > 0
+    assert len(leaking_eval(x[:200], _codes(before))) == held.sum()
+    bf.ingest(x[200:])
+    after = bf.assignments()["split"].to_numpy()
+    assert (after[200:] == "train").all()
+    assert bf.history[1]["leaks_twins"] == 0
+    assert len(leaking_eval(x, _codes(after))) == held.sum()
+
+
+def test_unlisted_eval_twins_are_costed_at_the_clean_share_of_the_listed():
+    member = np.array([0, 0, 0, 0, 1, 1])
+    clean = np.array([True, True, False, False, False, False])
+    # Member 0: 4 listed, half clean, 10 unlisted -> 5; member 1: none clean -> 0;
+    # member 2: nothing listed (no twin) -> 0.
+    got = contested._unlisted_clean(member, clean, np.array([14, 30, 0]))
+    assert got.tolist() == [5, 0, 0]
+
+
+def _codes(split):
+    return np.select(
+        [split == "train", split == "validation", split == "test"], [TRAIN, VALIDATION, TEST], -1
+    )

@@ -184,6 +184,10 @@ def test_label_sets_are_encoded_once_per_sample():
     ]
     with pytest.raises(ValueError, match="reserved"):
         encode_label_sets([f"a{SEPARATOR}b"])
+    # NaN is a missing value (pandas), not a label "nan"; in a list too.
+    missing = encode_label_sets(np.array([1.0, np.nan]))
+    assert missing.tolist() == ["1.0", ""]
+    assert encode_label_sets([np.float32("nan"), ["x", float("nan")]]).tolist() == ["", "x"]
 
 
 def test_groups_are_encoded_and_coded():
@@ -366,6 +370,29 @@ def test_pairs_that_group_moves_open_or_close_are_counted(
     assert crossing_pairs(bf, bf.config.leak_threshold) == sum(r["cut_pairs"] for r in bf.history)
     change = bf.history[0]["cut_pairs_groups"]
     assert change > 0 if opened else change < 0
+    check_groups(bf)
+
+
+def test_new_twins_that_known_groups_put_on_both_sides_are_counted():
+    """Two new near copies of one point, each filed under a known group, one group in
+    train and one in eval: each copy follows its group, and their pair across the line
+    is counted (a stress test found 150 such pairs with `cut_pairs` 0)."""
+    rng = np.random.default_rng(0)
+    old = rng.standard_normal((400, 32))
+    old_groups = np.array([f"g{i}" for i in range(len(old))], dtype=object)
+    bf = BubbleFence(BubbleFenceConfig(seed=0))
+    bf.ingest(old, groups=old_groups)
+    split = bf.assignments()["split"].to_numpy()
+    train, held = np.flatnonzero(split == "train"), np.flatnonzero(split != "train")
+    k = 30
+    points = rng.standard_normal((k, 32))
+    new = np.vstack([points, points]) + 0.02 * rng.standard_normal((2 * k, 32))
+    filed = np.concatenate([old_groups[train[:k]], old_groups[held[:k]]])
+    bf.ingest(new, groups=filed)
+    after = bf.assignments()["split"].to_numpy()[len(old) :]
+    assert (after[:k] == "train").all() and (after[k:] != "train").all()
+    assert bf.history[-1]["cut_pairs"] == k
+    assert crossing_pairs(bf, bf.config.leak_threshold) == sum(r["cut_pairs"] for r in bf.history)
     check_groups(bf)
 
 

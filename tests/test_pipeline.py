@@ -229,6 +229,28 @@ def test_duplicates_across_rounds_never_straddle():
     assert (r.split[-50:] == first.loc[list(range(50))].to_numpy()).all()
 
 
+def test_duplicates_that_follow_count_in_no_share_so_later_rounds_keep_the_quota():
+    # Half of round 0 are copies: those that follow an eval original are neither kept
+    # samples nor eval in the shares, or the share reads 0.4 and round 1 holds out 50.
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((1000, 64)).astype(np.float32)
+    bf = BubbleFence(BubbleFenceConfig(seed=0, dedup_policy="follow"))
+    bf.ingest(np.vstack([a, a]))
+    bf.ingest(rng.standard_normal((1000, 64)).astype(np.float32))
+    df = bf.assignments()
+    kept = df["duplicate_of"].isna().to_numpy()
+    held = df["split"].isin(["validation", "test"]).to_numpy()
+    assert (df["split"][~kept] != "duplicate").all()  # they followed
+    for record in bf.history:
+        assert abs(record["eval_share"] - 0.2) <= 0.01
+    assert abs(held[kept].mean() - 0.2) <= 0.01
+    summary = bf.summary()
+    assert summary["n_eval"] == held[kept].sum()
+    assert summary["validation_share_of_eval"] == pytest.approx(
+        (df["split"][kept] == "validation").sum() / held[kept].sum()
+    )
+
+
 def test_leakage_far_below_random_split():
     rng = np.random.default_rng(6)
     x, _ = clustered(3000, rng, twins=0.15)
@@ -857,3 +879,24 @@ def test_a_tiny_first_round_still_ends_on_the_ratio_with_validation_on_target():
     assert abs(held.mean() - 0.2) <= 0.01
     assert held.sum() >= 200 and abs(np.mean(split[held] == "validation") - 0.5) <= 0.03
     check_invariants(bf)  # no validation-test pair at the leak threshold came of it
+
+
+def test_regions_fitted_on_a_first_round_too_small_to_tell_are_fitted_again():
+    # A first round of one sample gave a join distance of 0: every later sample opened a
+    # region of its own (8,001 regions, a minute). Below `MIN_FIT_ROWS` kept samples the
+    # regions are fitted again, as if the rounds had come as one.
+    rng = np.random.default_rng(0)
+    x, _ = clustered(1500, rng)
+    fed_whole = BubbleFence(BubbleFenceConfig(seed=3))
+    fed_whole.ingest(x)
+    first_one = BubbleFence(BubbleFenceConfig(seed=3))
+    first_one.ingest(x[:1])
+    assert len(first_one._regions) == 1
+    first_one.ingest(x[1:])
+    np.testing.assert_array_equal(first_one._regions.centres, fed_whole._regions.centres)
+    np.testing.assert_array_equal(first_one._region, fed_whole._region)
+    assert len(first_one._regions) < 100
+    # Fitted on enough samples, the regions stay: earlier samples keep theirs.
+    regions = first_one._region.copy()
+    first_one.ingest(rng.standard_normal((50, x.shape[1])))
+    np.testing.assert_array_equal(first_one._region[: len(regions)], regions)

@@ -29,8 +29,9 @@ fewer eval samples than the component moved whole (never for a tight cluster, wh
 halves would be twins of each other); the new pairs across are counted.
 
 Memory: at most `MAX_EVAL_TWINS` eval twins are listed per member (the
-smallest rows); eval twins beyond them are counted as private and not yet leaking,
-an upper bound on their cost. No pair list of the whole round is kept.
+smallest rows); eval twins beyond them are costed as the member's own, those not
+leaking yet estimated at the share of its listed ones that do not (`_unlisted_clean`).
+No pair list of the whole round is kept.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from .twins import TwinVotes, twin_votes
 
 # Eval twins listed per member of a contested component: a member of a broad cluster at
 # the train/eval line has a handful (bench mixtures: 1-3); past this many, the rest
-# are costed as private, so the list stays O(members * MAX_EVAL_TWINS).
+# are costed as private (`_unlisted_clean`), so the list stays O(members * MAX_EVAL_TWINS).
 MAX_EVAL_TWINS = 64
 
 
@@ -78,17 +79,34 @@ def fewest_leaks(
     ).astype(np.int64)
     members = np.flatnonzero(in_contest & (eval_twins > 0))
     member, twin = _eval_twins(embeddings, rows[members], index, base_split)
-    listed = np.bincount(member, minlength=len(members))
-    private = np.bincount(
-        node_of[comp[members]], weights=eval_twins[members] - listed, minlength=len(contested)
-    ).astype(np.int64)
     # An eval twin with an assigned train twin leaks already: sending it another costs nothing.
     twins = np.unique(twin)
     clean = twins[_clean(embeddings, twins, index, base_split)]
     keep = np.isin(twin, clean)
+    private = np.bincount(
+        node_of[comp[members]],
+        weights=_unlisted_clean(member, keep, eval_twins[members]),
+        minlength=len(contested),
+    ).astype(np.int64)
     edge_comp = node_of[comp[members[member[keep]]]]
     edge_twin = np.searchsorted(clean, twin[keep])
     return min_leak_cut(len(clean), len(contested), edge_twin, edge_comp, cost_eval, private)
+
+
+def _unlisted_clean(member: np.ndarray, clean: np.ndarray, n_twins: np.ndarray) -> np.ndarray:
+    """Per member, its eval twins beyond the `MAX_EVAL_TWINS` listed that do not leak
+    yet, estimated at the clean share of its listed ones (rounded).
+
+    Counting every unlisted twin as clean sent a cut tight cluster to eval whole: its
+    round-0 eval members all leak already, yet each new member's 102 eval twins past the
+    64 listed were costed as 38 new leaks against its one, and 2,000 new samples went to
+    eval, each with a train twin (eval share 0.84).
+    `member[k]`, `clean[k]`: the member and whether its twin is clean, per listed twin;
+    `n_twins`: each member's eval twins, listed or not.
+    """
+    listed = np.bincount(member, minlength=len(n_twins))
+    share = np.bincount(member, weights=clean, minlength=len(n_twins)) / np.maximum(listed, 1)
+    return np.rint((n_twins - listed) * share)
 
 
 def _clean(
@@ -132,7 +150,8 @@ def min_leak_cut(
 
     `edge_twin[k]`, `edge_comp[k]`: eval twin and component of one twin relation;
     `cost_eval[c]`: members of c with a train twin; `private[c]`: eval twins of c not
-    listed, costed as clean and c's own. Nodes: source, sink, eval twins, components."""
+    listed that do not leak yet (estimated), costed as c's own. Nodes: source, sink,
+    eval twins, components."""
     source, sink = 0, 1
     twin_node = 2 + np.arange(n_twins)
     comp_node = 2 + n_twins + np.arange(n_comps)

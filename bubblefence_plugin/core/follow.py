@@ -57,6 +57,7 @@ from .bubbles import (
 )
 from .config import BubbleFenceConfig
 from .contested import eval_side, fewest_leaks, leaks_if_train, leaks_of, split_spanning
+from .groups import crosses
 from .grow import eval_room
 from .neighbors import CellIndex
 from .twins import TwinVotes, twin_votes
@@ -182,7 +183,9 @@ def bind_to_assigned(
         for c in contested[to_eval]:
             side[c] = eval_side(per_comp[c], comp_best_sim[c])
     n_kept = len(new_kept) + (0 if earlier is None else len(earlier.rows))
-    n_eval = int(np.sum((split == VALIDATION) | (split == TEST)))
+    # Of the kept samples: duplicates that followed their original are in no share.
+    held = (split == VALIDATION) | (split == TEST)
+    n_eval = int(held[new_kept].sum()) + (0 if earlier is None else int(held[earlier.rows].sum()))
     sizes = np.bincount(comp, minlength=n_comp)
 
     def leaks(c: int) -> int:
@@ -230,18 +233,45 @@ def bind_to_assigned(
     anchor[rows] = np.where(is_eval, anchor[np.maximum(twin, 0)], -1)
     shell[rows] = np.where(is_eval, shell[np.maximum(twin, 0)], 0)
     stats["bound_to_twins"] = int(free_members.sum())
-    # Pairs to any other split than the component's (a split component: the member's)
-    # are cut, and so are the new pairs across a split component (counted, not hidden).
-    whole = np.setdiff1d(np.flatnonzero(side >= 0), split_comps)
-    in_split = np.flatnonzero(np.isin(comp, split_comps))
+    # Each member's pairs to assigned samples of another split than its own are cut, and
+    # so are the new pairs across a split component or across the known groups of one
+    # (counted, not hidden).
+    bound = np.flatnonzero(split[new_kept] >= 0)
+    role = split[new_kept[bound]]
     stats["cut_pairs_twins"] = int(
-        per_comp[whole].sum()
-        - per_comp[whole, side[whole]].sum()
-        + links[in_split].sum()
-        - links[in_split, member_side[in_split]].sum()
+        links[bound].sum()
+        - links[bound, role].sum()
         + cut_within
+        + _crossings_across_groups(embeddings, new_kept, comp, forced, split, config)
     )
     return stats
+
+
+def _crossings_across_groups(
+    embeddings: np.ndarray,
+    new_kept: np.ndarray,
+    comp: np.ndarray,
+    forced: np.ndarray,
+    split: np.ndarray,
+    config: BubbleFenceConfig,
+) -> int:
+    """Twin pairs across splits among the new members of components whose members keep
+    the splits of known groups on both sides (groups win): each pair once."""
+    role = split[new_kept].astype(np.int64)
+    held = np.isin(comp, comp[forced])
+    lowest = np.full(int(comp.max()) + 1, np.iinfo(np.int64).max)
+    highest = np.full(int(comp.max()) + 1, np.iinfo(np.int64).min)
+    np.minimum.at(lowest, comp[held], role[held])
+    np.maximum.at(highest, comp[held], role[held])
+    rows = new_kept[held & (lowest[comp] != highest[comp])]
+    if len(rows) < 2:
+        return 0
+    index = CellIndex(embeddings, rows, config.leak_threshold, config.seed)
+    crossings = 0
+    for q, b, _ in index.pairs(embeddings[rows]):
+        once = q < b
+        crossings += int(np.sum(crosses(split[rows[q[once]]], split[rows[b[once]]])))
+    return crossings
 
 
 def _assigned_twins(

@@ -479,8 +479,9 @@ class BubbleGrower:
         self.new_rows: list[dict] = []
         self.captured = 0
         self.crossed = 0
-        self.n_val = int(np.sum(split == VALIDATION))
-        self.n_eval = int(np.sum((split == VALIDATION) | (split == TEST)))
+        # Of the kept samples: duplicates that followed their original are in no share.
+        self.n_val = int(np.sum((split == VALIDATION) & kept))
+        self.n_eval = int(np.sum(((split == VALIDATION) | (split == TEST)) & kept))
         self.size = config.bubble_size or int(np.clip(round(budget.need / 128), 8, 4096))
         self._centres = _Rows(anchors.centres, embeddings.shape[1])  # earlier rounds' first
         # Indexes that together hold every kept row (duplicates are nobody's neighbours).

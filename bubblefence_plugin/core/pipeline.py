@@ -54,6 +54,7 @@ from .groups import (
     group_codes,
     group_links,
     group_summary,
+    is_eval,
     resolve_round,
 )
 from .grow import (
@@ -67,7 +68,7 @@ from .grow import (
 )
 from .labels import LabelIndex, encode_label_sets, label_shares, label_summary
 from .neighbors import CellIndex, blas_threads, unit_rows
-from .regions import RegionIndex
+from .regions import MIN_FIT_ROWS, RegionIndex
 from .state import buffer_with_room, claim_buffer, damaged, read_state, write_state
 from .twins import twin_components
 
@@ -401,7 +402,9 @@ class BubbleFence:
 
     def _budget(self, work: _Round) -> Budget:
         """The round's eval need and slack, as its samples stand now (`grow.round_budget`)."""
-        evaluated = (work.split == VALIDATION) | (work.split == TEST)
+        # Kept samples only: a duplicate that followed its original into eval
+        # (`dedup_policy` "follow") is in neither the share's numerator nor its base.
+        evaluated = is_eval(work.split) & work.kept
         return round_budget(
             int(work.kept.sum()),
             int(evaluated.sum()),
@@ -682,9 +685,12 @@ class BubbleFence:
     def _regions_with(
         self, all_x: np.ndarray, kept: np.ndarray, new_kept: np.ndarray, n: int
     ) -> tuple[RegionIndex, np.ndarray]:
-        """The region index (fitted on the first round with samples) and every row's region."""
+        """The region index (fitted on the first round with samples, and again while fewer
+        than `regions.MIN_FIT_ROWS` were kept before) and every row's region."""
         region = np.concatenate([self._region, np.full(n - len(self._region), -1, np.int64)])
         regions = self._regions
+        if regions is not None and np.count_nonzero(region >= 0) < MIN_FIT_ROWS:
+            regions, region[:] = None, -1
         unplaced = np.flatnonzero(kept & (region < 0))
         if regions is None:
             regions = RegionIndex.fit(all_x, self.config.seed, rows=unplaced)
@@ -722,16 +728,19 @@ class BubbleFence:
         counts = {
             str(name): int(np.sum(self._split == code)) for code, name in enumerate(SPLIT_NAMES)
         }
-        n_eval = counts["validation"] + counts["test"]
+        # Shares are of the kept samples (the quota's base), duplicates that followed
+        # their original (`dedup_policy` "follow") left out of both sides; `counts` has them.
+        n_eval = int(np.sum(is_eval(self._split) & kept))
         out = {
             "n_samples": self.n_samples,
             "counts": counts,
             "eval_share": n_eval / max(int(kept.sum()), 1),
-            "validation_share_of_eval": counts["validation"] / max(n_eval, 1),
+            "validation_share_of_eval": int(np.sum((self._split == VALIDATION) & kept))
+            / max(n_eval, 1),
             "n_eval": n_eval,
             # Eval samples that later rounds' bridges made leak, summed over the rounds: each
-            # round counts those that did not leak yet (`contested.py`; an upper bound only
-            # where a sample has more than `MAX_EVAL_TWINS` eval twins).
+            # round counts those that did not leak yet (`contested.py`; estimated only where
+            # a sample has more than `MAX_EVAL_TWINS` eval twins).
             "bridge_leaks": sum(int(r.get("leaks_twins", 0)) for r in self.history),
             "n_anchors": len(self._anchors),
             "rounds": self.history,

@@ -3,9 +3,10 @@
 Without labels, a split can still hold out only a few corners of the data: every
 bubble may land where the candidates happen to be dense. Regions are pseudo-labels
 for the quota (SPEC 2.4): seeded k-means over the embeddings, k about sqrt(N), fitted
-once (round 0); a later sample joins its nearest region, or opens a new region when
-it is farther than `join_distance` from every centre. Earlier samples never change
-region, so a region's eval target only grows with it.
+once (round 0; again while fewer than `MIN_FIT_ROWS` samples are kept, whose distances
+cannot tell a join distance); a later sample joins its nearest region, or opens a new
+region when it is farther than `join_distance` from every centre. Earlier samples then
+never change region, so a region's eval target only grows with it.
 
 k-means spends its centres where the squared distances are, in the large clusters: two
 small clusters far from each other (orthogonal, say) may share one centre between them,
@@ -45,6 +46,13 @@ JOIN_QUANTILE = 0.99
 # 2.5-6.4 (the mixture, its ReLU form, digits; high in 512-1280 dimensions, where 2-means
 # finds a direction that parts a few dozen points), regions holding two clusters 12-30.
 SEPARATION = 10.0
+# An index fitted on fewer kept samples than this is refitted at the next round, on every
+# kept sample so far (their regions then change; their splits never do). The join
+# distance is a 0.99 quantile of the fitted samples' distances to their centres: below
+# about 100 samples it is their largest distance, and on one sample 0, so that every later
+# sample opened a region of its own (a first round of 1, then 8,000: 8,001 regions and
+# 60 s in the leader loop; with a first round of 50, 29 regions and 0.1 s).
+MIN_FIT_ROWS = 100
 # A half smaller than this is not split off: a region's eval share needs a few samples,
 # and a handful of points in hundreds of dimensions can always be parted (an outlier).
 MIN_HALF = 8
