@@ -106,6 +106,12 @@ def test_duplicates_are_listed_in_the_manifest_not_exported(media_dataset, tmp_p
     )
     assert row["exported_filepath"] == ""
     assert rows[original.id]["exported_filepath"]  # the original is exported
+    # A view without the duplicate lists none: the state's duplicates are the dataset's.
+    view = ds.exclude([twin.id])
+    result = bfo.export(view, tmp_path / "view", "ImageDirectory")
+    rows = _manifest(tmp_path / "view" / "manifest.csv")
+    assert result["n_manifest_rows"] == len(rows) == len(view)
+    assert twin.id not in {r["id"] for r in rows}
 
 
 @pytest.fixture

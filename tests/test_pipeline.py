@@ -900,3 +900,21 @@ def test_regions_fitted_on_a_first_round_too_small_to_tell_are_fitted_again():
     regions = first_one._region.copy()
     first_one.ingest(rng.standard_normal((50, x.shape[1])))
     np.testing.assert_array_equal(first_one._region[: len(regions)], regions)
+
+
+def test_a_state_whose_samples_were_all_deleted_saves_loads_and_splits_again(tmp_path):
+    # Its bubbles and regions keep their dimension: the saved state says so, or loading it
+    # called it damaged ("region_centres (20, 32), expected (20, 0)").
+    rng = np.random.default_rng(1)
+    x, _ = clustered(600, rng, d=32)
+    bf = BubbleFence(BubbleFenceConfig(seed=1))
+    bf.ingest(x[:300], ids=np.arange(300))
+    assert bf.forget(np.arange(300)) == 300
+    assert bf.n_samples == 0 and bf.dim == 32
+    bf.save(tmp_path / "state.npz")
+    loaded = BubbleFence.load(tmp_path / "state.npz")
+    assert loaded.dim == 32
+    r = loaded.ingest(x[300:], ids=np.arange(300, 600))
+    assert abs(loaded.summary()["eval_share"] - 0.2) <= 0.01 and len(r.split) == 300
+    with pytest.raises(ValueError, match="dimension 16"):
+        BubbleFence.load(tmp_path / "state.npz").ingest(x[300:, :16])

@@ -187,7 +187,9 @@ class BubbleFence:
 
     @property
     def dim(self) -> int | None:
-        return self._embeddings.shape[1] if len(self._embeddings) else None
+        """The embeddings' dimension, None before the first round. A state whose samples
+        were all deleted keeps it: its bubbles and regions are of that dimension."""
+        return int(self._embeddings.shape[1]) or None
 
     @property
     def n_samples(self) -> int:

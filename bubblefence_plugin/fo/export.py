@@ -170,6 +170,8 @@ def export(
     duplicates = [
         sid for sid, split in zip(table["id"], splits, strict=True) if split == "duplicate"
     ]
+    # The state holds the whole dataset's: only those in the exported view are listed.
+    duplicates = values_by_id(samples, duplicates, [])[0]
     _write_manifest(root_dataset(samples), exported_as, exported_files, duplicates, table, manifest)
     return {
         "export_dir": str(export_dir),

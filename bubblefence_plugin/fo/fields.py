@@ -245,12 +245,14 @@ def refuse_values_not_ours(dataset: fo.Dataset) -> None:
         )
     if held:
         name, count = next(iter(held.items()))
+        # Only a split of the user's can be audited; other fields are just kept.
+        audit = "; the report can then audit that split by its new name"
         raise ValueError(
             f"dataset {dataset.name!r} has values in field {name!r} ({count} samples) "
             f"that BubbleFence did not write, and a BubbleFence split would overwrite them"
             + (f" (also {', '.join(map(repr, list(held)[1:]))})" if len(held) > 1 else "")
             + f". Rename the field first, e.g. dataset.rename_sample_field({name!r}, "
-            f"'original_{name}'); the report can then audit that split by its new name"
+            f"'original_{name}')" + (audit if name == SPLIT_FIELD else "")
         )
 
 
@@ -360,17 +362,17 @@ def id_chunks(items: list) -> Iterator[list]:
 
 
 def values_by_id(
-    dataset: fo.Dataset, ids: list[str], paths: list[str], raw: bool = False
+    dataset: foc.SampleCollection, ids: list[str], paths: list[str], raw: bool = False
 ) -> tuple[list[str], list[list]]:
     """(the ids found, one list of values per path) of samples ``ids``, in the order of
-    ``ids``, whatever their number; ids not in the dataset are left out.
+    ``ids``, whatever their number; ids not in the dataset (or view) are left out.
 
     A view selects `MAX_IDS_PER_QUERY` ids at a time (see there), and each piece is
     put in the order of ``ids`` here: FiftyOne's ordered `select` finds each sample's
     place in the whole list in the database, quadratic in the number of ids.
 
     Args:
-        dataset: the dataset
+        dataset: the dataset, or a view of it
         ids: sample ids
         paths: the fields to read
         raw: values as stored (FiftyOne's ``_raw``), not through ``to_python``

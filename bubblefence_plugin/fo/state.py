@@ -399,7 +399,7 @@ def _stored_embeddings(
     checked = embeddings_from_array(rows, dim=dim) if rows else None
     del rows
     if checked is not None and checked.errors:
-        bad = [ids[present][i] for i in sorted(checked.errors)][:5]
+        bad = [str(ids[present][i]) for i in sorted(checked.errors)][:5]
         raise ValueError(
             f"embeddings field {field!r} lost or broke the vectors of {len(checked.errors)} "
             f"samples the BubbleFence state holds (e.g. {bad}); restore them or reset the state"
