@@ -572,7 +572,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         )
     finally:
         bar.close()
-    print(SummaryText(report.message, error_lines(report.errors)).plain())
+    print(SummaryText(report.message, error_lines(report.errors, report.n_errors)).plain())
     return 0
 
 

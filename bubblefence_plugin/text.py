@@ -100,7 +100,7 @@ def round_text(summary: Mapping[str, Any]) -> SummaryText:
         if summary.get(key)
     ]
     lines += label_group_lines(summary)
-    lines += error_lines(summary.get("errors") or {})
+    lines += error_lines(summary.get("errors") or {}, summary.get("n_errors") or 0)
     if summary.get("map_error"):
         lines.append(Line("Map not updated", str(summary["map_error"])))
     return SummaryText(summary["message"], lines)
@@ -125,6 +125,11 @@ def round_warnings(summary: Mapping[str, Any]) -> list[str]:
             f"No validation or test sample for {len(missing)} labels: "
             f"{', '.join(map(str, missing))} (their samples are near twins of train "
             "samples, or too few to hold out whole)"
+        )
+    if summary.get("n_errors"):
+        warnings.append(
+            f"{summary['n_errors']} samples could not be embedded and are in no split "
+            "(their error field says why; they are tried again at every run)"
         )
     if summary.get("n_split_edited"):
         warnings.append(
@@ -220,9 +225,14 @@ def label_group_lines(summary: Mapping[str, Any]) -> list[Line]:
     return lines
 
 
-def error_lines(errors: Mapping[str, str]) -> list[Line]:
-    """The first per-sample errors (file: message)."""
-    return [Line(path, msg) for path, msg in list(errors.items())[:ERRORS_SHOWN]]
+def error_lines(errors: Mapping[str, str], n_errors: int = 0) -> list[Line]:
+    """The first per-sample errors (file: message), then how many more there are of
+    the `n_errors` samples that failed."""
+    shown = [Line(path, msg) for path, msg in list(errors.items())[:ERRORS_SHOWN]]
+    more = n_errors - len(shown)
+    if more > 0:
+        shown.append(Line(f"and {more} more", "each failed sample's error field says why"))
+    return shown
 
 
 def _counts(counts: Mapping[str, int]) -> str:
@@ -308,11 +318,15 @@ def report_text(result: Mapping[str, Any]) -> SummaryText:
     if result.get("run_key"):
         lines.append(Line("Stored as run", f"{result['run_key']} ({result['created_at']})"))
     if leaks["view"]:
+        where = (
+            f": saved view {leaks['view']} (the App's saved views; dataset.load_saved_view)"
+            if leaks["n_found"]
+            else ""
+        )
         lines.append(
             Line(
                 f"Leaking eval samples (cosine >= {leaks['threshold']:g})",
-                f"{leaks['n_found']} of {leaks['n_measured']} measured: saved view "
-                f"{leaks['view']} (the App's saved views; dataset.load_saved_view)",
+                f"{leaks['n_found']} of {leaks['n_measured']} measured{where}",
             )
         )
     lines += [Line("Warning", w) for w in result["warnings"]]

@@ -122,7 +122,8 @@ class BubbleFenceEmbed(BubbleFenceOperator):
             yield Progress(0.0, f"Queueing {kwargs['num_shards']} shards")
             return _queue(ctx.target_view(), kwargs)
         report = yield from bfo.iter_embed(ctx.target_view(), **kwargs)
-        return Outcome(SummaryText(report.message, error_lines(report.errors)), report.to_dict())
+        text = SummaryText(report.message, error_lines(report.errors, report.n_errors))
+        return Outcome(text, report.to_dict())
 
 
 def _embed_kwargs(params: dict[str, Any]) -> dict[str, Any]:

@@ -143,6 +143,7 @@ class BubbleFencePanel(foo.Panel):
         if summary is not None:
             shown.has_state = True
             shown.n_not_split = summary["n_not_split"]
+            shown.n_failed = summary["n_failed"]
             shown.summary_md = _summary_markdown(summary)
             shown.audit_md = _audit_markdown(ctx.dataset, summary["split_updated_at"])
         self._draw_map(ctx, samples, shown)
@@ -303,6 +304,12 @@ class BubbleFencePanel(foo.Panel):
                     "assigns them.",
                     name="not_split",
                 )
+            if shown.n_failed:
+                panel.md(
+                    f"{shown.n_failed:,} samples failed: their `{bfo.ERROR_FIELD}` field "
+                    "says why, and every run tries them again.",
+                    name="failed",
+                )
             self._render_actions(panel)
             if shown.has_map:
                 self._render_map(panel, shown)
@@ -437,6 +444,7 @@ class Shown:
     view_key: str | None = None  # `map.view_key` of the samples drawn
     has_state: bool = False  # whether they have a split to show
     n_not_split: int = 0
+    n_failed: int = 0  # not split: their media or embedding failed
     summary_md: str = ""
     audit_md: str | None = None
     has_map: bool = False
@@ -601,6 +609,7 @@ def _summary_markdown(summary: dict[str, Any]) -> str:
     lines.append(
         f"{bubbles}. Excluded: {summary['n_excluded']:,}. Not split yet: "
         f"{summary['n_not_split']:,}."
+        + (f" Failed: {summary['n_failed']:,}." if summary["n_failed"] else "")
     )
     return "\n".join(lines)
 

@@ -25,6 +25,7 @@ from fiftyone.operators.registry import OperatorRegistry  # noqa: E402
 
 from bubblefence_plugin.fo import audit  # noqa: E402
 from bubblefence_plugin.fo.map import load_layout  # noqa: E402
+from bubblefence_plugin.text import report_text  # noqa: E402
 
 REPORT = "@bubblefence/bubblefence/bubblefence_report"
 # A report of 200 samples with 24 thumbnails; plotly.js inline made it 4.9 MB.
@@ -532,3 +533,16 @@ def test_our_split_is_audited_by_the_fields_it_was_split_by(field_dataset):
     r = bfo.report(ds, store=False)
     assert (r["label_field"], r["group_field"]) == ("label", None)
     assert "the split's group_field 'group' is gone: not measured" in r["warnings"]
+
+
+def test_a_report_without_leaks_points_at_no_view_of_them(field_dataset, tmp_path):
+    ds = field_dataset
+    x = unit(np.random.default_rng(12).normal(size=(len(ds), 64)))  # no pair near 0.95
+    ds.set_values("emb", list(x))
+    ds.set_values("my_split", (["train", "validation"] * len(ds))[: len(ds)])
+    r = bfo.report(ds, "my_split", "emb", html_path=str(tmp_path / "report.html"))
+    assert r["leaks"]["n_found"] == 0
+    page = Path(r["html_path"]).read_text(encoding="utf-8")
+    assert "have a train sample at cosine similarity" in page
+    assert "saved view" not in page
+    assert "saved view" not in report_text(r).plain()

@@ -490,6 +490,13 @@ def test_samples_not_split_yet_are_announced_first(split_dataset):
     names = list(reply.output["type"]["properties"])
     assert names[:2] == ["not_split", "actions"]
     assert "**30 samples not split yet**" in reply.properties()["not_split"]["default"]
+    # Samples that failed (media or embedding) fail again at every run: said apart.
+    failed = ds.exists("split", False).limit(4)
+    failed.set_values(bfo.ERROR_FIELD, ["cannot identify image file"] * 4)
+    reply = event(ds, "on_load")
+    assert "**26 samples not split yet**" in reply.properties()["not_split"]["default"]
+    assert reply.properties()["failed"]["default"].startswith("4 samples failed")
+    assert "Not split yet: 26. Failed: 4." in reply.text("summary")
 
 
 def test_audit_figures_are_shown_and_marked_stale_after_a_newer_split(split_dataset, monkeypatch):

@@ -16,9 +16,10 @@ SUMMARY = {
 
 def test_round_warnings_name_the_labels_and_count_the_groups():
     warnings = round_warnings(SUMMARY)
-    assert len(warnings) == 2
+    assert len(warnings) == 3
     assert "2 labels: owl, fox" in warnings[0]
-    assert warnings[1].startswith("1 of 9 groups have samples on both sides")
+    assert warnings[1].startswith("2 samples could not be embedded and are in no split")
+    assert warnings[2].startswith("1 of 9 groups have samples on both sides")
     assert round_warnings({"labels": {"missing_from_eval": []}, "groups": {"violations": 0}}) == []
 
 
@@ -31,10 +32,12 @@ def test_round_text_names_failed_files_and_leaves_out_zero_counts():
     with_share = round_text({**SUMMARY, "labels": None, "validation_share_of_eval": 0.5}).plain()
     assert "validation share of eval: 0.5" in with_share
     assert "samples with errors: 2" in plain
+    # One failed file shown of two: the other is counted, not lost.
+    assert "and 1 more: each failed sample's error field says why" in plain
 
 
 def test_cut_pairs_and_a_yielded_floor_are_said_only_when_they_happened():
-    summary = {**SUMMARY, "labels": None, "groups": None}
+    summary = {**SUMMARY, "labels": None, "groups": None, "n_errors": 0}
     quiet = {**summary, "cut_pairs": 0, "eval_floor_shortfall": 0}
     assert round_warnings(quiet) == []
     assert "near-twin" not in round_text(quiet).plain().lower()

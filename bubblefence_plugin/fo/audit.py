@@ -1272,7 +1272,7 @@ def _leaks_html(result: dict[str, Any], thumbnails: dict[str, str | None]) -> li
         + (
             f" They are the saved view <code>{esc(leaks['view'])}</code> of the dataset "
             f"(most similar first, at most {MAX_LEAK_IDS})."
-            if leaks["view"]
+            if leaks["view"] and leaks["n_found"]
             else ""
         )
         + "</p>",

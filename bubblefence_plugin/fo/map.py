@@ -55,6 +55,7 @@ from ..core.layout import (
 )
 from .fields import (
     ANCHOR_FIELD,
+    ERROR_FIELD,
     EXCLUDED_TAG,
     ROUND_FIELD,
     SPLIT_FIELD,
@@ -1030,12 +1031,20 @@ def map_summary(samples: foc.SampleCollection) -> dict[str, Any] | None:
     n_unsplit = n_view - n_split
     if n_unsplit and tag_counts.get(EXCLUDED_TAG):
         n_unsplit -= samples.match_tags(EXCLUDED_TAG).exists(ROUND_FIELD, False).count()
+    # Samples whose media or embedding failed are tried at every run, and fail again
+    # until fixed: said apart, not as work a run would do.
+    n_failed = 0
+    if n_unsplit and samples.has_field(ERROR_FIELD):
+        unsplit = samples.match_tags(EXCLUDED_TAG, bool=False).exists(ROUND_FIELD, False)
+        n_failed = unsplit.exists(ERROR_FIELD).count()
+        n_unsplit -= n_failed
     return {
         "n_view": n_view,
         "by_round": {r: by_round[r] for r in sorted(by_round)},
         "totals": totals,
         "n_excluded": int(tag_counts.get(EXCLUDED_TAG, 0)),
         "n_not_split": n_unsplit,
+        "n_failed": n_failed,
         "eval_share": n_eval / kept if kept else 0.0,
         "eval_target": config.get("eval_ratio"),
         "validation_share": totals["validation"] / n_eval if n_eval else 0.0,
