@@ -546,3 +546,18 @@ def test_a_report_without_leaks_points_at_no_view_of_them(field_dataset, tmp_pat
     assert "have a train sample at cosine similarity" in page
     assert "saved view" not in page
     assert "saved view" not in report_text(r).plain()
+
+
+def test_a_warning_names_a_few_groups_and_counts_the_rest(field_dataset):
+    # 100 groups of two, one sample of each in train and one in validation: every group
+    # is on both sides; a notice names 8 of them, the report keeps its longer list.
+    ds = field_dataset
+    rows = np.arange(len(ds))
+    ds.set_values("grp", [f"g{r // 2}" for r in rows])
+    ds.set_values("my_split", np.where(rows % 2, "validation", "train").tolist())
+    r = bfo.report(ds, "my_split", "emb", group_field="grp", store=False)
+    (warning,) = [w for w in bfo.split_warnings(r) if w.startswith("Groups")]
+    head, names = warning.split(": ", 1)
+    assert head == "Groups with samples in both train and eval (100 of 100)"
+    assert names.endswith(" and 92 more") and len(names.split(", ")) == audit.NAMES_IN_WARNING
+    assert len(r["metrics"]["split"]["groups"]["examples"]) > audit.NAMES_IN_WARNING

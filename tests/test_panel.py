@@ -258,7 +258,9 @@ def test_recolouring_draws_a_new_plot_and_drops_the_apps_copy(split_dataset, mon
 
     # A curation score: none yet, then the typicality scale's colours, grey where none.
     reply = event(ds, "on_color_by", value="typicality")
-    assert [t["name"] for t in reply.legend] == ["no typicality"]
+    assert [t["name"] for t in reply.legend] == [
+        "typicality not computed yet: the BubbleFence sample operator writes it"
+    ]
     scores = dict(zip(ids[:10], np.linspace(0.0, 1.0, 10).tolist(), strict=True))
     ds.set_values(viz.SCORE_COLOR_FIELDS["typicality"], scores, key_field="id")
     reply = event(ds, "on_color_by", value="typicality")

@@ -931,8 +931,14 @@ def split_warnings(result: dict[str, Any]) -> list[str]:
     return warnings
 
 
+# Names a warning lists: it is read in a notice, which a list of 20 groups filled until
+# it covered the dialog's Done button (seen in the App); the report lists more.
+NAMES_IN_WARNING = 8
+
+
 def _listed(names: Sequence[str], total: int) -> str:
-    """Names joined, with the count of those not listed."""
+    """Names joined, at most `NAMES_IN_WARNING`, with the count of those not listed."""
+    names = list(names)[:NAMES_IN_WARNING]
     more = total - len(names)
     if not names:
         return f"{total} not listed"

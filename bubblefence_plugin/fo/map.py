@@ -120,6 +120,8 @@ COLOR_BY = ("split", "round", "typicality", "region")
 # Score fields written by `bubblefence_plugin.fo.curate`, coloured by value.
 SCORE_COLOR_FIELDS = {"typicality": "bubblefence_typicality", "region": "bubblefence_region"}
 NO_SCORE_COLOR = "#bdbdbd"
+# The legend's entry when no drawn point has the score yet: where it comes from.
+NOT_COMPUTED = "{what} not computed yet: the BubbleFence sample operator writes it"
 POINTS_TRACE = "points"
 BUBBLES_TRACE = "bubble centres"
 # Per-bubble columns of `BubbleFence.anchors` kept for the panel's hover text.
@@ -736,7 +738,9 @@ def _palette_colors(title: str, values: np.ndarray, labels: list[str]) -> _Point
             legend.append((f"{title} {listed}", color))
     for label, value in zip(labels, values, strict=True):
         colors[label] = ROUND_COLORS[value % len(ROUND_COLORS)] if value >= 0 else NO_SCORE_COLOR
-    if (values < 0).any():
+    if (values < 0).all() and title == "region":
+        legend.append((NOT_COMPUTED.format(what="region"), NO_SCORE_COLOR))
+    elif (values < 0).any():
         legend.append((f"no {title}", NO_SCORE_COLOR))
     return _categorical(title, labels, legend, colors)
 
@@ -763,7 +767,9 @@ def _scale_colors(scores: np.ndarray) -> _PointColors:
         (f"typicality {v:.{places}f}", c)
         for v, c in zip(stops, _viridis((stops - low) / spread), strict=True)
     ]
-    if (~has).any():
+    if not has.any():
+        legend.append((NOT_COMPUTED.format(what="typicality"), NO_SCORE_COLOR))
+    elif (~has).any():
         legend.append(("no typicality", NO_SCORE_COLOR))
     labels = [
         f"typicality {v:.3f}" if ok else "no typicality" for v, ok in zip(numbers, has, strict=True)
