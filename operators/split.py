@@ -196,7 +196,7 @@ def _embeddings_inputs(
             "field", label="Existing vector field", description="Use embeddings you computed"
         )
     default = _default_source(ctx, info)
-    inputs.enum(
+    source = inputs.enum(
         "embeddings",
         choices.values(),
         default=default,
@@ -205,6 +205,12 @@ def _embeddings_inputs(
         view=choices,
     )
     if ctx.params.get("embeddings", default) == "model":
+        if stored_field and stored_field != bfo.EMBEDDING_FIELD:
+            source.invalid = True
+            source.error_message = (
+                f"The state was built from the field {stored_field!r}; reset to compute "
+                "embeddings with a model instead"
+            )
         _knob_input(ctx, inputs, MODEL_KNOB, KNOBS[MODEL_KNOB], stored)
         return
     prop = field_input(

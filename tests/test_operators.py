@@ -342,3 +342,12 @@ def test_a_round_run_in_the_app_shows_its_split_colours_there(field_dataset):
     # Nor does reset: the split colours stay in the scheme for the next split.
     assert "set_color_scheme" not in operator_requests(foo.get_operator(RESET)(ds))
     assert ds.app_config.color_scheme.fields == scheme["fields"]
+
+
+def test_split_form_flags_a_source_other_than_the_one_the_state_was_built_from(field_dataset):
+    bfo.split(field_dataset, embeddings_field="emb")
+    props = form(field_dataset, SPLIT, {"embeddings": "model"})
+    assert props["embeddings"]["invalid"]
+    assert "built from the field 'emb'; reset to compute" in props["embeddings"]["error_message"]
+    props = form(field_dataset, SPLIT, {"embeddings": "field", "embeddings_field": "emb"})
+    assert not props["embeddings"].get("invalid")
