@@ -501,7 +501,7 @@ def cmd_split(args: argparse.Namespace) -> int:
     # the folders, the config, and the model that will embed the new images.
     listed = {folder: _list_images(Path(folder).expanduser()) for folder in args.folder}
     existing = fo.load_dataset(args.dataset) if fo.dataset_exists(args.dataset) else None
-    cfg = check_split_config(existing, args.config, overrides)
+    cfg = check_split_config(existing, args.config, overrides, args.label_field, args.group_field)
     info = state_info(existing) if existing is not None else None
     field = args.embeddings_field or (info or {}).get("embeddings_field") or EMBEDDING_FIELD
     if listed and field == EMBEDDING_FIELD:

@@ -390,6 +390,25 @@ def test_a_users_own_split_field_adds_no_images(dataset_name, image_factory, tmp
     assert len(ds) == 5 and ds.count_values("split") == {"train": 5}
 
 
+def test_a_label_or_group_field_that_is_not_there_adds_no_images(
+    dataset_name, image_factory, tmp_path, capsys
+):
+    image_factory(4, subdir="drive")
+    args = ["split", "--dataset", dataset_name, "--folder", str(tmp_path / "drive")]
+    args += ["--model", "efficientnet-lite0"]
+    assert cli.main([*args, "--label-field", "ground_truth"]) == 2
+    assert "--label-field='ground_truth': the dataset does not exist yet" in capsys.readouterr().err
+    assert not fo.dataset_exists(dataset_name)
+    ds = fo.Dataset(dataset_name)
+    ds.persistent = True
+    ds.add_samples([fo.Sample(filepath=f"/nonexistent/{i}.png") for i in range(3)])
+    assert cli.main([*args, "--group-field", "video"]) == 2
+    assert f"--group-field='video': dataset {dataset_name!r} has no such field" in (
+        capsys.readouterr().err
+    )
+    assert len(ds) == 3
+
+
 def test_report_prints_the_audit_and_gates_on_leakage(dataset_name, tmp_path, capsys):
     """``report`` audits our split with the label and group fields it was split by, prints
     the table beside the random split, writes the whole report as JSON, and exits 1 above

@@ -203,14 +203,18 @@ def check_split_config(
     samples: foc.SampleCollection | None,
     config: ConfigSource,
     overrides: dict[str, Any],
+    label_field: str | None = None,
+    group_field: str | None = None,
 ) -> BubbleFenceConfig:
-    """The round's config, checked against the stored one without writing anything:
-    for front ends that write before the round (the CLI adds folders first).
+    """The round's config and fields, checked against the stored ones without writing
+    anything: for front ends that write before the round (the CLI adds folders first).
 
     Args:
         samples: the dataset or view to split, or None when it does not exist yet
         config: as for `split`
         overrides: config knobs given as keywords
+        label_field: as for `split`
+        group_field: as for `split`
     """
     info = state_info(samples) if samples is not None else None
     previous = BubbleFenceConfig.from_dict(info["config"]) if info else None
@@ -219,6 +223,15 @@ def check_split_config(
         _refuse_frozen(previous, cfg, changed, info)
     elif samples is not None:
         refuse_values_not_ours(root_dataset(samples))
+    for asked, param in ((label_field, "label_field"), (group_field, "group_field")):
+        field = remembered_field(asked, (info or {}).get(param))
+        if field and samples is None:
+            raise ValueError(
+                f"{param}={field!r}: the dataset does not exist yet, so it has no such "
+                "field; add the samples with their labels first, then split"
+            )
+        if field:
+            label_source(root_dataset(samples), field, param)
     return cfg
 
 
