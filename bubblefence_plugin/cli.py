@@ -602,6 +602,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     if args.fail_above is not None and not 0.0 <= args.fail_above <= 1.0:
         raise ValueError(f"--fail-above must be a share in [0, 1], got {args.fail_above}")
+    if args.json and Path(args.json).expanduser().is_dir():
+        # Refused before the audit runs and is stored on the dataset.
+        raise ValueError(
+            f"--json {args.json!r} is a folder; give the file to write, e.g. "
+            f"{str(Path(args.json) / 'report.json')!r}"
+        )
     dataset = _load_dataset(args.dataset)
     bar = _Bar(f"BubbleFence report {dataset.name}")
     try:

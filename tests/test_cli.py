@@ -452,3 +452,8 @@ def test_report_prints_the_audit_and_gates_on_leakage(dataset_name, tmp_path, ca
     assert "--split-source" in capsys.readouterr().err
     assert cli.main(["report", *args, "--fail-above", "2"]) == 2
     assert "--fail-above must be a share in [0, 1]" in capsys.readouterr().err
+    # A folder for --json is refused before the audit runs: no report stored.
+    reports = len(ds.list_runs())
+    assert cli.main(["report", *args, "--json", str(tmp_path)]) == 2
+    assert "is a folder; give the file to write" in capsys.readouterr().err
+    assert len(ds.list_runs()) == reports
