@@ -211,7 +211,8 @@ def _embeddings_inputs(
                 f"The state was built from the field {stored_field!r}; reset to compute "
                 "embeddings with a model instead"
             )
-        _knob_input(ctx, inputs, MODEL_KNOB, KNOBS[MODEL_KNOB], stored)
+        kept = None if info else bfo.kept_model(ctx.dataset)
+        _knob_input(ctx, inputs, MODEL_KNOB, KNOBS[MODEL_KNOB], stored, default=kept)
         return
     prop = field_input(
         inputs,
@@ -275,10 +276,12 @@ def _knob_input(
     name: str,
     knob: Knob,
     stored: BubbleFenceConfig | None,
+    default: Any = None,
 ) -> None:
-    """One knob as the table describes it, its default the stored config's value."""
+    """One knob as the table describes it, its default ``default`` if given, else the
+    stored config's value."""
     kwargs: dict[str, Any] = {
-        "default": getattr(stored or BubbleFenceConfig(), name),
+        "default": default if default is not None else getattr(stored or BubbleFenceConfig(), name),
         "label": knob.label,
         "description": knob.help,
         "required": False,

@@ -95,6 +95,10 @@ def test_split_folder_by_folder_then_export_and_reset(
     assert cli.main(["reset", "--dataset", dataset_name, "--yes", "--keep-embeddings"]) == 0
     assert "untagged 60 samples; embeddings kept" in capsys.readouterr().out
     assert not ds.has_field("split") and ds.has_field(bfo.EMBEDDING_FIELD)
+    # Split again naming no model: the kept vectors' model, not the default CLIP (which
+    # cannot load here, so the kept vectors were refused).
+    assert cli.main(["split", "--dataset", dataset_name]) == 0
+    assert "Round 0: 60 samples assigned" in capsys.readouterr().out
     assert cli.main(["reset", "--dataset", "no-such-dataset", "--yes"]) == 2
 
 

@@ -351,3 +351,14 @@ def test_split_form_flags_a_source_other_than_the_one_the_state_was_built_from(f
     assert "built from the field 'emb'; reset to compute" in props["embeddings"]["error_message"]
     props = form(field_dataset, SPLIT, {"embeddings": "field", "embeddings_field": "emb"})
     assert not props["embeddings"].get("invalid")
+
+
+def test_split_form_defaults_to_the_model_of_kept_embeddings(field_dataset):
+    # A reset that kept the embeddings: a first round embeds with their model.
+    ds = field_dataset
+    ds.clone_sample_field("emb", bfo.EMBEDDING_FIELD)
+    field = ds.get_field(bfo.EMBEDDING_FIELD)
+    field.info = {"model_name": "efficientnet-lite0", "dim": 64}
+    field.save()
+    props = form(ds, SPLIT, {"embeddings": "model"})
+    assert props["model_name"]["default"] == "efficientnet-lite0"

@@ -66,7 +66,7 @@ from .curate import (
     sample,
     write_excluded_paths,
 )
-from .embeddings import ModelUnavailableError, get_embedder, holds_vectors
+from .embeddings import ModelUnavailableError, get_embedder, holds_vectors, kept_model
 from .export import EXPORT_TYPES, MANIFEST_COLUMNS, export, export_folders, path_inside, safe_name
 from .fields import (
     ANCHOR_FIELD,
@@ -151,6 +151,7 @@ __all__ = [
     "iter_sample",
     "iter_split",
     "iter_wait_for_shards",
+    "kept_model",
     "label_field_choices",
     "label_strings",
     "latest_report",

@@ -97,6 +97,18 @@ def check_vector_field(dataset: fo.Dataset, field: str) -> None:
         raise ValueError(f"embeddings field {field!r} is a {kind}, not a vector field")
 
 
+def kept_model(dataset: fo.Dataset) -> str | None:
+    """The model whose vectors the dataset's ``bubblefence_embedding`` field holds (a
+    reset that kept them), or None: a first round that names no model embeds with it,
+    so the kept vectors are used rather than refused as another model's.
+
+    Args:
+        dataset: the dataset
+    """
+    field = dataset.get_field(EMBEDDING_FIELD)
+    return (getattr(field, "info", None) or {}).get("model_name")
+
+
 def prepare_embeddings_field(
     dataset: fo.Dataset, model_name: str, dim: int, name: str = EMBEDDING_FIELD
 ) -> None:

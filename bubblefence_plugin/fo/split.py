@@ -33,6 +33,7 @@ from .embeddings import (
     check_vector_field,
     get_embedder,
     iter_embed_missing,
+    kept_model,
     prepare_embeddings_field,
     read_embeddings,
 )
@@ -170,6 +171,7 @@ def resolve_config(
     previous: BubbleFenceConfig | None,
     config: ConfigSource,
     overrides: dict[str, Any],
+    model: str | None = None,
 ) -> tuple[BubbleFenceConfig, list[str]]:
     """The config of this round and the names of knobs that differ from the stored one.
 
@@ -180,8 +182,9 @@ def resolve_config(
         previous: the stored config, or None before the first round
         config: as for `split`
         overrides: knobs given as keywords; they win over ``config``
+        model: the model a first round uses unless one is named (`kept_model`)
     """
-    start = previous or BubbleFenceConfig()
+    start = previous or BubbleFenceConfig(**({"model_name": model} if model else {}))
     if config is None:
         explicit: dict[str, Any] = {}
     elif isinstance(config, BubbleFenceConfig):
@@ -218,7 +221,8 @@ def check_split_config(
     """
     info = state_info(samples) if samples is not None else None
     previous = BubbleFenceConfig.from_dict(info["config"]) if info else None
-    cfg, changed = resolve_config(previous, config, overrides)
+    model = kept_model(root_dataset(samples)) if samples is not None and not info else None
+    cfg, changed = resolve_config(previous, config, overrides, model)
     if previous is not None:
         _refuse_frozen(previous, cfg, changed, info)
     elif samples is not None:
@@ -347,7 +351,10 @@ def _open_round(
     # Like the label and group fields below, the embeddings field is remembered: a later
     # round that names none reads the field the state was built from.
     embeddings_field = request.embeddings_field or params.get("embeddings_field") or EMBEDDING_FIELD
-    cfg, changed = resolve_config(bf.config if bf else None, request.config, request.overrides)
+    model = None if bf else kept_model(dataset)
+    cfg, changed = resolve_config(
+        bf.config if bf else None, request.config, request.overrides, model
+    )
     if bf is not None:
         stored_field = params.get("embeddings_field")
         if stored_field and stored_field != embeddings_field:
