@@ -83,6 +83,25 @@ def test_an_export_with_nothing_to_export_is_refused_before_it_writes(field_data
     assert result["counts"]["test"] == 0 and result["counts"]["train"] > 0
 
 
+@pytest.mark.parametrize(
+    "dataset_type, match",
+    [
+        ("UnlabeledImageDataset", "cannot be exported"),
+        (fo.types.GroupDataset, "cannot be exported"),
+        ("ImageDirectry", "is not a fiftyone.types dataset type"),
+        ("Classification", "is not a fiftyone.types dataset type"),
+        (int, "is not a fiftyone.types dataset type"),
+    ],
+)
+def test_a_type_that_cannot_export_is_named_before_anything_is_written(
+    field_dataset, tmp_path, dataset_type, match
+):
+    bfo.split(field_dataset, embeddings_field="emb")
+    with pytest.raises(ValueError, match=match):
+        bfo.export(field_dataset, tmp_path / "out", dataset_type)
+    assert not (tmp_path / "out").exists()
+
+
 def _manifest(path) -> list[dict[str, str]]:
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))

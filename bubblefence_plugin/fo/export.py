@@ -353,15 +353,22 @@ def safe_csv_cell(value: Any) -> str:
 
 
 def _dataset_type(dataset_type: str | type) -> tuple[str, type]:
-    if isinstance(dataset_type, str):
-        cls = getattr(fo.types, dataset_type, None)
-        if cls is None:
-            raise ValueError(
-                f"dataset_type={dataset_type!r} is not a fiftyone.types dataset type; "
-                f"for example {sorted(EXPORT_TYPES)}"
-            )
-        return dataset_type, cls
-    return dataset_type.__name__, dataset_type
+    """(name, class) of a `fiftyone.types` dataset type that FiftyOne can export."""
+    cls = getattr(fo.types, dataset_type, None) if isinstance(dataset_type, str) else dataset_type
+    name = dataset_type if isinstance(dataset_type, str) else getattr(cls, "__name__", str(cls))
+    if not (isinstance(cls, type) and issubclass(cls, fo.types.Dataset)):
+        raise ValueError(
+            f"dataset_type={name!r} is not a fiftyone.types dataset type; "
+            f"for example {sorted(EXPORT_TYPES)}"
+        )
+    try:
+        cls().get_dataset_exporter_cls()
+    except TypeError:  # abstract kinds (Dataset, UnlabeledImageDataset...): import only
+        raise ValueError(
+            f"dataset_type={name!r} cannot be exported (FiftyOne has no exporter for it); "
+            f"for example {sorted(EXPORT_TYPES)}"
+        ) from None
+    return name, cls
 
 
 def _export_names(names: Any) -> list[str]:
