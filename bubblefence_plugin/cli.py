@@ -393,9 +393,17 @@ class _Bar:
     FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}{postfix}"
 
     def __init__(self, desc: str) -> None:
+        import fiftyone as fo
         from tqdm.auto import tqdm
 
-        self._bar = tqdm(total=1000, desc=desc, bar_format=self.FORMAT, leave=True, file=sys.stderr)
+        self._bar = tqdm(
+            total=1000,
+            desc=desc,
+            bar_format=self.FORMAT,
+            leave=True,
+            file=sys.stderr,
+            disable=not fo.config.show_progress_bars,  # FIFTYONE_SHOW_PROGRESS_BARS, as FiftyOne's
+        )
 
     def __call__(self, fraction: float, label: str) -> None:
         self._bar.n = int(1000 * min(max(fraction, 0.0), 1.0))
@@ -496,6 +504,11 @@ def cmd_split(args: argparse.Namespace) -> int:
 
     overrides = _parse_sets(args.set)
     if args.model:
+        if overrides.get("model_name", args.model) != args.model:
+            raise ValueError(
+                f"--model {args.model!r} and --set model_name={overrides['model_name']!r} "
+                "name two models; give one"
+            )
         overrides["model_name"] = args.model
     # Everything that can be refused is checked before the dataset is created or grows:
     # the folders, the config, and the model that will embed the new images.

@@ -123,8 +123,22 @@ def test_split_with_embeddings_field(dataset_name, capsys):
         == 0
     )
     assert len(ds.exists("split")) == 80
+    # FIFTYONE_SHOW_PROGRESS_BARS=false (the tests' setting) silences our bar as FiftyOne's.
+    assert "%|" not in capsys.readouterr().err
     assert cli.main(["split", "--dataset", dataset_name, "--embeddings-field", "nope"]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_the_progress_bar_shows_where_fiftyone_shows_its_own(dataset_name, capsys, monkeypatch):
+    from conftest import clustered_embeddings
+
+    monkeypatch.setattr(fo.config, "show_progress_bars", True)
+    ds = fo.Dataset(dataset_name)
+    ds.add_samples([fo.Sample(filepath=f"/nonexistent/{i}.png") for i in range(40)])
+    ds.set_values("emb", list(clustered_embeddings(40)))
+    assert cli.main(["split", "--dataset", dataset_name, "--embeddings-field", "emb"]) == 0
+    err = capsys.readouterr().err
+    assert f"BubbleFence {dataset_name}: 100%|" in err and "Done" in err
 
 
 def test_split_refuses_folders_where_a_users_field_holds_the_vectors(
@@ -400,6 +414,8 @@ def test_a_label_or_group_field_that_is_not_there_adds_no_images(
     image_factory(4, subdir="drive")
     args = ["split", "--dataset", dataset_name, "--folder", str(tmp_path / "drive")]
     args += ["--model", "efficientnet-lite0"]
+    assert cli.main([*args, "--set", "model_name=other"]) == 2
+    assert "name two models; give one" in capsys.readouterr().err
     assert cli.main([*args, "--label-field", "ground_truth"]) == 2
     assert "--label-field='ground_truth': the dataset does not exist yet" in capsys.readouterr().err
     assert not fo.dataset_exists(dataset_name)

@@ -87,6 +87,7 @@ def test_an_export_with_nothing_to_export_is_refused_before_it_writes(field_data
     "dataset_type, match",
     [
         ("UnlabeledImageDataset", "cannot be exported"),
+        ("FiftyOneDataset", "label_field 'nosuch': the dataset has no such field"),
         (fo.types.GroupDataset, "cannot be exported"),
         ("ImageDirectry", "is not a fiftyone.types dataset type"),
         ("Classification", "is not a fiftyone.types dataset type"),
@@ -98,7 +99,7 @@ def test_a_type_that_cannot_export_is_named_before_anything_is_written(
 ):
     bfo.split(field_dataset, embeddings_field="emb")
     with pytest.raises(ValueError, match=match):
-        bfo.export(field_dataset, tmp_path / "out", dataset_type)
+        bfo.export(field_dataset, tmp_path / "out", dataset_type, label_field="nosuch")
     assert not (tmp_path / "out").exists()
 
 

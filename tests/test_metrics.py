@@ -354,3 +354,10 @@ def test_audit_rejects_bad_rows_and_lengths():
         audit(unit(np.eye(2)), ["train"])
     with pytest.raises(ValueError, match="labels has 1"):
         audit(unit(np.eye(2)), ["train", "test"], labels=["a"])
+
+
+@pytest.mark.parametrize("thresholds", ["0.9", 0.9, [], [0.9, "x"], [1.5], None])
+def test_thresholds_that_are_not_similarities_are_named(thresholds):
+    x = np.eye(4)
+    with pytest.raises(ValueError, match=r"thresholds must be cosine similarities in \(0, 1\]"):
+        audit(x, ["train", "train", "validation", "test"], thresholds=thresholds)

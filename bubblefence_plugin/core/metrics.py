@@ -49,7 +49,7 @@ import dataclasses
 import math
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -231,12 +231,16 @@ def _strings(values: Sequence[Any] | np.ndarray) -> np.ndarray:
 
 
 def _check_thresholds(thresholds: Sequence[float]) -> list[float]:
-    values = [float(t) for t in thresholds]
+    message = f"thresholds must be cosine similarities in (0, 1], at least one; got {thresholds!r}"
+    # A string is a sequence too: "0.9" read as "0", ".", "9".
+    if isinstance(thresholds, (str, bytes)) or not isinstance(thresholds, Iterable):
+        raise ValueError(message)
+    try:
+        values = [float(t) for t in thresholds]
+    except (TypeError, ValueError):
+        raise ValueError(message) from None
     if not values or any(not (0.0 < t <= 1.0) for t in values):
-        raise ValueError(
-            "thresholds must be cosine similarities in (0, 1], at least one; "
-            f"got {list(thresholds)}"
-        )
+        raise ValueError(message)
     return values
 
 

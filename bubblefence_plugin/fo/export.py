@@ -263,6 +263,8 @@ def _label_field_for(
     The exporter's public ``label_cls`` says which label types the format takes; a
     format without one (media only, or FiftyOne's own) takes any or no field.
     """
+    if label_field is not None and not samples.has_field(label_field):
+        raise ValueError(f"label_field {label_field!r}: the dataset has no such field")
     exporter = type_cls().get_dataset_exporter_cls()(export_dir=os.devnull)
     accepted = getattr(exporter, "label_cls", None)
     if accepted is None or isinstance(accepted, dict):  # media only, or several fields
