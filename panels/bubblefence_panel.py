@@ -36,6 +36,7 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 import fiftyone.server.view as fosv
 from fiftyone import ViewField as F
+from fiftyone.operators.constants import ViewTarget
 
 import bubblefence_plugin.fo as bfo
 from bubblefence_plugin.core.config import KNOBS
@@ -253,8 +254,15 @@ class BubbleFencePanel(foo.Panel):
         return ids
 
     def run_split(self, ctx: Any) -> None:
-        """The split operator's form; the panel re-hydrates when the round is done."""
-        ctx.prompt(f"{self.plugin_name}/bubblefence_split", on_success=self.after_split)
+        """The split operator's form, on the view the panel counts (not the selection a
+        lasso left: only those samples were split, the new ones left out, seen in the
+        App); the panel re-hydrates when the round is done."""
+        has_view = ctx.request_params.get("view") or ctx.request_params.get("view_name")
+        ctx.prompt(
+            f"{self.plugin_name}/bubblefence_split",
+            params={"view_target": ViewTarget.CURRENT_VIEW if has_view else ViewTarget.DATASET},
+            on_success=self.after_split,
+        )
 
     def reset_view(self, ctx: Any) -> None:
         """Shows every sample again: clears the bubble shown, the selection, and the

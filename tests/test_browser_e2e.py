@@ -343,6 +343,15 @@ def test_lasso_then_exclude_in_the_panel_tags_the_samples(
     page.wait_for_function(GRID_PAINTED)
     page.screenshot(path=shots / "02-excluded.png")
 
+    # Run split from the panel opens on the dataset, not on the selection the lasso left.
+    panel.get_by_role("button", name="Run split").click()
+    prompt = page.locator("[data-cy=operators-prompt-modal]")
+    dataset_target = prompt.locator("input[type=radio][value=DATASET]")
+    expect(dataset_target).to_be_checked(timeout=UI_TIMEOUT_MS)
+    page.screenshot(path=shots / "02b-run-split-form.png")
+    prompt.get_by_role("button", name="Cancel").click()
+    expect(prompt).to_have_count(0, timeout=UI_TIMEOUT_MS)
+
     # The grid, filtered by the tag in the sidebar, counts the excluded samples.
     sidebar = page.locator("[data-cy=sidebar]").first
     sidebar.get_by_text("sample tags", exact=True).click()

@@ -148,6 +148,7 @@ def test_without_a_run_the_panel_explains_and_offers_the_split(field_dataset):
     (prompt,) = event(field_dataset, "run_split").ops["prompt_user_for_operation"]
     assert prompt["operator_uri"] == f"{PLUGIN}/bubblefence_split"
     assert prompt["on_success"] == f"{PANEL}#after_split"
+    assert prompt["params"] == {"view_target": "DATASET"}  # not a selection left by a lasso
 
 
 def test_map_draws_points_bubble_outlines_and_a_legend_for_every_mark(split_dataset):
