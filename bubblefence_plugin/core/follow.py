@@ -258,12 +258,12 @@ def _crossings_across_groups(
     """Twin pairs across splits among the new members of components whose members keep
     the splits of known groups on both sides (groups win): each pair once."""
     role = split[new_kept].astype(np.int64)
-    held = np.isin(comp, comp[forced])
+    with_forced = np.isin(comp, comp[forced])
     lowest = np.full(int(comp.max()) + 1, np.iinfo(np.int64).max)
     highest = np.full(int(comp.max()) + 1, np.iinfo(np.int64).min)
-    np.minimum.at(lowest, comp[held], role[held])
-    np.maximum.at(highest, comp[held], role[held])
-    rows = new_kept[held & (lowest[comp] != highest[comp])]
+    np.minimum.at(lowest, comp[with_forced], role[with_forced])
+    np.maximum.at(highest, comp[with_forced], role[with_forced])
+    rows = new_kept[with_forced & (lowest[comp] != highest[comp])]
     if len(rows) < 2:
         return 0
     index = CellIndex(embeddings, rows, config.leak_threshold, config.seed)
