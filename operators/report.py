@@ -216,7 +216,8 @@ def _source_inputs(
         info,
         label="Embeddings field",
         description="Vector field the similarities are measured in",
-        required=True,
+        # Pre-filled, so not marked required (see the split form's field): none chosen
+        # reads the field the split was built from, as `bfo.report` does.
         prefill_first=True,
     )
     field_input(

@@ -214,6 +214,10 @@ def _embeddings_inputs(
         kept = None if info else bfo.kept_model(ctx.dataset)
         _knob_input(ctx, inputs, MODEL_KNOB, KNOBS[MODEL_KNOB], stored, default=kept)
         return
+    # Pre-filled, so not marked required: the server validates the form once before the
+    # App has put the pre-filled value in the params, and a required dropdown then read
+    # "Required property" under a chosen field (seen in the App). An empty choice is
+    # refused when the split runs (`_split_kwargs`).
     prop = field_input(
         inputs,
         "embeddings_field",
@@ -221,7 +225,6 @@ def _embeddings_inputs(
         info,
         label="Embeddings field",
         description="A vector field holding one embedding per sample",
-        required=True,
         prefill_first=True,
     )
     chosen = ctx.params.get("embeddings_field")
