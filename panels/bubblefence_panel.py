@@ -67,7 +67,8 @@ MAP_HELP = (
     "Click a centre or a point to show that bubble's samples in the grid; lasso "
     "points to select them; **Reset view** shows everything again. **Exclude** tags the "
     "selected samples (else the clicked point) `excluded`: they leave their split and "
-    "later splits; **Include again** undoes it."
+    "later splits; **Include again** returns them to the next split, which assigns them as "
+    "new samples."
 )
 COLOR_LABELS = {"split": "Split", "round": "Round", "typicality": "Typicality", "region": "Region"}
 SELECTION_SCOPE = "bubblefence"  # names the extended selection's owner in the App
