@@ -254,12 +254,16 @@ def queued_shards_text(operation_ids: Sequence[str], shard_labels: Sequence[str]
 
 def audited_text(result: Mapping[str, Any]) -> str:
     """What a report measured: its samples in train, validation or test, and the others
-    it read (duplicates, samples not split: on neither side, left out of every measure)."""
-    n_split = result.get("n_split", result["n_audited"])  # reports stored before n_split
-    rest = result["n_audited"] - n_split
-    return f"{n_split} split samples" + (
-        f" ({rest} duplicates or not split, left out)" if rest else ""
-    )
+    of the collection (duplicates, samples not split, samples without a usable
+    embedding such as unreadable files: on neither side, left out of every measure)."""
+    n_audited = result["n_audited"]
+    n_split = result.get("n_split", n_audited)  # reports stored before n_split
+    left_out = [
+        (n_audited - n_split, "duplicates or not split"),
+        (result.get("n_collection", n_audited) - n_audited, "without a usable embedding"),
+    ]
+    listed = ", ".join(f"{n} {what}" for n, what in left_out if n)
+    return f"{n_split} split samples" + (f" ({listed}, left out)" if listed else "")
 
 
 def pick_text(summary: Mapping[str, Any]) -> SummaryText:

@@ -1,6 +1,6 @@
 """The texts users read after a run: one summary, rendered as Markdown or plain text."""
 
-from bubblefence_plugin.text import round_text, round_warnings
+from bubblefence_plugin.text import audited_text, round_text, round_warnings
 
 SUMMARY = {
     "message": "Round 1: 40 samples assigned",
@@ -70,3 +70,14 @@ def test_bridges_of_later_rounds_are_warned_past_the_leak_target():
     assert warning.startswith("Later rounds' bridges have made up to 40 eval samples leak")
     assert "(0.020 of eval)" in warning and "closure_threshold 0.85" in warning
     assert round_warnings({"bridge_leaks": 3, "n_eval": 0}) == []  # nothing held out yet
+
+
+def test_what_a_report_left_out_is_counted_whole():
+    # 222 samples: 209 split and measured, 10 duplicates or not split, 3 unreadable files
+    # (no embedding): the 3 were missing from the count.
+    result = {"n_collection": 222, "n_audited": 219, "n_split": 209}
+    assert audited_text(result) == (
+        "209 split samples (10 duplicates or not split, 3 without a usable embedding, left out)"
+    )
+    assert audited_text({"n_collection": 9, "n_audited": 9, "n_split": 9}) == "9 split samples"
+    assert audited_text({"n_audited": 5}) == "5 split samples"  # a report stored before
