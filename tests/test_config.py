@@ -126,3 +126,17 @@ def test_frozen_changes_and_help_come_from_the_table():
     assert all(f"  {name} (" in text for name in KNOBS)
     assert "seed (an integer in [0, 2**63 - 1]; default 42)" in text
     assert "closure_threshold (a number in (0, 1] or empty; default empty)" in text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "eval_ratio: 0.2\neval_ratio: 0.4\n",
+        "dataset_splits:\n  eval_ratio: 0.2\n  eval_ratio: 0.4\n",
+    ],
+)
+def test_a_key_given_twice_is_refused_not_read_as_the_last(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match="key 'eval_ratio' is given twice"):
+        BubbleFenceConfig.from_yaml(path)

@@ -591,6 +591,22 @@ _REFERENCE_UNSUPPORTED = {
 }
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """`yaml.safe_load`'s loader, refusing a key given twice in one mapping: YAML keeps
+    the last silently, and a config that names eval_ratio twice ran at the second."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml_values(path: str | Path) -> dict[str, Any]:
     """The knobs a YAML config file names, by our flat names, in either layout.
 
@@ -607,8 +623,8 @@ def read_yaml_values(path: str | Path) -> dict[str, Any]:
     except OSError as e:
         raise ValueError(f"cannot read the config file {str(path)!r}: {e.strerror or e}") from e
     try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:  # syntax errors and tags safe_load refuses
+        data = yaml.load(text, Loader=_UniqueKeyLoader) or {}
+    except yaml.YAMLError as e:  # syntax errors, tags safe_load refuses, repeated keys
         raise ValueError(f"{path}: not a valid YAML config: {e}") from e
     if not isinstance(data, dict):
         raise ValueError(f"{path}: the top level of a config must be a mapping")
