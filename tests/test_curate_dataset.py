@@ -403,6 +403,8 @@ def test_panel_colours_by_typicality_and_region(field_dataset):
     points = panel_event(ds, "on_color_by", value="typicality").points
     assert set(points["text"]) == {"no typicality"} and len(points["ids"]) == 200
     assert set(points["marker"]["color"]) == {viz.NO_SCORE_COLOR}
+    legend = panel_event(ds, "on_color_by", value="region").legend
+    assert [t["name"] for t in legend] == [viz.NOT_COMPUTED.format(what="region")]
     curate.sample(ds, "random", count=1, tag="r", embeddings_field="emb")
     points = panel_event(ds, "on_color_by", value="typicality").points
     typ = dict(zip(*ds.values(["id", curate.TYPICALITY_FIELD]), strict=True))

@@ -715,7 +715,9 @@ def _point_colors(samples: foc.SampleCollection, drawn: DrawnPoints, color_by: s
     if color_by == "region":
         regions = np.asarray([-1 if v is None else int(v) for v in scores], np.int64)
         labels = [f"region {r}" if r >= 0 else "no region" for r in regions]
-        return _palette_colors("region", regions, labels)
+        # None drawn has a region yet: say where regions come from.
+        none = NOT_COMPUTED.format(what="region") if (regions < 0).all() else "no region"
+        return _palette_colors("region", regions, labels, none)
     return _scale_colors(scores)
 
 
@@ -726,9 +728,12 @@ def _categorical(
     return _PointColors(title, marker, labels, legend)
 
 
-def _palette_colors(title: str, values: np.ndarray, labels: list[str]) -> _PointColors:
+def _palette_colors(
+    title: str, values: np.ndarray, labels: list[str], none: str | None = None
+) -> _PointColors:
     """Values (>= 0; -1 for none) in the `ROUND_COLORS` palette, one legend entry per
-    colour drawn ("round 1, 11" when two values share a colour), "none" in grey."""
+    colour drawn ("round 1, 11" when two values share a colour), "none" in grey, named
+    ``none`` (default "no <title>")."""
     colors = {}
     legend = []
     for slot, color in enumerate(ROUND_COLORS):
@@ -738,10 +743,8 @@ def _palette_colors(title: str, values: np.ndarray, labels: list[str]) -> _Point
             legend.append((f"{title} {listed}", color))
     for label, value in zip(labels, values, strict=True):
         colors[label] = ROUND_COLORS[value % len(ROUND_COLORS)] if value >= 0 else NO_SCORE_COLOR
-    if (values < 0).all() and title == "region":
-        legend.append((NOT_COMPUTED.format(what="region"), NO_SCORE_COLOR))
-    elif (values < 0).any():
-        legend.append((f"no {title}", NO_SCORE_COLOR))
+    if (values < 0).any():
+        legend.append((none or f"no {title}", NO_SCORE_COLOR))
     return _categorical(title, labels, legend, colors)
 
 
