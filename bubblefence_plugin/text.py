@@ -298,6 +298,8 @@ def reset_text(result: Mapping[str, Any]) -> SummaryText:
     )
     if result["kept_embeddings"]:
         headline += "; embeddings kept"
+    if result["removed_views"]:
+        headline += f"; deleted the saved view {', '.join(result['removed_views'])}"
     return SummaryText(headline)
 
 

@@ -25,7 +25,7 @@ from fiftyone.operators.registry import OperatorRegistry  # noqa: E402
 
 from bubblefence_plugin.fo import audit  # noqa: E402
 from bubblefence_plugin.fo.map import load_layout  # noqa: E402
-from bubblefence_plugin.text import report_text  # noqa: E402
+from bubblefence_plugin.text import report_text, reset_text  # noqa: E402
 
 REPORT = "@bubblefence/bubblefence/bubblefence_report"
 # A report of 200 samples with 24 thumbnails; plotly.js inline made it 4.9 MB.
@@ -561,3 +561,24 @@ def test_a_warning_names_a_few_groups_and_counts_the_rest(field_dataset):
     assert head == "Groups with samples in both train and eval (100 of 100)"
     assert names.endswith(" and 92 more") and len(names.split(", ")) == audit.NAMES_IN_WARNING
     assert len(r["metrics"]["split"]["groups"]["examples"]) > audit.NAMES_IN_WARNING
+
+
+def test_reset_deletes_the_leak_view_of_our_split_and_keeps_that_of_another(field_dataset):
+    """The leak view of a report on our split names samples that a reset takes out of
+    eval: reset deletes it (and says so); the reports stay as history. A view from a
+    report of the user's own split field is still true after a reset: kept."""
+    ds = field_dataset
+    bfo.split(ds, embeddings_field="emb")
+    bfo.report(ds, "split", "emb")
+    assert ds.has_saved_view(bfo.LEAKS_VIEW)
+    result = bfo.reset(ds)
+    assert result["removed_views"] == [bfo.LEAKS_VIEW]
+    assert not ds.has_saved_view(bfo.LEAKS_VIEW)
+    assert bfo.latest_report(ds)["source"] == "split"  # the report itself is kept
+    assert "deleted the saved view bubblefence_leaks" in reset_text(result).plain()
+
+    ds.set_values("my_split", (["train", "test"] * len(ds))[: len(ds)])
+    bfo.split(ds, embeddings_field="emb")
+    bfo.report(ds, "my_split", "emb")
+    assert bfo.reset(ds)["removed_views"] == []
+    assert ds.has_saved_view(bfo.LEAKS_VIEW)

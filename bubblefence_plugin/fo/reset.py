@@ -8,10 +8,19 @@ from __future__ import annotations
 
 from typing import Any
 
+import fiftyone as fo
 import fiftyone.core.collections as foc
 
+from .audit import LEAKS_VIEW, TAGS_SOURCE, latest_report
 from .curate import REGIONS_KEY, delete_regions, load_regions
-from .fields import EMBEDDING_FIELD, RESULT_FIELDS, ROUND_FIELD, SPLIT_TAGS, root_dataset
+from .fields import (
+    EMBEDDING_FIELD,
+    RESULT_FIELDS,
+    ROUND_FIELD,
+    SPLIT_FIELD,
+    SPLIT_TAGS,
+    root_dataset,
+)
 from .map import delete_map
 from .runs import RunLock
 from .state import STATE_RUN
@@ -22,8 +31,10 @@ def reset(samples: foc.SampleCollection, keep_embeddings: bool = False) -> dict[
 
     Works on the whole dataset (the state is dataset-wide); other tags and fields,
     audit reports and curation regions are kept, but regions built from the embeddings
-    it deletes (a later split may fill that field from another model). Refused while a
-    run holds the dataset.
+    it deletes (a later split may fill that field from another model), and the saved
+    view of leaking samples when the latest report audited the split it removes (the
+    ``split`` field or the split tags: those samples are no longer eval). Refused while
+    a run holds the dataset.
 
     Example usage::
 
@@ -38,7 +49,8 @@ def reset(samples: foc.SampleCollection, keep_embeddings: bool = False) -> dict[
 
     Returns:
         what was removed: ``removed_runs``, ``removed_fields``,
-        ``n_samples_untagged``, ``n_tags_removed``, ``kept_embeddings``
+        ``n_samples_untagged``, ``n_tags_removed``, ``kept_embeddings``,
+        ``removed_views``
     """
     dataset = root_dataset(samples)
     with RunLock(dataset, "reset"):
@@ -60,6 +72,7 @@ def reset(samples: foc.SampleCollection, keep_embeddings: bool = False) -> dict[
         if regions is not None and regions[1].get("embeddings_field") in removed_fields:
             delete_regions(dataset)
             removed_runs.append(REGIONS_KEY)
+        removed_views = _delete_stale_leaks_view(dataset)
     return {
         "dataset": dataset.name,
         "removed_runs": removed_runs,
@@ -67,4 +80,17 @@ def reset(samples: foc.SampleCollection, keep_embeddings: bool = False) -> dict[
         "n_samples_untagged": n_assigned,
         "n_tags_removed": int(n_untagged),
         "kept_embeddings": bool(keep_embeddings and dataset.has_field(EMBEDDING_FIELD)),
+        "removed_views": removed_views,
     }
+
+
+def _delete_stale_leaks_view(dataset: fo.Dataset) -> list[str]:
+    """Deletes `LEAKS_VIEW` when the latest report audited our split, which reset just
+    removed; a report of another split field keeps its view, which is still true."""
+    report = latest_report(dataset)
+    if not dataset.has_saved_view(LEAKS_VIEW) or report is None:
+        return []
+    if report["source"] not in (SPLIT_FIELD, TAGS_SOURCE):
+        return []
+    dataset.delete_saved_view(LEAKS_VIEW)
+    return [LEAKS_VIEW]
