@@ -9,7 +9,7 @@ import fiftyone.operators.types as types
 from fiftyone.operators.executor import ExecutionContext, ExecutionResult
 
 import bubblefence_plugin.fo as bfo
-from bubblefence_plugin.core.config import KNOBS, BubbleFenceConfig, Knob
+from bubblefence_plugin.core.config import KNOBS, BubbleFenceConfig, Knob, check_knob
 from bubblefence_plugin.core.progress import Steps
 from bubblefence_plugin.fo import map as bfmap
 from bubblefence_plugin.text import round_text, round_warnings
@@ -303,8 +303,16 @@ def _knob_input(
         prop = add(name, **bounds, **kwargs)
     else:
         prop = inputs.str(name, **kwargs)
+    value = ctx.params.get(name)
+    try:
+        check_knob(name, value)
+    except ValueError as error:
+        # An open bound (an eval share of 0) passes the form's closed min/max: flagged here,
+        # with the library's own message, before the user presses Execute.
+        if value is not None:
+            prop.invalid = True
+            prop.error_message = str(error)
     if knob.frozen and stored is not None:
-        value = ctx.params.get(name)
         if value is not None and value != getattr(stored, name):
             prop.invalid = True
             prop.error_message = (

@@ -353,6 +353,16 @@ def test_split_form_flags_a_source_other_than_the_one_the_state_was_built_from(f
     assert not props["embeddings"].get("invalid")
 
 
+def test_split_form_flags_a_knob_out_of_its_range_with_the_library_message(field_dataset):
+    # The form's min/max are closed: an eval share of 0 passes them, so the form asks the
+    # knob table, whose open bound refuses it, before the run would.
+    props = form(field_dataset, SPLIT, {"eval_ratio": 0, "validation_ratio": 0.5})
+    assert props["eval_ratio"]["invalid"]
+    assert props["eval_ratio"]["error_message"] == "eval_ratio=0 must be a number in (0, 1)"
+    assert not props["validation_ratio"].get("invalid")
+    assert not form(field_dataset, SPLIT, {"eval_ratio": 0.3})["eval_ratio"].get("invalid")
+
+
 def test_split_form_defaults_to_the_model_of_kept_embeddings(field_dataset):
     # A reset that kept the embeddings: a first round embeds with their model.
     ds = field_dataset
