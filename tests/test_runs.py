@@ -37,6 +37,34 @@ def test_stale_lock_of_a_dead_process_is_taken_over(field_dataset):
     assert bfo.split(ds, embeddings_field="emb")["n_assigned"] == 200
 
 
+def test_a_round_by_another_process_is_seen_by_a_dataset_opened_before_it(field_dataset):
+    """A notebook opened the dataset; the CLI (another process) split it twice; the
+    notebook's object, FiftyOne's one object for that dataset in its process, still held
+    the runs as they were. Its split saw no state and refused BubbleFence's own tags as
+    the user's; after a second round elsewhere, the state's replaced results read as
+    damaged and it was told to reset. Every read of the runs now reloads them."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    ds = field_dataset
+    ds.persistent = True  # another process opens it by name
+    ds.count()  # the notebook has it open, runs included
+    cli = [sys.executable, "-m", "bubblefence_plugin", "split", "--dataset", ds.name]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for step in range(2):
+        if step:
+            add_embedded_samples(ds, 30, seed=5)
+        done = subprocess.run(cli + ["--embeddings-field", "emb"], env=env, capture_output=True)
+        assert done.returncode == 0, done.stderr.decode()[-2000:]
+    add_embedded_samples(ds, 20, seed=6)
+    summary = bfo.split(ds)  # the embeddings field the CLI's state remembers
+    assert (summary["round"], summary["n_new"], summary["n_repaired"]) == (2, 20, 0)
+    assert ds.count_values("bubblefence_round") == {0: 200, 1: 30, 2: 20}
+
+
 def test_interrupted_runs_leave_state_intact_and_next_run_finishes(field_dataset, monkeypatch):
     ds = field_dataset
     bfo.split(ds.limit(100), embeddings_field="emb")

@@ -744,7 +744,6 @@ def latest_report(samples: foc.SampleCollection) -> dict[str, Any] | None:
         samples: a dataset or view; the reports are its dataset's
     """
     dataset = root_dataset(samples)
-    dataset.reload()  # another process (a delegated worker) may have stored one
     runs = _audit_runs(dataset)
     return runs[0][1].get("report") if runs else None
 
