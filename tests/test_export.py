@@ -225,3 +225,71 @@ def test_a_failing_exporter_leaves_no_folder_behind(media_dataset, tmp_path):
     with pytest.raises(ValueError, match="exporting as ImageDirectory failed, nothing was kept"):
         bfo.export(ds, tmp_path / "out", "ImageDirectory")
     assert not (tmp_path / "out").exists()
+
+
+def test_an_export_while_a_run_holds_the_split_or_changes_it_keeps_nothing(
+    field_dataset, tmp_path, monkeypatch
+):
+    """The export reads the split tags as it goes: a split running beside it made it
+    write a mix of the old and new split (127 train samples missing, the manifest
+    disagreeing). Refused while a run holds the dataset, and undone when one changed the
+    split during the export."""
+    import importlib
+
+    from bubblefence_plugin.fo import runs
+
+    # The package's `export` function hides its module of the same name.
+    export_module = importlib.import_module("bubblefence_plugin.fo.export")
+
+    ds = field_dataset
+    bfo.split(ds, embeddings_field="emb")
+    with runs.RunLock(ds, "split"):
+        with pytest.raises(bfo.BubbleFenceBusyError, match="in progress"):
+            bfo.export(ds, tmp_path / "locked", export_media=False)
+    assert not (tmp_path / "locked").exists()
+
+    real_export_each = export_module._export_each
+
+    def export_while_a_sample_is_excluded(*args, **kwargs):
+        done = real_export_each(*args, **kwargs)
+        bfo.exclude(ds.match_tags("test").limit(1))  # another process, mid-export
+        return done
+
+    monkeypatch.setattr(export_module, "_export_each", export_while_a_sample_is_excluded)
+    with pytest.raises(bfo.BubbleFenceBusyError, match="changed during the export.*export again"):
+        bfo.export(ds, tmp_path / "changed", export_media=False)
+    assert not (tmp_path / "changed").exists()
+    monkeypatch.undo()
+    assert (
+        bfo.export(ds, tmp_path / "again", export_media=False)["counts"]["test"]
+        == ds.count_sample_tags()["test"]
+    )
+
+
+def test_a_round_stopped_before_its_tags_is_finished_by_a_split_before_it_is_exported(
+    field_dataset, tmp_path, monkeypatch
+):
+    """A split killed between its commit and its tag writes: the state holds the round,
+    the tags do not, and the export (by tags) left the round's samples out, silently."""
+    import importlib
+
+    from conftest import add_embedded_samples
+
+    split_module = importlib.import_module("bubblefence_plugin.fo.split")
+
+    ds = field_dataset
+    bfo.split(ds, embeddings_field="emb")
+    add_embedded_samples(ds, 100, seed=4)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(split_module, "_write_round_fields", killed)
+    with pytest.raises(KeyboardInterrupt):
+        bfo.split(ds)
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="round 1 .* was saved.*run the split again"):
+        bfo.export(ds, tmp_path / "out", export_media=False)
+    assert not (tmp_path / "out").exists()
+    assert bfo.split(ds)["n_repaired"] == 100
+    assert sum(bfo.export(ds, tmp_path / "out", export_media=False)["counts"].values()) == 300

@@ -31,7 +31,8 @@ from .fields import (
     table_from_frame,
     values_by_id,
 )
-from .state import load_state
+from .runs import BubbleFenceBusyError, is_locked
+from .state import STATE_RUN, load_state
 
 # Image formats offered in the App; any `fiftyone.types.Dataset` works from Python.
 EXPORT_TYPES: dict[str, str] = {
@@ -144,7 +145,12 @@ def export(
     for folder in folders.values():
         path_inside(export_dir, export_dir / folder)
     _refuse_nothing_to_export(samples, names, asked_tags=bool(tags))
+    dataset = root_dataset(samples)
+    _refuse_while_a_run_holds(dataset)
+    version = STATE_RUN.info(dataset)
     loaded = load_state(samples, embeddings=False)  # a damaged state fails before any write
+    if loaded and not tags:
+        _refuse_an_unfinished_round(dataset, *loaded)
     table = table_from_frame(loaded[0].assignments()) if loaded else {"id": []}
     created = not export_dir.exists()
     _prepare_export_dir(samples, export_dir, overwrite)
@@ -160,9 +166,18 @@ def export(
             export_media,
             kwargs,
         )
+        # The export reads the tags as it goes: a run that changed them meanwhile (it
+        # took the lock after the check above) leaves a mix of two splits.
+        _refuse_while_a_run_holds(dataset, during=True)
+        if STATE_RUN.info(dataset) != version:
+            raise BubbleFenceBusyError(
+                f"the BubbleFence split of dataset {dataset.name!r} changed during the export"
+            )
     except Exception as e:
         # Half an export is worse than none: remove what this call wrote.
         shutil.rmtree(export_dir) if created else _empty(export_dir)
+        if isinstance(e, BubbleFenceBusyError):
+            raise BubbleFenceBusyError(f"{e}; nothing was kept: export again") from e
         raise ValueError(f"exporting as {type_name} failed, nothing was kept: {e}") from e
 
     manifest = export_dir / MANIFEST_NAME
@@ -172,7 +187,7 @@ def export(
     ]
     # The state holds the whole dataset's: only those in the exported view are listed.
     duplicates = values_by_id(samples, duplicates, [])[0]
-    _write_manifest(root_dataset(samples), exported_as, exported_files, duplicates, table, manifest)
+    _write_manifest(dataset, exported_as, exported_files, duplicates, table, manifest)
     return {
         "export_dir": str(export_dir),
         "dataset_type": type_name,
@@ -181,6 +196,33 @@ def export(
         "manifest": str(manifest),
         "n_manifest_rows": len(exported_as) + len(duplicates),
     }
+
+
+def _refuse_while_a_run_holds(dataset: fo.Dataset, during: bool = False) -> None:
+    """Refuses while a split, exclusion or reset holds the dataset: the export would read
+    its tags half written. Checked before and after (`during`) the export, which does not
+    hold the lock itself: a large export outlasts the lock's expiry, and it writes
+    nothing on the dataset."""
+    if is_locked(dataset):
+        when = "ran during the export" if during else "is in progress"
+        raise BubbleFenceBusyError(
+            f"a BubbleFence run (split, exclusion or reset) {when} on dataset "
+            f"{dataset.name!r}; export when it has finished"
+        )
+
+
+def _refuse_an_unfinished_round(dataset: fo.Dataset, bf: Any, params: dict[str, Any]) -> None:
+    """Refuses when the state holds a round whose split fields and tags were not written
+    (a split stopped between its commit and its writes): the tags the export reads would
+    leave that round's samples out. The next split writes them, with nothing new to add."""
+    frame = bf.assignments()
+    last_round = int(frame["round"].max()) if len(frame) else -1
+    if int(params.get("fields_round", -1)) < last_round:
+        raise ValueError(
+            f"round {last_round} of dataset {dataset.name!r} was saved, but its split fields "
+            "and tags were not all written (the run was stopped): run the split again to "
+            "finish it (nothing new is needed), then export"
+        )
 
 
 def _refuse_nothing_to_export(
