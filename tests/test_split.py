@@ -439,6 +439,57 @@ def test_reset_removes_state_fields_and_tags(field_dataset):
     assert bfo.split(ds, embeddings_field="emb")["round"] == 0
 
 
+def test_a_reset_stopped_before_it_deleted_the_fields_says_to_reset_again(
+    field_dataset, monkeypatch
+):
+    """A reset killed between deleting the state and the split fields: the next split
+    called BubbleFence's own values the user's and said to rename ``split``."""
+    ds = field_dataset
+    bfo.split(ds, embeddings_field="emb")
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(fo.Dataset, "delete_sample_fields", killed)
+    with pytest.raises(KeyboardInterrupt):
+        bfo.reset(ds)
+    monkeypatch.undo()
+    assert bfo.state_info(ds) is None and ds.count("split") == 200
+    with pytest.raises(ValueError, match="no BubbleFence state: a reset was stopped.*Reset it"):
+        bfo.split(ds, embeddings_field="emb")
+    bfo.reset(ds)
+    assert bfo.split(ds, embeddings_field="emb")["n_assigned"] == 200
+
+
+def test_samples_merged_with_a_split_of_their_own_are_refused_in_a_later_round(
+    field_dataset, fo_datasets
+):
+    """A first round refuses split values it did not write; a later round overwrote those
+    of samples merged in (their own test tags and values became ours), silently."""
+    from conftest import add_embedded_samples
+
+    ds = field_dataset
+    bfo.split(ds, embeddings_field="emb")
+    theirs = fo.Dataset()
+    fo_datasets.append(theirs)
+    add_embedded_samples(theirs, 40, seed=8)
+    theirs.set_values("split", ["test"] * 20 + ["train"] * 20)
+    theirs.limit(20).tag_samples("test")
+    ds.merge_samples(theirs)
+    before = bfo.state_info(ds)
+    merged = ds.match(F("filepath").is_in(theirs.values("filepath")))
+    with pytest.raises(ValueError, match="40 of the samples not split yet .* 'split' value"):
+        bfo.split(ds, embeddings_field="emb")
+    assert bfo.state_info(ds) == before
+    assert merged.count_values("split") == {"test": 20, "train": 20}
+    # As the message says: keep their split in another field, then clear it.
+    merged.set_values("original_split", merged.values("split"))
+    merged.clear_sample_field("split")
+    merged.untag_samples(["train", "validation", "test"])
+    assert bfo.split(ds, embeddings_field="emb")["n_assigned"] == 40
+    assert merged.count_values("original_split") == {"test": 20, "train": 20}
+
+
 def test_split_tags_are_written_beside_other_tags_and_samples_marked_modified(field_dataset):
     ds = field_dataset
     ds.take(5, seed=4).tag_samples("keep-me")

@@ -256,6 +256,40 @@ def refuse_values_not_ours(dataset: fo.Dataset) -> None:
         )
 
 
+def refuse_splits_of_new_samples(dataset: fo.Dataset, new_ids: list[str]) -> None:
+    """Before a later round: refuses when samples it would split (``new_ids``, in no
+    state) already have a ``split`` value or a split tag. No round of ours wrote them (a
+    round commits its state before its fields; an excluded sample's are cleared), so they
+    came with the samples (merged from another dataset, a split shipped with the data)
+    and the round would overwrite them, as `refuse_values_not_ours` guards a first round.
+
+    Args:
+        dataset: a dataset with a BubbleFence state
+        new_ids: the ids of the samples the round would split
+    """
+    n_valued = n_tagged = 0
+    paths: list[str] = []
+    for chunk in id_chunks(new_ids):
+        view = dataset.select(chunk)
+        valued = view.exists(SPLIT_FIELD) if dataset.has_field(SPLIT_FIELD) else view.limit(0)
+        tagged = view.match_tags(list(SPLIT_TAGS))
+        n_valued, n_tagged = n_valued + valued.count(), n_tagged + tagged.count()
+        paths += (valued.limit(3).values("filepath") + tagged.limit(3).values("filepath"))[:3]
+    if not (n_valued or n_tagged):
+        return
+    shown = ", ".join(repr(p) for p in dict.fromkeys(paths).keys()) if paths else ""
+    raise ValueError(
+        f"{max(n_valued, n_tagged)} of the samples not split yet on dataset {dataset.name!r} "
+        f"already have a {SPLIT_FIELD!r} value ({n_valued}) or a split tag ({n_tagged}) that "
+        "BubbleFence did not write (merged from another dataset, or a split that came with "
+        f"them; e.g. {shown}), and this round would replace them. To keep that split, copy "
+        "it to another field, then clear it from those samples, e.g. in Python: "
+        f"view.set_values('original_split', view.values({SPLIT_FIELD!r})); "
+        f"view.clear_sample_field({SPLIT_FIELD!r}); view.untag_samples(['train', "
+        "'validation', 'test'])"
+    )
+
+
 # --------------------------------------------------------------------------- split mirror
 
 

@@ -42,6 +42,7 @@ from .fields import (
     ERROR_FIELD,
     EXCLUDED_TAG,
     RESULT_FIELDS,
+    ROUND_FIELD,
     SPLIT_FIELD,
     SPLIT_TAGS,
     SPLIT_VALUES,
@@ -53,6 +54,7 @@ from .fields import (
     errors_by_filepath,
     label_source,
     label_values,
+    refuse_splits_of_new_samples,
     refuse_values_not_ours,
     root_dataset,
     table_from_frame,
@@ -226,7 +228,7 @@ def check_split_config(
     if previous is not None:
         _refuse_frozen(previous, cfg, changed, info)
     elif samples is not None:
-        refuse_values_not_ours(root_dataset(samples))
+        _refuse_values_before_a_first_round(root_dataset(samples))
     for asked, param in ((label_field, "label_field"), (group_field, "group_field")):
         field = remembered_field(asked, (info or {}).get(param))
         if field and samples is None:
@@ -308,6 +310,8 @@ def _split_locked(
     yield Progress(0.0, "Reading the BubbleFence state")
     r = _open_round(samples, dataset, lock, request)
     summary, new_ids = _reconcile(r)
+    if r.bf is not None and new_ids:
+        refuse_splits_of_new_samples(dataset, new_ids)
     if r.bf is not None and (new_ids or summary["n_forgotten"] or summary["n_excluded_left"]):
         yield Progress(0.02, "Reading the state's embeddings")
         r.bf = with_embeddings(dataset, r.bf, r.params)
@@ -369,7 +373,7 @@ def _open_round(
         if changed:
             bf.reconfigure(**{k: getattr(cfg, k) for k in changed})
     else:
-        refuse_values_not_ours(dataset)
+        _refuse_values_before_a_first_round(dataset)
     # Label and group fields are remembered: a later round that names none keeps them, so a
     # new sample of a known group still follows its group; "" drops one explicitly.
     label_field = remembered_field(request.label_field, params.get("label_field"))
@@ -393,6 +397,23 @@ def _open_round(
         label_field=label_field,
         group_field=group_field,
     )
+
+
+def _refuse_values_before_a_first_round(dataset: fo.Dataset) -> None:
+    """Without a state, values in ``bubblefence_round`` (a field only a round writes) are
+    a split of ours whose state is gone: a reset stopped between deleting the state and
+    the fields, or samples copied from a split dataset without its runs. Says so, and
+    that a reset finishes it; any other split field or tag is the user's
+    (`refuse_values_not_ours`)."""
+    n_left = dataset.count(ROUND_FIELD) if dataset.has_field(ROUND_FIELD) else 0
+    if n_left:
+        raise ValueError(
+            f"dataset {dataset.name!r} has BubbleFence's split fields ({ROUND_FIELD!r} on "
+            f"{n_left} samples) but no BubbleFence state: a reset was stopped before it "
+            "finished, or the samples were copied from a split dataset without its runs. "
+            f"Reset it {RESET_HOW} to clear them, then split"
+        )
+    refuse_values_not_ours(dataset)
 
 
 def _reconcile(r: _Round) -> tuple[dict[str, Any], list[str]]:
