@@ -461,6 +461,35 @@ def test_a_reset_stopped_before_it_deleted_the_fields_says_to_reset_again(
     assert bfo.split(ds, embeddings_field="emb")["n_assigned"] == 200
 
 
+def test_a_round_stopped_before_the_map_is_placed_on_it_by_the_next_run(field_dataset, monkeypatch):
+    """A split killed after its commit and tags, before the 2-D map: a rerun with nothing
+    new left the map without that round's samples until a later round added some."""
+    import importlib
+
+    from conftest import add_embedded_samples
+
+    from bubblefence_plugin.fo import map as bfmap
+
+    split_module = importlib.import_module("bubblefence_plugin.fo.split")
+    ds = field_dataset
+    bfo.split(ds, embeddings_field="emb")
+    add_embedded_samples(ds, 50, seed=3)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(split_module, "update_after_round", killed)
+    with pytest.raises(KeyboardInterrupt):
+        bfo.split(ds)
+    monkeypatch.undo()
+    assert len(bfmap.load_points(ds)[0]) == 200
+    summary = bfo.split(ds)
+    assert summary["n_new"] == 0 and summary["map"]["n_new_points"] == 50
+    assert "placed 50 samples on the 2-D map" in summary["message"]
+    assert sorted(bfmap.load_points(ds)[0]) == sorted(ds.values("id"))
+    assert "map" not in bfo.split(ds)  # nothing to place: no map work
+
+
 def test_samples_merged_with_a_split_of_their_own_are_refused_in_a_later_round(
     field_dataset, fo_datasets
 ):

@@ -207,6 +207,18 @@ def load_points(dataset: fo.Dataset) -> tuple[np.ndarray, np.ndarray] | None:
     return np.asarray(results.sample_ids).astype(str), np.asarray(results.points, np.float32)
 
 
+def map_lacks_samples(dataset: fo.Dataset, n_samples: int) -> bool:
+    """Whether the map is missing, or holds fewer points than the state's ``n_samples``:
+    a round was stopped after its commit, before it placed its samples (`update_map`).
+
+    Args:
+        dataset: the dataset
+        n_samples: the samples its state holds
+    """
+    params = LAYOUT_RUN.info(dataset)
+    return params is None or int(params.get("n_points", 0)) < n_samples
+
+
 def has_map(dataset: fo.Dataset) -> bool:
     """Whether the dataset has both runs of the map.
 

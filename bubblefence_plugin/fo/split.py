@@ -60,7 +60,7 @@ from .fields import (
     table_from_frame,
     write_assignments,
 )
-from .map import update_after_round
+from .map import map_lacks_samples, update_after_round
 from .runs import RESET_HOW, RunLock
 from .state import (
     STATE_RUN,
@@ -514,7 +514,18 @@ def _finish_without_new(r: _Round, summary: dict[str, Any]) -> dict[str, Any]:
         message = f"Nothing to split: every sample of the target is tagged {EXCLUDED_TAG!r}"
     else:
         message = "Nothing new to split: every sample in the target is already assigned"
-    return _finish_summary(summary, r.bf, None, message + _unsaved_changes(summary))
+    summary = _finish_summary(summary, r.bf, None, message + _unsaved_changes(summary))
+    if r.bf is not None and r.bf.n_samples and map_lacks_samples(r.dataset, r.bf.n_samples):
+        # A round stopped before it placed its samples on the map: placed now.
+        if not (summary["n_forgotten"] or summary["n_excluded_left"]):
+            r.bf = with_embeddings(r.dataset, r.bf, r.params)
+        update_after_round(r.dataset, r.bf, summary)
+        placed = summary.get("map", {}).get("n_new_points", 0)
+        if placed:
+            summary["message"] += (
+                f"; placed {placed} samples on the 2-D map (a stopped round had not)"
+            )
+    return summary
 
 
 def _unsaved_changes(summary: dict[str, Any]) -> str:
