@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from conftest import add_embedded_samples, splits_by_id
@@ -16,9 +18,11 @@ from bubblefence_plugin.fo import runs, state  # noqa: E402
 
 def test_concurrent_run_is_refused(field_dataset):
     ds = field_dataset
-    with runs.RunLock(ds):
+    with runs.RunLock(ds) as lock:
         assert bfo.is_locked(ds)
-        with pytest.raises(bfo.BubbleFenceBusyError, match="in progress"):
+        # A holder on another host may be dead: the message gives the hour its lock lapses.
+        expires = time.strftime("%H:%M:%S UTC", time.gmtime(lock._value["expires"]))
+        with pytest.raises(bfo.BubbleFenceBusyError, match=f"in progress.*free at .*{expires}"):
             bfo.split(ds, embeddings_field="emb")
         with pytest.raises(bfo.BubbleFenceBusyError):
             bfo.reset(ds)

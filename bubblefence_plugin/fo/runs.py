@@ -129,15 +129,18 @@ class RunLock:
             if current is None:
                 continue  # released or expired between the two calls
             if not _lock_is_stale(current):
-                started = time.strftime(
-                    "%Y-%m-%d %H:%M:%S UTC", time.gmtime(current.get("started", 0))
+                started, expires = (
+                    time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(current.get(k, 0)))
+                    for k in ("started", "expires")
                 )
+                # A live run renews its lock; one whose process is gone on another host
+                # cannot be told from it here, so the message gives the hour it lapses.
                 raise BubbleFenceBusyError(
                     f"another BubbleFence {current.get('purpose', 'run')} is in progress on "
                     f"dataset {self._dataset_name!r} (host {current.get('host')}, pid "
-                    f"{current.get('pid')}, started {started}); wait for it to finish. "
-                    "A run that was killed releases the dataset when its lock expires "
-                    f"(at most {self._ttl // 60} minutes)."
+                    f"{current.get('pid')}, started {started}); wait for it to finish. If "
+                    "that run was stopped (its process killed, its machine down), the "
+                    f"dataset is free at {expires}, when its lock expires."
                 )
             if self._store.compare_and_set(LOCK_KEY, current, value, ttl=self._ttl):
                 logger.warning("Took over a stale BubbleFence lock on %s", self._dataset_name)
