@@ -58,11 +58,30 @@ class SummaryText:
 
     def plain(self) -> str:
         """The headline, then an indented line each, labels in lower case like the other
-        lines the CLI prints."""
-        indented = [
-            f"  {line.label[:1].lower()}{line.label[1:]}: {line.value}" for line in self.lines
-        ]
+        lines the CLI prints (a name such as BubbleFence keeps its capitals)."""
+        indented = [f"  {_lower_first(line.label)}: {line.value}" for line in self.lines]
         return "\n".join([self.headline, *indented])
+
+
+def counted(n: int, noun: str, with_number: bool = True) -> str:
+    """``1 sample``, ``2 samples`` (``with_number`` False: the noun alone, in agreement).
+
+    Args:
+        n: the count
+        noun: its singular
+        with_number: put the count in front
+    """
+    word = noun if n == 1 else f"{noun}s"
+    return f"{n} {word}" if with_number else word
+
+
+def _lower_first(label: str) -> str:
+    """``label`` with its first letter in lower case, unless its first word is a name
+    with capitals inside (BubbleFence, FiftyOne)."""
+    first_word = label.split(" ", 1)[0]
+    if any(c.isupper() for c in first_word[1:]):
+        return label
+    return label[:1].lower() + label[1:]
 
 
 # --------------------------------------------------------------------------- split rounds

@@ -140,3 +140,13 @@ def test_a_key_given_twice_is_refused_not_read_as_the_last(tmp_path, text):
     path.write_text(text)
     with pytest.raises(ValueError, match="key 'eval_ratio' is given twice"):
         BubbleFenceConfig.from_yaml(path)
+
+
+def test_unknown_names_are_listed_with_the_plural_of_their_noun():
+    from bubblefence_plugin.core.config import unknown_names_message
+
+    assert unknown_names_message(["dgo", "cta"], ["dog", "cat"], "class") == (
+        "unknown classes 'dgo' (did you mean 'dog'?), 'cta' (did you mean 'cat'?)"
+    )
+    assert unknown_names_message(["x", "y"], [], "config key") == "unknown config keys 'x', 'y'"
+    assert unknown_names_message(["x"], [], "config key") == "unknown config key 'x'"

@@ -1,6 +1,6 @@
 """The texts users read after a run: one summary, rendered as Markdown or plain text."""
 
-from bubblefence_plugin.text import audited_text, round_text, round_warnings
+from bubblefence_plugin.text import Line, SummaryText, audited_text, round_text, round_warnings
 
 SUMMARY = {
     "message": "Round 1: 40 samples assigned",
@@ -81,3 +81,15 @@ def test_what_a_report_left_out_is_counted_whole():
     )
     assert audited_text({"n_collection": 9, "n_audited": 9, "n_split": 9}) == "9 split samples"
     assert audited_text({"n_audited": 5}) == "5 split samples"  # a report stored before
+
+
+def test_plain_text_lowers_a_label_but_not_a_name_with_capitals_inside():
+    text = SummaryText("Done", [Line("This round", "1"), Line("BubbleFence embed shard 1/2", "2")])
+    assert text.plain() == "Done\n  this round: 1\n  BubbleFence embed shard 1/2: 2"
+
+
+def test_counts_agree_with_their_noun():
+    from bubblefence_plugin.text import counted
+
+    assert [counted(n, "sample") for n in (0, 1, 2)] == ["0 samples", "1 sample", "2 samples"]
+    assert counted(1, "bubble", with_number=False) == "bubble"

@@ -447,7 +447,8 @@ def unknown_names_message(names: list[str], known: Any, what: str) -> str:
     for name in names:
         close = difflib.get_close_matches(str(name), list(known), n=1, cutoff=0.6)
         parts.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-    return f"unknown {what}{'s' if len(names) > 1 else ''} " + ", ".join(parts)
+    plural = what + ("es" if what.endswith("s") else "s")  # "classes", not "classs"
+    return f"unknown {plural if len(names) > 1 else what} " + ", ".join(parts)
 
 
 def frozen_changes(previous: BubbleFenceConfig, new: BubbleFenceConfig) -> list[str]:

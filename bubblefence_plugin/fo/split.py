@@ -28,6 +28,7 @@ import numpy as np
 
 from ..core.config import FROZEN_AFTER_FIRST_ROUND, BubbleFenceConfig, read_yaml_values
 from ..core.progress import Progress, ProgressCallback, Steps, drive, within
+from ..text import counted
 from .embeddings import (
     MAX_ERRORS_SHOWN,
     check_vector_field,
@@ -678,10 +679,11 @@ def _state_counts(bf: Any) -> dict[str, Any]:
 def _round_message(summary: dict[str, Any]) -> str:
     c = summary["counts_round"]
     message = (
-        f"Round {summary['round']}: {summary['n_assigned']} samples assigned "
+        f"Round {summary['round']}: {counted(summary['n_assigned'], 'sample')} assigned "
         f"(train {c['train']}, validation {c['validation']}, test {c['test']}, "
         f"duplicates {c['duplicate']}); eval share {summary['eval_share']:.3f}; "
-        f"{summary['new_anchors']} new bubbles, {summary['n_anchors']} in all"
+        f"{summary['new_anchors']} new {counted(summary['new_anchors'], 'bubble', False)}, "
+        f"{summary['n_anchors']} in all"
     )
     if summary.get("labels"):
         labels = summary["labels"]
