@@ -1,5 +1,7 @@
 """The knob table and the config's validation and YAML layouts."""
 
+import re
+
 import pytest
 
 from bubblefence_plugin.core.config import BubbleFenceConfig
@@ -138,7 +140,19 @@ def test_frozen_changes_and_help_come_from_the_table():
 def test_a_key_given_twice_is_refused_not_read_as_the_last(tmp_path, text):
     path = tmp_path / "c.yaml"
     path.write_text(text)
-    with pytest.raises(ValueError, match="key 'eval_ratio' is given twice"):
+    line = text.count("\n")  # the second key is on the last line
+    with pytest.raises(ValueError) as refused:
+        BubbleFenceConfig.from_yaml(path)
+    # One line naming the file and line, not YAML's "<unicode string>" and a quoted snippet.
+    assert str(refused.value) == (
+        f"{path}, line {line}: not a valid YAML config: key 'eval_ratio' is given twice"
+    )
+
+
+def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("eval_ratio: 0.2\nseed: [1, 2\n")
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}, line \d+: not a valid YAML"):
         BubbleFenceConfig.from_yaml(path)
 
 

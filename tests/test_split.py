@@ -120,6 +120,14 @@ def test_excluded_tag_is_left_out(field_dataset):
     summary = bfo.split(ds, embeddings_field="emb")
     assert summary["n_assigned"] == 190
     assert len(ds.match_tags(bfo.EXCLUDED_TAG).exists("split")) == 0
+    # Tagged by hand after the round, then deleted: a run with nothing new says what left.
+    ds.exists("split").limit(3).tag_samples(bfo.EXCLUDED_TAG)
+    ds.delete_samples(ds.exists("split").match_tags(bfo.EXCLUDED_TAG, bool=False).limit(2))
+    message = bfo.split(ds, embeddings_field="emb")["message"]
+    assert message == (
+        "Nothing new to split: every sample in the target is already assigned; "
+        "3 excluded samples left the split; 2 deleted samples left the state"
+    )
 
 
 def test_deleted_samples_are_dropped_from_state(field_dataset):

@@ -625,7 +625,13 @@ def read_yaml_values(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"cannot read the config file {str(path)!r}: {e.strerror or e}") from e
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader) or {}
-    except yaml.YAMLError as e:  # syntax errors, tags safe_load refuses, repeated keys
+    except yaml.MarkedYAMLError as e:  # syntax errors, tags safe_load refuses, repeated keys
+        # Its own text names the stream "<unicode string>" and quotes the line: the file
+        # and the line number say it in one line.
+        mark = e.problem_mark or e.context_mark
+        where = f"{path}, line {mark.line + 1}" if mark else str(path)
+        raise ValueError(f"{where}: not a valid YAML config: {e.problem or e.context}") from e
+    except yaml.YAMLError as e:
         raise ValueError(f"{path}: not a valid YAML config: {e}") from e
     if not isinstance(data, dict):
         raise ValueError(f"{path}: the top level of a config must be a mapping")

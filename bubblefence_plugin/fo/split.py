@@ -515,6 +515,10 @@ def _finish_without_new(r: _Round, summary: dict[str, Any]) -> dict[str, Any]:
         message = f"Nothing to split: every sample of the target is tagged {EXCLUDED_TAG!r}"
     else:
         message = "Nothing new to split: every sample in the target is already assigned"
+    if summary["n_excluded_left"]:
+        message += f"; {counted(summary['n_excluded_left'], 'excluded sample')} left the split"
+    if summary["n_forgotten"]:
+        message += f"; {counted(summary['n_forgotten'], 'deleted sample')} left the state"
     summary = _finish_summary(summary, r.bf, None, message + _unsaved_changes(summary))
     if r.bf is not None and r.bf.n_samples and map_lacks_samples(r.dataset, r.bf.n_samples):
         # A round stopped before it placed its samples on the map: placed now.
