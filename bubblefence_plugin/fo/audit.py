@@ -95,7 +95,7 @@ from .fields import (
     root_dataset,
 )
 from .map import SPLIT_COLORS, load_layout, load_points
-from .runs import RunType, from_npy_bytes, is_locked, to_npy_bytes
+from .runs import RunType, from_npy_bytes, is_locked, reloaded, to_npy_bytes
 from .state import remembered_field, state_info
 
 logger = logging.getLogger(__name__)
@@ -377,7 +377,7 @@ def _plan(samples: foc.SampleCollection, options: AuditOptions) -> _Plan:
     """Checks the fields the options name and fills in the defaults; reads no samples."""
     if not isinstance(samples, foc.SampleCollection):
         raise ValueError(f"expected a FiftyOne dataset or view, got {type(samples).__name__}")
-    dataset = root_dataset(samples)
+    dataset = reloaded(root_dataset(samples))
     source = _resolve_source(samples, options.split_source)
     embeddings_field = options.embeddings_field or _default_embeddings_field(dataset)
     if not embeddings_field:
@@ -743,7 +743,7 @@ def latest_report(samples: foc.SampleCollection) -> dict[str, Any] | None:
     Args:
         samples: a dataset or view; the reports are its dataset's
     """
-    dataset = root_dataset(samples)
+    dataset = reloaded(root_dataset(samples))  # another process may have stored one
     runs = _audit_runs(dataset)
     return runs[0][1].get("report") if runs else None
 

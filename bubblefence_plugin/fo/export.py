@@ -31,7 +31,7 @@ from .fields import (
     table_from_frame,
     values_by_id,
 )
-from .runs import BubbleFenceBusyError, is_locked
+from .runs import BubbleFenceBusyError, is_locked, reloaded
 from .state import STATE_RUN, load_state
 
 # Image formats offered in the App; any `fiftyone.types.Dataset` works from Python.
@@ -147,7 +147,7 @@ def export(
     _refuse_nothing_to_export(samples, names, asked_tags=bool(tags))
     dataset = root_dataset(samples)
     _refuse_while_a_run_holds(dataset)
-    version = STATE_RUN.info(dataset)
+    version = STATE_RUN.info(reloaded(dataset))
     loaded = load_state(samples, embeddings=False)  # a damaged state fails before any write
     if loaded and not tags:
         _refuse_an_unfinished_round(dataset, *loaded)
@@ -169,7 +169,7 @@ def export(
         # The export reads the tags as it goes: a run that changed them meanwhile (it
         # took the lock after the check above) leaves a mix of two splits.
         _refuse_while_a_run_holds(dataset, during=True)
-        if STATE_RUN.info(dataset) != version:
+        if STATE_RUN.info(reloaded(dataset)) != version:
             raise BubbleFenceBusyError(
                 f"the BubbleFence split of dataset {dataset.name!r} changed during the export"
             )

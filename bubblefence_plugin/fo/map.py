@@ -65,7 +65,7 @@ from .fields import (
     root_dataset,
     serialized_view,
 )
-from .runs import RunLock, RunType, from_npy_bytes, reloaded, to_npy_bytes
+from .runs import RunLock, RunType, from_npy_bytes, to_npy_bytes
 from .state import load_state, state_embeddings, state_info
 
 logger = logging.getLogger(__name__)
@@ -200,7 +200,7 @@ def load_points(dataset: fo.Dataset) -> tuple[np.ndarray, np.ndarray] | None:
     Args:
         dataset: the dataset
     """
-    if not reloaded(dataset).has_brain_run(VIZ_KEY):
+    if not dataset.has_brain_run(VIZ_KEY):
         return None
     with _RESULTS_READ_LOCK:
         results = dataset.load_brain_results(VIZ_KEY, cache=False, load_view=False)

@@ -36,7 +36,7 @@ from ..core.state import (
 )
 from .embeddings import read_vectors
 from .fields import EXCLUDED_TAG, id_chunks, root_dataset, values_by_id
-from .runs import RESET_HINT, RunType, to_npy_bytes
+from .runs import RESET_HINT, RunType, reloaded, to_npy_bytes
 
 if TYPE_CHECKING:
     from ..core.pipeline import BubbleFence
@@ -56,7 +56,7 @@ def state_info(samples: foc.SampleCollection) -> dict[str, Any] | None:
         the parameters (``config``, ``embeddings_field``, ``label_field``,
         ``group_field``, ``n_samples``, ``excluded_ids``...), or None without a state
     """
-    return STATE_RUN.info(root_dataset(samples))
+    return STATE_RUN.info(reloaded(root_dataset(samples)))
 
 
 def remembered_field(asked: str | None, stored: str | None) -> str | None:
@@ -86,7 +86,7 @@ def load_state(
     Returns:
         (the `BubbleFence`, its run parameters), or None
     """
-    dataset = root_dataset(samples)
+    dataset = reloaded(root_dataset(samples))
     found = _read_checked(dataset)
     if found is None:
         return None
