@@ -452,3 +452,27 @@ def test_cli_sample_combines_strategies_and_refuses_bad_input(field_dataset, cap
     assert "diverse=lots" in capsys.readouterr().err
     assert main([*args, "--tag", "c"]) == 2  # the tag exists
     assert "already exists" in capsys.readouterr().err
+
+
+def test_samples_of_an_exclusion_stopped_after_its_commit_can_be_included_again(
+    field_dataset, monkeypatch
+):
+    """An exclusion killed between its commit (the samples left the state) and clearing
+    their split fields, then Include again: the samples were new again but kept a split
+    no state holds, which the next round refuses as a split that came with them."""
+    ds = field_dataset
+    bfo.split(ds, embeddings_field="emb")
+    chosen = ds.take(5, seed=2)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(curate, "clear_excluded_fields", killed)
+    with pytest.raises(KeyboardInterrupt):
+        bfo.exclude(chosen)
+    monkeypatch.undo()
+    assert bfo.state_info(ds)["n_samples"] == 195 and len(chosen.exists("split")) == 5
+    bfo.include_again(chosen)
+    assert len(chosen.exists("split")) == 0
+    summary = bfo.split(ds, embeddings_field="emb")
+    assert (summary["n_new"], bfo.state_info(ds)["n_samples"]) == (5, 200)

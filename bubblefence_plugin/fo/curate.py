@@ -581,6 +581,9 @@ def include_again(samples: foc.SampleCollection) -> dict[str, Any]:
     dataset = check_collection(samples)
     ids = samples.match_tags(EXCLUDED_TAG).values("id")
     with RunLock(dataset, "include"):
+        # An exclusion stopped after its commit left its samples' split fields: cleared
+        # first, or those samples, new again, would carry a split no state holds.
+        clear_excluded_fields(dataset)
         for chunk in id_chunks(ids):
             view = dataset.select(chunk)
             view.untag_samples(EXCLUDED_TAG)

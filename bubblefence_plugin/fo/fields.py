@@ -277,7 +277,7 @@ def refuse_splits_of_new_samples(dataset: fo.Dataset, new_ids: list[str]) -> Non
         paths += (valued.limit(3).values("filepath") + tagged.limit(3).values("filepath"))[:3]
     if not (n_valued or n_tagged):
         return
-    shown = ", ".join(repr(p) for p in dict.fromkeys(paths).keys()) if paths else ""
+    shown = ", ".join(repr(p) for p in list(dict.fromkeys(paths))[:3])
     raise ValueError(
         f"{max(n_valued, n_tagged)} of the samples not split yet on dataset {dataset.name!r} "
         f"already have a {SPLIT_FIELD!r} value ({n_valued}) or a split tag ({n_tagged}) that "
