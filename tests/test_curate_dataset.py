@@ -18,7 +18,7 @@ from fiftyone.operators.executor import ExecutionError  # noqa: E402
 from bubblefence_plugin.core.curation import typicality  # noqa: E402
 from bubblefence_plugin.fo import curate, fields, state  # noqa: E402
 from bubblefence_plugin.fo import map as viz  # noqa: E402
-from bubblefence_plugin.fo.runs import from_npy_bytes  # noqa: E402
+from bubblefence_plugin.fo.runs import from_npy_text  # noqa: E402
 from bubblefence_plugin.text import round_text  # noqa: E402
 
 F = fo.ViewField
@@ -321,7 +321,7 @@ def test_exclude_from_the_panel_leaves_the_split_and_nothing_else_moves(field_da
 def _stored_state(ds) -> tuple[dict, dict, dict[str, np.ndarray]]:
     """(run parameters, meta, arrays) of the committed state run, as stored."""
     params, results = state.STATE_RUN.read_committed(ds)
-    return params, results.meta, {k: from_npy_bytes(v) for k, v in results.arrays.items()}
+    return params, results.meta, {k: from_npy_text(v) for k, v in results.arrays.items()}
 
 
 def test_exclude_commits_the_state_a_full_reload_commits_and_rounds_agree(

@@ -236,6 +236,8 @@ def _tamper(ds, arrays: dict | None = None, **params) -> None:
         ("model_name", "model name"),
         ("model_name_long", "model name"),
         ("raw_bytes", "not an npy array"),
+        ("not_base64", "not base64 text"),
+        ("a_number", "a int where npy bytes belong"),
     ],
 )
 def test_crafted_dataset_states_are_refused_before_loading(field_dataset, monkeypatch, case, match):
@@ -247,15 +249,19 @@ def test_crafted_dataset_states_are_refused_before_loading(field_dataset, monkey
     if case == "huge_shape":
         _tamper(ds, {"split": _npy_claiming((10**13,))})
     elif case == "short_split":
-        _tamper(ds, {"split": runs.to_npy_bytes(split_codes[:10])})
+        _tamper(ds, {"split": runs.to_npy_text(split_codes[:10])})
     elif case == "short_ids":
-        _tamper(ds, {"ids": runs.to_npy_bytes(np.array(ds.values("id")[:5]))})
+        _tamper(ds, {"ids": runs.to_npy_text(np.array(ds.values("id")[:5]))})
     elif case == "model_name":
         _tamper(ds, model_name="org/model\x1b[2J")
     elif case == "model_name_long":
         _tamper(ds, model_name="a" * 5000)
     elif case == "raw_bytes":
         _tamper(ds, {"split": b"not npy at all"})
+    elif case == "not_base64":
+        _tamper(ds, {"split": "%% not base64 %%"})
+    elif case == "a_number":
+        _tamper(ds, {"split": 12})
 
     def no_model(*args, **kwargs):
         raise AssertionError("a model was loaded from a damaged state")
@@ -285,8 +291,8 @@ def test_crafted_state_through_the_operator(field_dataset):
 
 def test_stored_arrays_are_read_only_as_far_as_their_bytes_go():
     with pytest.raises(StateDamagedError, match="header says"):
-        runs.from_npy_bytes(_npy_claiming((10**13,), "<f8"))
-    assert runs.from_npy_bytes(runs.to_npy_bytes(np.arange(5))).tolist() == [0, 1, 2, 3, 4]
+        runs.from_npy_text(_npy_claiming((10**13,), "<f8"))
+    assert runs.from_npy_text(runs.to_npy_text(np.arange(5))).tolist() == [0, 1, 2, 3, 4]
 
 
 # --------------------------------------------------------------------------- 5. manifest

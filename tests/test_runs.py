@@ -173,6 +173,27 @@ def test_edited_embeddings_of_assigned_samples_are_refused(field_dataset):
     assert not bfo.is_locked(ds)
 
 
+def test_a_split_dataset_travels_through_fiftyone_own_export_and_goes_on(
+    field_dataset, fo_datasets, tmp_path
+):
+    """FiftyOne's own ``dataset.export`` as a FiftyOneDataset writes run results as JSON,
+    which takes no bytes: with the arrays stored as raw npy bytes it failed
+    (UnicodeDecodeError) and left a partial folder. As base64 text they travel, and the
+    imported dataset's next round assigns only its new samples."""
+    ds = field_dataset
+    bfo.split(ds, embeddings_field="emb")
+    bfo.report(ds, "split", "emb")
+    ds.export(str(tmp_path / "out"), fo.types.FiftyOneDataset, export_media=False)
+    back = fo.Dataset.from_dir(str(tmp_path / "out"), dataset_type=fo.types.FiftyOneDataset)
+    fo_datasets.append(back)
+    assert bfo.latest_report(back)["source"] == "split"
+    before = splits_by_id(back)
+    add_embedded_samples(back, 25, seed=9)
+    summary = bfo.split(back)
+    assert (summary["round"], summary["n_new"]) == (1, 25)
+    assert all(splits_by_id(back)[i] == s for i, s in before.items())
+
+
 def test_state_of_version_1_with_embeddings_inside_is_read(field_dataset):
     ds = field_dataset
     bfo.split(ds.limit(150), embeddings_field="emb")
@@ -180,7 +201,9 @@ def test_state_of_version_1_with_embeddings_inside_is_read(field_dataset):
     split_state, params = bfo.load_state(ds)
     meta, arrays = split_state.state_dict()  # version 1 stored exactly this, embeddings included
     params["state_version"] = 1
-    payload = {"meta": meta, "arrays": {k: runs.to_npy_bytes(v) for k, v in arrays.items()}}
+    # and as raw npy bytes, as every run did before base64 text
+    raw = {k: runs.npy_bytes(runs.to_npy_text(v)) for k, v in arrays.items()}
+    payload = {"meta": meta, "arrays": raw}
     state.STATE_RUN.put(ds, params, payload)
     summary = bfo.split(ds, embeddings_field="emb")
     assert summary["n_new"] == 50 and summary["n_forgotten"] == 0

@@ -56,14 +56,15 @@ def test_split_writes_fields_tags_and_state(field_dataset):
     info = bfo.state_info(ds)
     assert info["embeddings_field"] == "emb" and info["n_samples"] == 200
     assert info["config"]["eval_ratio"] == 0.2
-    # Arrays are stored as npy bytes, loadable without pickle.
+    # Arrays are stored as npy bytes in base64 text (JSON can hold them: a dataset
+    # export carries them), loadable without pickle.
     results = ds.load_run_results("bubblefence", cache=False)
     for blob in results.arrays.values():
-        assert isinstance(blob, bytes) and blob[:6] == b"\x93NUMPY"
-        runs.from_npy_bytes(blob)
+        assert isinstance(blob, str) and runs.npy_bytes(blob)[:6] == b"\x93NUMPY"
+        runs.from_npy_text(blob)
     # The vectors live only in the embeddings field; the run keeps a checksum per row.
     assert "embeddings" not in results.arrays
-    assert runs.from_npy_bytes(results.arrays["embedding_checks"]).shape == (200,)
+    assert runs.from_npy_text(results.arrays["embedding_checks"]).shape == (200,)
 
 
 def test_progress_events_are_ordered_and_end_done(field_dataset):

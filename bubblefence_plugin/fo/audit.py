@@ -95,7 +95,7 @@ from .fields import (
     root_dataset,
 )
 from .map import SPLIT_COLORS, load_layout, load_points
-from .runs import RunType, from_npy_bytes, is_locked, reloaded, to_npy_bytes
+from .runs import RunType, from_npy_text, is_locked, reloaded, to_npy_text
 from .state import remembered_field, state_info
 
 logger = logging.getLogger(__name__)
@@ -687,8 +687,8 @@ def _store(
         created_at=result["created_at"], source=result["source"], report=result
     )
     snapshot = {
-        "ids": to_npy_bytes(np.asarray(ids, dtype="S24")),
-        "roles": to_npy_bytes(metrics.role_codes(roles)),
+        "ids": to_npy_text(np.asarray(ids, dtype="S24")),
+        "roles": to_npy_text(metrics.role_codes(roles)),
     }
     REPORT_RUN.put(dataset, params, snapshot, key=key)
     for old, _ in _audit_runs(dataset)[KEEP_REPORTS:]:
@@ -703,8 +703,8 @@ def _previous_snapshot(dataset: fo.Dataset, source: str) -> tuple[np.ndarray, np
             continue
         try:
             results = REPORT_RUN.results(dataset, key)
-            ids = from_npy_bytes(results.ids).astype(str)
-            codes = from_npy_bytes(results.roles)
+            ids = from_npy_text(results.ids).astype(str)
+            codes = from_npy_text(results.roles)
         except Exception as e:  # a report without its snapshot: skip it, say why
             logger.warning("BubbleFence report %s has no readable snapshot (%s)", key, e)
             continue

@@ -51,7 +51,7 @@ from .fields import (
     label_strings,
     values_by_id,
 )
-from .runs import RunLock, RunType, from_npy_bytes, to_npy_bytes
+from .runs import RunLock, RunType, from_npy_text, to_npy_text
 from .state import STATE_RUN, forget_excluded, state_info
 
 TYPICALITY_FIELD = "bubblefence_typicality"
@@ -504,7 +504,7 @@ def _assign_regions(
         join_distance=float(index.join_distance),
         n_regions=int(len(index.centres)),
     )
-    payload = {"meta": {}, "arrays": {"centres": to_npy_bytes(index.centres)}}
+    payload = {"meta": {}, "arrays": {"centres": to_npy_text(index.centres)}}
     REGIONS_RUN.put(dataset, params, payload)
     return current
 
@@ -520,7 +520,7 @@ def load_regions(dataset: fo.Dataset) -> tuple[Any, dict[str, Any]] | None:
     if not dataset.has_run(REGIONS_KEY):
         return None
     params = REGIONS_RUN.params(dataset)
-    centres = from_npy_bytes(REGIONS_RUN.results(dataset).arrays["centres"])
+    centres = from_npy_text(REGIONS_RUN.results(dataset).arrays["centres"])
     return RegionIndex(centres=centres, join_distance=float(params["join_distance"])), params
 
 

@@ -65,7 +65,7 @@ from .fields import (
     root_dataset,
     serialized_view,
 )
-from .runs import RunLock, RunType, from_npy_bytes, to_npy_bytes
+from .runs import RunLock, RunType, from_npy_text, to_npy_text
 from .state import load_state, state_embeddings, state_info
 
 logger = logging.getLogger(__name__)
@@ -186,7 +186,7 @@ def load_layout(dataset: fo.Dataset) -> StoredLayout | None:
     params = LAYOUT_RUN.params(dataset)
     with _RESULTS_READ_LOCK:
         results = LAYOUT_RUN.results(dataset)
-    arrays = {k: from_npy_bytes(v) for k, v in results.arrays.items()}
+    arrays = {k: from_npy_text(v) for k, v in results.arrays.items()}
     layout = Layout.from_state(results.meta, arrays)
     anchors = pd.DataFrame(
         {k.removeprefix("anchor_"): v for k, v in arrays.items() if k.startswith("anchor_")}
@@ -299,7 +299,7 @@ def update_map(dataset: fo.Dataset, bf: Any, refit_method: str | None = None) ->
         # Names this version of the points: the panel redraws when it changes (`view_key`).
         revision=uuid.uuid4().hex,
     )
-    payload = {"meta": meta, "arrays": {k: to_npy_bytes(v) for k, v in arrays.items()}}
+    payload = {"meta": meta, "arrays": {k: to_npy_text(v) for k, v in arrays.items()}}
     LAYOUT_RUN.put(dataset, params, payload)
     return {
         "method": layout.method,

@@ -4,7 +4,8 @@ layout and the curation regions, and the lock that keeps two runs off one datase
 Typed runs. Each kind of run is a `RunType` (key, format, version) declared by the
 module that owns it (`state.STATE_RUN`, `audit.REPORT_RUN`, `map.LAYOUT_RUN`,
 `curate.REGIONS_RUN`). Its parameters live in the run's config (cheap to read), its
-arrays in the run's results as npy bytes (`to_npy_bytes`: never pickled). A run whose
+arrays in the run's results as npy bytes in base64 text (`to_npy_text`: never pickled;
+text, so the runs travel through a FiftyOneDataset export's JSON). A run whose
 format is not the type's was not written by BubbleFence and is refused; one whose
 version is newer than the type's was written by a newer BubbleFence and is refused too.
 
@@ -22,6 +23,8 @@ works, and host/pid, so a run that was killed does not block the next one.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
 import logging
 import os
@@ -34,7 +37,7 @@ from typing import Any
 import fiftyone as fo
 import numpy as np
 
-from ..core.state import array_from_npy_bytes
+from ..core.state import array_from_npy_bytes, damaged
 from .fields import dataset_id
 
 logger = logging.getLogger(__name__)
@@ -54,26 +57,46 @@ HEARTBEAT_S = 30.0
 # --------------------------------------------------------------------------- npy blobs
 
 
-def to_npy_bytes(array: np.ndarray) -> bytes:
-    """npy bytes without pickle: object arrays are refused, not silently pickled.
+def to_npy_text(array: np.ndarray) -> str:
+    """npy bytes without pickle (object arrays are refused, not silently pickled), as
+    base64 text: run results travel through JSON when a dataset is exported as a
+    FiftyOneDataset, and raw bytes made FiftyOne's own ``dataset.export`` fail.
 
     Args:
         array: a numeric or fixed-width string array
     """
     buf = io.BytesIO()
     np.save(buf, np.asarray(array), allow_pickle=False)
-    return buf.getvalue()
+    return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def from_npy_bytes(blob: bytes, where: str = "a stored BubbleFence array") -> np.ndarray:
+def npy_bytes(stored: Any, where: str = "a stored BubbleFence array") -> bytes:
+    """The npy bytes of a stored array: base64 text (`to_npy_text`), or the raw bytes
+    that runs written before base64 text hold.
+
+    Args:
+        stored: the stored value
+        where: what the array is, for the error message
+    """
+    if isinstance(stored, (bytes, bytearray, memoryview)):
+        return bytes(stored)
+    if isinstance(stored, str):
+        try:
+            return base64.b64decode(stored.encode("ascii"), validate=True)
+        except (ValueError, binascii.Error) as e:
+            raise damaged(where, f"not base64 text ({e})", RESET_HINT) from e
+    raise damaged(where, f"a {type(stored).__name__} where npy bytes belong", RESET_HINT)
+
+
+def from_npy_text(stored: Any, where: str = "a stored BubbleFence array") -> np.ndarray:
     """The array, after its npy header was checked against the bytes present (a crafted
     header cannot make this allocate more than the blob holds).
 
     Args:
-        blob: npy bytes, as `to_npy_bytes` wrote them
+        stored: as `to_npy_text` wrote it (or raw npy bytes: `npy_bytes`)
         where: what the array is, for the error message
     """
-    return array_from_npy_bytes(blob, where, RESET_HINT)
+    return array_from_npy_bytes(npy_bytes(stored, where), where, RESET_HINT)
 
 
 # --------------------------------------------------------------------------- run lock

@@ -36,7 +36,7 @@ from ..core.state import (
 )
 from .embeddings import read_vectors
 from .fields import EXCLUDED_TAG, id_chunks, root_dataset, values_by_id
-from .runs import RESET_HINT, RunType, reloaded, to_npy_bytes
+from .runs import RESET_HINT, RunType, npy_bytes, reloaded, to_npy_text
 
 if TYPE_CHECKING:
     from ..core.pipeline import BubbleFence
@@ -158,7 +158,7 @@ def save_state(dataset: fo.Dataset, bf: BubbleFence, params: dict[str, Any]) -> 
 def _commit_arrays(
     dataset: fo.Dataset, params: dict[str, Any], meta: dict[str, Any], arrays: dict[str, Any]
 ) -> None:
-    payload = {"meta": meta, "arrays": {k: to_npy_bytes(v) for k, v in arrays.items()}}
+    payload = {"meta": meta, "arrays": {k: to_npy_text(v) for k, v in arrays.items()}}
     STATE_RUN.commit(dataset, params, payload)
 
 
@@ -342,6 +342,7 @@ def _checked_state(
             f"dimension {params.get('dim')!r} in its run, {meta.get('dim')!r} inside",
             RESET_HINT,
         )
+    blobs = {k: npy_bytes(v, f"{where}: array {k!r}") for k, v in blobs.items()}
     headers = {k: npy_blob_header(v, f"{where}: array {k!r}", RESET_HINT) for k, v in blobs.items()}
     ids_shape = headers.get("ids", ((), None))[0]
     n_samples = params.get("n_samples", ids_shape[0] if ids_shape else -1)
