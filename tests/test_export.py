@@ -293,3 +293,27 @@ def test_a_round_stopped_before_its_tags_is_finished_by_a_split_before_it_is_exp
     assert not (tmp_path / "out").exists()
     assert bfo.split(ds)["n_repaired"] == 100
     assert sum(bfo.export(ds, tmp_path / "out", export_media=False)["counts"].values()) == 300
+
+
+def test_samples_with_two_split_tags_are_refused_with_the_way_to_keep_one(field_dataset, tmp_path):
+    """A test sample also tagged train (merged tags of another split of the same images,
+    or a tag added by hand) was exported into both folders, silently."""
+    ds = field_dataset
+    bfo.split(ds, embeddings_field="emb")
+    ds.match_tags("test").limit(5).tag_samples("train")
+    with pytest.raises(ValueError, match="5 samples carry two or more of the tags"):
+        bfo.export(ds, tmp_path / "out", export_media=False)
+    assert not (tmp_path / "out").exists()
+    # The recipe the message gives: keep the tag of the split field.
+    F = fo.ViewField
+    for t in ("train", "validation", "test"):
+        ds.match_tags(t).match(F("split") != t).untag_samples(t)
+    counts = bfo.export(ds, tmp_path / "out", export_media=False)["counts"]
+    assert counts == {s: ds.count_values("split")[s] for s in bfo.SPLIT_TAGS}
+    # Other tags than the splits may overlap: exported as asked.
+    ds.take(3, seed=1).tag_samples("a")
+    ds.take(3, seed=1).tag_samples("b")
+    assert bfo.export(ds, tmp_path / "ab", tags=["a", "b"], export_media=False)["counts"] == {
+        "a": 3,
+        "b": 3,
+    }

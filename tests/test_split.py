@@ -464,7 +464,8 @@ def test_a_reset_stopped_before_it_deleted_the_fields_says_to_reset_again(
         bfo.reset(ds)
     monkeypatch.undo()
     assert bfo.state_info(ds) is None and ds.count("split") == 200
-    with pytest.raises(ValueError, match="no BubbleFence state: a reset was stopped.*Reset it"):
+    stopped = "no BubbleFence state: a reset was stopped.*copy it.*Then reset"
+    with pytest.raises(ValueError, match=stopped):
         bfo.split(ds, embeddings_field="emb")
     bfo.reset(ds)
     assert bfo.split(ds, embeddings_field="emb")["n_assigned"] == 200

@@ -22,9 +22,11 @@ from typing import Any
 import fiftyone as fo
 import fiftyone.core.collections as foc
 import fiftyone.utils.data as foud
+from fiftyone import ViewField as F
 
 from .fields import (
     ASSIGNMENT_COLUMNS,
+    SPLIT_FIELD,
     SPLIT_TAGS,
     record_exported_media,
     root_dataset,
@@ -145,6 +147,8 @@ def export(
     for folder in folders.values():
         path_inside(export_dir, export_dir / folder)
     _refuse_nothing_to_export(samples, names, asked_tags=bool(tags))
+    if not tags:
+        _refuse_two_splits(samples)
     dataset = root_dataset(samples)
     _refuse_while_a_run_holds(dataset)
     version = STATE_RUN.info(reloaded(dataset))
@@ -222,6 +226,23 @@ def _refuse_an_unfinished_round(dataset: fo.Dataset, bf: Any, params: dict[str, 
             f"round {last_round} of dataset {dataset.name!r} was saved, but its split fields "
             "and tags were not all written (the run was stopped): run the split again to "
             "finish it (nothing new is needed), then export"
+        )
+
+
+def _refuse_two_splits(samples: foc.SampleCollection) -> None:
+    """Refuses samples that carry two split tags (tags merged from another split of the
+    same images, a tag added by hand): the export, by tags, would write each into two
+    splits, a leak of its own making, while the manifest lists it once."""
+    both = samples.match(F("tags").filter(F().is_in(list(SPLIT_TAGS))).length() > 1)
+    n_both = both.count()
+    if n_both:
+        shown = ", ".join(repr(p) for p in both.limit(3).values("filepath"))
+        raise ValueError(
+            f"{n_both} samples carry two or more of the tags 'train', 'validation', 'test' "
+            f"(e.g. {shown}), so they would be exported into each of those splits. Keep "
+            f"one: for BubbleFence's split, the {SPLIT_FIELD!r} field's, e.g. in Python: "
+            f"for t in ('train', 'validation', 'test'): dataset.match_tags(t).match("
+            f"F({SPLIT_FIELD!r}) != t).untag_samples(t)"
         )
 
 

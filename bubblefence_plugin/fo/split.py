@@ -411,8 +411,10 @@ def _refuse_values_before_a_first_round(dataset: fo.Dataset) -> None:
         raise ValueError(
             f"dataset {dataset.name!r} has BubbleFence's split fields ({ROUND_FIELD!r} on "
             f"{n_left} samples) but no BubbleFence state: a reset was stopped before it "
-            "finished, or the samples were copied from a split dataset without its runs. "
-            f"Reset it {RESET_HOW} to clear them, then split"
+            "finished, or the samples were copied from a split dataset without its runs "
+            "(a clone of a view, an export without runs). To keep that split, copy it "
+            f"first: dataset.clone_sample_field({SPLIT_FIELD!r}, 'original_split'). Then "
+            f"reset {RESET_HOW} to clear BubbleFence's fields and tags, and split"
         )
     refuse_values_not_ours(dataset)
 
