@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import operator_requests
+from conftest import killed, operator_requests
 
 pytestmark = [pytest.mark.fiftyone, pytest.mark.usefixtures("new_panel")]
 
@@ -463,9 +463,6 @@ def test_samples_of_an_exclusion_stopped_after_its_commit_can_be_included_again(
     ds = field_dataset
     bfo.split(ds, embeddings_field="emb")
     chosen = ds.take(5, seed=2)
-
-    def killed(*args, **kwargs):
-        raise KeyboardInterrupt("killed")
 
     monkeypatch.setattr(curate, "clear_excluded_fields", killed)
     with pytest.raises(KeyboardInterrupt):

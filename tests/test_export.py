@@ -273,16 +273,13 @@ def test_a_round_stopped_before_its_tags_is_finished_by_a_split_before_it_is_exp
     the tags do not, and the export (by tags) left the round's samples out, silently."""
     import importlib
 
-    from conftest import add_embedded_samples
+    from conftest import add_embedded_samples, killed
 
     split_module = importlib.import_module("bubblefence_plugin.fo.split")
 
     ds = field_dataset
     bfo.split(ds, embeddings_field="emb")
     add_embedded_samples(ds, 100, seed=4)
-
-    def killed(*args, **kwargs):
-        raise KeyboardInterrupt("killed")
 
     monkeypatch.setattr(split_module, "_write_round_fields", killed)
     with pytest.raises(KeyboardInterrupt):

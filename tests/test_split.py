@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import add_embedded_samples, clustered_embeddings, splits_by_id
+from conftest import add_embedded_samples, clustered_embeddings, killed, splits_by_id
 
 pytestmark = pytest.mark.fiftyone
 
@@ -456,9 +456,6 @@ def test_a_reset_stopped_before_it_deleted_the_fields_says_to_reset_again(
     ds = field_dataset
     bfo.split(ds, embeddings_field="emb")
 
-    def killed(*args, **kwargs):
-        raise KeyboardInterrupt("killed")
-
     monkeypatch.setattr(fo.Dataset, "delete_sample_fields", killed)
     with pytest.raises(KeyboardInterrupt):
         bfo.reset(ds)
@@ -476,17 +473,12 @@ def test_a_round_stopped_before_the_map_is_placed_on_it_by_the_next_run(field_da
     new left the map without that round's samples until a later round added some."""
     import importlib
 
-    from conftest import add_embedded_samples
-
     from bubblefence_plugin.fo import map as bfmap
 
     split_module = importlib.import_module("bubblefence_plugin.fo.split")
     ds = field_dataset
     bfo.split(ds, embeddings_field="emb")
     add_embedded_samples(ds, 50, seed=3)
-
-    def killed(*args, **kwargs):
-        raise KeyboardInterrupt("killed")
 
     monkeypatch.setattr(split_module, "update_after_round", killed)
     with pytest.raises(KeyboardInterrupt):
@@ -505,7 +497,6 @@ def test_samples_merged_with_a_split_of_their_own_are_refused_in_a_later_round(
 ):
     """A first round refuses split values it did not write; a later round overwrote those
     of samples merged in (their own test tags and values became ours), silently."""
-    from conftest import add_embedded_samples
 
     ds = field_dataset
     bfo.split(ds, embeddings_field="emb")
