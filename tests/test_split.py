@@ -361,6 +361,11 @@ def test_split_fields_and_tags_lost_since_are_written_again_edited_ones_are_said
     assert summary["n_repaired"] == 200 and summary["n_split_edited"] == 0
     assert splits_by_id(ds) == stored
     _check_mirror(ds)  # every sample's split tag is its split field's value again
+    # The round and bubble fields too (they were left gone, the split field came back).
+    rounds, anchors = ds.values("bubblefence_round"), ds.values("anchor_id")
+    ds.delete_sample_fields(["bubblefence_round", "anchor_id"])
+    assert bfo.split(ds)["n_repaired"] == 200
+    assert (ds.values("bubblefence_round"), ds.values("anchor_id")) == (rounds, anchors)
     edited = ds.match(F("split") == "test").limit(3)
     edited.set_values("split", ["train"] * 3)
     summary = bfo.split(ds)

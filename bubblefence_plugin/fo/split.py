@@ -39,6 +39,7 @@ from .embeddings import (
     read_embeddings,
 )
 from .fields import (
+    ANCHOR_FIELD,
     EMBEDDING_FIELD,
     ERROR_FIELD,
     EXCLUDED_TAG,
@@ -477,28 +478,46 @@ def _repair_fields(r: _Round, frame: Any) -> int:
 
 def _restore_mirror(r: _Round, frame: Any) -> tuple[int, int]:
     """The split fields and tags of the samples in the state (``frame``: its assignments),
-    held against the state: a sample whose split value or split tag is gone (the field
-    deleted, a tag removed) is written again; one whose value was changed is counted, not
-    overwritten (the state is what later rounds keep; `reset` starts over). Returns
-    (restored, changed).
+    held against the state: a sample whose split value, split tag, round or bubble is
+    gone (a field deleted, a tag removed) is written again; one whose split value was
+    changed is counted, not overwritten (the state is what later rounds keep; `reset`
+    starts over). Returns (restored, changed).
 
-    Two counts first (values and tags per split), so a round reads every sample's values
-    only when they disagree with the state."""
+    Counts first, in one pass (values and tags per split, rounds and bubbles held), so a
+    round reads every sample's values only when they disagree with the state. The
+    fields exist here: `_open_round` declared them."""
     stored = frame["split"].value_counts().to_dict()
-    values = r.dataset.count_values(SPLIT_FIELD)
-    tags = r.dataset.count_sample_tags()
-    if all(values.get(k, 0) == n for k, n in stored.items()) and all(
-        tags.get(t, 0) == stored.get(t, 0) for t in SPLIT_TAGS
+    in_bubble = frame["anchor_id"].to_numpy() >= 0
+    values, tags, n_rounds, n_anchors = r.dataset.aggregate(
+        [
+            fo.CountValues(SPLIT_FIELD),
+            fo.CountValues("tags"),
+            fo.Count(ROUND_FIELD),
+            fo.Count(ANCHOR_FIELD),
+        ]
+    )
+    if (
+        all(values.get(k, 0) == n for k, n in stored.items())
+        and all(tags.get(t, 0) == stored.get(t, 0) for t in SPLIT_TAGS)
+        and n_rounds >= len(frame)
+        and n_anchors >= int(in_bubble.sum())
     ):
         return 0, 0
-    ids, held, tag_lists = r.dataset.values(["id", SPLIT_FIELD, "tags"])
-    found = dict(zip(ids, zip(held, tag_lists, strict=True), strict=True))
+    ids, held, tag_lists, rounds, anchors = r.dataset.values(
+        ["id", SPLIT_FIELD, "tags", ROUND_FIELD, ANCHOR_FIELD]
+    )
+    found = dict(zip(ids, zip(held, tag_lists, rounds, anchors, strict=True), strict=True))
     restore, changed = [], 0
     for row, (sid, split) in enumerate(zip(frame["id"], frame["split"], strict=True)):
-        value, sample_tags = found.get(sid, (None, []))
+        value, sample_tags, rnd, anchor = found.get(sid, (None, [], None, None))
         if value is not None and value != split:
             changed += 1
-        elif value is None or (split in SPLIT_TAGS and split not in (sample_tags or [])):
+        elif (
+            value is None
+            or (split in SPLIT_TAGS and split not in (sample_tags or []))
+            or rnd is None
+            or (in_bubble[row] and anchor is None)
+        ):
             restore.append(row)
     if restore:
         write_assignments(r.dataset, table_from_frame(frame.iloc[restore]))
