@@ -273,8 +273,10 @@ def refuse_splits_of_new_samples(dataset: fo.Dataset, new_ids: list[str]) -> Non
         view = dataset.select(chunk)
         valued = view.exists(SPLIT_FIELD) if dataset.has_field(SPLIT_FIELD) else view.limit(0)
         tagged = view.match_tags(list(SPLIT_TAGS))
-        n_valued, n_tagged = n_valued + valued.count(), n_tagged + tagged.count()
-        paths += (valued.limit(3).values("filepath") + tagged.limit(3).values("filepath"))[:3]
+        found = valued.count(), tagged.count()
+        n_valued, n_tagged = n_valued + found[0], n_tagged + found[1]
+        if any(found):  # examples only where there is something to show
+            paths += (valued.limit(3).values("filepath") + tagged.limit(3).values("filepath"))[:3]
     if not (n_valued or n_tagged):
         return
     shown = ", ".join(repr(p) for p in list(dict.fromkeys(paths))[:3])
