@@ -211,6 +211,21 @@ def killed(*args, **kwargs) -> None:
     raise KeyboardInterrupt("killed")
 
 
+def split_stopped_at(ds, step: str, monkeypatch) -> None:
+    """A split of ``ds`` killed at ``step``, a function of `bubblefence_plugin.fo.split`
+    (e.g. ``_write_round_fields``: after the commit, before the tags)."""
+    import importlib
+
+    import pytest
+
+    import bubblefence_plugin.fo as bfo
+
+    monkeypatch.setattr(importlib.import_module("bubblefence_plugin.fo.split"), step, killed)
+    with pytest.raises(KeyboardInterrupt):
+        bfo.split(ds)
+    monkeypatch.undo()
+
+
 def add_embedded_samples(ds, n: int, seed: int) -> None:
     """Adds ``n`` samples with an ``emb`` vector, as `field_dataset` has."""
     import fiftyone as fo

@@ -271,20 +271,12 @@ def test_a_round_stopped_before_its_tags_is_finished_by_a_split_before_it_is_exp
 ):
     """A split killed between its commit and its tag writes: the state holds the round,
     the tags do not, and the export (by tags) left the round's samples out, silently."""
-    import importlib
-
-    from conftest import add_embedded_samples, killed
-
-    split_module = importlib.import_module("bubblefence_plugin.fo.split")
+    from conftest import add_embedded_samples, split_stopped_at
 
     ds = field_dataset
     bfo.split(ds, embeddings_field="emb")
     add_embedded_samples(ds, 100, seed=4)
-
-    monkeypatch.setattr(split_module, "_write_round_fields", killed)
-    with pytest.raises(KeyboardInterrupt):
-        bfo.split(ds)
-    monkeypatch.undo()
+    split_stopped_at(ds, "_write_round_fields", monkeypatch)
     with pytest.raises(ValueError, match="round 1 .* was saved.*run the split again"):
         bfo.export(ds, tmp_path / "out", export_media=False)
     assert not (tmp_path / "out").exists()

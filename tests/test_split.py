@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import add_embedded_samples, clustered_embeddings, killed, splits_by_id
+from conftest import (
+    add_embedded_samples,
+    clustered_embeddings,
+    killed,
+    split_stopped_at,
+    splits_by_id,
+)
 
 pytestmark = pytest.mark.fiftyone
 
@@ -476,19 +482,12 @@ def test_a_reset_stopped_before_it_deleted_the_fields_says_to_reset_again(
 def test_a_round_stopped_before_the_map_is_placed_on_it_by_the_next_run(field_dataset, monkeypatch):
     """A split killed after its commit and tags, before the 2-D map: a rerun with nothing
     new left the map without that round's samples until a later round added some."""
-    import importlib
-
     from bubblefence_plugin.fo import map as bfmap
 
-    split_module = importlib.import_module("bubblefence_plugin.fo.split")
     ds = field_dataset
     bfo.split(ds, embeddings_field="emb")
     add_embedded_samples(ds, 50, seed=3)
-
-    monkeypatch.setattr(split_module, "update_after_round", killed)
-    with pytest.raises(KeyboardInterrupt):
-        bfo.split(ds)
-    monkeypatch.undo()
+    split_stopped_at(ds, "update_after_round", monkeypatch)
     assert len(bfmap.load_points(ds)[0]) == 200
     summary = bfo.split(ds)
     assert summary["n_new"] == 0 and summary["map"]["n_new_points"] == 50
