@@ -104,6 +104,13 @@ def test_unknown_names_suggest_the_closest_knob(tmp_path):
     path.write_text("dataset_splits:\n  eval_ratoi: 0.3\n")
     with pytest.raises(ValueError, match=r"dataset_splits.eval_ratoi.*did you mean"):
         BubbleFenceConfig.from_yaml(path)
+    # The Python constructor and `replace` name it too (Python says only "unexpected
+    # keyword argument"); a TypeError still, as for any call with a wrong keyword.
+    with pytest.raises(TypeError, match=r"'eval_ratoi' \(did you mean 'eval_ratio'\?\)"):
+        BubbleFenceConfig(eval_ratoi=0.3)
+    with pytest.raises(TypeError, match=r"'sed' \(did you mean 'seed'\?\)"):
+        BubbleFenceConfig().replace(sed=3)
+    assert BubbleFenceConfig(eval_ratio=0.3).replace(seed=3) == BubbleFenceConfig(0.3, seed=3)
 
 
 def test_nested_yaml_flags_written_as_text_keep_their_meaning(tmp_path):

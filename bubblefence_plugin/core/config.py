@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import warnings
 from dataclasses import dataclass
@@ -557,6 +558,24 @@ class BubbleFenceConfig:
 
     def replace(self, **changes: Any) -> BubbleFenceConfig:
         return dataclasses.replace(self, **changes)
+
+
+def _naming_unknown_knobs(generated_init: Any) -> Any:
+    """The dataclass's ``__init__``, but a misspelt keyword is named with the closest
+    knob, as `from_dict` and the YAML reader name it, rather than Python's bare
+    "unexpected keyword argument" (``BubbleFenceConfig(eval_ratoi=0.3)``, `replace`)."""
+
+    @functools.wraps(generated_init)
+    def __init__(self: BubbleFenceConfig, *args: Any, **kwargs: Any) -> None:
+        unknown = sorted(set(kwargs) - set(KNOBS))
+        if unknown:
+            raise TypeError(unknown_names_message(unknown, KNOBS, "BubbleFence parameter"))
+        generated_init(self, *args, **kwargs)
+
+    return __init__
+
+
+BubbleFenceConfig.__init__ = _naming_unknown_knobs(BubbleFenceConfig.__init__)
 
 
 # -- the original BubbleFence's nested YAML --------------------------------------
