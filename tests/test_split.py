@@ -413,6 +413,15 @@ def test_other_field_or_frozen_knob_is_refused(field_dataset):
     summary = bfo.split(ds.match_tags("first"), eval_ratio=0.3)
     assert "eval_ratio not changed" in summary["message"] and not summary["config_changed"]
     assert bfo.state_info(ds)["config"]["eval_ratio"] == 0.2
+    # So is a label or group field, or dropping one ("" is none): it was silently unused.
+    ds.set_values("kind", ["a"] * len(ds))
+    for asked in ({"label_field": "kind"}, {"group_field": "kind"}):
+        summary = bfo.split(ds.match_tags("first"), **asked)
+        name = next(iter(asked))
+        assert f"{name} not changed" in summary["message"] and summary[name] is None
+        assert bfo.state_info(ds)[name] is None
+    summary = bfo.split(ds.match_tags("first"), label_field="")
+    assert "not changed" not in summary["message"]
     # A non-frozen knob applies to the new round; the stored config follows.
     summary = bfo.split(ds, embeddings_field="emb", eval_ratio=0.3)
     assert summary["config_changed"] == ["eval_ratio"]

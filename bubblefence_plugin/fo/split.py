@@ -327,7 +327,7 @@ def _split_locked(
             f"({summary['n_errors']} errors, in {ERROR_FIELD}; a sample that failed is "
             "tried again at every run)"
         )
-        return _finish_summary(summary, r.bf, None, message + _unsaved_changes(summary))
+        return _finish_summary(summary, r.bf, None, message + _unsaved_changes(r, summary))
 
     lock.heartbeat(force=True)
     yield Progress(0.85, f"Splitting {len(ok_ids)} new samples")
@@ -540,7 +540,7 @@ def _finish_without_new(r: _Round, summary: dict[str, Any]) -> dict[str, Any]:
         message += f"; {counted(summary['n_excluded_left'], 'excluded sample')} left the split"
     if summary["n_forgotten"]:
         message += f"; {counted(summary['n_forgotten'], 'deleted sample')} left the state"
-    summary = _finish_summary(summary, r.bf, None, message + _unsaved_changes(summary))
+    summary = _finish_summary(summary, r.bf, None, message + _unsaved_changes(r, summary))
     if r.bf is not None and r.bf.n_samples and map_lacks_samples(r.dataset, r.bf.n_samples):
         # A round stopped before it placed its samples on the map: placed now.
         if not (summary["n_forgotten"] or summary["n_excluded_left"]):
@@ -554,15 +554,21 @@ def _finish_without_new(r: _Round, summary: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
-def _unsaved_changes(summary: dict[str, Any]) -> str:
-    """What a run that split nothing says of the knobs it was asked to change: a config
-    is stored with a round, so they were not kept (`config_changed` emptied)."""
+def _unsaved_changes(r: _Round, summary: dict[str, Any]) -> str:
+    """What a run that split nothing says of the knobs, label field and group field it
+    was asked to change: they are stored with a round, so they were not kept
+    (`config_changed` emptied; the summary names the stored fields)."""
     changed, summary["config_changed"] = summary["config_changed"], []
+    for name in ("label_field", "group_field"):
+        stored = r.params.get(name) or None
+        if (summary[name] or None) != stored:
+            changed.append(name)
+            summary[name] = stored
     if not changed:
         return ""
     return (
-        f"; {', '.join(changed)} not changed: a changed knob is stored with a round that "
-        "splits new samples, so give it again with them"
+        f"; {', '.join(changed)} not changed: knobs and the label and group fields are "
+        "stored with a round that splits new samples, so give them again with those"
     )
 
 
