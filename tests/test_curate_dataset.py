@@ -473,3 +473,39 @@ def test_samples_of_an_exclusion_stopped_after_its_commit_can_be_included_again(
     assert len(chosen.exists("split")) == 0
     summary = bfo.split(ds, embeddings_field="emb")
     assert (summary["n_new"], bfo.state_info(ds)["n_samples"]) == (5, 200)
+
+
+@pytest.mark.parametrize("how", ["exclude", "hand tag then split", "deleted then split"])
+def test_a_duplicate_takes_the_place_of_an_original_that_leaves(field_dataset, how):
+    # Found by a stress test: the copy stayed "duplicate" of nothing (in no split, never
+    # exported), and the original included again became the copy's duplicate.
+    ds = field_dataset
+    vectors = ds.values("emb")
+    ds.add_samples([fo.Sample(filepath=f"/nonexistent/copy{i}.png") for i in range(2)])
+    copies = ds.skip(200).values("id")
+    ds.select(copies).set_values("emb", [vectors[3], vectors[3]])
+    original = ds.skip(3).first().id
+    bfo.split(ds, embeddings_field="emb")
+    assert ds.select(copies).values("duplicate_of") == [original, original]
+    place = ds[original]["split"]
+    if how == "exclude":
+        bfo.exclude(ds.select([original]))
+    elif how == "hand tag then split":
+        ds.select([original]).tag_samples(bfo.EXCLUDED_TAG)
+        bfo.split(ds)
+    else:
+        ds.delete_samples([original])
+        summary = bfo.split(ds)
+        assert summary["n_split_edited"] == 0  # the copy's new place is no edit of the user's
+    heir, other = (ds[i] for i in copies)
+    assert (heir["split"], heir["duplicate_of"], heir.tags) == (place, None, [place])
+    assert (other["split"], other["duplicate_of"]) == ("duplicate", heir.id)
+    rows = bfo.load_state(ds, embeddings=False)[0].assignments().set_index("id")
+    assert rows.loc[heir.id, "split"] == place and rows.loc[other.id, "duplicate_of"] == heir.id
+    assert bfo.split(ds)["n_repaired"] == 0  # fields and state agree
+    if how != "deleted then split":
+        bfo.include_again(ds.select([original]))
+        bfo.split(ds)
+        back = ds[original]
+        assert (back["split"], back["duplicate_of"]) == ("duplicate", heir.id)
+        assert ds[heir.id]["split"] == place

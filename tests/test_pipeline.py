@@ -1,6 +1,7 @@
 """Invariants of whole BubbleFence rounds on generated clustered data (SPEC 2 and 4)."""
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import check_invariants, clustered_embeddings, unit
 from scipy import sparse
@@ -848,6 +849,36 @@ def test_samples_excluded_and_included_again_do_not_flood_their_emptied_bubble()
     assert len(back) == len(members)
     n_eval = np.isin(after["split"], ["validation", "test"]).sum()
     assert abs(n_eval / np.sum(after["split"] != "duplicate") - 0.2) <= 0.01
+
+
+def test_a_duplicate_takes_the_place_of_its_original_when_that_leaves():
+    # Original 3 has copies 200 (earlier) and 201. Before, when 3 was excluded the copies
+    # stayed "duplicate" of nothing: the image was in no split and exported nowhere, and
+    # 3 included again became a duplicate of 200, so both copies were set aside.
+    x = clustered_embeddings(200)
+    x = np.vstack([x, x[[3, 3, 7]]])  # 202: a copy of 7, whose original stays
+    bf = BubbleFence(BubbleFenceConfig(eval_ratio=0.2, seed=0))
+    bf.ingest(x, ids=np.arange(203))
+    before = bf.assignments().set_index("id")
+    assert before.loc[[200, 201, 202], "duplicate_of"].tolist() == [3, 3, 7]
+    bf.forget([3])
+    after = bf.assignments().set_index("id")
+    placed = ["split", "anchor_id", "shell"]
+    assert after.loc[200, placed].tolist() == before.loc[3, placed].tolist()
+    assert pd.isna(after.loc[200, "duplicate_of"]) and after.loc[201, "duplicate_of"] == 200
+    assert after.loc[201, "split"] == "duplicate" and after.loc[202, "duplicate_of"] == 7
+    others = after.index.difference([200, 201])
+    assert after.loc[others].equals(before.loc[others])  # nothing else moves
+    bf.ingest(x[[3]], ids=[3])  # included again: a duplicate of the copy that took its place
+    again = bf.assignments().set_index("id")
+    assert again.loc[3, "split"] == "duplicate" and again.loc[3, "duplicate_of"] == 200
+    assert again.loc[200, "split"] == before.loc[3, "split"]
+    check_invariants(bf)
+    # Both the original and its heir leave: the last copy takes the place.
+    bf.forget([200, 3])
+    last = bf.assignments().set_index("id")
+    assert last.loc[201, placed].tolist() == before.loc[3, placed].tolist()
+    assert pd.isna(last.loc[201, "duplicate_of"])
 
 
 def classes_around_a_mean(n: int, seed: int, d: int = 64, k: int = 12):

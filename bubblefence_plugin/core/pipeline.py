@@ -790,16 +790,24 @@ class BubbleFence:
         self.config = new
 
     def forget(self, ids: Sequence[Any]) -> int:
-        """Drop samples (deleted from the dataset) from the state; returns how many."""
+        """Drop samples (deleted from the dataset, excluded) from the state; returns how many.
+
+        A duplicate whose original is dropped takes its place: the earliest of the
+        original's duplicates that stay inherits its split, bubble, shell and region,
+        and the others become its duplicates. It is the original's twin at
+        `dedup_threshold`, so it sits where the original sat and no pair crosses; kept
+        as a duplicate of nothing, the image would leave every split with its original
+        (and an original included again would then be set aside as its duplicate).
+        """
         drop = np.isin(self._ids, np.asarray(list(ids), dtype=self._ids.dtype))
         if not drop.any():
             return 0
+        self._promote_duplicates_of(drop)
         keep_rows = np.flatnonzero(~drop)
         new_index = np.full(self.n_samples, -1, np.int64)
         new_index[keep_rows] = np.arange(len(keep_rows))
         dup = self._duplicate_of[keep_rows]
         self._duplicate_of = np.where(dup >= 0, new_index[np.maximum(dup, 0)], -1)
-        orphaned = (dup >= 0) & (self._duplicate_of < 0)
         for name in ("_embeddings", "_ids", "_split", "_anchor", "_shell", "_round", "_region"):
             setattr(self, name, getattr(self, name)[keep_rows])
         self._buffer = None
@@ -808,14 +816,35 @@ class BubbleFence:
         if structure is not None:
             structure = CellIndex.structure_without(structure, new_index)
         self._earlier_index, self._index_structure = None, structure
-        # A duplicate whose original is gone keeps its split; it has no pointer left.
-        self._duplicate_of[orphaned] = -1
         for name in ("_labels", "_groups"):
             if getattr(self, name) is not None:
                 setattr(self, name, getattr(self, name)[keep_rows])
         rows = self._anchors.centre_row
         self._anchors.centre_row = np.where(rows >= 0, new_index[np.maximum(rows, 0)], -1)
         return int(drop.sum())
+
+    def _promote_duplicates_of(self, drop: np.ndarray) -> None:
+        """`forget`'s heirs: each dropped original's earliest kept duplicate takes its
+        assignment, and that original's other kept duplicates point to the heir."""
+        orphans = np.flatnonzero(~drop & (self._duplicate_of >= 0))
+        orphans = orphans[drop[self._duplicate_of[orphans]]]
+        if len(orphans) == 0:
+            return
+        originals = self._duplicate_of[orphans]
+        gone, first = np.unique(originals, return_index=True)  # orphans ascend: the earliest
+        heirs = orphans[first]
+        for name in ("_split", "_anchor", "_shell", "_region"):
+            values = getattr(self, name).copy()  # a loaded state's arrays may be read-only
+            values[heirs] = values[gone]
+            setattr(self, name, values)
+        heir_of = np.full(self.n_samples, -1, np.int64)
+        heir_of[gone] = heirs
+        duplicate_of = self._duplicate_of.copy()
+        duplicate_of[orphans] = heir_of[originals]
+        duplicate_of[heirs] = -1
+        self._duplicate_of = duplicate_of
+        # The index kept over the earlier kept rows lacks the heirs: the next round sees
+        # its rows are not a prefix of the kept ones and builds one anew (`earlier_index`).
 
     def _kept_index_structure(self) -> dict[str, np.ndarray] | None:
         """The structure of the index over the earlier rows: the one in memory, else the

@@ -40,6 +40,7 @@ from .embeddings import (
 )
 from .fields import (
     ANCHOR_FIELD,
+    DUPLICATE_FIELD,
     EMBEDDING_FIELD,
     ERROR_FIELD,
     EXCLUDED_TAG,
@@ -441,8 +442,9 @@ def _reconcile(r: _Round) -> tuple[dict[str, Any], list[str]]:
     left = leave_split_if_excluded(r.dataset, r.bf, r.params)
     assigned -= set(left)
     n_restored = n_edited = 0
-    if r.bf is not None:  # the state's rows now: those forgotten and excluded left out
-        n_restored, n_edited = _restore_mirror(r, frame[frame["id"].isin(assigned)])
+    if r.bf is not None:  # the state's rows now: those forgotten and excluded left out,
+        # a duplicate in the place of an original that left (`BubbleFence.forget`)
+        n_restored, n_edited = _restore_mirror(r, r.bf.assignments())
 
     target_ids = set(r.samples.match_tags(EXCLUDED_TAG, bool=False).values("id"))
     new_ids = [i for i in dataset_ids if i in target_ids and i not in assigned]
@@ -479,21 +481,28 @@ def _repair_fields(r: _Round, frame: Any) -> int:
 def _restore_mirror(r: _Round, frame: Any) -> tuple[int, int]:
     """The split fields and tags of the samples in the state (``frame``: its assignments),
     held against the state: a sample whose split value, split tag, round or bubble is
-    gone (a field deleted, a tag removed) is written again; one whose split value was
-    changed is counted, not overwritten (the state is what later rounds keep; `reset`
-    starts over). Returns (restored, changed).
+    gone (a field deleted, a tag removed) is written again, and so is a duplicate that
+    took the place of an original that left, or points to another original since
+    (`BubbleFence.forget`); one whose split value was changed otherwise is counted, not
+    overwritten (the state is what later rounds keep; `reset` starts over). Returns
+    (restored, changed).
 
-    Counts first, in one pass (values and tags per split, rounds and bubbles held), so a
-    round reads every sample's values only when they disagree with the state. The
-    fields exist here: `_open_round` declared them."""
+    Counts first, in one pass (values and tags per split, rounds, bubbles and duplicates
+    held), so a round reads every sample's values only when they disagree with the
+    state. The fields exist here: `_open_round` declared them."""
     stored = frame["split"].value_counts().to_dict()
     in_bubble = frame["anchor_id"].to_numpy() >= 0
-    values, tags, n_rounds, n_anchors = r.dataset.aggregate(
+    has_original = frame["duplicate_of"].notna().to_numpy()
+    duplicate_of = [
+        d if h else None for d, h in zip(frame["duplicate_of"], has_original, strict=True)
+    ]
+    values, tags, n_rounds, n_anchors, n_duplicates = r.dataset.aggregate(
         [
             fo.CountValues(SPLIT_FIELD),
             fo.CountValues("tags"),
             fo.Count(ROUND_FIELD),
             fo.Count(ANCHOR_FIELD),
+            fo.Count(DUPLICATE_FIELD),
         ]
     )
     if (
@@ -501,22 +510,32 @@ def _restore_mirror(r: _Round, frame: Any) -> tuple[int, int]:
         and all(tags.get(t, 0) == stored.get(t, 0) for t in SPLIT_TAGS)
         and n_rounds >= len(frame)
         and n_anchors >= int(in_bubble.sum())
+        and n_duplicates == int(has_original.sum())
     ):
         return 0, 0
-    ids, held, tag_lists, rounds, anchors = r.dataset.values(
-        ["id", SPLIT_FIELD, "tags", ROUND_FIELD, ANCHOR_FIELD]
+    ids, held, tag_lists, rounds, anchors, originals = r.dataset.values(
+        ["id", SPLIT_FIELD, "tags", ROUND_FIELD, ANCHOR_FIELD, DUPLICATE_FIELD]
     )
-    found = dict(zip(ids, zip(held, tag_lists, rounds, anchors, strict=True), strict=True))
+    found = dict(
+        zip(ids, zip(held, tag_lists, rounds, anchors, originals, strict=True), strict=True)
+    )
     restore, changed = [], 0
-    for row, (sid, split) in enumerate(zip(frame["id"], frame["split"], strict=True)):
-        value, sample_tags, rnd, anchor = found.get(sid, (None, [], None, None))
-        if value is not None and value != split:
+    for row, (sid, split, original) in enumerate(
+        zip(frame["id"], frame["split"], duplicate_of, strict=True)
+    ):
+        value, sample_tags, rnd, anchor, original_field = found.get(
+            sid, (None, [], None, None, None)
+        )
+        took_a_place = value == "duplicate" and original is None
+        if value is not None and value != split and not took_a_place:
             changed += 1
         elif (
             value is None
+            or took_a_place
             or (split in SPLIT_TAGS and split not in (sample_tags or []))
             or rnd is None
             or (in_bubble[row] and anchor is None)
+            or (original is not None and str(original_field) != str(original))
         ):
             restore.append(row)
     if restore:

@@ -35,7 +35,14 @@ from ..core.state import (
     rows_with_room,
 )
 from .embeddings import read_vectors
-from .fields import EXCLUDED_TAG, id_chunks, root_dataset, values_by_id
+from .fields import (
+    EXCLUDED_TAG,
+    id_chunks,
+    root_dataset,
+    table_from_frame,
+    values_by_id,
+    write_assignments,
+)
 from .runs import RESET_HINT, RunType, npy_bytes, reloaded, to_npy_text
 
 if TYPE_CHECKING:
@@ -257,7 +264,12 @@ def forget_excluded(dataset: fo.Dataset) -> list[str]:
             STATE_RUN.update_params(dataset, params)
         return []
     gone = _deleted_among(dataset, held.tolist())
-    checks = arrays.pop("embedding_checks")[~np.isin(held, gone + left)]
+    leaving = np.isin(held, gone + left)
+    checks = arrays.pop("embedding_checks")[~leaving]
+    # Duplicates of the originals that leave: one takes each original's place, the
+    # others point to it (`BubbleFence.forget`); their fields follow the commit.
+    original = np.asarray(arrays["duplicate_of"], np.int64)
+    promoted = held[~leaving & (original >= 0) & leaving[np.maximum(original, 0)]]
     arrays["embeddings"] = np.empty((len(held), 0), np.float32)
     bf = _state_from_arrays(dataset, meta, arrays)
     for ids in (gone, left):  # in `load_state`'s order, then `leave_split_if_excluded`'s
@@ -269,6 +281,9 @@ def forget_excluded(dataset: fo.Dataset) -> list[str]:
     new_meta["dim"] = meta.get("dim")  # not None: no vector was read to tell it
     params["n_samples"] = int(bf.n_samples)
     _commit_arrays(dataset, params, new_meta, new_arrays)
+    if len(promoted):
+        frame = bf.assignments()
+        write_assignments(dataset, table_from_frame(frame[frame["id"].isin(promoted)]))
     return left
 
 
