@@ -688,9 +688,12 @@ def recategorized(
     joined = set(after.ids[after.on_map]) - set(before.ids[before.on_map])
     position = {i: k for k, i in enumerate(after.ids)}
     changed = np.asarray([position.get(i, -1) for i in drawn.ids], np.int64)
-    category, rnd = drawn.category.copy(), drawn.rnd.copy()
+    # As objects: a view drawn all "train" holds 5-character strings, and "excluded"
+    # written into them came back "exclu".
+    category, rnd = drawn.category.astype(object), drawn.rnd.copy()
     now = changed >= 0
     category[now], rnd[now] = after.category[changed[now]], after.rnd[changed[now]]
+    category = category.astype(str)
     keep = np.flatnonzero(~np.isin(drawn.ids, list(left)))
     keep = keep[_drawing_order(category[keep])]
     return DrawnPoints(
