@@ -194,6 +194,25 @@ def test_new_rows_of_known_groups_follow_them():
     assert shell[3:].tolist() == [NO_SHELL, INNER, 0, 0]
 
 
+def test_no_row_with_a_group_follows_none():
+    # A first round whose rows all lack a group: an IndexError before (found by a stress
+    # test of a group field that no sample of the view fills).
+    codes = np.full(4, NO_GROUP)
+    split = np.full(4, UNASSIGNED, np.int8)
+    anchor, shell = np.full(4, -1, np.int64), np.zeros(4, np.int8)
+    empty = np.zeros(0, np.int64)
+    known = follow_known_groups(
+        codes, np.arange(4), empty, split, anchor, shell, np.zeros(0, np.int8), 0.5
+    )
+    assert not known.any() and (split == UNASSIGNED).all()
+    split[:] = [TR, T, TR, TR]
+    follower = np.zeros(4, bool)
+    moves = resolve_round(
+        codes, empty, np.arange(4), follower, split, anchor, shell, np.zeros(0, np.int8), 0.5
+    )
+    assert sum(moves.values()) == 0 and split.tolist() == [TR, T, TR, TR]
+
+
 def test_resolve_round_votes_old_rows_then_kept_new_rows_then_followers():
     rows = [
         # (group, split, anchor, shell, old, follower)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 from conftest import (
@@ -351,6 +353,29 @@ def test_a_first_round_whose_model_cannot_load_adds_no_field(field_dataset, tmp_
     with pytest.raises(bfo.ModelUnavailableError):
         bfo.split(ds, model_name=str(tmp_path / "no-model"))
     assert set(ds.get_field_schema()) == before and bfo.state_info(ds) is None
+
+
+def test_a_first_round_that_fails_after_reading_its_embeddings_adds_no_field(
+    field_dataset, monkeypatch
+):
+    # Found by a stress test: a group field that no sample of the view fills failed in
+    # the core (fixed: `test_groups`) and left six empty split fields behind.
+    ds = field_dataset
+    before = set(ds.get_field_schema())
+
+    def failing(*args, **kwargs):
+        raise ValueError("the core failed")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(importlib.import_module("bubblefence_plugin.fo.split"), "_ingest", failing)
+        with pytest.raises(ValueError, match="the core failed"):
+            bfo.split(ds, embeddings_field="emb")
+    assert set(ds.get_field_schema()) == before and bfo.state_info(ds) is None
+    # The stress test's case, now split: no sample of the view has a group.
+    ds.add_sample_field("drive", fo.StringField)
+    ds.skip(100).set_values("drive", [f"d{i % 3}" for i in range(100)])
+    summary = bfo.split(ds.limit(100), embeddings_field="emb", group_field="drive")
+    assert summary["n_new"] == 100 and ds.count("split") == 100
 
 
 def test_split_fields_and_tags_lost_since_are_written_again_edited_ones_are_said(

@@ -133,7 +133,8 @@ def apply_decision(
     eval -> train (`to_train`) and between validation and test (`val_test`).
     """
     g = codes[rows]
-    target = np.where(g >= 0, decision.split[np.maximum(g, 0)], UNDECIDED)
+    target = np.full(len(rows), UNDECIDED, decision.split.dtype)
+    target[g >= 0] = decision.split[g[g >= 0]]  # no decision to read where no row has a group
     moving = (target != UNDECIDED) & (split[rows] != target)
     moved, new_split = rows[moving], target[moving].astype(np.int8)
     old_split = split[moved]
@@ -170,7 +171,8 @@ def follow_known_groups(
     """
     decision = decide_groups(codes, old_rows, split, anchor, validation_ratio)
     g = codes[rows]
-    known = (g >= 0) & (decision.split[np.maximum(g, 0)] != UNDECIDED)
+    known = g >= 0  # none where no row has a group: no decision to read
+    known[known] = decision.split[g[known]] != UNDECIDED
     apply_decision(decision, codes, rows[known], split, anchor, shell, layout)
     return known
 

@@ -64,7 +64,7 @@ from .fields import (
     write_assignments,
 )
 from .map import map_lacks_samples, update_after_round
-from .runs import RESET_HOW, RunLock
+from .runs import RESET_HOW, RunLock, reloaded
 from .state import (
     STATE_RUN,
     leave_split_if_excluded,
@@ -312,6 +312,33 @@ def _split_locked(
     """The round, step by step, under the dataset's lock (see the module docstring)."""
     yield Progress(0.0, "Reading the BubbleFence state")
     r = _open_round(samples, dataset, lock, request)
+    if r.bf is not None:
+        return (yield from _round(r, dataset, lock))
+    # A first round declares the split fields once it has embeddings: if it fails
+    # after that, before its state is committed, they go again, empty.
+    schema = set(dataset.get_field_schema())
+    try:
+        return (yield from _round(r, dataset, lock))
+    except BaseException:
+        if STATE_RUN.info(reloaded(dataset)) is None:
+            _drop_empty_fields_added(dataset, schema)
+        raise
+
+
+def _drop_empty_fields_added(dataset: fo.Dataset, schema: set[str]) -> None:
+    """Deletes the split fields a failed first round declared, where no sample has a
+    value (a per-sample error written to `ERROR_FIELD` stays)."""
+    added = [f for f in RESULT_FIELDS if f not in schema and dataset.has_field(f)]
+    if not added:
+        return
+    counts = dataset.aggregate([fo.Count(f) for f in added])
+    empty = [f for f, n in zip(added, counts, strict=True) if not n]
+    if empty:
+        dataset.delete_sample_fields(empty)
+
+
+def _round(r: _Round, dataset: fo.Dataset, lock: RunLock) -> Steps[dict[str, Any]]:
+    """`_split_locked` once the round is open."""
     summary, new_ids = _reconcile(r)
     if r.bf is not None and new_ids:
         refuse_splits_of_new_samples(dataset, new_ids)
