@@ -224,7 +224,7 @@ def test_bad_input_is_named(field_dataset):
     ds.set_values("my_split", ["train", "test"] * 100)
     with pytest.raises(ValueError, match="label_field"):
         bfo.report(ds, "my_split", "emb", label_field="missing")
-    with pytest.raises(ValueError, match="group_field='emb' is a VectorField"):
+    with pytest.raises(ValueError, match="group_field='emb' is a field of type VectorField"):
         bfo.report(ds, "my_split", "emb", group_field="emb")
     with pytest.raises(ExecutionError, match="thresholds"):
         foo.get_operator(REPORT)(ds, "my_split", "emb", thresholds=[1.5])

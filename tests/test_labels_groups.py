@@ -618,10 +618,20 @@ def test_label_and_group_fields_of_every_kind(fo_datasets):
         "num",
     ]
     assert bfo.label_field_choices(flat, multi_ok=False) == ["cls", "group", "name", "num"]
-    with pytest.raises(ValueError, match="label_field='score' is a FloatField"):
+    with pytest.raises(ValueError, match="label_field='score' is a field of type FloatField"):
         fields.label_values(flat, ids, "score")
-    with pytest.raises(ValueError, match="group_field='det' is a EmbeddedDocumentField"):
+    with pytest.raises(ValueError, match="'det' is a field of type EmbeddedDocumentField"):
         fields.label_values(flat, ids, "det", "group_field")
+    # A path inside a label list reads as the field does; before (found by a stress
+    # test) each sample's list was one label, "['d1', 'd1']".
+    assert values("det.detections.label") == values("det")
+    assert values("clss.classifications.label") == values("clss")
+    assert values("cls.label") == values("cls")
+    with pytest.raises(ValueError, match="inside the list field 'det.detections'"):
+        fields.label_values(flat, ids, "det.detections.label", "group_field")
+    for reserved in ("tags", "filepath", "split", "metadata.width"):
+        with pytest.raises(ValueError, match=f"{reserved}' cannot be used"):
+            fields.label_values(flat, ids, reserved)
     with pytest.raises(ValueError, match="label_field='nope': .* no such field"):
         bfo.split(flat, embeddings_field="emb", label_field="nope")
 
@@ -678,4 +688,4 @@ def test_cli_split_with_label_and_group_fields(fo_datasets, capsys):
     assert "labels: 5 with >= 20 samples" in out and "violations 0" in out
     assert dataset_violations(ds) == 0
     assert cli.main([*args, "--label-field", "emb"]) == 2
-    assert "--label-field='emb' is a VectorField" in capsys.readouterr().err
+    assert "--label-field='emb' is a field of type VectorField" in capsys.readouterr().err

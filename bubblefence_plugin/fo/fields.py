@@ -519,6 +519,17 @@ def _label_path(field: Any, name: str, multi_ok: bool) -> tuple[str, bool] | Non
     return None
 
 
+def _list_above(dataset: fo.Dataset, path: str) -> str | None:
+    """The first list field on the way down to ``path`` (``ground_truth.detections`` for
+    ``ground_truth.detections.label``), else None: its values come a list per sample."""
+    parts = path.split(".")
+    for end in range(1, len(parts)):
+        prefix = ".".join(parts[:end])
+        if isinstance(dataset.get_field(prefix), fo.ListField):
+            return prefix
+    return None
+
+
 def label_field_choices(dataset: fo.Dataset, multi_ok: bool = True) -> list[str]:
     """Sample fields usable as labels (``multi_ok``) or as groups (one value per sample).
 
@@ -551,9 +562,28 @@ def label_source(dataset: fo.Dataset, field: str, param: str) -> tuple[str, bool
             error messages name it
     """
     multi_ok = param == "label_field"
+    if field.split(".")[0] in _NOT_LABELS or field in RESULT_FIELDS:
+        raise ValueError(
+            f"{param}={field!r} cannot be used: ids, paths, tags (the split's own), metadata "
+            "and BubbleFence's fields are not labels or groups; choose a label field"
+        )
+    if field.startswith("frames.") and dataset.media_type == "video":
+        raise ValueError(
+            f"{param}={field!r} is a frame field: one value per frame, where a "
+            f"{'label' if multi_ok else 'group'} is one per sample; choose a sample field"
+        )
     schema_field = dataset.get_field(field)
     if schema_field is None:
         raise ValueError(f"{param}={field!r}: dataset {dataset.name!r} has no such field")
+    within = _list_above(dataset, field)
+    if within and isinstance(schema_field, _SCALAR_FIELDS):
+        # "ground_truth.detections.label": every object's label, as the field itself gives.
+        if multi_ok:
+            return field, True
+        raise ValueError(
+            f"{param}={field!r} lies inside the list field {within!r}: several values per "
+            "sample, where a group is one"
+        )
     found = _label_path(schema_field, field, multi_ok)
     if found is None:
         kinds = (
@@ -562,7 +592,8 @@ def label_source(dataset: fo.Dataset, field: str, param: str) -> tuple[str, bool
             if multi_ok
             else "a string, int, ObjectId, Classification or Group field"
         )
-        raise ValueError(f"{param}={field!r} is a {type(schema_field).__name__}; expected {kinds}")
+        kind = type(schema_field).__name__
+        raise ValueError(f"{param}={field!r} is a field of type {kind}; expected {kinds}")
     return found
 
 
