@@ -26,8 +26,10 @@ from fiftyone import ViewField as F
 
 from .fields import (
     ASSIGNMENT_COLUMNS,
+    EXCLUDED_TAG,
     SPLIT_FIELD,
     SPLIT_TAGS,
+    label_source,
     record_exported_media,
     root_dataset,
     table_from_frame,
@@ -109,8 +111,15 @@ def export(
 
     A labelled format needs a label field of the type it writes: without
     ``label_field``, the one such field of the dataset is used; none or several is an
-    error before anything is written. An exporter that fails leaves no export folder
+    error before anything is written. YOLOv5's splits share one class list (the
+    dataset's ``classes`` or ``default_classes``, else every label exported, sorted)
+    unless ``classes`` is given. An exporter that fails leaves no export folder
     behind that this call created.
+
+    Splits are exported by their tags, which must agree with the stored split: a
+    sample whose split tag was removed, moved or added by hand, or that is tagged
+    ``excluded`` but has not left the split yet, is refused before anything is written
+    (the next split restores the tags and takes excluded samples out).
 
     Example usage::
 
@@ -156,6 +165,9 @@ def export(
     if loaded and not tags:
         _refuse_an_unfinished_round(dataset, *loaded)
     table = table_from_frame(loaded[0].assignments()) if loaded else {"id": []}
+    if loaded and not tags:
+        _refuse_tags_off_the_state(samples, table)
+    kwargs = _one_class_list(samples, type_name, label_field, kwargs)
     created = not export_dir.exists()
     _prepare_export_dir(samples, export_dir, overwrite)
     try:
@@ -189,8 +201,12 @@ def export(
     duplicates = [
         sid for sid, split in zip(table["id"], splits, strict=True) if split == "duplicate"
     ]
-    # The state holds the whole dataset's: only those in the exported view are listed.
+    # The state holds the whole dataset's: only those in the exported view are listed,
+    # and for tags only the duplicates of samples exported.
     duplicates = values_by_id(samples, duplicates, [])[0]
+    if tags:
+        original = dict(zip(table["id"], table["duplicate_of"], strict=True))
+        duplicates = [sid for sid in duplicates if original[sid] in exported_as]
     _write_manifest(dataset, exported_as, exported_files, duplicates, table, manifest)
     return {
         "export_dir": str(export_dir),
@@ -244,6 +260,53 @@ def _refuse_two_splits(samples: foc.SampleCollection) -> None:
             f"for t in ('train', 'validation', 'test'): dataset.match_tags(t).match("
             f"F({SPLIT_FIELD!r}) != t).untag_samples(t)"
         )
+
+
+def _refuse_tags_off_the_state(samples: foc.SampleCollection, table: dict[str, list]) -> None:
+    """Refuses samples whose split tags are not the stored split's (the export goes by
+    tags, the manifest by the state): a tag removed, moved or added by hand, or a sample
+    tagged `EXCLUDED_TAG` that has not left the split yet (tagged by hand, or an
+    exclusion that was stopped). Exported, they would leave a split short, put a sample
+    on the other side of the line, or ship what was excluded, unsaid."""
+    held = dict(zip(table["id"], table["split"], strict=True))
+    off: list[tuple[str, str]] = []
+    for sid, sample_tags in zip(*samples.values(["id", "tags"]), strict=True):
+        tagged = sorted(set(sample_tags or []) & set(SPLIT_TAGS))
+        split = held.get(sid)
+        if tagged and EXCLUDED_TAG in sample_tags:
+            off.append((sid, f"tagged {EXCLUDED_TAG!r}, still in {split or tagged[0]}"))
+        elif tagged != ([split] if split in SPLIT_TAGS else []):
+            where = f"in {split}" if split in SPLIT_TAGS else f"split {split or 'not yet'}"
+            off.append((sid, f"tagged {', '.join(tagged) or 'with no split'}, {where}"))
+    if not off:
+        return
+    found, (paths,) = values_by_id(samples, [sid for sid, _ in off[:3]], ["filepath"])
+    path = dict(zip(found, paths, strict=True))
+    shown = "; ".join(f"{path.get(sid)!r} {why}" for sid, why in off[:3])
+    raise ValueError(
+        f"the split tags of {len(off)} samples disagree with the BubbleFence split (e.g. "
+        f"{shown}). Run the split again: it writes BubbleFence's tags back and takes the "
+        f"samples tagged {EXCLUDED_TAG!r} out of the split (a split value changed by hand "
+        "stays, and is said: set it back, or reset to split anew). To export tags of your "
+        "own, name them with tags=[...] (--tags)"
+    )
+
+
+def _one_class_list(
+    samples: foc.SampleCollection, type_name: str, label_field: str | None, kwargs: dict
+) -> dict[str, Any]:
+    """``kwargs`` with ``classes`` for a format whose splits share one class list
+    (YOLOv5's ``dataset.yaml``): the dataset's own (``classes``, ``default_classes``),
+    else every label of the exported samples, sorted. FiftyOne lists each split's
+    classes as they appear and refuses a second split whose list differs."""
+    if type_name not in _SPLIT_ARG_TYPES or "classes" in kwargs or not label_field:
+        return kwargs
+    dataset = root_dataset(samples)
+    classes = dataset.classes.get(label_field) or dataset.default_classes
+    if not classes:
+        path, _ = label_source(dataset, label_field, "label_field")
+        classes = sorted(samples.distinct(path))
+    return {**kwargs, "classes": list(classes)}
 
 
 def _refuse_nothing_to_export(
