@@ -397,6 +397,30 @@ def test_excluding_by_tag_alone_takes_effect_at_the_next_split(field_dataset):
     assert sorted(bfo.state_info(ds)["excluded_ids"]) == sorted(ids)
 
 
+def test_include_again_of_samples_tagged_by_hand_keeps_their_split(field_dataset):
+    # Found by a stress test: Include again cleared their split fields and tags while the
+    # state still held them, so an export left them out until the next split.
+    ds = field_dataset
+    bfo.split(ds, embeddings_field="emb")
+    before = splits_of(ds)
+    left = ds.match(F("split") == "train").limit(3).values("id")
+    bfo.exclude(ds.select(left))
+    by_hand = ds.match(F("split") == "validation").limit(2).values("id")
+    ds.select(by_hand).tag_samples(bfo.EXCLUDED_TAG)
+    result = bfo.include_again(ds.select(by_hand + left))
+    assert result["message"] == (
+        "Included 5 samples again; 2 had not left the split yet (tagged by hand, no split "
+        "since) and keep it; the next split assigns the other 3"
+    )
+    after = splits_of(ds)
+    assert [after[i] for i in by_hand] == ["validation", "validation"]
+    assert all("validation" in ds[i].tags for i in by_hand)
+    assert all(after[i] is None for i in left)
+    summary = bfo.split(ds)
+    assert summary["n_new"] == 3 and summary["n_repaired"] == 0
+    assert all(splits_of(ds)[i] == s for i, s in before.items() if i not in left)
+
+
 def test_panel_colours_by_typicality_and_region(field_dataset):
     ds = field_dataset
     bfo.split(ds, embeddings_field="emb")

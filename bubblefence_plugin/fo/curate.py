@@ -37,6 +37,7 @@ from ..core.curation import (
     typicality,
 )
 from ..core.progress import Progress, ProgressCallback, Steps, drive
+from ..text import counted
 from .embeddings import check_vector_field, read_embeddings
 from .fields import (
     EMBEDDING_FIELD,
@@ -52,7 +53,7 @@ from .fields import (
     values_by_id,
 )
 from .runs import RunLock, RunType, from_npy_text, to_npy_text
-from .state import STATE_RUN, forget_excluded, state_info
+from .state import STATE_RUN, forget_excluded, load_state, state_info
 
 TYPICALITY_FIELD = "bubblefence_typicality"
 REGION_FIELD = "bubblefence_region"
@@ -582,8 +583,13 @@ def include_again(samples: foc.SampleCollection) -> dict[str, Any]:
     ids = samples.match_tags(EXCLUDED_TAG).values("id")
     with RunLock(dataset, "include"):
         # An exclusion stopped after its commit left its samples' split fields: cleared
-        # first, or those samples, new again, would carry a split no state holds.
-        clear_excluded_fields(dataset)
+        # first, or those samples, new again, would carry a split no state holds. Not
+        # those the state still holds (tagged by hand, never out): they keep their split.
+        loaded = load_state(dataset, embeddings=False)
+        held = set(loaded[0].assignments()["id"].astype(str)) if loaded else set()
+        left = [sid for sid in ids if sid not in held]
+        for chunk in id_chunks(left):
+            clear_excluded_fields(dataset.select(chunk))
         for chunk in id_chunks(ids):
             view = dataset.select(chunk)
             view.untag_samples(EXCLUDED_TAG)
@@ -593,8 +599,21 @@ def include_again(samples: foc.SampleCollection) -> dict[str, Any]:
     return {
         "n_included": len(ids),
         "n_excluded_total": int(dataset.count_sample_tags().get(EXCLUDED_TAG, 0)),
-        "message": f"Included {len(ids)} samples again; the next split assigns them",
+        "message": _included_message(len(ids), len(ids) - len(left)),
     }
+
+
+def _included_message(n_included: int, n_kept: int) -> str:
+    """What Include again did: samples tagged by hand that never left the split keep it."""
+    if not n_kept:
+        return f"Included {counted(n_included, 'sample')} again; the next split assigns them"
+    message = (
+        f"Included {counted(n_included, 'sample')} again; {n_kept} had not left the split "
+        "yet (tagged by hand, no split since) and keep it"
+    )
+    if n_included > n_kept:
+        message += f"; the next split assigns the other {n_included - n_kept}"
+    return message
 
 
 def _apply_exclusions(dataset: fo.Dataset) -> list[str]:
