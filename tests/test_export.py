@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,13 @@ def test_export_round_trip_and_manifest(media_dataset, tmp_path, fo_datasets):
 
     with pytest.raises(ValueError, match="not empty"):
         bfo.export(ds, out)
+    # The datasets read back keep their media in it: an overwrite would delete them
+    # (found by a stress test: it did).
+    with pytest.raises(ValueError, match="contains the media of dataset"):
+        bfo.export(ds, out, overwrite=True)
+    assert (out / "manifest.csv").exists()
+    for back in fo_datasets[1:]:
+        back.delete()
     # Images-only export of a chosen tag, overwriting.
     ds.limit(7).tag_samples("picked")
     result = bfo.export(ds, out, "ImageDirectory", tags=["picked"], overwrite=True)
@@ -372,3 +380,57 @@ def test_a_tag_export_lists_only_the_duplicates_of_samples_it_exported(field_dat
         rows = list(csv.DictReader(fh))
     assert [r["duplicate_of"] for r in rows if r["split"] == "duplicate"] == [first.id]
     assert second.id not in {r["duplicate_of"] for r in rows}
+
+
+def test_an_overwrite_that_fails_keeps_the_export_it_was_replacing(media_dataset, tmp_path):
+    # Found by a stress test: the old export was deleted first, then the new one failed.
+    export_module = importlib.import_module("bubblefence_plugin.fo.export")
+    ds = media_dataset
+    out = tmp_path / "out"
+    bfo.export(ds, out, "ImageDirectory")
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setattr(export_module, "_export_each", _failing_export)
+        with pytest.raises(ValueError, match="nothing was kept"):
+            bfo.export(ds, out, overwrite=True)
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["media", "out"]
+    bfo.export(ds, out, overwrite=True, export_media=False)  # replaced, nothing left beside
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["media", "out"]
+    assert not (out / export_module.UNFINISHED_MARK).exists()
+
+
+def test_an_export_that_was_stopped_is_named_by_the_next(media_dataset, tmp_path):
+    export_module = importlib.import_module("bubblefence_plugin.fo.export")
+    ds = media_dataset
+    out = tmp_path / "out"
+    for overwrite in (False, True):
+        with pytest.MonkeyPatch.context() as patched:
+            patched.setattr(export_module, "_write_manifest", _stopped)
+            with pytest.raises(KeyboardInterrupt):
+                bfo.export(ds, out, "ImageDirectory", overwrite=overwrite)
+        assert (out / export_module.UNFINISHED_MARK).exists() and (out / "train").exists()
+        with pytest.raises(ValueError, match="holds an export that did not finish") as info:
+            bfo.export(ds, out, "ImageDirectory")
+        # An overwrite that was stopped left the contents it was replacing beside it.
+        assert ("the contents it was replacing" in str(info.value)) == overwrite
+    bfo.export(ds, out, "ImageDirectory", overwrite=True)
+    assert not (out / export_module.UNFINISHED_MARK).exists()
+
+
+@pytest.mark.parametrize("dataset_type", ["ImageDirectory", "ImageClassificationDirectoryTree"])
+def test_a_format_of_media_files_without_media_is_refused_by_name(
+    media_dataset, tmp_path, dataset_type
+):
+    # FiftyOne's own words named no option: "Unsupported media export mode `False`".
+    with pytest.raises(ValueError, match=rf"{dataset_type} is made of the media files .*no-media"):
+        bfo.export(media_dataset, tmp_path / "out", dataset_type, export_media=False)
+    assert not (tmp_path / "out").exists()
+
+
+def _failing_export(*args, **kwargs):
+    raise RuntimeError("the exporter failed")
+
+
+def _stopped(*args, **kwargs):
+    raise KeyboardInterrupt("killed")

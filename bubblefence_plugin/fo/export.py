@@ -52,6 +52,24 @@ EXPORT_TYPES: dict[str, str] = {
 }
 # Exporters that write all splits into one directory, selected with `split=`.
 _SPLIT_ARG_TYPES = ("YOLOv5Dataset",)
+# Formats whose exporters write the media files themselves (`supported_modes` without
+# False in `fiftyone.utils.data.exporters`, FiftyOne 1.22).
+_MEDIA_IS_THE_EXPORT = (
+    "ImageDirectory",
+    "VideoDirectory",
+    "MediaDirectory",
+    "ImageClassificationDirectoryTree",
+    "VideoClassificationDirectoryTree",
+    "FiftyOneImageLabelsDataset",
+    "FiftyOneVideoLabelsDataset",
+)
+# Lies in an export folder until its manifest is written: a folder an export left when
+# it was stopped says so, and the next export into it names it.
+UNFINISHED_MARK = ".bubblefence-export-unfinished"
+UNFINISHED_TEXT = (
+    "A BubbleFence export into this folder has not finished (or was stopped): its "
+    "contents are incomplete. manifest.csv is written last.\n"
+)
 # Arguments `SampleCollection.export` takes itself rather than passing to the exporter.
 _VIEW_EXPORT_ARGS = ("frame_labels_field", "progress")
 
@@ -150,6 +168,7 @@ def export(
     export_dir = Path(export_dir).expanduser().resolve()
     type_name, type_cls = _dataset_type(dataset_type)
     _check_export_kwargs(kwargs)
+    _refuse_no_media_where_media_is_the_export(type_name, export_media)
     label_field = _label_field_for(samples, type_name, type_cls, label_field)
     names = _export_names(tags if tags else splits or SPLIT_TAGS)
     folders = export_folders(names)
@@ -169,7 +188,9 @@ def export(
         _refuse_tags_off_the_state(samples, table)
     kwargs = _one_class_list(samples, type_name, label_field, kwargs)
     created = not export_dir.exists()
-    _prepare_export_dir(samples, export_dir, overwrite)
+    replaced = _prepare_export_dir(samples, export_dir, overwrite)
+    unfinished = export_dir / UNFINISHED_MARK
+    unfinished.write_text(UNFINISHED_TEXT, encoding="utf-8")
     try:
         exported, exported_as, exported_files = _export_each(
             samples,
@@ -190,8 +211,11 @@ def export(
                 f"the BubbleFence split of dataset {dataset.name!r} changed during the export"
             )
     except Exception as e:
-        # Half an export is worse than none: remove what this call wrote.
-        shutil.rmtree(export_dir) if created else _empty(export_dir)
+        # Half an export is worse than none: remove what this call wrote, and put back
+        # the folder's contents an overwrite moved aside.
+        shutil.rmtree(export_dir) if created or replaced else _empty(export_dir)
+        if replaced:
+            replaced.rename(export_dir)
         if isinstance(e, BubbleFenceBusyError):
             raise BubbleFenceBusyError(f"{e}; nothing was kept: export again") from e
         raise ValueError(f"exporting as {type_name} failed, nothing was kept: {e}") from e
@@ -208,6 +232,9 @@ def export(
         original = dict(zip(table["id"], table["duplicate_of"], strict=True))
         duplicates = [sid for sid in duplicates if original[sid] in exported_as]
     _write_manifest(dataset, exported_as, exported_files, duplicates, table, manifest)
+    unfinished.unlink()
+    if replaced:
+        shutil.rmtree(replaced)
     return {
         "export_dir": str(export_dir),
         "dataset_type": type_name,
@@ -499,6 +526,18 @@ def _dataset_type(dataset_type: str | type) -> tuple[str, type]:
     return name, cls
 
 
+def _refuse_no_media_where_media_is_the_export(type_name: str, export_media: bool | str) -> None:
+    """Refuses ``export_media`` False or "manifest" for a format made of the media files
+    themselves (FiftyOne's exporters of these take only True, "move" and "symlink", and
+    said so in words that name no option)."""
+    if export_media in (False, "manifest") and type_name in _MEDIA_IS_THE_EXPORT:
+        raise ValueError(
+            f"{type_name} is made of the media files themselves, so it cannot be exported "
+            f"without them (export_media={export_media!r}, --no-media): export the media, "
+            "or choose a format with labels files, e.g. FiftyOneDataset"
+        )
+
+
 def _export_names(names: Any) -> list[str]:
     if isinstance(names, str):
         names = [names]  # one tag, not its letters
@@ -526,32 +565,69 @@ def _check_export_kwargs(kwargs: dict[str, Any]) -> None:
             )
 
 
-def _prepare_export_dir(samples: foc.SampleCollection, export_dir: Path, overwrite: bool) -> None:
+def _prepare_export_dir(
+    samples: foc.SampleCollection, export_dir: Path, overwrite: bool
+) -> Path | None:
+    """Checks ``export_dir`` and leaves it empty; returns where an overwrite moved its
+    contents (a sibling folder, deleted once the export succeeds, moved back if it
+    fails), else None."""
     if export_dir.exists() and not export_dir.is_dir():
         raise ValueError(f"export_dir {str(export_dir)!r} exists and is not a directory")
+    replaced = None
     if export_dir.exists() and any(export_dir.iterdir()):
         if not overwrite:
+            stopped = "is not empty"
+            if (export_dir / UNFINISHED_MARK).exists():
+                stopped = "holds an export that did not finish (it was stopped)"
+                kept = sorted(export_dir.parent.glob(f".{export_dir.name}.replaced-*"))
+                if kept:
+                    stopped += f", and {str(kept[-1])!r} the contents it was replacing"
             raise ValueError(
-                f"export_dir {str(export_dir)!r} is not empty; choose an empty folder or "
+                f"export_dir {str(export_dir)!r} {stopped}; choose an empty folder or "
                 "pass overwrite=True (--overwrite) to replace its contents"
             )
         if export_dir == Path(export_dir.anchor) or export_dir == Path.home():
             raise ValueError(f"refusing to empty {str(export_dir)!r}")
-        # Never delete the dataset's own media by exporting onto it.
-        prefix = str(export_dir) + os.sep
-        if any(str(p).startswith(prefix) for p in root_dataset(samples).values("filepath")):
+        # Never delete a dataset's media by exporting onto it: this one's, or another's
+        # (a dataset imported from an earlier export keeps its media there).
+        holders = _datasets_with_media_in(export_dir)
+        if holders:
             raise ValueError(
-                f"export_dir {str(export_dir)!r} contains this dataset's media; overwriting "
-                "it would delete them. Choose another folder"
+                f"export_dir {str(export_dir)!r} contains the media of dataset(s) "
+                f"{', '.join(map(repr, holders))}; overwriting it would delete them. "
+                "Choose another folder"
             )
-        shutil.rmtree(export_dir)
+        replaced = export_dir.with_name(f".{export_dir.name}.replaced-{uuid.uuid4().hex[:8]}")
+        try:
+            export_dir.rename(replaced)
+        except OSError:  # a mount point does not move: emptied in place, as it must be
+            replaced = None
+            _empty(export_dir)
     try:
         export_dir.mkdir(parents=True, exist_ok=True)
         probe = export_dir / f".bubblefence-write-test-{uuid.uuid4().hex}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
+        if replaced:
+            shutil.rmtree(export_dir, ignore_errors=True)
+            replaced.rename(export_dir)
         raise ValueError(f"export_dir {str(export_dir)!r} is not writable: {e}") from e
+    return replaced
+
+
+def _datasets_with_media_in(folder: Path) -> list[str]:
+    """The datasets (of this database) with a sample whose media lies inside ``folder``."""
+    prefix = str(folder) + os.sep
+    holders = []
+    for name in fo.list_datasets():
+        try:
+            dataset = fo.load_dataset(name)
+        except Exception:  # one that does not load (another version's) holds nothing here
+            continue
+        if dataset.match(F("filepath").starts_with(prefix)).limit(1).count():
+            holders.append(name)
+    return holders
 
 
 def _write_manifest(
