@@ -69,6 +69,18 @@ def test_eval_train_leakage_known_shares_and_distribution(hand_built):
     assert leakage(x, split) == pytest.approx({0.99: 0.25, 0.95: 0.5, 0.90: 0.75})
 
 
+def test_exact_copies_leak_at_one_and_no_similarity_exceeds_one():
+    # Found by a stress test: float32 products put copies at 1.0000002 or 0.9999999, so
+    # leak@1.0 counted 1 of 2 copies and the report's maximum was above 1.
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(60, 512)).astype(np.float32)
+    x[50:] = x[:10]  # eval rows 50..59 copy train rows 0..9
+    split = np.array(["train"] * 40 + ["validation"] * 20)
+    result = eval_train_leakage(x, split, thresholds=(1.0,))
+    assert result.count == [10] and result.similarity["max"] == 1.0
+    assert leakage(x, split, thresholds=(1.0,)) == {1.0: 0.5}
+
+
 def test_validation_test_leakage_pools_both_directions():
     # validation: v1, v2; test: t1 at cosine 0.97 from v1; v2 orthogonal to t1.
     v1, v2 = E[0], E[2]

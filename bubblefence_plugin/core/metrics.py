@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 
 from .labels import encode_label_sets, label_shares
-from .neighbors import as_unit_rows, nearest
+from .neighbors import RANK_DECIMALS, as_unit_rows, exact_similarity, nearest
 from .progress import Progress, Steps, drive, within
 
 TRAIN, VALIDATION, TEST = "train", "validation", "test"
@@ -309,6 +309,16 @@ def best_similarity(x: np.ndarray, query_rows: np.ndarray, base_rows: np.ndarray
     return drive(steps)[0]
 
 
+def _decided_similarity(x: np.ndarray, rows: np.ndarray, partners: np.ndarray) -> np.ndarray:
+    """The cosine of each (row, partner) pair in float64 (`exact_similarity`) over float64
+    norms, rounded to `RANK_DECIMALS`, as the thresholds compare it: the float32 products
+    that found the partners are off by ~1e-7, so a sample and its exact copy came out
+    1.0000002 or 0.9999999 and leak@1.0 missed some copies."""
+    sims = exact_similarity(x[rows], x[partners])
+    norms = np.sqrt(exact_similarity(x[rows], x[rows]) * exact_similarity(x[partners], x[partners]))
+    return np.clip(np.round(sims / norms, RANK_DECIMALS), -1.0, 1.0)
+
+
 def _iter_leakage(
     x: np.ndarray,
     direction: str,
@@ -343,11 +353,10 @@ def _iter_leakage(
         measured.append(rows)
         parts.append(similarity)
         partners.append(base_rows)
-    best = np.concatenate(parts).astype(np.float64)
+    measured_rows, partner_rows = np.concatenate(measured), np.concatenate(partners)
+    best = _decided_similarity(x, measured_rows, partner_rows)
     order = np.argsort(-best, kind="stable")
-    nearest_pairs = NearestPairs(
-        np.concatenate(measured)[order], np.concatenate(partners)[order], best[order]
-    )
+    nearest_pairs = NearestPairs(measured_rows[order], partner_rows[order], best[order])
     n = len(best)
     fractions = [float(np.mean(best >= t)) for t in thresholds]
     # Finite-population correction: a sample that is most of the population is nearly exact.
