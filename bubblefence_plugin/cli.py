@@ -648,7 +648,14 @@ def cmd_report(args: argparse.Namespace) -> int:
         # The headline's measure: eval samples with a train sample at the leak view's cosine.
         m, threshold = result["metrics"], result["leaks"]["threshold"]
         found = m["split"]["eval_train"]
-        share = found["fraction"][m["thresholds"].index(threshold)] if found else 0.0
+        if not found:  # no train or no eval sample: a gate must not pass on nothing
+            print(
+                f"leakage@{threshold:g} could not be measured (no train or no eval sample): "
+                "--fail-above fails",
+                file=sys.stderr,
+            )
+            return 1
+        share = found["fraction"][m["thresholds"].index(threshold)]
         if share > args.fail_above:
             print(
                 f"leakage@{threshold:g} {share:.4f} is above --fail-above {args.fail_above:g}",

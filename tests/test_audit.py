@@ -155,6 +155,16 @@ def test_any_split_source_tags_and_a_field_with_aliases(field_dataset):
     assert counts["validation"] == int((names == "val").sum())
     assert counts["test"] == int((names == "Test").sum())
     assert r["other_values"] == [["holdout", int((names == "holdout").sum())]]
+    # Said, not only listed (found by a stress test: the headline folded them into
+    # "duplicates or not split"); an empty value is no such value.
+    n_holdout = int((names == "holdout").sum())
+    assert f"Values not read as a split (left out): 'holdout' ({n_holdout})" in (
+        bfo.split_warnings(r)
+    )
+    ds.limit(5).set_values("my_split", [None] * 5)
+    assert [v for v, _ in bfo.report(ds, "my_split", "emb", store=False)["other_values"]] == [
+        "holdout"
+    ]
 
     ds.select(ds.values("id")[:100]).tag_samples("train")
     ds.select(ds.values("id")[100:150]).tag_samples("validation")

@@ -468,6 +468,13 @@ def test_report_prints_the_audit_and_gates_on_leakage(dataset_name, tmp_path, ca
     captured = capsys.readouterr()
     assert "of 'theirs'" in captured.out and "is above --fail-above 0.01" in captured.err
     assert "Labels (" not in captured.out  # not our split: no field is assumed
+    # Nothing measured (no train sample: "trn" is no split name) fails the gate and says
+    # why; it passed before (found by a stress test).
+    ds.set_values("theirs", ["trn" if r == "train" else r for r in roles.tolist()])
+    assert cli.main(["report", *args, "--split-source", "theirs", "--fail-above", "0.01"]) == 1
+    err = capsys.readouterr().err
+    assert "could not be measured (no train or no eval sample)" in err
+    assert "No train sample in the split" in err and "'trn'" in err
     assert cli.main(["report", *args, "--split-source", "nope"]) == 2
     assert "--split-source" in capsys.readouterr().err
     assert cli.main(["report", *args, "--fail-above", "2"]) == 2

@@ -445,7 +445,12 @@ def _read_rows(samples: foc.SampleCollection, plan: _Plan) -> _Rows:
     else:
         roles = np.asarray([role_of(v) for v in values[source]], dtype=object)
         n_conflicts = 0
-        other = Counter(str(v) for v, r in zip(values[source], roles, strict=True) if not r)
+        # Values no split name reads as (an empty value, ours "duplicate" aside): said.
+        other = Counter(
+            str(v)
+            for v, r in zip(values[source], roles, strict=True)
+            if not r and v not in (None, "", "duplicate")
+        )
     checked = embeddings_from_array(values[plan.embeddings_field])
     rows = np.flatnonzero(checked.ok)
     n_without = int(np.sum((roles != "") & ~checked.ok))
@@ -900,6 +905,12 @@ def split_warnings(result: dict[str, Any]) -> list[str]:
         for role in (metrics.VALIDATION, metrics.TEST)
         if counts[role] == 0 and counts[metrics.TRAIN] > 0
     ]
+    if counts[metrics.TRAIN] == 0:
+        warnings.append("No train sample in the split: leakage into train cannot be measured")
+    other = result.get("other_values") or []
+    if other:
+        shown = ", ".join(f"{value!r} ({n})" for value, n in other)
+        warnings.append(f"Values not read as a split (left out): {shown}")
     coverage = ours["coverage"]
     if coverage is not None:
         classes = f"Classes with >= {coverage['min_count']} samples but no"
