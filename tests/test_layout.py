@@ -277,3 +277,22 @@ def test_build_map_needs_a_split(field_dataset, viz):
         viz.build_map(field_dataset)
     with pytest.raises(ValueError, match="layout method"):
         viz.build_map(field_dataset, "isomap")
+
+
+@pytest.mark.fiftyone
+def test_a_map_with_every_sample_excluded_is_kept_for_their_return(field_dataset, viz):
+    # Found by a stress test: "Update the map" deleted the map's runs, the panel blamed
+    # something else, and the samples included again were placed by a refit.
+    import bubblefence_plugin.fo as bfo
+
+    ds = field_dataset
+    bfo.split(ds, embeddings_field="emb")
+    before = dict(zip(*viz.load_points(ds), strict=True))
+    bfo.exclude(ds)
+    assert viz.build_map(ds)["n_points"] == 0
+    assert viz.has_map(ds)
+    bfo.include_again(ds)
+    bfo.split(ds)
+    after = dict(zip(*viz.load_points(ds), strict=True))
+    assert after.keys() == before.keys()
+    assert all(np.array_equal(after[i], before[i]) for i in before)

@@ -250,8 +250,9 @@ def update_map(dataset: fo.Dataset, bf: Any, refit_method: str | None = None) ->
     if dataset.has_run(LAYOUT_KEY):
         LAYOUT_RUN.params(dataset)  # never overwrite a run of this name that is not ours
     frame = bf.assignments()
-    if not len(frame):  # every sample was deleted: nothing to draw
-        delete_map(dataset)
+    if not len(frame):
+        # Every sample excluded or deleted: nothing to draw, and the stored points kept,
+        # so samples included again take their places (deleting them meant a refit).
         return {"method": None, "refitted": False, "n_points": 0, "n_new_points": 0}
     ids = frame["id"].astype(str).to_numpy()
     embeddings = state_embeddings(bf)
@@ -410,7 +411,7 @@ def build_map(samples: foc.SampleCollection, method: str | None = None) -> dict[
         loaded = load_state(dataset)
         if loaded is None:
             raise ValueError(
-                f"dataset {dataset.name!r} has no BubbleFence split yet; run bubblefence_split "
+                f"dataset {dataset.name!r} has no BubbleFence split yet; run BubbleFence split "
                 "first"
             )
         result = update_map(dataset, loaded[0], refit_method=method)
