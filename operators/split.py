@@ -303,21 +303,27 @@ def _knob_input(
         prop = add(name, **bounds, **kwargs)
     else:
         prop = inputs.str(name, **kwargs)
-    value = ctx.params.get(name)
+    problem = _knob_problem(name, knob, ctx.params.get(name), stored)
+    if problem:
+        prop.invalid = True
+        prop.error_message = problem
+
+
+def _knob_problem(
+    name: str, knob: Knob, value: Any, stored: BubbleFenceConfig | None
+) -> str | None:
+    """Why a knob's value in the form cannot run, else None: out of its range (an open
+    bound, an eval share of 0, passes the form's closed min/max: said with the library's
+    own message before the user presses Execute), or a frozen knob changed."""
+    if value is None:
+        return None
     try:
         check_knob(name, value)
     except ValueError as error:
-        # An open bound (an eval share of 0) passes the form's closed min/max: flagged here,
-        # with the library's own message, before the user presses Execute.
-        if value is not None:
-            prop.invalid = True
-            prop.error_message = str(error)
-    if knob.frozen and stored is not None:
-        if value is not None and value != getattr(stored, name):
-            prop.invalid = True
-            prop.error_message = (
-                f"Fixed at {getattr(stored, name)!r} by earlier rounds; reset to change it"
-            )
+        return str(error)
+    if knob.frozen and stored is not None and value != getattr(stored, name):
+        return f"Fixed at {getattr(stored, name)!r} by earlier rounds; reset to change it"
+    return None
 
 
 def _label_group_inputs(
@@ -355,8 +361,11 @@ def _advanced_inputs(
         description="Anchor placement, radii, tolerance, per-label quota, device",
         view=types.SwitchView(),
     )
-    if not ctx.params.get("show_advanced", False):
+    advanced = {name: knob for name, knob in KNOBS.items() if knob.advanced}
+    # Shown when one given is wrong (from Python, or before the switch was turned off):
+    # it is flagged in the form rather than queued and failed on the worker.
+    wrong = any(_knob_problem(n, k, ctx.params.get(n), stored) for n, k in advanced.items())
+    if not (ctx.params.get("show_advanced", False) or wrong):
         return
-    for name, knob in KNOBS.items():
-        if knob.advanced:
-            _knob_input(ctx, inputs, name, knob, stored)
+    for name, knob in advanced.items():
+        _knob_input(ctx, inputs, name, knob, stored)

@@ -241,6 +241,7 @@ def test_export_operator_round_trip(image_dataset, tiny_clip_dir, tmp_path, fo_d
         fo_datasets.append(back)
         assert sorted(back.values("id")) == sorted(ds.match_tags(name).values("id"))
         assert set(back.distinct("split")) == {name}
+        back.delete()  # its media lie in `out`: an overwrite would be refused
         total += n
     assert total == 60
     with pytest.raises(ExecutionError, match="(?i)not empty"):
@@ -361,6 +362,14 @@ def test_split_form_flags_a_knob_out_of_its_range_with_the_library_message(field
     assert props["eval_ratio"]["error_message"] == "eval_ratio=0 must be a number in (0, 1)"
     assert not props["validation_ratio"].get("invalid")
     assert not form(field_dataset, SPLIT, {"eval_ratio": 0.3})["eval_ratio"].get("invalid")
+    # An advanced knob out of range with the section folded (from Python): shown and
+    # flagged, and a delegated run refused before it is queued (it failed on the worker).
+    props = form(field_dataset, SPLIT, {"lid_k": 0})
+    assert props["lid_k"]["invalid"] and "lid_k=0" in props["lid_k"]["error_message"]
+    assert "lid_k" not in form(field_dataset, SPLIT, {})
+    with pytest.raises(ExecutionError, match="lid_k"):
+        foo.get_operator(SPLIT)(field_dataset, embeddings_field="emb", lid_k=0, delegate=True)
+    assert DelegatedOperationService().list_operations(dataset_name=field_dataset.name) == []
 
 
 def test_split_form_defaults_to_the_model_of_kept_embeddings(field_dataset):
