@@ -12,6 +12,7 @@ from fiftyone.operators.executor import ExecutionContext, ExecutionResult
 import bubblefence_plugin.fo as bfo
 from bubblefence_plugin.core.config import BubbleFenceConfig
 from bubblefence_plugin.core.progress import Progress, Steps
+from bubblefence_plugin.fo.fields import root_dataset
 from bubblefence_plugin.text import SummaryText, error_lines, queued_shards_text
 
 from .base import BubbleFenceOperator, Outcome
@@ -57,8 +58,8 @@ class BubbleFenceEmbed(BubbleFenceOperator):
 
         Args:
             sample_collection: the dataset or view whose samples are embedded
-            model_name (None): Hugging Face name or local model folder (default: CLIP
-                ViT-B/32)
+            model_name (None): Hugging Face name or local model folder (default: the
+                model the field's vectors come from, else CLIP ViT-B/32)
             embeddings_field ("bubblefence_embedding"): the vector field written
             num_shards (1): how many disjoint shards the samples are cut into
             shard_index (0): the shard to embed (0-based), when not queueing
@@ -70,7 +71,8 @@ class BubbleFenceEmbed(BubbleFenceOperator):
         """
         params = {
             "mode": "queue" if queue else "run",
-            "model_name": model_name or BubbleFenceConfig().model_name,
+            "model_name": model_name
+            or _default_model(root_dataset(sample_collection), embeddings_field),
             "embeddings_field": embeddings_field,
             "num_shards": num_shards,
             "shard_index": None if queue else shard_index,
@@ -93,7 +95,7 @@ class BubbleFenceEmbed(BubbleFenceOperator):
         defaults = BubbleFenceConfig()
         inputs.str(
             "model_name",
-            default=defaults.model_name,
+            default=_default_model(ctx.dataset, ctx.params.get("embeddings_field")),
             required=True,
             label="Model",
             description="Hugging Face model name or local folder; every worker must "
@@ -145,6 +147,13 @@ def _queue(samples: fo.DatasetView, kwargs: dict[str, Any]) -> Outcome:
     ids = bfo.queue_shards(samples, n, **kwargs)
     labels = [bfo.shard_label(i, n) for i in range(n)]
     return Outcome(queued_shards_text(ids, labels), {"operation_ids": ids, "num_shards": n})
+
+
+def _default_model(dataset: fo.Dataset, embeddings_field: str | None) -> str:
+    """The model the field's vectors come from (its info), else the split's CLIP: the
+    form offered CLIP beside a field of EfficientNet vectors, which the run refused."""
+    field = embeddings_field or bfo.EMBEDDING_FIELD
+    return bfo.kept_model(dataset, field) or BubbleFenceConfig().model_name
 
 
 def _field_input(ctx: ExecutionContext, inputs: types.Object) -> str | None:

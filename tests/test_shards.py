@@ -20,6 +20,8 @@ bfs = pytest.importorskip("bubblefence_plugin.fo.shards")
 from fiftyone.operators.delegated import DelegatedOperationService  # noqa: E402
 from fiftyone.operators.executor import ExecutionError  # noqa: E402
 
+from bubblefence_plugin import BubbleFenceConfig  # noqa: E402
+
 EMBED = bfs.EMBED_OPERATOR
 SPLIT = "@bubblefence/bubblefence/bubblefence_split"
 FIELD = bfo.EMBEDDING_FIELD
@@ -225,7 +227,7 @@ def test_embed_operator_here_reports_progress(image_dataset, tiny_clip_dir):
         op(ds, model_name=tiny_clip_dir, num_shards=2, shard_index=2)
 
 
-def _split_form(ds, params):
+def _form(ds, params, uri=SPLIT):
     import asyncio
 
     from fiftyone.operators.executor import resolve_type
@@ -233,22 +235,33 @@ def _split_form(ds, params):
 
     request = {
         "dataset_name": ds.name,
-        "operator_uri": SPLIT,
+        "operator_uri": uri,
         "params": params,
         "view": [],
         "target": "inputs",
     }
-    result = asyncio.run(resolve_type(OperatorRegistry(), SPLIT, request))
+    result = asyncio.run(resolve_type(OperatorRegistry(), uri, request))
     return result.to_json()["type"]["properties"]
+
+
+def test_embed_defaults_to_the_model_the_field_holds(image_dataset, tiny_clip_dir):
+    # Found by a stress test: the form offered CLIP beside a field of another model's
+    # vectors, and the run then loaded CLIP only to refuse it.
+    ds = image_dataset
+    assert _form(ds, {}, EMBED)["model_name"]["default"] == BubbleFenceConfig().model_name
+    bfs.embed(ds, model=tiny_clip_dir, num_shards=2, shard_index=0)
+    assert _form(ds, {}, EMBED)["model_name"]["default"] == tiny_clip_dir
+    foo.get_operator(EMBED)(ds, num_shards=2, shard_index=1)  # no model named
+    assert ds.exists(FIELD).count() == len(ds)
 
 
 def test_split_offers_to_wait_or_split_what_is_embedded(image_dataset, tiny_clip_dir):
     ds = image_dataset
-    assert "while_embedding" not in _split_form(ds, {"model_name": tiny_clip_dir})
+    assert "while_embedding" not in _form(ds, {"model_name": tiny_clip_dir})
     bfs.embed(ds, model=tiny_clip_dir, num_shards=2, shard_index=0)
     embedded = set(ds.exists(FIELD).values("id"))
     bfs.queue_shards(ds, 2, model=tiny_clip_dir)
-    props = _split_form(ds, {"model_name": tiny_clip_dir})
+    props = _form(ds, {"model_name": tiny_clip_dir})
     assert "while_embedding" in props and "shards_notice" in props
     assert f"{len(ds) - len(embedded)} samples still lack" in str(props["shards_notice"])
 

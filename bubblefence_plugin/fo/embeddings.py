@@ -97,15 +97,16 @@ def check_vector_field(dataset: fo.Dataset, field: str) -> None:
         raise ValueError(f"embeddings field {field!r} is a {kind}, not a vector field")
 
 
-def kept_model(dataset: fo.Dataset) -> str | None:
-    """The model whose vectors the dataset's ``bubblefence_embedding`` field holds (a
-    reset that kept them), or None: a first round that names no model embeds with it,
-    so the kept vectors are used rather than refused as another model's.
+def kept_model(dataset: fo.Dataset, field_name: str = EMBEDDING_FIELD) -> str | None:
+    """The model whose vectors a field holds (recorded in its info by a round or an
+    embed, and kept by a reset), or None: a first round or an embed that names no model
+    embeds with it, so the kept vectors are used rather than refused as another model's.
 
     Args:
         dataset: the dataset
+        field_name: the vector field (default: ``bubblefence_embedding``)
     """
-    field = dataset.get_field(EMBEDDING_FIELD)
+    field = dataset.get_field(field_name)
     return (getattr(field, "info", None) or {}).get("model_name")
 
 

@@ -46,6 +46,7 @@ from .embeddings import (
     MAX_ERRORS_SHOWN,
     get_embedder,
     iter_embed_missing,
+    kept_model,
     prepare_embeddings_field,
 )
 from .fields import (
@@ -153,8 +154,8 @@ def embed(
 
     Args:
         samples: a dataset or view
-        model: a Hugging Face model name or a local model folder (default: the
-            split's CLIP)
+        model: a Hugging Face model name or a local model folder (default: the model
+            the field's vectors come from, recorded in its info; else the split's CLIP)
         embeddings_field: the vector field written (default: the split's own)
         num_shards: how many shards the samples are divided into (`shard_of`)
         shard_index: the shard this call embeds, 0 .. ``num_shards`` - 1
@@ -199,10 +200,15 @@ def iter_embed(
         samples: a dataset or view
         model: as for `embed`; so are the other arguments
     """
-    model, batch_size = _check_params(
-        model, embeddings_field, num_shards, shard_index, batch_size, chunk_size
-    )
     dataset = check_collection(samples)
+    model, batch_size = _check_params(
+        kept_model(dataset, embeddings_field) if model is None else model,
+        embeddings_field,
+        num_shards,
+        shard_index,
+        batch_size,
+        chunk_size,
+    )
     existing = dataset.get_field(embeddings_field)
     if existing is not None and not isinstance(existing, fo.VectorField):
         raise ValueError(
@@ -332,8 +338,15 @@ def queue_shards(
     """
     from fiftyone.operators.delegated import DelegatedOperationService
 
-    model, batch_size = _check_params(model, embeddings_field, num_shards, 0, batch_size, 1)
     dataset = check_collection(samples)
+    model, batch_size = _check_params(
+        kept_model(dataset, embeddings_field) if model is None else model,
+        embeddings_field,
+        num_shards,
+        0,
+        batch_size,
+        1,
+    )
     pending = pending_shards(dataset, embeddings_field)
     if pending:
         raise ValueError(
