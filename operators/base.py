@@ -138,6 +138,7 @@ class BubbleFenceOperator(foo.Operator):
         if self.target_action is not None:
             inputs.view_target(ctx, action_description=self.target_action)
         self.add_inputs(ctx, inputs)
+        _name_the_choices(inputs, ctx.params)
         return types.Property(inputs, view=types.View(label=self.label))
 
     def add_inputs(self, ctx: ExecutionContext, inputs: types.Object) -> None:
@@ -262,3 +263,18 @@ class BubbleFenceOperator(foo.Operator):
     @property
     def _param_noun(self) -> str:
         return f"{self.name.removeprefix('bubblefence_')} parameter"  # "split parameter"
+
+
+def _name_the_choices(inputs: types.Object, params: Mapping[str, Any]) -> None:
+    """Flags a value given for a dropdown that is none of its choices with the choices:
+    FiftyOne's own check says only "Invalid enum value" (a field name misspelt from
+    Python, a field deleted since the form was filled)."""
+    for name, prop in inputs.properties.items():
+        value = params.get(name)
+        if not isinstance(prop.type, types.Enum) or value is None or prop.invalid:
+            continue
+        choices = list(prop.type.values)
+        if value not in choices:
+            allowed = ", ".join(map(repr, choices)) if choices else "none on this dataset"
+            prop.invalid = True
+            prop.error_message = f"{name}={value!r} is not one of the choices: {allowed}"

@@ -372,6 +372,20 @@ def test_split_form_flags_a_knob_out_of_its_range_with_the_library_message(field
     assert DelegatedOperationService().list_operations(dataset_name=field_dataset.name) == []
 
 
+def test_a_value_that_is_none_of_a_dropdowns_choices_is_named_with_them(field_dataset):
+    # FiftyOne's own check said only "Invalid enum value" (found by a stress test).
+    ds = field_dataset
+    ds.set_values("kind", ["a"] * len(ds))
+    params = {"embeddings": "field", "embeddings_field": "emb", "label_field": "knd"}
+    with pytest.raises(ExecutionError, match=r"label_field='knd' is not one of the choices"):
+        foo.execute_operator(SPLIT, ctx={"dataset": ds, "params": params})
+    props = form(ds, SPLIT, {"embeddings": "field", "embeddings_field": "embs"})
+    assert props["embeddings_field"]["error_message"] == (
+        "embeddings_field='embs' is not one of the choices: 'emb'"
+    )
+    assert not ds.has_field("split")
+
+
 def test_split_form_defaults_to_the_model_of_kept_embeddings(field_dataset):
     # A reset that kept the embeddings: a first round embeds with their model.
     ds = field_dataset
