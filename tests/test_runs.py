@@ -13,6 +13,7 @@ pytestmark = pytest.mark.fiftyone
 
 fo = pytest.importorskip("fiftyone")
 bfo = pytest.importorskip("bubblefence_plugin.fo")
+foo = pytest.importorskip("fiftyone.operators")
 from bubblefence_plugin.fo import runs, state  # noqa: E402
 
 
@@ -117,10 +118,18 @@ def test_state_from_a_newer_version_is_refused(field_dataset):
     params = bfo.state_info(ds)
     assert params["state_version"] == state.STATE_RUN.version
     params["state_version"] = state.STATE_RUN.version + 1
+    params["config"] = {**params["config"], "future_knob": 1}  # a knob this code lacks
     state.STATE_RUN.update_params(ds, params)
     with pytest.raises(ValueError, match="newer BubbleFence"):
         bfo.split(ds, embeddings_field="emb")
     assert not bfo.is_locked(ds)
+    # The forms, which read the config with this code's knobs, give the same advice
+    # (they failed on "unknown BubbleFence parameter 'future_knob'"; a stress test).
+    with pytest.raises(ValueError, match="newer BubbleFence"):
+        bfo.state_info(ds)
+    split_form = foo.get_operator("@bubblefence/bubblefence/bubblefence_split")
+    with pytest.raises(ValueError, match="newer BubbleFence"):
+        split_form.resolve_input(foo.ExecutionContext(request_params={"dataset_name": ds.name}))
 
 
 def test_a_run_of_another_format_is_refused_not_overwritten(field_dataset):

@@ -61,9 +61,13 @@ def state_info(samples: foc.SampleCollection) -> dict[str, Any] | None:
 
     Returns:
         the parameters (``config``, ``embeddings_field``, ``label_field``,
-        ``group_field``, ``n_samples``, ``excluded_ids``...), or None without a state
+        ``group_field``, ``n_samples``, ``excluded_ids``...), or None without a state;
+        a state of a newer BubbleFence is refused with the advice to upgrade (the forms
+        read its config with this code's knobs)
     """
-    return STATE_RUN.info(reloaded(root_dataset(samples)))
+    dataset = reloaded(root_dataset(samples))
+    info = STATE_RUN.info(dataset)
+    return None if info is None else STATE_RUN.check(dataset, info)
 
 
 def remembered_field(asked: str | None, stored: str | None) -> str | None:
