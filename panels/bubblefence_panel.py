@@ -194,6 +194,11 @@ class BubbleFencePanel(foo.Panel):
         clicked = ctx.params.get("id")
         if not clicked:
             return
+        if not ctx.dataset.has_field(bfo.ANCHOR_FIELD):
+            # A map drawn before the split was reset (elsewhere): said, and drawn anew.
+            ctx.ops.notify("This dataset has no BubbleFence split any more", variant="warning")
+            self._hydrate(ctx)
+            return
         if ctx.params.get("trace") == bfo.BUBBLES_TRACE:
             anchor = int(clicked)
         else:

@@ -333,6 +333,14 @@ def test_clicking_a_bubble_or_a_point_shows_that_bubbles_samples(split_dataset):
     reply = event(ds, "on_click", trace=viz.POINTS_TRACE, id=train_id)
     assert shown_ids(reply) == [train_id]
 
+    # Clicked on a map drawn before a reset elsewhere: said, and the panel drawn anew
+    # (a raw "DatasetView has no field 'anchor_id'" before; found by a stress test).
+    bfo.reset(ds)
+    for trace, clicked in ((viz.POINTS_TRACE, train_id), (bfo.BUBBLES_TRACE, str(anchor))):
+        reply = event(ds, "on_click", state=dict(loaded.state), trace=trace, id=clicked)
+        assert "set_extended_selection" not in reply.ops
+        assert reply.ops["notify"][0]["message"] == "This dataset has no BubbleFence split any more"
+
 
 def test_lasso_selects_the_points_and_reset_clears_selection_and_view(split_dataset):
     ds = split_dataset
