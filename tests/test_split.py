@@ -590,3 +590,15 @@ def test_patches_views_and_other_media_are_refused(field_dataset, fo_datasets):
     video.add_sample(fo.Sample(filepath="/nonexistent/clip.mp4"))
     with pytest.raises(ValueError, match="media type 'video'"):
         bfo.split(video)
+
+
+def test_a_remembered_label_field_that_is_gone_is_named_as_remembered(field_dataset):
+    # Found by a stress test: "label_field='kind': ... no such field", an option the
+    # user never passed.
+    ds = field_dataset
+    ds.set_values("kind", ["a", "b"] * 100)
+    bfo.split(ds.limit(100), embeddings_field="emb", label_field="kind")
+    ds.delete_sample_field("kind")
+    with pytest.raises(ValueError, match="the label field 'kind' that earlier rounds were split"):
+        bfo.split(ds)
+    assert bfo.split(ds, label_field="")["n_new"] == 100

@@ -408,7 +408,16 @@ def _open_round(
     # new sample of a known group still follows its group; "" drops one explicitly.
     label_field = remembered_field(request.label_field, params.get("label_field"))
     group_field = remembered_field(request.group_field, params.get("group_field"))
-    for field, param in ((label_field, "label_field"), (group_field, "group_field")):
+    for field, param, asked in (
+        (label_field, "label_field", request.label_field),
+        (group_field, "group_field", request.group_field),
+    ):
+        if field and asked is None and dataset.get_field(field) is None:
+            raise ValueError(
+                f"the {param.replace('_', ' ')} {field!r} that earlier rounds were split by "
+                f"is gone from dataset {dataset.name!r}: name another ({param}=...), or "
+                f"{param}='' to go on without one"
+            )
         if field:
             label_source(dataset, field, param)
     if bf is None:  # declared once the embeddings are in hand: a failed first round adds none
