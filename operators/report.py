@@ -169,7 +169,7 @@ def _report_kwargs(params: dict[str, Any]) -> dict[str, Any]:
         "thresholds": params.get("thresholds") or metrics.DEFAULT_THRESHOLDS,
         "eval_ratio": params.get("eval_ratio"),
         "validation_ratio": params.get("validation_ratio"),
-        "min_label_count": int(params.get("min_label_count", metrics.MIN_LABEL_COUNT)),
+        "min_label_count": params.get("min_label_count"),
         "max_queries": None if max_queries == 0 else max_queries,
         "seed": int(params.get("seed", 0)),
         "brain": bool(params.get("brain", False)),

@@ -545,6 +545,21 @@ def test_our_split_is_audited_by_the_fields_it_was_split_by(field_dataset):
     assert "the split's group_field 'group' is gone: not measured" in r["warnings"]
 
 
+def test_our_split_is_audited_by_the_min_label_count_it_was_split_by(field_dataset):
+    # Found by a stress test: the split covered labels of >= 5 samples, its report
+    # expected only labels of >= 20 (none here) and found "0 of 0".
+    ds = field_dataset
+    ds.set_values("label", [f"c{i % 25}" for i in range(len(ds))])  # 8 samples each
+    bfo.split(ds, embeddings_field="emb", label_field="label", min_label_count=5)
+    coverage = bfo.report(ds, store=False)["metrics"]["split"]["coverage"]
+    assert (coverage["min_count"], coverage["n_eligible"]) == (5, 25)
+    other = bfo.report(ds, min_label_count=20, store=False)["metrics"]["split"]["coverage"]
+    assert other["n_eligible"] == 0
+    ds.set_values("theirs", ["train", "validation", "test", "train", "train"] * 40)
+    theirs = bfo.report(ds, "theirs", label_field="label", store=False)
+    assert theirs["metrics"]["split"]["coverage"]["min_count"] == 20
+
+
 def test_a_report_without_leaks_points_at_no_view_of_them(field_dataset, tmp_path):
     ds = field_dataset
     x = unit(np.random.default_rng(12).normal(size=(len(ds), 64)))  # no pair near 0.95

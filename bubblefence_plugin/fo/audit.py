@@ -151,7 +151,8 @@ class AuditOptions:
         eval_ratio: the target eval share (default: the BubbleFence config when
             auditing our ``split`` field)
         validation_ratio: the target validation share of eval (default: likewise)
-        min_label_count: labels with fewer samples are not expected in eval
+        min_label_count: labels with fewer samples are not expected in eval (default:
+            the BubbleFence config's when auditing our ``split`` field, else 20)
         max_queries: eval samples measured per direction (None: all, exact)
         seed: of the random baseline split and the sampled queries
         brain: also run FiftyOne Brain's ``compute_leaky_splits``
@@ -167,7 +168,7 @@ class AuditOptions:
     thresholds: Sequence[float] = metrics.DEFAULT_THRESHOLDS
     eval_ratio: float | None = None
     validation_ratio: float | None = None
-    min_label_count: int = metrics.MIN_LABEL_COUNT
+    min_label_count: int | None = None
     max_queries: int | None = metrics.DEFAULT_MAX_QUERIES
     seed: int = 0
     brain: bool = False
@@ -179,7 +180,7 @@ class AuditOptions:
             self.thresholds,
             self.eval_ratio,
             self.validation_ratio,
-            self.min_label_count,
+            metrics.MIN_LABEL_COUNT if self.min_label_count is None else self.min_label_count,
             self.max_queries,
             self.seed,
         )
@@ -350,6 +351,7 @@ class _Plan:
     is_bubblefence_split: bool  # our split field, with the state's targets
     eval_ratio: float | None
     validation_ratio: float | None
+    min_label_count: int
     warnings: list[str]
     label_field: str | None
     group_field: str | None
@@ -410,6 +412,11 @@ def _plan(samples: foc.SampleCollection, options: AuditOptions) -> _Plan:
         eval_ratio = state["config"].get("eval_ratio")
     if ours and validation_ratio is None:
         validation_ratio = state["config"].get("validation_ratio")
+    min_label_count = options.min_label_count
+    if min_label_count is None:
+        # The split's own: a label it was asked to cover is one the audit expects.
+        stored = state["config"].get("min_label_count") if ours else None
+        min_label_count = int(stored or metrics.MIN_LABEL_COUNT)
     if is_locked(dataset):
         warnings.append(
             "a BubbleFence run held this dataset during the audit: figures may mix rounds"
@@ -421,6 +428,7 @@ def _plan(samples: foc.SampleCollection, options: AuditOptions) -> _Plan:
         ours,
         eval_ratio,
         validation_ratio,
+        min_label_count,
         warnings,
         label_field,
         group_field,
@@ -496,7 +504,7 @@ def _iter_measure(plan: _Plan, rows: _Rows, options: AuditOptions) -> Steps[metr
         thresholds=options.thresholds,
         eval_ratio=plan.eval_ratio,
         validation_ratio=plan.validation_ratio,
-        min_label_count=options.min_label_count,
+        min_label_count=plan.min_label_count,
         max_queries=options.max_queries,
         seed=options.seed,
     )
