@@ -585,6 +585,9 @@ def test_patches_views_and_other_media_are_refused(field_dataset, fo_datasets):
     )
     with pytest.raises(ValueError, match="patches"):
         bfo.split(field_dataset.to_patches("det"), embeddings_field="emb")
+    # The report says so too, rather than that `split` is no field of it (a stress test).
+    with pytest.raises(ValueError, match="not a patches/frames/clips view"):
+        bfo.report(field_dataset.to_patches("det"), "split", "emb", store=False)
     video = fo.Dataset()
     fo_datasets.append(video)
     video.add_sample(fo.Sample(filepath="/nonexistent/clip.mp4"))

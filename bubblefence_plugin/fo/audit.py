@@ -90,6 +90,7 @@ from .fields import (
     ERROR_FIELD,
     SHELL_FIELD,
     SPLIT_FIELD,
+    check_samples,
     label_source,
     labels_from_values,
     root_dataset,
@@ -377,9 +378,7 @@ class _Rows:
 
 def _plan(samples: foc.SampleCollection, options: AuditOptions) -> _Plan:
     """Checks the fields the options name and fills in the defaults; reads no samples."""
-    if not isinstance(samples, foc.SampleCollection):
-        raise ValueError(f"expected a FiftyOne dataset or view, got {type(samples).__name__}")
-    dataset = reloaded(root_dataset(samples))
+    dataset = reloaded(check_samples(samples))
     source = _resolve_source(samples, options.split_source)
     embeddings_field = options.embeddings_field or _default_embeddings_field(dataset)
     if not embeddings_field:

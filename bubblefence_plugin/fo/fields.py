@@ -164,27 +164,40 @@ def check_collection(samples: foc.SampleCollection) -> fo.Dataset:
     Raises:
         ValueError: if ``samples`` is anything else
     """
-    if not isinstance(samples, foc.SampleCollection):
-        raise ValueError(f"expected a FiftyOne dataset or view, got {type(samples).__name__}")
-    if isinstance(samples, _GENERATED_VIEWS):
-        raise ValueError("BubbleFence splits samples; pass the dataset, not a patches/frames view")
-    dataset = root_dataset(samples)
+    dataset = check_samples(samples)
     if dataset.media_type == fom.GROUP:
         raise ValueError(
-            f"{dataset.name!r} is a grouped dataset; BubbleFence splits flat image datasets. "
-            "Flatten its image slices with dataset.select_group_slices(media_type='image')"
-            ".clone() and split that with group_field='group': the samples of one group "
-            "then never straddle train and eval"
+            f"{dataset.name!r} is a grouped dataset; BubbleFence works on flat image "
+            "datasets. Flatten its image slices with dataset.select_group_slices("
+            "media_type='image').clone() and use that (split it with group_field='group': "
+            "the samples of one group then never straddle train and eval)"
         )
     if dataset.media_type is not None:  # a new, empty dataset has no media type yet
         try:
             fov.validate_image_collection(dataset)
         except ValueError as e:
             raise ValueError(
-                f"BubbleFence splits image datasets; {dataset.name!r} has media type "
+                f"BubbleFence works on image datasets; {dataset.name!r} has media type "
                 f"{dataset.media_type!r}"
             ) from e
     return dataset
+
+
+def check_samples(samples: foc.SampleCollection) -> fo.Dataset:
+    """The dataset of ``samples``, after checking that they are samples: a dataset or a
+    view of one, not a patches/frames/clips view (whose rows are objects or frames).
+
+    Args:
+        samples: a dataset or view
+    """
+    if not isinstance(samples, foc.SampleCollection):
+        raise ValueError(f"expected a FiftyOne dataset or view, got {type(samples).__name__}")
+    if isinstance(samples, _GENERATED_VIEWS):
+        raise ValueError(
+            "BubbleFence works on samples; pass the dataset or a view of its samples, not "
+            "a patches/frames/clips view"
+        )
+    return root_dataset(samples)
 
 
 def declare_fields(dataset: fo.Dataset, fields: Mapping[str, type]) -> None:
