@@ -99,7 +99,7 @@ class BubbleFenceExport(BubbleFenceOperator):
         if not export_dir:
             raise ValueError("export_dir is required")
         yield Progress(0.0, f"Exporting to {export_dir}")
-        result = bfo.export(
+        result = yield from bfo.iter_export(
             ctx.target_view(),
             export_dir,
             ctx.params.get("dataset_type", DEFAULT_TYPE),

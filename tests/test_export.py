@@ -428,6 +428,23 @@ def test_a_format_of_media_files_without_media_is_refused_by_name(
     assert not (tmp_path / "out").exists()
 
 
+def test_export_reports_progress_per_split_and_ends_done(media_dataset, tmp_path):
+    # A delegated export ended at 0 % "Exporting to ..." (found by a stress test).
+    events = []
+    bfo.export(media_dataset, tmp_path / "out", export_media=False, progress=_record(events))
+    fractions = [f for f, _ in events]
+    assert fractions == sorted(fractions) and events[-1] == (1.0, "Done")
+    assert [label.split(":")[0] for _, label in events[:3]] == [
+        "Exporting train",
+        "Exporting validation",
+        "Exporting test",
+    ]
+
+
+def _record(events):
+    return lambda fraction, label: events.append((fraction, label))
+
+
 def _failing_export(*args, **kwargs):
     raise RuntimeError("the exporter failed")
 

@@ -248,6 +248,12 @@ def test_export_operator_round_trip(image_dataset, tiny_clip_dir, tmp_path, fo_d
         foo.get_operator(EXPORT)(ds, str(out))
     again = foo.get_operator(EXPORT)(ds, str(out), overwrite=True, names=["train"])
     assert list(again.result["result"]["counts"]) == ["train"]
+    # Delegated, its progress ends done (it stayed at 0 %; found by a stress test).
+    queued = foo.get_operator(EXPORT)(ds, str(tmp_path / "later"), delegate=True)
+    service = DelegatedOperationService()
+    service.execute_queued_operations(dataset_name=ds.name)
+    op = service.get(queued.result["id"])
+    assert op.run_state == "completed" and op.status.progress == 1.0
 
 
 # --------------------------------------------------------------------------- the base

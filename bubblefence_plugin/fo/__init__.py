@@ -67,7 +67,15 @@ from .curate import (
     write_excluded_paths,
 )
 from .embeddings import ModelUnavailableError, get_embedder, holds_vectors, kept_model
-from .export import EXPORT_TYPES, MANIFEST_COLUMNS, export, export_folders, path_inside, safe_name
+from .export import (
+    EXPORT_TYPES,
+    MANIFEST_COLUMNS,
+    export,
+    export_folders,
+    iter_export,
+    path_inside,
+    safe_name,
+)
 from .fields import (
     ANCHOR_FIELD,
     DUPLICATE_FIELD,
@@ -141,6 +149,7 @@ __all__ = [
     "embed",
     "exclude",
     "export",
+    "iter_export",
     "export_folders",
     "get_embedder",
     "holds_vectors",

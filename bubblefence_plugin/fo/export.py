@@ -24,6 +24,7 @@ import fiftyone.core.collections as foc
 import fiftyone.utils.data as foud
 from fiftyone import ViewField as F
 
+from ..core.progress import Progress, ProgressCallback, Steps, drive, within
 from .fields import (
     ASSIGNMENT_COLUMNS,
     EXCLUDED_TAG,
@@ -106,6 +107,7 @@ def export(
     label_field: str | None = None,
     export_media: bool | str = True,
     overwrite: bool = False,
+    progress: ProgressCallback | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """Exports each split (or each of ``tags``) of ``samples`` to ``export_dir/<folder>``.
@@ -158,12 +160,45 @@ def export(
         export_media: as FiftyOne's ``export_media`` (True copies the media)
         overwrite: empty a non-empty ``export_dir`` first (never one holding the
             dataset's media)
+        progress: called as ``progress(fraction, label)`` as each name is exported
         **kwargs: further exporter arguments; paths among them must be relative to
             ``export_dir``, without ``..``
 
     Returns:
         ``export_dir``, ``dataset_type``, ``counts`` and ``folders`` per name,
         ``manifest`` (its path) and ``n_manifest_rows``
+    """
+    steps = iter_export(
+        samples,
+        export_dir,
+        dataset_type,
+        splits=splits,
+        tags=tags,
+        label_field=label_field,
+        export_media=export_media,
+        overwrite=overwrite,
+        **kwargs,
+    )
+    return drive(steps, progress)
+
+
+def iter_export(
+    samples: foc.SampleCollection,
+    export_dir: str | os.PathLike,
+    dataset_type: str | type = "FiftyOneDataset",
+    *,
+    splits: Iterable[str] | None = None,
+    tags: Iterable[str] | None = None,
+    label_field: str | None = None,
+    export_media: bool | str = True,
+    overwrite: bool = False,
+    **kwargs: Any,
+) -> Steps[dict[str, Any]]:
+    """`export` as a generator of `Progress` events (for live progress in the App); the
+    result is the generator's return value.
+
+    Args:
+        samples: as for `export`; so are the other arguments
     """
     export_dir = Path(export_dir).expanduser().resolve()
     type_name, type_cls = _dataset_type(dataset_type)
@@ -192,7 +227,7 @@ def export(
     unfinished = export_dir / UNFINISHED_MARK
     unfinished.write_text(UNFINISHED_TEXT, encoding="utf-8")
     try:
-        exported, exported_as, exported_files = _export_each(
+        each = _export_each(
             samples,
             export_dir,
             type_name,
@@ -203,6 +238,7 @@ def export(
             export_media,
             kwargs,
         )
+        exported, exported_as, exported_files = yield from within(each, 0.0, 0.95)
         # The export reads the tags as it goes: a run that changed them meanwhile (it
         # took the lock after the check above) leaves a mix of two splits.
         _refuse_while_a_run_holds(dataset, during=True)
@@ -231,10 +267,12 @@ def export(
     if tags:
         original = dict(zip(table["id"], table["duplicate_of"], strict=True))
         duplicates = [sid for sid in duplicates if original[sid] in exported_as]
+    yield Progress(0.95, f"Writing {MANIFEST_NAME}")
     _write_manifest(dataset, exported_as, exported_files, duplicates, table, manifest)
     unfinished.unlink()
     if replaced:
         shutil.rmtree(replaced)
+    yield Progress(1.0, "Done")
     return {
         "export_dir": str(export_dir),
         "dataset_type": type_name,
@@ -367,18 +405,20 @@ def _export_each(
     label_field: str | None,
     export_media: bool | str,
     kwargs: dict[str, Any],
-) -> tuple[dict[str, int], dict[str, dict[str, str]], dict[str, list[str]]]:
-    """Exports each name's samples; returns counts per name and, per exported sample id
+) -> Steps[tuple[dict[str, int], dict[str, dict[str, str]], dict[str, list[str]]]]:
+    """Exports each name's samples, a `Progress` event for each; returns counts per
+    name and, per exported sample id
     (in export order), its names and folders, and its exported files (relative to
     ``export_dir``, one per name that wrote one)."""
     exported: dict[str, int] = {}
     exported_as: dict[str, dict[str, str]] = {}  # sample id -> {name: folder}, in order
     exported_files: dict[str, list[str]] = {}
-    for name in names:
+    for k, name in enumerate(names):
         view = samples.match_tags(name)
         exported[name] = len(view)
         if not exported[name]:
             continue
+        yield Progress(k / len(names), f"Exporting {name}: {exported[name]:,} samples")
         args = dict(kwargs)
         if type_name in _SPLIT_ARG_TYPES:
             args.update(export_dir=str(export_dir), split=folders[name])
