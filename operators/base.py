@@ -46,6 +46,7 @@ from fiftyone.operators.executor import ExecutionContext, ExecutionResult
 
 from bubblefence_plugin.core.config import unknown_names_message
 from bubblefence_plugin.core.progress import Steps, drive, relay
+from bubblefence_plugin.fo.fields import check_collection
 from bubblefence_plugin.text import SummaryText, escape_markdown
 
 # Parameters the App adds when a panel's button opens an operator (the panel, its state,
@@ -97,6 +98,9 @@ class BubbleFenceOperator(foo.Operator):
     # options): accepted even while hidden.
     optional_params: ClassVar[frozenset[str]] = frozenset()
     output_label: ClassVar[str | None] = None  # the summary's label; default: `label`
+    # Works on flat image datasets only (`check_collection`): another dataset (video,
+    # grouped) gets the refusal in place of the form, before Execute.
+    needs_images: ClassVar[bool] = False
 
     # -- configuration --------------------------------------------------------------
 
@@ -135,6 +139,13 @@ class BubbleFenceOperator(foo.Operator):
 
     def resolve_input(self, ctx: ExecutionContext) -> types.Property:
         inputs = types.Object()
+        if self.needs_images and ctx.dataset is not None:
+            try:
+                check_collection(ctx.dataset)
+            except ValueError as e:
+                refused = inputs.view("refused", types.Error(label=str(e)))
+                refused.invalid, refused.error_message = True, str(e)
+                return types.Property(inputs, view=types.View(label=self.label))
         if self.target_action is not None:
             inputs.view_target(ctx, action_description=self.target_action)
         self.add_inputs(ctx, inputs)

@@ -23,6 +23,7 @@ DEFAULT_QUEUED_SHARDS = 4  # a few workers' worth; the form shows how many image
 
 
 class BubbleFenceEmbed(BubbleFenceOperator):
+    needs_images = True
     name = "bubblefence_embed"
     label = "BubbleFence embed"
     description = (

@@ -20,6 +20,7 @@ DELEGATE_ABOVE = 50_000  # samples: typicality of more outlasts the App's immedi
 
 
 class BubbleFenceSample(BubbleFenceOperator):
+    needs_images = True
     name = "bubblefence_sample"
     label = "BubbleFence sample"
     description = (

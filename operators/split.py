@@ -24,6 +24,7 @@ MODEL_KNOB = "model_name"
 
 
 class BubbleFenceSplit(BubbleFenceOperator):
+    needs_images = True
     name = "bubblefence_split"
     label = "BubbleFence split"
     description = (

@@ -401,3 +401,15 @@ def test_split_form_defaults_to_the_model_of_kept_embeddings(field_dataset):
     field.save()
     props = form(ds, SPLIT, {"embeddings": "model"})
     assert props["model_name"]["default"] == "efficientnet-lite0"
+
+
+@pytest.mark.parametrize("name", ["bubblefence_split", "bubblefence_sample", "bubblefence_embed"])
+def test_a_form_on_a_dataset_it_cannot_work_on_says_so_before_execute(fo_datasets, name):
+    # Found by a stress test: the split form said "First round: bubbles will be created"
+    # on a video dataset; only Execute refused.
+    video = fo.Dataset()
+    fo_datasets.append(video)
+    video.add_sample(fo.Sample(filepath="/nonexistent/clip.mp4"))
+    props = form(video, f"{PLUGIN}/{name}", {})
+    assert list(props) == ["refused"]
+    assert "media type 'video'" in props["refused"]["error_message"]
