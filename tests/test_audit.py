@@ -243,6 +243,12 @@ def test_bad_input_is_named(field_dataset):
     ds.limit(3).set_values("emb", [None, None, None])
     r = bfo.report(ds, "my_split", "emb", store=False)
     assert r["n_without_embedding"] == 3 and r["n_audited"] == 197
+    # Without a vector field the report says how to name one (a stress test).
+    ds.set_values("floats", [list(v) if v is not None else None for v in ds.values("emb")])
+    ds.delete_sample_field("emb")
+    with pytest.raises(ValueError, match="name the field that holds the embeddings"):
+        bfo.report(ds, "my_split", store=False)
+    assert bfo.report(ds, "my_split", "floats", store=False)["n_audited"] == 197
 
 
 @pytest.fixture

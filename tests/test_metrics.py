@@ -373,3 +373,9 @@ def test_thresholds_that_are_not_similarities_are_named(thresholds):
     x = np.eye(4)
     with pytest.raises(ValueError, match=r"thresholds must be cosine similarities in \(0, 1\]"):
         audit(x, ["train", "train", "validation", "test"], thresholds=thresholds)
+
+
+def test_thresholds_given_twice_are_refused():
+    # Accepted before, and the table showed each row twice (found by a stress test).
+    with pytest.raises(ValueError, match="thresholds must be distinct"):
+        audit(np.eye(4), ["train", "train", "validation", "test"], thresholds=[0.95, 0.95])

@@ -241,6 +241,8 @@ def _check_thresholds(thresholds: Sequence[float]) -> list[float]:
         raise ValueError(message) from None
     if not values or any(not (0.0 < t <= 1.0) for t in values):
         raise ValueError(message)
+    if len(set(values)) < len(values):  # each would be measured and shown twice
+        raise ValueError(f"thresholds must be distinct; got {thresholds!r}")
     return values
 
 

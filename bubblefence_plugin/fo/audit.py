@@ -383,8 +383,9 @@ def _plan(samples: foc.SampleCollection, options: AuditOptions) -> _Plan:
     embeddings_field = options.embeddings_field or _default_embeddings_field(dataset)
     if not embeddings_field:
         raise ValueError(
-            f"dataset {dataset.name!r} has no vector field to audit with; run the "
-            "BubbleFence split first, or compute embeddings into a vector field"
+            f"dataset {dataset.name!r} has no vector field to audit with: name the field "
+            "that holds the embeddings with embeddings_field (a vector field or a list of "
+            "numbers), or run the BubbleFence split first"
         )
     check_vector_field(dataset, embeddings_field)
     state = state_info(dataset)
