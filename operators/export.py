@@ -73,6 +73,15 @@ class BubbleFenceExport(BubbleFenceOperator):
         return self.execute_from_python(sample_collection, params, delegate)
 
     def add_inputs(self, ctx: ExecutionContext, inputs: types.Object) -> None:
+        stopped = bfo.unfinished_round(bfo.state_info(ctx.dataset))
+        if stopped is not None:  # the export refuses it: said before Execute
+            message = (
+                f"Round {stopped} was saved, but its split fields and tags were not all "
+                "written (the run was stopped): run BubbleFence split once to finish it "
+                "(nothing new is needed), then export"
+            )
+            refused = inputs.view("unfinished_round", types.Error(label=message))
+            refused.invalid, refused.error_message = True, message
         _destination_inputs(ctx, inputs)
         inputs.list(
             "names",

@@ -174,6 +174,12 @@ def _state_notice(inputs: types.Object, info: dict[str, Any] | None) -> None:
             f"(last change {info.get('updated_at', '?')}). Only samples not yet assigned "
             "are embedded and split; earlier samples never change"
         )
+        stopped = bfo.unfinished_round(info)
+        if stopped is not None:
+            label += (
+                f". Round {stopped} was saved, but its split fields and tags were not all "
+                "written (the run was stopped): this run writes them first"
+            )
     inputs.view("state_notice", types.Notice(label=label))
 
 

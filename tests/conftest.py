@@ -121,6 +121,24 @@ def clustered_embeddings(n: int, dim: int = TINY_DIM, seed: int = 0) -> np.ndarr
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
+def operator_form(dataset, uri: str, params: dict | None = None) -> dict:
+    """The properties of an operator's form as the App resolves it for ``params``."""
+    import asyncio
+
+    from fiftyone.operators.executor import resolve_type
+    from fiftyone.operators.registry import OperatorRegistry
+
+    request = {
+        "dataset_name": dataset.name,
+        "operator_uri": uri,
+        "params": params or {},
+        "view": [],
+        "target": "inputs",
+    }
+    result = asyncio.run(resolve_type(OperatorRegistry(), uri, request))
+    return result.to_json()["type"]["properties"]
+
+
 def operator_requests(result) -> dict[str, list]:
     """Params of the operators a FiftyOne execution result asked the App to trigger."""
     out: dict[str, list] = {}

@@ -13,6 +13,8 @@ pytestmark = pytest.mark.fiftyone
 fo = pytest.importorskip("fiftyone")
 bfo = pytest.importorskip("bubblefence_plugin.fo")
 
+PLUGIN = "@bubblefence/bubblefence"
+
 
 def test_export_round_trip_and_manifest(media_dataset, tmp_path, fo_datasets):
     ds = media_dataset
@@ -278,7 +280,7 @@ def test_a_round_stopped_before_its_tags_is_finished_by_a_split_before_it_is_exp
 ):
     """A split killed between its commit and its tag writes: the state holds the round,
     the tags do not, and the export (by tags) left the round's samples out, silently."""
-    from conftest import add_embedded_samples, split_stopped_at
+    from conftest import add_embedded_samples, operator_form, split_stopped_at
 
     ds = field_dataset
     bfo.split(ds, embeddings_field="emb")
@@ -287,7 +289,19 @@ def test_a_round_stopped_before_its_tags_is_finished_by_a_split_before_it_is_exp
     with pytest.raises(ValueError, match="round 1 .* was saved.*run the split again"):
         bfo.export(ds, tmp_path / "out", export_media=False)
     assert not (tmp_path / "out").exists()
+    # The forms say so before Execute (they said nothing; found by a stress test).
+    assert bfo.unfinished_round(bfo.state_info(ds)) == 1
+    assert (
+        "Round 1 was saved"
+        in operator_form(ds, f"{PLUGIN}/bubblefence_export")["unfinished_round"]["error_message"]
+    )
+    assert (
+        "this run writes them first"
+        in operator_form(ds, f"{PLUGIN}/bubblefence_split")["state_notice"]["view"]["label"]
+    )
     assert bfo.split(ds)["n_repaired"] == 100
+    assert bfo.unfinished_round(bfo.state_info(ds)) is None
+    assert "unfinished_round" not in operator_form(ds, f"{PLUGIN}/bubblefence_export")
     assert sum(bfo.export(ds, tmp_path / "out", export_media=False)["counts"].values()) == 300
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from conftest import operator_form as form
 from conftest import operator_requests
 
 pytestmark = pytest.mark.fiftyone
@@ -19,7 +20,6 @@ from fiftyone.operators.delegated import DelegatedOperationService  # noqa: E402
 from fiftyone.operators.executor import (  # noqa: E402
     ExecutionError,
     ExecutionResult,
-    resolve_type,
 )
 from fiftyone.operators.registry import OperatorRegistry  # noqa: E402
 
@@ -46,19 +46,6 @@ def test_registry_lists_our_operators_without_errors():
     assert [e for e in registry.list_errors() if "bubblefence" in str(e).lower()] == []
     assert registry.list_errors() == []
     assert foo.get_operator(SPLIT).config.label == "BubbleFence split"
-
-
-def form(dataset, uri: str, params: dict) -> dict:
-    """The properties of an operator's form as the App resolves it for ``params``."""
-    request = {
-        "dataset_name": dataset.name,
-        "operator_uri": uri,
-        "params": params,
-        "view": [],
-        "target": "inputs",
-    }
-    result = asyncio.run(resolve_type(OperatorRegistry(), uri, request))
-    return result.to_json()["type"]["properties"]
 
 
 def run_unraised(uri: str, ctx: dict) -> ExecutionResult:

@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, operator_requests
+from conftest import ROOT, operator_form, operator_requests
 
 pytestmark = pytest.mark.fiftyone
 
@@ -228,20 +228,7 @@ def test_embed_operator_here_reports_progress(image_dataset, tiny_clip_dir):
 
 
 def _form(ds, params, uri=SPLIT):
-    import asyncio
-
-    from fiftyone.operators.executor import resolve_type
-    from fiftyone.operators.registry import OperatorRegistry
-
-    request = {
-        "dataset_name": ds.name,
-        "operator_uri": uri,
-        "params": params,
-        "view": [],
-        "target": "inputs",
-    }
-    result = asyncio.run(resolve_type(OperatorRegistry(), uri, request))
-    return result.to_json()["type"]["properties"]
+    return operator_form(ds, uri, params)
 
 
 def test_embed_defaults_to_the_model_the_field_holds(image_dataset, tiny_clip_dir):

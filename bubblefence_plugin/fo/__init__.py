@@ -107,7 +107,7 @@ from .shards import (
     wait_for_shards,
 )
 from .split import check_split_config, iter_split, split
-from .state import RUN_KEY, load_state, state_info
+from .state import RUN_KEY, load_state, state_info, unfinished_round
 
 __all__ = [
     "ANCHOR_FIELD",
@@ -182,6 +182,7 @@ __all__ = [
     "split_sources",
     "split_warnings",
     "state_info",
+    "unfinished_round",
     "summary_rows",
     "write_json",
     "wait_for_shards",

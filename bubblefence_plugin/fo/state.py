@@ -193,10 +193,26 @@ def state_params(
         group_field=old.get("group_field"),
         dim=int(bf.dim) if bf.dim else None,
         n_samples=int(bf.n_samples),
+        # The last round saved; `fields_round` below it: its fields were not all written.
+        last_round=int(bf.history[-1]["round"]) if bf.history else -1,
         fields_round=int(old.get("fields_round", -1)),
         excluded_ids=old.get("excluded_ids", []),
         updated_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
+
+
+def unfinished_round(info: dict[str, Any] | None) -> int | None:
+    """The round a stopped run saved without writing all its split fields and tags (the
+    next split writes them first), from `state_info`'s parameters; None if there is none
+    or the state predates ``last_round``.
+
+    Args:
+        info: `state_info` of a dataset, or None
+    """
+    last = (info or {}).get("last_round")
+    if last is None or int(info.get("fields_round", -1)) >= int(last):
+        return None
+    return int(last)
 
 
 def record_fields_round(dataset: fo.Dataset, params: dict[str, Any], value: int) -> None:
