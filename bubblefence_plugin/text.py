@@ -162,6 +162,12 @@ def round_warnings(summary: Mapping[str, Any]) -> list[str]:
             f"{groups['violations']} of {groups['n_groups']} groups have samples on both "
             "sides of the train/eval line"
         )
+    if summary.get("group_field") and summary.get("groups") and not groups.get("n_groups"):
+        warnings.append(
+            f"The group field {summary['group_field']!r} has no value on any sample split "
+            "so far: they were split ungrouped (a field filled on other samples, or "
+            "another field meant?)"
+        )
     return warnings + _share_warnings(summary) + _bridge_warnings(summary)
 
 

@@ -21,6 +21,10 @@ def test_round_warnings_name_the_labels_and_count_the_groups():
     assert warnings[1].startswith("2 samples could not be embedded and are in no split")
     assert warnings[2].startswith("1 of 9 groups have samples on both sides")
     assert round_warnings({"labels": {"missing_from_eval": []}, "groups": {"violations": 0}}) == []
+    # A group field with no value on any sample split so far: said (found by a stress
+    # test: the right field on the wrong view split ungrouped, silently).
+    (empty,) = round_warnings({"group_field": "drive", "groups": {"n_groups": 0}})
+    assert empty.startswith("The group field 'drive' has no value on any sample split so far")
 
 
 def test_round_text_names_failed_files_and_leaves_out_zero_counts():

@@ -9,13 +9,15 @@ are neutralised against spreadsheet formulas.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import logging
 import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -252,9 +254,10 @@ def iter_export(
         shutil.rmtree(export_dir) if created or replaced else _empty(export_dir)
         if replaced:
             replaced.rename(export_dir)
+        kept = "the folder's earlier contents are back" if replaced else "nothing was kept"
         if isinstance(e, BubbleFenceBusyError):
-            raise BubbleFenceBusyError(f"{e}; nothing was kept: export again") from e
-        raise ValueError(f"exporting as {type_name} failed, nothing was kept: {e}") from e
+            raise BubbleFenceBusyError(f"{e}; {kept}: export again") from e
+        raise ValueError(f"exporting as {type_name} failed, {kept}: {e}") from e
 
     manifest = export_dir / MANIFEST_NAME
     splits = table.get("split", [None] * len(table["id"]))
@@ -431,13 +434,40 @@ def _export_each(
         view_args = {k: args.pop(k) for k in _VIEW_EXPORT_ARGS if k in args}
         exporter, unused = foud.build_dataset_exporter(type_cls, warn_unused=False, **args)
         written = record_exported_media(exporter)
-        view.export(dataset_exporter=exporter, label_field=label_field, **view_args, **unused)
+        with _quiet_merge_notices(export_dir):
+            view.export(dataset_exporter=exporter, label_field=label_field, **view_args, **unused)
         for sid, source in zip(*view.values(["id", "filepath"]), strict=True):
             exported_as.setdefault(sid, {})[name] = folders[name]
             file = _inside_export(written.get(source), export_dir)
             if file:
                 exported_files.setdefault(sid, []).append(file)
     return exported, exported_as, exported_files
+
+
+class _MergeNotice(logging.Filter):
+    """Drops FiftyOne's "Directory ... already exists; export will be merged" for folders
+    inside ``folder``: this export checked it empty (or moved its contents aside) and
+    made it, and YOLOv5's splits share it by design; the notice, three times per
+    export, read as if an old export were being mixed in."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__()
+        self.prefix = str(folder)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        merging = str(record.msg).startswith("Directory '%s' already exists; export will be")
+        return not (merging and str(record.args and record.args[0]).startswith(self.prefix))
+
+
+@contextlib.contextmanager
+def _quiet_merge_notices(folder: Path) -> Iterator[None]:
+    notices = logging.getLogger(foc.__name__)
+    quiet = _MergeNotice(folder)
+    notices.addFilter(quiet)
+    try:
+        yield
+    finally:
+        notices.removeFilter(quiet)
 
 
 def _inside_export(path: str | None, export_dir: Path) -> str | None:

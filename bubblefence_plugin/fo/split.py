@@ -239,9 +239,26 @@ def check_split_config(
                 f"{param}={field!r}: the dataset does not exist yet, so it has no such "
                 "field; add the samples with their labels first, then split"
             )
-        if field:
-            label_source(root_dataset(samples), field, param)
+        _check_label_field(
+            root_dataset(samples) if samples is not None else None, field, param, asked
+        )
     return cfg
+
+
+def _check_label_field(
+    dataset: fo.Dataset | None, field: str | None, param: str, asked: str | None
+) -> None:
+    """Checks a label or group field (`label_source`); one remembered from earlier rounds
+    (``asked`` None) that is gone is named as such, not as an option the user gave."""
+    if not field or dataset is None:
+        return
+    if asked is None and dataset.get_field(field) is None:
+        raise ValueError(
+            f"the {param.replace('_', ' ')} {field!r} that earlier rounds were split by "
+            f"is gone from dataset {dataset.name!r}: name another ({param}=...), or "
+            f"{param}='' to go on without one"
+        )
+    label_source(dataset, field, param)
 
 
 def _refuse_frozen(
@@ -412,14 +429,7 @@ def _open_round(
         (label_field, "label_field", request.label_field),
         (group_field, "group_field", request.group_field),
     ):
-        if field and asked is None and dataset.get_field(field) is None:
-            raise ValueError(
-                f"the {param.replace('_', ' ')} {field!r} that earlier rounds were split by "
-                f"is gone from dataset {dataset.name!r}: name another ({param}=...), or "
-                f"{param}='' to go on without one"
-            )
-        if field:
-            label_source(dataset, field, param)
+        _check_label_field(dataset, field, param, asked)
     if bf is None:  # declared once the embeddings are in hand: a failed first round adds none
         check_declarable(dataset, RESULT_FIELDS)
     else:
