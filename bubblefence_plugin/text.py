@@ -283,8 +283,10 @@ def audited_text(result: Mapping[str, Any]) -> str:
     embedding such as unreadable files: on neither side, left out of every measure)."""
     n_audited = result["n_audited"]
     n_split = result.get("n_split", n_audited)  # reports stored before n_split
+    n_other = result.get("n_other_values", 0)  # reports stored before it: counted below
     left_out = [
-        (n_audited - n_split, "duplicates or not split"),
+        (n_other, "with values not read as a split"),
+        (n_audited - n_split - n_other, "duplicates or not split"),
         (result.get("n_collection", n_audited) - n_audited, "without a usable embedding"),
     ]
     listed = ", ".join(f"{n} {what}" for n, what in left_out if n)

@@ -99,7 +99,7 @@ class BubbleFenceOperator(foo.Operator):
     optional_params: ClassVar[frozenset[str]] = frozenset()
     output_label: ClassVar[str | None] = None  # the summary's label; default: `label`
     # Works on flat image datasets only (`check_collection`): another dataset (video,
-    # grouped) gets the refusal in place of the form, before Execute.
+    # grouped) gets the refusal in place of the form (`resolve_input`).
     needs_images: ClassVar[bool] = False
 
     # -- configuration --------------------------------------------------------------
@@ -139,16 +139,19 @@ class BubbleFenceOperator(foo.Operator):
 
     def resolve_input(self, ctx: ExecutionContext) -> types.Property:
         inputs = types.Object()
-        if self.needs_images and ctx.dataset is not None:
-            try:
+        try:
+            if self.needs_images and ctx.dataset is not None:
                 check_collection(ctx.dataset)
-            except ValueError as e:
-                refused = inputs.view("refused", types.Error(label=str(e)))
-                refused.invalid, refused.error_message = True, str(e)
-                return types.Property(inputs, view=types.View(label=self.label))
-        if self.target_action is not None:
-            inputs.view_target(ctx, action_description=self.target_action)
-        self.add_inputs(ctx, inputs)
+            if self.target_action is not None:
+                inputs.view_target(ctx, action_description=self.target_action)
+            self.add_inputs(ctx, inputs)
+        except ValueError as e:
+            # A dataset it cannot work on (video, grouped), a state it cannot read (of a
+            # newer BubbleFence, damaged): said in place of the form, before Execute.
+            inputs = types.Object()
+            refused = inputs.view("refused", types.Error(label=str(e)))
+            refused.invalid, refused.error_message = True, str(e)
+            return types.Property(inputs, view=types.View(label=self.label))
         _name_the_choices(inputs, ctx.params)
         return types.Property(inputs, view=types.View(label=self.label))
 

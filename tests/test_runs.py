@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import add_embedded_samples, splits_by_id
+from conftest import add_embedded_samples, operator_form, splits_by_id
 
 pytestmark = pytest.mark.fiftyone
 
@@ -127,9 +127,10 @@ def test_state_from_a_newer_version_is_refused(field_dataset):
     # (they failed on "unknown BubbleFence parameter 'future_knob'"; a stress test).
     with pytest.raises(ValueError, match="newer BubbleFence"):
         bfo.state_info(ds)
-    split_form = foo.get_operator("@bubblefence/bubblefence/bubblefence_split")
-    with pytest.raises(ValueError, match="newer BubbleFence"):
-        split_form.resolve_input(foo.ExecutionContext(request_params={"dataset_name": ds.name}))
+    for name in ("split", "report", "export", "sample"):
+        props = operator_form(ds, f"@bubblefence/bubblefence/bubblefence_{name}")
+        assert list(props) == ["refused"]
+        assert "newer BubbleFence" in props["refused"]["error_message"]
 
 
 def test_a_run_of_another_format_is_refused_not_overwritten(field_dataset):

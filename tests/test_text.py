@@ -84,6 +84,12 @@ def test_what_a_report_left_out_is_counted_whole():
         "209 split samples (10 duplicates or not split, 3 without a usable embedding, left out)"
     )
     assert audited_text({"n_collection": 9, "n_audited": 9, "n_split": 9}) == "9 split samples"
+    # Values that name no split are counted apart, not as duplicates (a stress test).
+    holdout = {**result, "n_other_values": 6}
+    assert audited_text(holdout) == (
+        "209 split samples (6 with values not read as a split, 4 duplicates or not split, "
+        "3 without a usable embedding, left out)"
+    )
     assert audited_text({"n_audited": 5}) == "5 split samples"  # a report stored before
 
 

@@ -533,6 +533,7 @@ def _report_dict(
         "n_without_embedding": rows.n_without_embedding,
         "n_conflicting_tags": rows.n_conflicting_tags,
         "other_values": [[v, int(c)] for v, c in rows.other_values.most_common(10)],
+        "n_other_values": int(sum(rows.other_values.values())),
         "warnings": plan.warnings,
         "metrics": measured.to_dict(),
         "leaks": leaks,
