@@ -6,7 +6,8 @@
 read: ``bubblefence_typicality`` (see `curation.typicality`) and ``bubblefence_region``
 (the incremental `RegionIndex`, stored as the custom run ``bubblefence_regions``:
 samples that have a region keep it, new ones join the nearest region or open one).
-Samples tagged ``excluded`` are never read, scored or picked.
+Samples tagged ``excluded`` are never read, scored or picked (scores written before
+their exclusion stay, as their history).
 
 `exclude` tags samples ``excluded`` (with an optional reason in
 ``bubblefence_exclusion_reason``). A sample that was already split leaves its split at
@@ -93,7 +94,7 @@ def sample(
 
     Every sample read gets ``bubblefence_typicality`` and ``bubblefence_region``.
     Everything is validated before anything is written; samples tagged ``excluded``
-    are never read, scored or picked.
+    are never read, scored or picked (scores from before their exclusion stay).
 
     Example usage::
 
