@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 from conftest import killed, operator_requests
@@ -533,3 +535,68 @@ def test_a_duplicate_takes_the_place_of_an_original_that_leaves(field_dataset, h
         back = ds[original]
         assert (back["split"], back["duplicate_of"]) == ("duplicate", heir.id)
         assert ds[heir.id]["split"] == place
+
+
+def _with_a_copy_of_sample_3(ds) -> tuple[str, str]:
+    """Adds an exact copy of sample 3's vector to ``ds``; returns (original, copy) ids."""
+    vectors = ds.values("emb")
+    ds.add_sample(fo.Sample(filepath="/nonexistent/copy.png"))
+    copy = ds.skip(len(ds) - 1).first()
+    copy["emb"] = vectors[3]
+    copy.save()
+    return ds.skip(3).first().id, copy.id
+
+
+def test_a_split_stopped_after_writing_an_heir_heals_when_the_original_comes_back(
+    field_dataset, monkeypatch
+):
+    # Found by a stress test: the heir's fields were written before the commit; the run
+    # was stopped, the original included again, and the copy stayed "train" beside it
+    # (counted as changed by hand at every split; export refused).
+    from conftest import add_embedded_samples, split_stopped_at
+
+    ds = field_dataset
+    original, copy = _with_a_copy_of_sample_3(ds)
+    bfo.split(ds, embeddings_field="emb")
+    ds.select([original]).tag_samples(bfo.EXCLUDED_TAG)
+    add_embedded_samples(ds, 20, seed=5)
+    split_stopped_at(ds, "with_embeddings", monkeypatch)
+    assert ds[copy]["split"] != "duplicate"  # written before the run was stopped
+    bfo.include_again(ds.select([original]))
+    summary = bfo.split(ds)
+    assert summary["n_split_edited"] == 0
+    rows = bfo.load_state(ds, embeddings=False)[0].assignments().set_index("id")
+    assert rows.loc[copy, "split"] == "duplicate" == ds[copy]["split"]
+    assert ds[copy]["duplicate_of"] == original and ds[copy].tags == []
+
+
+def test_an_exclusion_stopped_after_its_commit_is_finished_by_a_split_with_nothing_new(
+    field_dataset, monkeypatch
+):
+    # Found by a stress test: only a split with new samples cleared the excluded sample's
+    # split fields, and export's "run the split again" did not help.
+    curate_module = importlib.import_module("bubblefence_plugin.fo.curate")
+    ds = field_dataset
+    original, copy = _with_a_copy_of_sample_3(ds)
+    bfo.split(ds, embeddings_field="emb")
+    place = ds[original]["split"]
+    with monkeypatch.context() as patched:
+        patched.setattr(curate_module, "clear_excluded_fields", killed)
+        with pytest.raises(KeyboardInterrupt):
+            bfo.exclude(ds.select([original]))
+    assert ds[original]["split"] == place  # its fields still say so
+    assert "Nothing new to split" in bfo.split(ds)["message"]
+    assert ds[original]["split"] is None and ds[original].tags == [bfo.EXCLUDED_TAG]
+    assert (ds[copy]["split"], ds[copy]["duplicate_of"]) == (place, None)
+
+
+def test_a_follower_that_becomes_an_heir_has_no_original_in_its_field(field_dataset):
+    # Found by a stress test (policy follow): the heir's duplicate_of field kept naming
+    # the deleted original at every split.
+    ds = field_dataset
+    original, copy = _with_a_copy_of_sample_3(ds)
+    bfo.split(ds, embeddings_field="emb", dedup_policy="follow")
+    assert ds[copy]["duplicate_of"] == original
+    ds.delete_samples([original])
+    bfo.split(ds)
+    assert ds[copy]["duplicate_of"] is None and ds[copy]["split"] != "duplicate"

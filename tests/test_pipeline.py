@@ -881,6 +881,40 @@ def test_a_duplicate_takes_the_place_of_its_original_when_that_leaves():
     assert pd.isna(last.loc[201, "duplicate_of"])
 
 
+def test_an_heir_keeps_a_split_of_its_own_and_never_makes_its_group_straddle():
+    # Found by a stress test of the rule above: a follower (policy follow) moved to its
+    # original's split, and a copy in another group made that group straddle.
+    x = clustered_embeddings(200)
+    x = np.vstack([x, x[[0, 1, 2]]])  # 200..202 copy 0..2
+    first = BubbleFence(BubbleFenceConfig(eval_ratio=0.2, seed=0))
+    first.ingest(x[:200], ids=np.arange(200))
+    split = first.assignments()["split"].to_numpy()
+    # 200 joins a group of train samples only: it cannot take the place of an eval
+    # original; 201 joins its original's group, 202 a group of its own.
+    held_out = int(np.flatnonzero(np.isin(split, ["validation", "test"]))[0])
+    train = np.flatnonzero(split == "train")[:3]
+    x[200] = x[held_out]
+    groups = np.array([f"g{i}" for i in range(200)] + ["t", "g1", "new"], dtype=object)
+    groups[train] = "t"
+    for policy in ("exclude", "follow"):
+        bf = BubbleFence(BubbleFenceConfig(eval_ratio=0.2, seed=0, dedup_policy=policy))
+        bf.ingest(x[:200], ids=np.arange(200), groups=groups[:200])
+        bf.ingest(x[200:], ids=np.arange(200, 203), groups=groups[200:])
+        before = bf.assignments().set_index("id")
+        bf.forget([held_out, 1, 2])
+        after = bf.assignments().set_index("id")
+        if policy == "exclude":  # duplicates: the fitting ones take their original's place
+            assert after.loc[200, "split"] == "duplicate" and after.loc[200].isna()["duplicate_of"]
+            assert after.loc[201, "split"] == before.loc[1, "split"]
+            assert after.loc[202, "split"] == before.loc[2, "split"]
+        else:  # followers keep the split their group gave them
+            copies = [200, 201, 202]
+            assert (after.loc[copies, "split"] == before.loc[copies, "split"]).all()
+        assert after.loc[[200, 201, 202], "duplicate_of"].isna().all()
+        in_t = after.loc[[i for i in after.index if groups[i] == "t"], "split"]
+        assert set(in_t) - {"duplicate"} == {"train"}
+
+
 def classes_around_a_mean(n: int, seed: int, d: int = 64, k: int = 12):
     """Classes as offsets from one shared mean direction (as CLIP's embeddings lie): at
     the closure threshold a class is one unit."""

@@ -792,12 +792,15 @@ class BubbleFence:
     def forget(self, ids: Sequence[Any]) -> int:
         """Drop samples (deleted from the dataset, excluded) from the state; returns how many.
 
-        A duplicate whose original is dropped takes its place: the earliest of the
-        original's duplicates that stay inherits its split, bubble, shell and region,
-        and the others become its duplicates. It is the original's twin at
-        `dedup_threshold`, so it sits where the original sat and no pair crosses; kept
-        as a duplicate of nothing, the image would leave every split with its original
-        (and an original included again would then be set aside as its duplicate).
+        A duplicate whose original is dropped takes its place (`_promote_duplicates_of`):
+        the earliest of the original's duplicates that stay inherits its split, bubble,
+        shell and region, and the others become its duplicates. Kept as a duplicate of
+        nothing, the image would leave every split with its original (and an original
+        included again would then be set aside as its duplicate). The heir is the
+        original's twin at `dedup_threshold`, so its twins at `leak_threshold` are the
+        original's, on its side; the exception, a sample whose similarity to one is at
+        the leak threshold and to the other just below it (a sliver that their own
+        similarity bounds), would cross uncounted in ``cut_pairs``.
         """
         drop = np.isin(self._ids, np.asarray(list(ids), dtype=self._ids.dtype))
         if not drop.any():
@@ -824,18 +827,24 @@ class BubbleFence:
         return int(drop.sum())
 
     def _promote_duplicates_of(self, drop: np.ndarray) -> None:
-        """`forget`'s heirs: each dropped original's earliest kept duplicate takes its
-        assignment, and that original's other kept duplicates point to the heir."""
+        """`forget`'s heirs: for each dropped original, the earliest of its kept duplicates
+        that its group lets sit where the original sat (`_heirs_fit`) takes its place, and
+        the original's other duplicates point to it. An heir that already has a split (a
+        follower, policy ``follow``) keeps it; one that is a "duplicate" takes the
+        original's split, bubble, shell and region. With no heir that fits, the
+        duplicates are duplicates of nothing, as before heirs."""
         orphans = np.flatnonzero(~drop & (self._duplicate_of >= 0))
         orphans = orphans[drop[self._duplicate_of[orphans]]]
         if len(orphans) == 0:
             return
         originals = self._duplicate_of[orphans]
-        gone, first = np.unique(originals, return_index=True)  # orphans ascend: the earliest
-        heirs = orphans[first]
+        fits = self._heirs_fit(orphans, originals, drop)
+        gone, first = np.unique(originals[fits], return_index=True)  # orphans ascend: earliest
+        heirs = orphans[fits][first]
+        inheriting = self._split[heirs] == DUPLICATE
         for name in ("_split", "_anchor", "_shell", "_region"):
             values = getattr(self, name).copy()  # a loaded state's arrays may be read-only
-            values[heirs] = values[gone]
+            values[heirs[inheriting]] = values[gone[inheriting]]
             setattr(self, name, values)
         heir_of = np.full(self.n_samples, -1, np.int64)
         heir_of[gone] = heirs
@@ -845,6 +854,29 @@ class BubbleFence:
         self._duplicate_of = duplicate_of
         # The index kept over the earlier kept rows lacks the heirs: the next round sees
         # its rows are not a prefix of the kept ones and builds one anew (`earlier_index`).
+
+    def _heirs_fit(
+        self, orphans: np.ndarray, originals: np.ndarray, drop: np.ndarray
+    ) -> np.ndarray:
+        """Per orphan: whether it can take its original's place without its group
+        straddling. It can if it has no group or the original's, keeps a split of its own
+        (a follower: nothing changes), or its group's other held members all have the
+        original's split (or there are none)."""
+        if self._groups is None:
+            return np.ones(len(orphans), bool)
+        codes = group_codes(self._groups)
+        split = self._split
+        held = ~drop & (split != DUPLICATE) & (split != UNASSIGNED) & (codes >= 0)
+        n_codes = max(int(codes.max(initial=-1)) + 1, 1)  # one at least: indexed below
+        low = np.full(n_codes, DUPLICATE + 1, np.int64)  # above every role: no member
+        high = np.full(n_codes, -1, np.int64)
+        np.minimum.at(low, codes[held], split[held])
+        np.maximum.at(high, codes[held], split[held])
+        group, side = codes[orphans], split[originals].astype(np.int64)
+        free = (group < 0) | (group == codes[originals]) | (split[orphans] != DUPLICATE)
+        at = np.maximum(group, 0)
+        empty = low[at] > high[at]
+        return free | empty | ((low[at] == side) & (high[at] == side))
 
     def _kept_index_structure(self) -> dict[str, np.ndarray] | None:
         """The structure of the index over the earlier rows: the one in memory, else the

@@ -572,16 +572,19 @@ def _restore_mirror(r: _Round, frame: Any) -> tuple[int, int]:
         value, sample_tags, rnd, anchor, original_field = found.get(
             sid, (None, [], None, None, None)
         )
-        took_a_place = value == "duplicate" and original is None
-        if value is not None and value != split and not took_a_place:
+        # A duplicate's place is the state's alone: one that took an original's place
+        # (the field still "duplicate"), or a field showing a place the state does not
+        # hold (written by a run stopped before its commit), is written again.
+        about_a_duplicate = "duplicate" in (value, split)
+        if value is not None and value != split and not about_a_duplicate:
             changed += 1
         elif (
             value is None
-            or took_a_place
+            or value != split
             or (split in SPLIT_TAGS and split not in (sample_tags or []))
             or rnd is None
             or (in_bubble[row] and anchor is None)
-            or (original is not None and str(original_field) != str(original))
+            or (original_field or None) != original
         ):
             restore.append(row)
     if restore:
@@ -594,6 +597,7 @@ def _finish_without_new(r: _Round, summary: dict[str, Any]) -> dict[str, Any]:
     there was nothing to split."""
     if (summary["n_forgotten"] or summary["n_excluded_left"]) and r.bf is not None:
         save_state(r.dataset, r.bf, state_params(r.bf, r.cfg, r.embeddings_field, r.params))
+    if r.bf is not None:  # those of an exclusion stopped after its commit too
         clear_excluded_fields(r.dataset)
     if not summary["n_target"] and not len(r.samples):
         message = "Nothing to split: the target view is empty (0 samples)"
