@@ -915,6 +915,38 @@ def test_an_heir_keeps_a_split_of_its_own_and_never_makes_its_group_straddle():
         assert set(in_t) - {"duplicate"} == {"train"}
 
 
+def test_heirs_of_one_removal_never_split_a_group_and_a_follower_elsewhere_is_none():
+    # Found by a stress test of the rule above: two heirs of one removal, one train and
+    # one eval, in one group of duplicates made it straddle; a follower that its group
+    # put on the other side of its original was moved to the original's side.
+    x = clustered_embeddings(300)
+    groups = np.array([f"g{i // 3}" for i in range(300)], dtype=object)
+    bf = BubbleFence(BubbleFenceConfig(eval_ratio=0.2, seed=0))
+    bf.ingest(x, ids=np.arange(300), groups=groups)
+    split = bf.assignments()["split"].to_numpy()
+    train, held_out = (
+        int(np.flatnonzero(split == "train")[0]),
+        int(np.flatnonzero(split != "train")[0]),
+    )
+    bf.ingest(x[[train, held_out]], ids=[300, 301], groups=["G", "G"])
+    bf.forget([train, held_out])
+    after = bf.assignments().set_index("id")
+    assert set(after.loc[[300, 301], "split"]) - {"duplicate"} in ({"train"}, set())
+    assert len(set(after.loc[[300, 301], "split"]) - {"duplicate"}) == 1  # one heir only
+
+    follow = BubbleFence(BubbleFenceConfig(eval_ratio=0.2, seed=0, dedup_policy="follow"))
+    follow.ingest(x, ids=np.arange(300), groups=groups)
+    train_group = groups[train]
+    follow.ingest(x[[held_out]], ids=[300], groups=[train_group])  # voted into train
+    placed = follow.assignments().set_index("id")
+    assert placed.loc[300, "split"] == "train" != placed.loc[held_out, "split"]
+    follow.forget([held_out])
+    after = follow.assignments().set_index("id")
+    # No heir (it would carry the original's twins across); it keeps its own place.
+    assert after.loc[300, "split"] == "train" and pd.isna(after.loc[300, "duplicate_of"])
+    assert (after.drop(index=300)["split"] == placed.drop(index=[300, held_out])["split"]).all()
+
+
 def classes_around_a_mean(n: int, seed: int, d: int = 64, k: int = 12):
     """Classes as offsets from one shared mean direction (as CLIP's embeddings lie): at
     the closure threshold a class is one unit."""

@@ -828,7 +828,7 @@ class BubbleFence:
 
     def _promote_duplicates_of(self, drop: np.ndarray) -> None:
         """`forget`'s heirs: for each dropped original, the earliest of its kept duplicates
-        that its group lets sit where the original sat (`_heirs_fit`) takes its place, and
+        that can sit where the original sat (`_choose_heirs`) takes its place, and
         the original's other duplicates point to it. An heir that already has a split (a
         follower, policy ``follow``) keeps it; one that is a "duplicate" takes the
         original's split, bubble, shell and region. With no heir that fits, the
@@ -838,9 +838,7 @@ class BubbleFence:
         if len(orphans) == 0:
             return
         originals = self._duplicate_of[orphans]
-        fits = self._heirs_fit(orphans, originals, drop)
-        gone, first = np.unique(originals[fits], return_index=True)  # orphans ascend: earliest
-        heirs = orphans[fits][first]
+        heirs, gone = self._choose_heirs(orphans, originals, drop)
         inheriting = self._split[heirs] == DUPLICATE
         for name in ("_split", "_anchor", "_shell", "_region"):
             values = getattr(self, name).copy()  # a loaded state's arrays may be read-only
@@ -855,28 +853,40 @@ class BubbleFence:
         # The index kept over the earlier kept rows lacks the heirs: the next round sees
         # its rows are not a prefix of the kept ones and builds one anew (`earlier_index`).
 
-    def _heirs_fit(
+    def _choose_heirs(
         self, orphans: np.ndarray, originals: np.ndarray, drop: np.ndarray
-    ) -> np.ndarray:
-        """Per orphan: whether it can take its original's place without its group
-        straddling. It can if it has no group or the original's, keeps a split of its own
-        (a follower: nothing changes), or its group's other held members all have the
-        original's split (or there are none)."""
-        if self._groups is None:
-            return np.ones(len(orphans), bool)
-        codes = group_codes(self._groups)
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(heirs, their originals): per dropped original, its earliest orphan that fits.
+
+        One fits if it is a "duplicate" whose group lets it take the original's split
+        (no group, the original's, or one whose held samples, heirs chosen before it
+        included, all have that split), or a follower (policy ``follow``) already in
+        the original's split. A follower that its group's vote put elsewhere keeps its
+        place either way, but is no heir: the other duplicates do not point to it (its
+        near twins across the line, a duplicate's, are not counted in ``cut_pairs``).
+        Orphans are few (duplicates of dropped originals): one at a time."""
+        codes = group_codes(self._groups) if self._groups is not None else np.full(len(drop), -1)
         split = self._split
         held = ~drop & (split != DUPLICATE) & (split != UNASSIGNED) & (codes >= 0)
-        n_codes = max(int(codes.max(initial=-1)) + 1, 1)  # one at least: indexed below
-        low = np.full(n_codes, DUPLICATE + 1, np.int64)  # above every role: no member
-        high = np.full(n_codes, -1, np.int64)
-        np.minimum.at(low, codes[held], split[held])
-        np.maximum.at(high, codes[held], split[held])
-        group, side = codes[orphans], split[originals].astype(np.int64)
-        free = (group < 0) | (group == codes[originals]) | (split[orphans] != DUPLICATE)
-        at = np.maximum(group, 0)
-        empty = low[at] > high[at]
-        return free | empty | ((low[at] == side) & (high[at] == side))
+        sides: dict[int, set[int]] = {}
+        for code, side in zip(codes[held].tolist(), split[held].tolist(), strict=True):
+            sides.setdefault(code, set()).add(side)
+        heirs, gone = [], []
+        for row, original in zip(orphans.tolist(), originals.tolist(), strict=True):
+            if original in gone:  # orphans ascend: this original's earliest fit is taken
+                continue
+            place = int(split[original])
+            if split[row] != DUPLICATE:
+                fits = int(split[row]) == place
+            else:
+                group = int(codes[row])
+                fits = group < 0 or group == codes[original] or sides.get(group, {place}) == {place}
+                if fits and group >= 0:
+                    sides.setdefault(group, set()).add(place)
+            if fits:
+                heirs.append(row)
+                gone.append(original)
+        return np.asarray(heirs, np.int64), np.asarray(gone, np.int64)
 
     def _kept_index_structure(self) -> dict[str, np.ndarray] | None:
         """The structure of the index over the earlier rows: the one in memory, else the
