@@ -907,6 +907,13 @@ def test_an_heir_keeps_a_split_of_its_own_and_never_makes_its_group_straddle():
             assert after.loc[200, "split"] == "duplicate" and after.loc[200].isna()["duplicate_of"]
             assert after.loc[201, "split"] == before.loc[1, "split"]
             assert after.loc[202, "split"] == before.loc[2, "split"]
+            # The original included again is kept and 200 becomes its duplicate: set aside
+            # as 200's duplicate, the image was in no split (a stress test).
+            back = BubbleFence.from_state_dict(*bf.state_dict())
+            back.ingest(x[[held_out]], ids=[held_out], groups=groups[[held_out]])
+            again = back.assignments().set_index("id")
+            assert again.loc[held_out, "split"] != "duplicate"
+            assert again.loc[200, "duplicate_of"] == held_out
         else:  # followers keep the split their group gave them
             copies = [200, 201, 202]
             assert (after.loc[copies, "split"] == before.loc[copies, "split"]).all()

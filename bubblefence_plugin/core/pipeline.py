@@ -149,6 +149,26 @@ class _Round:
         return new_rows[self.kept[new_rows]]
 
 
+def _adopt_orphans(work: _Round) -> None:
+    """New samples that duplicate an orphan (a duplicate whose original left and that
+    could not take its place, `BubbleFence._choose_heirs`: "duplicate", of nothing) are
+    kept instead, the earliest of them, and the orphan becomes its duplicate: set aside
+    as the orphan's duplicate, an original included again left its image in no split."""
+    new_rows = work.new_rows
+    target = work.duplicate_of[new_rows]
+    hit = (target >= 0) & (target < work.n_old)
+    hit[hit] = work.split[target[hit]] == DUPLICATE
+    if not hit.any():
+        return
+    rows, orphans = new_rows[hit], target[hit]
+    adopted, first = np.unique(orphans, return_index=True)  # rows ascend: the earliest
+    keeper = np.full(work.n, -1, np.int64)
+    keeper[adopted] = rows[first]
+    work.duplicate_of[rows] = keeper[orphans]
+    work.duplicate_of[rows[first]] = -1
+    work.duplicate_of[adopted] = rows[first]
+
+
 @contextmanager
 def _timed(timings: dict[str, float], step: str) -> Iterator[None]:
     """Adds the seconds a step takes to ``timings[step]`` (the round record's timings)."""
@@ -337,6 +357,7 @@ class BubbleFence:
                 kept_index=self._earlier(work),
             )
             work.duplicate_of[new_rows] = dedup.duplicate_of
+            _adopt_orphans(work)
         work.split[new_rows[work.is_duplicate[new_rows]]] = DUPLICATE
 
     def _bind_to_assigned(self, work: _Round) -> None:
