@@ -954,6 +954,30 @@ def test_heirs_of_one_removal_never_split_a_group_and_a_follower_elsewhere_is_no
     assert (after.drop(index=300)["split"] == placed.drop(index=[300, held_out])["split"]).all()
 
 
+def test_every_copy_left_without_an_heir_returns_to_its_original():
+    # Found by a fuzz of the rule above: only the copy that dedup matched was adopted by
+    # the original included again; the others stayed duplicates of nothing.
+    x = clustered_embeddings(200)
+    bf = BubbleFence(BubbleFenceConfig(eval_ratio=0.2, seed=0))
+    groups = np.array([f"g{i}" for i in range(200)], dtype=object)
+    bf.ingest(x, ids=np.arange(200), groups=groups)
+    split = bf.assignments()["split"].to_numpy()
+    held_out = int(np.flatnonzero(split != "train")[0])
+    train = np.flatnonzero(split == "train")[:2]
+    groups[train] = "t"  # a group of train samples, which an eval copy cannot join
+    bf = BubbleFence(BubbleFenceConfig(eval_ratio=0.2, seed=0))
+    bf.ingest(x, ids=np.arange(200), groups=groups)
+    bf.ingest(x[[held_out, held_out]], ids=[200, 201], groups=["t", "t"])
+    bf.forget([held_out])
+    left = bf.assignments().set_index("id")
+    assert (left.loc[200, "split"], left.loc[201, "duplicate_of"]) == ("duplicate", 200)
+    assert pd.isna(left.loc[200, "duplicate_of"])  # 200 stands in, of nothing
+    bf.ingest(x[[held_out]], ids=[held_out], groups=groups[[held_out]])
+    back = bf.assignments().set_index("id")
+    assert back.loc[held_out, "split"] != "duplicate"
+    assert back.loc[[200, 201], "duplicate_of"].tolist() == [held_out, held_out]
+
+
 def classes_around_a_mean(n: int, seed: int, d: int = 64, k: int = 12):
     """Classes as offsets from one shared mean direction (as CLIP's embeddings lie): at
     the closure threshold a class is one unit."""

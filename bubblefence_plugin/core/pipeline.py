@@ -166,6 +166,9 @@ def _adopt_orphans(work: _Round) -> None:
     keeper[adopted] = rows[first]
     work.duplicate_of[rows] = keeper[orphans]
     work.duplicate_of[rows[first]] = -1
+    # The orphan and the other copies it stood in for (`_promote_duplicates_of`).
+    old = np.flatnonzero(np.isin(work.duplicate_of[: work.n_old], adopted))
+    work.duplicate_of[old] = keeper[work.duplicate_of[old]]
     work.duplicate_of[adopted] = rows[first]
 
 
@@ -852,8 +855,8 @@ class BubbleFence:
         that can sit where the original sat (`_choose_heirs`) takes its place, and
         the original's other duplicates point to it. An heir that already has a split (a
         follower, policy ``follow``) keeps it; one that is a "duplicate" takes the
-        original's split, bubble, shell and region. With no heir that fits, the
-        duplicates are duplicates of nothing, as before heirs."""
+        original's split, bubble, shell and region. With no heir that fits, the earliest
+        stands in, a duplicate of nothing, and the others are its duplicates."""
         orphans = np.flatnonzero(~drop & (self._duplicate_of >= 0))
         orphans = orphans[drop[self._duplicate_of[orphans]]]
         if len(orphans) == 0:
@@ -865,11 +868,16 @@ class BubbleFence:
             values = getattr(self, name).copy()  # a loaded state's arrays may be read-only
             values[heirs[inheriting]] = values[gone[inheriting]]
             setattr(self, name, values)
+        # An original without an heir that fits: its earliest orphan stands in, still a
+        # "duplicate" (of nothing), the others its duplicates, so that the original
+        # included again adopts them all (`_adopt_orphans`).
+        all_gone, first = np.unique(originals, return_index=True)  # orphans ascend
         heir_of = np.full(self.n_samples, -1, np.int64)
+        heir_of[all_gone] = orphans[first]
         heir_of[gone] = heirs
         duplicate_of = self._duplicate_of.copy()
         duplicate_of[orphans] = heir_of[originals]
-        duplicate_of[heirs] = -1
+        duplicate_of[heir_of[all_gone]] = -1
         self._duplicate_of = duplicate_of
         # The index kept over the earlier kept rows lacks the heirs: the next round sees
         # its rows are not a prefix of the kept ones and builds one anew (`earlier_index`).
