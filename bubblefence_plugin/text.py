@@ -110,6 +110,7 @@ def round_text(summary: Mapping[str, Any]) -> SummaryText:
         for key, label in (
             ("n_embedded", "Images embedded"),
             ("n_errors", "Samples with errors"),
+            ("n_duplicates_placed", "Duplicates placed with their original"),
             ("n_forgotten", "Deleted samples dropped from the state"),
             ("n_excluded_left", "Excluded samples taken out of the split"),
             ("n_repaired", "Split fields and tags written again from the state"),

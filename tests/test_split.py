@@ -19,7 +19,7 @@ pytestmark = pytest.mark.fiftyone
 fo = pytest.importorskip("fiftyone")
 bfo = pytest.importorskip("bubblefence_plugin.fo")
 from bubblefence_plugin.fo import runs  # noqa: E402
-from bubblefence_plugin.text import round_warnings  # noqa: E402
+from bubblefence_plugin.text import round_text, round_warnings  # noqa: E402
 
 F = fo.ViewField
 
@@ -137,6 +137,24 @@ def test_excluded_tag_is_left_out(field_dataset):
         "Nothing new to split: every sample in the target is already assigned; "
         "3 excluded samples left the split; 2 deleted samples left the state"
     )
+
+
+def test_duplicates_placed_with_their_original_are_said_apart(field_dataset):
+    """Under dedup_policy follow, copies count in their original's split; the summary
+    says how many there are instead of "duplicates 0" alone."""
+    ds = field_dataset
+    originals = ds.limit(5)
+    copies = [
+        fo.Sample(filepath=f"/nonexistent/copy{i}.png", emb=v)
+        for i, v in enumerate(originals.values("emb"))
+    ]
+    ds.add_samples(copies)
+    follow = bfo.split(ds, embeddings_field="emb", dedup_policy="follow")
+    assert follow["counts_round"]["duplicate"] == 0
+    assert follow["n_duplicates_placed"] == 5
+    assert "duplicates 0; 5 duplicates placed with their original)" in follow["message"]
+    assert len(ds.exists(bfo.DUPLICATE_FIELD)) == 5
+    assert "duplicates placed with their original: 5" in round_text(follow).plain()
 
 
 def test_deleted_samples_are_dropped_from_state(field_dataset):

@@ -741,6 +741,7 @@ def _round_counts(result: Any) -> dict[str, Any]:
             "round": None,
             "n_assigned": 0,
             "counts_round": {s: 0 for s in SPLIT_VALUES},
+            "n_duplicates_placed": 0,
             "new_anchors": 0,
             "cut_pairs": 0,
             "eval_floor_shortfall": 0,
@@ -750,6 +751,12 @@ def _round_counts(result: Any) -> dict[str, Any]:
         "round": int(result.round),
         "n_assigned": len(result.ids),
         "counts_round": {s: int(counts.get(s, 0)) for s in SPLIT_VALUES},
+        # Duplicates that took their original's split (`dedup_policy` follow): counted
+        # in their splits above, and said apart so that "duplicates 0" does not hide them.
+        "n_duplicates_placed": sum(
+            d is not None and s != "duplicate"
+            for d, s in zip(result.duplicate_of, result.split, strict=True)
+        ),
         "new_anchors": len(result.new_anchor_ids),
         # Said to the user (`text.round_warnings`): the leak graph's pairs this round put
         # on both sides of a line, and how far min_eval_per_batch yielded to it.
@@ -776,12 +783,18 @@ def _state_counts(bf: Any) -> dict[str, Any]:
     }
 
 
+def _placed(summary: dict[str, Any]) -> str:
+    placed = summary.get("n_duplicates_placed", 0)
+    return f"; {counted(placed, 'duplicate')} placed with their original" if placed else ""
+
+
 def _round_message(summary: dict[str, Any]) -> str:
     c = summary["counts_round"]
     message = (
         f"Round {summary['round']}: {counted(summary['n_assigned'], 'sample')} assigned "
         f"(train {c['train']}, validation {c['validation']}, test {c['test']}, "
-        f"duplicates {c['duplicate']}); eval share {summary['eval_share']:.3f}; "
+        f"duplicates {c['duplicate']}{_placed(summary)}); "
+        f"eval share {summary['eval_share']:.3f}; "
         f"{summary['new_anchors']} new {counted(summary['new_anchors'], 'bubble', False)}, "
         f"{summary['n_anchors']} in all"
     )
