@@ -399,6 +399,25 @@ def test_excluding_by_tag_alone_takes_effect_at_the_next_split(field_dataset):
     assert sorted(bfo.state_info(ds)["excluded_ids"]) == sorted(ids)
 
 
+def test_an_exclusion_reason_goes_with_the_tag_however_the_tag_goes(field_dataset):
+    # Untagged by hand (the App's tag menu), a sample kept "blurry" as its reason while
+    # the next split assigned it again.
+    ds = field_dataset
+    bfo.split(ds, embeddings_field="emb")
+    by_hand, by_button = (
+        ds.match(F("split") == "train").skip(k).limit(2).values("id") for k in (0, 2)
+    )
+    bfo.exclude(ds.select(by_hand + by_button), reason="blurry")
+    assert ds.select(by_hand + by_button).values(bfo.REASON_FIELD) == ["blurry"] * 4
+    ds.select(by_hand).untag_samples(bfo.EXCLUDED_TAG)
+    summary = bfo.split(ds, embeddings_field="emb")
+    assert summary["n_new"] == 2
+    assert ds.select(by_hand).values(bfo.REASON_FIELD) == [None, None]
+    assert ds.select(by_button).values(bfo.REASON_FIELD) == ["blurry"] * 2
+    bfo.include_again(ds.select(by_button))
+    assert ds.select(by_button).values(bfo.REASON_FIELD) == [None, None]
+
+
 def test_include_again_of_samples_tagged_by_hand_keeps_their_split(field_dataset):
     # Found by a stress test: Include again cleared their split fields and tags while the
     # state still held them, so an export left them out until the next split.

@@ -43,6 +43,7 @@ from .embeddings import check_vector_field, read_embeddings
 from .fields import (
     EMBEDDING_FIELD,
     EXCLUDED_TAG,
+    REASON_FIELD,
     SPLIT_FIELD,
     SPLIT_TAGS,
     check_collection,
@@ -58,7 +59,6 @@ from .state import STATE_RUN, forget_excluded, load_state, state_info
 
 TYPICALITY_FIELD = "bubblefence_typicality"
 REGION_FIELD = "bubblefence_region"
-REASON_FIELD = "bubblefence_exclusion_reason"
 REGIONS_RUN = RunType("bubblefence_regions", "bubblefence-regions", 1, "regions_version")
 REGIONS_KEY = REGIONS_RUN.key
 DEFAULT_TAG = "bubblefence_sample"
@@ -592,11 +592,8 @@ def include_again(samples: foc.SampleCollection) -> dict[str, Any]:
         for chunk in id_chunks(left):
             clear_excluded_fields(dataset.select(chunk))
         for chunk in id_chunks(ids):
-            view = dataset.select(chunk)
-            view.untag_samples(EXCLUDED_TAG)
-            if dataset.has_field(REASON_FIELD):
-                view.clear_sample_field(REASON_FIELD)
-        _apply_exclusions(dataset)
+            dataset.select(chunk).untag_samples(EXCLUDED_TAG)
+        _apply_exclusions(dataset)  # their reasons go with the tag (`clear_excluded_fields`)
     return {
         "n_included": len(ids),
         "n_excluded_total": int(dataset.count_sample_tags().get(EXCLUDED_TAG, 0)),

@@ -31,6 +31,8 @@ ERROR_FIELD = "bubblefence_error"
 SPLIT_TAGS = ("train", "validation", "test")
 SPLIT_VALUES = (*SPLIT_TAGS, "duplicate")
 EXCLUDED_TAG = "excluded"
+# Why a sample was excluded (`curate.exclude`); it goes when the tag goes.
+REASON_FIELD = "bubblefence_exclusion_reason"
 
 # Declared up front so the App sidebar shows them with the right types, and so a
 # user field of the same name with another type is refused instead of clobbered.
@@ -492,7 +494,8 @@ def write_embeddings_once(dataset: fo.Dataset, field: str, ids: list[str], out: 
 
 def clear_excluded_fields(samples: foc.SampleCollection) -> int:
     """Clears the split fields and split tags of the excluded samples of ``samples``;
-    returns how many.
+    returns how many. The exclusion reason of samples no longer tagged `EXCLUDED_TAG`
+    (the tag removed by hand) goes too: it would say they are still out.
 
     Run after the commit that dropped them from the state; idempotent, so a run that
     died in between finishes the job next time.
@@ -500,6 +503,10 @@ def clear_excluded_fields(samples: foc.SampleCollection) -> int:
     Args:
         samples: the dataset, or a view of the samples the state no longer holds
     """
+    if samples.has_field(REASON_FIELD):
+        stale = samples.match_tags(EXCLUDED_TAG, bool=False).exists(REASON_FIELD)
+        if stale.count():
+            stale.clear_sample_field(REASON_FIELD)
     if not samples.has_field(ROUND_FIELD):
         return 0
     # A view by match, not by a list of ids: FiftyOne copies a view's stages at every
