@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -103,6 +105,35 @@ def test_bubble_outlines_hold_their_members():
     assert outlines.vertices.dtype == np.float32
 
 
+def test_nearly_identical_vectors_get_pca_by_default_and_refuse_tsne():
+    # Found by a stress test: t-SNE on 50+ identical vectors (a static camera) divided its
+    # PCA start by a spread of zero and the process died (SIGSEGV), the App server with
+    # it. Run in a child process, so a regression fails the test instead of killing it.
+    code = """
+import numpy as np
+from bubblefence_plugin.core import layout as L
+x = np.zeros((80, 512), np.float32)
+x[:, 0] = 1
+x[:3, 1] = [0.1, 0.2, 0.3]  # 4 distinct vectors in all: still too few
+x /= np.linalg.norm(x, axis=1, keepdims=True)
+assert L.default_method(80) == "tsne"
+layout, xy = L.fit_layout(x, seed=0)
+assert layout.method == "pca" and np.isfinite(xy).all(), layout.method
+try:
+    L.fit_layout(x, "tsne", seed=0)
+except ValueError as e:
+    assert "5 distinct vectors" in str(e) and "method='pca'" in str(e), e
+else:
+    raise AssertionError("t-SNE on 4 distinct vectors was not refused")
+x[3, 2] = 0.5  # a fifth distinct vector: t-SNE as the default
+assert L.fit_layout(x / np.linalg.norm(x, axis=1, keepdims=True), seed=0)[0].method == "tsne"
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert done.stdout.strip() == "ok"
+
+
 def test_bad_methods_and_states_are_refused(monkeypatch):
     with pytest.raises(ValueError, match="method='mds'.*pca"):
         L.fit_layout(clustered_embeddings(10), "mds")
@@ -177,6 +208,25 @@ def test_the_first_map_is_tsne_and_old_points_do_not_move_when_a_round_adds_samp
     assert np.isfinite(np.array(list(after.values()))).all()
     # The Embeddings panel's run: FiftyOne's own manual visualization of the same points.
     assert ds.get_brain_info(viz.VIZ_KEY).config.method == "manual"
+
+
+@pytest.mark.fiftyone
+def test_a_split_of_identical_frames_gets_a_pca_map(fo_datasets, viz):
+    # Found by a stress test: 80 identical vectors (a static camera) split, then the
+    # first map's t-SNE killed the process (`test_nearly_identical_vectors_...` above).
+    import fiftyone as fo
+
+    import bubblefence_plugin.fo as bfo
+
+    ds = fo.Dataset()
+    fo_datasets.append(ds)
+    frame = np.zeros(512, np.float32)
+    frame[0] = 1
+    ds.add_samples([fo.Sample(filepath=f"/static/{i}.png", emb=frame) for i in range(80)])
+    summary = bfo.split(ds, embeddings_field="emb")
+    assert summary["counts_round"]["duplicate"] == 79
+    assert summary["map"]["method"] == "pca" and summary["map"]["n_points"] == 80
+    assert np.isfinite(viz.load_points(ds)[1]).all()
 
 
 @pytest.mark.fiftyone

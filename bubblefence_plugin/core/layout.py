@@ -197,41 +197,66 @@ class Layout:
 
 
 def fit_layout(
-    embeddings: np.ndarray, method: str = "pca", seed: int = 0
+    embeddings: np.ndarray, method: str | None = None, seed: int = 0
 ) -> tuple[Layout, np.ndarray]:
     """Fits a layout on ``embeddings`` (unit vectors) and returns it with their positions.
 
+    A nonlinear method needs `MIN_NONLINEAR_SAMPLES` distinct rows among those it is
+    fitted on: on fewer (a static camera's identical frames) scikit-learn's t-SNE
+    divides its PCA start by a spread of zero and the process dies (a segfault, found
+    by a stress test on 50 identical vectors), so such a request is refused and the
+    default method (``method`` None) is PCA there.
+
     Args:
         embeddings: (n, dim) unit vectors
-        method: one of `METHODS`
+        method: one of `METHODS`; None: `default_method`, or PCA on too few distinct rows
         seed: seeds the subsamples and the fit
     """
-    check_method(method)
     x = _as_matrix(embeddings, None, "embeddings")
     if len(x) == 0:
         raise ValueError("cannot fit a 2-D layout on zero samples")
+    chosen = check_method(method or default_method(len(x)))
     rng = np.random.default_rng(seed)
-    if method == "pca":
+    fit_rows = None
+    if chosen != "pca":
+        if len(x) < MIN_NONLINEAR_SAMPLES:
+            raise ValueError(
+                f"method={chosen!r} needs at least {MIN_NONLINEAR_SAMPLES} samples, got "
+                f"{len(x)}; use method='pca'"
+            )
+        fit_rows = subsample(len(x), NONLINEAR_FIT_LIMIT, rng)
+        if _distinct_rows(x[fit_rows], MIN_NONLINEAR_SAMPLES) < MIN_NONLINEAR_SAMPLES:
+            if method is not None:
+                raise ValueError(
+                    f"method={chosen!r} needs at least {MIN_NONLINEAR_SAMPLES} distinct "
+                    "vectors, and these are nearly all the same; use method='pca'"
+                )
+            chosen, rng = "pca", np.random.default_rng(seed)
+    if chosen == "pca":
         projection = fit_projection(x, 2, rng)
         components = projection.components
         if len(components) < 2:  # a single sample: any second axis will do
             components = np.vstack([components, np.zeros((1, x.shape[1]), np.float32)])
         layout = Layout("pca", seed, x.shape[1], projection.mean.astype(np.float32), components[:2])
         return layout, layout.place(x)
-    if len(x) < MIN_NONLINEAR_SAMPLES:
-        raise ValueError(
-            f"method={method!r} needs at least {MIN_NONLINEAR_SAMPLES} samples, got {len(x)}; "
-            "use method='pca'"
-        )
-    layout = Layout(method, seed, x.shape[1])
-    fit_rows = subsample(len(x), NONLINEAR_FIT_LIMIT, rng)
-    fitted = _fit_nonlinear(x[fit_rows], method, seed)
+    layout = Layout(chosen, seed, x.shape[1])
+    fitted = _fit_nonlinear(x[fit_rows], chosen, seed)
     xy = np.empty((len(x), 2), np.float32)
     xy[fit_rows] = fitted
     rest = np.setdiff1d(np.arange(len(x)), fit_rows)
     if len(rest):
         xy[rest] = layout.place(x[rest], x[fit_rows], fitted)
     return layout, xy
+
+
+def _distinct_rows(x: np.ndarray, enough: int) -> int:
+    """How many distinct rows ``x`` has, counted up to ``enough`` (the scan stops there)."""
+    seen: set[bytes] = set()
+    for row in np.ascontiguousarray(x):
+        seen.add(row.tobytes())
+        if len(seen) >= enough:
+            break
+    return len(seen)
 
 
 def _fit_nonlinear(x: np.ndarray, method: str, seed: int) -> np.ndarray:

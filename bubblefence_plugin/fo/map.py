@@ -13,10 +13,10 @@ Two stored pieces, both cloned with the dataset and removed by `reset`:
 After each split round `update_after_round` places the round's new samples with the
 stored layout; earlier points are copied from the stored run, never recomputed, so
 they do not move. The layout is fitted once (with `core.layout.default_method`:
-t-SNE, PCA for very small or very large states), unless `build_map` is asked for
-another method, which refits everything. Keeping this out of the state's commit path
-means a failure here never loses a split: the round notes it and the panel offers to
-rebuild the map.
+t-SNE, PCA for very small or very large states and for nearly identical vectors),
+unless `build_map` is asked for another method, which refits everything. Keeping
+this out of the state's commit path means a failure here never loses a split: the
+round notes it and the panel offers to rebuild the map.
 
 The panel's figure is built so that its events stay small (`map_figure`): at most
 `MAX_POINTS` points in one WebGL trace; the bubbles are a few SVG polyline traces,
@@ -50,7 +50,6 @@ from ..core.layout import (
     bubble_outlines,
     bubble_radii,
     check_method,
-    default_method,
     fit_layout,
 )
 from .fields import (
@@ -268,7 +267,7 @@ def update_map(dataset: fo.Dataset, bf: Any, refit_method: str | None = None) ->
     # A UMAP/t-SNE layout whose points were lost cannot place anything: start over.
     refitted = stored is None or (stored.layout.method != "pca" and not placed.any())
     if refitted:
-        method = refit_method or (stored.layout.method if stored else default_method(len(ids)))
+        method = refit_method or (stored.layout.method if stored else None)
         layout, xy = fit_layout(embeddings, method, seed=int(bf.config.seed))
         fitted_at = _now()
         n_new = len(ids)
