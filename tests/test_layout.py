@@ -346,3 +346,38 @@ def test_a_map_with_every_sample_excluded_is_kept_for_their_return(field_dataset
     after = dict(zip(*viz.load_points(ds), strict=True))
     assert after.keys() == before.keys()
     assert all(np.array_equal(after[i], before[i]) for i in before)
+
+
+@pytest.mark.fiftyone
+def test_the_bubbles_drawn_and_their_counts_follow_exclusions(field_dataset, viz):
+    # Found by a stress test: after Exclude the map drew every bubble with the counts of
+    # its last update, and with every sample excluded still drew them all, where a view
+    # of the same samples drew none.
+    from fiftyone import ViewField as F
+
+    import bubblefence_plugin.fo as bfo
+
+    ds = field_dataset
+    bfo.split(ds, embeddings_field="emb")
+
+    def drawn(samples):
+        data = viz.map_figure(samples)["data"]
+        (centres,) = [t for t in data if t["name"] == viz.BUBBLES_TRACE]
+        rows = zip(centres["ids"], centres["customdata"], strict=True)
+        return {int(i): tuple(row[4:6]) for i, row in rows}
+
+    def counted(samples):
+        held = samples.match(F("split").is_in(["validation", "test"]))
+        pairs = zip(*held.values(["anchor_id", "split"]), strict=True)
+        out: dict[int, list[int]] = {}
+        for anchor, split in pairs:
+            out.setdefault(anchor, [0, 0])[split == "test"] += 1
+        return {a: tuple(c) for a, c in out.items()}
+
+    assert drawn(ds) == counted(ds)
+    largest = max(counted(ds).items(), key=lambda item: sum(item[1]))[0]
+    bfo.exclude(ds.match(F("anchor_id") == largest))
+    bfo.exclude(ds.match(F("split") == "test").limit(3))
+    assert largest not in drawn(ds) and drawn(ds) == counted(ds)
+    bfo.exclude(ds)
+    assert drawn(ds) == {} == drawn(ds.match(F("filepath").exists()))

@@ -634,5 +634,3 @@ def test_bubble_hover_names_only_what_its_shells_hold():
     # both splits (an older state) is not said to be all test.
     assert shells("inner_val", -1.0, 2, 5) == "inner shell validation, outer ring test"
     assert shells("inner_test", 0.1, 0, 4) == "all test (inner shell only)"
-    # Every member excluded or deleted: the hover does not claim "all test".
-    assert shells("inner_val", 0.1, 0, 0) == "empty: its samples were excluded or deleted"

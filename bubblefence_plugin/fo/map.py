@@ -521,7 +521,7 @@ def map_figure(
     if drawn is None:
         drawn = _drawn_points(samples, points, max_points or MAX_POINTS)
     colors = _point_colors(samples, drawn, color_by)
-    bubbles = _bubbles_in_view(samples, stored.anchors)
+    bubbles = _bubbles_in_view(samples, _held_now(dataset, stored.anchors))
     faded = len(bubbles) > FADE_ABOVE_BUBBLES
     decimals = _decimals(points[1])
     data = [
@@ -860,6 +860,22 @@ def _legend_entries(colors: _PointColors) -> list[dict[str, Any]]:
     return entries
 
 
+def _held_now(dataset: fo.Dataset, anchors: pd.DataFrame) -> pd.DataFrame:
+    """The stored bubbles that hold a validation or test sample now, with those counted
+    from the split fields: the map's counts date from its last update, and an exclusion
+    or a deletion since leaves them stale (found by a stress test: every sample
+    excluded, the map still drew both bubbles, one with "test 31")."""
+    counts = {
+        column: anchors["anchor_id"]
+        .map(dataset.match(F(SPLIT_FIELD) == split).count_values(ANCHOR_FIELD))
+        .fillna(0)
+        .astype(np.int64)
+        for column, split in (("n_validation", "validation"), ("n_test", "test"))
+    }
+    now = anchors.assign(**counts)
+    return now[(now["n_validation"] + now["n_test"]) > 0]
+
+
 def _bubbles_in_view(samples: foc.SampleCollection, anchors: pd.DataFrame) -> pd.DataFrame:
     """The stored bubbles with a sample in the view, most held-out samples first."""
     bubbles = anchors
@@ -954,12 +970,10 @@ def _outline_traces(
 
 
 def _shells_text(bubble: Any) -> str:
-    """What a bubble's shells hold, for its hover: only shells that hold samples are
-    named, and a bubble whose samples were all excluded or deleted says so."""
+    """What a bubble's shells hold, for its hover (a bubble that holds none is not
+    drawn, `_held_now`): only shells that hold samples are named."""
     inner_split, outer_split = _shell_splits(bubble.layout)
     held = {"validation": int(bubble.n_validation), "test": int(bubble.n_test)}
-    if not any(held.values()):
-        return "empty: its samples were excluded or deleted"
     if not held[inner_split]:
         return f"no inner shell, all {outer_split}"
     if not held[outer_split]:  # the outer ring holds no sample: do not name it
