@@ -101,6 +101,19 @@ def test_balance_hits_target_shares_exactly_where_the_data_allows():
     assert {c: int((picked == c).sum()) for c in "abc"} == {"a": 13, "b": 12, "c": 5}
 
 
+def test_samples_without_a_label_take_no_part_in_a_balance():
+    # Found by a stress test: unlabelled samples (label "") got a quota of their own.
+    labels = np.array(["a"] * 50 + [""] * 25 + ["b"] * 30)
+    assert cur.class_quotas(labels, 20, "uniform") == {"a": 10, "b": 10}
+    assert cur.class_quotas(labels, 16, "input") == {"a": 10, "b": 6}
+    x, _ = separated_clusters(1, len(labels), seed=3)
+    for strategy in ("random", "diverse"):
+        req = cur.CurationRequest({"balance": 1.0, strategy: 1.0}, count=20)
+        assert "" not in labels[cur.select(x, req, labels=labels).rows]
+    only_unlabelled = cur.CurationRequest({"balance": 1.0}, count=5)
+    assert len(cur.select(x[:10], only_unlabelled, labels=np.full(10, "")).rows) == 0
+
+
 def test_combination_with_a_zero_strength_equals_the_other_alone():
     x, _ = separated_clusters(5, 40, spread=0.3, seed=4)
     values = np.random.default_rng(0).random(len(x))

@@ -467,10 +467,13 @@ def class_quotas(
     gives all it has and its shortfall is shared among the others in proportion to
     their shares; integers by largest remainder (ties to the class first in sorted
     order). Classes absent from an explicit target get nothing; a target class absent
-    from the data gets nothing and its share goes to the others.
+    from the data gets nothing and its share goes to the others. An empty label is no
+    class: samples without a label get no quota (found by a stress test: a quarter of
+    the samples unlabelled took a quarter of a uniform pick as class "").
     """
     check_target(target)
     names, available = np.unique(np.asarray(labels).astype(str), return_counts=True)
+    names, available = names[names != ""], available[names != ""]
     if target == "uniform":
         shares = np.ones(len(names))
     elif target == "input":
