@@ -210,9 +210,9 @@ def _pick_inputs(ctx: ExecutionContext, inputs: types.Object) -> None:
         "replace", default=False, label="Replace", description="Move an existing tag to this pick"
     )
     tag = ctx.params.get("tag") or bfo.DEFAULT_TAG
-    if tag in bfo.RESERVED_TAGS:
+    if bfo.is_reserved_tag(tag):
         prop.invalid = True
-        prop.error_message = f"{tag!r} is reserved; choose another tag"
+        prop.error_message = f"{tag!r} is reserved (a split's name); choose another tag"
     elif not ctx.params.get("replace") and ctx.dataset.count_sample_tags().get(tag, 0):
         prop.invalid = True
         prop.error_message = f"{tag!r} exists already: choose a new tag or tick Replace"

@@ -165,6 +165,10 @@ def test_from_split_start_from_similar_balance_metadata(field_dataset):
     [
         ({"strategy": "spread"}, "strategy='spread'"),
         ({"tag": "train"}, "reserved"),
+        # The audit reads these as splits, so a pick so tagged was in two splits there.
+        ({"tag": "val"}, "reserved"),
+        ({"tag": " Train"}, "reserved"),
+        ({"tag": "Excluded"}, "reserved"),
         ({"strategy": "balance"}, "label_field"),
         ({"strategy": "similar"}, "query_tag"),
         ({"strategy": "metadata"}, "metadata_field"),
@@ -201,6 +205,8 @@ def test_operator_immediate_with_progress_and_delegated(field_dataset):
 
     with pytest.raises(ExecutionError, match="'odd' exists already"):  # the form refuses it
         foo.get_operator(SAMPLE)(ds, strategy="diverse", count=3, tag="odd", embeddings_field="emb")
+    with pytest.raises(ExecutionError, match="'val' is reserved"):  # a split's name to the audit
+        foo.get_operator(SAMPLE)(ds, strategy="diverse", count=3, tag="val", embeddings_field="emb")
 
     op = foo.get_operator(SAMPLE)
     queued = op(

@@ -39,6 +39,7 @@ from ..core.curation import (
 )
 from ..core.progress import Progress, ProgressCallback, Steps, drive
 from ..text import counted
+from .audit import SPLIT_ALIASES, role_of
 from .embeddings import check_vector_field, read_embeddings
 from .fields import (
     EMBEDDING_FIELD,
@@ -376,11 +377,25 @@ def _embeddings_field(dataset: fo.Dataset, name: str | None) -> str:
     return field
 
 
+def is_reserved_tag(tag: str) -> bool:
+    """Whether a pick may not take ``tag``: a split's or the exclusion's, in any case
+    and spacing, and the split aliases the audit reads (`audit.role_of`): a pick tagged
+    "val" put its samples in two splits in a report of the tags (found by a stress test).
+
+    Args:
+        tag: a tag name
+    """
+    return bool(role_of(tag)) or tag.strip().lower() == EXCLUDED_TAG
+
+
 def _check_tag(dataset: fo.Dataset, tag: str, replace: bool) -> None:
     if not isinstance(tag, str) or not tag.strip():
         raise ValueError("tag must be a non-empty string")
-    if tag in RESERVED_TAGS:
-        raise ValueError(f"tag={tag!r} is reserved ({', '.join(RESERVED_TAGS)}); choose another")
+    if is_reserved_tag(tag):
+        raise ValueError(
+            f"tag={tag!r} is reserved: {', '.join(RESERVED_TAGS)} and the split names the "
+            f"audit reads ({', '.join(SPLIT_ALIASES)}), in any case; choose another"
+        )
     if not replace and dataset.count_sample_tags().get(tag, 0):
         raise ValueError(
             f"tag {tag!r} already exists on {dataset.count_sample_tags()[tag]} samples; choose "
