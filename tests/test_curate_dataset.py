@@ -227,6 +227,21 @@ def test_operator_immediate_with_progress_and_delegated(field_dataset):
     assert ds.count_sample_tags()["mix"] == 5
 
 
+def test_from_split_reads_a_split_of_tags_alone(field_dataset):
+    # Found by a stress test: on a dataset split by tags only (as zoo datasets ship),
+    # from_split="train" was refused as "no split yet" while start_from read the tags.
+    ds = field_dataset
+    train = ds.take(120, seed=1).values("id")
+    ds.select(train).tag_samples("train")
+    out = curate.sample(
+        ds, "diverse", count=10, tag="pick", from_split="train", embeddings_field="emb"
+    )
+    assert out["n_candidates"] == 120
+    assert set(ds.match_tags("pick").values("id")) <= set(train)
+    with pytest.raises(ValueError, match="has no split yet"):
+        curate.sample(ds, "diverse", count=3, tag="p2", from_split="test", embeddings_field="emb")
+
+
 def test_operator_form_shows_strategy_options(field_dataset):
     import asyncio
 

@@ -278,8 +278,7 @@ def _candidates(
         )
     eligible = np.ones(len(ok_ids), bool)
     if from_split:
-        split = _values_in_order(dataset, ok_ids, SPLIT_FIELD)
-        eligible &= np.asarray(split, dtype=object) == from_split
+        eligible &= np.isin(ok_ids, _tagged_ids(dataset, from_split))
     for name in (start_from, query_tag):
         if name:  # never re-pick what counts as picked, nor the query itself
             eligible &= ~np.isin(ok_ids, _tagged_ids(dataset, name))
@@ -413,9 +412,13 @@ def _check_options(
 ) -> None:
     if from_split is not None and from_split not in SPLIT_TAGS:
         raise ValueError(f"from_split={from_split!r}; use one of {SPLIT_TAGS} or None")
-    if from_split and not dataset.has_field(SPLIT_FIELD):
-        raise ValueError(f"from_split={from_split!r}, but {dataset.name!r} has no split yet")
     tags = dataset.count_sample_tags()
+    # A split of tags alone (as zoo datasets ship) serves too, as for `start_from`.
+    if from_split and not dataset.has_field(SPLIT_FIELD) and not tags.get(from_split):
+        raise ValueError(
+            f"from_split={from_split!r}, but {dataset.name!r} has no split yet (no split "
+            "field, and no sample tagged so)"
+        )
     if start_from and not tags.get(start_from):
         raise ValueError(f"start_from={start_from!r}: no sample has that tag")
     if "similar" in request.active and not query_tag:
@@ -452,7 +455,8 @@ def _numeric_path(dataset: fo.Dataset, name: str) -> str:
 
 
 def _tagged_ids(dataset: fo.Dataset, name: str) -> list[str]:
-    """Samples with this tag; a split name also matches the ``split`` field."""
+    """Samples with this tag; a split name matches the ``split`` field instead where
+    BubbleFence split the dataset."""
     if name in SPLIT_TAGS and dataset.has_field(SPLIT_FIELD):
         return dataset.match(fo.ViewField(SPLIT_FIELD) == name).values("id")
     return dataset.match_tags(name).values("id")
