@@ -177,6 +177,12 @@ def test_any_split_source_tags_and_a_field_with_aliases(field_dataset):
         "other": 10,
     }
     assert r["n_conflicting_tags"] == 10 and "two split tags" in r["warnings"][0]
+    # One sample is said in the singular (found by a stress test: "1 samples ... have").
+    ds.select(ds.values("id")[:149]).untag_samples("test")  # 149 alone carries two
+    ds.select(ds.values("id")[0]).set_values("emb", [None])
+    warnings = bfo.report(ds, "tags", "emb", store=False)["warnings"]
+    assert "1 sample with a split has no usable 'emb'" in warnings[0]
+    assert warnings[1] == "1 sample carries two split tags: left out"
 
 
 def test_stability_between_reports_clone_and_pruning(split_dataset, monkeypatch):

@@ -80,7 +80,7 @@ import pandas as pd
 
 from ..core import metrics
 from ..core.progress import Progress, ProgressCallback, Steps, drive, within
-from ..text import audited_text
+from ..text import audited_text, counted
 from .embeddings import check_vector_field, holds_vectors, read_vectors
 from .export import path_inside, safe_name
 from .fields import (
@@ -464,11 +464,15 @@ def _read_rows(samples: foc.SampleCollection, plan: _Plan) -> _Rows:
     n_without = int(np.sum((roles != "") & ~checked.ok))
     if n_without:
         plan.warnings.append(
-            f"{n_without} samples with a split have no usable {plan.embeddings_field!r} "
+            f"{counted(n_without, 'sample')} with a split "
+            f"{'has' if n_without == 1 else 'have'} no usable {plan.embeddings_field!r} "
             "(missing, wrong dimension, NaN or zero): left out of every measure"
         )
     if n_conflicts:
-        plan.warnings.append(f"{n_conflicts} samples carry two split tags: left out")
+        plan.warnings.append(
+            f"{counted(n_conflicts, 'sample')} "
+            f"{'carries' if n_conflicts == 1 else 'carry'} two split tags: left out"
+        )
     if not (roles[rows] != "").any():
         raise ValueError(
             f"nothing to audit: no sample of this collection ({len(ids)} samples) has both a "
