@@ -242,6 +242,17 @@ def test_from_split_reads_a_split_of_tags_alone(field_dataset):
         curate.sample(ds, "diverse", count=3, tag="p2", from_split="test", embeddings_field="emb")
 
 
+def test_a_pick_and_a_report_read_the_same_vector_field_when_none_is_named(field_dataset):
+    # Found by a stress test: a pick on a dataset never split asked for embeddings_field
+    # where a report took its only vector field.
+    ds = field_dataset
+    ds.select(ds.take(150, seed=2).values("id")).tag_samples("train")
+    ds.match_tags("train", bool=False).tag_samples("test")
+    out = curate.sample(ds, "diverse", count=5, tag="pick")
+    assert out["n_read"] == 200 and ds.count_sample_tags()["pick"] == 5
+    assert bfo.report(ds, "tags", store=False)["embeddings_field"] == "emb"
+
+
 def test_operator_form_shows_strategy_options(field_dataset):
     import asyncio
 

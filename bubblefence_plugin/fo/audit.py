@@ -81,12 +81,11 @@ import pandas as pd
 from ..core import metrics
 from ..core.progress import Progress, ProgressCallback, Steps, drive, within
 from ..text import audited_text, counted
-from .embeddings import check_vector_field, holds_vectors, read_vectors
+from .embeddings import check_vector_field, read_vectors
 from .export import path_inside, safe_name
 from .fields import (
     ANCHOR_FIELD,
     DUPLICATE_FIELD,
-    EMBEDDING_FIELD,
     ERROR_FIELD,
     SHELL_FIELD,
     SPLIT_FIELD,
@@ -97,7 +96,7 @@ from .fields import (
 )
 from .map import SPLIT_COLORS, load_layout, load_points
 from .runs import RunType, from_npy_text, is_locked, reloaded, to_npy_text
-from .state import remembered_field, state_info
+from .state import default_vector_field, remembered_field, state_info
 
 logger = logging.getLogger(__name__)
 
@@ -220,19 +219,6 @@ def _roles_from_tags(tag_lists: Sequence[Sequence[str] | None]) -> tuple[np.ndar
             conflicts += 1
         roles.append(found.pop() if len(found) == 1 else "")
     return np.asarray(roles, dtype=object), conflicts
-
-
-def _default_embeddings_field(dataset: fo.Dataset) -> str | None:
-    """The field the stored split read (a list field too: the split took it), else
-    BubbleFence's own, else the first vector field."""
-    info = state_info(dataset)
-    stored = info.get("embeddings_field") if info else None
-    if holds_vectors(dataset, stored):
-        return stored
-    vector_fields = dataset.get_field_schema(ftype=fo.VectorField)
-    if EMBEDDING_FIELD in vector_fields:
-        return EMBEDDING_FIELD
-    return next(iter(sorted(vector_fields)), None)
 
 
 def _resolve_source(samples: foc.SampleCollection, split_source: str | None) -> str:
@@ -380,7 +366,7 @@ def _plan(samples: foc.SampleCollection, options: AuditOptions) -> _Plan:
     """Checks the fields the options name and fills in the defaults; reads no samples."""
     dataset = reloaded(check_samples(samples))
     source = _resolve_source(samples, options.split_source)
-    embeddings_field = options.embeddings_field or _default_embeddings_field(dataset)
+    embeddings_field = options.embeddings_field or default_vector_field(dataset)
     if not embeddings_field:
         raise ValueError(
             f"dataset {dataset.name!r} has no vector field to audit with: name the field "

@@ -56,7 +56,7 @@ from .fields import (
     values_by_id,
 )
 from .runs import RunLock, RunType, from_npy_text, to_npy_text
-from .state import STATE_RUN, forget_excluded, load_state, state_info
+from .state import STATE_RUN, default_vector_field, forget_excluded, load_state
 
 TYPICALITY_FIELD = "bubblefence_typicality"
 REGION_FIELD = "bubblefence_region"
@@ -115,7 +115,7 @@ def sample(
         tag: the tag the pick gets; it must not exist yet unless ``replace``
         strengths: strategy -> strength (alone, it also names the strategies)
         embeddings_field: the vector field (default: the split's, else
-            ``bubblefence_embedding``)
+            ``bubblefence_embedding``, else the first vector field, as a report)
         from_split: pick only among that split's samples
         start_from: a tag or split whose samples count as already picked, so
             ``diverse`` adds what they lack
@@ -369,9 +369,9 @@ def parse_target(text: str | dict[str, float]) -> str | dict[str, float]:
 
 
 def _embeddings_field(dataset: fo.Dataset, name: str | None) -> str:
-    """The named vector field, else the split's, else `EMBEDDING_FIELD`; checked."""
-    info = state_info(dataset) or {}
-    field = name or info.get("embeddings_field") or EMBEDDING_FIELD
+    """The named vector field, else the one a report would read
+    (`state.default_vector_field`); checked."""
+    field = name or default_vector_field(dataset) or EMBEDDING_FIELD
     check_vector_field(dataset, field)
     return field
 

@@ -34,8 +34,9 @@ from ..core.state import (
     npy_blob_header,
     rows_with_room,
 )
-from .embeddings import read_vectors
+from .embeddings import holds_vectors, read_vectors
 from .fields import (
+    EMBEDDING_FIELD,
     EXCLUDED_TAG,
     id_chunks,
     root_dataset,
@@ -79,6 +80,24 @@ def remembered_field(asked: str | None, stored: str | None) -> str | None:
         stored: the field the stored split used, or None
     """
     return (stored if asked is None else asked) or None
+
+
+def default_vector_field(dataset: fo.Dataset) -> str | None:
+    """The vector field a reader uses when none is named: the one the stored split read
+    (a list field too: the split took it), else BubbleFence's own, else the first vector
+    field by name; None when the dataset has none.
+
+    Args:
+        dataset: the dataset
+    """
+    info = state_info(dataset)
+    stored = info.get("embeddings_field") if info else None
+    if holds_vectors(dataset, stored):
+        return stored
+    vector_fields = dataset.get_field_schema(ftype=fo.VectorField)
+    if EMBEDDING_FIELD in vector_fields:
+        return EMBEDDING_FIELD
+    return next(iter(sorted(vector_fields)), None)
 
 
 def load_state(
