@@ -657,7 +657,10 @@ def _audit_markdown(dataset: Any, split_updated_at: str | None) -> str | None:
         return f"**Audit**\n\nThe latest audit report could not be read: {escape_markdown(e)}"
     source = escape_markdown(report.get("source"))  # a field name: the user's
     created = report.get("created_at")
-    lines = [f"**Audit of {created or '?'}** (split source {source})", ""]
+    # How many it audited: a report of a small view reads differently from the dataset's.
+    audited = report.get("n_audited")
+    of = f", {audited:,} samples audited" if isinstance(audited, int) else ""
+    lines = [f"**Audit of {created or '?'}** (split source {source}{of})", ""]
     if _is_before(created, split_updated_at):
         lines += [
             f"⚠ **Stale:** the split changed after this audit (last saved {split_updated_at}); "

@@ -521,7 +521,12 @@ def test_samples_not_split_yet_are_announced_first(split_dataset):
 def test_audit_figures_are_shown_and_marked_stale_after_a_newer_split(split_dataset, monkeypatch):
     import panels.bubblefence_panel as panel_module
 
-    report = {"created_at": "2026-01-02T03:04:05.000000Z", "source": "split", "metrics": {}}
+    report = {
+        "created_at": "2026-01-02T03:04:05.000000Z",
+        "source": "split",
+        "n_audited": 1250,
+        "metrics": {},
+    }
     rows = [
         {
             "key": "leakage_eval_train@0.95",
@@ -546,6 +551,7 @@ def test_audit_figures_are_shown_and_marked_stale_after_a_newer_split(split_data
     monkeypatch.setattr(bfo, "summary_rows", lambda r: rows)
     markdown = panel_module._audit_markdown(split_dataset, "2026-01-02T03:04:00Z")
     assert "2026-01-02T03:04:05" in markdown and "Stale" not in markdown
+    assert "(split source split, 1,250 samples audited)" in markdown
     assert "| Leakage@0.95 eval→train | 0.0000 | 0.2500 |" in markdown
     assert "Diversity score" in markdown and "Samples train" not in markdown
     stale = panel_module._audit_markdown(split_dataset, "2026-01-02T05:00:00Z")
