@@ -407,6 +407,16 @@ def test_a_new_member_of_a_train_group_follows_it_before_any_bubble():
     assert r.split.tolist() == ["train"] and bf.history[-1]["group_known"] == 1
 
 
+def _crossing(side: str, others: np.ndarray) -> int:
+    """How many of ``others`` (split names) lie across either line from ``side``."""
+    return int(
+        np.sum(
+            ((others == "train") != (side == "train"))
+            | ((side != "train") & (others != "train") & (others != side))
+        )
+    )
+
+
 def test_duplicates_that_follow_take_their_group_side():
     x, labels, groups = labelled_groups(6, sizes=(600, 200, 60))
     bf = BubbleFence(BubbleFenceConfig(seed=6, dedup_policy="follow"))
@@ -420,6 +430,25 @@ def test_duplicates_that_follow_take_their_group_side():
     check_groups(bf)
     sides = {g: set(r.split[new_groups == g]) for g in set(new_groups)}
     assert all(len(s) == 1 for s in sides.values())
+    # A copy its group's vote moved off its original's side crosses with the original and
+    # its twins: those pairs are counted (found by a stress test: cut_pairs 0), and the
+    # copy is not said to be with its original.
+    a = bf.assignments()
+    row_of = {sid: k for k, sid in enumerate(a["id"])}
+    split = a["split"].to_numpy()
+    kept = np.flatnonzero(a["duplicate_of"].isna().to_numpy())
+    x64 = bf._embeddings.astype(np.float64)
+    apart, extra = 0, 0
+    for copy_id, original_id in zip(r.ids, r.duplicate_of, strict=True):
+        f, o = row_of[copy_id], row_of[original_id]
+        if split[f] == split[o]:
+            continue
+        apart += 1
+        twins = kept[x64[kept] @ x64[f] >= bf.config.leak_threshold]
+        extra += _crossing(split[f], split[twins]) - _crossing(split[o], split[twins])
+    assert apart > 0 and extra > 0
+    assert r.stats["duplicates_with_original"] == len(copies) - apart
+    assert crossing_pairs(bf) + extra == sum(h["cut_pairs"] for h in bf.history)
 
 
 def test_deterministic_and_same_after_save_load(tmp_path):

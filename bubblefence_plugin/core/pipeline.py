@@ -574,7 +574,12 @@ class BubbleFence:
                 self.config.validation_ratio,
             )
             work.stats.update({f"group_{k}": v for k, v in moves.items()})
-            moved = new_rows[(split[new_rows] != before[new_rows]) & work.kept[new_rows]]
+            # A follower the vote moved off its original's side crosses with it and its
+            # twins: counted too (found by a stress test: exact copies in eval beside
+            # their originals in train, cut_pairs 0).
+            moved = new_rows[
+                (split[new_rows] != before[new_rows]) & (work.kept[new_rows] | follower)
+            ]
             change = crossings_changed(
                 work.x,
                 moved,
@@ -585,6 +590,10 @@ class BubbleFence:
             )
             work.stats["cut_pairs_groups"] = change
             work.stats["cut_pairs"] = work.stats.get("cut_pairs", 0) + change
+        if self.config.dedup_policy == "follow":
+            followers = new_rows[work.is_duplicate[new_rows]]
+            with_original = split[followers] == split[work.duplicate_of[followers]]
+            work.stats["duplicates_with_original"] = int(with_original.sum())
 
     def _clear_new_bubbles(self, work: _Round) -> None:
         """The new bubbles' balls end before any train sample (`bubbles.clear_of_train`):

@@ -751,12 +751,10 @@ def _round_counts(result: Any) -> dict[str, Any]:
         "round": int(result.round),
         "n_assigned": len(result.ids),
         "counts_round": {s: int(counts.get(s, 0)) for s in SPLIT_VALUES},
-        # Duplicates that took their original's split (`dedup_policy` follow): counted
-        # in their splits above, and said apart so that "duplicates 0" does not hide them.
-        "n_duplicates_placed": sum(
-            d is not None and s != "duplicate"
-            for d, s in zip(result.duplicate_of, result.split, strict=True)
-        ),
+        # Duplicates in their original's split (`dedup_policy` follow): counted in their
+        # splits above, and said apart so that "duplicates 0" does not hide them; one a
+        # group's vote moved off its original's side is not among them.
+        "n_duplicates_placed": int(result.stats.get("duplicates_with_original", 0)),
         "new_anchors": len(result.new_anchor_ids),
         # Said to the user (`text.round_warnings`): the leak graph's pairs this round put
         # on both sides of a line, and how far min_eval_per_batch yielded to it.
