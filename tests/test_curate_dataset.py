@@ -621,6 +621,26 @@ def test_a_split_stopped_after_writing_an_heir_heals_when_the_original_comes_bac
     assert ds[copy]["duplicate_of"] == original and ds[copy].tags == []
 
 
+def test_a_copy_that_stood_in_points_to_its_original_included_again(field_dataset):
+    # Found by a lifecycle fuzz: the round that made the stand-in a duplicate of the
+    # original again left its duplicate_of field empty until the next run.
+    ds = field_dataset
+    ds.set_values("g", [f"g{i}" for i in range(len(ds))])
+    bfo.split(ds, embeddings_field="emb", group_field="g")
+    original = ds.match(F("split") == "validation").first()
+    train = ds.match(F("split") == "train").first()
+    ds.add_sample(fo.Sample(filepath="/nonexistent/copy.png", emb=original.emb, g=train.g))
+    copy = ds.skip(len(ds) - 1).first().id
+    bfo.split(ds)
+    assert ds[copy].duplicate_of == original.id
+    bfo.exclude(ds.select([original.id]))  # no heir: the copy's group is train's
+    assert (ds[copy].split, ds[copy].duplicate_of) == ("duplicate", None)
+    bfo.include_again(ds.select([original.id]))
+    bfo.split(ds)
+    rows = bfo.load_state(ds, embeddings=False)[0].assignments().set_index("id")
+    assert rows.loc[copy, "duplicate_of"] == original.id == ds[copy].duplicate_of
+
+
 def test_an_exclusion_stopped_after_its_commit_is_finished_by_a_split_with_nothing_new(
     field_dataset, monkeypatch
 ):

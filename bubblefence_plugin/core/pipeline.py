@@ -90,6 +90,9 @@ class RoundResult:
     round: int
     new_anchor_ids: list[int] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
+    # Earlier samples this round made duplicates of a new one (`_adopt_orphans`): their
+    # stored assignment changed too, so their fields must follow.
+    relinked_ids: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=object))
 
 
 @dataclass
@@ -126,6 +129,7 @@ class _Round:
     earlier_index: CellIndex | None = None  # the kept rows of earlier rounds (`_earlier`)
     kept_index: CellIndex | None = None  # every kept row (round 0's units), for the next round
     new_index: CellIndex | None = None  # the round's new kept rows (`_new_index`)
+    relinked: np.ndarray | None = None  # earlier rows `_adopt_orphans` relinked
 
     @property
     def n(self) -> int:
@@ -170,6 +174,7 @@ def _adopt_orphans(work: _Round) -> None:
     old = np.flatnonzero(np.isin(work.duplicate_of[: work.n_old], adopted))
     work.duplicate_of[old] = keeper[work.duplicate_of[old]]
     work.duplicate_of[adopted] = rows[first]
+    work.relinked = np.union1d(adopted, old)
 
 
 @contextmanager
@@ -621,7 +626,10 @@ class BubbleFence:
         self._index_structure = None
         record = self._round_record(work.index, work.new_rows, work.stats, work.timings)
         self.history.append(record)
-        return self._result(work.new_rows, work.index, first_anchor, record)
+        result = self._result(work.new_rows, work.index, first_anchor, record)
+        if work.relinked is not None:
+            result.relinked_ids = self._ids[work.relinked]
+        return result
 
     def _earlier(self, work: _Round) -> CellIndex | None:
         """One index over the kept rows of earlier rounds, built at its first use in the

@@ -713,11 +713,15 @@ def _commit(r: _Round) -> None:
 
 
 def _write_round_fields(r: _Round, result: RoundResult) -> None:
-    """Mirrors the round's assignments into the split fields and tags."""
+    """Mirrors the round's assignments into the split fields and tags, and those of the
+    earlier samples it made duplicates of a new one (`RoundResult.relinked_ids`)."""
     table = assignment_table(
         result.ids, result.split, result.anchor_id, result.shell, result.round, result.duplicate_of
     )
     write_assignments(r.dataset, table)
+    if len(result.relinked_ids):
+        frame = r.bf.assignments()
+        write_assignments(r.dataset, table_from_frame(frame[frame["id"].isin(result.relinked_ids)]))
     record_fields_round(r.dataset, r.params, int(result.round))
 
 
