@@ -27,6 +27,7 @@ import fiftyone.utils.data as foud
 from fiftyone import ViewField as F
 
 from ..core.progress import Progress, ProgressCallback, Steps, drive, within
+from ..text import counted
 from .fields import (
     ASSIGNMENT_COLUMNS,
     EXCLUDED_TAG,
@@ -223,6 +224,7 @@ def iter_export(
     table = table_from_frame(loaded[0].assignments()) if loaded else {"id": []}
     if loaded and not tags:
         _refuse_tags_off_the_state(samples, table)
+        _refuse_duplicates_of_deleted(dataset, table)
     kwargs = _one_class_list(samples, type_name, label_field, kwargs)
     created = not export_dir.exists()
     replaced = _prepare_export_dir(samples, export_dir, overwrite)
@@ -358,6 +360,24 @@ def _refuse_tags_off_the_state(samples: foc.SampleCollection, table: dict[str, l
         "stays, and is said: set it back, or reset to split anew). To export tags of your "
         "own, name them with tags=[...] (--tags)"
     )
+
+
+def _refuse_duplicates_of_deleted(dataset: fo.Dataset, table: dict[str, list]) -> None:
+    """Refuses while an original the split holds was deleted and no split has run since:
+    its duplicates wait for its place (`BubbleFence.forget` gives it to the earliest at
+    the next split), so exported now their images would be in no split, listed as
+    duplicates of a sample that is gone (found by a lifecycle fuzz)."""
+    originals = sorted({o for o in table["duplicate_of"] if o})
+    if not originals:
+        return
+    gone = sorted(set(originals) - set(values_by_id(dataset, originals, [])[0]))
+    if gone:
+        raise ValueError(
+            f"{counted(len(gone), 'split sample')} with duplicates "
+            f"{'was' if len(gone) == 1 else 'were'} deleted since the last split (e.g. "
+            f"{gone[0]!r}); run the split again: the earliest duplicate of each takes its "
+            "place, and its image is exported"
+        )
 
 
 def _one_class_list(
