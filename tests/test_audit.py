@@ -199,11 +199,19 @@ def test_stability_between_reports_clone_and_pruning(split_dataset, monkeypatch)
     assert stab["changes"] == {"train->test": 1}
     assert stab["n_unchanged"] == stab["n_compared"] - 1
     assert bfo.latest_report(ds)["run_key"] == third["run_key"]
+    # Excluded since: not changes of split, counted apart (found by a lifecycle fuzz:
+    # "train->none" for every exclusion).
+    bfo.exclude(ds.match(fo.ViewField("split") == "train").limit(4))
+    fourth = bfo.report(ds, "split", "emb")
+    assert fourth["metrics"]["stability"]["changes"] == {}
+    assert fourth["metrics"]["stability"]["n_left_out"] == 4
+    (row,) = [r for r in bfo.summary_rows(fourth) if r["key"] == "stability"]
+    assert row["split"].endswith("unchanged (4 samples excluded since, not compared)")
 
     clone = ds.clone()
     try:
         assert bfo.latest_report(clone) == bfo.latest_report(ds)
-        assert len(bfo.list_reports(clone)) == 3
+        assert len(bfo.list_reports(clone)) == 4
     finally:
         clone.delete()
 

@@ -224,6 +224,10 @@ def test_stability_joins_on_ids():
     assert result.changes == {"validation->none": 1}
     same = stability(before_ids, before, before_ids, before)
     assert same.share_unchanged == 1.0 and same.changes == {}
+    # c was excluded on purpose: not a change, counted apart (found by a lifecycle fuzz).
+    excluded = stability(before_ids, before, after_ids, after, left_out=["c", "zz"])
+    assert (excluded.n_compared, excluded.n_left_out, excluded.changes) == (2, 1, {})
+    assert excluded.share_unchanged == 1.0 and excluded.n_missing == 1
     with pytest.raises(ValueError, match="repeated"):
         stability(["a", "a"], ["train", "test"], ["a"], ["train"])
 

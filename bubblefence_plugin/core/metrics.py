@@ -151,6 +151,7 @@ class Stability:
     n_missing: int  # rows of the earlier assignment that are gone
     share_unchanged: float | None
     changes: dict[str, int]  # "train->test": count; "none" = no role any more
+    n_left_out: int = 0  # rows taken out on purpose since (`stability`'s ``left_out``)
 
 
 @dataclass
@@ -546,11 +547,14 @@ def stability(
     split_before: Sequence[Any] | np.ndarray,
     ids_after: Sequence[Any] | np.ndarray,
     split_after: Sequence[Any] | np.ndarray,
+    left_out: Sequence[Any] | np.ndarray = (),
 ) -> Stability:
     """Share of rows with a role before whose role is the same after (joined on ids).
 
     Rows that are gone afterwards are counted as missing, not as changed; a row that lost
-    its role (reset, marked duplicate) is a change to "none".
+    its role (reset, marked duplicate) is a change to "none". Rows of ``left_out`` (ids
+    taken out of the assignment on purpose since, such as excluded samples) are neither:
+    they are counted apart (a stress test read 27 exclusions as "train->none" changes).
     """
     before_codes = role_codes(split_before)
     after_codes = role_codes(split_after)
@@ -566,6 +570,8 @@ def stability(
             raise ValueError(f"ids_{name} contains repeated ids")
     had_role = before_codes >= 0
     before_ids, before_codes = before_ids[had_role], before_codes[had_role]
+    taken_out = np.isin(before_ids, np.asarray(left_out).astype(str))
+    before_ids, before_codes = before_ids[~taken_out], before_codes[~taken_out]
     _, ib, ia = np.intersect1d(before_ids, after_ids, assume_unique=True, return_indices=True)
     old, new = before_codes[ib], after_codes[ia]
     changed = old != new
@@ -580,6 +586,7 @@ def stability(
         n_missing=int(len(before_ids) - compared),
         share_unchanged=float(1.0 - changed.mean()) if compared else None,
         changes=dict(sorted(changes.items())),
+        n_left_out=int(taken_out.sum()),
     )
 
 
@@ -769,6 +776,7 @@ def iter_audit(
     *,
     ids: Sequence[Any] | np.ndarray | None = None,
     previous: tuple[Sequence[Any], Sequence[Any]] | None = None,
+    left_out: Sequence[Any] | np.ndarray = (),
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
     eval_ratio: float | None = None,
     validation_ratio: float | None = None,
@@ -818,7 +826,7 @@ def iter_audit(
     result = None
     if previous is not None:
         split_now = np.asarray(ROLES + ("",), dtype=object)[codes]
-        result = stability(previous[0], previous[1], ids, split_now)
+        result = stability(previous[0], previous[1], ids, split_now, left_out)
     yield Progress(1.0, "done")
     return AuditReport(
         n_rows=n,
@@ -849,9 +857,10 @@ def audit(
     ``embeddings`` (n, d), one row per entry of ``split`` (train/validation/test; any other
     value takes no part). Optional ``labels`` (one label or a collection of labels per row,
     None or "" = missing) and ``groups`` (one per row) add label coverage and group
-    violations. ``ids`` with ``previous=(ids, split)``
-    of an earlier assignment add stability. ``eval_ratio`` / ``validation_ratio`` are the
-    targets of the ratio and balance errors. ``max_queries`` bounds the leakage queries per
-    direction (None = all, exact). Keyword arguments are those of `iter_audit`.
+    violations. ``ids`` with ``previous=(ids, split)`` of an earlier assignment add
+    stability (``left_out``: ids taken out on purpose since). ``eval_ratio`` /
+    ``validation_ratio`` are the targets of the ratio and balance errors.
+    ``max_queries`` bounds the leakage queries per direction (None = all, exact).
+    Keyword arguments are those of `iter_audit`.
     """
     return drive(iter_audit(embeddings, split, labels, groups, **kwargs))

@@ -87,6 +87,7 @@ from .fields import (
     ANCHOR_FIELD,
     DUPLICATE_FIELD,
     ERROR_FIELD,
+    EXCLUDED_TAG,
     SHELL_FIELD,
     SPLIT_FIELD,
     check_samples,
@@ -491,6 +492,7 @@ def _iter_measure(plan: _Plan, rows: _Rows, options: AuditOptions) -> Steps[metr
         rows.groups,
         ids=rows.ids.astype(str),
         previous=_previous_snapshot(plan.dataset, plan.source),
+        left_out=plan.dataset.match_tags(EXCLUDED_TAG).values("id"),
         thresholds=options.thresholds,
         eval_ratio=plan.eval_ratio,
         validation_ratio=plan.validation_ratio,
@@ -755,6 +757,10 @@ def latest_report(samples: foc.SampleCollection) -> dict[str, Any] | None:
 # --------------------------------------------------------------------------- presentation
 
 
+def _excluded_since(n: int) -> str:
+    return f" ({counted(n, 'sample')} excluded since, not compared)" if n else ""
+
+
 def _share(value: float | None, stderr: float | None = None) -> str:
     if value is None:
         return "—"
@@ -865,7 +871,8 @@ def summary_rows(result: dict[str, Any]) -> list[dict[str, str]]:
                 "metric": "Stability since the previous report",
                 "split": "—"
                 if share is None
-                else f"{share:.2%} of {stability['n_compared']} unchanged",
+                else f"{share:.2%} of {stability['n_compared']} unchanged"
+                + _excluded_since(stability.get("n_left_out", 0)),
                 "baseline": "—",
             }
         )
