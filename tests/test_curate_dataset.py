@@ -429,6 +429,14 @@ def test_excluding_by_tag_alone_takes_effect_at_the_next_split(field_dataset):
     assert all(after[i] is None for i in ids)
     assert all(after[i] == s for i, s in before.items() if i not in ids)
     assert sorted(bfo.state_info(ds)["excluded_ids"]) == sorted(ids)
+    # Tagged by hand, then an exclusion of others: the message says why more left.
+    by_hand = ds.match(F("split") == "train").limit(2).values("id")
+    ds.select(by_hand).tag_samples(bfo.EXCLUDED_TAG)
+    others = ds.match(F("split") == "train").skip(2).limit(3)
+    assert bfo.exclude(others)["message"] == (
+        "Excluded 3 samples (0 were already); 5 left their split, 2 of them tagged "
+        "'excluded' earlier"
+    )
 
 
 def test_an_exclusion_reason_goes_with_the_tag_however_the_tag_goes(field_dataset):

@@ -589,8 +589,14 @@ def exclude(samples: foc.SampleCollection, reason: str | None = None) -> dict[st
         "n_left_split": len(left),
         "n_excluded_total": int(dataset.count_sample_tags().get(EXCLUDED_TAG, 0)),
         "message": f"Excluded {n_new} samples ({len(ids) - n_new} were already); "
-        f"{len(left)} left their split",
+        f"{len(left)} left their split{_tagged_before(left, ids)}",
     }
+
+
+def _tagged_before(left: list[str], ids: list[str]) -> str:
+    """Said when samples tagged excluded earlier (by hand) left the split with these."""
+    earlier = len(set(left) - set(ids))
+    return f", {earlier} of them tagged {EXCLUDED_TAG!r} earlier" if earlier else ""
 
 
 def include_again(samples: foc.SampleCollection) -> dict[str, Any]:
