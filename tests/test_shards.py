@@ -269,6 +269,24 @@ def test_split_offers_to_wait_or_split_what_is_embedded(image_dataset, tiny_clip
     assert ds.exists("split").count() == len(ds)
 
 
+def test_a_split_from_python_or_the_shell_refuses_while_shards_embed(image_dataset, tiny_clip_dir):
+    # Found by a README audit: from the shell, a split ignored the queued shards and
+    # embedded every sample itself, with the default model rather than the shards' own.
+    from bubblefence_plugin.cli import main
+
+    ds = image_dataset
+    bfs.embed(ds, model=tiny_clip_dir, num_shards=2, shard_index=0)
+    embedded = ds.exists(FIELD).count()
+    bfs.queue_shards(ds, 2, model=tiny_clip_dir)
+    with pytest.raises(ValueError, match=r"still lack 'bubblefence_embedding' while 2 embedding"):
+        bfo.split(ds, model_name=tiny_clip_dir)
+    assert main(["split", "--dataset", ds.name, "--model", tiny_clip_dir]) == 2
+    assert not ds.has_field("split") and ds.exists(FIELD).count() == embedded
+    # What the message offers: the samples embedded so far.
+    summary = bfo.split(ds.exists(FIELD), model_name=tiny_clip_dir)
+    assert summary["n_assigned"] == embedded and summary["n_embedded"] == 0
+
+
 def test_waiting_ends_when_the_shards_are_done_and_stalls_are_reported(
     image_dataset, tiny_clip_dir
 ):

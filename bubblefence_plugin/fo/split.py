@@ -65,6 +65,7 @@ from .fields import (
 )
 from .map import map_lacks_samples, update_after_round
 from .runs import RESET_HOW, RunLock, reloaded
+from .shards import pending_shards
 from .state import (
     STATE_RUN,
     leave_split_if_excluded,
@@ -342,6 +343,27 @@ def _split_locked(
         raise
 
 
+def _refuse_while_shards_embed(samples: foc.SampleCollection, dataset: fo.Dataset) -> None:
+    """Refuses to embed samples that queued or running shards are embedding: the round
+    would embed them a second time, perhaps with another model (the shards' model is
+    recorded only once they write; found by a README audit: a CLI split took CLIP while
+    EfficientNet shards were queued). The App's form offers to wait or to split only
+    what is embedded; from Python and the shell, the message says how."""
+    pending = pending_shards(dataset, EMBEDDING_FIELD)
+    if not pending:
+        return
+    missing = samples.exists(EMBEDDING_FIELD, False).count()
+    if missing:
+        raise ValueError(
+            f"{counted(missing, 'sample')} still lack {EMBEDDING_FIELD!r} while "
+            f"{counted(len(pending), 'embedding shard')} of dataset {dataset.name!r} "
+            f"{'is' if len(pending) == 1 else 'are'} queued or running: wait for them "
+            f"(`fiftyone delegated list --dataset {dataset.name}`; from Python "
+            "`bubblefence_plugin.fo.wait_for_shards(dataset)`), or split only the samples "
+            f"embedded so far (from Python, a view: `dataset.exists({EMBEDDING_FIELD!r})`)"
+        )
+
+
 def _drop_empty_fields_added(dataset: fo.Dataset, schema: set[str]) -> None:
     """Deletes the split fields a failed first round declared, where no sample has a
     value (a per-sample error written to `ERROR_FIELD` stays)."""
@@ -430,6 +452,8 @@ def _open_round(
         (group_field, "group_field", request.group_field),
     ):
         _check_label_field(dataset, field, param, asked)
+    if embeddings_field == EMBEDDING_FIELD:
+        _refuse_while_shards_embed(samples, dataset)
     if bf is None:  # declared once the embeddings are in hand: a failed first round adds none
         check_declarable(dataset, RESULT_FIELDS)
     else:
