@@ -364,6 +364,19 @@ def test_split_tags_of_the_users_own_are_never_replaced(field_dataset):
     assert report["metrics"]["split"]["counts"]["validation"] == 40
 
 
+def test_split_tags_under_alias_names_are_refused_too(field_dataset):
+    # Found by a README audit: "val" and "training" tags were split beside, and a report
+    # of the tags then read two splits (113 samples with two split tags).
+    ds = field_dataset
+    ds.take(40, seed=0).tag_samples("val")
+    ds.match_tags("val", bool=False).tag_samples(" Training")
+    with pytest.raises(ValueError, match=r"tagged ' Training' \(160 samples\), 'val' \(40"):
+        bfo.split(ds, embeddings_field="emb")
+    ds.untag_samples(["val", " Training"])
+    ds.take(5, seed=1).tag_samples("validated")  # not a split name
+    assert bfo.split(ds, embeddings_field="emb")["n_new"] == 200
+
+
 def test_a_first_round_whose_model_cannot_load_adds_no_field(field_dataset, tmp_path):
     ds = field_dataset
     before = set(ds.get_field_schema())

@@ -93,6 +93,7 @@ from .fields import (
     check_samples,
     label_source,
     labels_from_values,
+    role_of,
     root_dataset,
 )
 from .map import SPLIT_COLORS, load_layout, load_points
@@ -107,16 +108,6 @@ KEEP_REPORTS = 20
 TAGS_SOURCE = "tags"
 BRAIN_QUADRATIC_ABOVE = 15_000  # the Brain's sklearn index stops precomputing distances here
 
-SPLIT_ALIASES = {
-    "train": metrics.TRAIN,
-    "training": metrics.TRAIN,
-    "validation": metrics.VALIDATION,
-    "val": metrics.VALIDATION,
-    "valid": metrics.VALIDATION,
-    "dev": metrics.VALIDATION,
-    "test": metrics.TEST,
-    "testing": metrics.TEST,
-}
 # String fields BubbleFence writes that are not splits.
 _NOT_SPLITS = {"filepath", SHELL_FIELD, DUPLICATE_FIELD, ERROR_FIELD}
 
@@ -199,17 +190,6 @@ def split_sources(samples: foc.SampleCollection) -> list[str]:
     """
     fields = samples.get_field_schema(ftype=fo.StringField)
     return [TAGS_SOURCE] + sorted(f for f in fields if f not in _NOT_SPLITS)
-
-
-def role_of(value: Any) -> str:
-    """train / validation / test for a split name or alias (any case), "" otherwise.
-
-    Args:
-        value: a split field's value or a tag
-    """
-    if not isinstance(value, str):
-        return ""
-    return SPLIT_ALIASES.get(value.strip().lower(), "")
 
 
 def _roles_from_tags(tag_lists: Sequence[Sequence[str] | None]) -> tuple[np.ndarray, int]:

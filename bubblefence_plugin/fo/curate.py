@@ -39,12 +39,12 @@ from ..core.curation import (
 )
 from ..core.progress import Progress, ProgressCallback, Steps, drive
 from ..text import counted
-from .audit import SPLIT_ALIASES, role_of
 from .embeddings import check_vector_field, read_embeddings
 from .fields import (
     EMBEDDING_FIELD,
     EXCLUDED_TAG,
     REASON_FIELD,
+    SPLIT_ALIASES,
     SPLIT_FIELD,
     SPLIT_TAGS,
     check_collection,
@@ -53,6 +53,7 @@ from .fields import (
     id_chunks,
     label_source,
     label_strings,
+    role_of,
     values_by_id,
 )
 from .runs import RunLock, RunType, from_npy_text, to_npy_text
@@ -378,7 +379,7 @@ def _embeddings_field(dataset: fo.Dataset, name: str | None) -> str:
 
 def is_reserved_tag(tag: str) -> bool:
     """Whether a pick may not take ``tag``: a split's or the exclusion's, in any case
-    and spacing, and the split aliases the audit reads (`audit.role_of`): a pick tagged
+    and spacing, and the split aliases the audit reads (`fields.role_of`): a pick tagged
     "val" put its samples in two splits in a report of the tags (found by a stress test).
 
     Args:

@@ -30,6 +30,18 @@ DUPLICATE_FIELD = "duplicate_of"
 ERROR_FIELD = "bubblefence_error"
 SPLIT_TAGS = ("train", "validation", "test")
 SPLIT_VALUES = (*SPLIT_TAGS, "duplicate")
+# Names read as a split in any case and spacing: the audit's split sources, a first
+# round's refusal of a split of the user's, the tags a pick may not take.
+SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "validation": "validation",
+    "val": "validation",
+    "valid": "validation",
+    "dev": "validation",
+    "test": "test",
+    "testing": "test",
+}
 EXCLUDED_TAG = "excluded"
 # Why a sample was excluded (`curate.exclude`); it goes when the tag goes.
 REASON_FIELD = "bubblefence_exclusion_reason"
@@ -233,12 +245,25 @@ def check_declarable(dataset: fo.Dataset, fields: Mapping[str, type]) -> None:
             )
 
 
+def role_of(value: Any) -> str:
+    """train / validation / test for a split name or alias (`SPLIT_ALIASES`, any case and
+    spacing), "" otherwise.
+
+    Args:
+        value: a split field's value or a tag
+    """
+    if not isinstance(value, str):
+        return ""
+    return SPLIT_ALIASES.get(value.strip().lower(), "")
+
+
 def refuse_values_not_ours(dataset: fo.Dataset) -> None:
     """Before a dataset's first round: refuses when a field a round writes (``split``,
     ``anchor_id``, ``duplicate_of``...) already holds values, or samples carry a split
     tag (``train``, ``validation``, ``test``: how FiftyOne's zoo datasets ship their
-    splits). Without a state no round of ours wrote them (a round commits its state
-    before its fields and tags), so they are the user's, and a round would replace them.
+    splits; or an alias the audit reads, ``val``, ``training``..., `role_of`). Without
+    a state no round of ours wrote them (a round commits its state before its fields and
+    tags), so they are the user's, and a round would replace them.
 
     Args:
         dataset: a dataset without a BubbleFence state
@@ -247,16 +272,18 @@ def refuse_values_not_ours(dataset: fo.Dataset) -> None:
     counts = dataset.aggregate([fo.Count(n) for n in names]) if names else []
     held = {n: c for n, c in zip(names, counts, strict=True) if c}
     tag_counts = dataset.count_sample_tags()
-    tagged = {t: tag_counts[t] for t in SPLIT_TAGS if tag_counts.get(t)}
+    tagged = {t: c for t, c in sorted(tag_counts.items()) if c and role_of(t)}
     if tagged:
         listed = ", ".join(f"{t!r} ({c} samples)" for t, c in tagged.items())
+        names = tuple(tagged)
         raise ValueError(
             f"dataset {dataset.name!r} has samples tagged {listed} that BubbleFence did "
-            "not tag, and a BubbleFence split would replace those tags. Keep that split "
-            "in a field first and remove the tags, e.g. in Python: for t in ('train', "
-            "'validation', 'test'): view = dataset.match_tags(t); view.set_values("
-            "'original_split', [t] * len(view)); then dataset.untag_samples(['train', "
-            "'validation', 'test']). The report can then audit it by that field"
+            "not tag, and a BubbleFence split would write its own split tags beside them "
+            "(a report of the tags would then read two splits). Keep that split in a "
+            f"field first and remove the tags, e.g. in Python: for t in {names!r}: view = "
+            "dataset.match_tags(t); view.set_values('original_split', [t] * len(view)); "
+            f"then dataset.untag_samples({list(names)!r}). The report can then audit it by "
+            "that field"
         )
     if held:
         name, count = next(iter(held.items()))
