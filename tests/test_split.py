@@ -587,6 +587,11 @@ def test_samples_merged_with_a_split_of_their_own_are_refused_in_a_later_round(
     merged.untag_samples(["train", "validation", "test"])
     assert bfo.split(ds, embeddings_field="emb")["n_assigned"] == 40
     assert merged.count_values("original_split") == {"test": 20, "train": 20}
+    # A split tag under an alias name is theirs too (found by a README audit).
+    add_embedded_samples(ds, 3, seed=9)
+    ds.exists("split", False).tag_samples("Val")
+    with pytest.raises(ValueError, match=r"or a split tag \(3\).*untag_samples\(\[.*'Val'"):
+        bfo.split(ds, embeddings_field="emb")
 
 
 def test_split_tags_are_written_beside_other_tags_and_samples_marked_modified(field_dataset):

@@ -311,10 +311,11 @@ def refuse_splits_of_new_samples(dataset: fo.Dataset, new_ids: list[str]) -> Non
     """
     n_valued = n_tagged = 0
     paths: list[str] = []
+    split_tags = [t for t in dataset.distinct("tags") if role_of(t)]  # aliases too
     for chunk in id_chunks(new_ids):
         view = dataset.select(chunk)
         valued = view.exists(SPLIT_FIELD) if dataset.has_field(SPLIT_FIELD) else view.limit(0)
-        tagged = view.match_tags(list(SPLIT_TAGS))
+        tagged = view.match_tags(split_tags) if split_tags else view.limit(0)
         found = valued.count(), tagged.count()
         n_valued, n_tagged = n_valued + found[0], n_tagged + found[1]
         if any(found):  # examples only where there is something to show
@@ -329,8 +330,7 @@ def refuse_splits_of_new_samples(dataset: fo.Dataset, new_ids: list[str]) -> Non
         f"them; e.g. {shown}), and this round would replace them. To keep that split, copy "
         "it to another field, then clear it from those samples, e.g. in Python: "
         f"view.set_values('original_split', view.values({SPLIT_FIELD!r})); "
-        f"view.clear_sample_field({SPLIT_FIELD!r}); view.untag_samples(['train', "
-        "'validation', 'test'])"
+        f"view.clear_sample_field({SPLIT_FIELD!r}); view.untag_samples({split_tags!r})"
     )
 
 
