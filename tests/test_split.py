@@ -364,6 +364,23 @@ def test_split_tags_of_the_users_own_are_never_replaced(field_dataset):
     assert report["metrics"]["split"]["counts"]["validation"] == 40
 
 
+def test_class_aware_without_a_label_field_is_refused_before_anything_is_written(field_dataset):
+    # Found by a README audit: accepted, frozen, and it did nothing.
+    from bubblefence_plugin.cli import main
+
+    ds = field_dataset
+    with pytest.raises(ValueError, match=r"class_aware=True needs a label field"):
+        bfo.split(ds, embeddings_field="emb", class_aware=True)
+    with pytest.raises(ValueError, match=r"class_aware=True needs a label field"):
+        bfo.check_split_config(ds, None, {"class_aware": True})  # the CLI's check
+    args = ["split", "--dataset", ds.name, "--embeddings-field", "emb"]
+    assert main([*args, "--set", "class_aware=true"]) == 2
+    assert bfo.state_info(ds) is None and not ds.has_field("split")
+    ds.set_values("kind", [f"k{i % 3}" for i in range(len(ds))])
+    bfo.split(ds, embeddings_field="emb", class_aware=True, label_field="kind")
+    assert bfo.state_info(ds)["config"]["class_aware"] is True
+
+
 def test_split_tags_under_alias_names_are_refused_too(field_dataset):
     # Found by a README audit: "val" and "training" tags were split beside, and a report
     # of the tags then read two splits (113 samples with two split tags).

@@ -243,7 +243,21 @@ def check_split_config(
         _check_label_field(
             root_dataset(samples) if samples is not None else None, field, param, asked
         )
+    _refuse_class_aware_without_labels(
+        cfg, remembered_field(label_field, (info or {}).get("label_field"))
+    )
     return cfg
+
+
+def _refuse_class_aware_without_labels(cfg: BubbleFenceConfig, label_field: str | None) -> None:
+    """``class_aware`` keeps near twins with different labels apart in dedup: without a
+    label field it did nothing, and was frozen so (found by a README audit)."""
+    if cfg.class_aware and not label_field:
+        raise ValueError(
+            "class_aware=True needs a label field (label_field=..., --label-field): near "
+            "twins with different labels are then not duplicates; without one, leave "
+            "class_aware off"
+        )
 
 
 def _check_label_field(
@@ -452,6 +466,7 @@ def _open_round(
         (group_field, "group_field", request.group_field),
     ):
         _check_label_field(dataset, field, param, asked)
+    _refuse_class_aware_without_labels(cfg, label_field)
     if embeddings_field == EMBEDDING_FIELD:
         _refuse_while_shards_embed(samples, dataset)
     if bf is None:  # declared once the embeddings are in hand: a failed first round adds none
