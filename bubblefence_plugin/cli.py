@@ -268,9 +268,18 @@ def _add_demo_command(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_demo)
 
 
+def _program_name() -> str:
+    """How the user called us, for the usage line: the installed ``bubblefence`` script,
+    else ``python -m bubblefence_plugin`` (whose argv[0] is the package's __main__.py)."""
+    called = Path(sys.argv[0]).name
+    if called in ("", "__main__.py") or "python" in called:
+        return "python -m bubblefence_plugin"
+    return called
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Stand-alone entry with only these commands (the package's __main__ has more)."""
-    parser = argparse.ArgumentParser(prog="python -m bubblefence_plugin")
+    parser = argparse.ArgumentParser(prog=_program_name())
     add_subcommands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     return int(args.func(args))

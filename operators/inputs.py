@@ -18,19 +18,12 @@ def embeddings_field_choices(dataset: fo.Dataset) -> list[str]:
     read, then the user's vector fields and lists of numbers (as ``set_values`` stores
     Python lists; `bfo.split` takes them). Its other vector fields (2-D map points and
     the like) are not embeddings."""
-    fields = dataset.get_field_schema(ftype=fo.VectorField)
-    numbers = {
-        name
-        for name, field in dataset.get_field_schema(ftype=fo.ListField).items()
-        if isinstance(field.field, (fo.FloatField, fo.IntField))
-    }
+    fields = bfo.vector_fields(dataset)
     own = [bfo.EMBEDDING_FIELD] if bfo.EMBEDDING_FIELD in fields else []
     state = bfo.state_info(dataset)
     stored = state.get("embeddings_field") if state else None
     read = [stored] if stored not in (*own, None) and bfo.holds_vectors(dataset, stored) else []
-    users = sorted(
-        f for f in {*fields, *numbers} if not f.startswith("bubblefence_") and f not in read
-    )
+    users = [f for f in fields if not f.startswith("bubblefence_") and f not in read]
     return own + read + users
 
 

@@ -484,3 +484,23 @@ def test_report_prints_the_audit_and_gates_on_leakage(dataset_name, tmp_path, ca
     assert cli.main(["report", *args, "--json", str(tmp_path)]) == 2
     assert "is a folder; give the file to write" in capsys.readouterr().err
     assert len(ds.list_runs()) == reports
+
+
+def test_small_command_line_answers(dataset_name, capsys, monkeypatch, tmp_path):
+    # Found by a README audit: the installed script's usage said "python -m ...", a list
+    # field of vectors was not among the "vector fields" named, and --set device=mps
+    # was refused though embed --device takes it.
+    from conftest import clustered_embeddings
+
+    monkeypatch.setattr("sys.argv", ["/somewhere/.venv/bin/bubblefence"])
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    assert capsys.readouterr().out.startswith("usage: bubblefence ")
+    ds = fo.Dataset(dataset_name)
+    ds.add_samples([fo.Sample(filepath=f"/nonexistent/{i}.png") for i in range(40)])
+    ds.set_values("emb", [list(map(float, v)) for v in clustered_embeddings(40)])
+    base = ["sample", "--dataset", dataset_name, "--count", "3", "--tag", "t"]
+    assert cli.main([*base, "--embeddings-field", "nope"]) == 2
+    assert "vector fields: ['emb']" in capsys.readouterr().err
+    args = ["split", "--dataset", dataset_name, "--embeddings-field", "emb"]
+    assert cli.main([*args, "--set", "device=mps"]) == 0

@@ -331,8 +331,9 @@ KNOBS: dict[str, Knob] = {
     "device": Knob(
         str,
         "Device",
-        "Where the model runs: auto picks CUDA when present",
-        choices=("auto", "cpu", "cuda"),
+        "Where the model runs: auto picks CUDA when present (one GPU of several: set "
+        "CUDA_VISIBLE_DEVICES), mps on Apple silicon",
+        choices=("auto", "cpu", "cuda", "mps"),
         reference=("embedding", "device"),
     ),
 }

@@ -67,7 +67,13 @@ from .curate import (
     sample,
     write_excluded_paths,
 )
-from .embeddings import ModelUnavailableError, get_embedder, holds_vectors, kept_model
+from .embeddings import (
+    ModelUnavailableError,
+    get_embedder,
+    holds_vectors,
+    kept_model,
+    vector_fields,
+)
 from .export import (
     EXPORT_TYPES,
     MANIFEST_COLUMNS,
@@ -163,6 +169,7 @@ __all__ = [
     "iter_split",
     "iter_wait_for_shards",
     "kept_model",
+    "vector_fields",
     "label_field_choices",
     "label_strings",
     "latest_report",

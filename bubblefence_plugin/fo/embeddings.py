@@ -76,6 +76,15 @@ def holds_vectors(dataset: fo.Dataset, field: str | None) -> bool:
     )
 
 
+def vector_fields(dataset: fo.Dataset) -> list[str]:
+    """The dataset's fields that can hold a vector per sample (`holds_vectors`), sorted.
+
+    Args:
+        dataset: the dataset
+    """
+    return sorted(name for name in dataset.get_field_schema() if holds_vectors(dataset, name))
+
+
 def check_vector_field(dataset: fo.Dataset, field: str) -> None:
     """Refuses ``field`` unless it exists and can hold vectors (`holds_vectors`).
 
@@ -85,10 +94,9 @@ def check_vector_field(dataset: fo.Dataset, field: str) -> None:
     """
     f = dataset.get_field(field)
     if f is None:
-        vector_fields = sorted(dataset.get_field_schema(ftype=fo.VectorField))
         raise ValueError(
             f"embeddings field {field!r} does not exist on dataset {dataset.name!r}; "
-            f"vector fields: {vector_fields}"
+            f"vector fields: {vector_fields(dataset)}"
         )
     if not holds_vectors(dataset, field):
         kind = type(f).__name__

@@ -94,10 +94,12 @@ def default_vector_field(dataset: fo.Dataset) -> str | None:
     stored = info.get("embeddings_field") if info else None
     if holds_vectors(dataset, stored):
         return stored
-    vector_fields = dataset.get_field_schema(ftype=fo.VectorField)
-    if EMBEDDING_FIELD in vector_fields:
+    # Vector fields only: a list of numbers may be anything (a box, scores), so it is
+    # read only when named.
+    fields = sorted(dataset.get_field_schema(ftype=fo.VectorField))
+    if EMBEDDING_FIELD in fields:
         return EMBEDDING_FIELD
-    return next(iter(sorted(vector_fields)), None)
+    return next(iter(fields), None)
 
 
 def load_state(
