@@ -210,8 +210,8 @@ def _share_warnings(summary: Mapping[str, Any]) -> list[str]:
     if abs(eval_share - eval_ratio) > targets["eval_tolerance"]:
         warnings.append(
             f"Eval is {eval_share:.3f} of the kept samples against a target of {eval_ratio}: "
-            "new samples that are near twins of earlier ones take their side, and no "
-            "earlier sample moves"
+            "new samples that are near twins of earlier ones take their side, those inside "
+            "an earlier bubble join it, and no earlier sample moves"
         )
     val_share, val_ratio = summary["validation_share_of_eval"], targets["validation_ratio"]
     if summary["n_eval"] >= BALANCED_EVAL and abs(val_share - val_ratio) > SHELL_THROUGH_TOLERANCE:

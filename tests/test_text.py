@@ -60,6 +60,7 @@ def test_shares_off_target_are_warned_with_their_figures():
     off = {"eval_share": 0.258, "validation_share_of_eval": 0.765, "n_eval": 464}
     eval_warning, validation_warning = round_warnings({**off, "targets": targets})
     assert eval_warning.startswith("Eval is 0.258 of the kept samples against a target of 0.2")
+    assert "those inside an earlier bubble join it" in eval_warning  # the other cause
     assert validation_warning.startswith("Validation is 0.765 of eval against a target of 0.5")
     # Below 200 eval samples whole components may not allow 0.03: no validation warning.
     small = {**off, "eval_share": 0.2, "n_eval": 199, "targets": targets}
