@@ -364,6 +364,58 @@ def test_split_tags_of_the_users_own_are_never_replaced(field_dataset):
     assert report["metrics"]["split"]["counts"]["validation"] == 40
 
 
+def test_a_copy_voted_apart_from_its_original_counts_every_pair_it_crosses(fo_datasets):
+    # Found by stress tests (dedup_policy follow, groups): copies of train samples voted
+    # into eval groups were first not counted at all, then counted as (pairs after) -
+    # (pairs at the original's side), though the latter were the original's: short.
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(10, 512))
+    which = rng.integers(0, 10, 400)
+    x = centres[which] + rng.normal(size=(400, 512)) * (0.25 / np.sqrt(512))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    ds = fo.Dataset()
+    fo_datasets.append(ds)
+    groups = [f"g{c}_{k % 3}" for k, c in enumerate(which)]
+    ds.add_samples(
+        [
+            fo.Sample(filepath=f"/c/{k}.png", emb=v, video=g)
+            for k, (v, g) in enumerate(zip(x, groups, strict=True))
+        ]
+    )
+    bfo.split(ds, embeddings_field="emb", group_field="video", dedup_policy="follow")
+    split = np.asarray(ds.values("split"))
+    held = np.isin(split, ["validation", "test"])
+    sides = {g: set(held[np.asarray(groups) == g]) for g in set(groups)}
+    eval_groups = sorted(g for g, s in sides.items() if s == {True})
+    crossing = [k for k in np.flatnonzero(~held) if (x[held] @ x[k] >= 0.95).any()]
+    assert eval_groups and crossing  # originals that already cross the line
+    copies = [
+        fo.Sample(filepath=f"/c/copy{n}.png", emb=x[k], video=eval_groups[n % len(eval_groups)])
+        for n, k in enumerate(crossing[:3])
+    ]
+    ds.add_samples(copies)
+    summary = bfo.split(ds)
+    ids, split, emb = ds.values(["id", "split", "emb"])
+    split, e = np.asarray(split), np.asarray(emb, np.float64)
+    e /= np.linalg.norm(e, axis=1, keepdims=True)
+    original = dict(zip(ids, ds.values("duplicate_of"), strict=True))
+    row = {sid: k for k, sid in enumerate(ids)}
+    kept = np.array([original[i] is None and split[k] in bfo.SPLIT_TAGS for k, i in enumerate(ids)])
+    apart = [k for k, i in enumerate(ids) if original[i] and split[k] != split[row[original[i]]]]
+    apart_now = [k for k in apart if k >= 400]  # this round's copies (round 0 had some)
+    assert apart_now and summary["n_duplicates_placed"] == len(copies) - len(apart_now)
+
+    def across(a, b):
+        return ((a == "train") != (b == "train")) | ((a != "train") & (b != "train") & (a != b))
+
+    sims = e @ e.T >= 0.95
+    kk = np.triu(sims & kept[:, None] & kept[None, :], 1)
+    pairs = int(across(split[:, None], split[None, :])[kk].sum())
+    pairs += sum(int(across(split[k], split[kept & sims[k]]).sum()) for k in apart)
+    history = bfo.load_state(ds, embeddings=False)[0].history
+    assert pairs == sum(h["cut_pairs"] for h in history)
+
+
 def test_class_aware_without_a_label_field_is_refused_before_anything_is_written(field_dataset):
     # Found by a README audit: accepted, frozen, and it did nothing.
     from bubblefence_plugin.cli import main

@@ -242,6 +242,27 @@ def crossings_changed(
     return change
 
 
+def crossings_of(
+    embeddings: np.ndarray,
+    rows: np.ndarray,
+    split: np.ndarray,
+    indexes: Sequence[CellIndex],
+    threshold: float,
+) -> int:
+    """Twin pairs (cosine >= `threshold`) between `rows` (outside `indexes`: duplicates a
+    group's vote moved off their original's side) and the indexed rows that cross
+    either line. Such a copy mirrored its original before, and its pairs were its
+    original's: all of them count now, not a change (found by a stress test: a copy of
+    a train sample with an eval twin was counted 4 pairs short)."""
+    rows = np.asarray(rows, np.int64)
+    count = 0
+    for index in indexes:
+        at = index.at(threshold)
+        for q, b, _ in at.pairs(embeddings[rows]):
+            count += int(np.sum(crosses(split[rows[q]], split[at.rows[b]])))
+    return count
+
+
 def crosses(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Whether pairs with splits `a` and `b` lie across the train/eval line or across
     validation/test."""

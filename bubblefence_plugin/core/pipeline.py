@@ -49,6 +49,7 @@ from .follow import (
 )
 from .groups import (
     crossings_changed,
+    crossings_of,
     encode_groups,
     follow_known_groups,
     group_codes,
@@ -579,20 +580,15 @@ class BubbleFence:
                 self.config.validation_ratio,
             )
             work.stats.update({f"group_{k}": v for k, v in moves.items()})
+            changed = split[new_rows] != before[new_rows]
+            indexes, threshold = self._kept_indexes(work), self.config.leak_threshold
+            change = crossings_changed(
+                work.x, new_rows[changed & work.kept[new_rows]], before, split, indexes, threshold
+            )
             # A follower the vote moved off its original's side crosses with it and its
             # twins: counted too (found by a stress test: exact copies in eval beside
             # their originals in train, cut_pairs 0).
-            moved = new_rows[
-                (split[new_rows] != before[new_rows]) & (work.kept[new_rows] | follower)
-            ]
-            change = crossings_changed(
-                work.x,
-                moved,
-                before,
-                split,
-                self._kept_indexes(work),
-                self.config.leak_threshold,
-            )
+            change += crossings_of(work.x, new_rows[changed & follower], split, indexes, threshold)
             work.stats["cut_pairs_groups"] = change
             work.stats["cut_pairs"] = work.stats.get("cut_pairs", 0) + change
         if self.config.dedup_policy == "follow":
