@@ -228,6 +228,9 @@ def test_stability_joins_on_ids():
     excluded = stability(before_ids, before, after_ids, after, left_out=["c", "zz"])
     assert (excluded.n_compared, excluded.n_left_out, excluded.changes) == (2, 1, {})
     assert excluded.share_unchanged == 1.0 and excluded.n_missing == 1
+    # Marked but still in the split (a hand tag not applied yet): compared as any other.
+    pending = stability(before_ids, before, after_ids, after, left_out=["a"])
+    assert (pending.n_compared, pending.n_left_out) == (3, 0)
     with pytest.raises(ValueError, match="repeated"):
         stability(["a", "a"], ["train", "test"], ["a"], ["train"])
 

@@ -553,8 +553,10 @@ def stability(
 
     Rows that are gone afterwards are counted as missing, not as changed; a row that lost
     its role (reset, marked duplicate) is a change to "none". Rows of ``left_out`` (ids
-    taken out of the assignment on purpose since, such as excluded samples) are neither:
-    they are counted apart (a stress test read 27 exclusions as "train->none" changes).
+    taken out of the assignment on purpose since, such as excluded samples) that have no
+    role after are neither: they are counted apart (a stress test read 27 exclusions as
+    "train->none" changes); one that still has its role (marked, not applied yet) is
+    compared as any other.
     """
     before_codes = role_codes(split_before)
     after_codes = role_codes(split_after)
@@ -570,9 +572,11 @@ def stability(
             raise ValueError(f"ids_{name} contains repeated ids")
     had_role = before_codes >= 0
     before_ids, before_codes = before_ids[had_role], before_codes[had_role]
-    taken_out = np.isin(before_ids, np.asarray(left_out).astype(str))
-    before_ids, before_codes = before_ids[~taken_out], before_codes[~taken_out]
     _, ib, ia = np.intersect1d(before_ids, after_ids, assume_unique=True, return_indices=True)
+    taken_out = np.isin(before_ids[ib], np.asarray(left_out).astype(str)) & (after_codes[ia] < 0)
+    n_before = len(before_ids) - int(taken_out.sum())
+    n_missing = len(before_ids) - len(ib)
+    ib, ia = ib[~taken_out], ia[~taken_out]
     old, new = before_codes[ib], after_codes[ia]
     changed = old != new
     names = np.asarray((*ROLES, "none"), dtype=object)
@@ -580,10 +584,10 @@ def stability(
     changes = Counter(f"{a}->{b}" for a, b in pairs)
     compared = len(ib)
     return Stability(
-        n_before=len(before_ids),
+        n_before=n_before,
         n_compared=compared,
         n_unchanged=int(compared - changed.sum()),
-        n_missing=int(len(before_ids) - compared),
+        n_missing=int(n_missing),
         share_unchanged=float(1.0 - changed.mean()) if compared else None,
         changes=dict(sorted(changes.items())),
         n_left_out=int(taken_out.sum()),
