@@ -432,10 +432,17 @@ def test_excluding_by_tag_alone_takes_effect_at_the_next_split(field_dataset):
     # Tagged by hand, then an exclusion of others: the message says why more left.
     by_hand = ds.match(F("split") == "train").limit(2).values("id")
     ds.select(by_hand).tag_samples(bfo.EXCLUDED_TAG)
-    others = ds.match(F("split") == "train").skip(2).limit(3)
+    others = ds.select(ds.match(F("split") == "train").skip(2).limit(3).values("id"))
     assert bfo.exclude(others)["message"] == (
         "Excluded 3 samples (0 were already); 5 left their split, 2 of them tagged "
         "'excluded' earlier"
+    )
+    # Include again applies other hand tags too, and says so (found by a stress test).
+    more = ds.match(F("split") == "train").limit(2).values("id")
+    ds.select(more).tag_samples(bfo.EXCLUDED_TAG)
+    assert bfo.include_again(others)["message"] == (
+        "Included 3 samples again; the next split assigns them; 2 other samples tagged "
+        "'excluded' by hand left the split"
     )
 
 

@@ -619,11 +619,19 @@ def include_again(samples: foc.SampleCollection) -> dict[str, Any]:
             clear_excluded_fields(dataset.select(chunk))
         for chunk in id_chunks(ids):
             dataset.select(chunk).untag_samples(EXCLUDED_TAG)
-        _apply_exclusions(dataset)  # their reasons go with the tag (`clear_excluded_fields`)
+        # Their reasons go with the tag (`clear_excluded_fields`); other samples tagged
+        # by hand since the last run leave the split now, and the message says so.
+        others = _apply_exclusions(dataset)
+    message = _included_message(len(ids), len(ids) - len(left))
+    if others:
+        message += (
+            f"; {counted(len(others), 'other sample')} tagged {EXCLUDED_TAG!r} by hand "
+            "left the split"
+        )
     return {
         "n_included": len(ids),
         "n_excluded_total": int(dataset.count_sample_tags().get(EXCLUDED_TAG, 0)),
-        "message": _included_message(len(ids), len(ids) - len(left)),
+        "message": message,
     }
 
 
