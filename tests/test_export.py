@@ -489,3 +489,8 @@ def test_an_original_deleted_since_the_split_is_refused_until_its_copy_takes_its
     with open(result["manifest"], newline="") as fh:
         row = {r["id"]: r for r in csv.DictReader(fh)}[copy]
     assert row["split"] in bfo.SPLIT_TAGS and row["duplicate_of"] == ""
+    # An original deleted with its every copy leaves nothing waiting: no refusal.
+    ds.add_sample(fo.Sample(filepath="/nonexistent/copy2.png", emb=ds.skip(5).first().emb))
+    bfo.split(ds)
+    ds.delete_samples([ds.skip(5).first().id, ds.skip(len(ds) - 1).first().id])
+    bfo.export(ds, tmp_path / "out2", export_media=False)

@@ -367,10 +367,22 @@ def _refuse_duplicates_of_deleted(dataset: fo.Dataset, table: dict[str, list]) -
     its duplicates wait for its place (`BubbleFence.forget` gives it to the earliest at
     the next split), so exported now their images would be in no split, listed as
     duplicates of a sample that is gone (found by a lifecycle fuzz)."""
-    originals = sorted({o for o in table["duplicate_of"] if o})
-    if not originals:
+    # Only copies set aside ("duplicate") wait; one with a split of its own (policy
+    # follow) is exported, and a copy deleted too waits for nothing.
+    waiting = {
+        sid: original
+        for sid, split, original in zip(
+            table["id"], table["split"], table["duplicate_of"], strict=True
+        )
+        if original and split == "duplicate"
+    }
+    if not waiting:
         return
-    gone = sorted(set(originals) - set(values_by_id(dataset, originals, [])[0]))
+    originals = sorted(set(waiting.values()))
+    gone = set(originals) - set(values_by_id(dataset, originals, [])[0])
+    copies = [sid for sid, original in waiting.items() if original in gone]
+    copies_here = set(values_by_id(dataset, copies, [])[0]) if copies else set()
+    gone = sorted({waiting[sid] for sid in copies_here})
     if gone:
         raise ValueError(
             f"{counted(len(gone), 'split sample')} with duplicates "
