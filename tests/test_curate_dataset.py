@@ -240,6 +240,19 @@ def test_from_split_reads_a_split_of_tags_alone(field_dataset):
     assert set(ds.match_tags("pick").values("id")) <= set(train)
     with pytest.raises(ValueError, match="has no split yet"):
         curate.sample(ds, "diverse", count=3, tag="p2", from_split="test", embeddings_field="emb")
+    # Tags read as the audit reads them: an alias, and no sample of two splits (found by
+    # a stress test: "val" was "no split yet", and a train+test sample was picked).
+    ds.match_tags("train", bool=False).tag_samples("Val")
+    both = ds.match_tags("train").limit(10).values("id")
+    ds.select(both).tag_samples("test")
+    out = curate.sample(
+        ds, "diverse", count=5, tag="p3", from_split="validation", embeddings_field="emb"
+    )
+    assert out["n_candidates"] == 80
+    out = curate.sample(
+        ds, "diverse", count=5, tag="p4", from_split="train", embeddings_field="emb"
+    )
+    assert out["n_candidates"] == 110 and not set(both) & set(ds.match_tags("p4").values("id"))
 
 
 def test_a_pick_and_a_report_read_the_same_vector_field_when_none_is_named(field_dataset):
@@ -251,6 +264,11 @@ def test_a_pick_and_a_report_read_the_same_vector_field_when_none_is_named(field
     out = curate.sample(ds, "diverse", count=5, tag="pick")
     assert out["n_read"] == 200 and ds.count_sample_tags()["pick"] == 5
     assert bfo.report(ds, "tags", store=False)["embeddings_field"] == "emb"
+    # No vector field at all: said so, not as a field "bubblefence_embedding" missing.
+    ds.set_values("floats", [list(map(float, v)) for v in ds.values("emb")])
+    ds.delete_sample_field("emb")
+    with pytest.raises(ValueError, match=r"has no embeddings to pick from.*\['floats'\]"):
+        curate.sample(ds, "diverse", count=5, tag="pick2")
 
 
 def test_operator_form_shows_strategy_options(field_dataset):

@@ -94,6 +94,7 @@ from .fields import (
     label_source,
     labels_from_values,
     role_of,
+    roles_from_tags,
     root_dataset,
 )
 from .map import SPLIT_COLORS, load_layout, load_points
@@ -190,16 +191,6 @@ def split_sources(samples: foc.SampleCollection) -> list[str]:
     """
     fields = samples.get_field_schema(ftype=fo.StringField)
     return [TAGS_SOURCE] + sorted(f for f in fields if f not in _NOT_SPLITS)
-
-
-def _roles_from_tags(tag_lists: Sequence[Sequence[str] | None]) -> tuple[np.ndarray, int]:
-    roles, conflicts = [], 0
-    for tags in tag_lists:
-        found = {role_of(t) for t in tags or ()} - {""}
-        if len(found) > 1:
-            conflicts += 1
-        roles.append(found.pop() if len(found) == 1 else "")
-    return np.asarray(roles, dtype=object), conflicts
 
 
 def _resolve_source(samples: foc.SampleCollection, split_source: str | None) -> str:
@@ -415,7 +406,7 @@ def _read_rows(samples: foc.SampleCollection, plan: _Plan) -> _Rows:
     read_ids, values[plan.embeddings_field] = read_vectors(samples, plan.embeddings_field)
     ids = np.asarray(read_ids, dtype=object)
     if source == TAGS_SOURCE:
-        roles, n_conflicts = _roles_from_tags(values["tags"])
+        roles, n_conflicts = roles_from_tags(values["tags"])
         other: Counter[str] = Counter()
     else:
         roles = np.asarray([role_of(v) for v in values[source]], dtype=object)

@@ -39,9 +39,8 @@ from ..core.curation import (
 )
 from ..core.progress import Progress, ProgressCallback, Steps, drive
 from ..text import counted
-from .embeddings import check_vector_field, read_embeddings
+from .embeddings import check_vector_field, read_embeddings, vector_fields
 from .fields import (
-    EMBEDDING_FIELD,
     EXCLUDED_TAG,
     REASON_FIELD,
     SPLIT_ALIASES,
@@ -54,6 +53,7 @@ from .fields import (
     label_source,
     label_strings,
     role_of,
+    roles_from_tags,
     values_by_id,
 )
 from .runs import RunLock, RunType, from_npy_text, to_npy_text
@@ -372,7 +372,13 @@ def parse_target(text: str | dict[str, float]) -> str | dict[str, float]:
 def _embeddings_field(dataset: fo.Dataset, name: str | None) -> str:
     """The named vector field, else the one a report would read
     (`state.default_vector_field`); checked."""
-    field = name or default_vector_field(dataset) or EMBEDDING_FIELD
+    field = name or default_vector_field(dataset)
+    if field is None:  # not "'bubblefence_embedding' does not exist": never named
+        raise ValueError(
+            f"dataset {dataset.name!r} has no embeddings to pick from: split it (or run "
+            "BubbleFence embed) first, or name the field that holds them "
+            f"(embeddings_field; fields of lists of numbers: {vector_fields(dataset)})"
+        )
     check_vector_field(dataset, field)
     return field
 
@@ -413,18 +419,17 @@ def _check_options(
 ) -> None:
     if from_split is not None and from_split not in SPLIT_TAGS:
         raise ValueError(f"from_split={from_split!r}; use one of {SPLIT_TAGS} or None")
-    tags = dataset.count_sample_tags()
-    # A split of tags alone (as zoo datasets ship) serves too, as for `start_from`.
-    if from_split and not dataset.has_field(SPLIT_FIELD) and not tags.get(from_split):
+    # A split of tags alone (as zoo datasets ship) serves too (`_tagged_ids`).
+    if from_split and not dataset.has_field(SPLIT_FIELD) and not _tagged_ids(dataset, from_split):
         raise ValueError(
             f"from_split={from_split!r}, but {dataset.name!r} has no split yet (no split "
             "field, and no sample tagged so)"
         )
-    if start_from and not tags.get(start_from):
+    if start_from and not _tagged_ids(dataset, start_from):
         raise ValueError(f"start_from={start_from!r}: no sample has that tag")
     if "similar" in request.active and not query_tag:
         raise ValueError("strategy similar needs query_tag (the tag of the query samples)")
-    if query_tag and not tags.get(query_tag):
+    if query_tag and not _tagged_ids(dataset, query_tag):
         raise ValueError(f"query_tag={query_tag!r}: no sample has that tag")
     if "balance" in request.active and not label_field:
         raise ValueError("strategy balance needs label_field (one label per sample)")
@@ -457,9 +462,15 @@ def _numeric_path(dataset: fo.Dataset, name: str) -> str:
 
 def _tagged_ids(dataset: fo.Dataset, name: str) -> list[str]:
     """Samples with this tag; a split name matches the ``split`` field instead where
-    BubbleFence split the dataset."""
+    BubbleFence split the dataset, else the split the tags give as the audit reads them
+    (`fields.roles_from_tags`: aliases such as ``val`` too, a sample with two split tags
+    in neither)."""
     if name in SPLIT_TAGS and dataset.has_field(SPLIT_FIELD):
         return dataset.match(fo.ViewField(SPLIT_FIELD) == name).values("id")
+    if name in SPLIT_TAGS:
+        ids, tags = dataset.values(["id", "tags"])
+        roles, _ = roles_from_tags(tags)
+        return [sid for sid, role in zip(ids, roles, strict=True) if role == name]
     return dataset.match_tags(name).values("id")
 
 

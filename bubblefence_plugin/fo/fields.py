@@ -257,6 +257,22 @@ def role_of(value: Any) -> str:
     return SPLIT_ALIASES.get(value.strip().lower(), "")
 
 
+def roles_from_tags(tag_lists: Sequence[Sequence[str] | None]) -> tuple[np.ndarray, int]:
+    """(the split role of each sample's tags, "" for none or several; how many carry
+    several): a split read from tags (`role_of`), as the audit and picks read it.
+
+    Args:
+        tag_lists: each sample's tags
+    """
+    roles, conflicts = [], 0
+    for tags in tag_lists:
+        found = {role_of(t) for t in tags or ()} - {""}
+        if len(found) > 1:
+            conflicts += 1
+        roles.append(found.pop() if len(found) == 1 else "")
+    return np.asarray(roles, dtype=object), conflicts
+
+
 def refuse_values_not_ours(dataset: fo.Dataset) -> None:
     """Before a dataset's first round: refuses when a field a round writes (``split``,
     ``anchor_id``, ``duplicate_of``...) already holds values, or samples carry a split
