@@ -231,7 +231,7 @@ class BubbleFencePanel(foo.Panel):
             f"{result['message']}; {result['n_excluded_total']} excluded in all", variant="success"
         )
         _show_new_tags(ctx)
-        self._hydrate(ctx, drawn=points_after())
+        self._hydrate(ctx, drawn=points_after(result["left_ids"]))
 
     def include_again(self, ctx: Any) -> None:
         """Removes `excluded` from the selected samples (else the clicked point)."""
@@ -246,7 +246,7 @@ class BubbleFencePanel(foo.Panel):
             return
         ctx.ops.notify(result["message"], variant="success")
         _show_new_tags(ctx)
-        self._hydrate(ctx, drawn=points_after())
+        self._hydrate(ctx, drawn=points_after(result["left_ids"]))
 
     def _acted_on(self, ctx: Any) -> list[str]:
         ids = list(ctx.selected or [])
@@ -521,16 +521,17 @@ def _draw(ctx: Any, traces: list[dict[str, Any]], shown: Shown) -> None:
     _SHOWN[ctx.panel.id] = shown
 
 
-def _points_after(ctx: Any, ids: list[str]) -> Callable[[], bfmap.DrawnPoints | None]:
+def _points_after(ctx: Any, ids: list[str]) -> Callable[[list[str]], bfmap.DrawnPoints | None]:
     """Called before samples ``ids`` are excluded or included again: a function that,
-    called after, gives the points the panel drew updated for the change
-    (`map.recategorized`), rather than read from every sample of the view again;
-    None where the panel shows another view or no map (it then draws anew)."""
+    called after with the samples that left the split on the side (`map.recategorized`'s
+    ``also``), gives the points the panel drew updated for the change, rather than read
+    from every sample of the view again; None where the panel shows another view or no
+    map (it then draws anew)."""
     samples, drawn = drawn_view(ctx), _shown(ctx).drawn
     if drawn is None or not _draws(ctx, samples):
-        return lambda: None
+        return lambda also: None
     before = bfmap.point_status(samples, ids)
-    return lambda: bfmap.recategorized(samples, drawn, ids, before)
+    return lambda also: bfmap.recategorized(samples, drawn, ids, before, also)
 
 
 def _show_new_tags(ctx: Any) -> None:

@@ -631,6 +631,36 @@ def _with_a_copy_of_sample_3(ds) -> tuple[str, str]:
     return ds.skip(3).first().id, copy.id
 
 
+def test_the_panel_redraws_an_heir_and_hand_tagged_samples_in_their_new_place(field_dataset):
+    # Found by a stress test: after Exclude (or Include again) the panel updated only the
+    # points acted on: a copy that took the excluded original's place stayed "duplicate",
+    # and samples tagged excluded by hand that left with them kept their split.
+    from conftest import panel_module
+
+    ds = field_dataset
+    original, copy = _with_a_copy_of_sample_3(ds)
+    bfo.split(ds, embeddings_field="emb")
+    panel_event(ds, "on_load")
+
+    def drawn_category() -> dict[str, str]:
+        drawn = panel_module()._SHOWN["p1"].drawn
+        return dict(zip(drawn.ids.tolist(), drawn.category.tolist(), strict=True))
+
+    def fresh_category() -> dict[str, str]:
+        drawn = viz.map_figure(ds)["drawn"]
+        return dict(zip(drawn.ids.tolist(), drawn.category.tolist(), strict=True))
+
+    assert drawn_category()[copy] == "duplicate"
+    panel_event(ds, "exclude", selected=[original])
+    assert drawn_category()[copy] == ds[copy].split != "duplicate"
+    by_hand = ds.match(F("split") == "train").limit(3).values("id")
+    ds.select(by_hand).tag_samples(bfo.EXCLUDED_TAG)
+    panel_event(ds, "include_again", selected=[original])
+    now, fresh = drawn_category(), fresh_category()
+    assert all(now[i] == fresh[i] == "excluded" for i in by_hand if i in now)
+    assert {i: now[i] for i in now if i in fresh} == {i: fresh[i] for i in now if i in fresh}
+
+
 def test_a_split_stopped_after_writing_an_heir_heals_when_the_original_comes_back(
     field_dataset, monkeypatch
 ):

@@ -599,6 +599,7 @@ def exclude(samples: foc.SampleCollection, reason: str | None = None) -> dict[st
         "n_samples": len(ids),
         "n_newly_excluded": n_new,
         "n_left_split": len(left),
+        "left_ids": left,
         "n_excluded_total": int(dataset.count_sample_tags().get(EXCLUDED_TAG, 0)),
         "message": f"Excluded {n_new} samples ({len(ids) - n_new} were already); "
         f"{len(left)} left their split{_tagged_before(left, ids)}",
@@ -642,6 +643,7 @@ def include_again(samples: foc.SampleCollection) -> dict[str, Any]:
     return {
         "n_included": len(ids),
         "n_excluded_total": int(dataset.count_sample_tags().get(EXCLUDED_TAG, 0)),
+        "left_ids": others,
         "message": message,
     }
 
