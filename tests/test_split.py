@@ -412,6 +412,11 @@ def test_a_copy_voted_apart_from_its_original_counts_every_pair_it_crosses(fo_da
     kk = np.triu(sims & kept[:, None] & kept[None, :], 1)
     pairs = int(across(split[:, None], split[None, :])[kk].sum())
     pairs += sum(int(across(split[k], split[kept & sims[k]]).sum()) for k in apart)
+    # Two copies apart in one round: counted too (a later round's copies do not see
+    # earlier ones, README).
+    rounds = np.asarray(ds.values("bubblefence_round"))[apart]
+    among = np.triu(sims[np.ix_(apart, apart)] & (rounds[:, None] == rounds[None, :]), 1)
+    pairs += int(across(split[apart][:, None], split[apart][None, :])[among].sum())
     history = bfo.load_state(ds, embeddings=False)[0].history
     assert pairs == sum(h["cut_pairs"] for h in history)
 

@@ -249,17 +249,24 @@ def crossings_of(
     indexes: Sequence[CellIndex],
     threshold: float,
 ) -> int:
-    """Twin pairs (cosine >= `threshold`) between `rows` (outside `indexes`: duplicates a
-    group's vote moved off their original's side) and the indexed rows that cross
-    either line. Such a copy mirrored its original before, and its pairs were its
-    original's: all of them count now, not a change (found by a stress test: a copy of
-    a train sample with an eval twin was counted 4 pairs short)."""
-    rows = np.asarray(rows, np.int64)
+    """Twin pairs (cosine >= `threshold`) that cross either line between `rows` (outside
+    `indexes`: duplicates a group's vote moved off their original's side) and the
+    indexed rows, and among `rows` themselves. Such a copy mirrored its original
+    before, and its pairs were its original's: all of them count now, not a change
+    (found by stress tests: a copy of a train sample with an eval twin was counted 4
+    pairs short, and two copies of one image voted into train and test 1 short)."""
+    rows = np.unique(np.asarray(rows, np.int64))
     count = 0
     for index in indexes:
         at = index.at(threshold)
         for q, b, _ in at.pairs(embeddings[rows]):
             count += int(np.sum(crosses(split[rows[q]], split[at.rows[b]])))
+    if len(rows) > 1:
+        # Any seed: the search is exact, the seed only shapes its cells.
+        among = CellIndex(embeddings, rows, threshold, seed=0)
+        for q, b, _ in among.own_pairs():
+            once = q < b  # each pair is yielded both ways
+            count += int(np.sum(crosses(split[rows[q[once]]], split[rows[b[once]]])))
     return count
 
 
