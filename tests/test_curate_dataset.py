@@ -172,7 +172,7 @@ def test_from_split_start_from_similar_balance_metadata(field_dataset):
         ({"strategy": "balance"}, "label_field"),
         ({"strategy": "similar"}, "query_tag"),
         ({"strategy": "metadata"}, "metadata_field"),
-        ({"from_split": "val"}, "from_split='val'"),
+        ({"from_split": "holdout"}, r"from_split='holdout'.*alias such as 'val'"),
         ({"embeddings_field": "nope"}, "nope"),
         ({"count": 0}, "count"),
         ({"strategy": "balance", "label_field": "emb"}, "label_field='emb'"),
@@ -253,6 +253,11 @@ def test_from_split_reads_a_split_of_tags_alone(field_dataset):
         ds, "diverse", count=5, tag="p4", from_split="train", embeddings_field="emb"
     )
     assert out["n_candidates"] == 110 and not set(both) & set(ds.match_tags("p4").values("id"))
+    # A split field of the user's with aliases, read as the audit reads it; and an alias
+    # named as from_split.
+    ds.set_values("split", ["val" if i % 4 else "Test" for i in range(len(ds))])
+    out = curate.sample(ds, "diverse", count=5, tag="p5", from_split="val", embeddings_field="emb")
+    assert out["n_candidates"] == 150
 
 
 def test_a_pick_and_a_report_read_the_same_vector_field_when_none_is_named(field_dataset):

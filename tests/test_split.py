@@ -664,8 +664,19 @@ def test_samples_merged_with_a_split_of_their_own_are_refused_in_a_later_round(
     # A split tag under an alias name is theirs too (found by a README audit).
     add_embedded_samples(ds, 3, seed=9)
     ds.exists("split", False).tag_samples("Val")
-    with pytest.raises(ValueError, match=r"or a split tag \(3\).*untag_samples\(\[.*'Val'"):
+    with pytest.raises(ValueError, match=r"or a split tag \(3\).*untag_samples\(\[.*'Val'") as e:
         bfo.split(ds, embeddings_field="emb")
+    # Its hint, as written, keeps the tags' split (found by a stress test: it copied the
+    # samples' empty split values instead, and failed).
+    hint = str(e.value).split("e.g. in Python: ", 1)[1]
+    assert "set_values('original_split', [t] * len(v))" in hint and "v.values(" not in hint
+    new = ds.exists("bubblefence_round", False)
+    for t in ["Val"]:
+        v = new.match_tags(t)
+        v.set_values("original_split", [t] * len(v))
+    new.untag_samples(["Val"])
+    assert bfo.split(ds, embeddings_field="emb")["n_assigned"] == 3
+    assert ds.count_values("original_split")["Val"] == 3
 
 
 def test_split_tags_are_written_beside_other_tags_and_samples_marked_modified(field_dataset):

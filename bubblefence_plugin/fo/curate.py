@@ -184,6 +184,8 @@ def iter_sample(
     request = make_request(strategy, strengths, count, seed=seed, k=k, target=target)
     field = _embeddings_field(dataset, embeddings_field)
     _check_tag(dataset, tag, replace)
+    # A split's alias ("val") names it, as in the audit.
+    from_split = role_of(from_split) or from_split
     _check_options(dataset, request, from_split, start_from, label_field, query_tag)
     metadata_path = _numeric_path(dataset, metadata_field) if metadata_field else None
     if "metadata" in request.active and not metadata_path:
@@ -418,7 +420,9 @@ def _check_options(
     query_tag: str | None,
 ) -> None:
     if from_split is not None and from_split not in SPLIT_TAGS:
-        raise ValueError(f"from_split={from_split!r}; use one of {SPLIT_TAGS} or None")
+        raise ValueError(
+            f"from_split={from_split!r}; use one of {SPLIT_TAGS} (or an alias such as 'val')"
+        )
     # A split of tags alone (as zoo datasets ship) serves too (`_tagged_ids`).
     if from_split and not dataset.has_field(SPLIT_FIELD) and not _tagged_ids(dataset, from_split):
         raise ValueError(
@@ -466,7 +470,8 @@ def _tagged_ids(dataset: fo.Dataset, name: str) -> list[str]:
     (`fields.roles_from_tags`: aliases such as ``val`` too, a sample with two split tags
     in neither)."""
     if name in SPLIT_TAGS and dataset.has_field(SPLIT_FIELD):
-        return dataset.match(fo.ViewField(SPLIT_FIELD) == name).values("id")
+        ids, values = dataset.values(["id", SPLIT_FIELD])  # a user's field may say "val"
+        return [sid for sid, value in zip(ids, values, strict=True) if role_of(value) == name]
     if name in SPLIT_TAGS:
         ids, tags = dataset.values(["id", "tags"])
         roles, _ = roles_from_tags(tags)

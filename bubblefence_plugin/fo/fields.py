@@ -339,14 +339,29 @@ def refuse_splits_of_new_samples(dataset: fo.Dataset, new_ids: list[str]) -> Non
     if not (n_valued or n_tagged):
         return
     shown = ", ".join(repr(p) for p in list(dict.fromkeys(paths))[:3])
+    # The hint copies what they carry, values or tags, into a field before clearing it
+    # (a stress test: copying the values of samples that carried tags alone failed on
+    # all-None values, and the next step would have dropped the tags' split).
     raise ValueError(
         f"{max(n_valued, n_tagged)} of the samples not split yet on dataset {dataset.name!r} "
         f"already have a {SPLIT_FIELD!r} value ({n_valued}) or a split tag ({n_tagged}) that "
         "BubbleFence did not write (merged from another dataset, or a split that came with "
         f"them; e.g. {shown}), and this round would replace them. To keep that split, copy "
         "it to another field, then clear it from those samples, e.g. in Python: "
-        f"view.set_values('original_split', view.values({SPLIT_FIELD!r})); "
-        f"view.clear_sample_field({SPLIT_FIELD!r}); view.untag_samples({split_tags!r})"
+        f"new = dataset.exists({ROUND_FIELD!r}, False); "
+        + (
+            f"v = new.exists({SPLIT_FIELD!r}); v.set_values('original_split', "
+            f"v.values({SPLIT_FIELD!r})); v.clear_sample_field({SPLIT_FIELD!r}); "
+            if n_valued
+            else ""
+        )
+        + (
+            f"for t in {split_tags!r}: v = new.match_tags(t); v.set_values("
+            "'original_split', [t] * len(v)); then "
+            f"new.untag_samples({split_tags!r})"
+            if n_tagged
+            else ""
+        )
     )
 
 

@@ -254,9 +254,8 @@ def _refuse_class_aware_without_labels(cfg: BubbleFenceConfig, label_field: str 
     label field it did nothing, and was frozen so (found by a README audit)."""
     if cfg.class_aware and not label_field:
         raise ValueError(
-            "class_aware=True needs a label field (label_field=..., --label-field): near "
-            "twins with different labels are then not duplicates; without one, leave "
-            "class_aware off"
+            "class_aware=True needs a label field (label_field=...): near twins with "
+            "different labels are then not duplicates; without one, leave class_aware off"
         )
 
 
