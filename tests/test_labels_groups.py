@@ -453,6 +453,21 @@ def test_duplicates_that_follow_take_their_group_side():
     assert crossing_pairs(bf) + extra == sum(h["cut_pairs"] for h in bf.history)
 
 
+def test_a_copy_left_behind_by_its_original_counts_its_pairs():
+    # Found by a fuzz of the core: a copy followed its original of the same round, then
+    # the vote moved the original to eval and not the copy (its own group held it): the
+    # exact pair crossed train/eval with cut_pairs 0.
+    e = np.eye(64, dtype=np.float32)
+    bf = BubbleFence(BubbleFenceConfig(seed=781, dedup_policy="follow", eval_ratio=0.3))
+    bf.ingest(e[[0]], ids=[1], groups=["z"])
+    bf.ingest(e[[1, 1]], ids=[10, 11], groups=["a", "G"])
+    r = bf.ingest(e[[2, 2]], ids=[20, 21], groups=["G", "b"])
+    split = dict(zip(bf.assignments()["id"], bf.assignments()["split"], strict=True))
+    assert split[21] == "train" != split[20]
+    assert r.stats["duplicates_with_original"] == 0
+    assert r.stats["cut_pairs"] == 1 and sum(h["cut_pairs"] for h in bf.history) == 1
+
+
 def test_deterministic_and_same_after_save_load(tmp_path):
     x, labels, groups = labelled_groups(7, sizes=(700, 300, 90, 30))
     runs = []

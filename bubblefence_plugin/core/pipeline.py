@@ -585,10 +585,14 @@ class BubbleFence:
             change = crossings_changed(
                 work.x, new_rows[changed & work.kept[new_rows]], before, split, indexes, threshold
             )
-            # A follower the vote moved off its original's side crosses with it and its
-            # twins: counted too (found by a stress test: exact copies in eval beside
-            # their originals in train, cut_pairs 0).
-            change += crossings_of(work.x, new_rows[changed & follower], split, indexes, threshold)
+            # A follower that ends apart from its original (the vote moved it, or moved
+            # its original of this round and not it) crosses with it and its twins:
+            # counted too; one on its original's side mirrors it, and is not (found by
+            # stress tests: exact copies in eval beside their originals in train,
+            # cut_pairs 0; a copy moved with its original, counted twice).
+            original = np.where(follower, work.duplicate_of[new_rows], new_rows)
+            apart = follower & (split[new_rows] != split[original])
+            change += crossings_of(work.x, new_rows[apart], split, indexes, threshold)
             work.stats["cut_pairs_groups"] = change
             work.stats["cut_pairs"] = work.stats.get("cut_pairs", 0) + change
         if self.config.dedup_policy == "follow":
