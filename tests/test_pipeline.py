@@ -981,6 +981,26 @@ def test_every_copy_left_without_an_heir_returns_to_its_original():
     assert sorted(result.relinked_ids.tolist()) == [200, 201]
 
 
+def test_two_originals_forgotten_together_leave_no_group_on_both_sides():
+    # Found by a core fuzz: forgetting an eval original and a train one at once, the
+    # train one's copy (filed in the eval original's group) took train first, and the
+    # eval original's copy then took eval in its own group: the group straddled.
+    x = unit(np.random.default_rng(0).standard_normal((300, 64)))
+    groups = np.array([f"g{i}" for i in range(300)], dtype=object)
+    bf = BubbleFence(BubbleFenceConfig(seed=0, dedup_policy="exclude"))
+    bf.ingest(x, ids=np.arange(300), groups=groups)
+    split = bf.assignments()["split"].to_numpy()
+    held_out, train = (
+        int(np.flatnonzero(split != "train")[0]),
+        int(np.flatnonzero(split == "train")[0]),
+    )
+    bf.ingest(x[[train, held_out]], ids=[300, 301], groups=[groups[held_out]] * 2)
+    bf.forget([held_out, train])
+    after = bf.assignments().set_index("id")
+    assert after.loc[300, "split"] == "train" and after.loc[301, "split"] == "duplicate"
+    assert bf.summary()["groups"]["violations"] == 0
+
+
 def classes_around_a_mean(n: int, seed: int, d: int = 64, k: int = 12):
     """Classes as offsets from one shared mean direction (as CLIP's embeddings lie): at
     the closure threshold a class is one unit."""

@@ -905,8 +905,10 @@ class BubbleFence:
         """(heirs, their originals): per dropped original, its earliest orphan that fits.
 
         One fits if it is a "duplicate" whose group lets it take the original's split
-        (no group, the original's, or one whose held samples, heirs chosen before it
-        included, all have that split), or a follower (policy ``follow``) already in
+        (no group, or one whose held samples, heirs chosen before it included, all have
+        that split: the original's own group too, which an heir of another original of
+        the same call may have given the other side; found by a core fuzz, a group then
+        straddled train and eval), or a follower (policy ``follow``) already in
         the original's split. A follower that its group's vote put elsewhere keeps its
         place either way, but is no heir: the other duplicates do not point to it (its
         near twins across the line, a duplicate's, are not counted in ``cut_pairs``).
@@ -926,7 +928,7 @@ class BubbleFence:
                 fits = int(split[row]) == place
             else:
                 group = int(codes[row])
-                fits = group < 0 or group == codes[original] or sides.get(group, {place}) == {place}
+                fits = group < 0 or sides.get(group, {place}) == {place}
                 if fits and group >= 0:
                     sides.setdefault(group, set()).add(place)
             if fits:
