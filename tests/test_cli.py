@@ -504,3 +504,14 @@ def test_small_command_line_answers(dataset_name, capsys, monkeypatch, tmp_path)
     assert "vector fields: ['emb']" in capsys.readouterr().err
     args = ["split", "--dataset", dataset_name, "--embeddings-field", "emb"]
     assert cli.main([*args, "--set", "device=mps"]) == 0
+    # The excluded paths are written as the report's files are: folders made, whole or
+    # not at all, an error naming the path (it printed a raw errno).
+    ds.limit(2).tag_samples("excluded")
+    out = tmp_path / "new" / "folder" / "excluded.txt"
+    assert cli.main(["excluded", "--dataset", dataset_name, "--out", str(out)]) == 0
+    assert len(out.read_text().splitlines()) == 2
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    capsys.readouterr()
+    assert cli.main(["excluded", "--dataset", dataset_name, "--out", str(blocked / "x.txt")]) == 2
+    assert "is not writable" in capsys.readouterr().err

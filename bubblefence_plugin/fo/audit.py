@@ -82,7 +82,7 @@ from ..core import metrics
 from ..core.progress import Progress, ProgressCallback, Steps, drive, within
 from ..text import audited_text, counted
 from .embeddings import check_vector_field, read_vectors
-from .export import path_inside, safe_name
+from .export import path_inside, safe_name, write_text_whole
 from .fields import (
     ANCHOR_FIELD,
     DUPLICATE_FIELD,
@@ -1442,7 +1442,7 @@ def write_html(
         target = path_inside(target, target / f"bubblefence-report-{name}-{stamp}.html")
     if target.suffix.lower() not in (".html", ".htm"):
         target = target.with_suffix(target.suffix + ".html")
-    _write_text(target, render_html(result, drawn, thumbnails), f"html_path {str(path)!r}")
+    write_text_whole(target, render_html(result, drawn, thumbnails), f"html_path {str(path)!r}")
     return str(target)
 
 
@@ -1457,22 +1457,5 @@ def write_json(result: dict[str, Any], path: str | os.PathLike) -> str:
         the path written
     """
     target = Path(path).expanduser().resolve()
-    _write_text(target, json.dumps(result, indent=1), f"json path {str(path)!r}")
+    write_text_whole(target, json.dumps(result, indent=1), f"json path {str(path)!r}")
     return str(target)
-
-
-def _write_text(target: Path, text: str, what: str) -> None:
-    """Writes ``text`` to ``target`` whole or not at all (a temporary file renamed); an
-    error names ``what`` the user gave."""
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # os.open applies the umask to 0o666, as for any file the user writes; mkstemp's
-        # 0600 left a report that nobody else could read.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, target)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise ValueError(f"{what} is not writable: {e}") from e

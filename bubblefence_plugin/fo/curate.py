@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import fiftyone as fo
@@ -40,6 +41,7 @@ from ..core.curation import (
 from ..core.progress import Progress, ProgressCallback, Steps, drive
 from ..text import counted
 from .embeddings import check_vector_field, read_embeddings, vector_fields
+from .export import write_text_whole
 from .fields import (
     EXCLUDED_TAG,
     REASON_FIELD,
@@ -692,6 +694,5 @@ def write_excluded_paths(samples: foc.SampleCollection, path: str | os.PathLike)
         path: the text file to write
     """
     paths = excluded_paths(samples)
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.writelines(p + "\n" for p in paths)
+    write_text_whole(Path(path), "".join(p + "\n" for p in paths), f"path {str(path)!r}")
     return len(paths)

@@ -759,3 +759,28 @@ def _write_manifest(
             folders = json.dumps(exported_as.get(sid, {}), ensure_ascii=False)
             row = (sid, paths.get(sid), files, *state, folders)
             writer.writerow([safe_csv_cell(v) for v in row])
+
+
+def write_text_whole(target: Path, text: str, what: str) -> None:
+    """Writes ``text`` to ``target`` whole or not at all (a temporary file renamed), its
+    folder made if missing; an error names ``what`` the user gave.
+
+    Args:
+        target: the file
+        text: its contents
+        what: how the user named it, for the error (e.g. "--out 'x.txt'")
+    """
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # os.open applies the umask to 0o666, as for any file the user writes; mkstemp's
+        # 0600 left a report that nobody else could read.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, target)
+    except OSError as e:
+        # Not there, or its folder is a file (unlink then fails too): nothing to remove.
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise ValueError(f"{what} is not writable: {e}") from e
