@@ -132,6 +132,22 @@ def test_the_subspace_bound_never_underestimates_a_similarity():
         assert np.all(bound >= exact - 1e-6)
 
 
+def test_subspace_axes_hold_rows_of_a_low_dimensional_subspace_and_only_its_rank():
+    """The top eigenpairs, solved in float32, still find a subspace the rows lie in
+    (residuals at rounding level) and leave out the axes of rounding-level eigenvalues:
+    copies of one row get one axis."""
+    rng = np.random.default_rng(9)
+    basis = np.linalg.qr(rng.normal(size=(256, 8)))[0].T
+    x = (rng.normal(size=(300, 8)) @ basis).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    axes = subspace_axes(x[:256], 32)
+    assert len(axes) == 8
+    assert np.allclose(axes @ axes.T, np.eye(8), atol=1e-5)
+    residual = x - (x @ axes.T) @ axes
+    assert np.linalg.norm(residual, axis=1).max() < 1e-3
+    assert len(subspace_axes(np.repeat(x[:1], 40, axis=0), 32)) == 1
+
+
 def test_upper_bounds_cover_every_row_and_never_underestimate(monkeypatch):
     """`upper_bounds` lists every position of the index once, group after group, and
     bounds every query's float64 similarity to it from above (within float32 error),

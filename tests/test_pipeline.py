@@ -168,6 +168,34 @@ def test_a_loaded_state_restores_its_index_rather_than_fitting_it(tmp_path, monk
     assert rebuilt.assignments().equals(kept_in_memory.assignments())
 
 
+def test_a_first_round_searches_its_kept_rows_with_the_cells_dedup_fitted(monkeypatch):
+    """Round 0 fits one index, dedup's over every row: its units search the same cells
+    less the duplicates (`CellIndex.restored`), and split as a freshly fitted index
+    does, in that round and the next."""
+    from bubblefence_plugin.core import neighbors
+
+    rng = np.random.default_rng(31)
+    x, _ = clustered(3000, rng, twins=0.1)
+    # Exact copies in both rounds: dedup drops them, the units' index must too.
+    x = np.vstack([x[:2000], x[:150], x[2000:], x[2000:2100]])
+    fitted = index_fits(monkeypatch)
+    reused = BubbleFence(BubbleFenceConfig(seed=2))
+    reused.ingest(x[:2500])
+    n_kept = int((reused._duplicate_of < 0).sum())
+    assert n_kept <= 2350
+    assert fitted[0] == 2500 and n_kept not in fitted  # the twins' small indexes aside
+    assert len(reused._earlier_index.rows) == n_kept
+    monkeypatch.setattr(neighbors.CellIndex, "structure_without", lambda *a: None)
+    fitted.clear()
+    fresh = BubbleFence(BubbleFenceConfig(seed=2))
+    fresh.ingest(x[:2500])
+    assert fitted[:2] == [2500, n_kept]
+    assert reused.assignments().equals(fresh.assignments())
+    reused.ingest(x[2500:])
+    fresh.ingest(x[2500:])
+    assert reused.assignments().equals(fresh.assignments())
+
+
 def test_forgetting_samples_keeps_the_index_for_the_rows_left(tmp_path, monkeypatch):
     """Samples deleted or excluded leave the state: the index keeps its cells for the
     rows left, so the next round fits none over them, and splits as a state that fits

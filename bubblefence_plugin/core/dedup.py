@@ -54,9 +54,15 @@ FIRST_CHUNK = 2048
 
 @dataclass
 class DedupResult:
-    """Per new row: the global row of its kept original, -1 when the row is kept."""
+    """Per new row: the global row of its kept original, -1 when the row is kept.
+
+    `batch_index`: the index the batch was searched with (over every row of `new`, by
+    position), for a caller that searches the batch's kept rows next
+    (`CellIndex.restored` keeps its cells); None where the batch was searched in chunks.
+    """
 
     duplicate_of: np.ndarray
+    batch_index: CellIndex | None = None
 
     @property
     def is_duplicate(self) -> np.ndarray:
@@ -100,9 +106,9 @@ def find_duplicates(
     index = CellIndex(new, np.arange(n), threshold, seed)
     if n > FIRST_CHUNK and _partners_per_row(index, new, seed) > BLOB_PARTNERS:
         _in_chunks(new, duplicate_of, first_new_row, threshold, seed, new_labels)
-    else:
-        _in_order(index, new, duplicate_of, first_new_row, threshold, new_labels)
-    return DedupResult(duplicate_of)
+        return DedupResult(duplicate_of)
+    _in_order(index, new, duplicate_of, first_new_row, threshold, new_labels)
+    return DedupResult(duplicate_of, batch_index=index)
 
 
 def _partners_per_row(index: CellIndex, new: np.ndarray, seed: int) -> float:

@@ -130,6 +130,7 @@ class _Round:
     earlier_index: CellIndex | None = None  # the kept rows of earlier rounds (`_earlier`)
     kept_index: CellIndex | None = None  # every kept row (round 0's units), for the next round
     new_index: CellIndex | None = None  # the round's new kept rows (`_new_index`)
+    batch_index: CellIndex | None = None  # every new row, by position (`DedupResult`)
     relinked: np.ndarray | None = None  # earlier rows `_adopt_orphans` relinked
 
     @property
@@ -366,6 +367,7 @@ class BubbleFence:
                 kept_index=self._earlier(work),
             )
             work.duplicate_of[new_rows] = dedup.duplicate_of
+            work.batch_index = dedup.batch_index
             _adopt_orphans(work)
         work.split[new_rows[work.is_duplicate[new_rows]]] = DUPLICATE
 
@@ -678,8 +680,25 @@ class BubbleFence:
             return work.components[np.searchsorted(work.new_kept, open_rows)]
         index = None
         if work.n_old == 0 and len(open_rows) > 1 and len(open_rows) == int(work.kept.sum()):
-            index = work.kept_index = CellIndex(work.x, open_rows, cfg.unit_threshold, cfg.seed)
+            index = work.kept_index = self._first_round_index(work, open_rows)
         return self._components(work.x, open_rows, work.codes, cfg.unit_threshold, index)
+
+    def _first_round_index(self, work: _Round, kept_rows: np.ndarray) -> CellIndex:
+        """An index over a first round's kept rows: the cells and axes dedup searched
+        every row of the round with, less the duplicates (`CellIndex.restored`: any
+        cells keep a search exact, and measuring them costs a third of fitting them),
+        else a fresh one."""
+        cfg = self.config
+        if work.batch_index is not None:
+            # Round 0: the batch's positions are the rows; a duplicate's is dropped.
+            kept_row = np.full(work.n, -1, np.int64)
+            kept_row[kept_rows] = kept_rows
+            structure = CellIndex.structure_without(work.batch_index.structure(), kept_row)
+            if structure is not None:
+                index = CellIndex.restored(work.x, structure, cfg.unit_threshold)
+                if index is not None and np.array_equal(index.rows, kept_rows):
+                    return index
+        return CellIndex(work.x, kept_rows, cfg.unit_threshold, cfg.seed)
 
     def _twin_groups(self, work: _Round) -> Callable[[np.ndarray], np.ndarray] | None:
         """Rows -> their twin components (a group's members linked), for the shells of
