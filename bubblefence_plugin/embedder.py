@@ -55,6 +55,12 @@ PACKAGED_MODELS: dict[str, str] = {
 
 ProgressCallback = Callable[[int, int], Any]
 
+# Rows of other lengths than the most common, beyond this share of the numeric rows (and
+# more than one), are a second model's vectors, not a few broken rows: refused where the
+# dimension is read from the rows themselves (a field of 16-d and 8-d vectors, half and
+# half, was split as 8-d with the 16-d half left out as errors).
+OTHER_LENGTHS_SHARE = 0.1
+
 # Batches decoded ahead of the one being embedded: two keep the model fed when one
 # batch holds a slow image (a huge PNG), without holding many batches in memory.
 _PREFETCH_BATCHES = 2
@@ -115,8 +121,9 @@ def embeddings_from_array(
     Rows that are missing (``None``), of the wrong length, non-finite or all zero are
     reported per row in ``errors`` instead of failing the whole set, like unreadable
     images. ``dim`` is the expected dimension; by default the most common row length.
-    A 2-D array of another width than ``dim``, or a sequence where no row has that
-    length, is a ValueError: that is a different model, not a few bad rows.
+    A 2-D array of another width than ``dim``, a sequence where no row has that
+    length, or, without ``dim``, one where more than `OTHER_LENGTHS_SHARE` of the rows
+    have other lengths, is a ValueError: that is a different model, not a few bad rows.
     """
     if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 1):
         raise ValueError(f"dim must be None or a positive int, got {dim!r}")
@@ -155,6 +162,14 @@ def embeddings_from_array(
     if dim is None:
         values, counts = np.unique(lengths, return_counts=True)
         dim = int(values[np.argmax(counts)]) if len(values) else 0
+        others = len(lengths) - (int(counts.max()) if len(counts) else 0)
+        if others > max(1, OTHER_LENGTHS_SHARE * len(lengths)):
+            most_first = np.argsort(-counts, kind="stable")
+            found = ", ".join(f"{counts[k]} of length {values[k]}" for k in most_first)
+            raise ValueError(
+                f"the vectors have several lengths ({found}): one model gives one length, "
+                "so these are several models' vectors; compute every sample's with one model"
+            )
     elif len(arrays) and not (lengths == dim).any():
         raise ValueError(
             f"no vector has the expected dimension dim={dim} "

@@ -146,10 +146,14 @@ def round_warnings(summary: Mapping[str, Any]) -> list[str]:
             f"{', '.join(map(str, missing))} (their samples are near twins of train "
             "samples, or too few to hold out whole)"
         )
-    if summary.get("n_errors"):
+    n_errors = summary.get("n_errors") or 0
+    if n_errors:
+        one = n_errors == 1
         warnings.append(
-            f"{summary['n_errors']} samples could not be embedded and are in no split "
-            "(their error field says why; they are tried again at every run)"
+            f"{counted(n_errors, 'sample')} {'has' if one else 'have'} no usable embedding "
+            f"and {'is' if one else 'are'} in no split "
+            "(their error field says why: an unreadable image, or a missing, NaN or "
+            "wrong-length vector; they are tried again at every run)"
         )
     if summary.get("n_split_edited"):
         warnings.append(

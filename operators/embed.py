@@ -16,6 +16,7 @@ from bubblefence_plugin.fo.fields import root_dataset
 from bubblefence_plugin.text import SummaryText, error_lines, queued_shards_text
 
 from .base import BubbleFenceOperator, Outcome
+from .inputs import given
 from .split import DELEGATE_ABOVE
 
 MODES = ("run", "queue")
@@ -87,16 +88,18 @@ class BubbleFenceEmbed(BubbleFenceOperator):
         return super().prefers_delegation(ctx) and ctx.params.get("mode") != "queue"
 
     def resolve_run_name(self, ctx: ExecutionContext) -> str:
-        n = int(ctx.params.get("num_shards") or 1)
+        n = max(_shown_count(ctx.params.get("num_shards"), 1), 1)
         if ctx.params.get("mode") == "queue":
             return f"BubbleFence embed: queue {n} shards"
-        return bfo.shard_label(int(ctx.params.get("shard_index") or 0), n)
+        return bfo.shard_label(_shown_count(ctx.params.get("shard_index"), 0), n)
 
     def add_inputs(self, ctx: ExecutionContext, inputs: types.Object) -> None:
         defaults = BubbleFenceConfig()
+        named = ctx.params.get("embeddings_field")
         inputs.str(
             "model_name",
-            default=_default_model(ctx.dataset, ctx.params.get("embeddings_field")),
+            # A field name that is not a string is refused below (`_field_input`).
+            default=_default_model(ctx.dataset, named if isinstance(named, str) else None),
             required=True,
             label="Model",
             description="Hugging Face model name or local folder; every worker must "
@@ -129,13 +132,20 @@ class BubbleFenceEmbed(BubbleFenceOperator):
         return Outcome(text, report.to_dict())
 
 
+def _shown_count(value: Any, default: int) -> int:
+    """A shard count or index to show in a label: ``value`` where it is one (an int
+    >= 0), else ``default``; the run refuses a bad one, naming it."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return value if ok else default
+
+
 def _embed_kwargs(params: dict[str, Any]) -> dict[str, Any]:
     """`bfo.iter_embed` keyword arguments; None takes the library's default."""
     return {
         "model": params.get("model_name") or None,
         "embeddings_field": params.get("embeddings_field") or bfo.EMBEDDING_FIELD,
-        "num_shards": int(params.get("num_shards") or 1),
-        "shard_index": int(params.get("shard_index") or 0),
+        "num_shards": given(params, "num_shards", 1),
+        "shard_index": given(params, "shard_index", 0),
         "batch_size": params.get("batch_size") or None,
         "device": params.get("device") or "auto",
     }
@@ -217,7 +227,7 @@ def _shard_inputs(ctx: ExecutionContext, inputs: types.Object) -> None:
     )
     if queueing:
         return
-    n = ctx.params.get("num_shards") or 1
+    n = max(_shown_count(ctx.params.get("num_shards"), 1), 1)
     prop = inputs.int(
         "shard_index",
         default=0,
@@ -227,6 +237,6 @@ def _shard_inputs(ctx: ExecutionContext, inputs: types.Object) -> None:
         description=f"Which shard to embed here: 0 .. {n - 1}",
     )
     index = ctx.params.get("shard_index") or 0
-    if isinstance(n, int) and isinstance(index, int) and index >= n:
+    if isinstance(index, int) and index >= n:
         prop.invalid = True
         prop.error_message = f"Must be below the number of shards ({n})"

@@ -13,7 +13,7 @@ from bubblefence_plugin.core.progress import Progress, Steps
 from bubblefence_plugin.text import export_text
 
 from .base import BubbleFenceOperator, Outcome
-from .inputs import field_input, parse_path, to_path
+from .inputs import field_input, given, parse_path, to_path
 
 DEFAULT_TYPE = "FiftyOneDataset"
 
@@ -111,7 +111,7 @@ class BubbleFenceExport(BubbleFenceOperator):
         result = yield from bfo.iter_export(
             ctx.target_view(),
             export_dir,
-            ctx.params.get("dataset_type", DEFAULT_TYPE),
+            given(ctx.params, "dataset_type", DEFAULT_TYPE),
             tags=ctx.params.get("names") or None,
             label_field=ctx.params.get("label_field") or None,
             export_media=bool(ctx.params.get("export_media", True)),
@@ -136,7 +136,12 @@ def _destination_inputs(ctx: ExecutionContext, inputs: types.Object) -> None:
         description="Replace the contents of a non-empty export directory",
     )
     path = parse_path(ctx.params, "export_dir")
-    if path and os.path.isdir(path) and os.listdir(path) and not ctx.params.get("overwrite"):
+    # Checked here too, not only by the run: a delegated run is queued once the form is
+    # valid and would fail on its worker.
+    if path and os.path.exists(path) and not os.path.isdir(path):
+        prop.invalid = True
+        prop.error_message = "A file, not a folder: choose a folder"
+    elif path and os.path.isdir(path) and os.listdir(path) and not ctx.params.get("overwrite"):
         prop.invalid = True
         prop.error_message = "Not empty: choose another folder or tick Overwrite"
 

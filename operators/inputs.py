@@ -65,6 +65,17 @@ def field_input(
     )
 
 
+def given(params: Mapping[str, Any], name: str, default: Any) -> Any:
+    """``params[name]`` as given, ``default`` where it is absent or None.
+
+    Never converted: the library refuses a value of the wrong kind (2.5 where a whole
+    number is due, NaN, a string), naming the parameter, where ``int()`` cut 2.5 to 2
+    and ran, and turned NaN into a bare "cannot convert float NaN to integer".
+    """
+    value = params.get(name)
+    return default if value is None else value
+
+
 def to_path(path: str | os.PathLike | None) -> dict[str, str] | None:
     """A path as the App's FileExplorerView sends it."""
     if path is None:

@@ -21,7 +21,7 @@ from bubblefence_plugin.core.progress import Steps
 from bubblefence_plugin.text import report_text
 
 from .base import BubbleFenceOperator, Outcome
-from .inputs import embeddings_field_choices, field_input, parse_path
+from .inputs import embeddings_field_choices, field_input, given, parse_path
 
 # Reading a million 512-d embeddings from the database and measuring them takes minutes.
 DELEGATE_ABOVE = 200_000  # samples
@@ -159,7 +159,9 @@ class BubbleFenceReport(BubbleFenceOperator):
 
 
 def _report_kwargs(params: dict[str, Any]) -> dict[str, Any]:
-    max_queries = int(params.get("max_queries", metrics.DEFAULT_MAX_QUERIES))
+    max_queries = given(params, "max_queries", metrics.DEFAULT_MAX_QUERIES)
+    if max_queries == 0 and not isinstance(max_queries, bool):
+        max_queries = None  # the form's "0 = all of them"; the library checks the rest
     return {
         "split_source": params.get("split_source") or None,
         "embeddings_field": params.get("embeddings_field") or None,
@@ -170,8 +172,8 @@ def _report_kwargs(params: dict[str, Any]) -> dict[str, Any]:
         "eval_ratio": params.get("eval_ratio"),
         "validation_ratio": params.get("validation_ratio"),
         "min_label_count": params.get("min_label_count"),
-        "max_queries": None if max_queries == 0 else max_queries,
-        "seed": int(params.get("seed", 0)),
+        "max_queries": max_queries,
+        "seed": given(params, "seed", 0),
         "brain": bool(params.get("brain", False)),
         "html_path": parse_path(params, "html_path"),
     }

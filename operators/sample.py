@@ -14,7 +14,7 @@ from bubblefence_plugin.core.progress import Steps
 from bubblefence_plugin.text import pick_text
 
 from .base import BubbleFenceOperator, Outcome
-from .inputs import embeddings_field_choices, field_input
+from .inputs import embeddings_field_choices, field_input, given
 
 DELEGATE_ABOVE = 50_000  # samples: typicality of more outlasts the App's immediate timeout
 
@@ -135,7 +135,7 @@ def _sample_kwargs(params: dict[str, Any]) -> dict[str, Any]:
     strengths = None
     if params.get("combine"):
         strengths = {
-            name: float(params[f"strength_{name}"])
+            name: params[f"strength_{name}"]
             for name in STRATEGIES
             if params.get(f"strength_{name}") not in (None, 0, 0.0)
         }
@@ -143,7 +143,7 @@ def _sample_kwargs(params: dict[str, Any]) -> dict[str, Any]:
     return {
         "strategy": strategy,
         "strengths": strengths,
-        "count": int(params.get("count") or 100),
+        "count": given(params, "count", 100),
         "tag": params.get("tag") or bfo.DEFAULT_TAG,
         "embeddings_field": params.get("embeddings_field") or None,
         "from_split": params.get("from_split") or None,
@@ -152,8 +152,8 @@ def _sample_kwargs(params: dict[str, Any]) -> dict[str, Any]:
         "target": bfo.parse_target(params.get("target") or "uniform"),
         "query_tag": params.get("query_tag") or None,
         "metadata_field": params.get("metadata_field") or None,
-        "seed": int(params.get("seed") or 0),
-        "k": int(params.get("k") or TYPICALITY_K),
+        "seed": given(params, "seed", 0),
+        "k": given(params, "k", TYPICALITY_K),
         "replace": bool(params.get("replace", False)),
         "rebuild_regions": bool(params.get("rebuild_regions", False)),
     }
@@ -210,7 +210,10 @@ def _pick_inputs(ctx: ExecutionContext, inputs: types.Object) -> None:
         "replace", default=False, label="Replace", description="Move an existing tag to this pick"
     )
     tag = ctx.params.get("tag") or bfo.DEFAULT_TAG
-    if bfo.is_reserved_tag(tag):
+    if not isinstance(tag, str):
+        prop.invalid = True
+        prop.error_message = f"tag must be a non-empty string, got {tag!r}"
+    elif bfo.is_reserved_tag(tag):
         prop.invalid = True
         prop.error_message = f"{tag!r} is reserved (a split's name); choose another tag"
     elif not ctx.params.get("replace") and ctx.dataset.count_sample_tags().get(tag, 0):

@@ -537,7 +537,7 @@ def test_a_list_field_the_split_read_is_what_the_report_and_its_form_default_to(
     assert props["embeddings"]["default"] == "field"
     assert props["embeddings_field"]["default"] == "vec"
     ds.set_values("words", [["a", "b"]] * 200)
-    with pytest.raises(ValueError, match="'words' is a ListField of StringField, not a vector"):
+    with pytest.raises(ValueError, match="'words' is of type ListField of StringField, not a"):
         bfo.report(ds, "split", "words", store=False)
 
 

@@ -400,3 +400,121 @@ def test_a_form_on_a_dataset_it_cannot_work_on_says_so_before_execute(fo_dataset
     props = form(video, f"{PLUGIN}/{name}", {})
     assert list(props) == ["refused"]
     assert "media type 'video'" in props["refused"]["error_message"]
+
+
+PICK = {"strategy": "diverse", "embeddings_field": "emb", "tag": "p", "count": 5, "seed": 0}
+EMBED = {
+    "model_name": "/nonexistent/model",
+    "embeddings_field": "bubblefence_embedding",
+    "mode": "run",
+    "num_shards": 1,
+    "shard_index": 0,
+    "batch_size": 8,
+    "device": "cpu",
+}
+
+
+def _written(ds) -> tuple:
+    """What a run could write: tags, fields, runs."""
+    return (ds.count_sample_tags(), sorted(ds.get_field_schema()), ds.list_runs())
+
+
+@pytest.mark.parametrize(
+    "op, params, named",
+    [
+        ("bubblefence_sample", {"count": 2.5}, "count must be an int >= 1, got 2.5"),
+        ("bubblefence_sample", {"k": 0}, "k must be an int >= 1, got 0"),
+        ("bubblefence_sample", {"seed": float("nan")}, "seed must be an int >= 0, got nan"),
+        ("bubblefence_sample", {"k": "x"}, "k must be an int >= 1, got 'x'"),
+        ("bubblefence_report", {"max_queries": 2.5}, "max_queries must be an int >= 1"),
+        ("bubblefence_report", {"seed": 2**70}, "seed must be an int >= 0 and at most 2**63"),
+        ("bubblefence_report", {"eval_ratio": 1.0}, "eval_ratio must be a number in (0, 1)"),
+        ("bubblefence_embed", {"num_shards": 2.5}, "num_shards must be an int >= 1, got 2.5"),
+        ("bubblefence_embed", {"num_shards": float("inf")}, "num_shards must be an int >= 1"),
+    ],
+)
+def test_a_whole_number_given_as_a_decimal_or_nan_is_refused_naming_it(
+    field_dataset, op, params, named
+):
+    """The operators pass numbers on as given: `int()` cut 2.5 to 2 and ran (writing the
+    pick, the vectors or the report), and NaN ended in a bare conversion error."""
+    ds = field_dataset
+    foo.get_operator(SPLIT)(ds, embeddings_field="emb")
+    base = {
+        "bubblefence_sample": PICK,
+        "bubblefence_report": {"split_source": "split", "embeddings_field": "emb"},
+        "bubblefence_embed": EMBED,
+    }[op]
+    before = _written(ds)
+    result = run_unraised(f"{PLUGIN}/{op}", {"dataset": ds, "params": {**base, **params}})
+    assert named in (result.error_message or "")
+    assert _written(ds) == before
+
+
+def test_forms_given_values_of_the_wrong_type_flag_them_instead_of_failing(field_dataset):
+    """A list where a name is due, a string where a count is: the form marks the input
+    (the App shows it, a delegated run is not queued), it does not raise."""
+    ds = field_dataset
+    pick = {**PICK, "tag": ["x"]}
+    with pytest.raises(ExecutionError, match="Path: tag. Reason: tag must be a non-empty str"):
+        foo.execute_operator(f"{PLUGIN}/bubblefence_sample", ctx={"dataset": ds, "params": pick})
+    embed = {**EMBED, "num_shards": "3", "embeddings_field": ["x"]}
+    with pytest.raises(ExecutionError, match="Path: embeddings_field"):
+        foo.execute_operator(f"{PLUGIN}/bubblefence_embed", ctx={"dataset": ds, "params": embed})
+    assert not ds.has_field("bubblefence_embedding") and ds.count_sample_tags() == {}
+
+
+def test_the_export_form_refuses_a_file_as_its_folder_before_a_run_is_queued(
+    field_dataset, tmp_path
+):
+    ds = field_dataset
+    foo.get_operator(SPLIT)(ds, embeddings_field="emb")
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("kept")
+    params = {"export_dir": {"absolute_path": str(a_file)}, "export_media": False}
+    props = form(ds, EXPORT, params)
+    assert props["export_dir"]["invalid"] and "A file" in props["export_dir"]["error_message"]
+    with pytest.raises(ExecutionError, match="A file, not a folder"):
+        foo.execute_operator(
+            EXPORT, ctx={"dataset": ds, "params": params, "request_delegation": True}
+        )
+    assert DelegatedOperationService().execute_queued_operations(dataset_name=ds.name) == []
+    assert a_file.read_text() == "kept"
+
+
+def test_a_field_of_two_vector_lengths_half_and_half_is_refused_before_a_split(field_dataset):
+    """Half 16-d, half 8-d: two models' vectors, not a few broken rows. It was split as
+    8-d (the smaller length won the tie) with the 16-d half left out as errors."""
+    ds = field_dataset
+    half = ds.limit(100)
+    sixteen = half.values("emb")
+    half.set_values("emb", [v[:8] for v in sixteen])
+    before = _written(ds)
+    result = run_unraised(
+        SPLIT, {"dataset": ds, "params": {"embeddings": "field", "embeddings_field": "emb"}}
+    )
+    assert "several lengths (100 of length 8, 100 of length 16)" in result.error_message
+    assert _written(ds) == before
+    # A few rows of another length stay per-sample errors.
+    half.set_values("emb", sixteen)
+    ds.take(5, seed=1).set_values("emb", [[0.5] * 8] * 5)
+    foo.get_operator(SPLIT)(ds, embeddings_field="emb")
+    assert len(ds.exists("bubblefence_error")) == 5
+
+
+def test_an_export_of_splits_by_name_before_any_split_says_to_split_first(field_dataset, tmp_path):
+    params = {
+        "export_dir": {"absolute_path": str(tmp_path / "out")},
+        "names": ["train", "validation", "test"],  # as the App's form sends them
+        "export_media": False,
+    }
+    result = run_unraised(EXPORT, {"dataset": field_dataset, "params": params})
+    assert "Run the BubbleFence split first" in result.error_message
+    assert not (tmp_path / "out").exists()
+
+
+def test_embedding_an_empty_dataset_says_there_are_no_samples(fo_datasets):
+    ds = fo.Dataset()
+    fo_datasets.append(ds)
+    report = bfo.embed(ds, model="/nonexistent/model")
+    assert report.message.endswith("nothing to embed, there are no samples")

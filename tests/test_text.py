@@ -18,7 +18,7 @@ def test_round_warnings_name_the_labels_and_count_the_groups():
     warnings = round_warnings(SUMMARY)
     assert len(warnings) == 3
     assert "2 labels: owl, fox" in warnings[0]
-    assert warnings[1].startswith("2 samples could not be embedded and are in no split")
+    assert warnings[1].startswith("2 samples have no usable embedding and are in no split")
     assert warnings[2].startswith("1 of 9 groups have samples on both sides")
     assert round_warnings({"labels": {"missing_from_eval": []}, "groups": {"violations": 0}}) == []
     # A group field with no value on any sample split so far: said (found by a stress

@@ -21,6 +21,7 @@ import dataclasses
 import difflib
 import functools
 import math
+import numbers
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,21 @@ import yaml
 # Integers go into MongoDB run documents, which hold signed 64-bit integers (numpy's
 # generators take any such seed).
 INT64_MAX = 2**63 - 1
+
+
+def check_int(name: str, value: Any, low: int, high: int = INT64_MAX) -> None:
+    """Refuses ``value`` unless it is a whole number (an int, not a bool or a float) in
+    ``[low, high]``, naming parameter ``name``. ``high`` defaults to what a run's record
+    can store (`INT64_MAX`)."""
+    whole = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if whole and low <= value <= high:
+        return
+    if high != INT64_MAX:
+        allowed = f"in {low}..{high}"
+    else:
+        allowed = f">= {low}" + (" and at most 2**63 - 1" if whole and value > high else "")
+    raise ValueError(f"{name} must be an int {allowed}, got {value!r}")
+
 
 # Default gap between leak_threshold and closure_threshold. Measured with
 # bench/bench_quality.py at full size, later rounds keeping the margin (follow.keep_margins):

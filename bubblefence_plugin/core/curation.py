@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import rankdata
 
+from .config import check_int
 from .neighbors import as_unit_rows, knn, nearest
 from .regions import RegionIndex
 
@@ -121,12 +122,9 @@ class CurationRequest:
         if not active:
             raise ValueError("every strength is 0: give at least one strategy a strength")
         object.__setattr__(self, "active", active)
-        if isinstance(self.count, bool) or not isinstance(self.count, int) or self.count < 1:
-            raise ValueError(f"count must be a positive int, got {self.count!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be an int >= 0, got {self.seed!r}")
-        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
-            raise ValueError(f"k must be a positive int, got {self.k!r}")
+        check_int("count", self.count, 1)
+        check_int("seed", self.seed, 0)
+        check_int("k", self.k, 1)
         check_target(self.target)
 
     @property

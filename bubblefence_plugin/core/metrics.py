@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -55,6 +56,7 @@ from typing import Any
 
 import numpy as np
 
+from .config import check_int
 from .labels import encode_label_sets, label_shares
 from .neighbors import RANK_DECIMALS, as_unit_rows, exact_similarity, nearest
 from .progress import Progress, Steps, drive, within
@@ -247,12 +249,16 @@ def _check_thresholds(thresholds: Sequence[float]) -> list[float]:
     return values
 
 
-def _check_ratio(name: str, value: float | None, low: float, high: float) -> float | None:
+def _check_ratio(name: str, value: float | None, *, open_ends: bool = False) -> float | None:
+    """``value`` as a float if it is a share in [0, 1] (in (0, 1) with ``open_ends``),
+    None for None; else a ValueError naming ``name``."""
     if value is None:
         return None
-    if not (low <= float(value) <= high):
-        raise ValueError(f"{name} must be in [{low}, {high}] or None, got {value!r}")
-    return float(value)
+    number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if number and (0.0 < value < 1.0 if open_ends else 0.0 <= value <= 1.0):
+        return float(value)
+    allowed = "(0, 1)" if open_ends else "[0, 1]"
+    raise ValueError(f"{name} must be a number in {allowed} or None, got {value!r}")
 
 
 # --------------------------------------------------------------------------- counts
@@ -754,21 +760,14 @@ def check_audit_knobs(
     before it reads any data; returns the thresholds and the two ratios as floats."""
     checked = (
         _check_thresholds(thresholds),
-        _check_ratio("eval_ratio", eval_ratio, 0.0, 1.0),
-        _check_ratio("validation_ratio", validation_ratio, 0.0, 1.0),
+        # As a split takes them: an eval share of 0 or 1 leaves nothing to measure.
+        _check_ratio("eval_ratio", eval_ratio, open_ends=True),
+        _check_ratio("validation_ratio", validation_ratio),
     )
-    if isinstance(min_label_count, bool) or not isinstance(min_label_count, (int, np.integer)):
-        raise ValueError(f"min_label_count must be an int >= 1, got {min_label_count!r}")
-    if min_label_count < 1:
-        raise ValueError(f"min_label_count must be an int >= 1, got {min_label_count!r}")
-    if max_queries is not None and (
-        isinstance(max_queries, bool)
-        or not isinstance(max_queries, (int, np.integer))
-        or max_queries < 1
-    ):
-        raise ValueError(f"max_queries must be None (all) or an int >= 1, got {max_queries!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    check_int("min_label_count", min_label_count, 1)
+    if max_queries is not None:  # None: every query
+        check_int("max_queries", max_queries, 1)
+    check_int("seed", seed, 0)
     return checked
 
 

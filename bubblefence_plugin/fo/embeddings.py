@@ -102,7 +102,7 @@ def check_vector_field(dataset: fo.Dataset, field: str) -> None:
         kind = type(f).__name__
         if isinstance(f, fo.ListField) and f.field is not None:
             kind = f"{kind} of {type(f.field).__name__}"
-        raise ValueError(f"embeddings field {field!r} is a {kind}, not a vector field")
+        raise ValueError(f"embeddings field {field!r} is of type {kind}, not a vector field")
 
 
 def kept_model(dataset: fo.Dataset, field_name: str = EMBEDDING_FIELD) -> str | None:
@@ -137,7 +137,7 @@ def prepare_embeddings_field(
         return
     if not isinstance(field, fo.VectorField):
         raise ValueError(
-            f"field {name!r} is a {type(field).__name__}; embeddings are written to a "
+            f"field {name!r} is of type {type(field).__name__}; embeddings are written to a "
             "VectorField: choose another field name or delete that field"
         )
     stored = field.info or {}

@@ -417,7 +417,9 @@ def _refuse_nothing_to_export(
     would write an empty folder and report success."""
     counts = samples.count_sample_tags()
     missing = [name for name in names if not counts.get(name)]
-    if asked_tags and missing:
+    # The splits asked for by name (the App's form names them) on samples never split.
+    never_split = not any(counts.get(tag) for tag in SPLIT_TAGS) and set(names) <= set(SPLIT_TAGS)
+    if asked_tags and missing and not never_split:
         present = ", ".join(map(repr, sorted(counts))) or "none"
         raise ValueError(
             f"no sample is tagged {', '.join(map(repr, missing))}, so there is nothing to "

@@ -39,7 +39,7 @@ import fiftyone as fo
 import fiftyone.core.collections as foc
 import numpy as np
 
-from ..core.config import BubbleFenceConfig
+from ..core.config import BubbleFenceConfig, check_int
 from ..core.progress import Progress, ProgressCallback, Steps, drive, within
 from .embeddings import (
     EMBED_CHUNK,
@@ -109,7 +109,7 @@ def shard_of(ids: Sequence[str], num_shards: int) -> np.ndarray:
         ids: sample ids
         num_shards: how many shards
     """
-    _check_int("num_shards", num_shards, 1)
+    check_int("num_shards", num_shards, 1)
     return np.fromiter(
         (
             int.from_bytes(hashlib.blake2b(str(i).encode(), digest_size=8).digest(), "big")
@@ -212,7 +212,8 @@ def iter_embed(
     existing = dataset.get_field(embeddings_field)
     if existing is not None and not isinstance(existing, fo.VectorField):
         raise ValueError(
-            f"embeddings_field {embeddings_field!r} is a {type(existing).__name__} on dataset "
+            f"embeddings_field {embeddings_field!r} is of type {type(existing).__name__} on "
+            f"dataset "
             f"{dataset.name!r}; embeddings are written to a VectorField: choose another name"
         )
     yield Progress(0.0, f"Listing shard {shard_index + 1}/{num_shards}")
@@ -230,10 +231,12 @@ def iter_embed(
         n_errors=0,
     )
     if not ids:
-        report.message = (
-            f"Shard {shard_index + 1}/{num_shards}: nothing to embed, every sample of this "
-            f"shard has {embeddings_field!r}"
+        why = (
+            f"every sample of this shard has {embeddings_field!r}"
+            if missing or samples.count()
+            else "there are no samples"
         )
+        report.message = f"Shard {shard_index + 1}/{num_shards}: nothing to embed, {why}"
         yield Progress(1.0, "Done")
         return report
     yield Progress(0.02, f"Loading the model {model}")
@@ -252,14 +255,6 @@ def iter_embed(
         + (f"; {len(errors)} failed (see {ERROR_FIELD})" if errors else "")
     )
     return report
-
-
-def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an int, got {value!r}")
-    if value < low or (high is not None and value > high):
-        allowed = f">= {low}" if high is None else f"in {low}..{high}"
-        raise ValueError(f"{name} must be {allowed}, got {value}")
 
 
 def check_embeddings_field(name: Any) -> None:
@@ -294,11 +289,11 @@ def _check_params(
     if not isinstance(model, str) or not model.strip():
         raise ValueError(f"model must be a Hugging Face name or a local folder, got {model!r}")
     check_embeddings_field(embeddings_field)
-    _check_int("num_shards", num_shards, 1)
-    _check_int("shard_index", shard_index, 0, num_shards - 1)
+    check_int("num_shards", num_shards, 1)
+    check_int("shard_index", shard_index, 0, num_shards - 1)
     batch_size = defaults.batch_size if batch_size is None else batch_size
-    _check_int("batch_size", batch_size, 1)
-    _check_int("chunk_size", chunk_size, 1)
+    check_int("batch_size", batch_size, 1)
+    check_int("chunk_size", chunk_size, 1)
     return model, int(batch_size)
 
 
