@@ -112,6 +112,32 @@ def test_interrupted_runs_leave_state_intact_and_next_run_finishes(field_dataset
     assert bfo.split(ds, embeddings_field="emb")["n_assigned"] == 30
 
 
+def test_a_first_commit_stopped_before_its_results_were_saved_leaves_no_state(
+    field_dataset, monkeypatch
+):
+    """Killed between registering the write-ahead copy and saving its results, a first
+    round committed nothing: no state, no "unreadable; reset" (a reset would have
+    deleted the embeddings), and the next split runs as the first."""
+    ds = field_dataset
+    real_save = fo.Dataset.save_run_results
+
+    def dying_save(self, key, *args, **kwargs):
+        if key == state.STATE_RUN.commit_key:
+            raise KeyboardInterrupt("killed")
+        return real_save(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(fo.Dataset, "save_run_results", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        bfo.split(ds, embeddings_field="emb")
+    monkeypatch.undo()
+    assert ds.has_run(state.STATE_RUN.commit_key)
+    assert bfo.state_info(ds) is None
+    assert bfo.load_state(ds) is None
+    summary = bfo.split(ds, embeddings_field="emb")
+    assert (summary["round"], summary["n_assigned"]) == (0, 200)
+    assert ds.list_runs() == ["bubblefence", "bubblefence_layout"]
+
+
 def test_state_from_a_newer_version_is_refused(field_dataset):
     ds = field_dataset
     bfo.split(ds.limit(50), embeddings_field="emb")

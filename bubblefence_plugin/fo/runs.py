@@ -369,7 +369,8 @@ class RunType:
 
     def info(self, dataset: fo.Dataset) -> dict[str, Any] | None:
         """The parameters of the stored run (or of its write-ahead copy) when it is of
-        this kind, else None; cheap: reads no results.
+        this kind, else None; cheap: reads no results, except those of a write-ahead copy
+        without a run beside it, which only a first commit leaves (`commit`).
 
         Args:
             dataset: the dataset
@@ -377,8 +378,13 @@ class RunType:
         for key in (self.key, self.commit_key):
             if dataset.has_run(key):
                 params = run_params(dataset, key)
-                if params.get("format") == self.format:
-                    return params
+                if params.get("format") != self.format:
+                    continue
+                # A copy whose results were never saved: a first commit stopped before
+                # its commit point, so nothing was committed (the next run drops it).
+                if key == self.commit_key and self._read_complete(dataset, key) is None:
+                    return None
+                return params
         return None
 
     def stored(self, dataset: fo.Dataset) -> list[tuple[str, dict[str, Any]]]:
