@@ -635,6 +635,37 @@ def test_a_round_stopped_before_the_map_is_placed_on_it_by_the_next_run(field_da
     assert "map" not in bfo.split(ds)  # nothing to place: no map work
 
 
+@pytest.mark.parametrize("stopped_in", ["bubblefence_layout", "bubblefence_viz"])
+def test_a_map_stopped_while_being_written_is_no_map_and_the_next_run_redraws_it(
+    field_dataset, monkeypatch, stopped_in
+):
+    """Killed while FiftyOne wrote a map run (its parameters written, its old results
+    deleted, the new not yet saved): the panel's figure raised a bare AttributeError,
+    and a rerun said "Nothing new to split" since the parameters counted every point."""
+    from fiftyone.core.runs import BaseRun
+
+    from bubblefence_plugin.fo import map as bfmap
+
+    ds = field_dataset
+    bfo.split(ds.limit(150), embeddings_field="emb")
+    real_save = BaseRun.save_run_results.__func__  # every run's, a brain run's too
+
+    def killed(cls, samples, key, *args, **kwargs):
+        if key == stopped_in:
+            raise KeyboardInterrupt("killed")
+        return real_save(cls, samples, key, *args, **kwargs)
+
+    monkeypatch.setattr(BaseRun, "save_run_results", classmethod(killed))
+    with pytest.raises(KeyboardInterrupt):
+        bfo.split(ds, embeddings_field="emb")
+    monkeypatch.undo()
+    assert bfmap.map_lacks_samples(ds, 200)
+    assert bfo.map_figure(ds) is None  # no map to draw, not a crash
+    summary = bfo.split(ds)
+    assert summary["n_new"] == 0 and summary["map"]["n_points"] == 200
+    assert bfo.map_figure(ds)["stats"]["n_on_map"] == 200
+
+
 def test_samples_merged_with_a_split_of_their_own_are_refused_in_a_later_round(
     field_dataset, fo_datasets
 ):

@@ -382,7 +382,7 @@ class RunType:
                     continue
                 # A copy whose results were never saved: a first commit stopped before
                 # its commit point, so nothing was committed (the next run drops it).
-                if key == self.commit_key and self._read_complete(dataset, key) is None:
+                if key == self.commit_key and self.read_complete(dataset, key) is None:
                     return None
                 return params
         return None
@@ -452,9 +452,7 @@ class RunType:
         Args:
             dataset: the dataset
         """
-        return self._read_complete(dataset, self.commit_key) or self._read_complete(
-            dataset, self.key
-        )
+        return self.read_complete(dataset, self.commit_key) or self.read_complete(dataset, self.key)
 
     def finish_interrupted_commit(self, dataset: fo.Dataset) -> None:
         """Rolls a complete write-ahead copy forward; drops a half-written one (it was
@@ -463,7 +461,7 @@ class RunType:
         Args:
             dataset: the dataset
         """
-        found = self._read_complete(dataset, self.commit_key)
+        found = self.read_complete(dataset, self.commit_key)
         if found is None:
             if dataset.has_run(self.commit_key):
                 dataset.delete_run(self.commit_key)
@@ -484,7 +482,19 @@ class RunType:
             dataset.delete_run(key)
         return removed
 
-    def _read_complete(self, dataset: fo.Dataset, key: str) -> tuple[dict[str, Any], Any] | None:
+    def read_complete(
+        self, dataset: fo.Dataset, key: str | None = None
+    ) -> tuple[dict[str, Any], Any] | None:
+        """(parameters, results) of run ``key`` (default: the kind's key), or None when
+        it is not there or its results are not whole: FiftyOne writes a run's parameters
+        before its results, and deletes the old results first, so a stopped write
+        leaves parameters without results, or a reference to a deleted file.
+
+        Args:
+            dataset: the dataset
+            key: the run's key
+        """
+        key = key or self.key
         if not dataset.has_run(key):
             return None
         try:
