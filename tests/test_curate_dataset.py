@@ -739,3 +739,30 @@ def test_a_follower_that_becomes_an_heir_has_no_original_in_its_field(field_data
     ds.delete_samples([original])
     bfo.split(ds)
     assert ds[copy]["duplicate_of"] is None and ds[copy]["split"] != "duplicate"
+
+
+def test_an_exclusion_stopped_after_its_commit_is_finished_by_running_it_again(
+    field_dataset, monkeypatch
+):
+    """Killed after the state committed, before the copy taking the excluded original's
+    place had its fields written: running the exclusion again said "0 left their split"
+    and left the heir reading "duplicate", without a split tag (export then refused)."""
+    from bubblefence_plugin.fo import state
+
+    ds = field_dataset
+    original, copy = _with_a_copy_of_sample_3(ds)
+    bfo.split(ds, embeddings_field="emb")
+    place = ds[original]["split"]
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(state, "write_assignments", killed)
+    with pytest.raises(KeyboardInterrupt):
+        bfo.exclude(ds.select([original]))
+    monkeypatch.undo()
+    assert ds[copy]["split"] == "duplicate"  # the state holds it in `place` already
+    bfo.exclude(ds.select([original]))
+    heir = ds[copy]
+    assert (heir["split"], heir["duplicate_of"], heir.tags) == (place, None, [place])
+    assert bfo.split(ds)["n_repaired"] == 0

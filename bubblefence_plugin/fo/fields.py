@@ -29,7 +29,8 @@ ROUND_FIELD = "bubblefence_round"
 DUPLICATE_FIELD = "duplicate_of"
 ERROR_FIELD = "bubblefence_error"
 SPLIT_TAGS = ("train", "validation", "test")
-SPLIT_VALUES = (*SPLIT_TAGS, "duplicate")
+DUPLICATE_SPLIT = "duplicate"  # the split field of a duplicate set aside
+SPLIT_VALUES = (*SPLIT_TAGS, DUPLICATE_SPLIT)
 # Names read as a split in any case and spacing: the audit's split sources, a first
 # round's refusal of a split of the user's, the tags a pick may not take.
 SPLIT_ALIASES = {

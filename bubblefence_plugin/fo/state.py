@@ -22,6 +22,7 @@ import fiftyone as fo
 import fiftyone.core.collections as foc
 import numpy as np
 import pandas as pd
+from fiftyone import ViewField as F
 
 from ..core.config import BubbleFenceConfig
 from ..core.neighbors import ROW_STEP, unit_rows
@@ -36,8 +37,10 @@ from ..core.state import (
 )
 from .embeddings import holds_vectors, read_vectors
 from .fields import (
+    DUPLICATE_SPLIT,
     EMBEDDING_FIELD,
     EXCLUDED_TAG,
+    SPLIT_FIELD,
     id_chunks,
     root_dataset,
     table_from_frame,
@@ -303,6 +306,7 @@ def forget_excluded(dataset: fo.Dataset) -> list[str]:
     if not left:
         if params["excluded_ids"] != listed:
             STATE_RUN.update_params(dataset, params)
+        _write_unwritten_heirs(dataset, meta, arrays)
         return []
     gone = _deleted_among(dataset, held.tolist())
     leaving = np.isin(held, gone + left)
@@ -326,6 +330,26 @@ def forget_excluded(dataset: fo.Dataset) -> list[str]:
         frame = bf.assignments()
         write_assignments(dataset, table_from_frame(frame[frame["id"].isin(promoted)]))
     return left
+
+
+def _write_unwritten_heirs(
+    dataset: fo.Dataset, meta: dict[str, Any], arrays: dict[str, np.ndarray]
+) -> None:
+    """Writes the fields of samples the state holds as kept that still read as
+    duplicates: heirs of an exclusion stopped after its commit, before it wrote them
+    (running the exclusion again finishes it). One query when there are none."""
+    marked = dataset.match(F(SPLIT_FIELD) == DUPLICATE_SPLIT).values("id")
+    if not marked:
+        return
+    held = arrays["ids"].astype(str)
+    kept = held[np.asarray(arrays["duplicate_of"], np.int64) < 0]
+    heirs = np.intersect1d(kept, np.asarray(marked, dtype=str))
+    if len(heirs) == 0:
+        return
+    arrays = {**arrays, "embeddings": np.empty((len(held), 0), np.float32)}
+    arrays.pop("embedding_checks", None)
+    frame = _state_from_arrays(dataset, meta, arrays).assignments()
+    write_assignments(dataset, table_from_frame(frame[frame["id"].isin(heirs)]))
 
 
 def _deleted_among(dataset: fo.Dataset, held: list[str]) -> list[str]:
