@@ -92,6 +92,9 @@ def test_interrupted_runs_leave_state_intact_and_next_run_finishes(field_dataset
     monkeypatch.setattr(runs, "put_run", real_put)
     assert not bfo.is_locked(ds)
     assert splits_by_id(ds) == before  # fields untouched: the round had not been mirrored
+    # What is committed is the copy: the forms and the shell read its round, not the last.
+    assert bfo.state_info(ds)["n_samples"] == 200
+    assert state.unfinished_round(bfo.state_info(ds)) == 1
 
     # The next run rolls the committed copy forward and mirrors it.
     summary = bfo.split(ds, embeddings_field="emb")

@@ -368,22 +368,22 @@ class RunType:
         return self.check(dataset, run_params(dataset, key or self.key), key)
 
     def info(self, dataset: fo.Dataset) -> dict[str, Any] | None:
-        """The parameters of the stored run (or of its write-ahead copy) when it is of
-        this kind, else None; cheap: reads no results, except those of a write-ahead copy
-        without a run beside it, which only a first commit leaves (`commit`).
+        """The parameters of the committed run (`read_committed`'s) when it is of this
+        kind, else None. Cheap: reads no results, but those of a write-ahead copy (there
+        only during a commit or after one was stopped), whose completeness tells whether
+        it was committed: a copy half-written was not, one complete was (the run beside
+        it still holds the round before).
 
         Args:
             dataset: the dataset
         """
-        for key in (self.key, self.commit_key):
-            if dataset.has_run(key):
-                params = run_params(dataset, key)
-                if params.get("format") != self.format:
-                    continue
-                # A copy whose results were never saved: a first commit stopped before
-                # its commit point, so nothing was committed (the next run drops it).
-                if key == self.commit_key and self.read_complete(dataset, key) is None:
-                    return None
+        if dataset.has_run(self.commit_key):
+            found = self.read_complete(dataset, self.commit_key)
+            if found is not None and found[0].get("format") == self.format:
+                return found[0]
+        if dataset.has_run(self.key):
+            params = run_params(dataset, self.key)
+            if params.get("format") == self.format:
                 return params
         return None
 
