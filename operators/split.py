@@ -238,6 +238,10 @@ def _embeddings_inputs(
     if info and chosen and stored_field and chosen != stored_field:
         prop.invalid = True
         prop.error_message = f"The state was built from {stored_field!r}; reset to switch fields"
+    # The model is hidden with a field, but one given wrong (from Python) is flagged here
+    # rather than queued and failed on a worker, as a hidden advanced knob is.
+    if _knob_problem(MODEL_KNOB, KNOBS[MODEL_KNOB], ctx.params.get(MODEL_KNOB), stored):
+        _knob_input(ctx, inputs, MODEL_KNOB, KNOBS[MODEL_KNOB], stored)
 
 
 def _pending_shards_input(

@@ -518,3 +518,16 @@ def test_embedding_an_empty_dataset_says_there_are_no_samples(fo_datasets):
     fo_datasets.append(ds)
     report = bfo.embed(ds, model="/nonexistent/model")
     assert report.message.endswith("nothing to embed, there are no samples")
+
+
+def test_a_hidden_model_given_wrong_with_a_field_is_flagged_before_a_run_is_queued(
+    field_dataset,
+):
+    ds = field_dataset
+    params = {"embeddings": "field", "embeddings_field": "emb", "model_name": ["x"]}
+    with pytest.raises(ExecutionError, match="Path: model_name"):
+        foo.execute_operator(
+            SPLIT, ctx={"dataset": ds, "params": params, "request_delegation": True}
+        )
+    assert DelegatedOperationService().execute_queued_operations(dataset_name=ds.name) == []
+    assert "model_name" not in form(ds, SPLIT, {**params, "model_name": None})
