@@ -55,10 +55,10 @@ PACKAGED_MODELS: dict[str, str] = {
 
 ProgressCallback = Callable[[int, int], Any]
 
-# Rows of other lengths than the most common, beyond this share of the numeric rows (and
-# more than one), are a second model's vectors, not a few broken rows: refused where the
-# dimension is read from the rows themselves (a field of 16-d and 8-d vectors, half and
-# half, was split as 8-d with the 16-d half left out as errors).
+# Rows of one other length than the expected (or most common) one, beyond this share of
+# the vectors (and more than one), are a second model's vectors, not a few broken rows: a
+# field of 16-d and 8-d vectors, half and half, was split as 8-d with the 16-d half left
+# out as errors. Broken rows (a truncated vector, an empty one) have lengths of their own.
 OTHER_LENGTHS_SHARE = 0.1
 
 # Batches decoded ahead of the one being embedded: two keep the model fed when one
@@ -122,8 +122,8 @@ def embeddings_from_array(
     reported per row in ``errors`` instead of failing the whole set, like unreadable
     images. ``dim`` is the expected dimension; by default the most common row length.
     A 2-D array of another width than ``dim``, a sequence where no row has that
-    length, or, without ``dim``, one where more than `OTHER_LENGTHS_SHARE` of the rows
-    have other lengths, is a ValueError: that is a different model, not a few bad rows.
+    length, or one where more than `OTHER_LENGTHS_SHARE` of the rows have one other
+    length, is a ValueError: that is a different model, not a few bad rows.
     """
     if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 1):
         raise ValueError(f"dim must be None or a positive int, got {dim!r}")
@@ -160,28 +160,42 @@ def embeddings_from_array(
 
     lengths = np.fromiter((a.shape[0] for a in arrays), dtype=np.int64, count=len(arrays))
     if dim is None:
-        values, counts = np.unique(lengths, return_counts=True)
+        # An empty vector is no embedding, not a length to choose.
+        values, counts = np.unique(lengths[lengths > 0], return_counts=True)
         dim = int(values[np.argmax(counts)]) if len(values) else 0
-        others = len(lengths) - (int(counts.max()) if len(counts) else 0)
-        if others > max(1, OTHER_LENGTHS_SHARE * len(lengths)):
-            most_first = np.argsort(-counts, kind="stable")
-            found = ", ".join(f"{counts[k]} of length {values[k]}" for k in most_first)
-            raise ValueError(
-                f"the vectors have several lengths ({found}): one model gives one length, "
-                "so these are several models' vectors; compute every sample's with one model"
-            )
     elif len(arrays) and not (lengths == dim).any():
         raise ValueError(
             f"no vector has the expected dimension dim={dim} "
             f"(found {sorted(set(lengths.tolist()))[:5]})"
         )
+    _refuse_a_second_model(lengths, dim)
     keep = lengths == dim
     for k in np.flatnonzero(~keep):
-        errors[positions[k]] = f"wrong dimension {int(lengths[k])}, expected {dim}"
+        length = int(lengths[k])
+        errors[positions[k]] = (
+            f"wrong dimension {length}, expected {dim}" if length else "no embedding (empty)"
+        )
     kept = [a for a, good in zip(arrays, keep, strict=True) if good]
     matrix = np.stack(kept) if kept else np.zeros((0, dim), dtype=np.float32)
     index = np.asarray(positions, dtype=np.int64)[keep]
     return _normalise_rows(matrix, index, n, errors, in_place=True)  # `matrix` is ours
+
+
+def _refuse_a_second_model(lengths: np.ndarray, dim: int) -> None:
+    """Refuses rows of one other length than ``dim`` beyond `OTHER_LENGTHS_SHARE` of the
+    vectors (and more than one): a second model's vectors. Broken rows have lengths of
+    their own, or none, and stay per-row errors."""
+    other = lengths[(lengths != dim) & (lengths > 0)]
+    if len(other) == 0:
+        return
+    values, counts = np.unique(other, return_counts=True)
+    top = int(np.argmax(counts))
+    if counts[top] > max(1, OTHER_LENGTHS_SHARE * len(lengths)):
+        raise ValueError(
+            f"{counts[top]} of the {len(lengths)} vectors have length {values[top]}, where "
+            f"the others have {dim}: two models' vectors (one model gives one length); "
+            "compute every sample's with one model"
+        )
 
 
 def _normalise_rows(

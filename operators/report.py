@@ -160,7 +160,7 @@ class BubbleFenceReport(BubbleFenceOperator):
 
 def _report_kwargs(params: dict[str, Any]) -> dict[str, Any]:
     max_queries = given(params, "max_queries", metrics.DEFAULT_MAX_QUERIES)
-    if max_queries == 0 and not isinstance(max_queries, bool):
+    if isinstance(max_queries, int) and not isinstance(max_queries, bool) and max_queries == 0:
         max_queries = None  # the form's "0 = all of them"; the library checks the rest
     return {
         "split_source": params.get("split_source") or None,

@@ -744,13 +744,18 @@ def test_a_follower_that_becomes_an_heir_has_no_original_in_its_field(field_data
 def test_an_exclusion_stopped_after_its_commit_is_finished_by_running_it_again(
     field_dataset, monkeypatch
 ):
-    """Killed after the state committed, before the copy taking the excluded original's
-    place had its fields written: running the exclusion again said "0 left their split"
-    and left the heir reading "duplicate", without a split tag (export then refused)."""
+    """Killed after the state committed, before the copies of the excluded original had
+    their fields written: running the exclusion again said "0 left their split" and
+    left the heir reading "duplicate" without a split tag (export then refused), and
+    then the other copy naming the excluded original."""
     from bubblefence_plugin.fo import state
 
     ds = field_dataset
-    original, copy = _with_a_copy_of_sample_3(ds)
+    vectors = ds.values("emb")
+    ds.add_samples([fo.Sample(filepath=f"/nonexistent/copy{i}.png") for i in range(2)])
+    copies = ds.skip(200).values("id")
+    ds.select(copies).set_values("emb", [vectors[3], vectors[3]])
+    original = ds.skip(3).first().id
     bfo.split(ds, embeddings_field="emb")
     place = ds[original]["split"]
 
@@ -761,8 +766,9 @@ def test_an_exclusion_stopped_after_its_commit_is_finished_by_running_it_again(
     with pytest.raises(KeyboardInterrupt):
         bfo.exclude(ds.select([original]))
     monkeypatch.undo()
-    assert ds[copy]["split"] == "duplicate"  # the state holds it in `place` already
+    assert ds.select(copies).values("duplicate_of") == [original, original]
     bfo.exclude(ds.select([original]))
-    heir = ds[copy]
+    heir, other = (ds[i] for i in copies)
     assert (heir["split"], heir["duplicate_of"], heir.tags) == (place, None, [place])
+    assert (other["split"], other["duplicate_of"]) == ("duplicate", heir.id)
     assert bfo.split(ds)["n_repaired"] == 0

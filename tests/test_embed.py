@@ -829,3 +829,22 @@ def test_cpu_thread_tuner_decisions():
             assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_second_models_vectors_are_refused_and_broken_rows_stay_row_errors():
+    """One other length on more than a tenth of the rows is another model's vectors,
+    refused whether the dimension is known (a later round) or read from the rows (a
+    tie went to the smaller length, splitting half the data). Empty vectors and
+    truncated rows of assorted lengths are broken rows: errors per row, as before."""
+    rng = np.random.default_rng(4)
+    good = [row for row in rng.normal(size=(20, 16))]
+    half = good[:10] + [row[:8] for row in good[10:]]
+    for dim in (None, 16):
+        with pytest.raises(ValueError, match="10 of the 20 vectors have length (8|16), where the"):
+            embeddings_from_array(half if dim is None else good[:10] + half[10:], dim=dim)
+    empties = [row if k % 5 else [] for k, row in enumerate(good)]
+    out = embeddings_from_array(empties)
+    assert out.dim == 16 and out.ok.sum() == 16 and out.errors[0] == "no embedding (empty)"
+    assorted = good + [good[0][:1], good[0][:2], good[0][:3]]
+    out = embeddings_from_array(assorted, dim=16)
+    assert out.ok.sum() == 20 and out.errors[22] == "wrong dimension 3, expected 16"

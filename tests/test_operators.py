@@ -422,15 +422,15 @@ def _written(ds) -> tuple:
 @pytest.mark.parametrize(
     "op, params, named",
     [
-        ("bubblefence_sample", {"count": 2.5}, "count must be an int >= 1, got 2.5"),
-        ("bubblefence_sample", {"k": 0}, "k must be an int >= 1, got 0"),
-        ("bubblefence_sample", {"seed": float("nan")}, "seed must be an int >= 0, got nan"),
-        ("bubblefence_sample", {"k": "x"}, "k must be an int >= 1, got 'x'"),
-        ("bubblefence_report", {"max_queries": 2.5}, "max_queries must be an int >= 1"),
-        ("bubblefence_report", {"seed": 2**70}, "seed must be an int >= 0 and at most 2**63"),
+        ("bubblefence_sample", {"count": 2.5}, "count=2.5 must be an integer in [1, "),
+        ("bubblefence_sample", {"k": 0}, "k=0 must be an integer in [1, "),
+        ("bubblefence_sample", {"seed": float("nan")}, "seed=nan must be an integer in [0, "),
+        ("bubblefence_sample", {"k": "x"}, "k='x' must be an integer in [1, "),
+        ("bubblefence_report", {"max_queries": 2.5}, "max_queries=2.5 must be an integer"),
+        ("bubblefence_report", {"seed": 2**70}, "must be an integer in [0, 2**63 - 1]"),
         ("bubblefence_report", {"eval_ratio": 1.0}, "eval_ratio must be a number in (0, 1)"),
-        ("bubblefence_embed", {"num_shards": 2.5}, "num_shards must be an int >= 1, got 2.5"),
-        ("bubblefence_embed", {"num_shards": float("inf")}, "num_shards must be an int >= 1"),
+        ("bubblefence_embed", {"num_shards": 2.5}, "num_shards=2.5 must be an integer"),
+        ("bubblefence_embed", {"num_shards": float("inf")}, "num_shards=inf must be an integer"),
     ],
 )
 def test_a_whole_number_given_as_a_decimal_or_nan_is_refused_naming_it(
@@ -493,7 +493,7 @@ def test_a_field_of_two_vector_lengths_half_and_half_is_refused_before_a_split(f
     result = run_unraised(
         SPLIT, {"dataset": ds, "params": {"embeddings": "field", "embeddings_field": "emb"}}
     )
-    assert "several lengths (100 of length 8, 100 of length 16)" in result.error_message
+    assert "100 of the 200 vectors have length" in result.error_message
     assert _written(ds) == before
     # A few rows of another length stay per-sample errors.
     half.set_values("emb", sixteen)
@@ -531,3 +531,13 @@ def test_a_hidden_model_given_wrong_with_a_field_is_flagged_before_a_run_is_queu
         )
     assert DelegatedOperationService().execute_queued_operations(dataset_name=ds.name) == []
     assert "model_name" not in form(ds, SPLIT, {**params, "model_name": None})
+
+
+def test_more_shards_than_samples_are_refused_before_any_is_queued(field_dataset, tiny_clip_dir):
+    """2**40 shards were queued one by one until the process was killed."""
+    ds = field_dataset
+    with pytest.raises(
+        ValueError, match=r"num_shards=1099511627776 must be an integer in \[1, 200\]"
+    ):
+        bfo.queue_shards(ds, 2**40, model=str(tiny_clip_dir))
+    assert DelegatedOperationService().execute_queued_operations(dataset_name=ds.name) == []

@@ -34,20 +34,6 @@ import yaml
 INT64_MAX = 2**63 - 1
 
 
-def check_int(name: str, value: Any, low: int, high: int = INT64_MAX) -> None:
-    """Refuses ``value`` unless it is a whole number (an int, not a bool or a float) in
-    ``[low, high]``, naming parameter ``name``. ``high`` defaults to what a run's record
-    can store (`INT64_MAX`)."""
-    whole = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-    if whole and low <= value <= high:
-        return
-    if high != INT64_MAX:
-        allowed = f"in {low}..{high}"
-    else:
-        allowed = f">= {low}" + (" and at most 2**63 - 1" if whole and value > high else "")
-    raise ValueError(f"{name} must be an int {allowed}, got {value!r}")
-
-
 # Default gap between leak_threshold and closure_threshold. Measured with
 # bench/bench_quality.py at full size, later rounds keeping the margin (follow.keep_margins):
 # 0.02: leak@0.95 after the last round 0.0061 / 0.0097 (3 / 4 rounds), labels reaching
@@ -112,6 +98,17 @@ class Knob:
         if value == INT64_MAX:
             return "2**63 - 1"
         return str(int(value)) if self.kind is int else f"{value:g}"
+
+
+def check_int(name: str, value: Any, low: int, high: int = INT64_MAX) -> None:
+    """Refuses ``value`` unless it is a whole number (an int, not a bool or a float) in
+    ``[low, high]``, naming parameter ``name`` and the allowed values as a knob's are
+    named. ``high`` defaults to what a run's record can store (`INT64_MAX`)."""
+    whole = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if whole and low <= value <= high:
+        return
+    allowed = Knob(int, name, "", low=low, high=high).allowed()
+    raise ValueError(f"{name}={value!r} must be {allowed}")
 
 
 _RATIO = dict(low=0.0, high=1.0)

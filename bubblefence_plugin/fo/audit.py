@@ -81,7 +81,7 @@ import pandas as pd
 from ..core import metrics
 from ..core.progress import Progress, ProgressCallback, Steps, drive, within
 from ..text import audited_text, counted
-from .embeddings import check_vector_field, read_vectors
+from .embeddings import check_vector_field, checked_vectors, read_vectors
 from .export import path_inside, safe_name, write_text_whole
 from .fields import (
     ANCHOR_FIELD,
@@ -397,8 +397,6 @@ def _plan(samples: foc.SampleCollection, options: AuditOptions) -> _Plan:
 
 def _read_rows(samples: foc.SampleCollection, plan: _Plan) -> _Rows:
     """Reads the split, the embeddings and the labels/groups; notes what is left out."""
-    from ..embedder import embeddings_from_array
-
     source = plan.source
     columns = ["tags" if source == TAGS_SOURCE else source]
     columns += [found[0] for found in (plan.label_path, plan.group_path) if found]
@@ -417,7 +415,7 @@ def _read_rows(samples: foc.SampleCollection, plan: _Plan) -> _Rows:
             for v, r in zip(values[source], roles, strict=True)
             if not r and v not in (None, "", "duplicate")
         )
-    checked = embeddings_from_array(values[plan.embeddings_field])
+    checked = checked_vectors(values[plan.embeddings_field], plan.embeddings_field)
     rows = np.flatnonzero(checked.ok)
     n_without = int(np.sum((roles != "") & ~checked.ok))
     if n_without:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import io
 import zlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fiftyone as fo
 import fiftyone.core.collections as foc
@@ -15,6 +15,9 @@ import numpy as np
 
 from ..core.progress import Progress, Steps
 from .fields import EMBEDDING_FIELD, id_chunks, values_by_id, write_embeddings_once
+
+if TYPE_CHECKING:
+    from ..embedder import EmbeddingResult
 from .runs import RESET_HOW, RunLock
 
 EMBED_CHUNK = 256  # images per embedding call: embeddings are saved after each chunk
@@ -218,28 +221,39 @@ def read_embeddings(
         (ids of the usable rows in the order of ``ids``, their unit vectors as rows, errors by
         sample id)
     """
-    from ..embedder import embeddings_from_array
-
     ordered_ids, (stored,) = values_by_id(dataset, ids, [field], raw=True)
     vectors = decode_vectors(stored)
-    try:
-        checked = embeddings_from_array(vectors, dim=dim)
-    except ValueError as e:
-        raise ValueError(
-            f"embeddings field {field!r} cannot be used: {e}"
-            + (
-                f". The BubbleFence state of this dataset holds {dim}-d embeddings; "
-                "mixing dimensions (another model) is refused. Reset the state "
-                f"{RESET_HOW} to split with this field from scratch"
-                if dim
-                else ""
-            )
-        ) from e
+    hint = (
+        f". The BubbleFence state of this dataset holds {dim}-d embeddings; mixing "
+        f"dimensions (another model) is refused. Reset the state {RESET_HOW} to split "
+        "with this field from scratch"
+    )
+    checked = checked_vectors(vectors, field, dim, hint if dim else "")
     # A few rows of another length are per-sample errors like unreadable images; a
     # field where no row fits the state is refused above (another model).
     ok_ids = [ordered_ids[i] for i in checked.indices]
     errors = {ordered_ids[i]: f"{field}: {m}" for i, m in checked.errors.items()}
     return ok_ids, checked.embeddings, errors
+
+
+def checked_vectors(
+    vectors: Any, field: str, dim: int | None = None, hint: str = ""
+) -> EmbeddingResult:
+    """`embedder.embeddings_from_array` of the vectors read from ``field``: a refusal
+    (another model's vectors, no row of ``dim``) names the field, then says ``hint``.
+
+    Args:
+        vectors: the vectors, one per sample (None where missing)
+        field: the field they were read from
+        dim: the dimension they must have, or None for the most common one
+        hint: what to do, appended to a refusal
+    """
+    from ..embedder import embeddings_from_array
+
+    try:
+        return embeddings_from_array(vectors, dim=dim)
+    except ValueError as e:
+        raise ValueError(f"embeddings field {field!r} cannot be used: {e}{hint}") from e
 
 
 def read_vectors(samples: foc.SampleCollection, field: str) -> tuple[list[str], list[Any]]:

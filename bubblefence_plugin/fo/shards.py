@@ -342,6 +342,9 @@ def queue_shards(
         batch_size,
         1,
     )
+    # More shards than samples would queue empty operations (2**40 of them queued
+    # until the process was killed).
+    check_int("num_shards", num_shards, 1, max(1, samples.count()))
     pending = pending_shards(dataset, embeddings_field)
     if pending:
         raise ValueError(

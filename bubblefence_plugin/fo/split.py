@@ -656,7 +656,7 @@ def _finish_without_new(r: _Round, summary: dict[str, Any]) -> dict[str, Any]:
         placed = summary.get("map", {}).get("n_new_points", 0)
         if placed:
             summary["message"] += (
-                f"; placed {counted(placed, 'sample')} on the 2-D map (a stopped round had not)"
+                f"; placed {counted(placed, 'sample')} on the 2-D map, which lacked them"
             )
     return summary
 

@@ -35,8 +35,9 @@ from ..core.state import (
     npy_blob_header,
     rows_with_room,
 )
-from .embeddings import holds_vectors, read_vectors
+from .embeddings import checked_vectors, holds_vectors, read_vectors
 from .fields import (
+    DUPLICATE_FIELD,
     DUPLICATE_SPLIT,
     EMBEDDING_FIELD,
     EXCLUDED_TAG,
@@ -335,21 +336,32 @@ def forget_excluded(dataset: fo.Dataset) -> list[str]:
 def _write_unwritten_heirs(
     dataset: fo.Dataset, meta: dict[str, Any], arrays: dict[str, np.ndarray]
 ) -> None:
-    """Writes the fields of samples the state holds as kept that still read as
-    duplicates: heirs of an exclusion stopped after its commit, before it wrote them
-    (running the exclusion again finishes it). One query when there are none."""
-    marked = dataset.match(F(SPLIT_FIELD) == DUPLICATE_SPLIT).values("id")
-    if not marked:
+    """Writes the fields of the samples a stopped exclusion left unwritten: it committed
+    the state, then was stopped before writing the copy taking each excluded original's
+    place (still reading "duplicate") and the other copies (still naming the excluded
+    original). Running the exclusion again finishes it. One query when there are none.
+    """
+    marked_ids, marked_originals = dataset.match(F(SPLIT_FIELD) == DUPLICATE_SPLIT).values(
+        ["id", DUPLICATE_FIELD]
+    )
+    if not marked_ids:
         return
     held = arrays["ids"].astype(str)
-    kept = held[np.asarray(arrays["duplicate_of"], np.int64) < 0]
-    heirs = np.intersect1d(kept, np.asarray(marked, dtype=str))
-    if len(heirs) == 0:
+    original = np.asarray(arrays["duplicate_of"], np.int64)
+    stored = dict(
+        zip(held, np.where(original >= 0, held[np.maximum(original, 0)], None), strict=True)
+    )
+    stale = [
+        sid
+        for sid, named in zip(marked_ids, marked_originals, strict=True)
+        if sid in stored and stored[sid] != named
+    ]
+    if not stale:
         return
     arrays = {**arrays, "embeddings": np.empty((len(held), 0), np.float32)}
     arrays.pop("embedding_checks", None)
     frame = _state_from_arrays(dataset, meta, arrays).assignments()
-    write_assignments(dataset, table_from_frame(frame[frame["id"].isin(heirs)]))
+    write_assignments(dataset, table_from_frame(frame[frame["id"].isin(stale)]))
 
 
 def _deleted_among(dataset: fo.Dataset, held: list[str]) -> list[str]:
@@ -457,8 +469,6 @@ def _stored_embeddings(
     and a second copy in the run would double a million-sample dataset's storage.
     Returns the matrix (zero rows for samples deleted since) and the deleted ids.
     """
-    from ..embedder import embeddings_from_array
-
     field = params["embeddings_field"]
     ids = arrays["ids"].astype(str)
     dim = int(params["dim"])
@@ -479,7 +489,7 @@ def _stored_embeddings(
     present = position >= 0
     rows = [vectors[k] for k in position[present].tolist()]
     del all_ids, vectors, position  # held only by `rows` now: freed as soon as it is
-    checked = embeddings_from_array(rows, dim=dim) if rows else None
+    checked = checked_vectors(rows, field, dim, f"; {RESET_HINT}") if rows else None
     del rows
     if checked is not None and checked.errors:
         bad = [str(ids[present][i]) for i in sorted(checked.errors)][:5]
