@@ -122,13 +122,20 @@ class BubbleFenceExport(BubbleFenceOperator):
 
 def _destination_inputs(ctx: ExecutionContext, inputs: types.Object) -> None:
     """The export folder, refused while it is not empty unless Overwrite is ticked."""
-    prop = inputs.file(
-        "export_dir",
-        required=True,
-        label="Export directory",
-        description="An empty folder; each split goes to a sub-folder of its name",
-        view=types.FileExplorerView(choose_dir=True, button_label="Choose a directory..."),
-    )
+    label = "Export directory"
+    description = "An empty folder; each split goes to a sub-folder of its name"
+    if isinstance(ctx.params.get("export_dir"), str):
+        # A path as text (an `execute_operator` call): FiftyOne's check of a file
+        # input reads the explorer's {"absolute_path": ...} and failed on a string.
+        prop = inputs.str("export_dir", required=True, label=label, description=description)
+    else:
+        prop = inputs.file(
+            "export_dir",
+            required=True,
+            label=label,
+            description=description,
+            view=types.FileExplorerView(choose_dir=True, button_label="Choose a directory..."),
+        )
     inputs.bool(
         "overwrite",
         default=False,

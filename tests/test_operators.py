@@ -541,3 +541,15 @@ def test_more_shards_than_samples_are_refused_before_any_is_queued(field_dataset
     ):
         bfo.queue_shards(ds, 2**40, model=str(tiny_clip_dir))
     assert DelegatedOperationService().execute_queued_operations(dataset_name=ds.name) == []
+
+
+def test_an_export_folder_given_as_text_runs_as_the_file_explorers_value_does(
+    field_dataset, tmp_path
+):
+    """`execute_operator` with a plain path: FiftyOne's check of the file input failed
+    on it ("'str' object has no attribute 'get'")."""
+    ds = field_dataset
+    foo.get_operator(SPLIT)(ds, embeddings_field="emb")
+    params = {"export_dir": str(tmp_path / "out"), "export_media": False}
+    foo.execute_operator(EXPORT, ctx={"dataset": ds, "params": params})
+    assert (tmp_path / "out" / "manifest.csv").exists()
