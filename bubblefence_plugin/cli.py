@@ -282,7 +282,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=_program_name())
     add_subcommands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        # What a command leaves when stopped, the same command finishes (README).
+        print(
+            f"{parser.prog} {args.command}: stopped (Ctrl-C); run the same command again "
+            "to finish what it left",
+            file=sys.stderr,
+        )
+        return 130  # the shell's status for a command stopped by SIGINT
 
 
 # --------------------------------------------------------------------------- helpers

@@ -515,3 +515,17 @@ def test_small_command_line_answers(dataset_name, capsys, monkeypatch, tmp_path)
     capsys.readouterr()
     assert cli.main(["excluded", "--dataset", dataset_name, "--out", str(blocked / "x.txt")]) == 2
     assert "is not writable" in capsys.readouterr().err
+
+
+def test_ctrl_c_ends_a_command_with_a_line_saying_how_to_finish_not_a_traceback(
+    dataset_name, capsys, monkeypatch
+):
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    fo.Dataset(dataset_name)
+    monkeypatch.setattr(bfo, "export", stopped)
+    assert cli.main(["export", "--dataset", dataset_name, "--dir", "/nonexistent/x"]) == 130
+    err = capsys.readouterr().err
+    assert "export: stopped (Ctrl-C); run the same command again to finish" in err
+    assert "Traceback" not in err

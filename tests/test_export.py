@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import importlib
+import shutil
 from pathlib import Path
 
 import pytest
@@ -418,22 +419,51 @@ def test_an_overwrite_that_fails_keeps_the_export_it_was_replacing(media_dataset
     assert not (out / export_module.UNFINISHED_MARK).exists()
 
 
-def test_an_export_that_was_stopped_is_named_by_the_next(media_dataset, tmp_path):
+def test_an_export_stopped_by_ctrl_c_cleans_up_as_a_failed_one_does(media_dataset, tmp_path):
+    """Ctrl-C left the half export (and, for an overwrite, the earlier one hidden in a
+    sibling folder), where a failure removes it and puts the earlier one back."""
     export_module = importlib.import_module("bubblefence_plugin.fo.export")
     ds = media_dataset
     out = tmp_path / "out"
-    for overwrite in (False, True):
-        with pytest.MonkeyPatch.context() as patched:
-            patched.setattr(export_module, "_write_manifest", _stopped)
-            with pytest.raises(KeyboardInterrupt):
-                bfo.export(ds, out, "ImageDirectory", overwrite=overwrite)
-        assert (out / export_module.UNFINISHED_MARK).exists() and (out / "train").exists()
-        with pytest.raises(ValueError, match="holds an export that did not finish") as info:
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setattr(export_module, "_write_manifest", _stopped)
+        with pytest.raises(KeyboardInterrupt):
             bfo.export(ds, out, "ImageDirectory")
-        # An overwrite that was stopped left the contents it was replacing beside it.
-        assert ("the contents it was replacing" in str(info.value)) == overwrite
+    assert not out.exists()
+    bfo.export(ds, out, "ImageDirectory")
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setattr(export_module, "_write_manifest", _stopped)
+        with pytest.raises(KeyboardInterrupt):
+            bfo.export(ds, out, "ImageDirectory", overwrite=True)
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["media", "out"]
+
+
+def test_what_a_killed_export_left_is_named_by_the_next(media_dataset, tmp_path):
+    """A process killed mid-export leaves its mark; one killed mid-overwrite also leaves
+    the earlier contents in a hidden sibling, which an overwrite then hid for good (and
+    of two such siblings the message named one at random)."""
+    export_module = importlib.import_module("bubblefence_plugin.fo.export")
+    ds = media_dataset
+    out = tmp_path / "out"
+    bfo.export(ds, out, "ImageDirectory")
+    # As a kill right after moving the earlier export aside leaves the folders.
+    aside = tmp_path / ".out.replaced-0000ffff"
+    out.rename(aside)
+    out.mkdir()
+    (out / export_module.UNFINISHED_MARK).write_text("stopped")
+    for overwrite in (False, True):
+        with pytest.raises(
+            ValueError, match=r"was stopped after it moved .*out\.replaced-0000ffff"
+        ):
+            bfo.export(ds, out, "ImageDirectory", overwrite=overwrite)
+    shutil.rmtree(aside)
+    with pytest.raises(ValueError, match="holds an export that did not finish"):
+        bfo.export(ds, out, "ImageDirectory")
     bfo.export(ds, out, "ImageDirectory", overwrite=True)
     assert not (out / export_module.UNFINISHED_MARK).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["media", "out"]
 
 
 @pytest.mark.parametrize("dataset_type", ["ImageDirectory", "ImageClassificationDirectoryTree"])

@@ -228,8 +228,6 @@ def iter_export(
     kwargs = _one_class_list(samples, type_name, label_field, kwargs)
     created = not export_dir.exists()
     replaced = _prepare_export_dir(samples, export_dir, overwrite)
-    unfinished = export_dir / UNFINISHED_MARK
-    unfinished.write_text(UNFINISHED_TEXT, encoding="utf-8")
     try:
         each = _export_each(
             samples,
@@ -250,31 +248,32 @@ def iter_export(
             raise BubbleFenceBusyError(
                 f"the BubbleFence split of dataset {dataset.name!r} changed during the export"
             )
-    except Exception as e:
+        manifest = export_dir / MANIFEST_NAME
+        splits = table.get("split", [None] * len(table["id"]))
+        duplicates = [
+            sid for sid, split in zip(table["id"], splits, strict=True) if split == "duplicate"
+        ]
+        # The state holds the whole dataset's: only those in the exported view are
+        # listed, and for tags only the duplicates of samples exported.
+        duplicates = values_by_id(samples, duplicates, [])[0]
+        if tags:
+            original = dict(zip(table["id"], table["duplicate_of"], strict=True))
+            duplicates = [sid for sid in duplicates if original[sid] in exported_as]
+        yield Progress(0.95, f"Writing {MANIFEST_NAME}")
+        _write_manifest(dataset, exported_as, exported_files, duplicates, table, manifest)
+        (export_dir / UNFINISHED_MARK).unlink()
+    except BaseException as e:
         # Half an export is worse than none: remove what this call wrote, and put back
-        # the folder's contents an overwrite moved aside.
+        # the folder's contents an overwrite moved aside; on Ctrl-C too.
         shutil.rmtree(export_dir) if created or replaced else _empty(export_dir)
         if replaced:
             replaced.rename(export_dir)
+        if not isinstance(e, Exception):  # Ctrl-C, a closed generator: cleaned up, stop
+            raise
         kept = "the folder's earlier contents are back" if replaced else "nothing was kept"
         if isinstance(e, BubbleFenceBusyError):
             raise BubbleFenceBusyError(f"{e}; {kept}: export again") from e
         raise ValueError(f"exporting as {type_name} failed, {kept}: {e}") from e
-
-    manifest = export_dir / MANIFEST_NAME
-    splits = table.get("split", [None] * len(table["id"]))
-    duplicates = [
-        sid for sid, split in zip(table["id"], splits, strict=True) if split == "duplicate"
-    ]
-    # The state holds the whole dataset's: only those in the exported view are listed,
-    # and for tags only the duplicates of samples exported.
-    duplicates = values_by_id(samples, duplicates, [])[0]
-    if tags:
-        original = dict(zip(table["id"], table["duplicate_of"], strict=True))
-        duplicates = [sid for sid in duplicates if original[sid] in exported_as]
-    yield Progress(0.95, f"Writing {MANIFEST_NAME}")
-    _write_manifest(dataset, exported_as, exported_files, duplicates, table, manifest)
-    unfinished.unlink()
     if replaced:
         shutil.rmtree(replaced)
     yield Progress(1.0, "Done")
@@ -672,20 +671,18 @@ def _check_export_kwargs(kwargs: dict[str, Any]) -> None:
 def _prepare_export_dir(
     samples: foc.SampleCollection, export_dir: Path, overwrite: bool
 ) -> Path | None:
-    """Checks ``export_dir`` and leaves it empty; returns where an overwrite moved its
-    contents (a sibling folder, deleted once the export succeeds, moved back if it
-    fails), else None."""
+    """Checks ``export_dir`` and leaves it holding `UNFINISHED_MARK` alone; returns where
+    an overwrite moved its contents (a sibling folder, deleted once the export succeeds,
+    moved back if it fails), else None."""
     if export_dir.exists() and not export_dir.is_dir():
         raise ValueError(f"export_dir {str(export_dir)!r} exists and is not a directory")
+    _refuse_contents_moved_aside(export_dir)
     replaced = None
     if export_dir.exists() and any(export_dir.iterdir()):
         if not overwrite:
             stopped = "is not empty"
             if (export_dir / UNFINISHED_MARK).exists():
                 stopped = "holds an export that did not finish (it was stopped)"
-                kept = sorted(export_dir.parent.glob(f".{export_dir.name}.replaced-*"))
-                if kept:
-                    stopped += f", and {str(kept[-1])!r} the contents it was replacing"
             raise ValueError(
                 f"export_dir {str(export_dir)!r} {stopped}; choose an empty folder or "
                 "pass overwrite=True (--overwrite) to replace its contents"
@@ -709,15 +706,35 @@ def _prepare_export_dir(
             _empty(export_dir)
     try:
         export_dir.mkdir(parents=True, exist_ok=True)
-        probe = export_dir / f".bubblefence-write-test-{uuid.uuid4().hex}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        # The mark is the test that the folder is writable: no other file to leave.
+        (export_dir / UNFINISHED_MARK).write_text(UNFINISHED_TEXT, encoding="utf-8")
     except OSError as e:
         if replaced:
             shutil.rmtree(export_dir, ignore_errors=True)
             replaced.rename(export_dir)
         raise ValueError(f"export_dir {str(export_dir)!r} is not writable: {e}") from e
     return replaced
+
+
+def _refuse_contents_moved_aside(export_dir: Path) -> None:
+    """Refuses while an overwrite of ``export_dir`` that was stopped (Ctrl-C, a killed
+    process) left the folder's earlier contents in a hidden sibling: the next export
+    would hide them for good. Names each, oldest first, and those holding an export
+    that was itself stopped."""
+    aside = sorted(
+        export_dir.parent.glob(f".{export_dir.name}.replaced-*"), key=lambda p: p.stat().st_mtime
+    )
+    if not aside:
+        return
+    named = ", ".join(
+        repr(str(p)) + (" (a stopped export)" if (p / UNFINISHED_MARK).exists() else "")
+        for p in aside
+    )
+    raise ValueError(
+        f"an overwrite of export_dir {str(export_dir)!r} was stopped after it moved the "
+        f"folder's earlier contents aside, to {named} (oldest first); move back what you "
+        "want to keep and delete the rest, then export again"
+    )
 
 
 def _datasets_with_media_in(folder: Path) -> list[str]:
