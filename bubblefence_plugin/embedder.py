@@ -163,12 +163,7 @@ def embeddings_from_array(
         # An empty vector is no embedding, not a length to choose.
         values, counts = np.unique(lengths[lengths > 0], return_counts=True)
         dim = int(values[np.argmax(counts)]) if len(values) else 0
-    elif len(arrays) and not (lengths == dim).any():
-        raise ValueError(
-            f"no vector has the expected dimension dim={dim} "
-            f"(found {sorted(set(lengths.tolist()))[:5]})"
-        )
-    _refuse_a_second_model(lengths, dim)
+    _refuse_a_second_model(arrays, lengths, dim)
     keep = lengths == dim
     for k in np.flatnonzero(~keep):
         length = int(lengths[k])
@@ -181,20 +176,25 @@ def embeddings_from_array(
     return _normalise_rows(matrix, index, n, errors, in_place=True)  # `matrix` is ours
 
 
-def _refuse_a_second_model(lengths: np.ndarray, dim: int) -> None:
+def _refuse_a_second_model(arrays: list[np.ndarray], lengths: np.ndarray, dim: int) -> None:
     """Refuses rows of one other length than ``dim`` beyond `OTHER_LENGTHS_SHARE` of the
     vectors (and more than one): a second model's vectors. Broken rows have lengths of
-    their own, or none, and stay per-row errors."""
-    other = lengths[(lengths != dim) & (lengths > 0)]
-    if len(other) == 0:
+    their own, or none, or hold no values (a placeholder of zeros or NaN), and stay
+    per-row errors; so does a lone row of another length in a small round."""
+    other = [
+        int(lengths[k])
+        for k in np.flatnonzero((lengths != dim) & (lengths > 0))
+        if np.isfinite(arrays[k]).all() and arrays[k].any()
+    ]
+    if not other:
         return
     values, counts = np.unique(other, return_counts=True)
     top = int(np.argmax(counts))
     if counts[top] > max(1, OTHER_LENGTHS_SHARE * len(lengths)):
         raise ValueError(
-            f"{counts[top]} of the {len(lengths)} vectors have length {values[top]}, where "
-            f"the others have {dim}: two models' vectors (one model gives one length); "
-            "compute every sample's with one model"
+            f"{counts[top]} of the {len(lengths)} vectors have length {values[top]} where "
+            f"{dim} is expected (dim={dim}): another model's vectors (one model gives one "
+            "length); compute every sample's with one model"
         )
 
 

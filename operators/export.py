@@ -74,13 +74,17 @@ class BubbleFenceExport(BubbleFenceOperator):
 
     def add_inputs(self, ctx: ExecutionContext, inputs: types.Object) -> None:
         stopped = bfo.unfinished_round(bfo.state_info(ctx.dataset))
-        if stopped is not None:  # the export refuses it: said before Execute
+        message = None  # what the export refuses, said before Execute
+        if bfo.is_locked(ctx.dataset):
+            message = "A BubbleFence run is in progress on this dataset: export when it ends"
+        elif stopped is not None:
             message = (
                 f"Round {stopped} was saved, but its split fields and tags were not all "
                 "written (the run was stopped): run BubbleFence split once to finish it "
                 "(nothing new is needed), then export"
             )
-            refused = inputs.view("unfinished_round", types.Error(label=message))
+        if message is not None:
+            refused = inputs.view("refused_now", types.Error(label=message))
             refused.invalid, refused.error_message = True, message
         _destination_inputs(ctx, inputs)
         inputs.list(

@@ -91,7 +91,7 @@ class BubbleFenceSplit(BubbleFenceOperator):
     def add_inputs(self, ctx: ExecutionContext, inputs: types.Object) -> None:
         info = bfo.state_info(ctx.dataset)
         stored = BubbleFenceConfig.from_dict(info["config"]) if info else None
-        _state_notice(inputs, info)
+        _state_notice(inputs, info, bfo.is_locked(ctx.dataset))
         _embeddings_inputs(ctx, inputs, info, stored)
         _pending_shards_input(ctx, inputs, info)
         for name, knob in KNOBS.items():
@@ -165,7 +165,7 @@ def _split_target(ctx: ExecutionContext) -> fo.DatasetView:
 # --------------------------------------------------------------------------- form
 
 
-def _state_notice(inputs: types.Object, info: dict[str, Any] | None) -> None:
+def _state_notice(inputs: types.Object, info: dict[str, Any] | None, locked: bool) -> None:
     if info is None:
         label = "First round: bubbles will be created for this dataset"
     else:
@@ -175,7 +175,10 @@ def _state_notice(inputs: types.Object, info: dict[str, Any] | None) -> None:
             "are embedded and split; earlier samples never change"
         )
         stopped = bfo.unfinished_round(info)
-        if stopped is not None:
+        if locked:
+            # A round being written looks like one stopped half-way until its run ends.
+            label += ". A BubbleFence run is in progress on this dataset: wait for it to end"
+        elif stopped is not None:
             label += (
                 f". Round {stopped} was saved, but its split fields and tags were not all "
                 "written (the run was stopped): this run writes them first"

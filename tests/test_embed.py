@@ -840,7 +840,9 @@ def test_a_second_models_vectors_are_refused_and_broken_rows_stay_row_errors():
     good = [row for row in rng.normal(size=(20, 16))]
     half = good[:10] + [row[:8] for row in good[10:]]
     for dim in (None, 16):
-        with pytest.raises(ValueError, match="10 of the 20 vectors have length (8|16), where the"):
+        with pytest.raises(
+            ValueError, match="10 of the 20 vectors have length (8|16) where (16|8) is expected"
+        ):
             embeddings_from_array(half if dim is None else good[:10] + half[10:], dim=dim)
     empties = [row if k % 5 else [] for k, row in enumerate(good)]
     out = embeddings_from_array(empties)
@@ -848,3 +850,10 @@ def test_a_second_models_vectors_are_refused_and_broken_rows_stay_row_errors():
     assorted = good + [good[0][:1], good[0][:2], good[0][:3]]
     out = embeddings_from_array(assorted, dim=16)
     assert out.ok.sum() == 20 and out.errors[22] == "wrong dimension 3, expected 16"
+    # A round whose one new row is truncated: its error, not "another model, reset".
+    out = embeddings_from_array([good[0][:15]], dim=16)
+    assert out.ok.sum() == 0 and out.errors[0] == "wrong dimension 15, expected 16"
+    # Placeholders (a zero or a NaN) on a fifth of the rows hold no values: row errors.
+    for placeholder in ([0.0], [float("nan")]):
+        out = embeddings_from_array([row if k % 5 else placeholder for k, row in enumerate(good)])
+        assert out.dim == 16 and out.ok.sum() == 16

@@ -294,15 +294,24 @@ def test_a_round_stopped_before_its_tags_is_finished_by_a_split_before_it_is_exp
     assert bfo.unfinished_round(bfo.state_info(ds)) == 1
     assert (
         "Round 1 was saved"
-        in operator_form(ds, f"{PLUGIN}/bubblefence_export")["unfinished_round"]["error_message"]
+        in operator_form(ds, f"{PLUGIN}/bubblefence_export")["refused_now"]["error_message"]
     )
     assert (
         "this run writes them first"
         in operator_form(ds, f"{PLUGIN}/bubblefence_split")["state_notice"]["view"]["label"]
     )
+    # While a run holds the dataset its round is being written, not stopped: said so.
+    from bubblefence_plugin.fo.runs import RunLock
+
+    with RunLock(ds, "split"):
+        export_form = operator_form(ds, f"{PLUGIN}/bubblefence_export")
+        split_form = operator_form(ds, f"{PLUGIN}/bubblefence_split")
+    assert "run is in progress" in export_form["refused_now"]["error_message"]
+    notice = split_form["state_notice"]["view"]["label"]
+    assert "run is in progress" in notice and "was stopped" not in notice
     assert bfo.split(ds)["n_repaired"] == 100
     assert bfo.unfinished_round(bfo.state_info(ds)) is None
-    assert "unfinished_round" not in operator_form(ds, f"{PLUGIN}/bubblefence_export")
+    assert "refused_now" not in operator_form(ds, f"{PLUGIN}/bubblefence_export")
     assert sum(bfo.export(ds, tmp_path / "out", export_media=False)["counts"].values()) == 300
 
 
@@ -524,3 +533,39 @@ def test_an_original_deleted_since_the_split_is_refused_until_its_copy_takes_its
     bfo.split(ds)
     ds.delete_samples([ds.skip(5).first().id, ds.skip(len(ds) - 1).first().id])
     bfo.export(ds, tmp_path / "out2", export_media=False)
+
+
+def test_an_overwrite_stopped_while_deleting_what_it_replaced_leaves_nothing_to_refuse(
+    media_dataset, tmp_path, monkeypatch
+):
+    """Ctrl-C while the finished overwrite deleted the old contents left half of them
+    under the name the next export refuses on, telling the user to move a partial old
+    export back over a complete new one. And a folder named with glob characters
+    (`exp[1]`) had its moved-aside contents found by no glob, so never named."""
+    export_module = importlib.import_module("bubblefence_plugin.fo.export")
+    ds = media_dataset
+    out = tmp_path / "exp[1]"
+    bfo.export(ds, out, "ImageDirectory")
+    real_rmtree = shutil.rmtree
+
+    def stopped_midway(path, *args, **kwargs):
+        if export_module.DISCARDED_INFIX in str(path):
+            (Path(path) / "train").rename(tmp_path / "gone")  # part of it deleted
+            raise KeyboardInterrupt
+        return real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(export_module.shutil, "rmtree", stopped_midway)
+    with pytest.raises(KeyboardInterrupt):
+        bfo.export(ds, out, "ImageDirectory", overwrite=True)
+    monkeypatch.undo()
+    assert (out / "manifest.csv").exists()
+    assert [p.name for p in tmp_path.glob(".exp*")] == [
+        p.name for p in tmp_path.glob(".exp*") if export_module.DISCARDED_INFIX in p.name
+    ]
+    bfo.export(ds, out, "ImageDirectory", overwrite=True)  # not refused; removes the rest
+    assert list(tmp_path.glob(".exp*")) == []
+    # A killed overwrite of `exp[1]`: its moved-aside contents are named.
+    aside = tmp_path / ".exp[1].replaced-0000ffff"
+    out.rename(aside)
+    with pytest.raises(ValueError, match=r"was stopped after it moved"):
+        bfo.export(ds, out, "ImageDirectory", overwrite=True)

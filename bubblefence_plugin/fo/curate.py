@@ -608,7 +608,8 @@ def exclude(samples: foc.SampleCollection, reason: str | None = None) -> dict[st
         "n_left_split": len(left),
         "left_ids": left,
         "n_excluded_total": int(dataset.count_sample_tags().get(EXCLUDED_TAG, 0)),
-        "message": f"Excluded {n_new} samples ({len(ids) - n_new} were already); "
+        "message": f"Excluded {counted(n_new, 'sample')} ({len(ids) - n_new} "
+        f"{'was' if len(ids) - n_new == 1 else 'were'} already); "
         f"{len(left)} left their split{_tagged_before(left, ids)}",
     }
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import glob
 import json
 import logging
 import os
@@ -70,6 +71,11 @@ _MEDIA_IS_THE_EXPORT = (
 # Lies in an export folder until its manifest is written: a folder an export left when
 # it was stopped says so, and the next export into it names it.
 UNFINISHED_MARK = ".bubblefence-export-unfinished"
+# Beside an export folder NAME, as `.NAME<infix><id>`: what an overwrite moved aside
+# (put back if it fails), and the same once the overwrite succeeded, being deleted
+# (`_discard`; the next export into the folder removes one whose deletion was stopped).
+REPLACED_INFIX = ".replaced-"
+DISCARDED_INFIX = ".discarded-"
 UNFINISHED_TEXT = (
     "A BubbleFence export into this folder has not finished (or was stopped): its "
     "contents are incomplete. manifest.csv is written last.\n"
@@ -275,7 +281,7 @@ def iter_export(
             raise BubbleFenceBusyError(f"{e}; {kept}: export again") from e
         raise ValueError(f"exporting as {type_name} failed, {kept}: {e}") from e
     if replaced:
-        shutil.rmtree(replaced)
+        _discard(replaced)
     yield Progress(1.0, "Done")
     return {
         "export_dir": str(export_dir),
@@ -677,6 +683,8 @@ def _prepare_export_dir(
     if export_dir.exists() and not export_dir.is_dir():
         raise ValueError(f"export_dir {str(export_dir)!r} exists and is not a directory")
     _refuse_contents_moved_aside(export_dir)
+    for discarded in _siblings(export_dir, DISCARDED_INFIX):
+        shutil.rmtree(discarded, ignore_errors=True)  # an earlier export's, stopped deleting
     replaced = None
     if export_dir.exists() and any(export_dir.iterdir()):
         if not overwrite:
@@ -698,7 +706,7 @@ def _prepare_export_dir(
                 f"{', '.join(map(repr, holders))}; overwriting it would delete them. "
                 "Choose another folder"
             )
-        replaced = export_dir.with_name(f".{export_dir.name}.replaced-{uuid.uuid4().hex[:8]}")
+        replaced = export_dir.with_name(f".{export_dir.name}{REPLACED_INFIX}{uuid.uuid4().hex[:8]}")
         try:
             export_dir.rename(replaced)
         except OSError:  # a mount point does not move: emptied in place, as it must be
@@ -721,9 +729,7 @@ def _refuse_contents_moved_aside(export_dir: Path) -> None:
     process) left the folder's earlier contents in a hidden sibling: the next export
     would hide them for good. Names each, oldest first, and those holding an export
     that was itself stopped."""
-    aside = sorted(
-        export_dir.parent.glob(f".{export_dir.name}.replaced-*"), key=lambda p: p.stat().st_mtime
-    )
+    aside = sorted(_siblings(export_dir, REPLACED_INFIX), key=lambda p: p.stat().st_mtime)
     if not aside:
         return
     named = ", ".join(
@@ -735,6 +741,21 @@ def _refuse_contents_moved_aside(export_dir: Path) -> None:
         f"folder's earlier contents aside, to {named} (oldest first); move back what you "
         "want to keep and delete the rest, then export again"
     )
+
+
+def _discard(replaced: Path) -> None:
+    """Deletes what an overwrite that succeeded moved aside: renamed first, atomically,
+    so that a deletion stopped half-way leaves no half of it under the name the next
+    export refuses on (it would be told to move part of an old export back)."""
+    discarded = replaced.with_name(replaced.name.replace(REPLACED_INFIX, DISCARDED_INFIX, 1))
+    replaced.rename(discarded)
+    shutil.rmtree(discarded)
+
+
+def _siblings(export_dir: Path, infix: str) -> list[Path]:
+    """The folders `.NAME<infix>*` beside ``export_dir`` (its name taken literally: an
+    export into `exp[1]` globbed nothing)."""
+    return list(export_dir.parent.glob(glob.escape(f".{export_dir.name}{infix}") + "*"))
 
 
 def _datasets_with_media_in(folder: Path) -> list[str]:

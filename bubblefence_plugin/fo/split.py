@@ -403,8 +403,8 @@ def _round(r: _Round, dataset: fo.Dataset, lock: RunLock) -> Steps[dict[str, Any
     ok_ids, embeddings = yield from _usable_embeddings(r, new_ids, summary)
     if not ok_ids:
         message = (
-            f"No usable embeddings among the {len(new_ids)} samples not split yet "
-            f"({summary['n_errors']} errors, in {ERROR_FIELD}; a sample that failed is "
+            f"No usable embeddings among the {counted(len(new_ids), 'sample')} not split yet "
+            f"({counted(summary['n_errors'], 'error')}, in {ERROR_FIELD}; a sample that failed is "
             "tried again at every run)"
         )
         return _finish_summary(summary, r.bf, None, message + _unsaved_changes(r, summary))
@@ -847,5 +847,5 @@ def _round_message(summary: dict[str, Any]) -> str:
     if summary.get("groups"):
         message += f"; group violations: {summary['groups']['violations']}"
     if summary["n_errors"]:
-        message += f"; {summary['n_errors']} samples failed (see {ERROR_FIELD})"
+        message += f"; {counted(summary['n_errors'], 'sample')} failed (see {ERROR_FIELD})"
     return message

@@ -301,13 +301,14 @@ def forget_excluded(dataset: fo.Dataset) -> list[str]:
     if found is None:
         return []
     params, meta, arrays = found
+    # Whatever this call excludes, an exclusion stopped before it is finished first.
+    _write_unwritten_heirs(dataset, meta, arrays)
     listed = list(params.get("excluded_ids", []))
     held = arrays["ids"].astype(str)
     left = _excluded_among(dataset, held, params)
     if not left:
         if params["excluded_ids"] != listed:
             STATE_RUN.update_params(dataset, params)
-        _write_unwritten_heirs(dataset, meta, arrays)
         return []
     gone = _deleted_among(dataset, held.tolist())
     leaving = np.isin(held, gone + left)
@@ -339,7 +340,7 @@ def _write_unwritten_heirs(
     """Writes the fields of the samples a stopped exclusion left unwritten: it committed
     the state, then was stopped before writing the copy taking each excluded original's
     place (still reading "duplicate") and the other copies (still naming the excluded
-    original). Running the exclusion again finishes it. One query when there are none.
+    original). The next exclusion, of any samples, finishes it. One query when there are none.
     """
     marked_ids, marked_originals = dataset.match(F(SPLIT_FIELD) == DUPLICATE_SPLIT).values(
         ["id", DUPLICATE_FIELD]
