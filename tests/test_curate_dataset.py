@@ -595,12 +595,7 @@ def test_a_duplicate_takes_the_place_of_an_original_that_leaves(field_dataset, h
     # Found by a stress test: the copy stayed "duplicate" of nothing (in no split, never
     # exported), and the original included again became the copy's duplicate.
     ds = field_dataset
-    vectors = ds.values("emb")
-    ds.add_samples([fo.Sample(filepath=f"/nonexistent/copy{i}.png") for i in range(2)])
-    copies = ds.skip(200).values("id")
-    ds.select(copies).set_values("emb", [vectors[3], vectors[3]])
-    original = ds.skip(3).first().id
-    bfo.split(ds, embeddings_field="emb")
+    original, copies = _split_with_two_copies_of_sample_3(ds)
     assert ds.select(copies).values("duplicate_of") == [original, original]
     place = ds[original]["split"]
     if how == "exclude":
@@ -624,6 +619,17 @@ def test_a_duplicate_takes_the_place_of_an_original_that_leaves(field_dataset, h
         back = ds[original]
         assert (back["split"], back["duplicate_of"]) == ("duplicate", heir.id)
         assert ds[heir.id]["split"] == place
+
+
+def _split_with_two_copies_of_sample_3(ds) -> tuple[str, list[str]]:
+    """Adds two exact copies of sample 3's vector to ``ds`` and splits it; returns
+    (original, copies) ids."""
+    vectors = ds.values("emb")
+    ds.add_samples([fo.Sample(filepath=f"/nonexistent/copy{i}.png") for i in range(2)])
+    copies = ds.skip(200).values("id")
+    ds.select(copies).set_values("emb", [vectors[3], vectors[3]])
+    bfo.split(ds, embeddings_field="emb")
+    return ds.skip(3).first().id, copies
 
 
 def _with_a_copy_of_sample_3(ds) -> tuple[str, str]:
@@ -751,12 +757,7 @@ def test_an_exclusion_stopped_after_its_commit_is_finished_by_running_it_again(
     from bubblefence_plugin.fo import state
 
     ds = field_dataset
-    vectors = ds.values("emb")
-    ds.add_samples([fo.Sample(filepath=f"/nonexistent/copy{i}.png") for i in range(2)])
-    copies = ds.skip(200).values("id")
-    ds.select(copies).set_values("emb", [vectors[3], vectors[3]])
-    original = ds.skip(3).first().id
-    bfo.split(ds, embeddings_field="emb")
+    original, copies = _split_with_two_copies_of_sample_3(ds)
     place = ds[original]["split"]
 
     def killed(*args, **kwargs):
