@@ -71,15 +71,15 @@ _MEDIA_IS_THE_EXPORT = (
 # Lies in an export folder until its manifest is written: a folder an export left when
 # it was stopped says so, and the next export into it names it.
 UNFINISHED_MARK = ".bubblefence-export-unfinished"
+UNFINISHED_TEXT = (
+    "A BubbleFence export into this folder has not finished (or was stopped): its "
+    "contents are incomplete. manifest.csv is written last.\n"
+)
 # Beside an export folder NAME, as `.NAME<infix><id>`: what an overwrite moved aside
 # (put back if it fails), and the same once the overwrite succeeded, being deleted
 # (`_discard`; the next export into the folder removes one whose deletion was stopped).
 REPLACED_INFIX = ".replaced-"
 DISCARDED_INFIX = ".discarded-"
-UNFINISHED_TEXT = (
-    "A BubbleFence export into this folder has not finished (or was stopped): its "
-    "contents are incomplete. manifest.csv is written last.\n"
-)
 # Arguments `SampleCollection.export` takes itself rather than passing to the exporter.
 _VIEW_EXPORT_ARGS = ("frame_labels_field", "progress")
 
