@@ -302,7 +302,7 @@ def forget_excluded(dataset: fo.Dataset) -> list[str]:
         return []
     params, meta, arrays = found
     # Whatever this call excludes, an exclusion stopped before it is finished first.
-    _write_unwritten_heirs(dataset, meta, arrays)
+    _finish_a_stopped_exclusion(dataset, meta, arrays)
     listed = list(params.get("excluded_ids", []))
     held = arrays["ids"].astype(str)
     left = _excluded_among(dataset, held, params)
@@ -334,7 +334,7 @@ def forget_excluded(dataset: fo.Dataset) -> list[str]:
     return left
 
 
-def _write_unwritten_heirs(
+def _finish_a_stopped_exclusion(
     dataset: fo.Dataset, meta: dict[str, Any], arrays: dict[str, np.ndarray]
 ) -> None:
     """Writes the fields of the samples a stopped exclusion left unwritten: it committed
