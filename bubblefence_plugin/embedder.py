@@ -56,10 +56,13 @@ PACKAGED_MODELS: dict[str, str] = {
 ProgressCallback = Callable[[int, int], Any]
 
 # Rows of one other length than the expected (or most common) one, beyond this share of
-# the vectors (and more than one), are a second model's vectors, not a few broken rows: a
+# the samples, are a second model's vectors, not a few broken rows: a
 # field of 16-d and 8-d vectors, half and half, was split as 8-d with the 16-d half left
 # out as errors. Broken rows (a truncated vector, an empty one) have lengths of their own.
 OTHER_LENGTHS_SHARE = 0.1
+# ... and on at least this many rows: two rows truncated alike, failed in one round and
+# retried beside five new ones, refused that round as another model's (2 of 7).
+OTHER_LENGTH_ROWS = 5
 
 # Batches decoded ahead of the one being embedded: two keep the model fed when one
 # batch holds a slow image (a huge PNG), without holding many batches in memory.
@@ -163,8 +166,8 @@ def embeddings_from_array(
         # An empty vector is no embedding, not a length to choose.
         values, counts = np.unique(lengths[lengths > 0], return_counts=True)
         dim = int(values[np.argmax(counts)]) if len(values) else 0
-    _refuse_a_second_model(arrays, lengths, dim)
-    keep = lengths == dim
+    _refuse_a_second_model(arrays, lengths, dim, n)
+    keep = (lengths == dim) & (lengths > 0)
     for k in np.flatnonzero(~keep):
         length = int(lengths[k])
         errors[positions[k]] = (
@@ -176,11 +179,14 @@ def embeddings_from_array(
     return _normalise_rows(matrix, index, n, errors, in_place=True)  # `matrix` is ours
 
 
-def _refuse_a_second_model(arrays: list[np.ndarray], lengths: np.ndarray, dim: int) -> None:
-    """Refuses rows of one other length than ``dim`` beyond `OTHER_LENGTHS_SHARE` of the
-    vectors (and more than one): a second model's vectors. Broken rows have lengths of
-    their own, or none, or hold no values (a placeholder of zeros or NaN), and stay
-    per-row errors; so does a lone row of another length in a small round."""
+def _refuse_a_second_model(
+    arrays: list[np.ndarray], lengths: np.ndarray, dim: int, n_samples: int
+) -> None:
+    """Refuses rows of one other length than ``dim`` on more than `OTHER_LENGTHS_SHARE`
+    of the ``n_samples`` (those without a vector included) and at least
+    `OTHER_LENGTH_ROWS`: a second model's vectors. Broken rows have lengths of their own,
+    or none, or hold no values (a placeholder of zeros or NaN), and stay per-row errors;
+    so do a few rows of another length, retried in a small round."""
     other = [
         int(lengths[k])
         for k in np.flatnonzero((lengths != dim) & (lengths > 0))
@@ -190,9 +196,9 @@ def _refuse_a_second_model(arrays: list[np.ndarray], lengths: np.ndarray, dim: i
         return
     values, counts = np.unique(other, return_counts=True)
     top = int(np.argmax(counts))
-    if counts[top] > max(1, OTHER_LENGTHS_SHARE * len(lengths)):
+    if counts[top] >= OTHER_LENGTH_ROWS and counts[top] > OTHER_LENGTHS_SHARE * n_samples:
         raise ValueError(
-            f"{counts[top]} of the {len(lengths)} vectors have length {values[top]} where "
+            f"{counts[top]} of the {n_samples} vectors have length {values[top]} where "
             f"{dim} is expected (dim={dim}): another model's vectors (one model gives one "
             "length); compute every sample's with one model"
         )

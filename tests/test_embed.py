@@ -789,8 +789,8 @@ def test_embeddings_from_array_checks_rows():
     np.testing.assert_array_equal(np.stack(listed), arr32)
     with pytest.raises(ValueError, match="dim=4"):
         embeddings_from_array(arr, dim=4)
-    with pytest.raises(ValueError, match="dim=4"):
-        embeddings_from_array([[1.0, 2.0], [3.0, 4.0]], dim=4)
+    two_short = embeddings_from_array([[1.0, 2.0], [3.0, 4.0]], dim=4)  # too few to be a model
+    assert not two_short.ok.any() and two_short.errors[0] == "wrong dimension 2, expected 4"
     bad = arr.copy()
     bad[1] = np.nan
     bad[3] = 0.0
@@ -853,6 +853,16 @@ def test_a_second_models_vectors_are_refused_and_broken_rows_stay_row_errors():
     # A round whose one new row is truncated: its error, not "another model, reset".
     out = embeddings_from_array([good[0][:15]], dim=16)
     assert out.ok.sum() == 0 and out.errors[0] == "wrong dimension 15, expected 16"
+    # Two rows truncated alike, retried beside five new ones: still their own errors.
+    out = embeddings_from_array(good[:5] + [good[5][:15], good[6][:15]], dim=16)
+    assert out.ok.sum() == 5 and out.errors[6] == "wrong dimension 15, expected 16"
+    # The share is of the samples: one without a vector counts, as None or as [].
+    for missing in (None, []):
+        rows = good[:10] + [row[:8] for row in good[10:15]] + [missing] * 15
+        with pytest.raises(ValueError, match="5 of the 30 vectors have length 8"):
+            embeddings_from_array(rows, dim=16)
+    out = embeddings_from_array([[], []])
+    assert out.errors == {0: "no embedding (empty)", 1: "no embedding (empty)"}
     # Placeholders (a zero or a NaN) on a fifth of the rows hold no values: row errors.
     for placeholder in ([0.0], [float("nan")]):
         out = embeddings_from_array([row if k % 5 else placeholder for k, row in enumerate(good)])
