@@ -863,6 +863,9 @@ def test_a_second_models_vectors_are_refused_and_broken_rows_stay_row_errors():
             embeddings_from_array(rows, dim=16)
     out = embeddings_from_array([[], []])
     assert out.errors == {0: "no embedding (empty)", 1: "no embedding (empty)"}
+    # Placeholders of another length, even outnumbering the real vectors, choose no dimension.
+    out = embeddings_from_array(good[:14] + [[0.0] * 4] * 16)
+    assert out.dim == 16 and out.ok.sum() == 14
     # Placeholders (a zero or a NaN) on a fifth of the rows hold no values: row errors.
     for placeholder in ([0.0], [float("nan")]):
         out = embeddings_from_array([row if k % 5 else placeholder for k, row in enumerate(good)])
