@@ -123,10 +123,11 @@ def embeddings_from_array(
 
     Rows that are missing (``None``), of the wrong length, non-finite or all zero are
     reported per row in ``errors`` instead of failing the whole set, like unreadable
-    images. ``dim`` is the expected dimension; by default the most common row length.
-    A 2-D array of another width than ``dim``, a sequence where no row has that
-    length, or one where more than `OTHER_LENGTHS_SHARE` of the rows have one other
-    length, is a ValueError: that is a different model, not a few bad rows.
+    images. ``dim`` is the expected dimension; by default the most common length of
+    the rows that hold values.
+    A 2-D array of another width than ``dim``, or a sequence where at least
+    `OTHER_LENGTH_ROWS` rows, more than `OTHER_LENGTHS_SHARE` of them, hold vectors of
+    one other length, is a ValueError: that is a different model, not a few bad rows.
     """
     if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 1):
         raise ValueError(f"dim must be None or a positive int, got {dim!r}")
@@ -169,9 +170,7 @@ def embeddings_from_array(
             # Nor is a placeholder of zeros or NaN: 16 of them outnumbered 14 real
             # vectors and made the real ones "another model's". Looked at only where
             # rows differ in length (a pass over every row: 1-2 s at a million).
-            real = np.fromiter(
-                (np.isfinite(a).all() and a.any() for a in arrays), bool, len(arrays)
-            )
+            real = np.fromiter(map(_holds_values, arrays), bool, len(arrays))
             values, counts = np.unique(lengths[(lengths > 0) & real], return_counts=True)
         dim = int(values[np.argmax(counts)]) if len(values) else 0
     _refuse_a_second_model(arrays, lengths, dim, n)
@@ -187,6 +186,11 @@ def embeddings_from_array(
     return _normalise_rows(matrix, index, n, errors, in_place=True)  # `matrix` is ours
 
 
+def _holds_values(row: np.ndarray) -> bool:
+    """Whether a vector holds values: finite, not all zero (not a placeholder)."""
+    return bool(np.isfinite(row).all() and row.any())
+
+
 def _refuse_a_second_model(
     arrays: list[np.ndarray], lengths: np.ndarray, dim: int, n_samples: int
 ) -> None:
@@ -198,7 +202,7 @@ def _refuse_a_second_model(
     other = [
         int(lengths[k])
         for k in np.flatnonzero((lengths != dim) & (lengths > 0))
-        if np.isfinite(arrays[k]).all() and arrays[k].any()
+        if _holds_values(arrays[k])
     ]
     if not other:
         return

@@ -317,8 +317,7 @@ def forget_excluded(dataset: fo.Dataset) -> list[str]:
     # others point to it (`BubbleFence.forget`); their fields follow the commit.
     original = np.asarray(arrays["duplicate_of"], np.int64)
     promoted = held[~leaving & (original >= 0) & leaving[np.maximum(original, 0)]]
-    arrays["embeddings"] = np.empty((len(held), 0), np.float32)
-    bf = _state_from_arrays(dataset, meta, arrays)
+    bf = _state_without_vectors(dataset, meta, arrays)
     for ids in (gone, left):  # in `load_state`'s order, then `leave_split_if_excluded`'s
         if ids:
             bf.forget(ids)
@@ -329,8 +328,7 @@ def forget_excluded(dataset: fo.Dataset) -> list[str]:
     params["n_samples"] = int(bf.n_samples)
     _commit_arrays(dataset, params, new_meta, new_arrays)
     if len(promoted):
-        frame = bf.assignments()
-        write_assignments(dataset, table_from_frame(frame[frame["id"].isin(promoted)]))
+        _write_rows(dataset, bf, promoted)
     return left
 
 
@@ -340,7 +338,8 @@ def _finish_a_stopped_exclusion(
     """Writes the fields of the samples a stopped exclusion left unwritten: it committed
     the state, then was stopped before writing the copy taking each excluded original's
     place (still reading "duplicate") and the other copies (still naming the excluded
-    original). The next exclusion, of any samples, finishes it. One query when there are none.
+    original). The next exclusion, of any samples, finishes it. One query when there are
+    none.
     """
     marked_ids, marked_originals = dataset.match(F(SPLIT_FIELD) == DUPLICATE_SPLIT).values(
         ["id", DUPLICATE_FIELD]
@@ -357,12 +356,24 @@ def _finish_a_stopped_exclusion(
         for sid, named in zip(marked_ids, marked_originals, strict=True)
         if sid in stored and stored[sid] != named
     ]
-    if not stale:
-        return
-    arrays = {**arrays, "embeddings": np.empty((len(held), 0), np.float32)}
-    arrays.pop("embedding_checks", None)
-    frame = _state_from_arrays(dataset, meta, arrays).assignments()
-    write_assignments(dataset, table_from_frame(frame[frame["id"].isin(stale)]))
+    if stale:
+        _write_rows(dataset, _state_without_vectors(dataset, meta, arrays), stale)
+
+
+def _state_without_vectors(
+    dataset: fo.Dataset, meta: dict[str, Any], arrays: dict[str, np.ndarray]
+) -> BubbleFence:
+    """The stored state with zero-column embeddings: enough to forget samples and to
+    list assignments, without reading one vector."""
+    arrays = {k: v for k, v in arrays.items() if k != "embedding_checks"}
+    arrays["embeddings"] = np.empty((len(arrays["ids"]), 0), np.float32)
+    return _state_from_arrays(dataset, meta, arrays)
+
+
+def _write_rows(dataset: fo.Dataset, bf: BubbleFence, ids: Any) -> None:
+    """Writes the split fields and tags of samples ``ids`` as ``bf`` assigns them."""
+    frame = bf.assignments()
+    write_assignments(dataset, table_from_frame(frame[frame["id"].isin(ids)]))
 
 
 def _deleted_among(dataset: fo.Dataset, held: list[str]) -> list[str]:
