@@ -33,6 +33,7 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .core.config import check_int
 from .core.neighbors import ROW_STEP
 
 __all__ = [
@@ -129,8 +130,8 @@ def embeddings_from_array(
     `OTHER_LENGTH_ROWS` rows, more than `OTHER_LENGTHS_SHARE` of them, hold vectors of
     one other length, is a ValueError: that is a different model, not a few bad rows.
     """
-    if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 1):
-        raise ValueError(f"dim must be None or a positive int, got {dim!r}")
+    if dim is not None:
+        check_int("dim", dim, 1)
     if isinstance(vectors, np.ndarray):
         if vectors.ndim != 2 or not np.issubdtype(vectors.dtype, np.number):
             raise ValueError(

@@ -88,7 +88,7 @@ class BubbleFenceEmbed(BubbleFenceOperator):
         return super().prefers_delegation(ctx) and ctx.params.get("mode") != "queue"
 
     def resolve_run_name(self, ctx: ExecutionContext) -> str:
-        n = max(_shown_count(ctx.params.get("num_shards"), 1), 1)
+        n = _shown_shards(ctx.params)
         if ctx.params.get("mode") == "queue":
             return f"BubbleFence embed: queue {n} shards"
         return bfo.shard_label(_shown_count(ctx.params.get("shard_index"), 0), n)
@@ -137,6 +137,11 @@ def _shown_count(value: Any, default: int) -> int:
     >= 0), else ``default``; the run refuses a bad one, naming it."""
     ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
     return value if ok else default
+
+
+def _shown_shards(params: dict[str, Any]) -> int:
+    """The number of shards to show in a label or a range: at least one."""
+    return max(_shown_count(params.get("num_shards"), 1), 1)
 
 
 def _embed_kwargs(params: dict[str, Any]) -> dict[str, Any]:
@@ -227,7 +232,7 @@ def _shard_inputs(ctx: ExecutionContext, inputs: types.Object) -> None:
     )
     if queueing:
         return
-    n = max(_shown_count(ctx.params.get("num_shards"), 1), 1)
+    n = _shown_shards(ctx.params)
     prop = inputs.int(
         "shard_index",
         default=0,

@@ -789,6 +789,9 @@ def test_embeddings_from_array_checks_rows():
     np.testing.assert_array_equal(np.stack(listed), arr32)
     with pytest.raises(ValueError, match="dim=4"):
         embeddings_from_array(arr, dim=4)
+    for dim in (0, 2.5, True, "8"):  # named as a knob's refusal, with the allowed values
+        with pytest.raises(ValueError, match=rf"dim={dim!r} must be an integer in \[1, "):
+            embeddings_from_array(arr, dim=dim)
     two_short = embeddings_from_array([[1.0, 2.0], [3.0, 4.0]], dim=4)  # too few to be a model
     assert not two_short.ok.any() and two_short.errors[0] == "wrong dimension 2, expected 4"
     bad = arr.copy()
