@@ -12,7 +12,8 @@ Data: clustered 512-d unit vectors (clusters on 8-d manifolds, unequal sizes and
 spreads; the largest clusters tight, pairwise cosine about 0.99, until they hold 20 %
 of the samples) with a few % near-duplicates; one structureless case (isotropic
 Gaussian rows: every bubble holds one sample); one of 20k near-identical copies (all
-duplicates of the first). Leakage is measured on a seeded sample of
+duplicates of the first); one of a burst first (50k frames of one scene), then 50k
+varied rows with more frames of it. Leakage is measured on a seeded sample of
 at most 2,000 eval rows against all train rows (blockwise, exact per sampled row).
 """
 
@@ -86,6 +87,28 @@ def copies(n: int, seed: int, d: int = 512) -> tuple[np.ndarray, np.ndarray]:
     x = rng.normal(size=(1, d)) + 0.005 * rng.normal(size=(n, d))
     x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
     return x, np.zeros(n, np.int64)
+
+
+def burst_first(n: int, seed: int, d: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """A burst first, then varied data: the first half of the rows are frames of one
+    scene (a tight cluster, pairwise cosine about 0.99), the second half a fifth more
+    frames of it among `make_data`'s clusters, shuffled. Fed in two halves, the first
+    round sees the burst alone (its regions' join distance tiny, its cluster cut
+    between train and eval); the second brings rows far from every region, and new
+    members with thousands of eval twins each."""
+    rng = np.random.default_rng(seed)
+    n_burst = n // 2 + n // 10
+    centre = rng.normal(size=d).astype(np.float32)
+    centre /= np.linalg.norm(centre)
+    burst = centre + np.float32(0.1 / np.sqrt(d)) * rng.normal(size=(n_burst, d)).astype(np.float32)
+    burst /= np.linalg.norm(burst, axis=1, keepdims=True)
+    rest, labels = make_data(n - n_burst, seed)
+    second = np.vstack([burst[n // 2 :], rest])
+    second_labels = np.concatenate([np.full(n_burst - n // 2, -1), labels])
+    order = rng.permutation(len(second))
+    x = np.vstack([burst[: n // 2], second[order]])
+    all_labels = np.concatenate([np.full(n // 2, -1), second_labels[order]])
+    return x, np.where(all_labels < 0, labels.max() + 1, all_labels)
 
 
 def append_results(lines: list[str]) -> None:
@@ -271,6 +294,7 @@ def main() -> None:
     run("30k in 3 rounds of 10k", [10_000] * 3, 1, lines)
     run("20k structureless, one round", [20_000], 3, lines, data=structureless)
     run("20k copies of one image, one round", [20_000], 4, lines, data=copies)
+    run("100k: a burst of 50k, then 50k varied", [50_000, 50_000], 5, lines, data=burst_first)
     if args.million:
         run("1M one round + 10k round", [1_000_000, 10_000], 2, lines, from_file=True)
     append_results(lines)

@@ -207,6 +207,42 @@ def test_eval_twins_past_the_list_that_leak_already_cost_nothing(monkeypatch):
     assert len(leaking_eval(x, _codes(after))) == held.sum()
 
 
+def test_eval_twins_are_each_querys_smallest_eval_positions(monkeypatch):
+    """Against brute force: a tight cone (its cells wholly within a query's threshold:
+    blocks without products) and a broad cloud beside it, eval scattered over both, the
+    list cut to 4 per query, so that the kept pairs are cut back while blocks stream."""
+    from bubblefence_plugin.core.neighbors import CellIndex
+
+    monkeypatch.setattr(contested, "MAX_EVAL_TWINS", 4)
+    every_blocks = []
+    hits = CellIndex.hits
+
+    def recording(self, queries, whole_cells=False):
+        for q, part, found in hits(self, queries, whole_cells):
+            every_blocks.append(found.every)
+            yield q, part, found
+
+    monkeypatch.setattr(CellIndex, "hits", recording)
+    rng = np.random.default_rng(2)
+    d = 64
+    cone = np.ones(d) / np.sqrt(d) + rng.standard_normal((900, d)) * np.sqrt(0.01 / d)
+    cloud = np.ones(d) / np.sqrt(d) + rng.standard_normal((600, d)) * np.sqrt(0.06 / d)
+    x = np.vstack([cone, cloud])
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    earlier = np.r_[0:700, 900:1300]
+    index = CellIndex(x, earlier, 0.95, seed=0)
+    base_split = rng.choice([TRAIN, VALIDATION, TEST], size=len(earlier))
+    queries = np.r_[700:900, 1300:1500]
+    query, twin = contested._eval_twins(x, queries, index, base_split)
+    sims = x[queries].astype(np.float64) @ x[earlier].T.astype(np.float64)
+    held = (base_split == VALIDATION) | (base_split == TEST)
+    expected = [np.flatnonzero((sims[k] >= 0.95) & held)[:4] for k in range(len(queries))]
+    assert query.tolist() == np.repeat(np.arange(len(queries)), [len(e) for e in expected]).tolist()
+    assert twin.tolist() == np.concatenate(expected).tolist()
+    assert any(every_blocks) and not all(every_blocks)
+    assert sum(len(e) == 4 for e in expected) > 100
+
+
 def test_unlisted_eval_twins_are_costed_at_the_clean_share_of_the_listed():
     member = np.array([0, 0, 0, 0, 1, 1])
     clean = np.array([True, True, False, False, False, False])

@@ -161,3 +161,41 @@ def test_assign_rows_of_a_larger_array_in_steps_equals_assigning_their_copy(monk
     whole, expected = index.assign(x[rows])
     assert region.tolist() == expected.tolist() and np.array_equal(grown.centres, whole.centres)
     assert len(grown) > 3  # far rows opened regions in both
+
+
+def test_many_rows_far_from_every_region_get_regions_fitted_on_them():
+    """A fit on one tight blob (a first round that is one burst) has a tiny join
+    distance; a later batch of broad rows lies beyond it. From `MIN_FIT_ROWS` such rows
+    on, they get regions fitted on them as a first round's are, about sqrt(n) of them,
+    not one per row (the leader loop opened 40,000 regions for 50,000 rows)."""
+    rng = np.random.default_rng(3)
+    burst = unit(np.eye(16)[10] + 0.001 * rng.normal(size=(300, 16)))
+    index = RegionIndex.fit(burst, seed=0)
+    broad, _ = blobs(sizes=(400, 400, 400), spread=0.3, seed=4)
+    assert (1.0 - (broad @ index.centres.T).max(axis=1) > index.join_distance).all()
+    grown, region = index.assign(broad, seed=0)
+    fitted = RegionIndex.fit(broad, seed=0)
+    assert np.array_equal(grown.centres[: len(index)], index.centres)  # never move
+    assert np.array_equal(grown.centres[len(index) :], fitted.centres)
+    assert len(fitted) <= 2 * np.sqrt(len(broad))
+    assert region.tolist() == (len(index) + nearest_brute(broad, fitted.centres)).tolist()
+    assert grown.join_distance == max(index.join_distance, fitted.join_distance)
+    again, region_again = index.assign(broad, seed=0)
+    assert np.array_equal(again.centres, grown.centres) and np.array_equal(region_again, region)
+
+
+def test_a_burst_first_then_varied_data_splits_with_a_region_per_cluster_part():
+    """Through the pipeline: a first round of one tight cluster, then 3,000 rows of ten
+    broad clusters; the second round's regions are fitted on those rows."""
+    from bubblefence_plugin import BubbleFence, BubbleFenceConfig
+
+    rng = np.random.default_rng(5)
+    burst = unit(np.eye(32)[0] + 0.02 * rng.normal(size=(400, 32)))  # cosine ~0.987
+    bf = BubbleFence(BubbleFenceConfig(seed=0))
+    bf.ingest(burst)
+    assert "duplicate" not in set(bf.assignments()["split"])  # a burst of distinct frames
+    first = len(bf._regions)
+    bf.ingest(clustered_embeddings(3000, dim=32, seed=6))
+    assert 10 <= len(bf._regions) - first <= 2 * np.sqrt(3000)
+    shares = bf.assignments()["split"].iloc[400:].isin(["validation", "test"]).mean()
+    assert abs(shares - 0.2) < 0.05

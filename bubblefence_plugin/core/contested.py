@@ -122,19 +122,50 @@ def _eval_twins(
     embeddings: np.ndarray, queries: np.ndarray, index: CellIndex, base_split: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """(query, index position) of each query's eval twins, the `MAX_EVAL_TWINS` smallest
-    positions per query (positions follow rows, so the choice does not rest on float)."""
-    query = np.zeros(0, np.int64)
-    twin = np.zeros(0, np.int64)
-    for q, b, _ in index.pairs(embeddings[queries]):
-        held = (base_split[b] == VALIDATION) | (base_split[b] == TEST)
-        query = np.concatenate([query, q[held]])
-        twin = np.concatenate([twin, b[held]])
-        order = np.lexsort((twin, query))
-        query, twin = query[order], twin[order]
-        first = np.searchsorted(query, query)
-        keep = np.arange(len(query)) - first < MAX_EVAL_TWINS
-        query, twin = query[keep], twin[keep]
-    return query, twin
+    positions per query (positions follow rows, so the choice does not rest on float),
+    ordered by query, then position.
+
+    A new member of a cut tight cluster has as many eval twins as the cluster has eval
+    members: cells wholly within a query's threshold (`CellIndex.hits`) give each of
+    their queries their smallest eval positions without a product, and the pairs kept
+    are cut back to the cap whenever they pass twice it per query. Listing every pair
+    and sorting all kept so far after each block took 7.8 s of a 40k round whose first
+    round had cut a 20k cluster (now 0.3 s); the memory stays O(queries * cap) either way.
+    """
+    held = (base_split == VALIDATION) | (base_split == TEST)
+    found: list[tuple[np.ndarray, np.ndarray]] = []
+    n_found = 0
+    for q, part, hits in index.hits(embeddings[queries], whole_cells=True):
+        if hits.every:
+            twins = np.sort(part[held[part]])[:MAX_EVAL_TWINS]
+            query, twin = np.repeat(q, len(twins)), np.tile(twins, len(q))
+        else:
+            i, j = np.nonzero(hits.mask) if hits.mask is not None else (hits.i, hits.j)
+            query, twin = q[i], part[j]
+            query, twin = _smallest_per_query(query[held[twin]], twin[held[twin]])
+        found.append((query, twin))
+        n_found += len(query)
+        if n_found > 2 * MAX_EVAL_TWINS * len(queries):
+            found = [_smallest_of(found)]
+            n_found = len(found[0][0])
+    if not found:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return _smallest_of(found)
+
+
+def _smallest_of(found: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """`_smallest_per_query` of (query, twin) blocks taken together."""
+    query, twin = (np.concatenate(parts) for parts in zip(*found, strict=True))
+    return _smallest_per_query(query, twin)
+
+
+def _smallest_per_query(query: np.ndarray, twin: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs with each query's `MAX_EVAL_TWINS` smallest twins, by query then twin."""
+    order = np.lexsort((twin, query))
+    query, twin = query[order], twin[order]
+    first = np.searchsorted(query, query)
+    keep = np.arange(len(query)) - first < MAX_EVAL_TWINS
+    return query[keep], twin[keep]
 
 
 def min_leak_cut(

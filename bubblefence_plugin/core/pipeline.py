@@ -757,7 +757,7 @@ class BubbleFence:
         if regions is None:
             regions = RegionIndex.fit(all_x, self.config.seed, rows=unplaced)
         if len(unplaced):
-            regions, region[unplaced] = regions.assign(all_x, unplaced)
+            regions, region[unplaced] = regions.assign(all_x, unplaced, self.config.seed)
         return regions, region
 
     def _strata_columns(

@@ -5,8 +5,9 @@ bubble may land where the candidates happen to be dense. Regions are pseudo-labe
 for the quota (SPEC 2.4): seeded k-means over the embeddings, k about sqrt(N), fitted
 once (round 0; again while fewer than `MIN_FIT_ROWS` samples are kept, whose distances
 cannot tell a join distance); a later sample joins its nearest region, or opens a new
-region when it is farther than `join_distance` from every centre. Earlier samples then
-never change region, so a region's eval target only grows with it.
+region when it is farther than `join_distance` from every centre (where a round brings
+`MIN_FIT_ROWS` or more such samples, regions are fitted on them as round 0's were).
+Earlier samples then never change region, so a region's eval target only grows with it.
 
 k-means spends its centres where the squared distances are, in the large clusters: two
 small clusters far from each other (orthogonal, say) may share one centre between them,
@@ -51,7 +52,8 @@ SEPARATION = 10.0
 # distance is a 0.99 quantile of the fitted samples' distances to their centres: below
 # about 100 samples it is their largest distance, and on one sample 0, so that every later
 # sample opened a region of its own (a first round of 1, then 8,000: 8,001 regions and
-# 60 s in the leader loop; with a first round of 50, 29 regions and 0.1 s).
+# 60 s in the leader loop; with a first round of 50, 29 regions and 0.1 s). From as many
+# rows far from every region on, a later round fits regions on them too (`assign`).
 MIN_FIT_ROWS = 100
 # A half smaller than this is not split off: a region's eval share needs a few samples,
 # and a handful of points in hundreds of dimensions can always be parted (an outlier).
@@ -103,18 +105,29 @@ class RegionIndex:
         return cls(centres=centres, join_distance=max(join, 1e-6))
 
     def assign(
-        self, embeddings: np.ndarray, rows: np.ndarray | None = None
+        self, embeddings: np.ndarray, rows: np.ndarray | None = None, seed: int = 0
     ) -> tuple[RegionIndex, np.ndarray]:
         """(index with any new regions appended, region id per row) of `embeddings[rows]`
         (all rows by default), in input order. Rows are read a step at a time: a copy
-        of a round's rows would cost as much memory as the state's matrix."""
+        of a round's rows would cost as much memory as the state's matrix.
+
+        Rows farther than `join_distance` from every centre open regions: by leader
+        clustering in input order while they are fewer than `MIN_FIT_ROWS`; from that
+        many on, regions fitted on them as a first round's are (`fit`, `seed`), and the
+        join distance becomes the larger of the two fits'. A first round of one burst
+        (a tight cluster: a join distance of ~0.005) followed by varied data opened a
+        region per row, each compared with all those opened before it: 40,000 regions,
+        and a round of 50,000 rows still in the leader loop after 12 minutes.
+        """
         rows = np.arange(len(embeddings)) if rows is None else np.asarray(rows)
-        region = np.empty(len(rows), np.int64)
-        sims = np.empty(len(rows))
-        for start in range(0, len(rows), ROW_STEP):
-            step = slice(start, start + ROW_STEP)
-            region[step], sims[step] = nearest_centre(embeddings[rows[step]], self.centres)
+        region, sims = self._nearest(embeddings, rows, self.centres)
         far = np.flatnonzero(1.0 - sims > self.join_distance)
+        if len(far) >= MIN_FIT_ROWS:
+            fitted = RegionIndex.fit(embeddings, seed, rows=rows[far])
+            joined, _ = self._nearest(embeddings, rows[far], fitted.centres)
+            region[far] = len(self.centres) + joined
+            join = max(self.join_distance, fitted.join_distance)
+            return RegionIndex(np.vstack([self.centres, fitted.centres]), join), region
         centres = [self.centres]
         added: list[np.ndarray] = []
         for row in far:
@@ -131,6 +144,18 @@ class RegionIndex:
         if added:
             centres.append(np.vstack(added))
         return RegionIndex(np.vstack(centres), self.join_distance), region
+
+    @staticmethod
+    def _nearest(
+        embeddings: np.ndarray, rows: np.ndarray, centres: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(nearest centre, its similarity) of each of `embeddings[rows]`, a step at a time."""
+        region = np.empty(len(rows), np.int64)
+        sims = np.empty(len(rows))
+        for start in range(0, len(rows), ROW_STEP):
+            step = slice(start, start + ROW_STEP)
+            region[step], sims[step] = nearest_centre(embeddings[rows[step]], centres)
+        return region, sims
 
 
 # A region's half: its centre and its members' vectors.

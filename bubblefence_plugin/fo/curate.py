@@ -537,7 +537,7 @@ def _assign_regions(
     else:
         index = stored[0]
     if len(todo):
-        index, ids = index.assign(x[todo])
+        index, ids = index.assign(x[todo], seed=seed)
         current[todo] = ids
     params = REGIONS_RUN.new_params(
         embeddings_field=field,
