@@ -129,8 +129,8 @@ def _eval_twins(
     members: cells wholly within a query's threshold (`CellIndex.hits`) give each of
     their queries their smallest eval positions without a product, and the pairs kept
     are cut back to the cap whenever they pass twice it per query. Listing every pair
-    and sorting all kept so far after each block took 7.8 s of a 40k round whose first
-    round had cut a 20k cluster (now 0.3 s); the memory stays O(queries * cap) either way.
+    and sorting all kept so far after each block took 7.8 s of a 20k round whose first
+    round had cut a cluster of 20k (now 0.13 s); memory stays O(queries * cap) either way.
     """
     held = (base_split == VALIDATION) | (base_split == TEST)
     found: list[tuple[np.ndarray, np.ndarray]] = []
