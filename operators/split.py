@@ -335,7 +335,9 @@ def _knob_problem(
         check_knob(name, value)
     except ValueError as error:
         return str(error)
-    if knob.frozen and stored is not None and value != getattr(stored, name):
+    if stored is not None and knob.refuses(getattr(stored, name), value):
+        if knob.rises_only:
+            return f"At least {getattr(stored, name)!r} after earlier rounds; reset to lower it"
         return f"Fixed at {getattr(stored, name)!r} by earlier rounds; reset to change it"
     return None
 

@@ -131,6 +131,9 @@ def test_frozen_changes_and_help_come_from_the_table():
     old = BubbleFenceConfig()
     assert frozen_changes(old, old.replace(eval_ratio=0.3)) == []
     assert frozen_changes(old, old.replace(seed=1, model_name="m")) == ["seed", "model_name"]
+    # The leak threshold may rise, never fall (earlier pairs in between would cross).
+    assert frozen_changes(old, old.replace(leak_threshold=0.97)) == []
+    assert frozen_changes(old, old.replace(leak_threshold=0.9)) == ["leak_threshold"]
     text = knob_help()
     assert all(f"  {name} (" in text for name in KNOBS)
     assert "seed (an integer in [0, 2**63 - 1]; default 42)" in text

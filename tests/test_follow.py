@@ -138,7 +138,8 @@ def test_a_forced_member_leads_its_component_over_twin_votes():
     stats = bind(x, split, anchor, shell, 1, [0, 0])
     assert split[1:].tolist() == [VALIDATION, VALIDATION]
     assert anchor[1:].tolist() == [4, 4] and shell[1:].tolist() == [OUTER, OUTER]
-    assert stats == {"bound_to_twins": 1, "cut_pairs_twins": 1, "leaks_twins": 0}
+    # Row 2 is eval with a train twin: the group made it leak, and that is counted.
+    assert stats == {"bound_to_twins": 1, "cut_pairs_twins": 1, "leaks_twins": 1}
 
 
 def test_forced_members_bind_their_component_with_nothing_assigned_yet():
@@ -230,29 +231,80 @@ def test_binding_against_brute_force(seed):
     assert stats["bound_to_twins"] == int(np.sum(split[new] != UNASSIGNED))
 
 
-def test_train_twins_are_ranked_in_components_with_an_eval_twin():
+def test_train_twins_are_ranked_only_where_they_can_decide():
     """`_assigned_twins`: every count and eval's most similar twins as a search that
-    ranks every split, and train's for the rows of components with an eval twin, the
-    only ones whose side or shell it can decide; none for the others."""
+    ranks every split, and train's for the rows `_train_decides` names (a tie of twin
+    pairs in their component or in the row itself, with an eval twin), none for the
+    others; a tight cluster held out in part, whose pairs do not tie, has none."""
     rng = np.random.default_rng(6)
     x = clustered_embeddings(900, 6, seed=12)
-    x[:300] = x[0] + 0.01 * rng.normal(size=(300, x.shape[1])).astype(np.float32)
+    tight = np.r_[0:300, 600:700]  # a tight cluster, 100 new members
+    x[tight] = x[0] + 0.01 * rng.normal(size=(len(tight), x.shape[1])).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     old, new = np.arange(600), np.arange(600, 900)
     split = rng.choice([TRAIN, VALIDATION, TEST], size=600, p=[0.8, 0.1, 0.1])
-    split[:300] = TRAIN  # a tight train cluster: its cells are wholly within the threshold
+    split[:300] = TRAIN  # its cells are wholly within the threshold
+    split[:30] = VALIDATION  # held out in part
     index = CellIndex(x, old, CONFIG.leak_threshold, seed=0)
     _, comp = np.unique(twin_components(x, new, CONFIG.leak_threshold, 0), return_inverse=True)
-    count, best, best_sim = _assigned_twins(x, new, comp.reshape(-1), index, role_of(split))
+    comp = comp.reshape(-1)
+    count, best, best_sim = _assigned_twins(x, new, comp, index, role_of(split))
     full = twin_votes(x, x[new], [(index, role_of(split))], 3)
     assert np.array_equal(count, full.count)
     assert np.array_equal(best[:, 1:], full.best[:, 1:])
-    with_eval = np.isin(comp, comp[full.count[:, VALIDATION] + full.count[:, TEST] > 0])
-    assert np.array_equal(best[with_eval, TRAIN], full.best[with_eval, TRAIN])
-    assert np.array_equal(best_sim[with_eval, TRAIN], full.best_sim[with_eval, TRAIN])
-    assert (best[~with_eval, TRAIN] == -1).all()
-    assert (full.best[with_eval, TRAIN] >= 0).any()
-    assert (full.count[~with_eval, TRAIN] > 0).any()
+    per_comp = np.zeros((comp.max() + 1, 3), np.int64)
+    np.add.at(per_comp, comp, count)
+
+    def ties(c):
+        n_eval = c[:, VALIDATION] + c[:, TEST]
+        return (n_eval > 0) & ((c[:, TRAIN] == n_eval) | (c[:, VALIDATION] == c[:, TEST]))
+
+    decides = ties(count) | ties(per_comp)[comp]
+    assert decides.any() and not decides.all()
+    assert np.array_equal(best[decides, TRAIN], full.best[decides, TRAIN])
+    assert np.array_equal(best_sim[decides, TRAIN], full.best_sim[decides, TRAIN])
+    assert (best[~decides, TRAIN] == -1).all()
+    assert not decides[:100].any() and (count[:100, VALIDATION] >= 30).all()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_ranking_train_only_where_it_decides_changes_no_split(seed, monkeypatch):
+    """Rounds of points on the sphere in 3-d at leak threshold 0.99 (many rows and
+    components with as many train as eval twins: ties) with a tight cluster held out in
+    part, split as when train was ranked for every row: the same assignments."""
+    from bubblefence_plugin.core import follow
+    from bubblefence_plugin.core.pipeline import BubbleFence
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(1500, 3))
+    x[:200] = x[0] + 0.02 * np.linalg.norm(x[0]) * rng.normal(size=(200, 3))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    x = x[np.r_[0:150, rng.permutation(np.arange(150, 1500))]]
+    config = BubbleFenceConfig(leak_threshold=0.99, seed=seed)
+
+    def rounds():
+        bf = BubbleFence(config)
+        for part in np.array_split(np.arange(len(x)), [300, 700, 1100]):
+            bf.ingest(x[part], ids=[str(i) for i in part])
+        return bf.assignments()
+
+    decided = []
+    real = follow._train_decides
+
+    def recorded(count, comp):
+        decides = real(count, comp)
+        decided.append((int(decides.sum()), len(decides)))
+        return decides
+
+    monkeypatch.setattr(follow, "_train_decides", recorded)
+    narrow = rounds()
+    # Some rows tie, and most do not: the narrower search is exercised both ways.
+    assert sum(d for d, _ in decided) >= 10
+    assert sum(d for d, _ in decided) < sum(n for _, n in decided) / 4
+    monkeypatch.setattr(follow, "_train_decides", lambda count, comp: np.ones(len(comp), bool))
+    everywhere = rounds()
+    assert narrow.equals(everywhere)
+    assert (narrow["split"] != "train").sum() > 0
 
 
 def test_new_frames_between_old_ones_split_along_the_line():

@@ -396,6 +396,39 @@ def test_new_twins_that_known_groups_put_on_both_sides_are_counted():
     check_groups(bf)
 
 
+def _leaking_eval(bf) -> int:
+    """Brute force: kept eval samples with a kept train sample at the leak threshold."""
+    a = bf.assignments()
+    kept = a["duplicate_of"].isna().to_numpy()
+    split = a["split"].to_numpy()
+    x = bf._embeddings[: len(a)].astype(np.float64)
+    held, train = kept & (split != "train"), kept & (split == "train")
+    return int(((x[held] @ x[train].T) >= bf.config.leak_threshold).any(axis=1).sum())
+
+
+def test_eval_samples_that_known_groups_make_leak_are_counted():
+    """New near twins of eval samples, each filed under a train group, follow their
+    groups to train: the eval samples they make leak are the round's `leaks_twins` and
+    `summary()["bridge_leaks"]`, which a reader is warned by (they were 0: components
+    bound by groups were left out of the count)."""
+    rng = np.random.default_rng(1)
+    old = rng.standard_normal((400, 32)).astype(np.float32)
+    old_groups = np.array([f"g{i // 4}" for i in range(len(old))], dtype=object)
+    bf = BubbleFence(BubbleFenceConfig(seed=0))
+    bf.ingest(old, groups=old_groups)
+    split = bf.assignments()["split"].to_numpy()
+    train, held = np.flatnonzero(split == "train"), np.flatnonzero(split != "train")
+    before = _leaking_eval(bf)
+    k = 30
+    new = old[held[:k]] + 0.1 * rng.standard_normal((k, 32)).astype(np.float32)  # cos ~0.995
+    result = bf.ingest(new, groups=old_groups[train[:k]])
+    assert (result.split == "train").all()
+    leaked = _leaking_eval(bf) - before
+    assert leaked >= k // 2
+    assert result.stats["leaks_twins"] == leaked == bf.summary()["bridge_leaks"]
+    check_groups(bf)
+
+
 def test_a_new_member_of_a_train_group_follows_it_before_any_bubble():
     """One sample, then another of its group: the first round held nothing out (no
     bubble yet), and the second sample follows its group to train."""

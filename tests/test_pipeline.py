@@ -247,6 +247,25 @@ def test_two_states_from_one_read_never_write_into_each_others_rows(tmp_path):
     )
 
 
+def test_the_leak_threshold_may_rise_but_not_fall_after_the_first_round():
+    """Lowered, pairs of earlier samples between the two values (split apart at the old
+    one) would be near twins across the line, uncounted: refused, naming the knob and
+    why. Raised, fewer pairs are twins: the next round runs at it; frozen knobs stay."""
+    x = clustered_embeddings(600, 16, seed=3)
+    bf = BubbleFence(BubbleFenceConfig(seed=0))
+    bf.ingest(x[:400])
+    before = bf.assignments()
+    with pytest.raises(ValueError, match=r"leak_threshold.*may rise but not fall"):
+        bf.reconfigure(leak_threshold=0.9)
+    with pytest.raises(ValueError, match=r"\['seed'\] cannot change"):
+        bf.reconfigure(seed=1)
+    assert bf.config.leak_threshold == 0.95
+    bf.reconfigure(leak_threshold=0.97)
+    bf.ingest(x[400:])
+    assert bf.config.leak_threshold == 0.97
+    assert bf.assignments()[:400].equals(before)
+
+
 def test_duplicates_across_rounds_never_straddle():
     rng = np.random.default_rng(5)
     x, _ = clustered(1500, rng)
@@ -839,6 +858,36 @@ def test_a_kept_index_gives_the_split_a_fresh_one_gives(tmp_path):
         fresh.save(tmp_path / "state.npz")
         assert kept.assignments().equals(fresh.assignments())
     assert extended == [False, False, False, True, False]  # rebuilt past REBUILD_SHARE
+
+
+def test_an_index_that_new_clusters_join_loosely_is_built_afresh():
+    """Within `REBUILD_SHARE`, a round's index extends the last one; where a share of
+    its rows past `LOOSE_SHARE` are loose (rows of clusters it was not fitted on) it is
+    built afresh. Either way the same split as a fresh index gives every round."""
+    from bubblefence_plugin.core import follow
+
+    rng = np.random.default_rng(3)
+    d = 64
+    known = clustered_embeddings(3000, d, seed=1)
+    more_of_known = clustered_embeddings(1200, d, seed=1)[::-1].copy()
+    new_clusters = clustered_embeddings(1200, d, seed=2)  # other centres, other subspaces
+    burst = unit(rng.normal(size=(1, d)) + 0.02 * rng.normal(size=(800, d)))
+    for second, loose in ((more_of_known, False), (new_clusters, True)):
+        x = np.vstack([known, second, burst])
+        rounds = np.split(np.arange(len(x)), [3000, 4200])
+        kept = BubbleFence(BubbleFenceConfig(seed=5))
+        for part in rounds:
+            kept.ingest(x[part])
+        index = kept._earlier_index  # the third round's, over the first two rounds
+        assert (index.built_rows == len(index.rows)) == loose
+        if not loose:
+            assert follow._loose_rows(index, 3000) <= follow.LOOSE_SHARE * len(index.rows)
+        fresh = BubbleFence(BubbleFenceConfig(seed=5))
+        for part in rounds:
+            state = fresh.state_dict()
+            fresh = BubbleFence.from_state_dict(*state) if fresh.n_samples else fresh
+            fresh.ingest(x[part])
+        assert kept.assignments().equals(fresh.assignments())
 
 
 def test_summary_counts_the_leaks_of_later_rounds_bridges():

@@ -130,6 +130,31 @@ def test_assign_joins_the_nearest_region_or_opens_new_ones_in_input_order():
     assert len(index) == 3  # the index assigned from is left as it was
 
 
+def test_small_rounds_after_a_burst_open_regions_only_up_to_the_cap(monkeypatch):
+    """After a first round of one burst (a tiny join distance), rounds of fewer than
+    `MIN_FIT_ROWS` varied rows open a region per row by leader clustering, but no more
+    than `MAX_REGIONS` in all: past it, a far row joins its nearest region, old or
+    opened (brute force). They opened a region per row without end (3,600 in 60
+    rounds of 60)."""
+    from bubblefence_plugin.core import regions
+
+    monkeypatch.setattr(regions, "MAX_REGIONS", 40)
+    rng = np.random.default_rng(2)
+    burst = unit(np.eye(16)[0] + 0.01 * rng.normal(size=(200, 16)))
+    index = RegionIndex.fit(burst, seed=0)
+    varied = clustered_embeddings(600, 16, seed=4)
+    regions_of = []
+    for part in np.array_split(varied, 30):  # 30 rounds of 20 far rows
+        index, region = index.assign(part)
+        regions_of.append(region)
+    assert len(index) == 40
+    region = np.concatenate(regions_of)
+    # Once the cap is reached, every row is in the region of its nearest centre.
+    first_full = np.flatnonzero(region >= 39)[0]
+    late = np.arange(first_full + 1, len(varied))
+    assert np.array_equal(region[late], nearest_brute(varied[late], index.centres))
+
+
 def test_assign_follows_the_join_distance_row_by_row():
     x, _ = blobs()
     index = RegionIndex.fit(x, seed=0, n_regions=3)

@@ -72,8 +72,15 @@ class Knob:
     advanced: bool = True
     # Changes the meaning of assignments already made: fixed once a state holds samples.
     frozen: bool = False
+    # May rise but not fall once a state holds samples: lowered, it would make pairs of
+    # earlier samples near twins that earlier rounds put on both sides, uncounted.
+    rises_only: bool = False
     # The key in the original BubbleFence's nested YAML (shared/reference-config.md).
     reference: tuple[str, ...] = ()
+
+    def refuses(self, stored: Any, asked: Any) -> bool:
+        """Whether a state whose rounds ran at ``stored`` refuses ``asked`` from now on."""
+        return (self.frozen and asked != stored) or (self.rises_only and asked < stored)
 
     def allowed(self) -> str:
         """The allowed values, in words, for error messages and help."""
@@ -303,6 +310,7 @@ KNOBS: dict[str, Knob] = {
         "Two samples this similar (cosine) are near twins: never on both sides of the "
         "train/eval line",
         **_SIMILARITY,
+        rises_only=True,
     ),
     "closure_threshold": Knob(
         float,
@@ -352,7 +360,6 @@ KNOBS: dict[str, Knob] = {
 }
 
 CHOICES: dict[str, tuple[str, ...]] = {n: k.choices for n, k in KNOBS.items() if k.choices}
-FROZEN_AFTER_FIRST_ROUND = tuple(n for n, k in KNOBS.items() if k.frozen)
 
 
 def check_knob(name: str, value: Any) -> Any:
@@ -466,14 +473,28 @@ def unknown_names_message(names: list[str], known: Any, what: str) -> str:
     return f"unknown {plural if len(names) > 1 else what} " + ", ".join(parts)
 
 
+def frozen_message(names: list[str]) -> str:
+    """Why the knobs `frozen_changes` named are refused, for the refusal's message."""
+    rising = [n for n in names if KNOBS[n].rises_only]
+    why = "earlier samples were split with the stored value"
+    if rising:
+        why += (
+            f" ({', '.join(rising)} may rise but not fall: lower, pairs of earlier samples "
+            "between the two values, which earlier rounds put on both sides, would be "
+            "near twins across the line)"
+        )
+    return why
+
+
 def frozen_changes(previous: BubbleFenceConfig, new: BubbleFenceConfig) -> list[str]:
-    """The frozen knobs whose value differs between two configs (empty: the change is allowed).
+    """The knobs whose change a state with samples refuses: frozen ones changed,
+    `rises_only` ones lowered (empty: the change is allowed).
 
     Args:
         previous: the config earlier rounds ran with
         new: the config asked for now
     """
-    return [n for n in FROZEN_AFTER_FIRST_ROUND if getattr(previous, n) != getattr(new, n)]
+    return [n for n, k in KNOBS.items() if k.refuses(getattr(previous, n), getattr(new, n))]
 
 
 @dataclass(frozen=True)

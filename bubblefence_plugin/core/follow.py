@@ -75,6 +75,17 @@ TOO_LARGE_LEAK_SHARE = 0.03
 # share of those it was built on: beyond, a new cluster of later rounds would sit in
 # cells fitted without it, and a fresh build (seconds at 1M rows) pays for itself.
 REBUILD_SHARE = 0.5
+# A row added to a kept index is *loose* when its residual off its cell's subspace passes
+# this many times the median of the rows the index was built on: rows of a cluster the
+# index was not fitted on lie off every subspace (a median ~10x at 5,000 such rows), and
+# widen the cells they join so that they stop pruning.
+LOOSE_RESIDUAL = 4.0
+# Loose rows past this share of an extended index make it built afresh. bench_quality's
+# later rounds: 0-9 % (the extended index kept). Three rounds of 5,000 rows of new
+# clusters each, then a burst of 12,000: 33 %, and the twin and margin searches took
+# 3.9 s against the extended index, 0.6 s against a fresh one (the round 6.2 s, 3.0 s
+# with the build). A few loose rows in a large state cost less than a build (7.4 s at 1M).
+LOOSE_SHARE = 0.1
 
 
 def earlier_index(
@@ -90,8 +101,8 @@ def earlier_index(
 
     `previous`: the index of an earlier round, over a prefix of these rows. It is
     extended with the rest (`CellIndex.extended`) rather than built again, up to
-    `REBUILD_SHARE`; any index gives the same pairs, so the split does not depend on
-    which one a round gets.
+    `REBUILD_SHARE`, and while few of the rest fit it loosely (`LOOSE_SHARE`); any index
+    gives the same pairs, so the split does not depend on which one a round gets.
     """
     rows = np.flatnonzero(kept[:n_old])
     if len(rows) == 0:
@@ -99,8 +110,17 @@ def earlier_index(
     if previous is not None and len(rows) <= (1 + REBUILD_SHARE) * previous.built_rows:
         known = len(previous.rows)
         if known <= len(rows) and np.array_equal(previous.rows, rows[:known]):
-            return previous.extended(embeddings, rows[known:], config.seed)
+            index = previous.extended(embeddings, rows[known:], config.seed)
+            if _loose_rows(index, known) <= LOOSE_SHARE * len(rows):
+                return index
     return CellIndex(embeddings, rows, config.leak_threshold, config.seed)
+
+
+def _loose_rows(index: CellIndex, known: int) -> int:
+    """How many of the rows added to `index` after its first `known` are loose
+    (`LOOSE_RESIDUAL`): their residual bound is the last of their bound coordinates."""
+    residual = index.coords[:, -1]
+    return int(np.sum(residual[known:] > LOOSE_RESIDUAL * np.median(residual[:known])))
 
 
 def bind_to_assigned(
@@ -213,12 +233,14 @@ def bind_to_assigned(
             config.leak_threshold,
             config.seed,
         )
-    if len(split_comps) or len(too_large):
+    # Components that known groups bind, whatever their twins: their leaks are counted too.
+    grouped = np.flatnonzero((forced_votes.sum(axis=1) > 0) & (per_comp.sum(axis=1) > 0))
+    if len(split_comps) or len(too_large) or len(grouped):
         stats["leaks_twins"] = leaks_of(
             embeddings,
             new_kept,
-            np.flatnonzero(np.isin(comp, np.union1d(contested, too_large))),
-            member_side,
+            np.flatnonzero(np.isin(comp, np.union1d(np.union1d(contested, too_large), grouped))),
+            np.where(forced, split[new_kept], member_side),
             links[:, TRAIN],
             across if len(split_comps) else np.zeros(0, np.int64),
             index,
@@ -282,21 +304,24 @@ def _assigned_twins(
     base_role: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(count, best, best_sim) per new kept row and role (`twin_votes`): its assigned
-    twins, and its most similar one per role, train's only in components with an eval
-    twin.
+    twins, and its most similar one per role, train's only where it can decide.
 
-    Train's most similar twin decides only between train and eval (a tie, a contested
-    component), and eval's give a member its bubble and shell. Ranking train for every
-    row would multiply each new member of a tight train cluster with all its old
-    members (most of a later round's twin stage at 1M samples), where counting them
-    needs no product (`CellIndex.cells_within`); so train is ranked in a second search,
-    for the rows of components that have an eval twin.
+    Eval's most similar twins give a member its bubble and shell. Train's is read only
+    on a tie of twin pairs: train against eval, or validation against test (`_decide`,
+    `contested.eval_side`), per component or, where a contested component is split by
+    its members' own twins, per member (`contested.split_spanning`). So train is ranked
+    in a second search, for the rows of components with an eval twin and such a tie,
+    and for the rows tied themselves. Ranking train for every row would multiply each
+    new member of a tight train cluster with all its old members (most of a later
+    round's twin stage at 1M samples), where counting them needs no product
+    (`CellIndex.cells_within`); ranking it for every component with an eval twin did
+    the same with a tight cluster held out in part (a burst of 30k, 6k more frames of
+    it in the next round: 1.4e8 products, 6 of that round's 19 s).
     """
     votes = twin_votes(
         embeddings, embeddings[new_kept], [(index, base_role)], len(ROLES), (VALIDATION, TEST)
     )
-    has_eval = votes.count[:, VALIDATION] + votes.count[:, TEST] > 0
-    rows = np.flatnonzero(np.isin(comp, comp[has_eval]))
+    rows = np.flatnonzero(_train_decides(votes.count, comp))
     if len(rows):
         train = twin_votes(
             embeddings, embeddings[new_kept[rows]], [(index, base_role)], len(ROLES), (TRAIN,)
@@ -304,6 +329,23 @@ def _assigned_twins(
         votes.best[rows, TRAIN] = train.best[:, TRAIN]
         votes.best_sim[rows, TRAIN] = train.best_sim[:, TRAIN]
     return votes.count, votes.best, votes.best_sim
+
+
+def _train_decides(count: np.ndarray, comp: np.ndarray) -> np.ndarray:
+    """The rows whose most similar train twin can decide a side or a shell: those of
+    components with an eval twin whose twin pairs tie (train against eval, validation
+    against test), and rows with an eval twin whose own pairs tie."""
+    per_comp = np.zeros((int(comp.max()) + 1, len(ROLES)), np.int64)
+    np.add.at(per_comp, comp, count)
+    comp_ties = _ties(per_comp)
+    return _ties(count) | comp_ties[comp]
+
+
+def _ties(count: np.ndarray) -> np.ndarray:
+    """Per row of twin pair counts (train, validation, test), with an eval twin: eval's
+    pairs as many as train's, or validation's as many as test's."""
+    n_eval = count[:, VALIDATION] + count[:, TEST]
+    return (n_eval > 0) & ((count[:, TRAIN] == n_eval) | (count[:, VALIDATION] == count[:, TEST]))
 
 
 def too_large_for_eval(

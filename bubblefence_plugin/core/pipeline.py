@@ -37,7 +37,7 @@ from .bubbles import (
     AnchorTable,
     clear_of_train,
 )
-from .config import BubbleFenceConfig, frozen_changes
+from .config import BubbleFenceConfig, frozen_changes, frozen_message
 from .dedup import find_duplicates
 from .density import LidReference
 from .follow import (
@@ -846,7 +846,10 @@ class BubbleFence:
         new = self.config.replace(**changes)
         frozen = frozen_changes(self.config, new)
         if frozen and self.n_samples:
-            raise ValueError(f"{frozen} cannot change after the first round; reset the state")
+            raise ValueError(
+                f"{frozen} cannot change after the first round: {frozen_message(frozen)}; "
+                "reset the state"
+            )
         self.config = new
 
     def forget(self, ids: Sequence[Any]) -> int:

@@ -112,9 +112,12 @@ class RegionIndex:
         of a round's rows would cost as much memory as the state's matrix.
 
         Rows farther than `join_distance` from every centre open regions: by leader
-        clustering in input order while they are fewer than `MIN_FIT_ROWS`; from that
-        many on, regions fitted on them as a first round's are (`fit`, `seed`), and the
-        join distance becomes the larger of the two fits'. A first round of one burst
+        clustering in input order while they are fewer than `MIN_FIT_ROWS`, up to
+        `MAX_REGIONS` in all (past it, a far row joins the nearest region, old or
+        opened); from that many on, regions fitted on them as a first round's are
+        (`fit`, `seed`), and the join distance becomes the larger of the two fits'.
+        After a burst, rounds of fewer than `MIN_FIT_ROWS` varied rows opened a region
+        per row without end (60 rounds of 60: 3,600 regions). A first round of one burst
         (a tight cluster: a join distance of ~0.005) followed by varied data opened a
         region per varied row, each compared with all those opened before it: a round
         of 50,000 rows (40,000 varied) was still in the leader loop after 12 minutes.
@@ -136,9 +139,12 @@ class RegionIndex:
             if added:
                 extra = np.vstack(added)
                 index, best = nearest_centre(vector[None, :], extra)
-                if 1.0 - best[0] <= self.join_distance:
+                full = len(self.centres) + len(added) >= MAX_REGIONS
+                if 1.0 - best[0] <= self.join_distance or (full and best[0] >= sims[row]):
                     region[row] = len(self.centres) + int(index[0])
                     continue
+            if len(self.centres) + len(added) >= MAX_REGIONS:
+                continue  # no region opens past the cap: it keeps its nearest old one
             added.append(vector.astype(np.float32))
             region[row] = len(self.centres) + len(added) - 1
         if added:

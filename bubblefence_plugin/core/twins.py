@@ -319,8 +319,7 @@ class TwinVotes:
             for start in range(0, len(cols), step):
                 part = b_rows[cols[start : start + step]]
                 sims = vectors @ embeddings[part].T
-                every = np.ones(sims.shape, bool)
-                self._keep_best_of_block(embeddings, queries, q_rows, part, c, sims, every)
+                self._keep_best_of_block(embeddings, queries, q_rows, part, c, sims, None)
 
     def _ranks(self, c: int) -> bool:
         return self.ranked is None or bool(self.ranked[c])
@@ -333,13 +332,17 @@ class TwinVotes:
         b_rows: np.ndarray,
         c: int,
         sims: np.ndarray,
-        hit: np.ndarray,
+        hit: np.ndarray | None,
     ) -> None:
-        """`_keep_best` for a block of class `c`: per row, the twins (`hit`) within
-        `DECISION_EPS` of its largest float32 similarity."""
-        masked = np.where(hit, sims, -np.inf)
+        """`_keep_best` for a block of class `c`: per row, the twins (`hit`; None: every
+        pair) within `DECISION_EPS` of its largest float32 similarity, where that reaches
+        the best kept so far within `DECISION_EPS` (`_keep_best` would turn them away: a
+        new member of a tight cluster meets its eval members in hundreds of blocks, and
+        re-computing each block's best was most of a later round's twin stage)."""
+        masked = sims if hit is None else np.where(hit, sims, -np.inf)
         top = masked.max(axis=1)
-        rows = np.flatnonzero(top > -np.inf)
+        held = self.best_sim[q_rows, c]
+        rows = np.flatnonzero((top > -np.inf) & (top >= held - DECISION_EPS))
         i, j = np.nonzero(masked[rows] >= top[rows, None] - DECISION_EPS)
         i = rows[i]
         self._keep_best(
@@ -367,7 +370,12 @@ class TwinVotes:
         # The float32 products rank, and only the pairs within DECISION_EPS of each best
         # are re-computed, so memory stays per block.
         top = _max_per_key(key, q_rows, classes, sims, n * n_classes)
-        close = np.flatnonzero(sims >= top[key] - DECISION_EPS)
+        # A pair below the best kept within DECISION_EPS cannot be the most similar: its
+        # exact similarity is below that best (float32 errors are far smaller).
+        held = self.best_sim.reshape(-1)[key]
+        close = np.flatnonzero((sims >= top[key] - DECISION_EPS) & (sims >= held - DECISION_EPS))
+        if len(close) == 0:
+            return
         q_rows, classes, b_rows = q_rows[close], classes[close], b_rows[close]
         exact = np.round(exact_similarity(queries[q_rows], embeddings[b_rows]), RANK_DECIMALS)
         order = np.lexsort((b_rows, -exact, classes, q_rows))
@@ -453,3 +461,16 @@ def twin_votes(
                     sims[counted],
                 )
     return votes
+
+
+def pairs_between(
+    embeddings: np.ndarray, a: np.ndarray, b: np.ndarray, threshold: float, seed: int
+) -> int:
+    """Twin pairs between rows `a` and rows `b` (disjoint), counted exactly: a search of
+    `a` over an index of `b` that counts cells wholly within the threshold without a
+    product (`twin_votes`, nothing ranked), so a tight cluster costs no product."""
+    if len(a) == 0 or len(b) == 0:
+        return 0
+    index = CellIndex(embeddings, b, threshold, seed)
+    votes = twin_votes(embeddings, embeddings[a], [(index, np.zeros(len(b), np.int64))], 1, ())
+    return int(votes.count.sum())

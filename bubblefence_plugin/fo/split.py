@@ -26,7 +26,7 @@ import fiftyone as fo
 import fiftyone.core.collections as foc
 import numpy as np
 
-from ..core.config import FROZEN_AFTER_FIRST_ROUND, BubbleFenceConfig, read_yaml_values
+from ..core.config import KNOBS, BubbleFenceConfig, frozen_message, read_yaml_values
 from ..core.progress import Progress, ProgressCallback, Steps, drive, within
 from ..text import counted
 from .embeddings import (
@@ -283,7 +283,7 @@ def _refuse_frozen(
 ) -> None:
     """Refuses a change of a knob fixed after the first round (`params`: the stored
     run's parameters: a state built from a field of the user's used no model)."""
-    frozen = [k for k in changed if k in FROZEN_AFTER_FIRST_ROUND]
+    frozen = [k for k in changed if KNOBS[k].refuses(getattr(previous, k), getattr(cfg, k))]
     if "model_name" in frozen and params.get("embeddings_field") not in (None, EMBEDDING_FIELD):
         raise ValueError(
             "this dataset's BubbleFence split reads its embeddings from the field "
@@ -296,8 +296,8 @@ def _refuse_frozen(
         old = previous.to_dict()
         detail = ", ".join(f"{k}: {old[k]!r} -> {getattr(cfg, k)!r}" for k in frozen)
         raise ValueError(
-            f"cannot change {detail} after the first round: earlier samples were split "
-            "with the stored value. Keep it, or reset the dataset's BubbleFence state "
+            f"cannot change {detail} after the first round: {frozen_message(frozen)}. "
+            "Keep it, or reset the dataset's BubbleFence state "
             f"{RESET_HOW} to start over with the new value"
         )
 
