@@ -346,7 +346,11 @@ class ImageEmbedder:
     jpeg_draft : bool, default True
         Let the JPEG decoder downscale by 1/2, 1/4 or 1/8 while decoding, never below
         the model's input size. Several times faster on camera-sized JPEGs; the vectors
-        differ slightly from a full-size decode (see bench/RESULTS.md).
+        differ slightly from a full-size decode (see bench/RESULTS.md). Other formats,
+        and in-memory images, are reduced likewise once decoded (`Image.reduce`: an
+        integer box filter), so a large PNG costs its decoded size, not the
+        processor's full-size float copy (1.1 GB for 8000 x 8000, per decoding thread).
+        False: every image reaches the processor at full size.
     """
 
     def __init__(
@@ -560,6 +564,8 @@ class ImageEmbedder:
                     im.draft(None, self._draft_size)
                 im.load()
                 rgb = _to_rgb(_exif_upright(im))
+                if im.format != "JPEG":  # a JPEG's draft reduced it already
+                    rgb = self._reduced(rgb)
         except _FileError:
             raise
         except UnidentifiedImageError:
@@ -580,10 +586,19 @@ class ImageEmbedder:
             _check_pixels(image.size, limit)
         try:
             image.load()
-            rgb = _to_rgb(_exif_upright(image))
+            rgb = self._reduced(_to_rgb(_exif_upright(image)))
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
             raise _FileError(f"cannot read image data ({_short(exc)})") from None
         return self._pixels(rgb)
+
+    def _reduced(self, rgb: Image.Image) -> Image.Image:
+        """``rgb`` shrunk by the largest whole factor that keeps both sides at least the
+        processor's target size (as a JPEG draft does), when that factor is 2 or more
+        and `jpeg_draft` is on; else ``rgb``."""
+        if self._draft_size is None:
+            return rgb
+        factor = min(rgb.width // self._draft_size[0], rgb.height // self._draft_size[1])
+        return rgb.reduce(factor) if factor >= 2 else rgb
 
     def _pixels(self, rgb: Image.Image) -> np.ndarray:
         try:

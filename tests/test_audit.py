@@ -260,8 +260,9 @@ def test_bad_input_is_named(field_dataset):
     # Without a vector field the report says how to name one (a stress test).
     ds.set_values("floats", [list(v) if v is not None else None for v in ds.values("emb")])
     ds.delete_sample_field("emb")
-    with pytest.raises(ValueError, match="name the field that holds the embeddings"):
+    with pytest.raises(ValueError, match="name the field that holds the embeddings") as info:
         bfo.report(ds, "my_split", store=False)
+    assert "fields of lists of numbers: ['floats']" in str(info.value)
     assert bfo.report(ds, "my_split", "floats", store=False)["n_audited"] == 197
 
 

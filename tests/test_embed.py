@@ -461,6 +461,37 @@ def test_jpeg_draft_is_close_to_full_decode(tiny_clip: str, tmp_path: Path):
     assert _cos(fast.embeddings[0], full.embeddings[0]) > 0.99
 
 
+@pytest.mark.parametrize("as_file", [True, False])
+def test_a_large_png_reaches_the_processor_reduced(tiny_clip: str, tmp_path: Path, as_file):
+    """A PNG (no draft decoding) or an in-memory image many times the model's input is
+    reduced by a whole factor before the processor, never below its input size (the
+    processor's full-size float copy of an 8000 x 8000 PNG was 1.1 GB per thread); the
+    vector stays close to a full-size one's, and `jpeg_draft=False` keeps the full size."""
+    path = tmp_path / "big.png"
+    Image.fromarray(_pattern(8, 640, 400)).save(path)
+
+    def sizes_seen(embedder):
+        seen, real = [], embedder._processor
+
+        def recording(images, **kwargs):
+            seen.append(images.size)
+            return real(images=images, **kwargs)
+
+        embedder._processor = recording
+        if as_file:
+            result = embedder.embed_paths([str(path)])
+        else:
+            result = embedder.embed_images([Image.open(path)])
+        return seen, result.embeddings[0]
+
+    seen, fast = sizes_seen(ImageEmbedder(tiny_clip, device="cpu", num_workers=0))
+    # By 12 = 400 // 32, both sides still >= 32 (`Image.reduce` keeps a partial block).
+    assert seen == [(-(-640 // 12), -(-400 // 12))]
+    seen, full = sizes_seen(ImageEmbedder(tiny_clip, device="cpu", num_workers=0, jpeg_draft=False))
+    assert seen == [(640, 400)]
+    assert _cos(fast, full) > 0.99
+
+
 # ----------------------------------------------------------------------- other models
 
 

@@ -81,7 +81,7 @@ import pandas as pd
 from ..core import metrics
 from ..core.progress import Progress, ProgressCallback, Steps, drive, within
 from ..text import audited_text, counted
-from .embeddings import check_vector_field, checked_vectors, read_vectors
+from .embeddings import check_vector_field, checked_vectors, read_vectors, vector_fields
 from .export import path_inside, safe_name, write_text_whole
 from .fields import (
     ANCHOR_FIELD,
@@ -343,7 +343,8 @@ def _plan(samples: foc.SampleCollection, options: AuditOptions) -> _Plan:
         raise ValueError(
             f"dataset {dataset.name!r} has no vector field to audit with: name the field "
             "that holds the embeddings with embeddings_field (a vector field or a list of "
-            "numbers), or run the BubbleFence split first"
+            f"numbers; fields of lists of numbers: {vector_fields(dataset)}), or run the "
+            "BubbleFence split first"
         )
     check_vector_field(dataset, embeddings_field)
     state = state_info(dataset)
