@@ -231,11 +231,12 @@ def test_binding_against_brute_force(seed):
     assert stats["bound_to_twins"] == int(np.sum(split[new] != UNASSIGNED))
 
 
-def test_train_twins_are_ranked_only_where_they_can_decide():
-    """`_assigned_twins`: every count and eval's most similar twins as a search that
-    ranks every split, and train's for the rows `_train_decides` names (a tie of twin
-    pairs in their component or in the row itself, with an eval twin), none for the
-    others; a tight cluster held out in part, whose pairs do not tie, has none."""
+def test_twins_are_ranked_first_only_where_a_tie_can_decide():
+    """`_assigned_twins`: every count as a search that ranks every split, and every
+    split's most similar twin for the rows `_ties_decide` names (a tie of twin pairs in
+    their component or in the row itself, with an eval twin), none for the others (eval's
+    are ranked once the sides are known, `_rank`); a tight cluster held out in part,
+    whose pairs do not tie, has none."""
     rng = np.random.default_rng(6)
     x = clustered_embeddings(900, 6, seed=12)
     tight = np.r_[0:300, 600:700]  # a tight cluster, 100 new members
@@ -248,30 +249,30 @@ def test_train_twins_are_ranked_only_where_they_can_decide():
     index = CellIndex(x, old, CONFIG.leak_threshold, seed=0)
     _, comp = np.unique(twin_components(x, new, CONFIG.leak_threshold, 0), return_inverse=True)
     comp = comp.reshape(-1)
-    count, best, best_sim = _assigned_twins(x, new, comp, index, role_of(split))
+    votes = _assigned_twins(x, new, comp, index, role_of(split))
     full = twin_votes(x, x[new], [(index, role_of(split))], 3)
-    assert np.array_equal(count, full.count)
-    assert np.array_equal(best[:, 1:], full.best[:, 1:])
+    assert np.array_equal(votes.count, full.count)
     per_comp = np.zeros((comp.max() + 1, 3), np.int64)
-    np.add.at(per_comp, comp, count)
+    np.add.at(per_comp, comp, votes.count)
 
     def ties(c):
         n_eval = c[:, VALIDATION] + c[:, TEST]
         return (n_eval > 0) & ((c[:, TRAIN] == n_eval) | (c[:, VALIDATION] == c[:, TEST]))
 
-    decides = ties(count) | ties(per_comp)[comp]
+    decides = ties(votes.count) | ties(per_comp)[comp]
     assert decides.any() and not decides.all()
-    assert np.array_equal(best[decides, TRAIN], full.best[decides, TRAIN])
-    assert np.array_equal(best_sim[decides, TRAIN], full.best_sim[decides, TRAIN])
-    assert (best[~decides, TRAIN] == -1).all()
-    assert not decides[:100].any() and (count[:100, VALIDATION] >= 30).all()
+    assert np.array_equal(votes.best[decides], full.best[decides])
+    assert np.array_equal(votes.best_sim[decides], full.best_sim[decides])
+    assert (votes.best[~decides] == -1).all()
+    assert not decides[:100].any() and (votes.count[:100, VALIDATION] >= 30).all()
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_ranking_train_only_where_it_decides_changes_no_split(seed, monkeypatch):
+def test_ranking_twins_only_where_they_decide_changes_no_split(seed, monkeypatch):
     """Rounds of points on the sphere in 3-d at leak threshold 0.99 (many rows and
     components with as many train as eval twins: ties) with a tight cluster held out in
-    part, split as when train was ranked for every row: the same assignments."""
+    part, split as when every row's most similar twins were ranked: the same
+    assignments."""
     from bubblefence_plugin.core import follow
     from bubblefence_plugin.core.pipeline import BubbleFence
 
@@ -289,19 +290,19 @@ def test_ranking_train_only_where_it_decides_changes_no_split(seed, monkeypatch)
         return bf.assignments()
 
     decided = []
-    real = follow._train_decides
+    real = follow._ties_decide
 
     def recorded(count, comp):
         decides = real(count, comp)
         decided.append((int(decides.sum()), len(decides)))
         return decides
 
-    monkeypatch.setattr(follow, "_train_decides", recorded)
+    monkeypatch.setattr(follow, "_ties_decide", recorded)
     narrow = rounds()
     # Some rows tie, and most do not: the narrower search is exercised both ways.
     assert sum(d for d, _ in decided) >= 10
     assert sum(d for d, _ in decided) < sum(n for _, n in decided) / 4
-    monkeypatch.setattr(follow, "_train_decides", lambda count, comp: np.ones(len(comp), bool))
+    monkeypatch.setattr(follow, "_ties_decide", lambda count, comp: np.ones(len(comp), bool))
     everywhere = rounds()
     assert narrow.equals(everywhere)
     assert (narrow["split"] != "train").sum() > 0

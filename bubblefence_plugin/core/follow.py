@@ -152,13 +152,12 @@ def bind_to_assigned(
     _, comp = np.unique(components, return_inverse=True)
     comp = comp.reshape(-1)
     n_comp = int(comp.max()) + 1
-    links = np.zeros((len(new_kept), 3), np.int64)
-    best = np.full((len(new_kept), 3), -1, np.int64)
-    best_sim = np.full((len(new_kept), 3), -np.inf)
+    votes = TwinVotes.empty(len(new_kept), len(ROLES), ranked=())
     index = None
     if has_assigned:
         index = earlier.at(config.leak_threshold)
-        links, best, best_sim = _assigned_twins(embeddings, new_kept, comp, index, base_role)
+        votes = _assigned_twins(embeddings, new_kept, comp, index, base_role)
+    links = votes.count
     # A forced member votes for its own split as if it were its twin, above any pair.
     forced_rows = np.flatnonzero(forced)
     forced_split = split[new_kept[forced_rows]]
@@ -166,22 +165,27 @@ def bind_to_assigned(
     np.add.at(per_comp, comp, links)
     forced_votes = np.zeros((n_comp, 3), np.int64)
     np.add.at(forced_votes, (comp[forced_rows], forced_split), 1)
-    # The most similar twin of each class per component (ties: the smaller row).
-    comp_best = np.full((n_comp, 3), -1, np.int64)
-    comp_best_sim = np.full((n_comp, 3), -np.inf)
-    for role in ROLES:
-        has = np.flatnonzero(best[:, role] >= 0)
-        order = has[np.lexsort((best[has, role], -best_sim[has, role], comp[has]))]
-        first = order[np.r_[True, comp[order][1:] != comp[order][:-1]]] if len(order) else order
-        comp_best[comp[first], role] = best[first, role]
-        comp_best_sim[comp[first], role] = best_sim[first, role]
-    # A forced member is its component's model for its split: bubble and shell included.
-    for forced_row, role in zip(forced_rows, forced_split, strict=True):
-        c = comp[forced_row]
-        if comp_best_sim[c, role] < np.inf:
-            comp_best[c, role] = new_kept[forced_row]
-            comp_best_sim[c, role] = np.inf
 
+    def most_similar() -> tuple[np.ndarray, np.ndarray]:
+        """The most similar twin of each class per component among the rows ranked so
+        far (ties: the smaller row); a forced member is its component's model for its
+        split, bubble and shell included."""
+        comp_best = np.full((n_comp, 3), -1, np.int64)
+        comp_best_sim = np.full((n_comp, 3), -np.inf)
+        for role in ROLES:
+            has = np.flatnonzero(votes.best[:, role] >= 0)
+            order = has[np.lexsort((votes.best[has, role], -votes.best_sim[has, role], comp[has]))]
+            first = order[np.r_[True, comp[order][1:] != comp[order][:-1]]] if len(order) else order
+            comp_best[comp[first], role] = votes.best[first, role]
+            comp_best_sim[comp[first], role] = votes.best_sim[first, role]
+        for forced_row, role in zip(forced_rows, forced_split, strict=True):
+            c = comp[forced_row]
+            if comp_best_sim[c, role] < np.inf:
+                comp_best[c, role] = new_kept[forced_row]
+                comp_best_sim[c, role] = np.inf
+        return comp_best, comp_best_sim
+
+    comp_best, comp_best_sim = most_similar()
     side = _decide(per_comp, forced_votes, comp_best_sim)
     contested = np.flatnonzero(
         (per_comp[:, TRAIN] > 0)
@@ -215,6 +219,15 @@ def bind_to_assigned(
         side, sizes, per_comp, forced_votes, n_kept, n_eval, config, leaks
     )
     side[too_large] = TRAIN
+    if has_assigned:
+        # Eval's most similar twins, for the rows that take eval's bubble and shell: of
+        # the components bound to eval by their twins, and the members of contested ones
+        # with more eval than train twins (`split_spanning`).
+        own_eval = links[:, VALIDATION] + links[:, TEST]
+        to_eval = (side[comp] > TRAIN) & (forced_votes[comp].sum(axis=1) == 0)
+        may = np.isin(comp, contested) & (own_eval > links[:, TRAIN])
+        _rank(embeddings, new_kept, np.flatnonzero(to_eval | may), index, base_role, votes)
+        comp_best, comp_best_sim = most_similar()
     # Per member: its split and the twin whose bubble and shell it takes (eval).
     member_side = np.where(forced, -1, side[comp])
     model = comp_best[comp, np.maximum(member_side, 0)]
@@ -226,7 +239,7 @@ def bind_to_assigned(
             comp,
             member_side,
             model,
-            TwinVotes(links, best, best_sim),
+            votes,
             contested,
             index,
             base_role,
@@ -302,39 +315,55 @@ def _assigned_twins(
     comp: np.ndarray,
     index: CellIndex,
     base_role: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(count, best, best_sim) per new kept row and role (`twin_votes`): its assigned
-    twins, and its most similar one per role, train's only where it can decide.
+) -> TwinVotes:
+    """Each new kept row's assigned twins counted per role (`twin_votes`), and its most
+    similar twin of every role where that can decide: a tie of twin pairs, train
+    against eval or validation against test, in its component or, where a contested
+    component is split by its members' own twins, in the row (`_ties_decide`:
+    `_decide`, `contested.eval_side`, `contested.split_spanning`). Eval's most similar
+    twins of the other rows are ranked once their sides are known (`_rank`).
 
-    Eval's most similar twins give a member its bubble and shell. Train's is read only
-    on a tie of twin pairs: train against eval, or validation against test (`_decide`,
-    `contested.eval_side`), per component or, where a contested component is split by
-    its members' own twins, per member (`contested.split_spanning`). So train is ranked
-    in a second search, for the rows of components with an eval twin and such a tie,
-    and for the rows tied themselves. Ranking train for every row would multiply each
-    new member of a tight train cluster with all its old members (most of a later
-    round's twin stage at 1M samples), where counting them needs no product
-    (`CellIndex.cells_within`); ranking it for every component with an eval twin did
-    the same with a tight cluster held out in part (a burst of 30k, 6k more frames of
-    it in the next round: 1.4e8 products, 6 of that round's 19 s).
+    Counting needs no product where a cell lies wholly within the threshold
+    (`CellIndex.cells_within`); ranking does. Ranking train for every row multiplied
+    each new member of a tight train cluster with all its old members (most of a later
+    round's twin stage at 1M samples); ranking train and eval for every component with
+    an eval twin did the same with a tight cluster held out in part (a burst of 50k, then
+    10k more frames of it among 40k varied rows: the twin stage 21.0 s, now 4.2 s).
     """
-    votes = twin_votes(
-        embeddings, embeddings[new_kept], [(index, base_role)], len(ROLES), (VALIDATION, TEST)
+    votes = twin_votes(embeddings, embeddings[new_kept], [(index, base_role)], len(ROLES), ())
+    tied = np.flatnonzero(_ties_decide(votes.count, comp))
+    _rank(embeddings, new_kept, tied, index, base_role, votes, ROLES)
+    return votes
+
+
+def _rank(
+    embeddings: np.ndarray,
+    new_kept: np.ndarray,
+    rows: np.ndarray,
+    index: CellIndex,
+    base_role: np.ndarray,
+    votes: TwinVotes,
+    roles: tuple[int, ...] = (VALIDATION, TEST),
+) -> None:
+    """Fills in `votes`' most similar twins of `roles` for `rows` (positions in
+    `new_kept`), those not ranked yet for them (a row ranked once is ranked for every
+    role it may need)."""
+    rows = rows[votes.best_sim[rows].max(axis=1) == -np.inf] if len(rows) else rows
+    rows = rows[(votes.count[rows][:, list(roles)] > 0).any(axis=1)]
+    if len(rows) == 0:
+        return
+    found = twin_votes(
+        embeddings, embeddings[new_kept[rows]], [(index, base_role)], len(ROLES), roles
     )
-    rows = np.flatnonzero(_train_decides(votes.count, comp))
-    if len(rows):
-        train = twin_votes(
-            embeddings, embeddings[new_kept[rows]], [(index, base_role)], len(ROLES), (TRAIN,)
-        )
-        votes.best[rows, TRAIN] = train.best[:, TRAIN]
-        votes.best_sim[rows, TRAIN] = train.best_sim[:, TRAIN]
-    return votes.count, votes.best, votes.best_sim
+    for role in roles:
+        votes.best[rows, role] = found.best[:, role]
+        votes.best_sim[rows, role] = found.best_sim[:, role]
 
 
-def _train_decides(count: np.ndarray, comp: np.ndarray) -> np.ndarray:
-    """The rows whose most similar train twin can decide a side or a shell: those of
-    components with an eval twin whose twin pairs tie (train against eval, validation
-    against test), and rows with an eval twin whose own pairs tie."""
+def _ties_decide(count: np.ndarray, comp: np.ndarray) -> np.ndarray:
+    """The rows whose most similar twin of any role can decide a side or a shell: those
+    of components with an eval twin whose twin pairs tie (train against eval,
+    validation against test), and rows with an eval twin whose own pairs tie."""
     per_comp = np.zeros((int(comp.max()) + 1, len(ROLES)), np.int64)
     np.add.at(per_comp, comp, count)
     comp_ties = _ties(per_comp)
