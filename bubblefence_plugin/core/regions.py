@@ -135,15 +135,15 @@ class RegionIndex:
         added: list[np.ndarray] = []
         for row in far:
             vector = embeddings[rows[row]]
+            full = len(self.centres) + len(added) >= MAX_REGIONS
             # Leader clustering in input order among the far rows: deterministic.
             if added:
                 extra = np.vstack(added)
                 index, best = nearest_centre(vector[None, :], extra)
-                full = len(self.centres) + len(added) >= MAX_REGIONS
                 if 1.0 - best[0] <= self.join_distance or (full and best[0] >= sims[row]):
                     region[row] = len(self.centres) + int(index[0])
                     continue
-            if len(self.centres) + len(added) >= MAX_REGIONS:
+            if full:
                 continue  # no region opens past the cap: it keeps its nearest old one
             added.append(vector.astype(np.float32))
             region[row] = len(self.centres) + len(added) - 1
