@@ -126,6 +126,15 @@ def round_text(summary: Mapping[str, Any]) -> SummaryText:
     return SummaryText(summary["message"], lines)
 
 
+# Why a label lacks a side, said with the labels.
+_WHY_NO_EVAL = "their samples are near twins of train samples, or too few to hold out whole"
+_WHY_NO_TRAIN = (
+    "each held out whole: its samples are one component of near twins at "
+    "closure_threshold, or one group; a closure_threshold nearer leak_threshold parts "
+    "finer units"
+)
+
+
 def round_warnings(summary: Mapping[str, Any]) -> list[str]:
     """What a user should look at after a round (shown in amber), in plain sentences:
     labels with no eval sample, groups on both sides of the train/eval line, near-twin
@@ -139,13 +148,16 @@ def round_warnings(summary: Mapping[str, Any]) -> list[str]:
             "on both sides, or a group of near twins too large for either side (the "
             "leakage audit shows the eval samples that leak into train)"
         )
-    missing = (summary.get("labels") or {}).get("missing_from_eval") or []
-    if missing:
-        warnings.append(
-            f"No validation or test sample for {len(missing)} labels: "
-            f"{', '.join(map(str, missing))} (their samples are near twins of train "
-            "samples, or too few to hold out whole)"
-        )
+    labels = summary.get("labels") or {}
+    for key, lacking, why in (
+        ("missing_from_eval", "validation or test", _WHY_NO_EVAL),
+        ("missing_from_train", "train", _WHY_NO_TRAIN),
+    ):
+        names = labels.get(key) or []
+        if names:
+            warnings.append(
+                f"No {lacking} sample for {len(names)} labels: {', '.join(map(str, names))} ({why})"
+            )
     n_errors = summary.get("n_errors") or 0
     if n_errors:
         one = n_errors == 1
@@ -214,8 +226,7 @@ def _share_warnings(summary: Mapping[str, Any]) -> list[str]:
     if abs(eval_share - eval_ratio) > targets["eval_tolerance"]:
         warnings.append(
             f"Eval is {eval_share:.3f} of the kept samples against a target of {eval_ratio}: "
-            "new samples that are near twins of earlier ones take their side, those inside "
-            "an earlier bubble join it, and no earlier sample moves"
+            + _share_causes(summary, eval_share < eval_ratio)
         )
     val_share, val_ratio = summary["validation_share_of_eval"], targets["validation_ratio"]
     if summary["n_eval"] >= BALANCED_EVAL and abs(val_share - val_ratio) > SHELL_THROUGH_TOLERANCE:
@@ -225,6 +236,31 @@ def _share_warnings(summary: Mapping[str, Any]) -> list[str]:
             "near twins straddle validation and test"
         )
     return warnings
+
+
+def _share_causes(summary: Mapping[str, Any], below: bool) -> str:
+    """Why the eval share is off its target, of the causes that apply: a round that
+    could not hold out its quota without a leak (its near-twin components, or groups,
+    too large to hold out whole), and, after the first round, new samples that follow
+    earlier ones (near twins, known groups, earlier bubbles), none of which moves."""
+    group_field = summary.get("group_field")
+    units = "near-twin components" + (f" and groups ({group_field!r})" if group_field else "")
+    causes = []
+    shortfall = summary.get("eval_shortfall") or 0
+    if below and shortfall:
+        causes.append(
+            f"this round could not hold out {shortfall} more samples without a leak, its "
+            f"{units} being too large to hold out whole"
+        )
+    elif summary.get("round") == 0:
+        causes.append(f"its {units} are held out whole, and do not add up to the target")
+    if summary.get("round") != 0:
+        follow = "members of a known group follow it, " if group_field else ""
+        causes.append(
+            "new samples that are near twins of earlier ones take their side, "
+            f"{follow}those inside an earlier bubble join it, and no earlier sample moves"
+        )
+    return "; ".join(causes)
 
 
 def label_group_lines(summary: Mapping[str, Any]) -> list[Line]:

@@ -225,7 +225,7 @@ def _source_inputs(
     field_input(
         inputs,
         "label_field",
-        bfo.label_field_choices(ctx.dataset),
+        bfo.label_field_choices(ctx.dataset, asked=ctx.params.get("label_field")),
         info,
         label="Label field",
         description="Adds label coverage (labels with >= 20 samples): a classification, "
@@ -234,7 +234,7 @@ def _source_inputs(
     field_input(
         inputs,
         "group_field",
-        bfo.label_field_choices(ctx.dataset, multi_ok=False),
+        bfo.label_field_choices(ctx.dataset, multi_ok=False, asked=ctx.params.get("group_field")),
         info,
         label="Group field",
         description="Adds group violations (groups split across train/eval)",

@@ -215,7 +215,10 @@ def _pick_inputs(ctx: ExecutionContext, inputs: types.Object) -> None:
         prop.error_message = f"tag must be a non-empty string, got {tag!r}"
     elif bfo.is_reserved_tag(tag):
         prop.invalid = True
-        prop.error_message = f"{tag!r} is reserved (a split's name); choose another tag"
+        prop.error_message = (
+            f"{tag!r} is reserved (a split's name, or the exclusion tag {bfo.EXCLUDED_TAG!r}); "
+            "choose another tag"
+        )
     elif not ctx.params.get("replace") and ctx.dataset.count_sample_tags().get(tag, 0):
         prop.invalid = True
         prop.error_message = f"{tag!r} exists already: choose a new tag or tick Replace"
@@ -276,7 +279,9 @@ def _strategy_options(
         field_input(
             inputs,
             "label_field",
-            bfo.label_field_choices(ctx.dataset, multi_ok=False),
+            bfo.label_field_choices(
+                ctx.dataset, multi_ok=False, asked=ctx.params.get("label_field")
+            ),
             info,
             label="Label field",
             description="One label per sample; the pick follows the target distribution of its "

@@ -349,7 +349,7 @@ def _label_group_inputs(
     field_input(
         inputs,
         "label_field",
-        bfo.label_field_choices(ctx.dataset),
+        bfo.label_field_choices(ctx.dataset, asked=ctx.params.get("label_field")),
         info,
         label="Label field",
         description="Optional. Eval covers every label: the quota is met per label too, rare "
@@ -358,7 +358,7 @@ def _label_group_inputs(
     field_input(
         inputs,
         "group_field",
-        bfo.label_field_choices(ctx.dataset, multi_ok=False),
+        bfo.label_field_choices(ctx.dataset, multi_ok=False, asked=ctx.params.get("group_field")),
         info,
         label="Group field",
         description="Optional. A group (video, drive, patient) goes whole to train or to one "

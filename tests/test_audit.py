@@ -564,6 +564,13 @@ def test_our_split_is_audited_by_the_fields_it_was_split_by(field_dataset):
     r = bfo.report(ds, store=False)
     assert (r["label_field"], r["group_field"]) == ("label", None)
     assert "the split's group_field 'group' is gone: not measured" in r["warnings"]
+    # A view that leaves the label field out: the remembered one is left out, said; one
+    # asked for is refused by name (it failed with FiftyOne's bare "no field").
+    r = bfo.report(ds.exclude_fields("label"), store=False)
+    assert r["label_field"] is None
+    assert "the split's label_field 'label' is left out of this view: not measured" in r["warnings"]
+    with pytest.raises(ValueError, match="label_field='label': the view audited leaves"):
+        bfo.report(ds.exclude_fields("label"), label_field="label", store=False)
 
 
 def test_our_split_is_audited_by_the_min_label_count_it_was_split_by(field_dataset):

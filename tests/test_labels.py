@@ -126,6 +126,7 @@ def test_label_summary_by_hand():
         "n_eligible": 2,
         "covered": {"eval": 2, "validation": 2, "test": 1},
         "missing_from_eval": [],
+        "missing_from_train": ["b"],  # held out whole
         "share_error_max": 0.5,  # b: 1.0 against 0.5
         "share_error_mean": 0.3333,  # (0.5 + 1/6) / 2
         "eval_shares": {"b": 1.0, "a": 0.6667},

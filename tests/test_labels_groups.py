@@ -9,8 +9,9 @@ groups at random. The FiftyOne cases go through `dataset.split`, the operator an
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
-from conftest import crossing_pairs
+from conftest import add_embedded_samples, crossing_pairs, unit
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 
@@ -768,3 +769,140 @@ def test_cli_split_with_label_and_group_fields(fo_datasets, capsys):
     assert dataset_violations(ds) == 0
     assert cli.main([*args, "--label-field", "emb"]) == 2
     assert "--label-field='emb' is a field of type VectorField" in capsys.readouterr().err
+
+
+@pytest.mark.fiftyone
+def test_a_group_field_first_given_later_goes_by_every_samples_group(fo_datasets):
+    """A group field given only in a later round: the earlier samples' groups are read
+    too (`BubbleFence.relabel`), new members follow their group's majority, and the
+    round reports the groups that straddle (round 0 did not know them) as the data has
+    them; changing the field later goes by the new field's values for every sample."""
+    import bubblefence_plugin.fo as bfo
+
+    ds, first_ids = detections_dataset(fo_datasets, 400)
+    ds.set_values("other", [f"o{i % 7}" for i in range(len(ds))])
+    bfo.split(ds.select(first_ids), embeddings_field="emb")
+    before = dict(zip(*ds.select(first_ids).values(["id", "split"]), strict=True))
+    summary = bfo.split(ds, embeddings_field="emb", group_field="scene")
+    assert summary["groups"]["violations"] == dataset_violations(ds) > 0
+    assert all(ds[i].split == s for i, s in before.items())
+    sides: dict[str, dict[str, int]] = {}
+    for sid, scene, split in zip(*ds.values(["id", "scene", "split"]), strict=True):
+        if sid in before:
+            side = "train" if split == "train" else "eval"
+            sides.setdefault(scene, {"train": 0, "eval": 0})[side] += 1
+    # A new member of a group with a clear earlier majority took that side.
+    for sid, scene, split in zip(*ds.values(["id", "scene", "split"]), strict=True):
+        votes = sides.get(scene)
+        if sid in before or votes is None or votes["train"] == votes["eval"]:
+            continue
+        if split == "duplicate":
+            continue
+        majority = "train" if votes["train"] > votes["eval"] else "eval"
+        assert ("train" if split == "train" else "eval") == majority
+
+    add_embedded_samples(ds, 40, seed=3)
+    ds.set_values("other", [f"o{i % 7}" for i in range(len(ds))])
+    summary = bfo.split(ds, embeddings_field="emb", group_field="other")
+    truth = group_violations(ds.values("split"), ds.values("other"))
+    assert summary["groups"]["n_groups"] == 7
+    assert summary["groups"]["violations"] == truth.n_violations
+
+
+@pytest.mark.fiftyone
+def test_a_label_field_first_given_later_is_counted_for_every_sample(fo_datasets):
+    """Label coverage after a label field first given in a later round: the round's
+    figures are the report's, over every sample (not those of the last round alone)."""
+    import bubblefence_plugin.fo as bfo
+
+    ds, first_ids = detections_dataset(fo_datasets, 400)
+    bfo.split(ds.select(first_ids), embeddings_field="emb")
+    summary = bfo.split(ds, embeddings_field="emb", label_field="gt")
+    report = bfo.report(ds, "split", store=False)
+    coverage = report["metrics"]["split"]["coverage"]
+    assert summary["labels"]["n_eligible"] == coverage["n_eligible"] == 5
+    assert summary["labels"]["covered"]["eval"] == coverage["covered"]["eval"]
+
+
+@pytest.mark.fiftyone
+def test_a_view_grouped_by_a_field_is_refused_with_the_way_to_split_it(fo_datasets):
+    import bubblefence_plugin.fo as bfo
+
+    ds, _ = detections_dataset(fo_datasets, 10)
+    with pytest.raises(ValueError, match="group_by.*group_field"):
+        bfo.split(ds.group_by("scene"), embeddings_field="emb")
+    assert not ds.has_field("split") or ds.exists("split").count() == 0
+
+
+@pytest.mark.fiftyone
+def test_labels_held_out_whole_are_said_missing_from_train(fo_datasets):
+    """Labels that are each one component at the closure, held out whole, have no train
+    sample: the round and the audit say so, naming them."""
+    import fiftyone as fo
+
+    import bubblefence_plugin.fo as bfo
+    from bubblefence_plugin.text import round_warnings
+
+    rng = np.random.default_rng(0)
+    centres = unit(rng.normal(size=(20, 32)))
+    label = np.repeat(np.arange(20), 60)
+    x = unit(centres[label] + 0.02 * rng.normal(size=(len(label), 32)))
+    ds = fo.Dataset()
+    fo_datasets.append(ds)
+    ds.add_samples(
+        [
+            fo.Sample(filepath=f"/nonexistent/{i}.png", emb=v, clf=fo.Classification(label=f"c{k}"))
+            for i, (v, k) in enumerate(zip(x, label, strict=True))
+        ]
+    )
+    summary = bfo.split(ds, embeddings_field="emb", label_field="clf")
+    splits = np.asarray(ds.values("split"))
+    names = np.asarray(ds.values("clf.label"))
+    untrained = sorted(n for n in set(names) if not np.any(splits[names == n] == "train"))
+    assert untrained  # whole classes are the only units: eval takes some whole
+    assert summary["labels"]["missing_from_train"] == sorted(
+        summary["labels"]["missing_from_train"], key=untrained.index
+    ) and set(summary["labels"]["missing_from_train"]) == set(untrained)
+    said = [w for w in round_warnings(summary) if w.startswith("No train sample")]
+    assert said and all(name in said[0] for name in untrained)
+    report = bfo.report(ds, "split", store=False)
+    audit = [w for w in bfo.split_warnings(report) if "no train sample" in w]
+    assert audit and all(name in audit[0] for name in untrained)
+
+
+def test_relabel_gives_held_samples_their_labels_and_groups_and_moves_none():
+    """`relabel` after a round split without labels or groups: nothing moves, the summary
+    counts the labels and the groups on both sides as the data has them, and the next
+    round's members of a group take its majority side; a wrong length is refused."""
+    x, labels, _ = labelled_groups(3, sizes=(300, 150, 80))
+    # Groups across the clusters (patients, drives): a round without them cuts them.
+    groups = np.array([f"drive{i % 37}" for i in range(len(x))], dtype=object)
+    first = 400
+    bf = BubbleFence(BubbleFenceConfig(eval_ratio=0.2, seed=0))
+    bf.ingest(x[:first])
+    before = bf.assignments().copy()
+    with pytest.raises(ValueError, match="labels has 3 entries for 400 samples held"):
+        bf.relabel(labels=["a"] * 3)
+    bf.relabel(labels=labels[:first], groups=groups[:first])
+    pd.testing.assert_frame_equal(bf.assignments(), before)
+    summary = bf.summary()
+    assert summary["labels"]["n_labels"] == 3
+    split = bf.assignments()["split"].to_numpy()
+    truth = group_violations(split, encode_groups(groups[:first]))
+    assert summary["groups"]["violations"] == truth.n_violations > 0
+    codes = group_codes(encode_groups(groups))
+    decision = decide_groups(codes, np.arange(first), _codes(split), np.zeros(first, np.int64), 0.5)
+    bf.ingest(x[first:], labels=labels[first:], groups=groups[first:])
+    after = bf.assignments()
+    pd.testing.assert_frame_equal(after.iloc[:first], before)
+    new = np.arange(first, len(x))
+    known = (codes[new] >= 0) & (decision.split[np.maximum(codes[new], 0)] >= 0)
+    new_split = _codes(after["split"].to_numpy()[new])
+    expected = decision.split[codes[new][known]]
+    followed = np.where(expected == TRAIN, new_split[known] == TRAIN, new_split[known] != TRAIN)
+    assert known.sum() > 20 and followed.all()
+
+
+def _codes(names: np.ndarray) -> np.ndarray:
+    lookup = {"train": TRAIN, "validation": VALIDATION, "test": TEST}
+    return np.array([lookup.get(str(n), -1) for n in names], np.int8)

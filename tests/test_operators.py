@@ -379,6 +379,21 @@ def test_a_value_that_is_none_of_a_dropdowns_choices_is_named_with_them(field_da
     assert not ds.has_field("split")
 
 
+def test_a_label_path_inside_a_field_is_a_choice_as_the_python_api_takes_it(field_dataset):
+    # Found by a stress test: "clf.label" was "not one of the choices" in the form, which
+    # then kept refusing the field a Python round had remembered.
+    ds = field_dataset
+    ds.set_values("clf", [fo.Classification(label=f"c{i % 3}") for i in range(len(ds))])
+    params = {"embeddings": "field", "embeddings_field": "emb", "label_field": "clf.label"}
+    props = form(ds, SPLIT, params)
+    assert not props["label_field"].get("invalid")
+    assert "clf.label" in props["label_field"]["type"]["values"]
+    bad = form(ds, SPLIT, {**params, "label_field": "clf.lable"})
+    assert "not one of the choices" in bad["label_field"]["error_message"]
+    foo.execute_operator(SPLIT, ctx={"dataset": ds, "params": params})
+    assert bfo.state_info(ds)["label_field"] == "clf.label"
+
+
 def test_split_form_defaults_to_the_model_of_kept_embeddings(field_dataset):
     # A reset that kept the embeddings: a first round embeds with their model.
     ds = field_dataset

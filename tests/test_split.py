@@ -678,12 +678,17 @@ def test_samples_merged_with_a_split_of_their_own_are_refused_in_a_later_round(
     fo_datasets.append(theirs)
     add_embedded_samples(theirs, 40, seed=8)
     theirs.set_values("split", ["test"] * 20 + ["train"] * 20)
+    # Split by BubbleFence in their dataset: they carry a round too (a stress test: the
+    # hint selected the samples without one, none of these).
+    theirs.set_values("bubblefence_round", [0] * 40)
     theirs.limit(20).tag_samples("test")
     ds.merge_samples(theirs)
     before = bfo.state_info(ds)
     merged = ds.match(F("filepath").is_in(theirs.values("filepath")))
-    with pytest.raises(ValueError, match="40 of the samples not split yet .* 'split' value"):
+    with pytest.raises(ValueError, match="40 of the samples not split yet .* 'split' value") as e:
         bfo.split(ds, embeddings_field="emb")
+    assert "new = dataset.select(bfo.ids_not_split(dataset))" in str(e.value)
+    assert sorted(bfo.ids_not_split(ds)) == sorted(merged.values("id"))
     assert bfo.state_info(ds) == before
     assert merged.count_values("split") == {"test": 20, "train": 20}
     # As the message says: keep their split in another field, then clear it.
@@ -701,7 +706,7 @@ def test_samples_merged_with_a_split_of_their_own_are_refused_in_a_later_round(
     # samples' empty split values instead, and failed).
     hint = str(e.value).split("e.g. in Python: ", 1)[1]
     assert "set_values('original_split', [t] * len(v))" in hint and "v.values(" not in hint
-    new = ds.exists("bubblefence_round", False)
+    new = ds.select(bfo.ids_not_split(ds))
     for t in ["Val"]:
         v = new.match_tags(t)
         v.set_values("original_split", [t] * len(v))

@@ -68,6 +68,21 @@ def test_shares_off_target_are_warned_with_their_figures():
     assert round_warnings(off) == []  # a summary without targets (older callers)
 
 
+def test_an_eval_share_off_target_names_the_causes_that_apply():
+    """Round 0 has no earlier samples to blame; a quota it could not meet names its units
+    (groups too, with a group field); a later round names what follows earlier samples."""
+    targets = {"eval_ratio": 0.2, "eval_tolerance": 0.03, "validation_ratio": 0.5}
+    first = {"eval_share": 0.0, "validation_share_of_eval": 0.5, "n_eval": 0, "targets": targets}
+    first["round"] = 0
+    (short,) = round_warnings({**first, "eval_shortfall": 109, "group_field": "drive"})
+    assert "could not hold out 109 more samples without a leak" in short
+    assert "groups ('drive')" in short and "earlier" not in short
+    (whole,) = round_warnings({**first, "eval_share": 0.26, "n_eval": 26})
+    assert "held out whole" in whole and "earlier" not in whole
+    (later,) = round_warnings({**first, "round": 3, "eval_share": 0.26, "group_field": "g"})
+    assert "members of a known group follow it" in later and "earlier bubble" in later
+
+
 def test_bridges_of_later_rounds_are_warned_past_the_leak_target():
     quiet = {"bridge_leaks": 9, "n_eval": 2000}  # 0.0045 of eval: within the target
     assert round_warnings(quiet) == []

@@ -134,6 +134,9 @@ def label_summary(
     eligible = frame[frame["eligible"]]
     error = (eligible["eval_share"] - eval_ratio).abs()
     missing = eligible[(eligible["validation"] + eligible["test"]) == 0]["label"]
+    # A label held out whole (one near-twin component, or groups) is one a model trained
+    # on train never sees: said as loudly as one eval never tests.
+    untrained = eligible[eligible["train"] == 0]["label"]
     return {
         "min_label_count": int(min_label_count),
         "n_labels": len(frame),
@@ -144,6 +147,7 @@ def label_summary(
             "test": int((eligible["test"] > 0).sum()),
         },
         "missing_from_eval": missing.tolist()[:MAX_LISTED],
+        "missing_from_train": untrained.tolist()[:MAX_LISTED],
         "share_error_max": round(float(error.max()), 4) if len(error) else 0.0,
         "share_error_mean": round(float(error.mean()), 4) if len(error) else 0.0,
         # The rarest labels are where a split usually fails: they are listed first.

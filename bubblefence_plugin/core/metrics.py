@@ -120,10 +120,12 @@ class Coverage:
     n_labels: int  # distinct labels among rows with a role
     n_eligible: int  # labels with at least min_count rows
     covered: dict[str, int]  # eligible labels present in train/validation/test/eval
-    # Eligible labels absent from each held-out split (at most MAX_LISTED each).
+    # Eligible labels absent from each held-out split, and from train (held out whole:
+    # a model trained on train never sees them), at most MAX_LISTED each.
     missing_from_eval: list[str]
     missing_from_validation: list[str]
     missing_from_test: list[str]
+    missing_from_train: list[str]
 
 
 @dataclass
@@ -521,6 +523,7 @@ def _label_set_coverage(
         missing_from_eval=sorted(missing["eval"])[:MAX_LISTED],
         missing_from_validation=sorted(missing[VALIDATION])[:MAX_LISTED],
         missing_from_test=sorted(missing[TEST])[:MAX_LISTED],
+        missing_from_train=sorted(missing[TRAIN])[:MAX_LISTED],
     )
 
 

@@ -852,6 +852,36 @@ class BubbleFence:
             )
         self.config = new
 
+    def relabel(
+        self, labels: Sequence[Any] | None = None, groups: Sequence[Any] | None = None
+    ) -> None:
+        """The labels and groups of the samples held, one per row of `assignments()`, as
+        the data has them now (None: as they are): a label or group field first given
+        after the first round, another field, or values edited since.
+
+        No sample moves. Later rounds go by them: a new member takes its group's side
+        (the majority of the group's samples held), the quota counts each label's eval
+        samples, and the summary reports them. Without this, the samples of earlier
+        rounds keep what those rounds were given (nothing, where no field was): a group
+        field first given in a later round was followed by the group's new members
+        alone, and the round reported no group on both sides where 47 of 50 were.
+        """
+        n = self.n_samples
+        encoded = {}
+        for name, values, encode in (
+            ("labels", labels, encode_label_sets),
+            ("groups", groups, encode_groups),
+        ):
+            if values is None:
+                continue
+            encoded[name] = encode(values)
+            if len(encoded[name]) != n:
+                raise ValueError(f"{name} has {len(encoded[name])} entries for {n} samples held")
+        if "labels" in encoded:
+            self._labels = encoded["labels"]
+        if "groups" in encoded:
+            self._groups = encoded["groups"]
+
     def forget(self, ids: Sequence[Any]) -> int:
         """Drop samples (deleted from the dataset, excluded) from the state; returns how many.
 

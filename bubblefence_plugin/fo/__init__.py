@@ -114,7 +114,7 @@ from .shards import (
     wait_for_shards,
 )
 from .split import check_split_config, iter_split, split
-from .state import RUN_KEY, load_state, state_info, unfinished_round
+from .state import RUN_KEY, ids_not_split, load_state, state_info, unfinished_round
 
 __all__ = [
     "ANCHOR_FIELD",
@@ -175,6 +175,7 @@ __all__ = [
     "latest_report",
     "list_reports",
     "load_regions",
+    "ids_not_split",
     "load_state",
     "map_figure",
     "map_summary",

@@ -360,6 +360,15 @@ def _plan(samples: foc.SampleCollection, options: AuditOptions) -> _Plan:
         if field and asked is None and not dataset.has_field(field):
             warnings.append(f"the split's {name} {field!r} is gone: not measured")
             field = None
+        elif field and dataset.has_field(field) and not samples.has_field(field):
+            if asked is not None:
+                raise ValueError(
+                    f"{name}={field!r}: the view audited leaves that field out "
+                    "(exclude_fields / select_fields); audit a view that keeps it, or pass "
+                    f'{name}="" to measure without it'
+                )
+            warnings.append(f"the split's {name} {field!r} is left out of this view: not measured")
+            field = None
         fields[name] = field
     label_field, group_field = fields["label_field"], fields["group_field"]
     label_path, group_path = (
@@ -863,7 +872,7 @@ def summary_rows(result: dict[str, Any]) -> list[dict[str, str]]:
 def split_warnings(result: dict[str, Any]) -> list[str]:
     """What the audited split lacks, for a warning rather than a success: a held-out split
     without samples, classes (with enough samples to expect them there) without an eval,
-    a validation or a test sample, groups on both sides of the train/eval line.
+    a validation, a test or a train sample, groups on both sides of the train/eval line.
 
     A group wholly in train or wholly in eval is what a group field asks for, so a group
     without eval samples is no warning; one cut across the line is.
@@ -907,6 +916,11 @@ def split_warnings(result: dict[str, Any]) -> list[str]:
                 ]
                 names = _listed(listed, only_here)
                 warnings.append(f"{classes} {role} sample ({only_here}): {names}")
+        missing_train = coverage["n_eligible"] - coverage["covered"].get(metrics.TRAIN, 0)
+        # Reports stored before train's coverage was kept say nothing of it.
+        if "missing_from_train" in coverage and missing_train and counts[metrics.TRAIN]:
+            names = _listed(coverage["missing_from_train"], missing_train)
+            warnings.append(f"{classes} train sample ({missing_train}), held out whole: {names}")
     groups = ours["groups"]
     if groups is not None and groups["n_violations"]:
         names = _listed(groups["examples"], groups["n_violations"])

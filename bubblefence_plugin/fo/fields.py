@@ -171,7 +171,8 @@ def record_exported_media(exporter: Any) -> dict[str, str]:
 
 def check_collection(samples: foc.SampleCollection) -> fo.Dataset:
     """The dataset of ``samples``, after checking that BubbleFence can split it: a dataset
-    or view of a flat image dataset, not a patches/frames/clips view.
+    or view of a flat image dataset, not a patches/frames/clips view nor one grouped by
+    ``group_by``.
 
     Args:
         samples: a dataset or view
@@ -180,6 +181,14 @@ def check_collection(samples: foc.SampleCollection) -> fo.Dataset:
         ValueError: if ``samples`` is anything else
     """
     dataset = check_samples(samples)
+    if getattr(samples, "_is_dynamic_groups", False):
+        # FiftyOne reads such a view one sample per group: the rest would go unsplit.
+        raise ValueError(
+            "This view groups its samples (group_by), and BubbleFence reads one sample "
+            "per group of such a view. Pass the view before its group_by stage (or the "
+            "dataset), with group_field set to the field it grouped by: the samples of "
+            "one group then never straddle train and eval"
+        )
     if dataset.media_type == fom.GROUP:
         raise ValueError(
             f"{dataset.name!r} is a grouped dataset; BubbleFence works on flat image "
@@ -349,7 +358,8 @@ def refuse_splits_of_new_samples(dataset: fo.Dataset, new_ids: list[str]) -> Non
         "BubbleFence did not write (merged from another dataset, or a split that came with "
         f"them; e.g. {shown}), and this round would replace them. To keep that split, copy "
         "it to another field, then clear it from those samples, e.g. in Python: "
-        f"new = dataset.exists({ROUND_FIELD!r}, False); "
+        "import bubblefence_plugin.fo as bfo; "
+        "new = dataset.select(bfo.ids_not_split(dataset)); "
         + (
             f"v = new.exists({SPLIT_FIELD!r}); v.set_values('original_split', "
             f"v.values({SPLIT_FIELD!r})); v.clear_sample_field({SPLIT_FIELD!r}); "
@@ -610,21 +620,33 @@ def _list_above(dataset: fo.Dataset, path: str) -> str | None:
     return None
 
 
-def label_field_choices(dataset: fo.Dataset, multi_ok: bool = True) -> list[str]:
+def label_field_choices(
+    dataset: fo.Dataset, multi_ok: bool = True, asked: str | None = None
+) -> list[str]:
     """Sample fields usable as labels (``multi_ok``) or as groups (one value per sample).
 
     Args:
         dataset: the dataset
         multi_ok: whether fields with several labels per sample qualify (labels: yes,
             groups: no)
+        asked: a field a caller gave by name: a path inside a field (``clf.label``,
+            ``gt.detections.label``) that `label_source` accepts is a choice too, as the
+            Python API takes it
     """
-    return sorted(
+    choices = sorted(
         name
         for name, field in dataset.get_field_schema().items()
         if name not in _NOT_LABELS
         and name not in RESULT_FIELDS
         and _label_path(field, name, multi_ok) is not None
     )
+    if asked and isinstance(asked, str) and "." in asked and asked not in choices:
+        try:
+            label_source(dataset, asked, "label_field" if multi_ok else "group_field")
+        except ValueError:
+            return choices
+        choices.append(asked)
+    return choices
 
 
 def label_source(dataset: fo.Dataset, field: str, param: str) -> tuple[str, bool]:

@@ -729,6 +729,14 @@ def _ingest(r: _Round, ok_ids: list[str], embeddings: np.ndarray) -> RoundResult
 
     if r.bf is None:
         r.bf = BubbleFence(r.cfg)
+    if r.bf.n_samples and (r.label_field or r.group_field):
+        # The samples held go by the fields' values now, not those of their rounds: a
+        # field first given or changed since, or values edited (`BubbleFence.relabel`).
+        held = r.bf.assignments()["id"].tolist()
+        r.bf.relabel(
+            labels=label_values(r.dataset, held, r.label_field),
+            groups=label_values(r.dataset, held, r.group_field, "group_field"),
+        )
     kwargs: dict[str, Any] = {"ids": ok_ids}
     labels = label_values(r.dataset, ok_ids, r.label_field)
     groups = label_values(r.dataset, ok_ids, r.group_field, "group_field")
@@ -786,6 +794,7 @@ def _round_counts(result: Any) -> dict[str, Any]:
             "n_duplicates_placed": 0,
             "new_anchors": 0,
             "cut_pairs": 0,
+            "eval_shortfall": 0,
             "eval_floor_shortfall": 0,
         }
     counts = Counter(str(s) for s in np.asarray(result.split))
@@ -801,6 +810,7 @@ def _round_counts(result: Any) -> dict[str, Any]:
         # Said to the user (`text.round_warnings`): the leak graph's pairs this round put
         # on both sides of a line, and how far min_eval_per_batch yielded to it.
         "cut_pairs": int(result.stats["cut_pairs"]),
+        "eval_shortfall": int(result.stats.get("shortfall", 0)),
         "eval_floor_shortfall": int(result.stats["floor_shortfall"]),
     }
 

@@ -75,6 +75,21 @@ def state_info(samples: foc.SampleCollection) -> dict[str, Any] | None:
     return None if info is None else STATE_RUN.check(dataset, info)
 
 
+def ids_not_split(samples: foc.SampleCollection) -> list[str]:
+    """Ids of the samples of ``samples`` that the dataset's state does not hold and that
+    are not excluded: what the next split would assign, in dataset order. Samples merged
+    from another dataset carry that dataset's split fields, so only the state tells them.
+
+    Args:
+        samples: a dataset or view
+    """
+    dataset = samples._root_dataset
+    found = _read_checked(dataset)
+    held = set(found[2]["ids"].astype(str).tolist()) if found is not None else set()
+    candidates = samples.match_tags(EXCLUDED_TAG, bool=False).values("id")
+    return [i for i in candidates if i not in held]
+
+
 def remembered_field(asked: str | None, stored: str | None) -> str | None:
     """A label or group field as a round or an audit of our split reads it: the one the
     split stored unless one is asked; "" is none.
