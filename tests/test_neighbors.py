@@ -267,6 +267,72 @@ def test_own_pairs_yield_every_pair_once_computing_each_once(threshold, monkeypa
     assert set(found) == {(a, b) for a, b in truth if kept[a] and kept[b]}
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_reduced_searches_on_threads_yield_the_serial_blocks_in_order(workers, monkeypatch):
+    """`own_pairs` and `pairs` with a reduce, on one thread and on two (`ordered_map`),
+    yield each block's reduction in the order the serial search yields the blocks (the
+    same pairs; the float32 similarities to within a few units in their last place, as
+    a product on one BLAS thread and on two may differ)."""
+    small_cells(monkeypatch)
+    monkeypatch.setattr(nb, "search_workers", lambda: workers)
+    monkeypatch.setattr(nb, "QUERY_GROUP", 16)  # many groups, so the threads interleave
+    x = manifold_mixture(9)
+    x[100:140] = x[140:180] + 1e-4
+    x = unit(x)
+    index = CellIndex(x, np.arange(len(x)), 0.95, seed=9)
+
+    def summary(q, b, sims):
+        return q.tolist(), b.tolist(), sims
+
+    def same(found, serial):
+        return len(found) == len(serial) and all(
+            f[:2] == s[:2] and np.allclose(f[2], s[2], rtol=0, atol=nb.DECISION_EPS)
+            for f, s in zip(found, serial, strict=True)
+        )
+
+    serial = [summary(*block) for block in index.own_pairs()]
+    assert same(list(index.own_pairs(reduce=summary)), serial) and len(serial) > 16
+    queries = x[::3]
+    serial = [summary(*block) for block in index.pairs(queries)]
+    assert same(list(index.pairs(queries, reduce=summary)), serial) and len(serial) > 8
+
+
+def test_ordered_map_keeps_order_stops_early_and_raises(monkeypatch):
+    """Results come in the items' order however long each takes; a caller that stops
+    early leaves no call running on; a failing call raises in the caller."""
+    import threading
+    import time
+
+    monkeypatch.setattr(nb, "search_workers", lambda: 2)
+
+    def slow_for_even(i):
+        time.sleep(0.02 if i % 2 == 0 else 0.0)
+        return i * i
+
+    assert list(nb.ordered_map(slow_for_even, range(12))) == [i * i for i in range(12)]
+    started = []
+
+    def record(i):
+        started.append(i)
+        return i
+
+    for value in nb.ordered_map(record, range(1000)):
+        if value == 3:
+            break
+    settled = len(started)
+    time.sleep(0.05)
+    assert len(started) == settled <= 3 + 1 + nb.AHEAD_PER_WORKER * 2 + 2
+    assert threading.active_count() < 10
+
+    def fail_at_five(i):
+        if i == 5:
+            raise ValueError("five")
+        return i
+
+    with pytest.raises(ValueError, match="five"):
+        list(nb.ordered_map(fail_at_five, range(10)))
+
+
 def test_a_restored_index_finds_every_pair_and_refuses_what_does_not_fit(monkeypatch):
     """An index rebuilt from its structure (`CellIndex.restored`) over the same rows
     finds exactly the pairs, at another threshold too; a structure that does not fit

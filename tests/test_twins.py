@@ -7,7 +7,7 @@ from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 from test_neighbors import manifold_mixture, small_cells
 
-from bubblefence_plugin.core import twins
+from bubblefence_plugin.core import neighbors, twins
 from bubblefence_plugin.core.neighbors import CellIndex
 from bubblefence_plugin.core.twins import (
     UnionFind,
@@ -51,10 +51,13 @@ def test_twin_components_of_a_subset_of_rows():
     assert len(np.unique(got)) == len(rows) - 1
 
 
+@pytest.mark.parametrize("workers", [1, 3])
 @pytest.mark.parametrize("threshold", [0.92, 0.95])
-def test_twin_components_over_many_groups_equal_brute_force(threshold, monkeypatch):
-    """Several subspace groups, strays and levels of cells."""
+def test_twin_components_over_many_groups_equal_brute_force(threshold, workers, monkeypatch):
+    """Several subspace groups, strays and levels of cells; the cells merged on one
+    thread and on several (`neighbors.ordered_map`)."""
     small_cells(monkeypatch)
+    monkeypatch.setattr(neighbors, "search_workers", lambda: workers)
     x = manifold_mixture(7, n=2500)
     full = x.astype(np.float64) @ x.T.astype(np.float64)
     _, truth = connected_components(sparse.csr_matrix(full >= threshold), directed=False)
@@ -183,6 +186,33 @@ def test_union_find_equals_connected_components(seed):
     _, truth = connected_components(graph, directed=False)
     got = found.labels()
     assert_same_components(truth, got)
+
+
+def test_union_find_merged_from_several_threads_equals_connected_components():
+    """Unions from four threads at once, with finds between them (path compression
+    writing while others merge), end in the components of all the edges."""
+    import threading
+
+    rng = np.random.default_rng(11)
+    n = 20_000
+    a, b = rng.integers(n, size=(2, 18_000))
+    graph = sparse.coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n))
+    _, truth = connected_components(graph, directed=False)
+    probes = [np.random.default_rng(part).integers(n, size=5_000) for part in range(4)]
+    for _ in range(3):
+        found = UnionFind(n)
+
+        def merge(part: int, found: UnionFind = found) -> None:
+            for start in range(part * 50, len(a), 200):
+                found.union(a[start : start + 50], b[start : start + 50])
+                found.find(probes[part])
+
+        threads = [threading.Thread(target=merge, args=(part,)) for part in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert_same_components(truth, found.labels())
 
 
 def test_present_classes_equal_unique():

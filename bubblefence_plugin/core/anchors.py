@@ -59,7 +59,7 @@ def fit_projection(
     rows = np.arange(len(embeddings)) if rows is None else np.asarray(rows)
     sample = embeddings[rows[subsample(len(rows), FIT_SAMPLE, rng)]].astype(np.float64)
     p = int(min(n_components, sample.shape[0], sample.shape[1]))
-    if p == 0 or np.allclose(sample, sample[0]):
+    if p == 0 or _all_rows_close(sample):
         # All rows identical: any axis will do, the data has no spread to explore.
         components = np.eye(max(p, 1), embeddings.shape[1])
         return Projection(components.astype(np.float32), sample.mean(0).astype(np.float32))
@@ -69,6 +69,15 @@ def fit_projection(
         seed = int(rng.integers(2**31))
         pca = PCA(n_components=p, svd_solver="randomized", random_state=seed).fit(sample)
     return Projection(pca.components_.astype(np.float32), pca.mean_.astype(np.float32))
+
+
+def _all_rows_close(sample: np.ndarray, step: int = 256) -> bool:
+    """`np.allclose(sample, sample[0])`, a block of rows at a time: varied data differs
+    in its first block, where one call over a 20,000 x 512 sample cost 0.15 s."""
+    return all(
+        np.allclose(sample[start : start + step], sample[0])
+        for start in range(0, len(sample), step)
+    )
 
 
 def subsample(n: int, limit: int, rng: np.random.Generator) -> np.ndarray:

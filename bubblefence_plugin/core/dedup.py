@@ -208,14 +208,23 @@ def _earliest(
     # copies a query meets every cell of the blob, and its 16 from each piled up (20,000
     # copies of one image: a 1.3 GB peak for a 39 MB matrix).
     most = HELD_PER_QUERY * CANDIDATES * (len(index.rows) if queries is None else len(queries))
-    found = index.pairs(queries) if before is None else index.own_pairs()
-    for q, b, _ in found:
+
+    def earliest_of_block(
+        q: np.ndarray, b: np.ndarray, _: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         keep = np.ones(len(q), bool)
         if before is not None:
             keep &= b < before[q]
         if query_labels is not None and base_labels is not None:
             keep &= query_labels[q] == base_labels[b]
-        q, b = _first_per_query(q[keep], b[keep])
+        return _first_per_query(q[keep], b[keep])
+
+    # Each block is cut back where it is found, on the search's threads.
+    if before is None:
+        found = index.pairs(queries, reduce=earliest_of_block)
+    else:
+        found = index.own_pairs(reduce=earliest_of_block)
+    for q, b in found:
         queries_out.append(q)
         bases_out.append(b)
         held += len(q)

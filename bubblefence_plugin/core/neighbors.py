@@ -26,13 +26,15 @@ with ties broken by row index.
 
 from __future__ import annotations
 
+import collections
 import copy
 import functools
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from scipy import linalg, sparse
@@ -40,6 +42,12 @@ from threadpoolctl import ThreadpoolController
 
 # Environment variable that fixes the BLAS thread count of a round (see `blas_threads`).
 THREADS_VARIABLE = "BUBBLEFENCE_BLAS_THREADS"
+# Results each thread of `ordered_map` may compute ahead of its caller: enough that a
+# thread rarely waits for the caller, few enough to bound what they hold.
+AHEAD_PER_WORKER = 2
+
+T = TypeVar("T")
+R = TypeVar("R")
 # Rounds over fewer rows run on one thread: their products gain little from a second.
 SMALL_ROUND = 10_000
 # Window over which the idle cores are measured at the start of a round.
@@ -152,6 +160,38 @@ def one_blas_thread() -> Any:
     """A context in which numpy's BLAS runs on one thread: small products and solvers
     run several times slower on two, whose threads spin waiting for each other."""
     return _thread_pools().limit(limits=1, user_api="blas")
+
+
+def search_workers() -> int:
+    """Threads a search spreads its query groups over (`ordered_map`): the threads numpy's
+    BLAS may use now (a round sets them, `blas_threads`), each then running its
+    products on one. OpenBLAS's own threads split each product, small ones badly: a
+    round at 200k took 66 s of CPU for 35.5 s on two (bench/RESULTS.md, 2026-12-06)."""
+    counts = [pool["num_threads"] for pool in _thread_pools().select(user_api="blas").info()]
+    return max(1, min(counts, default=1))
+
+
+def ordered_map(fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
+    """fn(item) for every item, in the items' order, on `search_workers` threads with one
+    BLAS thread each, at most `AHEAD_PER_WORKER` results a thread computed ahead of the
+    caller; on one thread, lazily, here. Results come in order whatever the threads'
+    timing, so a caller's outcome never depends on them."""
+    workers = search_workers()
+    if workers == 1:
+        yield from map(fn, items)
+        return
+    with one_blas_thread(), ThreadPoolExecutor(workers) as pool:
+        pending: collections.deque[Future[R]] = collections.deque()
+        try:
+            for item in items:
+                pending.append(pool.submit(fn, item))
+                if len(pending) > AHEAD_PER_WORKER * workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:  # the caller stopped early, or a call failed
+                future.cancel()
 
 
 def _idle_cores(cores: int) -> float:
@@ -936,23 +976,72 @@ class CellIndex:
             bounds[:, span] = query_coords @ coords[span].T
         return positions, bounds
 
-    def pairs(self, queries: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    def pairs(
+        self,
+        queries: np.ndarray,
+        reduce: Callable[[np.ndarray, np.ndarray, np.ndarray], Any] | None = None,
+    ) -> Iterator[Any]:
         """Yield (query indices, base positions, similarities) blocks holding every pair
         of a query and a row of the index at or above the threshold, exactly once,
         decided exactly. The similarities are float32 products (float64 where the pair
         was computed alone): good for ranking, not for deciding near ties.
+
+        `reduce`: as in `own_pairs`, its results yielded instead, the query groups
+        searched on `search_workers` threads.
         """
-        for q, part, projected, _ in self._scan(queries):
+        yield from self._by_group(
+            self._query_groups(queries), lambda group, _: self._group_pairs(queries, group), reduce
+        )
+
+    def _group_pairs(
+        self, queries: np.ndarray, group: np.ndarray
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """`pairs`' blocks for one group of queries."""
+        for q, part, projected, _ in self._group_blocks(queries, group, None):
             i, j, sims = self.block_pairs(queries[q], part, projected)
             yield q[i], part[j], sims
 
-    def own_pairs(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    def own_pairs(
+        self, reduce: Callable[[np.ndarray, np.ndarray, np.ndarray], Any] | None = None
+    ) -> Iterator[Any]:
         """`pairs` of the index's rows among themselves, as (query positions, base
         positions, similarities), each pair's product computed once: the queries of a
         cell meet only the cells numbered from theirs on, and a pair of two cells is
         yielded both ways (every bound is symmetric, so the later cell's queries would
-        have found it too)."""
-        for q, part, projected, _ in self._scan(None, from_own_cell=True):
+        have found it too).
+
+        `reduce`: called on each block where it is found, its results yielded instead, in
+        the same order; the query groups are then searched on `search_workers` threads
+        (`ordered_map`). What a reduce keeps of a block is what those threads hold ahead
+        of the caller: unreduced, a group of a tight cluster's queries can hold hundreds
+        of MB of pairs, so without one the blocks stream one by one on this thread."""
+        yield from self._by_group(self._query_groups(None), self._own_group_pairs, reduce)
+
+    @staticmethod
+    def _by_group(
+        groups: Iterable[tuple[np.ndarray, np.ndarray | None]],
+        blocks_of: Callable[[np.ndarray, np.ndarray | None], Iterator[Any]],
+        reduce: Callable[[np.ndarray, np.ndarray, np.ndarray], Any] | None,
+    ) -> Iterator[Any]:
+        """The blocks of every group of queries (`blocks_of(group, own cells)`), in order:
+        one by one on this thread without `reduce`; with it, each reduced where it is
+        found, the groups on the search's threads (`ordered_map`)."""
+        if reduce is None:
+            for group, own_cells in groups:
+                yield from blocks_of(group, own_cells)
+            return
+
+        def reduced(item: tuple[np.ndarray, np.ndarray | None]) -> list[Any]:
+            return [reduce(*block) for block in blocks_of(*item)]
+
+        for results in ordered_map(reduced, groups):
+            yield from results
+
+    def _own_group_pairs(
+        self, group: np.ndarray, own_cells: np.ndarray
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """`own_pairs`' blocks for one group of the index's rows."""
+        for q, part, projected, _ in self._group_blocks(None, group, own_cells):
             i, j, sims = self.block_pairs(self.embeddings[self.rows[q]], part, projected)
             q, b = q[i], part[j]
             q_cell, b_cell = self.cell[q], self.cell[b]
@@ -1002,19 +1091,29 @@ class CellIndex:
         within the threshold of a query (`cells_within`) then come apart, each pair of
         such a block a twin (`every` True, `projected` empty).
 
-        Queries are taken in groups that share their nearest cell, so that the cells they
-        reach overlap; each group's block holds only the queries that reach its cells,
-        and is split over its base rows to stay within `SCAN_BYTES`. `from_own_cell`
-        (`own_pairs`; `queries` None): the queries are the index's rows, by position,
-        grouped by their own cells (the grouping decides the blocks, never the pairs), and
-        a group meets only the cells numbered from its first query's cell on.
+        Queries are taken in groups that share their nearest cell (`_query_groups`), so
+        that the cells they reach overlap; each group's block holds only the queries that
+        reach its cells, and is split over its base rows to stay within `SCAN_BYTES`
+        (`_group_blocks`). `from_own_cell` (`own_pairs`; `queries` None): the queries are
+        the index's rows, by position, grouped by their own cells (the grouping decides
+        the blocks, never the pairs), and a group meets only the cells numbered from its
+        first query's cell on.
         """
         if whole_cells and from_own_cell:
             raise ValueError("_scan: whole_cells needs queries, not a self-join")
-        n_queries = len(self.rows) if from_own_cell else len(queries)
+        for group, nearest_cell in self._query_groups(queries):
+            yield from self._group_blocks(queries, group, nearest_cell, whole_cells)
+
+    def _query_groups(
+        self, queries: np.ndarray | None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        """(query indices, their own cells or None) of each group of up to `QUERY_GROUP`
+        queries that share their nearest cell; `queries` None: the index's own rows,
+        grouped by their own cells."""
+        n_queries = len(self.rows) if queries is None else len(queries)
         if n_queries == 0:
             return
-        nearest_cell = self.cell if from_own_cell else None
+        nearest_cell = self.cell if queries is None else None
         if nearest_cell is None:
             # Every query against every centre: at 1M rows a third of a self-join's
             # search, which its own cells make free.
@@ -1024,27 +1123,37 @@ class CellIndex:
         order = np.lexsort((np.arange(n_queries), nearest_cell))
         for start in range(0, len(order), QUERY_GROUP):
             group = np.sort(order[start : start + QUERY_GROUP])
-            if from_own_cell:
-                vectors = self.embeddings[self.rows[group]]
-                found = self._reachable_from_cells(vectors, nearest_cell[group])
-            else:
-                found = self.reachable(queries[group])
-            cells, reach, projected = found
-            if whole_cells:
-                within, reach = self._apart_within(queries[group], cells, reach)
-                yield from self._within_blocks(group, cells, within)
-            used = reach.any(axis=0)
-            cells, reach = cells[used], reach[:, used]
-            # Cells of one subspace group share its projection of the queries.
-            for g in np.unique(self.group_of_cell[cells]).tolist():
-                mine = np.flatnonzero(self.group_of_cell[cells] == g)
-                asking_at = np.flatnonzero(reach[:, mine].any(axis=1))
-                asking = group[asking_at]
-                own = {g: projected[g][asking_at]}
-                base = np.concatenate([self.members(c) for c in cells[mine]])
-                step = max(1, SCAN_BYTES // (4 * max(len(asking), self.embeddings.shape[1])))
-                for b0 in range(0, len(base), step):
-                    yield asking, base[b0 : b0 + step], own, False
+            yield group, (nearest_cell[group] if queries is None else None)
+
+    def _group_blocks(
+        self,
+        queries: np.ndarray | None,
+        group: np.ndarray,
+        own_cells: np.ndarray | None,
+        whole_cells: bool = False,
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, dict[int, np.ndarray], bool]]:
+        """`_scan`'s blocks for one group of queries (`own_cells`: their own cells, for a
+        self-join)."""
+        if own_cells is not None:
+            found = self._reachable_from_cells(self.embeddings[self.rows[group]], own_cells)
+        else:
+            found = self.reachable(queries[group])
+        cells, reach, projected = found
+        if whole_cells:
+            within, reach = self._apart_within(queries[group], cells, reach)
+            yield from self._within_blocks(group, cells, within)
+        used = reach.any(axis=0)
+        cells, reach = cells[used], reach[:, used]
+        # Cells of one subspace group share its projection of the queries.
+        for g in np.unique(self.group_of_cell[cells]).tolist():
+            mine = np.flatnonzero(self.group_of_cell[cells] == g)
+            asking_at = np.flatnonzero(reach[:, mine].any(axis=1))
+            asking = group[asking_at]
+            own = {g: projected[g][asking_at]}
+            base = np.concatenate([self.members(c) for c in cells[mine]])
+            step = max(1, SCAN_BYTES // (4 * max(len(asking), self.embeddings.shape[1])))
+            for b0 in range(0, len(base), step):
+                yield asking, base[b0 : b0 + step], own, False
 
     def _apart_within(
         self, vectors: np.ndarray, cells: np.ndarray, reach: np.ndarray

@@ -26,19 +26,34 @@ depend on the order in which pairs were found.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from .neighbors import DECISION_EPS, RANK_DECIMALS, SCAN_BYTES, CellIndex, exact_similarity
+from .neighbors import (
+    DECISION_EPS,
+    RANK_DECIMALS,
+    SCAN_BYTES,
+    CellIndex,
+    exact_similarity,
+    ordered_map,
+)
 
 
 class UnionFind:
-    """Union-find over n items whose roots are the smallest item of each set."""
+    """Union-find over n items whose roots are the smallest item of each set.
+
+    Safe for threads (`_merge_cells` merges on several): unions take a lock; a `find`
+    does not, as a root it returns, read while another thread merges, is still an
+    ancestor of its items (a stale root only costs a caller work it could have skipped),
+    and its path compression writes only items that are not roots, which no union writes.
+    """
 
     def __init__(self, n: int) -> None:
         self.parent = np.arange(n, dtype=np.int64)
+        self._lock = threading.Lock()
 
     def find(self, items: np.ndarray) -> np.ndarray:
         items = np.asarray(items, dtype=np.int64)
@@ -48,7 +63,10 @@ class UnionFind:
             if np.array_equal(up, roots):
                 break
             roots = up
-        self.parent[items] = roots  # path compression for what was asked
+        # Path compression for what was asked; a root's own entry is left alone, or it
+        # could undo a union another thread just made.
+        below = roots != items
+        self.parent[items[below]] = roots[below]
         return roots
 
     def union(self, a: np.ndarray, b: np.ndarray) -> None:
@@ -60,6 +78,10 @@ class UnionFind:
         Plain numpy on the few roots a block touches: scipy's `connected_components`
         cost about 0.4 ms a call in checks and conversions, a tenth of the 1M round's
         components."""
+        with self._lock:
+            self._union(a, b)
+
+    def _union(self, a: np.ndarray, b: np.ndarray) -> None:
         ra, rb = self.find(a), self.find(b)
         differ = ra != rb
         if not differ.any():
@@ -126,28 +148,27 @@ def _merge_cells(index: CellIndex, found: UnionFind) -> None:
     solid = dense.copy()
     solid[~dense] = _solid(index, found, np.flatnonzero(~dense))
     representative = index.order[index.bounds[:-1]]
-    for cell in range(n_cells):
+
+    def merge_with_later_cells(cell: int) -> None:
         others = np.arange(cell + 1, n_cells)
-        if len(others) == 0:
-            break
         gap = index.centre_distances(index.centres[cell][None, :])[0, cell + 1 :]
         reach = gap <= index.radius[cell] + index.radius[others] + tau + 1e-4
         others, gap = others[reach], gap[reach]
         if len(others) == 0:
-            continue
+            return
         roots = found.find(representative[others])
         own_root = found.find(representative[[cell]])[0]
         settled = solid[cell] & solid[others] & (roots == own_root)
         others, gap = others[~settled], gap[~settled]
         if len(others) == 0:
-            continue
+            return
         # Cells of other clusters: first the floor under the members' residuals off
         # their subspace that the cell's centre gives, free, then the members' own.
         floor = index.member_residual_floor(np.array([cell]), index.group_of_cell[others])[0]
         near = index.within_residual_reach(floor, others)
         others, gap = others[near], gap[near]
         if len(others) == 0:
-            continue
+            return
         members = index.members(cell)
         groups, group_at = np.unique(index.group_of_cell[others], return_inverse=True)
         coords = index.group_coords(index.embeddings[index.rows[members]], groups)
@@ -155,7 +176,7 @@ def _merge_cells(index: CellIndex, found: UnionFind) -> None:
         near = index.within_residual_reach(lowest[group_at], others)
         others, gap = others[near], gap[near]
         if len(others) == 0:
-            continue
+            return
         # Cells that lie wholly within the twin distance of each other need no product.
         whole = gap + index.radius[cell] + index.radius[others] + 1e-4 <= tau
         for other in others[whole]:
@@ -171,6 +192,12 @@ def _merge_cells(index: CellIndex, found: UnionFind) -> None:
         unsettled = unsettled[~solid[unsettled]]
         if len(unsettled):
             solid[unsettled] = _solid(index, found, unsettled)
+
+    # Each cell meets the cells numbered after it, on the search's threads: the
+    # components do not depend on the order pairs are merged in, and what a cell reads
+    # of the others' merges (roots, `solid`) only lets it skip pairs that join nothing.
+    for _ in ordered_map(merge_with_later_cells, range(n_cells - 1)):
+        pass
 
 
 def _merge_block(
