@@ -17,11 +17,31 @@ from bubblefence_plugin.core.config import BubbleFenceConfig
         ({"anchor_method": "grid"}, "anchor_method"),
         ({"lid_k": 1}, "lid_k"),
         ({"min_radius": 0.6, "max_radius": 0.5}, "min_radius"),
+        # A duplicate that follows its original brings its own near twins across (found
+        # by a stress test: 9 pairs crossed at 0.95, cut_pairs 0).
+        ({"dedup_policy": "follow", "dedup_threshold": 0.9}, "dedup_threshold >= leak"),
     ],
 )
 def test_config_rejects_bad_values_by_name(kwargs, word):
     with pytest.raises(ValueError, match=word):
         BubbleFenceConfig(**kwargs)
+    assert BubbleFenceConfig(dedup_policy="follow", dedup_threshold=0.95).dedup_threshold == 0.95
+
+
+def test_numpy_scalars_are_taken_as_the_python_values_they_hold():
+    """An array's element or a mean (numpy scalars) is a knob's value like Python's, and
+    stored as Python's (the state's JSON takes no numpy types)."""
+    import json
+
+    import numpy as np
+
+    config = BubbleFenceConfig(seed=np.int64(3), lid_k=np.int32(20), eval_ratio=np.float32(0.25))
+    assert (config.seed, config.lid_k, config.eval_ratio) == (3, 20, 0.25)
+    assert type(config.seed) is int and type(config.eval_ratio) is float
+    assert json.loads(json.dumps(config.to_dict()))["lid_k"] == 20
+    assert BubbleFenceConfig(label_aware=np.bool_(False)).label_aware is False
+    with pytest.raises(ValueError, match=r"lid_k=2\.5 must be"):
+        BubbleFenceConfig(lid_k=np.float64(2.5))
 
 
 def test_config_reads_reference_yaml(tmp_path):

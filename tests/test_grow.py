@@ -753,8 +753,11 @@ def test_round_budget_is_not_moved_by_float_rounding():
     # 0.33 * 100 = 33.00000000000001 and 0.07 * 100 = 7.000000000000001 in floats.
     wide = BubbleFenceConfig(eval_ratio=0.3, eval_tolerance=0.03)
     assert round_budget(100, 0, 100, 0, wide).cap == 33
-    floor = BubbleFenceConfig(eval_ratio=0.05, eval_tolerance=0.1, min_eval_per_batch=0.07)
-    assert round_budget(100, 5, 100, 0, floor).need == 7
+    floor = BubbleFenceConfig(eval_ratio=0.1, eval_tolerance=0.1, min_eval_per_batch=0.07)
+    assert round_budget(100, 10, 100, 0, floor).need == 7
+    # A floor above the eval ratio holds out the ratio's share, no more.
+    above = BubbleFenceConfig(eval_ratio=0.05, eval_tolerance=0.1, min_eval_per_batch=0.07)
+    assert round_budget(100, 5, 100, 0, above).need == 5
 
 
 @pytest.mark.parametrize("whole_share", [2.0, 0.5, 0.0])

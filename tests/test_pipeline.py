@@ -266,6 +266,86 @@ def test_the_leak_threshold_may_rise_but_not_fall_after_the_first_round():
     assert bf.assignments()[:400].equals(before)
 
 
+def _zipf_mixture(n: int, seed: int) -> np.ndarray:
+    """Broad clusters of Zipf sizes in 64-d: later rounds bring members into earlier
+    bubbles without near twins there."""
+    rng = np.random.default_rng(seed)
+    centres = unit(rng.normal(size=(40, 64)))
+    weights = 1.0 / np.arange(1, 41) ** 1.2
+    label = rng.choice(40, size=n, p=weights / weights.sum())
+    return unit(centres[label] + rng.uniform(0.4, 0.9) * rng.normal(size=(n, 64)) / 8)
+
+
+@pytest.mark.parametrize("new_ratio", [0.1, 0.9])
+def test_later_rounds_follow_a_validation_ratio_changed_between_rounds(new_ratio):
+    """Samples that join an earlier bubble free of twins take the shell that brings
+    validation to the ratio, not the one their radius falls in: after
+    `reconfigure(validation_ratio=...)` the rounds went on near the old ratio (0.41-0.47
+    of their eval for 0.1; found by a stress test). The ratio is of all eval (SPEC 4),
+    and the first round's shells stay: the later rounds' eval goes to the side it
+    lacks, as far as the ratio asks."""
+    x = _zipf_mixture(9000, seed=1)
+    bf = BubbleFence(BubbleFenceConfig(seed=1, validation_ratio=0.5))
+    bf.ingest(x[:3000])
+    first = bf.summary()["validation_share_of_eval"]
+    bf.reconfigure(validation_ratio=new_ratio)
+    for part in np.array_split(np.arange(3000, 9000), 3):
+        bf.ingest(x[part])
+    a = bf.assignments()
+    later = a[(a["round"] > 0) & a["split"].isin(["validation", "test"])]
+    assert len(later) > 300
+    share = float((later["split"] == "validation").mean())
+    assert share <= new_ratio + 0.05 if new_ratio < 0.5 else share >= new_ratio - 0.05
+    overall = bf.summary()["validation_share_of_eval"]
+    assert abs(overall - new_ratio) < abs(first - new_ratio) - 0.1
+
+
+def _rounds_of_groups(sizes: tuple[int, ...], seed: int, k: int = 100, d: int = 128) -> list:
+    """(embeddings, groups) per round: broad clusters, each round's groups runs of 1-4
+    samples of one cluster (a few frames of one scene), new ids every round."""
+    rng = np.random.default_rng(seed)
+    centres = unit(rng.normal(size=(k, d)))
+    spread = rng.uniform(0.35, 0.9, size=k)
+    rounds, start = [], 0
+    for n in sizes:
+        label = rng.integers(k, size=n)
+        x = unit(centres[label] + spread[label, None] * rng.normal(size=(n, d)) / np.sqrt(d))
+        order = np.argsort(label, kind="stable")
+        groups = np.empty(n, dtype=object)
+        i = g = 0
+        while i < n:
+            size = int(rng.integers(1, 5))
+            groups[order[i : i + size]] = f"r{start}g{g}"
+            i, g = i + size, g + 1
+        rounds.append((x, groups))
+        start += n
+    return rounds
+
+
+@pytest.mark.parametrize("layout", ["inner_val", "inner_test"])
+def test_a_fixed_shell_layout_with_groups_stays_balanced_in_later_rounds(layout):
+    """Groups link far members, so a bubble's inner shell spans nearly all of it and the
+    next round's joiners fell inside it: validation came to 0.589 (inner_val) and 0.407
+    (inner_test) of eval against 0.5 (found by a stress test)."""
+    bf = BubbleFence(BubbleFenceConfig(seed=5, shell_layout=layout))
+    for x, groups in _rounds_of_groups((6000, 4000), seed=5):
+        r = bf.ingest(x, groups=groups)
+    assert r.stats["margin_shells_moved"] > 0
+    summary = bf.summary()
+    assert summary["n_eval"] >= 200 and summary["groups"]["violations"] == 0
+    assert abs(summary["validation_share_of_eval"] - 0.5) <= 0.03
+
+
+def test_a_batch_floor_above_the_eval_ratio_holds_out_only_the_ratio():
+    """The floor per round (`min_eval_per_batch`, 0.05 by default) is at most
+    `eval_ratio`: with 0.02 asked, rounds held out 0.05 (found by a stress test)."""
+    x = _zipf_mixture(6000, seed=3)
+    bf = BubbleFence(BubbleFenceConfig(seed=3, eval_ratio=0.02))
+    for part in np.array_split(np.arange(6000), 3):
+        bf.ingest(x[part])
+        assert abs(bf.summary()["eval_share"] - 0.02) <= 0.005
+
+
 def test_duplicates_across_rounds_never_straddle():
     rng = np.random.default_rng(5)
     x, _ = clustered(1500, rng)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 # Integers go into MongoDB run documents, which hold signed 64-bit integers (numpy's
@@ -154,7 +155,7 @@ KNOBS: dict[str, Knob] = {
         float,
         "Eval floor per round",
         "Share of every new round held out even when the quota is already met, up to "
-        "eval_tolerance past the eval target",
+        "eval_tolerance past the eval target (at most eval_ratio)",
         **_RATIO,
         reference=("dataset_splits", "min_eval_per_batch"),
     ),
@@ -377,9 +378,19 @@ def check_knob(name: str, value: Any) -> Any:
     knob = KNOBS[name]
     if value is None and knob.optional:
         return None
+    value = _plain(value)
     if _accepts(knob, value):
         return value
     raise ValueError(f"{name}={value!r} must be {knob.allowed()}")
+
+
+def _plain(value: Any) -> Any:
+    """A numpy scalar as the Python number or bool it holds (`np.int64(3)` -> 3): numpy
+    hands them out (an array's element, a mean), the checks and the state's JSON take
+    Python's. Other values as they are."""
+    if isinstance(value, np.generic) and isinstance(value, (numbers.Number, np.bool_)):
+        return value.item()
+    return value
 
 
 def _accepts(knob: Knob, value: Any) -> bool:
@@ -547,11 +558,26 @@ class BubbleFenceConfig:
 
     def __post_init__(self) -> None:
         for name in KNOBS:
-            check_knob(name, getattr(self, name))
+            # Frozen: the checked value (a numpy scalar made Python's) is set past it.
+            object.__setattr__(self, name, check_knob(name, getattr(self, name)))
         if self.closure_threshold is not None and self.closure_threshold > self.leak_threshold:
             raise ValueError(
                 f"closure_threshold={self.closure_threshold} must be at most "
                 f"leak_threshold={self.leak_threshold}"
+            )
+        if (
+            self.dedup_enabled
+            and self.dedup_policy == "follow"
+            and self.dedup_threshold < self.leak_threshold
+        ):
+            # A duplicate that follows its original would bring its own near twins,
+            # not all of them the original's, across the line, counted nowhere.
+            raise ValueError(
+                f"dedup_policy='follow' needs dedup_threshold >= leak_threshold (got "
+                f"{self.dedup_threshold} < {self.leak_threshold}): a duplicate takes its "
+                "original's split, and one less similar to it than near twins are has near "
+                "twins of its own that may sit across the line, uncounted; raise "
+                "dedup_threshold, or keep dedup_policy='exclude'"
             )
         if not self.min_radius < self.max_radius:
             raise ValueError(

@@ -48,6 +48,7 @@ from .follow import (
     keep_margins,
 )
 from .groups import (
+    crossings_between,
     crossings_changed,
     crossings_of,
     encode_groups,
@@ -127,6 +128,9 @@ class _Round:
     # Rows that joined eval through eval's margin (`keep_margins`), and their units.
     margin_joined: np.ndarray | None = None
     margin_units: np.ndarray | None = None
+    # Rows that joined an earlier bubble free of twins, and their twin components.
+    bubble_joined: np.ndarray | None = None
+    bubble_units: np.ndarray | None = None
     earlier_index: CellIndex | None = None  # the kept rows of earlier rounds (`_earlier`)
     kept_index: CellIndex | None = None  # every kept row (round 0's units), for the next round
     new_index: CellIndex | None = None  # the round's new kept rows (`_new_index`)
@@ -290,6 +294,7 @@ class BubbleFence:
             self._bind_to_assigned(work)
         with _timed(timings, "existing_bubbles"):
             if work.components is not None:
+                was_open = work.split[work.new_kept] == UNASSIGNED
                 join_existing_bubbles(
                     work.x,
                     work.new_kept,
@@ -299,6 +304,9 @@ class BubbleFence:
                     work.shell,
                     self._anchors,
                 )
+                joined = was_open & (work.split[work.new_kept] != UNASSIGNED)
+                work.bubble_joined = work.new_kept[joined]
+                work.bubble_units = work.components[joined]
         with _timed(timings, "margins"):
             self._keep_margins(work)
         with _timed(timings, "new_bubbles"):
@@ -448,15 +456,24 @@ class BubbleFence:
         )
 
     def _balance_margin_joins(self, work: _Round) -> None:
-        """Units that joined eval through the margin change shell where the new bubbles
-        left validation off target (`follow.balance_margin_joins`)."""
-        if work.margin_joined is None or len(work.margin_joined) == 0:
+        """Units that joined eval through the margin, and twin components that joined an
+        earlier bubble, change shell where the round left validation off target
+        (`follow.balance_margin_joins`).
+
+        Neither has a twin across the shells it may change, and a joiner's shell by its
+        radius follows the bubble's inner radius, which groups or a fixed radius can
+        stretch to the whole bubble: with `shell_layout` inner_val and groups, a second
+        round's joiners went 555 to validation against 76 to test (validation 0.586 of
+        eval against 0.5), and after `reconfigure(validation_ratio=0.1)` the rounds
+        went on near the old ratio (0.41-0.47 of their eval; found by a stress test)."""
+        joined, units = _joins(work)
+        if len(joined) == 0:
             work.stats["margin_shells_moved"] = 0
             return
         work.stats["margin_shells_moved"] = balance_margin_joins(
             work.x,
-            work.margin_joined,
-            work.margin_units,
+            joined,
+            units,
             work.split,
             work.anchor,
             work.shell,
@@ -505,7 +522,7 @@ class BubbleFence:
         # min_eval_per_batch yields to the leak graph: only free samples can be held out.
         work.stats["floor_shortfall"] = max(
             0,
-            eval_floor(cfg.min_eval_per_batch, len(new_kept))
+            eval_floor(cfg, len(new_kept))
             - int(((split == VALIDATION) | (split == TEST))[new_kept].sum()),
         )
 
@@ -587,20 +604,36 @@ class BubbleFence:
             change = crossings_changed(
                 work.x, new_rows[changed & work.kept[new_rows]], before, split, indexes, threshold
             )
-            # A follower that ends apart from its original (the vote moved it, or moved
-            # its original of this round and not it) crosses with it and its twins:
-            # counted too; one on its original's side mirrors it, and is not (found by
-            # stress tests: exact copies in eval beside their originals in train,
-            # cut_pairs 0; a copy moved with its original, counted twice).
-            original = np.where(follower, work.duplicate_of[new_rows], new_rows)
-            apart = follower & (split[new_rows] != split[original])
-            change += crossings_of(work.x, new_rows[apart], split, indexes, threshold)
             work.stats["cut_pairs_groups"] = change
             work.stats["cut_pairs"] = work.stats.get("cut_pairs", 0) + change
         if self.config.dedup_policy == "follow":
             followers = new_rows[work.is_duplicate[new_rows]]
             with_original = split[followers] == split[work.duplicate_of[followers]]
             work.stats["duplicates_with_original"] = int(with_original.sum())
+            change = self._copy_crossings(work)
+            work.stats["cut_pairs_copies"] = change
+            work.stats["cut_pairs"] = work.stats.get("cut_pairs", 0) + change
+
+    def _copy_crossings(self, work: _Round) -> int:
+        """Twin pairs across either line between a duplicate that has a split (policy
+        `follow`) and a sample of this round: the round's copies against every sample
+        with a split, the round's kept samples against earlier copies. Every other
+        search (twins, bubbles, groups) sees kept samples alone, and a copy's near twins
+        are not all its original's: one beside its original crossed what its original
+        did not (at `dedup_threshold` 0.99, 148 pairs of 65,336), and copies a group's
+        vote parted from their original crossed the others (a family of 828 copies of
+        one frame: 1,799 pairs, found by a stress test). So `cut_pairs` sums to every
+        crossing pair of the samples with a split, copies included."""
+        split = work.split
+        placed = (split == TRAIN) | (split == VALIDATION) | (split == TEST)
+        copies = np.flatnonzero(placed & (work.duplicate_of >= 0))
+        new_copies, old_copies = copies[copies >= work.n_old], copies[copies < work.n_old]
+        new_kept = work.new_rows[placed[work.new_rows] & (work.duplicate_of[work.new_rows] < 0)]
+        threshold = self.config.leak_threshold
+        indexes = self._kept_indexes(work)
+        return crossings_of(
+            work.x, new_copies, split, indexes, threshold, others=old_copies
+        ) + crossings_between(work.x, new_kept, old_copies, split, threshold)
 
     def _clear_new_bubbles(self, work: _Round) -> None:
         """The new bubbles' balls end before any train sample (`bubbles.clear_of_train`):
@@ -1161,6 +1194,21 @@ class BubbleFence:
             new_anchor_ids=list(range(first_anchor, len(self._anchors))),
             stats=record,
         )
+
+
+def _joins(work: _Round) -> tuple[np.ndarray, np.ndarray]:
+    """The rows that joined eval through the margin or an earlier bubble, and their units:
+    the margin's closure units as they are, the bubble joiners' twin components as
+    negative ids, so the two kinds never share one."""
+    joined = [r for r in (work.margin_joined, work.bubble_joined) if r is not None]
+    if not joined:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    units = []
+    if work.margin_joined is not None:
+        units.append(np.asarray(work.margin_units, np.int64))
+    if work.bubble_joined is not None:
+        units.append(-1 - np.asarray(work.bubble_units, np.int64))
+    return np.concatenate(joined), np.concatenate(units)
 
 
 def _append_optional(

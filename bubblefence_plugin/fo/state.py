@@ -83,7 +83,7 @@ def ids_not_split(samples: foc.SampleCollection) -> list[str]:
     Args:
         samples: a dataset or view
     """
-    dataset = samples._root_dataset
+    dataset = root_dataset(samples)
     found = _read_checked(dataset)
     held = set(found[2]["ids"].astype(str).tolist()) if found is not None else set()
     candidates = samples.match_tags(EXCLUDED_TAG, bool=False).values("id")
