@@ -142,9 +142,13 @@ def _merge_cells(index: CellIndex, found: UnionFind) -> None:
     for cell in np.flatnonzero(dense):
         members = index.members(cell)
         found.union(members[1:], np.full(len(members) - 1, members[0]))
-    for cell in np.flatnonzero(~dense):
+
+    def merge_within(cell: int) -> None:
         members = index.members(cell)
         _merge_block(index, found, members, members)
+
+    for _ in ordered_map(merge_within, np.flatnonzero(~dense).tolist()):
+        pass
     solid = dense.copy()
     solid[~dense] = _solid(index, found, np.flatnonzero(~dense))
     representative = index.order[index.bounds[:-1]]
@@ -193,9 +197,10 @@ def _merge_cells(index: CellIndex, found: UnionFind) -> None:
         if len(unsettled):
             solid[unsettled] = _solid(index, found, unsettled)
 
-    # Each cell meets the cells numbered after it, on the search's threads: the
-    # components do not depend on the order pairs are merged in, and what a cell reads
-    # of the others' merges (roots, `solid`) only lets it skip pairs that join nothing.
+    # Each cell meets the cells numbered after it, on the search's threads (its own
+    # rows above too): the components do not depend on the order pairs are merged in,
+    # and what a cell reads of the others' merges (roots, `solid`) only lets it skip
+    # pairs that join nothing.
     for _ in ordered_map(merge_with_later_cells, range(n_cells - 1)):
         pass
 
@@ -237,8 +242,11 @@ def _merge_pairs(
     """Union every twin pair between positions `left[chosen]` and `right`, block by block."""
     if not chosen.any() or len(right) == 0:
         return
-    left = left[chosen]
-    coords = None if left_coords is None else {g: c[chosen] for g, c in left_coords.items()}
+    whole = chosen.all()  # a solid cell's rows: their coordinates as they are
+    left = left if whole else left[chosen]
+    coords = left_coords
+    if left_coords is not None and not whole:
+        coords = {g: c[chosen] for g, c in left_coords.items()}
     step = max(1, SCAN_BYTES // (4 * max(len(left), index.embeddings.shape[1])))
     left_vectors = index.embeddings[index.rows[left]]
     for start in range(0, len(right), step):
