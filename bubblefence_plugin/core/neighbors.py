@@ -40,14 +40,14 @@ import numpy as np
 from scipy import linalg, sparse
 from threadpoolctl import ThreadpoolController
 
+T = TypeVar("T")
+R = TypeVar("R")
+
 # Environment variable that fixes the BLAS thread count of a round (see `blas_threads`).
 THREADS_VARIABLE = "BUBBLEFENCE_BLAS_THREADS"
 # Results each thread of `ordered_map` may compute ahead of its caller: enough that a
 # thread rarely waits for the caller, few enough to bound what they hold.
 AHEAD_PER_WORKER = 2
-
-T = TypeVar("T")
-R = TypeVar("R")
 # Rounds over fewer rows run on one thread: their products gain little from a second.
 SMALL_ROUND = 10_000
 # Window over which the idle cores are measured at the start of a round.
