@@ -215,10 +215,8 @@ def _pick_inputs(ctx: ExecutionContext, inputs: types.Object) -> None:
         prop.error_message = f"tag must be a non-empty string, got {tag!r}"
     elif bfo.is_reserved_tag(tag):
         prop.invalid = True
-        prop.error_message = (
-            f"{tag!r} is reserved (a split's name, or the exclusion tag {bfo.EXCLUDED_TAG!r}); "
-            "choose another tag"
-        )
+        what = "the exclusion tag" if tag.strip().lower() == bfo.EXCLUDED_TAG else "a split's name"
+        prop.error_message = f"{tag!r} is reserved ({what}); choose another tag"
     elif not ctx.params.get("replace") and ctx.dataset.count_sample_tags().get(tag, 0):
         prop.invalid = True
         prop.error_message = f"{tag!r} exists already: choose a new tag or tick Replace"

@@ -205,8 +205,12 @@ def test_operator_immediate_with_progress_and_delegated(field_dataset):
 
     with pytest.raises(ExecutionError, match="'odd' exists already"):  # the form refuses it
         foo.get_operator(SAMPLE)(ds, strategy="diverse", count=3, tag="odd", embeddings_field="emb")
-    with pytest.raises(ExecutionError, match="'val' is reserved"):  # a split's name to the audit
+    with pytest.raises(ExecutionError, match=r"'val' is reserved \(a split's name\)"):
         foo.get_operator(SAMPLE)(ds, strategy="diverse", count=3, tag="val", embeddings_field="emb")
+    with pytest.raises(ExecutionError, match=r"'excluded' is reserved \(the exclusion tag\)"):
+        foo.get_operator(SAMPLE)(
+            ds, strategy="diverse", count=3, tag="excluded", embeddings_field="emb"
+        )
 
     op = foo.get_operator(SAMPLE)
     queued = op(
