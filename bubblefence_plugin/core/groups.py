@@ -251,13 +251,12 @@ def crossings_of(
     others: np.ndarray | None = None,
 ) -> int:
     """Twin pairs (cosine >= `threshold`) that cross either line between `rows` (outside
-    `indexes`: duplicates a group's vote moved off their original's side) and the
-    indexed rows, the rows `others` (the other duplicates with a split, also outside
-    them), and among `rows` themselves. Such a copy mirrored its original before, and
-    its pairs were its original's: all of them count now, not a change (found by stress
-    tests: a copy of a train sample with an eval twin was counted 4 pairs short, two
-    copies of one image voted into train and test 1 short, and a family of 828 copies
-    of one frame that the vote parted 1,799 pairs short)."""
+    `indexes`: a round's duplicates that have a split, `dedup_policy` follow) and the
+    indexed rows, the rows `others` (earlier such duplicates, also outside them), and
+    among `rows` themselves: all of a copy's pairs, as no other search sees a copy
+    (found by stress tests: a copy of a train sample with an eval twin was counted 4
+    pairs short, two copies of one image voted into train and test 1 short, and a
+    family of 828 copies of one frame that the vote parted 1,799 pairs short)."""
     rows = np.unique(np.asarray(rows, np.int64))
     count = crossings_between(embeddings, rows, others, split, threshold)
     for index in indexes:

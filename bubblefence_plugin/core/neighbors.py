@@ -1081,7 +1081,7 @@ class CellIndex:
                 yield q, part, self._block_hits(queries[q], part, True, projected)
 
     def _scan(
-        self, queries: np.ndarray | None, from_own_cell: bool = False, whole_cells: bool = False
+        self, queries: np.ndarray, whole_cells: bool = False
     ) -> Iterator[tuple[np.ndarray, np.ndarray, dict[int, np.ndarray], bool]]:
         """(query indices, base positions, projected, every): blocks that together hold
         every pair of a query and a row within the threshold once, each block's
@@ -1094,13 +1094,10 @@ class CellIndex:
         Queries are taken in groups that share their nearest cell (`_query_groups`), so
         that the cells they reach overlap; each group's block holds only the queries that
         reach its cells, and is split over its base rows to stay within `SCAN_BYTES`
-        (`_group_blocks`). `from_own_cell` (`own_pairs`; `queries` None): the queries are
-        the index's rows, by position, grouped by their own cells (the grouping decides
-        the blocks, never the pairs), and a group meets only the cells numbered from its
+        (`_group_blocks`). A self-join (`own_pairs`) takes the index's rows grouped by
+        their own cells instead, each group meeting only the cells numbered from its
         first query's cell on.
         """
-        if whole_cells and from_own_cell:
-            raise ValueError("_scan: whole_cells needs queries, not a self-join")
         for group, nearest_cell in self._query_groups(queries):
             yield from self._group_blocks(queries, group, nearest_cell, whole_cells)
 

@@ -729,21 +729,22 @@ def _ingest(r: _Round, ok_ids: list[str], embeddings: np.ndarray) -> RoundResult
 
     if r.bf is None:
         r.bf = BubbleFence(r.cfg)
-    if r.bf.n_samples and (r.label_field or r.group_field):
-        # The samples held go by the fields' values now, not those of their rounds: a
-        # field first given or changed since, or values edited (`BubbleFence.relabel`).
-        held = r.bf.assignments()["id"].tolist()
+    # The samples held go by the fields' values now, not those of their rounds: a field
+    # first given or changed since, or values edited (`BubbleFence.relabel`). One read
+    # per field serves them and the new samples.
+    held = r.bf.assignments()["id"].tolist() if r.bf.n_samples else []
+    labels = label_values(r.dataset, held + ok_ids, r.label_field)
+    groups = label_values(r.dataset, held + ok_ids, r.group_field, "group_field")
+    if held and (labels is not None or groups is not None):
         r.bf.relabel(
-            labels=label_values(r.dataset, held, r.label_field),
-            groups=label_values(r.dataset, held, r.group_field, "group_field"),
+            labels=None if labels is None else labels[: len(held)],
+            groups=None if groups is None else groups[: len(held)],
         )
     kwargs: dict[str, Any] = {"ids": ok_ids}
-    labels = label_values(r.dataset, ok_ids, r.label_field)
-    groups = label_values(r.dataset, ok_ids, r.group_field, "group_field")
     if labels is not None:
-        kwargs["labels"] = labels
+        kwargs["labels"] = labels[len(held) :]
     if groups is not None:
-        kwargs["groups"] = groups
+        kwargs["groups"] = groups[len(held) :]
     return r.bf.ingest(embeddings, **kwargs)
 
 
