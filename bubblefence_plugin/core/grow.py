@@ -350,8 +350,11 @@ class Strata:
         return int(self.cap[stratum] - self.eval_count[stratum])
 
     def record(self, rows: np.ndarray) -> None:
-        """Count newly held-out rows."""
-        self.eval_count += np.asarray(self.matrix[rows].sum(axis=0)).reshape(-1).astype(np.int64)
+        """Count newly held-out rows (read off the matrix's arrays, `_row_entries`: a
+        slice of it per capture cost 0.25 s over a 50k round's 1,773 captures)."""
+        _, stratum, held = _row_entries(self.matrix, rows)
+        counted = np.bincount(stratum, held, minlength=len(self.eval_count))
+        self.eval_count += counted.astype(np.int64)
 
 
 class _Rows:
@@ -787,14 +790,8 @@ class BubbleGrower:
 
     def _unit_entries(self, units: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(position in `units`, stratum, members) of every capped stratum each of `units`
-        holds, in `units` order; read off `_unit_strata`'s arrays, as slicing the matrix
-        per candidate costs more than the test itself."""
-        counts = self._unit_strata()
-        starts = counts.indptr[units]
-        lengths = counts.indptr[units + 1] - starts
-        row = np.repeat(np.arange(len(units)), lengths)
-        at = np.arange(len(row)) - np.repeat(np.cumsum(lengths) - lengths - starts, lengths)
-        return row, counts.indices[at], counts.data[at]
+        holds, in `units` order (`_row_entries` of `_unit_strata`)."""
+        return _row_entries(self._unit_strata(), units)
 
     def _within_caps(self, units: np.ndarray) -> np.ndarray:
         """Per unit: whether capturing it alone keeps every capped stratum within its cap."""
@@ -1694,6 +1691,19 @@ def _nearest_of(component: np.ndarray, sims: np.ndarray) -> np.ndarray:
     nearest = np.full(int(dense.max()) + 1 if len(dense) else 0, -np.inf)
     np.maximum.at(nearest, dense, sims)
     return nearest[dense]
+
+
+def _row_entries(
+    matrix: sparse.csr_matrix, rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(position in `rows`, column, value) of every stored entry of `matrix[rows]`, in
+    `rows` order, read off the CSR arrays: slicing the matrix costs more than what the
+    callers do with the entries (per candidate, per capture)."""
+    starts = matrix.indptr[rows]
+    lengths = matrix.indptr[rows + 1] - starts
+    row = np.repeat(np.arange(len(rows)), lengths)
+    at = np.arange(len(row)) - np.repeat(np.cumsum(lengths) - lengths - starts, lengths)
+    return row, matrix.indices[at], matrix.data[at]
 
 
 def _strata_sum(member_strata: sparse.csr_matrix, chosen: np.ndarray) -> np.ndarray:
