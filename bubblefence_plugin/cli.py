@@ -630,6 +630,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     """``report --dataset NAME [--split-source S] [--label-field L] [--html PATH]``."""
     from .fo import report, split_warnings, summary_rows, write_json
+    from .fo.export import check_writable
 
     if args.fail_above is not None and not 0.0 <= args.fail_above <= 1.0:
         raise ValueError(f"--fail-above must be a share in [0, 1], got {args.fail_above}")
@@ -639,6 +640,8 @@ def cmd_report(args: argparse.Namespace) -> int:
             f"--json {args.json!r} is a folder; give the file to write, e.g. "
             f"{str(Path(args.json) / 'report.json')!r}"
         )
+    if args.json:
+        check_writable(args.json, f"--json {args.json!r}")
     dataset = _load_dataset(args.dataset)
     bar = _Bar(f"BubbleFence report {dataset.name}")
     try:

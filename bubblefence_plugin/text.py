@@ -353,6 +353,9 @@ def export_text(result: Mapping[str, Any]) -> SummaryText:
     if renamed:
         safe = ", ".join(f"{k!r} -> {v}" for k, v in renamed.items())
         lines.append(Line("Folder names made safe", safe))
+    n_excluded = result.get("n_excluded_left_out", 0)
+    if n_excluded:
+        lines.append(Line("Left out", f"{counted(n_excluded, 'sample')} tagged 'excluded'"))
     lines.append(Line("Manifest", result["manifest"]))
     return SummaryText(headline, lines)
 

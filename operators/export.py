@@ -112,11 +112,16 @@ class BubbleFenceExport(BubbleFenceOperator):
         if not export_dir:
             raise ValueError("export_dir is required")
         yield Progress(0.0, f"Exporting to {export_dir}")
+        names = ctx.params.get("names") or None
+        # Split names go as splits, checked against the stored split as the command line
+        # checks them; any other name as a tag.
+        as_splits = names is None or set(names) <= set(bfo.SPLIT_TAGS)
         result = yield from bfo.iter_export(
             ctx.target_view(),
             export_dir,
             given(ctx.params, "dataset_type", DEFAULT_TYPE),
-            tags=ctx.params.get("names") or None,
+            splits=names if as_splits else None,
+            tags=None if as_splits else names,
             label_field=ctx.params.get("label_field") or None,
             export_media=bool(ctx.params.get("export_media", True)),
             overwrite=bool(ctx.params.get("overwrite", False)),

@@ -635,3 +635,42 @@ def test_reset_deletes_the_leak_view_of_our_split_and_keeps_that_of_another(fiel
     bfo.report(ds, "my_split", "emb")
     assert bfo.reset(ds)["removed_views"] == []
     assert ds.has_saved_view(bfo.LEAKS_VIEW)
+
+
+def test_excluded_samples_of_a_users_split_are_left_out_of_its_audit(field_dataset):
+    """Found by a tester: excluding samples of a split not made by BubbleFence left their
+    tags (nothing of BubbleFence's to leave), and the audit still measured them: its
+    leakage, counts, leak view and closest pairs held the excluded samples."""
+    ds = field_dataset
+    ids = ds.values("id")
+    ds.select(ids[:120]).tag_samples("train")
+    ds.select(ids[120:160]).tag_samples("validation")
+    ds.select(ids[160:]).tag_samples("test")
+    excluded = ids[150:165]
+    bfo.exclude(ds.select(excluded))
+    measured = bfo.report(ds, "tags", embeddings_field="emb", store=False)
+    # The same split without those samples at all: what the audit must measure.
+    ds.select(excluded).untag_samples(["train", "validation", "test"])
+    expected = bfo.report(ds, "tags", embeddings_field="emb", store=False)
+    for key in ("counts", "eval_train", "validation_test", "diversity"):
+        assert measured["metrics"]["split"][key] == expected["metrics"]["split"][key], key
+    assert measured["n_split"] == 185
+    assert (
+        "15 samples tagged 'excluded' carry a split: left out of every measure"
+        in (measured["warnings"])
+    )
+    assert not {p["eval_id"] for p in measured["closest_pairs"]} & set(excluded)
+
+
+def test_an_html_path_that_cannot_be_written_is_refused_before_the_audit(split_dataset, tmp_path):
+    """Found by a tester: a report file under a regular file failed only once the audit
+    had run ("[Errno 17] File exists"), and nothing was stored."""
+    (tmp_path / "file").write_text("x")
+    events = []
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        bfo.report(
+            split_dataset,
+            html_path=tmp_path / "file" / "report.html",
+            progress=lambda fraction, label: events.append(fraction),
+        )
+    assert events == [] and not audit._audit_runs(split_dataset)

@@ -114,6 +114,33 @@ def test_regions_of_another_field_are_refused_until_rebuilt_and_reset_drops_its_
     assert curate.REGIONS_KEY in removed and curate.load_regions(ds) is None
 
 
+def test_excluded_samples_neither_start_a_pick_nor_query_it(field_dataset):
+    """Found by a tester: an excluded sample tagged as the start of a diverse pick still
+    counted as picked (its far-away group never covered), and an excluded query sample
+    steered a similar pick, where excluded samples are never to be read."""
+    ds = field_dataset
+    vectors = {i: np.asarray(v) for i, v in zip(*ds.values(["id", "emb"]), strict=True)}
+    query, other = ds.limit(2).values("id")
+    ds.select([query, other]).tag_samples("query")
+    bfo.exclude(ds.select(query))
+    out = curate.sample(ds, "similar", count=3, tag="like", query_tag="query")
+    q = vectors[other] / np.linalg.norm(vectors[other])
+    best = sorted(
+        (float(v @ q) / np.linalg.norm(v), i) for i, v in vectors.items() if i not in (query, other)
+    )
+    assert set(out["picked_ids"]) == {i for _, i in best[-3:]}
+    bfo.exclude(ds.select(other))
+    with pytest.raises(ValueError, match="query_tag='query': no sample has that tag"):
+        curate.sample(ds, "similar", count=3, tag="like2", query_tag="query")
+    # A start of excluded samples only is none; a split's alias starts a pick as its
+    # name does (`from_split` took "val", `start_from` did not).
+    with pytest.raises(ValueError, match="start_from='query': no sample has that tag"):
+        curate.sample(ds, "diverse", count=3, tag="far", start_from="query")
+    ds.take(20, seed=2).tag_samples("val")
+    picked = curate.sample(ds, "diverse", count=3, tag="far", start_from="val")["picked_ids"]
+    assert not set(picked) & set(ds.match_tags("val").values("id"))
+
+
 def test_from_split_start_from_similar_balance_metadata(field_dataset):
     ds = field_dataset
     bfo.split(ds, embeddings_field="emb")

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from bubblefence_plugin.text import export_text
+
 pytestmark = pytest.mark.fiftyone
 
 fo = pytest.importorskip("fiftyone")
@@ -321,7 +323,7 @@ def test_samples_with_two_split_tags_are_refused_with_the_way_to_keep_one(field_
     ds = field_dataset
     bfo.split(ds, embeddings_field="emb")
     ds.match_tags("test").limit(5).tag_samples("train")
-    with pytest.raises(ValueError, match="5 samples carry two or more of the tags"):
+    with pytest.raises(ValueError, match="5 samples carry the tags of two or more splits"):
         bfo.export(ds, tmp_path / "out", export_media=False)
     assert not (tmp_path / "out").exists()
     # The recipe the message gives: keep the tag of the split field.
@@ -569,3 +571,67 @@ def test_an_overwrite_stopped_while_deleting_what_it_replaced_leaves_nothing_to_
     out.rename(aside)
     with pytest.raises(ValueError, match=r"was stopped after it moved"):
         bfo.export(ds, out, "ImageDirectory", overwrite=True)
+
+
+def _user_split(ds, validation_tag: str = "validation") -> None:
+    """A split of the user's, as tags (no BubbleFence state): 120 / 40 / 40."""
+    ids = ds.values("id")
+    ds.select(ids[:120]).tag_samples("train")
+    ds.select(ids[120:160]).tag_samples(validation_tag)
+    ds.select(ids[160:]).tag_samples("test")
+
+
+def test_tags_export_on_a_dataset_never_split(field_dataset, tmp_path):
+    """Found by a tester: with no stored split, a tags export read the state's missing
+    `duplicate_of` column and failed (the App's and the command line's too)."""
+    ds = field_dataset
+    ds.limit(10).tag_samples("to_label")
+    result = bfo.export(ds, tmp_path / "out", tags=["to_label"], export_media=False)
+    assert result["counts"] == {"to_label": 10}
+    assert len(_manifest(tmp_path / "out" / "manifest.csv")) == 10
+
+
+def test_split_aliases_are_exported_as_their_split_and_two_splits_refused(field_dataset, tmp_path):
+    """Found by a tester: a zoo-style split tagged ``val`` exported no validation sample,
+    unsaid, where the audit and `sample` read ``val`` as validation."""
+    ds = field_dataset
+    _user_split(ds, "val")
+    result = bfo.export(ds, tmp_path / "out", export_media=False)
+    assert result["counts"] == {"train": 120, "validation": 40, "test": 40}
+    rows = _manifest(tmp_path / "out" / "manifest.csv")
+    val_ids = set(ds.match_tags("val").values("id"))
+    assert {r["id"] for r in rows if r["export_folders"] == '{"validation": "validation"}'} == (
+        val_ids
+    )
+    # Train and val on one sample: two splits, as train and validation are.
+    ds.match_tags("val").limit(3).tag_samples("train")
+    with pytest.raises(ValueError, match="3 samples carry the tags of two or more splits"):
+        bfo.export(ds, tmp_path / "two", export_media=False)
+    assert not (tmp_path / "two").exists()
+
+
+def test_excluded_samples_of_a_users_split_are_left_out_of_its_export(field_dataset, tmp_path):
+    """Found by a tester: excluding samples of a split not made by BubbleFence left their
+    tags (nothing of BubbleFence's to leave), and the export shipped them."""
+    ds = field_dataset
+    _user_split(ds)
+    excluded = ds.match_tags("validation").limit(4).values("id")
+    bfo.exclude(ds.select(excluded))
+    result = bfo.export(ds, tmp_path / "out", export_media=False)
+    assert result["counts"] == {"train": 120, "validation": 36, "test": 40}
+    assert result["n_excluded_left_out"] == 4
+    assert not {r["id"] for r in _manifest(tmp_path / "out" / "manifest.csv")} & set(excluded)
+    assert "left out: 4 samples tagged 'excluded'" in export_text(result).plain()
+
+
+def test_a_failed_export_leaves_none_of_the_folders_it_made(media_dataset, tmp_path):
+    """Found by a tester: the folders made above the export folder stayed after a
+    failure that said "nothing was kept"."""
+    ds = media_dataset
+    ds.match_tags("test").take(1, seed=0).set_values("filepath", [str(tmp_path / "gone.png")])
+    (tmp_path / "kept").mkdir()
+    for target in (tmp_path / "new" / "a" / "b", tmp_path / "kept" / "a" / "b"):
+        with pytest.raises(ValueError, match="nothing was kept"):
+            bfo.export(ds, target, "ImageDirectory")
+    assert not (tmp_path / "new").exists()
+    assert (tmp_path / "kept").is_dir() and not any((tmp_path / "kept").iterdir())

@@ -568,3 +568,17 @@ def test_an_export_folder_given_as_text_runs_as_the_file_explorers_value_does(
     params = {"export_dir": str(tmp_path / "out"), "export_media": False}
     foo.execute_operator(EXPORT, ctx={"dataset": ds, "params": params})
     assert (tmp_path / "out" / "manifest.csv").exists()
+
+
+def test_the_export_operator_exports_split_names_as_splits(field_dataset, tmp_path):
+    """The form's default names are the three splits: they are checked against the
+    stored split as the command line's are (the operator passed them as tags, and
+    exported a sample tagged train and test into both folders)."""
+    ds = field_dataset
+    bfo.split(ds, embeddings_field="emb")
+    ds.match_tags("test").limit(2).tag_samples("train")
+    params = {"export_dir": str(tmp_path / "out"), "export_media": False}
+    params["names"] = ["train", "validation", "test"]  # as the App's form sends them
+    result = run_unraised(EXPORT, {"dataset": ds, "params": params})
+    assert "2 samples carry the tags of two or more splits" in result.error_message
+    assert not (tmp_path / "out").exists()

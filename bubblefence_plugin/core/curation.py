@@ -446,13 +446,16 @@ def query_similarity(x: np.ndarray, query: np.ndarray) -> np.ndarray:
     return nearest(x, query)[0]
 
 
-def metadata_scores(values: np.ndarray) -> np.ndarray:
-    """Rank of each value in [0, 1] (ties share a rank); missing values (NaN) rank lowest."""
+def metadata_scores(values: np.ndarray, lower_first: bool = False) -> np.ndarray:
+    """Rank of each value in [0, 1] (ties share a rank); missing values (NaN) rank as the
+    least wanted: lowest, or highest where lower values are wanted first (`lower_first`,
+    a negative strength, which turns the ranks round: missing values ranked lowest then
+    came first)."""
     v = np.asarray(values, dtype=np.float64)
     if v.ndim != 1:
         raise ValueError(f"metadata values must be 1-D, got shape {v.shape}")
     missing = ~np.isfinite(v)
-    filled = np.where(missing, -np.inf, v)
+    filled = np.where(missing, np.inf if lower_first else -np.inf, v)
     return _ranks(filled)
 
 
@@ -547,7 +550,8 @@ def select(
         typ = typicality(x, request.k, request.seed)
     static = np.zeros(n)
     for name in (s for s in active if s in SCORE_STRATEGIES):
-        static += strengths[name] * _score(name, x, typ, query, metadata, request.seed)
+        strength = strengths[name]
+        static += strength * _score(name, x, typ, query, metadata, request.seed, strength < 0)
 
     quotas = None
     left: dict[str, int] | None = None
@@ -591,8 +595,9 @@ def _length(values: Any) -> str:
     return "none" if values is None else str(len(values))
 
 
-def _score(name: str, x, typ, query, metadata, seed: int) -> np.ndarray:
-    """A static strategy's score of every row, rank-normalised to [0, 1]."""
+def _score(name: str, x, typ, query, metadata, seed: int, lower_first: bool) -> np.ndarray:
+    """A static strategy's score of every row, rank-normalised to [0, 1] (`lower_first`:
+    the strategy's strength is negative)."""
     if name == "typical":
         return _ranks(typ)
     if name == "outliers":
@@ -600,7 +605,7 @@ def _score(name: str, x, typ, query, metadata, seed: int) -> np.ndarray:
     if name == "similar":
         return _ranks(query_similarity(x, query))
     if name == "metadata":
-        return metadata_scores(metadata)
+        return metadata_scores(metadata, lower_first)
     return _ranks(np.random.default_rng(seed).random(len(x)))  # random
 
 

@@ -82,7 +82,7 @@ from ..core import metrics
 from ..core.progress import Progress, ProgressCallback, Steps, drive, within
 from ..text import audited_text, counted
 from .embeddings import check_vector_field, checked_vectors, read_vectors, vector_fields
-from .export import path_inside, safe_name, write_text_whole
+from .export import check_writable, path_inside, safe_name, write_text_whole
 from .fields import (
     ANCHOR_FIELD,
     DUPLICATE_FIELD,
@@ -268,6 +268,8 @@ def iter_report(
         options: what to audit and how (default: `AuditOptions()`)
     """
     options = options or AuditOptions()
+    if options.html_path:
+        check_writable(options.html_path, f"html_path {str(options.html_path)!r}")
     plan = _plan(samples, options)
     yield Progress(0.0, f"Reading {plan.embeddings_field!r} and the split ({plan.source})")
     rows = _read_rows(samples, plan)
@@ -408,7 +410,7 @@ def _plan(samples: foc.SampleCollection, options: AuditOptions) -> _Plan:
 def _read_rows(samples: foc.SampleCollection, plan: _Plan) -> _Rows:
     """Reads the split, the embeddings and the labels/groups; notes what is left out."""
     source = plan.source
-    columns = ["tags" if source == TAGS_SOURCE else source]
+    columns = list(dict.fromkeys(["tags" if source == TAGS_SOURCE else source, "tags"]))
     columns += [found[0] for found in (plan.label_path, plan.group_path) if found]
     values = dict(zip(columns, samples.values(columns), strict=True))
     read_ids, values[plan.embeddings_field] = read_vectors(samples, plan.embeddings_field)
@@ -424,6 +426,16 @@ def _read_rows(samples: foc.SampleCollection, plan: _Plan) -> _Rows:
             str(v)
             for v, r in zip(values[source], roles, strict=True)
             if not r and v not in (None, "", "duplicate")
+        )
+    # An excluded sample is in no split: BubbleFence's own lets it go when it is excluded,
+    # a split of the user's keeps its tags or field (the audit counted those samples).
+    excluded = np.asarray([EXCLUDED_TAG in (tags or ()) for tags in values["tags"]], bool)
+    n_excluded = int(np.count_nonzero(excluded & (roles != "")))
+    roles[excluded] = ""
+    if n_excluded:
+        plan.warnings.append(
+            f"{counted(n_excluded, 'sample')} tagged {EXCLUDED_TAG!r} "
+            f"{'carries' if n_excluded == 1 else 'carry'} a split: left out of every measure"
         )
     checked = checked_vectors(values[plan.embeddings_field], plan.embeddings_field)
     rows = np.flatnonzero(checked.ok)

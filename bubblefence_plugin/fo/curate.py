@@ -432,11 +432,11 @@ def _check_options(
             "field, and no sample tagged so)"
         )
     if start_from and not _tagged_ids(dataset, start_from):
-        raise ValueError(f"start_from={start_from!r}: no sample has that tag")
+        raise ValueError(f"start_from={start_from!r}: no sample has that tag (excluded aside)")
     if "similar" in request.active and not query_tag:
         raise ValueError("strategy similar needs query_tag (the tag of the query samples)")
     if query_tag and not _tagged_ids(dataset, query_tag):
-        raise ValueError(f"query_tag={query_tag!r}: no sample has that tag")
+        raise ValueError(f"query_tag={query_tag!r}: no sample has that tag (excluded aside)")
     if "balance" in request.active and not label_field:
         raise ValueError("strategy balance needs label_field (one label per sample)")
     if label_field:
@@ -467,18 +467,21 @@ def _numeric_path(dataset: fo.Dataset, name: str) -> str:
 
 
 def _tagged_ids(dataset: fo.Dataset, name: str) -> list[str]:
-    """Samples with this tag; a split name matches the ``split`` field instead where
-    BubbleFence split the dataset, else the split the tags give as the audit reads them
-    (`fields.roles_from_tags`: aliases such as ``val`` too, a sample with two split tags
-    in neither)."""
-    if name in SPLIT_TAGS and dataset.has_field(SPLIT_FIELD):
-        ids, values = dataset.values(["id", SPLIT_FIELD])  # a user's field may say "val"
-        return [sid for sid, value in zip(ids, values, strict=True) if role_of(value) == name]
-    if name in SPLIT_TAGS:
-        ids, tags = dataset.values(["id", "tags"])
+    """Samples with this tag, none of them excluded (an excluded sample is never read: a
+    start or query of one steered a pick). A split name or alias (``val``) matches the
+    ``split`` field instead where BubbleFence split the dataset, else the split the tags
+    give as the audit reads them (`fields.roles_from_tags`: aliases too, a sample with
+    two split tags in neither)."""
+    role = role_of(name)
+    samples = dataset.match_tags(EXCLUDED_TAG, bool=False)
+    if role and dataset.has_field(SPLIT_FIELD):
+        ids, values = samples.values(["id", SPLIT_FIELD])  # a user's field may say "val"
+        return [sid for sid, value in zip(ids, values, strict=True) if role_of(value) == role]
+    if role:
+        ids, tags = samples.values(["id", "tags"])
         roles, _ = roles_from_tags(tags)
-        return [sid for sid, role in zip(ids, roles, strict=True) if role == name]
-    return dataset.match_tags(name).values("id")
+        return [sid for sid, found in zip(ids, roles, strict=True) if found == role]
+    return samples.match_tags(name).values("id")
 
 
 def _vectors(dataset: fo.Dataset, ids: list[str], field: str, dim: int) -> np.ndarray:

@@ -36,6 +36,7 @@ from .fields import (
     SPLIT_TAGS,
     label_source,
     record_exported_media,
+    role_of,
     root_dataset,
     table_from_frame,
     values_by_id,
@@ -145,10 +146,12 @@ def export(
     unless ``classes`` is given. An exporter that fails leaves no export folder
     behind that this call created.
 
-    Splits are exported by their tags, which must agree with the stored split: a
-    sample whose split tag was removed, moved or added by hand, or that is tagged
-    ``excluded`` but has not left the split yet, is refused before anything is written
-    (the next split restores the tags and takes excluded samples out).
+    Splits are exported by their tags, aliases included (``val`` is validation, as
+    for the audit), which must agree with the stored split: a sample whose split tag
+    was removed, moved or added by hand, or that is tagged ``excluded`` but has not left
+    the split yet, is refused before anything is written (the next split restores the
+    tags and takes excluded samples out). Of a split that is not BubbleFence's (tags of
+    the user's, no stored state), samples tagged ``excluded`` are left out, and counted.
 
     Example usage::
 
@@ -175,7 +178,7 @@ def export(
 
     Returns:
         ``export_dir``, ``dataset_type``, ``counts`` and ``folders`` per name,
-        ``manifest`` (its path) and ``n_manifest_rows``
+        ``manifest`` (its path), ``n_manifest_rows`` and ``n_excluded_left_out``
     """
     steps = iter_export(
         samples,
@@ -221,6 +224,7 @@ def iter_export(
     _refuse_nothing_to_export(samples, names, asked_tags=bool(tags))
     if not tags:
         _refuse_two_splits(samples)
+    views, n_excluded = _views_to_export(samples, names, by_tags=bool(tags))
     dataset = root_dataset(samples)
     _refuse_while_a_run_holds(dataset)
     version = STATE_RUN.info(reloaded(dataset))
@@ -232,15 +236,18 @@ def iter_export(
         _refuse_tags_off_the_state(samples, table)
         _refuse_duplicates_of_deleted(dataset, table)
     kwargs = _one_class_list(samples, type_name, label_field, kwargs)
-    created = not export_dir.exists()
-    replaced = _prepare_export_dir(samples, export_dir, overwrite)
+    created = _outermost_missing(export_dir)
+    try:
+        replaced = _prepare_export_dir(samples, export_dir, overwrite)
+    except Exception:
+        _remove_created(created)
+        raise
     try:
         each = _export_each(
-            samples,
             export_dir,
             type_name,
             type_cls,
-            names,
+            views,
             folders,
             label_field,
             export_media,
@@ -262,16 +269,20 @@ def iter_export(
         # The state holds the whole dataset's: only those in the exported view are
         # listed, and for tags only the duplicates of samples exported.
         duplicates = values_by_id(samples, duplicates, [])[0]
-        if tags:
+        if tags and duplicates:
             original = dict(zip(table["id"], table["duplicate_of"], strict=True))
             duplicates = [sid for sid in duplicates if original[sid] in exported_as]
         yield Progress(0.95, f"Writing {MANIFEST_NAME}")
         _write_manifest(dataset, exported_as, exported_files, duplicates, table, manifest)
         (export_dir / UNFINISHED_MARK).unlink()
     except BaseException as e:
-        # Half an export is worse than none: remove what this call wrote, and put back
-        # the folder's contents an overwrite moved aside; on Ctrl-C too.
-        shutil.rmtree(export_dir) if created or replaced else _empty(export_dir)
+        # Half an export is worse than none: remove what this call wrote (the folders it
+        # made above the export folder too), and put back the folder's contents an
+        # overwrite moved aside; on Ctrl-C too.
+        if created:
+            _remove_created(created)
+        else:
+            shutil.rmtree(export_dir) if replaced else _empty(export_dir)
         if replaced:
             replaced.rename(export_dir)
         if not isinstance(e, Exception):  # Ctrl-C, a closed generator: cleaned up, stop
@@ -290,7 +301,23 @@ def iter_export(
         "folders": folders,
         "manifest": str(manifest),
         "n_manifest_rows": len(exported_as) + len(duplicates),
+        "n_excluded_left_out": n_excluded,
     }
+
+
+def _outermost_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` (itself included) that does not exist yet: what
+    an export that fails removes, so that it leaves no empty folders behind; None when
+    ``path`` exists."""
+    missing = None
+    while not path.exists() and path != path.parent:
+        missing, path = path, path.parent
+    return missing
+
+
+def _remove_created(created: Path | None) -> None:
+    if created is not None and created.exists():
+        shutil.rmtree(created)
 
 
 def _refuse_while_a_run_holds(dataset: fo.Dataset, during: bool = False) -> None:
@@ -320,17 +347,55 @@ def _refuse_an_unfinished_round(dataset: fo.Dataset, bf: Any, params: dict[str, 
         )
 
 
+def _split_tags(samples: foc.SampleCollection) -> dict[str, list[str]]:
+    """Per split, the tags of ``samples`` read as it (`role_of`: ``val`` and ``Val`` for
+    validation, as the audit reads a split of the user's)."""
+    present = samples.count_sample_tags()
+    return {split: sorted(t for t in present if role_of(t) == split) for split in SPLIT_TAGS}
+
+
+def _views_to_export(
+    samples: foc.SampleCollection, names: list[str], by_tags: bool
+) -> tuple[dict[str, foc.SampleCollection], int]:
+    """(per name, the samples exported under it; how many samples with a split were left
+    out as excluded). Tags (``by_tags``) are exported as tagged. A split takes the
+    samples of every tag read as it (`_split_tags`), less those tagged `EXCLUDED_TAG`:
+    an excluded sample is in no split. BubbleFence's own split lets them go when they are
+    excluded (`_refuse_tags_off_the_state` refuses those that have not yet); a split of
+    the user's keeps its tags, and exported whole it shipped what was excluded."""
+    if by_tags:
+        return {name: samples.match_tags(name) for name in names}, 0
+    tags = _split_tags(samples)
+    kept = samples.match_tags(EXCLUDED_TAG, bool=False)
+    # A split no tag is read as matches its own name, which no sample carries.
+    views = {name: kept.match_tags(tags[name] or [name]) for name in names}
+    asked = sorted({t for name in names for t in tags[name]})
+    n_excluded = samples.match_tags(EXCLUDED_TAG).match_tags(asked).count() if asked else 0
+    return views, n_excluded
+
+
 def _refuse_two_splits(samples: foc.SampleCollection) -> None:
-    """Refuses samples that carry two split tags (tags merged from another split of the
-    same images, a tag added by hand): the export, by tags, would write each into two
-    splits, a leak of its own making, while the manifest lists it once."""
-    both = samples.match(F("tags").filter(F().is_in(list(SPLIT_TAGS))).length() > 1)
+    """Refuses samples that carry tags of two splits (tags merged from another split of
+    the same images, a tag added by hand, ``train`` and ``val``): the export would write
+    each into two splits, a leak of its own making, while the manifest lists it once."""
+    in_split = [
+        (F("tags").filter(F().is_in(tags)).length() > 0).if_else(1, 0)
+        for tags in _split_tags(samples).values()
+        if tags
+    ]
+    if len(in_split) < 2:
+        return
+    splits_held = in_split[0]
+    for held in in_split[1:]:
+        splits_held = splits_held + held
+    both = samples.match(splits_held > 1)
     n_both = both.count()
     if n_both:
         shown = ", ".join(repr(p) for p in both.limit(3).values("filepath"))
         raise ValueError(
-            f"{n_both} samples carry two or more of the tags 'train', 'validation', 'test' "
-            f"(e.g. {shown}), so they would be exported into each of those splits. Keep "
+            f"{n_both} samples carry the tags of two or more splits of 'train', "
+            f"'validation', 'test' (or an alias, such as 'val') (e.g. {shown}), so they "
+            "would be exported into each of those splits. Keep "
             f"one: for BubbleFence's split, the {SPLIT_FIELD!r} field's, e.g. in Python: "
             f"for t in ('train', 'validation', 'test'): dataset.match_tags(t).match("
             f"F({SPLIT_FIELD!r}) != t).untag_samples(t)"
@@ -346,7 +411,7 @@ def _refuse_tags_off_the_state(samples: foc.SampleCollection, table: dict[str, l
     held = dict(zip(table["id"], table["split"], strict=True))
     off: list[tuple[str, str]] = []
     for sid, sample_tags in zip(*samples.values(["id", "tags"]), strict=True):
-        tagged = sorted(set(sample_tags or []) & set(SPLIT_TAGS))
+        tagged = sorted({role_of(tag) for tag in sample_tags or []} - {""})
         split = held.get(sid)
         if tagged and EXCLUDED_TAG in sample_tags:
             off.append((sid, f"tagged {EXCLUDED_TAG!r}, still in {split or tagged[0]}"))
@@ -421,9 +486,13 @@ def _refuse_nothing_to_export(
     typo) and an export of splits where no sample carries any (never split): either
     would write an empty folder and report success."""
     counts = samples.count_sample_tags()
-    missing = [name for name in names if not counts.get(name)]
+    if asked_tags:
+        missing = [name for name in names if not counts.get(name)]
+    else:
+        tags = _split_tags(samples)
+        missing = [name for name in names if not tags[name]]
     # The splits asked for by name (the App's form names them) on samples never split.
-    never_split = not any(counts.get(tag) for tag in SPLIT_TAGS) and set(names) <= set(SPLIT_TAGS)
+    never_split = not any(map(role_of, counts)) and set(names) <= set(SPLIT_TAGS)
     if asked_tags and missing and not never_split:
         present = ", ".join(map(repr, sorted(counts))) or "none"
         raise ValueError(
@@ -438,29 +507,27 @@ def _refuse_nothing_to_export(
 
 
 def _export_each(
-    samples: foc.SampleCollection,
     export_dir: Path,
     type_name: str,
     type_cls: type,
-    names: list[str],
+    views: dict[str, foc.SampleCollection],
     folders: dict[str, str],
     label_field: str | None,
     export_media: bool | str,
     kwargs: dict[str, Any],
 ) -> Steps[tuple[dict[str, int], dict[str, dict[str, str]], dict[str, list[str]]]]:
-    """Exports each name's samples, a `Progress` event for each; returns counts per
-    name and, per exported sample id
+    """Exports each name's samples (``views``), a `Progress` event for each; returns
+    counts per name and, per exported sample id
     (in export order), its names and folders, and its exported files (relative to
     ``export_dir``, one per name that wrote one)."""
     exported: dict[str, int] = {}
     exported_as: dict[str, dict[str, str]] = {}  # sample id -> {name: folder}, in order
     exported_files: dict[str, list[str]] = {}
-    for k, name in enumerate(names):
-        view = samples.match_tags(name)
+    for k, (name, view) in enumerate(views.items()):
         exported[name] = len(view)
         if not exported[name]:
             continue
-        yield Progress(k / len(names), f"Exporting {name}: {exported[name]:,} samples")
+        yield Progress(k / len(views), f"Exporting {name}: {exported[name]:,} samples")
         args = dict(kwargs)
         if type_name in _SPLIT_ARG_TYPES:
             args.update(export_dir=str(export_dir), split=folders[name])
@@ -799,6 +866,26 @@ def _write_manifest(
             folders = json.dumps(exported_as.get(sid, {}), ensure_ascii=False)
             row = (sid, paths.get(sid), files, *state, folders)
             writer.writerow([safe_csv_cell(v) for v in row])
+
+
+def check_writable(path: str | os.PathLike, what: str) -> None:
+    """Refuses, before any work is done, a file `write_text_whole` could not write (a
+    folder given as ``path`` gets a file inside): the nearest folder above it that exists
+    must be a folder this user may write in. An audit that found the file's folder to be
+    a file only once its measures were done lost them ("[Errno 17] File exists").
+
+    Args:
+        path: the file (or folder) to write
+        what: how the user named it, for the error (e.g. "html_path 'x.html'")
+    """
+    target = Path(path).expanduser().resolve()
+    folder = target if target.is_dir() else target.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ValueError(f"{what} cannot be written: {str(folder)!r} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} cannot be written: no permission to write in {str(folder)!r}")
 
 
 def write_text_whole(target: Path, text: str, what: str) -> None:
