@@ -134,11 +134,13 @@ def _sample_kwargs(params: dict[str, Any]) -> dict[str, Any]:
     strategy = params.get("strategy") or "diverse"
     strengths = None
     if params.get("combine"):
+        # A strength not sent is the form's default (a Python call sends only those it sets).
+        given_strengths = {name: params.get(f"strength_{name}") for name in STRATEGIES}
         strengths = {
-            name: params[f"strength_{name}"]
-            for name in STRATEGIES
-            if params.get(f"strength_{name}") not in (None, 0, 0.0)
+            name: _default_strength(name) if value is None else value
+            for name, value in given_strengths.items()
         }
+        strengths = {name: value for name, value in strengths.items() if value}
         strategy = []
     return {
         "strategy": strategy,
@@ -186,13 +188,18 @@ def _strategy_inputs(ctx: ExecutionContext, inputs: types.Object) -> set[str]:
     for name, description in STRATEGIES.items():
         inputs.float(
             f"strength_{name}",
-            default=1.0 if name == "diverse" else 0.0,
+            default=_default_strength(name),
             label=f"Strength: {name}",
             description=description,
         )
-        if ctx.params.get(f"strength_{name}", 1.0 if name == "diverse" else 0.0):
+        if ctx.params.get(f"strength_{name}", _default_strength(name)):
             active.add(name)
     return active
+
+
+def _default_strength(strategy: str) -> float:
+    """A combined pick starts from a diverse one: the other strengths at 0."""
+    return 1.0 if strategy == "diverse" else 0.0
 
 
 def _pick_inputs(ctx: ExecutionContext, inputs: types.Object) -> None:

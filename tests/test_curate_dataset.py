@@ -341,6 +341,12 @@ def test_operator_form_shows_strategy_options(field_dataset):
         field_dataset, count=3, tag="second", embeddings_field="emb2", rebuild_regions=True
     )
     assert curate.load_regions(field_dataset)[1]["embeddings_field"] == "emb2"
+    # Combined, with no strength sent: the form's defaults (diverse 1, the rest 0), as
+    # the App would send them; "strengths must be a non-empty dict" before.
+    params = {"combine": True, "count": 4, "tag": "third", "embeddings_field": "emb2"}
+    result = foo.execute_operator(SAMPLE, ctx={"dataset": field_dataset, "params": params})
+    shown = operator_requests(result)["show_output"][0]["results"]["result"]
+    assert shown["strengths"] == {"diverse": 1.0}
 
 
 def test_exclude_from_the_panel_leaves_the_split_and_nothing_else_moves(field_dataset, tmp_path):
