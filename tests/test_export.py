@@ -603,6 +603,9 @@ def test_split_aliases_are_exported_as_their_split_and_two_splits_refused(field_
     assert {r["id"] for r in rows if r["export_folders"] == '{"validation": "validation"}'} == (
         val_ids
     )
+    # No state: the manifest's split is the one each sample was exported under.
+    assert {r["id"] for r in rows if r["split"] == "validation"} == val_ids
+    assert {r["split"] for r in rows} == {"train", "validation", "test"}
     # Train and val on one sample: two splits, as train and validation are.
     ds.match_tags("val").limit(3).tag_samples("train")
     with pytest.raises(ValueError, match="3 samples carry the tags of two or more splits"):

@@ -849,10 +849,11 @@ def _write_manifest(
 ) -> None:
     """One row per exported sample, then per duplicate (exported nowhere). Assignments
     come from ``table``, the stored state's (the source of truth; the fields are only a
-    mirror), empty for a sample the state does not hold; exported files from
-    ``exported_files``, one per line; every cell is neutralised against spreadsheet
-    formulas and quoted."""
+    mirror), empty for a sample the state does not hold but its split where it was
+    exported under one (a split of the user's); exported files from ``exported_files``,
+    one per line; every cell is neutralised against spreadsheet formulas and quoted."""
     ids = list(exported_as) + [sid for sid in duplicates if sid not in exported_as]
+    split_column = ASSIGNMENT_COLUMNS.index("split")
     position = {sid: k for k, sid in enumerate(table["id"])}
     found, (found_paths,) = values_by_id(dataset, ids, ["filepath"])
     paths = dict(zip(found, found_paths, strict=True))
@@ -862,6 +863,9 @@ def _write_manifest(
         for sid in ids:
             k = position.get(sid)
             state = [None if k is None else table[c][k] for c in ASSIGNMENT_COLUMNS]
+            splits = [name for name in exported_as.get(sid, {}) if name in SPLIT_TAGS]
+            if k is None and len(splits) == 1:
+                state[split_column] = splits[0]
             files = "\n".join(exported_files.get(sid, []))
             folders = json.dumps(exported_as.get(sid, {}), ensure_ascii=False)
             row = (sid, paths.get(sid), files, *state, folders)
