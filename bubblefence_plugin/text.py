@@ -156,7 +156,8 @@ def round_warnings(summary: Mapping[str, Any]) -> list[str]:
         names = labels.get(key) or []
         if names:
             warnings.append(
-                f"No {lacking} sample for {len(names)} labels: {', '.join(map(str, names))} ({why})"
+                f"No {lacking} sample for {counted(len(names), 'label')}: "
+                f"{', '.join(map(str, names))} ({why})"
             )
     n_errors = summary.get("n_errors") or 0
     if n_errors:
@@ -221,7 +222,7 @@ def _share_warnings(summary: Mapping[str, Any]) -> list[str]:
     targets = summary.get("targets")
     if not targets:
         return []
-    warnings = []
+    warnings = _empty_split_warnings(summary)
     eval_share, eval_ratio = summary["eval_share"], targets["eval_ratio"]
     if abs(eval_share - eval_ratio) > targets["eval_tolerance"]:
         warnings.append(
@@ -236,6 +237,28 @@ def _share_warnings(summary: Mapping[str, Any]) -> list[str]:
             "near twins straddle validation and test"
         )
     return warnings
+
+
+def _empty_split_warnings(summary: Mapping[str, Any]) -> list[str]:
+    """A split left without train, validation or test samples, where its ratios ask for
+    some: within the eval share's tolerance, an eval_ratio of 0.99 put every sample in
+    eval, and the round showed a green success (the audit warned of it)."""
+    # The FiftyOne side's summary counts the whole split as `counts_total`, the core's as
+    # `counts`.
+    counts, targets = summary.get("counts_total") or summary.get("counts"), summary["targets"]
+    if not counts:
+        return []
+    val_ratio = targets["validation_ratio"]
+    kept = sum(counts.get(split, 0) for split in ("train", "validation", "test"))
+    expected = {"train": kept > 0, "validation": val_ratio > 0, "test": val_ratio < 1}
+    expected["validation"] &= summary.get("n_eval", 0) > 0
+    expected["test"] &= summary.get("n_eval", 0) > 0
+    return [
+        f"No {split} sample in the split (eval_ratio {targets['eval_ratio']}, validation_ratio "
+        f"{val_ratio}, {counted(kept, 'sample')} kept)"
+        for split, wanted in expected.items()
+        if wanted and not counts.get(split)
+    ]
 
 
 def _share_causes(summary: Mapping[str, Any], below: bool) -> str:

@@ -47,11 +47,23 @@ from fiftyone.operators.executor import ExecutionContext, ExecutionResult
 from bubblefence_plugin.core.config import unknown_names_message
 from bubblefence_plugin.core.progress import Steps, drive, relay
 from bubblefence_plugin.fo.fields import check_collection
-from bubblefence_plugin.text import SummaryText, escape_markdown
+from bubblefence_plugin.text import SummaryText, counted, escape_markdown
 
 # Parameters the App adds when a panel's button opens an operator (the panel, its state,
 # the button's path): not the user's, so never refused as unknown.
 APP_PARAMS = frozenset({"panel_id", "panel_state", "path"})
+# A toast is read at a glance: at most this many characters, the dialog shows the whole
+# (a split's toast held its summary and every warning, 502 characters; a failed embed's
+# its one-paragraph explanation, 700).
+TOAST_CHARS = 200
+
+
+def toast(text: str) -> str:
+    """``text`` cut to `TOAST_CHARS`, at a word, with an ellipsis where it was cut."""
+    if len(text) <= TOAST_CHARS:
+        return text
+    cut = text[: TOAST_CHARS - 1]
+    return cut[: cut.rfind(" ")].rstrip(" ,;:(") + "…"
 
 
 @dataclass(frozen=True)
@@ -162,14 +174,18 @@ class BubbleFenceOperator(foo.Operator):
     def resolve_output(self, ctx: ExecutionContext) -> types.Property:
         return self._output_property((ctx.results or {}).get("warnings") or ())
 
-    def _output_property(self, warnings: Sequence[str] = ()) -> types.Property:
+    def _output_property(
+        self, warnings: Sequence[str] = (), failed: bool = False
+    ) -> types.Property:
         """The output view: the warnings (an alert's label is the view's own, not a value,
-        so they are part of the schema), the summary, the operator's outputs."""
+        so they are part of the schema), the summary, the operator's outputs (not after a
+        failure: they showed as "No data provided" under the error)."""
         outputs = types.Object()
         for k, message in enumerate(warnings):
             outputs.view(f"warning_{k}", types.Warning(label=escape_markdown(message)))
         outputs.str("summary", label=self.output_label or self.label, view=types.MarkdownView())
-        self.add_outputs(outputs)
+        if not failed:
+            self.add_outputs(outputs)
         return types.Property(outputs, view=types.View(label=self.label))
 
     def add_outputs(self, outputs: types.Object) -> None:
@@ -231,10 +247,11 @@ class BubbleFenceOperator(foo.Operator):
             schema = self._output_property(outcome.warnings).to_json()
             shown.append(ctx.ops.show_output(schema, outcome.to_json()))
         if outcome.warnings:
-            message = f"{outcome.text.headline}. Warning: {'; '.join(outcome.warnings)}"
-            shown.append(ctx.ops.notify(message, variant="warning"))
+            n = len(outcome.warnings)
+            message = f"{outcome.text.headline}; {counted(n, 'warning')}: {outcome.warnings[0]}"
+            shown.append(ctx.ops.notify(toast(message), variant="warning"))
         else:
-            shown.append(ctx.ops.notify(outcome.text.headline, variant="success"))
+            shown.append(ctx.ops.notify(toast(outcome.text.headline), variant="success"))
         return shown
 
     def app_updates(self, ctx: ExecutionContext, outcome: Outcome) -> list[Any]:
@@ -246,8 +263,8 @@ class BubbleFenceOperator(foo.Operator):
         message = " ".join(str(error).split()) or type(error).__name__
         summary = f"**Failed:** {escape_markdown(message)}"
         return [
-            ctx.ops.notify(message, variant="error"),
-            ctx.ops.show_output(self._output_property().to_json(), {"summary": summary}),
+            ctx.ops.notify(toast(message), variant="error"),
+            ctx.ops.show_output(self._output_property(failed=True).to_json(), {"summary": summary}),
         ]
 
     # -- Python SDK -----------------------------------------------------------------

@@ -34,6 +34,9 @@ class BubbleFenceEmbed(BubbleFenceOperator):
     target_action = "Embed"
     # Embedding thousands of images outlasts the App's immediate-execution timeout.
     delegate_above = DELEGATE_ABOVE
+    # Hidden while queueing, where it means nothing; the App still sends the value the
+    # form showed before (refused as unknown, "Queue shards" could never run).
+    optional_params = frozenset({"shard_index"})
 
     def __call__(
         self,

@@ -174,11 +174,13 @@ def _strategy_inputs(ctx: ExecutionContext, inputs: types.Object) -> set[str]:
         choices = types.Dropdown()
         for name, description in STRATEGIES.items():
             choices.add_choice(name, label=name, description=description)
+        # Pre-filled, so not marked required (as the split form's field; so are the
+        # count and the tag): the App read "Required property" under the pre-filled values
+        # for 2-3 s after opening the form. An empty value takes the default (`_sample_kwargs`).
         inputs.enum(
             "strategy",
             choices.values(),
             default="diverse",
-            required=True,
             label="Strategy",
             description="How samples are chosen",
             view=choices,
@@ -203,13 +205,10 @@ def _default_strength(strategy: str) -> float:
 
 
 def _pick_inputs(ctx: ExecutionContext, inputs: types.Object) -> None:
-    inputs.int(
-        "count", default=100, min=1, required=True, label="Count", description="Samples to tag"
-    )
+    inputs.int("count", default=100, min=1, label="Count", description="Samples to tag")
     prop = inputs.str(
         "tag",
         default=bfo.DEFAULT_TAG,
-        required=True,
         label="Tag",
         description="Tag written on the pick; it must not exist yet (or tick Replace)",
     )

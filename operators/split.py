@@ -201,7 +201,11 @@ def _embeddings_inputs(
         label="Compute with a model",
         description=f"Embeds samples lacking `{bfo.EMBEDDING_FIELD}` and stores them there",
     )
-    if fields:
+    # The state's own field, deleted or renamed since: still the choice the state holds,
+    # so the form can say what is wrong (with no field offered, the App said only
+    # "embeddings='field' is not one of the choices: 'model'").
+    gone = stored_field not in (None, bfo.EMBEDDING_FIELD, *fields)
+    if fields or gone:
         choices.add_choice(
             "field", label="Existing vector field", description="Use embeddings you computed"
         )
@@ -214,6 +218,14 @@ def _embeddings_inputs(
         description="Where the embeddings come from; fixed after the first round",
         view=choices,
     )
+    if gone:
+        source.invalid = True
+        source.error_message = (
+            f"The state was built from the field {stored_field!r}, which this dataset no "
+            "longer has (deleted or renamed): restore it, with the same vectors, or reset "
+            "the split to start over"
+        )
+        return
     if ctx.params.get("embeddings", default) == "model":
         if stored_field and stored_field != bfo.EMBEDDING_FIELD:
             source.invalid = True
@@ -258,11 +270,13 @@ def _pending_shards_input(
     if not missing:
         return
     running = sum(p.state == "running" for p in pending)
+    # With no shard running, no worker may be taking them: waiting is not the default.
+    idle = "" if running else "; is a `fiftyone delegated launch` worker running?"
     inputs.view(
         "shards_notice",
         types.Warning(
             label=f"{missing} samples still lack `{field}` while {len(pending)} embedding "
-            f"shards are queued or running ({running} running)"
+            f"shards are queued or running ({running} running){idle}"
         ),
     )
     choices = types.RadioGroup()
@@ -281,7 +295,7 @@ def _pending_shards_input(
     inputs.enum(
         "while_embedding",
         choices.values(),
-        default="wait",
+        default="wait" if running else "embedded",
         label="Embedding in progress",
         view=choices,
     )

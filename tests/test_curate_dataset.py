@@ -326,6 +326,8 @@ def test_operator_form_shows_strategy_options(field_dataset):
     props = form({})["properties"]
     assert {"strategy", "count", "tag", "embeddings_field", "start_from"} <= set(props)
     assert "label_field" not in props and "strength_typical" not in props
+    # Pre-filled, so not required: the App flashed "Required property" under them.
+    assert not any(props[name].get("required") for name in ("strategy", "count", "tag"))
     assert "label_field" in form({"strategy": "balance"})["properties"]
     assert "strength_typical" in form({"combine": True})["properties"]
     assert "metadata_field" in form({"strategy": "metadata"})["properties"]

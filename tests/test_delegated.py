@@ -193,7 +193,7 @@ def _scenario(model: str, images: str, out: str) -> None:
     ds = fo.Dataset("bubblefence-delegated-test", persistent=True)
     ds.add_samples([fo.Sample(filepath=p) for p in paths])
     ids = bfs.queue_shards(ds, N_SHARDS, model=model)
-    bfs.wait_for_shards(ds, poll_s=0.5, stall_s=WAIT_S)
+    bfs.wait_for_shards(ds, poll_s=0.5, stall_s=WAIT_S, start_s=WAIT_S)
     service = DelegatedOperationService()
     shards = []
     for op_id in ids:

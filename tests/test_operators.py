@@ -345,6 +345,15 @@ def test_split_form_flags_a_source_other_than_the_one_the_state_was_built_from(f
     assert "built from the field 'emb'; reset to compute" in props["embeddings"]["error_message"]
     props = form(field_dataset, SPLIT, {"embeddings": "field", "embeddings_field": "emb"})
     assert not props["embeddings"].get("invalid")
+    # The field deleted since (found by a tester: the form said only "embeddings='field'
+    # is not one of the choices: 'model'"): named, with what to do.
+    field_dataset.delete_sample_field("emb")
+    props = form(field_dataset, SPLIT, {})
+    assert props["embeddings"]["invalid"]
+    assert props["embeddings"]["error_message"].startswith(
+        "The state was built from the field 'emb', which this dataset no longer has"
+    )
+    assert {c["value"] for c in props["embeddings"]["view"]["choices"]} == {"model", "field"}
 
 
 def test_split_form_flags_a_knob_out_of_its_range_with_the_library_message(field_dataset):
@@ -582,3 +591,22 @@ def test_the_export_operator_exports_split_names_as_splits(field_dataset, tmp_pa
     result = run_unraised(EXPORT, {"dataset": ds, "params": params})
     assert "2 samples carry the tags of two or more splits" in result.error_message
     assert not (tmp_path / "out").exists()
+
+
+def test_a_failed_report_shows_the_error_without_empty_outputs(field_dataset):
+    """Found by a tester: under the error, the dialog showed the report's outputs empty
+    ("Audit: No data provided", "HTML report: No value provided")."""
+    result = run_unraised(f"{PLUGIN}/bubblefence_report", {"dataset": field_dataset, "params": {}})
+    assert result.error_message
+    (shown,) = operator_requests(result)["show_output"]
+    assert set(shown["outputs"]["type"]["properties"]) == {"summary"}
+    assert shown["results"]["summary"].startswith("**Failed:**")
+
+
+def test_toasts_are_cut_at_a_word_and_the_dialog_keeps_the_whole():
+    from operators.base import TOAST_CHARS, toast
+
+    assert toast("Round 0: 40 samples assigned") == "Round 0: 40 samples assigned"
+    long = "Model 'no-such-model' is not available offline: " + "it was looked for " * 20
+    cut = toast(long)
+    assert len(cut) <= TOAST_CHARS and cut.endswith(" was…") and long.startswith(cut[:-1])

@@ -213,6 +213,20 @@ def test_queued_shards_run_by_the_delegation_service(image_dataset, tiny_clip_di
     assert bfs.pending_shards(ds) == []
 
 
+def test_queueing_from_the_form_ignores_the_hidden_shard_index(image_dataset, tiny_clip_dir):
+    """Found by a tester: the form opens on "Embed here" with Shard index 0; switched to
+    "Queue shards for workers" it hides that input, but the App still sends it, and the
+    run refused it as unknown: queueing from the App could never run."""
+    ds = image_dataset
+    params = {"mode": "queue", "model_name": tiny_clip_dir, "embeddings_field": FIELD}
+    params.update(num_shards=2, shard_index=0)
+    result = foo.execute_operator(EMBED, ctx={"dataset": ds, "params": params})
+    assert result.error is None
+    assert sorted(p.shard_index for p in bfs.pending_shards(ds)) == [0, 1]
+    for pending in bfs.pending_shards(ds):
+        DelegatedOperationService().delete_operation(pending.id)  # leave no queue behind
+
+
 def test_embed_operator_here_reports_progress(image_dataset, tiny_clip_dir):
     ds = image_dataset
     op = foo.get_operator(EMBED)
@@ -251,6 +265,10 @@ def test_split_offers_to_wait_or_split_what_is_embedded(image_dataset, tiny_clip
     props = _form(ds, {"model_name": tiny_clip_dir})
     assert "while_embedding" in props and "shards_notice" in props
     assert f"{len(ds) - len(embedded)} samples still lack" in str(props["shards_notice"])
+    # None running: no worker may take them, so waiting is not the default (a tester's
+    # split waited in the App for the lock's 15 minutes).
+    assert "worker running?" in str(props["shards_notice"])
+    assert props["while_embedding"]["default"] == "embedded"
 
     params = {"model_name": tiny_clip_dir, "while_embedding": "embedded"}
     foo.execute_operator(SPLIT, ctx={"dataset": ds, "params": params})
@@ -298,6 +316,11 @@ def test_waiting_ends_when_the_shards_are_done_and_stalls_are_reported(
     next(stalled)
     with pytest.raises(TimeoutError, match="fiftyone delegated fail"):
         next(stalled)
+    # No shard ever started: no worker takes them, said within `start_s` rather than
+    # after the lock's 15 minutes (found by a tester, in the App).
+    unstarted = bfs.iter_wait_for_shards(ds, poll_s=0, start_s=0)
+    with pytest.raises(TimeoutError, match="none of the 2 embedding shards .* started in 0 s"):
+        next(unstarted)
     DelegatedOperationService().execute_queued_operations(operator=EMBED, dataset_name=ds.name)
     with pytest.raises(StopIteration):
         next(waiting)

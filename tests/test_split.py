@@ -215,6 +215,18 @@ def test_bad_vectors_get_per_sample_errors(field_dataset):
     assert ds.select(ids[:3]).exists("split").count() == 0
 
 
+def test_a_first_round_with_no_usable_vector_adds_only_the_error_field(field_dataset):
+    """Found by a tester: every vector NaN, the round assigned nothing and saved no
+    state, yet left `split`, `anchor_id` and three more fields, empty, in the schema
+    (and the App's sidebar)."""
+    ds = field_dataset
+    ds.set_values("emb", [np.full(16, np.nan)] * len(ds))
+    before = set(ds.get_field_schema())
+    summary = bfo.split(ds, embeddings_field="emb")
+    assert summary["n_errors"] == len(ds) and summary["n_assigned"] == 0
+    assert set(ds.get_field_schema()) - before == {bfo.ERROR_FIELD}
+
+
 def test_vectors_are_read_back_as_fiftyone_decodes_them(field_dataset, monkeypatch):
     """`read_vectors` decodes a field's stored arrays itself (fast): every kind of value
     a vector field can hold comes back as FiftyOne's own `values` gives it."""

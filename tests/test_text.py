@@ -18,6 +18,8 @@ def test_round_warnings_name_the_labels_and_count_the_groups():
     warnings = round_warnings(SUMMARY)
     assert len(warnings) == 3
     assert "2 labels: owl, fox" in warnings[0]
+    one = round_warnings({"labels": {"missing_from_train": ["owl"]}})
+    assert one[0].startswith("No train sample for 1 label: owl")
     assert warnings[1].startswith("2 samples have no usable embedding and are in no split")
     assert warnings[2].startswith("1 of 9 groups have samples on both sides")
     assert round_warnings({"labels": {"missing_from_eval": []}, "groups": {"violations": 0}}) == []
@@ -66,6 +68,28 @@ def test_shares_off_target_are_warned_with_their_figures():
     small = {**off, "eval_share": 0.2, "n_eval": 199, "targets": targets}
     assert round_warnings(small) == []
     assert round_warnings(off) == []  # a summary without targets (older callers)
+
+
+def test_a_split_left_without_train_validation_or_test_is_warned():
+    """Found by a tester: eval_ratio 0.99 put every sample in eval (within the share's
+    tolerance) and the round was a green success; the audit warned of it."""
+    targets = {"eval_ratio": 0.99, "eval_tolerance": 0.03, "validation_ratio": 0.5}
+    summary = {"eval_share": 1.0, "validation_share_of_eval": 0.5, "n_eval": 108}
+    counts = {"train": 0, "validation": 54, "test": 54, "duplicate": 12}
+    for key in ("counts", "counts_total"):  # the core's summary, the FiftyOne side's
+        (warning,) = round_warnings({**summary, "targets": targets, key: counts})
+        assert warning == (
+            "No train sample in the split (eval_ratio 0.99, validation_ratio 0.5, 108 samples kept)"
+        )
+    # No test sample where validation_ratio asks for none: as asked, not warned.
+    all_validation = {**targets, "eval_ratio": 0.2, "validation_ratio": 1.0}
+    counts = {"train": 400, "validation": 100, "test": 0}
+    summary = {"eval_share": 0.2, "validation_share_of_eval": 1.0, "n_eval": 100}
+    assert round_warnings({**summary, "targets": all_validation, "counts": counts}) == []
+    (warning,) = round_warnings(
+        {**summary, "targets": {**all_validation, "validation_ratio": 0.9}, "counts": counts}
+    )
+    assert warning.startswith("No test sample in the split")
 
 
 def test_an_eval_share_off_target_names_the_causes_that_apply():

@@ -65,6 +65,11 @@ EMBED_OPERATOR = "@bubblefence/bubblefence/bubblefence_embed"
 # remote orchestrator's queue shows, QUEUED the local one's.
 PENDING_STATES = ("scheduled", "queued", "running")
 POLL_S = 2.0  # between looks at the shards while waiting; each look is one small query
+# Seconds a wait gives queued shards to start before it says no worker is taking them: a
+# `fiftyone delegated launch` worker looks for work every few seconds. A split chosen to
+# wait in the App sat at "Waiting for 2 embedding shards (0 running)" for the lock's 15
+# minutes where no worker was running (found by a tester).
+START_S = 120.0
 # Fields that hold something else: never an embeddings target.
 _RESERVED = {"id", "_id", "filepath", "tags", "metadata", "created_at", "last_modified_at"}
 
@@ -431,6 +436,7 @@ def wait_for_shards(
     poll_s: float = POLL_S,
     stall_s: float = LOCK_TTL_S,
     progress: ProgressCallback | None = None,
+    start_s: float = START_S,
 ) -> None:
     """Blocks until no shard of ``dataset`` is pending (see `iter_wait_for_shards`).
 
@@ -440,8 +446,10 @@ def wait_for_shards(
         poll_s: seconds between looks
         stall_s: seconds without any change after which it gives up
         progress: called as ``progress(fraction, label)`` after each look
+        start_s: seconds after which it gives up while no shard has started
     """
-    drive(iter_wait_for_shards(dataset, embeddings_field, poll_s, stall_s), progress)
+    steps = iter_wait_for_shards(dataset, embeddings_field, poll_s, stall_s, start_s)
+    drive(steps, progress)
 
 
 def iter_wait_for_shards(
@@ -449,19 +457,31 @@ def iter_wait_for_shards(
     embeddings_field: str | None = None,
     poll_s: float = POLL_S,
     stall_s: float = LOCK_TTL_S,
+    start_s: float = START_S,
 ) -> Steps[None]:
     """Waits for the pending shards, one `Progress` per look (see `wait_for_shards` for
     the arguments).
 
-    Raises `TimeoutError` when nothing changed (no shard started, advanced or ended)
-    for ``stall_s`` seconds: no worker is running, or a worker died holding a shard.
-    The default is the split's lock expiry, far longer than one chunk of images.
+    Raises `TimeoutError` when no shard has started for ``start_s`` seconds (no worker
+    is taking them), or when nothing changed (no shard started, advanced or ended) for
+    ``stall_s`` seconds: a worker died holding a shard. The default stall is the split's
+    lock expiry, far longer than one chunk of images.
     """
     last, changed_at = None, time.monotonic()
+    begun, first, started = changed_at, None, False
     while True:
         pending = pending_shards(dataset, embeddings_field)
         if not pending:
             return
+        first = first or {p.id for p in pending}
+        started = started or any(p.state != "queued" for p in pending)
+        started = started or not first <= {p.id for p in pending}  # one ended
+        if not started and time.monotonic() - begun > start_s:
+            raise TimeoutError(
+                f"none of the {len(pending)} embedding shards of dataset {dataset.name!r} "
+                f"started in {start_s:.0f} s: no `fiftyone delegated launch` worker is "
+                "taking them. Start one, or split only the samples embedded so far"
+            )
         seen = sorted((p.id, p.state, p.progress) for p in pending)
         if seen != last:
             last, changed_at = seen, time.monotonic()

@@ -345,15 +345,15 @@ def _split_locked(
     r = _open_round(samples, dataset, lock, request)
     if r.bf is not None:
         return (yield from _round(r, dataset, lock))
-    # A first round declares the split fields once it has embeddings: if it fails
-    # after that, before its state is committed, they go again, empty.
+    # A first round declares the split fields once it has embeddings: if it ends after
+    # that without a committed state (it failed, or no sample had a usable embedding),
+    # they go again, empty.
     schema = set(dataset.get_field_schema())
     try:
         return (yield from _round(r, dataset, lock))
-    except BaseException:
+    finally:
         if STATE_RUN.info(reloaded(dataset)) is None:
             _drop_empty_fields_added(dataset, schema)
-        raise
 
 
 def _refuse_while_shards_embed(samples: foc.SampleCollection, dataset: fo.Dataset) -> None:
