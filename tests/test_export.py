@@ -606,6 +606,8 @@ def test_split_aliases_are_exported_as_their_split_and_two_splits_refused(field_
     # No state: the manifest's split is the one each sample was exported under.
     assert {r["id"] for r in rows if r["split"] == "validation"} == val_ids
     assert {r["split"] for r in rows} == {"train", "validation", "test"}
+    with pytest.raises(ValueError, match=r"splits=\['val'\]: a split is one of"):
+        bfo.export(ds, tmp_path / "named", splits=["val"], export_media=False)
     # Train and val on one sample: two splits, as train and validation are.
     ds.match_tags("val").limit(3).tag_samples("train")
     with pytest.raises(ValueError, match="3 samples carry the tags of two or more splits"):

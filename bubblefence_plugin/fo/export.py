@@ -218,6 +218,12 @@ def iter_export(
     _refuse_no_media_where_media_is_the_export(type_name, export_media)
     label_field = _label_field_for(samples, type_name, type_cls, label_field)
     names = _export_names(tags if tags else splits or SPLIT_TAGS)
+    not_splits = [name for name in names if name not in SPLIT_TAGS]
+    if not tags and not_splits:
+        raise ValueError(
+            f"splits={not_splits}: a split is one of {', '.join(map(repr, SPLIT_TAGS))}; "
+            "export other tags with tags=[...] (--tags)"
+        )
     folders = export_folders(names)
     for folder in folders.values():
         path_inside(export_dir, export_dir / folder)

@@ -474,7 +474,7 @@ def iter_wait_for_shards(
         if not pending:
             return
         first = first or {p.id for p in pending}
-        started = started or any(p.state != "queued" for p in pending)
+        started = started or any(p.state == "running" for p in pending)
         started = started or not first <= {p.id for p in pending}  # one ended
         if not started and time.monotonic() - begun > start_s:
             raise TimeoutError(
