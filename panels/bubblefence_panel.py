@@ -262,8 +262,10 @@ class BubbleFencePanel(foo.Panel):
     def run_split(self, ctx: Any) -> None:
         """The split operator's form, on the view the panel counts (not the selection a
         lasso left: only those samples were split, the new ones left out, seen in the
-        App); the panel re-hydrates when the round is done."""
-        has_view = ctx.request_params.get("view") or ctx.request_params.get("view_name")
+        App); the panel re-hydrates when the round is done. A sidebar filter is part of
+        that view: with one alone, the whole dataset was split, samples the panel had not
+        counted (found by a tester)."""
+        has_view = any(ctx.request_params.get(k) for k in ("view", "view_name", "filters"))
         ctx.prompt(
             f"{self.plugin_name}/bubblefence_split",
             params={"view_target": ViewTarget.CURRENT_VIEW if has_view else ViewTarget.DATASET},

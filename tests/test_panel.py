@@ -15,7 +15,7 @@ fo = pytest.importorskip("fiftyone")
 fob = pytest.importorskip("fiftyone.brain")
 foo = pytest.importorskip("fiftyone.operators")
 
-from conftest import PANEL_URI, add_embedded_samples  # noqa: E402
+from conftest import PANEL_URI, add_embedded_samples, operator_requests  # noqa: E402
 from fiftyone.operators.registry import OperatorRegistry  # noqa: E402
 
 import bubblefence_plugin.fo as bfo  # noqa: E402
@@ -149,6 +149,14 @@ def test_without_a_run_the_panel_explains_and_offers_the_split(field_dataset):
     assert prompt["operator_uri"] == f"{PLUGIN}/bubblefence_split"
     assert prompt["on_success"] == f"{PANEL}#after_split"
     assert prompt["params"] == {"view_target": "DATASET"}  # not a selection left by a lasso
+    # A sidebar filter alone is the view the panel counts: the split runs on it.
+    filters = {"tags": {"values": ["x"], "exclude": False}}
+    params = {"__method__": "run_split", "panel_id": "p1", "panel_state": {}}
+    reply = foo.execute_operator(
+        PANEL, ctx={"dataset": field_dataset, "filters": filters, "params": params}
+    )
+    (prompt,) = operator_requests(reply)["prompt_user_for_operation"]
+    assert prompt["params"] == {"view_target": "CURRENT_VIEW"}
 
 
 def test_map_draws_points_bubble_outlines_and_a_legend_for_every_mark(split_dataset):
