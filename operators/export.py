@@ -24,8 +24,6 @@ class BubbleFenceExport(BubbleFenceOperator):
     description = (
         "Export each split to its own folder in a FiftyOne dataset format, with a manifest.csv"
     )
-    # The exporters report no progress: the result comes back to a Python caller.
-    streams_progress = False
     target_action = "Export"
     reloads_dataset = False
 

@@ -122,7 +122,8 @@ def test_export_operator_and_cli_keep_names_inside(media_dataset, tmp_path, caps
     result = foo.get_operator(EXPORT)(
         ds, str(out), dataset_type="ImageDirectory", names=["../../victim"]
     )
-    assert result.result["result"]["folders"] == {"../../victim": "victim"}
+    shown = operator_requests(result)["show_output"][0]["results"]["result"]
+    assert shown["folders"] == {"../../victim": "victim"}
     assert len(list((out / "victim").iterdir())) == 4
 
     out = tmp_path / "cli_out"
