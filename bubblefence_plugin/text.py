@@ -63,6 +63,24 @@ class SummaryText:
         return "\n".join([self.headline, *indented])
 
 
+# A toast is read at a glance: at most this many characters; the operator's dialog shows
+# the whole (a split's toast held its summary and every warning, 502 characters; a failed
+# embed's its one-paragraph explanation, 700; the panel's a lock's message, 290).
+TOAST_CHARS = 200
+
+
+def toast(text: str) -> str:
+    """``text`` cut to `TOAST_CHARS`, at a word, with an ellipsis where it was cut.
+
+    Args:
+        text: a notification's message
+    """
+    if len(text) <= TOAST_CHARS:
+        return text
+    cut = text[: TOAST_CHARS - 1]
+    return cut[: cut.rfind(" ")].rstrip(" ,;:(") + "…"
+
+
 def counted(n: int, noun: str, with_number: bool = True) -> str:
     """``1 sample``, ``2 samples`` (``with_number`` False: the noun alone, in agreement).
 

@@ -47,23 +47,11 @@ from fiftyone.operators.executor import ExecutionContext, ExecutionResult
 from bubblefence_plugin.core.config import unknown_names_message
 from bubblefence_plugin.core.progress import Steps, drive, relay
 from bubblefence_plugin.fo.fields import check_collection
-from bubblefence_plugin.text import SummaryText, counted, escape_markdown
+from bubblefence_plugin.text import SummaryText, counted, escape_markdown, toast
 
 # Parameters the App adds when a panel's button opens an operator (the panel, its state,
 # the button's path): not the user's, so never refused as unknown.
 APP_PARAMS = frozenset({"panel_id", "panel_state", "path"})
-# A toast is read at a glance: at most this many characters, the dialog shows the whole
-# (a split's toast held its summary and every warning, 502 characters; a failed embed's
-# its one-paragraph explanation, 700).
-TOAST_CHARS = 200
-
-
-def toast(text: str) -> str:
-    """``text`` cut to `TOAST_CHARS`, at a word, with an ellipsis where it was cut."""
-    if len(text) <= TOAST_CHARS:
-        return text
-    cut = text[: TOAST_CHARS - 1]
-    return cut[: cut.rfind(" ")].rstrip(" ,;:(") + "…"
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ import bubblefence_plugin.fo as bfo
 from bubblefence_plugin.core.config import KNOBS
 from bubblefence_plugin.core.layout import METHOD_LABELS, available_methods
 from bubblefence_plugin.fo import map as bfmap
-from bubblefence_plugin.text import escape_markdown
+from bubblefence_plugin.text import escape_markdown, toast
 
 logger = logging.getLogger(__name__)
 
@@ -225,11 +225,10 @@ class BubbleFencePanel(foo.Panel):
         try:
             result = bfo.exclude(ctx.dataset.select(ids), reason=reason)
         except (ValueError, bfo.BubbleFenceBusyError) as e:
-            ctx.ops.notify(str(e), variant="error")
+            ctx.ops.notify(toast(str(e)), variant="error")
             return
-        ctx.ops.notify(
-            f"{result['message']}; {result['n_excluded_total']} excluded in all", variant="success"
-        )
+        message = f"{result['message']}; {result['n_excluded_total']} excluded in all"
+        ctx.ops.notify(toast(message), variant="success")
         _show_new_tags(ctx)
         self._hydrate(ctx, drawn=points_after(result["left_ids"]))
 
@@ -242,9 +241,9 @@ class BubbleFencePanel(foo.Panel):
         try:
             result = bfo.include_again(ctx.dataset.select(ids))
         except (ValueError, bfo.BubbleFenceBusyError) as e:
-            ctx.ops.notify(str(e), variant="error")
+            ctx.ops.notify(toast(str(e)), variant="error")
             return
-        ctx.ops.notify(result["message"], variant="success")
+        ctx.ops.notify(toast(result["message"]), variant="success")
         _show_new_tags(ctx)
         self._hydrate(ctx, drawn=points_after(result["left_ids"]))
 
@@ -293,7 +292,7 @@ class BubbleFencePanel(foo.Panel):
         try:
             result = bfo.build_map(ctx.dataset, method)
         except (ValueError, bfo.BubbleFenceBusyError) as e:
-            ctx.ops.notify(str(e), variant="error")
+            ctx.ops.notify(toast(str(e)), variant="error")
             return
         if not result["n_points"]:
             ctx.ops.notify("No split sample is left to draw", variant="warning")

@@ -373,6 +373,16 @@ def test_exclude_from_the_panel_leaves_the_split_and_nothing_else_moves(field_da
     assert "Excluded 1 sample " in reply.ops["notify"][0]["message"]
     assert "reload_dataset" in reply.ops
     excluded = set(held_out) | {train_point}
+    # While another run holds the dataset: the lock's message, cut for a toast (the whole
+    # ran to 290 characters, seen in two tabs).
+    from bubblefence_plugin.fo.runs import RunLock
+    from bubblefence_plugin.text import TOAST_CHARS
+
+    with RunLock(ds):
+        reply = panel_event(ds, "exclude", selected=held_out)
+    (notice,) = reply.ops["notify"]
+    assert notice["variant"] == "error" and "in progress" in notice["message"]
+    assert len(notice["message"]) <= TOAST_CHARS
     # Reset view forgets the clicked point: Exclude then has nothing to act on
     panel_event(ds, "reset_view")
     reply = panel_event(ds, "exclude")

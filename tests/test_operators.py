@@ -606,12 +606,3 @@ def test_a_failed_report_shows_the_error_without_empty_outputs(field_dataset):
     (shown,) = operator_requests(result)["show_output"]
     assert set(shown["outputs"]["type"]["properties"]) == {"summary"}
     assert shown["results"]["summary"].startswith("**Failed:**")
-
-
-def test_toasts_are_cut_at_a_word_and_the_dialog_keeps_the_whole():
-    from operators.base import TOAST_CHARS, toast
-
-    assert toast("Round 0: 40 samples assigned") == "Round 0: 40 samples assigned"
-    long = "Model 'no-such-model' is not available offline: " + "it was looked for " * 20
-    cut = toast(long)
-    assert len(cut) <= TOAST_CHARS and cut.endswith(" was…") and long.startswith(cut[:-1])

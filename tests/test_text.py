@@ -1,6 +1,14 @@
 """The texts users read after a run: one summary, rendered as Markdown or plain text."""
 
-from bubblefence_plugin.text import Line, SummaryText, audited_text, round_text, round_warnings
+from bubblefence_plugin.text import (
+    TOAST_CHARS,
+    Line,
+    SummaryText,
+    audited_text,
+    round_text,
+    round_warnings,
+    toast,
+)
 
 SUMMARY = {
     "message": "Round 1: 40 samples assigned",
@@ -143,3 +151,11 @@ def test_counts_agree_with_their_noun():
 
     assert [counted(n, "sample") for n in (0, 1, 2)] == ["0 samples", "1 sample", "2 samples"]
     assert counted(1, "bubble", with_number=False) == "bubble"
+
+
+def test_toasts_are_cut_at_a_word():
+    """A tester's toasts ran to 290-700 characters; the dialog keeps the whole."""
+    assert toast("Round 0: 40 samples assigned") == "Round 0: 40 samples assigned"
+    long = "Model 'no-such-model' is not available offline: " + "it was looked for " * 20
+    cut = toast(long)
+    assert len(cut) <= TOAST_CHARS and cut.endswith(" was…") and long.startswith(cut[:-1])
