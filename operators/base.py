@@ -44,6 +44,7 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 from fiftyone.operators.executor import ExecutionContext, ExecutionResult
 
+import bubblefence_plugin.fo as bfo
 from bubblefence_plugin.core.config import unknown_names_message
 from bubblefence_plugin.core.progress import Steps, drive, relay
 from bubblefence_plugin.fo.fields import check_collection
@@ -138,6 +139,7 @@ class BubbleFenceOperator(foo.Operator):
     # -- form -----------------------------------------------------------------------
 
     def resolve_input(self, ctx: ExecutionContext) -> types.Property:
+        _follow_sidebar_filters(ctx)
         inputs = types.Object()
         try:
             if self.needs_images and ctx.dataset is not None:
@@ -186,6 +188,7 @@ class BubbleFenceOperator(foo.Operator):
         raise NotImplementedError
 
     def execute(self, ctx: ExecutionContext) -> Generator[Any, None, None] | dict[str, Any]:
+        _follow_sidebar_filters(ctx)
         if ctx.delegated:
             # A worker has no App to stream to: its progress goes into the run's
             # document (`set_progress(fraction, label)`), its result is the run's result.
@@ -282,6 +285,17 @@ class BubbleFenceOperator(foo.Operator):
     @property
     def _param_noun(self) -> str:
         return f"{self.name.removeprefix('bubblefence_')} parameter"  # "split parameter"
+
+
+def _follow_sidebar_filters(ctx: ExecutionContext) -> None:
+    """Makes the context's current view, and the targets drawn from it (current view,
+    selected samples), the view the App's grid shows where a saved view has sidebar
+    filters on top, which FiftyOne's `ExecutionContext.view` leaves out
+    (`bfo.app_view`). FiftyOne keeps the view it builds in ``_view``; there is no
+    public way to give a context its view."""
+    params = ctx.request_params
+    if params.get("view_name") and params.get("filters") and ctx.dataset is not None:
+        ctx._view = bfo.app_view(ctx.dataset, params)  # noqa: SLF001
 
 
 def _name_the_choices(inputs: types.Object, params: Mapping[str, Any]) -> None:

@@ -34,7 +34,6 @@ from typing import Any
 
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
-import fiftyone.server.view as fosv
 from fiftyone import ViewField as F
 from fiftyone.operators.constants import ViewTarget
 
@@ -259,17 +258,17 @@ class BubbleFencePanel(foo.Panel):
         return ids
 
     def run_split(self, ctx: Any) -> None:
-        """The split operator's form, on the view the panel counts (not the selection a
-        lasso left: only those samples were split, the new ones left out, seen in the
-        App); the panel re-hydrates when the round is done. A sidebar filter is part of
-        that view: with one alone, the whole dataset was split, samples the panel had not
-        counted (found by a tester)."""
-        has_view = any(ctx.request_params.get(k) for k in ("view", "view_name", "filters"))
+        """The split operator's form, on the view the panel counts (`_target_params`); the
+        panel re-hydrates when the round is done."""
         ctx.prompt(
             f"{self.plugin_name}/bubblefence_split",
-            params={"view_target": ViewTarget.CURRENT_VIEW if has_view else ViewTarget.DATASET},
+            params=_target_params(ctx),
             on_success=self.after_split,
         )
+
+    def export(self, ctx: Any) -> None:
+        """The export operator's form, on the view the panel counts (`_target_params`)."""
+        ctx.prompt(f"{self.plugin_name}/bubblefence_export", params=_target_params(ctx))
 
     def reset_view(self, ctx: Any) -> None:
         """Shows every sample again: clears the bubble shown, the selection, and the
@@ -349,8 +348,7 @@ class BubbleFencePanel(foo.Panel):
             label="Export",
             icon="download",
             variant="outlined",
-            on_click=f"{self.plugin_name}/bubblefence_export",
-            prompt=True,
+            on_click=self.export,
         )
         actions.btn("reset_view", label="Reset view", icon="restart_alt", on_click=self.reset_view)
         actions.btn("refresh", label="Refresh", icon="refresh", on_click=self.refresh)
@@ -441,9 +439,19 @@ def drawn_view(ctx: Any) -> Any:
         ctx: the execution context
     """
     params = ctx.request_params
-    if not params.get("extended") or params.get("view_name"):  # a saved view has none
+    if not params.get("extended") and not (params.get("view_name") and params.get("filters")):
         return ctx.view
-    return fosv.get_view(ctx.dataset, stages=params.get("view"), filters=params.get("filters"))
+    return bfo.app_view(ctx.dataset, params)
+
+
+def _target_params(ctx: Any) -> dict[str, Any]:
+    """The target of an operator the panel opens: the view it counts (`drawn_view`), not
+    the selection a lasso left (only those samples were split, the new ones left out;
+    after an Exclude, the export's target was the samples just excluded). A sidebar
+    filter is part of that view: with one alone, the whole dataset was split (both found
+    by testers in the App)."""
+    has_view = any(ctx.request_params.get(k) for k in ("view", "view_name", "filters"))
+    return {"view_target": ViewTarget.CURRENT_VIEW if has_view else ViewTarget.DATASET}
 
 
 # Panel id -> the sample id of the point last clicked there, what Exclude and Include

@@ -581,6 +581,19 @@ def _user_split(ds, validation_tag: str = "validation") -> None:
     ds.select(ids[160:]).tag_samples("test")
 
 
+def test_an_export_of_samples_in_no_split_says_why(field_dataset, tmp_path):
+    """Found by a tester: exporting a selection of samples just excluded said "Run the
+    BubbleFence split first", on a dataset that had a split."""
+    ds = field_dataset
+    bfo.split(ds, embeddings_field="emb")
+    excluded = ds.limit(20).values("id")
+    bfo.exclude(ds.select(excluded))
+    message = "none of these 20 samples is in it, 20 of them excluded: export the dataset"
+    with pytest.raises(ValueError, match=message):
+        bfo.export(ds.select(excluded), tmp_path / "out", export_media=False)
+    assert not (tmp_path / "out").exists()
+
+
 def test_tags_export_on_a_dataset_never_split(field_dataset, tmp_path):
     """Found by a tester: with no stored split, a tags export read the state's missing
     `duplicate_of` column and failed (the App's and the command line's too)."""

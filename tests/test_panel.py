@@ -157,6 +157,37 @@ def test_without_a_run_the_panel_explains_and_offers_the_split(field_dataset):
     )
     (prompt,) = operator_requests(reply)["prompt_user_for_operation"]
     assert prompt["params"] == {"view_target": "CURRENT_VIEW"}
+    # Export opens on the same target: after a lasso and Exclude, FiftyOne's default
+    # (the selection) was the samples just excluded (found by a tester).
+    (prompt,) = event(field_dataset, "export", selected=field_dataset.limit(3).values("id")).ops[
+        "prompt_user_for_operation"
+    ]
+    assert prompt["operator_uri"] == f"{PLUGIN}/bubblefence_export"
+    assert prompt["params"] == {"view_target": "DATASET"}
+
+
+def test_a_saved_view_with_a_sidebar_filter_is_what_the_panel_counts_and_splits(field_dataset):
+    """FiftyOne's current view of a saved view leaves out the sidebar's filters: the panel
+    counted and drew the whole saved view, a lasso could exclude samples the grid hid, and
+    Run split split them all (found by a tester)."""
+    ds = field_dataset
+    ids = ds.values("id")
+    ds.select(ids[:100]).tag_samples("b2")
+    ds.select(ids[:30]).tag_samples("b3")
+    ds.save_view("sv_b2", ds.match_tags("b2"))
+    bfo.split(ds.select(ids[150:]), embeddings_field="emb")
+    filters = {"tags": {"values": ["b3"], "exclude": False}}
+    ctx = {"dataset": ds, "view_name": "sv_b2", "filters": filters}
+    params = {"__method__": "run_split", "panel_id": "p1", "panel_state": {}}
+    reply = foo.execute_operator(PANEL, ctx={**ctx, "params": params})
+    (prompt,) = operator_requests(reply)["prompt_user_for_operation"]
+    assert prompt["params"] == {"view_target": "CURRENT_VIEW"}
+    reply = foo.execute_operator(PANEL, ctx={**ctx, "params": {**params, "__method__": "on_load"}})
+    assert "30 samples not split yet" in str(reply.executor.to_json())
+    # The split runs on the 30 samples the grid shows.
+    split_params = {"embeddings": "field", "embeddings_field": "emb", **prompt["params"]}
+    foo.execute_operator(f"{PLUGIN}/bubblefence_split", ctx={**ctx, "params": split_params})
+    assert sorted(ds.exists("split").values("id")) == sorted(ids[:30] + ids[150:])
 
 
 def test_map_draws_points_bubble_outlines_and_a_legend_for_every_mark(split_dataset):
@@ -225,7 +256,7 @@ def test_map_draws_points_bubble_outlines_and_a_legend_for_every_mark(split_data
     assert layout["datarevision"] == reply.plot_key
     assert layout["legend"]["orientation"] == "h" and layout["legend"]["y"] < 0
     assert plot["view"]["name"] == "PlotlyView" and plot["view"]["config"]["scrollZoom"] is False
-    assert props["export"]["view"]["operator"] == f"{PLUGIN}/bubblefence_export"
+    assert props["export"]["view"]["operator"] == f"{PANEL}#export"
     assert props["color_split"]["view"]["variant"] == "contained"
     assert props["color_round"]["view"]["params"] == {"value": "round"}
     assert "A **solid** outline holds a whole bubble" in reply.text("note")

@@ -507,9 +507,23 @@ def _refuse_nothing_to_export(
         )
     if len(missing) == len(names):
         raise ValueError(
-            "no sample is tagged 'train', 'validation' or 'test': nothing to export. Run "
-            "the BubbleFence split first (or export other tags with tags=[...], --tags)"
+            "no sample is tagged 'train', 'validation' or 'test': nothing to export. "
+            + _why_no_split(samples, counts.get(EXCLUDED_TAG, 0))
         )
+
+
+def _why_no_split(samples: foc.SampleCollection, n_excluded: int) -> str:
+    """What to do when the samples to export hold no split: split the dataset, or, where
+    it has a split, export other samples (a selection of samples just excluded was told
+    to run the split first, found by a tester)."""
+    other = " (or export other tags with tags=[...], --tags)"
+    if not any(map(role_of, root_dataset(samples).count_sample_tags())):
+        return "Run the BubbleFence split first" + other
+    excluded = f", {n_excluded} of them excluded" if n_excluded else ""
+    return (
+        f"The dataset has a split, but none of these {len(samples)} samples is in it"
+        f"{excluded}: export the dataset, or a view of split samples{other}"
+    )
 
 
 def _export_each(

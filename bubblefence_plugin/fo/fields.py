@@ -19,6 +19,7 @@ import fiftyone.core.media as fom
 import fiftyone.core.patches as fopatches
 import fiftyone.core.validation as fov
 import fiftyone.core.video as fovideo
+import fiftyone.server.view as fosv
 import numpy as np
 
 EMBEDDING_FIELD = "bubblefence_embedding"
@@ -167,6 +168,23 @@ def record_exported_media(exporter: Any) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------- collections
+
+
+def app_view(dataset: fo.Dataset, request_params: Mapping[str, Any]) -> foc.SampleCollection:
+    """The view the App's grid shows for a request's parameters: its view (a saved view's
+    stages, by name) and its sidebar filters, without the extended selection. FiftyOne's
+    `ExecutionContext.view` of a saved view leaves the filters out: a panel counted and
+    drew samples the grid hid, and an operator on the current view split them (found by
+    a tester in the App).
+
+    Args:
+        dataset: the request's dataset
+        request_params: an execution context's ``request_params``
+    """
+    view_name, stages = request_params.get("view_name"), request_params.get("view")
+    if view_name:
+        stages = dataset.load_saved_view(view_name)._serialize()
+    return fosv.get_view(dataset, stages=stages, filters=request_params.get("filters"))
 
 
 def check_collection(samples: foc.SampleCollection) -> fo.Dataset:
