@@ -103,7 +103,15 @@ class BubbleFenceSplit(BubbleFenceOperator):
     def run(self, ctx: ExecutionContext) -> Steps[Outcome]:
         if ctx.params.get("while_embedding") == "wait":
             yield from bfo.iter_wait_for_shards(ctx.dataset, _source_field(ctx))
-        summary = yield from bfo.iter_split(_split_target(ctx), **_split_kwargs(ctx))
+        target = _split_target(ctx)
+        if ctx.params.get("while_embedding") == "embedded" and not len(target):
+            # Else "the target view is empty (0 samples)", of a target of 40 samples.
+            raise ValueError(
+                f"none of the {len(ctx.target_view())} samples of the target has "
+                f"{_source_field(ctx)!r} yet: wait for the embedding shards, or split once "
+                "some are done"
+            )
+        summary = yield from bfo.iter_split(target, **_split_kwargs(ctx))
         return Outcome(round_text(summary), summary, warnings=round_warnings(summary))
 
     def app_updates(self, ctx: ExecutionContext, outcome: Outcome) -> list[Any]:

@@ -271,6 +271,11 @@ def test_split_offers_to_wait_or_split_what_is_embedded(image_dataset, tiny_clip
     assert props["while_embedding"]["default"] == "embedded"
 
     params = {"model_name": tiny_clip_dir, "while_embedding": "embedded"}
+    # Only what is embedded, where nothing is: said so (it read "the target view is
+    # empty (0 samples)", found by a tester).
+    not_embedded = ds.exists(FIELD, False)
+    with pytest.raises(ExecutionError, match=r"none of the \d+ samples of the target has"):
+        foo.execute_operator(SPLIT, ctx={"view": not_embedded, "params": params})
     foo.execute_operator(SPLIT, ctx={"dataset": ds, "params": params})
     assert set(ds.exists("split").values("id")) == embedded  # nothing embedded by the split
     assert ds.exists(FIELD).count() == len(embedded)
