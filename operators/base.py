@@ -44,10 +44,9 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 from fiftyone.operators.executor import ExecutionContext, ExecutionResult
 
-import bubblefence_plugin.fo as bfo
 from bubblefence_plugin.core.config import unknown_names_message
 from bubblefence_plugin.core.progress import Steps, drive, relay
-from bubblefence_plugin.fo.fields import check_collection
+from bubblefence_plugin.fo.fields import app_view, check_collection
 from bubblefence_plugin.text import SummaryText, counted, escape_markdown, toast
 
 # Parameters the App adds when a panel's button opens an operator (the panel, its state,
@@ -291,11 +290,11 @@ def _follow_sidebar_filters(ctx: ExecutionContext) -> None:
     """Makes the context's current view, and the targets drawn from it (current view,
     selected samples), the view the App's grid shows where a saved view has sidebar
     filters on top, which FiftyOne's `ExecutionContext.view` leaves out
-    (`bfo.app_view`). FiftyOne keeps the view it builds in ``_view``; there is no
+    (`app_view`). FiftyOne keeps the view it builds in ``_view``; there is no
     public way to give a context its view."""
     params = ctx.request_params
     if params.get("view_name") and params.get("filters") and ctx.dataset is not None:
-        ctx._view = bfo.app_view(ctx.dataset, params)  # noqa: SLF001
+        ctx._view = app_view(ctx.dataset, params)  # noqa: SLF001
 
 
 def _name_the_choices(inputs: types.Object, params: Mapping[str, Any]) -> None:
