@@ -244,6 +244,9 @@ def test_the_valid_layout_passes():
             "strings of 4097",
         ),
         (lambda h, m: h.update(split=((3,), np.dtype(np.complex128))), "has dtype"),
+        # Ids or codes as floats (a tester's ids loaded, then failed the next round).
+        (lambda h, m: h.update(ids=((3,), np.dtype(np.float64))), "'ids' has dtype float64"),
+        (lambda h, m: h.update(split=((3,), np.dtype(np.float32))), "'split' has dtype"),
     ],
 )
 def test_layout_check_refuses(change, match):

@@ -50,6 +50,10 @@ PER_SAMPLE_ARRAYS = frozenset(
         "region",
     }
 )
+# Dtype kinds of the columns that hold ids and codes: a state whose ids were floats loaded,
+# and its next round failed with "ids are required" (found by a tester). Pointer columns
+# are checked as integers with their values (`INDEX_ARRAYS`).
+CODE_KINDS = {"ids": "iuUS", "split": "iu", "shell": "iu", "round": "iu"}
 # Columns of the bubble table (`AnchorTable` fields, prefixed): one row per bubble.
 ANCHOR_PREFIX = "anchor_"
 # Integer columns that point into another table: their values are checked before use,
@@ -365,6 +369,8 @@ def check_layout(
         if dtype.kind in "US" and chars > MAX_STRING_CHARS:
             raise damaged(where, f"{name!r} holds strings of {chars} characters", remedy)
         if dtype.kind not in "US" and dtype.itemsize > 8:
+            raise damaged(where, f"{name!r} has dtype {dtype}", remedy)
+        if dtype.kind not in CODE_KINDS.get(name, ALLOWED_KINDS):
             raise damaged(where, f"{name!r} has dtype {dtype}", remedy)
 
 
