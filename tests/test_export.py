@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import importlib
+import json
 import shutil
 from pathlib import Path
 
@@ -191,7 +192,9 @@ def test_the_manifest_names_each_exported_file_as_the_exporter_named_it(
     for row, file in zip(rows, files, strict=True):
         exported = out / file
         assert file and exported.is_file(), (row["source_filepath"], file)
-        assert row["split"] in Path(file).parts  # train/data/7.png, images/train/7.png
+        # train/data/7.png, images/train/7.png (YOLO's validation folder is `val`)
+        folder = json.loads(row["export_folders"])[row["split"]]
+        assert folder in Path(file).parts
         assert exported.read_bytes() == Path(row["source_filepath"]).read_bytes()
     # Equal names from two folders exported into one: the exporter renamed one copy.
     assert len(set(files)) == len(files)
@@ -395,6 +398,9 @@ def test_yolo_splits_share_one_class_list(media_dataset, tmp_path, caplog):
     assert "export will be merged" not in caplog.text
     described = yaml.safe_load((tmp_path / "yolo" / "dataset.yaml").read_text())
     assert described["names"] in (classes, dict(enumerate(classes)))
+    # YOLO trainers read `val` (a tester found `validation`, which none looks for).
+    assert {"train", "val", "test"} <= set(described) and "validation" not in described
+    assert result["folders"]["validation"] == "val"
 
 
 def test_a_tag_export_lists_only_the_duplicates_of_samples_it_exported(field_dataset, tmp_path):

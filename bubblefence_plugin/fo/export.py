@@ -58,6 +58,9 @@ EXPORT_TYPES: dict[str, str] = {
 }
 # Exporters that write all splits into one directory, selected with `split=`.
 _SPLIT_ARG_TYPES = ("YOLOv5Dataset",)
+# The split names those formats' trainers read from `dataset.yaml` (YOLO's `train`, `val`,
+# `test`): a `validation` key is one no YOLO trainer looks for (found by a tester).
+_SPLIT_ARG_NAMES = {"validation": "val"}
 # Formats whose exporters write the media files themselves (`supported_modes` without
 # False in `fiftyone.utils.data.exporters`, FiftyOne 1.22).
 _MEDIA_IS_THE_EXPORT = (
@@ -225,6 +228,8 @@ def iter_export(
             "export other tags with tags=[...] (--tags)"
         )
     folders = export_folders(names)
+    if type_name in _SPLIT_ARG_TYPES and not tags:
+        folders = {name: _SPLIT_ARG_NAMES.get(name, folder) for name, folder in folders.items()}
     for folder in folders.values():
         path_inside(export_dir, export_dir / folder)
     _refuse_nothing_to_export(samples, names, asked_tags=bool(tags))
