@@ -268,9 +268,9 @@ def _empty_split_warnings(summary: Mapping[str, Any]) -> list[str]:
         return []
     val_ratio = targets["validation_ratio"]
     kept = sum(counts.get(split, 0) for split in ("train", "validation", "test"))
-    expected = {"train": kept > 0, "validation": val_ratio > 0, "test": val_ratio < 1}
-    expected["validation"] &= summary.get("n_eval", 0) > 0
-    expected["test"] &= summary.get("n_eval", 0) > 0
+    has_eval = summary.get("n_eval", 0) > 0
+    expected = {"train": kept > 0, "validation": has_eval and val_ratio > 0}
+    expected["test"] = has_eval and val_ratio < 1
     return [
         f"No {split} sample in the split (eval_ratio {targets['eval_ratio']}, validation_ratio "
         f"{val_ratio}, {counted(kept, 'sample')} kept)"

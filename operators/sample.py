@@ -134,13 +134,7 @@ def _sample_kwargs(params: dict[str, Any]) -> dict[str, Any]:
     strategy = params.get("strategy") or "diverse"
     strengths = None
     if params.get("combine"):
-        # A strength not sent is the form's default (a Python call sends only those it sets).
-        given_strengths = {name: params.get(f"strength_{name}") for name in STRATEGIES}
-        strengths = {
-            name: _default_strength(name) if value is None else value
-            for name, value in given_strengths.items()
-        }
-        strengths = {name: value for name, value in strengths.items() if value}
+        strengths = {name: v for name in STRATEGIES if (v := _strength(params, name))}
         strategy = []
     return {
         "strategy": strategy,
@@ -194,7 +188,7 @@ def _strategy_inputs(ctx: ExecutionContext, inputs: types.Object) -> set[str]:
             label=f"Strength: {name}",
             description=description,
         )
-        if ctx.params.get(f"strength_{name}", _default_strength(name)):
+        if _strength(ctx.params, name):
             active.add(name)
     return active
 
@@ -202,6 +196,13 @@ def _strategy_inputs(ctx: ExecutionContext, inputs: types.Object) -> set[str]:
 def _default_strength(strategy: str) -> float:
     """A combined pick starts from a diverse one: the other strengths at 0."""
     return 1.0 if strategy == "diverse" else 0.0
+
+
+def _strength(params: dict[str, Any], strategy: str) -> float:
+    """A strategy's strength in a combined pick: the one sent, else the form's default (a
+    Python call sends only those it sets)."""
+    value = params.get(f"strength_{strategy}")
+    return _default_strength(strategy) if value is None else value
 
 
 def _pick_inputs(ctx: ExecutionContext, inputs: types.Object) -> None:

@@ -18,7 +18,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -232,10 +232,11 @@ def iter_export(
         folders = {name: _SPLIT_ARG_NAMES.get(name, folder) for name, folder in folders.items()}
     for folder in folders.values():
         path_inside(export_dir, export_dir / folder)
-    _refuse_nothing_to_export(samples, names, asked_tags=bool(tags))
+    counts = samples.count_sample_tags()  # read once for the checks and the views
+    _refuse_nothing_to_export(samples, counts, names, asked_tags=bool(tags))
     if not tags:
-        _refuse_two_splits(samples)
-    views, n_excluded = _views_to_export(samples, names, by_tags=bool(tags))
+        _refuse_two_splits(samples, counts)
+    views, n_excluded = _views_to_export(samples, counts, names, by_tags=bool(tags))
     dataset = root_dataset(samples)
     _refuse_while_a_run_holds(dataset)
     version = STATE_RUN.info(reloaded(dataset))
@@ -358,15 +359,14 @@ def _refuse_an_unfinished_round(dataset: fo.Dataset, bf: Any, params: dict[str, 
         )
 
 
-def _split_tags(samples: foc.SampleCollection) -> dict[str, list[str]]:
-    """Per split, the tags of ``samples`` read as it (`role_of`: ``val`` and ``Val`` for
-    validation, as the audit reads a split of the user's)."""
-    present = samples.count_sample_tags()
-    return {split: sorted(t for t in present if role_of(t) == split) for split in SPLIT_TAGS}
+def _split_tags(counts: Mapping[str, int]) -> dict[str, list[str]]:
+    """Per split, the tags of ``counts`` (a collection's `count_sample_tags`) read as it
+    (`role_of`: ``val`` and ``Val`` for validation, as the audit reads a user's split)."""
+    return {split: sorted(t for t in counts if role_of(t) == split) for split in SPLIT_TAGS}
 
 
 def _views_to_export(
-    samples: foc.SampleCollection, names: list[str], by_tags: bool
+    samples: foc.SampleCollection, counts: Mapping[str, int], names: list[str], by_tags: bool
 ) -> tuple[dict[str, foc.SampleCollection], int]:
     """(per name, the samples exported under it; how many samples with a split were left
     out as excluded). Tags (``by_tags``) are exported as tagged. A split takes the
@@ -376,7 +376,7 @@ def _views_to_export(
     the user's keeps its tags, and exported whole it shipped what was excluded."""
     if by_tags:
         return {name: samples.match_tags(name) for name in names}, 0
-    tags = _split_tags(samples)
+    tags = _split_tags(counts)
     kept = samples.match_tags(EXCLUDED_TAG, bool=False)
     # A split no tag is read as matches its own name, which no sample carries.
     views = {name: kept.match_tags(tags[name] or [name]) for name in names}
@@ -385,13 +385,13 @@ def _views_to_export(
     return views, n_excluded
 
 
-def _refuse_two_splits(samples: foc.SampleCollection) -> None:
+def _refuse_two_splits(samples: foc.SampleCollection, counts: Mapping[str, int]) -> None:
     """Refuses samples that carry tags of two splits (tags merged from another split of
     the same images, a tag added by hand, ``train`` and ``val``): the export would write
     each into two splits, a leak of its own making, while the manifest lists it once."""
     in_split = [
         (F("tags").filter(F().is_in(tags)).length() > 0).if_else(1, 0)
-        for tags in _split_tags(samples).values()
+        for tags in _split_tags(counts).values()
         if tags
     ]
     if len(in_split) < 2:
@@ -491,16 +491,15 @@ def _one_class_list(
 
 
 def _refuse_nothing_to_export(
-    samples: foc.SampleCollection, names: list[str], asked_tags: bool
+    samples: foc.SampleCollection, counts: Mapping[str, int], names: list[str], asked_tags: bool
 ) -> None:
     """Refuses, before anything is written, tags asked for that no sample carries (a
     typo) and an export of splits where no sample carries any (never split): either
     would write an empty folder and report success."""
-    counts = samples.count_sample_tags()
     if asked_tags:
         missing = [name for name in names if not counts.get(name)]
     else:
-        tags = _split_tags(samples)
+        tags = _split_tags(counts)
         missing = [name for name in names if not tags[name]]
     # The splits asked for by name (the App's form names them) on samples never split.
     never_split = not any(map(role_of, counts)) and set(names) <= set(SPLIT_TAGS)
