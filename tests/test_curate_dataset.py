@@ -670,6 +670,20 @@ def test_a_duplicate_takes_the_place_of_an_original_that_leaves(field_dataset, h
         assert ds[heir.id]["split"] == place
 
 
+def test_a_pick_never_takes_a_copy_the_split_set_aside(field_dataset):
+    # Found by a user's walk on real photos: "outliers" tagged an image and its byte copy,
+    # so the pick held one image twice and a tag export wrote it twice.
+    ds = field_dataset
+    original, copies = _split_with_two_copies_of_sample_3(ds)
+    summary = curate.sample(ds, "typical", count=len(ds), tag="all", embeddings_field="emb")
+    picked = set(summary["picked_ids"])
+    assert original in picked and not picked & set(copies)
+    assert summary["n_copies_not_picked"] == 2 and summary["n_picked"] == len(ds) - 2
+    assert "2 duplicates the split set aside not picked" in summary["message"]
+    # still read: scored, and counted in their neighbours' typicality
+    assert None not in ds.select(copies).values(curate.TYPICALITY_FIELD)
+
+
 def _split_with_two_copies_of_sample_3(ds) -> tuple[str, list[str]]:
     """Adds two exact copies of sample 3's vector to ``ds`` and splits it; returns
     (original, copies) ids."""

@@ -28,6 +28,7 @@ from typing import Any
 import fiftyone as fo
 import fiftyone.core.collections as foc
 import numpy as np
+from fiftyone import ViewField as F
 
 from ..core.config import unknown_names_message
 from ..core.curation import (
@@ -43,6 +44,7 @@ from ..text import counted
 from .embeddings import check_vector_field, read_embeddings, vector_fields
 from .export import write_text_whole
 from .fields import (
+    DUPLICATE_SPLIT,
     EXCLUDED_TAG,
     REASON_FIELD,
     SPLIT_ALIASES,
@@ -232,6 +234,7 @@ def iter_sample(
         "n_read": len(pool.ids),
         "n_errors": len(pool.errors),
         "n_candidates": n_candidates,
+        "n_copies_not_picked": pool.n_copies,
         "n_picked": len(picked),
         "quotas": chosen.quotas,
         "n_regions": int(regions.max()) + 1,
@@ -244,6 +247,12 @@ def iter_sample(
                 else ""
             )
             + f"typicality and regions written for {len(pool.ids)} samples"
+            + (
+                f"; {counted(pool.n_copies, 'duplicate')} the split set aside not picked "
+                "(their originals can be)"
+                if pool.n_copies
+                else ""
+            )
             + (f"; {len(pool.errors)} samples without a usable embedding" if pool.errors else "")
         ),
     }
@@ -257,7 +266,8 @@ class _Pool:
     ids: list[str]
     x: np.ndarray
     errors: dict[str, str]  # sample id -> why its embedding is unusable
-    eligible: np.ndarray  # may be picked: in `from_split`, neither start nor query
+    eligible: np.ndarray  # may be picked: in `from_split`, neither start nor query, no copy
+    n_copies: int  # copies the split set aside ("duplicate"): read and scored, never picked
     start: np.ndarray | None  # vectors counted as picked already (`start_from`)
     query: np.ndarray | None  # vectors of `query_tag`
     labels: np.ndarray | None
@@ -281,7 +291,10 @@ def _candidates(
             f"{len(ok_ids)} of the {len(ids)} samples have a usable embedding in "
             f"{field!r}; picking needs at least 2"
         )
-    eligible = np.ones(len(ok_ids), bool)
+    # A copy the split set aside stands for its original: picking both would tag one
+    # image twice (and export it twice); it still counts in its neighbours' typicality.
+    copies = np.isin(ok_ids, samples.match(F(SPLIT_FIELD) == DUPLICATE_SPLIT).values("id"))
+    eligible = ~copies
     if from_split:
         eligible &= np.isin(ok_ids, _tagged_ids(dataset, from_split))
     for name in (start_from, query_tag):
@@ -302,6 +315,7 @@ def _candidates(
         x=x,
         errors=errors,
         eligible=eligible,
+        n_copies=int(copies.sum()),
         start=vectors_of(start_from),
         query=vectors_of(query_tag),
         labels=_single_labels(dataset, ok_ids, label_field) if label_field else None,
