@@ -519,6 +519,19 @@ def test_split_fields_and_tags_lost_since_are_written_again_edited_ones_are_said
     assert len(ds.match(F("split") == "test")) == list(stored.values()).count("test") - 3
 
 
+def test_a_split_tag_added_by_hand_is_taken_off_at_the_next_run(field_dataset):
+    # Found by a hostile-input walk: a test sample also tagged "train" by hand kept both
+    # tags, and export stayed refused although the README says a run writes them back.
+    ds = field_dataset
+    bfo.split(ds, embeddings_field="emb")
+    stored = splits_by_id(ds)
+    test_id = ds.match_tags("test").first().id
+    ds.select(test_id).tag_samples("train")
+    assert bfo.split(ds)["n_repaired"] == 1
+    assert ds[test_id].tags == ["test"] and splits_by_id(ds) == stored
+    _check_mirror(ds)
+
+
 def test_wrong_dimension_field_is_refused(field_dataset):
     ds = field_dataset
     bfo.split(ds.limit(100), embeddings_field="emb")

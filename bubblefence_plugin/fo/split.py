@@ -619,6 +619,7 @@ def _restore_mirror(r: _Round, frame: Any) -> tuple[int, int]:
         elif (
             value is None
             or value != split
+            or any(t in SPLIT_TAGS and t != split for t in sample_tags or [])
             or (split in SPLIT_TAGS and split not in (sample_tags or []))
             or rnd is None
             or (in_bubble[row] and anchor is None)
