@@ -397,7 +397,10 @@ class BubbleFencePanel(foo.Panel):
             config={"scrollZoom": False, "displaylogo": False},
             on_click=self.on_click,
             on_selected=self.on_lasso,
-            height=480,
+            # Not the view's height=480: FiftyOne then sized the plot's grid item to the
+            # whole panel, a band of ~400 px under the map. The plot box's inline height
+            # wins over its own sx height of 100%, and the item follows it.
+            componentsProps={"container": {"style": {"height": "480px"}}},
         )
 
     def _render_map_settings(self, panel: types.Object, shown: Shown) -> None:

@@ -218,6 +218,10 @@ def test_split_in_the_app_then_the_panel_shows_the_bubbles(
     expect(plot.locator(f"{CENTRES} .points path")).to_have_count(n_bubbles)
     expect(plot.locator(".shapelayer path")).to_have_count(0)  # outlines are traces
     assert plot.locator("canvas").count() > 0  # the WebGL layer: the points
+    # The counts follow the map: a plot sized by the panel left a band of ~400 px.
+    counts_top = panel.get_by_text("Counts in the view").bounding_box()["y"]
+    plot_box = plot.bounding_box()
+    assert counts_top - (plot_box["y"] + plot_box["height"]) < 60
     page.wait_for_function(GRID_PAINTED)  # the grid re-lays out beside the new panel
     page.screenshot(path=shots / "05-panel.png")
 
