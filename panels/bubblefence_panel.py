@@ -41,7 +41,7 @@ import bubblefence_plugin.fo as bfo
 from bubblefence_plugin.core.config import KNOBS
 from bubblefence_plugin.core.layout import METHOD_LABELS, available_methods
 from bubblefence_plugin.fo import map as bfmap
-from bubblefence_plugin.text import escape_markdown, toast
+from bubblefence_plugin.text import audited_text, escape_markdown, toast
 
 logger = logging.getLogger(__name__)
 
@@ -670,10 +670,10 @@ def _audit_markdown(dataset: Any, split_updated_at: str | None) -> str | None:
         return f"**Audit**\n\nThe latest audit report could not be read: {escape_markdown(e)}"
     source = escape_markdown(report.get("source"))  # a field name: the user's
     created = report.get("created_at")
-    # How many it audited: a report of a small view reads differently from the dataset's.
-    audited = report.get("n_audited")
-    of = f", {audited:,} samples audited" if isinstance(audited, int) else ""
-    lines = [f"**Audit of {created or '?'}** (split source {source}{of})", ""]
+    # How many it measured, in the report's own words: a report of a small view reads
+    # differently from the dataset's, and duplicates or samples not split are not measured.
+    audited = f": {audited_text(report)}" if isinstance(report.get("n_audited"), int) else ""
+    lines = [f"**Audit of {created or '?'}** (split source {source}){audited}", ""]
     if _is_before(created, split_updated_at):
         lines += [
             f"⚠ **Stale:** the split changed after this audit (last saved {split_updated_at}); "

@@ -563,7 +563,9 @@ def test_audit_figures_are_shown_and_marked_stale_after_a_newer_split(split_data
     report = {
         "created_at": "2026-01-02T03:04:05.000000Z",
         "source": "split",
+        "n_collection": 1260,
         "n_audited": 1250,
+        "n_split": 1200,
         "metrics": {},
     }
     rows = [
@@ -590,7 +592,11 @@ def test_audit_figures_are_shown_and_marked_stale_after_a_newer_split(split_data
     monkeypatch.setattr(bfo, "summary_rows", lambda r: rows)
     markdown = panel_module._audit_markdown(split_dataset, "2026-01-02T03:04:00Z")
     assert "2026-01-02T03:04:05" in markdown and "Stale" not in markdown
-    assert "(split source split, 1,250 samples audited)" in markdown
+    # What the report itself measured: duplicates and samples not split are left out.
+    assert (
+        "(split source split): 1200 split samples (50 duplicates or not split, "
+        "10 without a usable embedding, left out)"
+    ) in markdown
     assert "| Leakage@0.95 eval→train | 0.0000 | 0.2500 |" in markdown
     assert "Diversity score" in markdown and "Samples train" not in markdown
     stale = panel_module._audit_markdown(split_dataset, "2026-01-02T05:00:00Z")
