@@ -179,6 +179,34 @@ def test_a_key_given_twice_is_refused_not_read_as_the_last(tmp_path, text):
     )
 
 
+@pytest.mark.parametrize(
+    "text, keys",
+    [
+        (
+            "dataset_splits:\n  eval_ratio: 0.3\neval_ratio: 0.25\n",
+            "dataset_splits.eval_ratio and eval_ratio",
+        ),
+        (
+            "eval_ratio: 0.25\ndataset_splits:\n  eval_ratio: 0.3\n",
+            "eval_ratio and dataset_splits.eval_ratio",
+        ),
+    ],
+)
+def test_a_knob_given_under_both_layouts_is_refused_not_read_as_the_last(tmp_path, text, keys):
+    # Found by a hostile-input walk: the last one silently won, so the order decided.
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=f"^{re.escape(keys)} both set eval_ratio; give one"):
+        BubbleFenceConfig.from_yaml(path)
+
+
+def test_a_config_file_that_is_not_text_is_refused_naming_it(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}: not a text \(UTF-8\) file"):
+        BubbleFenceConfig.from_yaml(path)
+
+
 def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("eval_ratio: 0.2\nseed: [1, 2\n")

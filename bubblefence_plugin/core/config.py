@@ -703,6 +703,11 @@ def read_yaml_values(path: str | Path) -> dict[str, Any]:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as e:
         raise ValueError(f"cannot read the config file {str(path)!r}: {e.strerror or e}") from e
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{path}: not a text (UTF-8) file, so not a YAML config (byte {e.start}: "
+            f"{e.reason})"
+        ) from e
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader) or {}
     except yaml.MarkedYAMLError as e:  # syntax errors, tags safe_load refuses, repeated keys
@@ -737,6 +742,7 @@ def translate_reference_layout(data: dict[str, Any]) -> tuple[dict[str, Any], se
         data: the parsed YAML mapping
     """
     values: dict[str, Any] = {}
+    given_as: dict[str, str] = {}  # knob -> the key that set it
     ignored: set[str] = set()
     unknown: list[str] = []
     train_ratio = None
@@ -744,6 +750,11 @@ def translate_reference_layout(data: dict[str, Any]) -> tuple[dict[str, Any], se
         dotted = ".".join(path)
         name = _REFERENCE_NAMES.get(path) or (path[0] if len(path) == 1 else None)
         if name in KNOBS:
+            if name in given_as:  # one under each layout: which one counts would be a guess
+                raise ValueError(
+                    f"{given_as[name]} and {dotted} both set {name}; give one of them"
+                )
+            given_as[name] = dotted
             try:
                 values[name] = parse_knob(name, value)
             except ValueError as e:
