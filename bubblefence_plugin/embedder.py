@@ -76,6 +76,8 @@ _WHITE = (255, 255, 255, 255)
 _HUB_PROBE_SECONDS = 4.0
 # huggingface_hub's spelling of "true" for its environment switches.
 _TRUE_VALUES = ("1", "ON", "YES", "TRUE")
+# A finite value that float32, which every vector is stored as, cannot hold.
+_PAST_FLOAT32 = f"values beyond float32's range (|x| > {float(np.finfo(np.float32).max):.1e})"
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
@@ -141,7 +143,13 @@ def embeddings_from_array(
         if dim is not None and vectors.shape[1] != dim:
             raise ValueError(f"vectors have dimension {vectors.shape[1]}, expected dim={dim}")
         n = vectors.shape[0]
-        return _normalise_rows(vectors.astype(np.float32, copy=False), np.arange(n), n, {})
+        with np.errstate(over="ignore"):  # said per row below, not as a numpy warning
+            cast = vectors.astype(np.float32, copy=False)
+        errors = {}
+        if cast is not vectors and not np.isfinite(cast).all():
+            past = ~np.isfinite(cast).all(axis=1) & np.isfinite(vectors).all(axis=1)
+            errors = dict.fromkeys(np.flatnonzero(past).tolist(), _PAST_FLOAT32)
+        return _normalise_rows(cast, np.arange(n), n, errors)
     if isinstance(vectors, (str, bytes)) or not isinstance(vectors, Sequence):
         raise ValueError(
             f"vectors must be a 2-D array or a sequence of vectors, got {type(vectors).__name__}"
@@ -151,17 +159,30 @@ def embeddings_from_array(
     errors: dict[int, str] = {}
     arrays: list[np.ndarray] = []
     positions: list[int] = []
-    for i, row in enumerate(vectors):
-        if row is None:
-            errors[i] = "no embedding"
-            continue
-        try:
-            # float32 per row: a million 512-d rows in float64 would need 4 GB of scratch.
-            arrays.append(np.asarray(row, dtype=np.float32).reshape(-1))
-        except (TypeError, ValueError):
-            errors[i] = "not a numeric vector"
-            continue
-        positions.append(i)
+    with warnings.catch_warnings(), np.errstate(over="raise"):
+        # Both only where a row is broken: a normal row costs nothing more.
+        warnings.simplefilter("error", np.exceptions.ComplexWarning)
+        for i, row in enumerate(vectors):
+            if row is None:
+                errors[i] = "no embedding"
+                continue
+            try:
+                # float32 per row: a million 512-d rows in float64 need 4 GB of scratch.
+                array = np.asarray(row, dtype=np.float32)
+            except FloatingPointError:
+                errors[i] = _PAST_FLOAT32
+                continue
+            except np.exceptions.ComplexWarning:
+                errors[i] = "complex values, not a real vector"
+                continue
+            except (TypeError, ValueError):
+                errors[i] = "not a numeric vector"
+                continue
+            if array.size != max(array.shape, default=1):  # (1, d) is a vector, (4, 4) not
+                errors[i] = f"an array of shape {array.shape}, not a vector"
+                continue
+            arrays.append(array.reshape(-1))
+            positions.append(i)
 
     lengths = np.fromiter((a.shape[0] for a in arrays), dtype=np.int64, count=len(arrays))
     if dim is None:
@@ -232,7 +253,7 @@ def _normalise_rows(
         finite[lo : lo + len(chunk)] = np.isfinite(chunk).all(axis=1)
         squared[lo : lo + len(chunk)] = np.einsum("ij,ij->i", chunk, chunk)
     for k in np.flatnonzero(~finite):
-        errors[int(index[k])] = "non-finite values (NaN or inf)"
+        errors.setdefault(int(index[k]), "non-finite values (NaN or inf)")
     for k in np.flatnonzero(finite & (squared == 0.0)):
         errors[int(index[k])] = "zero vector"
     good = finite & (squared > 0.0)

@@ -865,6 +865,35 @@ def test_cpu_thread_tuner_decisions():
         torch.set_num_threads(before)
 
 
+def test_rows_float32_cannot_hold_complex_rows_and_matrices_are_said_as_such():
+    # Found by a hostile-input walk: 1e200 (finite) was called "NaN or inf" with a numpy
+    # warning; a complex vector lost its imaginary part and a 4x4 array was flattened,
+    # both without a word.
+    rows = [
+        np.full(3, 1e200),
+        np.array([1 + 2j, 0, 1]),
+        np.ones((3, 3)),
+        np.ones((1, 3)),  # a vector with a batch axis
+        [1.0, 2.0, 2.0],
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no numpy warning on the way
+        out = embeddings_from_array(rows)
+    assert out.ok.tolist() == [False, False, False, True, True]
+    assert out.errors == {
+        0: "values beyond float32's range (|x| > 3.4e+38)",
+        1: "complex values, not a real vector",
+        2: "an array of shape (3, 3), not a vector",
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        matrix = embeddings_from_array(np.array([[1e200, 0, 0], [np.inf, 0, 0], [1, 2, 2]]))
+    assert matrix.errors == {
+        0: "values beyond float32's range (|x| > 3.4e+38)",
+        1: "non-finite values (NaN or inf)",
+    }
+
+
 def test_a_second_models_vectors_are_refused_and_broken_rows_stay_row_errors():
     """One other length on more than a tenth of the rows is another model's vectors,
     refused whether the dimension is known (a later round) or read from the rows (a

@@ -203,13 +203,34 @@ def test_edited_embeddings_of_assigned_samples_are_refused(field_dataset):
     edited["emb"] = np.asarray(edited["emb"])[::-1].copy()
     edited.save()
     add_embedded_samples(ds, 10, 3)
-    with pytest.raises(ValueError, match="changed for 1 samples"):
+    with pytest.raises(ValueError, match="changed for 1 sample since"):
         bfo.split(ds, embeddings_field="emb")
     assert splits_by_id(ds) == {
         **before,
         **{i: None for i in ds.exists("split", False).values("id")},
     }
     assert not bfo.is_locked(ds)
+
+
+@pytest.mark.parametrize("broken", [None, [0.5, 0.5]])
+def test_a_lost_vector_names_the_ways_on_and_excluding_its_sample_lets_rounds_go_on(
+    field_dataset, broken
+):
+    # Found by a hostile-input walk: the refusal offered only a reset (the whole split
+    # lost) where excluding or deleting the one sample lets the next round run.
+    ds = field_dataset
+    bfo.split(ds, embeddings_field="emb")
+    lost = ds.first()
+    lost["emb"] = broken
+    lost.save()
+    add_embedded_samples(ds, 10, 3)
+    with pytest.raises(
+        ValueError, match="(lost or broke the vectors of|changed for) 1 sample"
+    ) as refused:
+        bfo.split(ds, embeddings_field="emb")
+    assert "exclude them (bubblefence_plugin.fo.exclude(dataset.select(ids))" in str(refused.value)
+    bfo.exclude(ds.select([lost.id]))
+    assert bfo.split(ds, embeddings_field="emb")["n_assigned"] == 10
 
 
 def test_a_split_dataset_travels_through_fiftyone_own_export_and_goes_on(

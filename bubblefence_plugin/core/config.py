@@ -705,8 +705,7 @@ def read_yaml_values(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"cannot read the config file {str(path)!r}: {e.strerror or e}") from e
     except UnicodeDecodeError as e:
         raise ValueError(
-            f"{path}: not a text (UTF-8) file, so not a YAML config (byte {e.start}: "
-            f"{e.reason})"
+            f"{path}: not a text (UTF-8) file, so not a YAML config (byte {e.start}: {e.reason})"
         ) from e
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader) or {}
@@ -751,9 +750,7 @@ def translate_reference_layout(data: dict[str, Any]) -> tuple[dict[str, Any], se
         name = _REFERENCE_NAMES.get(path) or (path[0] if len(path) == 1 else None)
         if name in KNOBS:
             if name in given_as:  # one under each layout: which one counts would be a guess
-                raise ValueError(
-                    f"{given_as[name]} and {dotted} both set {name}; give one of them"
-                )
+                raise ValueError(f"{given_as[name]} and {dotted} both set {name}; give one of them")
             given_as[name] = dotted
             try:
                 values[name] = parse_knob(name, value)

@@ -404,7 +404,8 @@ def _refuse_two_splits(samples: foc.SampleCollection, counts: Mapping[str, int])
     if n_both:
         shown = ", ".join(repr(p) for p in both.limit(3).values("filepath"))
         raise ValueError(
-            f"{n_both} samples carry the tags of two or more splits of 'train', "
+            f"{counted(n_both, 'sample')} carr{'ies' if n_both == 1 else 'y'} the tags of two "
+            "or more splits of 'train', "
             f"'validation', 'test' (or an alias, such as 'val') (e.g. {shown}), so they "
             "would be exported into each of those splits. Keep "
             f"one: for BubbleFence's split, the {SPLIT_FIELD!r} field's, e.g. in Python: "

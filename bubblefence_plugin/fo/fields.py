@@ -22,6 +22,8 @@ import fiftyone.core.video as fovideo
 import fiftyone.server.view as fosv
 import numpy as np
 
+from ..text import counted
+
 EMBEDDING_FIELD = "bubblefence_embedding"
 SPLIT_FIELD = "split"
 ANCHOR_FIELD = "anchor_id"
@@ -268,8 +270,8 @@ def check_declarable(dataset: fo.Dataset, fields: Mapping[str, type]) -> None:
         if field is not None and not isinstance(field, ftype):
             raise ValueError(
                 f"dataset {dataset.name!r} already has a field {name!r} of type "
-                f"{type(field).__name__}; BubbleFence writes a {ftype.__name__} there. "
-                "Rename or delete that field first"
+                f"{type(field).__name__}; BubbleFence writes a field of type "
+                f"{ftype.__name__} there. Rename or delete that field first"
             )
 
 
@@ -318,7 +320,7 @@ def refuse_values_not_ours(dataset: fo.Dataset) -> None:
     tag_counts = dataset.count_sample_tags()
     tagged = {t: c for t, c in sorted(tag_counts.items()) if c and role_of(t)}
     if tagged:
-        listed = ", ".join(f"{t!r} ({c} samples)" for t, c in tagged.items())
+        listed = ", ".join(f"{t!r} ({counted(c, 'sample')})" for t, c in tagged.items())
         names = tuple(tagged)
         raise ValueError(
             f"dataset {dataset.name!r} has samples tagged {listed} that BubbleFence did "

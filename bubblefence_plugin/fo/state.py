@@ -35,6 +35,7 @@ from ..core.state import (
     npy_blob_header,
     rows_with_room,
 )
+from ..text import counted
 from .embeddings import checked_vectors, holds_vectors, read_vectors
 from .fields import (
     DUPLICATE_FIELD,
@@ -487,6 +488,15 @@ def _row_checks(unit_rows: np.ndarray) -> np.ndarray:
     return checks
 
 
+# Said when vectors the state holds are gone or changed: a reset loses the whole split,
+# where taking those samples out of it (they leave the state) lets the next round run.
+_HELD_VECTORS_WAYS_ON = (
+    "Restore them; or take those samples out of the split, and the next round runs: "
+    "exclude them (bubblefence_plugin.fo.exclude(dataset.select(ids)), the panel's "
+    "Exclude) or delete them; or reset the state"
+)
+
+
 def _stored_embeddings(
     dataset: fo.Dataset, params: dict[str, Any], arrays: dict[str, np.ndarray]
 ) -> tuple[np.ndarray, list[str]]:
@@ -521,8 +531,9 @@ def _stored_embeddings(
     if checked is not None and checked.errors:
         bad = [str(ids[present][i]) for i in sorted(checked.errors)][:5]
         raise ValueError(
-            f"embeddings field {field!r} lost or broke the vectors of {len(checked.errors)} "
-            f"samples the BubbleFence state holds (e.g. {bad}); restore them or reset the state"
+            f"embeddings field {field!r} lost or broke the vectors of "
+            f"{counted(len(checked.errors), 'sample')} the BubbleFence state holds (e.g. "
+            f"{bad}). {_HELD_VECTORS_WAYS_ON}"
         )
     matrix = rows_with_room(len(ids), dim)  # the next round appends after them
     matrix[~present] = 0
@@ -533,8 +544,9 @@ def _stored_embeddings(
     changed = np.flatnonzero(np.abs(checks - arrays.pop("embedding_checks")[present]) > 1e-4)
     if len(changed):
         raise ValueError(
-            f"embeddings field {field!r} changed for {len(changed)} samples since they were "
-            f"split (e.g. {ids[present][changed[:5]].tolist()}); splitting new samples against "
-            "changed embeddings would break the guarantees. Restore them or reset the state"
+            f"embeddings field {field!r} changed for {counted(len(changed), 'sample')} since "
+            f"they were split (e.g. {ids[present][changed[:5]].tolist()}); splitting new "
+            "samples against changed embeddings would break the guarantees. "
+            f"{_HELD_VECTORS_WAYS_ON}"
         )
     return matrix, ids[~present].tolist()
