@@ -717,6 +717,27 @@ def test_label_and_group_fields_of_every_kind(fo_datasets):
 
 
 @pytest.mark.fiftyone
+def test_a_list_of_labels_whose_first_value_was_empty_is_read(fo_datasets):
+    # Found by a hostile-input walk: FiftyOne declares a bare ListField when the first
+    # list it sees is empty, and the split refused it "expected ... list-of-strings".
+    import fiftyone as fo
+
+    from bubblefence_plugin.fo import fields
+
+    ds = fo.Dataset()
+    fo_datasets.append(ds)
+    ds.add_samples(
+        [fo.Sample(filepath=f"/n/{i}.png", gt=[] if i == 0 else [f"c{i}"]) for i in range(3)]
+    )
+    assert ds.get_field("gt").field is None
+    labels = fields.label_values(ds, ds.values("id"), "gt")
+    assert [list(v) for v in labels] == [[], ["c1"], ["c2"]]
+    ds.set_values("other", [[], [1.5], [2.5]])  # floats are no labels
+    with pytest.raises(ValueError, match="label_field='other' is a field of type ListField"):
+        fields.label_values(ds, ds.values("id"), "other")
+
+
+@pytest.mark.fiftyone
 def test_operator_form_and_run_with_label_and_group_fields(fo_datasets):
     import asyncio
 

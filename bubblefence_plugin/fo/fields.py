@@ -629,6 +629,15 @@ def _label_path(field: Any, name: str, multi_ok: bool) -> tuple[str, bool] | Non
     return None
 
 
+def _untyped_list_of_labels(dataset: fo.Dataset, name: str, field: Any) -> bool:
+    """Whether ``field`` is a list whose element type FiftyOne did not declare (it does
+    not when the first value it saw was ``[]``) and whose values are strings or ints."""
+    if not isinstance(field, fo.ListField) or field.field is not None:
+        return False
+    values = dataset.distinct(name)  # the lists' elements
+    return bool(values) and all(isinstance(v, (str, int)) for v in values)
+
+
 def _list_above(dataset: fo.Dataset, path: str) -> str | None:
     """The first list field on the way down to ``path`` (``ground_truth.detections`` for
     ``ground_truth.detections.label``), else None: its values come a list per sample."""
@@ -707,6 +716,8 @@ def label_source(dataset: fo.Dataset, field: str, param: str) -> tuple[str, bool
             "sample, where a group is one"
         )
     found = _label_path(schema_field, field, multi_ok)
+    if found is None and multi_ok and _untyped_list_of_labels(dataset, field, schema_field):
+        found = field, True
     if found is None:
         kinds = (
             "a Classification, Classifications, Detections, Polylines, Keypoints, string, "
