@@ -202,7 +202,7 @@ def _source_inputs(
     dropdown = types.DropdownView()
     for s in sources:
         dropdown.add_choice(s, label="sample tags" if s == bfo.TAGS_SOURCE else s)
-    inputs.enum(
+    prop = inputs.enum(
         "split_source",
         dropdown.values(),
         default=bfo.SPLIT_FIELD if bfo.SPLIT_FIELD in sources else bfo.TAGS_SOURCE,
@@ -211,6 +211,16 @@ def _source_inputs(
         "holding train / validation / test (aliases val, valid, dev, training, testing)",
         view=dropdown,
     )
+    chosen = ctx.params.get("split_source")
+    if chosen in sources and chosen not in (bfo.TAGS_SOURCE, bfo.SPLIT_FIELD):
+        # Checked here, not after Execute: every string field is offered (which hold a
+        # split is a query per field), so the chosen one is checked alone.
+        if not bfo.names_a_split(ctx.target_view(), chosen):
+            prop.invalid = True
+            prop.error_message = (
+                f"No sample here has a split name in {chosen!r} (train, validation, test, "
+                "or an alias such as val): choose the field that holds the split"
+            )
     field_input(
         inputs,
         "embeddings_field",

@@ -144,6 +144,24 @@ def test_brain_comparison_agrees_with_the_exact_count(split_dataset):
     assert found["random_split"][1] > found["split"][1]
 
 
+def test_the_report_form_refuses_a_string_field_that_names_no_split(field_dataset):
+    # Found by an App walk: every string field is offered as the split source, and one
+    # holding other values ("kind") failed only after Execute.
+    from conftest import operator_form
+
+    ds = field_dataset
+    ds.set_values("kind", ["frame", "single"] * (len(ds) // 2))
+    ds.set_values("my_split", [" VAL ", "train"] * (len(ds) // 2))
+    kind = operator_form(ds, REPORT, {"split_source": "kind"})["split_source"]
+    assert (
+        kind["invalid"] and "No sample here has a split name in 'kind'" in (kind["error_message"])
+    )
+    assert not operator_form(ds, REPORT, {"split_source": "my_split"})["split_source"].get(
+        "invalid"
+    )
+    assert bfo.names_a_split(ds, "my_split") and not bfo.names_a_split(ds, "kind")
+
+
 def test_any_split_source_tags_and_a_field_with_aliases(field_dataset):
     ds = field_dataset
     rng = np.random.default_rng(0)

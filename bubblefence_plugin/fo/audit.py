@@ -64,6 +64,7 @@ import io
 import json
 import logging
 import os
+import re
 import time
 import uuid
 from collections import Counter
@@ -77,6 +78,7 @@ import fiftyone as fo
 import fiftyone.core.collections as foc
 import numpy as np
 import pandas as pd
+from fiftyone import ViewField as F
 
 from ..core import metrics
 from ..core.progress import Progress, ProgressCallback, Steps, drive, within
@@ -89,6 +91,7 @@ from .fields import (
     ERROR_FIELD,
     EXCLUDED_TAG,
     SHELL_FIELD,
+    SPLIT_ALIASES,
     SPLIT_FIELD,
     check_samples,
     label_source,
@@ -191,6 +194,20 @@ def split_sources(samples: foc.SampleCollection) -> list[str]:
     """
     fields = samples.get_field_schema(ftype=fo.StringField)
     return [TAGS_SOURCE] + sorted(f for f in fields if f not in _NOT_SPLITS)
+
+
+def names_a_split(samples: foc.SampleCollection, field: str) -> bool:
+    """Whether some sample's string ``field`` names a split or an alias (`role_of`: any
+    case and spacing), so that it can be audited as a split; one query, stopping at the
+    first such sample.
+
+    Args:
+        samples: a dataset or view
+        field: a string field
+    """
+    names = "|".join(re.escape(name) for name in SPLIT_ALIASES)
+    pattern = rf"^\s*({names})\s*$"
+    return bool(samples.match(F(field).re_match(pattern, options="i")).limit(1).count())
 
 
 def _resolve_source(samples: foc.SampleCollection, split_source: str | None) -> str:
