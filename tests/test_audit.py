@@ -24,7 +24,7 @@ from fiftyone.operators.executor import ExecutionError, resolve_type  # noqa: E4
 from fiftyone.operators.registry import OperatorRegistry  # noqa: E402
 
 from bubblefence_plugin.fo import audit  # noqa: E402
-from bubblefence_plugin.fo.map import load_layout  # noqa: E402
+from bubblefence_plugin.fo.map import SPLIT_COLORS, load_layout, shell_splits  # noqa: E402
 from bubblefence_plugin.text import report_text, reset_text  # noqa: E402
 
 REPORT = "@bubblefence/bubblefence/bubblefence_report"
@@ -412,7 +412,7 @@ def drawn_outlines(page: str) -> dict[int, dict[str, np.ndarray]]:
     outlines = {}
     for number, marks in re.findall(r"<g><title>bubble (\d+)</title>(.*?)</g>", svg):
         shells = {}
-        for inner, path in re.findall(r"<path( class='inner')? d='([^']*)'/>", marks):
+        for inner, path in re.findall(r"<path( class='inner')? stroke='#\w+' d='([^']*)'/>", marks):
             numbers = [int(v) for v in re.findall(r"-?\d+", path)]
             shells["inner" if inner else "outer"] = np.cumsum(np.reshape(numbers, (-1, 2)), 0)
         outlines[int(number)] = shells
@@ -437,6 +437,16 @@ def test_html_map_draws_the_stored_outlines_of_every_bubble(split_dataset, tmp_p
                 assert len(drawn[row.anchor_id][shell]) == len(outline)
                 corners.append(outline)
                 pixels.append(drawn[row.anchor_id][shell])
+    # Each in its shell's split colour, as the panel draws it (they were all dark grey).
+    layouts = stored.anchors.set_index("anchor_id")["layout"]
+    strokes = re.findall(r"<title>bubble (\d+)</title><path stroke='(#\w+)'", page)
+    assert strokes and all(
+        colour == SPLIT_COLORS[shell_splits(layouts[int(a)])[1]] for a, colour in strokes
+    )
+    assert set(re.findall(r"<path class='inner' stroke='(#\w+)'", page)) <= {
+        SPLIT_COLORS["validation"],
+        SPLIT_COLORS["test"],
+    }
     corners, pixels = np.vstack(corners).astype(np.float64), np.vstack(pixels)
     n = len(corners)
     design = np.zeros((2 * n, 3))

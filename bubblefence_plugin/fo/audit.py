@@ -100,7 +100,7 @@ from .fields import (
     roles_from_tags,
     root_dataset,
 )
-from .map import SPLIT_COLORS, load_layout, load_points
+from .map import SPLIT_COLORS, load_layout, load_points, shell_splits
 from .runs import RunType, from_npy_text, is_locked, reloaded, to_npy_text
 from .state import default_vector_field, remembered_field, state_info
 
@@ -1117,8 +1117,10 @@ def _thumbnail_uri(path: str) -> str | None:
 
 _HISTOGRAM_COLOURS = {"split": "#e45756", "random": "#9d9d9d"}
 _RANDOM_KEY = {"random split, same ratios": _HISTOGRAM_COLOURS["random"]}
-_BUBBLE_COLOUR = "#3b3b3b"
-_BUBBLES_KEY = "Bubbles: solid, the whole bubble; dotted, its inner shell (hover for its number). "
+_BUBBLES_KEY = (
+    "Bubbles: solid, the whole bubble, in its outer ring's split colour; dotted, its inner "
+    "shell, in that shell's (hover for its number). "
+)
 _SVG_WIDTH = 640
 
 
@@ -1155,9 +1157,7 @@ def _map_svg(drawn: _ReportMap) -> str:
             )
     if bubbles:
         marks = "".join(_bubble_svg(b, to_px, scale) for b in bubbles)
-        parts.append(
-            f"<g class='bubbles' fill='none' stroke='{_BUBBLE_COLOUR}' stroke-width='1'>{marks}</g>"
-        )
+        parts.append(f"<g class='bubbles' fill='none' stroke-width='1'>{marks}</g>")
     parts.append("</svg>")
     return "".join(parts)
 
@@ -1173,12 +1173,15 @@ def _bubble_extent(bubble: Any) -> np.ndarray:
 
 def _bubble_svg(bubble: Any, to_px: Callable[[Any, Any], tuple[Any, Any]], scale: float) -> str:
     """One bubble's group: its title, then its outline and its inner shell's (dotted) as
-    closed paths, or as circles where the stored map has no outlines; "" for nothing."""
+    closed paths, or as circles where the stored map has no outlines, each in its
+    shell's split colour as the panel draws them; "" for nothing."""
     marks = []
-    for outline, radius, css in (
-        (bubble.outer, bubble.r2d, ""),
-        (bubble.inner, bubble.inner_r2d, " class='inner'"),
+    inner_split, outer_split = shell_splits(bubble.layout)
+    for outline, radius, css, split in (
+        (bubble.outer, bubble.r2d, "", outer_split),
+        (bubble.inner, bubble.inner_r2d, " class='inner'", inner_split),
     ):
+        css += f" stroke='{SPLIT_COLORS[split]}'"
         if outline is None:
             if radius > 0:
                 cx, cy = to_px(bubble.x, bubble.y)

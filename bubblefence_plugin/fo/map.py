@@ -951,7 +951,7 @@ def _figure_layout() -> dict[str, Any]:
     }
 
 
-def _shell_splits(layout: str) -> tuple[str, str]:
+def shell_splits(layout: str) -> tuple[str, str]:
     """(inner shell's split, outer ring's split) of a bubble's layout."""
     return ("validation", "test") if layout == "inner_val" else ("test", "validation")
 
@@ -966,7 +966,7 @@ def _outline_traces(
         return []
     shells = {"outer": [], "inner": []}
     for row in bubbles.itertuples():
-        inner_split, outer_split = _shell_splits(row.layout)
+        inner_split, outer_split = shell_splits(row.layout)
         shells["outer"].append((outer_split, stored.outline(row, "outer")))
         shells["inner"].append((inner_split, stored.outline(row, "inner")))
     traces = []
@@ -1011,7 +1011,7 @@ def _outline_traces(
 def _shells_text(bubble: Any) -> str:
     """What a bubble's shells hold, for its hover (a bubble that holds none is not
     drawn, `_held_now`): only shells that hold samples are named."""
-    inner_split, outer_split = _shell_splits(bubble.layout)
+    inner_split, outer_split = shell_splits(bubble.layout)
     held = {"validation": int(bubble.n_validation), "test": int(bubble.n_test)}
     if not held[inner_split]:
         return f"no inner shell, all {outer_split}"
