@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .core.grow import BALANCED_EVAL, SHELL_THROUGH_TOLERANCE
+from .core.labels import OFF_SHARE_MIN_SAMPLES
 
 # CommonMark lets every ASCII punctuation character be escaped with a backslash; escaping
 # them all also breaks GFM's bare-URL autolinks ("https\:", "www\.") and raw HTML.
@@ -177,6 +178,19 @@ def round_warnings(summary: Mapping[str, Any]) -> list[str]:
                 f"No {lacking} sample for {counted(len(names), 'label')}: "
                 f"{', '.join(map(str, names))} ({why})"
             )
+    off = labels.get("off_share") or {}
+    if off:
+        n_off = labels.get("n_off_share", len(off))
+        shown = ", ".join(
+            f"{name} {share:.2f} of {n}" for name, (share, n) in list(off.items())[:5]
+        )
+        target = (summary.get("targets") or {}).get("eval_ratio")
+        warnings.append(
+            f"Eval holds a share far from {f'its target {target}' if target else 'target'} "
+            f"for {counted(n_off, 'label')} of {OFF_SHARE_MIN_SAMPLES} samples or more: "
+            f"{shown}{', ...' if n_off > 5 else ''} (a label's samples that come in a few "
+            "large units of near twins are held out a whole unit at a time)"
+        )
     n_errors = summary.get("n_errors") or 0
     if n_errors:
         one = n_errors == 1

@@ -37,6 +37,15 @@ def test_round_warnings_name_the_labels_and_count_the_groups():
     assert empty.startswith("The group field 'drive' has no value on any sample split so far")
 
 
+def test_labels_far_off_their_share_are_named_with_the_target():
+    labels = {"off_share": {f"c{i}": [0.03, 194 + i] for i in range(6)}, "n_off_share": 7}
+    (warning,) = round_warnings({"labels": labels, "targets": None})
+    assert warning.startswith(
+        "Eval holds a share far from target for 7 labels of 100 samples or more: "
+        "c0 0.03 of 194, c1 0.03 of 195, c2 0.03 of 196, c3 0.03 of 197, c4 0.03 of 198, ..."
+    )
+
+
 def test_round_text_names_failed_files_and_leaves_out_zero_counts():
     plain = round_text({**SUMMARY, "labels": None, "groups": None}).plain()
     assert plain.splitlines()[0] == "Round 1: 40 samples assigned"
