@@ -20,9 +20,11 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .calibration import DEFAULT_IMAGES, DEFAULT_KEEP
 from .core.config import knob_help, parse_knob
 from .text import (
     SummaryText,
+    calibration_text,
     error_lines,
     export_text,
     pick_text,
@@ -44,7 +46,7 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".
 
 def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     """Adds ``split``, ``embed``, ``report``, ``export``, ``reset``, ``sample``,
-    ``excluded`` and ``demo`` to a subparsers object.
+    ``excluded``, ``calibrate`` and ``demo`` to a subparsers object.
 
     Args:
         subparsers: what ``ArgumentParser.add_subparsers`` returned
@@ -56,6 +58,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     _add_reset_command(subparsers)
     _add_sample_command(subparsers)
     _add_excluded_command(subparsers)
+    _add_calibrate_command(subparsers)
     _add_demo_command(subparsers)
 
 
@@ -239,6 +242,35 @@ def _add_excluded_command(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", required=True, help="FiftyOne dataset name")
     p.add_argument("--out", required=True, metavar="FILE", help="text file, one path a line")
     p.set_defaults(func=cmd_excluded)
+
+
+def _add_calibrate_command(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "calibrate",
+        help="measure how similar the model finds edited copies of the dataset's images, "
+        "and the leak threshold that keeps them on one side",
+        description="Embeds a seeded sample of the dataset's images and six edited copies "
+        "of each (JPEG re-save, mirror, crop, brightness, half size, 3-degree rotation) "
+        "with the split's model, and reports how many copies the leak threshold holds as "
+        "near twins, and the threshold that holds --keep of them. Writes nothing.",
+    )
+    p.add_argument("--dataset", required=True, help="FiftyOne dataset name")
+    p.add_argument(
+        "--model",
+        help="model to measure (default: the split's, else the split's default, CLIP "
+        "ViT-B/32); efficientnet-lite0 works offline",
+    )
+    p.add_argument("--images", type=int, default=DEFAULT_IMAGES, metavar="N", help="default 100")
+    p.add_argument(
+        "--keep",
+        type=float,
+        default=DEFAULT_KEEP,
+        metavar="SHARE",
+        help="share of copies the suggested threshold holds (default 0.95)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="default 0")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.set_defaults(func=cmd_calibrate)
 
 
 def _add_demo_command(subparsers: argparse._SubParsersAction) -> None:
@@ -764,6 +796,29 @@ def cmd_excluded(args: argparse.Namespace) -> int:
 
     n = write_excluded_paths(_load_dataset(args.dataset), args.out)
     print(f"Wrote {n} excluded paths to {args.out}")
+    return 0
+
+
+@_refused
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """``calibrate --dataset NAME [--model M] [--images N] [--keep SHARE]``."""
+    from .fo import calibrate_threshold
+
+    dataset = _load_dataset(args.dataset)
+    bar = _Bar(f"BubbleFence calibrate {dataset.name}")
+    try:
+        found = calibrate_threshold(
+            dataset,
+            args.model,
+            n_images=args.images,
+            seed=args.seed,
+            keep=args.keep,
+            device=args.device,
+            progress=lambda done, total: bar(done / total, f"{done} of {total} images"),
+        )
+    finally:
+        bar.close()
+    print(calibration_text(found).plain())
     return 0
 
 

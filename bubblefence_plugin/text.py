@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .calibration import PAIRS_WARN, Calibration
 from .core.grow import BALANCED_EVAL, SHELL_THROUGH_TOLERANCE
 from .core.labels import OFF_SHARE_MIN_SAMPLES
 
@@ -413,6 +414,65 @@ def export_text(result: Mapping[str, Any]) -> SummaryText:
         lines.append(Line("Left out", f"{counted(n_excluded, 'sample')} tagged 'excluded'"))
     lines.append(Line("Manifest", result["manifest"]))
     return SummaryText(headline, lines)
+
+
+def calibration_text(found: Calibration) -> SummaryText:
+    """How the model sees edited copies, and the leak threshold to split with
+    (`bubblefence_plugin.calibration.calibrate`'s result)."""
+    n_copies = found.n_images * len(found.edits)
+    headline = (
+        f"{found.model} holds {found.share_held:.0%} of {n_copies} edited copies of "
+        f"{found.n_images} images as near twins of their original at leak_threshold "
+        f"{found.leak_threshold:g}"
+    )
+    lines = [
+        Line(
+            edit.edit,
+            f"median {edit.median:.3f}, 5% below {edit.low:.3f}, least {edit.least:.3f}; "
+            f"{edit.share_held:.0%} held",
+        )
+        for edit in found.edits
+    ]
+    pairs = (
+        f"{found.pairs_at_suggested:.1%} of pairs of sampled images are that similar (the "
+        f"dataset's own copies and bursts among them; 99% of pairs below {found.pairs_q99:.2f})"
+    )
+    if found.lower:
+        lines.append(
+            Line(
+                "Suggested leak_threshold",
+                f"{found.suggested_threshold:.2f}: it holds {found.keep:.0%} of the copies; "
+                f"{pairs}",
+            )
+        )
+        lines.append(
+            Line(
+                "To use it",
+                f"set it for the first round (--set leak_threshold="
+                f"{found.suggested_threshold:.2f}; in Python split(..., leak_threshold="
+                f"{found.suggested_threshold:.2f})); a split's threshold may rise later, "
+                "never fall, so a split made already takes it after a reset",
+            )
+        )
+    else:
+        lines.append(
+            Line(
+                "Suggested leak_threshold",
+                f"keep {found.leak_threshold:g}: it holds {found.keep:.0%} or more of the "
+                f"copies; {pairs}",
+            )
+        )
+    if found.ties_many_images:
+        lines.append(
+            Line(
+                "Warning",
+                f"over {PAIRS_WARN:.0%} of pairs of images are as similar as edited copies for "
+                "this model, so no threshold tells copies apart from them: a stronger "
+                "encoder (CLIP, DINOv2) does, or a group field that names each family of "
+                "copies",
+            )
+        )
+    return SummaryText(headline, lines + error_lines(found.errors, len(found.errors)))
 
 
 def reset_text(result: Mapping[str, Any]) -> SummaryText:

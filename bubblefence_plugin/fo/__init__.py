@@ -53,6 +53,7 @@ from .audit import (
     summary_rows,
     write_json,
 )
+from .calibrate import calibrate_threshold
 from .curate import (
     DEFAULT_TAG,
     REASON_FIELD,
@@ -152,6 +153,7 @@ __all__ = [
     "ShardReport",
     "app_view",
     "build_map",
+    "calibrate_threshold",
     "check_embeddings_field",
     "check_split_config",
     "clear_excluded_fields",

