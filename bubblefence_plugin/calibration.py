@@ -39,6 +39,7 @@ from PIL import Image, ImageEnhance, ImageOps
 
 from .core.config import check_int
 from .core.neighbors import iter_similarity_blocks
+from .core.progress import Progress, ProgressCallback, Steps, drive
 
 # Images sampled by default: enough for the 5th percentile of copy similarity to rest
 # on 30 copies per edit, few enough to take a minute on two CPU cores.
@@ -176,7 +177,7 @@ def calibrate(
     n_images: int = DEFAULT_IMAGES,
     seed: int = 0,
     keep: float = DEFAULT_KEEP,
-    progress: Callable[[int, int], object] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> Calibration:
     """Measures how similar ``embedder`` finds `EDITS` copies of a sample of ``paths``.
 
@@ -195,17 +196,34 @@ def calibrate(
         n_images: images sampled; at least 2
         seed: the sampling seed
         keep: share of copies the suggested threshold must hold, in (0, 1)
-        progress: ``progress(done, total)`` after each batch of images
+        progress: called as ``progress(fraction, label)`` after each batch of images
 
     Raises:
         ValueError: on a bad parameter, or when fewer than 2 of the sampled images
             can be read
     """
+    steps = iter_calibrate(
+        paths, embedder, leak_threshold=leak_threshold, n_images=n_images, seed=seed, keep=keep
+    )
+    return drive(steps, progress)
+
+
+def iter_calibrate(
+    paths: Sequence[str],
+    embedder: object,
+    *,
+    leak_threshold: float = 0.95,
+    n_images: int = DEFAULT_IMAGES,
+    seed: int = 0,
+    keep: float = DEFAULT_KEEP,
+) -> Steps[Calibration]:
+    """`calibrate` as a generator of `Progress` events; the `Calibration` is its return
+    value."""
     check_options(n_images, seed, keep)
     if not 0.0 < leak_threshold <= 1.0:
         raise ValueError(f"leak_threshold={leak_threshold!r} must be a number in (0, 1]")
     chosen = sample_paths(paths, n_images, seed)
-    originals, copies, errors = _embed_sample(chosen, embedder, progress)
+    originals, copies, errors = yield from _embed_sample(chosen, embedder)
     if len(originals) < 2:
         raise ValueError(
             f"{len(originals)} of the {len(chosen)} sampled images could be read; "
@@ -241,8 +259,8 @@ def calibrate(
 
 
 def _embed_sample(
-    chosen: list[str], embedder: object, progress: Callable[[int, int], object] | None
-) -> tuple[list[np.ndarray], list[np.ndarray], dict[str, str]]:
+    chosen: list[str], embedder: object
+) -> Steps[tuple[list[np.ndarray], list[np.ndarray], dict[str, str]]]:
     """(each readable image's vector, its copies' similarities to it in `EDITS` order,
     errors by path), a batch of `IMAGES_PER_BATCH` images at a time."""
     originals: list[np.ndarray] = []
@@ -267,8 +285,8 @@ def _embed_sample(
             for k, (_, row) in enumerate(read):
                 originals.append(row)
                 copies.append(vectors[k * len(EDITS) : (k + 1) * len(EDITS)] @ row)
-        if progress is not None:
-            progress(min(start + IMAGES_PER_BATCH, len(chosen)), len(chosen))
+        done = min(start + IMAGES_PER_BATCH, len(chosen))
+        yield Progress(done / len(chosen), f"{done} of {len(chosen)} images and their copies")
     return originals, copies, errors
 
 

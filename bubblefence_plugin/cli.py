@@ -814,7 +814,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             seed=args.seed,
             keep=args.keep,
             device=args.device,
-            progress=lambda done, total: bar(done / total, f"{done} of {total} images"),
+            progress=bar,
         )
     finally:
         bar.close()

@@ -462,17 +462,19 @@ def calibration_text(found: Calibration) -> SummaryText:
                 f"copies; {pairs}",
             )
         )
-    if found.ties_many_images:
-        lines.append(
-            Line(
-                "Warning",
-                f"over {PAIRS_WARN:.0%} of pairs of images are as similar as edited copies for "
-                "this model, so no threshold tells copies apart from them: a stronger "
-                "encoder (CLIP, DINOv2) does, or a group field that names each family of "
-                "copies",
-            )
-        )
+    lines += [Line("Warning", warning) for warning in calibration_warnings(found)]
     return SummaryText(headline, lines + error_lines(found.errors, len(found.errors)))
+
+
+def calibration_warnings(found: Calibration) -> list[str]:
+    """What a user should look at after a calibration (amber in the App)."""
+    if not found.ties_many_images:
+        return []
+    return [
+        f"Over {PAIRS_WARN:.0%} of pairs of images are as similar as edited copies for this "
+        "model, so no threshold tells copies apart from them: a stronger encoder (CLIP, "
+        "DINOv2) does, or a group field that names each family of copies"
+    ]
 
 
 def reset_text(result: Mapping[str, Any]) -> SummaryText:

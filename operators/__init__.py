@@ -1,5 +1,6 @@
 """The plugin's operators, one module each; `OPERATORS` is what `register(p)` registers."""
 
+from .calibrate import BubbleFenceCalibrate
 from .embed import BubbleFenceEmbed
 from .export import BubbleFenceExport
 from .report import BubbleFenceReport
@@ -14,10 +15,12 @@ OPERATORS = (
     BubbleFenceExport,
     BubbleFenceReport,
     BubbleFenceSample,
+    BubbleFenceCalibrate,
 )
 
 __all__ = [
     "OPERATORS",
+    "BubbleFenceCalibrate",
     "BubbleFenceEmbed",
     "BubbleFenceExport",
     "BubbleFenceReport",

@@ -77,7 +77,7 @@ class BubbleFenceEmbed(BubbleFenceOperator):
         params = {
             "mode": "queue" if queue else "run",
             "model_name": model_name
-            or _default_model(root_dataset(sample_collection), embeddings_field),
+            or default_model(root_dataset(sample_collection), embeddings_field),
             "embeddings_field": embeddings_field,
             "num_shards": num_shards,
             "shard_index": None if queue else shard_index,
@@ -102,7 +102,7 @@ class BubbleFenceEmbed(BubbleFenceOperator):
         inputs.str(
             "model_name",
             # A field name that is not a string is refused below (`_field_input`).
-            default=_default_model(ctx.dataset, named if isinstance(named, str) else None),
+            default=default_model(ctx.dataset, named if isinstance(named, str) else None),
             required=True,
             label="Model",
             description="Hugging Face model name or local folder; every worker must "
@@ -168,7 +168,7 @@ def _queue(samples: fo.DatasetView, kwargs: dict[str, Any]) -> Outcome:
     return Outcome(queued_shards_text(ids, labels), {"operation_ids": ids, "num_shards": n})
 
 
-def _default_model(dataset: fo.Dataset, embeddings_field: str | None) -> str:
+def default_model(dataset: fo.Dataset, embeddings_field: str | None) -> str:
     """The model the field's vectors come from (its info), else the split's CLIP: the
     form offered CLIP beside a field of EfficientNet vectors, which the run refused."""
     field = embeddings_field or bfo.EMBEDDING_FIELD

@@ -176,3 +176,33 @@ def test_cli_calibrates_a_dataset_with_its_splits_model_and_writes_nothing(
     bfo.split(ds, embeddings_field="emb")
     assert main(["calibrate", "--dataset", ds.name]) == 2
     assert "name the model that computed them" in capsys.readouterr().err
+
+
+@pytest.mark.fiftyone
+def test_the_operator_shows_the_measure_and_refuses_a_bad_share(
+    fo_datasets, tiny_clip_dir, image_factory
+):
+    import fiftyone as fo
+    import fiftyone.operators as foo
+    from conftest import operator_form, operator_requests
+    from fiftyone.operators.executor import ExecutionError
+
+    uri = "@bubblefence/bubblefence/bubblefence_calibrate"
+    ds = fo.Dataset()
+    fo_datasets.append(ds)
+    ds.add_samples([fo.Sample(filepath=p) for p in image_factory(8)])
+    form = operator_form(ds, uri)
+    assert form["model_name"]["default"] == "openai/clip-vit-base-patch32"  # the split's
+    assert form["n_images"]["default"] == 100 and form["keep"]["default"] == 0.95
+    result = foo.execute_operator(
+        uri, ctx={"dataset": ds, "params": {"model_name": tiny_clip_dir, "n_images": 4}}
+    )
+    requests = operator_requests(result)
+    progress = [p["progress"] for p in requests["set_progress"]]
+    assert progress == sorted(progress) and progress[-1] == 1.0
+    shown = requests["show_output"][0]["results"]
+    assert "edited copies of 4 images" in shown["summary"]
+    assert 0 < shown["result"]["suggested_threshold"] <= 0.95
+    assert len(shown["result"]["edits"]) == len(EDITS)
+    with pytest.raises(ExecutionError, match=r"Path: keep. Reason: Value must be less than 0.99"):
+        foo.get_operator(uri)(ds, model_name=tiny_clip_dir, keep=1.5)

@@ -53,7 +53,7 @@ from .audit import (
     summary_rows,
     write_json,
 )
-from .calibrate import calibrate_threshold
+from .calibrate import calibrate_threshold, iter_calibrate_threshold
 from .curate import (
     DEFAULT_TAG,
     REASON_FIELD,
@@ -154,6 +154,7 @@ __all__ = [
     "app_view",
     "build_map",
     "calibrate_threshold",
+    "iter_calibrate_threshold",
     "check_embeddings_field",
     "check_split_config",
     "clear_excluded_fields",

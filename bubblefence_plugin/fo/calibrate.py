@@ -7,12 +7,11 @@ field the user filled has no model of ours, so one must be named.
 
 from __future__ import annotations
 
-from typing import Any
-
 import fiftyone.core.collections as foc
 
-from ..calibration import DEFAULT_IMAGES, DEFAULT_KEEP, Calibration, calibrate, check_options
+from ..calibration import DEFAULT_IMAGES, DEFAULT_KEEP, Calibration, check_options, iter_calibrate
 from ..core.config import BubbleFenceConfig
+from ..core.progress import Progress, ProgressCallback, Steps, drive
 from .embeddings import get_embedder
 from .fields import EXCLUDED_TAG, check_collection
 from .state import state_info
@@ -26,7 +25,7 @@ def calibrate_threshold(
     seed: int = 0,
     keep: float = DEFAULT_KEEP,
     device: str = "auto",
-    progress: Any = None,
+    progress: ProgressCallback | None = None,
 ) -> Calibration:
     """How similar the split's model finds edited copies of a sample of ``samples``'
     images, and the leak threshold that holds ``keep`` of them as near twins.
@@ -48,13 +47,30 @@ def calibrate_threshold(
         seed (0): the sampling seed
         keep (0.95): share of copies the suggested threshold must hold
         device ("auto"): where the model runs
-        progress (None): ``progress(done, total)`` after each batch of images
+        progress (None): called as ``progress(fraction, label)`` as images are read
 
     Raises:
         ValueError: on a bad parameter, or a split built from the user's own vectors
             with no model named
         ModelUnavailableError: when the model cannot be loaded
     """
+    steps = iter_calibrate_threshold(
+        samples, model, n_images=n_images, seed=seed, keep=keep, device=device
+    )
+    return drive(steps, progress)
+
+
+def iter_calibrate_threshold(
+    samples: foc.SampleCollection,
+    model: str | None = None,
+    *,
+    n_images: int = DEFAULT_IMAGES,
+    seed: int = 0,
+    keep: float = DEFAULT_KEEP,
+    device: str = "auto",
+) -> Steps[Calibration]:
+    """`calibrate_threshold` as a generator of `Progress` events; the `Calibration` is
+    its return value."""
     check_options(n_images, seed, keep)
     dataset = check_collection(samples)
     info = state_info(dataset) or {}
@@ -67,13 +83,15 @@ def calibrate_threshold(
         )
     model = model or info.get("model_name") or config.model_name
     paths = samples.match_tags(EXCLUDED_TAG, bool=False).values("filepath")
+    yield Progress(0.0, f"Loading the model {model}")
     embedder = get_embedder(model, device, config.batch_size)
-    return calibrate(
-        paths,
-        embedder,
-        leak_threshold=config.leak_threshold,
-        n_images=n_images,
-        seed=seed,
-        keep=keep,
-        progress=progress,
+    return (
+        yield from iter_calibrate(
+            paths,
+            embedder,
+            leak_threshold=config.leak_threshold,
+            n_images=n_images,
+            seed=seed,
+            keep=keep,
+        )
     )
