@@ -546,7 +546,10 @@ def test_embedding_an_empty_dataset_says_there_are_no_samples(fo_datasets):
     ds = fo.Dataset()
     fo_datasets.append(ds)
     report = bfo.embed(ds, model="/nonexistent/model")
-    assert report.message.endswith("nothing to embed, there are no samples")
+    # One run over every sample is no shard (an App walk: "Shard 1/1: embedded ...").
+    assert report.message == "Nothing to embed, there are no samples"
+    sharded = bfo.embed(ds, model="/nonexistent/model", num_shards=2, shard_index=1)
+    assert sharded.message == "Shard 2/2: nothing to embed, there are no samples"
 
 
 def test_a_hidden_model_given_wrong_with_a_field_is_flagged_before_a_run_is_queued(

@@ -234,7 +234,10 @@ def test_map_draws_points_bubble_outlines_and_a_legend_for_every_mark(split_data
     )
     centres = reply.traces[bfo.BUBBLES_TRACE]
     assert centres["ids"] == [str(a) for a in anchors["anchor_id"]]
-    assert centres["text"] == centres["ids"]  # few bubbles: labelled
+    # Few bubbles: labelled, each number at its centre or left out where it would
+    # cover a larger bubble's (`map._spaced`).
+    assert any(centres["text"])
+    assert all(t in ("", i) for t, i in zip(centres["text"], centres["ids"], strict=True))
     assert "LID %{customdata[3]}" in centres["hovertemplate"]
     assert [c[0] for c in centres["customdata"]] == anchors["anchor_id"].tolist()
     assert {c[6] for c in centres["customdata"]} == {0}  # created in round 0
@@ -685,3 +688,23 @@ def test_bubble_hover_names_only_what_its_shells_hold():
     # both splits (an older state) is not said to be all test.
     assert shells("inner_val", -1.0, 2, 5) == "inner shell validation, outer ring test"
     assert shells("inner_test", 0.1, 0, 4) == "all test (inner shell only)"
+
+
+def test_bubble_numbers_that_would_cover_each_other_are_left_to_the_hover():
+    # Found by an App walk: at 48 bubbles "18 22 20" and "3813" stood over each other.
+    import pandas as pd
+
+    from bubblefence_plugin.fo.map import LABEL_GAP, _spaced
+
+    bubbles = pd.DataFrame(
+        {
+            "anchor_id": [0, 1, 2, 3],
+            "x": [0.0, 0.5 * LABEL_GAP, 1.0, 0.0],
+            "y": [0.0, 0.0, 1.0, 2 * LABEL_GAP],
+            "n_validation": [1, 5, 1, 1],
+            "n_test": [1, 5, 1, 1],
+        }
+    )
+    # 1 is the larger of the close pair (0, 1); 3 is two gaps from both.
+    assert _spaced(bubbles).tolist() == [False, True, True, True]
+    assert _spaced(bubbles.iloc[:1]).tolist() == [True]

@@ -241,7 +241,7 @@ def iter_embed(
             if missing or samples.count()
             else "there are no samples"
         )
-        report.message = f"Shard {shard_index + 1}/{num_shards}: nothing to embed, {why}"
+        report.message = _shard_said(shard_index, num_shards, f"nothing to embed, {why}")
         yield Progress(1.0, "Done")
         return report
     yield Progress(0.02, f"Loading the model {model}")
@@ -254,12 +254,21 @@ def iter_embed(
     report.n_written = written
     report.n_errors = len(errors)
     report.errors = errors_by_filepath(dataset, dict(list(errors.items())[:MAX_ERRORS_SHOWN]))
-    report.message = (
-        f"Shard {shard_index + 1}/{num_shards}: embedded {written} of {len(ids)} samples "
-        f"into {embeddings_field!r}"
-        + (f"; {len(errors)} failed (see {ERROR_FIELD})" if errors else "")
+    report.message = _shard_said(
+        shard_index,
+        num_shards,
+        f"embedded {written} of {len(ids)} samples into {embeddings_field!r}"
+        + (f"; {len(errors)} failed (see {ERROR_FIELD})" if errors else ""),
     )
     return report
+
+
+def _shard_said(shard_index: int, num_shards: int, what: str) -> str:
+    """``what`` a shard did, under its number where there are shards: one run over
+    every sample said "Shard 1/1", which reads as if shards were involved."""
+    if num_shards > 1:
+        return f"Shard {shard_index + 1}/{num_shards}: {what}"
+    return what[0].upper() + what[1:]
 
 
 def check_embeddings_field(name: Any) -> None:
