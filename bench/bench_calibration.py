@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_core import append_results, peak_rss_mb, reset_peak_rss  # noqa: E402
+from bench_core import append_results, peak_rss_mb, reset_peak_rss, square_crop  # noqa: E402
 
 from bubblefence_plugin import BubbleFence, BubbleFenceConfig  # noqa: E402
 from bubblefence_plugin.calibration import calibrate  # noqa: E402
@@ -80,11 +80,8 @@ def write_families(
     for p, source in enumerate(packaged_images()):
         with Image.open(source) as image:
             image = image.convert("RGB")
-        w, h = image.size
         for c in range(crops_per_photo):
-            side = int(min(w, h) * rng.uniform(0.4, 0.85))
-            x, y = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
-            crop = image.crop((x, y, x + side, y + side)).resize((224, 224))
+            crop = square_crop(image, rng, 0.4, 0.85)
             for name, edit in {"original": lambda im: im, **COPIES}.items():
                 path = folder / f"p{p:02d}_c{c:02d}_{name}.jpg"
                 edit(crop).save(path, quality=92)

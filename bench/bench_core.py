@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -109,6 +110,15 @@ def burst_first(n: int, seed: int, d: int = 512) -> tuple[np.ndarray, np.ndarray
     x = np.vstack([burst[: n // 2], second[order]])
     all_labels = np.concatenate([np.full(n // 2, -1), second_labels[order]])
     return x, np.where(all_labels < 0, labels.max() + 1, all_labels)
+
+
+def square_crop(image: Any, rng: np.random.Generator, low: float, high: float) -> Any:
+    """A random square crop of a PIL ``image``, its side ``low``-``high`` of the shorter
+    side, resized to 224 px: one photo seen as several, for the benchmarks on real photos."""
+    w, h = image.size
+    side = int(min(w, h) * rng.uniform(low, high))
+    left, top = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
+    return image.crop((left, top, left + side, top + side)).resize((224, 224))
 
 
 def append_results(lines: list[str]) -> None:

@@ -93,7 +93,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_core import append_results  # noqa: E402
+from bench.bench_core import append_results, square_crop  # noqa: E402
 from bubblefence_plugin import BubbleFence, BubbleFenceConfig  # noqa: E402
 from bubblefence_plugin.core.metrics import best_similarity  # noqa: E402
 from bubblefence_plugin.core.neighbors import nearest  # noqa: E402
@@ -249,11 +249,8 @@ def photos(per_photo: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     for source in packaged_images():
         with Image.open(source) as image:
             image = image.convert("RGB")
-        w, h = image.size
         for _ in range(per_photo):
-            side = int(min(w, h) * rng.uniform(0.2, 0.9))
-            left, top = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
-            crop = image.crop((left, top, left + side, top + side)).resize((224, 224))
+            crop = square_crop(image, rng, 0.2, 0.9)
             if rng.random() < 0.5:
                 crop = ImageOps.mirror(crop)
             crop = ImageEnhance.Brightness(crop).enhance(rng.uniform(0.75, 1.25))
