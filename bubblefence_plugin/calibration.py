@@ -40,6 +40,7 @@ from PIL import Image, ImageEnhance, ImageOps
 from .core.config import check_int
 from .core.neighbors import iter_similarity_blocks
 from .core.progress import Progress, ProgressCallback, Steps, drive
+from .embedder import read_rgb
 
 # Images sampled by default: enough for the 5th percentile of copy similarity to rest
 # on 30 copies per edit, few enough to take a minute on two CPU cores.
@@ -276,10 +277,10 @@ def _embed_sample(
         read = [(p, r) for p, r in read if p not in errors]
         edited: list[Image.Image] = []
         for path, _ in read:
-            with Image.open(path) as image:
-                image = ImageOps.exif_transpose(image).convert("RGB")
-                image.thumbnail((EDIT_SIDE, EDIT_SIDE))
-                edited += [edit(image) for edit in EDITS.values()]
+            # The pixels the embedder read the original from: a copy of a 16-bit or a
+            # transparent image converted otherwise (all white) was no copy at all.
+            image = read_rgb(path, EDIT_SIDE)
+            edited += [edit(image) for edit in EDITS.values()]
         if read:
             vectors = embedder.embed_images(edited).dense()
             for k, (_, row) in enumerate(read):

@@ -44,6 +44,7 @@ __all__ = [
     "ImageEmbedder",
     "ModelLoadError",
     "embeddings_from_array",
+    "read_rgb",
 ]
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
@@ -329,6 +330,24 @@ def _to_rgb(im: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, _WHITE)
         return Image.alpha_composite(background, rgba).convert("RGB")
     return im.convert("RGB")
+
+
+def read_rgb(path: str | os.PathLike[str], longest_side: int) -> Image.Image:
+    """An image file as the embedder sees it (EXIF orientation applied, 16-bit and float
+    scaled to 8 bits, transparency over white: `_to_rgb`), its longer side at most
+    ``longest_side`` (a JPEG decoded at a reduced size where it can be).
+
+    Args:
+        path: the image file
+        longest_side: the longest side kept, in pixels
+    """
+    with Image.open(path) as im:
+        if im.format == "JPEG":
+            im.draft("RGB", (longest_side, longest_side))
+        im.load()
+        rgb = _to_rgb(_exif_upright(im))
+    rgb.thumbnail((longest_side, longest_side))
+    return rgb
 
 
 def _exif_upright(im: Image.Image) -> Image.Image:

@@ -48,6 +48,15 @@ class PixelEmbedder:
         return self._result(images, lambda image: image)
 
 
+class FileReadingPixelEmbedder(PixelEmbedder):
+    """The pixel embedder reading files as `ImageEmbedder` does (`read_rgb`)."""
+
+    def embed_paths(self, paths):
+        from bubblefence_plugin.embedder import read_rgb
+
+        return self._result(paths, lambda path: read_rgb(path, 1024))
+
+
 @pytest.fixture
 def photos(tmp_path):
     """12 photos of smooth random colour fields (edits keep them close) and a file that
@@ -129,6 +138,41 @@ def test_bad_options_are_refused_by_name(photos, kwargs, match):
 def test_fewer_than_two_readable_images_are_refused_with_the_first_error(photos):
     with pytest.raises(ValueError, match=r"1 of the 2 sampled images .* broken.jpg: cannot read"):
         calibrate(photos[-2:], PixelEmbedder())
+
+
+def test_copies_are_made_from_the_pixels_the_embedder_reads(tmp_path, tiny_clip_dir):
+    # Found by a walk with odd images: copies of a 16-bit PNG were made by PIL's own
+    # convert("RGB"), nearly all white, and every edit measured as a different image.
+    from bubblefence_plugin.embedder import ImageEmbedder, read_rgb
+
+    grey16 = tmp_path / "grey16.png"
+    ramp = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    Image.fromarray(ramp).save(grey16)  # mode I;16
+    clear = tmp_path / "clear.png"
+    rgba = np.zeros((64, 64, 4), np.uint8)
+    rgba[16:48, 16:48] = (200, 30, 30, 255)  # a red square on a transparent field
+    Image.fromarray(rgba).save(clear)
+    with Image.open(grey16) as image:  # PIL's own convert clips at 255: nearly all white
+        assert (np.asarray(image.convert("RGB")) == 255).mean() > 0.99
+    assert np.ptp(np.asarray(read_rgb(grey16, 1024))) > 200
+    embedder = ImageEmbedder(tiny_clip_dir, device="cpu")
+    paths = [str(grey16), str(clear)]
+    from_files = embedder.embed_paths(paths).embeddings
+    from_pixels = embedder.embed_images([read_rgb(p, 1024) for p in paths]).embeddings
+    np.testing.assert_allclose((from_files * from_pixels).sum(axis=1), 1.0, atol=1e-5)
+    # And calibrate measures copies of those pixels: near their original, as for 8 bits.
+    rng = np.random.default_rng(0)
+    fields = []
+    for i in range(4):
+        field = rng.normal(size=(4, 4)) * 12000 + 30000
+        path = tmp_path / f"field16_{i}.png"
+        Image.fromarray(np.clip(field, 0, 65535).astype(np.uint16)).resize((96, 64)).save(path)
+        fields.append(str(path))
+    found = calibrate(fields, FileReadingPixelEmbedder())
+    # Edits that keep the pixels where they are stay near their original in pixel space
+    # (copies made white measured far from it).
+    kept = ("JPEG re-save (quality 40)", "brighter (x1.2)", "half size")
+    assert all(edit.median > 0.8 for edit in found.edits if edit.edit in kept)
 
 
 @pytest.mark.skipif(
