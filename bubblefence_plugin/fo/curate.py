@@ -28,7 +28,6 @@ from typing import Any
 import fiftyone as fo
 import fiftyone.core.collections as foc
 import numpy as np
-from fiftyone import ViewField as F
 
 from ..core.config import unknown_names_message
 from ..core.curation import (
@@ -44,7 +43,7 @@ from ..text import counted
 from .embeddings import check_vector_field, read_embeddings, vector_fields
 from .export import write_text_whole
 from .fields import (
-    DUPLICATE_SPLIT,
+    DUPLICATE_FIELD,
     EXCLUDED_TAG,
     REASON_FIELD,
     SPLIT_ALIASES,
@@ -248,7 +247,7 @@ def iter_sample(
             )
             + f"typicality and regions written for {len(pool.ids)} samples"
             + (
-                f"; {counted(pool.n_copies, 'duplicate')} the split set aside not picked "
+                f"; {counted(pool.n_copies, 'duplicate')} the split found not picked "
                 "(their originals can be)"
                 if pool.n_copies
                 else ""
@@ -267,7 +266,7 @@ class _Pool:
     x: np.ndarray
     errors: dict[str, str]  # sample id -> why its embedding is unusable
     eligible: np.ndarray  # may be picked: in `from_split`, neither start nor query, no copy
-    n_copies: int  # copies the split set aside ("duplicate"): read and scored, never picked
+    n_copies: int  # copies the split found (`duplicate_of`): read and scored, never picked
     start: np.ndarray | None  # vectors counted as picked already (`start_from`)
     query: np.ndarray | None  # vectors of `query_tag`
     labels: np.ndarray | None
@@ -291,10 +290,17 @@ def _candidates(
             f"{len(ok_ids)} of the {len(ids)} samples have a usable embedding in "
             f"{field!r}; picking needs at least 2"
         )
-    # A copy the split set aside stands for its original: picking both would tag one
-    # image twice (and export it twice); it still counts in its neighbours' typicality.
-    copies = np.isin(ok_ids, samples.match(F(SPLIT_FIELD) == DUPLICATE_SPLIT).values("id"))
+    # A copy the split found (set aside, or in its original's split under the policy
+    # "follow") stands for its original: picking both would tag one image twice (and
+    # export it twice); it still counts in its neighbours' typicality.
+    copies = np.isin(ok_ids, samples.exists(DUPLICATE_FIELD).values("id"))
     eligible = ~copies
+    if not eligible.any():
+        raise ValueError(
+            f"every one of the {len(ok_ids)} samples here is a copy the split found "
+            f"(its {DUPLICATE_FIELD!r} names its original): pick from a view that holds "
+            "the originals"
+        )
     if from_split:
         eligible &= np.isin(ok_ids, _tagged_ids(dataset, from_split))
     for name in (start_from, query_tag):
