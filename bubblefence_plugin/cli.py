@@ -352,6 +352,7 @@ _python_show_warning = warnings.showwarning
 _FLAG_OF = {
     "replace=True": "--replace",
     "rebuild_regions=True": "--rebuild-regions",
+    "n_images": "--images",  # calibrate's
     **{
         name: "--" + name.replace("_", "-")
         for name in (

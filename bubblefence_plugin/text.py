@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .calibration import PAIRS_WARN, Calibration
+from .calibration import FEW_IMAGES, PAIRS_WARN, Calibration
 from .core.grow import BALANCED_EVAL, SHELL_THROUGH_TOLERANCE
 from .core.labels import OFF_SHARE_MIN_SAMPLES
 
@@ -460,6 +460,14 @@ def calibration_text(found: Calibration) -> SummaryText:
                 "Suggested leak_threshold",
                 f"keep {found.leak_threshold:g}: it holds {found.keep:.0%} or more of the "
                 f"copies; {pairs}",
+            )
+        )
+    if found.n_images < FEW_IMAGES:
+        lines.append(
+            Line(
+                "Note",
+                f"only {counted(found.n_images, 'image')} read: a rough measure (100 or more "
+                "give a steadier one)",
             )
         )
     lines += [Line("Warning", warning) for warning in calibration_warnings(found)]

@@ -46,8 +46,11 @@ class BubbleFenceCalibrate(BubbleFenceOperator):
             import fiftyone.operators as foo
 
             calibrate = foo.get_operator("@bubblefence/bubblefence/bubblefence_calibrate")
-            result = calibrate(dataset, model_name="efficientnet-lite0")
-            print(result.result["result"]["suggested_threshold"])
+            calibrate(dataset, model_name="efficientnet-lite0")
+            calibrate(dataset.take(500, seed=0), n_images=500, delegate=True)
+
+        The measure is the ``show_output`` request of an immediate run and the result
+        of a delegated one; `bubblefence_plugin.fo.calibrate_threshold` returns it.
 
         Args:
             sample_collection: the dataset or view whose images are sampled
@@ -61,13 +64,7 @@ class BubbleFenceCalibrate(BubbleFenceOperator):
         return self.execute_from_python(sample_collection, params, delegate)
 
     def add_inputs(self, ctx: ExecutionContext, inputs: types.Object) -> None:
-        inputs.str(
-            "model_name",
-            default=_split_model(ctx.dataset),
-            label="Model",
-            description="The model the split embeds with (Hugging Face name, local folder, "
-            "or efficientnet-lite0, offline): the threshold belongs to it",
-        )
+        _model_input(ctx, inputs)
         inputs.int(
             "n_images",
             default=DEFAULT_IMAGES,
@@ -98,8 +95,29 @@ class BubbleFenceCalibrate(BubbleFenceOperator):
         return Outcome(text, dataclasses.asdict(found), {}, calibration_warnings(found))
 
 
-def _split_model(dataset: fo.Dataset) -> str:
-    """The model of the dataset's split (none when it reads the user's own vectors: the
-    form then offers the embeddings field's model, else the split's default)."""
-    info = bfo.state_info(dataset) or {}
-    return info.get("model_name") or default_model(dataset, None)
+def _model_input(ctx: ExecutionContext, inputs: types.Object) -> None:
+    """The model, pre-filled with the split's (else the split's default). A split built
+    from the user's own vectors has none of ours: the model that computed them is asked
+    for, pre-filled only where the field records it."""
+    info = bfo.state_info(ctx.dataset) or {}
+    field = info.get("embeddings_field")
+    own_vectors = bool(info) and not info.get("model_name")
+    if own_vectors:
+        inputs.view(
+            "own_vectors",
+            types.Notice(
+                label=f"The split reads vectors of field '{field}', which BubbleFence did "
+                "not compute: name the model that computed them"
+            ),
+        )
+        default = bfo.kept_model(ctx.dataset, field)
+    else:
+        default = info.get("model_name") or default_model(ctx.dataset, None)
+    inputs.str(
+        "model_name",
+        default=default,
+        required=own_vectors,
+        label="Model",
+        description="The model the split embeds with (Hugging Face name, local folder, "
+        "or efficientnet-lite0, offline): the threshold belongs to it",
+    )

@@ -105,6 +105,11 @@ def test_copies_similarities_and_the_suggestion_against_a_by_hand_computation(ph
     distinct = pairs[np.triu_indices(12, 1)]
     assert found.pairs_at_suggested == pytest.approx(np.mean(distinct >= suggested))
     assert found.pairs_q99 == pytest.approx(np.quantile(distinct, 0.99), abs=1e-5)
+    from bubblefence_plugin.text import calibration_text
+
+    text = calibration_text(found).plain()
+    assert "only 12 images read: a rough measure" in text  # 12 < calibration.FEW_IMAGES
+    assert f"suggested leak_threshold: {suggested:.2f}: it holds 90% of the copies" in text
 
 
 def test_a_threshold_that_holds_the_copies_already_is_kept(photos):
@@ -220,6 +225,43 @@ def test_cli_calibrates_a_dataset_with_its_splits_model_and_writes_nothing(
     bfo.split(ds, embeddings_field="emb")
     assert main(["calibrate", "--dataset", ds.name]) == 2
     assert "name the model that computed them" in capsys.readouterr().err
+    # Flags named as on this command line; too few images refused before any model loads.
+    assert main(["calibrate", "--dataset", ds.name, "--model", "m", "--images", "1"]) == 2
+    assert "--images=1 must be" in capsys.readouterr().err
+    empty = fo.Dataset()
+    fo_datasets.append(empty)
+    assert main(["calibrate", "--dataset", empty.name, "--model", "/nonexistent/model"]) == 2
+    assert "0 images here ('excluded' ones aside); calibrating needs at least 2" in (
+        capsys.readouterr().err
+    )
+
+
+@pytest.mark.fiftyone
+def test_the_form_asks_for_the_model_of_the_users_own_vectors(fo_datasets):
+    import fiftyone as fo
+    from conftest import operator_form
+
+    import bubblefence_plugin.fo as bfo
+
+    ds = fo.Dataset()
+    fo_datasets.append(ds)
+    ds.add_samples([fo.Sample(filepath=f"/nonexistent/{i}.png") for i in range(12)])
+    ds.set_values("emb", list(np.random.default_rng(0).normal(size=(12, 8))))
+    bfo.split(ds, embeddings_field="emb")
+    form = operator_form(ds, "@bubblefence/bubblefence/bubblefence_calibrate")
+    assert (
+        "reads vectors of field 'emb', which BubbleFence did not compute"
+        in (form["own_vectors"]["view"]["label"])
+    )
+    assert form["model_name"]["required"] and form["model_name"].get("default") is None
+    # Where the field records its model, that one is measured and offered.
+    field = ds.get_field("emb")
+    field.info = {"model_name": "recorded/model"}
+    field.save()
+    assert (
+        operator_form(ds, "@bubblefence/bubblefence/bubblefence_calibrate")["model_name"]["default"]
+        == "recorded/model"
+    )
 
 
 @pytest.mark.fiftyone

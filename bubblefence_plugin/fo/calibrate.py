@@ -12,7 +12,8 @@ import fiftyone.core.collections as foc
 from ..calibration import DEFAULT_IMAGES, DEFAULT_KEEP, Calibration, check_options, iter_calibrate
 from ..core.config import BubbleFenceConfig
 from ..core.progress import Progress, ProgressCallback, Steps, drive
-from .embeddings import get_embedder
+from ..text import counted
+from .embeddings import get_embedder, kept_model
 from .fields import EXCLUDED_TAG, check_collection
 from .state import state_info
 
@@ -75,14 +76,21 @@ def iter_calibrate_threshold(
     dataset = check_collection(samples)
     info = state_info(dataset) or {}
     config = BubbleFenceConfig.from_dict(info["config"]) if info else BubbleFenceConfig()
-    if model is None and info and not info.get("model_name"):
-        raise ValueError(
-            f"the split of dataset {dataset.name!r} reads vectors of field "
-            f"{info.get('embeddings_field')!r}, which BubbleFence did not compute: name the "
-            "model that computed them (model=...) to measure how it sees edited copies"
-        )
+    if info and not info.get("model_name"):  # the user's own vectors: their model, if known
+        model = model or kept_model(dataset, info.get("embeddings_field"))
+        if model is None:
+            raise ValueError(
+                f"the split of dataset {dataset.name!r} reads vectors of field "
+                f"{info.get('embeddings_field')!r}, which BubbleFence did not compute: name "
+                "the model that computed them, to measure how it sees edited copies"
+            )
     model = model or info.get("model_name") or config.model_name
     paths = samples.match_tags(EXCLUDED_TAG, bool=False).values("filepath")
+    if len(paths) < 2:  # before a model is loaded
+        raise ValueError(
+            f"{counted(len(paths), 'image')} here ({EXCLUDED_TAG!r} ones aside); calibrating "
+            "needs at least 2"
+        )
     yield Progress(0.0, f"Loading the model {model}")
     embedder = get_embedder(model, device, config.batch_size)
     return (
