@@ -211,16 +211,17 @@ def _source_inputs(
         "holding train / validation / test (aliases val, valid, dev, training, testing)",
         view=dropdown,
     )
-    chosen = ctx.params.get("split_source")
-    if chosen in sources and chosen not in (bfo.TAGS_SOURCE, bfo.SPLIT_FIELD):
-        # Checked here, not after Execute: every string field is offered (which hold a
-        # split is a query per field), so the chosen one is checked alone.
-        if not bfo.names_a_split(ctx.target_view(), chosen):
-            prop.invalid = True
-            prop.error_message = (
-                f"No sample here has a split name in {chosen!r} (train, validation, test, "
-                "or an alias such as val): choose the field that holds the split"
-            )
+    chosen = ctx.params.get("split_source") or prop.default
+    ours = chosen == bfo.SPLIT_FIELD and info is not None
+    # Checked here, not after Execute: every string field is offered (which hold a split
+    # is a query per field), so the chosen one is checked alone; our own split needs none.
+    if chosen in sources and not ours and not bfo.names_a_split(ctx.target_view(), chosen):
+        where = "in the sample tags" if chosen == bfo.TAGS_SOURCE else f"in {chosen!r}"
+        prop.invalid = True
+        prop.error_message = (
+            f"No sample here has a split name {where} (train, validation, test, or an "
+            "alias such as val): choose the source that holds the split"
+        )
     field_input(
         inputs,
         "embeddings_field",

@@ -160,6 +160,19 @@ def test_the_report_form_refuses_a_string_field_that_names_no_split(field_datase
         "invalid"
     )
     assert bfo.names_a_split(ds, "my_split") and not bfo.names_a_split(ds, "kind")
+    # The default source is checked too: no split tag at all, or a user's own `split`
+    # field of folds (no BubbleFence state), failed only after Execute.
+    tags = operator_form(ds, REPORT)["split_source"]
+    assert (
+        tags["invalid"]
+        and "No sample here has a split name in the sample tags" in (tags["error_message"])
+    )
+    ds.set_values("split", ["fold1", "fold2"] * (len(ds) // 2))
+    folds = operator_form(ds, REPORT)["split_source"]  # `split` is the default now
+    assert folds["invalid"] and "in 'split'" in folds["error_message"]
+    ds.delete_sample_field("split")
+    bfo.split(ds, embeddings_field="emb")  # BubbleFence's own split: not checked
+    assert not operator_form(ds, REPORT)["split_source"].get("invalid")
 
 
 def test_any_split_source_tags_and_a_field_with_aliases(field_dataset):

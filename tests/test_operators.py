@@ -601,11 +601,17 @@ def test_the_export_operator_exports_split_names_as_splits(field_dataset, tmp_pa
     assert not (tmp_path / "out").exists()
 
 
-def test_a_failed_report_shows_the_error_without_empty_outputs(field_dataset):
+def test_a_failed_report_shows_the_error_without_empty_outputs(field_dataset, tmp_path):
     """Found by a tester: under the error, the dialog showed the report's outputs empty
     ("Audit: No data provided", "HTML report: No value provided")."""
-    result = run_unraised(f"{PLUGIN}/bubblefence_report", {"dataset": field_dataset, "params": {}})
-    assert result.error_message
+    field_dataset.take(50, seed=0).tag_samples("test")  # a split the form accepts
+    not_a_folder = tmp_path / "a-file"
+    not_a_folder.write_text("")
+    params = {"html_path": str(not_a_folder / "report.html")}  # fails when it runs
+    result = run_unraised(
+        f"{PLUGIN}/bubblefence_report", {"dataset": field_dataset, "params": params}
+    )
+    assert "a-file" in result.error_message
     (shown,) = operator_requests(result)["show_output"]
     assert set(shown["outputs"]["type"]["properties"]) == {"summary"}
     assert shown["results"]["summary"].startswith("**Failed:**")

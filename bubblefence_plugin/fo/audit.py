@@ -196,18 +196,20 @@ def split_sources(samples: foc.SampleCollection) -> list[str]:
     return [TAGS_SOURCE] + sorted(f for f in fields if f not in _NOT_SPLITS)
 
 
-def names_a_split(samples: foc.SampleCollection, field: str) -> bool:
-    """Whether some sample's string ``field`` names a split or an alias (`role_of`: any
-    case and spacing), so that it can be audited as a split; one query, stopping at the
-    first such sample.
+def names_a_split(samples: foc.SampleCollection, source: str) -> bool:
+    """Whether some sample's split source names a split or an alias (`role_of`: any case
+    and spacing), so that it can be audited as a split: a string field (one query,
+    stopping at the first such sample) or the tags (`TAGS_SOURCE`: their distinct values).
 
     Args:
         samples: a dataset or view
-        field: a string field
+        source: a string field, or ``"tags"``
     """
+    if source == TAGS_SOURCE:
+        return any(role_of(tag) for tag in samples.distinct("tags"))
     names = "|".join(re.escape(name) for name in SPLIT_ALIASES)
     pattern = rf"^\s*({names})\s*$"
-    return bool(samples.match(F(field).re_match(pattern, options="i")).limit(1).count())
+    return bool(samples.match(F(source).re_match(pattern, options="i")).limit(1).count())
 
 
 def _resolve_source(samples: foc.SampleCollection, split_source: str | None) -> str:
