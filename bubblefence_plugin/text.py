@@ -189,8 +189,8 @@ def round_warnings(summary: Mapping[str, Any]) -> list[str]:
         warnings.append(
             f"Eval holds a share far from {f'its target {target}' if target else 'target'} "
             f"for {counted(n_off, 'label')} of {OFF_SHARE_MIN_SAMPLES} samples or more: "
-            f"{shown}{', ...' if n_off > 5 else ''} (a label's samples that come in a few "
-            "large units of near twins are held out a whole unit at a time)"
+            f"{shown}{', ...' if n_off > 5 else ''} (a label is held out a whole unit of "
+            "near twins at a time, and later samples follow their twins to their side)"
         )
     n_errors = summary.get("n_errors") or 0
     if n_errors:
