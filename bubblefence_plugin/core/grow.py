@@ -24,8 +24,9 @@ like a stratified sample: strata are the labels (rarest first, with labels) and 
 regions (`regions.RegionIndex`, smallest first). Phases:
 
 1. *strata*: every stratum below its eval target gets candidates drawn among its own
-   open samples (the configured Sobol / random / k-means stream), and a capture may
-   not take the stratum past its cap (target + half the tolerance), nor any label
+   open samples (the configured Sobol / random / k-means stream), first up to its
+   target, then, where its units were too coarse for that, up to its cap (target +
+   half the tolerance); a capture may not take the stratum past that, nor any label
    (without labels: any region) past its own: serving a region must not pile eval
    onto a label that is already on share;
 2. *fill*: first, while the round needs more than the strata on share can still take
